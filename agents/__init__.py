@@ -1,0 +1,1 @@
+"""Leaf hypervisor agents and their operations (import name ``cloudland_agents``)."""

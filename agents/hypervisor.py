@@ -1,0 +1,89 @@
+"""Hypervisors an agent hosts: a libvirt connection each.
+
+In production a leaf hosts one hypervisor, ``qemu:///system``. Simulated
+hypervisors (tests, benchmarks, the all-in-one cloud) are each their own
+libvirt ``test:///<file>`` host: an independent in-memory hypervisor whose CPU
+and memory come from the ``<node>`` element of its file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import libvirt
+
+from cloudland.errors import DriverError
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
+
+
+class Hypervisor:
+    def __init__(self, hypervisor_id: int, uri: str, hostname: str) -> None:
+        self.id = hypervisor_id
+        self.uri = uri
+        self.hostname = hostname
+        try:
+            self.conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise DriverError(hypervisor_id, f"cannot open libvirt at {uri}: {exc}") from exc
+
+    def report(self) -> pb.HypervisorReport:
+        try:
+            _model, memory_mib, cpus, *_ = self.conn.getInfo()
+            free = self.conn.getFreeMemory()
+            domains = self.conn.listAllDomains()
+        except libvirt.libvirtError as exc:
+            raise DriverError(self.id, f"libvirt at {self.uri} failed: {exc}") from exc
+        return pb.HypervisorReport(
+            hypervisor=self.id,
+            hostname=self.hostname,
+            cpus=cpus,
+            memory_kib=memory_mib * 1024,
+            free_memory_kib=free // 1024,
+            domains=len(domains),
+            running_domains=sum(1 for d in domains if d.isActive()),
+        )
+
+    def inventory(self) -> dict[str, Any]:
+        report = self.report()
+        return {
+            "hostname": report.hostname,
+            "cpus": report.cpus,
+            "memory_kib": report.memory_kib,
+            "free_memory_kib": report.free_memory_kib,
+            "domains": [d.name() for d in self.conn.listAllDomains()],
+        }
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def simulated_node_xml(hypervisor_id: int) -> str:
+    """A test-driver host with its own size: 16-64 CPUs, 64-256 GiB, varying by id."""
+    cpus = 16 * (1 + hypervisor_id % 4)
+    memory_kib = 64 * (1 + (hypervisor_id // 4) % 4) * 1024 * 1024
+    node = ET.Element("node")
+    cpu = ET.SubElement(node, "cpu")
+    for tag, value in (("mhz", 2400), ("nodes", 1), ("sockets", 1), ("cores", cpus), ("threads", 1)):
+        ET.SubElement(cpu, tag).text = str(value)
+    ET.SubElement(node, "memory", unit="KiB").text = str(memory_kib)
+    return ET.tostring(node, encoding="unicode")
+
+
+def open_simulated(hypervisor_id: int, state_dir: Path) -> Hypervisor:
+    """Write the host file of a simulated hypervisor (once) and connect to it."""
+    hosts = state_dir / "hosts"
+    hosts.mkdir(parents=True, exist_ok=True)
+    path = hosts / f"hv-{hypervisor_id}.xml"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(simulated_node_xml(hypervisor_id))
+        tmp.replace(path)
+    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}")

@@ -1,0 +1,129 @@
+"""A leaf agent rank: hosts one hypervisor (production) or many simulated ones.
+
+Run by its parent as ``python -m cloudland_agents.leaf``. Commands fan out to
+the hypervisors it hosts; inline operations run on the MPI thread, the others
+on worker threads whose results are picked up by the loop. Replies go up in
+batches; heartbeats carry the resource reports that changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from cloudland import procinfo
+from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
+from cloudland.topology import Shape
+from cloudland_agents import ops
+from cloudland_agents.hypervisor import Hypervisor, open_simulated
+from cloudland_launcher.rank import ChildRank
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class Leaf(ChildRank):
+    def setup(self) -> None:
+        settings = MessageToDict(self.assign.agent)
+        self.test_ops = bool(settings.get("test_ops", False))
+        shape = Shape(self.assign.hypervisors, self.assign.per_leaf, self.assign.fanout)
+        ids = shape.hypervisors_of(self.node)
+        if settings.get("driver", "test") == "test":
+            state_dir = Path(settings.get("state_dir", "var"))
+            self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
+        else:
+            uri = settings.get("libvirt_uri", "qemu:///system")
+            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME) for hv in ids}
+        self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
+        self.done: deque[pb.Reply] = deque()  # filled by worker threads
+        self.in_progress: Counter[str] = Counter()
+        self.sent_reports: dict[int, pb.HypervisorReport] = {}
+
+    def on_command(self, command: pb.Command) -> None:
+        kind = command.targets.WhichOneof("kind")
+        if kind == "all":
+            targets = list(self.hypervisors)
+        elif kind == "hypervisor":
+            targets = [command.targets.hypervisor]
+        else:
+            targets = list(command.targets.set.ids)
+        op = ops.lookup(command.operation, self.test_ops)
+        args = MessageToDict(command.args)
+        left = (command.deadline_ms - procinfo.now_ms()) / 1000 if command.deadline_ms else 0.0
+        deadline = time.monotonic() + left if command.deadline_ms else 0.0
+        for hv in targets:
+            if hv not in self.hypervisors:
+                self.buffer.add([_reply(command.job_id, hv, pb.UNKNOWN_HYPERVISOR,
+                                        f"hypervisor {hv} is not hosted by {self.node} (job {command.job_id})")])
+            elif op is None:
+                self.buffer.add([_reply(command.job_id, hv, pb.UNKNOWN_OPERATION,
+                                        f"unknown operation {command.operation!r} (hypervisor {hv}, job {command.job_id})")])
+            elif op.inline:
+                self.buffer.add([self._execute(op, hv, command.job_id, args, deadline)])
+            else:
+                self.in_progress[command.job_id] += 1
+                self.pool.submit(self._in_worker, op, hv, command.job_id, args, deadline)
+
+    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> None:
+        self.done.append(self._execute(op, hv, job_id, args, deadline))
+        self.backoff.notify()
+
+    def _execute(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> pb.Reply:
+        ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw)
+        try:
+            payload = op.run(ctx, args)
+        except InvalidRequest as exc:
+            return _reply(job_id, hv, pb.INVALID_ARGUMENT, f"{op.name}: {exc} (hypervisor {hv}, job {job_id})")
+        except HypervisorError as exc:
+            return _reply(job_id, hv, pb.FAILED, f"{op.name}: {exc}")
+        except (CloudLandError, Exception) as exc:  # noqa: BLE001 - a crash becomes a FAILED reply
+            log.exception("event=operation_crashed op=%s hypervisor=%s job=%s", op.name, hv, job_id)
+            return _reply(job_id, hv, pb.FAILED, f"{op.name} crashed: {exc!r} (hypervisor {hv}, job {job_id})")
+        reply = _reply(job_id, hv, pb.OK)
+        if payload:
+            reply.payload.update(payload)
+        return reply
+
+    def work(self) -> bool:
+        if not self.done:
+            return False
+        while self.done:
+            reply = self.done.popleft()
+            self.in_progress[reply.job_id] -= 1
+            if self.in_progress[reply.job_id] <= 0:
+                del self.in_progress[reply.job_id]
+            self.buffer.add([reply])
+        return True
+
+    def pending(self, job_id: str) -> int:
+        return self.in_progress.get(job_id, 0)
+
+    def inventory(self) -> list[pb.HypervisorReport]:
+        self.sent_reports = {hv: h.report() for hv, h in self.hypervisors.items()}
+        return list(self.sent_reports.values())
+
+    def changed_reports(self) -> list[pb.HypervisorReport]:
+        changed = []
+        for hv, hypervisor in self.hypervisors.items():
+            report = hypervisor.report()
+            if self.sent_reports.get(hv) != report:
+                self.sent_reports[hv] = report
+                changed.append(report)
+        return changed
+
+    def leave(self, reason: str) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _reply(job_id: str, hv: int, status: int, error: str = "") -> pb.Reply:
+    return pb.Reply(job_id=job_id, hypervisor=hv, status=status, error=error)
+
+
+if __name__ == "__main__":
+    Leaf().run()

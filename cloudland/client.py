@@ -1,0 +1,146 @@
+"""A thin client of the root's gRPC service, used by the CLI, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
+
+from cloudland.config import DEFAULT_GRPC
+from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
+from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import root_pb2, root_pb2_grpc
+
+ALL = None
+
+
+MAX_ID = 2**32 - 1
+
+
+def make_targets(targets: int | Iterable[int] | None) -> pb.Targets:
+    """A unicast for an int, a multicast for an iterable, a broadcast for ALL (None)."""
+    if targets is ALL:
+        return pb.Targets(all=True)
+    ids = [targets] if isinstance(targets, int) else list(targets)
+    bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_ID]
+    if bad or not ids:
+        raise InvalidRequest(f"targets must be hypervisor ids in 0..{MAX_ID}, got {bad[:5] or 'none'}")
+    if isinstance(targets, int):
+        return pb.Targets(hypervisor=targets)
+    return pb.Targets(set=pb.HypervisorSet(ids=ids))
+
+
+def new_job_id() -> str:
+    """A fresh, unique job id."""
+    return uuid.uuid4().hex
+
+
+class RootClient:
+    """Talks to one root rank. Errors surface as CloudLand errors, not grpc.RpcError."""
+
+    def __init__(self, endpoint: str = DEFAULT_GRPC) -> None:
+        self.endpoint = endpoint
+        self._channel = grpc.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.max_receive_message_length", 256 << 20),
+                # Notice a root that comes up within a second, not after gRPC's
+                # default reconnect backoff (which grows towards 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = root_pb2_grpc.RootStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RootClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def dispatch(
+        self,
+        operation: str,
+        targets: int | Iterable[int] | None = ALL,
+        args: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+        job_id: str | None = None,
+    ) -> Iterator[pb.ReplyBatch]:
+        """Send one command; yield reply batches until every target has answered."""
+        command = pb.Command(
+            job_id=job_id or new_job_id(),
+            targets=make_targets(targets),
+            operation=operation,
+            deadline_ms=int((time.time() + timeout) * 1000),
+        )
+        if args:
+            command.args.update(args)
+        try:
+            # The root answers every target by the deadline; the margin covers transit only.
+            yield from self._stub.Dispatch(root_pb2.DispatchRequest(command=command), timeout=timeout + 5)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"dispatch of job {command.job_id}") from exc
+
+    def run(self, operation: str, targets: int | Iterable[int] | None = ALL, **kwargs: Any) -> list[pb.Reply]:
+        """Dispatch and gather every reply."""
+        return [reply for batch in self.dispatch(operation, targets, **kwargs) for reply in batch.replies]
+
+    def topology(self, timeout: float = 5.0) -> root_pb2.TopologyReply:
+        """The tree's shape and whether every rank is up."""
+        try:
+            return self._stub.Topology(root_pb2.TopologyRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "topology") from exc
+
+    def health(self, reports: bool = False, timeout: float = 5.0) -> root_pb2.HealthReply:
+        """Peer states, recent events and (optionally) every hypervisor's report."""
+        try:
+            return self._stub.Health(root_pb2.HealthRequest(reports=reports), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "health") from exc
+
+    def wait_ready(self, timeout: float = 120.0) -> root_pb2.TopologyReply:
+        """Block until the root reports every rank up, or raise RootUnreachable."""
+        end = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < end:
+            try:
+                topo = self.topology(timeout=2.0)
+                if topo.ready:
+                    return topo
+            except (RootUnreachable, TreeError) as exc:  # not up yet, or busy spawning ranks
+                last = exc
+            time.sleep(0.1)
+        raise RootUnreachable(f"root at {self.endpoint} not ready after {timeout:.0f} s ({last})")
+
+    def _translate(self, exc: grpc.RpcError, what: str) -> Exception:
+        code = exc.code() if hasattr(exc, "code") else None
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+            return InvalidRequest(f"{what}: {detail}")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return RootUnreachable(f"{what}: cannot reach the root at {self.endpoint}: {detail}")
+        return TreeError(f"{what} at {self.endpoint} failed: {code.name if code else '?'} {detail}")
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python; whole numbers come back as ints, not floats."""
+    return _ints(MessageToDict(value))
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return value

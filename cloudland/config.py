@@ -1,0 +1,95 @@
+"""One settings object for the tree, read from ``CLOUDLAND_*`` with embedded defaults.
+
+Validated at start-up: a bad value raises ConfigError naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudland.errors import ConfigError
+from cloudland.topology import DEFAULT_FANOUT, Shape
+
+DEFAULT_GRPC = "127.0.0.1:50551"
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """Everything the root needs to build and run the tree."""
+
+    hypervisors: int = 100
+    per_leaf: int = 0                # 0: choose so the tree stays near max_ranks ranks
+    fanout: int = DEFAULT_FANOUT     # 0: flat (the root talks to every leaf)
+    max_ranks: int = 100             # the automatic per_leaf aims below this many ranks
+    grpc: str = DEFAULT_GRPC
+    heartbeat_s: float = 1.0
+    slow_after: int = 3              # missed heartbeats before a peer is SLOW
+    lost_after: int = 10             # missed heartbeats before a silent peer is LOST
+    max_sleep_s: float = 0.005       # longest idle poll sleep (adaptive backoff ceiling)
+    linger_s: float = 0.05           # longest a reply waits in a relay's batch
+    deadline_s: float = 30.0         # default command deadline
+    driver: str = "test"             # "test": simulated hypervisors on libvirt test:///
+    libvirt_uri: str = "qemu:///system"  # used when driver == "libvirt"
+    state_dir: Path = field(default_factory=lambda: Path("var"))
+    test_ops: bool = False           # register test-only agent operations (tests only)
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_s", "max_sleep_s", "linger_s", "deadline_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"CLOUDLAND_{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.slow_after < 1 or self.lost_after <= self.slow_after:
+            raise ConfigError(
+                f"need 1 <= CLOUDLAND_SLOW_AFTER < CLOUDLAND_LOST_AFTER, got {self.slow_after}, {self.lost_after}"
+            )
+        if self.driver not in ("test", "libvirt"):
+            raise ConfigError(f"CLOUDLAND_DRIVER must be 'test' or 'libvirt', got {self.driver!r}")
+        if self.per_leaf < 0 or self.max_ranks < 2:
+            raise ConfigError("CLOUDLAND_PER_LEAF must be >= 0 and CLOUDLAND_MAX_RANKS >= 2")
+        self.shape  # validates hypervisors and fanout
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.hypervisors, self.per_leaf or auto_per_leaf(self), self.fanout)
+
+    def replace(self, **changes: object) -> TreeSettings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> TreeSettings:
+        """Defaults, then ``CLOUDLAND_<FIELD>`` variables, then explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"CLOUDLAND_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), f.name)) if f.default is dataclasses.MISSING else type(f.default)
+            try:
+                if kind is bool:
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif issubclass(kind, Path):
+                    values[f.name] = Path(raw)
+                else:
+                    values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigError(f"CLOUDLAND_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def auto_per_leaf(settings: TreeSettings) -> int:
+    """Hypervisors per leaf rank so that leaves plus relays stay within max_ranks.
+
+    In production (driver "libvirt") each leaf rank is one hypervisor.
+    """
+    if settings.driver == "libvirt":
+        return 1
+    per_leaf = 1
+    while True:
+        shape = Shape(settings.hypervisors, per_leaf, settings.fanout)
+        if shape.leaves + len(shape.relays()) + 1 <= settings.max_ranks:
+            return per_leaf
+        per_leaf = max(per_leaf + 1, int(per_leaf * 1.1))

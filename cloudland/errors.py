@@ -1,0 +1,72 @@
+"""The error hierarchy, arranged by what callers catch.
+
+    CloudLandError                  anything CloudLand raises on purpose
+    ├── ConfigError                 a setting is invalid (raised at start-up)
+    ├── InvalidRequest              a caller's request is malformed; never retried
+    │   ├── UnknownOperation        no agent operation has that name
+    │   └── UnknownHypervisor       a target id is outside the tree
+    ├── WireError                   a message on an MPI link is not a valid envelope
+    ├── TreeError                   the tree could not do what was asked
+    │   ├── PeerLost                a relay or leaf rank died or went silent
+    │   └── SpawnError              a rank could not be started
+    ├── RootUnreachable             the root's gRPC endpoint does not answer
+    └── HypervisorError             an operation failed on a hypervisor
+        └── DriverError             libvirt (or another driver) refused
+
+Every message names what failed and where: hypervisor id, job id, peer.
+Third-party errors are translated at the boundary with ``raise ... from exc``.
+"""
+
+
+class CloudLandError(Exception):
+    """Raised when CloudLand fails on purpose; the base of every error below."""
+
+
+class ConfigError(CloudLandError):
+    """Raised when a setting is missing or out of range, at start-up."""
+
+
+class InvalidRequest(CloudLandError):
+    """Raised when a request (targets, job id, arguments) is malformed."""
+
+
+class UnknownOperation(InvalidRequest):
+    """Raised when an agent is asked for an operation it has not registered."""
+
+
+class UnknownHypervisor(InvalidRequest):
+    """Raised when a target hypervisor id is not in the tree."""
+
+
+class WireError(CloudLandError):
+    """Raised when bytes from an MPI link do not decode to a valid envelope."""
+
+
+class TreeError(CloudLandError):
+    """Raised when the message tree cannot carry out a request."""
+
+
+class PeerLost(TreeError):
+    """Raised when a relay or leaf rank is dead or silent past the lost threshold."""
+
+
+class SpawnError(TreeError):
+    """Raised when MPI cannot start a relay or leaf rank."""
+
+
+class RootUnreachable(CloudLandError):
+    """Raised when the root's gRPC endpoint does not answer."""
+
+
+class HypervisorError(CloudLandError):
+    """Raised when an operation fails on a hypervisor; the message names it."""
+
+    def __init__(self, hypervisor: int, message: str, job_id: str = "") -> None:
+        where = f"hypervisor {hypervisor}" + (f", job {job_id}" if job_id else "")
+        super().__init__(f"{message} ({where})")
+        self.hypervisor = hypervisor
+        self.job_id = job_id
+
+
+class DriverError(HypervisorError):
+    """Raised when libvirt or another driver refuses an operation."""

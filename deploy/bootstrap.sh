@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up .venv on a fresh Debian machine: the Debian packages CloudLand needs
+# (when run as root), then the Python packages, then the generated protobuf code.
+# Idempotent: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=.venv
+# libvirt-dev + pkg-config + gcc build libvirt-python; libvirt0 carries the test:/// driver;
+# iproute2 for namespaces; tmux drives the CLI in tests.
+DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux"
+
+missing=""
+for pkg in $DEBS; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "bootstrap: installing Debian packages:$missing"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+        echo "bootstrap: missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
+    echo "bootstrap: installing Python packages into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[dev]'
+    touch "$VENV/.installed"
+fi
+"$VENV/bin/python" proto/build.py

@@ -1,0 +1,66 @@
+"""Start the root rank: ``python -m cloudland_launcher [--hypervisors N] ...``.
+
+Works as a plain process (it spawns the whole tree) or under
+``mpiexec --with-ft ulfm -n 1 python -m cloudland_launcher``. Flags override
+``CLOUDLAND_*`` variables, which override the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cloudland import log as cl_log
+from cloudland import mpienv
+from cloudland.config import TreeSettings
+from cloudland.errors import ConfigError
+
+
+def parse(argv: list[str]) -> TreeSettings:
+    parser = argparse.ArgumentParser(prog="python -m cloudland_launcher", description=__doc__)
+    parser.add_argument("--hypervisors", type=int)
+    parser.add_argument("--per-leaf", type=int, help="hypervisors per leaf rank (0: automatic)")
+    parser.add_argument("--fanout", type=int, help="children per relay (0: flat)")
+    parser.add_argument("--grpc", help="address the root's gRPC service listens on")
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--heartbeat", type=float, dest="heartbeat_s")
+    parser.add_argument("--max-sleep", type=float, dest="max_sleep_s")
+    parser.add_argument("--linger", type=float, dest="linger_s")
+    parser.add_argument("--test-ops", action="store_true", default=None)
+    ns = parser.parse_args(argv)
+    return TreeSettings.from_env(**vars(ns))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cl_log.setup("root")
+    try:
+        settings = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"cloudland: {exc}", file=sys.stderr)
+        return 2
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cl_log.setup("root", log_file=cl_log.rank_log_file(settings.state_dir, "root"))
+    mpi = mpienv.import_mpi()
+    from cloudland_launcher.root import Root
+    from cloudland_launcher.service import serve
+
+    root = Root(settings, mpi)
+    try:
+        server = serve(root, settings.grpc)
+    except ConfigError as exc:
+        print(f"cloudland: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).warning(
+        "event=root_started grpc=%s hypervisors=%d per_leaf=%d fanout=%d",
+        settings.grpc, root.shape.hypervisors, root.shape.per_leaf, root.shape.fanout,
+    )
+    root.run()
+    server.stop(grace=1)
+    os._exit(0)  # no MPI_Finalize: it may wait on dead peers (see launcher/rank.py)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

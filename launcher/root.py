@@ -1,0 +1,225 @@
+"""The root rank: owns the job table, routes commands into the tree, answers gRPC.
+
+The MPI loop runs on the main thread. gRPC handlers never touch MPI: they put
+requests on ``inbox`` and ring the loop's doorbell; the loop answers through
+per-job queues (Dispatch) or futures (Topology, Health).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from cloudland import procinfo
+from cloudland.config import TreeSettings
+from cloudland.topology import Shape
+from cloudland_launcher.link import Backoff
+from cloudland_launcher.subtree import Subtree, node_id
+from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import root_pb2
+
+log = logging.getLogger(__name__)
+
+END = None  # marks the end of a job's reply stream
+
+
+class DuplicateJob(Exception):
+    """Raised (to the gRPC handler) when a job id is already in flight."""
+
+
+@dataclass
+class Job:
+    command: pb.Command
+    remaining: set[int]
+    out: queue.SimpleQueue[Any]
+
+
+class Root:
+    def __init__(self, settings: TreeSettings, mpi: Any) -> None:
+        self.settings = settings
+        self.mpi = mpi
+        self.shape: Shape = settings.shape
+        assign = pb.Assign(
+            node=node_id(self.shape.root), hypervisors=self.shape.hypervisors, per_leaf=self.shape.per_leaf,
+            fanout=self.shape.fanout, heartbeat_s=settings.heartbeat_s, slow_after=settings.slow_after,
+            lost_after=settings.lost_after, max_sleep_s=settings.max_sleep_s, linger_s=settings.linger_s,
+            leaf_command=[sys.executable, "-m", "cloudland_agents.leaf"],
+            relay_command=[sys.executable, "-m", "cloudland_launcher.relay"],
+        )
+        assign.agent.update({
+            "driver": settings.driver, "libvirt_uri": settings.libvirt_uri,
+            "state_dir": str(settings.state_dir.resolve()), "test_ops": settings.test_ops,
+        })
+        self.backoff = Backoff(settings.max_sleep_s)
+        self.subtree = Subtree(
+            mpi, assign, self.shape.root, self._on_replies, self._on_event, self.backoff.doorbell
+        )
+        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.jobs: dict[str, Job] = {}
+        self.deadlines: list[tuple[int, str]] = []
+        self.events: deque[pb.PeerEvent] = deque(maxlen=200)
+        self.started = time.monotonic()
+        self.build_seconds = 0.0
+        self.stopping = ""
+
+    # -- called from gRPC threads ---------------------------------------------
+
+    def submit(self, kind: str, *args: Any) -> None:
+        self.inbox.put((kind, *args))
+        self.backoff.notify()
+
+    # -- the loop (main thread) -----------------------------------------------
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self._stop("SIGINT"))
+        self.subtree.start()
+        while not self.stopping:
+            active = self._serve_inbox()
+            active |= self.subtree.poll()
+            self.subtree.check()
+            self._expire()
+            if not self.build_seconds and self.subtree.all_up():
+                self.build_seconds = time.monotonic() - self.started
+                log.warning("event=tree_ready hypervisors=%d build_s=%.2f", self.shape.hypervisors, self.build_seconds)
+            if active:
+                self.backoff.activity()
+            else:
+                self.backoff.idle()
+        self._shutdown()
+
+    def _stop(self, why: str) -> None:
+        self.stopping = why
+        self.backoff.notify()
+
+    def _serve_inbox(self) -> bool:
+        served = False
+        while True:
+            try:
+                kind, *args = self.inbox.get_nowait()
+            except queue.Empty:
+                return served
+            served = True
+            if kind == "dispatch":
+                self._dispatch(*args)
+            elif kind == "topology":
+                args[0].set_result(self._topology())
+            elif kind == "health":
+                args[1].set_result(self._health(args[0]))
+
+    def _dispatch(self, command: pb.Command, out: queue.SimpleQueue[Any]) -> None:
+        if command.job_id in self.jobs:
+            out.put(DuplicateJob(f"job {command.job_id} is already in flight"))
+            return
+        kind = command.targets.WhichOneof("kind")
+        if kind == "all":
+            share, wanted = None, set(range(self.shape.hypervisors))
+        else:
+            ids = [command.targets.hypervisor] if kind == "hypervisor" else list(command.targets.set.ids)
+            wanted = set(ids)
+            share = sorted(hv for hv in wanted if hv < self.shape.hypervisors)
+        job = Job(command, wanted, out)
+        self.jobs[command.job_id] = job
+        heapq.heappush(self.deadlines, (command.deadline_ms, command.job_id))
+        unknown = [
+            pb.Reply(job_id=command.job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
+                     error=f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})")
+            for hv in sorted(wanted) if hv >= self.shape.hypervisors
+        ]
+        if unknown:
+            self._on_replies(unknown)
+        if share is None or share:
+            self._on_replies(self.subtree.dispatch(command, share))
+
+    def _on_replies(self, replies: list[pb.Reply]) -> None:
+        by_job: dict[str, list[pb.Reply]] = {}
+        for reply in replies:
+            by_job.setdefault(reply.job_id, []).append(reply)
+        for job_id, group in by_job.items():
+            job = self.jobs.get(job_id)
+            log.debug("event=root_replies job=%s count=%d known=%s", job_id, len(group), job is not None)
+            if job is None:
+                continue  # ended already (deadline): late replies are dropped
+            fresh = [r for r in group if r.hypervisor in job.remaining]
+            if not fresh:
+                continue
+            job.remaining.difference_update(r.hypervisor for r in fresh)
+            job.out.put(pb.ReplyBatch(replies=fresh))
+            if not job.remaining:
+                self._finish(job_id)
+
+    def _finish(self, job_id: str) -> None:
+        job = self.jobs.pop(job_id)
+        job.out.put(END)
+        self.subtree.forget(job_id)
+
+    def _expire(self) -> None:
+        now = procinfo.now_ms()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, job_id = heapq.heappop(self.deadlines)
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            self._on_replies([
+                pb.Reply(job_id=job_id, hypervisor=hv, status=pb.TIMEOUT,
+                         error=f"no reply before the deadline (hypervisor {hv}, job {job_id})")
+                for hv in sorted(job.remaining)
+            ])
+
+    def _on_event(self, event: pb.PeerEvent) -> None:
+        self.events.append(event)
+        log.warning("event=%s node=[%d:%d) reason=%s", pb.PeerState.Name(event.state).lower(),
+                    event.node.first_leaf, event.node.end_leaf, event.reason)
+
+    def _topology(self) -> root_pb2.TopologyReply:
+        return root_pb2.TopologyReply(
+            hypervisors=self.shape.hypervisors, per_leaf=self.shape.per_leaf, fanout=self.shape.fanout,
+            leaves=self.shape.leaves, relays=len(self.shape.relays()), depth=self.shape.depth(),
+            build_seconds=self.build_seconds, ready=bool(self.build_seconds),
+        )
+
+    def _health(self, request: root_pb2.HealthRequest) -> root_pb2.HealthReply:
+        rss, pss = procinfo.memory_kib()
+        me = pb.PeerStatus(node=node_id(self.shape.root), relay=True, state=pb.PEER_OK, pid=os.getpid(),
+                           host=procinfo.HOSTNAME, last_heard_ms=procinfo.now_ms(), rss_kib=rss, pss_kib=pss)
+        below = self.subtree.peers()
+        ok = sum(len(self.shape.hypervisors_of(_range(p.node))) for p in below
+                 if p.state == pb.PEER_OK and not p.relay)
+        peers = [me, *below]
+        reply = root_pb2.HealthReply(
+            peers=peers, events=list(self.events), hypervisors_ok=ok,
+            rejected=self.subtree.subtree_rejected(), jobs_in_flight=len(self.jobs),
+        )
+        if request.reports:
+            reply.reports.extend(self.subtree.reports[hv] for hv in sorted(self.subtree.reports))
+        return reply
+
+    def _shutdown(self) -> None:
+        log.warning("event=root_stopping reason=%s", self.stopping)
+        for job_id in list(self.jobs):
+            job = self.jobs[job_id]
+            self._on_replies([
+                pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNAVAILABLE,
+                         error=f"unavailable: the root is stopping (hypervisor {hv}, job {job_id})")
+                for hv in sorted(job.remaining)
+            ])
+        pids = [c.pid for c in self.subtree.children if c.pid]
+        self.subtree.shutdown(f"root stopping ({self.stopping})")
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(procinfo.alive(p) for p in pids):
+            time.sleep(0.05)
+
+
+def _range(node: pb.NodeId) -> Any:
+    from cloudland.topology import NodeRange
+
+    return NodeRange(node.first_leaf, node.end_leaf)

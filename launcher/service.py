@@ -1,0 +1,89 @@
+"""The gRPC service of the root (proto/v1/root.proto), validating every request.
+
+Bad requests end with INVALID_ARGUMENT and a message naming the field; they
+never reach the tree.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from cloudland_launcher.root import END, DuplicateJob, Root
+from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import root_pb2, root_pb2_grpc
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_TARGETS = 1_000_000
+MAX_DEADLINE_S = 24 * 3600
+
+
+def validate(command: pb.Command, default_deadline_s: float) -> str:
+    """Return what is wrong with ``command`` (empty if nothing); fills a missing deadline."""
+    if not NAME.match(command.job_id):
+        return f"job_id {command.job_id!r} must be 1-128 characters of letters, digits and ._:-"
+    if not NAME.match(command.operation):
+        return f"operation {command.operation!r} must be 1-128 characters of letters, digits and ._:- (job {command.job_id})"
+    kind = command.targets.WhichOneof("kind")
+    if kind is None:
+        return f"targets must name a hypervisor, a set or all (job {command.job_id})"
+    if kind == "all" and not command.targets.all:
+        return f"targets.all must be true for a broadcast (job {command.job_id})"
+    if kind == "set" and not 0 < len(command.targets.set.ids) <= MAX_TARGETS:
+        return f"targets.set must hold 1 to {MAX_TARGETS} ids, got {len(command.targets.set.ids)} (job {command.job_id})"
+    now_ms = int(time.time() * 1000)
+    if command.deadline_ms == 0:
+        command.deadline_ms = now_ms + int(default_deadline_s * 1000)
+    elif command.deadline_ms > now_ms + MAX_DEADLINE_S * 1000:
+        return f"deadline_ms is more than {MAX_DEADLINE_S // 3600} h ahead (job {command.job_id})"
+    return ""
+
+
+class RootService(root_pb2_grpc.RootServicer):
+    def __init__(self, root: Root) -> None:
+        self.root = root
+
+    def Dispatch(self, request: root_pb2.DispatchRequest, context: grpc.ServicerContext) -> Iterator[pb.ReplyBatch]:
+        command = request.command
+        problem = validate(command, self.root.settings.deadline_s)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.root.submit("dispatch", command, out)
+        while True:
+            item = out.get()
+            if item is END:
+                return
+            if isinstance(item, DuplicateJob):
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, str(item))
+            yield item
+
+    def Topology(self, request: root_pb2.TopologyRequest, context: grpc.ServicerContext) -> root_pb2.TopologyReply:
+        future: futures.Future[root_pb2.TopologyReply] = futures.Future()
+        self.root.submit("topology", future)
+        return future.result(timeout=10)
+
+    def Health(self, request: root_pb2.HealthRequest, context: grpc.ServicerContext) -> root_pb2.HealthReply:
+        future: futures.Future[root_pb2.HealthReply] = futures.Future()
+        self.root.submit("health", request, future)
+        return future.result(timeout=10)
+
+
+def serve(root: Root, address: str) -> grpc.Server:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=512, thread_name_prefix="grpc"),  # a thread per open Dispatch stream
+        options=[("grpc.max_send_message_length", 256 << 20)],
+    )
+    root_pb2_grpc.add_RootServicer_to_server(RootService(root), server)
+    if server.add_insecure_port(address) == 0:
+        from cloudland.errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {address} (CLOUDLAND_GRPC): in use or invalid")
+    server.start()
+    return server

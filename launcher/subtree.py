@@ -1,0 +1,353 @@
+"""The children of one node (the root or a relay): spawn, route, track, heal.
+
+Routing follows cloudland.topology; every link keeps the replies it still owes
+per job, so that when a child is lost each of them is answered UNAVAILABLE at
+once (flux's overlay does the same with EHOSTUNREACH). "Slow" (heartbeats
+missed) and "lost" (MPI error, or silence past the lost threshold) are
+separate states; a lost child is re-spawned and re-reports its inventory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudland import procinfo
+from cloudland.errors import PeerLost, UnknownHypervisor, WireError
+from cloudland.topology import NodeRange, Shape, route
+from cloudland_launcher import wire
+from cloudland_launcher.doorbell import Doorbell
+from cloudland_launcher.link import Link, decode_all
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+UP = (pb.PEER_OK, pb.PEER_SLOW)
+START_TIMEOUT_S = 60.0   # a child with no hello by then is lost (its own children spawn first)
+RESPAWN_BACKOFF_S = 1.0  # between failed spawn attempts
+EXPIRY_GRACE_MS = 2000   # routing state outlives a deadline by this much
+
+
+def kind_of(command: pb.Command) -> str:
+    return command.targets.WhichOneof("kind") or "none"
+
+
+def node_id(node: NodeRange) -> pb.NodeId:
+    return pb.NodeId(first_leaf=node.first, end_leaf=node.end)
+
+
+def node_range(node: pb.NodeId) -> NodeRange:
+    return NodeRange(node.first_leaf, node.end_leaf)
+
+
+@dataclass
+class Child:
+    node: NodeRange
+    link: Link | None = None
+    state: int = pb.PEER_STARTING
+    pid: int = 0
+    host: str = ""
+    spawned_at: float = 0.0
+    last_heard: float = 0.0
+    respawns: int = 0
+    retry_at: float = 0.0
+    pending: dict[str, set[int]] = field(default_factory=dict)  # job id -> hypervisors owed
+    self_status: pb.PeerStatus | None = None
+    descendants: list[pb.PeerStatus] = field(default_factory=list)
+    rejected: int = 0
+
+
+class Subtree:
+    """The children below ``me``; only the MPI thread calls it."""
+
+    def __init__(
+        self,
+        mpi: Any,
+        assign: pb.Assign,
+        me: NodeRange,
+        on_replies: Callable[[list[pb.Reply]], None],
+        on_event: Callable[[pb.PeerEvent], None],
+        doorbell: Doorbell,
+    ) -> None:
+        self.mpi = mpi
+        self.doorbell = doorbell
+        self.assign = assign
+        self.shape = Shape(assign.hypervisors, assign.per_leaf, assign.fanout)
+        self.me = me
+        self.on_replies = on_replies
+        self.on_event = on_event
+        self.children = [Child(node) for node in self.shape.children(me)]
+        self._nodes = [c.node for c in self.children]
+        self.reports: dict[int, pb.HypervisorReport] = {}
+        self.changed: dict[int, pb.HypervisorReport] = {}
+        self.deadlines: dict[str, int] = {}
+        self.rejected = 0
+        self.messages_in = 0
+        self.replies_in = 0
+        self.hb = assign.heartbeat_s
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def all_up(self) -> bool:
+        return all(c.state in UP for c in self.children)
+
+    def shutdown(self, reason: str) -> None:
+        """Say goodbye to every child and wait briefly for the words to leave."""
+        goodbye = wire.encode(goodbye=pb.Goodbye(reason=reason))
+        for child in self.children:
+            if child.link and child.state != pb.PEER_LOST:
+                try:
+                    child.link.send(goodbye)
+                    child.link.flush(2.0)
+                except PeerLost:
+                    pass
+
+    def _spawn(self, child: Child) -> None:
+        command = self.assign.leaf_command if child.node.is_leaf else self.assign.relay_command
+        child.spawned_at = child.last_heard = time.monotonic()
+        child.state = pb.PEER_STARTING
+        child.pid, child.host, child.pending = 0, "", {}
+        try:
+            comm = self.mpi.COMM_SELF.Spawn(command[0], args=list(command[1:]), maxprocs=1)
+        except self.mpi.Exception as exc:
+            child.state = pb.PEER_LOST
+            child.retry_at = time.monotonic() + RESPAWN_BACKOFF_S
+            self._event(child, f"spawn failed: {exc}")
+            return
+        child.link = Link(self.mpi, comm, str(child.node), self.doorbell)
+        assign = pb.Assign()
+        assign.CopyFrom(self.assign)
+        assign.node.CopyFrom(node_id(child.node))
+        assign.parent_pid, assign.parent_host = os.getpid(), procinfo.HOSTNAME
+        child.link.send(wire.encode(assign=assign))
+        log.debug("event=spawned node=%s", child.node)
+
+    # -- routing -----------------------------------------------------------
+
+    def dispatch(self, command: pb.Command, share: list[int] | None) -> list[pb.Reply]:
+        """Send ``command`` to the children holding ``share`` (None: all).
+
+        Returns the replies that can be given at once: UNAVAILABLE for targets
+        under a child that is not up.
+        """
+        immediate: list[pb.Reply] = []
+        try:
+            shares = route(self.shape, self._nodes, share)
+        except UnknownHypervisor as exc:
+            raise WireError(f"job {command.job_id} targets outside {self.me}: {exc}") from exc
+        if command.deadline_ms:
+            self.deadlines[command.job_id] = command.deadline_ms
+        by_node = {c.node: c for c in self.children}
+        for node, ids in shares.items():
+            child = by_node[node]
+            owed = set(self.shape.hypervisors_of(node) if ids is None else ids)
+            if child.state not in UP or child.link is None:
+                immediate.extend(self._unavailable(command.job_id, owed, f"{node} is {pb.PeerState.Name(child.state)}"))
+                continue
+            sub = pb.Command(job_id=command.job_id, operation=command.operation, deadline_ms=command.deadline_ms)
+            sub.args.CopyFrom(command.args)
+            if ids is None:
+                sub.targets.all = True
+            elif len(ids) == 1:
+                sub.targets.hypervisor = ids[0]
+            else:
+                sub.targets.set.ids.extend(ids)
+            child.pending[command.job_id] = owed
+            log.debug("event=command_down job=%s peer=%s targets=%s", command.job_id, node, kind_of(sub))
+            try:
+                child.link.send(wire.encode(command=sub))
+            except PeerLost as exc:
+                self._lose(child, str(exc))
+        return immediate
+
+    def pending(self, job_id: str) -> int:
+        return sum(len(c.pending.get(job_id, ())) for c in self.children)
+
+    def forget(self, job_id: str) -> None:
+        """Drop routing state of a job that ended above us (deadline passed)."""
+        self.deadlines.pop(job_id, None)
+        for child in self.children:
+            child.pending.pop(job_id, None)
+
+    def _unavailable(self, job_id: str, hypervisors: set[int], why: str) -> list[pb.Reply]:
+        return [
+            pb.Reply(
+                job_id=job_id,
+                hypervisor=hv,
+                status=pb.UNAVAILABLE,
+                error=f"unavailable: {why} (hypervisor {hv}, job {job_id})",
+            )
+            for hv in sorted(hypervisors)
+        ]
+
+    # -- receiving ---------------------------------------------------------
+
+    def poll(self) -> bool:
+        """Read every child's messages; True if anything arrived."""
+        active = False
+        for child in self.children:
+            if child.link is None or child.state == pb.PEER_LOST:
+                continue
+            try:
+                raw = child.link.poll()
+            except PeerLost as exc:
+                self._lose(child, str(exc))
+                active = True
+                continue
+            if not raw:
+                continue
+            active = True
+            self.messages_in += len(raw)
+            child.last_heard = time.monotonic()
+            if child.state == pb.PEER_SLOW:
+                child.state = pb.PEER_OK
+                self._event(child, "heard again")
+            for envelope in decode_all(raw, str(child.node), lambda e, c=child: self._reject(c, e)):
+                self._handle(child, envelope)
+        return active
+
+    def _reject(self, child: Child, error: Exception) -> None:
+        self.rejected += 1
+        log.warning("event=message_rejected peer=%s error=%s", child.node, error)
+
+    def _handle(self, child: Child, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("body")
+        if kind == "replies":
+            self.replies_in += 1
+            self._accept_replies(child, envelope.replies.replies)
+        elif kind == "heartbeat":
+            self._merge_reports(envelope.heartbeat.reports)
+            self._merge_peers(child, envelope.heartbeat.peers)
+            child.rejected = envelope.heartbeat.rejected
+        elif kind == "event":
+            self.on_event(envelope.event)
+        elif kind == "hello":
+            self._hello(child, envelope.hello)
+        elif kind == "goodbye":
+            self._lose(child, f"said goodbye: {envelope.goodbye.reason}", respawn=False)
+        else:  # a child never sends commands or assignments up: refuse, never execute (§5)
+            self._reject(child, WireError(f"{kind} from child {child.node} is not allowed upward"))
+
+    def _accept_replies(self, child: Child, replies: Any) -> None:
+        log.debug("event=replies_in peer=%s count=%d pending=%s", child.node, len(replies), list(child.pending))
+        accepted = []
+        for reply in replies:
+            owed = child.pending.get(reply.job_id)
+            if owed is None or reply.hypervisor not in owed:
+                continue  # late (job expired) or duplicate: the job already has its answer
+            owed.discard(reply.hypervisor)
+            if not owed:
+                del child.pending[reply.job_id]
+            accepted.append(reply)
+        if accepted:
+            self.on_replies(accepted)
+
+    def _hello(self, child: Child, hello: pb.Hello) -> None:
+        if node_range(hello.node) != child.node:
+            self._reject(child, WireError(f"hello from {child.node} claims {node_range(hello.node)}"))
+            return
+        child.pid, child.host = hello.pid, hello.host
+        if child.link and hello.host == procinfo.HOSTNAME:
+            child.link.peer_pid = hello.pid
+        self._merge_reports(hello.inventory)
+        self._merge_peers(child, hello.peers)
+        child.state = pb.PEER_OK
+        took = time.monotonic() - child.spawned_at
+        self._event(child, f"up in {took:.2f} s" + (f" after respawn {child.respawns}" if child.respawns else ""))
+
+    def _merge_reports(self, reports: Any) -> None:
+        for report in reports:
+            self.reports[report.hypervisor] = report
+            self.changed[report.hypervisor] = report
+
+    def _merge_peers(self, child: Child, peers: Any) -> None:
+        mine = node_id(child.node)
+        child.descendants = []
+        for peer in peers:
+            if peer.node == mine:
+                child.self_status = peer
+            else:
+                child.descendants.append(peer)
+
+    # -- health ------------------------------------------------------------
+
+    def check(self) -> None:
+        """Advance peer states by silence, respawn lost children, expire old jobs."""
+        now = time.monotonic()
+        for child in self.children:
+            silent = now - child.last_heard
+            if child.state == pb.PEER_LOST:
+                if now >= child.retry_at:
+                    child.respawns += 1
+                    self._spawn(child)
+            elif child.state == pb.PEER_STARTING:
+                if silent > START_TIMEOUT_S:
+                    self._lose(child, f"no hello {START_TIMEOUT_S:.0f} s after spawn")
+            elif silent > self.assign.lost_after * self.hb:
+                self._lose(child, f"silent for {silent:.1f} s")
+            elif silent > self.assign.slow_after * self.hb and child.state == pb.PEER_OK:
+                child.state = pb.PEER_SLOW
+                self._event(child, f"no heartbeat for {silent:.1f} s")
+        if self.deadlines:
+            cutoff = procinfo.now_ms() - EXPIRY_GRACE_MS
+            for job_id in [j for j, d in self.deadlines.items() if d < cutoff]:
+                self.forget(job_id)
+
+    def _lose(self, child: Child, reason: str, respawn: bool = True) -> None:
+        if child.state == pb.PEER_LOST:
+            return
+        log.warning("event=peer_lost peer=%s pid=%s reason=%s", child.node, child.pid, reason)
+        owed = child.pending
+        child.pending = {}
+        child.state = pb.PEER_LOST
+        child.retry_at = time.monotonic() if respawn else float("inf")
+        # A silent (hung) process may still live: end it, so its own children see
+        # their parent fail and exit, and the replacement starts clean.
+        if child.pid and child.host == procinfo.HOSTNAME and procinfo.alive(child.pid):
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if child.link:
+            child.link.close()
+            child.link = None
+        self._event(child, reason)
+        for job_id, hypervisors in owed.items():
+            self.on_replies(self._unavailable(job_id, hypervisors, f"{child.node} lost: {reason}"))
+
+    def _event(self, child: Child, reason: str) -> None:
+        self.on_event(pb.PeerEvent(node=node_id(child.node), state=child.state, reason=reason, at_ms=procinfo.now_ms()))
+
+    def peers(self) -> list[pb.PeerStatus]:
+        """Status of every rank below us, in our view: a child's state is what we see."""
+        out: list[pb.PeerStatus] = []
+        now = time.monotonic()
+        for child in self.children:
+            status = pb.PeerStatus()
+            if child.self_status is not None:
+                status.CopyFrom(child.self_status)
+            status.node.CopyFrom(node_id(child.node))
+            status.relay = not child.node.is_leaf
+            status.state = child.state
+            status.pid, status.host, status.respawns = child.pid, child.host, child.respawns
+            status.last_heard_ms = procinfo.now_ms() - int((now - child.last_heard) * 1000)
+            out.append(status)
+            for peer in child.descendants:
+                below = pb.PeerStatus()
+                below.CopyFrom(peer)
+                if child.state not in UP:  # its subtree went down with it
+                    below.state = child.state
+                out.append(below)
+        return out
+
+    def subtree_rejected(self) -> int:
+        return self.rejected + sum(c.rejected for c in self.children)

@@ -1,0 +1,1 @@
+"""CloudLand's protobuf contracts (import name ``cloudland_proto``); see README.md."""

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+
+from tests.integration.treeproc import start_tree, stop_tree
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.mpi)
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    """Start real trees; every one is stopped and checked for leftover ranks afterwards."""
+    trees = []
+
+    def make(hypervisors: int, per_leaf: int = 1, fanout: int = 32, heartbeat: float = 0.5, *extra: str):
+        tree = start_tree(tmp_path / f"tree{len(trees)}", hypervisors, per_leaf, fanout, heartbeat, *extra)
+        trees.append(tree)
+        return tree
+
+    yield make
+    for tree in trees:
+        stop_tree(tree)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        config.issue_config_time_warning(
+            pytest.PytestWarning("integration tests expect root (they kill and spawn ranks)"), 2
+        )

@@ -1,0 +1,33 @@
+"""A relay sends fewer messages up than it receives: its children's replies are batched."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from cloudland_proto.v1 import envelope_pb2 as pb
+from tests.integration.treeproc import wait_for
+
+
+@pytest.mark.parametrize("shape", [(33, 1, 32), (1025, 32, 32), (16, 1, 4)], ids=str)
+def test_relays_batch_replies_upward(make_tree, shape):
+    tree = make_tree(*shape)
+    relays = [name for name in tree.peers() if name.startswith("relay")]
+    assert relays, "every shape here has at least one relay"
+    broadcasts = 5
+    for _ in range(broadcasts):
+        replies = tree.client.run("test.count", args={"key": uuid.uuid4().hex}, timeout=30)
+        assert len(replies) == tree.hypervisors and all(r.status == pb.OK for r in replies)
+
+    def counters():
+        peers = tree.peers()
+        stats = {r: (peers[r].replies_in, peers[r].replies_out) for r in relays}
+        return stats if all(o >= broadcasts for _, o in stats.values()) else None
+
+    time.sleep(1.2)  # heartbeats (every 0.5 s) carry the counters up
+    for relay, (replies_in, replies_out) in wait_for(counters, 5, "relay counters").items():
+        children = len([n for n in tree.peers() if n != relay]) and replies_in // broadcasts
+        assert replies_out < replies_in, f"{relay}: {replies_out} batches up for {replies_in} messages in"
+        assert children >= 2, f"{relay} received {replies_in} messages for {broadcasts} broadcasts"

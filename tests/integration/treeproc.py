@@ -1,0 +1,111 @@
+"""Start and stop a real tree (root process, Open MPI spawned relays and leaves) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudland import procinfo
+from cloudland.client import RootClient
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_name(node: pb.NodeId) -> str:
+    size = node.end_leaf - node.first_leaf
+    return f"leaf {node.first_leaf}" if size == 1 else f"relay[{node.first_leaf}:{node.end_leaf})"
+
+
+@dataclass
+class Tree:
+    proc: subprocess.Popen[bytes]
+    client: RootClient
+    state_dir: Path
+    endpoint: str
+    hypervisors: int
+    seen_pids: set[int] = field(default_factory=set)
+
+    def peers(self) -> dict[str, pb.PeerStatus]:
+        """Every rank below the root by name, e.g. 'leaf 3' or 'relay[0:8)'."""
+        health = self.client.health()
+        peers = {node_name(p.node): p for p in health.peers[1:]}
+        self.seen_pids.update(p.pid for p in peers.values() if p.pid)
+        return peers
+
+    def log(self, rank: str) -> str:
+        safe = rank.replace(" ", "-").replace("[", "").replace(")", "").replace(":", "-")
+        path = self.state_dir / "logs" / f"{safe}.log"
+        return path.read_text() if path.exists() else ""
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, every: float = 0.1) -> object:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def start_tree(
+    state_dir: Path, hypervisors: int, per_leaf: int, fanout: int, heartbeat: float = 0.5, *extra: str
+) -> Tree:
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "root.out", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudland_launcher", "--hypervisors", str(hypervisors),
+         "--per-leaf", str(per_leaf), "--fanout", str(fanout), "--grpc", endpoint,
+         "--state-dir", str(state_dir), "--heartbeat", str(heartbeat), "--test-ops", *extra],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    client = RootClient(endpoint)
+    try:
+        client.wait_ready(timeout=180)
+    except Exception:
+        stop_tree(Tree(proc, client, state_dir, endpoint, hypervisors))
+        raise AssertionError((state_dir / "root.out").read_text()[-3000:])
+    tree = Tree(proc, client, state_dir, endpoint, hypervisors)
+    tree.peers()
+    return tree
+
+
+def stop_tree(tree: Tree) -> None:
+    """SIGTERM the root (it says goodbye down the tree); then make sure no rank is left."""
+    try:
+        tree.peers()
+    except Exception:
+        pass
+    tree.client.close()
+    if tree.proc.poll() is None:
+        tree.proc.send_signal(signal.SIGTERM)
+        try:
+            tree.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(tree.proc.pid, signal.SIGKILL)
+            tree.proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(procinfo.alive(p) for p in tree.seen_pids):
+        time.sleep(0.1)
+    left = [p for p in tree.seen_pids if procinfo.alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.killpg(tree.proc.pid, signal.SIGKILL)  # the launcher daemon (prte), if still there
+    except ProcessLookupError:
+        pass
+    assert not left, f"ranks still alive after the root stopped: {left}"
