@@ -184,11 +184,12 @@ def tree(
 @tree_app.command()
 def up(
     ctx: typer.Context,
-    hypervisors: Annotated[int, typer.Option(help="Hypervisors in the tree.")] = 100,
-    fanout: Annotated[int, typer.Option(help="Children per node; 0 is flat.")] = DEFAULT_FANOUT,
-    per_leaf: Annotated[int, typer.Option(help="Hypervisors per leaf rank; 0 chooses.")] = 0,
+    # None defaults: an unset option leaves CLOUDLAND_* (then the embedded default) in force.
+    hypervisors: Annotated[int | None, typer.Option(help="Hypervisors in the tree [default: 100].")] = None,
+    fanout: Annotated[int | None, typer.Option(help=f"Children per node; 0 is flat [default: {DEFAULT_FANOUT}].")] = None,
+    per_leaf: Annotated[int | None, typer.Option(help="Hypervisors per leaf rank; 0 chooses [default: 0].")] = None,
     grpc: Annotated[str | None, typer.Option(help="Address to serve on [default: --endpoint].")] = None,
-    state_dir: Annotated[Path, typer.Option(help="Where agents keep their state.")] = Path("var"),
+    state_dir: Annotated[Path | None, typer.Option(help="Where agents keep their state [default: var].")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Seconds between heartbeats.")] = None,
 ) -> None:
     """Start the root rank, wait until every rank is up, then run until Ctrl-C."""

@@ -14,6 +14,8 @@ from cloudland.errors import ConfigError
 from cloudland.topology import DEFAULT_FANOUT, Shape
 
 DEFAULT_GRPC = "127.0.0.1:50551"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,8 @@ class TreeSettings:
     heartbeat_s: float = 1.0
     slow_after: int = 3              # missed heartbeats before a peer is SLOW
     lost_after: int = 10             # missed heartbeats before a silent peer is LOST
-    max_sleep_s: float = 0.005       # longest idle poll sleep (adaptive backoff ceiling)
+    max_sleep_s: float = 0.005       # longest idle poll sleep with a peer on another host
+    local_max_sleep_s: float = 0.1   # ... when every peer is on this host and rings our doorbell
     linger_s: float = 0.05           # longest a reply waits in a relay's batch
     deadline_s: float = 30.0         # default command deadline
     driver: str = "test"             # "test": simulated hypervisors on libvirt test:///
@@ -37,8 +40,8 @@ class TreeSettings:
     test_ops: bool = False           # register test-only agent operations (tests only)
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_s", "max_sleep_s", "linger_s", "deadline_s"):
-            if getattr(self, name) <= 0:
+        for name in ("heartbeat_s", "max_sleep_s", "local_max_sleep_s", "linger_s", "deadline_s"):
+            if not getattr(self, name) > 0:  # also refuses NaN
                 raise ConfigError(f"CLOUDLAND_{name.upper()} must be positive, got {getattr(self, name)}")
         if self.slow_after < 1 or self.lost_after <= self.slow_after:
             raise ConfigError(
@@ -48,7 +51,11 @@ class TreeSettings:
             raise ConfigError(f"CLOUDLAND_DRIVER must be 'test' or 'libvirt', got {self.driver!r}")
         if self.per_leaf < 0 or self.max_ranks < 2:
             raise ConfigError("CLOUDLAND_PER_LEAF must be >= 0 and CLOUDLAND_MAX_RANKS >= 2")
-        self.shape  # validates hypervisors and fanout
+        if self.hypervisors < 1:
+            raise ConfigError(f"CLOUDLAND_HYPERVISORS must be at least 1, got {self.hypervisors}")
+        if self.fanout == 1 or self.fanout < 0:
+            raise ConfigError(f"CLOUDLAND_FANOUT must be 0 (flat) or at least 2, got {self.fanout}")
+        self.shape  # noqa: B018 - validates the rest of the shape
 
     @property
     def shape(self) -> Shape:
@@ -69,7 +76,10 @@ class TreeSettings:
             kind = type(getattr(cls(), f.name)) if f.default is dataclasses.MISSING else type(f.default)
             try:
                 if kind is bool:
-                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                    word = raw.strip().lower()
+                    if word not in _TRUE + _FALSE:
+                        raise ValueError(word)
+                    values[f.name] = word in _TRUE
                 elif issubclass(kind, Path):
                     values[f.name] = Path(raw)
                 else:

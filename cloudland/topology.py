@@ -107,6 +107,8 @@ class Shape:
 
     def path_to(self, leaf: int) -> list[NodeRange]:
         """The nodes a command crosses from the root's child down to ``leaf``."""
+        if not 0 <= leaf < self.leaves:
+            raise UnknownHypervisor(f"leaf {leaf} is not in the tree (leaves are 0..{self.leaves - 1})")
         path: list[NodeRange] = []
         node = self.root
         while True:
@@ -118,6 +120,8 @@ class Shape:
 
     def parent_of(self, node: NodeRange) -> NodeRange:
         """The parent of a non-root node (the root's children have the root as parent)."""
+        if not (0 <= node.first < node.end <= self.leaves) or (node == self.root and self.leaves > 1):
+            raise UnknownHypervisor(f"{node} is not a non-root node of a tree of {self.leaves} leaves")
         parent = self.root
         while True:
             child = next(c for c in self.children(parent) if node.first in c)

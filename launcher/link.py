@@ -128,11 +128,17 @@ class Backoff:
     def __init__(self, max_sleep: float, min_sleep: float = 50e-6) -> None:
         self.min_sleep = min_sleep
         self.max_sleep = max_sleep
+        self.remote_max_sleep = max_sleep
+        self.local_max_sleep = max_sleep
         self.current = min_sleep
         self.doorbell = Doorbell()
 
     def activity(self) -> None:
         self.current = self.min_sleep
+
+    def set_ceiling(self, all_peers_local: bool) -> None:
+        """Sleep long only when every peer rings our doorbell (§7); remote peers are polled."""
+        self.max_sleep = self.local_max_sleep if all_peers_local else self.remote_max_sleep
 
     def notify(self) -> None:
         """Wake the loop now; safe from any thread."""

@@ -56,6 +56,7 @@ class ChildRank:
     def inventory(self) -> list[pb.HypervisorReport]: return []
     def changed_reports(self) -> list[pb.HypervisorReport]: return []
     def peers_below(self) -> list[pb.PeerStatus]: return []
+    def children_local(self) -> bool: return True
     def subtree_rejected(self) -> int: return self.rejected
     def replies_in(self) -> int: return 0
     def leave(self, reason: str) -> None: ...
@@ -71,7 +72,8 @@ class ChildRank:
         if assign.parent_host == procinfo.HOSTNAME:
             self.parent.peer_pid = assign.parent_pid
         self.buffer = ReplyBuffer(assign.linger_s)
-        self.backoff.max_sleep = assign.max_sleep_s
+        self.backoff.remote_max_sleep = assign.max_sleep_s
+        self.backoff.local_max_sleep = assign.local_max_sleep_s or assign.max_sleep_s
         self.setup()
         hello_sent = False
         started = time.monotonic()
@@ -93,6 +95,7 @@ class ChildRank:
             if now >= next_beat:
                 next_beat = now + assign.heartbeat_s
                 self._heartbeat()
+                self.backoff.set_ceiling(bool(self.parent.peer_pid) and self.children_local())
             if active:
                 self.backoff.activity()
             else:

@@ -53,6 +53,9 @@ class Relay(ChildRank):
     def peers_below(self) -> list[pb.PeerStatus]:
         return self.subtree.peers()
 
+    def children_local(self) -> bool:
+        return self.subtree.all_local()
+
     def replies_in(self) -> int:
         return self.subtree.replies_in
 

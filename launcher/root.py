@@ -52,6 +52,7 @@ class Root:
             node=node_id(self.shape.root), hypervisors=self.shape.hypervisors, per_leaf=self.shape.per_leaf,
             fanout=self.shape.fanout, heartbeat_s=settings.heartbeat_s, slow_after=settings.slow_after,
             lost_after=settings.lost_after, max_sleep_s=settings.max_sleep_s, linger_s=settings.linger_s,
+            local_max_sleep_s=settings.local_max_sleep_s,
             leaf_command=[sys.executable, "-m", "cloudland_agents.leaf"],
             relay_command=[sys.executable, "-m", "cloudland_launcher.relay"],
         )
@@ -60,6 +61,7 @@ class Root:
             "state_dir": str(settings.state_dir.resolve()), "test_ops": settings.test_ops,
         })
         self.backoff = Backoff(settings.max_sleep_s)
+        self.backoff.local_max_sleep = settings.local_max_sleep_s
         self.subtree = Subtree(
             mpi, assign, self.shape.root, self._on_replies, self._on_event, self.backoff.doorbell
         )
@@ -70,6 +72,7 @@ class Root:
         self.started = time.monotonic()
         self.build_seconds = 0.0
         self.stopping = ""
+        self._next_ceiling = 0.0
 
     # -- called from gRPC threads ---------------------------------------------
 
@@ -88,6 +91,9 @@ class Root:
             active |= self.subtree.poll()
             self.subtree.check()
             self._expire()
+            if time.monotonic() >= self._next_ceiling:
+                self._next_ceiling = time.monotonic() + 1.0
+                self.backoff.set_ceiling(self.subtree.all_local())
             if not self.build_seconds and self.subtree.all_up():
                 self.build_seconds = time.monotonic() - self.started
                 log.warning("event=tree_ready hypervisors=%d build_s=%.2f", self.shape.hypervisors, self.build_seconds)

@@ -97,6 +97,10 @@ class Subtree:
         for child in self.children:
             self._spawn(child)
 
+    def all_local(self) -> bool:
+        """Every child is known to share our host (so it rings our doorbell)."""
+        return all(c.link is not None and c.link.peer_pid for c in self.children)
+
     def all_up(self) -> bool:
         return all(c.state in UP for c in self.children)
 

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.integration.treeproc import start_tree, stop_tree
+from cloudland_launcher.harness import start_tree, stop_tree
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from cloudland_proto.v1 import envelope_pb2 as pb
-from tests.integration.treeproc import wait_for
+from cloudland_launcher.harness import wait_for
 
 
 @pytest.mark.parametrize("shape", [(33, 1, 32), (1025, 32, 32), (16, 1, 4)], ids=str)

@@ -219,7 +219,7 @@ def test_up_exits_1_when_the_root_dies_before_ready(monkeypatch: pytest.MonkeyPa
 def test_up_rejects_a_bad_shape_with_exit_2() -> None:
     result = run("tree", "up", "--fanout", "1")
     assert result.exit_code == 2
-    assert "fanout" in result.stderr
+    assert "fanout" in result.stderr.lower()
 
 
 def test_stop_child_terminates_then_kills() -> None:

@@ -1,4 +1,4 @@
-"""Start and stop a real tree (root process, Open MPI spawned relays and leaves) for tests."""
+"""Start and stop a real tree (a root process and its spawned ranks) for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 def start_tree(
     state_dir: Path, hypervisors: int, per_leaf: int, fanout: int, heartbeat: float = 0.5, *extra: str
 ) -> Tree:
+    """Start ``python -m cloudland_launcher`` with test operations and wait until every rank is up."""
     port = free_port()
     endpoint = f"127.0.0.1:{port}"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def start_tree(
     return tree
 
 
-def stop_tree(tree: Tree) -> None:
+def stop_tree(tree: Tree) -> None:  # noqa: C901 - one linear teardown
     """SIGTERM the root (it says goodbye down the tree); then make sure no rank is left."""
     try:
         tree.peers()

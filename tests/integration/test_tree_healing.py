@@ -1,0 +1,115 @@
+"""Self-healing: a rank killed with SIGKILL while 100 commands are in flight.
+
+Every command must end (OK, or UNAVAILABLE for what went through the dead
+rank), none may hang, and within 10 s a broadcast reaches every hypervisor
+again. The root's health view must say what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from cloudland import procinfo
+from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_launcher.harness import node_name
+
+# 100 hypervisors, 4 per leaf, fan-out 8: root -> 3 relays of 8 leaves + 1 leaf; 29 ranks.
+SHAPE = (100, 4, 8)
+COMMANDS = 100
+
+
+def run_storm_and_kill(tree, victim: str) -> tuple[list[list[pb.Reply]], float, set[int]]:
+    """Start COMMANDS sleeps across the tree, SIGKILL ``victim`` mid-way, gather every reply."""
+    peers = tree.peers()
+    victim_peer = peers[victim]
+    under_victim = set(range(victim_peer.node.first_leaf * 4, min(victim_peer.node.end_leaf * 4, 100)))
+    rng = random.Random(3)
+    plans = []
+    for i in range(COMMANDS):
+        targets = set(rng.sample(range(100), 5))
+        if i % 4 == 0:  # make sure plenty of commands go through the victim
+            targets.add(rng.choice(sorted(under_victim)))
+        plans.append(sorted(targets))
+    with ThreadPoolExecutor(max_workers=COMMANDS) as pool:
+        futures = [pool.submit(tree.client.run, "sleep", t, args={"seconds": 2.0}, timeout=25) for t in plans]
+        time.sleep(0.7)  # commands are in flight: the sleeps take 2 s
+        os.kill(victim_peer.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        done, not_done = wait(futures, timeout=20)
+        assert not not_done, f"{len(not_done)} commands hung after {victim} was killed"
+    results = [f.result() for f in futures]
+    for plan, replies in zip(plans, results):
+        assert sorted(r.hypervisor for r in replies) == plan, "every target answered exactly once"
+        for reply in replies:
+            assert reply.status in (pb.OK, pb.UNAVAILABLE), reply
+            if reply.status == pb.UNAVAILABLE:
+                assert reply.hypervisor in under_victim, reply
+                assert f"hypervisor {reply.hypervisor}" in reply.error and reply.job_id in reply.error
+    return results, killed_at, under_victim
+
+
+def wait_healed(tree, killed_at: float) -> float:
+    """Broadcast until every hypervisor answers OK; return seconds since the kill."""
+    while time.monotonic() - killed_at < 10:
+        replies = tree.client.run("ping", timeout=2)
+        if len(replies) == tree.hypervisors and all(r.status == pb.OK for r in replies):
+            return time.monotonic() - killed_at
+        time.sleep(0.2)
+    raise AssertionError("a broadcast did not reach every hypervisor within 10 s of the kill")
+
+
+def test_leaf_killed_with_commands_in_flight(make_tree):
+    tree = make_tree(*SHAPE)
+    victim = "leaf 3"
+    old_pid = tree.peers()[victim].pid
+    results, killed_at, under_victim = run_storm_and_kill(tree, victim)
+    unavailable = [r for replies in results for r in replies if r.status == pb.UNAVAILABLE]
+    assert unavailable, "commands through the killed leaf were answered UNAVAILABLE"
+    assert wait_healed(tree, killed_at) < 10
+
+    peers = tree.peers()
+    assert peers[victim].state == pb.PEER_OK and peers[victim].respawns == 1
+    assert peers[victim].pid != old_pid and not procinfo.alive(old_pid)
+    events = [(node_name(e.node), e.state, e.reason) for e in tree.client.health().events]
+    lost = [e for e in events if e[0] == victim and e[1] == pb.PEER_LOST]
+    assert lost and "MPI error" in lost[0][2], events[-5:]
+    assert any(e[0] == victim and e[1] == pb.PEER_OK and "respawn 1" in e[2] for e in events)
+
+
+def test_relay_killed_with_commands_in_flight(make_tree):
+    tree = make_tree(*SHAPE)
+    victim = "relay[0:8)"
+    before = tree.peers()
+    orphans = [p.pid for name, p in before.items() if name.startswith("leaf") and p.node.end_leaf <= 8]
+    assert len(orphans) == 8
+    results, killed_at, under_victim = run_storm_and_kill(tree, victim)
+    assert any(r.status == pb.UNAVAILABLE for replies in results for r in replies)
+    assert any(r.status == pb.OK for replies in results for r in replies)
+    assert wait_healed(tree, killed_at) < 10
+
+    # The dead relay's leaves saw their parent fail and exited: no orphans remain.
+    assert not [pid for pid in orphans if procinfo.alive(pid)]
+    peers = tree.peers()
+    assert peers[victim].respawns == 1 and peers[victim].state == pb.PEER_OK
+    assert all(peers[f"leaf {i}"].state == pb.PEER_OK for i in range(8))
+    events = [(node_name(e.node), e.state) for e in tree.client.health().events]
+    assert (victim, pb.PEER_LOST) in events
+
+
+def test_garbage_from_a_child_is_rejected_and_logged_never_executed(make_tree):
+    tree = make_tree(10, 1, 4)  # relays [0:4) [4:8) and leaves 8, 9 under the root
+    for hv, kind in ((1, "garbage"), (5, "command")):
+        [reply] = tree.client.run("test.send_raw", hv, args={"kind": kind}, timeout=10)
+        assert reply.status == pb.OK, reply.error
+    time.sleep(1.2)  # heartbeats carry the rejection counts up
+    assert tree.client.health().rejected >= 2
+    assert "not a protobuf envelope" in tree.log("relay[0:4)") or "has no body" in tree.log("relay[0:4)")
+    assert "command from child leaf 5 is not allowed upward" in tree.log("relay[4:8)")
+    # The Command sent upward asked every hypervisor to count key "upward": none did.
+    replies = tree.client.run("test.count", args={"key": "upward"}, timeout=10)
+    assert {r.hypervisor: int(r.payload["count"]) for r in replies} == {hv: 1 for hv in range(10)}
+    assert all(p.state == pb.PEER_OK for p in tree.peers().values())
