@@ -41,7 +41,7 @@ class Leaf(ChildRank):
             uri = settings.get("libvirt_uri", "qemu:///system")
             self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME) for hv in ids}
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
-        self.done: deque[pb.Reply] = deque()  # filled by worker threads
+        self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()
         self.sent_reports: dict[int, pb.HypervisorReport] = {}
 
@@ -59,22 +59,31 @@ class Leaf(ChildRank):
         deadline = time.monotonic() + left if command.deadline_ms else 0.0
         for hv in targets:
             if hv not in self.hypervisors:
-                self.buffer.add([_reply(command.job_id, hv, pb.UNKNOWN_HYPERVISOR,
-                                        f"hypervisor {hv} is not hosted by {self.node} (job {command.job_id})")])
+                self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_HYPERVISOR,
+                                             f"hypervisor {hv} is not hosted by {self.node} (job {command.job_id})"))
             elif op is None:
-                self.buffer.add([_reply(command.job_id, hv, pb.UNKNOWN_OPERATION,
-                                        f"unknown operation {command.operation!r} (hypervisor {hv}, job {command.job_id})")])
+                self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_OPERATION,
+                                             f"unknown operation {command.operation!r} (hypervisor {hv}, job {command.job_id})"))
             elif op.inline:
-                self.buffer.add([self._execute(op, hv, command.job_id, args, deadline)])
+                self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, args, deadline))
             else:
                 self.in_progress[command.job_id] += 1
                 self.pool.submit(self._in_worker, op, hv, command.job_id, args, deadline)
 
     def _in_worker(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> None:
-        self.done.append(self._execute(op, hv, job_id, args, deadline))
+        self.done.append((job_id, hv, self._execute(op, hv, job_id, args, deadline)))
         self.backoff.notify()
 
-    def _execute(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> pb.Reply:
+    def _collect(self, job_id: str, hv: int, reply: pb.Reply | None) -> None:
+        """Buffer a result: ``None`` is OK without payload, which travels in the compact form."""
+        if reply is None:
+            self.buffer.add_ok(job_id, hv)
+        else:
+            self.buffer.add_reply(reply)
+
+    def _execute(
+        self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float
+    ) -> pb.Reply | None:
         ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw)
         try:
             payload = op.run(ctx, args)
@@ -85,20 +94,21 @@ class Leaf(ChildRank):
         except (CloudLandError, Exception) as exc:  # noqa: BLE001 - a crash becomes a FAILED reply
             log.exception("event=operation_crashed op=%s hypervisor=%s job=%s", op.name, hv, job_id)
             return _reply(job_id, hv, pb.FAILED, f"{op.name} crashed: {exc!r} (hypervisor {hv}, job {job_id})")
+        if not payload:
+            return None
         reply = _reply(job_id, hv, pb.OK)
-        if payload:
-            reply.payload.update(payload)
+        reply.payload.update(payload)
         return reply
 
     def work(self) -> bool:
         if not self.done:
             return False
         while self.done:
-            reply = self.done.popleft()
-            self.in_progress[reply.job_id] -= 1
-            if self.in_progress[reply.job_id] <= 0:
-                del self.in_progress[reply.job_id]
-            self.buffer.add([reply])
+            job_id, hv, reply = self.done.popleft()
+            self.in_progress[job_id] -= 1
+            if self.in_progress[job_id] <= 0:
+                del self.in_progress[job_id]
+            self._collect(job_id, hv, reply)
         return True
 
     def pending(self, job_id: str) -> int:

@@ -73,8 +73,13 @@ class RootClient:
         args: dict[str, Any] | None = None,
         timeout: float = 30.0,
         job_id: str | None = None,
+        expand: bool = True,
     ) -> Iterator[pb.ReplyBatch]:
-        """Send one command; yield reply batches until every target has answered."""
+        """Send one command; yield reply batches until every target has answered.
+
+        OK replies without payload travel compactly (``ReplyBatch.ok``); with
+        ``expand`` they are turned into ordinary ``Reply`` messages.
+        """
         command = pb.Command(
             job_id=job_id or new_job_id(),
             targets=make_targets(targets),
@@ -85,13 +90,26 @@ class RootClient:
             command.args.update(args)
         try:
             # The root answers every target by the deadline; the margin covers transit only.
-            yield from self._stub.Dispatch(root_pb2.DispatchRequest(command=command), timeout=timeout + 5)
+            for batch in self._stub.Dispatch(root_pb2.DispatchRequest(command=command), timeout=timeout + 5):
+                yield expanded(batch) if expand and batch.ok else batch
         except grpc.RpcError as exc:
             raise self._translate(exc, f"dispatch of job {command.job_id}") from exc
 
     def run(self, operation: str, targets: int | Iterable[int] | None = ALL, **kwargs: Any) -> list[pb.Reply]:
         """Dispatch and gather every reply."""
         return [reply for batch in self.dispatch(operation, targets, **kwargs) for reply in batch.replies]
+
+    def gather(
+        self, operation: str, targets: int | Iterable[int] | None = ALL, **kwargs: Any
+    ) -> tuple[set[int], list[pb.Reply]]:
+        """Dispatch and gather compactly: (hypervisors that answered OK without payload, other replies)."""
+        ok: set[int] = set()
+        others: list[pb.Reply] = []
+        for batch in self.dispatch(operation, targets, expand=False, **kwargs):
+            for entry in batch.ok:
+                ok.update(entry.hypervisors)
+            others.extend(batch.replies)
+        return ok, others
 
     def topology(self, timeout: float = 5.0) -> root_pb2.TopologyReply:
         """The tree's shape and whether every rank is up."""
@@ -129,6 +147,15 @@ class RootClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             return RootUnreachable(f"{what}: cannot reach the root at {self.endpoint}: {detail}")
         return TreeError(f"{what} at {self.endpoint} failed: {code.name if code else '?'} {detail}")
+
+
+def expanded(batch: pb.ReplyBatch) -> pb.ReplyBatch:
+    """``batch`` with its compact OK replies written out as ordinary replies."""
+    full = pb.ReplyBatch()
+    full.replies.extend(batch.replies)
+    for entry in batch.ok:
+        full.replies.extend(pb.Reply(job_id=entry.job_id, hypervisor=hv, status=pb.OK) for hv in entry.hypervisors)
+    return full
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:

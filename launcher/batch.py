@@ -4,7 +4,9 @@ A rank holds replies until every job they belong to has nothing left pending
 below it, or until the oldest has waited ``linger`` seconds, or the batch is
 large; then it sends them up as one ReplyBatch. A broadcast thus climbs one
 message per relay, while a slow hypervisor delays the others by at most
-``linger``.
+``linger``. OK replies without payload travel in the compact ``ok`` form: per
+job a packed list of hypervisor ids, merged and forwarded without touching
+each reply.
 """
 
 from __future__ import annotations
@@ -17,38 +19,66 @@ from cloudland_proto.v1 import envelope_pb2 as pb
 MAX_BATCH = 20_000  # replies; bounds one message at a few hundred KiB
 
 
+def batch_of(replies: Iterable[pb.Reply]) -> pb.ReplyBatch:
+    """A ReplyBatch holding ``replies`` in full form."""
+    batch = pb.ReplyBatch()
+    batch.replies.extend(replies)
+    return batch
+
+
+def size(batch: pb.ReplyBatch) -> int:
+    """How many hypervisors' replies ``batch`` carries."""
+    return len(batch.replies) + sum(len(entry.hypervisors) for entry in batch.ok)
+
+
 class ReplyBuffer:
     def __init__(self, linger: float) -> None:
         self.linger = linger
         self._replies: list[pb.Reply] = []
-        self._jobs: set[str] = set()
+        self._ok: dict[str, list[int]] = {}
+        self._count = 0
         self._oldest = 0.0
         self.batches_sent = 0
         self.replies_sent = 0
 
     def __len__(self) -> int:
-        return len(self._replies)
+        return self._count
 
-    def add(self, replies: Iterable[pb.Reply]) -> None:
-        for reply in replies:
-            if not self._replies:
-                self._oldest = time.monotonic()
-            self._replies.append(reply)
-            self._jobs.add(reply.job_id)
+    def _touch(self, n: int) -> None:
+        if not self._count:
+            self._oldest = time.monotonic()
+        self._count += n
+
+    def add(self, batch: pb.ReplyBatch) -> None:
+        """Buffer every reply of ``batch`` (both forms)."""
+        if batch.replies:
+            self._touch(len(batch.replies))
+            self._replies.extend(batch.replies)
+        for entry in batch.ok:
+            self._touch(len(entry.hypervisors))
+            self._ok.setdefault(entry.job_id, []).extend(entry.hypervisors)
+
+    def add_reply(self, reply: pb.Reply) -> None:
+        self._touch(1)
+        self._replies.append(reply)
+
+    def add_ok(self, job_id: str, hypervisor: int) -> None:
+        self._touch(1)
+        self._ok.setdefault(job_id, []).append(hypervisor)
 
     def due(self, pending: Callable[[str], int]) -> bool:
         """True when the buffer should go up now; ``pending(job)`` counts replies still expected."""
-        if not self._replies:
+        if not self._count:
             return False
-        if len(self._replies) >= MAX_BATCH or time.monotonic() - self._oldest >= self.linger:
+        if self._count >= MAX_BATCH or time.monotonic() - self._oldest >= self.linger:
             return True
-        return all(pending(job) == 0 for job in self._jobs)
+        return all(pending(job) == 0 for job in self._ok) and all(pending(r.job_id) == 0 for r in self._replies)
 
     def take(self) -> pb.ReplyBatch:
-        batch = pb.ReplyBatch()
-        batch.replies.extend(self._replies)
+        batch = batch_of(self._replies)
+        for job_id, hypervisors in self._ok.items():
+            batch.ok.add(job_id=job_id, hypervisors=hypervisors)
         self.batches_sent += 1
-        self.replies_sent += len(self._replies)
-        self._replies = []
-        self._jobs = set()
+        self.replies_sent += self._count
+        self._replies, self._ok, self._count = [], {}, 0
         return batch

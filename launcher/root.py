@@ -22,6 +22,7 @@ from typing import Any
 from cloudland import procinfo
 from cloudland.config import TreeSettings
 from cloudland.topology import Shape
+from cloudland_launcher.batch import batch_of
 from cloudland_launcher.link import Backoff
 from cloudland_launcher.subtree import Subtree, node_id
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -142,24 +143,32 @@ class Root:
             for hv in sorted(wanted) if hv >= self.shape.hypervisors
         ]
         if unknown:
-            self._on_replies(unknown)
+            self._on_replies(batch_of(unknown))
         if share is None or share:
             self._on_replies(self.subtree.dispatch(command, share))
 
-    def _on_replies(self, replies: list[pb.Reply]) -> None:
-        by_job: dict[str, list[pb.Reply]] = {}
-        for reply in replies:
-            by_job.setdefault(reply.job_id, []).append(reply)
-        for job_id, group in by_job.items():
-            job = self.jobs.get(job_id)
-            log.debug("event=root_replies job=%s count=%d known=%s", job_id, len(group), job is not None)
+    def _on_replies(self, batch: pb.ReplyBatch) -> None:
+        """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
+        out: dict[str, pb.ReplyBatch] = {}
+        for entry in batch.ok:
+            job = self.jobs.get(entry.job_id)
             if job is None:
-                continue  # ended already (deadline): late replies are dropped
-            fresh = [r for r in group if r.hypervisor in job.remaining]
-            if not fresh:
+                continue  # ended already (deadline)
+            fresh = job.remaining.intersection(entry.hypervisors)
+            job.remaining.difference_update(fresh)
+            if len(fresh) == len(entry.hypervisors):
+                out.setdefault(entry.job_id, pb.ReplyBatch()).ok.append(entry)
+            elif fresh:
+                out.setdefault(entry.job_id, pb.ReplyBatch()).ok.add(job_id=entry.job_id, hypervisors=sorted(fresh))
+        for reply in batch.replies:
+            job = self.jobs.get(reply.job_id)
+            if job is None or reply.hypervisor not in job.remaining:
                 continue
-            job.remaining.difference_update(r.hypervisor for r in fresh)
-            job.out.put(pb.ReplyBatch(replies=fresh))
+            job.remaining.discard(reply.hypervisor)
+            out.setdefault(reply.job_id, pb.ReplyBatch()).replies.append(reply)
+        for job_id, replies in out.items():
+            job = self.jobs[job_id]
+            job.out.put(replies)
             if not job.remaining:
                 self._finish(job_id)
 
@@ -175,11 +184,11 @@ class Root:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            self._on_replies([
+            self._on_replies(batch_of(
                 pb.Reply(job_id=job_id, hypervisor=hv, status=pb.TIMEOUT,
                          error=f"no reply before the deadline (hypervisor {hv}, job {job_id})")
                 for hv in sorted(job.remaining)
-            ])
+            ))
 
     def _on_event(self, event: pb.PeerEvent) -> None:
         self.events.append(event)
@@ -213,11 +222,11 @@ class Root:
         log.warning("event=root_stopping reason=%s", self.stopping)
         for job_id in list(self.jobs):
             job = self.jobs[job_id]
-            self._on_replies([
+            self._on_replies(batch_of(
                 pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNAVAILABLE,
                          error=f"unavailable: the root is stopping (hypervisor {hv}, job {job_id})")
                 for hv in sorted(job.remaining)
-            ])
+            ))
         pids = [c.pid for c in self.subtree.children if c.pid]
         self.subtree.shutdown(f"root stopping ({self.stopping})")
         end = time.monotonic() + 10

@@ -21,6 +21,7 @@ from cloudland import procinfo
 from cloudland.errors import PeerLost, UnknownHypervisor, WireError
 from cloudland.topology import NodeRange, Shape, route
 from cloudland_launcher import wire
+from cloudland_launcher.batch import batch_of
 from cloudland_launcher.doorbell import Doorbell
 from cloudland_launcher.link import Link, decode_all
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -70,7 +71,7 @@ class Subtree:
         mpi: Any,
         assign: pb.Assign,
         me: NodeRange,
-        on_replies: Callable[[list[pb.Reply]], None],
+        on_replies: Callable[[pb.ReplyBatch], None],
         on_event: Callable[[pb.PeerEvent], None],
         doorbell: Doorbell,
     ) -> None:
@@ -137,13 +138,13 @@ class Subtree:
 
     # -- routing -----------------------------------------------------------
 
-    def dispatch(self, command: pb.Command, share: list[int] | None) -> list[pb.Reply]:
+    def dispatch(self, command: pb.Command, share: list[int] | None) -> pb.ReplyBatch:
         """Send ``command`` to the children holding ``share`` (None: all).
 
         Returns the replies that can be given at once: UNAVAILABLE for targets
         under a child that is not up.
         """
-        immediate: list[pb.Reply] = []
+        immediate = pb.ReplyBatch()
         try:
             shares = route(self.shape, self._nodes, share)
         except UnknownHypervisor as exc:
@@ -155,7 +156,9 @@ class Subtree:
             child = by_node[node]
             owed = set(self.shape.hypervisors_of(node) if ids is None else ids)
             if child.state not in UP or child.link is None:
-                immediate.extend(self._unavailable(command.job_id, owed, f"{node} is {pb.PeerState.Name(child.state)}"))
+                immediate.replies.extend(
+                    self._unavailable(command.job_id, owed, f"{node} is {pb.PeerState.Name(child.state)}")
+                )
                 continue
             sub = pb.Command(job_id=command.job_id, operation=command.operation, deadline_ms=command.deadline_ms)
             sub.args.CopyFrom(command.args)
@@ -227,7 +230,7 @@ class Subtree:
         kind = envelope.WhichOneof("body")
         if kind == "replies":
             self.replies_in += 1
-            self._accept_replies(child, envelope.replies.replies)
+            self._accept_replies(child, envelope.replies)
         elif kind == "heartbeat":
             self._merge_reports(envelope.heartbeat.reports)
             self._merge_peers(child, envelope.heartbeat.peers)
@@ -241,18 +244,30 @@ class Subtree:
         else:  # a child never sends commands or assignments up: refuse, never execute (§5)
             self._reject(child, WireError(f"{kind} from child {child.node} is not allowed upward"))
 
-    def _accept_replies(self, child: Child, replies: Any) -> None:
-        log.debug("event=replies_in peer=%s count=%d pending=%s", child.node, len(replies), list(child.pending))
-        accepted = []
-        for reply in replies:
+    def _accept_replies(self, child: Child, batch: pb.ReplyBatch) -> None:
+        """Pass on the replies this child owes; drop late (job expired) and duplicate ones."""
+        accepted = pb.ReplyBatch()
+        for entry in batch.ok:  # the compact form: set operations, no per-reply Python
+            owed = child.pending.get(entry.job_id)
+            if owed is None:
+                continue
+            fresh = owed.intersection(entry.hypervisors)
+            owed.difference_update(fresh)
+            if len(fresh) == len(entry.hypervisors):
+                accepted.ok.append(entry)
+            elif fresh:
+                accepted.ok.add(job_id=entry.job_id, hypervisors=sorted(fresh))
+            if not owed:
+                del child.pending[entry.job_id]
+        for reply in batch.replies:
             owed = child.pending.get(reply.job_id)
             if owed is None or reply.hypervisor not in owed:
-                continue  # late (job expired) or duplicate: the job already has its answer
+                continue
             owed.discard(reply.hypervisor)
             if not owed:
                 del child.pending[reply.job_id]
-            accepted.append(reply)
-        if accepted:
+            accepted.replies.append(reply)
+        if accepted.replies or accepted.ok:
             self.on_replies(accepted)
 
     def _hello(self, child: Child, hello: pb.Hello) -> None:
@@ -326,7 +341,7 @@ class Subtree:
             child.link = None
         self._event(child, reason)
         for job_id, hypervisors in owed.items():
-            self.on_replies(self._unavailable(job_id, hypervisors, f"{child.node} lost: {reason}"))
+            self.on_replies(batch_of(self._unavailable(job_id, hypervisors, f"{child.node} lost: {reason}")))
 
     def _event(self, child: Child, reason: str) -> None:
         self.on_event(pb.PeerEvent(node=node_id(child.node), state=child.state, reason=reason, at_ms=procinfo.now_ms()))
