@@ -57,6 +57,10 @@ class Leaf(ChildRank):
         args = MessageToDict(command.args)
         left = (command.deadline_ms - procinfo.now_ms()) / 1000 if command.deadline_ms else 0.0
         deadline = time.monotonic() + left if command.deadline_ms else 0.0
+        if command.deadline_ms and left <= 0:
+            # The root has answered TIMEOUT already (§4): running it now would be unasked-for work.
+            log.info("event=command_expired job=%s op=%s", command.job_id, command.operation)
+            return
         for hv in targets:
             if hv not in self.hypervisors:
                 self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_HYPERVISOR,

@@ -26,6 +26,7 @@ from cloudland_proto.v1 import envelope_pb2 as pb
 log = logging.getLogger(__name__)
 
 MEMORY_EVERY = 5  # heartbeats between memory samples (smaps_rollup is not free)
+ASSIGN_TIMEOUT_S = 60.0  # a child that is never told what it is gives up
 
 
 class ChildRank:
@@ -45,6 +46,7 @@ class ChildRank:
         self.assign = pb.Assign()
         self._beats = 0
         self._memory = (0, 0)
+        self._set_up = False
 
     # -- subclass interface --------------------------------------------------
 
@@ -75,6 +77,7 @@ class ChildRank:
         self.backoff.remote_max_sleep = assign.max_sleep_s
         self.backoff.local_max_sleep = assign.local_max_sleep_s or assign.max_sleep_s
         self.setup()
+        self._set_up = True
         hello_sent = False
         started = time.monotonic()
         next_beat = time.monotonic() + assign.heartbeat_s
@@ -103,12 +106,15 @@ class ChildRank:
 
     def _await_assign(self) -> pb.Assign:
         backoff = self.backoff
-        while True:
+        give_up = time.monotonic() + ASSIGN_TIMEOUT_S
+        while time.monotonic() < give_up:
             for envelope in self._decode(self._poll_parent()):
                 if envelope.WhichOneof("body") == "assign":
                     return envelope.assign
                 self._reject(WireError(f"{envelope.WhichOneof('body')} before assign"))
             backoff.idle()
+        self._exit(f"no assignment from the parent within {ASSIGN_TIMEOUT_S:.0f} s")
+        raise AssertionError("unreachable")
 
     def _from_parent(self) -> bool:
         raw = self._poll_parent()
@@ -170,7 +176,8 @@ class ChildRank:
 
     def _exit(self, reason: str) -> None:
         log.info("event=rank_exit node=%s reason=%s", self.node, reason)
-        self.leave(reason)
+        if self._set_up:
+            self.leave(reason)
         self.parent.flush(1.0)
         # No MPI_Finalize: it can wait on a dead peer; the process simply ends.
         os._exit(0)

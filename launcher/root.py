@@ -199,7 +199,7 @@ class Root:
         return root_pb2.TopologyReply(
             hypervisors=self.shape.hypervisors, per_leaf=self.shape.per_leaf, fanout=self.shape.fanout,
             leaves=self.shape.leaves, relays=len(self.shape.relays()), depth=self.shape.depth(),
-            build_seconds=self.build_seconds, ready=bool(self.build_seconds),
+            build_seconds=self.build_seconds, ready=bool(self.build_seconds) and self.subtree.all_up(),
         )
 
     def _health(self, request: root_pb2.HealthRequest) -> root_pb2.HealthReply:

@@ -19,16 +19,16 @@ from cloudland_launcher.root import END, DuplicateJob, Root
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch
 MAX_TARGETS = 1_000_000
 MAX_DEADLINE_S = 24 * 3600
 
 
 def validate(command: pb.Command, default_deadline_s: float) -> str:
     """Return what is wrong with ``command`` (empty if nothing); fills a missing deadline."""
-    if not NAME.match(command.job_id):
+    if not NAME.fullmatch(command.job_id):
         return f"job_id {command.job_id!r} must be 1-128 characters of letters, digits and ._:-"
-    if not NAME.match(command.operation):
+    if not NAME.fullmatch(command.operation):
         return f"operation {command.operation!r} must be 1-128 characters of letters, digits and ._:- (job {command.job_id})"
     kind = command.targets.WhichOneof("kind")
     if kind is None:
@@ -67,12 +67,20 @@ class RootService(root_pb2_grpc.RootServicer):
     def Topology(self, request: root_pb2.TopologyRequest, context: grpc.ServicerContext) -> root_pb2.TopologyReply:
         future: futures.Future[root_pb2.TopologyReply] = futures.Future()
         self.root.submit("topology", future)
-        return future.result(timeout=10)
+        return _answer(future, context, "topology")
 
     def Health(self, request: root_pb2.HealthRequest, context: grpc.ServicerContext) -> root_pb2.HealthReply:
         future: futures.Future[root_pb2.HealthReply] = futures.Future()
         self.root.submit("health", request, future)
+        return _answer(future, context, "health")
+
+
+def _answer(future: futures.Future[Any], context: grpc.ServicerContext, what: str) -> Any:
+    try:
         return future.result(timeout=10)
+    except futures.TimeoutError:
+        # The loop is busy (e.g. spawning ranks while the tree is built): try again.
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"the root did not answer {what} within 10 s (busy)")
 
 
 def serve(root: Root, address: str) -> grpc.Server:

@@ -309,7 +309,8 @@ class Subtree:
                     child.respawns += 1
                     self._spawn(child)
             elif child.state == pb.PEER_STARTING:
-                if silent > START_TIMEOUT_S:
+                # Timed from the spawn: a child that heartbeats but never says hello is not up.
+                if now - child.spawned_at > START_TIMEOUT_S:
                     self._lose(child, f"no hello {START_TIMEOUT_S:.0f} s after spawn")
             elif silent > self.assign.lost_after * self.hb:
                 self._lose(child, f"silent for {silent:.1f} s")
