@@ -114,7 +114,11 @@ def root_command(settings: TreeSettings) -> list[str]:
 
 
 def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
-    """SIGTERM ``child``, wait up to ``grace_s``, then SIGKILL its process group; return its status."""
+    """SIGTERM ``child``, wait up to ``grace_s``, then SIGKILL its process group; return its status.
+
+    The group holds the root and Open MPI's launcher daemon; the ranks are not in it, but
+    they see their parent fail (ULFM) and exit on their own.
+    """
     if child.poll() is not None:
         return child.returncode
     child.send_signal(signal.SIGTERM)
@@ -206,13 +210,17 @@ def up(
         # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
         env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)
     # Its own process group: Ctrl-C reaches only us, and the root gets one orderly SIGTERM.
-    child = subprocess.Popen(root_command(settings), env=env, process_group=0)
+    # Its output goes to a file so that it does not garble the spinner and the banner.
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    root_out = open(settings.state_dir / "root.out", "ab")  # noqa: SIM115 - lives as long as the root
+    child = subprocess.Popen(root_command(settings), env=env, process_group=0,
+                             stdout=root_out, stderr=subprocess.STDOUT)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         topo = _wait_for_tree(child, address)
         if topo is None:
             _fail(EXIT_NOT_OK, f"the root exited with code {child.returncode} before the tree was ready")
-        _print_banner(address, topo)
+        _print_banner(address, topo, settings.state_dir)
         code = child.wait()
     except KeyboardInterrupt:
         err.print("stopping the tree…")
@@ -251,7 +259,7 @@ def _topology_grid(topo: root_pb2.TopologyReply) -> Table:
     return grid
 
 
-def _print_banner(endpoint: str, topo: root_pb2.TopologyReply) -> None:
+def _print_banner(endpoint: str, topo: root_pb2.TopologyReply, state_dir: Path) -> None:
     out.print(Text("CloudLand tree is up", style="bold green"), Text(f"gRPC {endpoint}"))
     out.print(_topology_grid(topo))
     # Spell out --endpoint only when the other terminal would not find the root by default.
@@ -261,6 +269,7 @@ def _print_banner(endpoint: str, topo: root_pb2.TopologyReply) -> None:
     out.print("Try in another terminal:")
     for rest in ("health", "broadcast ping", f"ping {min(7, max(topo.hypervisors - 1, 0))}"):
         out.print(f"  {prefix} {rest}", style="bold")
+    out.print(f"Logs: {state_dir}/root.out and {state_dir}/logs/<rank>.log")
     out.print("Ctrl-C stops the tree.")
 
 

@@ -88,6 +88,7 @@ class Root:
         signal.signal(signal.SIGINT, lambda *_: self._stop("SIGINT"))
         self.subtree.start()
         while not self.stopping:
+            started = time.monotonic()
             active = self._serve_inbox()
             active |= self.subtree.poll()
             self.subtree.check()
@@ -98,6 +99,9 @@ class Root:
             if not self.build_seconds and self.subtree.all_up():
                 self.build_seconds = time.monotonic() - self.started
                 log.warning("event=tree_ready hypervisors=%d build_s=%.2f", self.shape.hypervisors, self.build_seconds)
+            took = time.monotonic() - started
+            if took > 1.0:  # nothing here should block: say so if something did (a Spawn, usually)
+                log.warning("event=slow_loop seconds=%.2f jobs_in_flight=%d", took, len(self.jobs))
             if active:
                 self.backoff.activity()
             else:

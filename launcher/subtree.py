@@ -88,6 +88,7 @@ class Subtree:
         self.changed: dict[int, pb.HypervisorReport] = {}
         self.deadlines: dict[str, int] = {}
         self.rejected = 0
+        self._next_expiry = 0.0
         self.messages_in = 0
         self.replies_in = 0
         self.hb = assign.heartbeat_s
@@ -121,8 +122,11 @@ class Subtree:
         child.spawned_at = child.last_heard = time.monotonic()
         child.state = pb.PEER_STARTING
         child.pid, child.host, child.pending = 0, "", {}
+        started = time.monotonic()
         try:
             comm = self.mpi.COMM_SELF.Spawn(command[0], args=list(command[1:]), maxprocs=1)
+            if time.monotonic() - started > 1.0:  # Spawn blocks this rank's loop meanwhile
+                log.warning("event=slow_spawn node=%s seconds=%.2f", child.node, time.monotonic() - started)
         except self.mpi.Exception as exc:
             child.state = pb.PEER_LOST
             child.retry_at = time.monotonic() + RESPAWN_BACKOFF_S
@@ -258,17 +262,23 @@ class Subtree:
             elif fresh:
                 accepted.ok.add(job_id=entry.job_id, hypervisors=sorted(fresh))
             if not owed:
-                del child.pending[entry.job_id]
+                self._settled(child, entry.job_id)
         for reply in batch.replies:
             owed = child.pending.get(reply.job_id)
             if owed is None or reply.hypervisor not in owed:
                 continue
             owed.discard(reply.hypervisor)
             if not owed:
-                del child.pending[reply.job_id]
+                self._settled(child, reply.job_id)
             accepted.replies.append(reply)
         if accepted.replies or accepted.ok:
             self.on_replies(accepted)
+
+    def _settled(self, child: Child, job_id: str) -> None:
+        """``child`` owes nothing more for ``job_id``; once no child does, forget its deadline."""
+        del child.pending[job_id]
+        if not any(job_id in c.pending for c in self.children):
+            self.deadlines.pop(job_id, None)
 
     def _hello(self, child: Child, hello: pb.Hello) -> None:
         if node_range(hello.node) != child.node:
@@ -317,7 +327,8 @@ class Subtree:
             elif silent > self.assign.slow_after * self.hb and child.state == pb.PEER_OK:
                 child.state = pb.PEER_SLOW
                 self._event(child, f"no heartbeat for {silent:.1f} s")
-        if self.deadlines:
+        if self.deadlines and now >= self._next_expiry:
+            self._next_expiry = now + 0.1  # a scan of every job is not needed on each loop pass
             cutoff = procinfo.now_ms() - EXPIRY_GRACE_MS
             for job_id in [j for j, d in self.deadlines.items() if d < cutoff]:
                 self.forget(job_id)
