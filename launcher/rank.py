@@ -124,7 +124,7 @@ class ChildRank:
                 log.debug("event=command job=%s op=%s", envelope.command.job_id, envelope.command.operation)
                 self.on_command(envelope.command)
             elif kind == "goodbye":
-                self._exit(f"parent said goodbye: {envelope.goodbye.reason}")
+                self._exit(envelope.goodbye.reason, "parent said goodbye: ")
             else:
                 self._reject(WireError(f"{kind} from the parent is not allowed downward"))
         return bool(raw)
@@ -174,8 +174,9 @@ class ChildRank:
     def send_event(self, event: pb.PeerEvent) -> None:
         self._send(event=event)
 
-    def _exit(self, reason: str) -> None:
-        log.info("event=rank_exit node=%s reason=%s", self.node, reason)
+    def _exit(self, reason: str, how: str = "") -> None:
+        """Leave: tell our children ``reason`` (unprefixed, so it is not repeated per level)."""
+        log.info("event=rank_exit node=%s reason=%s%s", self.node, how, reason)
         if self._set_up:
             self.leave(reason)
         self.parent.flush(1.0)
