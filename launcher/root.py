@@ -24,7 +24,7 @@ from cloudland.config import TreeSettings
 from cloudland.topology import Shape
 from cloudland_launcher.batch import batch_of
 from cloudland_launcher.link import Backoff
-from cloudland_launcher.subtree import Subtree, node_id
+from cloudland_launcher.subtree import Subtree, node_id, node_range
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
 
@@ -211,7 +211,7 @@ class Root:
         me = pb.PeerStatus(node=node_id(self.shape.root), relay=True, state=pb.PEER_OK, pid=os.getpid(),
                            host=procinfo.HOSTNAME, last_heard_ms=procinfo.now_ms(), rss_kib=rss, pss_kib=pss)
         below = self.subtree.peers()
-        ok = sum(len(self.shape.hypervisors_of(_range(p.node))) for p in below
+        ok = sum(len(self.shape.hypervisors_of(node_range(p.node))) for p in below
                  if p.state == pb.PEER_OK and not p.relay)
         peers = [me, *below]
         reply = root_pb2.HealthReply(
@@ -236,9 +236,3 @@ class Root:
         end = time.monotonic() + 10
         while time.monotonic() < end and any(procinfo.alive(p) for p in pids):
             time.sleep(0.05)
-
-
-def _range(node: pb.NodeId) -> Any:
-    from cloudland.topology import NodeRange
-
-    return NodeRange(node.first_leaf, node.end_leaf)
