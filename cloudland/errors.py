@@ -12,6 +12,9 @@
     ├── RootUnreachable             the root's gRPC endpoint does not answer
     └── HypervisorError             an operation failed on a hypervisor
         └── DriverError             libvirt (or another driver) refused
+            ├── VMNotFound          no such VM on that hypervisor
+            ├── VMConflict          a name or uuid is held by another VM
+            └── VMStateError        the VM is in the wrong power state for the verb
 
 Every message names what failed and where: hypervisor id, job id, peer.
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -70,3 +73,15 @@ class HypervisorError(CloudLandError):
 
 class DriverError(HypervisorError):
     """Raised when libvirt or another driver refuses an operation."""
+
+
+class VMNotFound(DriverError):
+    """Raised when no domain of the given name exists on the hypervisor."""
+
+
+class VMConflict(DriverError):
+    """Raised when a create's name or uuid is already held by a different VM."""
+
+
+class VMStateError(DriverError):
+    """Raised when a verb needs another power state (e.g. resize of a running VM)."""

@@ -1,0 +1,114 @@
+"""FakeCompute: the compute verbs in memory, for unit tests of upper layers.
+
+Same interface and postconditions as LibvirtCompute (the contract suite in
+tests/unit/test_compute_contract.py runs against both). Records come from the
+real ``domain_xml``/``parse_domain_xml`` pair, so their shape cannot drift.
+It records every call in ``.calls``; ``fail_next(verb, error)`` makes the next
+call of ``verb`` raise ``error``: failures are injected through data (cri-api's
+fake), not subclasses.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import Any
+
+from cloudland_agents.compute import (
+    DomainSpec, VMConflict, VMInfo, VMNotFound, VMStateError, domain_xml, parse_domain_xml,
+)
+
+
+class FakeCompute:
+    """An in-memory hypervisor's VMs: name -> (spec, state)."""
+
+    def __init__(self, hypervisor_id: int = 0) -> None:
+        self.hypervisor_id = hypervisor_id
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.vms: dict[str, tuple[DomainSpec, str]] = {}
+        self._failures: dict[str, Exception] = {}
+        self._lock = threading.Lock()  # one lock: the fake is quick, per-VM locks buy nothing
+
+    def fail_next(self, verb: str, error: Exception) -> None:
+        """Make exactly the next call of ``verb`` raise ``error`` (then behave normally)."""
+        with self._lock:
+            self._failures[verb] = error
+
+    def _enter(self, verb: str, *args: Any) -> None:
+        self.calls.append((verb, args))
+        error = self._failures.pop(verb, None)
+        if error is not None:
+            raise error
+
+    def _vm(self, name: str) -> tuple[DomainSpec, str]:
+        if name not in self.vms:
+            raise VMNotFound(self.hypervisor_id, f"VM {name!r} not found")
+        return self.vms[name]
+
+    def _record(self, name: str) -> VMInfo:
+        spec, state = self._vm(name)
+        return parse_domain_xml(domain_xml(spec), state)
+
+    def create(self, spec: DomainSpec) -> dict[str, Any]:
+        with self._lock:
+            self._enter("create", spec)
+            for name, (held, _state) in self.vms.items():
+                if held.uuid == spec.uuid and name != spec.name:
+                    raise VMConflict(self.hypervisor_id, f"uuid {spec.uuid} is held by VM {name!r}, not {spec.name!r}")
+            if spec.name in self.vms:
+                if self.vms[spec.name][0].uuid != spec.uuid:
+                    raise VMConflict(self.hypervisor_id, f"VM {spec.name!r} exists with uuid "
+                                                         f"{self.vms[spec.name][0].uuid}, not {spec.uuid}")
+                return {**self._record(spec.name), "created": False}
+            self.vms[spec.name] = (spec, "running")
+            return {**self._record(spec.name), "created": True}
+
+    def _set_state(self, verb: str, name: str, state: str, *args: Any) -> VMInfo:
+        with self._lock:
+            self._enter(verb, name, *args)
+            spec, _ = self._vm(name)
+            self.vms[name] = (spec, state)
+            return self._record(name)
+
+    def start(self, name: str) -> VMInfo:
+        return self._set_state("start", name, "running")
+
+    def stop(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo:
+        return self._set_state("stop", name, "shutoff", force, timeout)
+
+    def reboot(self, name: str, force: bool = False) -> VMInfo:
+        return self._set_state("reboot", name, "running", force)
+
+    def delete(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            self._enter("delete", name)
+            return {"name": name, "deleted": self.vms.pop(name, None) is not None}
+
+    def resize(self, name: str, vcpus: int, memory_mib: int) -> VMInfo:
+        with self._lock:
+            self._enter("resize", name, vcpus, memory_mib)
+            spec, state = self._vm(name)
+            if state != "shutoff":
+                raise VMStateError(self.hypervisor_id, f"resize of VM {name!r} needs it shut off; stop it first")
+            self.vms[name] = (replace(spec, vcpus=vcpus, memory_mib=memory_mib), state)
+            return self._record(name)
+
+    def rebuild(self, spec: DomainSpec) -> VMInfo:
+        with self._lock:
+            self._enter("rebuild", spec)
+            held, state = self._vm(spec.name)
+            if held.uuid != spec.uuid:
+                raise VMConflict(self.hypervisor_id, f"rebuild of VM {spec.name!r} must keep uuid {held.uuid}, "
+                                                     f"got {spec.uuid}")
+            self.vms[spec.name] = (spec, state)
+            return self._record(spec.name)
+
+    def get(self, name: str) -> VMInfo:
+        with self._lock:
+            self._enter("get", name)
+            return self._record(name)
+
+    def list(self) -> list[VMInfo]:
+        with self._lock:
+            self._enter("list")
+            return [self._record(name) for name in self.vms]

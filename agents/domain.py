@@ -1,0 +1,217 @@
+"""Domain specs and domain XML: what a VM is, as structured data and as libvirt XML.
+
+``DomainSpec`` is validated on construction (InvalidRequest names the field).
+``domain_xml`` builds the XML with ElementTree, never by pasting strings;
+``parse_domain_xml`` reads any domain's XML back into a ``VMInfo`` record, the
+shape ``get``/``list`` report (vocabulary: agents/compute.py).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+from xml.etree import ElementTree as ET
+
+from cloudland.errors import InvalidRequest
+
+STATES = ("running", "paused", "stopping", "shutoff", "crashed", "suspended", "unknown")
+METADATA_NS = "https://cloudland.dev/xmlns/compute/1"
+ET.register_namespace("cloudland", METADATA_NS)  # a readable prefix in dumped XML
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_TARGET = re.compile(r"(vd|sd|hd)[a-z]{1,2}")
+_BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+ARCHES = ("x86_64", "i686", "aarch64")
+DOMAIN_TYPES = ("test", "qemu", "kvm")
+DISK_FORMATS = ("qcow2", "raw")
+MAX_VCPUS = 256
+MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A file-backed disk: absolute ``path``, image ``format``, guest ``target`` (vda...)."""
+
+    path: str
+    format: str = "qcow2"
+    target: str = "vda"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A virtio NIC on a host ``bridge`` with a unicast ``mac`` (lower-case)."""
+
+    bridge: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a VM is; validated on construction (InvalidRequest names the field)."""
+
+    name: str
+    uuid: str
+    vcpus: int
+    memory_mib: int
+    arch: str = "x86_64"  # the test driver's host says i686 but accepts any arch
+    domain_type: str = "test"  # "test" for test:///, "qemu" (TCG) or "kvm" otherwise
+    disks: tuple[Disk, ...] = ()
+    nics: tuple[Nic, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and _NAME.fullmatch(self.name) is not None, "name",
+               "1-64 characters of [A-Za-z0-9_.-], starting alphanumeric", self.name)
+        try:
+            canonical = str(uuidlib.UUID(self.uuid)) if isinstance(self.uuid, str) else ""
+        except ValueError:
+            canonical = ""
+        _check(canonical == str(self.uuid).lower(), "uuid", "a uuid like 8-4-4-4-12 hex digits", self.uuid)
+        object.__setattr__(self, "uuid", canonical)  # libvirt reports lower case; compare like with like
+        _check_int(self.vcpus, "vcpus", 1, MAX_VCPUS)
+        _check_int(self.memory_mib, "memory_mib", MIN_MEMORY_MIB, MAX_MEMORY_MIB)
+        _check(self.arch in ARCHES, "arch", f"one of {', '.join(ARCHES)}", self.arch)
+        _check(self.domain_type in DOMAIN_TYPES, "domain_type", f"one of {', '.join(DOMAIN_TYPES)}",
+               self.domain_type)
+        object.__setattr__(self, "disks", tuple(self.disks))
+        object.__setattr__(self, "nics", tuple(self.nics))
+        for i, disk in enumerate(self.disks):
+            where = f"disks[{i}]"
+            _check(isinstance(disk, Disk), where, "a disk", disk)
+            _check(isinstance(disk.path, str) and disk.path.startswith("/") and "\0" not in disk.path,
+                   f"{where}.path", "an absolute path", disk.path)
+            _check(disk.format in DISK_FORMATS, f"{where}.format", f"one of {', '.join(DISK_FORMATS)}",
+                   disk.format)
+            _check(isinstance(disk.target, str) and _TARGET.fullmatch(disk.target) is not None,
+                   f"{where}.target", "a device like vda, sdb", disk.target)
+        targets = [d.target for d in self.disks]
+        _check(len(set(targets)) == len(targets), "disks", "distinct targets", targets)
+        for i, nic in enumerate(self.nics):
+            where = f"nics[{i}]"
+            _check(isinstance(nic, Nic), where, "a NIC", nic)
+            _check(isinstance(nic.bridge, str) and _BRIDGE.fullmatch(nic.bridge) is not None,
+                   f"{where}.bridge", "an interface name of 1-15 characters", nic.bridge)
+            # Unicast (low bit of the first octet clear), lower case as libvirt reports it.
+            _check(isinstance(nic.mac, str) and _MAC.fullmatch(nic.mac) is not None
+                   and int(nic.mac[:2], 16) & 1 == 0, f"{where}.mac", "a lower-case unicast MAC", nic.mac)
+        macs = [n.mac for n in self.nics]
+        _check(len(set(macs)) == len(macs), "nics", "distinct MACs", macs)
+        _check(isinstance(self.metadata, dict), "metadata", "a mapping of strings", self.metadata)
+        for key, value in self.metadata.items():
+            _check(isinstance(key, str) and _META_KEY.fullmatch(key) is not None, "metadata",
+                   "keys of [A-Za-z0-9_.-] starting with a letter or _", key)
+            _check(isinstance(value, str) and len(value) <= 1024, f"metadata.{key}",
+                   "a string of at most 1024 characters", value)
+
+
+def _check(ok: bool, field_name: str, expected: str, got: object) -> None:
+    if not ok:
+        raise InvalidRequest(f"{field_name!r} must be {expected}, got {got!r}")
+
+
+def _check_int(value: object, field_name: str, low: int, high: int) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    _check(ok, field_name, f"an integer in [{low}, {high}]", value)
+
+
+class VMInfo(TypedDict):
+    """A VM's record: its definition read back from libvirt and its state."""
+
+    name: str
+    uuid: str
+    state: str
+    domain_type: str
+    arch: str
+    vcpus: int
+    memory_mib: int
+    disks: list[dict[str, str]]
+    nics: list[dict[str, str]]
+    metadata: dict[str, str]
+
+
+# -- domain XML ------------------------------------------------------------------------
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    """The libvirt domain XML of ``spec``, built element by element."""
+    dom = ET.Element("domain", type=spec.domain_type)
+    ET.SubElement(dom, "name").text = spec.name
+    ET.SubElement(dom, "uuid").text = spec.uuid
+    if spec.metadata:
+        instance = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{METADATA_NS}}}instance")
+        for key, value in sorted(spec.metadata.items()):
+            ET.SubElement(instance, f"{{{METADATA_NS}}}item", key=key).text = value
+    ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
+    os_ = ET.SubElement(dom, "os")
+    ET.SubElement(os_, "type", arch=spec.arch).text = "hvm"
+    ET.SubElement(os_, "boot", dev="hd")
+    features = ET.SubElement(dom, "features")
+    ET.SubElement(features, "acpi")  # without ACPI a graceful stop/reboot is never seen by the guest
+    ET.SubElement(features, "apic")
+    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")):
+        ET.SubElement(dom, event).text = action
+    devices = ET.SubElement(dom, "devices")
+    for disk in spec.disks:
+        el = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(el, "driver", name="qemu", type=disk.format)
+        ET.SubElement(el, "source", file=disk.path)
+        ET.SubElement(el, "target", dev=disk.target, bus="virtio" if disk.target.startswith("vd") else "sata"
+                      if disk.target.startswith("sd") else "ide")
+    for nic in spec.nics:
+        el = ET.SubElement(devices, "interface", type="bridge")
+        ET.SubElement(el, "mac", address=nic.mac)
+        ET.SubElement(el, "source", bridge=nic.bridge)
+        ET.SubElement(el, "model", type="virtio")
+    ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(devices, "console", type="pty")
+    return ET.tostring(dom, encoding="unicode")
+
+
+_UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
+               "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3, "t": 1024**4, "tib": 1024**4}
+
+
+def _attr(parent: ET.Element, child: str, name: str) -> str:
+    el = parent.find(child)
+    return "" if el is None else el.get(name, "")
+
+
+def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
+    """The record of any domain XML (lenient: foreign domains are reported too)."""
+    dom = ET.fromstring(xml)
+    memory = dom.find("memory")
+    memory_bytes = 0
+    if memory is not None and memory.text:
+        memory_bytes = int(memory.text) * _UNIT_BYTES.get(memory.get("unit", "KiB").lower(), 1024)
+    os_type = dom.find("os/type")
+    disks = [
+        {"path": _attr(d, "source", "file"), "format": _attr(d, "driver", "type"), "target": _attr(d, "target", "dev")}
+        for d in dom.findall("devices/disk")
+    ]
+    nics = [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address")}
+            for i in dom.findall("devices/interface")]
+    metadata = {item.get("key", ""): item.text or ""
+                for item in dom.findall(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}item")}
+    return VMInfo(
+        name=dom.findtext("name", ""), uuid=dom.findtext("uuid", ""), state=state,
+        domain_type=dom.get("type", ""), arch=os_type.get("arch", "") if os_type is not None else "",
+        vcpus=int(dom.findtext("vcpu", "0") or 0), memory_mib=memory_bytes // 1024**2,
+        disks=disks, nics=nics, metadata=metadata,
+    )
+
+
+def spec_of_record(record: VMInfo, **changes: Any) -> DomainSpec:
+    """A spec from a record (for redefining with changes)."""
+    fields: dict[str, Any] = {
+        "name": record["name"], "uuid": record["uuid"], "vcpus": record["vcpus"],
+        "memory_mib": record["memory_mib"], "arch": record["arch"], "domain_type": record["domain_type"],
+        "disks": tuple(Disk(**d) for d in record["disks"]), "nics": tuple(Nic(**n) for n in record["nics"]),
+        "metadata": dict(record["metadata"]),
+    }
+    fields.update(changes)
+    return DomainSpec(**fields)

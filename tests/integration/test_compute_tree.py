@@ -1,0 +1,61 @@
+"""The vm.* operations through a real MPI tree: a VM lands on exactly the hypervisor it was sent to.
+
+8 hypervisors, 2 per leaf rank, fan-out 2: hypervisors 3 and 4 sit on different
+leaves under different relays, so a VM showing on 4 would be a routing bug.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from cloudland.client import struct_to_dict
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+
+def vms(tree: Any, hypervisor: int) -> list[dict[str, Any]]:
+    [reply] = tree.client.run("vm.list", hypervisor, timeout=30)
+    assert reply.status == pb.OK, reply.error
+    return struct_to_dict(reply.payload).get("vms", [])
+
+
+def test_vm_lifecycle_through_the_tree(make_tree: Any) -> None:
+    tree = make_tree(8, 2, 2)
+    vm_uuid = str(uuid.uuid4())
+    args = {"name": "web-1", "uuid": vm_uuid, "vcpus": 2, "memory_mib": 512,
+            "disks": [{"path": "/var/lib/cloudland/images/web-1.qcow2"}],
+            "nics": [{"bridge": "br0", "mac": "52:54:00:00:00:01"}], "metadata": {"tenant": "t1"}}
+
+    [reply] = tree.client.run("vm.create", 3, args=args, timeout=30)
+    assert (reply.hypervisor, reply.status) == (3, pb.OK), reply.error
+    created = struct_to_dict(reply.payload)
+    assert (created["created"], created["state"], created["uuid"]) == (True, "running", vm_uuid)
+
+    [again] = tree.client.run("vm.create", 3, args=args, timeout=30)  # a replayed job
+    assert again.status == pb.OK and struct_to_dict(again.payload)["created"] is False
+
+    [listed] = vms(tree, 3)
+    assert (listed["name"], listed["state"], listed["vcpus"], listed["memory_mib"]) == ("web-1", "running", 2, 512)
+    assert vms(tree, 4) == []
+
+    for _ in range(2):  # delete is idempotent: the second finds nothing and succeeds
+        [deleted] = tree.client.run("vm.delete", 3, args={"name": "web-1"}, timeout=30)
+        assert deleted.status == pb.OK, deleted.error
+    assert vms(tree, 3) == []
+
+    [missing] = tree.client.run("vm.get", 3, args={"name": "web-1"}, timeout=30)
+    assert missing.status == pb.FAILED
+    assert "VM 'web-1' not found" in missing.error and "hypervisor 3" in missing.error
+
+
+def test_bad_arguments_are_refused_naming_the_field(make_tree: Any) -> None:
+    tree = make_tree(8, 2, 2)
+    args = {"name": "web-1", "uuid": str(uuid.uuid4()), "vcpus": 2, "memory_mib": 512}
+    replies = tree.client.run("vm.create", [3, 4], args={**args, "cpus": 2}, timeout=30)
+    assert sorted(r.hypervisor for r in replies) == [3, 4]
+    for reply in replies:
+        assert reply.status == pb.INVALID_ARGUMENT
+        assert "'cpus'" in reply.error and f"hypervisor {reply.hypervisor}" in reply.error
+    [reply] = tree.client.run("vm.create", 3, args={**args, "vcpus": 0}, timeout=30)
+    assert reply.status == pb.INVALID_ARGUMENT and "'vcpus'" in reply.error
+    assert vms(tree, 3) == []

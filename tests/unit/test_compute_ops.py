@@ -1,0 +1,137 @@
+"""The vm.* operations (agents/compute_ops.py): Struct arguments in, VM records out.
+
+Arguments are given as a protobuf Struct would deliver them (numbers as floats),
+on real simulated hypervisors; no MPI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
+
+from cloudland.errors import DriverError, InvalidRequest
+from cloudland_agents import compute_ops, ops
+from cloudland_agents.compute import LibvirtCompute, VMNotFound, VMStateError
+from cloudland_agents.compute_fake import FakeCompute
+from cloudland_agents.hypervisor import Hypervisor, open_simulated
+
+VM_OPS = ["vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete", "vm.resize", "vm.rebuild", "vm.get", "vm.list"]
+UUID = "0b8f6a52-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+CREATE = {"name": "web-1", "uuid": UUID, "vcpus": 2, "memory_mib": 512,
+          "disks": [{"path": "/images/web-1.qcow2"}], "nics": [{"bridge": "br0", "mac": "52:54:00:00:00:01"}],
+          "metadata": {"tenant": "t1"}}
+
+
+@pytest.fixture
+def hv(tmp_path: Path) -> Iterator[Hypervisor]:
+    hypervisor = open_simulated(5, tmp_path)
+    yield hypervisor
+    hypervisor.close()
+
+
+def as_struct(args: dict[str, Any]) -> dict[str, Any]:
+    """What the leaf hands an operation: MessageToDict of a Struct (every number a float)."""
+    struct = Struct()
+    struct.update(args)
+    return MessageToDict(struct)
+
+
+def run(hv: Hypervisor, name: str, args: dict[str, Any] | None = None) -> ops.Payload:
+    op = ops.lookup(name, test_ops=False)
+    assert op is not None, name
+    return op.run(ops.Context(hv, "job-1", 0.0, lambda _b: None), as_struct(args or {}))
+
+
+@pytest.mark.parametrize("name", VM_OPS)
+def test_registered_on_worker_threads(name: str) -> None:
+    """libvirt calls can block, so no vm.* operation may run on the MPI thread."""
+    op = ops.lookup(name, test_ops=False)
+    assert op is not None and not op.inline and not op.test_only
+    assert "dempotent" in (op.run.__doc__ or "") or name in {"vm.get", "vm.list"}
+
+
+def test_lifecycle_through_the_operations(hv: Hypervisor) -> None:
+    created = run(hv, "vm.create", CREATE)
+    assert (created["created"], created["state"], created["domain_type"]) == (True, "running", "test")
+    assert run(hv, "vm.create", CREATE)["created"] is False
+    assert [v["name"] for v in run(hv, "vm.list")["vms"]] == ["web-1"]
+    assert run(hv, "vm.stop", {"name": "web-1", "timeout": 5.0})["state"] == "shutoff"
+    resized = run(hv, "vm.resize", {"name": "web-1", "vcpus": 4.0, "memory_mib": 1024.0})
+    assert (resized["vcpus"], resized["memory_mib"]) == (4, 1024)
+    assert run(hv, "vm.start", {"name": "web-1"})["state"] == "running"
+    assert run(hv, "vm.reboot", {"name": "web-1", "force": True})["state"] == "running"
+    rebuilt = run(hv, "vm.rebuild", {**CREATE, "disks": [{"path": "/images/web-1-v2.raw", "format": "raw"}]})
+    assert rebuilt["disks"] == [{"path": "/images/web-1-v2.raw", "format": "raw", "target": "vda"}]
+    assert run(hv, "vm.get", {"name": "web-1"})["uuid"] == UUID
+    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": True}
+    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": False}
+    assert run(hv, "vm.list") == {"vms": []}
+
+
+def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
+    """A reply payload goes up as a Struct: every record must be representable."""
+    payload = run(hv, "vm.create", CREATE)
+    assert as_struct(payload)["metadata"] == {"tenant": "t1"}
+    assert as_struct(run(hv, "vm.list"))["vms"][0]["vcpus"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "field"),
+    [
+        ("vm.create", {**CREATE, "vcpu": 2}, "vcpu"),
+        ("vm.create", {k: v for k, v in CREATE.items() if k != "uuid"}, "uuid"),
+        ("vm.create", {**CREATE, "vcpus": 2.5}, "vcpus"),
+        ("vm.create", {**CREATE, "vcpus": 0}, "vcpus"),
+        ("vm.create", {**CREATE, "memory_mib": "512"}, "memory_mib"),
+        ("vm.create", {**CREATE, "name": 7}, "name"),
+        ("vm.create", {**CREATE, "disks": [{"path": "/a", "size": 1}]}, "disks[0].'size'"),
+        ("vm.create", {**CREATE, "disks": "/a"}, "disks"),
+        ("vm.create", {**CREATE, "nics": [{"bridge": "br0"}]}, "nics[0].'mac'"),
+        ("vm.create", {**CREATE, "metadata": "x"}, "metadata"),
+        ("vm.stop", {"name": "web-1", "force": "yes"}, "force"),
+        ("vm.stop", {"name": "web-1", "timeout": -1}, "timeout"),
+        ("vm.start", {}, "name"),
+        ("vm.get", {"name": "web-1", "extra": 1}, "extra"),
+        ("vm.resize", {"name": "web-1", "vcpus": 2}, "memory_mib"),
+        ("vm.list", {"all": True}, "all"),
+    ],
+)
+def test_bad_arguments_name_the_field(hv: Hypervisor, name: str, args: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequest, match=field.replace("[", r"\[").replace("]", r"\]")):
+        run(hv, name, args)
+    assert run(hv, "vm.list") == {"vms": []}  # refused before any work
+
+
+def test_driver_errors_name_vm_and_hypervisor(hv: Hypervisor) -> None:
+    with pytest.raises(VMNotFound, match=r"VM 'ghost' not found \(hypervisor 5\)"):
+        run(hv, "vm.get", {"name": "ghost"})
+    run(hv, "vm.create", CREATE)
+    with pytest.raises(VMStateError, match="hypervisor 5"):
+        run(hv, "vm.resize", {"name": "web-1", "vcpus": 4, "memory_mib": 1024})
+
+
+def test_one_driver_per_hypervisor(hv: Hypervisor, tmp_path: Path) -> None:
+    first = compute_ops.driver_for(hv)
+    assert isinstance(first, LibvirtCompute) and compute_ops.driver_for(hv) is first
+    other = open_simulated(5, tmp_path / "other")  # same id, another host: its own driver
+    try:
+        assert compute_ops.driver_for(other) is not first
+    finally:
+        other.close()
+
+
+def test_a_fake_driver_can_stand_in(hv: Hypervisor) -> None:
+    fake = FakeCompute(hv.id)
+    compute_ops.use_driver(hv, fake)
+    fake.fail_next("create", DriverError(hv.id, "disk full"))
+    with pytest.raises(DriverError, match="disk full"):
+        run(hv, "vm.create", CREATE)
+    assert run(hv, "vm.create", CREATE)["created"] is True
+    assert [verb for verb, _ in fake.calls] == ["create", "create"]
+    assert fake.calls[0][1][0].vcpus == 2  # the float 2.0 arrived as an int
+    assert hv.conn.listAllDomains() == []  # nothing reached libvirt

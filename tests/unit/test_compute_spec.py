@@ -1,0 +1,133 @@
+"""DomainSpec validation (a table) and domain XML (parsed back, checked by element)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from cloudland.errors import InvalidRequest
+from cloudland_agents.compute import Disk, DomainSpec, Nic, domain_xml, parse_domain_xml
+from cloudland_agents.domain import METADATA_NS
+
+UUID = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8"
+GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": "-leading-dash"}, "name"),
+        ({"name": "has space"}, "name"),
+        ({"name": "x" * 65}, "name"),
+        ({"name": "a/b"}, "name"),
+        ({"uuid": "not-a-uuid"}, "uuid"),
+        ({"uuid": "6f1d2c3b4a5e4f60817293a4b5c6d7e8"}, "uuid"),  # valid hex, not the canonical form
+        ({"vcpus": 0}, "vcpus"),
+        ({"vcpus": 257}, "vcpus"),
+        ({"vcpus": 2.0}, "vcpus"),
+        ({"vcpus": True}, "vcpus"),
+        ({"memory_mib": 63}, "memory_mib"),
+        ({"memory_mib": 4 * 1024 * 1024 + 1}, "memory_mib"),
+        ({"arch": "sparc"}, "arch"),
+        ({"domain_type": "xen"}, "domain_type"),
+        ({"disks": (Disk("relative.qcow2"),)}, "disks[0].path"),
+        ({"disks": (Disk("/a.img", "vmdk"),)}, "disks[0].format"),
+        ({"disks": (Disk("/a.img", "raw", "xvda"),)}, "disks[0].target"),
+        ({"disks": (Disk("/a.img"), Disk("/b.img"))}, "disks"),  # both vda
+        ({"nics": (Nic("bridge-name-too-long", "52:54:00:00:00:01"),)}, "nics[0].bridge"),
+        ({"nics": (Nic("br0", "52:54:00:00:00:0G"),)}, "nics[0].mac"),
+        ({"nics": (Nic("br0", "52:54:00:AA:00:01"),)}, "nics[0].mac"),  # upper case
+        ({"nics": (Nic("br0", "01:00:5e:00:00:01"),)}, "nics[0].mac"),  # multicast
+        ({"nics": (Nic("br0", "52:54:00:00:00:01"), Nic("br1", "52:54:00:00:00:01"))}, "nics"),
+        ({"metadata": {"1bad": "x"}}, "metadata"),
+        ({"metadata": {"tenant": 7}}, "metadata.tenant"),
+        ({"metadata": {"tenant": "x" * 1025}}, "metadata.tenant"),
+    ],
+)
+def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRequest, match="^" + re.escape(f"{field!r} must be")):
+        replace(GOOD, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"name": "a"},
+        {"name": "x" * 64},
+        {"name": "vm_1.example-2"},
+        {"vcpus": 1, "memory_mib": 64},
+        {"vcpus": 256, "memory_mib": 4 * 1024 * 1024},
+        {"arch": "i686", "domain_type": "qemu"},
+        {"domain_type": "kvm", "arch": "aarch64"},
+        {"disks": (Disk("/a.qcow2"), Disk("/b.raw", "raw", "vdb"), Disk("/c.iso", "raw", "sda"))},
+    ],
+)
+def test_valid_specs(changes: dict[str, Any]) -> None:
+    replace(GOOD, **changes)
+
+
+def test_uuid_is_normalised_to_lower_case() -> None:
+    assert replace(GOOD, uuid=UUID.upper()).uuid == UUID
+
+
+FULL = DomainSpec(
+    name="db-1", uuid=UUID, vcpus=4, memory_mib=2048, domain_type="kvm",
+    disks=(Disk("/images/db-1.qcow2"), Disk("/images/db-1-data.raw", "raw", "vdb")),
+    nics=(Nic("br-t1", "52:54:00:00:00:01"), Nic("br-t2", "52:54:00:00:00:02")),
+    metadata={"tenant": "t1", "flavor": "m1.large <&>"},
+)
+
+
+def test_domain_xml_elements() -> None:
+    dom = ET.fromstring(domain_xml(FULL))
+    assert dom.tag == "domain" and dom.get("type") == "kvm"
+    assert (dom.findtext("name"), dom.findtext("uuid")) == ("db-1", UUID)
+    memory = dom.find("memory")
+    assert memory is not None and (memory.get("unit"), memory.text) == ("MiB", "2048")
+    assert dom.findtext("vcpu") == "4"
+    os_type = dom.find("os/type")
+    assert os_type is not None and (os_type.get("arch"), os_type.text) == ("x86_64", "hvm")
+    assert dom.find("features/acpi") is not None
+    disks = dom.findall("devices/disk")
+    assert [(d.find("source").get("file"), d.find("driver").get("type"), d.find("target").get("dev"))  # type: ignore[union-attr]
+            for d in disks] == [("/images/db-1.qcow2", "qcow2", "vda"), ("/images/db-1-data.raw", "raw", "vdb")]
+    nics = dom.findall("devices/interface")
+    assert [(n.get("type"), n.find("source").get("bridge"), n.find("mac").get("address"))  # type: ignore[union-attr]
+            for n in nics] == [("bridge", "br-t1", "52:54:00:00:00:01"), ("bridge", "br-t2", "52:54:00:00:00:02")]
+    items = dom.findall(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}item")
+    # Text that would break pasted XML ("<&>") survives as data.
+    assert {i.get("key"): i.text for i in items} == {"tenant": "t1", "flavor": "m1.large <&>"}
+
+
+def test_domain_xml_without_devices_or_metadata() -> None:
+    dom = ET.fromstring(domain_xml(GOOD))
+    assert dom.find("metadata") is None
+    assert dom.findall("devices/disk") == [] and dom.findall("devices/interface") == []
+
+
+def test_parse_round_trips_the_spec() -> None:
+    record = parse_domain_xml(domain_xml(FULL), "running")
+    assert record == {
+        "name": "db-1", "uuid": UUID, "state": "running", "domain_type": "kvm", "arch": "x86_64",
+        "vcpus": 4, "memory_mib": 2048,
+        "disks": [{"path": "/images/db-1.qcow2", "format": "qcow2", "target": "vda"},
+                  {"path": "/images/db-1-data.raw", "format": "raw", "target": "vdb"}],
+        "nics": [{"bridge": "br-t1", "mac": "52:54:00:00:00:01"}, {"bridge": "br-t2", "mac": "52:54:00:00:00:02"}],
+        "metadata": {"tenant": "t1", "flavor": "m1.large <&>"},
+    }
+
+
+def test_parse_reads_libvirt_units_and_foreign_domains() -> None:
+    """libvirt reports memory in KiB; a foreign domain has no CloudLand metadata."""
+    dom = ET.Element("domain", type="test")
+    ET.SubElement(dom, "name").text = "foreign"
+    ET.SubElement(dom, "memory", unit="KiB").text = str(1024 * 1024)
+    record = parse_domain_xml(ET.tostring(dom, encoding="unicode"))
+    assert (record["name"], record["memory_mib"], record["vcpus"], record["metadata"]) == ("foreign", 1024, 0, {})
+    assert record["state"] == "unknown"
