@@ -54,6 +54,7 @@ from typing import Any, Protocol, TypeVar
 import libvirt
 
 from cloudland.errors import DriverError, VMConflict, VMNotFound, VMStateError
+from cloudland_agents.hypervisor import LIBVIRT_STATES
 from cloudland_agents.domain import (  # re-exported: the driver's vocabulary lives here
     STATES, Disk, DomainSpec, Nic, VMInfo, domain_xml, parse_domain_xml, spec_of_record,
 )
@@ -81,13 +82,7 @@ class Compute(Protocol):
     def list(self) -> list[VMInfo]: ...
 
 
-_LIBVIRT_STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "unknown", libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",  # blocked on I/O is still running to a caller
-    libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTDOWN: "stopping",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff", libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
-}
+_LIBVIRT_STATES = LIBVIRT_STATES
 T = TypeVar("T")
 
 

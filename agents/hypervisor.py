@@ -20,6 +20,15 @@ from cloudland_proto.v1 import envelope_pb2 as pb
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
 
+# libvirt's domain states in CloudLand's words (agents/domain.py STATES).
+LIBVIRT_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown", libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",  # blocked on I/O is still running to a caller
+    libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTDOWN: "stopping",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff", libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
 
 class Hypervisor:
     def __init__(self, hypervisor_id: int, uri: str, hostname: str) -> None:
@@ -51,6 +60,10 @@ class Hypervisor:
             free_memory_kib=free // 1024,
             domains=len(domains),
             running_domains=sum(1 for d in domains if d.isActive()),
+            vms=[
+                pb.VmState(name=d.name(), uuid=d.UUIDString(), state=LIBVIRT_STATES.get(d.state()[0], "unknown"))
+                for d in domains
+            ],
         )
 
     def inventory(self) -> dict[str, Any]:

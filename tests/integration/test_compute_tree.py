@@ -59,3 +59,25 @@ def test_bad_arguments_are_refused_naming_the_field(make_tree: Any) -> None:
     [reply] = tree.client.run("vm.create", 3, args={**args, "vcpus": 0}, timeout=30)
     assert reply.status == pb.INVALID_ARGUMENT and "'vcpus'" in reply.error
     assert vms(tree, 3) == []
+
+
+def test_vms_reach_the_root_in_heartbeat_reports(make_tree: Any) -> None:
+    """The reconciler's input: each hypervisor's VMs, carried up by heartbeats (every 0.5 s here)."""
+    from cloudland_launcher.harness import wait_for
+
+    tree = make_tree(8, 2, 2)
+    vm_uuid = str(uuid.uuid4())
+    [reply] = tree.client.run("vm.create", 5, args={"name": "db-1", "uuid": vm_uuid, "vcpus": 1,
+                                                     "memory_mib": 256}, timeout=30)
+    assert reply.status == pb.OK, reply.error
+
+    def report_of(hv: int) -> pb.HypervisorReport:
+        return next(r for r in tree.client.health(reports=True).reports if r.hypervisor == hv)
+
+    wait_for(lambda: report_of(5).vms, 5, "hypervisor 5's report to list its VM")
+    [vm] = report_of(5).vms
+    assert (vm.name, vm.uuid, vm.state) == ("db-1", vm_uuid, "running")
+    assert report_of(5).running_domains == 1 and not report_of(4).vms
+    [gone] = tree.client.run("vm.delete", 5, args={"name": "db-1"}, timeout=30)
+    assert gone.status == pb.OK, gone.error
+    wait_for(lambda: not report_of(5).vms, 5, "the deleted VM to leave the report")
