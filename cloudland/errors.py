@@ -4,7 +4,11 @@
     ├── ConfigError                 a setting is invalid (raised at start-up)
     ├── InvalidRequest              a caller's request is malformed; never retried
     │   ├── UnknownOperation        no agent operation has that name
-    │   └── UnknownHypervisor       a target id is outside the tree
+    │   ├── UnknownHypervisor       a target id is outside the tree
+    │   ├── NotFound                no such resource in the caller's organisation (HTTP 404)
+    │   └── Conflict                the request clashes with existing state (HTTP 409)
+    ├── Unauthorized                no valid credentials or token (HTTP 401)
+    ├── Forbidden                   authenticated, but the role may not do this (HTTP 403)
     ├── WireError                   a message on an MPI link is not a valid envelope
     ├── TreeError                   the tree could not do what was asked
     │   ├── PeerLost                a relay or leaf rank died or went silent
@@ -39,6 +43,26 @@ class UnknownOperation(InvalidRequest):
 
 class UnknownHypervisor(InvalidRequest):
     """Raised when a target hypervisor id is not in the tree."""
+
+
+class NotFound(InvalidRequest):
+    """Raised when a resource does not exist in the caller's organisation.
+
+    Another organisation's resource is also "not found", never "forbidden", so
+    ids cannot be probed across tenants.
+    """
+
+
+class Conflict(InvalidRequest):
+    """Raised when a create or change clashes with existing state (a taken name)."""
+
+
+class Unauthorized(CloudLandError):
+    """Raised when credentials or a bearer token are missing, wrong or expired."""
+
+
+class Forbidden(CloudLandError):
+    """Raised when an authenticated caller's role does not allow the action."""
 
 
 class WireError(CloudLandError):

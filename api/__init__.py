@@ -1,0 +1,1 @@
+"""The REST control plane: FastAPI over SQLAlchemy, talking to the tree over gRPC."""

@@ -1,0 +1,119 @@
+"""The FastAPI application: ``create_app(settings)`` and the one place errors become HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloudland.errors import (
+    CloudLandError,
+    Conflict,
+    Forbidden,
+    HypervisorError,
+    InvalidRequest,
+    NotFound,
+    RootUnreachable,
+    TreeError,
+    Unauthorized,
+)
+from cloudland_api.db import make_engine, session_factory
+from cloudland_api.routes import auth, flavors
+from cloudland_api.security import load_signing_key
+from cloudland_api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+# Most specific first: the first class the error is an instance of decides.
+_STATUS: list[tuple[type[CloudLandError], int, str]] = [
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (InvalidRequest, 400, "invalid_request"),
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
+    (RootUnreachable, 503, "unavailable"),
+    (TreeError, 503, "unavailable"),
+    (HypervisorError, 502, "hypervisor_error"),
+]
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body: ``{"error": {"code": ..., "message": ...}}``."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+async def _cloudland_error(_request: Request, exc: Exception) -> JSONResponse:
+    for cls, status, code in _STATUS:
+        if isinstance(exc, cls):
+            # RFC 9110 §15.5.2: a 401 must say which scheme would work.
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return error_response(status, code, str(exc), headers)
+    log.error("event=unmapped_error type=%s message=%s", type(exc).__name__, exc)
+    return error_response(500, "internal", "internal error")
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """``("body", "vcpus")`` -> ``"vcpus"``; ``("query", "limit")`` -> ``"limit (query)"``."""
+    where, rest = (loc[0], loc[1:]) if loc else ("body", ())
+    name = ".".join(str(part) for part in rest) or str(where)
+    return name if where == "body" else f"{name} ({where})"
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    # Malformed JSON is not a validation problem of any field: say so, with the position.
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            ctx = error.get("ctx") or {}
+            detail = ctx.get("error", "could not be parsed")
+            return error_response(400, "malformed_json", f"request body is not valid JSON: {detail}")
+    problems = []
+    for error in errors:
+        field = _field(tuple(error.get("loc", ())))
+        message = str(error.get("msg", "invalid"))
+        if error.get("type") == "missing":
+            message = "field required"
+        problems.append(f"{field}: {message}")
+    return error_response(422, "validation_error", "; ".join(problems))
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own errors (unknown path, wrong method) get the same body shape as ours.
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error" if exc.status_code >= 500 else "bad_request")
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
+
+
+async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Last resort: log the type for operators, tell the caller nothing about internals.
+    log.exception("event=unexpected_error type=%s", type(exc).__name__)
+    return error_response(500, "internal", "internal error")
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The control-plane app for ``settings``; migrations must have run (``db.upgrade``)."""
+    app = FastAPI(
+        title="CloudLand",
+        version="1",
+        summary="Virtual machines, networks and volumes for many tenants.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.signing_key = load_signing_key(settings.state_dir)
+    app.state.engine = make_engine(settings.database_url)
+    app.state.sessions = session_factory(app.state.engine)
+    app.add_exception_handler(CloudLandError, _cloudland_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.include_router(auth.router, prefix=API_PREFIX)
+    app.include_router(flavors.router, prefix=API_PREFIX)
+    return app

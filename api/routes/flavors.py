@@ -1,0 +1,52 @@
+"""``/api/v1/flavors``: VM sizes, scoped to the caller's organisation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from cloudland_api import services
+from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.schemas import MAX_ID, ErrorResponse, FlavorCreate, FlavorList, FlavorPublic
+
+router = APIRouter(
+    prefix="/flavors",
+    tags=["flavors"],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+FlavorId = Annotated[int, Path(ge=1, le=MAX_ID, description="Flavor id")]
+
+
+@router.get("")
+def list_flavors(
+    session: SessionDep,
+    caller: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> FlavorList:
+    """One page of the organisation's flavors, oldest first."""
+    flavors, total = services.list_flavors(session, caller, limit, offset)
+    return FlavorList(
+        items=[FlavorPublic.model_validate(f) for f in flavors], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+)
+def create_flavor(body: FlavorCreate, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
+    """Create a flavor (admin or member)."""
+    return FlavorPublic.model_validate(services.create_flavor(session, caller, body))
+
+
+@router.get("/{flavor_id}")
+def get_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
+    """One flavor of the organisation."""
+    return FlavorPublic.model_validate(services.get_flavor(session, caller, flavor_id))
+
+
+@router.delete("/{flavor_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+def delete_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> None:
+    """Delete a flavor (admin only)."""
+    services.delete_flavor(session, caller, flavor_id)

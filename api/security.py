@@ -1,0 +1,128 @@
+"""Passwords, the token signing key, bearer tokens and the first admin.
+
+Secrets live in ``<state_dir>`` with mode 0600, never in the repository or the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cloudland.errors import ConfigError, Unauthorized
+from cloudland_api.models import Membership, Organisation, Role, User
+
+log = logging.getLogger(__name__)
+
+SIGNING_KEY_FILE = "api-signing.key"
+ADMIN_CREDENTIALS_FILE = "admin-credentials"
+ALGORITHM = "HS256"
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so both failures cost the same time
+# and response timing does not reveal which usernames exist.
+_DUMMY_HASH = _hasher.hash("not-a-password")
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password``."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Whether ``password`` matches ``password_hash``; None (no such user) never matches."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 from the first byte (O_EXCL: never overwrite a secret)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def load_signing_key(state_dir: Path) -> bytes:
+    """The HS256 key in ``<state_dir>/api-signing.key``, generated (32 random bytes) on first start."""
+    path = state_dir / SIGNING_KEY_FILE
+    try:
+        _write_secret(path, secrets.token_bytes(32))
+        log.info("event=signing_key_created path=%s", path)
+    except FileExistsError:
+        pass
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise ConfigError(f"{path} holds {len(key)} bytes; need at least 32 (delete it to regenerate)")
+    return key
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """Who a valid token speaks for."""
+
+    user_id: int
+    org_id: int
+    expires_at: datetime
+
+
+def issue_token(key: bytes, user_id: int, org_id: int, lifetime_s: int, now: datetime | None = None) -> tuple[str, datetime]:
+    """A signed token for ``user_id`` acting in ``org_id`` and when it expires."""
+    now = now or datetime.now(UTC)
+    expires_at = (now + timedelta(seconds=lifetime_s)).replace(microsecond=0)
+    payload = {"sub": str(user_id), "org": org_id, "iat": int(now.timestamp()), "exp": int(expires_at.timestamp())}
+    return jwt.encode(payload, key, algorithm=ALGORITHM), expires_at
+
+
+def decode_token(key: bytes, token: str) -> TokenClaims:
+    """The claims of a valid token; Unauthorized if it is malformed, forged or expired."""
+    try:
+        # algorithms is pinned: a token may not choose "none" or another algorithm.
+        payload = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "org", "exp"]})
+        return TokenClaims(int(payload["sub"]), int(payload["org"]), datetime.fromtimestamp(payload["exp"], UTC))
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token expired; log in again") from exc
+    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+        raise Unauthorized("invalid token") from exc
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    """The first admin's login, as written to ``<state_dir>/admin-credentials``."""
+
+    username: str
+    password: str
+    path: Path
+
+
+def bootstrap_admin(session: Session, state_dir: Path) -> AdminCredentials | None:
+    """On an empty database, create org and user "admin" and write the credentials once.
+
+    Returns the credentials when it created them, None when users already exist.
+    The password is never logged; only the file's path is.
+    """
+    if session.scalar(select(func.count()).select_from(User)):
+        return None
+    path = state_dir / ADMIN_CREDENTIALS_FILE
+    password = secrets.token_urlsafe(18)
+    org = Organisation(name="admin")
+    user = User(username="admin", password_hash=hash_password(password))
+    session.add_all([org, user, Membership(user=user, org=org, role=Role.admin)])
+    session.flush()
+    # Write before commit: if the file cannot be written, nobody would know the password,
+    # so the transaction must not commit either. A stale file from an old database is replaced.
+    path.unlink(missing_ok=True)
+    _write_secret(path, f"username=admin\npassword={password}\n".encode())
+    session.commit()
+    log.info("event=admin_bootstrapped user=admin credentials=%s", path)
+    return AdminCredentials("admin", password, path)
