@@ -84,12 +84,12 @@ class Subtree:
         self.on_event = on_event
         self.children = [Child(node) for node in self.shape.children(me)]
         self._nodes = [c.node for c in self.children]
+        self._by_node = {c.node: c for c in self.children}  # children are fixed for a node's life
         self.reports: dict[int, pb.HypervisorReport] = {}
         self.changed: dict[int, pb.HypervisorReport] = {}
         self.deadlines: dict[str, int] = {}
         self.rejected = 0
         self._next_expiry = 0.0
-        self.messages_in = 0
         self.replies_in = 0
         self.hb = assign.heartbeat_s
 
@@ -155,9 +155,8 @@ class Subtree:
             raise WireError(f"job {command.job_id} targets outside {self.me}: {exc}") from exc
         if command.deadline_ms:
             self.deadlines[command.job_id] = command.deadline_ms
-        by_node = {c.node: c for c in self.children}
         for node, ids in shares.items():
-            child = by_node[node]
+            child = self._by_node[node]
             owed = set(self.shape.hypervisors_of(node) if ids is None else ids)
             if child.state not in UP or child.link is None:
                 immediate.replies.extend(
@@ -217,7 +216,6 @@ class Subtree:
             if not raw:
                 continue
             active = True
-            self.messages_in += len(raw)
             child.last_heard = time.monotonic()
             if child.state == pb.PEER_SLOW:
                 child.state = pb.PEER_OK
