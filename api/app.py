@@ -17,12 +17,14 @@ from cloudland.errors import (
     HypervisorError,
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     RootUnreachable,
     TreeError,
     Unauthorized,
+    UnsupportedMediaType,
 )
 from cloudland_api.db import make_engine, session_factory
-from cloudland_api.routes import auth, flavors
+from cloudland_api.routes import auth, flavors, images, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings
 
@@ -33,6 +35,8 @@ API_PREFIX = "/api/v1"
 _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (UnsupportedMediaType, 415, "unsupported_media_type"),
     (InvalidRequest, 400, "invalid_request"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
@@ -110,10 +114,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.signing_key = load_signing_key(settings.state_dir)
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.write_sessions = session_factory(app.state.engine, write=True)
     app.add_exception_handler(CloudLandError, _cloudland_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.include_router(auth.router, prefix=API_PREFIX)
     app.include_router(flavors.router, prefix=API_PREFIX)
+    app.include_router(images.router, prefix=API_PREFIX)
+    app.include_router(ssh_keys.router, prefix=API_PREFIX)
     return app

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+WRITE_OPTION = "cloudland_write"
 
 
 def make_engine(url: str) -> Engine:
@@ -23,23 +24,41 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # TestClient runs the app in another thread than the one that opened the connection.
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # check_same_thread: requests, the dispatcher and the sync run on different threads.
+        # timeout: wait up to 30 s for another writer instead of failing "database is locked".
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
-        # SQLite ignores FOREIGN KEY clauses unless asked per connection.
         @event.listens_for(engine, "connect")
-        def _foreign_keys(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # We issue BEGIN ourselves (below); pysqlite's own would always be DEFERRED.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores FOREIGN KEY clauses otherwise
+            # WAL: readers never wait for the writer. NORMAL loses nothing on a process crash.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):  # type: ignore[no-untyped-def]
+            # A DEFERRED transaction that reads and then writes fails at once (SQLITE_BUSY,
+            # no waiting) if another connection wrote in between; IMMEDIATE takes the write
+            # lock up front and waits its turn instead. Read-only sessions stay DEFERRED.
+            immediate = connection.get_execution_options().get(WRITE_OPTION)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions whose objects stay readable after commit (responses are built after it)."""
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, write: bool = False) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (responses are built after it).
+
+    ``write`` sessions take SQLite's write lock when they begin (see ``make_engine``);
+    use them for every transaction that reads and then writes.
+    """
+    bind = engine.execution_options(**{WRITE_OPTION: True}) if write else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 def upgrade(url: str, revision: str = "head") -> None:

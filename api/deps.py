@@ -33,8 +33,9 @@ def get_signing_key(request: Request) -> bytes:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One database session per request."""
-    yield from iter_session(request.app.state.sessions)
+    """One database session per request; a write session for anything but GET and HEAD."""
+    reads_only = request.method in ("GET", "HEAD")
+    yield from iter_session(request.app.state.sessions if reads_only else request.app.state.write_sessions)
 
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]

@@ -10,7 +10,23 @@ from datetime import UTC, datetime
 
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Dialect, Enum, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -60,6 +76,8 @@ class Organisation(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
+    # The operator organisation (the first one) manages hypervisors for every tenant.
+    operator: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="org", cascade="all, delete-orphan")
@@ -108,3 +126,153 @@ class Flavor(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     disk_gib: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Hypervisor(Base):
+    """A host of the tree, as its agent reports it, with the operator's settings and the claims.
+
+    Not tenant-owned: the operator organisation manages hypervisors. ``id`` is the tree's
+    hypervisor id. ``vcpus_claimed``/``memory_claimed_mib`` are what placed instances hold;
+    the scheduler raises them with one conditional UPDATE (``scheduler.claim``), so two
+    placements can never both take the last room.
+    """
+
+    __tablename__ = "hypervisors"
+    __table_args__ = (
+        CheckConstraint("cpu_ratio > 0 AND memory_ratio > 0", name="ck_hypervisors_ratios"),
+        CheckConstraint("vcpus_claimed >= 0 AND memory_claimed_mib >= 0", name="ck_hypervisors_claims"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hostname: Mapped[str] = mapped_column(String(255))
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    free_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    domains: Mapped[int] = mapped_column(Integer, default=0)
+    running_domains: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="up")  # up | down (missing from reports)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    cpu_ratio: Mapped[float] = mapped_column(Float, default=4.0)
+    memory_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    vcpus_claimed: Mapped[int] = mapped_column(Integer, default=0)
+    memory_claimed_mib: Mapped[int] = mapped_column(Integer, default=0)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Image(Base):
+    """A bootable disk image of an organisation: metadata here, bytes in the image directory."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_images_org_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    disk_format: Mapped[str] = mapped_column(String(16), default="qcow2")
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | active
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SshKey(Base):
+    """An SSH public key of an organisation, injected into instances that name it."""
+
+    __tablename__ = "ssh_keys"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_ssh_keys_org_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Instance(Base):
+    """A VM of an organisation: its desired shape, where it was placed, and its last known status.
+
+    Size is copied from the flavor at create, so deleting a flavor never changes a VM.
+    The domain on the hypervisor is named ``cl-<uuid>``, unique across tenants. A deleted
+    instance keeps its row (status ``deleted``) so its jobs keep their subject; live
+    names are unique per organisation through a partial index.
+    """
+
+    __tablename__ = "instances"
+    __table_args__ = (
+        Index("uq_instances_org_live_name", "org_id", "name", unique=True,
+              sqlite_where=text("status != 'deleted'"), postgresql_where=text("status != 'deleted'")),
+        Index("ix_instances_org_id_id", "org_id", "id"),
+        Index("ix_instances_hypervisor_id", "hypervisor_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    flavor_id: Mapped[int | None] = mapped_column(ForeignKey("flavors.id", ondelete="SET NULL"), nullable=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"), nullable=True)
+    ssh_key_id: Mapped[int | None] = mapped_column(ForeignKey("ssh_keys.id", ondelete="SET NULL"), nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer)
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    hypervisor_id: Mapped[int | None] = mapped_column(ForeignKey("hypervisors.id"), nullable=True)
+    # building | running | stopped | error | deleting | deleted
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The job now acting on the instance: one at a time (per-VM serialisation at the API).
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def domain_name(self) -> str:
+        """The libvirt domain's name on the hypervisor."""
+        return f"cl-{self.uuid}"
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life; the last three are terminal."""
+
+    pending = "pending"          # written, not yet placed or sent
+    dispatched = "dispatched"    # sent to the root under its id (maybe again, after a restart)
+    succeeded = "succeeded"
+    failed = "failed"
+    timeout = "timeout"
+
+
+TERMINAL = (JobState.succeeded, JobState.failed, JobState.timeout)
+
+
+class Job(Base):
+    """One command to one hypervisor, written with the desired state in one transaction.
+
+    ``id`` is the job id the tree carries; the agent executes idempotently under it, so
+    sending it again after a restart is safe (ARCHITECTURE.md "Lifecycle of a job").
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_org_id_created", "org_id", "created_at"),
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_batch", "batch"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    batch: Mapped[str] = mapped_column(String(32))  # the request that made it; `job watch --batch`
+    action: Mapped[str] = mapped_column(String(16))  # create | start | stop | reboot | resize | rebuild | delete
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    hypervisor_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # action arguments (new size, image)
+    state: Mapped[JobState] = mapped_column(Enum(JobState, name="job_state", native_enum=False, length=16),
+                                            default=JobState.pending)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -7,7 +7,7 @@ typo in a field name is an error rather than a silently ignored value.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,8 +41,9 @@ class FlavorCreate(_Request):
     """A new flavor; the name must be unused in the caller's organisation."""
 
     name: Name
-    vcpus: Annotated[int, Field(ge=1, le=1024)]
-    memory_mib: Annotated[int, Field(ge=1, le=16 * 1024 * 1024)]  # up to 16 TiB
+    vcpus: Annotated[int, Field(ge=1, le=256)]  # DomainSpec's MAX_VCPUS
+    # 64 MiB is the least libvirt domain we define (agents/domain.py MIN_MEMORY_MIB).
+    memory_mib: Annotated[int, Field(ge=64, le=4 * 1024 * 1024)]  # up to 4 TiB, DomainSpec's limit
     disk_gib: Annotated[int, Field(ge=0, le=1024 * 1024)]         # up to 1 PiB
 
 
@@ -66,6 +67,232 @@ class FlavorList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+Arch = Literal["x86_64", "i686", "aarch64"]
+DiskFormat = Literal["qcow2", "raw"]
+# A flavor, image or key may be named by id or by name within the organisation.
+Ref = Annotated[int, Field(ge=1, le=MAX_ID)] | Name
+MAX_COUNT = 1000  # VMs per create request
+JobStateName = Literal["pending", "dispatched", "succeeded", "failed", "timeout"]
+InstanceStatus = Literal["building", "running", "stopped", "error", "deleting", "deleted"]
+
+
+class Page(BaseModel):
+    """Keyset pagination: pass ``next_after`` back as ``after`` until it is null."""
+
+    limit: int
+    next_after: int | None
+
+
+# -- hypervisors --------------------------------------------------------------------------
+
+
+class HypervisorPublic(BaseModel):
+    """A hypervisor as the tree reports it, with its settings and what instances claim on it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    hostname: str
+    arch: str
+    state: str
+    enabled: bool
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+    domains: int
+    running_domains: int
+    cpu_ratio: float
+    memory_ratio: float
+    vcpus_claimed: int
+    memory_claimed_mib: int
+    vcpus_capacity: int
+    memory_capacity_mib: int
+    last_seen: datetime
+
+
+class HypervisorList(BaseModel):
+    """One page of hypervisors and the total across all pages."""
+
+    items: list[HypervisorPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class HypervisorUpdate(_Request):
+    """Operator settings of one hypervisor; omitted fields stay as they are."""
+
+    enabled: bool | None = None
+    cpu_ratio: Annotated[float, Field(gt=0, le=64)] | None = None
+    memory_ratio: Annotated[float, Field(gt=0, le=16)] | None = None
+
+
+# -- images and SSH keys ------------------------------------------------------------------
+
+
+class ImageCreate(_Request):
+    """A new image record; its bytes follow with ``PUT /images/{id}/file``."""
+
+    name: Name
+    arch: Arch = "x86_64"
+    disk_format: DiskFormat = "qcow2"
+
+
+class ImagePublic(BaseModel):
+    """An image: ``queued`` until its file is uploaded, then ``active`` with size and sha256."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    arch: str
+    disk_format: str
+    status: str
+    size_bytes: int
+    sha256: str | None
+    created_at: datetime
+
+
+class ImageList(BaseModel):
+    """One page of images and the total across all pages."""
+
+    items: list[ImagePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class SshKeyCreate(_Request):
+    """An OpenSSH public key line: ``<type> <base64> [comment]``."""
+
+    name: Name
+    public_key: Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+class SshKeyPublic(BaseModel):
+    """An SSH key with its ``SHA256:...`` fingerprint (as ``ssh-keygen -l`` prints it)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    public_key: str
+    fingerprint: str
+    created_at: datetime
+
+
+class SshKeyList(BaseModel):
+    """One page of SSH keys and the total across all pages."""
+
+    items: list[SshKeyPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+# -- instances and jobs -------------------------------------------------------------------
+
+
+class InstanceCreate(_Request):
+    """``count`` VMs: named ``name`` when one, ``name-1`` ... ``name-N`` when more."""
+
+    name: Name
+    flavor: Ref
+    image: Ref
+    ssh_key: Ref | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
+
+
+class InstancePublic(BaseModel):
+    """A VM: its size, where it runs, its status and the job now acting on it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    uuid: str
+    status: str
+    status_reason: str | None
+    flavor_id: int | None
+    image_id: int | None
+    ssh_key_id: int | None
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    arch: str
+    hypervisor_id: int | None
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceList(Page):
+    """One page of instances, by id."""
+
+    items: list[InstancePublic]
+
+
+class JobPublic(BaseModel):
+    """A job: one action on one instance, on one hypervisor once placed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    batch: str
+    action: str
+    instance_id: int
+    hypervisor_id: int | None
+    state: JobStateName
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """One page of jobs (newest first) and, with a ``batch`` filter, how many are in each state."""
+
+    items: list[JobPublic]
+    limit: int
+    offset: int
+    counts: dict[str, int] | None = None
+
+
+class BatchAccepted(BaseModel):
+    """What a create or batch action started: one job per instance, all in ``batch``."""
+
+    batch: str
+    instances: list[InstancePublic]
+    jobs: list[JobPublic]
+
+
+class PowerAction(_Request):
+    """Options of start, stop and reboot."""
+
+    force: bool = False
+
+
+class ResizeRequest(_Request):
+    """The flavor to resize a stopped instance to."""
+
+    flavor: Ref
+
+
+class RebuildRequest(_Request):
+    """The image to rebuild an instance from (its uuid and name stay)."""
+
+    image: Ref
+
+
+class BatchAction(_Request):
+    """One action on many instances of the organisation, all or none."""
+
+    action: Literal["start", "stop", "reboot", "delete"]
+    ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_COUNT)]
+    force: bool = False
 
 
 class ErrorBody(BaseModel):

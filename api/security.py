@@ -115,7 +115,7 @@ def bootstrap_admin(session: Session, state_dir: Path) -> AdminCredentials | Non
         return None
     path = state_dir / ADMIN_CREDENTIALS_FILE
     password = secrets.token_urlsafe(18)
-    org = Organisation(name="admin")
+    org = Organisation(name="admin", operator=True)
     user = User(username="admin", password_hash=hash_password(password))
     session.add_all([org, user, Membership(user=user, org=org, role=Role.admin)])
     session.flush()

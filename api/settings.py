@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import ConfigError
 
 PREFIX = "CLOUDLAND_API_"
+MAX_IMAGE_BYTES = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,16 @@ class ApiSettings:
     token_lifetime_s: int = 3600
     host: str = "127.0.0.1"
     port: int = 8080
+    # Largest image upload accepted (PUT /images/{id}/file); bigger bodies get a 413.
+    max_image_bytes: int = 64 * 2**30
+    # The root rank's gRPC endpoint; "" runs without a tree (jobs stay pending).
+    root_endpoint: str = DEFAULT_GRPC
+    scheduler_weigher: str = "spread"   # spread: emptiest host first; pack: fullest first
+    cpu_ratio: float = 4.0              # overcommit given to newly seen hypervisors
+    memory_ratio: float = 1.0
+    sync_interval_s: float = 2.0        # how often hypervisors are read from the tree's reports
+    dispatch_workers: int = 64          # commands in flight to the root at once
+    job_timeout_s: float = 120.0        # per attempt; the job fails with "timeout" after it
 
     def __post_init__(self) -> None:
         if not self.database_url.strip():
@@ -39,6 +51,20 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}TOKEN_LIFETIME_S must be 1..86400 seconds, got {self.token_lifetime_s}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{PREFIX}PORT must be 0..65535, got {self.port}")
+        if self.scheduler_weigher not in ("spread", "pack"):
+            raise ConfigError(f"{PREFIX}SCHEDULER_WEIGHER must be spread or pack, got {self.scheduler_weigher!r}")
+        for name in ("cpu_ratio", "memory_ratio"):
+            if not 0 < getattr(self, name) <= 64:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be in (0, 64], got {getattr(self, name)}")
+        if not 0.1 <= self.sync_interval_s <= 3600:
+            raise ConfigError(f"{PREFIX}SYNC_INTERVAL_S must be 0.1..3600, got {self.sync_interval_s}")
+        if not 1 <= self.dispatch_workers <= 1024:
+            raise ConfigError(f"{PREFIX}DISPATCH_WORKERS must be 1..1024, got {self.dispatch_workers}")
+        if not 1 <= self.job_timeout_s <= 3600:
+            raise ConfigError(f"{PREFIX}JOB_TIMEOUT_S must be 1..3600 seconds, got {self.job_timeout_s}")
+        # Upper bound: images.size_bytes is a signed 64-bit BIGINT.
+        if not 1 <= self.max_image_bytes <= MAX_IMAGE_BYTES:
+            raise ConfigError(f"{PREFIX}MAX_IMAGE_BYTES must be 1..{MAX_IMAGE_BYTES} bytes, got {self.max_image_bytes}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
 

@@ -1,6 +1,8 @@
 """The ``cloudland`` command line: start the message tree and talk to its root.
 
-Exit codes, for every command:
+``cloudland up`` (cli_up.py) starts tree and REST API together; the commands that talk
+to the API (configure, login, flavor, image, key, hyper, vm, job) are in cli_cloud.py and
+cli_vm.py, with their own exit codes (cli_common.py). Exit codes of the ``tree`` commands:
 
     0  success: every reply OK (health: every hypervisor's leaf OK)
     1  some reply not OK, or the root rank failed
@@ -205,19 +207,10 @@ def up(
         )
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
-    env = dict(os.environ)
-    if heartbeat is not None:
-        # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
-        env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)
-    # Its own process group: Ctrl-C reaches only us, and the root gets one orderly SIGTERM.
-    # Its output goes to a file so that it does not garble the spinner and the banner.
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    root_out = open(settings.state_dir / "root.out", "ab")  # noqa: SIM115 - lives as long as the root
-    child = subprocess.Popen(root_command(settings), env=env, process_group=0,
-                             stdout=root_out, stderr=subprocess.STDOUT)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    child = start_root(settings, heartbeat)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        topo = _wait_for_tree(child, address)
+        topo = wait_for_tree(child, address)
         if topo is None:
             _fail(EXIT_NOT_OK, f"the root exited with code {child.returncode} before the tree was ready")
         _print_banner(address, topo, settings.state_dir)
@@ -234,11 +227,27 @@ def up(
         _fail(EXIT_NOT_OK, f"the root exited with code {code}")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
+def start_root(settings: TreeSettings, heartbeat: float | None = None) -> subprocess.Popen[bytes]:
+    """Start the root rank in its own process group, its output in ``<state_dir>/root.out``."""
+    env = dict(os.environ)
+    if heartbeat is not None:
+        # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
+        env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)
+    # Its own process group: Ctrl-C reaches only us, and the root gets one orderly SIGTERM.
+    # Its output goes to a file so that it does not garble the spinner and the banner.
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.state_dir / "root.out", "ab") as root_out:  # the child keeps its own copy
+        return subprocess.Popen(root_command(settings), env=env, process_group=0,
+                                stdout=root_out, stderr=subprocess.STDOUT)
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: SIGTERM and SIGHUP stop the foreground command as Ctrl-C does."""
     raise KeyboardInterrupt
 
 
-def _wait_for_tree(child: subprocess.Popen[bytes], endpoint: str) -> root_pb2.TopologyReply | None:
+def wait_for_tree(child: subprocess.Popen[bytes], endpoint: str) -> root_pb2.TopologyReply | None:
+    """The topology once every rank is up; None if the root exits first."""
     # Short waits so a root that dies while building is noticed within a second, and a
     # fresh client each time: one channel backs off exponentially between refused
     # connects, which showed the banner seconds after the root was up.
@@ -249,7 +258,8 @@ def _wait_for_tree(child: subprocess.Popen[bytes], endpoint: str) -> root_pb2.To
     return None
 
 
-def _topology_grid(topo: root_pb2.TopologyReply) -> Table:
+def topology_grid(topo: root_pb2.TopologyReply) -> Table:
+    """The tree's shape as a two-column grid."""
     grid = Table.grid(padding=(0, 2))
     grid.add_row("hypervisors", f"{topo.hypervisors} ({topo.per_leaf} per leaf rank)")
     grid.add_row("leaf ranks", str(topo.leaves))
@@ -261,7 +271,7 @@ def _topology_grid(topo: root_pb2.TopologyReply) -> Table:
 
 def _print_banner(endpoint: str, topo: root_pb2.TopologyReply, state_dir: Path) -> None:
     out.print(Text("CloudLand tree is up", style="bold green"), Text(f"gRPC {endpoint}"))
-    out.print(_topology_grid(topo))
+    out.print(topology_grid(topo))
     # Spell out --endpoint only when the other terminal would not find the root by default.
     prefix = ".venv/bin/cloudland tree"
     if endpoint != os.environ.get("CLOUDLAND_GRPC", DEFAULT_GRPC):
@@ -437,7 +447,14 @@ def topology(
     if as_json:
         _print_json(reply)
     else:
-        out.print(_topology_grid(reply))
+        out.print(topology_grid(reply))
+
+
+# The REST commands and `cloudland up` import helpers from this module, hence at the end.
+from cloudland import cli_cloud, cli_up  # noqa: E402
+
+cli_cloud.register(app)
+app.command("up")(cli_up.up)
 
 
 def main() -> None:

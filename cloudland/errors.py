@@ -6,7 +6,9 @@
     │   ├── UnknownOperation        no agent operation has that name
     │   ├── UnknownHypervisor       a target id is outside the tree
     │   ├── NotFound                no such resource in the caller's organisation (HTTP 404)
-    │   └── Conflict                the request clashes with existing state (HTTP 409)
+    │   ├── Conflict                the request clashes with existing state (HTTP 409)
+    │   ├── PayloadTooLarge         a request body exceeds a configured limit (HTTP 413)
+    │   └── UnsupportedMediaType    a request body has the wrong Content-Type (HTTP 415)
     ├── Unauthorized                no valid credentials or token (HTTP 401)
     ├── Forbidden                   authenticated, but the role may not do this (HTTP 403)
     ├── WireError                   a message on an MPI link is not a valid envelope
@@ -14,6 +16,7 @@
     │   ├── PeerLost                a relay or leaf rank died or went silent
     │   └── SpawnError              a rank could not be started
     ├── RootUnreachable             the root's gRPC endpoint does not answer
+    ├── ApiUnreachable              the REST API does not answer (CLI side)
     └── HypervisorError             an operation failed on a hypervisor
         └── DriverError             libvirt (or another driver) refused
             ├── VMNotFound          no such VM on that hypervisor
@@ -57,6 +60,14 @@ class Conflict(InvalidRequest):
     """Raised when a create or change clashes with existing state (a taken name)."""
 
 
+class PayloadTooLarge(InvalidRequest):
+    """Raised when a request body (an image upload) is larger than the configured limit."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """Raised when a request body is sent with a Content-Type the endpoint does not take."""
+
+
 class Unauthorized(CloudLandError):
     """Raised when credentials or a bearer token are missing, wrong or expired."""
 
@@ -83,6 +94,10 @@ class SpawnError(TreeError):
 
 class RootUnreachable(CloudLandError):
     """Raised when the root's gRPC endpoint does not answer."""
+
+
+class ApiUnreachable(CloudLandError):
+    """Raised when the REST API's endpoint refuses or drops the connection (in the CLI)."""
 
 
 class HypervisorError(CloudLandError):

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=.venv
 # libvirt-dev + pkg-config + gcc build libvirt-python; libvirt0 carries the test:/// driver;
-# iproute2 for namespaces; tmux drives the CLI in tests.
-DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux"
+# iproute2 for namespaces; tmux drives the CLI in tests; postgresql-15 (with postgresql-common's
+# pg_createcluster/pg_ctlcluster) runs the throwaway server the database tests start themselves.
+DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15"
 
 missing=""
 for pkg in $DEBS; do
@@ -18,6 +19,12 @@ done
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "bootstrap: installing Debian packages:$missing"
+        # postgresql-15's postinst creates (and, under systemd, starts) a default "main" cluster
+        # on port 5432 unless told not to; the tests start their own, so ask for none. A drop-in
+        # rather than an edit of createcluster.conf, which postgresql-common manages with ucf.
+        # Written before installing so the first install sees it; harmless if already there.
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/cloudland-no-main-cluster.conf
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else

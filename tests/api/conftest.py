@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cloudland_api.app import create_app
-from cloudland_api.db import upgrade
 from cloudland_api.models import Membership, Organisation, Role, User
 from cloudland_api.security import AdminCredentials, bootstrap_admin, hash_password
 from cloudland_api.settings import ApiSettings
@@ -46,13 +45,14 @@ class Api:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> ApiSettings:
-    return ApiSettings(database_url=f"sqlite:///{tmp_path / 'db' / 'cloudland.db'}", state_dir=tmp_path / "state")
+def settings(tmp_path: Path, database_url: str) -> ApiSettings:
+    """Every API test runs twice: on SQLite and on PostgreSQL (``database_url``, tests/conftest.py)."""
+    return ApiSettings(database_url=database_url, state_dir=tmp_path / "state")
 
 
 @pytest.fixture
 def api(settings: ApiSettings) -> Iterator[Api]:
-    upgrade(settings.database_url)
+    # database_url is already migrated to head.
     app = create_app(settings)
     with app.state.sessions() as session:
         admin = bootstrap_admin(session, settings.state_dir)

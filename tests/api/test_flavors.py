@@ -25,7 +25,7 @@ def test_create_get_list_delete(api: Api, admin_headers: dict[str, str], make_fl
 
 def test_duplicate_name_is_409(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker) -> None:
     make_flavor("dup")
-    body = {"name": "dup", "vcpus": 1, "memory_mib": 1, "disk_gib": 0}
+    body = {"name": "dup", "vcpus": 1, "memory_mib": 64, "disk_gib": 0}
     reply = api.client.post(FLAVORS, json=body, headers=admin_headers)
     assert reply.status_code == 409
     assert reply.json()["error"]["code"] == "conflict" and "dup" in reply.json()["error"]["message"]
@@ -47,7 +47,7 @@ def test_reader_can_read_but_not_create_or_delete(api: Api, make_flavor: FlavorM
     flavor = make_flavor("shared")
     reader = api.add_user("rita", "admin", Role.reader)
     assert api.client.get(f"{FLAVORS}/{flavor['id']}", headers=reader).status_code == 200
-    reply = api.client.post(FLAVORS, json={"name": "x", "vcpus": 1, "memory_mib": 1, "disk_gib": 1}, headers=reader)
+    reply = api.client.post(FLAVORS, json={"name": "x", "vcpus": 1, "memory_mib": 64, "disk_gib": 1}, headers=reader)
     assert reply.status_code == 403
     assert reply.json()["error"]["code"] == "forbidden" and "reader" in reply.json()["error"]["message"]
     assert api.client.delete(f"{FLAVORS}/{flavor['id']}", headers=reader).status_code == 403

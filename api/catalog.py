@@ -1,0 +1,319 @@
+"""Images and SSH keys of an organisation: what the API does with them, apart from HTTP.
+
+Same rules as ``services.py``: every query filters on the caller's ``org_id`` (another
+organisation's id is NotFound), NotFound is decided before Forbidden, and readers only read.
+
+An image's bytes live in ``<state_dir>/images/<id>.<disk_format>``. An upload streams into
+a temporary file beside it (same file system, so the final rename is atomic), hashing as
+it goes; only a complete, checked, fsynced file is renamed into place, in the same
+transaction that marks the row ``active``. Anything else removes the temporary file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar, cast
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from cloudland.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from cloudland_api.models import Image, Role, SshKey
+from cloudland_api.openssh import parse_public_key
+from cloudland_api.schemas import ImageCreate, SshKeyCreate
+from cloudland_api.services import Caller
+
+log = logging.getLogger(__name__)
+
+QCOW2_MAGIC = b"QFI\xfb"  # qcow2 header "magic" field (QEMU docs/interop/qcow2.txt)
+# Bytes gathered before one write+hash in a worker thread: large enough that the thread
+# hop is negligible, small enough that an upload holds at most this much in memory.
+WRITE_BATCH = 1024 * 1024
+_Row = TypeVar("_Row", Image, SshKey)
+
+
+def image_dir(state_dir: Path) -> Path:
+    """The directory holding every organisation's image files."""
+    return state_dir / "images"
+
+
+def image_path(state_dir: Path, image: Image) -> Path:
+    """Where ``image``'s bytes are (once it is active)."""
+    return image_dir(state_dir) / f"{image.id}.{image.disk_format}"
+
+
+def _page(session: Session, model: type[_Row], caller: Caller, limit: int, offset: int) -> tuple[list[_Row], int]:
+    scope = model.org_id == caller.org_id
+    total = session.scalar(select(func.count()).select_from(model).where(scope)) or 0
+    page = session.scalars(select(model).where(scope).order_by(model.id).limit(limit).offset(offset))
+    return list(page), total
+
+
+def _insert(session: Session, row: _Row, what: str) -> _Row:
+    taken = select(type(row).id).where(type(row).org_id == row.org_id, type(row).name == row.name)
+    if session.scalar(taken) is not None:
+        raise Conflict(f"{what} name {row.name!r} is already used in this organisation")
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        # Two creates raced past the check above; the unique constraint decided.
+        session.rollback()
+        raise Conflict(f"{what} name {row.name!r} is already used in this organisation") from exc
+    return row
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def list_images(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Image], int]:
+    """One page of the caller's organisation's images, ordered by id, and the total count."""
+    return _page(session, Image, caller, limit, offset)
+
+
+def get_image(session: Session, caller: Caller, image_id: int) -> Image:
+    """The caller's organisation's image ``image_id``, or NotFound."""
+    image = session.scalar(select(Image).where(Image.id == image_id, Image.org_id == caller.org_id))
+    if image is None:
+        raise NotFound(f"image {image_id} not found")
+    return image
+
+
+def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
+    """Create a ``queued`` image record (admin or member); its bytes follow by upload."""
+    caller.require(Role.admin, Role.member)
+    image = _insert(session, Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump()), "image")
+    log.info("event=image_created org_id=%d image_id=%d user_id=%d", caller.org_id, image.id, caller.user_id)
+    return image
+
+
+def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> None:
+    """Delete an image and its file (admin or member)."""
+    image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
+    caller.require(Role.admin, Role.member)
+    path = image_path(state_dir, image)
+    session.delete(image)
+    session.commit()
+    # After the commit: a failed commit must not lose the bytes of a row that still exists.
+    # A concurrent upload cannot rename a file in afterwards; its UPDATE finds no row.
+    path.unlink(missing_ok=True)
+    log.info("event=image_deleted org_id=%d image_id=%d user_id=%d", caller.org_id, image_id, caller.user_id)
+
+
+def image_file(session: Session, caller: Caller, image_id: int, state_dir: Path) -> tuple[Image, Path]:
+    """An active image and the path of its bytes; Conflict while it has none."""
+    image = get_image(session, caller, image_id)
+    if image.status != "active":
+        raise Conflict(f"image {image_id} has no data yet; upload it with PUT /api/v1/images/{image_id}/file")
+    path = image_path(state_dir, image)
+    if not path.is_file():
+        # The row says active but the directory lost the file: an operator must look.
+        log.error("event=image_file_missing org_id=%d image_id=%d path=%s", caller.org_id, image_id, path)
+        raise NotFound(f"image {image_id}'s file is missing from the image directory")
+    return image, path
+
+
+def image_for_upload(session: Session, caller: Caller, image_id: int) -> Image:
+    """The queued image an upload may fill: NotFound, then Forbidden, then Conflict if active."""
+    image = get_image(session, caller, image_id)
+    caller.require(Role.admin, Role.member)
+    if image.status != "queued":
+        raise Conflict(f"image {image_id} is already {image.status}; delete it and create a new one to replace it")
+    return image
+
+
+def _upload_target(session: Session, caller: Caller, image_id: int) -> Image:
+    image = image_for_upload(session, caller, image_id)
+    # End the read transaction before streaming: held open it would keep SQLite's write
+    # lock (write sessions BEGIN IMMEDIATE) or an idle PostgreSQL transaction for as long
+    # as the upload takes. Nothing was written; the row is re-checked when it is activated.
+    session.commit()
+    return image
+
+
+@dataclass
+class _Received:
+    """A complete upload in its temporary file."""
+
+    tmp: Path
+    size: int
+    sha256: str
+
+
+async def upload_image(
+    session: Session,
+    caller: Caller,
+    image_id: int,
+    body: AsyncIterable[bytes],
+    *,
+    state_dir: Path,
+    max_bytes: int,
+    declared_size: int | None = None,
+    expected_sha256: str | None = None,
+) -> Image:
+    """Stream ``body`` into image ``image_id``'s file and make the image ``active``.
+
+    Never holds more than ``WRITE_BATCH`` bytes in memory. Raises NotFound, Forbidden,
+    Conflict (already active), PayloadTooLarge (over ``max_bytes``, checked against
+    ``declared_size`` before reading), or InvalidRequest (empty, not qcow2, checksum
+    mismatch); in every failure no file is left behind.
+    """
+    # Database work runs in worker threads: a locked SQLite file must not stall the loop.
+    image = await run_in_threadpool(_upload_target, session, caller, image_id)
+    if declared_size is not None and declared_size > max_bytes:
+        raise PayloadTooLarge(f"image {image_id}: upload of {declared_size} bytes exceeds the limit of {max_bytes}")
+    directory = image_dir(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    received = await _receive(image, body, directory, max_bytes)
+    try:
+        if expected_sha256 is not None and expected_sha256.lower() != received.sha256:
+            raise InvalidRequest(
+                f"image {image_id}: checksum mismatch: X-Image-Sha256 is {expected_sha256.lower()}, "
+                f"the received bytes hash to {received.sha256}"
+            )
+        return await run_in_threadpool(_activate, session, caller, image, received, state_dir)
+    finally:
+        received.tmp.unlink(missing_ok=True)  # already renamed away on success
+
+
+async def _receive(image: Image, body: AsyncIterable[bytes], directory: Path, max_bytes: int) -> _Received:
+    """Write ``body`` to a new temporary file in ``directory``, hashing it; remove it on any failure."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".upload-{image.id}-", suffix=".part")
+    tmp = Path(name)
+    hasher = hashlib.sha256()
+    size = 0
+    pending: list[bytes] = []
+    pending_size = 0
+    head_checked = False
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in body:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"image {image.id}: upload exceeds the limit of {max_bytes} bytes")
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if not head_checked and size >= len(QCOW2_MAGIC):
+                    # The head is still in ``pending`` (never written before WRITE_BATCH
+                    # bytes): refuse a non-qcow2 body before storing any of it.
+                    _check_magic(image, b"".join(pending)[: len(QCOW2_MAGIC)])
+                    head_checked = True
+                if pending_size >= WRITE_BATCH:
+                    await run_in_threadpool(_write, out, hasher, pending)
+                    pending, pending_size = [], 0
+            if size == 0:
+                raise InvalidRequest(f"image {image.id}: the upload body is empty; send the image bytes")
+            if not head_checked:
+                _check_magic(image, b"".join(pending))
+            await run_in_threadpool(_write, out, hasher, pending)
+            await run_in_threadpool(_sync, out)
+    except BaseException:
+        # Also on cancellation and client disconnects: no partial file may stay behind.
+        tmp.unlink(missing_ok=True)
+        raise
+    return _Received(tmp, size, hasher.hexdigest())
+
+
+def _check_magic(image: Image, head: bytes) -> None:
+    if image.disk_format == "qcow2" and not head.startswith(QCOW2_MAGIC):
+        raise InvalidRequest(
+            f"image {image.id}: disk_format is qcow2 but the data does not start with the qcow2 magic "
+            f"(got {head[:4]!r}); convert it or create the image with disk_format raw"
+        )
+
+
+def _write(out: BinaryIO, hasher: Any, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        hasher.update(chunk)
+        out.write(chunk)
+
+
+def _sync(out: BinaryIO) -> None:
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk too.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _activate(session: Session, caller: Caller, image: Image, received: _Received, state_dir: Path) -> Image:
+    """Mark the image active and rename its file into place, both or neither."""
+    image_id = image.id  # a rollback expires ``image``; a deleted row could not reload it
+    # Conditional UPDATE: of two uploads racing to the same image, only the first to
+    # lock the row wins; the loser sees no queued row and its file is discarded.
+    result = cast(CursorResult[Any], session.execute(
+        update(Image)
+        .where(Image.id == image_id, Image.org_id == caller.org_id, Image.status == "queued")
+        .values(status="active", size_bytes=received.size, sha256=received.sha256)
+    ))
+    if result.rowcount != 1:
+        session.rollback()
+        image_for_upload(session, caller, image_id)  # NotFound (deleted meanwhile) or Conflict
+        raise Conflict(f"image {image_id} changed during the upload; try again")
+    final = image_path(state_dir, image)
+    try:
+        os.replace(received.tmp, final)
+        _fsync_dir(final.parent)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        final.unlink(missing_ok=True)
+        raise
+    session.refresh(image)
+    log.info("event=image_uploaded org_id=%d image_id=%d size_bytes=%d sha256=%s user_id=%d",
+             caller.org_id, image.id, received.size, received.sha256, caller.user_id)
+    return image
+
+
+# -- SSH keys -----------------------------------------------------------------------------
+
+
+def list_ssh_keys(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[SshKey], int]:
+    """One page of the caller's organisation's SSH keys, ordered by id, and the total count."""
+    return _page(session, SshKey, caller, limit, offset)
+
+
+def get_ssh_key(session: Session, caller: Caller, key_id: int) -> SshKey:
+    """The caller's organisation's SSH key ``key_id``, or NotFound."""
+    key = session.scalar(select(SshKey).where(SshKey.id == key_id, SshKey.org_id == caller.org_id))
+    if key is None:
+        raise NotFound(f"ssh key {key_id} not found")
+    return key
+
+
+def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshKey:
+    """Validate and store an OpenSSH public key line (admin or member), normalised."""
+    caller.require(Role.admin, Role.member)
+    try:
+        parsed = parse_public_key(spec.public_key)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"ssh key {spec.name!r}: {exc}") from exc
+    row = SshKey(org_id=caller.org_id, name=spec.name, public_key=parsed.line, fingerprint=parsed.fingerprint)
+    key = _insert(session, row, "ssh key")
+    log.info("event=ssh_key_created org_id=%d ssh_key_id=%d fingerprint=%s user_id=%d",
+             caller.org_id, key.id, key.fingerprint, caller.user_id)
+    return key
+
+
+def delete_ssh_key(session: Session, caller: Caller, key_id: int) -> None:
+    """Delete an SSH key (admin or member); instances that named it keep running."""
+    key = get_ssh_key(session, caller, key_id)  # NotFound before Forbidden: no probing
+    caller.require(Role.admin, Role.member)
+    session.delete(key)
+    session.commit()
+    log.info("event=ssh_key_deleted org_id=%d ssh_key_id=%d user_id=%d", caller.org_id, key_id, caller.user_id)
+

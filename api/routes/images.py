@@ -1,0 +1,124 @@
+"""``/api/v1/images``: disk images of the caller's organisation, metadata and bytes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi.responses import FileResponse
+from starlette.requests import ClientDisconnect
+
+from cloudland import errors
+from cloudland_api import catalog
+from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep
+from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
+
+router = APIRouter(
+    prefix="/images",
+    tags=["images"],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Image id")]
+OCTET_STREAM = "application/octet-stream"
+_BINARY_BODY = {
+    "requestBody": {"required": True, "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
+}
+
+
+@router.get("")
+def list_images(
+    session: SessionDep,
+    caller: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> ImageList:
+    """One page of the organisation's images, oldest first."""
+    images, total = catalog.list_images(session, caller, limit, offset)
+    return ImageList(items=[ImagePublic.model_validate(i) for i in images], total=total, limit=limit, offset=offset)
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+)
+def create_image(body: ImageCreate, session: SessionDep, caller: CurrentUser) -> ImagePublic:
+    """Create a ``queued`` image (admin or member); upload its bytes with ``PUT /images/{id}/file``."""
+    return ImagePublic.model_validate(catalog.create_image(session, caller, body))
+
+
+@router.get("/{image_id}")
+def get_image(image_id: ImageId, session: SessionDep, caller: CurrentUser) -> ImagePublic:
+    """One image of the organisation."""
+    return ImagePublic.model_validate(catalog.get_image(session, caller, image_id))
+
+
+@router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+def delete_image(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> None:
+    """Delete an image and its file (admin or member)."""
+    catalog.delete_image(session, caller, image_id, settings.state_dir)
+
+
+async def _body(request: Request, image_id: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, never all of it at once."""
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect as exc:
+        # Nobody is left to read a response; this only keeps the log free of a 500.
+        raise errors.InvalidRequest(f"upload of image {image_id} aborted: the client disconnected") from exc
+
+
+@router.put(
+    "/{image_id}/file",
+    openapi_extra=_BINARY_BODY,
+    responses={
+        400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+        413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
+    },
+)
+async def upload_image_file(
+    image_id: ImageId,
+    request: Request,
+    session: SessionDep,
+    caller: CurrentUser,
+    settings: SettingsDep,
+    content_type: Annotated[str | None, Header()] = None,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+    x_image_sha256: Annotated[
+        str | None, Header(pattern=r"^[0-9a-fA-F]{64}$", description="Expected SHA-256 (hex) of the bytes")
+    ] = None,
+) -> ImagePublic:
+    """Upload a queued image's bytes as ``application/octet-stream``; the image becomes ``active``.
+
+    The body is streamed to disk (never held in memory) and hashed on the way. With
+    ``X-Image-Sha256`` the upload is refused unless the bytes hash to it.
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != OCTET_STREAM:
+        # curl -d / --data-binary default to form encoding: say what to send instead.
+        raise errors.UnsupportedMediaType(
+            f"image {image_id}: send the bytes with 'Content-Type: {OCTET_STREAM}', got {content_type!r}"
+        )
+    image = await catalog.upload_image(
+        session, caller, image_id, _body(request, image_id),
+        state_dir=settings.state_dir, max_bytes=settings.max_image_bytes,
+        declared_size=content_length, expected_sha256=x_image_sha256,
+    )
+    return ImagePublic.model_validate(image)
+
+
+@router.get(
+    "/{image_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}},
+)
+def download_image_file(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> FileResponse:
+    """The bytes of an active image, streamed from disk; the ETag and ``X-Image-Sha256`` carry its SHA-256."""
+    image, path = catalog.image_file(session, caller, image_id, settings.state_dir)
+    return FileResponse(
+        path,
+        media_type=OCTET_STREAM,
+        filename=f"{image.name}.{image.disk_format}",
+        headers={"X-Image-Sha256": image.sha256 or "", "ETag": f'"{image.sha256}"'},
+    )

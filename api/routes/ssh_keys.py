@@ -1,0 +1,52 @@
+"""``/api/v1/ssh-keys``: OpenSSH public keys of the caller's organisation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from cloudland_api import catalog
+from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.schemas import MAX_ID, ErrorResponse, SshKeyCreate, SshKeyList, SshKeyPublic
+
+router = APIRouter(
+    prefix="/ssh-keys",
+    tags=["ssh-keys"],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+SshKeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="SSH key id")]
+
+
+@router.get("")
+def list_ssh_keys(
+    session: SessionDep,
+    caller: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> SshKeyList:
+    """One page of the organisation's SSH keys, oldest first."""
+    keys, total = catalog.list_ssh_keys(session, caller, limit, offset)
+    return SshKeyList(items=[SshKeyPublic.model_validate(k) for k in keys], total=total, limit=limit, offset=offset)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+def create_ssh_key(body: SshKeyCreate, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
+    """Add an OpenSSH public key line (admin or member); it is stored normalised, with its fingerprint."""
+    return SshKeyPublic.model_validate(catalog.create_ssh_key(session, caller, body))
+
+
+@router.get("/{key_id}")
+def get_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
+    """One SSH key of the organisation."""
+    return SshKeyPublic.model_validate(catalog.get_ssh_key(session, caller, key_id))
+
+
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+def delete_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> None:
+    """Delete an SSH key (admin or member)."""
+    catalog.delete_ssh_key(session, caller, key_id)

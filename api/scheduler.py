@@ -1,0 +1,144 @@
+"""Placement: filters, weighers and the atomic claim (ARCHITECTURE.md "scheduler with claims").
+
+A host passes the filters when it is enabled, up, of the image's architecture and has
+room for the instance under its overcommit ratios. Room counts the larger of what the
+instances placed there claim and what the agent last reported in use, so a domain the
+database does not know about still takes its memory: the agents' reports correct the
+claims.
+
+The claim is one conditional UPDATE that re-checks the room in SQL. Two schedulers (or
+two API processes) that pick the same last slot cannot both win: the database applies
+one UPDATE after the other and the second matches no row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy.orm import Session
+
+from cloudland_api.models import Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one instance needs from a host."""
+
+    vcpus: int
+    memory_mib: int
+    arch: str
+
+    def describe(self) -> str:
+        return f"{self.vcpus} vCPU and {self.memory_mib} MiB for {self.arch}"
+
+
+def vcpu_capacity(cpus: int, ratio: float) -> int:
+    """vCPUs a host may hand out: its CPUs times the overcommit ratio, rounded down."""
+    return math.floor(cpus * ratio + 1e-9)
+
+
+def memory_capacity(memory_mib: int, ratio: float) -> int:
+    """MiB a host may hand out: its memory times the overcommit ratio, rounded down."""
+    return math.floor(memory_mib * ratio + 1e-9)
+
+
+def _fits(vcpus: int, memory_mib: int) -> ColumnElement[bool]:
+    """SQL: the host has room for ``vcpus`` and ``memory_mib`` more (see the module docstring)."""
+    h = Hypervisor
+    # An integer is <= x exactly when it is <= floor(x), so no floor() (which SQLite may lack).
+    vcpu_room = h.cpus * h.cpu_ratio + 1e-9
+    memory_room = h.memory_mib * h.memory_ratio + 1e-9
+    return and_(
+        h.vcpus_claimed + vcpus <= vcpu_room,
+        h.memory_claimed_mib + memory_mib <= memory_room,
+        # What the agent reports in use, too: a domain unknown to us still holds memory.
+        (h.memory_mib - h.free_memory_mib) + memory_mib <= memory_room,
+    )
+
+
+def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int) -> bool:
+    """Atomically take ``vcpus``/``memory_mib`` on a host if it still has room and takes work."""
+    h = Hypervisor
+    result = session.execute(
+        update(h)
+        .where(h.id == hypervisor_id, h.enabled.is_(True), h.state == "up", _fits(vcpus, memory_mib))
+        .values(vcpus_claimed=h.vcpus_claimed + vcpus, memory_claimed_mib=h.memory_claimed_mib + memory_mib)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int) -> None:
+    """Give back a claim (never below zero: the reconciler recounts claims anyway)."""
+    h = Hypervisor
+    session.execute(
+        update(h)
+        .where(h.id == hypervisor_id)
+        .values(vcpus_claimed=case((h.vcpus_claimed > vcpus, h.vcpus_claimed - vcpus), else_=0),
+                memory_claimed_mib=case((h.memory_claimed_mib > memory_mib, h.memory_claimed_mib - memory_mib),
+                                        else_=0))
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass
+class Candidate:
+    """A host's free room as the scheduler tracks it while placing one batch."""
+
+    id: int
+    free_vcpus: int
+    free_memory_mib: int
+
+
+class Placer:
+    """Places the instances of one dispatch batch: candidates are read once, claims made per instance."""
+
+    def __init__(self, session: Session, weigher: str) -> None:
+        self.session = session
+        self.weigher = weigher
+        self._hosts: dict[str, list[Candidate]] = {}
+        self.considered: dict[str, int] = {}
+
+    def _load(self, arch: str) -> list[Candidate]:
+        h = Hypervisor
+        rows = self.session.execute(
+            select(h.id, h.cpus, h.cpu_ratio, h.memory_mib, h.memory_ratio, h.vcpus_claimed,
+                   h.memory_claimed_mib, h.free_memory_mib)
+            .where(h.enabled.is_(True), h.state == "up", h.arch == arch)
+        ).all()
+        hosts = []
+        for r in rows:
+            used_memory = max(r.memory_claimed_mib, r.memory_mib - r.free_memory_mib)
+            hosts.append(Candidate(r.id, vcpu_capacity(r.cpus, r.cpu_ratio) - r.vcpus_claimed,
+                                   memory_capacity(r.memory_mib, r.memory_ratio) - used_memory))
+        self.considered[arch] = len(hosts)
+        return hosts
+
+    def place(self, demand: Demand) -> int | None:
+        """The id of the host now holding a claim for ``demand``, or None if no host has room."""
+        hosts = self._hosts.get(demand.arch)
+        if hosts is None:
+            hosts = self._hosts[demand.arch] = self._load(demand.arch)
+        fitting = [c for c in hosts if c.free_vcpus >= demand.vcpus and c.free_memory_mib >= demand.memory_mib]
+        # spread: the most free memory first (then vCPUs); pack: the least. Ties by id, so runs repeat.
+        sign = -1 if self.weigher == "spread" else 1
+        fitting.sort(key=lambda c: (sign * c.free_memory_mib, sign * c.free_vcpus, c.id))
+        for host in fitting:
+            if claim(self.session, host.id, demand.vcpus, demand.memory_mib):
+                host.free_vcpus -= demand.vcpus
+                host.free_memory_mib -= demand.memory_mib
+                return host.id
+            # Someone else took the room since we read it: forget the host for this batch.
+            host.free_vcpus = host.free_memory_mib = -1
+            log.info("event=claim_lost hypervisor=%d", host.id)
+        return None
+
+    def no_capacity(self, demand: Demand) -> str:
+        """The reason a placement failed, for the job and the instance."""
+        return (f"no capacity: no enabled, up hypervisor has room for {demand.describe()} "
+                f"({self.considered.get(demand.arch, 0)} considered)")

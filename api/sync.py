@@ -1,0 +1,176 @@
+"""The reconciler: hypervisors and observed VM state from the tree's reports.
+
+Every ``sync_interval_s`` it reads the root's Health (every hypervisor's latest report,
+and every leaf's state) and converges the database on it, level-triggered:
+
+- a hypervisor seen for the first time is added, with the default overcommit ratios;
+- size, free memory and domain counts follow the reports; a hypervisor whose leaf is
+  not OK is ``down`` (the scheduler skips it) and ``up`` again once it is;
+- claims are recounted from the instances placed on each host, in one statement;
+- an instance with no job in flight takes its power state from the report, or becomes
+  ``error`` when its domain is missing from its hypervisor (observed state wins; the
+  database keeps the desired state).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloudland.client import RootClient
+from cloudland.errors import CloudLandError
+from cloudland_api.models import Hypervisor, Instance, utcnow
+from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import root_pb2
+
+log = logging.getLogger(__name__)
+
+# An instance touched this recently may not be in the reports yet (heartbeats are ~1 s).
+SETTLE_S = 10.0
+OBSERVED = {"running": "running", "shutoff": "stopped", "crashed": "stopped", "paused": "running"}
+
+
+def down_hypervisors(health: root_pb2.HealthReply, per_leaf: int) -> set[int]:
+    """Hypervisors whose leaf rank is not OK or SLOW (lost, or still starting)."""
+    down: set[int] = set()
+    for peer in health.peers:
+        if not peer.relay and peer.state not in (pb.PEER_OK, pb.PEER_SLOW):
+            down.update(range(peer.node.first_leaf * per_leaf, peer.node.end_leaf * per_leaf))
+    return down
+
+
+class Reconciler:
+    """Runs ``sync_once`` every ``interval_s`` on a thread; ``ready`` is set after the first success."""
+
+    def __init__(self, write_sessions: sessionmaker[Session], root_endpoint: str, *, interval_s: float = 2.0,
+                 cpu_ratio: float = 4.0, memory_ratio: float = 1.0) -> None:
+        self._sessions = write_sessions
+        self._client = RootClient(root_endpoint) if root_endpoint else None
+        self._interval_s = interval_s
+        self._ratios = (cpu_ratio, memory_ratio)
+        self._per_leaf: int | None = None
+        self._seen: dict[int, tuple[Any, ...]] = {}  # last written report fields per hypervisor
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        if self._client is None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._client is not None:
+            self._client.close()
+
+    def _loop(self) -> None:
+        warned = False
+        while not self._stopping.is_set():
+            try:
+                self.sync_once()
+                self.ready.set()
+                warned = False
+            except CloudLandError as exc:
+                if not warned:  # once per outage, not every interval
+                    log.warning("event=sync_failed reason=%s", exc)
+                    warned = True
+            except Exception:
+                log.exception("event=sync_error")
+            self._stopping.wait(self._interval_s)
+
+    def sync_once(self) -> None:
+        """Read the tree once and converge the database on it."""
+        assert self._client is not None
+        if self._per_leaf is None:
+            self._per_leaf = self._client.topology().per_leaf or 1
+        health = self._client.health(reports=True)
+        down = down_hypervisors(health, self._per_leaf)
+        with self._sessions() as session:
+            self._hypervisors(session, health.reports, down)
+            self._recount_claims(session)
+            self._observe_instances(session, health.reports, down)
+            session.commit()
+
+    def _hypervisors(self, session: Session, reports: Any, down: set[int]) -> None:
+        known = set(session.scalars(select(Hypervisor.id)))
+        now = utcnow()
+        added = 0
+        for report in reports:
+            hv = report.hypervisor
+            state = "down" if hv in down else "up"
+            fields = (report.hostname, report.cpus, report.memory_kib // 1024, report.free_memory_kib // 1024,
+                      report.domains, report.running_domains, state)
+            if hv not in known:
+                session.add(Hypervisor(id=hv, hostname=fields[0], cpus=fields[1], memory_mib=fields[2],
+                                       free_memory_mib=fields[3], domains=fields[4], running_domains=fields[5],
+                                       state=state, cpu_ratio=self._ratios[0], memory_ratio=self._ratios[1],
+                                       last_seen=now))
+                added += 1
+            elif self._seen.get(hv) != fields:
+                values: dict[str, Any] = dict(zip(
+                    ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state"),
+                    fields))
+                if state == "up":
+                    values["last_seen"] = now
+                session.execute(update(Hypervisor).where(Hypervisor.id == hv).values(**values))
+                if self._seen.get(hv, fields)[-1] != state:
+                    log.warning("event=hypervisor_%s hypervisor=%d", state, hv)
+            self._seen[hv] = fields
+        if added:
+            log.info("event=hypervisors_added count=%d", added)
+
+    @staticmethod
+    def _recount_claims(session: Session) -> None:
+        """Claims = what the live instances placed on each host hold, in one statement."""
+        holds = and_(Instance.hypervisor_id == Hypervisor.id, Instance.status != "deleted")
+        vcpus = select(func.coalesce(func.sum(Instance.vcpus), 0)).where(holds).scalar_subquery()
+        memory = select(func.coalesce(func.sum(Instance.memory_mib), 0)).where(holds).scalar_subquery()
+        # Row locks first on PostgreSQL: a claim committed while we count waits or is counted.
+        session.execute(select(Hypervisor.id).order_by(Hypervisor.id).with_for_update()).all()
+        result = session.execute(
+            update(Hypervisor)
+            .where(or_(Hypervisor.vcpus_claimed != vcpus, Hypervisor.memory_claimed_mib != memory))
+            .values(vcpus_claimed=vcpus, memory_claimed_mib=memory)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            log.warning("event=claims_corrected hypervisors=%d", result.rowcount)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _observe_instances(session: Session, reports: Any, down: set[int]) -> None:
+        observed: dict[int, dict[str, str]] = {
+            r.hypervisor: {vm.uuid: vm.state for vm in r.vms} for r in reports if r.hypervisor not in down}
+        settled_before = utcnow() - timedelta(seconds=SETTLE_S)
+        idle = session.scalars(
+            select(Instance).where(Instance.job_id.is_(None), Instance.hypervisor_id.is_not(None),
+                                   Instance.status.in_(("running", "stopped", "error")),
+                                   Instance.updated_at < settled_before)
+        )
+        for instance in idle:
+            vms = observed.get(instance.hypervisor_id)  # type: ignore[arg-type]
+            if vms is None:
+                continue  # host down or not reported: nothing is known
+            state = vms.get(instance.uuid)
+            if state is None:
+                if instance.status != "error":
+                    instance.status = "error"
+                    instance.status_reason = f"domain {instance.domain_name} missing on hypervisor " \
+                                             f"{instance.hypervisor_id}"
+                    log.warning("event=instance_missing instance=%d hypervisor=%d", instance.id,
+                                instance.hypervisor_id)
+                continue
+            status = OBSERVED.get(state)
+            if status is not None and status != instance.status:
+                log.info("event=instance_observed instance=%d hypervisor=%d was=%s now=%s", instance.id,
+                         instance.hypervisor_id, instance.status, status)
+                instance.status = status
+                instance.status_reason = None if status != "error" else instance.status_reason

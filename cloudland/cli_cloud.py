@@ -1,0 +1,395 @@
+"""The CLI's REST commands: configure, login, flavor, image, key, hyper and job.
+
+VM commands live in cli_vm.py; exit codes and shared output in cli_common.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from cloudland import cli_vm
+from cloudland.cli_common import (
+    EXIT_USAGE,
+    all_pages,
+    api_errors,
+    connect,
+    err,
+    fail,
+    finish_job,
+    out,
+    print_json,
+    print_record,
+    print_table,
+    styled,
+    wait_job,
+)
+from cloudland.errors import InvalidRequest
+from cloudland.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
+
+DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
+QCOW2_MAGIC = b"QFI\xfb"
+
+flavor_app = typer.Typer(no_args_is_help=True, help="VM sizes.")
+image_app = typer.Typer(no_args_is_help=True, help="Disk images.")
+key_app = typer.Typer(no_args_is_help=True, help="SSH public keys.")
+hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
+job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one VM each.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the REST commands to the top-level ``cloudland`` app."""
+    app.command()(configure)
+    app.command()(login)
+    app.add_typer(flavor_app, name="flavor")
+    app.add_typer(image_app, name="image")
+    app.add_typer(key_app, name="key")
+    app.add_typer(hyper_app, name="hyper")
+    app.add_typer(cli_vm.vm_app, name="vm")
+    app.add_typer(job_app, name="job")
+
+
+# -- configure and login ------------------------------------------------------------------
+
+
+def configure(
+    endpoint: Annotated[str | None, typer.Option(help="The API's URL, e.g. http://127.0.0.1:8080.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the API endpoint (a changed endpoint drops the stored token); without options, show the config."""
+    with api_errors():
+        config = CliConfig.load()
+        if endpoint is not None:
+            url = normalise_endpoint(endpoint)
+            if url != config.endpoint:
+                config = CliConfig(endpoint=url)
+            path = config.save()
+        else:
+            path = config_path()
+    shown = {"config": str(path), "endpoint": config.endpoint, "logged_in": bool(config.token),
+             "expires_at": config.expires_at}
+    if as_json:
+        print_json(shown)
+    else:
+        print_record(shown)
+
+
+def read_credentials(path: Path) -> tuple[str | None, str]:
+    """``(username, password)`` from an admin-credentials file (``username=`` / ``password=`` lines)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read credentials {path}: {exc.strerror or exc}") from exc
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if not values.get("password"):
+        raise InvalidRequest(f"{path} has no password= line")
+    return values.get("username") or None, values["password"]
+
+
+def login(
+    username: Annotated[str | None, typer.Option(help="User name [default: admin, or the credentials file's].")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    credentials: Annotated[Path | None, typer.Option(
+        help=f"An admin-credentials file [default: {DEFAULT_CREDENTIALS} if it exists].")] = None,
+    organisation: Annotated[str | None, typer.Option(help="Organisation to act in.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
+) -> None:
+    """Log in and store the bearer token in the CLI config (mode 0600)."""
+    with api_errors():
+        if password_stdin and credentials is not None:
+            raise InvalidRequest("use either --password-stdin or --credentials, not both")
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            file = credentials or (DEFAULT_CREDENTIALS if DEFAULT_CREDENTIALS.exists() else None)
+            if file is not None:
+                file_user, password = read_credentials(file)
+                username = username or file_user
+            else:
+                password = typer.prompt("password", hide_input=True, err=True)
+        if not password:
+            raise InvalidRequest("empty password")
+        username = username or "admin"
+        config = CliConfig.load()
+        if endpoint is not None:
+            config.endpoint = normalise_endpoint(endpoint)
+        config = CliConfig(endpoint=config.effective().endpoint)
+        with ApiClient(config.endpoint) as client:
+            reply = client.login(username, password, organisation)
+        config.token, config.expires_at = reply["token"], str(reply["expires_at"])
+        path = config.save()
+    out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} until {config.expires_at}")
+
+
+# -- flavors --------------------------------------------------------------------------------
+
+
+@flavor_app.command("list")
+def flavor_list(as_json: JsonOpt = False) -> None:
+    """Every flavor of your organisation."""
+    with connect() as client:
+        flavors = all_pages(client, "/flavors")
+    if as_json:
+        print_json(flavors)
+        return
+    print_table(("id", "name", "vcpus", "memory MiB", "disk GiB"),
+                [(f["id"], f["name"], f["vcpus"], f["memory_mib"], f["disk_gib"]) for f in flavors])
+
+
+@flavor_app.command("create")
+def flavor_create(
+    name: Annotated[str, typer.Argument(help="Flavor name.")],
+    vcpus: Annotated[int, typer.Option(help="Virtual CPUs.")],
+    memory_mib: Annotated[int, typer.Option(help="Memory in MiB.")],
+    disk_gib: Annotated[int, typer.Option(help="Disk in GiB.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a flavor."""
+    with connect() as client:
+        flavor = client.post("/flavors", {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": disk_gib})
+    print_json(flavor) if as_json else out.print(f"flavor {flavor['id']} {flavor['name']} created")
+
+
+@flavor_app.command("delete")
+def flavor_delete(ref: Annotated[str, typer.Argument(help="Flavor id or name.")]) -> None:
+    """Delete a flavor."""
+    with connect() as client:
+        flavor = find_by_ref(client, "/flavors", ref, "flavor")
+        client.delete(f"/flavors/{flavor['id']}")
+    out.print(f"flavor {flavor['id']} {flavor['name']} deleted")
+
+
+def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
+    """The one resource of an offset-paged collection with that id or name."""
+    if ref.isdigit():
+        found: dict[str, Any] = client.get(f"{path}/{ref}")
+        return found
+    matches = [item for item in client.iter_offset(path) if item["name"] == ref]
+    if not matches:
+        raise InvalidRequest(f"no {kind} named {ref!r}")
+    return matches[0]
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _guess_format(file: Path) -> str:
+    with file.open("rb") as fh:
+        return "qcow2" if fh.read(4) == QCOW2_MAGIC else "raw"
+
+
+@image_app.command("upload")
+def image_upload(
+    file: Annotated[Path, typer.Argument(help="The image file.")],
+    name: Annotated[str, typer.Option(help="Image name.")],
+    arch: Annotated[str, typer.Option(help="x86_64, i686 or aarch64.")] = "x86_64",
+    disk_format: Annotated[str | None, typer.Option("--format", help="qcow2 or raw [default: from the file].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an image and upload FILE into it, with a progress bar; the server checks its sha256."""
+    if not file.is_file():
+        fail(EXIT_USAGE, f"{file} is not a readable file")
+    size = file.stat().st_size
+    with connect() as client:
+        fmt = disk_format or _guess_format(file)
+        with err.status(f"hashing {file}…"):
+            sha256 = _sha256(file)
+        image = client.post("/images", {"name": name, "arch": arch, "disk_format": fmt})
+        columns = (TextColumn(f"uploading {file.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        try:
+            with Progress(*columns, console=err, transient=True) as progress:
+                task = progress.add_task("upload", total=size)
+                image = client.upload(f"/images/{image['id']}/file", file, {"X-Image-Sha256": sha256},
+                                      progress=lambda sent: progress.update(task, completed=sent))
+        except BaseException:
+            # A queued image with no bytes is of no use to anyone: do not leave it behind.
+            try:
+                client.delete(f"/images/{image['id']}")
+            except Exception:  # noqa: BLE001 - the upload's error is the one to report
+                pass
+            raise
+    if as_json:
+        print_json(image)
+    else:
+        out.print(f"image {image['id']} {image['name']} {image['status']}, {size} bytes, sha256 {image.get('sha256')}")
+
+
+@image_app.command("list")
+def image_list(as_json: JsonOpt = False) -> None:
+    """Every image of your organisation."""
+    with connect() as client:
+        images = all_pages(client, "/images")
+    if as_json:
+        print_json(images)
+        return
+    print_table(("id", "name", "arch", "format", "status", "size", "sha256"),
+                [(i["id"], i["name"], i["arch"], i["disk_format"], styled(i["status"]), i["size_bytes"],
+                  (i.get("sha256") or "-")[:16]) for i in images])
+
+
+@image_app.command("delete")
+def image_delete(ref: Annotated[str, typer.Argument(help="Image id or name.")]) -> None:
+    """Delete an image."""
+    with connect() as client:
+        image = find_by_ref(client, "/images", ref, "image")
+        client.delete(f"/images/{image['id']}")
+    out.print(f"image {image['id']} {image['name']} deleted")
+
+
+# -- ssh keys -------------------------------------------------------------------------------
+
+
+@key_app.command("add")
+def key_add(
+    name: Annotated[str, typer.Argument(help="Key name.")],
+    file: Annotated[str, typer.Argument(help="Public key file, or - for stdin.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an OpenSSH public key."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(EXIT_USAGE, f"cannot read {file}: {exc}")
+    with connect() as client:
+        key = client.post("/ssh-keys", {"name": name, "public_key": text.strip()})
+    print_json(key) if as_json else out.print(f"key {key['id']} {key['name']} added: {key['fingerprint']}")
+
+
+@key_app.command("list")
+def key_list(as_json: JsonOpt = False) -> None:
+    """Every SSH key of your organisation."""
+    with connect() as client:
+        keys = all_pages(client, "/ssh-keys")
+    if as_json:
+        print_json(keys)
+        return
+    print_table(("id", "name", "fingerprint"), [(k["id"], k["name"], k["fingerprint"]) for k in keys])
+
+
+@key_app.command("delete")
+def key_delete(ref: Annotated[str, typer.Argument(help="Key id or name.")]) -> None:
+    """Delete an SSH key."""
+    with connect() as client:
+        key = find_by_ref(client, "/ssh-keys", ref, "key")
+        client.delete(f"/ssh-keys/{key['id']}")
+    out.print(f"key {key['id']} {key['name']} deleted")
+
+
+# -- hypervisors ----------------------------------------------------------------------------
+
+
+@hyper_app.command("list")
+def hyper_list(as_json: JsonOpt = False) -> None:
+    """Every hypervisor with its state and what instances claim on it."""
+    with connect() as client:
+        hypers = list(client.iter_offset("/hypervisors", page_size=100))
+    if as_json:
+        print_json(hypers)
+        return
+    print_table(
+        ("id", "hostname", "state", "enabled", "vcpus claimed/capacity", "memory MiB claimed/capacity", "domains"),
+        [(h["id"], h["hostname"], styled(h["state"]), "yes" if h["enabled"] else "no",
+          f"{h['vcpus_claimed']}/{h['vcpus_capacity']}", f"{h['memory_claimed_mib']}/{h['memory_capacity_mib']}",
+          f"{h['running_domains']}/{h['domains']}") for h in hypers],
+    )
+
+
+def _patch_hyper(hypervisor: int, body: dict[str, Any], as_json: bool) -> None:
+    with connect() as client:
+        hyper = client.patch(f"/hypervisors/{hypervisor}", body)
+    if as_json:
+        print_json(hyper)
+    else:
+        out.print(f"hypervisor {hyper['id']} {hyper['hostname']}: enabled={hyper['enabled']} "
+                  f"cpu_ratio={hyper['cpu_ratio']} memory_ratio={hyper['memory_ratio']}")
+
+
+@hyper_app.command("enable")
+def hyper_enable(hypervisor: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
+    """Let the scheduler place new VMs on a hypervisor."""
+    _patch_hyper(hypervisor, {"enabled": True}, as_json)
+
+
+@hyper_app.command("disable")
+def hyper_disable(hypervisor: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
+    """Place no new VMs on a hypervisor (its VMs keep running)."""
+    _patch_hyper(hypervisor, {"enabled": False}, as_json)
+
+
+@hyper_app.command("set")
+def hyper_set(
+    hypervisor: Annotated[int, typer.Argument(min=0)],
+    cpu_ratio: Annotated[float | None, typer.Option(help="vCPU overcommit ratio.")] = None,
+    memory_ratio: Annotated[float | None, typer.Option(help="Memory overcommit ratio.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a hypervisor's overcommit ratios."""
+    body = {k: v for k, v in (("cpu_ratio", cpu_ratio), ("memory_ratio", memory_ratio)) if v is not None}
+    if not body:
+        fail(EXIT_USAGE, "nothing to set: give --cpu-ratio and/or --memory-ratio")
+    _patch_hyper(hypervisor, body, as_json)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+@job_app.command("list")
+def job_list(
+    batch: Annotated[str | None, typer.Option(help="Only this batch's jobs.")] = None,
+    state: Annotated[str | None, typer.Option(help="pending, dispatched, succeeded, failed or timeout.")] = None,
+    instance: Annotated[int | None, typer.Option(help="Only this instance's jobs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="Newest this many.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Jobs, newest first."""
+    with connect() as client:
+        page = client.get("/jobs", batch=batch, state=state, instance=instance, limit=limit)
+    if as_json:
+        print_json(page)
+        return
+    print_table(("id", "batch", "action", "instance", "hypervisor", "state", "reason", "updated"),
+                [(j["id"], j["batch"], j["action"], j["instance_id"], j["hypervisor_id"], styled(j["state"]),
+                  j.get("reason"), j["updated_at"]) for j in page["items"]])
+    if page.get("counts"):
+        out.print("  ".join(f"{k} {v}" for k, v in page["counts"].items()))
+
+
+@job_app.command("show")
+def job_show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: JsonOpt = False) -> None:
+    """One job."""
+    with connect() as client:
+        job = client.get(f"/jobs/{job_id}")
+    print_json(job) if as_json else print_record(job)
+
+
+@job_app.command("watch")
+def job_watch(
+    job_id: Annotated[str | None, typer.Argument(help="Job id.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Watch every job of this batch instead.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait until a job (or every job of --batch) has ended; exit 1 if any failed."""
+    if (job_id is None) == (batch is None):
+        fail(EXIT_USAGE, "give a job id or --batch, one of the two")
+    if job_id is not None:
+        with connect() as client:
+            job = wait_job(client, job_id, show=not as_json)
+        finish_job(job, as_json)
+        return
+    assert batch is not None
+    cli_vm.watch_and_report([batch], None, "ended", as_json)

@@ -1,0 +1,185 @@
+"""What the cloud commands of the CLI share: exit codes, error lines, output, job progress.
+
+Exit codes of every command that talks to the REST API:
+
+    0  success
+    1  some job failed (or timed out), or the API failed (5xx)
+    2  bad usage or bad input, including a 4xx the API answered; one line on stderr
+    3  the API does not answer; one line on stderr
+    4  not logged in, token expired or refused (401), or the role may not do this (403)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from cloudland.errors import ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Unauthorized
+from cloudland.restclient import ApiClient
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
+TERMINAL_STATES = ("succeeded", "failed", "timeout")
+POLL_S = 0.3
+SHOWN_REASONS = 10
+_STATE_STYLE = {"succeeded": "green", "running": "green", "active": "green", "pending": "cyan",
+                "dispatched": "cyan", "building": "cyan", "queued": "cyan", "stopped": "yellow",
+                "deleting": "yellow", "OK": "green", "SLOW": "yellow", "STARTING": "cyan"}
+
+out = Console(highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+def fail(code: int, message: str) -> NoReturn:
+    """Print ``cloudland: MESSAGE`` as one line on stderr and exit with ``code``."""
+    typer.echo("cloudland: " + " ".join(message.split()), err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def api_errors() -> Iterator[None]:
+    """Turn errors.py exceptions into one stderr line and the exit codes above."""
+    try:
+        yield
+    except ApiUnreachable as exc:
+        fail(EXIT_UNREACHABLE, str(exc))
+    except (Unauthorized, Forbidden) as exc:
+        fail(EXIT_AUTH, str(exc))
+    except (InvalidRequest, ConfigError) as exc:
+        fail(EXIT_USAGE, str(exc))
+    except CloudLandError as exc:
+        fail(EXIT_FAILED, str(exc))
+
+
+@contextmanager
+def connect(require_token: bool = True) -> Iterator[ApiClient]:
+    """A client from the stored config, inside ``api_errors``."""
+    with api_errors():
+        client = ApiClient.from_config(require_token=require_token)
+        with client:
+            yield client
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout."""
+    sys.stdout.write(json.dumps(value, indent=None, default=str) + "\n")
+
+
+def styled(word: str | None) -> Text:
+    """A state or status word in its colour (unknown words red)."""
+    text = word or "-"
+    return Text(text, style=_STATE_STYLE.get(text, "red" if word else ""))
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    """A Rich table of ``rows`` (Text cells keep their style; others become str)."""
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text("-" if cell is None else str(cell)) for cell in row))
+    out.print(table)
+
+
+def print_record(record: dict[str, Any]) -> None:
+    """One resource as a two-column grid."""
+    grid = Table.grid(padding=(0, 2))
+    for key, value in record.items():
+        grid.add_row(Text(key, style="bold"), styled(value) if key in ("status", "state") else Text(str(value)))
+    out.print(grid)
+
+
+def all_pages(client: ApiClient, path: str, **params: Any) -> list[dict[str, Any]]:
+    """Every item of an offset-paged list."""
+    return list(client.iter_offset(path, **params))
+
+
+@dataclass
+class BatchOutcome:
+    """How the jobs of one or more batches ended."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"] + self.counts["timeout"]
+
+
+def batch_counts(client: ApiClient, batch: str) -> Counter[str]:
+    """Jobs of ``batch`` per state (``GET /jobs?batch=..&limit=1`` counts)."""
+    page = client.get("/jobs", batch=batch, limit=1)
+    return Counter({k: int(v) for k, v in (page.get("counts") or {}).items()})
+
+
+def watch_batches(client: ApiClient, batches: Sequence[str], total: int, label: str, show: bool = True) -> BatchOutcome:
+    """Poll the batches' counts with a progress bar (stderr) until every job is terminal."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
+               TimeElapsedColumn())
+    outcome = BatchOutcome()
+    with Progress(*columns, console=err, transient=True, disable=not show) as progress:
+        task = progress.add_task(label, total=total, detail="")
+        while True:
+            counts: Counter[str] = Counter()
+            for batch in batches:
+                counts.update(batch_counts(client, batch))
+            done = sum(counts[s] for s in TERMINAL_STATES)
+            failed = counts["failed"] + counts["timeout"]
+            progress.update(task, completed=done, detail=f"{failed} failed" if failed else "")
+            if done >= total:
+                break
+            time.sleep(POLL_S)
+    outcome.counts = counts
+    if outcome.failed:
+        for batch in batches:
+            for state in ("failed", "timeout"):
+                for job in client.iter_offset("/jobs", page_size=200, batch=batch, state=state):
+                    outcome.reasons[job.get("reason") or state] += 1
+    return outcome
+
+
+def print_outcome(outcome: BatchOutcome, verb: str, elapsed: float) -> None:
+    """``N succeeded, M failed`` and the distinct reasons, most common first."""
+    line = Text(f"{outcome.counts['succeeded']} {verb}", style="green")
+    if outcome.failed:
+        line.append(f", {outcome.failed} failed", style="red")
+    out.print(line.append(f" in {elapsed:.1f} s", style=""))
+    for reason, n in outcome.reasons.most_common(SHOWN_REASONS):
+        out.print(f"  {n} × {reason}")
+    if len(outcome.reasons) > SHOWN_REASONS:
+        out.print(f"  … and {len(outcome.reasons) - SHOWN_REASONS} more reasons")
+
+
+def wait_job(client: ApiClient, job_id: str, show: bool = True) -> dict[str, Any]:
+    """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal, with a spinner."""
+    with err.status(f"job {job_id}…") if show else _nothing():
+        while True:
+            job: dict[str, Any] = client.get(f"/jobs/{job_id}", wait=30)
+            if job["state"] in TERMINAL_STATES:
+                return job
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def finish_job(job: dict[str, Any], as_json: bool) -> None:
+    """Print a terminal job; exit 1 unless it succeeded."""
+    if as_json:
+        print_json(job)
+    else:
+        reason = f": {job['reason']}" if job.get("reason") else ""
+        out.print(Text(f"job {job['id']} {job['action']} instance {job['instance_id']} ").append(
+            styled(job["state"])).append(reason))
+    if job["state"] != "succeeded":
+        raise typer.Exit(EXIT_FAILED)

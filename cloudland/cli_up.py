@@ -1,0 +1,162 @@
+"""``cloudland up``: the all-in-one cloud that ``make run`` starts: the tree, then the REST API beside it.
+
+The tree starts as ``cloudland tree up`` starts it; the API is ``python -m cloudland_api``
+as a child process pointed at the root's gRPC endpoint, with its state in the same
+directory. Ctrl-C or SIGTERM stops the API, then the tree, by pid, and exits 0. If one
+part dies, the other is stopped and ``up`` exits 1 saying which.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx2 as httpx
+import typer
+from rich.text import Text
+
+from cloudland.cli import (
+    EXIT_NOT_OK,
+    EXIT_USAGE,
+    _fail,
+    err,
+    interrupt,
+    out,
+    start_root,
+    stop_child,
+    topology_grid,
+    wait_for_tree,
+)
+from cloudland.config import DEFAULT_GRPC, TreeSettings
+from cloudland.errors import ConfigError
+from cloudland.topology import DEFAULT_FANOUT
+
+API_READY_TIMEOUT_S = 120.0
+WATCH_EVERY_S = 0.5
+CREDENTIALS_FILE = "admin-credentials"  # cloudland_api.security.ADMIN_CREDENTIALS_FILE
+
+
+def api_environment(grpc: str, state_dir: Path, host: str, port: int) -> dict[str, str]:
+    """The environment of the API child: our own plus where the tree and its state are."""
+    env = dict(os.environ)
+    env["CLOUDLAND_API_ROOT_ENDPOINT"] = grpc
+    env["CLOUDLAND_API_STATE_DIR"] = str(state_dir)
+    env["CLOUDLAND_API_HOST"] = host
+    env["CLOUDLAND_API_PORT"] = str(port)
+    # One state directory for both parts; an operator's own database URL wins.
+    env.setdefault("CLOUDLAND_API_DATABASE_URL", f"sqlite:///{state_dir / 'cloudland.db'}")
+    return env
+
+
+def start_api(grpc: str, state_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """``python -m cloudland_api`` in its own process group, its output in ``<state_dir>/api.out``."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "api.out", "ab") as api_out:
+        return subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=api_environment(grpc, state_dir, host, port),
+                                process_group=0, stdout=api_out, stderr=subprocess.STDOUT)
+
+
+def wait_for_api(child: subprocess.Popen[bytes], url: str, timeout: float = API_READY_TIMEOUT_S) -> bool:
+    """True once ``url`` answers HTTP; False if the child exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    with err.status("starting the API…"):
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                httpx.get(f"{url}/openapi.json", timeout=1.0)
+                return True
+            except httpx.TransportError:
+                time.sleep(0.2)
+    return False
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_port: bool) -> None:
+    out.print(Text("CloudLand is up", style="bold green"), Text(f"API {url}   tree gRPC {grpc}"))
+    out.print(topology_grid(topo))  # type: ignore[arg-type]
+    out.print(f"API docs:          {url}/docs")
+    out.print(f"admin credentials: {state_dir / CREDENTIALS_FILE} (mode 0600)")
+    cli = ".venv/bin/cloudland"
+    login = f"{cli} login"
+    if not default_port:
+        out.print("Try in another terminal:")
+        out.print(f"  {cli} configure --endpoint {url}", style="bold")
+    else:
+        out.print("Try in another terminal:")
+    if state_dir != Path("var"):
+        login += f" --credentials {state_dir / CREDENTIALS_FILE}"
+    for line in (
+        login,
+        f"{cli} flavor create small --vcpus 1 --memory-mib 512 --disk-gib 1",
+        f"head -c 1M /dev/urandom > /tmp/tiny.img && {cli} image upload /tmp/tiny.img --name tiny --format raw",
+        f"{cli} vm create web --flavor small --image tiny --count 20",
+        f"{cli} vm list",
+        f"{cli} hyper list",
+        f"{cli} vm stop --name 'web-*'",
+    ):
+        out.print(f"  {line}", style="bold")
+    out.print(f"Logs: {state_dir}/api.out, {state_dir}/root.out and {state_dir}/logs/<rank>.log")
+    out.print("Ctrl-C stops the API, then the tree.")
+
+
+def up(
+    # None defaults: an unset option leaves CLOUDLAND_* (then the embedded default) in force.
+    hypervisors: Annotated[int | None, typer.Option(help="Hypervisors in the tree [default: 100].")] = None,
+    fanout: Annotated[int | None, typer.Option(help=f"Children per node; 0 is flat [default: {DEFAULT_FANOUT}].")] = None,
+    per_leaf: Annotated[int | None, typer.Option(help="Hypervisors per leaf rank; 0 chooses [default: 0].")] = None,
+    grpc: Annotated[str | None, typer.Option(envvar="CLOUDLAND_GRPC", help="The root's gRPC address.")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="State of tree and API [default: var].")] = None,
+    api_host: Annotated[str, typer.Option(envvar="CLOUDLAND_API_HOST", help="Address the API listens on.")]
+    = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(envvar="CLOUDLAND_API_PORT", min=1, max=65535, help="API port.")] = 8080,
+) -> None:
+    """Start the all-in-one cloud: the message tree, then the REST API on it; run until Ctrl-C."""
+    address = grpc or DEFAULT_GRPC
+    try:
+        settings = TreeSettings.from_env(hypervisors=hypervisors, fanout=fanout, per_leaf=per_leaf,
+                                         grpc=address, state_dir=state_dir)
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    url = f"http://{api_host}:{api_port}"
+    tree = start_root(settings)
+    api: subprocess.Popen[bytes] | None = None
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        topo = wait_for_tree(tree, address)
+        if topo is None:
+            _fail(EXIT_NOT_OK, f"the tree's root exited with code {tree.returncode} before the tree was ready "
+                  f"(see {settings.state_dir}/root.out)")
+        api = start_api(address, settings.state_dir, api_host, api_port)
+        if not wait_for_api(api, url):
+            why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
+            _fail(EXIT_NOT_OK, f"the API {why} at {url}; stopped the tree. "
+                  f"{_tail(settings.state_dir / 'api.out')}")
+        _print_banner(address, url, settings.state_dir, topo, api_port == 8080)
+        while True:
+            if api.poll() is not None:
+                _fail(EXIT_NOT_OK, f"the API exited with code {api.returncode}; stopped the tree "
+                      f"(see {settings.state_dir}/api.out)")
+            if tree.poll() is not None:
+                _fail(EXIT_NOT_OK, f"the tree's root exited with code {tree.returncode}; stopped the API "
+                      f"(see {settings.state_dir}/root.out)")
+            time.sleep(WATCH_EVERY_S)
+    except KeyboardInterrupt:
+        err.print("stopping the API, then the tree…")
+        raise typer.Exit(0) from None
+    finally:
+        # API first: it must not dispatch into a tree that is going away.
+        if api is not None:
+            stop_child(api)
+        stop_child(tree)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

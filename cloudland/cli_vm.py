@@ -1,0 +1,220 @@
+"""``cloudland vm``: create, list, show and act on VMs, with live progress until their jobs end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from cloudland.cli_common import (
+    EXIT_FAILED,
+    batch_counts,
+    connect,
+    finish_job,
+    out,
+    print_json,
+    print_outcome,
+    print_record,
+    print_table,
+    styled,
+    wait_job,
+    watch_batches,
+)
+from cloudland.errors import InvalidRequest, NotFound
+from cloudland.restclient import ApiClient
+
+MAX_BATCH = 1000  # ids per POST /instances/actions (BatchAction's max_length)
+_PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted", "delete": "deleted"}
+
+vm_app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Return once the jobs are accepted.")]
+
+
+def _ref(value: str | int) -> str | int:
+    """A flavor/image/key reference as the API takes it: an int id or a name."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def list_instances(client: ApiClient, **filters: Any) -> list[dict[str, Any]]:
+    """Every instance matching the filters, across all pages."""
+    return list(client.iter_after("/instances", **filters))
+
+
+def resolve_instance(client: ApiClient, ref: str) -> dict[str, Any]:
+    """The one instance with that id or name; NotFound or InvalidRequest (ambiguous) otherwise."""
+    if ref.isdigit():
+        found: dict[str, Any] = client.get(f"/instances/{ref}")
+        return found
+    if "*" in ref:
+        raise InvalidRequest(f"{ref!r} is a pattern: use --name for patterns")
+    matches = [i for i in list_instances(client, name=ref) if i["name"] == ref]
+    if not matches:
+        raise NotFound(f"no VM named {ref!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{len(matches)} VMs are named {ref!r}; use an id: "
+                             + ", ".join(str(i["id"]) for i in matches))
+    return matches[0]
+
+
+def watch_and_report(batches: Sequence[str], total: int | None, verb: str, as_json: bool) -> None:
+    """Progress until every job of ``batches`` ended, then the summary; exit 1 if any failed."""
+    started = time.monotonic()
+    with connect() as client:
+        if total is None:
+            total = sum(sum(batch_counts(client, b).values()) for b in batches)
+        outcome = watch_batches(client, batches, total, verb.removesuffix("ed") + "ing", show=not as_json)
+    if as_json:
+        print_json({"batches": list(batches), "counts": dict(outcome.counts), "reasons": dict(outcome.reasons)})
+    else:
+        print_outcome(outcome, verb, time.monotonic() - started)
+    if outcome.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@vm_app.command("create")
+def vm_create(
+    name: Annotated[str, typer.Argument(help="VM name; name-1..name-N with --count N.")],
+    flavor: Annotated[str, typer.Option(help="Flavor id or name.")],
+    image: Annotated[str, typer.Option(help="Image id or name.")],
+    key: Annotated[str | None, typer.Option(help="SSH key id or name.")] = None,
+    count: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="How many VMs.")] = 1,
+    no_wait: NoWaitOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create VMs and follow their jobs with a progress bar; exit 1 if any failed."""
+    body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "image": _ref(image), "count": count}
+    if key is not None:
+        body["ssh_key"] = _ref(key)
+    with connect() as client:
+        accepted = client.post("/instances", body)
+    if no_wait:
+        if as_json:
+            print_json(accepted)
+        else:
+            out.print(f"batch {accepted['batch']}: {len(accepted['jobs'])} VMs accepted; "
+                      f"follow with `cloudland job watch --batch {accepted['batch']}`")
+        return
+    if not as_json:
+        out.print(f"batch {accepted['batch']}: creating {len(accepted['jobs'])} VMs")
+    watch_and_report([accepted["batch"]], len(accepted["jobs"]), "created", as_json)
+
+
+@vm_app.command("list")
+def vm_list(
+    status: Annotated[str | None, typer.Option(help="Only VMs in this status.")] = None,
+    name: Annotated[str | None, typer.Option(help="Only names matching this glob (web-*).")] = None,
+    hypervisor: Annotated[int | None, typer.Option(help="Only VMs on this hypervisor.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every VM of your organisation (all pages)."""
+    with connect() as client:
+        vms = list_instances(client, status=status, name=name, hypervisor=hypervisor)
+    if as_json:
+        print_json(vms)
+        return
+    print_table(("id", "name", "status", "hypervisor", "vcpus", "memory MiB", "reason"),
+                [(v["id"], v["name"], styled(v["status"]), v["hypervisor_id"], v["vcpus"], v["memory_mib"],
+                  v.get("status_reason")) for v in vms])
+    out.print(f"{len(vms)} VMs")
+
+
+@vm_app.command("show")
+def vm_show(ref: Annotated[str, typer.Argument(help="VM id or name.")], as_json: JsonOpt = False) -> None:
+    """One VM."""
+    with connect() as client:
+        vm = resolve_instance(client, ref)
+    print_json(vm) if as_json else print_record(vm)
+
+
+def _select(client: ApiClient, refs: Sequence[str], name: str | None, status: str | None, every: bool) -> list[int]:
+    """Instance ids named by ``refs`` plus those matching the filters; refuses an empty selection."""
+    if not refs and name is None and status is None and not every:
+        raise InvalidRequest("no VMs selected: name them, filter with --name/--status, or pass --all for every VM")
+    ids = {resolve_instance(client, ref)["id"] for ref in refs}
+    if name is not None or status is not None or (every and not refs):
+        ids.update(v["id"] for v in list_instances(client, name=name, status=status))
+    if not ids:
+        raise InvalidRequest("no VMs match the selection")
+    return sorted(ids)
+
+
+def _act(action: str, refs: list[str] | None, name: str | None, status: str | None, every: bool,
+         force: bool, no_wait: bool, as_json: bool) -> None:
+    with connect() as client:
+        ids = _select(client, refs or [], name, status, every)
+        batches = [client.post("/instances/actions",
+                               {"action": action, "ids": ids[i:i + MAX_BATCH], "force": force})["batch"]
+                   for i in range(0, len(ids), MAX_BATCH)]
+    if no_wait:
+        print_json({"batches": batches, "ids": ids}) if as_json else out.print(
+            f"{action} of {len(ids)} VMs accepted: batch {', '.join(batches)}")
+        return
+    watch_and_report(batches, len(ids), _PAST[action], as_json)
+
+
+Refs = Annotated[list[str] | None, typer.Argument(help="VM ids or names.", show_default=False)]
+NameOpt = Annotated[str | None, typer.Option(help="Also every VM whose name matches this glob.")]
+StatusOpt = Annotated[str | None, typer.Option(help="Also every VM in this status.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every VM, when no id, name or filter is given.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Power off / destroy without waiting for the guest.")]
+
+
+@vm_app.command("start")
+def vm_start(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None, every: AllOpt = False,
+             force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Start VMs."""
+    _act("start", refs, name, status, every, force, no_wait, as_json)
+
+
+@vm_app.command("stop")
+def vm_stop(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None, every: AllOpt = False,
+            force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Stop VMs."""
+    _act("stop", refs, name, status, every, force, no_wait, as_json)
+
+
+@vm_app.command("reboot")
+def vm_reboot(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None, every: AllOpt = False,
+              force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Reboot VMs."""
+    _act("reboot", refs, name, status, every, force, no_wait, as_json)
+
+
+@vm_app.command("delete")
+def vm_delete(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None, every: AllOpt = False,
+              force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Delete VMs."""
+    _act("delete", refs, name, status, every, force, no_wait, as_json)
+
+
+def _one_job(ref: str, verb: str, body: dict[str, Any], no_wait: bool, as_json: bool) -> None:
+    with connect() as client:
+        vm = resolve_instance(client, ref)
+        job = client.post(f"/instances/{vm['id']}/{verb}", body)
+        if not no_wait:
+            job = wait_job(client, job["id"], show=not as_json)
+    if no_wait:
+        print_json(job) if as_json else out.print(f"job {job['id']} {verb} of VM {vm['id']} accepted")
+        return
+    finish_job(job, as_json)
+
+
+@vm_app.command("resize")
+def vm_resize(ref: Annotated[str, typer.Argument(help="VM id or name.")],
+              flavor: Annotated[str, typer.Option(help="New flavor id or name.")],
+              no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Resize a stopped VM to another flavor."""
+    _one_job(ref, "resize", {"flavor": _ref(flavor)}, no_wait, as_json)
+
+
+@vm_app.command("rebuild")
+def vm_rebuild(ref: Annotated[str, typer.Argument(help="VM id or name.")],
+               image: Annotated[str, typer.Option(help="Image id or name.")],
+               no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Rebuild a VM from an image (its name and uuid stay)."""
+    _one_job(ref, "rebuild", {"image": _ref(image)}, no_wait, as_json)
+

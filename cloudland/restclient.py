@@ -1,0 +1,267 @@
+"""A client of the REST control plane (``/api/v1``) for the CLI: config file, errors, pagination.
+
+The CLI keeps its endpoint and bearer token in a JSON file, mode 0600:
+``$CLOUDLAND_CONFIG``, else ``$XDG_CONFIG_HOME/cloudland/cli.json`` (``~/.config/...``).
+``CLOUDLAND_ENDPOINT`` and ``CLOUDLAND_TOKEN`` override what the file says.
+
+Every failure is one of cloudland/errors.py, carrying the server's own message:
+401 Unauthorized, 403 Forbidden, 404 NotFound, 409 Conflict, other 4xx InvalidRequest,
+5xx CloudLandError, and a refused or dropped connection ApiUnreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from cloudland.errors import (
+    ApiUnreachable,
+    CloudLandError,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+API_PREFIX = "/api/v1"
+PAGE_SIZE = 500          # the largest page the API serves (limit 1..500)
+UPLOAD_CHUNK = 1 << 20   # bytes per chunk of an image upload
+_STATUS_ERRORS: dict[int, type[CloudLandError]] = {
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+}
+
+ProgressCallback = Callable[[int], None]
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the CLI's endpoint and token live (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("CLOUDLAND_CONFIG"):
+        return Path(environ["CLOUDLAND_CONFIG"])
+    base = Path(environ["XDG_CONFIG_HOME"]) if environ.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "cloudland" / "cli.json"
+
+
+@dataclass
+class CliConfig:
+    """What ``cloudland configure`` and ``cloudland login`` store."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = None
+    expires_at: str | None = None   # ISO 8601, as the API's TokenPublic gives it
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> CliConfig:
+        """The stored config; defaults when the file does not exist yet."""
+        path = path or config_path()
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the CLI config {path}: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"the CLI config {path} is not a JSON object")
+        known = {k: raw[k] for k in ("endpoint", "token", "expires_at") if isinstance(raw.get(k), str)}
+        return cls(**known)
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write the config with mode 0600 (it holds a bearer token); returns the path."""
+        path = path or config_path()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(path.name + ".tmp")
+        # Created 0600 from the start: the token is never readable by others, not even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(self), fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o600)  # an older tmp file may have had other bits
+        os.replace(tmp, path)
+        return path
+
+    def effective(self, environ: Mapping[str, str] | None = None) -> CliConfig:
+        """This config with ``CLOUDLAND_ENDPOINT`` / ``CLOUDLAND_TOKEN`` applied."""
+        environ = os.environ if environ is None else environ
+        token = environ.get("CLOUDLAND_TOKEN") or None
+        return CliConfig(
+            endpoint=environ.get("CLOUDLAND_ENDPOINT") or self.endpoint,
+            token=token or self.token,
+            expires_at=None if token else self.expires_at,
+        )
+
+
+def normalise_endpoint(url: str) -> str:
+    """``http(s)://host[:port]`` without a trailing slash or ``/api/v1``; InvalidRequest otherwise."""
+    text = url.strip().rstrip("/")
+    text = text.removesuffix(API_PREFIX)
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise InvalidRequest(f"bad endpoint {url!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequest(f"bad endpoint {url!r}: expected http://host:port or https://host")
+    return text
+
+
+def _message(reply: httpx.Response) -> str:
+    try:
+        body = reply.json()
+        error = body["error"]
+        return f"{error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return reply.text.strip()[:300] or reply.reason_phrase
+
+
+def translate(reply: httpx.Response) -> CloudLandError:
+    """The errors.py exception for an error response, with the server's message."""
+    message = _message(reply)
+    cls = _STATUS_ERRORS.get(reply.status_code)
+    if cls is not None:
+        return cls(message)
+    if 400 <= reply.status_code < 500:
+        return InvalidRequest(message)
+    return CloudLandError(f"the API failed ({reply.status_code}): {message}")
+
+
+class ApiClient:
+    """Calls to one CloudLand API endpoint with an optional bearer token.
+
+    Methods return the decoded JSON body (None for 204) and raise errors.py exceptions.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: str | None = None, timeout: float = 30.0) -> None:
+        self.endpoint = normalise_endpoint(endpoint)
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.endpoint + API_PREFIX, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_config(cls, config: CliConfig | None = None, *, require_token: bool = True) -> ApiClient:
+        """A client from the stored config and environment; Unauthorized if a token is needed but absent."""
+        config = (config or CliConfig.load()).effective()
+        if require_token and not config.token:
+            raise Unauthorized("not logged in: run `cloudland login` first")
+        if require_token and config.expires_at:
+            try:
+                expires = datetime.fromisoformat(config.expires_at)
+                if expires.tzinfo is None:
+                    expires = expires.replace(tzinfo=timezone.utc)
+            except ValueError:
+                expires = None
+            if expires is not None and expires <= datetime.now(timezone.utc):
+                raise Unauthorized(f"the token expired at {config.expires_at}: run `cloudland login` again")
+        return cls(config.endpoint, config.token)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- raw calls ------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One call; the JSON body on 2xx, an errors.py exception otherwise."""
+        try:
+            reply = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachable(f"the API at {self.endpoint} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ApiUnreachable(f"cannot reach the API at {self.endpoint}: {reason}") from exc
+        if reply.status_code >= 400:
+            error = translate(reply)
+            if isinstance(error, Unauthorized):
+                error = Unauthorized(f"{error}: run `cloudland login`")
+            raise error
+        if reply.status_code == 204 or not reply.content:
+            return None
+        try:
+            return reply.json()
+        except ValueError as exc:
+            raise CloudLandError(f"the API at {self.endpoint} answered {method} {path} with non-JSON") from exc
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET with query parameters (None values left out)."""
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        """POST a JSON body."""
+        return self.request("POST", path, json=body if body is not None else {})
+
+    def patch(self, path: str, body: Any) -> Any:
+        """PATCH a JSON body."""
+        return self.request("PATCH", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        """DELETE a resource."""
+        return self.request("DELETE", path)
+
+    # -- higher level ---------------------------------------------------------------------
+
+    def login(self, username: str, password: str, organisation: str | None = None) -> dict[str, Any]:
+        """``POST /login``: ``{token, expires_at}``; the client uses the token from now on."""
+        body: dict[str, Any] = {"username": username, "password": password}
+        if organisation:
+            body["organisation"] = organisation
+        reply: dict[str, Any] = self.request("POST", "/login", json=body)
+        self.token = reply["token"]
+        self._http.headers["Authorization"] = f"Bearer {self.token}"
+        return reply
+
+    def iter_offset(self, path: str, page_size: int = PAGE_SIZE, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of an offset-paged list (``{items, limit, offset}``)."""
+        offset = 0
+        while True:
+            page = self.get(path, limit=page_size, offset=offset, **params)
+            items = page["items"]
+            yield from items
+            total = page.get("total")
+            offset += len(items)
+            if len(items) < page_size or not items or (total is not None and offset >= total):
+                return
+
+    def iter_after(self, path: str, page_size: int = PAGE_SIZE, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a keyset-paged list (``{items, limit, next_after}``)."""
+        after: int | None = None
+        while True:
+            page = self.get(path, limit=page_size, after=after, **params)
+            yield from page["items"]
+            after = page.get("next_after")
+            if after is None:
+                return
+
+    def upload(
+        self, path: str, file: Path, headers: Mapping[str, str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """PUT ``file`` as a raw octet-stream body in chunks, calling ``progress(bytes_sent)``."""
+        size = file.stat().st_size
+
+        def chunks() -> Iterable[bytes]:
+            sent = 0
+            with file.open("rb") as fh:
+                while chunk := fh.read(UPLOAD_CHUNK):
+                    sent += len(chunk)
+                    yield chunk
+                    if progress is not None:
+                        progress(sent)
+
+        all_headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), **(headers or {})}
+        # No read timeout: the server may hash a large image before it answers.
+        return self.request("PUT", path, content=chunks(), headers=all_headers,
+                            timeout=httpx.Timeout(30.0, read=None))

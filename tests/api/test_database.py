@@ -1,0 +1,97 @@
+"""The schema and its constraints behave the same on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from cloudland_api.db import MIGRATIONS, make_engine, session_factory, upgrade
+from cloudland_api.models import Base, Flavor, Organisation
+
+
+def head_revision() -> str:
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_migration_brings_an_empty_database_to_head(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    try:
+        assert inspect(engine).get_table_names() == []
+        upgrade(empty_database_url)
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        assert versions == [head_revision()]
+        assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_database_url_is_already_at_head(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == head_revision()
+    finally:
+        engine.dispose()
+
+
+def _is_unique_violation(error: IntegrityError) -> bool:
+    """The (org_id, name) unique constraint fired, not some other integrity error."""
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) == "23505":  # PostgreSQL unique_violation
+        return orig.diag.constraint_name == "uq_flavors_org_name"  # type: ignore[union-attr]
+    return "UNIQUE constraint failed: flavors.org_id, flavors.name" in str(orig)
+
+
+def test_concurrent_duplicate_flavor_is_refused_by_the_unique_constraint(database_url: str) -> None:
+    """Two sessions insert the same (org_id, name) at once: the second waits for the first, then fails."""
+    engine = make_engine(database_url)
+    sessions = session_factory(engine)
+    try:
+        with sessions() as session:
+            org = Organisation(name="acme")
+            session.add(org)
+            session.commit()
+            org_id = org.id
+
+        def flavor() -> Flavor:
+            return Flavor(org_id=org_id, name="small", vcpus=1, memory_mib=512, disk_gib=10)
+
+        outcome: list[BaseException | None] = []
+
+        def second() -> None:
+            with sessions() as session:
+                session.add(flavor())
+                try:
+                    session.commit()  # blocks until the first transaction ends
+                    outcome.append(None)
+                except BaseException as error:  # noqa: BLE001 - reported to the main thread
+                    session.rollback()
+                    outcome.append(error)
+
+        with sessions() as first:
+            first.add(flavor())
+            first.flush()  # the row is written but not committed
+            racer = threading.Thread(target=second)
+            racer.start()
+            time.sleep(0.3)
+            # PostgreSQL waits on the uncommitted duplicate key; SQLite waits for the write lock.
+            assert racer.is_alive() and not outcome, "the second insert did not wait for the first"
+            first.commit()
+        racer.join(timeout=10)
+        assert not racer.is_alive()
+
+        [error] = outcome
+        assert isinstance(error, IntegrityError), repr(error)
+        assert _is_unique_violation(error), str(error)
+        with sessions() as session:
+            assert session.query(Flavor).filter_by(org_id=org_id, name="small").count() == 1
+    finally:
+        engine.dispose()
