@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,9 +27,11 @@ from cloudland.errors import (
     UnsupportedMediaType,
 )
 from cloudland_api.db import make_engine, session_factory
-from cloudland_api.routes import auth, flavors, images, ssh_keys
+from cloudland_api.dispatch import Dispatcher
+from cloudland_api.routes import auth, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings
+from cloudland_api.sync import Reconciler
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -101,9 +106,33 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "internal error")
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """With a tree configured: the reconciler and the dispatcher run as long as the app serves."""
+    settings: ApiSettings = app.state.settings
+    if not settings.root_endpoint:
+        yield  # no tree: jobs are written and stay pending
+        return
+    reconciler = Reconciler(app.state.write_sessions, settings.root_endpoint, interval_s=settings.sync_interval_s,
+                            cpu_ratio=settings.cpu_ratio, memory_ratio=settings.memory_ratio)
+    dispatcher = Dispatcher(app.state.write_sessions, settings.root_endpoint, weigher=settings.scheduler_weigher,
+                            workers=settings.dispatch_workers, job_timeout_s=settings.job_timeout_s,
+                            ready=reconciler.ready)
+    reconciler.start()
+    dispatcher.start()  # re-sends every job that was not terminal: nothing is lost on a restart
+    app.state.reconciler, app.state.dispatcher = reconciler, dispatcher
+    try:
+        yield
+    finally:
+        app.state.dispatcher = None
+        dispatcher.stop()
+        reconciler.stop()
+
+
 def create_app(settings: ApiSettings) -> FastAPI:
     """The control-plane app for ``settings``; migrations must have run (``db.upgrade``)."""
     app = FastAPI(
+        lifespan=_lifespan,
         title="CloudLand",
         version="1",
         summary="Virtual machines, networks and volumes for many tenants.",
@@ -115,6 +144,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.write_sessions = session_factory(app.state.engine, write=True)
+    # deps.write_turn: SQLite has one writer; PostgreSQL locks rows, so writers run in parallel.
+    app.state.write_lock = asyncio.Lock() if settings.database_url.startswith("sqlite") else None
     app.add_exception_handler(CloudLandError, _cloudland_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -123,4 +154,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(flavors.router, prefix=API_PREFIX)
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(ssh_keys.router, prefix=API_PREFIX)
+    app.include_router(instances.router, prefix=API_PREFIX)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(hypervisors.router, prefix=API_PREFIX)
     return app

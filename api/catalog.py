@@ -139,6 +139,19 @@ def _upload_target(session: Session, caller: Caller, image_id: int) -> Image:
     return image
 
 
+def _ended_on_error(work: Any, session: Session, *args: Any) -> Any:
+    """``work(session, *args)``, its transaction rolled back in this same call if it raises.
+
+    The upload holds no write turn (deps.StreamingSessionDep), so no transaction of it may
+    outlive the worker-thread call that began it: SQLite's write lock would stay held.
+    """
+    try:
+        return work(session, *args)
+    except BaseException:
+        session.rollback()
+        raise
+
+
 @dataclass
 class _Received:
     """A complete upload in its temporary file."""
@@ -167,7 +180,7 @@ async def upload_image(
     mismatch); in every failure no file is left behind.
     """
     # Database work runs in worker threads: a locked SQLite file must not stall the loop.
-    image = await run_in_threadpool(_upload_target, session, caller, image_id)
+    image = await run_in_threadpool(_ended_on_error, _upload_target, session, caller, image_id)
     if declared_size is not None and declared_size > max_bytes:
         raise PayloadTooLarge(f"image {image_id}: upload of {declared_size} bytes exceeds the limit of {max_bytes}")
     directory = image_dir(state_dir)
@@ -179,7 +192,7 @@ async def upload_image(
                 f"image {image_id}: checksum mismatch: X-Image-Sha256 is {expected_sha256.lower()}, "
                 f"the received bytes hash to {received.sha256}"
             )
-        return await run_in_threadpool(_activate, session, caller, image, received, state_dir)
+        return await run_in_threadpool(_ended_on_error, _activate, session, caller, image, received, state_dir)
     finally:
         received.tmp.unlink(missing_ok=True)  # already renamed away on success
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -32,19 +33,44 @@ def get_signing_key(request: Request) -> bytes:
     return key
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """One database session per request; a write session for anything but GET and HEAD."""
+async def write_turn(request: Request) -> AsyncIterator[None]:
+    """On SQLite, one writing request at a time, queued on the event loop, not in a thread.
+
+    A write session holds SQLite's one write lock from its first statement to its end,
+    and FastAPI runs the route and the session's teardown in separate worker-thread
+    calls. Were writers to queue for the lock inside worker threads (busy timeout), a
+    burst would fill the thread pool with waiters while the lock holder waits for a
+    thread to finish in: a deadlock until the timeout. Waiting here costs no thread.
+    """
+    lock: asyncio.Lock | None = request.app.state.write_lock
+    if lock is None or request.method in ("GET", "HEAD"):
+        yield
+        return
+    async with lock:
+        yield
+
+
+def open_session(request: Request) -> Iterator[Session]:
+    """A session without a write turn: for routes that keep each transaction inside one call."""
     reads_only = request.method in ("GET", "HEAD")
     yield from iter_session(request.app.state.sessions if reads_only else request.app.state.write_sessions)
+
+
+def get_session(request: Request, _turn: Annotated[None, Depends(write_turn)]) -> Iterator[Session]:
+    """One database session per request; a write session (in its turn) for anything but GET and HEAD."""
+    yield from open_session(request)
 
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 SigningKeyDep = Annotated[bytes, Depends(get_signing_key)]
 SessionDep = Annotated[Session, Depends(get_session)]
+# Image uploads stream for minutes; they must not hold the write turn meanwhile (api/catalog.py
+# ends each of their two transactions inside the worker-thread call that began it).
+StreamingSessionDep = Annotated[Session, Depends(open_session)]
 
 
 def get_caller(
-    session: SessionDep,
+    request: Request,
     key: SigningKeyDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> services.Caller:
@@ -52,7 +78,24 @@ def get_caller(
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     claims = decode_token(key, credentials.credentials)
-    return services.caller_for(session, claims.user_id, claims.org_id)
+    # A read session of its own, ended here: authenticating must never take the write lock.
+    with request.app.state.sessions() as session:
+        return services.caller_for(session, claims.user_id, claims.org_id)
 
 
 CurrentUser = Annotated[services.Caller, Depends(get_caller)]
+
+
+Submit = Callable[[Iterable[str]], None]
+
+
+def get_submit(request: Request) -> Submit:
+    """Hands committed job ids to the dispatcher; without a tree they stay pending."""
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is None:
+        return lambda _ids: None
+    submit: Submit = dispatcher.submit
+    return submit
+
+
+SubmitDep = Annotated[Submit, Depends(get_submit)]

@@ -276,3 +276,6 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    # Lets a new job name a new instance before either has been flushed (one transaction).
+    instance: Mapped[Instance] = relationship(lazy="raise_on_sql")

@@ -30,6 +30,7 @@ class Caller:
     username: str
     org_id: int
     role: Role
+    operator: bool = False  # acting in the operator organisation (manages hypervisors)
 
     def require(self, *roles: Role) -> None:
         """Raise Forbidden unless the caller holds one of ``roles``."""
@@ -62,13 +63,14 @@ def login(
 def caller_for(session: Session, user_id: int, org_id: int) -> Caller:
     """The Caller a token names, re-read from the database so revoked memberships stop working."""
     row = session.execute(
-        select(User.username, Membership.role)
+        select(User.username, Membership.role, Organisation.operator)
         .join(Membership, Membership.user_id == User.id)
+        .join(Organisation, Organisation.id == Membership.org_id)
         .where(User.id == user_id, Membership.org_id == org_id)
     ).first()
     if row is None:
         raise Unauthorized("token's user or membership no longer exists")
-    return Caller(user_id, row.username, org_id, row.role)
+    return Caller(user_id, row.username, org_id, row.role, bool(row.operator))
 
 
 def list_flavors(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Flavor], int]:

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api import catalog
-from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep
+from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, StreamingSessionDep
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
 
 router = APIRouter(
@@ -80,7 +80,7 @@ async def _body(request: Request, image_id: int) -> AsyncIterator[bytes]:
 async def upload_image_file(
     image_id: ImageId,
     request: Request,
-    session: SessionDep,
+    session: StreamingSessionDep,
     caller: CurrentUser,
     settings: SettingsDep,
     content_type: Annotated[str | None, Header()] = None,

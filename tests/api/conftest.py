@@ -10,8 +10,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from cloudland_api import dispatch
 from cloudland_api.app import create_app
-from cloudland_api.models import Membership, Organisation, Role, User
+from cloudland_api.models import Hypervisor, Instance, Job, Membership, Organisation, Role, User
 from cloudland_api.security import AdminCredentials, bootstrap_admin, hash_password
 from cloudland_api.settings import ApiSettings
 
@@ -47,7 +48,8 @@ class Api:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> ApiSettings:
     """Every API test runs twice: on SQLite and on PostgreSQL (``database_url``, tests/conftest.py)."""
-    return ApiSettings(database_url=database_url, state_dir=tmp_path / "state")
+    # root_endpoint "": no tree here, so jobs stay pending (tests/integration runs the real tree).
+    return ApiSettings(database_url=database_url, state_dir=tmp_path / "state", root_endpoint="")
 
 
 @pytest.fixture
@@ -80,3 +82,65 @@ def make_flavor(api: Api, admin_headers: dict[str, str]) -> FlavorMaker:
         return reply.json()
 
     return make
+
+
+ImageMaker = Callable[..., dict]
+
+
+@pytest.fixture
+def make_image(api: Api, admin_headers: dict[str, str]) -> ImageMaker:
+    """An image, ``active`` (a few raw bytes uploaded) unless ``upload=False`` leaves it ``queued``."""
+    def make(name: str = "img", headers: dict[str, str] | None = None, upload: bool = True, **spec: str) -> dict:
+        headers = headers or admin_headers
+        reply = api.client.post("/api/v1/images", json={"name": name, "disk_format": "raw"} | spec, headers=headers)
+        assert reply.status_code == 201, reply.text
+        if not upload:
+            return reply.json()
+        reply = api.client.put(f"/api/v1/images/{reply.json()['id']}/file", content=b"\0" * 512,
+                               headers=headers | {"Content-Type": "application/octet-stream"})
+        assert reply.status_code == 200 and reply.json()["status"] == "active", reply.text
+        return reply.json()
+
+    return make
+
+
+Launcher = Callable[..., dict]
+
+
+@pytest.fixture
+def launch(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker, make_image: ImageMaker) -> Launcher:
+    """POST /instances (202 asserted) from a flavor "small" and image "img" made on first use per caller."""
+    ready: set[str] = set()
+
+    def launch_(name: str = "vm", count: int = 1, headers: dict[str, str] | None = None) -> dict:
+        headers = headers or admin_headers
+        if headers["Authorization"] not in ready:
+            make_flavor("small", headers=headers)
+            make_image("img", headers=headers)
+            ready.add(headers["Authorization"])
+        body = {"name": name, "flavor": "small", "image": "img", "count": count}
+        reply = api.client.post("/api/v1/instances", json=body, headers=headers)
+        assert reply.status_code == 202, reply.text
+        return reply.json()
+
+    return launch_
+
+
+def settle(api: Api, job_id: str, kind: str = "ok", reason: str | None = None) -> None:
+    """End a job as the dispatcher's writer would (there is no tree in these tests)."""
+    with api.app.state.write_sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        instance = session.get(Instance, job.instance_id)
+        assert instance is not None
+        dispatch.settle(session, job, instance, dispatch.Outcome(job_id, kind, reason))
+        session.commit()
+
+
+def add_hypervisor(api: Api, hypervisor_id: int, **fields: object) -> None:
+    """A hypervisor row as the reconciler would write it from the tree's report (idle: all memory free)."""
+    spec: dict[str, object] = {"hostname": f"hv{hypervisor_id}", "cpus": 8, "memory_mib": 16384} | fields
+    spec.setdefault("free_memory_mib", spec["memory_mib"])
+    with api.app.state.write_sessions() as session:
+        session.add(Hypervisor(id=hypervisor_id, **spec))
+        session.commit()

@@ -32,3 +32,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(
             pytest.PytestWarning("integration tests expect root (they kill and spawn ranks)"), 2
         )
+
+
+@pytest.fixture
+def make_cloud(make_tree, tmp_path):
+    """A tree and the REST API on it (tests/integration/cloud.py); the API is stopped first."""
+    from tests.integration.cloud import Cloud
+
+    clouds = []
+
+    def make(hypervisors: int, database_url: str | None = None, per_leaf: int = 1, **settings: str) -> Cloud:
+        tree = make_tree(hypervisors, per_leaf, 32, 0.5)
+        state_dir = tmp_path / f"api{len(clouds)}"
+        url = database_url or f"sqlite:///{state_dir / 'cloudland.db'}"
+        cloud = Cloud(tree, state_dir, url, {f"CLOUDLAND_API_{k.upper()}": str(v) for k, v in settings.items()})
+        clouds.append(cloud)
+        cloud.start_api()
+        return cloud
+
+    yield make
+    for cloud in clouds:
+        cloud.stop_api()

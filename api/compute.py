@@ -1,0 +1,337 @@
+"""Instances, jobs and hypervisors: what the API does with them, apart from HTTP.
+
+Same rules as ``services.py``: every query on a tenant-owned table filters on the
+caller's ``org_id`` (another organisation's id is NotFound), NotFound is decided before
+Forbidden, and readers only read. Hypervisors belong to no tenant: only the operator
+organisation sees and changes them.
+
+Every change to an instance writes its desired state and a ``pending`` job in one
+transaction (ARCHITECTURE.md "Lifecycle of a job"); the caller hands the committed job
+ids to the dispatcher. One job acts on an instance at a time: an action on an instance
+whose job has not ended is a Conflict, which serialises a VM's commands at the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cloudland.client import new_job_id
+from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Job, JobState, Role, SshKey
+from cloudland_api.schemas import InstanceCreate
+from cloudland_api.services import Caller
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 64
+# Which statuses an action may start from (``error`` allows everything: it is how one recovers).
+ALLOWED_FROM = {
+    "start": {"stopped", "running", "error"},
+    "stop": {"running", "stopped", "error"},
+    "reboot": {"running", "stopped", "error"},
+    "resize": {"stopped", "error"},
+    "rebuild": {"running", "stopped", "error"},
+    "delete": {"running", "stopped", "error"},
+}
+
+
+@dataclass
+class Accepted:
+    """What a request started: the instances it touched and one job per instance, in one batch."""
+
+    batch: str
+    instances: list[Instance]
+    jobs: list[Job]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.id for job in self.jobs]
+
+
+# -- references -----------------------------------------------------------------------------
+
+
+def _by_ref(session: Session, model: Any, caller: Caller, ref: int | str, what: str) -> Any:
+    """The caller's organisation's row named by id (int) or by name (str), or NotFound."""
+    column = model.id if isinstance(ref, int) else model.name
+    row = session.scalar(select(model).where(column == ref, model.org_id == caller.org_id))
+    if row is None:
+        raise NotFound(f"{what} {ref!r} not found")
+    return row
+
+
+def resolve_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:
+    """A flavor of the caller's organisation by id or name."""
+    flavor: Flavor = _by_ref(session, Flavor, caller, ref, "flavor")
+    return flavor
+
+
+def resolve_image(session: Session, caller: Caller, ref: int | str) -> Image:
+    """An active image of the caller's organisation by id or name; Conflict while it has no data."""
+    image: Image = _by_ref(session, Image, caller, ref, "image")
+    if image.status != "active":
+        raise Conflict(f"image {image.name!r} ({image.id}) is {image.status}: upload its file before booting from it")
+    return image
+
+
+def resolve_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:
+    """An SSH key of the caller's organisation by id or name."""
+    key: SshKey = _by_ref(session, SshKey, caller, ref, "ssh key")
+    return key
+
+
+# -- instances ------------------------------------------------------------------------------
+
+
+def instance_names(name: str, count: int) -> list[str]:
+    """``name`` for one VM; ``name-1`` .. ``name-N`` for more. InvalidRequest if too long."""
+    names = [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
+    if len(names[-1]) > NAME_MAX:
+        raise InvalidRequest(f"name {names[-1]!r} would be longer than {NAME_MAX} characters; use a shorter name")
+    return names
+
+
+def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: dict[str, Any]) -> Job:
+    job = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=batch, action=action,
+              instance=instance, hypervisor_id=instance.hypervisor_id, args=args, state=JobState.pending,
+              attempts=0)
+    return job
+
+
+def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
+    """``spec.count`` new instances and their create jobs, committed together."""
+    caller.require(Role.admin, Role.member)
+    flavor = resolve_flavor(session, caller, spec.flavor)
+    image = resolve_image(session, caller, spec.image)
+    key = resolve_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
+    names = instance_names(spec.name, spec.count)
+    taken = session.scalars(
+        select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
+                                    Instance.name.in_(names)).limit(5)
+    ).all()
+    if taken:
+        raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
+                       + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
+    batch = new_job_id()
+    instances, jobs = [], []
+    for name in names:
+        instance = Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
+                            image_id=image.id, ssh_key_id=key.id if key else None, vcpus=flavor.vcpus,
+                            memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib, arch=image.arch,
+                            status="building")
+        job = _new_job(caller, batch, "create", instance, {})
+        instance.job_id = job.id
+        instances.append(instance)
+        jobs.append(job)
+    session.add_all(instances)
+    session.add_all(jobs)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        # Two creates raced past the check above; the partial unique index decided.
+        session.rollback()
+        raise Conflict(f"an instance name of {names[0]!r}..{names[-1]!r} was taken meanwhile; try again") from exc
+    log.info("event=instances_created org_id=%d batch=%s count=%d user_id=%d", caller.org_id, batch,
+             len(instances), caller.user_id)
+    return Accepted(batch, instances, jobs)
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell glob (``web-*``, ``db-?``) as a LIKE pattern with ``\\`` as the escape."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _name_matches(session: Session, pattern: str) -> ColumnElement[bool]:
+    """SQL: the instance's name matches the glob ``pattern``, case-sensitively on every database."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite's LIKE ignores ASCII case (PostgreSQL's does not); GLOB is its case-sensitive
+        # glob. Only '[' needs escaping there ("[[]" is a class holding just '[').
+        return Instance.name.op("GLOB")(pattern.replace("[", "[[]"))
+    return Instance.name.like(glob_to_like(pattern), escape="\\")
+
+
+def list_instances(
+    session: Session, caller: Caller, *, limit: int, after: int | None = None, status: str | None = None,
+    name: str | None = None, hypervisor: int | None = None,
+) -> tuple[list[Instance], int | None]:
+    """One page of instances by id (keyset: ``after`` the last id seen) and the next ``after``.
+
+    Deleted instances are left out unless ``status`` is ``deleted``.
+    """
+    query = select(Instance).where(Instance.org_id == caller.org_id)
+    query = query.where(Instance.status == status) if status else query.where(Instance.status != "deleted")
+    if name:
+        query = query.where(_name_matches(session, name))
+    if hypervisor is not None:
+        query = query.where(Instance.hypervisor_id == hypervisor)
+    if after is not None:
+        query = query.where(Instance.id > after)
+    rows = list(session.scalars(query.order_by(Instance.id).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more else None)
+
+
+def get_instance(session: Session, caller: Caller, instance_id: int) -> Instance:
+    """The caller's organisation's instance ``instance_id`` (deleted ones too), or NotFound."""
+    instance = session.scalar(select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id))
+    if instance is None:
+        raise NotFound(f"instance {instance_id} not found")
+    return instance
+
+
+def _check_can(instance: Instance, action: str) -> None:
+    if instance.job_id is not None:
+        raise Conflict(f"instance {instance.id} ({instance.name}) is busy with job {instance.job_id}; "
+                       f"wait for it (cloudland job watch {instance.job_id})")
+    if instance.status not in ALLOWED_FROM[action]:
+        hint = " stop it first" if action == "resize" else ""
+        raise Conflict(f"instance {instance.id} ({instance.name}) is {instance.status}: cannot {action} it;{hint}"
+                       .rstrip(";"))
+
+
+def _start_job(instance: Instance, job: Job) -> None:
+    instance.job_id = job.id
+    if job.action == "delete":
+        instance.status = "deleting"
+
+
+def act(session: Session, caller: Caller, instance_id: int, action: str, args: dict[str, Any]) -> Job:
+    """One job of ``action`` (start, stop, reboot, delete) on one instance, committed."""
+    instance = get_instance(session, caller, instance_id)
+    caller.require(Role.admin, Role.member)
+    _check_can(instance, action)
+    job = _new_job(caller, new_job_id(), action, instance, args)
+    _start_job(instance, job)
+    session.add(job)
+    session.commit()
+    log.info("event=job_created job=%s action=%s instance=%d org_id=%d", job.id, action, instance.id, caller.org_id)
+    return job
+
+
+def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int | str) -> Job:
+    """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
+    instance = get_instance(session, caller, instance_id)
+    caller.require(Role.admin, Role.member)
+    flavor = resolve_flavor(session, caller, flavor_ref)
+    return act(session, caller, instance.id, "resize",
+               {"vcpus": flavor.vcpus, "memory_mib": flavor.memory_mib, "disk_gib": flavor.disk_gib,
+                "flavor_id": flavor.id})
+
+
+def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int | str) -> Job:
+    """A rebuild job from ``image_ref`` (its architecture must match the instance's host)."""
+    instance = get_instance(session, caller, instance_id)
+    caller.require(Role.admin, Role.member)
+    image = resolve_image(session, caller, image_ref)
+    if image.arch != instance.arch:
+        raise InvalidRequest(f"image {image.name!r} is for {image.arch}; instance {instance.id} runs on {instance.arch}")
+    return act(session, caller, instance.id, "rebuild", {"image_id": image.id})
+
+
+def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], force: bool) -> Accepted:
+    """``action`` on every instance of ``ids``, all or none, in one batch."""
+    wanted = sorted(set(ids))
+    found = {i.id: i for i in session.scalars(
+        select(Instance).where(Instance.org_id == caller.org_id, Instance.id.in_(wanted)))}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise NotFound(f"instance {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                                                              else ""))
+    caller.require(Role.admin, Role.member)
+    for instance in found.values():
+        _check_can(instance, action)
+    batch = new_job_id()
+    args = {"force": force} if action in ("stop", "reboot") else {}
+    jobs = []
+    for instance in found.values():
+        job = _new_job(caller, batch, action, instance, dict(args))
+        _start_job(instance, job)
+        jobs.append(job)
+    session.add_all(jobs)
+    session.commit()
+    log.info("event=batch_action action=%s batch=%s count=%d org_id=%d", action, batch, len(jobs), caller.org_id)
+    return Accepted(batch, list(found.values()), jobs)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+def _job_scope(caller: Caller, batch: str | None, state: str | None, instance: int | None) -> Select[Any]:
+    query = select(Job).where(Job.org_id == caller.org_id)
+    if batch:
+        query = query.where(Job.batch == batch)
+    if state:
+        query = query.where(Job.state == JobState(state))
+    if instance is not None:
+        query = query.where(Job.instance_id == instance)
+    return query
+
+
+def list_jobs(
+    session: Session, caller: Caller, *, limit: int, offset: int, batch: str | None = None,
+    state: str | None = None, instance: int | None = None,
+) -> tuple[list[Job], dict[str, int] | None]:
+    """One page of jobs, newest first; with ``batch``, also how many of its jobs are in each state."""
+    query = _job_scope(caller, batch, state, instance)
+    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+    counts = None
+    if batch:
+        rows = session.execute(
+            select(Job.state, func.count()).where(Job.org_id == caller.org_id, Job.batch == batch).group_by(Job.state)
+        ).all()
+        counts = {s.value: 0 for s in JobState} | {JobState(s).value: n for s, n in rows}
+    return jobs, counts
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> Job:
+    """The caller's organisation's job ``job_id``, or NotFound."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == caller.org_id))
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+# -- hypervisors ----------------------------------------------------------------------------
+
+
+def _require_operator(caller: Caller) -> None:
+    if not caller.operator:
+        raise Forbidden("hypervisors are managed by the operator organisation")
+
+
+def list_hypervisors(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Hypervisor], int]:
+    """One page of hypervisors by id and the total (operator organisation only)."""
+    _require_operator(caller)
+    total = session.scalar(select(func.count()).select_from(Hypervisor)) or 0
+    rows = session.scalars(select(Hypervisor).order_by(Hypervisor.id).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def get_hypervisor(session: Session, caller: Caller, hypervisor_id: int) -> Hypervisor:
+    """Hypervisor ``hypervisor_id`` (operator organisation only), or NotFound."""
+    _require_operator(caller)
+    hypervisor = session.get(Hypervisor, hypervisor_id)
+    if hypervisor is None:
+        raise NotFound(f"hypervisor {hypervisor_id} not found (not reported by the tree yet?)")
+    return hypervisor
+
+
+def update_hypervisor(session: Session, caller: Caller, hypervisor_id: int, changes: dict[str, Any]) -> Hypervisor:
+    """Enable/disable a hypervisor or change its overcommit ratios (operator admins only)."""
+    hypervisor = get_hypervisor(session, caller, hypervisor_id)
+    caller.require(Role.admin)
+    for key, value in changes.items():
+        setattr(hypervisor, key, value)
+    session.commit()
+    log.info("event=hypervisor_updated hypervisor=%d changes=%s user_id=%d", hypervisor_id, changes, caller.user_id)
+    return hypervisor

@@ -1,0 +1,125 @@
+"""``/api/v1/instances``: VMs of the caller's organisation and the jobs that change them.
+
+Every change answers ``202 Accepted`` with the job(s) it started; follow them with
+``GET /api/v1/jobs/{id}?wait=30`` or ``GET /api/v1/jobs?batch=...``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, status
+
+from cloudland_api import compute
+from cloudland_api.deps import CurrentUser, SessionDep, SubmitDep
+from cloudland_api.schemas import (
+    MAX_ID,
+    BatchAccepted,
+    BatchAction,
+    ErrorResponse,
+    InstanceCreate,
+    InstanceList,
+    InstancePublic,
+    InstanceStatus,
+    JobPublic,
+    PowerAction,
+    RebuildRequest,
+    ResizeRequest,
+)
+
+router = APIRouter(
+    prefix="/instances",
+    tags=["instances"],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
+_CHANGES = {403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+_ACCEPTED = status.HTTP_202_ACCEPTED
+
+
+def _accepted(accepted: compute.Accepted) -> BatchAccepted:
+    return BatchAccepted(batch=accepted.batch,
+                         instances=[InstancePublic.model_validate(i) for i in accepted.instances],
+                         jobs=[JobPublic.model_validate(j) for j in accepted.jobs])
+
+
+@router.get("")
+def list_instances(
+    session: SessionDep,
+    caller: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="The last id of the previous page")] = None,
+    status: Annotated[InstanceStatus | None, Query(description="Only this status (deleted ones only so)")] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=64, description="Name glob: web-*, db-?")] = None,
+    hypervisor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+) -> InstanceList:
+    """One page of the organisation's instances by id; pass ``next_after`` back as ``after``."""
+    rows, next_after = compute.list_instances(session, caller, limit=limit, after=after, status=status, name=name,
+                                              hypervisor=hypervisor)
+    return InstanceList(items=[InstancePublic.model_validate(i) for i in rows], limit=limit, next_after=next_after)
+
+
+@router.post("", status_code=_ACCEPTED, responses=_CHANGES)
+def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
+    """Create ``count`` instances (admin or member): one create job each, all in one batch."""
+    accepted = compute.create_instances(session, caller, body)
+    submit(accepted.job_ids)
+    return _accepted(accepted)
+
+
+@router.post("/actions", status_code=_ACCEPTED, responses=_CHANGES)
+def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
+    """Start, stop, reboot or delete many instances at once: all of them or, on any error, none."""
+    accepted = compute.act_many(session, caller, body.action, body.ids, body.force)
+    submit(accepted.job_ids)
+    return _accepted(accepted)
+
+
+@router.get("/{instance_id}")
+def get_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser) -> InstancePublic:
+    """One instance of the organisation (deleted ones too)."""
+    return InstancePublic.model_validate(compute.get_instance(session, caller, instance_id))
+
+
+def _power(action: Literal["start", "stop", "reboot"]):  # type: ignore[no-untyped-def]
+    def route(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep,
+              body: PowerAction | None = None) -> JobPublic:
+        args = {"force": body.force} if body is not None and action != "start" else {}
+        job = compute.act(session, caller, instance_id, action, args)
+        submit([job.id])
+        return JobPublic.model_validate(job)
+
+    route.__name__ = f"{action}_instance"
+    route.__doc__ = f"{action.capitalize()} an instance (admin or member); ``force`` skips the guest's shutdown."
+    return route
+
+
+for _action in ("start", "stop", "reboot"):
+    router.post(f"/{{instance_id}}/{_action}", status_code=_ACCEPTED, responses=_CHANGES)(_power(_action))
+
+
+@router.post("/{instance_id}/resize", status_code=_ACCEPTED, responses=_CHANGES)
+def resize_instance(instance_id: InstanceId, body: ResizeRequest, session: SessionDep, caller: CurrentUser,
+                    submit: SubmitDep) -> JobPublic:
+    """Resize a stopped instance to another flavor."""
+    job = compute.resize(session, caller, instance_id, body.flavor)
+    submit([job.id])
+    return JobPublic.model_validate(job)
+
+
+@router.post("/{instance_id}/rebuild", status_code=_ACCEPTED, responses=_CHANGES)
+def rebuild_instance(instance_id: InstanceId, body: RebuildRequest, session: SessionDep, caller: CurrentUser,
+                     submit: SubmitDep) -> JobPublic:
+    """Rebuild an instance from an image; its name, uuid and power state stay."""
+    job = compute.rebuild(session, caller, instance_id, body.image)
+    submit([job.id])
+    return JobPublic.model_validate(job)
+
+
+@router.delete("/{instance_id}", status_code=_ACCEPTED, responses=_CHANGES)
+def delete_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> JobPublic:
+    """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``."""
+    job = compute.act(session, caller, instance_id, "delete", {})
+    submit([job.id])
+    return JobPublic.model_validate(job)
+

@@ -1,0 +1,64 @@
+"""``/api/v1/jobs``: what each change to an instance became, and a way to wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from cloudland_api import compute
+from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.models import TERMINAL, Job
+from cloudland_api.schemas import MAX_ID, ErrorResponse, JobList, JobPublic, JobStateName
+from cloudland_api.services import Caller
+
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+JobId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$", description="Job id")]
+BatchId = Annotated[str | None, Query(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
+MAX_WAIT_S = 60.0
+POLL_S = 0.1
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    caller: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    batch: BatchId = None,
+    state: Annotated[JobStateName | None, Query()] = None,
+    instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> JobList:
+    """One page of the organisation's jobs, newest first; with ``batch``, ``counts`` per state."""
+    jobs, counts = compute.list_jobs(session, caller, limit=limit, offset=offset, batch=batch, state=state,
+                                     instance=instance)
+    return JobList(items=[JobPublic.model_validate(j) for j in jobs], limit=limit, offset=offset, counts=counts)
+
+
+def _read(session: Session, caller: Caller, job_id: str) -> Job:
+    session.rollback()  # a new snapshot each time: see what the dispatcher committed since
+    return compute.get_job(session, caller, job_id)
+
+
+@router.get("/{job_id}")
+async def get_job(
+    job_id: JobId,
+    session: SessionDep,
+    caller: CurrentUser,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a terminal state")] = 0,
+) -> JobPublic:
+    """One job; with ``wait``, answers as soon as it is terminal or after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    job = await run_in_threadpool(_read, session, caller, job_id)
+    while job.state not in TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+        job = await run_in_threadpool(_read, session, caller, job_id)
+    return JobPublic.model_validate(job)

@@ -1,0 +1,164 @@
+"""A whole cloud for integration tests: a real tree, and the REST API as its own process on it.
+
+The API is ``python -m cloudland_api``, as ``cloudland up`` starts it, so a test can
+``kill -9`` it and start it again on the same database. Tests talk to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from cloudland.client import struct_to_dict
+from cloudland_launcher.harness import Tree, free_port, wait_for
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+API = "/api/v1"
+TERMINAL = ("succeeded", "failed", "timeout")
+
+
+@dataclass
+class Cloud:
+    """The tree, the API process and an HTTP client logged in as the bootstrap admin."""
+
+    tree: Tree
+    state_dir: Path
+    database_url: str
+    settings: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    http: httpx.Client | None = None
+
+    # -- the API process --------------------------------------------------------------------
+
+    def start_api(self) -> None:
+        """Start (or restart) the API and log in; returns once it answers."""
+        self.port = self.port or free_port()
+        env = dict(os.environ)
+        env.update({
+            "CLOUDLAND_API_ROOT_ENDPOINT": self.tree.endpoint,
+            "CLOUDLAND_API_STATE_DIR": str(self.state_dir),
+            "CLOUDLAND_API_DATABASE_URL": self.database_url,
+            "CLOUDLAND_API_PORT": str(self.port),
+            "CLOUDLAND_API_SYNC_INTERVAL_S": "0.5",
+            **self.settings,
+        })
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "api.out", "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{self.port}"
+
+        def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the API exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, 60, "the API to answer")
+        fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())
+        if self.http is not None:
+            self.http.close()
+        self.http = httpx.Client(base_url=base + API, timeout=60)
+        token = self.post("/login", {"username": fields["username"], "password": fields["password"]})
+        self.http.headers["Authorization"] = f"Bearer {token['token']}"
+
+    def kill_api(self) -> None:
+        """SIGKILL the API: no shutdown code runs, as in a crash."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop_api(self) -> None:
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill_api()
+
+    def log(self) -> str:
+        path = self.state_dir / "api.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        assert self.http is not None
+        reply = self.http.request(method, path, json=body, params={k: v for k, v in params.items() if v is not None})
+        assert reply.status_code < 300, f"{method} {path}: {reply.status_code} {reply.text}"
+        return reply.json() if reply.content else None
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, **params)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, body)
+
+    # -- what tests need again and again ----------------------------------------------------
+
+    def bootstrap(self, vcpus: int = 1, memory_mib: int = 64) -> None:
+        """A flavor ``small`` and an active raw image ``tiny``."""
+        self.post("/flavors", {"name": "small", "vcpus": vcpus, "memory_mib": memory_mib, "disk_gib": 1})
+        image = self.post("/images", {"name": "tiny", "disk_format": "raw"})
+        assert self.http is not None
+        reply = self.http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,
+                              headers={"Content-Type": "application/octet-stream"})
+        assert reply.status_code == 200, reply.text
+
+    def hypervisors(self) -> list[dict[str, Any]]:
+        return list(self.get("/hypervisors", limit=500)["items"])
+
+    def wait_hypervisors(self, count: int) -> list[dict[str, Any]]:
+        """The hypervisors once the reconciler has seen all ``count``, every one up."""
+        wait_for(lambda: len([h for h in self.hypervisors() if h["state"] == "up"]) == count, 30,
+                 f"{count} hypervisors up in the API")
+        return self.hypervisors()
+
+    def counts(self, batch: str) -> Counter[str]:
+        return Counter(self.get("/jobs", batch=batch, limit=1)["counts"])
+
+    def wait_batch(self, batch: str, total: int, timeout: float = 120) -> Counter[str]:
+        """Job counts per state once every job of ``batch`` is terminal."""
+        wait_for(lambda: sum(self.counts(batch)[s] for s in TERMINAL) == total, timeout,
+                 f"the {total} jobs of batch {batch} to end", every=0.2)
+        return self.counts(batch)
+
+    def instances(self, **filters: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        after = None
+        while True:
+            page = self.get("/instances", limit=500, after=after, **filters)
+            items += page["items"]
+            after = page["next_after"]
+            if after is None:
+                return items
+
+    def jobs(self, batch: str, state: str) -> list[dict[str, Any]]:
+        return list(self.get("/jobs", batch=batch, state=state, limit=500)["items"])
+
+    def domains(self) -> dict[int, list[dict[str, Any]]]:
+        """What libvirt really holds: every hypervisor's domains, asked through the tree."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for reply in self.tree.client.run("vm.list", None, timeout=30):
+            assert reply.status == pb.OK, reply.error
+            found[reply.hypervisor] = struct_to_dict(reply.payload).get("vms", [])
+        return found

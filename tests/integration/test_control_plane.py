@@ -1,0 +1,156 @@
+"""REST API -> dispatcher -> gRPC -> tree -> agent -> libvirt test driver, and back: no mocks.
+
+Each test checks what libvirt really holds (``vm.list`` through the tree), not only what
+the API's database says.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from cloudland_api.db import make_engine
+from cloudland_api.models import Job, JobState
+from cloudland_launcher.harness import wait_for
+from tests.integration.cloud import Cloud
+
+pytestmark = pytest.mark.slow
+
+
+def job_states(database_url: str, batch: str) -> Counter[str]:
+    """The batch's jobs per state, read from the database itself (the API is dead)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(Job.state, func.count()).where(Job.batch == batch).group_by(Job.state))
+            return Counter({JobState(state).value: n for state, n in rows})
+    finally:
+        engine.dispose()
+
+
+def running_names(cloud: Cloud) -> dict[str, int]:
+    """Domain name -> how many hypervisors hold a running domain of that name."""
+    names: Counter[str] = Counter()
+    for vms in cloud.domains().values():
+        names.update(vm["name"] for vm in vms if vm["state"] == "running")
+    return dict(names)
+
+
+def test_twenty_vms_created_listed_stopped_deleted(make_cloud: Any) -> None:
+    cloud: Cloud = make_cloud(8, per_leaf=2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(8)
+
+    accepted = cloud.post("/instances", {"name": "web", "flavor": "small", "image": "tiny", "count": 20})
+    assert [i["name"] for i in accepted["instances"]] == [f"web-{n}" for n in range(1, 21)]
+    assert cloud.wait_batch(accepted["batch"], 20)["succeeded"] == 20
+
+    vms = cloud.instances(name="web-*")
+    assert len(vms) == 20 and {v["status"] for v in vms} == {"running"}
+    domains = {f"cl-{v['uuid']}": v["hypervisor_id"] for v in vms}
+    held = {vm["name"]: hv for hv, found in cloud.domains().items() for vm in found}
+    assert held == domains, "libvirt must hold exactly the 20 domains, each on the hypervisor the API names"
+    assert len(set(domains.values())) > 1, "spread places a burst on more than one hypervisor"
+
+    stop = cloud.post("/instances/actions", {"action": "stop", "ids": [v["id"] for v in vms]})
+    assert cloud.wait_batch(stop["batch"], 20)["succeeded"] == 20
+    assert {v["status"] for v in cloud.instances(name="web-*")} == {"stopped"}
+    assert running_names(cloud) == {}
+
+    delete = cloud.post("/instances/actions", {"action": "delete", "ids": [v["id"] for v in vms]})
+    assert cloud.wait_batch(delete["batch"], 20)["succeeded"] == 20
+    assert cloud.instances() == []
+    assert len(cloud.instances(status="deleted")) == 20
+    assert all(found == [] for found in cloud.domains().values())
+    wait_for(lambda: all(h["vcpus_claimed"] == 0 for h in cloud.hypervisors()), 10, "claims released")
+
+
+def test_single_vm_actions_follow_libvirt(make_cloud: Any) -> None:
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.post("/flavors", {"name": "big", "vcpus": 2, "memory_mib": 256, "disk_gib": 1})
+    cloud.wait_hypervisors(2)
+    [vm] = cloud.post("/instances", {"name": "db", "flavor": "small", "image": "tiny"})["instances"]
+
+    def job(path: str, body: Any = None) -> dict[str, Any]:
+        started = cloud.post(path, body)
+        ended: dict[str, Any] = cloud.get(f"/jobs/{started['id']}", wait=30)
+        return ended
+
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "db running")
+    assert job(f"/instances/{vm['id']}/stop")["state"] == "succeeded"
+    resized = job(f"/instances/{vm['id']}/resize", {"flavor": "big"})
+    assert resized["state"] == "succeeded", resized
+    shown = cloud.get(f"/instances/{vm['id']}")
+    assert (shown["vcpus"], shown["memory_mib"], shown["status"]) == (2, 256, "stopped")
+    [record] = [d for found in cloud.domains().values() for d in found if d["name"] == f"cl-{vm['uuid']}"]
+    assert (record["vcpus"], record["memory_mib"], record["state"]) == (2, 256, "shutoff")
+    assert job(f"/instances/{vm['id']}/start")["state"] == "succeeded"
+    assert job(f"/instances/{vm['id']}/reboot")["state"] == "succeeded"
+    assert running_names(cloud) == {f"cl-{vm['uuid']}": 1}
+    busy = cloud.http.post(f"/instances/{vm['id']}/resize", json={"flavor": "small"})  # type: ignore[union-attr]
+    assert busy.status_code == 409 and "running" in busy.json()["error"]["message"]
+
+
+def test_claims_never_overbook(database_url: str, make_cloud: Any) -> None:
+    """200 concurrent creates, room for exactly 150: 150 run, 50 fail "no capacity", no host over.
+
+    On SQLite and on PostgreSQL (``database_url``, requested first so it outlives the API).
+    """
+    cloud: Cloud = make_cloud(4, database_url=database_url)
+    cloud.bootstrap(vcpus=1, memory_mib=64)
+    # Simulated hosts 0..3 have 16, 32, 48 and 64 CPUs: ratios give 40 + 40 + 36 + 34 = 150 vCPUs.
+    capacity = {0: 40, 1: 40, 2: 36, 3: 34}
+    ratios = {0: 2.5, 1: 1.25, 2: 0.75, 3: 0.53125}
+    for host in cloud.wait_hypervisors(4):
+        updated = cloud.patch(f"/hypervisors/{host['id']}", {"cpu_ratio": ratios[host["id"]]})
+        assert updated["vcpus_capacity"] == capacity[host["id"]]
+
+    def create(n: int) -> str:
+        batch: str = cloud.post("/instances", {"name": f"vm-{n}", "flavor": "small", "image": "tiny"})["batch"]
+        return batch
+
+    with ThreadPoolExecutor(50) as pool:
+        batches = list(pool.map(create, range(200)))
+    states = Counter(state for b in batches for state, n in cloud.wait_batch(b, 1).items() if n)
+    assert states == {"succeeded": 150, "failed": 50}, states
+    failed = [j for b in batches for j in cloud.jobs(b, "failed")]
+    assert len(failed) == 50 and all("no capacity" in j["reason"] for j in failed), failed[:3]
+
+    running = cloud.instances(status="running")
+    assert len(running) == 150
+    per_host = Counter(v["hypervisor_id"] for v in running)
+    assert all(per_host[h] <= capacity[h] for h in capacity), per_host
+    held = {hv: len(found) for hv, found in cloud.domains().items()}
+    assert sum(held.values()) == 150 and all(held[h] <= capacity[h] for h in capacity), held
+    assert {h["id"]: h["vcpus_claimed"] for h in cloud.hypervisors()} == dict(per_host)
+    assert len(cloud.instances(status="error")) == 50
+
+
+def test_api_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_cloud: Any) -> None:
+    # Two senders: the batch takes long enough to be cut in the middle.
+    cloud: Cloud = make_cloud(4, dispatch_workers=2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(4)
+    batch = cloud.post("/instances", {"name": "r", "flavor": "small", "image": "tiny", "count": 100})["batch"]
+    wait_for(lambda: cloud.counts(batch)["succeeded"] >= 5, 60, "the first creates", every=0.005)
+    cloud.kill_api()
+    at_kill = job_states(cloud.database_url, batch)
+    assert at_kill["succeeded"] < 100, f"the kill came too late to test anything: {at_kill}"
+
+    started = time.monotonic()
+    cloud.start_api()
+    assert cloud.wait_batch(batch, 100)["succeeded"] == 100
+    assert "jobs_recovered" in cloud.log()
+
+    names = Counter(vm["name"] for found in cloud.domains().values() for vm in found)
+    assert len(names) == 100 and set(names.values()) == {1}, "no domain may exist twice"
+    vms = cloud.instances(name="r-*")
+    assert len(vms) == 100 and {v["status"] for v in vms} == {"running"}
+    assert {f"cl-{v['uuid']}" for v in vms} == set(names)
+    print(f"restart: jobs at the kill {dict(at_kill)}; all 100 ended {time.monotonic() - started:.1f} s after it")
