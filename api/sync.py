@@ -147,30 +147,39 @@ class Reconciler:
 
     @staticmethod
     def _observe_instances(session: Session, reports: Any, down: set[int]) -> None:
+        """Idle instances take their status from the reports: columns read, changed rows written.
+
+        Reads tuples, not ORM objects: at 100,000 instances this runs every interval.
+        """
         observed: dict[int, dict[str, str]] = {
             r.hypervisor: {vm.uuid: vm.state for vm in r.vms} for r in reports if r.hypervisor not in down}
         settled_before = utcnow() - timedelta(seconds=SETTLE_S)
-        idle = session.scalars(
-            select(Instance).where(Instance.job_id.is_(None), Instance.hypervisor_id.is_not(None),
-                                   Instance.status.in_(("running", "stopped", "error")),
-                                   Instance.updated_at < settled_before)
+        idle = session.execute(
+            select(Instance.id, Instance.uuid, Instance.hypervisor_id, Instance.status)
+            .where(Instance.job_id.is_(None), Instance.hypervisor_id.is_not(None),
+                   Instance.status.in_(("running", "stopped", "error")), Instance.updated_at < settled_before)
         )
-        for instance in idle:
-            vms = observed.get(instance.hypervisor_id)  # type: ignore[arg-type]
+        changes: list[dict[str, Any]] = []
+        for instance_id, vm_uuid, hypervisor, status in idle:
+            vms = observed.get(hypervisor)
             if vms is None:
                 continue  # host down or not reported: nothing is known
-            state = vms.get(instance.uuid)
+            state = vms.get(vm_uuid)
             if state is None:
-                if instance.status != "error":
-                    instance.status = "error"
-                    instance.status_reason = f"domain {instance.domain_name} missing on hypervisor " \
-                                             f"{instance.hypervisor_id}"
-                    log.warning("event=instance_missing instance=%d hypervisor=%d", instance.id,
-                                instance.hypervisor_id)
+                if status != "error":
+                    reason = f"domain cl-{vm_uuid} missing on hypervisor {hypervisor}"
+                    changes.append({"id": instance_id, "status": "error", "status_reason": reason})
+                    log.warning("event=instance_missing instance=%d hypervisor=%d", instance_id, hypervisor)
                 continue
-            status = OBSERVED.get(state)
-            if status is not None and status != instance.status:
-                log.info("event=instance_observed instance=%d hypervisor=%d was=%s now=%s", instance.id,
-                         instance.hypervisor_id, instance.status, status)
-                instance.status = status
-                instance.status_reason = None if status != "error" else instance.status_reason
+            now = OBSERVED.get(state)
+            if now is not None and now != status:
+                log.info("event=instance_observed instance=%d hypervisor=%d was=%s now=%s", instance_id,
+                         hypervisor, status, now)
+                changes.append({"id": instance_id, "status": now, "status_reason": None})
+        for change in changes:
+            # Conditional: a job that started meanwhile owns the instance; leave it alone.
+            session.execute(
+                update(Instance).where(Instance.id == change["id"], Instance.job_id.is_(None))
+                .values(status=change["status"], status_reason=change["status_reason"])
+                .execution_options(synchronize_session=False)
+            )

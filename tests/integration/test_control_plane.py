@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from cloudland_api.db import make_engine
 from cloudland_api.models import Job, JobState
 from cloudland_launcher.harness import wait_for
+from cloudland_proto.v1 import envelope_pb2 as pb
 from tests.integration.cloud import Cloud
 
 pytestmark = pytest.mark.slow
@@ -154,3 +155,30 @@ def test_api_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_cloud: A
     assert len(vms) == 100 and {v["status"] for v in vms} == {"running"}
     assert {f"cl-{v['uuid']}" for v in vms} == set(names)
     print(f"restart: jobs at the kill {dict(at_kill)}; all 100 ended {time.monotonic() - started:.1f} s after it")
+
+
+def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> None:
+    """A VM stopped behind the API's back shows stopped; one whose domain vanished shows error."""
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    accepted = cloud.post("/instances", {"name": "oob", "flavor": "small", "image": "tiny", "count": 2})
+    assert cloud.wait_batch(accepted["batch"], 2)["succeeded"] == 2
+    stopped, vanished = sorted(cloud.instances(name="oob-*"), key=lambda v: v["name"])
+    for instance, operation in ((stopped, "vm.stop"), (vanished, "vm.delete")):
+        args = {"name": f"cl-{instance['uuid']}"} | ({"force": True} if operation == "vm.stop" else {})
+        [reply] = cloud.tree.client.run(operation, instance["hypervisor_id"], args=args, timeout=30)
+        assert reply.status == pb.OK, reply.error
+
+    def observed() -> bool:
+        now = {v["name"]: v for v in cloud.instances(name="oob-*")}
+        return now["oob-1"]["status"] == "stopped" and now["oob-2"]["status"] == "error"
+
+    # Instances touched in the last 10 s (sync.SETTLE_S) are left alone; then the reports win.
+    wait_for(observed, 30, "the reconciler to see the stopped and the vanished domain", every=0.5)
+    reason = cloud.get(f"/instances/{vanished['id']}")["status_reason"]
+    assert f"cl-{vanished['uuid']} missing on hypervisor {vanished['hypervisor_id']}" in reason
+    # Desired state stays the database's: the stopped VM starts again through the API.
+    started = cloud.post(f"/instances/{stopped['id']}/start")
+    assert cloud.get(f"/jobs/{started['id']}", wait=30)["state"] == "succeeded"
+    assert cloud.get(f"/instances/{stopped['id']}")["status"] == "running"
