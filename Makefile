@@ -11,7 +11,7 @@ setup:
 	@deploy/bootstrap.sh
 
 run: setup
-	$(BIN)/cloudland tree up --hypervisors $(HYPERVISORS)
+	$(BIN)/cloudland up --hypervisors $(HYPERVISORS)
 
 # -p no:cacheprovider keeps a fresh clone clean; output goes to the terminal for CI.
 test: setup

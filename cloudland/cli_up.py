@@ -34,6 +34,7 @@ from cloudland.cli import (
 )
 from cloudland.config import DEFAULT_GRPC, TreeSettings
 from cloudland.errors import ConfigError
+from cloudland.restclient import DEFAULT_ENDPOINT
 from cloudland.topology import DEFAULT_FANOUT
 
 API_READY_TIMEOUT_S = 120.0
@@ -81,14 +82,14 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_port: bool) -> None:
+def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_endpoint: bool) -> None:
     out.print(Text("CloudLand is up", style="bold green"), Text(f"API {url}   tree gRPC {grpc}"))
     out.print(topology_grid(topo))  # type: ignore[arg-type]
     out.print(f"API docs:          {url}/docs")
     out.print(f"admin credentials: {state_dir / CREDENTIALS_FILE} (mode 0600)")
     cli = ".venv/bin/cloudland"
     login = f"{cli} login"
-    if not default_port:
+    if not default_endpoint:
         out.print("Try in another terminal:")
         out.print(f"  {cli} configure --endpoint {url}", style="bold")
     else:
@@ -103,6 +104,7 @@ def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_po
         f"{cli} vm list",
         f"{cli} hyper list",
         f"{cli} vm stop --name 'web-*'",
+        f"{cli} vm delete --name 'web-*'",
     ):
         out.print(f"  {line}", style="bold")
     out.print(f"Logs: {state_dir}/api.out, {state_dir}/root.out and {state_dir}/logs/<rank>.log")
@@ -141,7 +143,8 @@ def up(
             why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
             _fail(EXIT_NOT_OK, f"the API {why} at {url}; stopped the tree. "
                   f"{_tail(settings.state_dir / 'api.out')}")
-        _print_banner(address, url, settings.state_dir, topo, api_port == 8080)
+        # The CLI's own default: any other URL (another port or --api-host) needs `configure`.
+        _print_banner(address, url, settings.state_dir, topo, url == DEFAULT_ENDPOINT)
         while True:
             if api.poll() is not None:
                 _fail(EXIT_NOT_OK, f"the API exited with code {api.returncode}; stopped the tree "

@@ -185,7 +185,8 @@ class ApiClient:
             raise ApiUnreachable(f"cannot reach the API at {self.endpoint}: {reason}") from exc
         if reply.status_code >= 400:
             error = translate(reply)
-            if isinstance(error, Unauthorized):
+            # The hint helps a refused token; a refused password at /login is its own answer.
+            if isinstance(error, Unauthorized) and path != "/login":
                 error = Unauthorized(f"{error}: run `cloudland login`")
             raise error
         if reply.status_code == 204 or not reply.content:
