@@ -41,29 +41,42 @@ class Hypervisor:
             raise DriverError(hypervisor_id, f"cannot open libvirt at {uri}: {exc}") from exc
 
     def report(self) -> pb.HypervisorReport:
+        """Resources and VMs now. Runs on the rank's MPI thread (hello, heartbeats) while
+        worker threads define and undefine domains on the same connection."""
         try:
             _model, memory_mib, cpus, *_ = self.conn.getInfo()
             free = self.conn.getFreeMemory()
-            domains = self.conn.listAllDomains()
-            if free == 0:
-                # The test driver's file-defined hosts have no NUMA cells, so libvirt
-                # reports 0 free; derive it from what the running domains hold.
-                used_kib = sum(d.maxMemory() for d in domains if d.isActive())
-                free = max(0, memory_mib * 1024 - used_kib) * 1024
+            vms: list[pb.VmState] = []
+            running = used_kib = 0
+            for d in self.conn.listAllDomains():
+                try:
+                    state, active = d.state()[0], d.isActive()
+                    # The test driver's file-defined hosts have no NUMA cells, so libvirt
+                    # reports 0 free; derive it below from what the running domains hold.
+                    used_kib += d.maxMemory() if active and free == 0 else 0
+                except libvirt.libvirtError as exc:
+                    # Undefined since listAllDomains (a concurrent vm.delete): it is not on
+                    # the host any more, so it is not reported. Raising instead would kill
+                    # the rank, since nothing on the MPI thread catches it.
+                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        continue
+                    raise
+                running += bool(active)
+                vms.append(pb.VmState(name=d.name(), uuid=d.UUIDString(),
+                                      state=LIBVIRT_STATES.get(state, "unknown")))
         except libvirt.libvirtError as exc:
             raise DriverError(self.id, f"libvirt at {self.uri} failed: {exc}") from exc
+        if free == 0:
+            free = max(0, memory_mib * 1024 - used_kib) * 1024
         return pb.HypervisorReport(
             hypervisor=self.id,
             hostname=self.hostname,
             cpus=cpus,
             memory_kib=memory_mib * 1024,
             free_memory_kib=free // 1024,
-            domains=len(domains),
-            running_domains=sum(1 for d in domains if d.isActive()),
-            vms=[
-                pb.VmState(name=d.name(), uuid=d.UUIDString(), state=LIBVIRT_STATES.get(d.state()[0], "unknown"))
-                for d in domains
-            ],
+            domains=len(vms),
+            running_domains=running,
+            vms=vms,
         )
 
     def inventory(self) -> dict[str, Any]:

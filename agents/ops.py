@@ -125,6 +125,18 @@ def fail(ctx: Context, args: Payload) -> Payload:
     raise HypervisorError(ctx.hypervisor.id, str(args.get("message", "requested failure")), ctx.job_id)
 
 
+@operation("test.break_report", inline=True, test_only=True)
+def break_report(ctx: Context, args: Payload) -> Payload:
+    """Make the hypervisor's resource report raise from now on: the rank's next heartbeat
+    fails on its MPI thread, a crash the rank must log and die of visibly."""
+
+    def broken() -> None:
+        raise RuntimeError(f"report of hypervisor {ctx.hypervisor.id} broken by test.break_report")
+
+    ctx.hypervisor.report = broken  # type: ignore[method-assign,assignment]
+    return {}
+
+
 @operation("test.send_raw", inline=True, test_only=True)
 def send_raw(ctx: Context, args: Payload) -> Payload:
     """Send a message that is not a reply up to the parent, which must refuse it.

@@ -8,6 +8,7 @@ link fails (the parent died), we tell our own children to leave and exit.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import time
@@ -70,7 +71,20 @@ class ChildRank:
         self.assign = assign
         self.node = node_range(assign.node)
         state_dir = assign.agent.fields["state_dir"].string_value or "var"
-        cl_log.setup(str(self.node), log_file=cl_log.rank_log_file(state_dir, str(self.node)))
+        log_file = cl_log.rank_log_file(state_dir, str(self.node))
+        cl_log.setup(str(self.node), log_file=log_file)
+        # A spawned rank's stderr reaches no one (Open MPI's launcher does not relay it
+        # from a singleton root), so a crash must leave its trace in the rank's log:
+        # fatal signals through faulthandler, Python exceptions through _serve below.
+        self._crash_file = open(log_file, "a")  # noqa: SIM115 - open for the process's life
+        faulthandler.enable(self._crash_file, all_threads=True)
+        try:
+            self._serve(assign)
+        except Exception as exc:  # noqa: BLE001 - log it, then leave without MPI_Finalize
+            log.exception("event=rank_crashed node=%s", self.node)
+            self._exit(f"crashed: {exc!r}", code=1)
+
+    def _serve(self, assign: pb.Assign) -> None:
         if assign.parent_host == procinfo.HOSTNAME:
             self.parent.peer_pid = assign.parent_pid
         self.buffer = ReplyBuffer(assign.linger_s)
@@ -174,11 +188,11 @@ class ChildRank:
     def send_event(self, event: pb.PeerEvent) -> None:
         self._send(event=event)
 
-    def _exit(self, reason: str, how: str = "") -> None:
+    def _exit(self, reason: str, how: str = "", code: int = 0) -> None:
         """Leave: tell our children ``reason`` (unprefixed, so it is not repeated per level)."""
         log.info("event=rank_exit node=%s reason=%s%s", self.node, how, reason)
         if self._set_up:
             self.leave(reason)
         self.parent.flush(1.0)
         # No MPI_Finalize: it can wait on a dead peer; the process simply ends.
-        os._exit(0)
+        os._exit(code)

@@ -113,3 +113,29 @@ def test_garbage_from_a_child_is_rejected_and_logged_never_executed(make_tree):
     replies = tree.client.run("test.count", args={"key": "upward"}, timeout=10)
     assert {r.hypervisor: int(r.payload["count"]) for r in replies} == {hv: 1 for hv in range(10)}
     assert all(p.state == pb.PEER_OK for p in tree.peers().values())
+
+
+def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree):
+    """An exception on a leaf's MPI thread (here: its heartbeat's report) kills the rank.
+
+    Its stderr reaches no one, so the traceback must be in the leaf's log; and it must
+    die without MPI_Finalize, so that the parent sees MPI_ERR_PROC_FAILED at once. A
+    finalized exit looked like silence: lost only after lost_after heartbeats (5 s here),
+    and a crash before the hello only after 60 s.
+    """
+    tree = make_tree(4, 1, 32)
+    old_pid = tree.peers()["leaf 1"].pid
+    [reply] = tree.client.run("test.break_report", 1, timeout=10)
+    assert reply.status == pb.OK, reply.error
+    broken_at = time.monotonic()
+    while time.monotonic() - broken_at < 4 and tree.peers()["leaf 1"].pid in (old_pid, 0):
+        time.sleep(0.1)
+    peers = tree.peers()
+    assert peers["leaf 1"].pid not in (old_pid, 0), "the crashed leaf was not replaced within 4 s"
+    assert peers["leaf 1"].state == pb.PEER_OK and not procinfo.alive(old_pid)
+    events = [(node_name(e.node), e.state, e.reason) for e in tree.client.health().events]
+    lost = [e for e in events if e[0] == "leaf 1" and e[1] == pb.PEER_LOST]
+    assert lost and "MPI error" in lost[0][2], events[-5:]
+    log = tree.log("leaf 1")
+    assert "event=rank_crashed node=leaf 1" in log and "broken by test.break_report" in log, log
+    assert all(p.state == pb.PEER_OK for p in peers.values())

@@ -19,7 +19,7 @@ from cloudland_agents.hypervisor import Hypervisor, open_simulated, simulated_no
 from cloudland_launcher import wire
 
 DOMAIN_XML = "<domain type='test'><name>{name}</name><memory>1024</memory><os><type>hvm</type></os></domain>"
-TEST_ONLY = {"test.count", "test.slow", "test.fail", "test.send_raw"}
+TEST_ONLY = {"test.count", "test.slow", "test.fail", "test.send_raw", "test.break_report"}
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_lookup_hides_test_only_operations() -> None:
 @pytest.mark.parametrize(
     ("name", "inline"),
     [("ping", True), ("inventory", True), ("sleep", False), ("test.count", True), ("test.slow", False),
-     ("test.fail", True), ("test.send_raw", True)],
+     ("test.fail", True), ("test.send_raw", True), ("test.break_report", True)],
 )
 def test_inline_flags(name: str, inline: bool) -> None:
     """Inline operations run on the MPI thread, so only quick ones may be inline."""
@@ -229,6 +229,14 @@ def test_fail_names_hypervisor_and_job(open_hv: Callable[[int], Hypervisor]) -> 
     assert "hypervisor 3" in message
     assert "job-7" in message
     assert (caught.value.hypervisor, caught.value.job_id) == (3, "job-7")
+
+
+def test_break_report_makes_the_report_raise(open_hv: Callable[[int], Hypervisor]) -> None:
+    hv = open_hv(4)
+    ctx, _ = context(hv)
+    assert run("test.break_report", ctx) == {}
+    with pytest.raises(RuntimeError, match="report of hypervisor 4 broken"):
+        hv.report()
 
 
 def test_send_raw_garbage_is_refused_by_the_wire(open_hv: Callable[[int], Hypervisor]) -> None:
