@@ -164,7 +164,9 @@ class Image(Base):
     """A bootable disk image of an organisation: metadata here, bytes in the image directory."""
 
     __tablename__ = "images"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_images_org_name"),)
+    # sqlite_autoincrement: never reuse a deleted image's id on SQLite (PostgreSQL never does),
+    # so an upload still streaming into a deleted image cannot land in a new one with its id.
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_images_org_name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
@@ -181,7 +183,7 @@ class SshKey(Base):
     """An SSH public key of an organisation, injected into instances that name it."""
 
     __tablename__ = "ssh_keys"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_ssh_keys_org_name"),)
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_ssh_keys_org_name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)

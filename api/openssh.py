@@ -36,8 +36,10 @@ KEY_TYPES = frozenset(_LAYOUTS)
 MIN_RSA_BITS = 1024
 MAX_RSA_BITS = 16384  # OpenSSH's SSHBUF_MAX_BIGNUM * 8
 # A comment is free text, but one line of printable characters: it ends up in a file
-# (authorized_keys) inside the VM, where a newline would start another key.
-_COMMENT = re.compile(r"^[^\x00-\x1f\x7f]*$")
+# (authorized_keys) inside the VM, where a newline would start another key. Control
+# characters are C0, DEL and C1 (U+0080..U+009F, e.g. NEL, CSI); U+2028/U+2029 are line
+# breaks too for Python's str.splitlines(), as NEL is.
+_COMMENT = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def parse_public_key(text: str) -> PublicKey:
         allowed = ", ".join(sorted(_LAYOUTS))
         raise InvalidRequest(f"public_key type {key_type[:64]!r} is not supported; use one of {allowed}")
     if not _COMMENT.match(comment):
-        raise InvalidRequest("public_key comment must not contain control characters")
+        raise InvalidRequest("public_key comment must not contain control characters or line separators")
     try:
         blob = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:

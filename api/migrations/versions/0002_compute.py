@@ -50,7 +50,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('org_id', 'name', name='uq_images_org_name')
+    sa.UniqueConstraint('org_id', 'name', name='uq_images_org_name'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('images', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_images_org_id'), ['org_id'], unique=False)
@@ -64,7 +65,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('org_id', 'name', name='uq_ssh_keys_org_name')
+    sa.UniqueConstraint('org_id', 'name', name='uq_ssh_keys_org_name'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('ssh_keys', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_ssh_keys_org_id'), ['org_id'], unique=False)

@@ -1,0 +1,256 @@
+"""Images end to end: create, upload (checked and streamed to disk), download, delete, roles, isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import httpx2 as httpx
+import pytest
+
+from cloudland_api.catalog import QCOW2_MAGIC, WRITE_BATCH
+from cloudland_api.models import Role
+from cloudland_api.settings import ApiSettings
+from tests.api.conftest import Api
+
+IMAGES = "/api/v1/images"
+OCTET = {"Content-Type": "application/octet-stream"}
+# Several write batches fit under the limit, so the multi-batch path is covered too,
+# and a body just over it is still cheap to send.
+LIMIT = 3 * WRITE_BATCH
+
+
+@pytest.fixture
+def settings(settings: ApiSettings) -> ApiSettings:
+    """The conftest settings (SQLite and PostgreSQL) with a small upload limit."""
+    return settings.replace(max_image_bytes=LIMIT)
+
+
+def qcow2_bytes(size: int = 4096) -> bytes:
+    return QCOW2_MAGIC + os.urandom(size - len(QCOW2_MAGIC))
+
+
+def image_files(api: Api) -> list[str]:
+    """Everything in <state_dir>/images, temporary upload files included."""
+    directory = api.settings.state_dir / "images"
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def create(api: Api, headers: dict[str, str], name: str = "img", disk_format: str = "raw") -> dict:
+    reply = api.client.post(IMAGES, json={"name": name, "disk_format": disk_format}, headers=headers)
+    assert reply.status_code == 201, reply.text
+    return reply.json()
+
+
+def upload(
+    api: Api, headers: dict[str, str], image_id: int, body: bytes | Iterator[bytes], **extra: str
+) -> httpx.Response:
+    return api.client.put(f"{IMAGES}/{image_id}/file", content=body, headers=headers | OCTET | extra)
+
+
+def assert_untouched(api: Api, headers: dict[str, str], image_id: int) -> None:
+    """A refused upload leaves the image queued and no file (final or temporary) behind."""
+    image = api.client.get(f"{IMAGES}/{image_id}", headers=headers).json()
+    assert (image["status"], image["size_bytes"], image["sha256"]) == ("queued", 0, None)
+    assert image_files(api) == []
+
+
+def test_raw_upload_activates_and_downloads(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers, "disk", "raw")
+    assert (image["status"], image["size_bytes"], image["sha256"], image["arch"]) == ("queued", 0, None, "x86_64")
+    url = f"{IMAGES}/{image['id']}"
+    early = api.client.get(f"{url}/file", headers=admin_headers)
+    assert early.status_code == 409 and "no data yet" in early.json()["error"]["message"]
+
+    data = os.urandom(10_000)
+    reply = upload(api, admin_headers, image["id"], data)
+    assert reply.status_code == 200, reply.text
+    active = reply.json()
+    assert (active["status"], active["size_bytes"], active["sha256"]) == (
+        "active", len(data), hashlib.sha256(data).hexdigest())
+    assert api.client.get(url, headers=admin_headers).json() == active
+    assert image_files(api) == [f"{image['id']}.raw"]
+    assert (api.settings.state_dir / "images" / f"{image['id']}.raw").read_bytes() == data
+
+    download = api.client.get(f"{url}/file", headers=admin_headers)
+    assert download.status_code == 200
+    assert download.content == data
+    assert download.headers["content-type"] == "application/octet-stream"
+    assert download.headers["x-image-sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_qcow2_streamed_across_write_batches(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers, "big", "qcow2")
+    data = qcow2_bytes(2 * WRITE_BATCH + 12345)
+
+    def chunked() -> Iterator[bytes]:
+        # No Content-Length (chunked), and the magic split over the first chunks.
+        yield data[:1]
+        yield data[1:3]
+        for start in range(3, len(data), 64 * 1024):
+            yield data[start:start + 64 * 1024]
+
+    digest = hashlib.sha256(data).hexdigest()
+    # The checksum header is case-insensitive; a media type parameter is allowed.
+    reply = upload(api, admin_headers, image["id"], chunked(), **{
+        "X-Image-Sha256": digest.upper(), "Content-Type": "application/octet-stream; charset=binary"})
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["status"], reply.json()["size_bytes"], reply.json()["sha256"]) == ("active", len(data), digest)
+    assert image_files(api) == [f"{image['id']}.qcow2"]
+    download = api.client.get(f"{IMAGES}/{image['id']}/file", headers=admin_headers)
+    assert download.content == data and download.headers["x-image-sha256"] == digest
+
+
+@pytest.mark.parametrize("body", [b"not a qcow2 image at all", b"QF", b"\x00" * (WRITE_BATCH + 10)],
+                         ids=["text", "shorter-than-magic", "zeros-past-one-batch"])
+def test_qcow2_image_refuses_other_bytes(api: Api, admin_headers: dict[str, str], body: bytes) -> None:
+    image = create(api, admin_headers, "q", "qcow2")
+    reply = upload(api, admin_headers, image["id"], body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_request" and "qcow2 magic" in error["message"]
+    assert_untouched(api, admin_headers, image["id"])
+    # The refusal does not burn the image: a real qcow2 upload still works.
+    assert upload(api, admin_headers, image["id"], qcow2_bytes()).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "application/x-www-form-urlencoded", "text/plain"])
+def test_wrong_content_type_is_415(api: Api, admin_headers: dict[str, str], content_type: str | None) -> None:
+    image = create(api, admin_headers)
+    headers = admin_headers | ({"Content-Type": content_type} if content_type else {})
+    reply = api.client.put(f"{IMAGES}/{image['id']}/file", content=b"raw bytes", headers=headers)
+    assert reply.status_code == 415, reply.text
+    assert "application/octet-stream" in reply.json()["error"]["message"]
+    assert_untouched(api, admin_headers, image["id"])
+
+
+def test_checksum_mismatch_is_400_and_leaves_nothing(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers)
+    data = b"the bytes that were sent"
+    wrong = hashlib.sha256(b"the bytes that were meant").hexdigest()
+    reply = upload(api, admin_headers, image["id"], data, **{"X-Image-Sha256": wrong})
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "checksum mismatch" in message and wrong in message and hashlib.sha256(data).hexdigest() in message
+    assert_untouched(api, admin_headers, image["id"])
+    malformed = upload(api, admin_headers, image["id"], data, **{"X-Image-Sha256": "abc"})
+    assert malformed.status_code == 422 and "x-image-sha256 (header)" in malformed.json()["error"]["message"]
+    assert_untouched(api, admin_headers, image["id"])
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["content-length", "chunked"])
+def test_upload_over_the_limit_is_413(api: Api, admin_headers: dict[str, str], streamed: bool) -> None:
+    image = create(api, admin_headers)
+    data = os.urandom(LIMIT + 1)
+    # With Content-Length the limit is checked before reading; chunked, while reading.
+    body = iter([data[:WRITE_BATCH], data[WRITE_BATCH:]]) if streamed else data
+    reply = upload(api, admin_headers, image["id"], body)
+    assert reply.status_code == 413, reply.text
+    assert reply.json()["error"]["code"] == "payload_too_large" and str(LIMIT) in reply.json()["error"]["message"]
+    assert_untouched(api, admin_headers, image["id"])
+    exactly = upload(api, admin_headers, image["id"], data[:LIMIT])
+    assert exactly.status_code == 200 and exactly.json()["size_bytes"] == LIMIT
+
+
+def test_second_upload_to_active_image_is_409(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers)
+    first = upload(api, admin_headers, image["id"], b"first").json()
+    reply = upload(api, admin_headers, image["id"], b"second")
+    assert reply.status_code == 409 and "already active" in reply.json()["error"]["message"]
+    assert api.client.get(f"{IMAGES}/{image['id']}", headers=admin_headers).json() == first
+    assert api.client.get(f"{IMAGES}/{image['id']}/file", headers=admin_headers).content == b"first"
+    assert image_files(api) == [f"{image['id']}.raw"]
+
+
+def test_empty_body_is_400(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers)
+    reply = upload(api, admin_headers, image["id"], b"")
+    assert reply.status_code == 400 and "empty" in reply.json()["error"]["message"]
+    assert_untouched(api, admin_headers, image["id"])
+
+
+def test_delete_removes_row_and_file(api: Api, admin_headers: dict[str, str]) -> None:
+    image = create(api, admin_headers)
+    queued = create(api, admin_headers, "never-uploaded")
+    assert upload(api, admin_headers, image["id"], b"bytes").status_code == 200
+    url = f"{IMAGES}/{image['id']}"
+    reply = api.client.delete(url, headers=admin_headers)
+    assert reply.status_code == 204 and reply.content == b""
+    assert image_files(api) == []
+    for method, path in (("get", url), ("get", f"{url}/file"), ("delete", url)):
+        assert api.client.request(method, path, headers=admin_headers).status_code == 404, (method, path)
+    assert api.client.delete(f"{IMAGES}/{queued['id']}", headers=admin_headers).status_code == 204
+    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 0
+
+
+def test_organisations_are_isolated(api: Api, admin_headers: dict[str, str]) -> None:
+    mine = create(api, admin_headers, "same-name")
+    assert upload(api, admin_headers, mine["id"], b"secret bytes").status_code == 200
+    queued = create(api, admin_headers, "queued")
+    org_b = api.add_user("bob", "org-b", Role.admin)
+    url = f"{IMAGES}/{mine['id']}"
+    for method, path in (("get", url), ("get", f"{url}/file"), ("delete", url)):
+        reply = api.client.request(method, path, headers=org_b)
+        assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", (method, path)
+    assert upload(api, org_b, queued["id"], b"intruder").status_code == 404
+    assert api.client.get(IMAGES, headers=org_b).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    assert create(api, org_b, "same-name")["id"] != mine["id"]  # names are unique per organisation only
+    assert api.client.get(f"{url}/file", headers=admin_headers).content == b"secret bytes"
+    assert api.client.get(f"{IMAGES}/{queued['id']}", headers=admin_headers).json()["status"] == "queued"
+
+
+def test_reader_can_read_but_not_write(api: Api, admin_headers: dict[str, str]) -> None:
+    active = create(api, admin_headers, "active")
+    assert upload(api, admin_headers, active["id"], b"data").status_code == 200
+    queued = create(api, admin_headers, "queued")
+    reader = api.add_user("rita", "admin", Role.reader)
+    assert api.client.get(IMAGES, headers=reader).json()["total"] == 2
+    assert api.client.get(f"{IMAGES}/{active['id']}", headers=reader).status_code == 200
+    assert api.client.get(f"{IMAGES}/{active['id']}/file", headers=reader).content == b"data"
+    refused = [
+        api.client.post(IMAGES, json={"name": "mine"}, headers=reader),
+        upload(api, reader, queued["id"], b"data"),
+        api.client.delete(f"{IMAGES}/{active['id']}", headers=reader),
+    ]
+    for reply in refused:
+        assert reply.status_code == 403 and reply.json()["error"]["code"] == "forbidden", reply.text
+    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 2
+    assert api.client.get(f"{IMAGES}/{queued['id']}", headers=admin_headers).json()["status"] == "queued"
+    assert image_files(api) == [f"{active['id']}.raw"]
+
+
+def test_member_can_create_upload_and_delete(api: Api) -> None:
+    member = api.add_user("max", "admin", Role.member)
+    image = create(api, member, "members", "qcow2")
+    assert upload(api, member, image["id"], qcow2_bytes()).status_code == 200
+    assert api.client.delete(f"{IMAGES}/{image['id']}", headers=member).status_code == 204
+    assert image_files(api) == []
+
+
+def test_duplicate_name_is_409(api: Api, admin_headers: dict[str, str]) -> None:
+    create(api, admin_headers, "dup", "qcow2")
+    reply = api.client.post(IMAGES, json={"name": "dup", "disk_format": "raw"}, headers=admin_headers)
+    assert reply.status_code == 409
+    assert reply.json()["error"]["code"] == "conflict" and "'dup'" in reply.json()["error"]["message"]
+    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 1
+
+
+def test_pagination(api: Api, admin_headers: dict[str, str]) -> None:
+    names = [create(api, admin_headers, f"i{n:02d}")["name"] for n in range(5)]
+    pages = []
+    for offset in (0, 2, 4):
+        page = api.client.get(IMAGES, params={"limit": 2, "offset": offset}, headers=admin_headers).json()
+        assert (page["total"], page["limit"], page["offset"]) == (5, 2, offset)
+        pages.append([image["name"] for image in page["items"]])
+    assert pages == [names[0:2], names[2:4], names[4:5]]
+    beyond = api.client.get(IMAGES, params={"offset": 50}, headers=admin_headers).json()
+    assert beyond["items"] == [] and beyond["total"] == 5
+
+
+
+def test_a_deleted_images_id_is_never_reused(api: Api, admin_headers: dict[str, str]) -> None:
+    # An upload still streaming into a deleted image must not find a new image under its id.
+    first = create(api, admin_headers, "first")
+    assert api.client.delete(f"{IMAGES}/{first['id']}", headers=admin_headers).status_code == 204
+    assert create(api, admin_headers, "second")["id"] > first["id"]
