@@ -181,9 +181,18 @@ def list_instances(
     return rows, (rows[-1].id if more else None)
 
 
-def get_instance(session: Session, caller: Caller, instance_id: int) -> Instance:
-    """The caller's organisation's instance ``instance_id`` (deleted ones too), or NotFound."""
-    instance = session.scalar(select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id))
+def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bool = False) -> Instance:
+    """The caller's organisation's instance ``instance_id`` (deleted ones too), or NotFound.
+
+    ``lock``: for a change. Two requests acting on one instance at once must not both see it
+    idle: on PostgreSQL the second waits here for the first to commit, then reads its job_id
+    (SQLite's write transactions are serial anyway, and it ignores FOR UPDATE).
+    """
+    query = select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id)
+    if lock:
+        # populate_existing: re-read the row even if this session loaded it before the lock.
+        query = query.with_for_update().execution_options(populate_existing=True)
+    instance = session.scalar(query)
     if instance is None:
         raise NotFound(f"instance {instance_id} not found")
     return instance
@@ -207,7 +216,7 @@ def _start_job(instance: Instance, job: Job) -> None:
 
 def act(session: Session, caller: Caller, instance_id: int, action: str, args: dict[str, Any]) -> Job:
     """One job of ``action`` (start, stop, reboot, delete) on one instance, committed."""
-    instance = get_instance(session, caller, instance_id)
+    instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
     _check_can(instance, action)
     job = _new_job(caller, new_job_id(), action, instance, args)
@@ -220,9 +229,15 @@ def act(session: Session, caller: Caller, instance_id: int, action: str, args: d
 
 def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int | str) -> Job:
     """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
-    instance = get_instance(session, caller, instance_id)
+    instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
     flavor = resolve_flavor(session, caller, flavor_ref)
+    _check_can(instance, "resize")
+    if instance.hypervisor_id is None:
+        # An ``error`` instance whose create found no room: there is no host to claim the new size on
+        # (the dispatcher's resize claim needs one), and nothing to resize.
+        raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: "
+                       "delete it and create it again")
     return act(session, caller, instance.id, "resize",
                {"vcpus": flavor.vcpus, "memory_mib": flavor.memory_mib, "disk_gib": flavor.disk_gib,
                 "flavor_id": flavor.id})
@@ -230,7 +245,7 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
 
 def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int | str) -> Job:
     """A rebuild job from ``image_ref`` (its architecture must match the instance's host)."""
-    instance = get_instance(session, caller, instance_id)
+    instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
     image = resolve_image(session, caller, image_ref)
     if image.arch != instance.arch:
@@ -241,8 +256,10 @@ def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int |
 def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], force: bool) -> Accepted:
     """``action`` on every instance of ``ids``, all or none, in one batch."""
     wanted = sorted(set(ids))
+    # Locked in id order, so two batches over the same instances cannot deadlock (see get_instance).
     found = {i.id: i for i in session.scalars(
-        select(Instance).where(Instance.org_id == caller.org_id, Instance.id.in_(wanted)))}
+        select(Instance).where(Instance.org_id == caller.org_id, Instance.id.in_(wanted))
+        .order_by(Instance.id).with_for_update())}
     missing = [i for i in wanted if i not in found]
     if missing:
         raise NotFound(f"instance {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1

@@ -188,8 +188,8 @@ class Dispatcher:
                         settled_now.append(Outcome(job.id, "failed", placer.no_capacity(demand)))
                         continue
                     instance.hypervisor_id = host
-                if job.action == "resize" and job.state == JobState.pending and not self._claim_resize(
-                        session, job, instance):
+                if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
+                        and not self._claim_resize(session, job, instance)):
                     settled_now.append(Outcome(job.id, "failed", f"no capacity on hypervisor {instance.hypervisor_id} "
                                                             f"to resize to {job.args['vcpus']} vCPU and "
                                                             f"{job.args['memory_mib']} MiB"))
@@ -214,7 +214,8 @@ class Dispatcher:
         dv = max(0, job.args["vcpus"] - instance.vcpus)
         dm = max(0, job.args["memory_mib"] - instance.memory_mib)
         assert instance.hypervisor_id is not None
-        if (dv or dm) and not scheduler.claim(session, instance.hypervisor_id, dv, dm):
+        # Not a new VM: a disabled host (closed to new VMs) still lets its own VMs grow.
+        if (dv or dm) and not scheduler.claim(session, instance.hypervisor_id, dv, dm, new_vm=False):
             return False
         job.args = job.args | {"claimed_vcpus": dv, "claimed_memory_mib": dm}
         return True

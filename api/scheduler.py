@@ -61,12 +61,17 @@ def _fits(vcpus: int, memory_mib: int) -> ColumnElement[bool]:
     )
 
 
-def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int) -> bool:
-    """Atomically take ``vcpus``/``memory_mib`` on a host if it still has room and takes work."""
+def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int, *, new_vm: bool = True) -> bool:
+    """Atomically take ``vcpus``/``memory_mib`` on a host if it still has room.
+
+    ``new_vm``: the host must also be enabled and up. A VM already there that grows (resize)
+    needs only the room: disabling a host closes it to new VMs, not to its own.
+    """
     h = Hypervisor
+    takes_work = [h.enabled.is_(True), h.state == "up"] if new_vm else []
     result = session.execute(
         update(h)
-        .where(h.id == hypervisor_id, h.enabled.is_(True), h.state == "up", _fits(vcpus, memory_mib))
+        .where(h.id == hypervisor_id, *takes_work, _fits(vcpus, memory_mib))
         .values(vcpus_claimed=h.vcpus_claimed + vcpus, memory_claimed_mib=h.memory_claimed_mib + memory_mib)
         .execution_options(synchronize_session=False)
     )
