@@ -1,9 +1,13 @@
 # CloudLand: `make run` starts the all-in-one cloud, `make test` runs the suite,
-# `make bench` measures the tree. Each sets up .venv itself (deploy/bootstrap.sh).
+# `make bench` measures the tree, then the REST API. Each sets up .venv itself (deploy/bootstrap.sh).
 VENV := .venv
 BIN := $(VENV)/bin
 HYPERVISORS ?= 100
 PYTEST_ARGS ?=
+# Which benchmarks `make bench` runs, in order: BENCH=api (or tree) runs only that one.
+BENCH ?= tree api
+# PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
+API_BENCH_ARGS ?= --postgres
 
 .PHONY: setup run test bench clean
 
@@ -18,7 +22,12 @@ test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
+ifneq (,$(filter tree,$(BENCH)))
 	$(BIN)/python bench/tree_bench.py
+endif
+ifneq (,$(filter api,$(BENCH)))
+	$(BIN)/python bench/api_bench.py $(API_BENCH_ARGS)
+endif
 
 clean:
 	rm -rf $(VENV) build var proto/v1/*_pb2*.py proto/v1/*_pb2.pyi
