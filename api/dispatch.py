@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -172,7 +173,6 @@ class Dispatcher:
 
     def _plan(self, ids: list[str]) -> list[tuple[str, int, str, dict[str, Any]]]:
         """Place and mark dispatched, in one transaction; what to send."""
-        sends = []
         settled_now: list[Outcome] = []  # decided here, without the tree
         with self._sessions() as session:
             placer = scheduler.Placer(session, self._weigher)
@@ -180,32 +180,45 @@ class Dispatcher:
                 select(Job, Instance).join(Instance, Job.instance_id == Instance.id)
                 .where(Job.id.in_(set(ids)), Job.state.not_in(TERMINAL)).order_by(Job.created_at)
             ).all()
-            for job, instance in rows:
-                if job.action == "create" and instance.hypervisor_id is None:
-                    demand = scheduler.Demand(instance.vcpus, instance.memory_mib, instance.arch)
-                    host = placer.place(demand)
-                    if host is None:
-                        settled_now.append(Outcome(job.id, "failed", placer.no_capacity(demand)))
-                        continue
-                    instance.hypervisor_id = host
-                if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
-                        and not self._claim_resize(session, job, instance)):
-                    settled_now.append(Outcome(job.id, "failed", f"no capacity on hypervisor {instance.hypervisor_id} "
-                                                            f"to resize to {job.args['vcpus']} vCPU and "
-                                                            f"{job.args['memory_mib']} MiB"))
-                    continue
-                if instance.hypervisor_id is None:
-                    # Never placed (its create failed for want of room): nothing exists to act on.
-                    settled_now.append(Outcome(job.id, "ok") if job.action == "delete" else
-                                       Outcome(job.id, "failed", "instance was never placed on a hypervisor"))
-                    continue
-                job.hypervisor_id = instance.hypervisor_id
-                job.state = JobState.dispatched
-                job.attempts += 1
-                sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance)))
+            # No autoflush: every claim's UPDATE would first flush the rows changed so far, one
+            # UPDATE each; they all go in one flush at the commit, in the same transaction.
+            with session.no_autoflush:
+                sends = self._plan_rows(session, placer, rows, settled_now)
             session.commit()
         for outcome in settled_now:
             self._outcomes.put(outcome)
+        return sends
+
+    def _plan_rows(self, session: Session, placer: scheduler.Placer, rows: Any,
+                   settled_now: list[Outcome]) -> list[tuple[str, int, str, dict[str, Any]]]:
+        """New VMs placed all at once (one claim per host), then every job marked dispatched."""
+        sends = []
+        new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
+        demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
+        no_room = set()
+        for (job, instance), demand, host in zip(new, demands, placer.place_many(demands)):
+            if host is None:
+                settled_now.append(Outcome(job.id, "failed", placer.no_capacity(demand)))
+                no_room.add(job.id)
+            instance.hypervisor_id = host
+        for job, instance in rows:
+            if job.id in no_room:
+                continue
+            if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
+                    and not self._claim_resize(session, job, instance)):
+                settled_now.append(Outcome(job.id, "failed", f"no capacity on hypervisor {instance.hypervisor_id} "
+                                                        f"to resize to {job.args['vcpus']} vCPU and "
+                                                        f"{job.args['memory_mib']} MiB"))
+                continue
+            if instance.hypervisor_id is None:
+                # Never placed (its create failed for want of room): nothing exists to act on.
+                settled_now.append(Outcome(job.id, "ok") if job.action == "delete" else
+                                   Outcome(job.id, "failed", "instance was never placed on a hypervisor"))
+                continue
+            job.hypervisor_id = instance.hypervisor_id
+            job.state = JobState.dispatched
+            job.attempts += 1
+            sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance)))
         return sends
 
     @staticmethod
@@ -307,15 +320,23 @@ class Dispatcher:
             rows = session.execute(
                 select(Job, Instance).join(Instance, Job.instance_id == Instance.id).where(Job.id.in_(by_id))
             ).all()
-            for job, instance in rows:
-                if job.state in TERMINAL:
-                    continue  # already settled (a duplicate outcome after a retry)
-                settle(session, job, instance, by_id[job.id])
+            releases = scheduler.Releases()
+            with session.no_autoflush:  # the rows' changes go in one flush at the commit
+                for job, instance in rows:
+                    if job.state in TERMINAL:
+                        continue  # already settled (a duplicate outcome after a retry)
+                    settle(session, job, instance, by_id[job.id], releases)
+                releases.apply(session)  # one UPDATE per host, not per VM
             session.commit()
 
 
-def settle(session: Session, job: Job, instance: Instance, outcome: Outcome) -> None:
-    """Move ``job`` to its terminal state and ``instance`` to what that means, claims included."""
+def settle(session: Session, job: Job, instance: Instance, outcome: Outcome,
+           releases: scheduler.Releases | None = None) -> None:
+    """Move ``job`` to its terminal state and ``instance`` to what that means, claims included.
+
+    Claims given back go to ``releases`` (applied by the caller), else are released at once.
+    """
+    give_back = releases.add if releases is not None else partial(scheduler.release, session)
     now = utcnow()
     job.finished_at = now
     if instance.job_id == job.id:
@@ -323,7 +344,7 @@ def settle(session: Session, job: Job, instance: Instance, outcome: Outcome) -> 
     if outcome.kind == "ok":
         job.state = JobState.succeeded
         job.reason = None
-        _succeeded(session, job, instance, outcome.payload)
+        _succeeded(job, instance, outcome.payload, give_back)
         log.info("event=job_succeeded job=%s action=%s instance=%d hypervisor=%s", job.id, job.action,
                  instance.id, job.hypervisor_id)
         return
@@ -335,22 +356,22 @@ def settle(session: Session, job: Job, instance: Instance, outcome: Outcome) -> 
     if job.action in ("create", "delete"):
         instance.status = "error"
     if job.action == "resize" and instance.hypervisor_id is not None:
-        scheduler.release(session, instance.hypervisor_id, job.args.get("claimed_vcpus", 0),
-                          job.args.get("claimed_memory_mib", 0))
+        give_back(instance.hypervisor_id, job.args.get("claimed_vcpus", 0), job.args.get("claimed_memory_mib", 0))
 
 
-def _succeeded(session: Session, job: Job, instance: Instance, payload: dict[str, Any]) -> None:
+def _succeeded(job: Job, instance: Instance, payload: dict[str, Any],
+               give_back: Callable[[int, int, int], None]) -> None:
     instance.status_reason = None
     if job.action == "delete":
         if instance.hypervisor_id is not None and instance.status != "deleted":
-            scheduler.release(session, instance.hypervisor_id, instance.vcpus, instance.memory_mib)
+            give_back(instance.hypervisor_id, instance.vcpus, instance.memory_mib)
         instance.status = "deleted"
         return
     if job.action == "resize":
         # The growth was claimed at dispatch; a shrink gives room back now.
         if instance.hypervisor_id is not None:
-            scheduler.release(session, instance.hypervisor_id, max(0, instance.vcpus - job.args["vcpus"]),
-                              max(0, instance.memory_mib - job.args["memory_mib"]))
+            give_back(instance.hypervisor_id, max(0, instance.vcpus - job.args["vcpus"]),
+                      max(0, instance.memory_mib - job.args["memory_mib"]))
         instance.vcpus, instance.memory_mib = job.args["vcpus"], job.args["memory_mib"]
         instance.disk_gib = job.args.get("disk_gib", instance.disk_gib)
         instance.flavor_id = job.args.get("flavor_id", instance.flavor_id)

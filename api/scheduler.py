@@ -78,6 +78,23 @@ def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int, *, 
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+class Releases:
+    """Claims to give back, summed per host, then released with one UPDATE per host."""
+
+    def __init__(self) -> None:
+        self._by_host: dict[int, list[int]] = {}
+
+    def add(self, hypervisor_id: int, vcpus: int, memory_mib: int) -> None:
+        total = self._by_host.setdefault(hypervisor_id, [0, 0])
+        total[0] += vcpus
+        total[1] += memory_mib
+
+    def apply(self, session: Session) -> None:
+        for hypervisor_id, (vcpus, memory_mib) in sorted(self._by_host.items()):
+            release(session, hypervisor_id, vcpus, memory_mib)
+        self._by_host.clear()
+
+
 def release(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int) -> None:
     """Give back a claim (never below zero: the reconciler recounts claims anyway)."""
     h = Hypervisor
@@ -124,24 +141,59 @@ class Placer:
         self.considered[arch] = len(hosts)
         return hosts
 
-    def place(self, demand: Demand) -> int | None:
-        """The id of the host now holding a claim for ``demand``, or None if no host has room."""
-        hosts = self._hosts.get(demand.arch)
+    def _candidates(self, arch: str) -> list[Candidate]:
+        hosts = self._hosts.get(arch)
         if hosts is None:
-            hosts = self._hosts[demand.arch] = self._load(demand.arch)
-        fitting = [c for c in hosts if c.free_vcpus >= demand.vcpus and c.free_memory_mib >= demand.memory_mib]
+            hosts = self._hosts[arch] = self._load(arch)
+        return hosts
+
+    def _pick(self, demand: Demand) -> Candidate | None:
+        """The best host for ``demand`` by the room as read, with that room taken in memory only."""
         # spread: the most free memory first (then vCPUs); pack: the least. Ties by id, so runs repeat.
         sign = -1 if self.weigher == "spread" else 1
-        fitting.sort(key=lambda c: (sign * c.free_memory_mib, sign * c.free_vcpus, c.id))
-        for host in fitting:
+        best = min((c for c in self._candidates(demand.arch)
+                    if c.free_vcpus >= demand.vcpus and c.free_memory_mib >= demand.memory_mib),
+                   key=lambda c: (sign * c.free_memory_mib, sign * c.free_vcpus, c.id), default=None)
+        if best is not None:
+            best.free_vcpus -= demand.vcpus
+            best.free_memory_mib -= demand.memory_mib
+        return best
+
+    def place(self, demand: Demand) -> int | None:
+        """The id of the host now holding a claim for ``demand``, or None if no host has room."""
+        while (host := self._pick(demand)) is not None:
             if claim(self.session, host.id, demand.vcpus, demand.memory_mib):
-                host.free_vcpus -= demand.vcpus
-                host.free_memory_mib -= demand.memory_mib
                 return host.id
             # Someone else took the room since we read it: forget the host for this batch.
             host.free_vcpus = host.free_memory_mib = -1
             log.info("event=claim_lost hypervisor=%d", host.id)
         return None
+
+    def place_many(self, demands: list[Demand]) -> list[int | None]:
+        """Hosts for ``demands`` (None: no room), claimed with one UPDATE per host, not per VM.
+
+        Hosts are picked in memory, then each host's share is claimed at once. Where that
+        claim fails (another process took room since we read it), the view is read again
+        and that host's share is placed one by one, so nothing fails that would fit.
+        """
+        picks = [self._pick(d) for d in demands]
+        shares: dict[int, list[int]] = {}
+        for index, host in enumerate(picks):
+            if host is not None:
+                shares.setdefault(host.id, []).append(index)
+        placed: list[int | None] = [host.id if host else None for host in picks]
+        retry: list[int] = []
+        for host_id, indexes in shares.items():
+            vcpus = sum(demands[i].vcpus for i in indexes)
+            memory_mib = sum(demands[i].memory_mib for i in indexes)
+            if not claim(self.session, host_id, vcpus, memory_mib):
+                log.info("event=claim_lost hypervisor=%d instances=%d", host_id, len(indexes))
+                retry += indexes
+        if retry:
+            self._hosts.clear()  # re-read: our own claims so far are visible in this transaction
+            for index in retry:
+                placed[index] = self.place(demands[index])
+        return placed
 
     def no_capacity(self, demand: Demand) -> str:
         """The reason a placement failed, for the job and the instance."""

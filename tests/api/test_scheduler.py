@@ -253,3 +253,24 @@ def test_resize_claims(sessions: Sessions) -> None:
     instance = settle(sessions, resize(**shrink), "ok")
     assert (instance.vcpus, instance.memory_mib) == (1, 512)
     assert claimed(sessions, 1) == (6 + 1, 4096 + 512)  # the shrink gave back 1 vCPU and 512 MiB
+
+
+def test_place_many_claims_once_per_host_and_recovers_from_a_stale_view(sessions: Sessions) -> None:
+    add_host(sessions, 1, cpus=10, memory_mib=10240)
+    add_host(sessions, 2, cpus=4, memory_mib=4096)
+    demand = scheduler.Demand(1, 64, "x86_64")
+    with sessions() as session:
+        placer = scheduler.Placer(session, "pack")  # the fullest host first: 2 until it is full
+        assert placer.place_many([demand] * 6) == [2, 2, 2, 2, 1, 1]
+        session.commit()
+    assert claimed(sessions, 1) == (2, 128) and claimed(sessions, 2) == (4, 256)
+    with sessions() as session:
+        placer = scheduler.Placer(session, "pack")
+        # A stale view, as another API process's claims would leave it: host 1 looks empty.
+        [stale] = [c for c in placer._candidates("x86_64") if c.id == 1]
+        stale.free_vcpus, stale.free_memory_mib = 10, 10240
+        hosts = placer.place_many([demand] * 9)
+        session.commit()
+    # Host 1's share (9) failed to claim as one; re-read, 8 fit one by one and 1 found no room.
+    assert hosts == [1] * 8 + [None]
+    assert claimed(sessions, 1) == (10, 640) and claimed(sessions, 2) == (4, 256)
