@@ -12,6 +12,8 @@ from starlette.routing import Route
 from tests.api.conftest import Api, FlavorMaker
 
 FLAVORS = "/api/v1/flavors"
+INSTANCES = "/api/v1/instances"
+JOBS = "/api/v1/jobs"
 GOOD = {"name": "ok", "vcpus": 1, "memory_mib": 512, "disk_gib": 1}
 
 
@@ -60,6 +62,26 @@ CASES = [
     ("get", f"{FLAVORS}?offset={10**20}", None, 422, ["offset (query)"]),
     ("put", FLAVORS, None, 405, ["Method Not Allowed"]),
     ("get", "/api/v1/nothing-here", None, 404, ["Not Found"]),
+    ("post", INSTANCES, b'{"name": "web", "count": ', 400, ["not valid JSON"]),
+    ("post", INSTANCES, {"name": "web", "flavor": "nope", "image": "nope"}, 404, ["flavor 'nope' not found"]),
+    ("post", INSTANCES, {"name": "web", "flavor": 1, "image": 1, "count": -1}, 422, ["count"]),
+    ("post", INSTANCES, {"name": "web", "flavor": 1, "image": 1, "count": 0}, 422, ["count"]),
+    ("post", INSTANCES, {"name": "web", "flavor": 1, "image": 1, "count": 10**9}, 422, ["count", "less than"]),
+    ("post", INSTANCES, {"name": "web", "flavor": 1, "image": 1, "count": "5"}, 422, ["count"]),
+    ("post", INSTANCES, {"name": "web", "image": 1}, 422, ["flavor", "required"]),
+    ("get", f"{INSTANCES}/999999", None, 404, ["instance 999999 not found"]),
+    ("delete", f"{INSTANCES}/999999", None, 404, ["instance 999999 not found"]),
+    ("post", f"{INSTANCES}/999999/stop", None, 404, ["instance 999999 not found"]),
+    ("post", f"{INSTANCES}/actions", {"action": "explode", "ids": [1]}, 422, ["action"]),
+    ("post", f"{INSTANCES}/actions", {"action": "stop", "ids": []}, 422, ["ids"]),
+    ("post", f"{INSTANCES}/actions", {"action": "stop", "ids": [999999]}, 404, ["instance 999999 not found"]),
+    ("get", f"{INSTANCES}?status=exploded", None, 422, ["status (query)"]),
+    ("get", f"{INSTANCES}?after=-1", None, 422, ["after (query)"]),
+    ("get", f"{JOBS}/not-hex", None, 422, ["job_id (path)"]),
+    ("get", f"{JOBS}/abc123", None, 404, ["job abc123 not found"]),
+    ("get", f"{JOBS}?state=exploded", None, 422, ["state (query)"]),
+    ("patch", "/api/v1/hypervisors/999999", {"enabled": False}, 404, ["hypervisor 999999 not found"]),
+    ("patch", "/api/v1/hypervisors/1", {"cpu_ratio": 0}, 422, ["cpu_ratio"]),
     ("post", "/api/v1/login", b"{", 400, ["not valid JSON"]),
     ("post", "/api/v1/login", {"username": "admin"}, 422, ["password", "required"]),
     ("post", "/api/v1/login", {"username": 1, "password": []}, 422, ["username", "password"]),
@@ -139,6 +161,22 @@ def test_every_route_survives_garbage(api: Api, admin_headers: dict[str, str], m
                 if reply.status_code >= 400 and method != "HEAD":
                     assert set(reply.json()["error"]) == {"code", "message"}, reply.text
     assert tried > 500
+
+
+def test_every_resource_route_needs_a_token(api: Api) -> None:
+    """No token is 401 (with WWW-Authenticate) on every route but login and the docs."""
+    public = {"/api/v1/login", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+    checked = 0
+    for method, route_path in sorted(all_routes(api)):
+        if route_path in public or method == "HEAD":
+            continue
+        reply = api.client.request(method, route_path.replace("{image_id}", "1").replace("{job_id}", "ab")
+                                   .replace("{instance_id}", "1").replace("{flavor_id}", "1")
+                                   .replace("{hypervisor_id}", "1").replace("{key_id}", "1"))
+        assert reply.status_code == 401, (method, route_path, reply.text)
+        assert reply.headers.get("www-authenticate") == "Bearer"
+        checked += 1
+    assert checked >= 20
 
 
 def test_unexpected_error_is_a_generic_500(api: Api) -> None:
