@@ -9,7 +9,7 @@ BENCH ?= tree api
 # PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
 API_BENCH_ARGS ?= --postgres
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean libvirtd libvirtd-stop guest
 
 setup:
 	@deploy/bootstrap.sh
@@ -28,6 +28,16 @@ endif
 ifneq (,$(filter api,$(BENCH)))
 	$(BIN)/python bench/api_bench.py $(API_BENCH_ARGS)
 endif
+
+# Real hypervisor mode: libvirtd + QEMU (TCG) started by hand (no systemd), and the test guest.
+libvirtd:
+	@deploy/libvirtd.sh start
+
+libvirtd-stop:
+	@deploy/libvirtd.sh stop
+
+guest:
+	@deploy/guest/build.sh var/guest
 
 clean:
 	rm -rf $(VENV) build var proto/v1/*_pb2*.py proto/v1/*_pb2.pyi
