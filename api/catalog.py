@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from cloudland_api.models import Image, Role, SshKey
+from cloudland_api.models import Image, Instance, Role, SshKey
 from cloudland_api.openssh import parse_public_key
 from cloudland_api.schemas import ImageCreate, SshKeyCreate
 from cloudland_api.services import Caller
@@ -99,6 +99,17 @@ def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Pat
     """Delete an image and its file (admin or member)."""
     image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
     caller.require(Role.admin, Role.member)
+    # Live instances boot from (and, on real hypervisors, have overlays on) this image.
+    users = session.scalars(
+        select(Instance.name).where(Instance.image_id == image_id, Instance.status != "deleted")
+        .order_by(Instance.id).limit(4)
+    ).all()
+    if users:
+        count = session.scalar(select(func.count()).select_from(Instance)
+                               .where(Instance.image_id == image_id, Instance.status != "deleted"))
+        shown = ", ".join(users[:3]) + (", ..." if count and count > 3 else "")
+        raise Conflict(f"image {image_id} ({image.name}) is used by {count} instance(s) ({shown}); "
+                       "delete them first")
     path = image_path(state_dir, image)
     session.delete(image)
     session.commit()

@@ -348,3 +348,21 @@ def test_batch_actions_are_all_or_none(api: Api, admin_headers: dict[str, str], 
     assert {get(api, admin_headers, i)["job_id"] for i in (a, b)} == {j["id"] for j in body["jobs"]}
     reply = api.client.post(f"{INSTANCES}/actions", json={"action": "delete", "ids": []}, headers=admin_headers)
     assert reply.status_code == 422
+
+
+def test_an_image_in_use_cannot_be_deleted(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
+    accepted = launch("web", count=5)
+    image_id = accepted["instances"][0]["image_id"]
+    reply = api.client.delete(f"/api/v1/images/{image_id}", headers=admin_headers)
+    assert reply.status_code == 409, reply.text
+    message = reply.json()["error"]["message"]
+    assert f"image {image_id} (img) is used by 5 instance(s) (web-1, web-2, web-3, ...)" in message
+    assert api.client.get(f"/api/v1/images/{image_id}", headers=admin_headers).status_code == 200
+    # Once every instance is deleted the image may go.
+    for job in accepted["jobs"]:
+        settle(api, job["id"])
+    ids = [i["id"] for i in accepted["instances"]]
+    batch = api.client.post("/api/v1/instances/actions", json={"action": "delete", "ids": ids}, headers=admin_headers)
+    for job in batch.json()["jobs"]:
+        settle(api, job["id"])
+    assert api.client.delete(f"/api/v1/images/{image_id}", headers=admin_headers).status_code == 204
