@@ -20,7 +20,7 @@ from google.protobuf.json_format import MessageToDict
 from cloudland import procinfo
 from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
 from cloudland.topology import Shape
-from cloudland_agents import compute_ops, ops  # noqa: F401 - compute_ops registers the vm.* operations
+from cloudland_agents import compute_ops, console_ops, ops  # noqa: F401 - they register the vm.* operations
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 from cloudland_launcher.rank import ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloudland.client import RootClient
 from cloudland.errors import (
     CloudLandError,
     Conflict,
@@ -28,7 +29,7 @@ from cloudland.errors import (
 )
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.dispatch import Dispatcher
-from cloudland_api.routes import auth, flavors, hypervisors, images, instances, jobs, ssh_keys
+from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings
 from cloudland_api.sync import Reconciler
@@ -111,6 +112,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """With a tree configured: the reconciler and the dispatcher run as long as the app serves."""
     settings: ApiSettings = app.state.settings
     if not settings.root_endpoint:
+        app.state.root_client = None
         yield  # no tree: jobs are written and stay pending
         return
     reconciler = Reconciler(app.state.write_sessions, settings.root_endpoint, interval_s=settings.sync_interval_s,
@@ -121,9 +123,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     reconciler.start()
     dispatcher.start()  # re-sends every job that was not terminal: nothing is lost on a restart
     app.state.reconciler, app.state.dispatcher = reconciler, dispatcher
+    app.state.root_client = RootClient(settings.root_endpoint)  # consoles (routes/console.py)
     try:
         yield
     finally:
+        app.state.root_client.close()
         app.state.dispatcher = None
         dispatcher.stop()
         reconciler.stop()
@@ -144,6 +148,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.write_sessions = session_factory(app.state.engine, write=True)
+    app.state.root_client = None  # set by the lifespan when a tree is configured
     # deps.write_turn: SQLite has one writer; PostgreSQL locks rows, so writers run in parallel.
     app.state.write_lock = asyncio.Lock() if settings.database_url.startswith("sqlite") else None
     app.add_exception_handler(CloudLandError, _cloudland_error)
@@ -155,6 +160,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(images.router, prefix=API_PREFIX)
     app.include_router(ssh_keys.router, prefix=API_PREFIX)
     app.include_router(instances.router, prefix=API_PREFIX)
+    app.include_router(console.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
     return app

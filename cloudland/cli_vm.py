@@ -218,3 +218,16 @@ def vm_rebuild(ref: Annotated[str, typer.Argument(help="VM id or name.")],
     """Rebuild a VM from an image (its name and uuid stay)."""
     _one_job(ref, "rebuild", {"image": _ref(image)}, no_wait, as_json)
 
+
+
+@vm_app.command("console")
+def vm_console(ref: Annotated[str, typer.Argument(help="VM id or name.")],
+               read_only: Annotated[bool, typer.Option("--read-only", help="Show the output; type nothing.")]
+               = False) -> None:
+    """Show a VM's serial console and type into it; Ctrl-] leaves."""
+    from cloudland.cli_console import run_console  # websockets only when a console is opened
+
+    with connect() as client:
+        vm = resolve_instance(client, ref)
+        endpoint, token = client.endpoint, client.token or ""
+    run_console(endpoint, token, vm["id"], f"{vm['name']} ({vm['id']})", read_only)

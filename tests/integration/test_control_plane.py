@@ -6,7 +6,11 @@ the API's database says.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -182,3 +186,34 @@ def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> No
     started = cloud.post(f"/instances/{stopped['id']}/start")
     assert cloud.get(f"/jobs/{started['id']}", wait=30)["state"] == "succeeded"
     assert cloud.get(f"/instances/{stopped['id']}")["status"] == "running"
+
+
+def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
+    """The WebSocket asks the VM's own hypervisor; a test-driver domain has no serial log, and says so."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    [vm] = cloud.post("/instances", {"name": "tty", "flavor": "small", "image": "tiny"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "tty running")
+    vm = cloud.get(f"/instances/{vm['id']}")
+    assert cloud.http is not None
+    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{vm['id']}/console"
+    with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=30)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+    assert info.value.rcvd.reason == (f"vm.console: VM 'cl-{vm['uuid']}' has no serial console log "
+                                      f"(hypervisor {vm['hypervisor_id']})")
+    # The CLI says the same in one line and exits 1 (the hypervisor refused).
+    env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{cloud.port}",
+               CLOUDLAND_TOKEN=cloud.http.headers["Authorization"].split()[1],
+               CLOUDLAND_CONFIG=str(cloud.state_dir / "cli.json"))
+    cli = str(Path(sys.executable).parent / "cloudland")
+    done = subprocess.run([cli, "vm", "console", "tty", "--read-only"], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done
+    assert done.stderr.strip().splitlines()[-1] == (f"cloudland: vm.console: VM 'cl-{vm['uuid']}' has no serial "
+                                                    f"console log (hypervisor {vm['hypervisor_id']})")

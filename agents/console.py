@@ -1,0 +1,104 @@
+"""Serial consoles of the VMs on one hypervisor: what a guest printed, and typing into it.
+
+Vocabulary
+    console log   the file libvirt writes a VM's first serial port to: ``<serial><log
+                  file=.../>`` (a pty with a log) or ``<serial type='file'><source path=.../>``.
+                  It holds everything the guest printed since the domain started, whether or
+                  not anyone was connected, so reading is a plain read at an offset: nothing
+                  is lost between two reads and two readers never steal bytes from each other.
+    input         bytes typed into the VM: sent through libvirt's console stream
+                  (``virDomainOpenConsole``), opened for the write and closed after it, so no
+                  unread stream can fill up and stall the guest's serial port.
+
+Verbs
+    read(name, offset, max_bytes)  up to ``max_bytes`` of the log from ``offset``, the next
+                                   offset and the log's size. An offset past the end (the
+                                   log was restarted with the domain) reads from 0 again.
+    write(name, data)              ``data`` reaches the guest's serial port. Not idempotent
+                                   (typing twice types twice); callers send each input once.
+
+A VM without a console log (the test driver's domains have no serial ports) is a
+DriverError saying so. Every libvirtError is translated here, naming the VM and hypervisor.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import libvirt
+
+from cloudland.errors import DriverError, VMNotFound
+
+MAX_READ = 1 << 20
+
+
+class Console:
+    """The serial consoles of one hypervisor's VMs."""
+
+    def __init__(self, conn: libvirt.virConnect, hypervisor_id: int) -> None:
+        self.conn = conn
+        self.hypervisor_id = hypervisor_id
+
+    def _domain(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise VMNotFound(self.hypervisor_id, f"VM {name!r} not found") from exc
+            raise DriverError(self.hypervisor_id, f"looking up VM {name!r} failed: {exc}") from exc
+
+    def log_path(self, name: str) -> Path:
+        """The console log file of VM ``name`` (its first serial port's)."""
+        domain = self._domain(name)
+        try:
+            root = ET.fromstring(domain.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise DriverError(self.hypervisor_id, f"reading VM {name!r}'s definition failed: {exc}") from exc
+        for serial in root.iterfind("./devices/serial"):
+            log = serial.find("log")
+            if log is not None and log.get("file"):
+                return Path(log.get("file", ""))
+            source = serial.find("source")
+            if serial.get("type") == "file" and source is not None and source.get("path"):
+                return Path(source.get("path", ""))
+        raise DriverError(self.hypervisor_id, f"VM {name!r} has no serial console log")
+
+    def read(self, name: str, offset: int, max_bytes: int) -> tuple[bytes, int, int]:
+        """``(data, next_offset, size)`` of VM ``name``'s console log from ``offset``."""
+        path = self.log_path(name)
+        max_bytes = max(1, min(max_bytes, MAX_READ))
+        try:
+            with open(path, "rb") as log:
+                size = os.fstat(log.fileno()).st_size
+                if offset > size:
+                    offset = 0  # the log began again (domain restarted without append)
+                log.seek(offset)
+                data = log.read(max_bytes)
+        except FileNotFoundError:
+            return b"", 0, 0  # defined, never started: nothing printed yet
+        except OSError as exc:
+            raise DriverError(self.hypervisor_id, f"reading VM {name!r}'s console log {path} failed: "
+                                                  f"{exc.strerror}") from exc
+        return data, offset + len(data), size
+
+    def write(self, name: str, data: bytes) -> None:
+        """Type ``data`` into VM ``name``'s serial console."""
+        domain = self._domain(name)
+        stream = self.conn.newStream(0)
+        try:
+            # FORCE: take the console from a stale holder (a client that went away).
+            domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            sent = 0
+            while sent < len(data):
+                sent += stream.send(data[sent:])
+            stream.finish()
+        except libvirt.libvirtError as exc:
+            try:
+                stream.abort()
+            except libvirt.libvirtError:
+                pass
+            if not domain.isActive():
+                raise DriverError(self.hypervisor_id, f"VM {name!r} is not running: nothing reads its console") from exc
+            raise DriverError(self.hypervisor_id, f"typing into VM {name!r}'s console failed: {exc}") from exc
