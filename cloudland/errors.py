@@ -21,7 +21,9 @@
         └── DriverError             libvirt (or another driver) refused
             ├── VMNotFound          no such VM on that hypervisor
             ├── VMConflict          a name or uuid is held by another VM
-            └── VMStateError        the VM is in the wrong power state for the verb
+            ├── VMStateError        the VM is in the wrong power state for the verb
+            └── ImageError          an image could not be fetched, overlaid or captured
+                └── ImageMismatch   fetched bytes have the wrong size or sha256
 
 Every message names what failed and where: hypervisor id, job id, peer.
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -124,3 +126,11 @@ class VMConflict(DriverError):
 
 class VMStateError(DriverError):
     """Raised when a verb needs another power state (e.g. resize of a running VM)."""
+
+
+class ImageError(DriverError):
+    """Raised when an image cannot be fetched, overlaid, captured or removed on a hypervisor."""
+
+
+class ImageMismatch(ImageError):
+    """Raised when fetched bytes do not have the size or sha256 the image's record says."""

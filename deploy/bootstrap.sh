@@ -9,8 +9,9 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=.venv
 # libvirt-dev + pkg-config + gcc build libvirt-python; libvirt0 carries the test:/// driver;
 # iproute2 for namespaces; tmux drives the CLI in tests; postgresql-15 (with postgresql-common's
-# pg_createcluster/pg_ctlcluster) runs the throwaway server the database tests start themselves.
-DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15"
+# pg_createcluster/pg_ctlcluster) runs the throwaway server the database tests start themselves;
+# qemu-utils (qemu-img, qemu-io) makes and reads the qcow2 files of tests/unit/test_image_cache.py.
+DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15 qemu-utils"
 
 missing=""
 for pkg in $DEBS; do

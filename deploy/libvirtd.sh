@@ -19,12 +19,13 @@ START_TIMEOUT_S=${CLOUDLAND_LIBVIRT_START_TIMEOUT:-120}
 #   libvirt-daemon              libvirtd, virtlogd (and pulls libvirt-daemon-driver-qemu)
 #   libvirt-clients             virsh, for the readiness check and by-hand debugging
 #   qemu-system-x86             qemu-system-x86_64 (Debian has no smaller x86 variant)
+#   qemu-utils                  qemu-img: the image cache's overlays and captures (agents/images.py)
 #   busybox-static, linux-image-cloud-amd64, kmod
 #                               the test guest (deploy/guest/build.sh)
 # Not libvirt-daemon-system: it brings polkit, iptables, a default NAT network and init
 # scripts; what it would add that we need (the libvirt-qemu user, the log directories) is below.
-DEBS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 busybox-static
-      linux-image-cloud-amd64 kmod"
+DEBS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+      busybox-static linux-image-cloud-amd64 kmod"
 
 say() { echo "libvirtd.sh: $*"; }
 die() { echo "libvirtd.sh: $*" >&2; exit 1; }

@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 

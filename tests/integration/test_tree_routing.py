@@ -14,7 +14,7 @@ import pytest
 
 from cloudland.client import ALL
 from cloudland_proto.v1 import envelope_pb2 as pb
-from cloudland_launcher.harness import start_tree, stop_tree, wait_for
+from cloudland_launcher.harness import start_tree, stop_tree
 
 # (hypervisors, per_leaf, fanout): the sizes at fan-out 32. 1,025 hypervisors
 # run 32 to a leaf rank (33 leaves under one relay plus one leaf) to stay within this
