@@ -132,6 +132,26 @@ def image_file(session: Session, caller: Caller, image_id: int, state_dir: Path)
     return image, path
 
 
+def image_for_agent(session: Session, image_id: int) -> Image:
+    """An active image by id alone: for a hypervisor holding a download token for it."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"image {image_id} not found")
+    if image.status != "active":
+        raise Conflict(f"image {image_id} has no data yet")
+    return image
+
+
+def image_file_for_agent(session: Session, image_id: int, state_dir: Path) -> tuple[Image, Path]:
+    """An active image and the path of its bytes, by id alone (see ``image_for_agent``)."""
+    image = image_for_agent(session, image_id)
+    path = image_path(state_dir, image)
+    if not path.is_file():
+        log.error("event=image_file_missing image_id=%d path=%s", image_id, path)
+        raise NotFound(f"image {image_id}'s file is missing from the image directory")
+    return image, path
+
+
 def image_for_upload(session: Session, caller: Caller, image_id: int) -> Image:
     """The queued image an upload may fill: NotFound, then Forbidden, then Conflict if active."""
     image = get_image(session, caller, image_id)

@@ -124,7 +124,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     instances, jobs = [], []
     for name in names:
         instance = Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
-                            image_id=image.id, ssh_key_id=key.id if key else None, vcpus=flavor.vcpus,
+                            image_id=image.id, ssh_key_id=key.id if key else None, user_data=spec.user_data,
+                            vcpus=flavor.vcpus,
                             memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib, arch=image.arch,
                             status="building")
         job = _new_job(caller, batch, "create", instance, {})

@@ -217,6 +217,8 @@ class Instance(Base):
     flavor_id: Mapped[int | None] = mapped_column(ForeignKey("flavors.id", ondelete="SET NULL"), nullable=True)
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"), nullable=True)
     ssh_key_id: Mapped[int | None] = mapped_column(ForeignKey("ssh_keys.id", ondelete="SET NULL"), nullable=True)
+    # cloud-init user data, handed to the guest on its config drive (at most 64 KiB, as nova).
+    user_data: Mapped[str | None] = mapped_column(Text, nullable=True)
     vcpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
     disk_gib: Mapped[int] = mapped_column(Integer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Ids are 32-bit INTEGER in PostgreSQL; a larger path id is refused before it reaches SQL.
 MAX_ID = 2**31 - 1
@@ -203,6 +203,15 @@ class InstanceCreate(_Request):
     image: Ref
     ssh_key: Ref | None = None
     count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
+    # cloud-init user data for the guest's config drive; 64 KiB of UTF-8 at most (nova's limit).
+    user_data: Annotated[str, Field(max_length=65535)] | None = None
+
+    @field_validator("user_data")
+    @classmethod
+    def _user_data_fits(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > 65535:
+            raise ValueError(f"must be at most 65535 bytes of UTF-8, got {len(value.encode())}")
+        return value
 
 
 class InstancePublic(BaseModel):

@@ -96,6 +96,33 @@ def decode_token(key: bytes, token: str) -> TokenClaims:
         raise Unauthorized("invalid token") from exc
 
 
+IMAGE_AUDIENCE = "cloudland:image-download"
+
+
+def issue_image_token(key: bytes, image_id: int, lifetime_s: int) -> str:
+    """A token that lets its bearer (a hypervisor's agent) download image ``image_id`` and nothing else.
+
+    It carries an audience, so ``decode_token`` refuses it as a user's token, and no user,
+    so it opens no other door.
+    """
+    now = datetime.now(UTC)
+    payload = {"img": image_id, "aud": IMAGE_AUDIENCE, "iat": int(now.timestamp()),
+               "exp": int((now + timedelta(seconds=lifetime_s)).timestamp())}
+    return jwt.encode(payload, key, algorithm=ALGORITHM)
+
+
+def decode_image_token(key: bytes, token: str) -> int:
+    """The image id a valid download token names; Unauthorized otherwise (user tokens included)."""
+    try:
+        payload = jwt.decode(token, key, algorithms=[ALGORITHM], audience=IMAGE_AUDIENCE,
+                             options={"require": ["img", "aud", "exp"]})
+        return int(payload["img"])
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("image download token expired") from exc
+    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+        raise Unauthorized("invalid image download token") from exc
+
+
 @dataclass(frozen=True)
 class AdminCredentials:
     """The first admin's login, as written to ``<state_dir>/admin-credentials``."""

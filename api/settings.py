@@ -29,6 +29,9 @@ class ApiSettings:
     port: int = 8080
     # Largest image upload accepted (PUT /images/{id}/file); bigger bodies get a 413.
     max_image_bytes: int = 64 * 2**30
+    # How hypervisors reach this API to fetch images; "" means http://HOST:PORT.
+    public_url: str = ""
+    image_token_lifetime_s: int = 3600  # a job's image download token
     # The root rank's gRPC endpoint; "" runs without a tree (jobs stay pending).
     root_endpoint: str = DEFAULT_GRPC
     scheduler_weigher: str = "spread"   # spread: emptiest host first; pack: fullest first
@@ -65,8 +68,19 @@ class ApiSettings:
         # Upper bound: images.size_bytes is a signed 64-bit BIGINT.
         if not 1 <= self.max_image_bytes <= MAX_IMAGE_BYTES:
             raise ConfigError(f"{PREFIX}MAX_IMAGE_BYTES must be 1..{MAX_IMAGE_BYTES} bytes, got {self.max_image_bytes}")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{PREFIX}PUBLIC_URL must be an http:// or https:// URL, got {self.public_url!r}")
+        if not 60 <= self.image_token_lifetime_s <= 86400:
+            raise ConfigError(f"{PREFIX}IMAGE_TOKEN_LIFETIME_S must be 60..86400 seconds, got "
+                              f"{self.image_token_lifetime_s}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
+
+    @property
+    def image_url_base(self) -> str:
+        """Where agents download images from: ``<public_url>/api/v1/images``."""
+        base = self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
+        return f"{base}/api/v1/images"
 
     def replace(self, **changes: object) -> ApiSettings:
         """A copy with some fields changed (validated again)."""

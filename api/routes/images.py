@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse
 from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api import catalog
-from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, StreamingSessionDep
+from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
+from cloudland_api.security import decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
 
 router = APIRouter(
@@ -106,6 +108,30 @@ async def upload_image_file(
         declared_size=content_length, expected_sha256=x_image_sha256,
     )
     return ImagePublic.model_validate(image)
+
+
+@router.get(
+    "/{image_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}},
+)
+def download_for_agent(
+    image_id: ImageId,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: SigningKeyDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+) -> FileResponse:
+    """The bytes of an active image for a hypervisor's image cache, with the token its job carried.
+
+    The token (``security.issue_image_token``) names this one image; a user's token is refused.
+    """
+    if credentials is None:
+        raise errors.Unauthorized("missing bearer token: send the image download token of the job")
+    if decode_image_token(key, credentials.credentials) != image_id:
+        raise errors.Unauthorized(f"the download token is not for image {image_id}")
+    image, path = catalog.image_file_for_agent(session, image_id, settings.state_dir)
+    return FileResponse(path, media_type=OCTET_STREAM, headers={"X-Image-Sha256": image.sha256 or ""})
 
 
 @router.get(

@@ -11,6 +11,7 @@ import pytest
 
 from cloudland_api.catalog import QCOW2_MAGIC, WRITE_BATCH
 from cloudland_api.models import Role
+from cloudland_api.security import issue_image_token
 from cloudland_api.settings import ApiSettings
 from tests.api.conftest import Api
 
@@ -254,3 +255,23 @@ def test_a_deleted_images_id_is_never_reused(api: Api, admin_headers: dict[str, 
     first = create(api, admin_headers, "first")
     assert api.client.delete(f"{IMAGES}/{first['id']}", headers=admin_headers).status_code == 204
     assert create(api, admin_headers, "second")["id"] > first["id"]
+
+
+def test_agents_download_with_a_token_for_that_image_only(api: Api, admin_headers: dict[str, str]) -> None:
+    body = os.urandom(3000)
+    image = create(api, admin_headers, "agent-img")
+    assert upload(api, admin_headers, image["id"], body).status_code == 200
+    other = create(api, admin_headers, "other-img")
+    key = api.app.state.signing_key
+    token = {"Authorization": f"Bearer {issue_image_token(key, image['id'], 60)}"}
+    reply = api.client.get(f"{IMAGES}/{image['id']}/download", headers=token)
+    assert reply.status_code == 200 and reply.content == body
+    assert reply.headers["x-image-sha256"] == hashlib.sha256(body).hexdigest()
+    refused = [
+        api.client.get(f"{IMAGES}/{other['id']}/download", headers=token),          # another image
+        api.client.get(f"{IMAGES}/{image['id']}/download", headers=admin_headers),  # a user's token
+        api.client.get(f"{IMAGES}/{image['id']}/download"),                         # none
+        api.client.get(f"{IMAGES}/{image['id']}/file", headers=token),              # not a user's token
+        api.client.get(IMAGES, headers=token),
+    ]
+    assert [r.status_code for r in refused] == [401] * 5, [r.text for r in refused]

@@ -79,6 +79,7 @@ def upgrade() -> None:
     sa.Column('flavor_id', sa.Integer(), nullable=True),
     sa.Column('image_id', sa.Integer(), nullable=True),
     sa.Column('ssh_key_id', sa.Integer(), nullable=True),
+    sa.Column('user_data', sa.Text(), nullable=True),
     sa.Column('vcpus', sa.Integer(), nullable=False),
     sa.Column('memory_mib', sa.Integer(), nullable=False),
     sa.Column('disk_gib', sa.Integer(), nullable=False),
