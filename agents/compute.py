@@ -5,7 +5,8 @@ Vocabulary
               and identified for idempotency by its uuid.
     domain    libvirt's object for a VM. Every VM is a *persistent* domain.
     spec      a ``DomainSpec``: the structured, validated description of a VM
-              (size, disks, NICs, metadata) from which the domain XML is built
+              (size, disks and CD-ROMs, NICs, metadata, a kernel to boot directly,
+              a console log file) from which the domain XML is built
               with ElementTree; no XML is ever pasted from strings
               (agents/domain.py).
     state     one of ``STATES``: running, paused, stopping, shutoff, crashed,
@@ -20,11 +21,19 @@ Verbs and their postconditions (``Compute``; ``LibvirtCompute`` and ``FakeComput
                           and name is left as is and reported (``created`` False).
                           A name or uuid held by another VM is a VMConflict.
     start(name)           the VM runs. Already running: success.
-    stop(name, force)     the VM is shut off. force=False asks the guest (ACPI)
-                          and destroys it after ``timeout`` s; force=True destroys
-                          at once. Already shut off: success.
-    reboot(name, force)   the VM runs and has restarted since the call (a shut-off
-                          VM is started). force=True resets instead of asking.
+    stop(name, force, timeout)
+                          the VM is shut off. force=False asks the guest (the ACPI
+                          power button, pressed again every ``shutdown_retry_s``:
+                          a guest still booting misses it, as in nova) and destroys
+                          it after ``timeout`` s; force=True destroys at once.
+                          Already shut off: success.
+    reboot(name, force, timeout)
+                          the VM runs and has restarted since the call (a shut-off
+                          VM is started). force=False is a stop as above, then a
+                          start: nova's soft reboot. libvirt's own reboot returns
+                          before the guest has restarted and succeeds even if the
+                          guest ignores ACPI, so the postcondition could not be
+                          told. force=True resets instead of asking.
     delete(name)          no domain of that name exists. Missing VM: success.
     resize(name, vcpus, memory_mib)
                           the stopped VM's definition has the new size. A running
@@ -74,7 +83,7 @@ class Compute(Protocol):
     def create(self, spec: DomainSpec) -> dict[str, Any]: ...
     def start(self, name: str) -> VMInfo: ...
     def stop(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo: ...
-    def reboot(self, name: str, force: bool = False) -> VMInfo: ...
+    def reboot(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo: ...
     def delete(self, name: str) -> dict[str, Any]: ...
     def resize(self, name: str, vcpus: int, memory_mib: int) -> VMInfo: ...
     def rebuild(self, spec: DomainSpec) -> VMInfo: ...
@@ -106,10 +115,12 @@ class VMLocks:
 class LibvirtCompute:
     """The driver on a libvirt connection: test:///, qemu:///system, the same code."""
 
-    def __init__(self, conn: libvirt.virConnect, hypervisor_id: int, poll_s: float = 0.2) -> None:
+    def __init__(self, conn: libvirt.virConnect, hypervisor_id: int, poll_s: float = 0.2,
+                 shutdown_retry_s: float = 10.0) -> None:
         self.conn = conn
         self.hypervisor_id = hypervisor_id
         self.poll_s = poll_s
+        self.shutdown_retry_s = shutdown_retry_s  # nova's default interval between ACPI presses
         self.locks = VMLocks()
 
     def _call(self, vm: str, what: str, fn: Callable[[], T]) -> T:
@@ -186,16 +197,33 @@ class LibvirtCompute:
             return self._record(dom, name)
 
     def _stop(self, dom: libvirt.virDomain, name: str, force: bool, timeout: float) -> None:
-        if not self._call(name, "status", dom.isActive):
-            return
         if not force:
-            self._unless_off(dom, name, "shutdown", dom.shutdown)
             # A guest may ignore ACPI; past the timeout it is destroyed (nova's power_off).
-            end = time.monotonic() + timeout
-            while self._call(name, "status", dom.isActive) and time.monotonic() < end:
+            now = time.monotonic()
+            end, press = now + timeout, now
+            while now < end:
+                state = self._state(dom, name)
+                if state == "shutoff":
+                    return
+                if state == "running":
+                    if now >= press:  # again and again: a guest that is still booting misses it
+                        self._press_power_button(dom, name)
+                        press = now + self.shutdown_retry_s
+                elif state != "stopping":  # paused or crashed: the guest cannot hear the button
+                    break
                 time.sleep(self.poll_s)
+                now = time.monotonic()
         if self._call(name, "status", dom.isActive):
             self._unless_off(dom, name, "destroy", dom.destroy)
+
+    def _press_power_button(self, dom: libvirt.virDomain, name: str) -> None:
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError as exc:
+            # libvirt takes a press only while the domain is running; between our look and
+            # the press the guest may have begun to power off ("stopping") or shut off.
+            if self._state(dom, name) == "running":
+                raise DriverError(self.hypervisor_id, f"shutdown of VM {name!r} failed: {exc}") from exc
 
     def _unless_off(self, dom: libvirt.virDomain, name: str, what: str, fn: Callable[[], object]) -> None:
         """Run a power-off call; its error does not count if the guest shut off meanwhile."""
@@ -205,15 +233,14 @@ class LibvirtCompute:
             if self._call(name, "status", dom.isActive):
                 raise DriverError(self.hypervisor_id, f"{what} of VM {name!r} failed: {exc}") from exc
 
-    def reboot(self, name: str, force: bool = False) -> VMInfo:
+    def reboot(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo:
         with self.locks.hold(name):
             dom = self._domain(name)
-            if not self._call(name, "status", dom.isActive):
-                self._call(name, "start", dom.create)
-            elif force:
-                self._call(name, "reset", lambda: dom.reset(0))
+            if force and self._call(name, "status", dom.isActive):
+                self._call(name, "reset", lambda: dom.reset(0))  # done when it returns
             else:
-                self._call(name, "reboot", lambda: dom.reboot(0))
+                self._stop(dom, name, False, timeout)
+                self._call(name, "start", dom.create)
             return self._record(dom, name)
 
     def delete(self, name: str) -> dict[str, Any]:

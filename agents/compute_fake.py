@@ -76,8 +76,8 @@ class FakeCompute:
     def stop(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo:
         return self._set_state("stop", name, "shutoff", force, timeout)
 
-    def reboot(self, name: str, force: bool = False) -> VMInfo:
-        return self._set_state("reboot", name, "running", force)
+    def reboot(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo:
+        return self._set_state("reboot", name, "running", force, timeout)
 
     def delete(self, name: str) -> dict[str, Any]:
         with self._lock:

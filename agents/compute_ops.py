@@ -15,8 +15,13 @@ Every VM operation is idempotent on the VM, hence on its job id (proto/README.md
 
 from __future__ import annotations
 
+import fcntl
+import functools
+import os
+import platform
 import threading
 import weakref
+from pathlib import Path
 from typing import Any
 
 from cloudland.errors import InvalidRequest
@@ -24,7 +29,11 @@ from cloudland_agents.compute import Compute, Disk, DomainSpec, LibvirtCompute, 
 from cloudland_agents.hypervisor import Hypervisor
 from cloudland_agents.ops import Context, Payload, operation
 
-SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata"}
+SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata",
+             "kernel", "initrd", "cmdline", "console_log"}
+DISK_KEYS = {"path", "format", "target", "device"}
+VIRTIO_TARGETS = tuple(f"vd{letter}" for letter in "abcdefghijklmnopqrstuvwxyz")
+CDROM_TARGETS = ("hdc", "hdd", "hda", "hdb")  # hdc first: the secondary IDE bus, as virt-install does
 
 # One driver per Hypervisor object (not per id: tests open many hypervisors with
 # the same id), so its per-VM locks are shared by every command on that host.
@@ -90,10 +99,21 @@ def spec_from_args(args: Payload, default_domain_type: str) -> DomainSpec:
         if key not in args:
             raise InvalidRequest(f"argument {key!r} is required")
     disks = []
-    for i, d in enumerate(_records(args.get("disks", []), "disks")):
-        _only(d, {"path", "format", "target"}, f"disks[{i}].")
-        disks.append(Disk(_text(d, "path", f"disks[{i}]."), str(d.get("format", "qcow2")),
-                          str(d.get("target", f"vd{chr(ord('a') + min(i, 25))}"))))
+    records = _records(args.get("disks", []), "disks")
+    # A disk without a target gets the first free one of its bus: vda, vdb...; hdc, hdd...
+    taken = {d["target"] for d in records if isinstance(d.get("target"), str)}
+    for i, d in enumerate(records):
+        where = f"disks[{i}]."
+        _only(d, DISK_KEYS, where)
+        device = _text(d, "device", where) if "device" in d else "disk"
+        if "target" in d:
+            target = _text(d, "target", where)
+        else:  # none free: the last candidate again, which DomainSpec refuses as a duplicate
+            candidates = CDROM_TARGETS if device == "cdrom" else VIRTIO_TARGETS
+            target = next((t for t in candidates if t not in taken), candidates[-1])
+            taken.add(target)
+        fmt = _text(d, "format", where) if "format" in d else "raw" if device == "cdrom" else "qcow2"
+        disks.append(Disk(_text(d, "path", where), fmt, target, device))
     nics = []
     for i, n in enumerate(_records(args.get("nics", []), "nics")):
         _only(n, {"bridge", "mac"}, f"nics[{i}].")
@@ -106,13 +126,66 @@ def spec_from_args(args: Payload, default_domain_type: str) -> DomainSpec:
         vcpus=_whole(args["vcpus"], "vcpus"), memory_mib=_whole(args["memory_mib"], "memory_mib"),
         arch=str(args.get("arch", "x86_64")), domain_type=str(args.get("domain_type", default_domain_type)),
         disks=tuple(disks), nics=tuple(nics), metadata=dict(metadata),
+        **{key: _text(args, key) for key in ("kernel", "initrd", "cmdline", "console_log") if key in args},
     )
 
 
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00) in <linux/kvm.h>
+KVM_API_VERSION = 12  # the stable API, unchanged since Linux 2.6.22
+
+
+@functools.cache
+def kvm_usable(device: str = "/dev/kvm", cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this host can run ordinary guests under KVM (else they run under TCG).
+
+    /dev/kvm must open read-write (as QEMU opens it) and answer KVM_GET_API_VERSION.
+    On x86 the CPU must also have VMX or SVM: a /dev/kvm without them (kvm_pvm inside
+    a Firecracker VM, where this project is developed) answers the ioctl, even creates
+    a VM, and libvirt's domain capabilities list kvm, yet a stock guest kernel hangs
+    there before its first console line. libvirt does not tell, so we look ourselves.
+    """
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fcntl.ioctl(fd, KVM_GET_API_VERSION) != KVM_API_VERSION:
+            return False
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if platform.machine() not in ("x86_64", "i686", "i386"):
+        return True
+    try:
+        return bool(hardware_virtualization(Path(cpuinfo).read_text()))
+    except OSError:
+        return False
+
+
+def hardware_virtualization(cpuinfo: str) -> set[str]:
+    """The x86 virtualisation extensions (vmx: Intel VT-x, svm: AMD-V) /proc/cpuinfo's flags list."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return {"vmx", "svm"} & set(value.split())
+    return set()
+
+
 def _default_domain_type(ctx: Context) -> str:
-    # test:/// accepts only type='test'-style hosts; a real host runs KVM. TCG
-    # (real-VM tests without /dev/kvm) passes domain_type "qemu" explicitly.
-    return "test" if ctx.hypervisor.uri.startswith("test:") else "kvm"
+    # The agent runs on its hypervisor (qemu:///system is local), so the local probe decides.
+    if ctx.hypervisor.uri.startswith("test:"):
+        return "test"
+    return "kvm" if kvm_usable() else "qemu"
+
+
+def _timeout(ctx: Context, args: Payload) -> float:
+    """The graceful ``timeout`` of stop and reboot (default 60 s), capped by the job's deadline."""
+    timeout = args.get("timeout", 60.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600:
+        raise InvalidRequest(f"argument 'timeout' must be a number in [0, 3600], got {timeout!r}")
+    # Leave a second of the deadline for the destroy (and start) and the reply.
+    return max(0.0, min(float(timeout), ctx.remaining() - 1.0))
 
 
 def _name(args: Payload, allowed: frozenset[str] | set[str] = frozenset()) -> str:
@@ -145,23 +218,19 @@ def vm_stop(ctx: Context, args: Payload) -> Payload:
     """Shut VM ``name`` off: ACPI, then destroy after ``timeout`` s (default 60, capped by the
     deadline); ``force`` destroys at once. Idempotent: a shut-off VM is success."""
     name = _name(args, {"force", "timeout"})
-    timeout = args.get("timeout", 60.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout <= 3600:
-        raise InvalidRequest(f"argument 'timeout' must be a number in [0, 3600], got {timeout!r}")
-    # Leave a second of the deadline for the destroy and the reply.
-    timeout = max(0.0, min(float(timeout), ctx.remaining() - 1.0))
-    return dict(driver_for(ctx.hypervisor).stop(name, _flag(args, "force"), timeout))
+    return dict(driver_for(ctx.hypervisor).stop(name, _flag(args, "force"), _timeout(ctx, args)))
 
 
 @operation("vm.reboot")
 def vm_reboot(ctx: Context, args: Payload) -> Payload:
-    """Reboot VM ``name`` (``force``: reset); a shut-off VM is started. Payload: its record.
+    """Reboot VM ``name``: shut down as vm.stop does (``timeout``), then start; ``force``
+    resets instead. A shut-off VM is started. Payload: its record.
 
     Idempotent in its postcondition (the VM runs), not in effect: a replayed job
     reboots the guest once more, which is harmless for a reboot request.
     """
-    name = _name(args, {"force"})
-    return dict(driver_for(ctx.hypervisor).reboot(name, _flag(args, "force")))
+    name = _name(args, {"force", "timeout"})
+    return dict(driver_for(ctx.hypervisor).reboot(name, _flag(args, "force"), _timeout(ctx, args)))
 
 
 @operation("vm.delete")

@@ -4,6 +4,12 @@
 ``domain_xml`` builds the XML with ElementTree, never by pasting strings;
 ``parse_domain_xml`` reads any domain's XML back into a ``VMInfo`` record, the
 shape ``get``/``list`` report (vocabulary: agents/compute.py).
+
+Real guests (domain types qemu and kvm) run on the i440fx ``pc`` machine: its IDE
+bus carries the config drive as a CD-ROM, which guests without an AHCI driver (the
+Debian cloud kernel) cannot see on q35's SATA. A kernel, initrd and command line
+make a direct kernel boot; ``console_log`` keeps the serial console a pty (so a
+libvirt console stream can attach) that virtlogd also copies to a file.
 """
 
 from __future__ import annotations
@@ -21,24 +27,35 @@ METADATA_NS = "https://cloudland.dev/xmlns/compute/1"
 ET.register_namespace("cloudland", METADATA_NS)  # a readable prefix in dumped XML
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TARGET = re.compile(r"(vd|sd|hd)[a-z]{1,2}")
+_VIRTIO_TARGET = re.compile(r"vd[a-z]{1,2}")
+_IDE_TARGET = re.compile(r"hd[a-d]")  # two IDE controllers, two devices each
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+# XML 1.0 cannot carry most control characters: libvirt would refuse the document.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ARCHES = ("x86_64", "i686", "aarch64")
 DOMAIN_TYPES = ("test", "qemu", "kvm")
 DISK_FORMATS = ("qcow2", "raw")
+DISK_DEVICES = ("disk", "cdrom")
 MAX_VCPUS = 256
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 4 * 1024 * 1024
+MAX_PATH_CHARS = 4095  # PATH_MAX less the NUL
+MAX_CMDLINE_CHARS = 2047  # x86 COMMAND_LINE_SIZE less the NUL
 
 
 @dataclass(frozen=True)
 class Disk:
-    """A file-backed disk: absolute ``path``, image ``format``, guest ``target`` (vda...)."""
+    """A file-backed disk: absolute ``path``, image ``format``, guest ``target``, ``device`` kind.
+
+    A "disk" is a virtio block device (target vda, vdb...); a "cdrom" is a read-only
+    IDE CD-ROM (target hda-hdd), as config drives are attached.
+    """
 
     path: str
     format: str = "qcow2"
     target: str = "vda"
+    device: str = "disk"
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,10 @@ class Nic:
 
 @dataclass(frozen=True)
 class DomainSpec:
-    """What a VM is; validated on construction (InvalidRequest names the field)."""
+    """What a VM is; validated on construction (InvalidRequest names the field).
+
+    String fields that are optional are "" when unset (the record reads them back so).
+    """
 
     name: str
     uuid: str
@@ -62,6 +82,10 @@ class DomainSpec:
     disks: tuple[Disk, ...] = ()
     nics: tuple[Nic, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
+    kernel: str = ""  # direct kernel boot: a kernel image on the host...
+    initrd: str = ""  # ...its initramfs...
+    cmdline: str = ""  # ...and its command line
+    console_log: str = ""  # a file the serial console is copied to
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and _NAME.fullmatch(self.name) is not None, "name",
@@ -82,14 +106,20 @@ class DomainSpec:
         for i, disk in enumerate(self.disks):
             where = f"disks[{i}]"
             _check(isinstance(disk, Disk), where, "a disk", disk)
-            _check(isinstance(disk.path, str) and disk.path.startswith("/") and "\0" not in disk.path,
-                   f"{where}.path", "an absolute path", disk.path)
+            _check_path(disk.path, f"{where}.path")
             _check(disk.format in DISK_FORMATS, f"{where}.format", f"one of {', '.join(DISK_FORMATS)}",
                    disk.format)
-            _check(isinstance(disk.target, str) and _TARGET.fullmatch(disk.target) is not None,
-                   f"{where}.target", "a device like vda, sdb", disk.target)
+            _check(disk.device in DISK_DEVICES, f"{where}.device", f"one of {', '.join(DISK_DEVICES)}",
+                   disk.device)
+            if disk.device == "cdrom":
+                _check(isinstance(disk.target, str) and _IDE_TARGET.fullmatch(disk.target) is not None,
+                       f"{where}.target", "an IDE device hda-hdd for a cdrom", disk.target)
+            else:
+                _check(isinstance(disk.target, str) and _VIRTIO_TARGET.fullmatch(disk.target) is not None,
+                       f"{where}.target", "a virtio device like vda, vdb", disk.target)
         targets = [d.target for d in self.disks]
         _check(len(set(targets)) == len(targets), "disks", "distinct targets", targets)
+        object.__setattr__(self, "disks", _libvirt_order(self.disks))
         for i, nic in enumerate(self.nics):
             where = f"nics[{i}]"
             _check(isinstance(nic, Nic), where, "a NIC", nic)
@@ -106,6 +136,31 @@ class DomainSpec:
                    "keys of [A-Za-z0-9_.-] starting with a letter or _", key)
             _check(isinstance(value, str) and len(value) <= 1024, f"metadata.{key}",
                    "a string of at most 1024 characters", value)
+        for name in ("kernel", "initrd", "console_log"):
+            if getattr(self, name) != "":
+                _check_path(getattr(self, name), name)
+        _check(isinstance(self.cmdline, str) and len(self.cmdline) <= MAX_CMDLINE_CHARS
+               and not _CONTROL.search(self.cmdline), "cmdline",
+               f"a string of at most {MAX_CMDLINE_CHARS} printable characters", self.cmdline)
+        # Without a kernel libvirt keeps an initrd or command line but QEMU ignores them.
+        _check(self.kernel != "" or self.initrd == "", "initrd", "empty without a kernel", self.initrd)
+        _check(self.kernel != "" or self.cmdline == "", "cmdline", "empty without a kernel", self.cmdline)
+
+
+def _libvirt_order(disks: tuple[Disk, ...]) -> tuple[Disk, ...]:
+    """``disks`` as libvirt keeps them (virDomainDiskInsert): buses in order of first
+    appearance, by target within a bus. The order has no other meaning, and a spec in
+    this order equals the spec read back from its domain."""
+    buses = list(dict.fromkeys(d.device for d in disks))  # the device decides the bus
+    return tuple(sorted(disks, key=lambda d: (buses.index(d.device), _target_index(d.target))))
+
+
+def _target_index(target: str) -> int:
+    """vda -> 0, vdz -> 25, vdaa -> 26 (libvirt's virDiskNameToIndex)."""
+    index = 0
+    for letter in target[2:]:
+        index = index * 26 + ord(letter) - ord("a") + 1
+    return index - 1
 
 
 def _check(ok: bool, field_name: str, expected: str, got: object) -> None:
@@ -116,6 +171,13 @@ def _check(ok: bool, field_name: str, expected: str, got: object) -> None:
 def _check_int(value: object, field_name: str, low: int, high: int) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     _check(ok, field_name, f"an integer in [{low}, {high}]", value)
+
+
+def _check_path(value: object, field_name: str) -> None:
+    ok = (isinstance(value, str) and value.startswith("/") and len(value) <= MAX_PATH_CHARS
+          and not _CONTROL.search(value))
+    _check(ok, field_name, f"an absolute path of at most {MAX_PATH_CHARS} characters, "
+           "without control characters (NUL, newline...)", value)
 
 
 class VMInfo(TypedDict):
@@ -131,6 +193,10 @@ class VMInfo(TypedDict):
     disks: list[dict[str, str]]
     nics: list[dict[str, str]]
     metadata: dict[str, str]
+    kernel: str
+    initrd: str
+    cmdline: str
+    console_log: str
 
 
 # -- domain XML ------------------------------------------------------------------------
@@ -148,8 +214,18 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(dom, "vcpu").text = str(spec.vcpus)
     os_ = ET.SubElement(dom, "os")
-    ET.SubElement(os_, "type", arch=spec.arch).text = "hvm"
-    ET.SubElement(os_, "boot", dev="hd")
+    os_type = ET.SubElement(os_, "type", arch=spec.arch)
+    os_type.text = "hvm"
+    if spec.domain_type != "test" and spec.arch in ("x86_64", "i686"):
+        os_type.set("machine", "pc")  # i440fx: IDE for the config drive (module docstring)
+    if spec.kernel:
+        ET.SubElement(os_, "kernel").text = spec.kernel
+        if spec.initrd:
+            ET.SubElement(os_, "initrd").text = spec.initrd
+        if spec.cmdline:
+            ET.SubElement(os_, "cmdline").text = spec.cmdline
+    else:
+        ET.SubElement(os_, "boot", dev="hd")
     features = ET.SubElement(dom, "features")
     ET.SubElement(features, "acpi")  # without ACPI a graceful stop/reboot is never seen by the guest
     ET.SubElement(features, "apic")
@@ -157,17 +233,23 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(dom, event).text = action
     devices = ET.SubElement(dom, "devices")
     for disk in spec.disks:
-        el = ET.SubElement(devices, "disk", type="file", device="disk")
+        el = ET.SubElement(devices, "disk", type="file", device=disk.device)
         ET.SubElement(el, "driver", name="qemu", type=disk.format)
         ET.SubElement(el, "source", file=disk.path)
-        ET.SubElement(el, "target", dev=disk.target, bus="virtio" if disk.target.startswith("vd") else "sata"
-                      if disk.target.startswith("sd") else "ide")
+        ET.SubElement(el, "target", dev=disk.target, bus="ide" if disk.device == "cdrom" else "virtio")
+        if disk.device == "cdrom":
+            ET.SubElement(el, "readonly")
     for nic in spec.nics:
         el = ET.SubElement(devices, "interface", type="bridge")
         ET.SubElement(el, "mac", address=nic.mac)
         ET.SubElement(el, "source", bridge=nic.bridge)
         ET.SubElement(el, "model", type="virtio")
-    ET.SubElement(devices, "serial", type="pty")
+    # A pty, not a file serial: libvirt's console stream (virDomainOpenConsole) needs one.
+    # virtlogd appends to the log across restarts and rotates it (its max_size, 2 MiB by default).
+    serial = ET.SubElement(devices, "serial", type="pty")
+    if spec.console_log:
+        ET.SubElement(serial, "log", file=spec.console_log, append="on")
+    ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "console", type="pty")
     return ET.tostring(dom, encoding="unicode")
 
@@ -190,7 +272,8 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
         memory_bytes = int(memory.text) * _UNIT_BYTES.get(memory.get("unit", "KiB").lower(), 1024)
     os_type = dom.find("os/type")
     disks = [
-        {"path": _attr(d, "source", "file"), "format": _attr(d, "driver", "type"), "target": _attr(d, "target", "dev")}
+        {"path": _attr(d, "source", "file"), "format": _attr(d, "driver", "type"),
+         "target": _attr(d, "target", "dev"), "device": d.get("device", "disk")}
         for d in dom.findall("devices/disk")
     ]
     nics = [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address")}
@@ -202,6 +285,8 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
         domain_type=dom.get("type", ""), arch=os_type.get("arch", "") if os_type is not None else "",
         vcpus=int(dom.findtext("vcpu", "0") or 0), memory_mib=memory_bytes // 1024**2,
         disks=disks, nics=nics, metadata=metadata,
+        kernel=dom.findtext("os/kernel", ""), initrd=dom.findtext("os/initrd", ""),
+        cmdline=dom.findtext("os/cmdline", ""), console_log=_attr(dom, "devices/serial/log", "file"),
     )
 
 
@@ -211,7 +296,8 @@ def spec_of_record(record: VMInfo, **changes: Any) -> DomainSpec:
         "name": record["name"], "uuid": record["uuid"], "vcpus": record["vcpus"],
         "memory_mib": record["memory_mib"], "arch": record["arch"], "domain_type": record["domain_type"],
         "disks": tuple(Disk(**d) for d in record["disks"]), "nics": tuple(Nic(**n) for n in record["nics"]),
-        "metadata": dict(record["metadata"]),
+        "metadata": dict(record["metadata"]), "kernel": record["kernel"], "initrd": record["initrd"],
+        "cmdline": record["cmdline"], "console_log": record["console_log"],
     }
     fields.update(changes)
     return DomainSpec(**fields)

@@ -1,7 +1,12 @@
-"""One contract suite, two drivers: LibvirtCompute on a simulated hypervisor and FakeCompute.
+"""One contract suite, three drivers: FakeCompute, LibvirtCompute on a simulated hypervisor
+(test:///) and LibvirtCompute on libvirtd + QEMU booting real guests (qemu:///system, TCG).
 
-Every test here states a postcondition of agents/compute.py's docstring; both
-drivers must meet it (nova's fake/real pairing, ARCHITECTURE.md "Drivers").
+Every test here states a postcondition of agents/compute.py's docstring; every driver
+must meet it (nova's fake/real pairing, ARCHITECTURE.md "Drivers"). A ``Host`` gives
+each driver what its VMs need: real guests boot a kernel from files that exist, on a
+bridge that exists (tests/realvm/qemu_host.py, marked realvm/slow/root). Tests whose
+subject is not a graceful stop stop with force=True: a real guest takes seconds to
+boot and hear the ACPI button, and test_stop_start_reboot covers that path.
 """
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any, Protocol
 
+import libvirt
 import pytest
 
 from cloudland.errors import CloudLandError, DriverError, InvalidRequest
@@ -19,107 +26,159 @@ from cloudland_agents.compute import (
     Compute, Disk, DomainSpec, LibvirtCompute, Nic, VMConflict, VMNotFound, VMStateError,
 )
 from cloudland_agents.compute_fake import FakeCompute
+from cloudland_agents.domain import spec_of_record
 from cloudland_agents.hypervisor import open_simulated
+
+pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
+from tests.realvm.qemu_host import guest_mac, guest_uuid  # noqa: E402
+
+pytest_plugins = ["tests.realvm.qemu_host"]  # the "qemu" host's fixtures, started only when asked for
 
 HV = 3
 
 
-@pytest.fixture(params=["libvirt", "fake"])
-def compute(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Compute]:
+class Host(Protocol):
+    """A hypervisor under test: its driver, and specs and disks its VMs can run with."""
+
+    compute: Compute
+    vms_at_once: int  # the concurrency tests' scale
+    power_cycles: int
+
+    def spec(self, name: str = "web-1", **changes: Any) -> DomainSpec: ...
+    def disk(self, name: str, fmt: str = "qcow2") -> Disk: ...
+    def wait_boots(self, name: str, count: int) -> None: ...
+    def names(self) -> list[str]: ...
+
+
+class SimulatedHost:
+    """Fake or test:/// VMs: nothing is opened, so any absolute path and bridge will do."""
+
+    vms_at_once = 20
+    power_cycles = 10
+
+    def __init__(self, compute: Compute) -> None:
+        self.compute = compute
+
+    def disk(self, name: str, fmt: str = "qcow2") -> Disk:
+        return Disk(f"/var/lib/cloudland/images/{name}.{fmt}", fmt, "vda")
+
+    def spec(self, name: str = "web-1", **changes: Any) -> DomainSpec:
+        base = DomainSpec(name=name, uuid=guest_uuid(name), vcpus=2, memory_mib=512, disks=(self.disk(name),),
+                          nics=(Nic("br-tenant1", guest_mac(name)),), metadata={"tenant": "t1"})
+        return replace(base, **changes)
+
+    def wait_boots(self, name: str, count: int) -> None:
+        """No guest runs, so there is no boot to wait for."""
+
+    def names(self) -> list[str]:
+        return sorted(r["name"] for r in self.compute.list())
+
+
+HOSTS = ["fake", "libvirt", pytest.param("qemu", marks=[pytest.mark.realvm, pytest.mark.slow, pytest.mark.root])]
+
+
+@pytest.fixture(params=HOSTS)
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
     if request.param == "fake":
-        yield FakeCompute(HV)
-        return
-    hv = open_simulated(HV, tmp_path)
-    # A short poll: the test driver's graceful shutdown is immediate anyway.
-    yield LibvirtCompute(hv.conn, hv.id, poll_s=0.01)
-    hv.close()
+        yield SimulatedHost(FakeCompute(HV))
+    elif request.param == "libvirt":
+        hv = open_simulated(HV, tmp_path)
+        # A short poll: the test driver's graceful shutdown is immediate anyway.
+        yield SimulatedHost(LibvirtCompute(hv.conn, hv.id, poll_s=0.01))
+        hv.close()
+    else:
+        yield request.getfixturevalue("qemu_host")  # deletes its VMs and checks no QEMU is left
 
 
-def spec(name: str = "web-1", **changes: object) -> DomainSpec:
-    base = DomainSpec(
-        name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), vcpus=2, memory_mib=512,
-        disks=(Disk("/var/lib/cloudland/images/web-1.qcow2"),),
-        nics=(Nic("br-tenant1", "52:54:00:12:34:56"),), metadata={"tenant": "t1"},
-    )
-    return replace(base, **changes)
+@pytest.fixture
+def compute(host: Host) -> Compute:
+    return host.compute
 
 
-def names(compute: Compute) -> list[str]:
-    return sorted(r["name"] for r in compute.list())
+@pytest.fixture
+def spec(host: Host) -> Any:
+    """``spec(name="web-1", **changes)``: a VM spec for this host."""
+    return host.spec
 
 
-def test_create_runs_the_vm(compute: Compute) -> None:
+def test_create_runs_the_vm(compute: Compute, spec: Any) -> None:
     record = compute.create(spec())
     assert record["created"] is True
     assert (record["name"], record["uuid"], record["state"]) == ("web-1", spec().uuid, "running")
-    assert (record["vcpus"], record["memory_mib"]) == (2, 512)
-    assert record["disks"] == [{"path": "/var/lib/cloudland/images/web-1.qcow2", "format": "qcow2", "target": "vda"}]
-    assert record["nics"] == [{"bridge": "br-tenant1", "mac": "52:54:00:12:34:56"}]
-    assert record["metadata"] == {"tenant": "t1"}
+    assert (record["vcpus"], record["memory_mib"], record["metadata"]) == (2, 512, {"tenant": "t1"})
+    assert record["disks"] == [asdict(disk) for disk in spec().disks]
+    assert record["nics"] == [asdict(nic) for nic in spec().nics]
+    assert spec_of_record(record) == spec()  # everything the spec said reads back
     assert compute.get("web-1")["state"] == "running"
 
 
-def test_create_again_is_idempotent(compute: Compute) -> None:
+def test_create_again_is_idempotent(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
-    compute.stop("web-1")
+    compute.stop("web-1", force=True)
     again = compute.create(spec(vcpus=4))  # a replay: the existing VM is left as is
     assert again["created"] is False
     assert (again["state"], again["vcpus"]) == ("shutoff", 2)
-    assert names(compute) == ["web-1"]
+    assert host.names() == ["web-1"]
 
 
-def test_create_conflicts_on_name_or_uuid_held_by_another_vm(compute: Compute) -> None:
+def test_create_conflicts_on_name_or_uuid_held_by_another_vm(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
     with pytest.raises(VMConflict, match="web-1"):
         compute.create(spec(uuid=str(uuid.uuid4())))
     with pytest.raises(VMConflict, match=f"hypervisor {HV}"):
         compute.create(spec(name="web-2", uuid=spec().uuid))
-    assert names(compute) == ["web-1"]
+    assert host.names() == ["web-1"]
 
 
-def test_stop_start_reboot(compute: Compute) -> None:
+def test_stop_start_reboot(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
+    host.wait_boots("web-1", 1)  # a real guest hears the ACPI button once it has booted
     assert compute.stop("web-1")["state"] == "shutoff"
     assert compute.stop("web-1", force=True)["state"] == "shutoff"  # already off: success
     assert compute.start("web-1")["state"] == "running"
     assert compute.start("web-1")["state"] == "running"  # already running: success
+    host.wait_boots("web-1", 2)
     assert compute.reboot("web-1")["state"] == "running"
+    host.wait_boots("web-1", 3)  # it has restarted since the call
     assert compute.reboot("web-1", force=True)["state"] == "running"
+    host.wait_boots("web-1", 4)
     assert compute.stop("web-1", force=True)["state"] == "shutoff"
     assert compute.reboot("web-1")["state"] == "running"  # a shut-off VM is started
 
 
-def test_resize_a_stopped_vm(compute: Compute) -> None:
+def test_resize_a_stopped_vm(compute: Compute, spec: Any) -> None:
     compute.create(spec())
-    compute.stop("web-1")
+    compute.stop("web-1", force=True)
     record = compute.resize("web-1", 4, 2048)
     assert (record["vcpus"], record["memory_mib"], record["state"]) == (4, 2048, "shutoff")
     assert record["uuid"] == spec().uuid and record["disks"] == compute.get("web-1")["disks"]
     assert compute.start("web-1")["vcpus"] == 4
 
 
-def test_resize_a_running_vm_is_refused(compute: Compute) -> None:
+def test_resize_a_running_vm_is_refused(compute: Compute, spec: Any) -> None:
     compute.create(spec())
     with pytest.raises(VMStateError, match="shut off"):
         compute.resize("web-1", 4, 2048)
     assert compute.get("web-1")["vcpus"] == 2
 
 
-def test_resize_validates_the_size(compute: Compute) -> None:
+def test_resize_validates_the_size(compute: Compute, spec: Any) -> None:
     compute.create(spec())
-    compute.stop("web-1")
+    compute.stop("web-1", force=True)
     with pytest.raises(InvalidRequest, match="memory_mib"):
         compute.resize("web-1", 2, 1)
     assert compute.get("web-1")["memory_mib"] == 512
 
 
-def test_rebuild_keeps_name_and_uuid(compute: Compute) -> None:
+def test_rebuild_keeps_name_and_uuid(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
-    new_disk = Disk("/var/lib/cloudland/images/web-1-v2.raw", "raw", "vda")
-    record = compute.rebuild(spec(disks=(new_disk,)))
+    # A new boot disk; the real guest's config drive stays.
+    rebuilt = spec(disks=(host.disk("web-1-v2", "raw"), *spec().disks[1:]))
+    record = compute.rebuild(rebuilt)
     assert (record["name"], record["uuid"], record["state"]) == ("web-1", spec().uuid, "running")
-    assert record["disks"] == [{"path": new_disk.path, "format": "raw", "target": "vda"}]
-    compute.stop("web-1")
+    assert record["disks"][0] == {"path": rebuilt.disks[0].path, "format": "raw", "target": "vda", "device": "disk"}
+    assert spec_of_record(record) == rebuilt
+    compute.stop("web-1", force=True)
     assert compute.rebuild(spec())["state"] == "shutoff"  # power state is kept
     with pytest.raises(VMConflict, match="uuid"):
         compute.rebuild(spec(uuid=str(uuid.uuid4())))
@@ -127,13 +186,13 @@ def test_rebuild_keeps_name_and_uuid(compute: Compute) -> None:
         compute.rebuild(spec(name="nope"))
 
 
-def test_delete_is_idempotent(compute: Compute) -> None:
+def test_delete_is_idempotent(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
     assert compute.delete("web-1") == {"name": "web-1", "deleted": True}
-    assert names(compute) == []
+    assert host.names() == []
     assert compute.delete("web-1") == {"name": "web-1", "deleted": False}
     compute.create(spec())  # the same uuid can be created again after delete
-    assert names(compute) == ["web-1"]
+    assert host.names() == ["web-1"]
 
 
 def test_get_of_a_missing_vm_names_vm_and_hypervisor(compute: Compute) -> None:
@@ -147,41 +206,43 @@ def test_get_of_a_missing_vm_names_vm_and_hypervisor(compute: Compute) -> None:
             verb("ghost")
 
 
-def test_concurrent_creates_of_different_vms(compute: Compute) -> None:
+def test_concurrent_creates_of_different_vms(host: Host, compute: Compute, spec: Any) -> None:
     errors: list[BaseException] = []
-    barrier = threading.Barrier(20)
+    count = host.vms_at_once
+    barrier = threading.Barrier(count)
+    specs = [spec(f"vm-{i:02d}") for i in range(count)]  # made first: a real host writes files
 
     def create(i: int) -> None:
         try:
             barrier.wait()
-            compute.create(spec(f"vm-{i:02d}", nics=(Nic("br0", f"52:54:00:00:00:{i:02x}"),)))
+            compute.create(specs[i])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     assert errors == []
-    records = compute.list()
-    assert sorted(r["name"] for r in records) == [f"vm-{i:02d}" for i in range(20)]
-    assert {r["state"] for r in records} == {"running"}
+    records = {r["name"]: r for r in compute.list()}
+    assert host.names() == [f"vm-{i:02d}" for i in range(count)]
+    assert {records[name]["state"] for name in host.names()} == {"running"}
 
 
-def test_concurrent_verbs_on_one_vm_are_serialised(compute: Compute) -> None:
+def test_concurrent_verbs_on_one_vm_are_serialised(host: Host, compute: Compute, spec: Any) -> None:
     compute.create(spec())
     errors: list[BaseException] = []
 
     def cycle() -> None:
         try:
-            for _ in range(10):
+            for _ in range(host.power_cycles):
                 compute.stop("web-1", force=True)
                 compute.start("web-1")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=cycle) for _ in range(4)]
+    threads = [threading.Thread(target=cycle) for _ in range(min(4, host.power_cycles))]
     for t in threads:
         t.start()
     for t in threads:
@@ -192,6 +253,7 @@ def test_concurrent_verbs_on_one_vm_are_serialised(compute: Compute) -> None:
 
 def test_fake_fail_next_fails_exactly_the_next_call() -> None:
     fake = FakeCompute(HV)
+    spec = SimulatedHost(fake).spec
     fake.create(spec())
     fake.stop("web-1")
     error = DriverError(HV, "injected")
@@ -203,3 +265,43 @@ def test_fake_fail_next_fails_exactly_the_next_call() -> None:
     assert fake.start("web-1")["state"] == "running"
     assert [verb for verb, _ in fake.calls] == ["create", "stop", "start", "get", "start"]
     assert fake.calls[2] == ("start", ("web-1",))
+
+
+class PoweringOffDomain:
+    """A domain whose states follow a script, one per look; libvirt refuses an ACPI press
+    unless the domain is running ("domain is not running"), as it does while a guest powers off."""
+
+    def __init__(self, *states: int) -> None:
+        self.states = list(states)
+        self.presses = 0
+
+    def state(self) -> list[int]:
+        return [self.states.pop(0) if len(self.states) > 1 else self.states[0], 0]
+
+    def isActive(self) -> bool:  # noqa: N802 - libvirt's name
+        return self.states[0] != libvirt.VIR_DOMAIN_SHUTOFF
+
+    def shutdown(self) -> None:
+        self.presses += 1
+        raise libvirt.libvirtError("Requested operation is not valid: domain is not running")
+
+
+@pytest.mark.parametrize(
+    ("states", "refused"),
+    [
+        # The guest began to power off between the look and the press: that is the goal.
+        ((libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_SHUTDOWN, libvirt.VIR_DOMAIN_SHUTDOWN,
+          libvirt.VIR_DOMAIN_SHUTOFF), False),
+        ((libvirt.VIR_DOMAIN_RUNNING,), True),  # still running: the refusal is real
+    ],
+)
+def test_libvirt_refusing_a_press_while_the_guest_powers_off_is_no_error(states: tuple[int, ...],
+                                                                         refused: bool) -> None:
+    driver = LibvirtCompute(None, HV, poll_s=0, shutdown_retry_s=0)  # type: ignore[arg-type]
+    dom = PoweringOffDomain(*states)
+    if refused:
+        with pytest.raises(DriverError, match="shutdown of VM 'web-1' failed: .* not running"):
+            driver._stop(dom, "web-1", force=False, timeout=5)  # type: ignore[arg-type]
+    else:
+        driver._stop(dom, "web-1", force=False, timeout=5)  # type: ignore[arg-type]
+        assert (dom.presses, dom.isActive()) == (1, False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -65,12 +66,31 @@ def test_lifecycle_through_the_operations(hv: Hypervisor) -> None:
     assert (resized["vcpus"], resized["memory_mib"]) == (4, 1024)
     assert run(hv, "vm.start", {"name": "web-1"})["state"] == "running"
     assert run(hv, "vm.reboot", {"name": "web-1", "force": True})["state"] == "running"
+    assert run(hv, "vm.reboot", {"name": "web-1", "timeout": 5.0})["state"] == "running"
     rebuilt = run(hv, "vm.rebuild", {**CREATE, "disks": [{"path": "/images/web-1-v2.raw", "format": "raw"}]})
-    assert rebuilt["disks"] == [{"path": "/images/web-1-v2.raw", "format": "raw", "target": "vda"}]
+    assert rebuilt["disks"] == [{"path": "/images/web-1-v2.raw", "format": "raw", "target": "vda", "device": "disk"}]
     assert run(hv, "vm.get", {"name": "web-1"})["uuid"] == UUID
     assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": True}
     assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": False}
     assert run(hv, "vm.list") == {"vms": []}
+
+
+def test_direct_kernel_boot_and_devices(hv: Hypervisor) -> None:
+    """Boot fields pass through; a disk without a target gets the first free one of its bus
+    (vda, vdb... for disks, hdc, hdd... for CD-ROMs); disks come back in libvirt's order."""
+    boot = {"kernel": "/guest/vmlinuz", "initrd": "/guest/initrd.img", "cmdline": "console=ttyS0 quiet",
+            "console_log": "/var/log/cloudland/web-1.log"}
+    disks = [{"path": "/images/web-1.qcow2"}, {"path": "/drives/web-1.iso", "device": "cdrom"},
+             {"path": "/images/data.raw", "format": "raw", "device": "disk"},
+             {"path": "/drives/tools.iso", "device": "cdrom", "target": "hda"},
+             {"path": "/drives/more.iso", "device": "cdrom"}]
+    created = run(hv, "vm.create", {**CREATE, **boot, "disks": disks})
+    assert {key: created[key] for key in boot} == boot
+    assert [(d["path"], d["target"], d["device"], d["format"]) for d in created["disks"]] == [
+        ("/images/web-1.qcow2", "vda", "disk", "qcow2"), ("/images/data.raw", "vdb", "disk", "raw"),
+        ("/drives/tools.iso", "hda", "cdrom", "raw"), ("/drives/web-1.iso", "hdc", "cdrom", "raw"),
+        ("/drives/more.iso", "hdd", "cdrom", "raw")]
+    assert run(hv, "vm.get", {"name": "web-1"}) == {k: v for k, v in created.items() if k != "created"}
 
 
 def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
@@ -93,8 +113,19 @@ def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
         ("vm.create", {**CREATE, "disks": "/a"}, "disks"),
         ("vm.create", {**CREATE, "nics": [{"bridge": "br0"}]}, "nics[0].'mac'"),
         ("vm.create", {**CREATE, "metadata": "x"}, "metadata"),
+        ("vm.create", {**CREATE, "disks": [{"path": "/a", "device": 1}]}, "disks[0].'device'"),
+        ("vm.create", {**CREATE, "disks": [{"path": "/a", "device": "tape"}]}, "disks[0].device"),
+        ("vm.create", {**CREATE, "disks": [{"path": "/a", "format": 2}]}, "disks[0].'format'"),
+        ("vm.create", {**CREATE, "disks": [{"path": "/a.iso", "device": "cdrom", "target": "vdb"}]},
+         "disks[0].target"),
+        ("vm.create", {**CREATE, "kernal": "/boot/vmlinuz"}, "kernal"),
+        ("vm.create", {**CREATE, "kernel": "boot/vmlinuz"}, "kernel"),
+        ("vm.create", {**CREATE, "kernel": 1}, "kernel"),
+        ("vm.create", {**CREATE, "cmdline": "quiet"}, "cmdline"),  # no kernel to pass it to
+        ("vm.create", {**CREATE, "console_log": "/var/log/a\0b"}, "console_log"),
         ("vm.stop", {"name": "web-1", "force": "yes"}, "force"),
         ("vm.stop", {"name": "web-1", "timeout": -1}, "timeout"),
+        ("vm.reboot", {"name": "web-1", "timeout": "soon"}, "timeout"),
         ("vm.start", {}, "name"),
         ("vm.get", {"name": "web-1", "extra": 1}, "extra"),
         ("vm.resize", {"name": "web-1", "vcpus": 2}, "memory_mib"),
@@ -113,6 +144,34 @@ def test_driver_errors_name_vm_and_hypervisor(hv: Hypervisor) -> None:
     run(hv, "vm.create", CREATE)
     with pytest.raises(VMStateError, match="hypervisor 5"):
         run(hv, "vm.resize", {"name": "web-1", "vcpus": 4, "memory_mib": 1024})
+
+
+@pytest.mark.parametrize(
+    ("uri", "kvm", "expected"),
+    [("test:///default", True, "test"), ("qemu:///system", True, "kvm"), ("qemu:///system", False, "qemu")],
+)
+def test_default_domain_type(monkeypatch: pytest.MonkeyPatch, uri: str, kvm: bool, expected: str) -> None:
+    monkeypatch.setattr(compute_ops, "kvm_usable", lambda: kvm)
+    ctx = SimpleNamespace(hypervisor=SimpleNamespace(uri=uri))
+    assert compute_ops._default_domain_type(ctx) == expected  # type: ignore[arg-type]
+
+
+def test_kvm_is_unusable_without_a_kvm_device(tmp_path: Path) -> None:
+    assert compute_ops.kvm_usable(str(tmp_path / "no-kvm")) is False
+    assert compute_ops.kvm_usable("/dev/null") is False  # opens, but answers no KVM ioctl
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "found"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu vme sse3 vmx ept\n", {"vmx"}),
+        ("flags\t\t: fpu svm\nflags\t\t: fpu svm\n", {"svm"}),
+        ("flags\t\t: fpu pni ssse3 hypervisor\n", set()),  # a VM without nested virtualisation
+        ("processor\t: 0\nFeatures\t: fp asimd\n", set()),  # no x86 flags line at all
+    ],
+)
+def test_hardware_virtualization_flags(cpuinfo: str, found: set[str]) -> None:
+    assert compute_ops.hardware_virtualization(cpuinfo) == found
 
 
 def test_one_driver_per_hypervisor(hv: Hypervisor, tmp_path: Path) -> None:

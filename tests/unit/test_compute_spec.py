@@ -7,11 +7,12 @@ from dataclasses import replace
 from typing import Any
 from xml.etree import ElementTree as ET
 
+import libvirt
 import pytest
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.compute import Disk, DomainSpec, Nic, domain_xml, parse_domain_xml
-from cloudland_agents.domain import METADATA_NS
+from cloudland_agents.domain import METADATA_NS, spec_of_record
 
 UUID = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8"
 GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
@@ -36,9 +37,18 @@ GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
         ({"arch": "sparc"}, "arch"),
         ({"domain_type": "xen"}, "domain_type"),
         ({"disks": (Disk("relative.qcow2"),)}, "disks[0].path"),
+        ({"disks": (Disk("/a\0b.img"),)}, "disks[0].path"),
+        ({"disks": (Disk("/a\nb.img"),)}, "disks[0].path"),  # XML cannot carry it
+        ({"disks": (Disk("/" + "x" * 4095),)}, "disks[0].path"),
         ({"disks": (Disk("/a.img", "vmdk"),)}, "disks[0].format"),
         ({"disks": (Disk("/a.img", "raw", "xvda"),)}, "disks[0].target"),
+        ({"disks": (Disk("/a.img", "raw", "sda"),)}, "disks[0].target"),  # a disk is virtio
+        ({"disks": (Disk("/a.img", "raw", "hdc"),)}, "disks[0].target"),
+        ({"disks": (Disk("/c.iso", "raw", "vdb", "cdrom"),)}, "disks[0].target"),  # a cdrom is IDE
+        ({"disks": (Disk("/c.iso", "raw", "hde", "cdrom"),)}, "disks[0].target"),  # two IDE buses
+        ({"disks": (Disk("/c.iso", "raw", "hdc", "floppy"),)}, "disks[0].device"),
         ({"disks": (Disk("/a.img"), Disk("/b.img"))}, "disks"),  # both vda
+        ({"disks": (Disk("/c.iso", "raw", "hdc", "cdrom"), Disk("/d.iso", "raw", "hdc", "cdrom"))}, "disks"),
         ({"nics": (Nic("bridge-name-too-long", "52:54:00:00:00:01"),)}, "nics[0].bridge"),
         ({"nics": (Nic("br0", "52:54:00:00:00:0G"),)}, "nics[0].mac"),
         ({"nics": (Nic("br0", "52:54:00:AA:00:01"),)}, "nics[0].mac"),  # upper case
@@ -47,6 +57,17 @@ GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
         ({"metadata": {"1bad": "x"}}, "metadata"),
         ({"metadata": {"tenant": 7}}, "metadata.tenant"),
         ({"metadata": {"tenant": "x" * 1025}}, "metadata.tenant"),
+        ({"kernel": "vmlinuz"}, "kernel"),
+        ({"kernel": "/boot/vmlinuz\0"}, "kernel"),
+        ({"kernel": 7}, "kernel"),
+        ({"kernel": "/k", "initrd": "initrd.img"}, "initrd"),
+        ({"initrd": "/boot/initrd.img"}, "initrd"),  # without a kernel
+        ({"cmdline": "console=ttyS0"}, "cmdline"),  # without a kernel
+        ({"kernel": "/k", "cmdline": "console=ttyS0\ninit=/bin/sh"}, "cmdline"),
+        ({"kernel": "/k", "cmdline": "x" * 2048}, "cmdline"),
+        ({"kernel": "/k", "cmdline": None}, "cmdline"),
+        ({"console_log": "console.log"}, "console_log"),
+        ({"console_log": "/var/log/\x7f.log"}, "console_log"),
     ],
 )
 def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> None:
@@ -65,7 +86,11 @@ def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> No
         {"vcpus": 256, "memory_mib": 4 * 1024 * 1024},
         {"arch": "i686", "domain_type": "qemu"},
         {"domain_type": "kvm", "arch": "aarch64"},
-        {"disks": (Disk("/a.qcow2"), Disk("/b.raw", "raw", "vdb"), Disk("/c.iso", "raw", "sda"))},
+        {"disks": (Disk("/a.qcow2"), Disk("/b.raw", "raw", "vdb"), Disk("/c.iso", "raw", "hdc", "cdrom"))},
+        {"disks": tuple(Disk(f"/{t}.iso", "raw", t, "cdrom") for t in ("hda", "hdb", "hdc", "hdd"))},
+        {"kernel": "/boot/vmlinuz"},
+        {"kernel": "/k", "initrd": "/i", "cmdline": "x" * 2047, "console_log": "/var/log/web-1 console.log"},
+        {"console_log": "/" + "x" * 4094},
     ],
 )
 def test_valid_specs(changes: dict[str, Any]) -> None:
@@ -76,11 +101,32 @@ def test_uuid_is_normalised_to_lower_case() -> None:
     assert replace(GOOD, uuid=UUID.upper()).uuid == UUID
 
 
+def test_disks_are_kept_in_libvirts_order() -> None:
+    """libvirt groups disks by bus (in order of first appearance) and sorts each bus by target:
+    a spec does the same, so that it equals the spec read back from its domain."""
+    shuffled = (Disk("/c.iso", "raw", "hdc", "cdrom"), Disk("/b.img", "raw", "vdaa"), Disk("/a.img", "raw", "vdb"),
+                Disk("/d.iso", "raw", "hda", "cdrom"), Disk("/e.img", "raw", "vda"))
+    spec = replace(GOOD, disks=shuffled)
+    assert [d.target for d in spec.disks] == ["hda", "hdc", "vda", "vdb", "vdaa"]
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(domain_xml(replace(GOOD, disks=shuffled, name="order-check")))
+        try:
+            assert spec_of_record(parse_domain_xml(dom.XMLDesc(0))) == replace(spec, name="order-check")
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+
+
 FULL = DomainSpec(
     name="db-1", uuid=UUID, vcpus=4, memory_mib=2048, domain_type="kvm",
-    disks=(Disk("/images/db-1.qcow2"), Disk("/images/db-1-data.raw", "raw", "vdb")),
+    disks=(Disk("/images/db-1.qcow2"), Disk("/images/db-1-data.raw", "raw", "vdb"),
+           Disk("/configdrives/db-1.iso", "raw", "hdc", "cdrom")),
     nics=(Nic("br-t1", "52:54:00:00:00:01"), Nic("br-t2", "52:54:00:00:00:02")),
     metadata={"tenant": "t1", "flavor": "m1.large <&>"},
+    kernel="/guest/vmlinuz", initrd="/guest/initrd.img", cmdline="console=ttyS0 root=<&>",
+    console_log="/var/log/cloudland/db-1.console.log",
 )
 
 
@@ -92,11 +138,24 @@ def test_domain_xml_elements() -> None:
     assert memory is not None and (memory.get("unit"), memory.text) == ("MiB", "2048")
     assert dom.findtext("vcpu") == "4"
     os_type = dom.find("os/type")
-    assert os_type is not None and (os_type.get("arch"), os_type.text) == ("x86_64", "hvm")
+    assert os_type is not None
+    assert (os_type.get("arch"), os_type.get("machine"), os_type.text) == ("x86_64", "pc", "hvm")
+    # Direct kernel boot: no boot device.
+    assert [(el.tag, el.text) for el in dom.find("os")][1:] == [  # type: ignore[union-attr]
+        ("kernel", "/guest/vmlinuz"), ("initrd", "/guest/initrd.img"), ("cmdline", "console=ttyS0 root=<&>")]
     assert dom.find("features/acpi") is not None
     disks = dom.findall("devices/disk")
-    assert [(d.find("source").get("file"), d.find("driver").get("type"), d.find("target").get("dev"))  # type: ignore[union-attr]
-            for d in disks] == [("/images/db-1.qcow2", "qcow2", "vda"), ("/images/db-1-data.raw", "raw", "vdb")]
+    assert [(d.get("device"), d.find("source").get("file"), d.find("driver").get("type"),  # type: ignore[union-attr]
+             d.find("target").get("dev"), d.find("target").get("bus"), d.find("readonly") is not None)  # type: ignore[union-attr]
+            for d in disks] == [("disk", "/images/db-1.qcow2", "qcow2", "vda", "virtio", False),
+                                ("disk", "/images/db-1-data.raw", "raw", "vdb", "virtio", False),
+                                ("cdrom", "/configdrives/db-1.iso", "raw", "hdc", "ide", True)]
+    # A pty (a console stream can attach) that virtlogd also appends to the log file.
+    [serial] = dom.findall("devices/serial")
+    log = serial.find("log")
+    assert serial.get("type") == "pty" and log is not None
+    assert (log.get("file"), log.get("append")) == ("/var/log/cloudland/db-1.console.log", "on")
+    assert [c.get("type") for c in dom.findall("devices/console")] == ["pty"]
     nics = dom.findall("devices/interface")
     assert [(n.get("type"), n.find("source").get("bridge"), n.find("mac").get("address"))  # type: ignore[union-attr]
             for n in nics] == [("bridge", "br-t1", "52:54:00:00:00:01"), ("bridge", "br-t2", "52:54:00:00:00:02")]
@@ -109,6 +168,21 @@ def test_domain_xml_without_devices_or_metadata() -> None:
     dom = ET.fromstring(domain_xml(GOOD))
     assert dom.find("metadata") is None
     assert dom.findall("devices/disk") == [] and dom.findall("devices/interface") == []
+    assert [el.tag for el in dom.find("os")] == ["type", "boot"]  # type: ignore[union-attr]
+    serial = dom.find("devices/serial")
+    assert serial is not None and serial.get("type") == "pty" and serial.find("log") is None
+
+
+@pytest.mark.parametrize(
+    ("domain_type", "arch", "machine"),
+    [("test", "x86_64", None), ("qemu", "x86_64", "pc"), ("kvm", "i686", "pc"), ("kvm", "aarch64", None)],
+)
+def test_machine_and_features_by_domain_type(domain_type: str, arch: str, machine: str | None) -> None:
+    """Real x86 guests get i440fx ("pc": IDE for the config drive); every type gets ACPI."""
+    dom = ET.fromstring(domain_xml(replace(GOOD, domain_type=domain_type, arch=arch)))
+    assert dom.get("type") == domain_type
+    assert dom.find("os/type").get("machine") == machine  # type: ignore[union-attr]
+    assert dom.find("features/acpi") is not None
 
 
 def test_parse_round_trips_the_spec() -> None:
@@ -116,11 +190,16 @@ def test_parse_round_trips_the_spec() -> None:
     assert record == {
         "name": "db-1", "uuid": UUID, "state": "running", "domain_type": "kvm", "arch": "x86_64",
         "vcpus": 4, "memory_mib": 2048,
-        "disks": [{"path": "/images/db-1.qcow2", "format": "qcow2", "target": "vda"},
-                  {"path": "/images/db-1-data.raw", "format": "raw", "target": "vdb"}],
+        "disks": [{"path": "/images/db-1.qcow2", "format": "qcow2", "target": "vda", "device": "disk"},
+                  {"path": "/images/db-1-data.raw", "format": "raw", "target": "vdb", "device": "disk"},
+                  {"path": "/configdrives/db-1.iso", "format": "raw", "target": "hdc", "device": "cdrom"}],
         "nics": [{"bridge": "br-t1", "mac": "52:54:00:00:00:01"}, {"bridge": "br-t2", "mac": "52:54:00:00:00:02"}],
         "metadata": {"tenant": "t1", "flavor": "m1.large <&>"},
+        "kernel": "/guest/vmlinuz", "initrd": "/guest/initrd.img", "cmdline": "console=ttyS0 root=<&>",
+        "console_log": "/var/log/cloudland/db-1.console.log",
     }
+    assert spec_of_record(record) == FULL
+    assert spec_of_record(parse_domain_xml(domain_xml(GOOD))) == GOOD  # unset fields read back as ""
 
 
 def test_parse_reads_libvirt_units_and_foreign_domains() -> None:
@@ -130,4 +209,4 @@ def test_parse_reads_libvirt_units_and_foreign_domains() -> None:
     ET.SubElement(dom, "memory", unit="KiB").text = str(1024 * 1024)
     record = parse_domain_xml(ET.tostring(dom, encoding="unicode"))
     assert (record["name"], record["memory_mib"], record["vcpus"], record["metadata"]) == ("foreign", 1024, 0, {})
-    assert record["state"] == "unknown"
+    assert (record["state"], record["kernel"], record["console_log"], record["disks"]) == ("unknown", "", "", [])
