@@ -22,10 +22,13 @@ START_TIMEOUT_S=${CLOUDLAND_LIBVIRT_START_TIMEOUT:-120}
 #   qemu-utils                  qemu-img: the image cache's overlays and captures (agents/images.py)
 #   busybox-static, linux-image-cloud-amd64, kmod
 #                               the test guest (deploy/guest/build.sh)
+#   dosfstools, mtools, syslinux, syslinux-common
+#                               its bootable disk (mkfs.vfat, mcopy, the syslinux installer
+#                               and mbr.bin), built without mounting anything
 # Not libvirt-daemon-system: it brings polkit, iptables, a default NAT network and init
 # scripts; what it would add that we need (the libvirt-qemu user, the log directories) is below.
 DEBS="libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
-      busybox-static linux-image-cloud-amd64 kmod"
+      busybox-static linux-image-cloud-amd64 kmod dosfstools mtools syslinux syslinux-common"
 
 say() { echo "libvirtd.sh: $*"; }
 die() { echo "libvirtd.sh: $*" >&2; exit 1; }

@@ -42,12 +42,14 @@ def libvirtd() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("starts libvirtd and QEMU: needs root")
     script = REPO / "deploy" / "libvirtd.sh"
+    # Another module (or session) may be using a libvirtd already: then it is theirs to stop.
+    was_up = subprocess.run([str(script), "status"], capture_output=True, timeout=60).returncode == 0
     subprocess.run([str(script), "start"], check=True, timeout=900, stdin=subprocess.DEVNULL)
     try:
         yield
     finally:
-        # Stops only daemons whose pid files the script wrote; a libvirtd it found running stays.
-        subprocess.run([str(script), "stop"], check=True, timeout=60, stdin=subprocess.DEVNULL)
+        if not was_up:
+            subprocess.run([str(script), "stop"], check=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

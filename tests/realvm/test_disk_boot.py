@@ -1,0 +1,307 @@
+"""A VM made from a disk image: SeaBIOS boots the test guest's disk through a qcow2 overlay.
+
+What "create a VM from an uploaded image" does with a real image: deploy/guest/build.sh makes
+the guest as a bootable disk (guest.raw and guest.qcow2: an MBR, a FAT16 partition, syslinux,
+the kernel and initramfs of the direct-boot guest). Each VM gets a qcow2 overlay on it and
+boots with <boot dev='hd'/>, no <kernel>: SeaBIOS, then the MBR, syslinux, Linux and the
+guest's /init, which reads the config drive and reports on the serial console
+("cloudland-guest: key=value", deploy/guest/init). The base image must stay unchanged.
+
+libvirtd is started with deploy/libvirtd.sh (idempotent) and stopped afterwards only if it did
+not answer before and nobody else uses it by then: the daemon is shared by every test session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import libvirt
+import pytest
+
+from cloudland_agents.configdrive import build_config_drive
+from tests.realvm.test_boot import NETWORK, SSH_KEY, URI, USER_DATA, Guest, qemu_processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
+
+REPO = Path(__file__).resolve().parents[2]
+SHUTDOWN_TIMEOUT_S = 60.0
+MARK_SECTOR = 100  # in the gap between the MBR and the partition: free for the test to write
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[libvirt.virConnect]:
+    if os.geteuid() != 0:
+        pytest.skip("starts libvirtd and QEMU: needs root")
+    script = str(REPO / "deploy" / "libvirtd.sh")
+    ours = subprocess.run([script, "status"], timeout=60, stdin=subprocess.DEVNULL).returncode != 0
+    # Always: start is idempotent, and it also brings back a virtlogd that is gone from under a
+    # running libvirtd (domains with a console log then fail to start).
+    subprocess.run([script, "start"], check=True, timeout=900, stdin=subprocess.DEVNULL)
+    # libvirt's default handler prints every error to stderr, including the expected ones.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    connection = libvirt.open(URI)
+    try:
+        yield connection
+    finally:
+        # The daemons are shared by every test session on the machine: stop them only if this
+        # module started them and nobody else has domains running or connections open on them.
+        others = ""
+        try:
+            others = " ".join(sorted(d.name() for d in connection.listAllDomains(
+                libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)))
+            connection.close()
+        except libvirt.libvirtError:
+            pass
+        if ours:
+            others = others or libvirtd_clients()
+            if others:
+                print(f"libvirtd left running: others use it ({others})")
+            else:
+                subprocess.run([script, "stop"], check=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def libvirtd_clients() -> str:
+    """The clients connected to libvirtd now, as virt-admin lists them ("" if none or unknown)."""
+    done = subprocess.run(["virt-admin", "srv-clients-list", "libvirtd"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30)
+    rows = [line.split()[0] for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    return f"clients {' '.join(rows)}" if rows else ""
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    # Not pytest's tmp_path: its 0700 parents keep QEMU, which runs as libvirt-qemu, out.
+    path = Path(tempfile.mkdtemp(prefix="cloudland-diskboot-"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def guest(workdir: Path) -> Path:
+    out = workdir / "guest"
+    started = time.monotonic()
+    subprocess.run([str(REPO / "deploy" / "guest" / "build.sh"), str(out)], check=True, timeout=300,
+                   stdin=subprocess.DEVNULL)
+    print(f"guest disk built in {time.monotonic() - started:.2f}s")
+    out.chmod(0o755)
+    return out
+
+
+@dataclass
+class DiskGuest(Guest):
+    """A test VM booted from a qcow2 overlay on the guest's disk image."""
+
+    overlay: Path = Path()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def qemu_img(*args: str) -> str:
+    return subprocess.run(["qemu-img", *args], check=True, timeout=60, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL).stdout
+
+
+def overlay_on(base: Path, base_format: str, path: Path) -> Path:
+    qemu_img("create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(path))
+    return path
+
+
+def sector(image: Path, image_format: str, number: int) -> bytes:
+    """One 512-byte sector of an image, read through its backing chain."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sector"
+        # The first number + 1 sectors: qemu-img dd cannot skip past its count.
+        qemu_img("dd", "-f", image_format, "-O", "raw", "bs=512", f"count={number + 1}", f"if={image}",
+                 f"of={out}")
+        return out.read_bytes()[number * 512:]
+
+
+def disk_domain_xml(name: str, vm_uuid: str, disk: Path, config_drive: Path, config_bus: str, log: Path) -> str:
+    """A domain that boots from its first disk (SeaBIOS), as a VM made from an image does."""
+    dom = ET.Element("domain", type="qemu")  # TCG: /dev/kvm is not usable for guests here
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "uuid").text = vm_uuid
+    ET.SubElement(dom, "memory", unit="MiB").text = "128"
+    ET.SubElement(dom, "vcpu").text = "1"
+    os_ = ET.SubElement(dom, "os")
+    ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"  # IDE: the cloud kernel lacks AHCI
+    ET.SubElement(os_, "boot", dev="hd")
+    ET.SubElement(ET.SubElement(dom, "features"), "acpi")  # the power button reaches the guest
+    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "destroy"), ("on_crash", "destroy")):
+        ET.SubElement(dom, event).text = action
+    devices = ET.SubElement(dom, "devices")
+    root = ET.SubElement(devices, "disk", type="file", device="disk")
+    ET.SubElement(root, "driver", name="qemu", type="qcow2")
+    ET.SubElement(root, "source", file=str(disk))
+    ET.SubElement(root, "target", dev="vda", bus="virtio")
+    # The config drive as nova attaches it (an IDE CD-ROM) or as a second virtio disk.
+    cd = ET.SubElement(devices, "disk", type="file", device="cdrom" if config_bus == "ide" else "disk")
+    ET.SubElement(cd, "driver", name="qemu", type="raw")
+    ET.SubElement(cd, "source", file=str(config_drive))
+    ET.SubElement(cd, "target", dev="hdc" if config_bus == "ide" else "vdb", bus=config_bus)
+    ET.SubElement(cd, "readonly")
+    # A pty (a libvirt console stream can attach) whose output virtlogd also writes to a file.
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=str(log), append="off")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "console", type="pty")
+    return ET.tostring(dom, encoding="unicode")
+
+
+@pytest.fixture
+def make_vm(conn: libvirt.virConnect, workdir: Path) -> Iterator[Callable[..., DiskGuest]]:
+    """Defines and starts VMs on overlays of a base image; destroys and undefines what is left."""
+    doms: list[libvirt.virDomain] = []
+
+    def make(base: Path, base_format: str = "qcow2", config_bus: str = "ide") -> DiskGuest:
+        vm_uuid = str(uuid.uuid4())
+        name = f"cloudland-diskboot-{vm_uuid[:8]}"
+        hostname = f"disk-{vm_uuid[:8]}"
+        iso = build_config_drive(workdir / f"{name}.iso", hostname=hostname, uuid=vm_uuid, ssh_keys=[SSH_KEY],
+                                 user_data=USER_DATA, network_config=NETWORK)
+        overlay = overlay_on(base, base_format, workdir / f"{name}.qcow2")
+        log = workdir / f"{name}.console.log"
+        dom = conn.defineXML(disk_domain_xml(name, vm_uuid, overlay, iso, config_bus, log))
+        doms.append(dom)
+        dom.create()
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        return DiskGuest(dom, name, vm_uuid, hostname, log, iso, pid, overlay=overlay)
+
+    yield make
+    # By name on a live connection: another session may have restarted the shared libvirtd
+    # meanwhile, and a domain left defined would come back with it.
+    live = conn
+    for name in [dom.name() for dom in doms]:
+        try:
+            if not live.isAlive():
+                live = libvirt.open(URI)
+            dom = live.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # a test already removed it
+                raise
+    if live is not conn:
+        live.close()
+
+
+def wait_ready(vm: Guest, started: float) -> None:
+    vm.wait_for("cloudland-guest: ready")
+    vm.boot_s = time.monotonic() - started
+    print(f"{vm.name}: ready {vm.boot_s:.2f}s after start")
+
+
+def assert_booted_from_disk(vm: Guest, config_drive: str) -> None:
+    xml = ET.fromstring(vm.dom.XMLDesc(0))
+    assert xml.find("os/kernel") is None and xml.find("os/boot").get("dev") == "hd"  # type: ignore[union-attr]
+    console = vm.console()
+    assert "SYSLINUX" in console, console  # the disk's boot loader ran (syslinux.cfg: SERIAL 0)
+    seen = vm.reported()
+    assert seen["config-drive"] == config_drive  # not the FAT boot disk
+    assert seen["hostname"] == vm.hostname
+    assert seen["uuid"] == vm.uuid
+    assert seen["public-keys"] == "1"
+    assert seen["user-data-sha256"] == hashlib.sha256(USER_DATA).hexdigest()
+    assert "error" not in seen
+
+
+def run_on_console(vm: Guest, command: str, expected: str, timeout: float = 30.0) -> None:
+    """Type ``command`` into the guest's console shell; wait until ``expected`` is printed."""
+    stream = vm.dom.connect().newStream(0)
+    vm.dom.openConsole(None, stream, 0)
+    received = bytearray()
+
+    def read() -> None:  # blocking stream: recv returns b"" (or raises) when the console closes
+        try:
+            while isinstance(chunk := stream.recv(4096), bytes) and chunk:
+                received.extend(chunk)
+        except libvirt.libvirtError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        stream.send(f"\n{command}\n".encode())
+        deadline = time.monotonic() + timeout
+        while expected.encode() not in received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert expected.encode() in received, bytes(received)
+    finally:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        reader.join(timeout=5)
+
+
+def acpi_shutdown(vm: Guest) -> None:
+    started = time.monotonic()
+    vm.dom.shutdown()  # ACPI power button
+    while vm.dom.isActive() and time.monotonic() - started < SHUTDOWN_TIMEOUT_S:
+        time.sleep(0.1)
+    assert not vm.dom.isActive(), f"guest ignored the ACPI power button:\n{vm.console()}"
+    print(f"{vm.name}: ACPI shutdown took {time.monotonic() - started:.2f}s")
+    assert "cloudland-guest: powering off" in vm.console()
+
+
+@pytest.mark.parametrize("base_format", ["qcow2", "raw"])
+def test_vm_boots_from_an_overlay_of_the_disk_image(conn: libvirt.virConnect, guest: Path,
+                                                    make_vm: Callable[..., DiskGuest], base_format: str) -> None:
+    base = guest / f"guest.{base_format}"
+    base_sha = sha256(base)
+    started = time.monotonic()
+    vm = make_vm(base, base_format)
+    wait_ready(vm, started)
+    assert_booted_from_disk(vm, "/dev/sr0")
+    assert qemu_processes(vm.name) == [vm.qemu_pid]
+
+    acpi_shutdown(vm)
+    vm.dom.undefine()
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(vm.name)
+    assert qemu_processes(vm.name) == []
+    assert not Path(f"/proc/{vm.qemu_pid}").exists()
+    assert sha256(base) == base_sha
+
+
+def test_two_vms_from_one_image_at_once_each_with_its_own_disk(guest: Path, make_vm: Callable[..., DiskGuest]) -> None:
+    base = guest / "guest.qcow2"
+    base_sha = sha256(base)
+    empty = sector(base, "qcow2", MARK_SECTOR)
+    assert empty == bytes(512)
+    # Both boot at the same time: one finds its config drive on the IDE CD-ROM, the other on
+    # a second virtio disk (vdb), next to the FAT boot disk (vda) it must not take for it.
+    started = time.monotonic()
+    vms = [make_vm(base, "qcow2", "ide"), make_vm(base, "qcow2", "virtio")]
+    for vm in vms:
+        wait_ready(vm, started)
+    assert_booted_from_disk(vms[0], "/dev/sr0")
+    assert_booted_from_disk(vms[1], "/dev/vdb")
+    assert vms[0].qemu_pid != vms[1].qemu_pid
+
+    # Each guest writes its hostname to its own disk: the write lands in its overlay only.
+    for vm in vms:
+        run_on_console(vm, f"echo {vm.hostname} | dd of=/dev/vda bs=512 seek={MARK_SECTOR} conv=notrunc,sync "
+                           "2>/dev/null && sync && echo written=$((40+2))", "written=42")
+    for vm in vms:
+        acpi_shutdown(vm)
+        assert qemu_processes(vm.name) == []
+        vm.dom.undefine()
+    for vm in vms:
+        assert sector(vm.overlay, "qcow2", MARK_SECTOR).startswith(f"{vm.hostname}\n".encode())
+    assert sector(base, "qcow2", MARK_SECTOR) == empty
+    assert sha256(base) == base_sha
