@@ -15,20 +15,29 @@ Every VM operation is idempotent on the VM, hence on its job id (proto/README.md
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import fcntl
 import functools
 import os
 import platform
+import re
 import threading
 import weakref
 from pathlib import Path
 from typing import Any
 
 from cloudland.errors import InvalidRequest
+from cloudland_agents import guests
 from cloudland_agents.compute import Compute, Disk, DomainSpec, LibvirtCompute, Nic
 from cloudland_agents.hypervisor import Hypervisor
+from cloudland_agents.images import ImageSource
 from cloudland_agents.ops import Context, Payload, operation
 
+# vm.create's arguments for a real guest's files (agents/guests.py); simulated hosts ignore them.
+GUEST_KEYS = {"image", "hostname", "disk_gib", "ssh_keys", "user_data"}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata",
              "kernel", "initrd", "cmdline", "console_log"}
 DISK_KEYS = {"path", "format", "target", "device"}
@@ -203,8 +212,39 @@ def vm_create(ctx: Context, args: Payload) -> Payload:
     Idempotent: if a VM with this uuid and name exists it is left as is and
     reported with ``created`` false. A name or uuid held by another VM FAILS.
     """
-    spec = spec_from_args(args, _default_domain_type(ctx))
-    return dict(driver_for(ctx.hypervisor).create(spec))
+    guest_args = {key: args[key] for key in GUEST_KEYS if key in args}
+    spec = spec_from_args({k: v for k, v in args.items() if k not in GUEST_KEYS}, _default_domain_type(ctx))
+    if not guest_args or ctx.hypervisor.uri.startswith("test:"):
+        return dict(driver_for(ctx.hypervisor).create(spec))  # simulated: no guest, no files
+    files = _prepare_guest(ctx, spec, guest_args)
+    spec = dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log))
+    return dict(driver_for(ctx.hypervisor).create(spec)) | {"image_downloaded": files.downloaded}
+
+
+def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload) -> guests.GuestFiles:
+    """The disk and config drive of a real guest from the GUEST_KEYS arguments (validated here)."""
+    image = args.get("image")
+    if not isinstance(image, dict):
+        raise InvalidRequest(f"argument 'image' must be an object, got {image!r}")
+    _only(image, {"image_id", "sha256", "size_bytes", "disk_format", "url", "token"}, "image.")
+    source = ImageSource(image_id=_whole(image.get("image_id"), "image.image_id"),
+                         sha256=_text(image, "sha256", "image."),
+                         size_bytes=_whole(image.get("size_bytes"), "image.size_bytes"),
+                         disk_format=_text(image, "disk_format", "image."), url=_text(image, "url", "image."),
+                         token=image.get("token") if isinstance(image.get("token"), str) else None)
+    keys = args.get("ssh_keys", [])
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise InvalidRequest(f"argument 'ssh_keys' must be a list of strings, got {keys!r}")
+    user_data = None
+    if args.get("user_data") is not None:
+        try:
+            user_data = base64.b64decode(_text(args, "user_data"), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest("argument 'user_data' must be base64") from exc
+    hostname = _text(args, "hostname") if "hostname" in args else spec.name
+    disk_gib = _whole(args.get("disk_gib", 0), "disk_gib")
+    return guests.prepare(ctx.hypervisor, spec.uuid, hostname=hostname, image=source, disk_gib=disk_gib,
+                          ssh_keys=keys, user_data=user_data)
 
 
 @operation("vm.start")
@@ -235,8 +275,17 @@ def vm_reboot(ctx: Context, args: Payload) -> Payload:
 
 @operation("vm.delete")
 def vm_delete(ctx: Context, args: Payload) -> Payload:
-    """Destroy and undefine VM ``name``. Idempotent: a missing VM is success (``deleted`` false)."""
-    return dict(driver_for(ctx.hypervisor).delete(_name(args)))
+    """Destroy and undefine VM ``name``; with ``uuid``, also remove that guest's files (its disk,
+    config drive and console log; never the cached image). Idempotent: a missing VM is success
+    (``deleted`` false)."""
+    name = _name(args, {"uuid"})
+    result = dict(driver_for(ctx.hypervisor).delete(name))
+    if "uuid" in args and not ctx.hypervisor.uri.startswith("test:"):
+        vm_uuid = _text(args, "uuid")
+        if not _UUID.fullmatch(vm_uuid):
+            raise InvalidRequest(f"argument 'uuid' must be a uuid, got {vm_uuid!r}")
+        result["files_removed"] = guests.remove(ctx.hypervisor, vm_uuid)
+    return result
 
 
 @operation("vm.resize")

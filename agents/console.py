@@ -7,8 +7,10 @@ Vocabulary
                   not anyone was connected, so reading is a plain read at an offset: nothing
                   is lost between two reads and two readers never steal bytes from each other.
     input         bytes typed into the VM: sent through libvirt's console stream
-                  (``virDomainOpenConsole``), opened for the write and closed after it, so no
-                  unread stream can fill up and stall the guest's serial port.
+                  (``virDomainOpenConsole``). The stream is opened at the first write and kept:
+                  closing it right after a send drops the bytes still on their way (measured:
+                  nothing reached the guest). A thread drains what the guest prints into it
+                  (the log has it already), so an unread stream never stalls the serial port.
 
 Verbs
     read(name, offset, max_bytes)  up to ``max_bytes`` of the log from ``offset``, the next
@@ -16,6 +18,7 @@ Verbs
                                    log was restarted with the domain) reads from 0 again.
     write(name, data)              ``data`` reaches the guest's serial port. Not idempotent
                                    (typing twice types twice); callers send each input once.
+                                   A VM that is not running is refused.
 
 A VM without a console log (the test driver's domains have no serial ports) is a
 DriverError saying so. Every libvirtError is translated here, naming the VM and hypervisor.
@@ -24,6 +27,7 @@ DriverError saying so. Every libvirtError is translated here, naming the VM and 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -40,6 +44,8 @@ class Console:
     def __init__(self, conn: libvirt.virConnect, hypervisor_id: int) -> None:
         self.conn = conn
         self.hypervisor_id = hypervisor_id
+        self._streams: dict[str, tuple[libvirt.virStream, threading.Thread]] = {}
+        self._lock = threading.Lock()
 
     def _domain(self, name: str) -> libvirt.virDomain:
         try:
@@ -85,20 +91,51 @@ class Console:
 
     def write(self, name: str, data: bytes) -> None:
         """Type ``data`` into VM ``name``'s serial console."""
+        with self._lock:
+            for attempt in (1, 2):  # a stream from before a restart of the VM is dead: reopen once
+                stream = self._stream(name)
+                try:
+                    sent = 0
+                    while sent < len(data):
+                        sent += stream.send(data[sent:])
+                    return
+                except libvirt.libvirtError as exc:
+                    self._drop(name)
+                    if attempt == 2:
+                        raise DriverError(self.hypervisor_id, f"typing into VM {name!r}'s console failed: "
+                                                              f"{exc}") from exc
+
+    def _stream(self, name: str) -> libvirt.virStream:
+        held = self._streams.get(name)
+        if held is not None and held[1].is_alive():
+            return held[0]
         domain = self._domain(name)
+        if not domain.isActive():
+            raise DriverError(self.hypervisor_id, f"VM {name!r} is not running: nothing reads its console")
         stream = self.conn.newStream(0)
         try:
             # FORCE: take the console from a stale holder (a client that went away).
             domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-            sent = 0
-            while sent < len(data):
-                sent += stream.send(data[sent:])
-            stream.finish()
         except libvirt.libvirtError as exc:
+            raise DriverError(self.hypervisor_id, f"opening VM {name!r}'s console failed: {exc}") from exc
+        drain = threading.Thread(target=_drain, args=(stream,), daemon=True, name=f"console-{name}")
+        drain.start()
+        self._streams[name] = (stream, drain)
+        return stream
+
+    def _drop(self, name: str) -> None:
+        held = self._streams.pop(name, None)
+        if held is not None:
             try:
-                stream.abort()
+                held[0].abort()
             except libvirt.libvirtError:
                 pass
-            if not domain.isActive():
-                raise DriverError(self.hypervisor_id, f"VM {name!r} is not running: nothing reads its console") from exc
-            raise DriverError(self.hypervisor_id, f"typing into VM {name!r}'s console failed: {exc}") from exc
+
+
+def _drain(stream: libvirt.virStream) -> None:
+    """Read and discard until the console closes (the VM stopped, or the stream was dropped)."""
+    try:
+        while isinstance(chunk := stream.recv(65536), bytes) and chunk:
+            pass
+    except libvirt.libvirtError:
+        pass

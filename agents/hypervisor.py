@@ -31,10 +31,12 @@ LIBVIRT_STATES = {
 
 
 class Hypervisor:
-    def __init__(self, hypervisor_id: int, uri: str, hostname: str) -> None:
+    def __init__(self, hypervisor_id: int, uri: str, hostname: str, state_dir: Path | None = None) -> None:
         self.id = hypervisor_id
         self.uri = uri
         self.hostname = hostname
+        # Where this agent keeps its files: guests' disks and drives, the image cache (agents/guests.py).
+        self.state_dir = (state_dir or Path("var")).resolve()
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -117,4 +119,4 @@ def open_simulated(hypervisor_id: int, state_dir: Path) -> Hypervisor:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(simulated_node_xml(hypervisor_id))
         tmp.replace(path)
-    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}")
+    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir)

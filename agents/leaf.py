@@ -34,12 +34,12 @@ class Leaf(ChildRank):
         self.test_ops = bool(settings.get("test_ops", False))
         shape = Shape(self.assign.hypervisors, self.assign.per_leaf, self.assign.fanout)
         ids = shape.hypervisors_of(self.node)
+        state_dir = Path(settings.get("state_dir", "var"))
         if settings.get("driver", "test") == "test":
-            state_dir = Path(settings.get("state_dir", "var"))
             self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
         else:
             uri = settings.get("libvirt_uri", "qemu:///system")
-            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME) for hv in ids}
+            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir) for hv in ids}
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()

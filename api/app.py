@@ -28,7 +28,7 @@ from cloudland.errors import (
     UnsupportedMediaType,
 )
 from cloudland_api.db import make_engine, session_factory
-from cloudland_api.dispatch import Dispatcher
+from cloudland_api.dispatch import Dispatcher, GuestSource
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings
@@ -119,7 +119,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                             cpu_ratio=settings.cpu_ratio, memory_ratio=settings.memory_ratio)
     dispatcher = Dispatcher(app.state.write_sessions, settings.root_endpoint, weigher=settings.scheduler_weigher,
                             workers=settings.dispatch_workers, job_timeout_s=settings.job_timeout_s,
-                            ready=reconciler.ready)
+                            ready=reconciler.ready,
+                            guest_source=GuestSource(settings.image_url_base, app.state.signing_key,
+                                                     settings.image_token_lifetime_s))
     reconciler.start()
     dispatcher.start()  # re-sends every job that was not terminal: nothing is lost on a restart
     app.state.reconciler, app.state.dispatcher = reconciler, dispatcher

@@ -16,6 +16,7 @@ that is not terminal is sent again: that is how an API restart loses nothing.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import logging
 import queue
@@ -33,7 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloudland.client import RootClient, struct_to_dict
 from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
 from cloudland_api import scheduler
-from cloudland_api.models import TERMINAL, Instance, Job, JobState, utcnow
+from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, SshKey, utcnow
+from cloudland_api.security import issue_image_token
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -66,17 +68,50 @@ def vm_spec(instance: Instance) -> dict[str, Any]:
             "memory_mib": instance.memory_mib, "arch": instance.arch, "metadata": metadata}
 
 
-def agent_args(job: Job, instance: Instance) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GuestSource:
+    """How agents fetch a guest's image: the API's URL for images and the key to sign tokens."""
+
+    image_url_base: str        # settings.image_url_base: ``<public url>/api/v1/images``
+    signing_key: bytes
+    token_lifetime_s: int
+
+    def guest_args(self, session: Session, instance: Instance) -> dict[str, Any]:
+        """The ``vm.create`` arguments a real hypervisor needs to build the guest's files.
+
+        The image source carries a token for that one image (security.issue_image_token);
+        simulated hypervisors ignore all of it.
+        """
+        image = session.get(Image, instance.image_id) if instance.image_id is not None else None
+        if image is None or image.sha256 is None:
+            return {}
+        key = session.get(SshKey, instance.ssh_key_id) if instance.ssh_key_id is not None else None
+        token = issue_image_token(self.signing_key, image.id, self.token_lifetime_s)
+        args: dict[str, Any] = {
+            "image": {"image_id": image.id, "sha256": image.sha256, "size_bytes": image.size_bytes,
+                      "disk_format": image.disk_format, "url": f"{self.image_url_base}/{image.id}/download",
+                      "token": token},
+            "hostname": instance.name, "disk_gib": instance.disk_gib,
+            "ssh_keys": [key.public_key] if key is not None else [],
+        }
+        if instance.user_data is not None:
+            args["user_data"] = base64.b64encode(instance.user_data.encode()).decode()
+        return args
+
+
+def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The agent operation's arguments for ``job``, built from the instance as it is now."""
     name = {"name": instance.domain_name}
     if job.action == "create":
-        return vm_spec(instance)
+        return vm_spec(instance) | (guest or {})
     if job.action == "rebuild":
         return vm_spec(instance) | {"metadata": vm_spec(instance)["metadata"] | {"image_id": str(job.args["image_id"])}}
     if job.action == "resize":
         return name | {"vcpus": job.args["vcpus"], "memory_mib": job.args["memory_mib"]}
     if job.action in ("stop", "reboot"):
         return name | {"force": bool(job.args.get("force", False))}
+    if job.action == "delete":
+        return name | {"uuid": instance.uuid}  # a real hypervisor removes the guest's files too
     return name
 
 
@@ -85,12 +120,13 @@ class Dispatcher:
 
     def __init__(self, write_sessions: sessionmaker[Session], root_endpoint: str, *, weigher: str = "spread",
                  workers: int = 64, job_timeout_s: float = 120.0,
-                 ready: threading.Event | None = None) -> None:
+                 ready: threading.Event | None = None, guest_source: GuestSource | None = None) -> None:
         self._sessions = write_sessions
         self._endpoint = root_endpoint
         self._weigher = weigher
         self._job_timeout_s = job_timeout_s
         self._ready = ready  # set once hypervisors were read from the tree (sync.py)
+        self._guest_source = guest_source
         self._incoming: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._delayed: list[tuple[float, str]] = []
@@ -218,7 +254,9 @@ class Dispatcher:
             job.hypervisor_id = instance.hypervisor_id
             job.state = JobState.dispatched
             job.attempts += 1
-            sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance)))
+            guest = (self._guest_source.guest_args(session, instance)
+                     if self._guest_source is not None and job.action == "create" else None)
+            sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance, guest)))
         return sends
 
     @staticmethod

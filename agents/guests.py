@@ -1,0 +1,94 @@
+"""A real guest's files on its hypervisor: its disk, its config drive and its console log.
+
+Layout under the agent's state directory (each directory 0755: QEMU runs as libvirt-qemu
+and must reach the files, which libvirt then chowns to it):
+
+    image-cache/<sha256>.<format>   bases, shared by every guest of an image (agents/images.py)
+    guests/<uuid>/disk.qcow2        the guest's disk: a qcow2 overlay on its image's base
+    guests/<uuid>/config-2.iso      its config drive (agents/configdrive.py)
+    guests/<uuid>/console.log       what its serial console printed (virtlogd writes it)
+
+``prepare`` is idempotent on the uuid (a replayed create finds the overlay on the same base
+and rewrites the same drive); ``remove`` deletes the guest's directory, never a base.
+Simulated hypervisors (libvirt's test driver) run no guest and get no files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudland.errors import DriverError
+from cloudland_agents.configdrive import build_config_drive
+from cloudland_agents.domain import Disk
+from cloudland_agents.hypervisor import Hypervisor
+from cloudland_agents.images import ImageCache, ImageSource
+
+_caches: weakref.WeakKeyDictionary[Hypervisor, ImageCache] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """What ``prepare`` made: the disks to attach and the console log to name."""
+
+    directory: Path
+    disks: tuple[Disk, ...]
+    console_log: Path
+    downloaded: bool  # the image was fetched for this guest (False: it was cached already)
+
+
+def cache_for(hypervisor: Hypervisor) -> ImageCache:
+    """The image cache of ``hypervisor``, made on first use (one per hypervisor: its locks)."""
+    with _guard:
+        cache = _caches.get(hypervisor)
+        if cache is None:
+            root = _directory(hypervisor.state_dir / "image-cache", hypervisor.id)
+            cache = _caches[hypervisor] = ImageCache(root, hypervisor.id)
+        return cache
+
+
+def guest_dir(hypervisor: Hypervisor, uuid: str) -> Path:
+    return hypervisor.state_dir / "guests" / uuid
+
+
+def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
+            ssh_keys: list[str], user_data: bytes | None) -> GuestFiles:
+    """The disk (an overlay on the cached image) and config drive of guest ``uuid``."""
+    cache = cache_for(hypervisor)
+    directory = _directory(guest_dir(hypervisor, uuid), hypervisor.id)
+    before = cache.downloads
+    base = cache.base(image)
+    downloaded = cache.downloads > before
+    disk = cache.create_overlay(base, directory / "disk.qcow2", disk_gib or None)
+    drive = build_config_drive(directory / "config-2.iso", hostname=hostname, uuid=uuid, ssh_keys=ssh_keys,
+                               user_data=user_data, network_config=None)
+    disks = (Disk(str(disk), "qcow2", "vda"), Disk(str(drive), "raw", "hda", "cdrom"))
+    return GuestFiles(directory, disks, directory / "console.log", downloaded)
+
+
+def remove(hypervisor: Hypervisor, uuid: str) -> bool:
+    """No files of guest ``uuid`` remain; True if there were some. The image's base stays cached."""
+    directory = guest_dir(hypervisor, uuid)
+    if not directory.exists():
+        return False
+    try:
+        shutil.rmtree(directory)
+    except OSError as exc:
+        raise DriverError(hypervisor.id, f"removing guest {uuid}'s files in {directory} failed: "
+                                         f"{exc.strerror}") from exc
+    return True
+
+
+def _directory(path: Path, hypervisor_id: int) -> Path:
+    """``path`` made (with parents) and opened to QEMU's user: 0755 on the directory itself."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o755)
+    except OSError as exc:
+        raise DriverError(hypervisor_id, f"cannot make directory {path}: {exc.strerror}") from exc
+    return path

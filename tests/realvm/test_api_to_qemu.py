@@ -1,0 +1,169 @@
+"""The whole path on a real hypervisor: REST API -> tree -> agent -> libvirtd -> QEMU (TCG) guests.
+
+An image is uploaded through the API (the test guest's bootable qcow2 disk), two VMs are
+created from it with user data and an SSH key, and each guest's serial console, read through
+the API's WebSocket, shows that it booted from its own overlay and read its hostname, key and
+user data from its config drive. The image is fetched once for both. Then both are stopped
+(ACPI) and deleted, leaving no domain, no disk and no QEMU process behind.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from cloudland_launcher.harness import start_tree, stop_tree, wait_for
+from tests.integration.cloud import Cloud
+from tests.realvm.qemu_host import QemuSession, qemu_processes
+
+pytest_plugins = ["tests.realvm.qemu_host"]
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
+
+READY = "cloudland-guest: ready"
+USER_DATA = "#cloud-config from the API\nruncmd: [echo hi]\n"
+BOOT_TIMEOUT_S = 180.0
+
+
+@pytest.fixture
+def real_cloud(qemu_libvirt: QemuSession, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    """One real hypervisor (this machine's qemu:///system) in a tree, and the API on it."""
+    qemu_libvirt.conn  # noqa: B018 - libvirtd up (it may have been stopped by another module)
+    # The agent's files (overlays, drives, console logs) must be reachable by QEMU's user.
+    state = Path(tempfile.mkdtemp(prefix="cloudland-e2e-"))
+    state.chmod(0o755)
+    monkeypatch.setenv("CLOUDLAND_DRIVER", "libvirt")
+    monkeypatch.setenv("CLOUDLAND_LIBVIRT_URI", "qemu:///system")
+    tree = start_tree(state / "tree", 1, 1, 32, 0.5)
+    cloud = Cloud(tree, state / "api", f"sqlite:///{state / 'api' / 'cloudland.db'}")
+    try:
+        cloud.start_api()
+        yield cloud
+    finally:
+        cloud.stop_api()
+        stop_tree(tree)
+        # A failed test may leave guests: those whose files are ours go, so no QEMU outlives it.
+        for domain in qemu_libvirt.conn.listAllDomains():
+            if str(state) in domain.XMLDesc(0):
+                if domain.isActive():
+                    domain.destroy()
+                domain.undefine()
+        subprocess.run(["rm", "-rf", str(state)], check=False)
+
+
+def ssh_key(directory: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e@cloudland", "-f",
+                    str(directory / "id")], check=True, timeout=30)
+    return (directory / "id.pub").read_text().strip()
+
+
+def console_until(cloud: Cloud, instance_id: int, text: str, timeout: float) -> str:
+    """What the VM's console printed, read through the API's WebSocket, until ``text`` shows."""
+    assert cloud.http is not None
+    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{instance_id}/console"
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
+        while text.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} on the console of instance {instance_id}:\n{seen.decode(errors='replace')}"
+            try:
+                seen += ws.recv(timeout=left)  # type: ignore[operator]
+            except TimeoutError:
+                continue
+    return seen.decode(errors="replace")
+
+
+def facts(console: str) -> dict[str, str]:
+    """The guest's ``cloudland-guest: key=value`` lines."""
+    return dict(re.findall(r"cloudland-guest: ([\w-]+)=([^\r\n]*)", console))
+
+
+def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
+        real_cloud: Cloud, qemu_libvirt: QemuSession, tmp_path: Path) -> None:
+    cloud = real_cloud
+    [host] = cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    key = cloud.post("/ssh-keys", {"name": "e2e", "public_key": ssh_key(tmp_path)})
+    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    assert cloud.http is not None
+    uploaded = cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
+                              headers={"Content-Type": "application/octet-stream"})
+    assert uploaded.status_code == 200, uploaded.text
+    image = uploaded.json()
+
+    accepted = cloud.post("/instances", {"name": "e2e", "flavor": "tiny", "image": "guest", "ssh_key": "e2e",
+                                         "count": 2, "user_data": USER_DATA})
+    assert cloud.wait_batch(accepted["batch"], 2, timeout=120)["succeeded"] == 2, cloud.jobs(accepted["batch"], "failed")
+    vms = sorted(cloud.instances(name="e2e-*"), key=lambda v: v["name"])
+    assert [(v["name"], v["status"], v["hypervisor_id"]) for v in vms] == [("e2e-1", "running", host["id"]),
+                                                                           ("e2e-2", "running", host["id"])]
+    domains = {f"cl-{v['uuid']}" for v in vms}
+    assert len(qemu_processes(domains)) == 2
+
+    for vm in vms:
+        seen = facts(console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S))
+        assert seen["hostname"] == vm["name"] and seen["uuid"] == vm["uuid"], seen
+        assert seen["public-keys"] == "1" and seen["user-data"] == USER_DATA.splitlines()[0], seen
+    # One image, two guests: fetched once into the hypervisor's cache, one overlay each.
+    assert cloud.log().count(f"GET /api/v1/images/{image['id']}/download") == 1
+    state = cloud.tree.state_dir
+    assert [p.name for p in (state / "image-cache").iterdir()] == [f"{image['sha256']}.qcow2"]
+    assert sorted(p.name for p in (state / "guests").iterdir()) == sorted(v["uuid"] for v in vms)
+    deleting_image = cloud.http.delete(f"/images/{image['id']}")
+    assert deleting_image.status_code == 409 and "used by 2 instance(s)" in deleting_image.text
+
+    stop = cloud.post("/instances/actions", {"action": "stop", "ids": [v["id"] for v in vms]})  # ACPI
+    assert cloud.wait_batch(stop["batch"], 2, timeout=120)["succeeded"] == 2, cloud.jobs(stop["batch"], "failed")
+    assert {v["status"] for v in cloud.instances(name="e2e-*")} == {"stopped"}
+    states = {d.name(): d.state()[0] for d in qemu_libvirt.conn.listAllDomains() if d.name() in domains}
+    assert set(states) == domains and set(states.values()) == {5}  # VIR_DOMAIN_SHUTOFF
+
+    delete = cloud.post("/instances/actions", {"action": "delete", "ids": [v["id"] for v in vms]})
+    assert cloud.wait_batch(delete["batch"], 2, timeout=120)["succeeded"] == 2, cloud.jobs(delete["batch"], "failed")
+    assert not domains & {d.name() for d in qemu_libvirt.conn.listAllDomains()}
+    assert list((state / "guests").iterdir()) == []
+    wait_for(lambda: qemu_processes(domains) == {}, 30, "no QEMU left")
+    # The image stays cached for the next guest; with no instance left it may be deleted.
+    assert (state / "image-cache" / f"{image['sha256']}.qcow2").exists()
+    assert cloud.http.delete(f"/images/{image['id']}").status_code == 204
+
+
+def test_console_shows_and_types(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    """Typing through the WebSocket reaches the guest's shell, and its answer comes back."""
+    cloud = real_cloud
+    cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    assert cloud.http is not None
+    cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
+                   headers={"Content-Type": "application/octet-stream"})
+    [vm] = cloud.post("/instances", {"name": "shell", "flavor": "tiny", "image": "guest"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "shell running")
+    console_until(cloud, vm["id"], "/ # ", BOOT_TIMEOUT_S)  # the guest's shell prompt
+    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{vm['id']}/console"
+    seen = b""
+    with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
+        # The shell's line editor first asks the terminal where its cursor is (ESC [6n) and
+        # takes what arrives next as the answer: type Enter until it is past that, then the line.
+        deadline = time.monotonic() + 90
+        typed_at = 0.0
+        while b"typed-42" not in seen and time.monotonic() < deadline:
+            if time.monotonic() - typed_at > 5:
+                ws.send(b"\r")
+                ws.send(b"echo typed-$((6*7))\r")
+                typed_at = time.monotonic()
+            try:
+                seen += ws.recv(timeout=1)  # type: ignore[operator]
+            except TimeoutError:
+                pass
+    assert b"typed-42" in seen, seen[-500:]
+    job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+    assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
