@@ -11,6 +11,9 @@ Vocabulary
                   closing it right after a send drops the bytes still on their way (measured:
                   nothing reached the guest). A thread drains what the guest prints into it
                   (the log has it already), so an unread stream never stalls the serial port.
+                  Streams live on a libvirt connection of their own: a blocking receive on the
+                  agent's connection held up its other calls, the heartbeat's report among them,
+                  until the rank was declared lost (seen with the suite loading the machine).
 
 Verbs
     read(name, offset, max_bytes)  up to ``max_bytes`` of the log from ``offset``, the next
@@ -44,6 +47,7 @@ class Console:
     def __init__(self, conn: libvirt.virConnect, hypervisor_id: int) -> None:
         self.conn = conn
         self.hypervisor_id = hypervisor_id
+        self._stream_conn: libvirt.virConnect | None = None  # opened at the first write
         self._streams: dict[str, tuple[libvirt.virStream, threading.Thread]] = {}
         self._lock = threading.Lock()
 
@@ -109,10 +113,15 @@ class Console:
         held = self._streams.get(name)
         if held is not None and held[1].is_alive():
             return held[0]
-        domain = self._domain(name)
-        if not domain.isActive():
+        if not self._domain(name).isActive():
             raise DriverError(self.hypervisor_id, f"VM {name!r} is not running: nothing reads its console")
-        stream = self.conn.newStream(0)
+        try:
+            if self._stream_conn is None:
+                self._stream_conn = libvirt.open(self.conn.getURI())
+            domain = self._stream_conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise DriverError(self.hypervisor_id, f"opening VM {name!r}'s console failed: {exc}") from exc
+        stream = self._stream_conn.newStream(0)
         try:
             # FORCE: take the console from a stale holder (a client that went away).
             domain.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)

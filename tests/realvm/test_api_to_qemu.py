@@ -13,6 +13,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
     cloud = real_cloud
     [host] = cloud.wait_hypervisors(1)
     cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    key = cloud.post("/ssh-keys", {"name": "e2e", "public_key": ssh_key(tmp_path)})
+    cloud.post("/ssh-keys", {"name": "e2e", "public_key": ssh_key(tmp_path)})
     image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
     assert cloud.http is not None
     uploaded = cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
@@ -165,5 +166,42 @@ def test_console_shows_and_types(real_cloud: Cloud, qemu_libvirt: QemuSession) -
             except TimeoutError:
                 pass
     assert b"typed-42" in seen, seen[-500:]
+    job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+    assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
+
+
+def test_cloudland_vm_console_in_a_terminal(real_cloud: Cloud, qemu_libvirt: QemuSession, tmp_path: Path) -> None:
+    """What a person sees: ``cloudland vm console NAME`` in tmux shows the guest and types into it."""
+    from tests.integration.test_cli_tree import BIN, TmuxPane
+
+    cloud = real_cloud
+    cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    assert cloud.http is not None
+    cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
+                   headers={"Content-Type": "application/octet-stream"})
+    [vm] = cloud.post("/instances", {"name": "tty", "flavor": "tiny", "image": "guest"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "tty running")
+    env = {"CLOUDLAND_ENDPOINT": f"http://127.0.0.1:{cloud.port}", "CLOUDLAND_CONFIG": str(tmp_path / "cli.json"),
+           "CLOUDLAND_TOKEN": cloud.http.headers["Authorization"].split()[1]}
+    pane = TmuxPane(socket=f"cloudland-console-{uuid.uuid4().hex[:8]}", session="console")
+    try:
+        pane.start(["env", *(f"{k}={v}" for k, v in env.items()), str(BIN / "cloudland"), "vm", "console", "tty"],
+                   tmp_path, tmp_path / "tmux.conf")
+        screen = pane.wait_for_text(READY, BOOT_TIMEOUT_S)
+        assert "console of VM tty" in screen and "Ctrl-] leaves" in screen
+        assert "cloudland-guest: hostname=tty" in screen
+        pane.wait_for_text("/ #", 60)  # tmux trims the prompt's trailing space
+        deadline = time.monotonic() + 90
+        while "answer-42" not in pane.screen():  # the shell's first line may be eaten (ESC [6n)
+            assert time.monotonic() < deadline, pane.screen()[-2000:]
+            pane.tmux("send-keys", "-t", pane.session, "echo answer-$((6*7))", "Enter")
+            time.sleep(3)
+        pane.tmux("send-keys", "-t", pane.session, "C-]")
+        wait_for(lambda: pane.exit_status() is not None, 30, "the console to end after Ctrl-]")
+        assert pane.exit_status() == 0, pane.screen()[-2000:]
+    finally:
+        pane.kill_server()
     job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
     assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
