@@ -221,7 +221,8 @@ def vm_create(ctx: Context, args: Payload) -> Payload:
     return dict(driver_for(ctx.hypervisor).create(spec)) | {"image_downloaded": files.downloaded}
 
 
-def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload) -> guests.GuestFiles:
+def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload,
+                   disk_name: str = "disk.qcow2") -> guests.GuestFiles:
     """The disk and config drive of a real guest from the GUEST_KEYS arguments (validated here)."""
     image = args.get("image")
     if not isinstance(image, dict):
@@ -244,7 +245,7 @@ def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload) -> guests.Gues
     hostname = _text(args, "hostname") if "hostname" in args else spec.name
     disk_gib = _whole(args.get("disk_gib", 0), "disk_gib")
     return guests.prepare(ctx.hypervisor, spec.uuid, hostname=hostname, image=source, disk_gib=disk_gib,
-                          ssh_keys=keys, user_data=user_data)
+                          ssh_keys=keys, user_data=user_data, disk_name=disk_name)
 
 
 @operation("vm.start")
@@ -305,8 +306,16 @@ def vm_resize(ctx: Context, args: Payload) -> Payload:
 def vm_rebuild(ctx: Context, args: Payload) -> Payload:
     """Redefine VM ``name`` from a spec with the same ``uuid`` (new disks/image), keeping its
     power state. Idempotent: rebuilding to the current spec again is success."""
-    spec = spec_from_args(args, _default_domain_type(ctx))
-    return dict(driver_for(ctx.hypervisor).rebuild(spec))
+    guest_args = {key: args[key] for key in GUEST_KEYS if key in args}
+    spec = spec_from_args({k: v for k, v in args.items() if k not in GUEST_KEYS}, _default_domain_type(ctx))
+    if not guest_args or ctx.hypervisor.uri.startswith("test:"):
+        return dict(driver_for(ctx.hypervisor).rebuild(spec))
+    # A fresh disk on the (new) image, named by the job so that a replay finds the same one.
+    files = _prepare_guest(ctx, spec, guest_args, disk_name=f"disk-{ctx.job_id[:32]}.qcow2")
+    spec = dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log))
+    record = dict(driver_for(ctx.hypervisor).rebuild(spec))  # stops the VM, redefines, restarts it
+    guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
+    return record
 
 
 @operation("vm.get")

@@ -57,18 +57,29 @@ def guest_dir(hypervisor: Hypervisor, uuid: str) -> Path:
 
 
 def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
-            ssh_keys: list[str], user_data: bytes | None) -> GuestFiles:
-    """The disk (an overlay on the cached image) and config drive of guest ``uuid``."""
+            ssh_keys: list[str], user_data: bytes | None, disk_name: str = "disk.qcow2") -> GuestFiles:
+    """The disk (an overlay on the cached image) and config drive of guest ``uuid``.
+
+    ``disk_name``: a rebuild names a new disk (by its job) so the old one stays until the
+    domain has been redefined on the new one (``remove_other_disks``).
+    """
     cache = cache_for(hypervisor)
     directory = _directory(guest_dir(hypervisor, uuid), hypervisor.id)
     before = cache.downloads
     base = cache.base(image)
     downloaded = cache.downloads > before
-    disk = cache.create_overlay(base, directory / "disk.qcow2", disk_gib or None)
+    disk = cache.create_overlay(base, directory / disk_name, disk_gib or None)
     drive = build_config_drive(directory / "config-2.iso", hostname=hostname, uuid=uuid, ssh_keys=ssh_keys,
                                user_data=user_data, network_config=None)
     disks = (Disk(str(disk), "qcow2", "vda"), Disk(str(drive), "raw", "hda", "cdrom"))
     return GuestFiles(directory, disks, directory / "console.log", downloaded)
+
+
+def remove_other_disks(hypervisor: Hypervisor, uuid: str, keep: Path) -> None:
+    """Every disk of guest ``uuid`` but ``keep`` removed: the disks a rebuild replaced."""
+    for disk in guest_dir(hypervisor, uuid).glob("disk*.qcow2"):
+        if disk != keep:
+            cache_for(hypervisor).remove_overlay(disk)
 
 
 def remove(hypervisor: Hypervisor, uuid: str) -> bool:

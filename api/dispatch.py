@@ -76,13 +76,14 @@ class GuestSource:
     signing_key: bytes
     token_lifetime_s: int
 
-    def guest_args(self, session: Session, instance: Instance) -> dict[str, Any]:
+    def guest_args(self, session: Session, instance: Instance, image_id: int | None = None) -> dict[str, Any]:
         """The ``vm.create`` arguments a real hypervisor needs to build the guest's files.
 
         The image source carries a token for that one image (security.issue_image_token);
         simulated hypervisors ignore all of it.
         """
-        image = session.get(Image, instance.image_id) if instance.image_id is not None else None
+        image_id = image_id if image_id is not None else instance.image_id  # a rebuild's new image
+        image = session.get(Image, image_id) if image_id is not None else None
         if image is None or image.sha256 is None:
             return {}
         key = session.get(SshKey, instance.ssh_key_id) if instance.ssh_key_id is not None else None
@@ -105,7 +106,8 @@ def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None
     if job.action == "create":
         return vm_spec(instance) | (guest or {})
     if job.action == "rebuild":
-        return vm_spec(instance) | {"metadata": vm_spec(instance)["metadata"] | {"image_id": str(job.args["image_id"])}}
+        spec = vm_spec(instance)
+        return spec | {"metadata": spec["metadata"] | {"image_id": str(job.args["image_id"])}} | (guest or {})
     if job.action == "resize":
         return name | {"vcpus": job.args["vcpus"], "memory_mib": job.args["memory_mib"]}
     if job.action in ("stop", "reboot"):
@@ -254,8 +256,9 @@ class Dispatcher:
             job.hypervisor_id = instance.hypervisor_id
             job.state = JobState.dispatched
             job.attempts += 1
-            guest = (self._guest_source.guest_args(session, instance)
-                     if self._guest_source is not None and job.action == "create" else None)
+            guest = None
+            if self._guest_source is not None and job.action in ("create", "rebuild"):
+                guest = self._guest_source.guest_args(session, instance, job.args.get("image_id"))
             sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance, guest)))
         return sends
 

@@ -205,3 +205,36 @@ def test_cloudland_vm_console_in_a_terminal(real_cloud: Cloud, qemu_libvirt: Qem
         pane.kill_server()
     job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
     assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
+
+
+def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    cloud = real_cloud
+    cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    assert cloud.http is not None
+    images = {}
+    for name, fmt in (("guest", "qcow2"), ("guest-raw", "raw")):
+        image = cloud.post("/images", {"name": name, "disk_format": fmt})
+        reply = cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / f"guest.{fmt}").read_bytes(),
+                               headers={"Content-Type": "application/octet-stream"})
+        images[name] = reply.json()
+    [vm] = cloud.post("/instances", {"name": "rebuilt", "flavor": "tiny", "image": "guest"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "rebuilt running")
+    console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S)
+
+    job = cloud.post(f"/instances/{vm['id']}/rebuild", {"image": "guest-raw"})
+    assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
+    shown = cloud.get(f"/instances/{vm['id']}")
+    assert (shown["image_id"], shown["status"]) == (images["guest-raw"]["id"], "running")
+    # The console log is appended to: a second "ready" is the second boot, on the new disk.
+    console = console_until(cloud, vm["id"], "SYSLINUX", BOOT_TIMEOUT_S)
+    wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) >= 2, BOOT_TIMEOUT_S, "a second boot")
+    assert "hostname=rebuilt" in console
+    guest_dir = cloud.tree.state_dir / "guests" / vm["uuid"]
+    [disk] = list(guest_dir.glob("disk*.qcow2"))
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"{images['guest-raw']['sha256']}.raw" in info, info
+    deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+    assert cloud.get(f"/jobs/{deleted['id']}", wait=60)["state"] == "succeeded"
+    assert not guest_dir.exists()
