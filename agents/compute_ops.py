@@ -212,17 +212,23 @@ def vm_create(ctx: Context, args: Payload) -> Payload:
     Idempotent: if a VM with this uuid and name exists it is left as is and
     reported with ``created`` false. A name or uuid held by another VM FAILS.
     """
+    spec, files = _guest_spec(ctx, args, "disk.qcow2")
+    record = dict(driver_for(ctx.hypervisor).create(spec))
+    return record if files is None else record | {"image_downloaded": files.downloaded}
+
+
+def _guest_spec(ctx: Context, args: Payload, disk_name: str) -> tuple[DomainSpec, guests.GuestFiles | None]:
+    """The spec of ``args`` and, on a real hypervisor given GUEST_KEYS, the guest's files with
+    their disks and console log added to it. Simulated hypervisors get no files (None)."""
     guest_args = {key: args[key] for key in GUEST_KEYS if key in args}
     spec = spec_from_args({k: v for k, v in args.items() if k not in GUEST_KEYS}, _default_domain_type(ctx))
     if not guest_args or ctx.hypervisor.uri.startswith("test:"):
-        return dict(driver_for(ctx.hypervisor).create(spec))  # simulated: no guest, no files
-    files = _prepare_guest(ctx, spec, guest_args)
-    spec = dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log))
-    return dict(driver_for(ctx.hypervisor).create(spec)) | {"image_downloaded": files.downloaded}
+        return spec, None
+    files = _prepare_guest(ctx, spec, guest_args, disk_name)
+    return dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log)), files
 
 
-def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload,
-                   disk_name: str = "disk.qcow2") -> guests.GuestFiles:
+def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload, disk_name: str) -> guests.GuestFiles:
     """The disk and config drive of a real guest from the GUEST_KEYS arguments (validated here)."""
     image = args.get("image")
     if not isinstance(image, dict):
@@ -306,15 +312,11 @@ def vm_resize(ctx: Context, args: Payload) -> Payload:
 def vm_rebuild(ctx: Context, args: Payload) -> Payload:
     """Redefine VM ``name`` from a spec with the same ``uuid`` (new disks/image), keeping its
     power state. Idempotent: rebuilding to the current spec again is success."""
-    guest_args = {key: args[key] for key in GUEST_KEYS if key in args}
-    spec = spec_from_args({k: v for k, v in args.items() if k not in GUEST_KEYS}, _default_domain_type(ctx))
-    if not guest_args or ctx.hypervisor.uri.startswith("test:"):
-        return dict(driver_for(ctx.hypervisor).rebuild(spec))
     # A fresh disk on the (new) image, named by the job so that a replay finds the same one.
-    files = _prepare_guest(ctx, spec, guest_args, disk_name=f"disk-{ctx.job_id[:32]}.qcow2")
-    spec = dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log))
+    spec, files = _guest_spec(ctx, args, f"disk-{ctx.job_id[:32]}.qcow2")
     record = dict(driver_for(ctx.hypervisor).rebuild(spec))  # stops the VM, redefines, restarts it
-    guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
+    if files is not None:
+        guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
     return record
 
 

@@ -82,6 +82,17 @@ def console_until(cloud: Cloud, instance_id: int, text: str, timeout: float) -> 
     return seen.decode(errors="replace")
 
 
+def upload_guest(cloud: Cloud, guest: Path, name: str = "guest", disk_format: str = "qcow2") -> dict[str, Any]:
+    """The test guest's disk uploaded through the API as image ``name``; the active image."""
+    assert cloud.http is not None
+    image = cloud.post("/images", {"name": name, "disk_format": disk_format})
+    reply = cloud.http.put(f"/images/{image['id']}/file", content=(guest / f"guest.{disk_format}").read_bytes(),
+                           headers={"Content-Type": "application/octet-stream"})
+    assert reply.status_code == 200, reply.text
+    uploaded: dict[str, Any] = reply.json()
+    return uploaded
+
+
 def facts(console: str) -> dict[str, str]:
     """The guest's ``cloudland-guest: key=value`` lines."""
     return dict(re.findall(r"cloudland-guest: ([\w-]+)=([^\r\n]*)", console))
@@ -93,12 +104,8 @@ def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
     [host] = cloud.wait_hypervisors(1)
     cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
     cloud.post("/ssh-keys", {"name": "e2e", "public_key": ssh_key(tmp_path)})
-    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    image = upload_guest(cloud, qemu_libvirt.guest)
     assert cloud.http is not None
-    uploaded = cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
-                              headers={"Content-Type": "application/octet-stream"})
-    assert uploaded.status_code == 200, uploaded.text
-    image = uploaded.json()
 
     accepted = cloud.post("/instances", {"name": "e2e", "flavor": "tiny", "image": "guest", "ssh_key": "e2e",
                                          "count": 2, "user_data": USER_DATA})
@@ -142,10 +149,8 @@ def test_console_shows_and_types(real_cloud: Cloud, qemu_libvirt: QemuSession) -
     cloud = real_cloud
     cloud.wait_hypervisors(1)
     cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    upload_guest(cloud, qemu_libvirt.guest)
     assert cloud.http is not None
-    cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
-                   headers={"Content-Type": "application/octet-stream"})
     [vm] = cloud.post("/instances", {"name": "shell", "flavor": "tiny", "image": "guest"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "shell running")
     console_until(cloud, vm["id"], "/ # ", BOOT_TIMEOUT_S)  # the guest's shell prompt
@@ -177,10 +182,8 @@ def test_cloudland_vm_console_in_a_terminal(real_cloud: Cloud, qemu_libvirt: Qem
     cloud = real_cloud
     cloud.wait_hypervisors(1)
     cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    image = cloud.post("/images", {"name": "guest", "disk_format": "qcow2"})
+    upload_guest(cloud, qemu_libvirt.guest)
     assert cloud.http is not None
-    cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / "guest.qcow2").read_bytes(),
-                   headers={"Content-Type": "application/octet-stream"})
     [vm] = cloud.post("/instances", {"name": "tty", "flavor": "tiny", "image": "guest"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "tty running")
     env = {"CLOUDLAND_ENDPOINT": f"http://127.0.0.1:{cloud.port}", "CLOUDLAND_CONFIG": str(tmp_path / "cli.json"),
@@ -211,13 +214,8 @@ def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_l
     cloud = real_cloud
     cloud.wait_hypervisors(1)
     cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    assert cloud.http is not None
-    images = {}
-    for name, fmt in (("guest", "qcow2"), ("guest-raw", "raw")):
-        image = cloud.post("/images", {"name": name, "disk_format": fmt})
-        reply = cloud.http.put(f"/images/{image['id']}/file", content=(qemu_libvirt.guest / f"guest.{fmt}").read_bytes(),
-                               headers={"Content-Type": "application/octet-stream"})
-        images[name] = reply.json()
+    images = {name: upload_guest(cloud, qemu_libvirt.guest, name, fmt)
+              for name, fmt in (("guest", "qcow2"), ("guest-raw", "raw"))}
     [vm] = cloud.post("/instances", {"name": "rebuilt", "flavor": "tiny", "image": "guest"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "rebuilt running")
     console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S)
