@@ -28,11 +28,11 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from cloudland.errors import InvalidRequest
+from cloudland.errors import DriverError, InvalidRequest, VMStateError
 from cloudland_agents import guests
 from cloudland_agents.compute import Compute, Disk, DomainSpec, LibvirtCompute, Nic
 from cloudland_agents.hypervisor import Hypervisor
-from cloudland_agents.images import ImageSource
+from cloudland_agents.images import CAPTURE_TIMEOUT_S, ImageSource, ImageTarget
 from cloudland_agents.ops import Context, Payload, operation
 
 # vm.create's arguments for a real guest's files (agents/guests.py); simulated hosts ignore them.
@@ -318,6 +318,46 @@ def vm_rebuild(ctx: Context, args: Payload) -> Payload:
     if files is not None:
         guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
     return record
+
+
+@operation("vm.capture")
+def vm_capture(ctx: Context, args: Payload) -> Payload:
+    """Copy the shut-off VM ``name``'s first disk, its backing chain flattened, into a new image
+    and upload it to the API (``image``: image_id, disk_format, url, token). The copy then stays
+    in this hypervisor's image cache as the new image's base. Payload: image_id, size_bytes, sha256.
+
+    A running VM FAILS (stop it first), and so does a VM without a disk (every VM of a
+    simulated hypervisor). Idempotent: a replay copies and uploads the same bytes again,
+    which the API accepts as success.
+    """
+    name = _name(args, {"image"})
+    image = args.get("image")
+    if not isinstance(image, dict):
+        raise InvalidRequest(f"argument 'image' must be an object, got {image!r}")
+    _only(image, {"image_id", "disk_format", "url", "token"}, "image.")
+    target = ImageTarget(image_id=_whole(image.get("image_id"), "image.image_id"),
+                         disk_format=_text(image, "disk_format", "image."), url=_text(image, "url", "image."),
+                         token=_text(image, "token", "image."))
+    record = driver_for(ctx.hypervisor).get(name)
+    if record["state"] != "shutoff":
+        raise VMStateError(ctx.hypervisor.id, f"capture of VM {name!r} needs it shut off, it is {record['state']}; "
+                                              "stop it first", ctx.job_id)
+    disks = [d for d in record["disks"] if d["device"] == "disk"]
+    if not disks:
+        simulated = " (a simulated hypervisor keeps no guest disks)" if ctx.hypervisor.uri.startswith("test:") else ""
+        raise DriverError(ctx.hypervisor.id, f"VM {name!r} has no disk to capture{simulated}", ctx.job_id)
+    cache = guests.cache_for(ctx.hypervisor)
+    # In the cache's directory, so that adopting it as a base is a rename; named by the job,
+    # so that a replay overwrites its own leftover.
+    copy = cache.root / f".capture-{ctx.job_id[:32]}.{target.disk_format}"
+    size, sha256 = cache.capture(Path(disks[0]["path"]), copy, target.disk_format, disks[0]["format"] or "raw",
+                                 timeout_s=max(1.0, min(CAPTURE_TIMEOUT_S, ctx.remaining() - 1.0)))
+    try:
+        cache.upload(copy, target, sha256)
+        cache.adopt(copy, sha256, target.disk_format)
+    finally:
+        copy.unlink(missing_ok=True)  # adopted (renamed away) on success
+    return {"image_id": target.image_id, "size_bytes": size, "sha256": sha256}
 
 
 @operation("vm.get")

@@ -28,6 +28,15 @@ Verbs and their postconditions (``ImageCache``)
                           ``dest`` is a standalone image of ``disk`` (no backing file); its
                           size and sha256 are returned. A disk in use by a running VM is
                           refused by QEMU's image locking (stop the VM first).
+    upload(path, target, sha256)
+                          the API holds ``path``'s bytes as image ``target.image_id`` (an HTTP
+                          PUT streamed from the file, with the job's upload token and the
+                          sha256 for the API to check); the API's refusal is an ImageError
+                          quoting its message.
+    adopt(path, sha256, disk_format)
+                          ``path`` (a capture) became the verified base of ``sha256``, so VMs
+                          of the captured image on this hypervisor need no download; if that
+                          base is cached already, ``path`` is removed instead.
     evict(sha256, overlays)
                           no base with that sha256 is cached, unless one of ``overlays`` (the
                           caller's VM disks: the cache does not track VMs) is backed by it, in
@@ -61,7 +70,7 @@ from typing import IO, Any
 
 from cloudland.errors import ImageError, ImageMismatch, InvalidRequest
 
-__all__ = ["DISK_FORMATS", "ImageCache", "ImageError", "ImageMismatch", "ImageSource"]
+__all__ = ["DISK_FORMATS", "ImageCache", "ImageError", "ImageMismatch", "ImageSource", "ImageTarget"]
 
 DISK_FORMATS = ("qcow2", "raw")
 CHUNK = 1 << 20          # bytes per read while streaming an image
@@ -102,6 +111,27 @@ class ImageSource:
     def __repr__(self) -> str:  # keeps the token out of logs and tracebacks
         return (f"ImageSource(image_id={self.image_id}, sha256={self.sha256!r}, size_bytes={self.size_bytes}, "
                 f"disk_format={self.disk_format!r}, url={public_url(self.url)!r})")
+
+
+@dataclass(frozen=True)
+class ImageTarget:
+    """Where a hypervisor uploads the capture that becomes image ``image_id``: ``url`` is the
+    API's ``/images/{id}/upload``, ``token`` the job's upload token for that one image."""
+
+    image_id: int
+    disk_format: str
+    url: str
+    token: str
+
+    def __post_init__(self) -> None:
+        where = f"image {self.image_id}"
+        if self.disk_format not in DISK_FORMATS:
+            raise InvalidRequest(f"{where}: disk_format must be one of {DISK_FORMATS}, got {self.disk_format!r}")
+        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
+            raise InvalidRequest(f"{where}: url must be http(s)://, got {public_url(self.url)!r}")
+
+    def __repr__(self) -> str:  # keeps the token out of logs and tracebacks
+        return f"ImageTarget(image_id={self.image_id}, disk_format={self.disk_format!r}, url={public_url(self.url)!r})"
 
 
 def public_url(url: str) -> str:
@@ -359,6 +389,43 @@ class ImageCache:
             _fsync_dir(dest.parent)
             return size, digest
 
+    def upload(self, path: Path, target: ImageTarget, sha256: str) -> None:
+        url = public_url(target.url)
+        where = f"upload of image {target.image_id} to {url}"
+        try:
+            size = os.stat(path).st_size
+            with open(path, "rb") as body:
+                request = urllib.request.Request(target.url, data=body, method="PUT", headers={
+                    "Content-Type": "application/octet-stream", "Content-Length": str(size),
+                    "X-Image-Sha256": sha256})
+                request.add_unredirected_header("Authorization", f"Bearer {target.token}")
+                with urllib.request.urlopen(request, timeout=self.http_timeout_s) as response:
+                    response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                raise self._error(f"{where} failed: HTTP {exc.code}: {_api_message(exc)}") from exc
+            finally:
+                exc.close()
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise self._error(f"{where} failed: {reason}") from exc
+
+    def adopt(self, path: Path, sha256: str, disk_format: str) -> Path:
+        base = self.root / f"{sha256}.{disk_format}"
+        with self.locks.hold(base.name):
+            try:
+                if base.exists():
+                    Path(path).unlink()
+                else:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                    os.chmod(path, 0o444)
+                    os.replace(path, base)  # same file system: the capture directory is the cache's sibling
+                    _fsync_dir(self.root)
+                    self._verified.add(base.name)  # hashed by capture() just now
+            except OSError as exc:
+                raise self._error(f"adopting capture {path} as base {base.name} failed: {exc.strerror}") from exc
+        return base
+
     # -- qemu-img ---------------------------------------------------------------------------
 
     def _backing(self, overlay: Path) -> str | None:
@@ -393,6 +460,14 @@ def _last_error(stderr: str) -> str:
     starts = [i for i, line in enumerate(lines) if line.startswith("qemu-img: ")]
     tail = lines[starts[-1]:] if starts else lines[-1:]
     return " ".join(tail).removeprefix("qemu-img: ")
+
+
+def _api_message(exc: urllib.error.HTTPError) -> str:
+    """The API's error message (``{"error": {"message": ...}}``), else the HTTP reason."""
+    try:
+        return str(json.loads(exc.read(65536))["error"]["message"])
+    except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
+        return str(exc.reason)
 
 
 def _sha256_of(path: Path) -> str:

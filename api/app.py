@@ -119,6 +119,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                             cpu_ratio=settings.cpu_ratio, memory_ratio=settings.memory_ratio)
     dispatcher = Dispatcher(app.state.write_sessions, settings.root_endpoint, weigher=settings.scheduler_weigher,
                             workers=settings.dispatch_workers, job_timeout_s=settings.job_timeout_s,
+                            capture_timeout_s=settings.capture_timeout_s,
                             ready=reconciler.ready,
                             guest_source=GuestSource(settings.image_url_base, app.state.signing_key,
                                                      settings.image_token_lifetime_s))

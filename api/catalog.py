@@ -156,13 +156,27 @@ def image_for_upload(session: Session, caller: Caller, image_id: int) -> Image:
     """The queued image an upload may fill: NotFound, then Forbidden, then Conflict if active."""
     image = get_image(session, caller, image_id)
     caller.require(Role.admin, Role.member)
+    if image.status == "saving":
+        raise Conflict(f"image {image_id} is being captured from an instance; its bytes come from there")
     if image.status != "queued":
         raise Conflict(f"image {image_id} is already {image.status}; delete it and create a new one to replace it")
     return image
 
 
-def _upload_target(session: Session, caller: Caller, image_id: int) -> Image:
-    image = image_for_upload(session, caller, image_id)
+def image_for_capture(session: Session, image_id: int, replay: bool = False) -> Image:
+    """The ``saving`` image a hypervisor's capture upload may fill, by id alone (the route checked
+    the job's upload token for it); Conflict once it is anything else. ``replay``: an ``active``
+    one too, which a replayed job may send the same bytes to again (``_activate`` compares)."""
+    image = session.get(Image, image_id)
+    if image is None:
+        raise NotFound(f"image {image_id} not found (deleted while it was being captured?)")
+    if image.status != "saving" and not (replay and image.status == "active"):
+        raise Conflict(f"image {image_id} is {image.status}, not being captured")
+    return image
+
+
+def _upload_target(session: Session, caller: Caller | None, image_id: int) -> Image:
+    image = image_for_upload(session, caller, image_id) if caller else image_for_capture(session, image_id, True)
     # End the read transaction before streaming: held open it would keep SQLite's write
     # lock (write sessions BEGIN IMMEDIATE) or an idle PostgreSQL transaction for as long
     # as the upload takes. Nothing was written; the row is re-checked when it is activated.
@@ -194,7 +208,7 @@ class _Received:
 
 async def upload_image(
     session: Session,
-    caller: Caller,
+    caller: Caller | None,
     image_id: int,
     body: AsyncIterable[bytes],
     *,
@@ -204,6 +218,9 @@ async def upload_image(
     expected_sha256: str | None = None,
 ) -> Image:
     """Stream ``body`` into image ``image_id``'s file and make the image ``active``.
+
+    ``caller`` None: a hypervisor uploads a capture (the route checked its upload token); the
+    image must be ``saving``, and the same bytes sent again (a replayed job) are success.
 
     Never holds more than ``WRITE_BATCH`` bytes in memory. Raises NotFound, Forbidden,
     Conflict (already active), PayloadTooLarge (over ``max_bytes``, checked against
@@ -294,19 +311,25 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _activate(session: Session, caller: Caller, image: Image, received: _Received, state_dir: Path) -> Image:
+def _activate(session: Session, caller: Caller | None, image: Image, received: _Received, state_dir: Path) -> Image:
     """Mark the image active and rename its file into place, both or neither."""
     image_id = image.id  # a rollback expires ``image``; a deleted row could not reload it
     # Conditional UPDATE: of two uploads racing to the same image, only the first to
-    # lock the row wins; the loser sees no queued row and its file is discarded.
+    # lock the row wins; the loser sees no queued (or saving) row and its file is discarded.
+    scope = (Image.org_id == caller.org_id, Image.status == "queued") if caller else (Image.status == "saving",)
     result = cast(CursorResult[Any], session.execute(
-        update(Image)
-        .where(Image.id == image_id, Image.org_id == caller.org_id, Image.status == "queued")
+        update(Image).where(Image.id == image_id, *scope)
         .values(status="active", size_bytes=received.size, sha256=received.sha256)
     ))
     if result.rowcount != 1:
         session.rollback()
-        image_for_upload(session, caller, image_id)  # NotFound (deleted meanwhile) or Conflict
+        if caller is None:
+            done = session.get(Image, image_id)
+            if done is not None and done.status == "active" and done.sha256 == received.sha256:
+                return done  # a replayed capture job sent the bytes that are already there
+            image_for_capture(session, image_id)  # NotFound (deleted meanwhile) or Conflict
+        else:
+            image_for_upload(session, caller, image_id)  # NotFound (deleted meanwhile) or Conflict
         raise Conflict(f"image {image_id} changed during the upload; try again")
     final = image_path(state_dir, image)
     try:
@@ -318,8 +341,8 @@ def _activate(session: Session, caller: Caller, image: Image, received: _Receive
         final.unlink(missing_ok=True)
         raise
     session.refresh(image)
-    log.info("event=image_uploaded org_id=%d image_id=%d size_bytes=%d sha256=%s user_id=%d",
-             caller.org_id, image.id, received.size, received.sha256, caller.user_id)
+    log.info("event=image_uploaded org_id=%d image_id=%d size_bytes=%d sha256=%s by=%s", image.org_id, image.id,
+             received.size, received.sha256, f"user:{caller.user_id}" if caller else "capture")
     return image
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Job, JobState, Role, SshKey
-from cloudland_api.schemas import InstanceCreate
+from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import Caller
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ ALLOWED_FROM = {
     "resize": {"stopped", "error"},
     "rebuild": {"running", "stopped", "error"},
     "delete": {"running", "stopped", "error"},
+    "capture": {"stopped"},  # a running guest's disk is changing under the copy (and QEMU locks it)
 }
 
 
@@ -204,7 +205,7 @@ def _check_can(instance: Instance, action: str) -> None:
         raise Conflict(f"instance {instance.id} ({instance.name}) is busy with job {instance.job_id}; "
                        f"wait for it (cloudland job watch {instance.job_id})")
     if instance.status not in ALLOWED_FROM[action]:
-        hint = " stop it first" if action == "resize" else ""
+        hint = " stop it first" if action in ("resize", "capture") else ""
         raise Conflict(f"instance {instance.id} ({instance.name}) is {instance.status}: cannot {action} it;{hint}"
                        .rstrip(";"))
 
@@ -252,6 +253,34 @@ def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int |
     if image.arch != instance.arch:
         raise InvalidRequest(f"image {image.name!r} is for {image.arch}; instance {instance.id} runs on {instance.arch}")
     return act(session, caller, instance.id, "rebuild", {"image_id": image.id})
+
+
+def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureRequest) -> tuple[Image, Job]:
+    """A new image ``spec.name`` (``saving``) and the job that fills it from the stopped instance's
+    disk, committed together. The hypervisor uploads the bytes itself (``PUT /images/{id}/upload``
+    with the job's upload token); the image is ``active`` once they are in, ``error`` if the job fails."""
+    instance = get_instance(session, caller, instance_id, lock=True)
+    caller.require(Role.admin, Role.member)
+    _check_can(instance, "capture")
+    if instance.hypervisor_id is None:
+        raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
+    if session.scalar(select(Image.id).where(Image.org_id == caller.org_id, Image.name == spec.name)) is not None:
+        raise Conflict(f"image name {spec.name!r} is already used in this organisation")
+    image = Image(org_id=caller.org_id, name=spec.name, arch=instance.arch, disk_format=spec.disk_format,
+                  status="saving", size_bytes=0)
+    session.add(image)
+    try:
+        session.flush()  # the image's id, for the job
+    except IntegrityError as exc:
+        session.rollback()  # another request took the name meanwhile
+        raise Conflict(f"image name {spec.name!r} is already used in this organisation") from exc
+    job = _new_job(caller, new_job_id(), "capture", instance, {"image_id": image.id, "disk_format": spec.disk_format})
+    _start_job(instance, job)
+    session.add(job)
+    session.commit()
+    log.info("event=capture_created job=%s instance=%d image_id=%d org_id=%d", job.id, instance.id, image.id,
+             caller.org_id)
+    return image, job
 
 
 def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], force: bool) -> Accepted:

@@ -35,7 +35,7 @@ from cloudland.client import RootClient, struct_to_dict
 from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
 from cloudland_api import scheduler
 from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, SshKey, utcnow
-from cloudland_api.security import issue_image_token
+from cloudland_api.security import UPLOAD_AUDIENCE, issue_image_token
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,10 @@ log = logging.getLogger(__name__)
 RETRY_BUDGET_S = 600.0        # how long a job may wait for an unreachable hypervisor
 MAX_BATCH = 500               # jobs per planner or writer transaction
 OPERATIONS = {"create": "vm.create", "start": "vm.start", "stop": "vm.stop", "reboot": "vm.reboot",
-              "delete": "vm.delete", "resize": "vm.resize", "rebuild": "vm.rebuild"}
+              "delete": "vm.delete", "resize": "vm.resize", "rebuild": "vm.rebuild", "capture": "vm.capture"}
 # The instance status a successful action leaves.
 SETTLED = {"create": "running", "start": "running", "stop": "stopped", "reboot": "running",
-           "resize": "stopped", "delete": "deleted"}
+           "resize": "stopped", "delete": "deleted", "capture": "stopped"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,14 @@ class GuestSource:
         return args
 
 
+    def capture_args(self, image_id: int, upload_lifetime_s: float) -> dict[str, Any]:
+        """Where a ``vm.capture`` uploads the captured disk: the image's upload URL and a token
+        for that one image that outlives the copy (``upload_lifetime_s``)."""
+        token = issue_image_token(self.signing_key, image_id, int(self.token_lifetime_s + upload_lifetime_s),
+                                  UPLOAD_AUDIENCE)
+        return {"image_id": image_id, "url": f"{self.image_url_base}/{image_id}/upload", "token": token}
+
+
 def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The agent operation's arguments for ``job``, built from the instance as it is now."""
     name = {"name": instance.domain_name}
@@ -114,6 +122,9 @@ def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None
         return name | {"force": bool(job.args.get("force", False))}
     if job.action == "delete":
         return name | {"uuid": instance.uuid}  # a real hypervisor removes the guest's files too
+    if job.action == "capture":
+        return name | {"image": (guest or {}) | {"image_id": job.args["image_id"],
+                                                 "disk_format": job.args["disk_format"]}}
     return name
 
 
@@ -121,12 +132,13 @@ class Dispatcher:
     """Sends jobs to the root and records their outcomes; ``start()`` it, ``stop()`` it."""
 
     def __init__(self, write_sessions: sessionmaker[Session], root_endpoint: str, *, weigher: str = "spread",
-                 workers: int = 64, job_timeout_s: float = 120.0,
+                 workers: int = 64, job_timeout_s: float = 120.0, capture_timeout_s: float = 3600.0,
                  ready: threading.Event | None = None, guest_source: GuestSource | None = None) -> None:
         self._sessions = write_sessions
         self._endpoint = root_endpoint
         self._weigher = weigher
         self._job_timeout_s = job_timeout_s
+        self._capture_timeout_s = capture_timeout_s
         self._ready = ready  # set once hypervisors were read from the tree (sync.py)
         self._guest_source = guest_source
         self._incoming: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -259,6 +271,8 @@ class Dispatcher:
             guest = None
             if self._guest_source is not None and job.action in ("create", "rebuild"):
                 guest = self._guest_source.guest_args(session, instance, job.args.get("image_id"))
+            if self._guest_source is not None and job.action == "capture":
+                guest = self._guest_source.capture_args(job.args["image_id"], self._capture_timeout_s)
             sends.append((job.id, instance.hypervisor_id, OPERATIONS[job.action], agent_args(job, instance, guest)))
         return sends
 
@@ -284,8 +298,9 @@ class Dispatcher:
     def _send(self, job_id: str, hypervisor: int, operation: str, args: dict[str, Any]) -> None:
         assert self._client is not None
         try:
-            replies = self._client.run(operation, hypervisor, args=args, timeout=self._job_timeout_s, job_id=job_id)
-            outcome = self._judge(job_id, hypervisor, replies)
+            timeout = self._timeout(operation)
+            replies = self._client.run(operation, hypervisor, args=args, timeout=timeout, job_id=job_id)
+            outcome = self._judge(job_id, hypervisor, replies, timeout)
         except (RootUnreachable, InvalidRequest, TreeError) as exc:
             # InvalidRequest here is the root's ALREADY_EXISTS: it still holds this job from
             # before a restart. Either way: ask again later under the same id.
@@ -298,7 +313,11 @@ class Dispatcher:
         else:
             self._outcomes.put(outcome)
 
-    def _judge(self, job_id: str, hypervisor: int, replies: list[pb.Reply]) -> Outcome:
+    def _timeout(self, operation: str) -> float:
+        """An attempt's deadline: a capture copies and uploads a whole disk, the rest are quick."""
+        return self._capture_timeout_s if operation == "vm.capture" else self._job_timeout_s
+
+    def _judge(self, job_id: str, hypervisor: int, replies: list[pb.Reply], timeout: float) -> Outcome:
         mine = [r for r in replies if r.hypervisor == hypervisor]
         if not mine:
             return Outcome(job_id, "retry", f"no reply from hypervisor {hypervisor}")
@@ -307,7 +326,7 @@ class Dispatcher:
             return Outcome(job_id, "ok", payload=struct_to_dict(reply.payload))
         if reply.status == pb.TIMEOUT:
             return Outcome(job_id, "timeout",
-                           f"timeout: hypervisor {hypervisor} did not answer within {self._job_timeout_s:.0f} s")
+                           f"timeout: hypervisor {hypervisor} did not answer within {timeout:.0f} s")
         if reply.status == pb.UNAVAILABLE:
             return Outcome(job_id, "retry", f"hypervisor {hypervisor} unavailable: {reply.error}")
         status = pb.Status.Name(reply.status)
@@ -396,6 +415,10 @@ def settle(session: Session, job: Job, instance: Instance, outcome: Outcome,
                 instance.id, job.hypervisor_id, outcome.reason)
     if job.action in ("create", "delete"):
         instance.status = "error"
+    if job.action == "capture":
+        image = session.get(Image, job.args["image_id"])
+        if image is not None and image.status == "saving":  # (None: deleted meanwhile)
+            image.status = "error"
     if job.action == "resize" and instance.hypervisor_id is not None:
         give_back(instance.hypervisor_id, job.args.get("claimed_vcpus", 0), job.args.get("claimed_memory_mib", 0))
 

@@ -173,7 +173,7 @@ class Image(Base):
     name: Mapped[str] = mapped_column(String(64))
     arch: Mapped[str] = mapped_column(String(16), default="x86_64")
     disk_format: Mapped[str] = mapped_column(String(16), default="qcow2")
-    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | active
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | saving | active | error
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

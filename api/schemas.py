@@ -141,7 +141,8 @@ class ImageCreate(_Request):
 
 
 class ImagePublic(BaseModel):
-    """An image: ``queued`` until its file is uploaded, then ``active`` with size and sha256."""
+    """An image: ``queued`` until its file is uploaded (``saving`` while captured from an instance),
+    then ``active`` with size and sha256; ``error`` if its capture failed (the job says why)."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -294,6 +295,20 @@ class RebuildRequest(_Request):
     """The image to rebuild an instance from (its uuid and name stay)."""
 
     image: Ref
+
+
+class CaptureRequest(_Request):
+    """The new image a stopped instance's disk is captured into."""
+
+    name: Name
+    disk_format: DiskFormat = "qcow2"
+
+
+class CaptureAccepted(BaseModel):
+    """A capture started: its image (``saving`` until the hypervisor has uploaded it) and its job."""
+
+    image: ImagePublic
+    job: JobPublic
 
 
 class BatchAction(_Request):

@@ -97,30 +97,35 @@ def decode_token(key: bytes, token: str) -> TokenClaims:
 
 
 IMAGE_AUDIENCE = "cloudland:image-download"
+UPLOAD_AUDIENCE = "cloudland:image-upload"
+_WHAT = {IMAGE_AUDIENCE: "image download token", UPLOAD_AUDIENCE: "image upload token"}
 
 
-def issue_image_token(key: bytes, image_id: int, lifetime_s: int) -> str:
-    """A token that lets its bearer (a hypervisor's agent) download image ``image_id`` and nothing else.
+def issue_image_token(key: bytes, image_id: int, lifetime_s: int, audience: str = IMAGE_AUDIENCE) -> str:
+    """A token that lets its bearer (a hypervisor's agent) download image ``image_id`` and nothing else;
+    with ``audience=UPLOAD_AUDIENCE``, upload the bytes of a capture into it and nothing else.
 
-    It carries an audience, so ``decode_token`` refuses it as a user's token, and no user,
-    so it opens no other door.
+    It carries an audience, so ``decode_token`` refuses it as a user's token (and one kind
+    of image token is refused as the other), and no user, so it opens no other door.
     """
     now = datetime.now(UTC)
-    payload = {"img": image_id, "aud": IMAGE_AUDIENCE, "iat": int(now.timestamp()),
+    payload = {"img": image_id, "aud": audience, "iat": int(now.timestamp()),
                "exp": int((now + timedelta(seconds=lifetime_s)).timestamp())}
     return jwt.encode(payload, key, algorithm=ALGORITHM)
 
 
-def decode_image_token(key: bytes, token: str) -> int:
-    """The image id a valid download token names; Unauthorized otherwise (user tokens included)."""
+def decode_image_token(key: bytes, token: str, audience: str = IMAGE_AUDIENCE) -> int:
+    """The image id a valid image token of ``audience`` names; Unauthorized otherwise (user tokens
+    and the other kind of image token included)."""
+    what = _WHAT[audience]
     try:
-        payload = jwt.decode(token, key, algorithms=[ALGORITHM], audience=IMAGE_AUDIENCE,
+        payload = jwt.decode(token, key, algorithms=[ALGORITHM], audience=audience,
                              options={"require": ["img", "aud", "exp"]})
         return int(payload["img"])
     except jwt.ExpiredSignatureError as exc:
-        raise Unauthorized("image download token expired") from exc
+        raise Unauthorized(f"{what} expired") from exc
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
-        raise Unauthorized("invalid image download token") from exc
+        raise Unauthorized(f"invalid {what}") from exc
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class ApiSettings:
     sync_interval_s: float = 2.0        # how often hypervisors are read from the tree's reports
     dispatch_workers: int = 64          # commands in flight to the root at once
     job_timeout_s: float = 120.0        # per attempt; the job fails with "timeout" after it
+    capture_timeout_s: float = 3600.0   # a capture's attempt: it copies and uploads a whole disk
 
     def __post_init__(self) -> None:
         if not self.database_url.strip():
@@ -65,6 +66,8 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}DISPATCH_WORKERS must be 1..1024, got {self.dispatch_workers}")
         if not 1 <= self.job_timeout_s <= 3600:
             raise ConfigError(f"{PREFIX}JOB_TIMEOUT_S must be 1..3600 seconds, got {self.job_timeout_s}")
+        if not 60 <= self.capture_timeout_s <= 86400:
+            raise ConfigError(f"{PREFIX}CAPTURE_TIMEOUT_S must be 60..86400 seconds, got {self.capture_timeout_s}")
         # Upper bound: images.size_bytes is a signed 64-bit BIGINT.
         if not 1 <= self.max_image_bytes <= MAX_IMAGE_BYTES:
             raise ConfigError(f"{PREFIX}MAX_IMAGE_BYTES must be 1..{MAX_IMAGE_BYTES} bytes, got {self.max_image_bytes}")

@@ -220,6 +220,32 @@ def vm_rebuild(ref: Annotated[str, typer.Argument(help="VM id or name.")],
 
 
 
+@vm_app.command("capture")
+def vm_capture(ref: Annotated[str, typer.Argument(help="VM id or name (stopped).")],
+               image: Annotated[str, typer.Argument(help="Name of the new image.")],
+               disk_format: Annotated[str, typer.Option("--format", help="qcow2 or raw.")] = "qcow2",
+               no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Capture a stopped VM's disk into a new image that VMs can boot from."""
+    with connect() as client:
+        vm = resolve_instance(client, ref)
+        accepted = client.post(f"/instances/{vm['id']}/capture", {"name": image, "disk_format": disk_format})
+        job, captured = accepted["job"], accepted["image"]
+        if not no_wait:
+            job = wait_job(client, job["id"], show=not as_json)
+            captured = client.get(f"/images/{captured['id']}")
+    if as_json:
+        print_json({"job": job, "image": captured})
+    elif no_wait:
+        out.print(f"job {job['id']} capture of VM {vm['id']} into image {captured['id']} ({image}) accepted")
+    elif job["state"] == "succeeded":
+        out.print(f"image {captured['id']} ({image}) captured from VM {vm['name']} ({vm['id']}): "
+                  f"{captured['status']}, {captured['size_bytes'] / 2**20:.1f} MiB, sha256 {captured['sha256']}")
+    else:
+        finish_job(job, as_json=False)  # the reason, and exit 1
+    if job["state"] in ("failed", "timeout"):
+        raise typer.Exit(EXIT_FAILED)
+
+
 @vm_app.command("console")
 def vm_console(ref: Annotated[str, typer.Argument(help="VM id or name.")],
                read_only: Annotated[bool, typer.Option("--read-only", help="Show the output; type nothing.")]

@@ -8,13 +8,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api import catalog
 from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
-from cloudland_api.security import decode_image_token
+from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
+from cloudland_api.services import Caller
+from cloudland_api.settings import ApiSettings
 
 router = APIRouter(
     prefix="/images",
@@ -23,6 +26,11 @@ router = APIRouter(
 )
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Image id")]
 OCTET_STREAM = "application/octet-stream"
+ContentType = Annotated[str | None, Header()]
+ContentLength = Annotated[int | None, Header(ge=0)]
+ExpectedSha256 = Annotated[
+    str | None, Header(pattern=r"^[0-9a-fA-F]{64}$", description="Expected SHA-256 (hex) of the bytes")
+]
 _BINARY_BODY = {
     "requestBody": {"required": True, "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}
 }
@@ -85,17 +93,50 @@ async def upload_image_file(
     session: StreamingSessionDep,
     caller: CurrentUser,
     settings: SettingsDep,
-    content_type: Annotated[str | None, Header()] = None,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
-    x_image_sha256: Annotated[
-        str | None, Header(pattern=r"^[0-9a-fA-F]{64}$", description="Expected SHA-256 (hex) of the bytes")
-    ] = None,
+    content_type: ContentType = None,
+    content_length: ContentLength = None,
+    x_image_sha256: ExpectedSha256 = None,
 ) -> ImagePublic:
     """Upload a queued image's bytes as ``application/octet-stream``; the image becomes ``active``.
 
     The body is streamed to disk (never held in memory) and hashed on the way. With
     ``X-Image-Sha256`` the upload is refused unless the bytes hash to it.
     """
+    return await _upload(request, session, caller, image_id, settings, content_type, content_length, x_image_sha256)
+
+
+@router.put(
+    "/{image_id}/upload",
+    openapi_extra=_BINARY_BODY,
+    responses={400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+               415: {"model": ErrorResponse}},
+)
+async def upload_capture(
+    image_id: ImageId,
+    request: Request,
+    session: StreamingSessionDep,
+    settings: SettingsDep,
+    key: SigningKeyDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+    content_type: ContentType = None,
+    content_length: ContentLength = None,
+    x_image_sha256: ExpectedSha256 = None,
+) -> ImagePublic:
+    """A hypervisor's upload of a captured disk into its ``saving`` image, with the upload token
+    its capture job carried (``security.issue_image_token``); a user's token is refused.
+
+    The same bytes sent again (a replayed job) are success.
+    """
+    if credentials is None:
+        raise errors.Unauthorized("missing bearer token: send the image upload token of the capture job")
+    if decode_image_token(key, credentials.credentials, UPLOAD_AUDIENCE) != image_id:
+        raise errors.Unauthorized(f"the upload token is not for image {image_id}")
+    return await _upload(request, session, None, image_id, settings, content_type, content_length, x_image_sha256)
+
+
+async def _upload(request: Request, session: Session, caller: Caller | None, image_id: int, settings: ApiSettings,
+                  content_type: str | None, content_length: int | None, sha256: str | None) -> ImagePublic:
+    """The body of an octet-stream upload streamed into the image (``catalog.upload_image``)."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != OCTET_STREAM:
         # curl -d / --data-binary default to form encoding: say what to send instead.
@@ -103,9 +144,8 @@ async def upload_image_file(
             f"image {image_id}: send the bytes with 'Content-Type: {OCTET_STREAM}', got {content_type!r}"
         )
     image = await catalog.upload_image(
-        session, caller, image_id, _body(request, image_id),
-        state_dir=settings.state_dir, max_bytes=settings.max_image_bytes,
-        declared_size=content_length, expected_sha256=x_image_sha256,
+        session, caller, image_id, _body(request, image_id), state_dir=settings.state_dir,
+        max_bytes=settings.max_image_bytes, declared_size=content_length, expected_sha256=sha256,
     )
     return ImagePublic.model_validate(image)
 

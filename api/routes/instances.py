@@ -16,7 +16,10 @@ from cloudland_api.schemas import (
     MAX_ID,
     BatchAccepted,
     BatchAction,
+    CaptureAccepted,
+    CaptureRequest,
     ErrorResponse,
+    ImagePublic,
     InstanceCreate,
     InstanceList,
     InstancePublic,
@@ -114,6 +117,16 @@ def rebuild_instance(instance_id: InstanceId, body: RebuildRequest, session: Ses
     job = compute.rebuild(session, caller, instance_id, body.image)
     submit([job.id])
     return JobPublic.model_validate(job)
+
+
+@router.post("/{instance_id}/capture", status_code=_ACCEPTED, responses=_CHANGES)
+def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: SessionDep, caller: CurrentUser,
+                     submit: SubmitDep) -> CaptureAccepted:
+    """Capture a stopped instance's disk into a new image (``saving`` until its job ends, then
+    ``active``): a standalone copy that new instances can boot from."""
+    image, job = compute.capture(session, caller, instance_id, body)
+    submit([job.id])
+    return CaptureAccepted(image=ImagePublic.model_validate(image), job=JobPublic.model_validate(job))
 
 
 @router.delete("/{instance_id}", status_code=_ACCEPTED, responses=_CHANGES)

@@ -217,3 +217,36 @@ def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
     assert done.returncode == 1, done
     assert done.stderr.strip().splitlines()[-1] == (f"cloudland: vm.console: VM 'cl-{vm['uuid']}' has no serial "
                                                     f"console log (hypervisor {vm['hypervisor_id']})")
+
+
+def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -> None:
+    """The capture job goes through the tree to the VM's hypervisor, whose test-driver domain
+    has no disk: the job fails naming it, the image ends ``error``, the VM stays stopped.
+    (tests/realvm/test_api_to_qemu.py captures a real guest's disk through the same path.)"""
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    [vm] = cloud.post("/instances", {"name": "src", "flavor": "small", "image": "tiny"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "src running")
+    assert cloud.http is not None
+    env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{cloud.port}",
+               CLOUDLAND_TOKEN=cloud.http.headers["Authorization"].split()[1],
+               CLOUDLAND_CONFIG=str(cloud.state_dir / "cli.json"))
+    cli = str(Path(sys.executable).parent / "cloudland")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+
+    done = run("vm", "capture", "src", "golden")
+    assert done.returncode == 2 and "is running: cannot capture it; stop it first" in done.stderr, done
+    assert run("vm", "stop", "src", "--force").returncode == 0
+    done = run("vm", "capture", "src", "golden")
+    vm = cloud.get(f"/instances/{vm['id']}")
+    reason = (f"hypervisor {vm['hypervisor_id']}: vm.capture: VM 'cl-{vm['uuid']}' has no disk to capture (a "
+              f"simulated hypervisor keeps no guest disks) (hypervisor {vm['hypervisor_id']}, job ")
+    assert done.returncode == 1 and reason in " ".join(done.stdout.split()), done
+    [image] = [i for i in cloud.get("/images")["items"] if i["name"] == "golden"]
+    assert image["status"] == "error"
+    assert (vm["status"], vm["job_id"]) == ("stopped", None)
+    assert vm["status_reason"].startswith(f"capture failed: {reason}")
