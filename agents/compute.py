@@ -6,13 +6,15 @@ Vocabulary
     domain    libvirt's object for a VM. Every VM is a *persistent* domain.
     spec      a ``DomainSpec``: the structured, validated description of a VM
               (size, disks and CD-ROMs, NICs, metadata, a kernel to boot directly,
-              a console log file) from which the domain XML is built
+              a console log file, a VNC display's listen address) from which
+              the domain XML is built
               with ElementTree; no XML is ever pasted from strings
               (agents/domain.py).
     state     one of ``STATES``: running, paused, stopping, shutoff, crashed,
               suspended, unknown (libvirt's states, folded to what callers act on).
     record    a ``VMInfo`` dict: a VM's definition read back from libvirt plus
-              its state. ``get`` and ``list`` return records; the reconciler
+              its state and its VNC display's live port (``vnc_port``, 0 unless
+              it runs). ``get`` and ``list`` return records; the reconciler
               compares them with desired state.
 
 Verbs and their postconditions (``Compute``; ``LibvirtCompute`` and ``FakeCompute``)

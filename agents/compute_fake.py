@@ -5,7 +5,8 @@ tests/unit/test_compute_contract.py runs against both). Records come from the
 real ``domain_xml``/``parse_domain_xml`` pair, so their shape cannot drift.
 It records every call in ``.calls``; ``fail_next(verb, error)`` makes the next
 call of ``verb`` raise ``error``: failures are injected through data (cri-api's
-fake), not subclasses.
+fake), not subclasses. A live VM with a VNC display gets a port as QEMU's autoport
+gives one (the lowest free from 5900), so its record reads like a real guest's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any
 from cloudland_agents.compute import (
     DomainSpec, VMConflict, VMInfo, VMNotFound, VMStateError, domain_xml, parse_domain_xml,
 )
+from cloudland_agents.domain import LIVE_STATES
+
+VNC_BASE_PORT = 5900  # QEMU's display 0
 
 
 class FakeCompute:
@@ -26,6 +30,7 @@ class FakeCompute:
         self.hypervisor_id = hypervisor_id
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.vms: dict[str, tuple[DomainSpec, str]] = {}
+        self.vnc_ports: dict[str, int] = {}  # name -> port of each live VNC display
         self._failures: dict[str, Exception] = {}
         self._lock = threading.Lock()  # one lock: the fake is quick, per-VM locks buy nothing
 
@@ -47,7 +52,19 @@ class FakeCompute:
 
     def _record(self, name: str) -> VMInfo:
         spec, state = self._vm(name)
-        return parse_domain_xml(domain_xml(spec), state)
+        record = parse_domain_xml(domain_xml(spec), state)
+        record["vnc_port"] = self.vnc_ports.get(name, 0)
+        return record
+
+    def _put(self, name: str, spec: DomainSpec, state: str) -> None:
+        """Hold VM ``name``; its display keeps its port while it lives, as QEMU's does."""
+        self.vms[name] = (spec, state)
+        if not (spec.vnc_listen and state in LIVE_STATES):
+            self.vnc_ports.pop(name, None)
+        elif name not in self.vnc_ports:
+            taken = set(self.vnc_ports.values())
+            self.vnc_ports[name] = next(port for port in range(VNC_BASE_PORT, VNC_BASE_PORT + len(taken) + 1)
+                                        if port not in taken)
 
     def create(self, spec: DomainSpec) -> dict[str, Any]:
         with self._lock:
@@ -60,14 +77,14 @@ class FakeCompute:
                     raise VMConflict(self.hypervisor_id, f"VM {spec.name!r} exists with uuid "
                                                          f"{self.vms[spec.name][0].uuid}, not {spec.uuid}")
                 return {**self._record(spec.name), "created": False}
-            self.vms[spec.name] = (spec, "running")
+            self._put(spec.name, spec, "running")
             return {**self._record(spec.name), "created": True}
 
     def _set_state(self, verb: str, name: str, state: str, *args: Any) -> VMInfo:
         with self._lock:
             self._enter(verb, name, *args)
             spec, _ = self._vm(name)
-            self.vms[name] = (spec, state)
+            self._put(name, spec, state)
             return self._record(name)
 
     def start(self, name: str) -> VMInfo:
@@ -82,6 +99,7 @@ class FakeCompute:
     def delete(self, name: str) -> dict[str, Any]:
         with self._lock:
             self._enter("delete", name)
+            self.vnc_ports.pop(name, None)
             return {"name": name, "deleted": self.vms.pop(name, None) is not None}
 
     def resize(self, name: str, vcpus: int, memory_mib: int) -> VMInfo:
@@ -90,7 +108,7 @@ class FakeCompute:
             spec, state = self._vm(name)
             if state != "shutoff":
                 raise VMStateError(self.hypervisor_id, f"resize of VM {name!r} needs it shut off; stop it first")
-            self.vms[name] = (replace(spec, vcpus=vcpus, memory_mib=memory_mib), state)
+            self._put(name, replace(spec, vcpus=vcpus, memory_mib=memory_mib), state)
             return self._record(name)
 
     def rebuild(self, spec: DomainSpec) -> VMInfo:
@@ -100,7 +118,7 @@ class FakeCompute:
             if held.uuid != spec.uuid:
                 raise VMConflict(self.hypervisor_id, f"rebuild of VM {spec.name!r} must keep uuid {held.uuid}, "
                                                      f"got {spec.uuid}")
-            self.vms[spec.name] = (spec, state)
+            self._put(spec.name, spec, state)
             return self._record(spec.name)
 
     def get(self, name: str) -> VMInfo:

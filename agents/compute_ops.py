@@ -39,7 +39,8 @@ from cloudland_agents.ops import Context, Payload, operation
 GUEST_KEYS = {"image", "hostname", "disk_gib", "ssh_keys", "user_data"}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata",
-             "kernel", "initrd", "cmdline", "console_log"}
+             "kernel", "initrd", "cmdline", "console_log", "vnc_listen"}
+_TEXT_KEYS = ("kernel", "initrd", "cmdline", "console_log", "vnc_listen")  # optional strings of a spec
 DISK_KEYS = {"path", "format", "target", "device"}
 VIRTIO_TARGETS = tuple(f"vd{letter}" for letter in "abcdefghijklmnopqrstuvwxyz")
 CDROM_TARGETS = ("hdc", "hdd", "hda", "hdb")  # hdc first: the secondary IDE bus, as virt-install does
@@ -135,7 +136,7 @@ def spec_from_args(args: Payload, default_domain_type: str) -> DomainSpec:
         vcpus=_whole(args["vcpus"], "vcpus"), memory_mib=_whole(args["memory_mib"], "memory_mib"),
         arch=str(args.get("arch", "x86_64")), domain_type=str(args.get("domain_type", default_domain_type)),
         disks=tuple(disks), nics=tuple(nics), metadata=dict(metadata),
-        **{key: _text(args, key) for key in ("kernel", "initrd", "cmdline", "console_log") if key in args},
+        **{key: _text(args, key) for key in _TEXT_KEYS if key in args},
     )
 
 
@@ -219,13 +220,16 @@ def vm_create(ctx: Context, args: Payload) -> Payload:
 
 def _guest_spec(ctx: Context, args: Payload, disk_name: str) -> tuple[DomainSpec, guests.GuestFiles | None]:
     """The spec of ``args`` and, on a real hypervisor given GUEST_KEYS, the guest's files with
-    their disks and console log added to it. Simulated hypervisors get no files (None)."""
+    their disks and console log added to it, and a VNC display on the hypervisor's
+    ``vnc_listen`` unless ``args`` name one. Simulated hypervisors get no files (None)."""
     guest_args = {key: args[key] for key in GUEST_KEYS if key in args}
     spec = spec_from_args({k: v for k, v in args.items() if k not in GUEST_KEYS}, _default_domain_type(ctx))
     if not guest_args or ctx.hypervisor.uri.startswith("test:"):
         return spec, None
     files = _prepare_guest(ctx, spec, guest_args, disk_name)
-    return dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log)), files
+    vnc_listen = spec.vnc_listen if "vnc_listen" in args else ctx.hypervisor.vnc_listen
+    return dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log),
+                               vnc_listen=vnc_listen), files
 
 
 def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload, disk_name: str) -> guests.GuestFiles:

@@ -9,7 +9,9 @@ Real guests (domain types qemu and kvm) run on the i440fx ``pc`` machine: its ID
 bus carries the config drive as a CD-ROM, which guests without an AHCI driver (the
 Debian cloud kernel) cannot see on q35's SATA. A kernel, initrd and command line
 make a direct kernel boot; ``console_log`` keeps the serial console a pty (so a
-libvirt console stream can attach) that virtlogd also copies to a file.
+libvirt console stream can attach) that virtlogd also copies to a file. ``vnc_listen``
+adds a VNC display on that address, its port chosen by libvirt when the domain starts
+(autoport: the first free from 5900), and the video card it shows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 from xml.etree import ElementTree as ET
 
+from cloudland.addresses import canonical_ip
 from cloudland.errors import InvalidRequest
 
 STATES = ("running", "paused", "stopping", "shutoff", "crashed", "suspended", "unknown")
@@ -42,6 +45,11 @@ MAX_VCPUS = 256
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 4 * 1024 * 1024
 MAX_PATH_CHARS = 4095  # PATH_MAX less the NUL
 MAX_CMDLINE_CHARS = 2047  # x86 COMMAND_LINE_SIZE less the NUL
+# States in which a domain's QEMU process lives, and with it its VNC server.
+LIVE_STATES = ("running", "paused", "stopping", "suspended")
+# The video card a VNC display shows: QEMU's standard VGA on x86 (libvirt's default there is
+# still the deprecated cirrus); the virt machine of aarch64 has no VGA, but virtio-gpu.
+VIDEO_MODELS = {"x86_64": "vga", "i686": "vga", "aarch64": "virtio"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class DomainSpec:
     initrd: str = ""  # ...its initramfs...
     cmdline: str = ""  # ...and its command line
     console_log: str = ""  # a file the serial console is copied to
+    vnc_listen: str = ""  # an IP address a VNC display listens on; "" for none
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and _NAME.fullmatch(self.name) is not None, "name",
@@ -145,6 +154,12 @@ class DomainSpec:
         # Without a kernel libvirt keeps an initrd or command line but QEMU ignores them.
         _check(self.kernel != "" or self.initrd == "", "initrd", "empty without a kernel", self.initrd)
         _check(self.kernel != "" or self.cmdline == "", "cmdline", "empty without a kernel", self.cmdline)
+        if self.vnc_listen != "":
+            address = canonical_ip(self.vnc_listen)
+            _check(address is not None, "vnc_listen", "an IPv4 or IPv6 address (without a zone), "
+                   "or empty for no display", self.vnc_listen)
+            # Canonical (libvirt keeps what it is given), so a spec equals the one read back.
+            object.__setattr__(self, "vnc_listen", address)
 
 
 def _libvirt_order(disks: tuple[Disk, ...]) -> tuple[Disk, ...]:
@@ -197,6 +212,8 @@ class VMInfo(TypedDict):
     initrd: str
     cmdline: str
     console_log: str
+    vnc_listen: str  # "" without a VNC display
+    vnc_port: int  # the live display's port; 0 while the domain is not running, or without one
 
 
 # -- domain XML ------------------------------------------------------------------------
@@ -251,6 +268,12 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(serial, "log", file=spec.console_log, append="on")
     ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "console", type="pty")
+    if spec.vnc_listen:
+        # port -1 with autoport: libvirt picks the port at each start (and reports -1 while off).
+        graphics = ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes",
+                                 listen=spec.vnc_listen)
+        ET.SubElement(graphics, "listen", type="address", address=spec.vnc_listen)
+        ET.SubElement(ET.SubElement(devices, "video"), "model", type=VIDEO_MODELS[spec.arch])
     return ET.tostring(dom, encoding="unicode")
 
 
@@ -280,6 +303,7 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
             for i in dom.findall("devices/interface")]
     metadata = {item.get("key", ""): item.text or ""
                 for item in dom.findall(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}item")}
+    vnc_listen, vnc_port = _vnc(dom, state)
     return VMInfo(
         name=dom.findtext("name", ""), uuid=dom.findtext("uuid", ""), state=state,
         domain_type=dom.get("type", ""), arch=os_type.get("arch", "") if os_type is not None else "",
@@ -287,7 +311,23 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
         disks=disks, nics=nics, metadata=metadata,
         kernel=dom.findtext("os/kernel", ""), initrd=dom.findtext("os/initrd", ""),
         cmdline=dom.findtext("os/cmdline", ""), console_log=_attr(dom, "devices/serial/log", "file"),
+        vnc_listen=vnc_listen, vnc_port=vnc_port,
     )
+
+
+def _vnc(dom: ET.Element, state: str) -> tuple[str, int]:
+    """The VNC display's listen address and live port: ("", 0) without one; port 0 unless the
+    domain lives (libvirt reports an autoport display's port as -1 while it is off)."""
+    graphics = dom.find("devices/graphics[@type='vnc']")
+    if graphics is None:
+        return "", 0
+    listen = graphics.find("listen[@type='address']")
+    address = listen.get("address", "") if listen is not None else graphics.get("listen", "")
+    try:
+        port = int(graphics.get("port", "0"))
+    except ValueError:
+        port = 0
+    return address, port if port > 0 and state in LIVE_STATES else 0
 
 
 def spec_of_record(record: VMInfo, **changes: Any) -> DomainSpec:
@@ -297,7 +337,7 @@ def spec_of_record(record: VMInfo, **changes: Any) -> DomainSpec:
         "memory_mib": record["memory_mib"], "arch": record["arch"], "domain_type": record["domain_type"],
         "disks": tuple(Disk(**d) for d in record["disks"]), "nics": tuple(Nic(**n) for n in record["nics"]),
         "metadata": dict(record["metadata"]), "kernel": record["kernel"], "initrd": record["initrd"],
-        "cmdline": record["cmdline"], "console_log": record["console_log"],
+        "cmdline": record["cmdline"], "console_log": record["console_log"], "vnc_listen": record["vnc_listen"],
     }
     fields.update(changes)
     return DomainSpec(**fields)

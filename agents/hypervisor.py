@@ -31,10 +31,15 @@ LIBVIRT_STATES = {
 
 
 class Hypervisor:
-    def __init__(self, hypervisor_id: int, uri: str, hostname: str, state_dir: Path | None = None) -> None:
+    """One libvirt host. ``vnc_listen`` is the address real guests' VNC displays listen on, ""
+    for none (agents/compute_ops.py); simulated guests get none."""
+
+    def __init__(self, hypervisor_id: int, uri: str, hostname: str, state_dir: Path | None = None,
+                 vnc_listen: str = "127.0.0.1") -> None:
         self.id = hypervisor_id
         self.uri = uri
         self.hostname = hostname
+        self.vnc_listen = vnc_listen
         # Where this agent keeps its files: guests' disks and drives, the image cache (agents/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
         try:

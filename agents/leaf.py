@@ -39,7 +39,8 @@ class Leaf(ChildRank):
             self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
         else:
             uri = settings.get("libvirt_uri", "qemu:///system")
-            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir) for hv in ids}
+            vnc_listen = settings.get("vnc_listen", "127.0.0.1")
+            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen) for hv in ids}
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()

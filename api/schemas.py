@@ -319,6 +319,20 @@ class BatchAction(_Request):
     force: bool = False
 
 
+class VncConsole(BaseModel):
+    """Where a VNC client reaches a running instance's graphical console, as its hypervisor says now.
+
+    ``host`` is the display's listen address, or the hypervisor's hostname when it listens on
+    every interface; ``address`` is ``host:port`` (``[v6]:port``), what VNC clients take.
+    """
+
+    instance: int
+    hypervisor: int
+    host: str
+    port: int
+    address: str
+
+
 class ErrorBody(BaseModel):
     """The ``error`` member of every 4xx/5xx response."""
 

@@ -257,3 +257,12 @@ def vm_console(ref: Annotated[str, typer.Argument(help="VM id or name.")],
         vm = resolve_instance(client, ref)
         endpoint, token = client.endpoint, client.token or ""
     run_console(endpoint, token, vm["id"], f"{vm['name']} ({vm['id']})", read_only)
+
+
+@vm_app.command("vnc")
+def vm_vnc(ref: Annotated[str, typer.Argument(help="VM id or name.")], as_json: JsonOpt = False) -> None:
+    """Print where a VNC client reaches a running VM's graphical console (host:port)."""
+    with connect() as client:
+        vm = resolve_instance(client, ref)
+        vnc = client.get(f"/instances/{vm['id']}/vnc")
+    print_json(vnc) if as_json else out.print(vnc["address"])

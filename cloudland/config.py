@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudland.addresses import canonical_ip
 from cloudland.errors import ConfigError
 from cloudland.topology import DEFAULT_FANOUT, Shape
 
@@ -36,6 +37,7 @@ class TreeSettings:
     deadline_s: float = 30.0         # default command deadline
     driver: str = "test"             # "test": simulated hypervisors on libvirt test:///
     libvirt_uri: str = "qemu:///system"  # used when driver == "libvirt"
+    vnc_listen: str = "127.0.0.1"    # where real guests' VNC displays listen (driver "libvirt"); "": none
     state_dir: Path = field(default_factory=lambda: Path("var"))
     test_ops: bool = False           # register test-only agent operations (tests only)
 
@@ -49,6 +51,9 @@ class TreeSettings:
             )
         if self.driver not in ("test", "libvirt"):
             raise ConfigError(f"CLOUDLAND_DRIVER must be 'test' or 'libvirt', got {self.driver!r}")
+        if self.vnc_listen and canonical_ip(self.vnc_listen) is None:
+            raise ConfigError(f"CLOUDLAND_VNC_LISTEN must be an IPv4 or IPv6 address (without a zone), "
+                              f"or empty for none, got {self.vnc_listen!r}")
         if self.per_leaf < 0 or self.max_ranks < 2:
             raise ConfigError("CLOUDLAND_PER_LEAF must be >= 0 and CLOUDLAND_MAX_RANKS >= 2")
         if self.hypervisors < 1:

@@ -18,6 +18,7 @@
     ├── RootUnreachable             the root's gRPC endpoint does not answer
     ├── ApiUnreachable              the REST API does not answer (CLI side)
     └── HypervisorError             an operation failed on a hypervisor
+        ├── AgentFailed             an agent's reply through the tree says it failed
         └── DriverError             libvirt (or another driver) refused
             ├── VMNotFound          no such VM on that hypervisor
             ├── VMConflict          a name or uuid is held by another VM
@@ -110,6 +111,18 @@ class HypervisorError(CloudLandError):
         super().__init__(f"{message} ({where})")
         self.hypervisor = hypervisor
         self.job_id = job_id
+
+
+class AgentFailed(HypervisorError):
+    """Raised when an agent's reply through the tree says its operation failed or was refused.
+
+    The agent's message names the hypervisor (and the job) already, so it is kept as it is.
+    """
+
+    def __init__(self, hypervisor: int, message: str) -> None:
+        CloudLandError.__init__(self, message)
+        self.hypervisor = hypervisor
+        self.job_id = ""
 
 
 class DriverError(HypervisorError):

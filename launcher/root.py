@@ -57,7 +57,7 @@ class Root:
             relay_command=[sys.executable, "-m", "cloudland_launcher.relay"],
         )
         assign.agent.update({
-            "driver": settings.driver, "libvirt_uri": settings.libvirt_uri,
+            "driver": settings.driver, "libvirt_uri": settings.libvirt_uri, "vnc_listen": settings.vnc_listen,
             "state_dir": str(settings.state_dir.resolve()), "test_ops": settings.test_ops,
         })
         self.backoff = Backoff(settings.max_sleep_s)

@@ -1,4 +1,5 @@
-"""``/api/v1/instances/{id}/console``: a VM's serial console over a WebSocket.
+"""``/api/v1/instances/{id}/console``: a VM's serial console over a WebSocket; ``.../vnc``: where
+its graphical console listens.
 
 The API polls the agent's ``vm.console`` through the tree (what the guest printed, from an
 offset, and what was typed since the last poll) and relays the bytes both ways: binary
@@ -10,6 +11,9 @@ A refusal closes the socket with a code and a one-line reason:
     4401  no or bad token          4404  no such instance in the caller's organisation
     4403  the role may not type    4409  the instance has no running domain to attach to
     1011  the tree or the hypervisor failed (the reason names the hypervisor)
+
+``GET .../vnc`` asks the VM's hypervisor for its domain's VNC display (``vm.get``) and
+answers its address; errors are the usual HTTP ones (api/consoles.py says which).
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cloudland.client import RootClient, struct_to_dict
-from cloudland.errors import CloudLandError, NotFound, Unauthorized
-from cloudland_api import compute, services
+from cloudland.addresses import host_port
+from cloudland.client import RootClient
+from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
+from cloudland_api import consoles, services
+from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import Role
-from cloudland_api.schemas import MAX_ID
+from cloudland_api.schemas import MAX_ID, ErrorResponse, VncConsole
 from cloudland_api.security import decode_token
-from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/instances", tags=["instances"])
@@ -36,7 +42,7 @@ router = APIRouter(prefix="/instances", tags=["instances"])
 IDLE_POLL_S = 0.2       # how often an idle console is asked for new output
 READ_BYTES = 64 * 1024  # per poll
 INPUT_BYTES = 4096      # per poll (agents/console_ops.py MAX_INPUT)
-CALL_TIMEOUT_S = 10.0
+InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
 
 
 def _close_reason(text: str) -> str:
@@ -53,22 +59,8 @@ def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[services.Call
     claims = decode_token(websocket.app.state.signing_key, token)
     with websocket.app.state.sessions() as session:
         caller = services.caller_for(session, claims.user_id, claims.org_id)
-        instance = compute.get_instance(session, caller, instance_id)
-        if instance.hypervisor_id is None or instance.status in ("deleted", "deleting", "building"):
-            raise _NotAttachable(f"instance {instance_id} ({instance.name}) is {instance.status}: "
-                                 "it has no domain to attach to")
-        return caller, instance.hypervisor_id, instance.domain_name
-
-
-class _NotAttachable(CloudLandError):
-    """The instance exists but has no domain a console could attach to."""
-
-
-def _call(client: RootClient, hypervisor: int, args: dict[str, Any]) -> dict[str, Any]:
-    [reply] = client.run("vm.console", hypervisor, args=args, timeout=CALL_TIMEOUT_S)
-    if reply.status != pb.OK:
-        raise CloudLandError(reply.error or pb.Status.Name(reply.status))
-    return struct_to_dict(reply.payload)
+        where = consoles.target(session, caller, instance_id)
+        return caller, where.hypervisor, where.domain
 
 
 @router.websocket("/{instance_id}/console")
@@ -86,13 +78,10 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
     except NotFound as exc:
         await websocket.close(4404, _close_reason(str(exc)))
         return
-    except _NotAttachable as exc:
+    except Conflict as exc:
         await websocket.close(4409, _close_reason(str(exc)))
         return
     client: RootClient | None = websocket.app.state.root_client
-    if client is None:
-        await websocket.close(1011, "no tree is configured (CLOUDLAND_API_ROOT_ENDPOINT is empty)")
-        return
     may_type = caller.role in (Role.admin, Role.member)
     typed = bytearray()
     wake = asyncio.Event()
@@ -125,7 +114,7 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
                 del typed[:INPUT_BYTES]
                 args["input"] = base64.b64encode(chunk).decode()
             try:
-                payload = await run_in_threadpool(_call, client, hypervisor, args)
+                payload = await run_in_threadpool(consoles.ask_agent, client, "vm.console", hypervisor, args)
             except CloudLandError as exc:
                 await websocket.close(1011, _close_reason(str(exc)))
                 return
@@ -144,3 +133,23 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
     finally:
         receiver.cancel()
         log.info("event=console_closed instance=%d hypervisor=%d", instance_id, hypervisor)
+
+
+def _vnc_target(session: Session, caller: services.Caller, instance_id: int) -> consoles.Target:
+    where = consoles.target(session, caller, instance_id)
+    session.rollback()  # the tree call may take seconds: no transaction stays open meanwhile
+    return where
+
+
+@router.get("/{instance_id}/vnc", responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 502, 503)})
+async def vnc(instance_id: InstanceId, request: Request, session: SessionDep, caller: CurrentUser) -> VncConsole:
+    """Where a VNC client reaches the running instance's graphical console, asked of its hypervisor
+    now (any role). 409 when it has none: not running, or on a simulated hypervisor."""
+    where = await run_in_threadpool(_vnc_target, session, caller, instance_id)
+    record = await run_in_threadpool(consoles.ask_agent, request.app.state.root_client, "vm.get", where.hypervisor,
+                                     {"name": where.domain})
+    host, port = consoles.vnc_endpoint(where, record)
+    log.info("event=vnc_address instance=%d hypervisor=%d user_id=%d", where.instance, where.hypervisor,
+             caller.user_id)
+    return VncConsole(instance=where.instance, hypervisor=where.hypervisor, host=host, port=port,
+                      address=host_port(host, port))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from cloudland_api import dispatch
 from cloudland_api.app import create_app
@@ -144,3 +145,15 @@ def add_hypervisor(api: Api, hypervisor_id: int, **fields: object) -> None:
     with api.app.state.write_sessions() as session:
         session.add(Hypervisor(id=hypervisor_id, **spec))
         session.commit()
+
+
+def running(api: Api, launch: Launcher, name: str = "con", hypervisor: int = 7) -> dict:
+    """An instance created and placed on hypervisor ``hypervisor`` (named ``hv<id>``), its job ended."""
+    accepted = launch(name)
+    [instance], [job] = accepted["instances"], accepted["jobs"]
+    add_hypervisor(api, hypervisor)
+    with api.app.state.write_sessions() as session:
+        session.execute(update(Instance).where(Instance.id == instance["id"]).values(hypervisor_id=hypervisor))
+        session.commit()
+    settle(api, job["id"])
+    return instance

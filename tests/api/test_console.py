@@ -7,28 +7,16 @@ real QEMU guests (tests/realvm).
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import update
 from starlette.websockets import WebSocketDisconnect
 
-from cloudland_api.models import Instance, Role
-from tests.api.conftest import Api, Launcher, add_hypervisor, settle
+from cloudland_api.models import Role
+from tests.api.conftest import Api, Launcher, running
 
 
 def closed_with(api: Api, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     with api.client.websocket_connect(url, headers=headers or {}) as ws, pytest.raises(WebSocketDisconnect) as info:
         ws.receive_bytes()
     return info.value.code, str(info.value.reason)
-
-
-def running(api: Api, launch: Launcher) -> dict:
-    accepted = launch("con")
-    [instance], [job] = accepted["instances"], accepted["jobs"]
-    add_hypervisor(api, 7)
-    with api.app.state.write_sessions() as session:
-        session.execute(update(Instance).where(Instance.id == instance["id"]).values(hypervisor_id=7))
-        session.commit()
-    settle(api, job["id"])
-    return instance
 
 
 def test_refusals(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:

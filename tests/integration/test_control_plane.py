@@ -189,7 +189,8 @@ def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> No
 
 
 def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
-    """The WebSocket asks the VM's own hypervisor; a test-driver domain has no serial log, and says so."""
+    """The WebSocket asks the VM's own hypervisor; a test-driver domain has no serial log, and says so.
+    Nor has it a VNC display: the API asks the hypervisor, and says that too (409, naming both)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
@@ -218,11 +219,19 @@ def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
     assert done.stderr.strip().splitlines()[-1] == (f"cloudland: vm.console: VM 'cl-{vm['uuid']}' has no serial "
                                                     f"console log (hypervisor {vm['hypervisor_id']})")
 
+    no_vnc = (f"instance {vm['id']} (tty) on hypervisor {vm['hypervisor_id']} has no graphical console: "
+              f"hypervisor {vm['hypervisor_id']} is simulated (libvirt test:///), and its guests have no VNC display")
+    reply = cloud.http.get(f"/instances/{vm['id']}/vnc")
+    assert (reply.status_code, reply.json()) == (409, {"error": {"code": "conflict", "message": no_vnc}})
+    done = subprocess.run([cli, "vm", "vnc", "tty"], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout, done.stderr.strip()) == (2, "", f"cloudland: {no_vnc}")
+
 
 def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -> None:
     """The capture job goes through the tree to the VM's hypervisor, whose test-driver domain
     has no disk: the job fails naming it, the image ends ``error``, the VM stays stopped.
-    (tests/realvm/test_api_to_qemu.py captures a real guest's disk through the same path.)"""
+    (tests/realvm/test_capture_real.py captures a real guest's disk through the same path.)"""
     cloud: Cloud = make_cloud(2)
     cloud.bootstrap()
     cloud.wait_hypervisors(2)

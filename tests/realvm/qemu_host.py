@@ -182,6 +182,7 @@ class QemuHost:
 
     vms_at_once = 4  # the concurrency tests' scale: each VM is a QEMU process on 2 cores
     power_cycles = 2
+    serves_vnc = True  # QEMU gives a VNC display a port when it starts
 
     def __init__(self, session: QemuSession, directory: Path, hypervisor_id: int) -> None:
         self.session = session

@@ -4,13 +4,17 @@ An image is uploaded through the API (the test guest's bootable qcow2 disk), two
 created from it with user data and an SSH key, and each guest's serial console, read through
 the API's WebSocket, shows that it booted from its own overlay and read its hostname, key and
 user data from its config drive. The image is fetched once for both. Then both are stopped
-(ACPI) and deleted, leaving no domain, no disk and no QEMU process behind.
+(ACPI) and deleted, leaving no domain, no disk and no QEMU process behind. A guest's VNC
+address, asked of the API, is where its display answers.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -224,6 +228,7 @@ def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_l
     assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
     shown = cloud.get(f"/instances/{vm['id']}")
     assert (shown["image_id"], shown["status"]) == (images["guest-raw"]["id"], "running")
+    assert cloud.get(f"/instances/{vm['id']}/vnc")["port"] >= 5900  # the new definition keeps its display
     # The console log is appended to: a second "ready" is the second boot, on the new disk.
     console = console_until(cloud, vm["id"], "SYSLINUX", BOOT_TIMEOUT_S)
     wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) >= 2, BOOT_TIMEOUT_S, "a second boot")
@@ -236,3 +241,47 @@ def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_l
     deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
     assert cloud.get(f"/jobs/{deleted['id']}", wait=60)["state"] == "succeeded"
     assert not guest_dir.exists()
+
+
+def read_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_vnc_address_is_where_the_guests_display_answers(real_cloud: Cloud, qemu_libvirt: QemuSession,
+                                                          tmp_path: Path) -> None:
+    """The API's VNC address of a running guest (CLOUDLAND_VNC_LISTEN's default, 127.0.0.1) is
+    where its QEMU's VNC server greets a client (RFB 3.8); the CLI prints the same; a stopped
+    guest has no display (409)."""
+    cloud = real_cloud
+    [host] = cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    upload_guest(cloud, qemu_libvirt.guest)
+    assert cloud.http is not None
+    [vm] = cloud.post("/instances", {"name": "screen", "flavor": "tiny", "image": "guest"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "screen running")
+    vnc = cloud.get(f"/instances/{vm['id']}/vnc")
+    assert (vnc["instance"], vnc["hypervisor"], vnc["host"]) == (vm["id"], host["id"], "127.0.0.1"), vnc
+    assert vnc["port"] >= 5900 and vnc["address"] == f"127.0.0.1:{vnc['port']}", vnc
+    with socket.create_connection(("127.0.0.1", vnc["port"]), timeout=10) as sock:
+        sock.settimeout(10)
+        assert read_exactly(sock, 12) == b"RFB 003.008\n"
+
+    env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{cloud.port}",
+               CLOUDLAND_TOKEN=cloud.http.headers["Authorization"].split()[1],
+               CLOUDLAND_CONFIG=str(tmp_path / "cli.json"))
+    done = subprocess.run([str(Path(sys.executable).parent / "cloudland"), "vm", "vnc", "screen"], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout.strip()) == (0, vnc["address"]), done
+
+    job = cloud.post(f"/instances/{vm['id']}/stop", {"force": True})
+    assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
+    reply = cloud.http.get(f"/instances/{vm['id']}/vnc")
+    assert reply.status_code == 409 and "is shutoff" in reply.json()["error"]["message"], reply.text
+    deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+    assert cloud.get(f"/jobs/{deleted['id']}", wait=60)["state"] == "succeeded"

@@ -43,6 +43,7 @@ class Host(Protocol):
     compute: Compute
     vms_at_once: int  # the concurrency tests' scale
     power_cycles: int
+    serves_vnc: bool  # a running VM's VNC display has a port (test:/// runs no guest: it has none)
 
     def spec(self, name: str = "web-1", **changes: Any) -> DomainSpec: ...
     def disk(self, name: str, fmt: str = "qcow2") -> Disk: ...
@@ -56,8 +57,9 @@ class SimulatedHost:
     vms_at_once = 20
     power_cycles = 10
 
-    def __init__(self, compute: Compute) -> None:
+    def __init__(self, compute: Compute, serves_vnc: bool = False) -> None:
         self.compute = compute
+        self.serves_vnc = serves_vnc
 
     def disk(self, name: str, fmt: str = "qcow2") -> Disk:
         return Disk(f"/var/lib/cloudland/images/{name}.{fmt}", fmt, "vda")
@@ -80,7 +82,7 @@ HOSTS = ["fake", "libvirt", pytest.param("qemu", marks=[pytest.mark.realvm, pyte
 @pytest.fixture(params=HOSTS)
 def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
     if request.param == "fake":
-        yield SimulatedHost(FakeCompute(HV))
+        yield SimulatedHost(FakeCompute(HV), serves_vnc=True)  # the fake gives ports as QEMU does
     elif request.param == "libvirt":
         hv = open_simulated(HV, tmp_path)
         # A short poll: the test driver's graceful shutdown is immediate anyway.
@@ -184,6 +186,46 @@ def test_rebuild_keeps_name_and_uuid(host: Host, compute: Compute, spec: Any) ->
         compute.rebuild(spec(uuid=str(uuid.uuid4())))
     with pytest.raises(VMNotFound):
         compute.rebuild(spec(name="nope"))
+
+
+def test_vnc_display_keeps_its_address_and_has_a_port_while_running(host: Host, compute: Compute,
+                                                                   spec: Any) -> None:
+    """The display's address reads back and survives a resize (a redefine from the record);
+    its port is a live display's while the VM runs, and 0 once it is off."""
+    def port_while_running(record: Any) -> int:
+        port: int = record["vnc_port"]
+        assert port >= 5900 if host.serves_vnc else port == 0, record
+        return port
+
+    vnc = spec(vnc_listen="127.0.0.1")
+    record = compute.create(vnc)
+    assert record["vnc_listen"] == "127.0.0.1" and spec_of_record(record) == vnc
+    assert compute.create(vnc)["created"] is False  # a replay of the spec it made is that VM
+    first = port_while_running(record)
+    second = port_while_running(compute.create(spec("web-2", vnc_listen="127.0.0.1")))
+    assert first != second or not host.serves_vnc
+    assert compute.get("web-1")["vnc_port"] == first
+    stopped = compute.stop("web-1", force=True)
+    assert (stopped["vnc_listen"], stopped["vnc_port"]) == ("127.0.0.1", 0)
+    resized = compute.resize("web-1", 4, 1024)
+    assert spec_of_record(resized) == replace(vnc, vcpus=4, memory_mib=1024)  # the display stays
+    port_while_running(compute.start("web-1"))
+    plain = compute.rebuild(spec(vcpus=4, memory_mib=1024))  # rebuilt without a display
+    assert (plain["state"], plain["vnc_listen"], plain["vnc_port"]) == ("running", "", 0)
+
+
+def test_fake_vnc_ports_are_the_lowest_free_as_qemus_autoport() -> None:
+    fake = FakeCompute(HV)
+    spec = SimulatedHost(fake).spec
+    ports = [fake.create(spec(f"vm-{i}", vnc_listen="::1"))["vnc_port"] for i in range(3)]
+    assert ports == [5900, 5901, 5902]
+    assert fake.create(spec("plain"))["vnc_port"] == 0  # no display
+    fake.stop("vm-0")
+    assert fake.get("vm-0")["vnc_port"] == 0
+    assert fake.reboot("vm-1")["vnc_port"] == 5901  # the same display keeps its port
+    fake.delete("vm-2")
+    assert fake.create(spec("vm-3", vnc_listen="::1"))["vnc_port"] == 5900
+    assert fake.start("vm-0")["vnc_port"] == 5902
 
 
 def test_delete_is_idempotent(host: Host, compute: Compute, spec: Any) -> None:

@@ -94,6 +94,36 @@ def test_direct_kernel_boot_and_devices(hv: Hypervisor) -> None:
     assert run(hv, "vm.get", {"name": "web-1"}) == {k: v for k, v in created.items() if k != "created"}
 
 
+def test_vnc_display_through_the_operations(hv: Hypervisor) -> None:
+    """A spec's display reads back, and a resize (redefined from the record) keeps it."""
+    created = run(hv, "vm.create", {**CREATE, "vnc_listen": "0.0.0.0"})
+    assert (created["vnc_listen"], created["vnc_port"]) == ("0.0.0.0", 0)  # test:/// runs no display
+    run(hv, "vm.stop", {"name": "web-1", "force": True})
+    assert run(hv, "vm.resize", {"name": "web-1", "vcpus": 4, "memory_mib": 1024})["vnc_listen"] == "0.0.0.0"
+    assert run(hv, "vm.get", {"name": "web-1"})["vnc_listen"] == "0.0.0.0"
+    assert as_struct(run(hv, "vm.list"))["vms"][0]["vnc_port"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("uri", "args", "vnc_listen"),
+    [
+        ("qemu:///system", {}, "192.0.2.10"),  # a real guest gets the hypervisor's address
+        ("qemu:///system", {"vnc_listen": "::1"}, "::1"),  # unless the arguments name one...
+        ("qemu:///system", {"vnc_listen": ""}, ""),  # ...or none
+        ("test:///default", {}, ""),  # a simulated guest has no display
+    ],
+)
+def test_real_guests_get_the_hypervisors_vnc_address(monkeypatch: pytest.MonkeyPatch, uri: str,
+                                                     args: dict[str, Any], vnc_listen: str) -> None:
+    files = SimpleNamespace(disks=(), console_log=Path("/var/lib/cloudland/guests/x/console.log"))
+    monkeypatch.setattr(compute_ops, "_prepare_guest", lambda *_args: files)
+    monkeypatch.setattr(compute_ops, "kvm_usable", lambda: False)
+    ctx = SimpleNamespace(hypervisor=SimpleNamespace(uri=uri, vnc_listen="192.0.2.10"))
+    spec, prepared = compute_ops._guest_spec(ctx, {**CREATE, **args, "image": {}}, "disk.qcow2")  # type: ignore[arg-type]
+    assert spec.vnc_listen == vnc_listen
+    assert (prepared is files) == uri.startswith("qemu:")
+
+
 def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
     """A reply payload goes up as a Struct: every record must be representable."""
     payload = run(hv, "vm.create", CREATE)
@@ -124,6 +154,8 @@ def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
         ("vm.create", {**CREATE, "kernel": 1}, "kernel"),
         ("vm.create", {**CREATE, "cmdline": "quiet"}, "cmdline"),  # no kernel to pass it to
         ("vm.create", {**CREATE, "console_log": "/var/log/a\0b"}, "console_log"),
+        ("vm.create", {**CREATE, "vnc_listen": "localhost"}, "vnc_listen"),
+        ("vm.create", {**CREATE, "vnc_listen": 127}, "vnc_listen"),
         ("vm.stop", {"name": "web-1", "force": "yes"}, "force"),
         ("vm.stop", {"name": "web-1", "timeout": -1}, "timeout"),
         ("vm.reboot", {"name": "web-1", "timeout": "soon"}, "timeout"),

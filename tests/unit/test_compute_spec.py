@@ -68,6 +68,14 @@ GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
         ({"kernel": "/k", "cmdline": None}, "cmdline"),
         ({"console_log": "console.log"}, "console_log"),
         ({"console_log": "/var/log/\x7f.log"}, "console_log"),
+        ({"vnc_listen": "localhost"}, "vnc_listen"),  # an address, not a name to resolve
+        ({"vnc_listen": "127.0.0.1:5900"}, "vnc_listen"),
+        ({"vnc_listen": "256.0.0.1"}, "vnc_listen"),
+        ({"vnc_listen": "fe80::1%eth0"}, "vnc_listen"),  # a zone names one host's interface
+        ({"vnc_listen": " 127.0.0.1"}, "vnc_listen"),
+        ({"vnc_listen": "127.0.0.1'/><x"}, "vnc_listen"),
+        ({"vnc_listen": None}, "vnc_listen"),
+        ({"vnc_listen": 2130706433}, "vnc_listen"),
     ],
 )
 def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> None:
@@ -91,6 +99,11 @@ def test_invalid_specs_name_the_field(changes: dict[str, Any], field: str) -> No
         {"kernel": "/boot/vmlinuz"},
         {"kernel": "/k", "initrd": "/i", "cmdline": "x" * 2047, "console_log": "/var/log/web-1 console.log"},
         {"console_log": "/" + "x" * 4094},
+        {"vnc_listen": "127.0.0.1"},
+        {"vnc_listen": "0.0.0.0"},
+        {"vnc_listen": "::"},
+        {"vnc_listen": "2001:db8::5"},
+        {"vnc_listen": "192.0.2.7", "arch": "aarch64", "domain_type": "kvm"},
     ],
 )
 def test_valid_specs(changes: dict[str, Any]) -> None:
@@ -99,6 +112,13 @@ def test_valid_specs(changes: dict[str, Any]) -> None:
 
 def test_uuid_is_normalised_to_lower_case() -> None:
     assert replace(GOOD, uuid=UUID.upper()).uuid == UUID
+
+
+@pytest.mark.parametrize(("given", "canonical"), [("2001:DB8:0:0::5", "2001:db8::5"), ("::0", "::"),
+                                                  ("127.0.0.1", "127.0.0.1")])
+def test_vnc_listen_is_normalised(given: str, canonical: str) -> None:
+    """As libvirt keeps the address it is given, a spec keeps it canonical to equal its record."""
+    assert replace(GOOD, vnc_listen=given).vnc_listen == canonical
 
 
 def test_disks_are_kept_in_libvirts_order() -> None:
@@ -126,7 +146,7 @@ FULL = DomainSpec(
     nics=(Nic("br-t1", "52:54:00:00:00:01"), Nic("br-t2", "52:54:00:00:00:02")),
     metadata={"tenant": "t1", "flavor": "m1.large <&>"},
     kernel="/guest/vmlinuz", initrd="/guest/initrd.img", cmdline="console=ttyS0 root=<&>",
-    console_log="/var/log/cloudland/db-1.console.log",
+    console_log="/var/log/cloudland/db-1.console.log", vnc_listen="127.0.0.1",
 )
 
 
@@ -162,6 +182,18 @@ def test_domain_xml_elements() -> None:
     items = dom.findall(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}item")
     # Text that would break pasted XML ("<&>") survives as data.
     assert {i.get("key"): i.text for i in items} == {"tenant": "t1", "flavor": "m1.large <&>"}
+    # A VNC display whose port libvirt picks at each start, and the card it shows.
+    [graphics] = dom.findall("devices/graphics")
+    assert graphics.attrib == {"type": "vnc", "port": "-1", "autoport": "yes", "listen": "127.0.0.1"}
+    assert [listen.attrib for listen in graphics] == [{"type": "address", "address": "127.0.0.1"}]
+    assert [v.find("model").get("type") for v in dom.findall("devices/video")] == ["vga"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("arch", "model"), [("x86_64", "vga"), ("i686", "vga"), ("aarch64", "virtio")])
+def test_vnc_display_has_a_video_card_of_its_arch(arch: str, model: str) -> None:
+    dom = ET.fromstring(domain_xml(replace(GOOD, arch=arch, domain_type="kvm", vnc_listen="::")))
+    assert dom.find("devices/graphics/listen").get("address") == "::"  # type: ignore[union-attr]
+    assert dom.find("devices/video/model").get("type") == model  # type: ignore[union-attr]
 
 
 def test_domain_xml_without_devices_or_metadata() -> None:
@@ -171,6 +203,7 @@ def test_domain_xml_without_devices_or_metadata() -> None:
     assert [el.tag for el in dom.find("os")] == ["type", "boot"]  # type: ignore[union-attr]
     serial = dom.find("devices/serial")
     assert serial is not None and serial.get("type") == "pty" and serial.find("log") is None
+    assert dom.find("devices/graphics") is None and dom.find("devices/video") is None  # no display
 
 
 @pytest.mark.parametrize(
@@ -196,7 +229,7 @@ def test_parse_round_trips_the_spec() -> None:
         "nics": [{"bridge": "br-t1", "mac": "52:54:00:00:00:01"}, {"bridge": "br-t2", "mac": "52:54:00:00:00:02"}],
         "metadata": {"tenant": "t1", "flavor": "m1.large <&>"},
         "kernel": "/guest/vmlinuz", "initrd": "/guest/initrd.img", "cmdline": "console=ttyS0 root=<&>",
-        "console_log": "/var/log/cloudland/db-1.console.log",
+        "console_log": "/var/log/cloudland/db-1.console.log", "vnc_listen": "127.0.0.1", "vnc_port": 0,
     }
     assert spec_of_record(record) == FULL
     assert spec_of_record(parse_domain_xml(domain_xml(GOOD))) == GOOD  # unset fields read back as ""
@@ -210,3 +243,63 @@ def test_parse_reads_libvirt_units_and_foreign_domains() -> None:
     record = parse_domain_xml(ET.tostring(dom, encoding="unicode"))
     assert (record["name"], record["memory_mib"], record["vcpus"], record["metadata"]) == ("foreign", 1024, 0, {})
     assert (record["state"], record["kernel"], record["console_log"], record["disks"]) == ("unknown", "", "", [])
+    assert (record["vnc_listen"], record["vnc_port"]) == ("", 0)
+
+
+def live_graphics(port: str, listen: str | None = "127.0.0.1", address: str | None = "127.0.0.1") -> str:
+    """A domain's XML with a VNC display as libvirt reports it (``listen=None``: no attribute)."""
+    dom = ET.fromstring(domain_xml(GOOD))
+    devices = dom.find("devices")
+    assert devices is not None
+    graphics = ET.SubElement(devices, "graphics", type="vnc", port=port, autoport="yes")
+    if listen is not None:
+        graphics.set("listen", listen)
+    if address is not None:
+        ET.SubElement(graphics, "listen", type="address", address=address)
+    return ET.tostring(dom, encoding="unicode")
+
+
+@pytest.mark.parametrize(
+    ("xml", "state", "vnc"),
+    [
+        (live_graphics("5901"), "running", ("127.0.0.1", 5901)),
+        (live_graphics("5902"), "paused", ("127.0.0.1", 5902)),  # QEMU and its display still live
+        (live_graphics("-1"), "shutoff", ("127.0.0.1", 0)),  # autoport: no port while off
+        (live_graphics("5903"), "shutoff", ("127.0.0.1", 0)),  # a fixed port: nobody listens while off
+        (live_graphics("5904"), "crashed", ("127.0.0.1", 0)),
+        (live_graphics("5905", listen="0.0.0.0", address=None), "running", ("0.0.0.0", 5905)),  # attribute only
+        (live_graphics("5906", listen=None, address="::1"), "running", ("::1", 5906)),
+        (live_graphics("590x"), "running", ("127.0.0.1", 0)),
+        (domain_xml(replace(GOOD, vnc_listen="10.0.0.1")), "running", ("10.0.0.1", 0)),
+    ],
+)
+def test_parse_reads_the_vnc_display(xml: str, state: str, vnc: tuple[str, int]) -> None:
+    record = parse_domain_xml(xml, state)
+    assert (record["vnc_listen"], record["vnc_port"]) == vnc
+
+
+def test_parse_ignores_other_displays() -> None:
+    dom = ET.fromstring(domain_xml(GOOD))
+    ET.SubElement(dom.find("devices"), "graphics", type="spice", port="5930")  # type: ignore[arg-type]
+    assert parse_domain_xml(ET.tostring(dom, encoding="unicode"), "running")["vnc_port"] == 0
+
+
+def test_test_driver_defines_and_starts_a_vnc_display() -> None:
+    """libvirt's test driver takes the display and keeps it, but runs no guest: its port stays -1."""
+    spec = replace(FULL, name="vnc-check", domain_type="test")
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(domain_xml(spec))
+        try:
+            assert spec_of_record(parse_domain_xml(dom.XMLDesc(0))) == spec
+            dom.create()
+            record = parse_domain_xml(dom.XMLDesc(0), "running")
+            assert (record["vnc_listen"], record["vnc_port"]) == ("127.0.0.1", 0)
+            assert spec_of_record(record) == spec
+            model = ET.fromstring(dom.XMLDesc(0)).find("devices/video/model")
+            assert model is not None and model.get("type") == "vga"
+            dom.destroy()
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()

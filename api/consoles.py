@@ -1,0 +1,93 @@
+"""What the console routes ask of an instance's own hypervisor, apart from HTTP.
+
+Both consoles, the serial one (a WebSocket) and the graphical one (a VNC address), need an
+instance of the caller's organisation that has a domain on a hypervisor, and ask that
+hypervisor's agent live through the tree. The tree's failures become TreeError (HTTP 503),
+the agent's AgentFailed (502, its message naming the hypervisor); an instance without the
+console asked for is a Conflict (409) that says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cloudland.addresses import is_unspecified
+from cloudland.client import RootClient, struct_to_dict
+from cloudland.errors import AgentFailed, Conflict, TreeError
+from cloudland_api import compute
+from cloudland_api.models import Hypervisor
+from cloudland_api.services import Caller
+from cloudland_proto.v1 import envelope_pb2 as pb
+
+CALL_TIMEOUT_S = 10.0
+# Replies that say the tree could not reach the agent, rather than that the agent failed.
+_TREE_STATUSES = (pb.TIMEOUT, pb.UNAVAILABLE, pb.UNKNOWN_HYPERVISOR)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An instance with a domain, and where that domain is."""
+
+    instance: int
+    name: str
+    hypervisor: int
+    hostname: str  # the hypervisor's, as its agent reports it
+    domain: str
+
+    def __str__(self) -> str:
+        return f"instance {self.instance} ({self.name}) on hypervisor {self.hypervisor}"
+
+
+def target(session: Session, caller: Caller, instance_id: int) -> Target:
+    """The caller's instance ``instance_id`` and its domain; NotFound, or Conflict while it is
+    building, deleting or deleted (it has no domain to attach to). Any role may ask."""
+    instance = compute.get_instance(session, caller, instance_id)
+    if instance.hypervisor_id is None or instance.status in ("deleted", "deleting", "building"):
+        raise Conflict(f"instance {instance_id} ({instance.name}) is {instance.status}: "
+                       "it has no domain to attach to")
+    # Instances reference their hypervisor's row, so it exists.
+    hypervisor = session.get(Hypervisor, instance.hypervisor_id)
+    hostname = hypervisor.hostname if hypervisor is not None else ""
+    return Target(instance.id, instance.name, instance.hypervisor_id, hostname, instance.domain_name)
+
+
+def ask_agent(client: RootClient | None, operation: str, hypervisor: int, args: dict[str, Any]) -> dict[str, Any]:
+    """The payload of ``operation`` run now by ``hypervisor``'s agent. Blocks up to
+    CALL_TIMEOUT_S: call it from a worker thread."""
+    if client is None:
+        raise TreeError("no tree is configured (CLOUDLAND_API_ROOT_ENDPOINT is empty)")
+    replies = client.run(operation, hypervisor, args=args, timeout=CALL_TIMEOUT_S)  # RootUnreachable, TreeError
+    reply = next((r for r in replies if r.hypervisor == hypervisor), None)
+    if reply is None:
+        raise TreeError(f"{operation}: no reply from hypervisor {hypervisor}")
+    if reply.status == pb.OK:
+        return struct_to_dict(reply.payload)
+    status = pb.Status.Name(reply.status)
+    if reply.status in _TREE_STATUSES:
+        detail = f": {reply.error}" if reply.error else ""
+        raise TreeError(f"{operation}: hypervisor {hypervisor} did not answer ({status}){detail}")
+    raise AgentFailed(hypervisor, reply.error or f"{operation}: {status} (hypervisor {hypervisor})")
+
+
+def vnc_endpoint(where: Target, record: dict[str, Any]) -> tuple[str, int]:
+    """(host, port) a VNC client reaches the display of ``record`` (vm.get's) at: its listen
+    address, or the hypervisor's hostname when it listens on every interface.
+
+    Conflict when the domain has no display now: on a simulated hypervisor (libvirt test:///,
+    which runs no guest), without one, or while it does not run (libvirt gives the port at start).
+    """
+    listen, port, state = record.get("vnc_listen") or "", record.get("vnc_port") or 0, record.get("state")
+    if record.get("domain_type") == "test":
+        raise Conflict(f"{where} has no graphical console: hypervisor {where.hypervisor} is simulated "
+                       "(libvirt test:///), and its guests have no VNC display")
+    if not listen:
+        raise Conflict(f"{where} has no graphical console: its domain has no VNC display")
+    if not isinstance(port, int) or port <= 0:
+        if state == "running":
+            raise Conflict(f"{where} is running but its VNC display has no port yet: try again")
+        raise Conflict(f"{where} is {state}: its VNC display listens only while it runs")
+    host = where.hostname if is_unspecified(listen) and where.hostname else listen
+    return host, port
