@@ -8,6 +8,10 @@
 #   deploy/libvirtd.sh stop      stop the daemons this script started, by the PIDs in its pid files
 #   deploy/libvirtd.sh status    exit 0 if qemu:///system answers
 #
+# install, start and stop take turns on an exclusive lock ($CLOUDLAND_LIBVIRT_LOCK), as parallel
+# test sessions call them: a second start finds the daemons the first one started, and a stop
+# waits for a start in progress (a start for a stop too). status takes no lock.
+#
 # QEMU runs as Debian's default user libvirt-qemu with dynamic_ownership (libvirt chowns a
 # domain's disks to it), so a domain's files must sit in directories that user can traverse.
 set -euo pipefail
@@ -15,6 +19,9 @@ set -euo pipefail
 RUN_DIR=${CLOUDLAND_LIBVIRT_RUN:-/run/cloudland-libvirt}
 URI=qemu:///system
 START_TIMEOUT_S=${CLOUDLAND_LIBVIRT_START_TIMEOUT:-120}
+# Not in $RUN_DIR: callers with different pid-file directories still share one qemu:///system.
+LOCK=${CLOUDLAND_LIBVIRT_LOCK:-/run/cloudland-libvirtd.lock}
+LOCK_TIMEOUT_S=${CLOUDLAND_LIBVIRT_LOCK_TIMEOUT:-900}  # a start may install packages first
 # The minimal set on Debian 12, without Recommends:
 #   libvirt-daemon              libvirtd, virtlogd (and pulls libvirt-daemon-driver-qemu)
 #   libvirt-clients             virsh, for the readiness check and by-hand debugging
@@ -37,6 +44,19 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root"; }
 
+# Hold the lock on fd 9 until this script exits (the kernel drops it with the last copy of the
+# fd, so a killed caller cannot leave it held). The daemons must not inherit fd 9: start_daemon
+# closes it for them, else they would hold the lock for as long as they run.
+lock() {
+    local t0
+    exec 9>"$LOCK"
+    flock -n 9 && return 0
+    t0=$(now)
+    say "waiting for another libvirtd.sh install/start/stop to finish (lock $LOCK)"
+    flock -w "$LOCK_TIMEOUT_S" 9 || die "$LOCK still held after ${LOCK_TIMEOUT_S}s (fuser -v $LOCK shows by whom)"
+    say "got the lock after $(since "$t0")s"
+}
+
 install_packages() {
     local missing="" pkg
     for pkg in $DEBS; do
@@ -44,8 +64,9 @@ install_packages() {
     done
     if [ -n "$missing" ]; then
         say "installing Debian packages:$missing"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+        # Without the lock's fd: a maintainer script could start a daemon that would keep it.
+        apt-get update -qq 9>&-
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null 9>&-
     fi
     # libvirtd resolves its built-in QEMU user and group (both libvirt-qemu on Debian) before it
     # reads qemu.conf, and its QEMU driver refuses to start without them. libvirt-daemon-system's
@@ -89,11 +110,12 @@ start_daemon() {  # program, then its readiness test
         return 0
     fi
     rm -f "$pidfile"
-    "/usr/sbin/$prog" --daemon --pid-file "$pidfile"
+    "/usr/sbin/$prog" --daemon --pid-file "$pidfile" 9>&-
 }
 
 start() {
     need_root
+    lock
     install_packages
     fix_kvm
     mkdir -p "$RUN_DIR"
@@ -144,6 +166,7 @@ stop_daemon() {
 
 stop() {
     need_root
+    lock
     local running
     if live_pid "$RUN_DIR/libvirtd.pid" libvirtd >/dev/null; then
         # QEMU processes outlive libvirtd (the next libvirtd reattaches to them): say so.
@@ -155,7 +178,7 @@ stop() {
 }
 
 case "${1:-start}" in
-    install) need_root; install_packages; fix_kvm ;;
+    install) need_root; lock; install_packages; fix_kvm ;;
     start) start ;;
     stop) stop ;;
     status) answers ;;

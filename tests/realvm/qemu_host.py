@@ -1,22 +1,25 @@
 """A real hypervisor for tests: libvirtd + QEMU (TCG) on qemu:///system, booting the tiny test guest.
 
-A pytest plugin, not a conftest: the compute contract suite in tests/unit loads it
-(``pytest_plugins``) for its "qemu" parametrisation only, and a conftest's fixtures
-are invisible outside its own directory. The session fixture ``qemu_libvirt`` is
-requested lazily, so ``-m "not realvm"`` never starts a daemon. It
+The one way tests get that hypervisor: every module of tests/realvm and the compute contract
+suite in tests/unit load this plugin (``pytest_plugins``). A plugin, not a conftest: the
+contract suite needs it for its "qemu" parametrisation only, and a conftest's fixtures are
+invisible outside its own directory. The session fixture ``qemu_libvirt`` is requested
+lazily, so ``-m "not realvm"`` never starts a daemon. It
 
-- starts libvirtd + virtlogd with deploy/libvirtd.sh (again before a test, should
-  they have gone: tests/realvm/test_boot.py's fixture stops them after its module)
-  and, if it started them, stops them at the end (the script stops by the PIDs in
-  its pid files), unless another session has running domains or connections on them
-  by then: the daemon and its pid files are shared by every test session on the machine;
+- starts libvirtd + virtlogd with deploy/libvirtd.sh only if nothing answers on
+  qemu:///system (again before a test, should someone have stopped them meanwhile) and, if
+  it started them, stops them at the end unless another client has domains running or a
+  connection open by then: the daemon and its pid files are shared by every test session
+  on the machine (the script takes a lock, so parallel sessions' starts and stops take turns);
 - builds the guest once (deploy/guest/build.sh) into a 0755 directory: QEMU runs as
   libvirt-qemu and cannot traverse pytest's 0700 tmp_path;
-- makes a bridge for the guests' taps and removes it at the end.
+- makes a bridge for the guests' taps and removes it at the end;
+- checks at the end that no domain whose name it handed out (``made``) is left, nor its QEMU.
 
-``qemu_host`` gives each test a ``QemuHost``: a LibvirtCompute on that connection
-and specs for guests that boot (kernel, initrd, a config drive, a console log).
-At its teardown every VM the test made is deleted and no QEMU of theirs may remain.
+``qemu_dir`` gives a test a directory QEMU can reach, removed afterwards. ``qemu_host`` gives
+a test a ``QemuHost``: a LibvirtCompute on the connection and specs for guests that boot
+(kernel, initrd, a config drive, a console log). At its teardown every VM the test made is
+deleted and no QEMU of theirs may remain.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -101,10 +105,10 @@ class QemuSession:
 
     @property
     def conn(self) -> libvirt.virConnect:
-        """The connection, (re)starting the daemon first if it is not running.
+        """The connection, starting the daemon first if it is not running.
 
-        The daemon is shared: another fixture in this session (tests/realvm/test_boot.py's)
-        or another session may have stopped it since the last test.
+        The daemon is shared by every session on the machine: another one, or a person, may
+        have stopped it since the last test.
         """
         if self._conn is not None:
             try:
@@ -113,10 +117,15 @@ class QemuSession:
                     return self._conn
             except libvirt.libvirtError:
                 pass
-            self._conn = None
+            self.close()  # else, still open, it would count as another client at the end
         if subprocess.run([str(LIBVIRTD_SH), "status"], stdin=subprocess.DEVNULL).returncode != 0:
-            self.started_daemon = True  # else someone else's daemon: used, and left running
-        _run(str(LIBVIRTD_SH), "start", timeout=900)
+            # Nothing answered: the daemon is brought up for tests, and this session stops it
+            # at its end unless it has other users by then (if two sessions both come here, the
+            # script starts it once and the last one out stops it). Else it is someone else's.
+            self.started_daemon = True
+            _run(str(LIBVIRTD_SH), "start", timeout=900)
+        elif not VIRTLOGD_SOCKET.exists():
+            _run(str(LIBVIRTD_SH), "start", timeout=900)  # brings back a virtlogd gone from under libvirtd
         self._conn = libvirt.open(URI)
         return self._conn
 
@@ -149,6 +158,7 @@ def qemu_libvirt() -> Iterator[QemuSession]:
         session.conn  # noqa: B018 - starts the daemon
         started = time.monotonic()
         _run(str(REPO / "deploy" / "guest" / "build.sh"), str(session.guest), timeout=300)
+        session.guest.chmod(0o755)  # whatever the umask: QEMU reads the kernel and the disks in it
         print(f"guest built in {time.monotonic() - started:.2f}s")
         _run("ip", "link", "add", "name", session.bridge, "type", "bridge")
         _run("ip", "link", "set", session.bridge, "up")
@@ -161,7 +171,7 @@ def qemu_libvirt() -> Iterator[QemuSession]:
         others = session.close()
         subprocess.run(["ip", "link", "del", session.bridge], stdin=subprocess.DEVNULL, capture_output=True)
         if session.started_daemon:
-            others = others or _clients()
+            others = others or libvirtd_clients()
             if others:
                 print(f"libvirtd left running: others use it ({others})")
             else:
@@ -169,12 +179,66 @@ def qemu_libvirt() -> Iterator[QemuSession]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _clients() -> str:
-    """The clients connected to libvirtd now, as virt-admin lists them ("" if none or unknown)."""
-    done = subprocess.run(["virt-admin", "srv-clients-list", "libvirtd"], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=30)
-    rows = [line.split()[0] for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
-    return f"clients {' '.join(rows)}" if rows else ""
+def libvirtd_clients() -> str:
+    """Other processes' clients of libvirtd now, as virt-admin lists them ("" if none or unknown).
+
+    Not this process's: its connection outlives ``close()`` while a domain or stream object
+    of it lives (libvirt counts references), and pytest keeps the last test's fixture values
+    until after the session's teardown.
+    """
+    def virt_admin(*argv: str) -> str:
+        return subprocess.run(["virt-admin", *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=30).stdout
+
+    others = []
+    for line in virt_admin("srv-clients-list", "libvirtd").splitlines():
+        if not line.strip()[:1].isdigit():
+            continue
+        client = line.split()[0]
+        rows = [row.partition(":") for row in virt_admin("client-info", "libvirtd", client).splitlines()]
+        info = {key.strip(): value.strip() for key, colon, value in rows if colon}
+        pid = info.get("unix_process_id", "?")  # none for a TCP client
+        if info and pid != str(os.getpid()):  # no info: gone meanwhile
+            others.append(f"{client} (pid {pid})")
+    return f"clients {', '.join(others)}" if others else ""
+
+
+@pytest.fixture
+def qemu_dir(qemu_libvirt: QemuSession) -> Iterator[Path]:
+    """A directory of the test's own, removed afterwards, that QEMU (user libvirt-qemu) can reach."""
+    path = Path(tempfile.mkdtemp(prefix="test-", dir=qemu_libvirt.workdir))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def console_echo(dom: libvirt.virDomain, command: bytes, expected: bytes, timeout: float = 30.0) -> bytes:
+    """Type ``command`` on the guest's console through a libvirt stream; what came back until ``expected``."""
+    stream = dom.connect().newStream(0)
+    dom.openConsole(None, stream, 0)
+    received = bytearray()
+
+    def read() -> None:  # blocking stream: recv returns b"" (or raises) when the console closes
+        try:
+            while isinstance(chunk := stream.recv(4096), bytes) and chunk:
+                received.extend(chunk)
+        except libvirt.libvirtError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        stream.send(b"\n" + command + b"\n")
+        end = time.monotonic() + timeout
+        while expected not in received and time.monotonic() < end:
+            time.sleep(0.05)
+        return bytes(received)
+    finally:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        reader.join(timeout=5)
 
 
 class QemuHost:
@@ -187,7 +251,6 @@ class QemuHost:
     def __init__(self, session: QemuSession, directory: Path, hypervisor_id: int) -> None:
         self.session = session
         self.dir = directory
-        self.dir.chmod(0o755)
         self.made: set[tuple[str, str]] = set()
         # A short retry: the tiny guest boots in ~3.5 s, and the first ACPI press of a
         # stop issued meanwhile is lost (its init listens on the power button only then).
@@ -260,13 +323,11 @@ class QemuHost:
             list(pool.map(lambda made: remove(*made), self.made))
         names = {name for name, _ in self.made}
         assert qemu_processes(names) == {}, "QEMU processes left behind"
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
-def qemu_host(qemu_libvirt: QemuSession, request: pytest.FixtureRequest) -> Iterator[QemuHost]:
-    directory = Path(tempfile.mkdtemp(prefix="test-", dir=qemu_libvirt.workdir))
-    host = QemuHost(qemu_libvirt, directory, getattr(request.module, "HV", 0))
+def qemu_host(qemu_libvirt: QemuSession, qemu_dir: Path, request: pytest.FixtureRequest) -> Iterator[QemuHost]:
+    host = QemuHost(qemu_libvirt, qemu_dir, getattr(request.module, "HV", 0))
     try:
         yield host
     finally:

@@ -15,7 +15,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,23 +26,23 @@ from websockets.sync.client import connect
 
 from cloudland_launcher.harness import start_tree, stop_tree, wait_for
 from tests.integration.cloud import Cloud
-from tests.realvm.qemu_host import QemuSession, qemu_processes
+
+pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
+from tests.realvm.qemu_host import READY, QemuSession, qemu_processes  # noqa: E402
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
 
-READY = "cloudland-guest: ready"
 USER_DATA = "#cloud-config from the API\nruncmd: [echo hi]\n"
 BOOT_TIMEOUT_S = 180.0
 
 
 @pytest.fixture
-def real_cloud(qemu_libvirt: QemuSession, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+def real_cloud(qemu_libvirt: QemuSession, qemu_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
     """One real hypervisor (this machine's qemu:///system) in a tree, and the API on it."""
-    qemu_libvirt.conn  # noqa: B018 - libvirtd up (it may have been stopped by another module)
+    qemu_libvirt.conn  # noqa: B018 - libvirtd up (someone may have stopped it since the last test)
     # The agent's files (overlays, drives, console logs) must be reachable by QEMU's user.
-    state = Path(tempfile.mkdtemp(prefix="cloudland-e2e-"))
-    state.chmod(0o755)
+    state = qemu_dir
     monkeypatch.setenv("CLOUDLAND_DRIVER", "libvirt")
     monkeypatch.setenv("CLOUDLAND_LIBVIRT_URI", "qemu:///system")
     tree = start_tree(state / "tree", 1, 1, 32, 0.5)
@@ -60,7 +59,6 @@ def real_cloud(qemu_libvirt: QemuSession, monkeypatch: pytest.MonkeyPatch) -> It
                 if domain.isActive():
                     domain.destroy()
                 domain.undefine()
-        subprocess.run(["rm", "-rf", str(state)], check=False)
 
 
 def ssh_key(directory: Path) -> str:

@@ -1,19 +1,15 @@
 """A real VM on libvirtd + QEMU (TCG): the test guest boots, reads its config drive, talks on its console.
 
-The module starts libvirtd with deploy/libvirtd.sh (and stops it afterwards, unless it was
-already running), builds the guest with deploy/guest/build.sh, and boots it by direct kernel
-boot with the config drive as an IDE CD-ROM, as nova attaches it. The guest (deploy/guest/init)
-prints "cloudland-guest: key=value" lines on ttyS0, which libvirt logs to a file.
+libvirtd and the built guest come from the session fixture ``qemu_libvirt``
+(tests/realvm/qemu_host.py). The guest boots by direct kernel boot with the config drive as
+an IDE CD-ROM, as nova attaches it. It (deploy/guest/init) prints "cloudland-guest: key=value"
+lines on ttyS0, which libvirt logs to a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import subprocess
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,57 +23,17 @@ import pytest
 
 from cloudland_agents.configdrive import build_config_drive
 
+pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
+from tests.realvm.qemu_host import (  # noqa: E402
+    BOOT_TIMEOUT_S, CMDLINE, READY, QemuSession, console_echo, qemu_processes,
+)
+
+pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
 
-REPO = Path(__file__).resolve().parents[2]
-URI = "qemu:///system"
-BOOT_TIMEOUT_S = 120.0  # ~3 s on an idle machine under TCG; CI may be busy
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0g8tV1RkqyZ1mYV0m2v7bq3x2Jw2mJ7yY9o8t2xQF ci@cloudland"
 USER_DATA = b"#cloud-config from the realvm test\nruncmd: [echo hi]\n"
 NETWORK = {"links": [], "networks": [], "services": [{"type": "dns", "address": "10.0.0.1"}]}
-
-
-@pytest.fixture(scope="module")
-def libvirtd() -> Iterator[None]:
-    if os.geteuid() != 0:
-        pytest.skip("starts libvirtd and QEMU: needs root")
-    script = REPO / "deploy" / "libvirtd.sh"
-    # Another module (or session) may be using a libvirtd already: then it is theirs to stop.
-    was_up = subprocess.run([str(script), "status"], capture_output=True, timeout=60).returncode == 0
-    subprocess.run([str(script), "start"], check=True, timeout=900, stdin=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        if not was_up:
-            subprocess.run([str(script), "stop"], check=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    # Not pytest's tmp_path: its 0700 parents keep QEMU, which runs as libvirt-qemu, out.
-    path = Path(tempfile.mkdtemp(prefix="cloudland-realvm-"))
-    path.chmod(0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-@pytest.fixture(scope="module")
-def guest(workdir: Path) -> Path:
-    out = workdir / "guest"
-    started = time.monotonic()
-    subprocess.run([str(REPO / "deploy" / "guest" / "build.sh"), str(out)], check=True, timeout=300,
-                   stdin=subprocess.DEVNULL)
-    print(f"guest built in {time.monotonic() - started:.2f}s")
-    return out
-
-
-@pytest.fixture(scope="module")
-def conn(libvirtd: None) -> Iterator[libvirt.virConnect]:
-    # libvirt's default handler prints every error to stderr, including the expected ones.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    connection = libvirt.open(URI)
-    yield connection
-    connection.close()
 
 
 @dataclass
@@ -125,7 +81,7 @@ def domain_xml(name: str, vm_uuid: str, guest: Path, iso: Path, log: Path) -> st
     ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"  # IDE: the cloud kernel lacks AHCI
     ET.SubElement(os_, "kernel").text = str(guest / "vmlinuz")
     ET.SubElement(os_, "initrd").text = str(guest / "initrd.img")
-    ET.SubElement(os_, "cmdline").text = "console=ttyS0 quiet"
+    ET.SubElement(os_, "cmdline").text = CMDLINE
     ET.SubElement(ET.SubElement(dom, "features"), "acpi")  # the power button reaches the guest
     for event, action in (("on_poweroff", "destroy"), ("on_reboot", "destroy"), ("on_crash", "destroy")):
         ET.SubElement(dom, event).text = action
@@ -143,37 +99,22 @@ def domain_xml(name: str, vm_uuid: str, guest: Path, iso: Path, log: Path) -> st
     return ET.tostring(dom, encoding="unicode")
 
 
-def qemu_processes(name: str) -> list[int]:
-    """PIDs of QEMU processes running domain ``name`` (libvirt passes -name guest=NAME)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-system-x86_64") and any(
-                arg.startswith(f"guest={name},".encode()) or arg == f"guest={name}".encode() for arg in argv):
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture
-def vm(conn: libvirt.virConnect, guest: Path, workdir: Path) -> Iterator[Guest]:
+def vm(qemu_libvirt: QemuSession, qemu_dir: Path) -> Iterator[Guest]:
     vm_uuid = str(uuid.uuid4())
     name = f"cloudland-realvm-{vm_uuid[:8]}"
     hostname = f"guest-{vm_uuid[:8]}"
-    iso = build_config_drive(workdir / f"{name}.iso", hostname=hostname, uuid=vm_uuid, ssh_keys=[SSH_KEY],
+    iso = build_config_drive(qemu_dir / f"{name}.iso", hostname=hostname, uuid=vm_uuid, ssh_keys=[SSH_KEY],
                              user_data=USER_DATA, network_config=NETWORK)
-    log = workdir / f"{name}.console.log"
-    dom = conn.defineXML(domain_xml(name, vm_uuid, guest, iso, log))
+    log = qemu_dir / f"{name}.console.log"
+    qemu_libvirt.made.add((name, vm_uuid))  # the session checks that none is left
+    dom = qemu_libvirt.conn.defineXML(domain_xml(name, vm_uuid, qemu_libvirt.guest, iso, log))
     try:
         started = time.monotonic()
         dom.create()
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
         handle = Guest(dom, name, vm_uuid, hostname, log, iso, pid)
-        handle.wait_for("cloudland-guest: ready")
+        handle.wait_for(READY)
         handle.boot_s = time.monotonic() - started
         print(f"{name}: ready {handle.boot_s:.2f}s after start")
         yield handle
@@ -198,7 +139,7 @@ def iso_file(iso: Path, rr_path: str) -> bytes:
         image.close()
 
 
-def test_guest_reads_its_config_drive_and_leaves_no_qemu(conn: libvirt.virConnect, vm: Guest) -> None:
+def test_guest_reads_its_config_drive_and_leaves_no_qemu(qemu_libvirt: QemuSession, vm: Guest) -> None:
     seen = vm.reported()
     assert seen["config-drive"] == "/dev/sr0"
     assert seen["hostname"] == vm.hostname
@@ -210,49 +151,26 @@ def test_guest_reads_its_config_drive_and_leaves_no_qemu(conn: libvirt.virConnec
     assert seen["network-data-sha256"] == hashlib.sha256(network_json).hexdigest()
     assert "error" not in seen
 
-    assert qemu_processes(vm.name) == [vm.qemu_pid]
+    assert qemu_processes({vm.name}) == {vm.qemu_pid: vm.name}
     vm.dom.destroy()
     vm.dom.undefine()
-    assert qemu_processes(vm.name) == []
+    assert qemu_processes({vm.name}) == {}
     assert not Path(f"/proc/{vm.qemu_pid}").exists()
     with pytest.raises(libvirt.libvirtError):
-        conn.lookupByName(vm.name)
+        qemu_libvirt.conn.lookupByName(vm.name)
 
 
 def test_console_stream_and_acpi_shutdown(vm: Guest) -> None:
     # The issue's WebSocket console will sit on this: virStream + virDomainOpenConsole.
-    stream = vm.dom.connect().newStream(0)
-    vm.dom.openConsole(None, stream, 0)
-    received = bytearray()
+    expected = f"sum=42 host={vm.hostname}".encode()
+    echoed = console_echo(vm.dom, b"echo sum=$((6*7)) host=$(hostname)", expected)
+    assert expected in echoed, echoed
 
-    def read() -> None:  # blocking stream: recv returns b"" (or raises) when the console closes
-        try:
-            while isinstance(chunk := stream.recv(4096), bytes) and chunk:
-                received.extend(chunk)
-        except libvirt.libvirtError:
-            pass
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        stream.send(b"\necho sum=$((6*7)) host=$(hostname)\n")
-        deadline = time.monotonic() + 30
-        expected = f"sum=42 host={vm.hostname}".encode()
-        while expected not in received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert expected in received, bytes(received)
-
-        started = time.monotonic()
-        vm.dom.shutdown()  # ACPI power button
-        while vm.dom.isActive() and time.monotonic() - started < 60:
-            time.sleep(0.1)
-        assert not vm.dom.isActive(), f"guest ignored the ACPI power button:\n{vm.console()}"
-        print(f"{vm.name}: ACPI shutdown took {time.monotonic() - started:.2f}s")
-        assert "cloudland-guest: powering off" in vm.console()
-        assert qemu_processes(vm.name) == []
-    finally:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        reader.join(timeout=5)
+    started = time.monotonic()
+    vm.dom.shutdown()  # ACPI power button
+    while vm.dom.isActive() and time.monotonic() - started < 60:
+        time.sleep(0.1)
+    assert not vm.dom.isActive(), f"guest ignored the ACPI power button:\n{vm.console()}"
+    print(f"{vm.name}: ACPI shutdown took {time.monotonic() - started:.2f}s")
+    assert "cloudland-guest: powering off" in vm.console()
+    assert qemu_processes({vm.name}) == {}

@@ -9,12 +9,10 @@ powering itself off on the ACPI button.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict
 from typing import Any
 
-import libvirt
 import pytest
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
@@ -23,7 +21,7 @@ from cloudland_agents import compute_ops, ops
 from cloudland_agents.hypervisor import Hypervisor
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
-from tests.realvm.qemu_host import URI, QemuHost, qemu_processes  # noqa: E402
+from tests.realvm.qemu_host import URI, QemuHost, console_echo, qemu_processes  # noqa: E402
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
@@ -38,35 +36,6 @@ def run(hv: Hypervisor, name: str, args: dict[str, Any]) -> ops.Payload:
     struct = Struct()
     struct.update(args)
     return op.run(ops.Context(hv, "job-realvm", 0.0, lambda _b: None), MessageToDict(struct))
-
-
-def console_echo(dom: libvirt.virDomain, command: bytes, expected: bytes, timeout: float = 30.0) -> bytes:
-    """Type ``command`` on the guest's console through a libvirt stream; what came back."""
-    stream = dom.connect().newStream(0)
-    dom.openConsole(None, stream, 0)
-    received = bytearray()
-
-    def read() -> None:  # blocking stream: recv returns b"" (or raises) when the console closes
-        try:
-            while isinstance(chunk := stream.recv(4096), bytes) and chunk:
-                received.extend(chunk)
-        except libvirt.libvirtError:
-            pass
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        stream.send(b"\n" + command + b"\n")
-        end = time.monotonic() + timeout
-        while expected not in received and time.monotonic() < end:
-            time.sleep(0.05)
-        return bytes(received)
-    finally:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        reader.join(timeout=5)
 
 
 def test_vm_operations_boot_the_guest_and_stop_it_by_acpi(qemu_host: QemuHost) -> None:

@@ -7,17 +7,15 @@ boots with <boot dev='hd'/>, no <kernel>: SeaBIOS, then the MBR, syslinux, Linux
 guest's /init, which reads the config drive and reports on the serial console
 ("cloudland-guest: key=value", deploy/guest/init). The base image must stay unchanged.
 
-libvirtd is started with deploy/libvirtd.sh (idempotent) and stopped afterwards only if it did
-not answer before and nobody else uses it by then: the daemon is shared by every test session.
+libvirtd and the built guest come from the session fixture ``qemu_libvirt``
+(tests/realvm/qemu_host.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,73 +27,16 @@ import libvirt
 import pytest
 
 from cloudland_agents.configdrive import build_config_drive
-from tests.realvm.test_boot import NETWORK, SSH_KEY, URI, USER_DATA, Guest, qemu_processes
 
+pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
+from tests.realvm.qemu_host import READY, QemuSession, console_echo, qemu_processes  # noqa: E402
+from tests.realvm.test_boot import NETWORK, SSH_KEY, USER_DATA, Guest  # noqa: E402
+
+pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
 
-REPO = Path(__file__).resolve().parents[2]
 SHUTDOWN_TIMEOUT_S = 60.0
 MARK_SECTOR = 100  # in the gap between the MBR and the partition: free for the test to write
-
-
-@pytest.fixture(scope="module")
-def conn() -> Iterator[libvirt.virConnect]:
-    if os.geteuid() != 0:
-        pytest.skip("starts libvirtd and QEMU: needs root")
-    script = str(REPO / "deploy" / "libvirtd.sh")
-    ours = subprocess.run([script, "status"], timeout=60, stdin=subprocess.DEVNULL).returncode != 0
-    # Always: start is idempotent, and it also brings back a virtlogd that is gone from under a
-    # running libvirtd (domains with a console log then fail to start).
-    subprocess.run([script, "start"], check=True, timeout=900, stdin=subprocess.DEVNULL)
-    # libvirt's default handler prints every error to stderr, including the expected ones.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    connection = libvirt.open(URI)
-    try:
-        yield connection
-    finally:
-        # The daemons are shared by every test session on the machine: stop them only if this
-        # module started them and nobody else has domains running or connections open on them.
-        others = ""
-        try:
-            others = " ".join(sorted(d.name() for d in connection.listAllDomains(
-                libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)))
-            connection.close()
-        except libvirt.libvirtError:
-            pass
-        if ours:
-            others = others or libvirtd_clients()
-            if others:
-                print(f"libvirtd left running: others use it ({others})")
-            else:
-                subprocess.run([script, "stop"], check=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
-def libvirtd_clients() -> str:
-    """The clients connected to libvirtd now, as virt-admin lists them ("" if none or unknown)."""
-    done = subprocess.run(["virt-admin", "srv-clients-list", "libvirtd"], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=30)
-    rows = [line.split()[0] for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
-    return f"clients {' '.join(rows)}" if rows else ""
-
-
-@pytest.fixture(scope="module")
-def workdir() -> Iterator[Path]:
-    # Not pytest's tmp_path: its 0700 parents keep QEMU, which runs as libvirt-qemu, out.
-    path = Path(tempfile.mkdtemp(prefix="cloudland-diskboot-"))
-    path.chmod(0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=False)
-
-
-@pytest.fixture(scope="module")
-def guest(workdir: Path) -> Path:
-    out = workdir / "guest"
-    started = time.monotonic()
-    subprocess.run([str(REPO / "deploy" / "guest" / "build.sh"), str(out)], check=True, timeout=300,
-                   stdin=subprocess.DEVNULL)
-    print(f"guest disk built in {time.monotonic() - started:.2f}s")
-    out.chmod(0o755)
-    return out
 
 
 @dataclass
@@ -162,45 +103,41 @@ def disk_domain_xml(name: str, vm_uuid: str, disk: Path, config_drive: Path, con
 
 
 @pytest.fixture
-def make_vm(conn: libvirt.virConnect, workdir: Path) -> Iterator[Callable[..., DiskGuest]]:
+def make_vm(qemu_libvirt: QemuSession, qemu_dir: Path) -> Iterator[Callable[..., DiskGuest]]:
     """Defines and starts VMs on overlays of a base image; destroys and undefines what is left."""
-    doms: list[libvirt.virDomain] = []
+    names: list[str] = []
 
     def make(base: Path, base_format: str = "qcow2", config_bus: str = "ide") -> DiskGuest:
         vm_uuid = str(uuid.uuid4())
         name = f"cloudland-diskboot-{vm_uuid[:8]}"
         hostname = f"disk-{vm_uuid[:8]}"
-        iso = build_config_drive(workdir / f"{name}.iso", hostname=hostname, uuid=vm_uuid, ssh_keys=[SSH_KEY],
+        iso = build_config_drive(qemu_dir / f"{name}.iso", hostname=hostname, uuid=vm_uuid, ssh_keys=[SSH_KEY],
                                  user_data=USER_DATA, network_config=NETWORK)
-        overlay = overlay_on(base, base_format, workdir / f"{name}.qcow2")
-        log = workdir / f"{name}.console.log"
-        dom = conn.defineXML(disk_domain_xml(name, vm_uuid, overlay, iso, config_bus, log))
-        doms.append(dom)
+        overlay = overlay_on(base, base_format, qemu_dir / f"{name}.qcow2")
+        log = qemu_dir / f"{name}.console.log"
+        names.append(name)
+        qemu_libvirt.made.add((name, vm_uuid))  # the session checks that none is left
+        dom = qemu_libvirt.conn.defineXML(disk_domain_xml(name, vm_uuid, overlay, iso, config_bus, log))
         dom.create()
         pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
         return DiskGuest(dom, name, vm_uuid, hostname, log, iso, pid, overlay=overlay)
 
     yield make
-    # By name on a live connection: another session may have restarted the shared libvirtd
-    # meanwhile, and a domain left defined would come back with it.
-    live = conn
-    for name in [dom.name() for dom in doms]:
+    # By name on the session's live connection: should the shared libvirtd have been restarted
+    # meanwhile, a domain left defined would come back with it.
+    for name in names:
         try:
-            if not live.isAlive():
-                live = libvirt.open(URI)
-            dom = live.lookupByName(name)
+            dom = qemu_libvirt.conn.lookupByName(name)
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # a test already removed it
                 raise
-    if live is not conn:
-        live.close()
 
 
 def wait_ready(vm: Guest, started: float) -> None:
-    vm.wait_for("cloudland-guest: ready")
+    vm.wait_for(READY)
     vm.boot_s = time.monotonic() - started
     print(f"{vm.name}: ready {vm.boot_s:.2f}s after start")
 
@@ -221,31 +158,8 @@ def assert_booted_from_disk(vm: Guest, config_drive: str) -> None:
 
 def run_on_console(vm: Guest, command: str, expected: str, timeout: float = 30.0) -> None:
     """Type ``command`` into the guest's console shell; wait until ``expected`` is printed."""
-    stream = vm.dom.connect().newStream(0)
-    vm.dom.openConsole(None, stream, 0)
-    received = bytearray()
-
-    def read() -> None:  # blocking stream: recv returns b"" (or raises) when the console closes
-        try:
-            while isinstance(chunk := stream.recv(4096), bytes) and chunk:
-                received.extend(chunk)
-        except libvirt.libvirtError:
-            pass
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        stream.send(f"\n{command}\n".encode())
-        deadline = time.monotonic() + timeout
-        while expected.encode() not in received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert expected.encode() in received, bytes(received)
-    finally:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        reader.join(timeout=5)
+    echoed = console_echo(vm.dom, command.encode(), expected.encode(), timeout)
+    assert expected.encode() in echoed, echoed
 
 
 def acpi_shutdown(vm: Guest) -> None:
@@ -267,27 +181,28 @@ def acpi_shutdown(vm: Guest) -> None:
 
 
 @pytest.mark.parametrize("base_format", ["qcow2", "raw"])
-def test_vm_boots_from_an_overlay_of_the_disk_image(conn: libvirt.virConnect, guest: Path,
-                                                    make_vm: Callable[..., DiskGuest], base_format: str) -> None:
-    base = guest / f"guest.{base_format}"
+def test_vm_boots_from_an_overlay_of_the_disk_image(qemu_libvirt: QemuSession, make_vm: Callable[..., DiskGuest],
+                                                    base_format: str) -> None:
+    base = qemu_libvirt.guest / f"guest.{base_format}"
     base_sha = sha256(base)
     started = time.monotonic()
     vm = make_vm(base, base_format)
     wait_ready(vm, started)
     assert_booted_from_disk(vm, "/dev/sr0")
-    assert qemu_processes(vm.name) == [vm.qemu_pid]
+    assert qemu_processes({vm.name}) == {vm.qemu_pid: vm.name}
 
     acpi_shutdown(vm)
     vm.dom.undefine()
     with pytest.raises(libvirt.libvirtError):
-        conn.lookupByName(vm.name)
-    assert qemu_processes(vm.name) == []
+        qemu_libvirt.conn.lookupByName(vm.name)
+    assert qemu_processes({vm.name}) == {}
     assert not Path(f"/proc/{vm.qemu_pid}").exists()
     assert sha256(base) == base_sha
 
 
-def test_two_vms_from_one_image_at_once_each_with_its_own_disk(guest: Path, make_vm: Callable[..., DiskGuest]) -> None:
-    base = guest / "guest.qcow2"
+def test_two_vms_from_one_image_at_once_each_with_its_own_disk(qemu_libvirt: QemuSession,
+                                                               make_vm: Callable[..., DiskGuest]) -> None:
+    base = qemu_libvirt.guest / "guest.qcow2"
     base_sha = sha256(base)
     empty = sector(base, "qcow2", MARK_SECTOR)
     assert empty == bytes(512)
@@ -307,7 +222,7 @@ def test_two_vms_from_one_image_at_once_each_with_its_own_disk(guest: Path, make
                            "2>/dev/null && sync && echo written=$((40+2))", "written=42")
     for vm in vms:
         acpi_shutdown(vm)
-        assert qemu_processes(vm.name) == []
+        assert qemu_processes({vm.name}) == {}
         vm.dom.undefine()
     for vm in vms:
         assert sector(vm.overlay, "qcow2", MARK_SECTOR).startswith(f"{vm.hostname}\n".encode())
