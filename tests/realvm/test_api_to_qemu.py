@@ -10,6 +10,7 @@ address, asked of the API, is where its display answers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -24,6 +25,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
+from cloudland_agents.configdrive import _json_bytes
+from cloudland_agents.guests import network_data
 from cloudland_launcher.harness import start_tree, stop_tree, wait_for
 from tests.integration.cloud import Cloud
 
@@ -95,6 +98,29 @@ def upload_guest(cloud: Cloud, guest: Path, name: str = "guest", disk_format: st
     return uploaded
 
 
+def type_until(cloud: Cloud, instance_id: int, line: str, expect: bytes, timeout: float = 90) -> bytes:
+    """Type ``line`` into the VM's shell through the API's WebSocket until ``expect`` shows."""
+    assert cloud.http is not None
+    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{instance_id}/console"
+    seen = b""
+    with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
+        # The shell's line editor first asks the terminal where its cursor is (ESC [6n) and
+        # takes what arrives next as the answer: type Enter until it is past that, then the line.
+        deadline = time.monotonic() + timeout
+        typed_at = 0.0
+        while expect not in seen and time.monotonic() < deadline:
+            if time.monotonic() - typed_at > 5:
+                ws.send(b"\r")
+                ws.send(line.encode() + b"\r")
+                typed_at = time.monotonic()
+            try:
+                seen += ws.recv(timeout=1)  # type: ignore[operator]
+            except TimeoutError:
+                pass
+    assert expect in seen, seen[-800:]
+    return seen
+
+
 def facts(console: str) -> dict[str, str]:
     """The guest's ``cloudland-guest: key=value`` lines."""
     return dict(re.findall(r"cloudland-guest: ([\w-]+)=([^\r\n]*)", console))
@@ -122,6 +148,8 @@ def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
         seen = facts(console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S))
         assert seen["hostname"] == vm["name"] and seen["uuid"] == vm["uuid"], seen
         assert seen["public-keys"] == "1" and seen["user-data"] == USER_DATA.splitlines()[0], seen
+        # Network data too: these VMs have no NIC yet, so its lists are empty.
+        assert seen["network-data-sha256"] == hashlib.sha256(_json_bytes(network_data(()))).hexdigest(), seen
     # One image, two guests: fetched once into the hypervisor's cache, one overlay each.
     assert cloud.log().count(f"GET /api/v1/images/{image['id']}/download") == 1
     state = cloud.tree.state_dir
@@ -156,23 +184,7 @@ def test_console_shows_and_types(real_cloud: Cloud, qemu_libvirt: QemuSession) -
     [vm] = cloud.post("/instances", {"name": "shell", "flavor": "tiny", "image": "guest"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "shell running")
     console_until(cloud, vm["id"], "/ # ", BOOT_TIMEOUT_S)  # the guest's shell prompt
-    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{vm['id']}/console"
-    seen = b""
-    with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
-        # The shell's line editor first asks the terminal where its cursor is (ESC [6n) and
-        # takes what arrives next as the answer: type Enter until it is past that, then the line.
-        deadline = time.monotonic() + 90
-        typed_at = 0.0
-        while b"typed-42" not in seen and time.monotonic() < deadline:
-            if time.monotonic() - typed_at > 5:
-                ws.send(b"\r")
-                ws.send(b"echo typed-$((6*7))\r")
-                typed_at = time.monotonic()
-            try:
-                seen += ws.recv(timeout=1)  # type: ignore[operator]
-            except TimeoutError:
-                pass
-    assert b"typed-42" in seen, seen[-500:]
+    type_until(cloud, vm["id"], "echo typed-$((6*7))", b"typed-42")
     job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
     assert cloud.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
 

@@ -1,0 +1,81 @@
+"""Capture on a real hypervisor: API -> tree -> agent -> qemu-img -> upload back to the API.
+
+A guest writes a marker into its disk through its console, is stopped (ACPI) and captured
+into a new image through ``POST /instances/{id}/capture``. A second VM booted from that
+image reads the marker back from its own disk: the capture holds the first VM's writes,
+not just the image it was made from. The copy stays in the hypervisor's image cache, so
+the second VM downloads nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from cloudland_launcher.harness import wait_for
+from tests.integration.cloud import Cloud
+# (QemuSession through this module: it registers qemu_host for assertion rewriting first)
+from tests.realvm.test_api_to_qemu import (BOOT_TIMEOUT_S, READY, QemuSession, console_until, facts, real_cloud,
+                                           type_until, upload_guest)
+
+pytest_plugins = ["tests.realvm.qemu_host"]
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
+__all__ = ["real_cloud"]  # a fixture of this module too
+
+MARKER_OFFSET_MIB = 512  # past the guest's boot partition, inside its 1 GiB disk
+
+
+def job_done(cloud: Cloud, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done: dict[str, Any] = cloud.get(f"/jobs/{job['id']}", wait=30)
+        if done["state"] not in ("pending", "dispatched") or time.monotonic() > deadline:
+            return done
+
+
+def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    cloud = real_cloud
+    cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    upload_guest(cloud, qemu_libvirt.guest)
+    [src] = cloud.post("/instances", {"name": "src", "flavor": "tiny", "image": "guest"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{src['id']}")["status"] == "running", 120, "src running")
+    console_until(cloud, src["id"], "/ # ", BOOT_TIMEOUT_S)
+    type_until(cloud, src["id"], f"echo cl-capture-$((6*7)) | dd of=/dev/vda bs=1M seek={MARKER_OFFSET_MIB} "
+                                 "conv=fsync 2>/dev/null && echo written-$((2*3))", b"written-6")
+
+    # Running: refused. Stopped (ACPI): captured.
+    assert cloud.http is not None
+    refused = cloud.http.post(f"/instances/{src['id']}/capture", json={"name": "golden"})
+    assert refused.status_code == 409 and "stop it first" in refused.text, refused.text
+    assert job_done(cloud, cloud.post(f"/instances/{src['id']}/stop"))["state"] == "succeeded"
+    accepted = cloud.post(f"/instances/{src['id']}/capture", {"name": "golden"})
+    assert accepted["image"]["status"] == "saving"
+    job = job_done(cloud, accepted["job"], timeout=600)
+    assert job["state"] == "succeeded", job
+    golden = cloud.get(f"/images/{accepted['image']['id']}")
+    assert golden["status"] == "active" and golden["size_bytes"] > 0, golden
+    assert cloud.get(f"/instances/{src['id']}")["status"] == "stopped"
+    # A standalone qcow2 (no backing file), kept by the API and by the hypervisor's cache.
+    api_copy = cloud.state_dir / "images" / f"{golden['id']}.qcow2"
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(api_copy)], capture_output=True, text=True,
+                          check=True).stdout
+    assert '"format": "qcow2"' in info and "backing-filename" not in info, info
+    cached = cloud.tree.state_dir / "image-cache" / f"{golden['sha256']}.qcow2"
+    assert cached.read_bytes() == api_copy.read_bytes()
+
+    [clone] = cloud.post("/instances", {"name": "clone", "flavor": "tiny", "image": "golden"})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{clone['id']}")["status"] == "running", 120, "clone running")
+    seen = facts(console_until(cloud, clone["id"], READY, BOOT_TIMEOUT_S))
+    assert seen["hostname"] == "clone", seen  # its own config drive, not the source's
+    type_until(cloud, clone["id"], f"dd if=/dev/vda bs=1M skip={MARKER_OFFSET_MIB} count=1 2>/dev/null "
+                                   "| head -c 13; echo", b"cl-capture-42")
+    assert f"GET /api/v1/images/{golden['id']}/download" not in cloud.log()  # booted from the cached copy
+
+    for vm in (src, clone):
+        deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+        assert job_done(cloud, deleted)["state"] == "succeeded"
+    assert cloud.http.delete(f"/images/{golden['id']}").status_code == 204
