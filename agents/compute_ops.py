@@ -255,7 +255,7 @@ def _prepare_guest(ctx: Context, spec: DomainSpec, args: Payload, disk_name: str
     hostname = _text(args, "hostname") if "hostname" in args else spec.name
     disk_gib = _whole(args.get("disk_gib", 0), "disk_gib")
     return guests.prepare(ctx.hypervisor, spec.uuid, hostname=hostname, image=source, disk_gib=disk_gib,
-                          ssh_keys=keys, user_data=user_data, disk_name=disk_name)
+                          ssh_keys=keys, user_data=user_data, disk_name=disk_name, nics=spec.nics)
 
 
 @operation("vm.start")

@@ -5,7 +5,8 @@ and must reach the files, which libvirt then chowns to it):
 
     image-cache/<sha256>.<format>   bases, shared by every guest of an image (agents/images.py)
     guests/<uuid>/disk.qcow2        the guest's disk: a qcow2 overlay on its image's base
-    guests/<uuid>/config-2.iso      its config drive (agents/configdrive.py)
+    guests/<uuid>/config-2.iso      its config drive (agents/configdrive.py): hostname, SSH keys,
+                                    user data and network data (a DHCP link per NIC)
     guests/<uuid>/console.log       what its serial console printed (virtlogd writes it)
 
 ``prepare`` is idempotent on the uuid (a replayed create finds the overlay on the same base
@@ -21,10 +22,11 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloudland.errors import DriverError
 from cloudland_agents.configdrive import build_config_drive
-from cloudland_agents.domain import Disk
+from cloudland_agents.domain import Disk, Nic
 from cloudland_agents.hypervisor import Hypervisor
 from cloudland_agents.images import ImageCache, ImageSource
 
@@ -56,8 +58,17 @@ def guest_dir(hypervisor: Hypervisor, uuid: str) -> Path:
     return hypervisor.state_dir / "guests" / uuid
 
 
+def network_data(nics: tuple[Nic, ...]) -> dict[str, Any]:
+    """The OpenStack ``network_data.json`` of a guest with ``nics``: one link per NIC, by MAC,
+    each configured by DHCP (as nova writes it for a DHCP network); empty lists for none."""
+    links = [{"id": f"tap{i}", "type": "phy", "ethernet_mac_address": nic.mac} for i, nic in enumerate(nics)]
+    networks = [{"id": f"network{i}", "link": f"tap{i}", "type": "ipv4_dhcp"} for i in range(len(nics))]
+    return {"links": links, "networks": networks, "services": []}
+
+
 def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
-            ssh_keys: list[str], user_data: bytes | None, disk_name: str = "disk.qcow2") -> GuestFiles:
+            ssh_keys: list[str], user_data: bytes | None, disk_name: str = "disk.qcow2",
+            nics: tuple[Nic, ...] = ()) -> GuestFiles:
     """The disk (an overlay on the cached image) and config drive of guest ``uuid``.
 
     ``disk_name``: a rebuild names a new disk (by its job) so the old one stays until the
@@ -70,7 +81,7 @@ def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSou
     downloaded = cache.downloads > before
     disk = cache.create_overlay(base, directory / disk_name, disk_gib or None)
     drive = build_config_drive(directory / "config-2.iso", hostname=hostname, uuid=uuid, ssh_keys=ssh_keys,
-                               user_data=user_data, network_config=None)
+                               user_data=user_data, network_config=network_data(nics))
     disks = (Disk(str(disk), "qcow2", "vda"), Disk(str(drive), "raw", "hda", "cdrom"))
     return GuestFiles(directory, disks, directory / "console.log", downloaded)
 

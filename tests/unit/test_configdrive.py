@@ -126,3 +126,19 @@ def test_invalid_inputs_name_the_field(tmp_path: Path, changes: dict[str, Any], 
     with pytest.raises(InvalidRequest, match=f"^'{re.escape(field)}' must be"):
         build_config_drive(tmp_path / "c.iso", **{**GOOD, **changes})
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_guest_gets_a_dhcp_link_per_nic() -> None:
+    """agents/guests.py's network data: nova's shape for DHCP networks, one link per MAC."""
+    from cloudland_agents.domain import Nic
+    from cloudland_agents.guests import network_data
+
+    assert network_data(()) == {"links": [], "networks": [], "services": []}
+    nics = (Nic("br0", "52:54:00:00:00:01"), Nic("br1", "52:54:00:00:00:02"))
+    assert network_data(nics) == {
+        "links": [{"id": "tap0", "type": "phy", "ethernet_mac_address": "52:54:00:00:00:01"},
+                  {"id": "tap1", "type": "phy", "ethernet_mac_address": "52:54:00:00:00:02"}],
+        "networks": [{"id": "network0", "link": "tap0", "type": "ipv4_dhcp"},
+                     {"id": "network1", "link": "tap1", "type": "ipv4_dhcp"}],
+        "services": [],
+    }
