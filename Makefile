@@ -1,11 +1,11 @@
 # CloudLand: `make run` starts the all-in-one cloud, `make test` runs the suite,
-# `make bench` measures the tree, then the REST API. Each sets up .venv itself (deploy/bootstrap.sh).
+# `make bench` measures the tree, the REST API, then the image paths. Each sets up .venv itself (deploy/bootstrap.sh).
 VENV := .venv
 BIN := $(VENV)/bin
 HYPERVISORS ?= 100
 PYTEST_ARGS ?=
-# Which benchmarks `make bench` runs, in order: BENCH=api (or tree) runs only that one.
-BENCH ?= tree api
+# Which benchmarks `make bench` runs, in order: BENCH=api (or tree, image) runs only that one.
+BENCH ?= tree api image
 # PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
 API_BENCH_ARGS ?= --postgres
 
@@ -27,6 +27,9 @@ ifneq (,$(filter tree,$(BENCH)))
 endif
 ifneq (,$(filter api,$(BENCH)))
 	$(BIN)/python bench/api_bench.py $(API_BENCH_ARGS)
+endif
+ifneq (,$(filter image,$(BENCH)))
+	$(BIN)/python bench/image_bench.py
 endif
 
 # Real hypervisor mode: libvirtd + QEMU (TCG) started by hand (no systemd), and the test guest.
