@@ -37,6 +37,7 @@ from cloudland_agents.ops import Context, Payload, operation
 
 # vm.create's arguments for a real guest's files (agents/guests.py); simulated hosts ignore them.
 GUEST_KEYS = {"image", "hostname", "disk_gib", "ssh_keys", "user_data"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata",
              "kernel", "initrd", "cmdline", "console_log", "vnc_listen"}
@@ -362,6 +363,18 @@ def vm_capture(ctx: Context, args: Payload) -> Payload:
     finally:
         copy.unlink(missing_ok=True)  # adopted (renamed away) on success
     return {"image_id": target.image_id, "size_bytes": size, "sha256": sha256}
+
+
+@operation("image.evict")
+def image_evict(ctx: Context, args: Payload) -> Payload:
+    """Remove the cached base of ``sha256`` (an image the API deleted), unless a guest's disk
+    is an overlay on it. Payload: ``in_use`` true when it stays. Idempotent: a base that is not
+    cached is success."""
+    _only(args, {"sha256"})
+    sha256 = _text(args, "sha256")
+    if not _SHA256.fullmatch(sha256):
+        raise InvalidRequest(f"argument 'sha256' must be 64 lower-case hex digits, got {sha256!r}")
+    return {} if guests.evict(ctx.hypervisor, sha256) else {"in_use": True}
 
 
 @operation("vm.get")

@@ -10,7 +10,8 @@ and must reach the files, which libvirt then chowns to it):
     guests/<uuid>/console.log       what its serial console printed (virtlogd writes it)
 
 ``prepare`` is idempotent on the uuid (a replayed create finds the overlay on the same base
-and rewrites the same drive); ``remove`` deletes the guest's directory, never a base.
+and rewrites the same drive); ``remove`` deletes the guest's directory, never a base;
+``evict`` removes a base that no guest's disk is an overlay on (its image was deleted).
 Simulated hypervisors (libvirt's test driver) run no guest and get no files.
 """
 
@@ -84,6 +85,15 @@ def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSou
                                user_data=user_data, network_config=network_data(nics))
     disks = (Disk(str(disk), "qcow2", "vda"), Disk(str(drive), "raw", "hda", "cdrom"))
     return GuestFiles(directory, disks, directory / "console.log", downloaded)
+
+
+def evict(hypervisor: Hypervisor, sha256: str) -> bool:
+    """No cached base of ``sha256`` remains, unless a guest's disk is an overlay on it (then
+    it stays, and False is returned). A hypervisor that never cached an image does nothing."""
+    if not (hypervisor.state_dir / "image-cache").is_dir():
+        return True
+    disks = hypervisor.state_dir.glob("guests/*/disk*.qcow2")
+    return cache_for(hypervisor).evict(sha256, disks)
 
 
 def remove_other_disks(hypervisor: Hypervisor, uuid: str, keep: Path) -> None:

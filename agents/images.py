@@ -311,6 +311,9 @@ class ImageCache:
         in_use = [Path(overlay) for overlay in overlays]  # read once per base below
         for base in (self.root / f"{sha256}.{fmt}" for fmt in DISK_FORMATS):
             with self.locks.hold(base.name):
+                if not base.exists():  # nothing to remove: no overlay needs reading
+                    self._verified.discard(base.name)
+                    continue
                 for overlay in in_use:
                     if overlay.exists() and self._backing(overlay) == str(base):
                         return False

@@ -95,8 +95,10 @@ def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     return image
 
 
-def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> None:
-    """Delete an image and its file (admin or member)."""
+def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> str | None:
+    """Delete an image and its file (admin or member). Returns the name hypervisors cache its
+    bytes under (``<sha256>.<format>``) when no other image has the same bytes, else None:
+    what they may now evict (dispatch.evict_everywhere)."""
     image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
     caller.require(Role.admin, Role.member)
     # Live instances boot from (and, on real hypervisors, have overlays on) this image.
@@ -111,12 +113,19 @@ def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Pat
         raise Conflict(f"image {image_id} ({image.name}) is used by {count} instance(s) ({shown}); "
                        "delete them first")
     path = image_path(state_dir, image)
+    sha256, disk_format = image.sha256, image.disk_format
     session.delete(image)
     session.commit()
     # After the commit: a failed commit must not lose the bytes of a row that still exists.
     # A concurrent upload cannot rename a file in afterwards; its UPDATE finds no row.
     path.unlink(missing_ok=True)
     log.info("event=image_deleted org_id=%d image_id=%d user_id=%d", caller.org_id, image_id, caller.user_id)
+    if sha256 is None:
+        return None  # never uploaded: no hypervisor has it
+    # Caches are shared by every tenant and named by content: another image with the same
+    # bytes (any organisation's) still needs the base.
+    shared = session.scalar(select(Image.id).where(Image.sha256 == sha256, Image.disk_format == disk_format).limit(1))
+    return None if shared is not None else sha256
 
 
 def image_file(session: Session, caller: Caller, image_id: int, state_dir: Path) -> tuple[Image, Path]:

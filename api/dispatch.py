@@ -32,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient, struct_to_dict
-from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
+from cloudland.errors import CloudLandError, InvalidRequest, RootUnreachable, TreeError
 from cloudland_api import scheduler
 from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, SshKey, utcnow
 from cloudland_api.security import UPLOAD_AUDIENCE, issue_image_token
@@ -126,6 +126,37 @@ def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None
         return name | {"image": (guest or {}) | {"image_id": job.args["image_id"],
                                                  "disk_format": job.args["disk_format"]}}
     return name
+
+
+EVICT_TIMEOUT_S = 60.0
+
+
+def evict_everywhere(client: RootClient, sha256: str, image_id: int) -> dict[str, int]:
+    """Ask every hypervisor to drop its cached base of a deleted image (``image.evict``).
+
+    Best effort, after the delete has committed: a hypervisor whose guests still have overlays
+    on the base keeps it (``in_use``), one that does not answer keeps it until a later delete of
+    the same bytes. Returns how many evicted (or had nothing), kept it, or failed; logs them.
+    """
+    counts = {"evicted": 0, "in_use": 0, "failed": 0}
+    try:
+        evicted, replies = client.gather("image.evict", args={"sha256": sha256}, timeout=EVICT_TIMEOUT_S)
+    except CloudLandError as exc:
+        log.warning("event=image_evict_failed image_id=%d sha256=%s reason=%s", image_id, sha256, exc)
+        return counts
+    counts["evicted"] = len(evicted)
+    for reply in replies:
+        if reply.status != pb.OK:
+            counts["failed"] += 1
+            log.warning("event=image_evict_failed image_id=%d hypervisor=%d reason=%s", image_id, reply.hypervisor,
+                        reply.error or pb.Status.Name(reply.status))
+        elif struct_to_dict(reply.payload).get("in_use"):
+            counts["in_use"] += 1
+        else:
+            counts["evicted"] += 1
+    log.info("event=image_evicted image_id=%d sha256=%s evicted=%d in_use=%d failed=%d", image_id, sha256,
+             counts["evicted"], counts["in_use"], counts["failed"])
+    return counts
 
 
 class Dispatcher:

@@ -9,9 +9,14 @@ from collections.abc import Iterator
 import httpx2 as httpx
 import pytest
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloudland_api import catalog
 from cloudland_api.catalog import QCOW2_MAGIC, WRITE_BATCH
-from cloudland_api.models import Role
+from cloudland_api.models import Organisation, Role, User
 from cloudland_api.security import issue_image_token
+from cloudland_api.services import caller_for
 from cloudland_api.settings import ApiSettings
 from tests.api.conftest import Api
 
@@ -275,3 +280,34 @@ def test_agents_download_with_a_token_for_that_image_only(api: Api, admin_header
         api.client.get(IMAGES, headers=token),
     ]
     assert [r.status_code for r in refused] == [401] * 5, [r.text for r in refused]
+
+
+def test_delete_says_what_hypervisors_may_evict(api: Api, admin_headers: dict[str, str]) -> None:
+    """The cached base is named by content and shared by every tenant: evictable only once no
+    image of any organisation has those bytes any more."""
+    body = b"\x07" * 4096
+    other = api.add_user("olga", "other-org", Role.admin)
+    ids = []
+    for name, headers in (("a", admin_headers), ("b", other), ("queued", admin_headers)):
+        image = api.client.post("/api/v1/images", json={"name": name, "disk_format": "raw"}, headers=headers).json()
+        if name != "queued":
+            reply = api.client.put(f"/api/v1/images/{image['id']}/file", content=body,
+                                   headers=headers | {"Content-Type": "application/octet-stream"})
+            assert reply.status_code == 200, reply.text
+        ids.append((image["id"], headers))
+    with api.app.state.write_sessions() as session:
+        def delete(image_id: int, user: str, org: str) -> str | None:
+            user_id, org_id = _ids(session, user, org)
+            return catalog.delete_image(session, caller_for(session, user_id, org_id), image_id,
+                                        api.settings.state_dir)
+
+        assert delete(ids[2][0], "admin", "admin") is None  # never uploaded: nobody cached it
+        assert delete(ids[0][0], "admin", "admin") is None  # org "other-org" has the same bytes
+        assert delete(ids[1][0], "olga", "other-org") == hashlib.sha256(body).hexdigest()
+
+
+def _ids(session: Session, username: str, org: str) -> tuple[int, int]:
+    user_id = session.scalar(select(User.id).where(User.username == username))
+    org_id = session.scalar(select(Organisation.id).where(Organisation.name == org))
+    assert user_id is not None and org_id is not None
+    return user_id, org_id

@@ -259,3 +259,16 @@ def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -
     assert image["status"] == "error"
     assert (vm["status"], vm["job_id"]) == ("stopped", None)
     assert vm["status_reason"].startswith(f"capture failed: {reason}")
+
+
+def test_deleting_an_image_asks_every_hypervisor_to_evict_it(make_cloud: Any) -> None:
+    """After the 204, ``image.evict`` goes to every hypervisor through the tree; every one answers
+    (simulated hypervisors cache nothing, so each has nothing to remove)."""
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    [image] = cloud.get("/images")["items"]
+    assert cloud.http is not None
+    assert cloud.http.delete(f"/images/{image['id']}").status_code == 204
+    line = f"event=image_evicted image_id={image['id']} sha256={image['sha256']} evicted=2 in_use=0 failed=0"
+    wait_for(lambda: line in cloud.log(), 30, "the eviction to be logged")

@@ -79,3 +79,4 @@ def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvi
         deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
         assert job_done(cloud, deleted)["state"] == "succeeded"
     assert cloud.http.delete(f"/images/{golden['id']}").status_code == 204
+    wait_for(lambda: not cached.exists(), 30, "the hypervisor to evict the deleted image")

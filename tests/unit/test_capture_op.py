@@ -187,3 +187,35 @@ def test_bad_arguments_are_refused(hv: Hypervisor, image: object, error: str) ->
 def test_an_unknown_vm_is_refused(hv: Hypervisor, server: UploadServer) -> None:
     with pytest.raises(DriverError, match="web-9"):
         run(hv, "vm.capture", {"name": "web-9", "image": target(server)})
+
+
+# -- image.evict: a deleted image's base leaves the cache once no guest's disk needs it ---------
+
+
+def test_evict_keeps_a_base_a_guest_uses_then_removes_it(hv: Hypervisor, qemu_img: str,  # noqa: F811
+                                                        tmp_path: Path) -> None:
+    image = tmp_path / "image.qcow2"
+    subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(image), "16M"], check=True, timeout=30)
+    sha256 = hashlib.sha256(image.read_bytes()).hexdigest()
+    cache = guests.cache_for(hv)
+    base = cache.adopt(image, sha256, "qcow2")
+    disk = guests.guest_dir(hv, UUID) / "disk.qcow2"
+    disk.parent.mkdir(parents=True)
+    cache.create_overlay(base, disk)
+    assert run(hv, "image.evict", {"sha256": sha256}) == {"in_use": True}
+    assert base.exists()
+    assert guests.remove(hv, UUID)
+    assert run(hv, "image.evict", {"sha256": sha256}) == {}
+    assert not base.exists()
+    assert run(hv, "image.evict", {"sha256": sha256}) == {}  # idempotent
+
+
+def test_evict_on_a_hypervisor_without_a_cache_makes_none(hv: Hypervisor) -> None:
+    assert run(hv, "image.evict", {"sha256": "a" * 64}) == {}
+    assert not (hv.state_dir / "image-cache").exists()
+
+
+@pytest.mark.parametrize("args", [{}, {"sha256": "A" * 64}, {"sha256": "a" * 63}, {"sha256": "a" * 64, "x": 1}])
+def test_evict_refuses_bad_arguments(hv: Hypervisor, args: dict[str, object]) -> None:
+    with pytest.raises(InvalidRequest):
+        run(hv, "image.evict", args)

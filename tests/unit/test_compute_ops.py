@@ -22,7 +22,7 @@ from cloudland_agents.compute_fake import FakeCompute
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 
 VM_OPS = ["vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete", "vm.resize", "vm.rebuild", "vm.capture", "vm.get",
-          "vm.list"]
+          "vm.list", "image.evict"]
 UUID = "0b8f6a52-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
 CREATE = {"name": "web-1", "uuid": UUID, "vcpus": 2, "memory_mib": 512,
           "disks": [{"path": "/images/web-1.qcow2"}], "nics": [{"bridge": "br0", "mac": "52:54:00:00:00:01"}],
