@@ -160,17 +160,22 @@ def print_outcome(outcome: BatchOutcome, verb: str, elapsed: float) -> None:
 
 
 def wait_job(client: ApiClient, job_id: str, show: bool = True) -> dict[str, Any]:
-    """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal, with a spinner."""
-    with err.status(f"job {job_id}…") if show else _nothing():
+    """Long-poll ``GET /jobs/{id}?wait=`` until the job is terminal; shown, a spinner with the
+    job's action, state and time so far (a capture may take minutes), refreshed every 2 s."""
+    started = time.monotonic()
+    with err.status(f"job {job_id}…") if show else _nothing() as status:
         while True:
-            job: dict[str, Any] = client.get(f"/jobs/{job_id}", wait=30)
+            job: dict[str, Any] = client.get(f"/jobs/{job_id}", wait=2 if show else 30)
             if job["state"] in TERMINAL_STATES:
                 return job
+            if status is not None:
+                status.update(f"job {job_id}: {job['action']} {job['state']}, "
+                              f"{time.monotonic() - started:.0f} s…")
 
 
 @contextmanager
 def _nothing() -> Iterator[None]:
-    yield
+    yield None
 
 
 def finish_job(job: dict[str, Any], as_json: bool) -> None:
