@@ -23,15 +23,13 @@ import functools
 import os
 import platform
 import re
-import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
 from cloudland.errors import DriverError, InvalidRequest, VMStateError
 from cloudland_agents import guests
 from cloudland_agents.compute import Compute, Disk, DomainSpec, LibvirtCompute, Nic
-from cloudland_agents.hypervisor import Hypervisor
+from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.images import CAPTURE_TIMEOUT_S, ImageSource, ImageTarget
 from cloudland_agents.ops import Context, Payload, operation
 
@@ -46,25 +44,13 @@ DISK_KEYS = {"path", "format", "target", "device"}
 VIRTIO_TARGETS = tuple(f"vd{letter}" for letter in "abcdefghijklmnopqrstuvwxyz")
 CDROM_TARGETS = ("hdc", "hdd", "hda", "hdb")  # hdc first: the secondary IDE bus, as virt-install does
 
-# One driver per Hypervisor object (not per id: tests open many hypervisors with
-# the same id), so its per-VM locks are shared by every command on that host.
-_drivers: weakref.WeakKeyDictionary[Hypervisor, Compute] = weakref.WeakKeyDictionary()
-_drivers_guard = threading.Lock()
-
-
-def driver_for(hypervisor: Hypervisor) -> Compute:
-    """The compute driver of ``hypervisor``, made on first use."""
-    with _drivers_guard:
-        driver = _drivers.get(hypervisor)
-        if driver is None:
-            driver = _drivers[hypervisor] = LibvirtCompute(hypervisor.conn, hypervisor.id)
-        return driver
+# The compute driver of each hypervisor; ``driver_for.set`` installs another (a FakeCompute) in tests.
+driver_for: PerHypervisor[Compute] = PerHypervisor(lambda hv: LibvirtCompute(hv.conn, hv.id))
 
 
 def use_driver(hypervisor: Hypervisor, driver: Compute) -> None:
     """Install ``driver`` (e.g. a FakeCompute) for ``hypervisor``: for tests."""
-    with _drivers_guard:
-        _drivers[hypervisor] = driver
+    driver_for.set(hypervisor, driver)
 
 
 # -- argument conversion -----------------------------------------------------------------

@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
-import weakref
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.console import Console
-from cloudland_agents.hypervisor import Hypervisor
+from cloudland_agents.hypervisor import PerHypervisor
 from cloudland_agents.ops import Context, Payload, number, operation
 
 DEFAULT_READ = 64 * 1024
 MAX_INPUT = 4096  # bytes per call: typing, not uploading
 
-_consoles: weakref.WeakKeyDictionary[Hypervisor, Console] = weakref.WeakKeyDictionary()
-_guard = threading.Lock()
-
-
-def console_for(hypervisor: Hypervisor) -> Console:
-    """The Console of ``hypervisor``, made on first use."""
-    with _guard:
-        console = _consoles.get(hypervisor)
-        if console is None:
-            console = _consoles[hypervisor] = Console(hypervisor.conn, hypervisor.id)
-        return console
+# The Console of each hypervisor (its per-VM input streams), made on first use.
+console_for: PerHypervisor[Console] = PerHypervisor(lambda hv: Console(hv.conn, hv.id))
 
 
 @operation("vm.console")

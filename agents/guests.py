@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +26,9 @@ from typing import Any
 from cloudland.errors import DriverError
 from cloudland_agents.configdrive import build_config_drive
 from cloudland_agents.domain import Disk, Nic
-from cloudland_agents.hypervisor import Hypervisor
+from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.images import ImageCache, ImageSource
 
-_caches: weakref.WeakKeyDictionary[Hypervisor, ImageCache] = weakref.WeakKeyDictionary()
-_guard = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -45,14 +41,12 @@ class GuestFiles:
     downloaded: bool  # the image was fetched for this guest (False: it was cached already)
 
 
-def cache_for(hypervisor: Hypervisor) -> ImageCache:
-    """The image cache of ``hypervisor``, made on first use (one per hypervisor: its locks)."""
-    with _guard:
-        cache = _caches.get(hypervisor)
-        if cache is None:
-            root = _directory(hypervisor.state_dir / "image-cache", hypervisor.id)
-            cache = _caches[hypervisor] = ImageCache(root, hypervisor.id)
-        return cache
+def _make_cache(hypervisor: Hypervisor) -> ImageCache:
+    return ImageCache(_directory(hypervisor.state_dir / "image-cache", hypervisor.id), hypervisor.id)
+
+
+# The image cache of each hypervisor, made on first use (one per hypervisor: its locks).
+cache_for: PerHypervisor[ImageCache] = PerHypervisor(_make_cache)
 
 
 def guest_dir(hypervisor: Hypervisor, uuid: str) -> Path:

@@ -9,8 +9,11 @@ and memory come from the ``<node>`` element of its file.
 from __future__ import annotations
 
 import os
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from xml.etree import ElementTree as ET
 
 import libvirt
@@ -28,6 +31,9 @@ LIBVIRT_STATES = {
     libvirt.VIR_DOMAIN_SHUTOFF: "shutoff", libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
+
+
+T = TypeVar("T")
 
 
 class Hypervisor:
@@ -125,3 +131,29 @@ def open_simulated(hypervisor_id: int, state_dir: Path) -> Hypervisor:
         tmp.write_text(simulated_node_xml(hypervisor_id))
         tmp.replace(path)
     return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir)
+
+
+class PerHypervisor(Generic[T]):
+    """One ``T`` per Hypervisor object, made by ``make`` on first use and gone with it.
+
+    Per object, not per id: tests open many hypervisors with the same id. What is kept
+    (a driver, a console, an image cache) holds that hypervisor's locks, so every command
+    on it must share the one instance.
+    """
+
+    def __init__(self, make: Callable[[Hypervisor], T]) -> None:
+        self._make = make
+        self._made: weakref.WeakKeyDictionary[Hypervisor, T] = weakref.WeakKeyDictionary()
+        self._guard = threading.Lock()
+
+    def __call__(self, hypervisor: Hypervisor) -> T:
+        with self._guard:
+            made = self._made.get(hypervisor)
+            if made is None:
+                made = self._made[hypervisor] = self._make(hypervisor)
+            return made
+
+    def set(self, hypervisor: Hypervisor, value: T) -> None:
+        """Use ``value`` for ``hypervisor`` from now on (e.g. a fake, in tests)."""
+        with self._guard:
+            self._made[hypervisor] = value
