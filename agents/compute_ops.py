@@ -339,7 +339,9 @@ def vm_capture(ctx: Context, args: Payload) -> Payload:
         raise DriverError(ctx.hypervisor.id, f"VM {name!r} has no disk to capture{simulated}", ctx.job_id)
     cache = guests.cache_for(ctx.hypervisor)
     # In the cache's directory, so that adopting it as a base is a rename; named by the job,
-    # so that a replay overwrites its own leftover.
+    # so that a replay overwrites its own leftover. Other jobs' leftovers (the agent died
+    # mid-capture and the job was never replayed) go once they are older than any capture.
+    cache.remove_stale(".capture-*", 2 * CAPTURE_TIMEOUT_S)
     copy = cache.root / f".capture-{ctx.job_id[:32]}.{target.disk_format}"
     size, sha256 = cache.capture(Path(disks[0]["path"]), copy, target.disk_format, disks[0]["format"] or "raw",
                                  timeout_s=max(1.0, min(CAPTURE_TIMEOUT_S, ctx.remaining() - 1.0)))

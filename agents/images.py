@@ -24,6 +24,9 @@ Verbs and their postconditions (``ImageCache``)
                           on the same base is kept as it is (not resized); one on another base
                           is refused rather than overwritten, as it holds some VM's data.
     remove_overlay(path)  no file at ``path``. Missing: success.
+    remove_stale(pattern, older_than_s)
+                          no file of the cache directory matching ``pattern`` (or its .part)
+                          is older than ``older_than_s``: leftovers of a dead agent.
     capture(disk, dest, disk_format)
                           ``dest`` is a standalone image of ``disk`` (no backing file); its
                           size and sha256 are returned. A disk in use by a running VM is
@@ -59,6 +62,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -305,6 +309,19 @@ class ImageCache:
         if digest != source.sha256:
             raise self._error(f"image {source.image_id}: sha256 mismatch from {url}: expected "
                               f"{source.sha256}, got {digest}", ImageMismatch)
+
+    def remove_stale(self, pattern: str, older_than_s: float) -> int:
+        """Remove the files of the cache directory matching ``pattern`` (and their ``.part``
+        files) that were not written for ``older_than_s``: what a dead process left. Returns
+        how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for stale in [*self.root.glob(pattern), *self.root.glob(f".{pattern}.part")]:
+            with suppress(FileNotFoundError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+                    removed += 1
+        return removed
 
     def evict(self, sha256: str, overlays: Iterable[Path] = ()) -> bool:
         """Remove the bases of ``sha256`` unless one of ``overlays`` is backed by one of them."""

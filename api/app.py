@@ -27,6 +27,7 @@ from cloudland.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from cloudland_api import catalog
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.dispatch import Dispatcher, GuestSource
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
@@ -148,6 +149,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.signing_key = load_signing_key(settings.state_dir)
+    catalog.remove_abandoned_uploads(settings.state_dir)
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.write_sessions = session_factory(app.state.engine, write=True)

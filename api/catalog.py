@@ -15,7 +15,9 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
@@ -48,6 +50,25 @@ def image_dir(state_dir: Path) -> Path:
 def image_path(state_dir: Path, image: Image) -> Path:
     """Where ``image``'s bytes are (once it is active)."""
     return image_dir(state_dir) / f"{image.id}.{image.disk_format}"
+
+
+ABANDONED_UPLOAD_S = 24 * 3600  # an upload's temporary file untouched this long lost its writer
+
+
+def remove_abandoned_uploads(state_dir: Path, older_than_s: float = ABANDONED_UPLOAD_S) -> int:
+    """Remove the temporary files of uploads whose API process died mid-stream (kill -9, power
+    loss): ``images/.upload-*.part`` not written for ``older_than_s``. A live upload writes
+    every WRITE_BATCH bytes, so it is never this old; another API process's is safe too.
+    Returns how many were removed."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for part in image_dir(state_dir).glob(".upload-*.part"):
+        with suppress(FileNotFoundError):  # finished or removed meanwhile
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+                log.warning("event=abandoned_upload_removed path=%s", part)
+    return removed
 
 
 def _page(session: Session, model: type[_Row], caller: Caller, limit: int, offset: int) -> tuple[list[_Row], int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 
 import httpx2 as httpx
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudland_api import catalog
+from cloudland_api.app import create_app
 from cloudland_api.catalog import QCOW2_MAGIC, WRITE_BATCH
 from cloudland_api.models import Organisation, Role, User
 from cloudland_api.security import issue_image_token
@@ -311,3 +313,17 @@ def _ids(session: Session, username: str, org: str) -> tuple[int, int]:
     org_id = session.scalar(select(Organisation.id).where(Organisation.name == org))
     assert user_id is not None and org_id is not None
     return user_id, org_id
+
+
+def test_a_start_removes_uploads_abandoned_by_a_dead_api(settings: ApiSettings) -> None:
+    """An API killed mid-upload leaves its temporary file; the next start removes it once it is a
+    day old (a file written recently may be another API process's upload in progress)."""
+    images = settings.state_dir / "images"
+    images.mkdir(parents=True)
+    dead, live = images / ".upload-3-abc.part", images / ".upload-4-def.part"
+    for path in (dead, live):
+        path.write_bytes(b"QFI\xfb")
+    os.utime(dead, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    app = create_app(settings)
+    app.state.engine.dispose()
+    assert sorted(p.name for p in images.iterdir()) == [live.name]

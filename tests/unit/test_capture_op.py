@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +221,18 @@ def test_evict_on_a_hypervisor_without_a_cache_makes_none(hv: Hypervisor) -> Non
 def test_evict_refuses_bad_arguments(hv: Hypervisor, args: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         run(hv, "image.evict", args)
+
+
+def test_a_capture_removes_what_dead_captures_left(hv: Hypervisor, disk: Path, server: UploadServer) -> None:
+    """Leftovers of other jobs go once older than any capture; a recent one (a capture still
+    running on another thread) stays."""
+    make_vm(hv, disk)
+    root = guests.cache_for(hv).root
+    old = [root / ".capture-deadjob.qcow2", root / "..capture-deadjob.qcow2.part"]
+    recent = root / ".capture-livejob.qcow2"
+    for path in (*old, recent):
+        path.write_bytes(b"x")
+    for path in old:
+        os.utime(path, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    payload = run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+    assert sorted(p.name for p in root.iterdir()) == sorted([recent.name, f"{payload['sha256']}.qcow2"])
