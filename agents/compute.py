@@ -114,6 +114,16 @@ class VMLocks:
             yield
 
 
+def lookup_domain(conn: libvirt.virConnect, hypervisor_id: int, name: str) -> libvirt.virDomain:
+    """The domain ``name`` on ``conn``; VMNotFound if there is none, DriverError if libvirt fails."""
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise VMNotFound(hypervisor_id, f"VM {name!r} not found") from exc
+        raise DriverError(hypervisor_id, f"lookup of VM {name!r} failed: {exc}") from exc
+
+
 class LibvirtCompute:
     """The driver on a libvirt connection: test:///, qemu:///system, the same code."""
 
@@ -134,12 +144,7 @@ class LibvirtCompute:
             raise cls(self.hypervisor_id, f"{what} of VM {vm!r} failed: {exc}") from exc
 
     def _domain(self, name: str) -> libvirt.virDomain:
-        try:
-            return self.conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise VMNotFound(self.hypervisor_id, f"VM {name!r} not found") from exc
-            raise DriverError(self.hypervisor_id, f"lookup of VM {name!r} failed: {exc}") from exc
+        return lookup_domain(self.conn, self.hypervisor_id, name)
 
     def _state(self, dom: libvirt.virDomain, name: str) -> str:
         return _LIBVIRT_STATES.get(self._call(name, "state", dom.state)[0], "unknown")

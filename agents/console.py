@@ -36,7 +36,8 @@ from xml.etree import ElementTree as ET
 
 import libvirt
 
-from cloudland.errors import DriverError, VMNotFound
+from cloudland.errors import DriverError
+from cloudland_agents.compute import lookup_domain
 
 MAX_READ = 1 << 20
 
@@ -52,12 +53,7 @@ class Console:
         self._lock = threading.Lock()
 
     def _domain(self, name: str) -> libvirt.virDomain:
-        try:
-            return self.conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise VMNotFound(self.hypervisor_id, f"VM {name!r} not found") from exc
-            raise DriverError(self.hypervisor_id, f"looking up VM {name!r} failed: {exc}") from exc
+        return lookup_domain(self.conn, self.hypervisor_id, name)
 
     def log_path(self, name: str) -> Path:
         """The console log file of VM ``name`` (its first serial port's)."""

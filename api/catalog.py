@@ -78,13 +78,15 @@ def _page(session: Session, model: type[_Row], caller: Caller, limit: int, offse
     return list(page), total
 
 
-def _insert(session: Session, row: _Row, what: str) -> _Row:
+def insert_named(session: Session, row: _Row, what: str, commit: bool = True) -> _Row:
+    """``row`` added, its name unique in its organisation, else Conflict. Committed, or with
+    ``commit`` False flushed only (its id known) for the caller to commit with more rows."""
     taken = select(type(row).id).where(type(row).org_id == row.org_id, type(row).name == row.name)
     if session.scalar(taken) is not None:
         raise Conflict(f"{what} name {row.name!r} is already used in this organisation")
     session.add(row)
     try:
-        session.commit()
+        session.commit() if commit else session.flush()
     except IntegrityError as exc:
         # Two creates raced past the check above; the unique constraint decided.
         session.rollback()
@@ -111,7 +113,7 @@ def get_image(session: Session, caller: Caller, image_id: int) -> Image:
 def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     """Create a ``queued`` image record (admin or member); its bytes follow by upload."""
     caller.require(Role.admin, Role.member)
-    image = _insert(session, Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump()), "image")
+    image = insert_named(session, Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump()), "image")
     log.info("event=image_created org_id=%d image_id=%d user_id=%d", caller.org_id, image.id, caller.user_id)
     return image
 
@@ -400,7 +402,7 @@ def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshK
     except InvalidRequest as exc:
         raise InvalidRequest(f"ssh key {spec.name!r}: {exc}") from exc
     row = SshKey(org_id=caller.org_id, name=spec.name, public_key=parsed.line, fingerprint=parsed.fingerprint)
-    key = _insert(session, row, "ssh key")
+    key = insert_named(session, row, "ssh key")
     log.info("event=ssh_key_created org_id=%d ssh_key_id=%d fingerprint=%s user_id=%d",
              caller.org_id, key.id, key.fingerprint, caller.user_id)
     return key

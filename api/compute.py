@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from cloudland_api import catalog
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import Caller
@@ -264,16 +265,9 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     _check_can(instance, "capture")
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
-    if session.scalar(select(Image.id).where(Image.org_id == caller.org_id, Image.name == spec.name)) is not None:
-        raise Conflict(f"image name {spec.name!r} is already used in this organisation")
-    image = Image(org_id=caller.org_id, name=spec.name, arch=instance.arch, disk_format=spec.disk_format,
-                  status="saving", size_bytes=0)
-    session.add(image)
-    try:
-        session.flush()  # the image's id, for the job
-    except IntegrityError as exc:
-        session.rollback()  # another request took the name meanwhile
-        raise Conflict(f"image name {spec.name!r} is already used in this organisation") from exc
+    image = catalog.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
+                                                disk_format=spec.disk_format, status="saving", size_bytes=0),
+                                 "image", commit=False)  # committed below with its job
     job = _new_job(caller, new_job_id(), "capture", instance, {"image_id": image.id, "disk_format": spec.disk_format})
     _start_job(instance, job)
     session.add(job)

@@ -121,6 +121,31 @@ def type_until(cloud: Cloud, instance_id: int, line: str, expect: bytes, timeout
     return seen
 
 
+def ready(cloud: Cloud, guest: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The hypervisor up, flavor ``tiny`` made and the test guest uploaded as image ``guest``:
+    (that hypervisor, that image)."""
+    [host] = cloud.wait_hypervisors(1)
+    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    return host, upload_guest(cloud, guest)
+
+
+def running_vm(cloud: Cloud, name: str, image: str = "guest") -> dict[str, Any]:
+    """A new VM ``name`` of flavor ``tiny`` from ``image``, once the API says it runs."""
+    [vm] = cloud.post("/instances", {"name": name, "flavor": "tiny", "image": image})["instances"]
+    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, f"{name} running")
+    vm_now: dict[str, Any] = cloud.get(f"/instances/{vm['id']}")
+    return vm_now
+
+
+def job_ended(cloud: Cloud, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    """Job ``job`` once it has ended (or as it is after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done: dict[str, Any] = cloud.get(f"/jobs/{job['id']}", wait=30)
+        if done["state"] not in ("pending", "dispatched") or time.monotonic() > deadline:
+            return done
+
+
 def facts(console: str) -> dict[str, str]:
     """The guest's ``cloudland-guest: key=value`` lines."""
     return dict(re.findall(r"cloudland-guest: ([\w-]+)=([^\r\n]*)", console))
@@ -129,10 +154,8 @@ def facts(console: str) -> dict[str, str]:
 def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
         real_cloud: Cloud, qemu_libvirt: QemuSession, tmp_path: Path) -> None:
     cloud = real_cloud
-    [host] = cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
+    host, image = ready(cloud, qemu_libvirt.guest)
     cloud.post("/ssh-keys", {"name": "e2e", "public_key": ssh_key(tmp_path)})
-    image = upload_guest(cloud, qemu_libvirt.guest)
     assert cloud.http is not None
 
     accepted = cloud.post("/instances", {"name": "e2e", "flavor": "tiny", "image": "guest", "ssh_key": "e2e",
@@ -180,12 +203,8 @@ def test_vms_from_an_uploaded_image_boot_read_their_drive_and_leave_nothing(
 def test_console_shows_and_types(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
     """Typing through the WebSocket reaches the guest's shell, and its answer comes back."""
     cloud = real_cloud
-    cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    upload_guest(cloud, qemu_libvirt.guest)
-    assert cloud.http is not None
-    [vm] = cloud.post("/instances", {"name": "shell", "flavor": "tiny", "image": "guest"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "shell running")
+    ready(cloud, qemu_libvirt.guest)
+    vm = running_vm(cloud, "shell")
     console_until(cloud, vm["id"], "/ # ", BOOT_TIMEOUT_S)  # the guest's shell prompt
     type_until(cloud, vm["id"], "echo typed-$((6*7))", b"typed-42")
     job: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
@@ -197,12 +216,9 @@ def test_cloudland_vm_console_in_a_terminal(real_cloud: Cloud, qemu_libvirt: Qem
     from tests.integration.test_cli_tree import BIN, TmuxPane
 
     cloud = real_cloud
-    cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    upload_guest(cloud, qemu_libvirt.guest)
+    ready(cloud, qemu_libvirt.guest)
+    vm = running_vm(cloud, "tty")
     assert cloud.http is not None
-    [vm] = cloud.post("/instances", {"name": "tty", "flavor": "tiny", "image": "guest"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "tty running")
     env = {"CLOUDLAND_ENDPOINT": f"http://127.0.0.1:{cloud.port}", "CLOUDLAND_CONFIG": str(tmp_path / "cli.json"),
            "CLOUDLAND_TOKEN": cloud.http.headers["Authorization"].split()[1]}
     pane = TmuxPane(socket=f"cloudland-console-{uuid.uuid4().hex[:8]}", session="console")
@@ -229,12 +245,9 @@ def test_cloudland_vm_console_in_a_terminal(real_cloud: Cloud, qemu_libvirt: Qem
 
 def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
     cloud = real_cloud
-    cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    images = {name: upload_guest(cloud, qemu_libvirt.guest, name, fmt)
-              for name, fmt in (("guest", "qcow2"), ("guest-raw", "raw"))}
-    [vm] = cloud.post("/instances", {"name": "rebuilt", "flavor": "tiny", "image": "guest"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "rebuilt running")
+    images = {"guest": ready(cloud, qemu_libvirt.guest)[1],
+              "guest-raw": upload_guest(cloud, qemu_libvirt.guest, "guest-raw", "raw")}
+    vm = running_vm(cloud, "rebuilt")
     console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S)
 
     job = cloud.post(f"/instances/{vm['id']}/rebuild", {"image": "guest-raw"})
@@ -272,12 +285,9 @@ def test_vnc_address_is_where_the_guests_display_answers(real_cloud: Cloud, qemu
     where its QEMU's VNC server greets a client (RFB 3.8); the CLI prints the same; a stopped
     guest has no display (409)."""
     cloud = real_cloud
-    [host] = cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    upload_guest(cloud, qemu_libvirt.guest)
+    host, _image = ready(cloud, qemu_libvirt.guest)
+    vm = running_vm(cloud, "screen")
     assert cloud.http is not None
-    [vm] = cloud.post("/instances", {"name": "screen", "flavor": "tiny", "image": "guest"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 120, "screen running")
     vnc = cloud.get(f"/instances/{vm['id']}/vnc")
     assert (vnc["instance"], vnc["hypervisor"], vnc["host"]) == (vm["id"], host["id"], "127.0.0.1"), vnc
     assert vnc["port"] >= 5900 and vnc["address"] == f"127.0.0.1:{vnc['port']}", vnc

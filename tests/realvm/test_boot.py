@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 import libvirt
 import pycdlib
 import pytest
 
 from cloudland_agents.configdrive import build_config_drive
+from cloudland_agents.domain import Disk, DomainSpec
+from cloudland_agents.domain import domain_xml as agent_domain_xml
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
 from tests.realvm.qemu_host import (  # noqa: E402
@@ -71,32 +72,11 @@ class Guest:
 
 
 def domain_xml(name: str, vm_uuid: str, guest: Path, iso: Path, log: Path) -> str:
-    # agents/domain.py has no kernel boot, CD-ROM or console log yet; built the same way.
-    dom = ET.Element("domain", type="qemu")  # TCG: /dev/kvm is not usable for guests here
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "uuid").text = vm_uuid
-    ET.SubElement(dom, "memory", unit="MiB").text = "128"
-    ET.SubElement(dom, "vcpu").text = "1"
-    os_ = ET.SubElement(dom, "os")
-    ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"  # IDE: the cloud kernel lacks AHCI
-    ET.SubElement(os_, "kernel").text = str(guest / "vmlinuz")
-    ET.SubElement(os_, "initrd").text = str(guest / "initrd.img")
-    ET.SubElement(os_, "cmdline").text = CMDLINE
-    ET.SubElement(ET.SubElement(dom, "features"), "acpi")  # the power button reaches the guest
-    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "destroy"), ("on_crash", "destroy")):
-        ET.SubElement(dom, event).text = action
-    devices = ET.SubElement(dom, "devices")
-    cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
-    ET.SubElement(cdrom, "driver", name="qemu", type="raw")
-    ET.SubElement(cdrom, "source", file=str(iso))
-    ET.SubElement(cdrom, "target", dev="hdc", bus="ide")
-    ET.SubElement(cdrom, "readonly")
-    # A pty (a libvirt console stream can attach) whose output virtlogd also writes to a file.
-    serial = ET.SubElement(devices, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(log), append="off")
-    ET.SubElement(serial, "target", port="0")
-    ET.SubElement(devices, "console", type="pty")
-    return ET.tostring(dom, encoding="unicode")
+    """The agent's XML (agents/domain.py) for a direct kernel boot with the config drive as a CD-ROM."""
+    return agent_domain_xml(DomainSpec(
+        name=name, uuid=vm_uuid, vcpus=1, memory_mib=128, domain_type="qemu",  # TCG: no usable KVM here
+        kernel=str(guest / "vmlinuz"), initrd=str(guest / "initrd.img"), cmdline=CMDLINE,
+        disks=(Disk(str(iso), "raw", "hdc", "cdrom"),), console_log=str(log)))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ the second VM downloads nothing.
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -18,8 +17,8 @@ import pytest
 from cloudland_launcher.harness import wait_for
 from tests.integration.cloud import Cloud
 # (QemuSession through this module: it registers qemu_host for assertion rewriting first)
-from tests.realvm.test_api_to_qemu import (BOOT_TIMEOUT_S, READY, QemuSession, console_until, facts, real_cloud,
-                                           type_until, upload_guest)
+from tests.realvm.test_api_to_qemu import (BOOT_TIMEOUT_S, READY, QemuSession, console_until, facts, job_ended,
+                                           ready, real_cloud, running_vm, type_until)
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
@@ -28,21 +27,10 @@ __all__ = ["real_cloud"]  # a fixture of this module too
 MARKER_OFFSET_MIB = 512  # past the guest's boot partition, inside its 1 GiB disk
 
 
-def job_done(cloud: Cloud, job: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        done: dict[str, Any] = cloud.get(f"/jobs/{job['id']}", wait=30)
-        if done["state"] not in ("pending", "dispatched") or time.monotonic() > deadline:
-            return done
-
-
 def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
     cloud = real_cloud
-    cloud.wait_hypervisors(1)
-    cloud.post("/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1})
-    upload_guest(cloud, qemu_libvirt.guest)
-    [src] = cloud.post("/instances", {"name": "src", "flavor": "tiny", "image": "guest"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{src['id']}")["status"] == "running", 120, "src running")
+    ready(cloud, qemu_libvirt.guest)
+    src = running_vm(cloud, "src")
     console_until(cloud, src["id"], "/ # ", BOOT_TIMEOUT_S)
     type_until(cloud, src["id"], f"echo cl-capture-$((6*7)) | dd of=/dev/vda bs=1M seek={MARKER_OFFSET_MIB} "
                                  "conv=fsync 2>/dev/null && echo written-$((2*3))", b"written-6")
@@ -51,10 +39,10 @@ def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvi
     assert cloud.http is not None
     refused = cloud.http.post(f"/instances/{src['id']}/capture", json={"name": "golden"})
     assert refused.status_code == 409 and "stop it first" in refused.text, refused.text
-    assert job_done(cloud, cloud.post(f"/instances/{src['id']}/stop"))["state"] == "succeeded"
+    assert job_ended(cloud, cloud.post(f"/instances/{src['id']}/stop"))["state"] == "succeeded"
     accepted = cloud.post(f"/instances/{src['id']}/capture", {"name": "golden"})
     assert accepted["image"]["status"] == "saving"
-    job = job_done(cloud, accepted["job"], timeout=600)
+    job = job_ended(cloud, accepted["job"], timeout=600)
     assert job["state"] == "succeeded", job
     golden = cloud.get(f"/images/{accepted['image']['id']}")
     assert golden["status"] == "active" and golden["size_bytes"] > 0, golden
@@ -67,8 +55,7 @@ def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvi
     cached = cloud.tree.state_dir / "image-cache" / f"{golden['sha256']}.qcow2"
     assert cached.read_bytes() == api_copy.read_bytes()
 
-    [clone] = cloud.post("/instances", {"name": "clone", "flavor": "tiny", "image": "golden"})["instances"]
-    wait_for(lambda: cloud.get(f"/instances/{clone['id']}")["status"] == "running", 120, "clone running")
+    clone = running_vm(cloud, "clone", "golden")
     seen = facts(console_until(cloud, clone["id"], READY, BOOT_TIMEOUT_S))
     assert seen["hostname"] == "clone", seen  # its own config drive, not the source's
     type_until(cloud, clone["id"], f"dd if=/dev/vda bs=1M skip={MARKER_OFFSET_MIB} count=1 2>/dev/null "
@@ -77,6 +64,6 @@ def test_a_captured_vm_boots_again_with_its_writes(real_cloud: Cloud, qemu_libvi
 
     for vm in (src, clone):
         deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
-        assert job_done(cloud, deleted)["state"] == "succeeded"
+        assert job_ended(cloud, deleted)["state"] == "succeeded"
     assert cloud.http.delete(f"/images/{golden['id']}").status_code == 204
     wait_for(lambda: not cached.exists(), 30, "the hypervisor to evict the deleted image")

@@ -27,6 +27,7 @@ import libvirt
 import pytest
 
 from cloudland_agents.configdrive import build_config_drive
+from cloudland_agents.domain import Disk, DomainSpec, domain_xml
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
 from tests.realvm.qemu_host import READY, QemuSession, console_echo, qemu_processes  # noqa: E402
@@ -71,35 +72,13 @@ def sector(image: Path, image_format: str, number: int) -> bytes:
 
 
 def disk_domain_xml(name: str, vm_uuid: str, disk: Path, config_drive: Path, config_bus: str, log: Path) -> str:
-    """A domain that boots from its first disk (SeaBIOS), as a VM made from an image does."""
-    dom = ET.Element("domain", type="qemu")  # TCG: /dev/kvm is not usable for guests here
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "uuid").text = vm_uuid
-    ET.SubElement(dom, "memory", unit="MiB").text = "128"
-    ET.SubElement(dom, "vcpu").text = "1"
-    os_ = ET.SubElement(dom, "os")
-    ET.SubElement(os_, "type", arch="x86_64", machine="pc").text = "hvm"  # IDE: the cloud kernel lacks AHCI
-    ET.SubElement(os_, "boot", dev="hd")
-    ET.SubElement(ET.SubElement(dom, "features"), "acpi")  # the power button reaches the guest
-    for event, action in (("on_poweroff", "destroy"), ("on_reboot", "destroy"), ("on_crash", "destroy")):
-        ET.SubElement(dom, event).text = action
-    devices = ET.SubElement(dom, "devices")
-    root = ET.SubElement(devices, "disk", type="file", device="disk")
-    ET.SubElement(root, "driver", name="qemu", type="qcow2")
-    ET.SubElement(root, "source", file=str(disk))
-    ET.SubElement(root, "target", dev="vda", bus="virtio")
-    # The config drive as nova attaches it (an IDE CD-ROM) or as a second virtio disk.
-    cd = ET.SubElement(devices, "disk", type="file", device="cdrom" if config_bus == "ide" else "disk")
-    ET.SubElement(cd, "driver", name="qemu", type="raw")
-    ET.SubElement(cd, "source", file=str(config_drive))
-    ET.SubElement(cd, "target", dev="hdc" if config_bus == "ide" else "vdb", bus=config_bus)
-    ET.SubElement(cd, "readonly")
-    # A pty (a libvirt console stream can attach) whose output virtlogd also writes to a file.
-    serial = ET.SubElement(devices, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(log), append="off")
-    ET.SubElement(serial, "target", port="0")
-    ET.SubElement(devices, "console", type="pty")
-    return ET.tostring(dom, encoding="unicode")
+    """The agent's XML (agents/domain.py) of a domain that boots from its first disk (SeaBIOS), as
+    a VM made from an image does; the config drive as nova attaches it (an IDE CD-ROM) or as a
+    second virtio disk."""
+    drive = (Disk(str(config_drive), "raw", "hdc", "cdrom") if config_bus == "ide"
+             else Disk(str(config_drive), "raw", "vdb", "disk"))
+    return domain_xml(DomainSpec(name=name, uuid=vm_uuid, vcpus=1, memory_mib=128, domain_type="qemu",
+                                 disks=(Disk(str(disk), "qcow2", "vda"), drive), console_log=str(log)))
 
 
 @pytest.fixture
