@@ -55,6 +55,9 @@ _STYLE = {"OK": "green", "STARTING": "cyan", "SLOW": "yellow"}  # anything else 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 tree_app = typer.Typer(no_args_is_help=True)
 app.add_typer(tree_app, name="tree")
+from cloudland.cli_cluster import cluster_app  # noqa: E402 - beside the tree commands it extends
+
+app.add_typer(cluster_app, name="cluster", help="The hosts of a multi-host tree: list, join, remove.")
 # Markup off: error texts and node names contain brackets ("relay[0:32)").
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)
@@ -111,15 +114,55 @@ def root_command(settings: TreeSettings) -> list[str]:
         "--per-leaf": settings.per_leaf,
         "--grpc": settings.grpc,
         "--state-dir": settings.state_dir,
+        "--listen": settings.listen,
     }
-    return [sys.executable, "-m", "cloudland_launcher", *(str(x) for flag in flags.items() for x in flag)]
+    argv = [sys.executable, "-m", "cloudland_launcher", *(str(x) for flag in flags.items() for x in flag)]
+    return argv + (["--cluster"] if settings.cluster else [])
+
+
+Hostfile = Annotated[Path | None, typer.Option(
+    help="Hosts of a cluster, one name per line: MPI's launcher starts a host agent on each, "
+         "and no rank runs here. Needs --listen.")]
+Listen = Annotated[str | None, typer.Option(
+    envvar="CLOUDLAND_LISTEN", help="IP:PORT where ranks and host agents reach the root.")]
+LauncherExec = Annotated[str | None, typer.Option(
+    envvar="CLOUDLAND_LAUNCHER_EXEC", help="What mpiexec runs instead of ssh to reach a host.")]
+LeavesPerHost = Annotated[int, typer.Option(min=0, help="Leaf ranks per host (with --hostfile).")]
+
+
+def cluster_settings(hostfile: Path | None, listen: str | None, **options: object) -> tuple[TreeSettings, list[str]]:
+    """Settings for ``tree up``/``up``, and the hosts of ``hostfile`` (none: the all-in-one cloud)."""
+    from cloudland.cli_cluster import read_hostfile
+
+    if hostfile is None:
+        return TreeSettings.from_env(listen=listen, **options), []
+    if not listen or listen.endswith(":0"):
+        raise ConfigError("--hostfile needs --listen IP:PORT (a fixed port on the hosts' network), "
+                          "where the hosts' agents reach the root")
+    return TreeSettings.from_env(listen=listen, cluster=True, **options), read_hostfile(hostfile)
+
+
+def start_hosts(child: subprocess.Popen[bytes], endpoint: str, settings: TreeSettings, hosts: list[str],
+                leaves: int, launcher_exec: str | None) -> None:
+    """Once the root answers, start one host agent per host through MPI's launcher."""
+    from cloudland.cli_cluster import start_agents
+
+    with out.status(f"starting host agents on {len(hosts)} hosts…"):
+        while child.poll() is None:
+            with suppress(RootUnreachable), RootClient(endpoint) as client:
+                client.hosts(timeout=1.0)
+                break
+            time.sleep(0.1)
+        if child.poll() is not None:
+            return
+        start_agents(hosts, settings.listen, settings.state_dir.resolve(), leaves, launcher_exec)
 
 
 def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
     """SIGTERM ``child``, wait up to ``grace_s``, then SIGKILL its process group; return its status.
 
-    The group holds the root and Open MPI's launcher daemon; the ranks are not in it, but
-    they see their parent fail (ULFM) and exit on their own.
+    The group holds the root; its host agent and the ranks are not in it, but the root
+    tells them goodbye, and a rank also leaves when its host agent is gone.
     """
     if child.poll() is not None:
         return child.returncode
@@ -197,12 +240,16 @@ def up(
     grpc: Annotated[str | None, typer.Option(help="Address to serve on [default: --endpoint].")] = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where agents keep their state [default: var].")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Seconds between heartbeats.")] = None,
+    hostfile: Hostfile = None,
+    listen: Listen = None,
+    launcher_exec: LauncherExec = None,
+    leaves_per_host: LeavesPerHost = 1,
 ) -> None:
     """Start the root rank, wait until every rank is up, then run until Ctrl-C."""
     address = grpc or ctx.obj
     try:
-        settings = TreeSettings.from_env(
-            hypervisors=hypervisors, fanout=fanout, per_leaf=per_leaf,
+        settings, hosts = cluster_settings(
+            hostfile, listen, hypervisors=hypervisors, fanout=fanout, per_leaf=per_leaf,
             grpc=address, state_dir=state_dir, heartbeat_s=heartbeat,
         )
     except ConfigError as exc:
@@ -210,6 +257,11 @@ def up(
     child = start_root(settings, heartbeat)
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        if hosts:
+            try:
+                start_hosts(child, address, settings, hosts, leaves_per_host, launcher_exec)
+            except CloudLandError as exc:
+                _fail(EXIT_NOT_OK, f"{exc}; stopped the root")
         topo = wait_for_tree(child, address)
         if topo is None:
             _fail(EXIT_NOT_OK, f"the root exited with code {child.returncode} before the tree was ready")
@@ -345,7 +397,7 @@ def broadcast(
         ids = parse_targets(targets)
         arguments = parse_args_json(args)
         with RootClient(endpoint) as client:
-            hypervisors = client.topology().hypervisors  # also fails fast when the root is down
+            hypervisors = client.topology().hypervisors_present  # also fails fast when the root is down
             expected = hypervisors if ids is None else len(ids)
             started = time.monotonic()
             batches = client.dispatch(operation, ids[0] if ids and len(ids) == 1 else ids, arguments, timeout)
@@ -405,7 +457,7 @@ def health(
     endpoint = ctx.obj
     with _reported_errors(endpoint), RootClient(endpoint) as client:
         reply = client.health()
-        total = client.topology().hypervisors
+        total = reply.hypervisors_present
     if as_json:
         _print_json(reply)
     else:
@@ -416,12 +468,14 @@ def health(
 
 def _print_health(reply: root_pb2.HealthReply, total: int) -> None:
     now_ms = time.time() * 1000
-    peers = Table("node", "role", "state", "pid", "host", "RSS MB", "respawns", "heard", title="peers")
+    peers = Table("node", "role", "state", "pid", "host", "net ns", "RSS MB", "respawns", "heard", title="peers")
+    root_pid = reply.peers[0].pid if reply.peers else 0  # the root lists itself first (proto/README.md §8)
     # Depth-first order: each relay right above the leaves it covers.
     for peer in sorted(reply.peers, key=lambda p: (p.node.first_leaf, -p.node.end_leaf)):
         heard = f"{(now_ms - peer.last_heard_ms) / 1000:.1f} s ago" if peer.last_heard_ms else "never"
-        role = "relay" if peer.relay else "leaf"
-        peers.add_row(_node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host,
+        role = "root" if peer.pid == root_pid else "relay" if peer.relay else "leaf"
+        netns = peer.netns.removeprefix("net:[").removesuffix("]")
+        peers.add_row(_node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host, netns,
                       f"{peer.rss_kib / 1024:.1f}", str(peer.respawns), heard)
     out.print(peers)
     events = Table("time", "node", "state", "reason", title=f"last {SHOWN_EVENTS} events")

@@ -23,17 +23,23 @@ from rich.text import Text
 from cloudland.cli import (
     EXIT_NOT_OK,
     EXIT_USAGE,
+    Hostfile,
+    LauncherExec,
+    LeavesPerHost,
+    Listen,
     _fail,
+    cluster_settings,
     err,
     interrupt,
     out,
+    start_hosts,
     start_root,
     stop_child,
     topology_grid,
     wait_for_tree,
 )
-from cloudland.config import DEFAULT_GRPC, TreeSettings
-from cloudland.errors import ConfigError
+from cloudland.config import DEFAULT_GRPC
+from cloudland.errors import CloudLandError, ConfigError
 from cloudland.restclient import DEFAULT_ENDPOINT
 from cloudland.topology import DEFAULT_FANOUT
 
@@ -121,12 +127,20 @@ def up(
     api_host: Annotated[str, typer.Option(envvar="CLOUDLAND_API_HOST", help="Address the API listens on.")]
     = "127.0.0.1",
     api_port: Annotated[int, typer.Option(envvar="CLOUDLAND_API_PORT", min=1, max=65535, help="API port.")] = 8080,
+    hostfile: Hostfile = None,
+    listen: Listen = None,
+    launcher_exec: LauncherExec = None,
+    leaves_per_host: LeavesPerHost = 1,
 ) -> None:
-    """Start the all-in-one cloud: the message tree, then the REST API on it; run until Ctrl-C."""
+    """Start the cloud: the message tree, then the REST API on it; run until Ctrl-C.
+
+    Without --hostfile it is the all-in-one cloud; with it, this machine is the controller
+    and MPI's launcher starts a host agent on each listed host (README, "Running a cluster").
+    """
     address = grpc or DEFAULT_GRPC
     try:
-        settings = TreeSettings.from_env(hypervisors=hypervisors, fanout=fanout, per_leaf=per_leaf,
-                                         grpc=address, state_dir=state_dir)
+        settings, hosts = cluster_settings(hostfile, listen, hypervisors=hypervisors, fanout=fanout,
+                                           per_leaf=per_leaf, grpc=address, state_dir=state_dir)
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
@@ -134,6 +148,11 @@ def up(
     api: subprocess.Popen[bytes] | None = None
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        if hosts:
+            try:
+                start_hosts(tree, address, settings, hosts, leaves_per_host, launcher_exec)
+            except CloudLandError as exc:
+                _fail(EXIT_NOT_OK, f"{exc}; stopped the root")
         topo = wait_for_tree(tree, address)
         if topo is None:
             _fail(EXIT_NOT_OK, f"the tree's root exited with code {tree.returncode} before the tree was ready "

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from cloudland.config import DEFAULT_GRPC
-from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
+from cloudland.errors import InvalidRequest, NotFound, RootUnreachable, TreeError
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
 
@@ -125,6 +125,20 @@ class RootClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, "health") from exc
 
+    def hosts(self, timeout: float = 5.0) -> root_pb2.HostsReply:
+        """The hosts that joined the tree (proto/README.md §10.4)."""
+        try:
+            return self._stub.Hosts(root_pb2.HostsRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "hosts") from exc
+
+    def remove_host(self, name: str, timeout: float = 10.0) -> root_pb2.HostInfo:
+        """Forget a host: its agent stops its ranks and its slots are freed; NotFound if unknown."""
+        try:
+            return self._stub.RemoveHost(root_pb2.RemoveHostRequest(name=name), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, f"removal of host {name}") from exc
+
     def wait_ready(self, timeout: float = 120.0) -> root_pb2.TopologyReply:
         """Block until the root reports every rank up, or raise RootUnreachable."""
         end = time.monotonic() + timeout
@@ -144,6 +158,8 @@ class RootClient:
         detail = exc.details() if hasattr(exc, "details") else str(exc)
         if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
             return InvalidRequest(f"{what}: {detail}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return NotFound(f"{what}: {detail}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return RootUnreachable(f"{what}: cannot reach the root at {self.endpoint}: {detail}")
         return TreeError(f"{what} at {self.endpoint} failed: {code.name if code else '?'} {detail}")

@@ -28,6 +28,12 @@ class TreeSettings:
     fanout: int = DEFAULT_FANOUT     # 0: flat (the root talks to every leaf)
     max_ranks: int = 100             # the automatic per_leaf aims below this many ranks
     grpc: str = DEFAULT_GRPC
+    # The root's rendezvous (proto/README.md §10): where ranks and host agents reach it.
+    # Loopback and a free port for the all-in-one cloud; an underlay address in a cluster.
+    listen: str = "127.0.0.1:0"
+    # A cluster's hosts join by themselves (their host agents); without it the root starts
+    # one host agent on this machine that runs every leaf (the all-in-one cloud).
+    cluster: bool = False
     heartbeat_s: float = 1.0
     slow_after: int = 3              # missed heartbeats before a peer is SLOW
     lost_after: int = 10             # missed heartbeats before a silent peer is LOST
@@ -60,6 +66,12 @@ class TreeSettings:
             raise ConfigError(f"CLOUDLAND_HYPERVISORS must be at least 1, got {self.hypervisors}")
         if self.fanout == 1 or self.fanout < 0:
             raise ConfigError(f"CLOUDLAND_FANOUT must be 0 (flat) or at least 2, got {self.fanout}")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or canonical_ip(host.strip("[]")) is None:
+            raise ConfigError(f"CLOUDLAND_LISTEN must be IP:PORT (port 0: any free one), got {self.listen!r}")
+        if canonical_ip(host.strip("[]")) in ("0.0.0.0", "::"):
+            raise ConfigError(f"CLOUDLAND_LISTEN must name the address other hosts reach the root at, "
+                              f"not {host}: the root tells ranks where their parents listen")
         self.shape  # noqa: B018 - validates the rest of the shape
 
     @property

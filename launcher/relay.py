@@ -1,14 +1,21 @@
 """A relay rank (the "scia"): forwards commands to the children whose subtree holds
-targets, batches their replies into one message up, and heals its children.
+targets, batches their replies into one message up, and watches its children.
 
-Run by its parent as ``python -m cloudland_launcher.relay``.
+Its host agent runs it as ``python -m cloudland_launcher.relay --node F:E ...``. It listens
+for its children's link requests on its host's address (proto/README.md §10.3) and tells
+the root where, in its Hello, so that the root can direct them here.
 """
 
 from __future__ import annotations
 
+import queue
+import socket
+
 from cloudland_launcher.rank import ChildRank
+from cloudland_launcher.rendezvous import Listener
 from cloudland_launcher.subtree import Subtree
 from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import link_pb2 as lpb
 
 
 class Relay(ChildRank):
@@ -18,7 +25,18 @@ class Relay(ChildRank):
         self.subtree = Subtree(
             self.mpi, self.assign, self.node, self.buffer.add, self.send_event, self.backoff.doorbell
         )
+        self.requests: queue.SimpleQueue[tuple[lpb.Frame, socket.socket]] = queue.SimpleQueue()
+        self.listener = Listener(self.listen_host, self._on_frame)
+        self.link_address = self.listener.address
         self.subtree.start()
+
+    def _on_frame(self, frame: lpb.Frame, sock: socket.socket, peer: str) -> None:
+        """On the listener's thread: only link requests come to a relay; the MPI thread serves them."""
+        if frame.WhichOneof("body") != "link":
+            self.subtree.refuse(sock, f"{frame.WhichOneof('body')} is not served by {self.node}")
+            return
+        self.requests.put((frame, sock))
+        self.backoff.notify()
 
     def on_command(self, command: pb.Command) -> None:
         kind = command.targets.WhichOneof("kind")
@@ -31,7 +49,15 @@ class Relay(ChildRank):
             self._reject(exc)
 
     def work(self) -> bool:
-        active = self.subtree.poll()
+        active = False
+        while True:
+            try:
+                frame, sock = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            self.subtree.attach(frame.link, sock)
+            active = True
+        active |= self.subtree.poll()
         self.subtree.check()
         return active
 
@@ -39,7 +65,10 @@ class Relay(ChildRank):
         return self.subtree.pending(job_id)
 
     def ready(self) -> bool:
-        return self.subtree.all_up()
+        # Hello at once: our children are started by their hosts and find us through the root,
+        # which directs them here only once it has heard our hello (§10.3). Their inventory
+        # follows in our heartbeats.
+        return True
 
     def inventory(self) -> list[pb.HypervisorReport]:
         self.subtree.changed.clear()

@@ -2,7 +2,8 @@
 
 The MPI loop runs on the main thread. gRPC handlers never touch MPI: they put
 requests on ``inbox`` and ring the loop's doorbell; the loop answers through
-per-job queues (Dispatch) or futures (Topology, Health).
+per-job queues (Dispatch) or futures (Topology, Health). The rendezvous listener
+(§10) does the same with ranks' locate and link requests and host agents' channels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import logging
 import os
 import queue
 import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,11 +24,15 @@ from typing import Any
 
 from cloudland import procinfo
 from cloudland.config import TreeSettings
-from cloudland.topology import Shape
+from cloudland.errors import Conflict, UnknownHypervisor, WireError
+from cloudland.topology import NodeRange, Shape
+from cloudland_launcher import rendezvous
 from cloudland_launcher.batch import batch_of
+from cloudland_launcher.hosts import Membership
 from cloudland_launcher.link import Backoff
-from cloudland_launcher.subtree import Subtree, node_id, node_range
+from cloudland_launcher.subtree import UP, Subtree, node_id, node_range
 from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import link_pb2 as lpb
 from cloudland_proto.v1 import root_pb2
 
 log = logging.getLogger(__name__)
@@ -53,8 +61,6 @@ class Root:
             fanout=self.shape.fanout, heartbeat_s=settings.heartbeat_s, slow_after=settings.slow_after,
             lost_after=settings.lost_after, max_sleep_s=settings.max_sleep_s, linger_s=settings.linger_s,
             local_max_sleep_s=settings.local_max_sleep_s,
-            leaf_command=[sys.executable, "-m", "cloudland_agents.leaf"],
-            relay_command=[sys.executable, "-m", "cloudland_launcher.relay"],
         )
         assign.agent.update({
             "driver": settings.driver, "libvirt_uri": settings.libvirt_uri, "vnc_listen": settings.vnc_listen,
@@ -73,6 +79,12 @@ class Root:
         self.build_seconds = 0.0
         self.stopping = ""
         self._next_ceiling = 0.0
+        self.members = Membership(self.shape)
+        self.channels: dict[str, socket.socket] = {}   # host name -> its host agent's channel
+        self.listener: rendezvous.Listener | None = None
+        self.local_agent: subprocess.Popen[bytes] | None = None
+        self._view: dict[NodeRange, pb.PeerStatus] = {}
+        self._view_at = 0.0
 
     # -- called from gRPC threads ---------------------------------------------
 
@@ -86,6 +98,10 @@ class Root:
         signal.signal(signal.SIGTERM, lambda *_: self._stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self._stop("SIGINT"))
         self.subtree.start()
+        if self.listener is None:
+            self.listen()
+        if not self.settings.cluster:
+            self._start_local_agent()
         while not self.stopping:
             started = time.monotonic()
             active = self._serve_inbox()
@@ -95,7 +111,9 @@ class Root:
             if time.monotonic() >= self._next_ceiling:
                 self._next_ceiling = time.monotonic() + 1.0
                 self.backoff.set_ceiling(self.subtree.all_local())
-            if not self.build_seconds and self.subtree.all_up():
+                for name in list(self.channels):  # host agents hear from us every second (§10.4)
+                    self._order(name, ping=lpb.Ping())
+            if not self.build_seconds and self._all_present_up():
                 self.build_seconds = time.monotonic() - self.started
                 log.warning("event=tree_ready hypervisors=%d build_s=%.2f", self.shape.hypervisors, self.build_seconds)
             took = time.monotonic() - started
@@ -125,30 +143,43 @@ class Root:
                 args[0].set_result(self._topology())
             elif kind == "health":
                 args[1].set_result(self._health(args[0]))
+            elif kind == "hosts":
+                args[0].set_result(self._hosts())
+            elif kind == "remove_host":
+                args[1].set_result(self._remove_host(args[0]))
+            elif kind == "rendezvous":
+                self._rendezvous(*args)
+            elif kind == "host_lost":
+                self._host_lost(*args)
 
     def _dispatch(self, command: pb.Command, out: queue.SimpleQueue[Any]) -> None:
         if command.job_id in self.jobs:
             out.put(DuplicateJob(f"job {command.job_id} is already in flight"))
             return
         kind = command.targets.WhichOneof("kind")
+        present = self.members.present()
         if kind == "all":
-            share, wanted = None, set(range(self.shape.hypervisors))
+            share, wanted = None, set(present)
         else:
             ids = [command.targets.hypervisor] if kind == "hypervisor" else list(command.targets.set.ids)
             wanted = set(ids)
-            share = sorted(hv for hv in wanted if hv < self.shape.hypervisors)
+            share = sorted(wanted & present)
         job = Job(command, wanted, out)
         self.jobs[command.job_id] = job
         heapq.heappush(self.deadlines, (command.deadline_ms, command.job_id))
         unknown = [
-            pb.Reply(job_id=command.job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
-                     error=f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})")
-            for hv in sorted(wanted) if hv >= self.shape.hypervisors
+            pb.Reply(job_id=command.job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR, error=(
+                f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})"
+                if hv >= self.shape.hypervisors else
+                f"hypervisor {hv} is not in the tree: no host holds it (job {command.job_id})"))
+            for hv in sorted(wanted - present)
         ]
         if unknown:
             self._on_replies(batch_of(unknown))
         if share is None or share:
             self._on_replies(self.subtree.dispatch(command, share))
+        elif not wanted:
+            self._finish(command.job_id)  # a broadcast to a tree that no host has joined yet
 
     def _on_replies(self, batch: pb.ReplyBatch) -> None:
         """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
@@ -202,20 +233,23 @@ class Root:
         return root_pb2.TopologyReply(
             hypervisors=self.shape.hypervisors, per_leaf=self.shape.per_leaf, fanout=self.shape.fanout,
             leaves=self.shape.leaves, relays=len(self.shape.relays()), depth=self.shape.depth(),
-            build_seconds=self.build_seconds, ready=bool(self.build_seconds) and self.subtree.all_up(),
+            build_seconds=self.build_seconds, ready=bool(self.build_seconds) and self._all_present_up(),
+            hypervisors_present=len(self.members.present()),
         )
 
     def _health(self, request: root_pb2.HealthRequest) -> root_pb2.HealthReply:
         rss, pss = procinfo.memory_kib()
         me = pb.PeerStatus(node=node_id(self.shape.root), relay=True, state=pb.PEER_OK, pid=os.getpid(),
-                           host=procinfo.HOSTNAME, last_heard_ms=procinfo.now_ms(), rss_kib=rss, pss_kib=pss)
-        below = self.subtree.peers()
+                           host=procinfo.HOSTNAME, last_heard_ms=procinfo.now_ms(), rss_kib=rss, pss_kib=pss,
+                           netns=procinfo.NETNS, link_address=self.listener.address if self.listener else "")
+        below = [p for p in self.subtree.peers() if not self.members.vacant(node_range(p.node))]
         ok = sum(len(self.shape.hypervisors_of(node_range(p.node))) for p in below
                  if p.state == pb.PEER_OK and not p.relay)
         peers = [me, *below]
         reply = root_pb2.HealthReply(
             peers=peers, events=list(self.events), hypervisors_ok=ok,
             rejected=self.subtree.subtree_rejected(), jobs_in_flight=len(self.jobs),
+            hypervisors_present=len(self.members.present()),
         )
         if request.reports:
             reply.reports.extend(self.subtree.reports[hv] for hv in sorted(self.subtree.reports))
@@ -231,7 +265,208 @@ class Root:
                 for hv in sorted(job.remaining)
             ))
         pids = [c.pid for c in self.subtree.children if c.pid]
-        self.subtree.shutdown(f"root stopping ({self.stopping})")
+        reason = f"root stopping ({self.stopping})"
+        for name, sock in list(self.channels.items()):  # first, so that no host agent restarts a rank
+            self._order(name, goodbye=pb.Goodbye(reason=reason))
+        self.subtree.shutdown(reason)
         end = time.monotonic() + 10
         while time.monotonic() < end and any(procinfo.alive(p) for p in pids):
             time.sleep(0.05)
+        if self.local_agent is not None:
+            try:
+                self.local_agent.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.local_agent.kill()
+        if self.listener is not None:
+            self.listener.close()
+
+    # -- the rendezvous and the hosts (proto/README.md §10) -----------------------
+
+    def listen(self) -> str:
+        """Open the rendezvous listener; returns its address."""
+        self.listener = rendezvous.Listener(
+            self.settings.listen, lambda frame, sock, peer: self.submit("rendezvous", frame, sock, peer))
+        log.warning("event=rendezvous_listening address=%s", self.listener.address)
+        return self.listener.address
+
+    def _start_local_agent(self) -> None:
+        """The all-in-one cloud: one host agent on this machine runs every leaf."""
+        assert self.listener is not None
+        state_dir = self.settings.state_dir.resolve()
+        out = open(state_dir / "hostd.out", "ab")  # noqa: SIM115 - handed to the child
+        self.local_agent = subprocess.Popen(
+            [sys.executable, "-m", "cloudland_launcher.hostd", "--root", self.listener.address,
+             "--address", self.listener.address.rpartition(":")[0], "--leaves", "all",
+             "--state-dir", str(state_dir)],
+            stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+
+    def _rendezvous(self, frame: lpb.Frame, sock: socket.socket, peer: str) -> None:
+        kind = frame.WhichOneof("body")
+        if kind == "locate":
+            answer = self._locate(frame.locate)
+            try:
+                rendezvous.send(sock, located=answer)
+            except OSError:
+                pass
+            sock.close()
+        elif kind == "link":
+            self.subtree.attach(frame.link, sock)
+        elif kind == "host_hello":
+            self._host_hello(frame.host_hello, sock, peer)
+        else:
+            log.warning("event=rendezvous_rejected peer=%s kind=%s", peer, kind)
+            sock.close()
+
+    def _locate(self, request: lpb.LocateRequest) -> lpb.LocateAnswer:
+        node = node_range(request.node)
+        try:
+            parent = self.shape.parent_of(node)
+        except UnknownHypervisor as exc:
+            return lpb.LocateAnswer(refused=True, reason=str(exc))
+        owner = self.members.host_of(node)
+        if request.host and owner and owner != request.host:
+            return lpb.LocateAnswer(refused=True, reason=f"{node} runs on host {owner}, not {request.host}")
+        if not owner:
+            return lpb.LocateAnswer(refused=True, reason=f"no host holds {node}")
+        answer = lpb.LocateAnswer(parent=node_id(parent))
+        if parent == self.shape.root:
+            assert self.listener is not None
+            answer.address = self.listener.address
+            return answer
+        status = self._peer_view().get(parent)
+        if status is not None and status.state in UP and status.link_address:
+            answer.address = status.link_address
+        else:
+            answer.reason = f"{parent} is not up yet"
+        return answer
+
+    def _peer_view(self) -> dict[NodeRange, pb.PeerStatus]:
+        """Every rank below us as we last heard of it, refreshed at most 10 times a second."""
+        now = time.monotonic()
+        if now - self._view_at > 0.1:
+            self._view = {node_range(p.node): p for p in self.subtree.peers()}
+            self._view_at = now
+        return self._view
+
+    def _all_present_up(self) -> bool:
+        """Every leaf a host holds is up, and so are the root's children that hold one."""
+        if not self.members.owner:
+            return False
+        view = self._peer_view() if self.build_seconds else {
+            node_range(p.node): p for p in self.subtree.peers()}
+        for leaf in self.members.owner:
+            status = view.get(NodeRange(leaf, leaf + 1))
+            if status is None or status.state not in UP:
+                return False
+        return True
+
+    def _host_hello(self, hello: lpb.HostHello, sock: socket.socket, peer: str) -> None:
+        try:
+            leaves = self.members.join(hello.host, hello.address, hello.leaves, list(hello.held), hello.pid)
+        except Conflict as exc:
+            log.error("event=host_refused host=%s reason=%s", hello.host, exc)
+            try:
+                rendezvous.send(sock, welcome=lpb.HostWelcome(refused=True, reason=str(exc)))
+            except OSError:
+                pass
+            sock.close()
+            return
+        old = self.channels.pop(hello.host, None)
+        if old is not None:
+            old.close()
+        self.channels[hello.host] = sock
+        orders = self.members.plan()
+        host = self.members.hosts[hello.host]
+        try:
+            rendezvous.send(sock, welcome=lpb.HostWelcome(leaves=leaves, run=[node_id(n) for n in sorted(host.ranks)]))
+        except OSError as exc:
+            self._host_lost(hello.host, sock, f"welcome not sent: {exc}")
+            return
+        log.warning("event=host_joined host=%s address=%s leaves=%s pid=%d", hello.host, hello.address,
+                    _ranges(leaves), hello.pid)
+        self._send_orders([o for o in orders if o[0] != hello.host])
+        threading.Thread(target=self._read_channel, args=(hello.host, sock), name=f"host-{hello.host}",
+                         daemon=True).start()
+
+    def _host_info(self, name: str) -> root_pb2.HostInfo:
+        host = self.members.hosts[name]
+        ids = sorted(hv for leaf in host.leaves for hv in self.shape.hypervisors_of(NodeRange(leaf, leaf + 1)))
+        relays = sorted(n for n, h in self.members.placed.items() if h == name)
+        return root_pb2.HostInfo(name=name, address=host.address, leaves=host.leaves, hypervisors=ids,
+                                 connected=name in self.channels, pid=host.pid,
+                                 relays=[node_id(n) for n in relays])
+
+    def _hosts(self) -> root_pb2.HostsReply:
+        return root_pb2.HostsReply(hosts=[self._host_info(n) for n in sorted(self.members.hosts)],
+                                   listen=self.listener.address if self.listener else "")
+
+    def _remove_host(self, name: str) -> root_pb2.HostInfo | None:
+        """Forget ``name``: its agent stops its ranks, its slots go back to the free pool."""
+        if name not in self.members.hosts:
+            return None
+        info = self._host_info(name)
+        self._order(name, goodbye=pb.Goodbye(reason="removed from the tree"))
+        sock = self.channels.pop(name, None)
+        if sock is not None:
+            sock.close()
+        self.members.remove(name)
+        for leaf in info.leaves:  # its ranks leave: answer what they owe now, not at their silence
+            child = self._leaf_child(leaf)
+            if child is not None and child.link is not None:
+                self.subtree.drop(child, f"host {name} removed")
+        self._send_orders(self.members.plan())
+        log.warning("event=host_removed host=%s leaves=%s", name, _ranges(list(info.leaves)))
+        return info
+
+    def _leaf_child(self, leaf: int) -> Any:
+        return next((c for c in self.subtree.children if c.node == NodeRange(leaf, leaf + 1)), None)
+
+    def _read_channel(self, name: str, sock: socket.socket) -> None:
+        """On its own thread: a host agent's pings; silence or an error means the host is lost."""
+        sock.settimeout(5.0)
+        while True:
+            try:
+                frame = rendezvous.receive(sock, f"host {name}")
+            except (OSError, WireError) as exc:
+                self.submit("host_lost", name, sock, str(exc) or type(exc).__name__)
+                return
+            if frame.WhichOneof("body") == "goodbye":
+                self.submit("host_lost", name, sock, f"said goodbye: {frame.goodbye.reason}")
+                return
+
+    def _host_lost(self, name: str, sock: socket.socket, reason: str) -> None:
+        if self.channels.get(name) is not sock:
+            return  # an older channel of a host that has reconnected since
+        del self.channels[name]
+        sock.close()
+        log.warning("event=host_lost host=%s reason=%s", name, reason)
+        self.members.disconnect(name)
+        self._send_orders(self.members.plan())
+
+    def _send_orders(self, orders: list[tuple[str, str, NodeRange]]) -> None:
+        for name, what, node in orders:
+            if what == "run":
+                self._order(name, run=lpb.RunRank(node=node_id(node)))
+            else:
+                self._order(name, stop=lpb.StopRank(node=node_id(node), reason="placed on another host"))
+
+    def _order(self, name: str, **body: Any) -> None:
+        sock = self.channels.get(name)
+        if sock is None:
+            return
+        try:
+            rendezvous.send(sock, **body)
+        except OSError as exc:
+            self._host_lost(name, sock, f"order not sent: {exc}")
+
+
+def _ranges(leaves: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5': a host of the all-in-one cloud holds thousands."""
+    out: list[str] = []
+    for leaf in leaves:
+        if out and leaf == int(out[-1].rsplit("-", 1)[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{leaf}"
+        else:
+            out.append(str(leaf))
+    return ",".join(out)

@@ -74,6 +74,21 @@ class RootService(root_pb2_grpc.RootServicer):
         self.root.submit("health", request, future)
         return _answer(future, context, "health")
 
+    def Hosts(self, request: root_pb2.HostsRequest, context: grpc.ServicerContext) -> root_pb2.HostsReply:
+        future: futures.Future[root_pb2.HostsReply] = futures.Future()
+        self.root.submit("hosts", future)
+        return _answer(future, context, "hosts")
+
+    def RemoveHost(self, request: root_pb2.RemoveHostRequest, context: grpc.ServicerContext) -> root_pb2.HostInfo:
+        if not request.name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name: the host to remove is required")
+        future: futures.Future[root_pb2.HostInfo | None] = futures.Future()
+        self.root.submit("remove_host", request.name, future)
+        info = _answer(future, context, "remove host")
+        if info is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no host named {request.name!r} has joined the tree")
+        return info
+
 
 def _answer(future: futures.Future[Any], context: grpc.ServicerContext, what: str) -> Any:
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,17 +21,18 @@ from typing import Any
 from cloudland import procinfo
 from cloudland.errors import PeerLost, UnknownHypervisor, WireError
 from cloudland.topology import NodeRange, Shape, route
-from cloudland_launcher import wire
+from cloudland_launcher import rendezvous, wire
 from cloudland_launcher.batch import batch_of
 from cloudland_launcher.doorbell import Doorbell
 from cloudland_launcher.link import Link, decode_all
 from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import link_pb2 as lpb
 
 log = logging.getLogger(__name__)
 
 UP = (pb.PEER_OK, pb.PEER_SLOW)
-START_TIMEOUT_S = 60.0   # a child with no hello by then is lost (its own children spawn first)
-RESPAWN_BACKOFF_S = 1.0  # between failed spawn attempts
+START_TIMEOUT_S = 60.0   # a linked child with no hello by then is lost
+LIVENESS_EVERY_S = 0.1   # how often a parent looks whether its children on this host still live
 EXPIRY_GRACE_MS = 2000   # routing state outlives a deadline by this much
 
 
@@ -55,12 +57,13 @@ class Child:
     host: str = ""
     spawned_at: float = 0.0
     last_heard: float = 0.0
-    respawns: int = 0
-    retry_at: float = 0.0
+    respawns: int = 0      # links after the first: each one a new process, or a link lost and formed again
+    linked: bool = False
     pending: dict[str, set[int]] = field(default_factory=dict)  # job id -> hypervisors owed
     self_status: pb.PeerStatus | None = None
     descendants: list[pb.PeerStatus] = field(default_factory=list)
     rejected: int = 0
+    link_address: str = ""
 
 
 class Subtree:
@@ -92,16 +95,21 @@ class Subtree:
         self._next_expiry = 0.0
         self.replies_in = 0
         self.hb = assign.heartbeat_s
+        self._next_beat = 0.0
+        self._next_liveness = 0.0
+        self._beat = wire.encode(heartbeat=pb.Heartbeat())
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
+        """Children come to us: their host agents start them and they link (§10.3)."""
+        now = time.monotonic()
         for child in self.children:
-            self._spawn(child)
+            child.spawned_at = child.last_heard = now
 
     def all_local(self) -> bool:
-        """Every child is known to share our host (so it rings our doorbell)."""
-        return all(c.link is not None and c.link.peer_pid for c in self.children)
+        """Every linked child is known to share our host (so it rings our doorbell)."""
+        return all(c.link.peer_pid for c in self.children if c.link is not None)
 
     def all_up(self) -> bool:
         return all(c.state in UP for c in self.children)
@@ -117,28 +125,65 @@ class Subtree:
                 except PeerLost:
                     pass
 
-    def _spawn(self, child: Child) -> None:
-        command = self.assign.leaf_command if child.node.is_leaf else self.assign.relay_command
-        child.spawned_at = child.last_heard = time.monotonic()
-        child.state = pb.PEER_STARTING
-        child.pid, child.host, child.pending = 0, "", {}
+    @staticmethod
+    def refuse(sock: socket.socket, reason: str) -> None:
+        try:
+            rendezvous.send(sock, link_answer=lpb.LinkAnswer(accepted=False, reason=reason))
+        except OSError:
+            pass
+        sock.close()
+
+    def attach(self, request: lpb.LinkRequest, sock: socket.socket) -> None:
+        """A child's process asks to link (§10.3): say yes, connect to its port, assign it.
+
+        A node that is linked already is taken over by the newer process: the old one is
+        dead (its host restarted it) or is a duplicate, and is told goodbye.
+        """
+        node = node_range(request.node)
+        child = self._by_node.get(node)
+        if child is None:
+            self.refuse(sock, f"{node} is not a child of {self.me}")
+            return
+        if child.link is not None:
+            if child.pid != request.pid or child.host != request.host:
+                try:
+                    child.link.send(wire.encode(goodbye=pb.Goodbye(reason=f"replaced by pid {request.pid}")))
+                except PeerLost:
+                    pass
+            self._lose(child, f"linked again by pid {request.pid} on {request.host}",
+                       kill=child.pid != request.pid or child.host != request.host)
+        try:
+            rendezvous.send(sock, link_answer=lpb.LinkAnswer(accepted=True))
+        except OSError as exc:
+            log.warning("event=link_aborted peer=%s error=%s", node, exc)
+            sock.close()
+            return
         started = time.monotonic()
         try:
-            comm = self.mpi.COMM_SELF.Spawn(command[0], args=list(command[1:]), maxprocs=1)
-            if time.monotonic() - started > 1.0:  # Spawn blocks this rank's loop meanwhile
-                log.warning("event=slow_spawn node=%s seconds=%.2f", child.node, time.monotonic() - started)
+            # Blocks this rank until the child accepts, which it does as soon as it reads
+            # our answer; a child that dies in between makes MPICH abort us (§10.3).
+            comm = self.mpi.COMM_SELF.Connect(request.port_name)
         except self.mpi.Exception as exc:
-            child.state = pb.PEER_LOST
-            child.retry_at = time.monotonic() + RESPAWN_BACKOFF_S
-            self._event(child, f"spawn failed: {exc}")
+            log.warning("event=link_failed peer=%s error=%s", node, exc)
             return
-        child.link = Link(self.mpi, comm, str(child.node), self.doorbell)
+        finally:
+            sock.close()
+        if child.linked:
+            child.respawns += 1
+        child.linked = True
+        child.link = Link(self.mpi, comm, str(node), self.doorbell)
+        child.state = pb.PEER_STARTING
+        child.pid, child.host, child.pending = request.pid, request.host, {}
+        child.spawned_at = child.last_heard = time.monotonic()
+        if request.host == procinfo.HOSTNAME:
+            child.link.peer_pid = request.pid
         assign = pb.Assign()
         assign.CopyFrom(self.assign)
-        assign.node.CopyFrom(node_id(child.node))
+        assign.node.CopyFrom(node_id(node))
         assign.parent_pid, assign.parent_host = os.getpid(), procinfo.HOSTNAME
         child.link.send(wire.encode(assign=assign))
-        log.debug("event=spawned node=%s", child.node)
+        log.info("event=linked peer=%s pid=%d host=%s connect_s=%.3f", node, request.pid, request.host,
+                 time.monotonic() - started)
 
     # -- routing -----------------------------------------------------------
 
@@ -242,7 +287,7 @@ class Subtree:
         elif kind == "hello":
             self._hello(child, envelope.hello)
         elif kind == "goodbye":
-            self._lose(child, f"said goodbye: {envelope.goodbye.reason}", respawn=False)
+            self._lose(child, f"said goodbye: {envelope.goodbye.reason}", kill=False)
         else:  # a child never sends commands or assignments up: refuse, never execute (§5)
             self._reject(child, WireError(f"{kind} from child {child.node} is not allowed upward"))
 
@@ -282,14 +327,14 @@ class Subtree:
         if node_range(hello.node) != child.node:
             self._reject(child, WireError(f"hello from {child.node} claims {node_range(hello.node)}"))
             return
-        child.pid, child.host = hello.pid, hello.host
+        child.pid, child.host, child.link_address = hello.pid, hello.host, hello.link_address
         if child.link and hello.host == procinfo.HOSTNAME:
             child.link.peer_pid = hello.pid
         self._merge_reports(hello.inventory)
         self._merge_peers(child, hello.peers)
         child.state = pb.PEER_OK
         took = time.monotonic() - child.spawned_at
-        self._event(child, f"up in {took:.2f} s" + (f" after respawn {child.respawns}" if child.respawns else ""))
+        self._event(child, f"up in {took:.2f} s" + (f" after relink {child.respawns}" if child.respawns else ""))
 
     def _merge_reports(self, reports: Any) -> None:
         for report in reports:
@@ -308,40 +353,53 @@ class Subtree:
     # -- health ------------------------------------------------------------
 
     def check(self) -> None:
-        """Advance peer states by silence, respawn lost children, expire old jobs."""
+        """Advance peer states by silence and liveness, beat to the children, expire old jobs."""
         now = time.monotonic()
+        beat = now >= self._next_beat
+        if beat:
+            self._next_beat = now + self.hb
+        local = now >= self._next_liveness
+        if local:
+            self._next_liveness = now + LIVENESS_EVERY_S
         for child in self.children:
+            if child.link is None or child.state == pb.PEER_LOST:
+                continue  # no process of it is linked: its host agent starts one, and it links (§10)
             silent = now - child.last_heard
-            if child.state == pb.PEER_LOST:
-                if now >= child.retry_at:
-                    child.respawns += 1
-                    self._spawn(child)
+            if local and child.host == procinfo.HOSTNAME and child.pid and not procinfo.alive(child.pid):
+                self._lose(child, f"process {child.pid} exited")
             elif child.state == pb.PEER_STARTING:
-                # Timed from the spawn: a child that heartbeats but never says hello is not up.
+                # Timed from the link: a child that heartbeats but never says hello is not up.
                 if now - child.spawned_at > START_TIMEOUT_S:
-                    self._lose(child, f"no hello {START_TIMEOUT_S:.0f} s after spawn")
+                    self._lose(child, f"no hello {START_TIMEOUT_S:.0f} s after linking")
             elif silent > self.assign.lost_after * self.hb:
                 self._lose(child, f"silent for {silent:.1f} s")
             elif silent > self.assign.slow_after * self.hb and child.state == pb.PEER_OK:
                 child.state = pb.PEER_SLOW
                 self._event(child, f"no heartbeat for {silent:.1f} s")
+            if beat and child.link is not None:
+                try:  # the child's proof that we live: MPI never reports a cut link (§6)
+                    child.link.send(self._beat)
+                except PeerLost as exc:
+                    self._lose(child, str(exc))
         if self.deadlines and now >= self._next_expiry:
             self._next_expiry = now + 0.1  # a scan of every job is not needed on each loop pass
             cutoff = procinfo.now_ms() - EXPIRY_GRACE_MS
             for job_id in [j for j, d in self.deadlines.items() if d < cutoff]:
                 self.forget(job_id)
 
-    def _lose(self, child: Child, reason: str, respawn: bool = True) -> None:
+    def drop(self, child: Child, reason: str) -> None:
+        """Let go of a child on purpose (its host was removed): what it owes is answered now."""
+        self._lose(child, reason, kill=False)
+
+    def _lose(self, child: Child, reason: str, kill: bool = True) -> None:
         if child.state == pb.PEER_LOST:
             return
         log.warning("event=peer_lost peer=%s pid=%s reason=%s", child.node, child.pid, reason)
         owed = child.pending
         child.pending = {}
         child.state = pb.PEER_LOST
-        child.retry_at = time.monotonic() if respawn else float("inf")
-        # A silent (hung) process may still live: end it, so its own children see
-        # their parent fail and exit, and the replacement starts clean.
-        if child.pid and child.host == procinfo.HOSTNAME and procinfo.alive(child.pid):
+        # A silent (hung) process may still live: end it, so its host agent starts a fresh one.
+        if kill and child.pid and child.host == procinfo.HOSTNAME and procinfo.alive(child.pid):
             try:
                 os.kill(child.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -368,6 +426,7 @@ class Subtree:
             status.relay = not child.node.is_leaf
             status.state = child.state
             status.pid, status.host, status.respawns = child.pid, child.host, child.respawns
+            status.link_address = child.link_address or status.link_address
             status.last_heard_ms = procinfo.now_ms() - int((now - child.last_heard) * 1000)
             out.append(status)
             for peer in child.descendants:

@@ -2,7 +2,7 @@
 
 Nothing is mocked: ``tree up`` runs in a real tmux pane (so Rich sees a terminal
 and Ctrl-C arrives as a keystroke), every CLI call is its own process, and the
-second test starts the root under Open MPI's ``mpiexec`` instead of as a plain
+second test starts the root under MPICH's ``mpiexec`` instead of as a plain
 process. Both check through /proc that no rank outlives the tree.
 """
 
@@ -250,12 +250,11 @@ def test_tree_up_in_tmux_prints_banner_and_serves_commands(tmp_path: Path) -> No
 def test_root_under_mpiexec(tmp_path: Path) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
     env = clean_env()
-    mpienv.apply(env)  # the root-run pairs and ULFM variables; mpiexec needs no flag beyond these
+    mpienv.apply(env)  # FI_PROVIDER and PATH; mpiexec needs no flag beyond these
     output = tmp_path / "mpiexec.out"
     with open(output, "wb") as sink:
         mpiexec = subprocess.Popen(
-            [str(BIN / "mpiexec"), "--with-ft", "ulfm", "--map-by", ":OVERSUBSCRIBE", "-n", "1",
-             sys.executable, "-m", "cloudland_launcher", "--hypervisors", "8", "--per-leaf", "1",
+            [str(BIN / "mpiexec"), "-n", "1", sys.executable, "-m", "cloudland_launcher", "--hypervisors", "8", "--per-leaf", "1",
              "--fanout", "4", "--grpc", endpoint, "--state-dir", str(tmp_path / "var")],
             cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -277,16 +276,16 @@ def test_root_under_mpiexec(tmp_path: Path) -> None:
             assert [r.error for r in replies if r.status != pb.OK] == []
 
             rank_pids = {peer.pid for peer in client.health().peers}
-        # The root, two relays and eight leaves, all started through mpiexec's own daemon.
+        # The root, two relays and eight leaves: the ranks run under the root's host agent.
         assert len(rank_pids) == 11, rank_pids
-        below_mpiexec = descendants(mpiexec.pid)  # the ranks plus prterun
+        below_mpiexec = descendants(mpiexec.pid)  # the root, its host agent, the ranks and their mpiexecs
         seen = rank_pids | below_mpiexec
         assert rank_pids <= below_mpiexec, f"ranks outside mpiexec's tree: {sorted(rank_pids - below_mpiexec)}"
 
         mpiexec.send_signal(signal.SIGTERM)
         try:
-            # prterun ends the whole job on SIGTERM and then exits 1 (measured: it exits 0 when
-            # the root stops by itself), so only the time is checked, not the code.
+            # hydra passes SIGTERM on to the root and reports the signal as its exit code, so
+            # only the time is checked, not the code.
             mpiexec.wait(timeout=30)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"mpiexec still running 30 s after SIGTERM:\n{log_tail()}") from None
@@ -297,7 +296,7 @@ def test_root_under_mpiexec(tmp_path: Path) -> None:
     finally:
         if mpiexec.poll() is None:
             seen |= descendants(mpiexec.pid)
-            # The process group covers mpiexec alone: prterun and every rank set up groups of their own.
+            # The process group covers mpiexec alone: its proxy and every rank set up groups of their own.
             os.killpg(mpiexec.pid, signal.SIGKILL)
             mpiexec.wait()
         kill_leftovers(seen)

@@ -2,7 +2,8 @@
 
 Every command must end (OK, or UNAVAILABLE for what went through the dead
 rank), none may hang, and within 10 s a broadcast reaches every hypervisor
-again. The root's health view must say what happened.
+again: the host agent starts a new process, which links itself back in
+(proto/README.md §10). The root's health view must say what happened.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from cloudland import procinfo
 from cloudland_proto.v1 import envelope_pb2 as pb
-from cloudland_launcher.harness import node_name
+from cloudland_launcher.harness import node_name, wait_for
 
 # 100 hypervisors, 4 per leaf, fan-out 8: root -> 3 relays of 8 leaves + 1 leaf; 29 ranks.
 SHAPE = (100, 4, 8)
@@ -76,8 +77,8 @@ def test_leaf_killed_with_commands_in_flight(make_tree):
     assert peers[victim].pid != old_pid and not procinfo.alive(old_pid)
     events = [(node_name(e.node), e.state, e.reason) for e in tree.client.health().events]
     lost = [e for e in events if e[0] == victim and e[1] == pb.PEER_LOST]
-    assert lost and "MPI error" in lost[0][2], events[-5:]
-    assert any(e[0] == victim and e[1] == pb.PEER_OK and "respawn 1" in e[2] for e in events)
+    assert lost and f"process {old_pid} exited" in lost[0][2], events[-5:]
+    assert any(e[0] == victim and e[1] == pb.PEER_OK and "relink 1" in e[2] for e in events)
 
 
 def test_relay_killed_with_commands_in_flight(make_tree):
@@ -91,11 +92,15 @@ def test_relay_killed_with_commands_in_flight(make_tree):
     assert any(r.status == pb.OK for replies in results for r in replies)
     assert wait_healed(tree, killed_at) < 10
 
-    # The dead relay's leaves saw their parent fail and exited: no orphans remain.
-    assert not [pid for pid in orphans if procinfo.alive(pid)]
+    # The dead relay cost only itself: its leaves lived on and linked to its successor.
+    # (The root hears of its grandchildren in its children's heartbeats: one beat behind.)
+    wait_for(lambda: all(tree.peers()[f"leaf {i}"].state == pb.PEER_OK for i in range(8)), timeout=5,
+             what="the dead relay's leaves to show OK in the root's view")
     peers = tree.peers()
     assert peers[victim].respawns == 1 and peers[victim].state == pb.PEER_OK
+    assert peers[victim].pid != before[victim].pid
     assert all(peers[f"leaf {i}"].state == pb.PEER_OK for i in range(8))
+    assert sorted(peers[f"leaf {i}"].pid for i in range(8)) == sorted(orphans)
     events = [(node_name(e.node), e.state) for e in tree.client.health().events]
     assert (victim, pb.PEER_LOST) in events
 
@@ -118,10 +123,9 @@ def test_garbage_from_a_child_is_rejected_and_logged_never_executed(make_tree):
 def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree):
     """An exception on a leaf's MPI thread (here: its heartbeat's report) kills the rank.
 
-    Its stderr reaches no one, so the traceback must be in the leaf's log; and it must
-    die without MPI_Finalize, so that the parent sees MPI_ERR_PROC_FAILED at once. A
-    finalized exit looked like silence: lost only after lost_after heartbeats (5 s here),
-    and a crash before the hello only after 60 s.
+    The traceback must be in the leaf's log; it must die without MPI_Finalize (which
+    can wait on a dead peer), and its parent, on the same host, sees its process gone
+    at once rather than after lost_after heartbeats (5 s here).
     """
     tree = make_tree(4, 1, 32)
     old_pid = tree.peers()["leaf 1"].pid
@@ -135,7 +139,7 @@ def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree):
     assert peers["leaf 1"].state == pb.PEER_OK and not procinfo.alive(old_pid)
     events = [(node_name(e.node), e.state, e.reason) for e in tree.client.health().events]
     lost = [e for e in events if e[0] == "leaf 1" and e[1] == pb.PEER_LOST]
-    assert lost and "MPI error" in lost[0][2], events[-5:]
+    assert lost and f"process {old_pid} exited" in lost[0][2], events[-5:]
     log = tree.log("leaf 1")
     assert "event=rank_crashed node=leaf 1" in log and "broken by test.break_report" in log, log
     assert all(p.state == pb.PEER_OK for p in peers.values())
