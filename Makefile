@@ -1,5 +1,6 @@
 # CloudLand: `make run` starts the all-in-one cloud, `make test` runs the suite,
-# `make bench` measures the tree, the REST API, then the image paths. Each sets up .venv itself (deploy/bootstrap.sh).
+# `make bench` measures the tree, the REST API, then the image paths, `make lab` emulates hosts on this
+# machine (`make lab-down` removes them). Each sets up .venv itself (deploy/bootstrap.sh).
 VENV := .venv
 BIN := $(VENV)/bin
 HYPERVISORS ?= 100
@@ -8,8 +9,10 @@ PYTEST_ARGS ?=
 BENCH ?= tree api image
 # PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
 API_BENCH_ARGS ?= --postgres
+# Worker hosts of `make lab` (h1..hN, beside the controller ctl).
+HOSTS ?= 4
 
-.PHONY: setup run test bench clean libvirtd libvirtd-stop guest
+.PHONY: setup run test bench clean libvirtd libvirtd-stop guest lab lab-down
 
 setup:
 	@deploy/bootstrap.sh
@@ -31,6 +34,14 @@ endif
 ifneq (,$(filter image,$(BENCH)))
 	$(BIN)/python bench/image_bench.py
 endif
+
+# The lab (README "The lab"): hosts as namespaces on one underlay switch, for trying the tree
+# across hosts by hand. Needs root. Prints how to enter a host and where the hostfile is.
+lab: setup
+	$(BIN)/python -m cloudland_lab up --hosts $(HOSTS)
+
+lab-down: setup
+	$(BIN)/python -m cloudland_lab down
 
 # Real hypervisor mode: libvirtd + QEMU (TCG) started by hand (no systemd), and the test guest.
 libvirtd:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+# Emulated hosts (cloudland_lab) for any test folder: lab_factory, session_lab_factory, mpich.
+pytest_plugins = ["tests.labfixtures"]
+
 PG_VERSION = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")
 PG_PACKAGE = f"postgresql-{PG_VERSION}"

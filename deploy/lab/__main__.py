@@ -1,0 +1,5 @@
+"""``python -m cloudland_lab``: see cli.py."""
+
+from .cli import main
+
+main()
