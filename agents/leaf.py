@@ -34,7 +34,7 @@ class Leaf(ChildRank):
         self.test_ops = bool(settings.get("test_ops", False))
         shape = Shape(self.assign.hypervisors, self.assign.per_leaf, self.assign.fanout)
         ids = shape.hypervisors_of(self.node)
-        state_dir = Path(settings.get("state_dir", "var"))
+        state_dir = self.state_dir  # this host's, from its host agent (the root's may be elsewhere)
         if settings.get("driver", "test") == "test":
             self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
         else:

@@ -155,7 +155,8 @@ def start_hosts(child: subprocess.Popen[bytes], endpoint: str, settings: TreeSet
             time.sleep(0.1)
         if child.poll() is not None:
             return
-        start_agents(hosts, settings.listen, settings.state_dir.resolve(), leaves, launcher_exec)
+        # Each host keeps its own state, at the same path on every host (as MPI wants its install).
+        start_agents(hosts, settings.listen, settings.state_dir.resolve() / "hosts" / "{host}", leaves, launcher_exec)
 
 
 def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
@@ -397,7 +398,8 @@ def broadcast(
         ids = parse_targets(targets)
         arguments = parse_args_json(args)
         with RootClient(endpoint) as client:
-            hypervisors = client.topology().hypervisors_present  # also fails fast when the root is down
+            topo = client.topology()  # also fails fast when the root is down
+            hypervisors = topo.hypervisors_present or topo.hypervisors  # an older root sends no present count
             expected = hypervisors if ids is None else len(ids)
             started = time.monotonic()
             batches = client.dispatch(operation, ids[0] if ids and len(ids) == 1 else ids, arguments, timeout)
@@ -457,7 +459,8 @@ def health(
     endpoint = ctx.obj
     with _reported_errors(endpoint), RootClient(endpoint) as client:
         reply = client.health()
-        total = reply.hypervisors_present
+        # A root older than the hosts' membership (proto/README.md §9) sends no present count.
+        total = reply.hypervisors_present or client.topology().hypervisors
     if as_json:
         _print_json(reply)
     else:
@@ -468,14 +471,18 @@ def health(
 
 def _print_health(reply: root_pb2.HealthReply, total: int) -> None:
     now_ms = time.time() * 1000
-    peers = Table("node", "role", "state", "pid", "host", "net ns", "RSS MB", "respawns", "heard", title="peers")
+    # The network namespace tells emulated hosts apart (the lab); shown only when ranks differ in it.
+    show_netns = len({p.netns for p in reply.peers}) > 1
+    columns = ["node", "role", "state", "pid", "host", *(["net ns"] if show_netns else []), "RSS MB", "respawns",
+               "heard"]
+    peers = Table(*columns, title="peers")
     root_pid = reply.peers[0].pid if reply.peers else 0  # the root lists itself first (proto/README.md §8)
     # Depth-first order: each relay right above the leaves it covers.
     for peer in sorted(reply.peers, key=lambda p: (p.node.first_leaf, -p.node.end_leaf)):
         heard = f"{(now_ms - peer.last_heard_ms) / 1000:.1f} s ago" if peer.last_heard_ms else "never"
         role = "root" if peer.pid == root_pid else "relay" if peer.relay else "leaf"
-        netns = peer.netns.removeprefix("net:[").removesuffix("]")
-        peers.add_row(_node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host, netns,
+        netns = [peer.netns.removeprefix("net:[").removesuffix("]")] if show_netns else []
+        peers.add_row(_node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host, *netns,
                       f"{peer.rss_kib / 1024:.1f}", str(peer.respawns), heard)
     out.print(peers)
     events = Table("time", "node", "state", "reason", title=f"last {SHOWN_EVENTS} events")

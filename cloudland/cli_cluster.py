@@ -123,14 +123,15 @@ def join(
     names: Annotated[list[str], typer.Argument(help="Host names, as the launcher reaches them.")],
     endpoint: Endpoint = DEFAULT_GRPC,
     leaves: Annotated[int, typer.Option(min=0, help="Leaf ranks per host; 0 takes every free slot.")] = 1,
-    state_dir: Annotated[Path, typer.Option(help="Each host's state directory.")] = Path("var"),
+    state_dir: Annotated[Path, typer.Option(help="Each host's state directory ({host}: its name).")]
+    = Path("var/hosts/{host}"),
     launcher_exec: LauncherExec = None,
 ) -> None:
     """Start host agents on more hosts: they join the running tree (or rejoin it, after a loss)."""
     try:
         with RootClient(endpoint) as client:
             root = client.hosts().listen
-        start_agents(names, root, state_dir.resolve(), leaves, launcher_exec)
+        start_agents(names, root, Path(os.path.abspath(state_dir)), leaves, launcher_exec)
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
     except CloudLandError as exc:

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 MPI_ENV = {
-    # libfabric's sockets provider is the only one measured here that reports a dead peer
-    # instead of freezing the process (tcp froze, UCX crashed).
+    # The wheel carries two network modules and picks UCX first, which takes emulated hosts
+    # (namespaces of one machine) for one node and hangs connecting across them; libfabric
+    # (ofi) links them. Its sockets provider is the only one measured here that reports a
+    # dead peer instead of freezing the process (tcp froze, UCX crashed).
+    "MPIR_CVAR_CH4_NETMOD": "ofi",
     "FI_PROVIDER": "sockets",
 }
 

@@ -253,6 +253,11 @@ def daemonize(log_file: Path) -> None:
     os.dup2(devnull, 0)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    # Every other descriptor too: hydra hands its process a PMI socket (PMI_FD), and its proxy
+    # waits for that to close before the launcher can end.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    for key in [k for k in os.environ if k.startswith(("PMI_", "HYDRA_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"))]:
+        del os.environ[key]  # not ours: the ranks we start are MPI jobs of their own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "the one that routes to the root)")
     parser.add_argument("--leaves", default="1", help="leaf ranks this host runs (default 1), or 'all'")
     parser.add_argument("--host", default=procinfo.HOSTNAME, help="this host's name (default: hostname)")
-    parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("CLOUDLAND_STATE_DIR", "var")))
+    parser.add_argument("--state-dir", default=os.environ.get("CLOUDLAND_STATE_DIR", "var"),
+                        help="this host's state; '{host}' in it is replaced by the host's name")
     parser.add_argument("--daemon", action="store_true", help="detach (for the operator's mpiexec)")
     ns = parser.parse_args(argv)
     try:
@@ -271,9 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     except WireError as exc:
         parser.error(str(exc))
     leaves = 0 if ns.leaves == "all" else int(ns.leaves)
-    state_dir = ns.state_dir.resolve()
+    state_dir = Path(ns.state_dir.replace("{host}", ns.host)).resolve()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o700)
     log_file = cl_log.rank_log_file(state_dir, f"hostd-{ns.host}")
     if ns.daemon:
         daemonize(log_file)

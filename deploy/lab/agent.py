@@ -69,6 +69,11 @@ def netns_name(prefix: str, host: str) -> str:
     return f"{prefix}-{host}"
 
 
+def machine_link(prefix: str) -> str:
+    """This machine's own cable to the lab's switch, in its root namespace (Lab.attach_machine)."""
+    return f"{prefix}-mach"
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .agent import NETNS_DIR, STATE_ROOT, SWITCH, LabError, NsId, load_state, netns_name, ns_id, umount
+from .agent import NETNS_DIR, STATE_ROOT, SWITCH, LabError, NsId, load_state, machine_link, netns_name, ns_id, umount
 
 NS_KINDS = ("net", "uts", "mnt")
 
@@ -102,6 +102,8 @@ def leftovers(prefix: str, state_root: Path = STATE_ROOT) -> list[str]:
     found += [f"mount {m}" for m in mounts_under(lab_dir)]
     found += [f"directory {lab_dir}"] if lab_dir.exists() else []
     found += [f"process {pid}" for pid in sorted(pids_in(lab_ns_ids(prefix, lab_dir)))]
+    with IPRoute() as machine:
+        found += [f"link {machine_link(prefix)}"] if machine.link_lookup(ifname=machine_link(prefix)) else []
     return found
 
 
@@ -144,6 +146,9 @@ def sweep(prefix: str, state_root: Path = STATE_ROOT, switch: IPRoute | None = N
     shutil.rmtree(lab_dir, ignore_errors=True)
     for name in lab_netns(prefix):
         netns.remove(name)  # detach and unlink; a stale plain file is just unlinked
+    with IPRoute() as machine:  # the machine's own cable (attach_machine), if the switch did not take it
+        for index in machine.link_lookup(ifname=machine_link(prefix)):
+            machine.link("del", index=index)
     left = leftovers(prefix, state_root)
     if left:
         raise LabError(f"sweep of lab {prefix!r} left: {', '.join(left)}")

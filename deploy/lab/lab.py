@@ -35,6 +35,7 @@ from .agent import (
     LabError,
     State,
     load_state,
+    machine_link,
     mount,
     netns_name,
     ns_id,
@@ -46,7 +47,8 @@ from .cleanup import kill_all, leftovers, pids_in, sweep
 
 PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,9}")
 HOST_RE = re.compile(r"[a-z][a-z0-9-]*")
-RESERVED = {SWITCH, BRIDGE}
+MACHINE = "m"  # the switch's port for this machine itself (attach_machine)
+RESERVED = {SWITCH, BRIDGE, MACHINE}
 IFNAMSIZ = 15  # longest Linux interface name
 MTU = 1500
 MS_BIND, MS_PRIVATE = 0x1000, 0x40000
@@ -221,6 +223,27 @@ class Lab:
                 f"--mount={files['mnt']}", "--propagation", "private", "sh", "-c", BOOT, "sh",
                 name, f"{address}/{self.subnet.prefixlen}", str(self.lab_dir), str(self.lab_dir / "stage"), str(in_run)]
 
+    def attach_machine(self) -> str:
+        """Cable this machine itself (its root network namespace) to the switch at the subnet's
+        last address, and return that address: tests reach services inside lab hosts (the
+        root's gRPC, the API) from outside without entering a host. ``down()`` removes it."""
+        address = list(self.subnet.hosts())[-1]
+        state = self._up_state()
+        if state.get("machine"):
+            return str(state["machine"])
+        outside = machine_link(self.prefix)
+        with IPRoute() as machine:
+            machine.link("add", ifname=outside, kind="veth", mtu=MTU,
+                         peer={"ifname": netns_name(self.prefix, MACHINE), "net_ns_fd": netns_name(self.prefix, SWITCH),
+                               "mtu": MTU})
+            index = machine.link_lookup(ifname=outside)[0]
+            machine.addr("add", index=index, address=str(address), prefixlen=self.subnet.prefixlen)
+            machine.link("set", index=index, state="up")
+        self.switch.link("set", index=self._port_index(MACHINE), master=self._port_index(BRIDGE), state="up")
+        state["machine"] = str(address)
+        self._save()
+        return str(address)
+
     def add_host(self, name: str) -> str:
         """Add a host to the running lab; returns its address. The others keep running."""
         validate_host(self.prefix, name)
@@ -387,6 +410,7 @@ class Lab:
 
     def _free_address(self, name: str) -> ipaddress.IPv4Address:
         used = {h["address"] for h in self._up_state()["hosts"].values()}
+        used.add(str(list(self.subnet.hosts())[-1]))  # kept for attach_machine
         for address in self.subnet.hosts():
             if str(address) not in used:
                 return address

@@ -74,3 +74,20 @@ def test_add_and_remove_hosts_live_while_others_keep_talking(lab_factory):
     out, _ = talker.communicate("", timeout=30)
     answers, failures = map(int, out.split())
     assert answers > 10 and failures == 0
+
+
+def test_the_machine_itself_can_be_cabled_to_reach_services_in_hosts(lab_factory):
+    import socket
+
+    from cloudland_lab import leftovers
+
+    lab = lab_factory(["h1", "h2"])
+    address = lab.attach_machine()
+    assert address.endswith(".254") and lab.attach_machine() == address, "attaching twice is one cable"
+    assert lab.add_host("h3") != address, "hosts added later never take the machine's address"
+    serve(lab, "h1")
+    with socket.create_connection((lab.address("h1"), PORT), timeout=5) as conn:
+        conn.sendall(b"?")
+        assert conn.recv(64).decode().strip() == "h1"
+    lab.down()
+    assert leftovers(lab.prefix) == [], "the machine's cable goes with the lab"
