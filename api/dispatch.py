@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient, struct_to_dict
 from cloudland.errors import CloudLandError, InvalidRequest, RootUnreachable, TreeError
-from cloudland_api import scheduler
+from cloudland_api import hypervisors, scheduler
 from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, SshKey, utcnow
 from cloudland_api.security import UPLOAD_AUDIENCE, issue_image_token
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -274,6 +274,9 @@ class Dispatcher:
                    settled_now: list[Outcome]) -> list[tuple[str, int, str, dict[str, Any]]]:
         """New VMs placed all at once (one claim per host), then every job marked dispatched."""
         sends = []
+        # Jobs for hosts the tree no longer has (gone while the job waited or was retried) end
+        # here: nothing sent there can arrive. New VMs below are placed on up hosts only.
+        lost = hypervisors.lost_hosts(session, (instance.hypervisor_id for _, instance in rows))
         new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
         demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
         no_room = set()
@@ -284,6 +287,12 @@ class Dispatcher:
             instance.hypervisor_id = host
         for job, instance in rows:
             if job.id in no_room:
+                continue
+            if instance.hypervisor_id in lost:
+                hv, state = instance.hypervisor_id, lost[instance.hypervisor_id]
+                settled_now.append(Outcome(job.id, "ok", hypervisors.nothing_to_clean(hv, state))
+                                   if job.action == "delete" else
+                                   Outcome(job.id, "failed", f"{hypervisors.lost_reason(hv, state)}: nothing was sent"))
                 continue
             if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
                     and not self._claim_resize(session, job, instance)):
@@ -434,7 +443,7 @@ def settle(session: Session, job: Job, instance: Instance, outcome: Outcome,
         instance.job_id = None
     if outcome.kind == "ok":
         job.state = JobState.succeeded
-        job.reason = None
+        job.reason = outcome.reason  # a note, if any (a delete on a gone host: nothing to clean)
         _succeeded(job, instance, outcome.payload, give_back)
         log.info("event=job_succeeded job=%s action=%s instance=%d hypervisor=%s", job.id, job.action,
                  instance.id, job.hypervisor_id)
