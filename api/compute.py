@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api import catalog, dispatch, hypervisors, scheduler
+from cloudland_api.db import for_change
 from cloudland_api.models import Flavor, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import Caller
@@ -201,10 +202,7 @@ def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bo
     (SQLite's write transactions are serial anyway, and it ignores FOR UPDATE).
     """
     query = select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id)
-    if lock:
-        # populate_existing: re-read the row even if this session loaded it before the lock.
-        query = query.with_for_update().execution_options(populate_existing=True)
-    instance = session.scalar(query)
+    instance = session.scalar(for_change(query) if lock else query)
     if instance is None:
         raise NotFound(f"instance {instance_id} not found")
     return instance

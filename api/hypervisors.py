@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import RootClient
 from cloudland.errors import Conflict, Forbidden, NotFound
+from cloudland_api.db import for_change
 from cloudland_api.models import Hypervisor, Instance, Organisation, Role
 from cloudland_api.services import Caller
 
@@ -96,9 +97,7 @@ def get_hypervisor(session: Session, caller: Caller, hypervisor_id: int, *, lock
     """
     _require_operator(caller)
     query = select(Hypervisor).where(Hypervisor.id == hypervisor_id)
-    if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
-    hypervisor = session.scalar(query)
+    hypervisor = session.scalar(for_change(query) if lock else query)
     if hypervisor is None:
         raise NotFound(f"hypervisor {hypervisor_id} not found (not reported by the tree yet?)")
     return hypervisor
