@@ -28,8 +28,9 @@ from cloudland.errors import (
     UnsupportedMediaType,
 )
 from cloudland_api import catalog
+from cloudland_api.commands import GuestSource
 from cloudland_api.db import make_engine, session_factory
-from cloudland_api.dispatch import Dispatcher, GuestSource
+from cloudland_api.dispatch import Dispatcher
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings

@@ -121,7 +121,7 @@ def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
 def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> str | None:
     """Delete an image and its file (admin or member). Returns the name hypervisors cache its
     bytes under (``<sha256>.<format>``) when no other image has the same bytes, else None:
-    what they may now evict (dispatch.evict_everywhere)."""
+    what they may now evict (commands.evict_everywhere)."""
     image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
     caller.require(Role.admin, Role.member)
     # Live instances boot from (and, on real hypervisors, have overlays on) this image.

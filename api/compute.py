@@ -1,14 +1,17 @@
-"""Instances, jobs and hypervisors: what the API does with them, apart from HTTP.
+"""Instances and jobs: what the API does with them, apart from HTTP (hypervisors: hypervisors.py).
 
 Same rules as ``services.py``: every query on a tenant-owned table filters on the
 caller's ``org_id`` (another organisation's id is NotFound), NotFound is decided before
-Forbidden, and readers only read. Hypervisors belong to no tenant: only the operator
-organisation sees and changes them.
+Forbidden, and readers only read.
 
 Every change to an instance writes its desired state and a ``pending`` job in one
 transaction (ARCHITECTURE.md "Lifecycle of a job"); the caller hands the committed job
 ids to the dispatcher. One job acts on an instance at a time: an action on an instance
 whose job has not ended is a Conflict, which serialises a VM's commands at the API.
+
+A VM on a gone or removed hypervisor cannot be reached: its delete ends here, in the same
+transaction, as a job that succeeded with a note (nothing is sent, nothing was left to clean),
+and every other action is a Conflict naming the hypervisor.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
-from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from cloudland_api import catalog
-from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Job, JobState, Role, SshKey
+from cloudland.errors import Conflict, InvalidRequest, NotFound
+from cloudland_api import catalog, dispatch, hypervisors, scheduler
+from cloudland_api.db import for_change
+from cloudland_api.models import Flavor, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import Caller
 
@@ -55,7 +59,13 @@ class Accepted:
 
     @property
     def job_ids(self) -> list[str]:
-        return [job.id for job in self.jobs]
+        """The jobs for the dispatcher: those not already ended here (deletes on lost hosts)."""
+        return to_send(self.jobs)
+
+
+def to_send(jobs: Sequence[Job]) -> list[str]:
+    """The ids of ``jobs`` that the dispatcher has to send (still ``pending``)."""
+    return [job.id for job in jobs if job.state == JobState.pending]
 
 
 # -- references -----------------------------------------------------------------------------
@@ -192,39 +202,56 @@ def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bo
     (SQLite's write transactions are serial anyway, and it ignores FOR UPDATE).
     """
     query = select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id)
-    if lock:
-        # populate_existing: re-read the row even if this session loaded it before the lock.
-        query = query.with_for_update().execution_options(populate_existing=True)
-    instance = session.scalar(query)
+    instance = session.scalar(for_change(query) if lock else query)
     if instance is None:
         raise NotFound(f"instance {instance_id} not found")
     return instance
 
 
-def _check_can(instance: Instance, action: str) -> None:
+def _lost_host(session: Session, instance: Instance) -> str | None:
+    """``gone`` or ``removed`` when the instance's hypervisor is; None otherwise."""
+    return hypervisors.lost_hosts(session, [instance.hypervisor_id]).get(instance.hypervisor_id)
+
+
+def _check_can(instance: Instance, action: str, lost: str | None) -> None:
+    """Conflict unless ``action`` may start now; ``lost``: the state of the instance's gone or
+    removed hypervisor (from ``_lost_host``), where only a delete is possible."""
     if instance.job_id is not None:
         raise Conflict(f"instance {instance.id} ({instance.name}) is busy with job {instance.job_id}; "
                        f"wait for it (cloudland job watch {instance.job_id})")
+    if lost is not None and action != "delete":
+        assert instance.hypervisor_id is not None
+        raise hypervisors.unreachable(f"{action} instance {instance.id} ({instance.name})", instance.hypervisor_id,
+                                      lost)
     if instance.status not in ALLOWED_FROM[action]:
         hint = " stop it first" if action in ("resize", "capture") else ""
         raise Conflict(f"instance {instance.id} ({instance.name}) is {instance.status}: cannot {action} it;{hint}"
                        .rstrip(";"))
 
 
-def _start_job(instance: Instance, job: Job) -> None:
+def _start_job(session: Session, instance: Instance, job: Job, lost: str | None = None,
+               releases: scheduler.Releases | None = None) -> None:
+    """Make ``job`` the instance's one job; a delete on a lost host (``lost``) ends at once."""
+    session.add(job)
     instance.job_id = job.id
     if job.action == "delete":
         instance.status = "deleting"
+        if lost is not None:
+            # No agent can be reached there, and no domain of it can be left to clean: the record
+            # ends now, as the dispatcher's writer would end it, and the job keeps the history.
+            assert instance.hypervisor_id is not None
+            note = hypervisors.nothing_to_clean(instance.hypervisor_id, lost)
+            dispatch.settle(session, job, instance, dispatch.Outcome(job.id, "ok", note), releases)
 
 
 def act(session: Session, caller: Caller, instance_id: int, action: str, args: dict[str, Any]) -> Job:
     """One job of ``action`` (start, stop, reboot, delete) on one instance, committed."""
     instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
-    _check_can(instance, action)
+    lost = _lost_host(session, instance)
+    _check_can(instance, action, lost)
     job = _new_job(caller, new_job_id(), action, instance, args)
-    _start_job(instance, job)
-    session.add(job)
+    _start_job(session, instance, job, lost)
     session.commit()
     log.info("event=job_created job=%s action=%s instance=%d org_id=%d", job.id, action, instance.id, caller.org_id)
     return job
@@ -235,7 +262,7 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
     flavor = resolve_flavor(session, caller, flavor_ref)
-    _check_can(instance, "resize")
+    _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         # An ``error`` instance whose create found no room: there is no host to claim the new size on
         # (the dispatcher's resize claim needs one), and nothing to resize.
@@ -262,15 +289,14 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     with the job's upload token); the image is ``active`` once they are in, ``error`` if the job fails."""
     instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
-    _check_can(instance, "capture")
+    _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
     image = catalog.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
                                                 disk_format=spec.disk_format, status="saving", size_bytes=0),
                                  "image", commit=False)  # committed below with its job
     job = _new_job(caller, new_job_id(), "capture", instance, {"image_id": image.id, "disk_format": spec.disk_format})
-    _start_job(instance, job)
-    session.add(job)
+    _start_job(session, instance, job)
     session.commit()
     log.info("event=capture_created job=%s instance=%d image_id=%d org_id=%d", job.id, instance.id, image.id,
              caller.org_id)
@@ -289,16 +315,18 @@ def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], 
         raise NotFound(f"instance {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                               else ""))
     caller.require(Role.admin, Role.member)
+    lost = hypervisors.lost_hosts(session, (i.hypervisor_id for i in found.values()))
     for instance in found.values():
-        _check_can(instance, action)
+        _check_can(instance, action, lost.get(instance.hypervisor_id))
     batch = new_job_id()
     args = {"force": force} if action in ("stop", "reboot") else {}
     jobs = []
+    releases = scheduler.Releases()  # deletes on lost hosts: one UPDATE per host, not per VM
     for instance in found.values():
         job = _new_job(caller, batch, action, instance, dict(args))
-        _start_job(instance, job)
+        _start_job(session, instance, job, lost.get(instance.hypervisor_id), releases)
         jobs.append(job)
-    session.add_all(jobs)
+    releases.apply(session)
     session.commit()
     log.info("event=batch_action action=%s batch=%s count=%d org_id=%d", action, batch, len(jobs), caller.org_id)
     return Accepted(batch, list(found.values()), jobs)
@@ -340,39 +368,3 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
-
-
-# -- hypervisors ----------------------------------------------------------------------------
-
-
-def _require_operator(caller: Caller) -> None:
-    if not caller.operator:
-        raise Forbidden("hypervisors are managed by the operator organisation")
-
-
-def list_hypervisors(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Hypervisor], int]:
-    """One page of hypervisors by id and the total (operator organisation only)."""
-    _require_operator(caller)
-    total = session.scalar(select(func.count()).select_from(Hypervisor)) or 0
-    rows = session.scalars(select(Hypervisor).order_by(Hypervisor.id).limit(limit).offset(offset))
-    return list(rows), total
-
-
-def get_hypervisor(session: Session, caller: Caller, hypervisor_id: int) -> Hypervisor:
-    """Hypervisor ``hypervisor_id`` (operator organisation only), or NotFound."""
-    _require_operator(caller)
-    hypervisor = session.get(Hypervisor, hypervisor_id)
-    if hypervisor is None:
-        raise NotFound(f"hypervisor {hypervisor_id} not found (not reported by the tree yet?)")
-    return hypervisor
-
-
-def update_hypervisor(session: Session, caller: Caller, hypervisor_id: int, changes: dict[str, Any]) -> Hypervisor:
-    """Enable/disable a hypervisor or change its overcommit ratios (operator admins only)."""
-    hypervisor = get_hypervisor(session, caller, hypervisor_id)
-    caller.require(Role.admin)
-    for key, value in changes.items():
-        setattr(hypervisor, key, value)
-    session.commit()
-    log.info("event=hypervisor_updated hypervisor=%d changes=%s user_id=%d", hypervisor_id, changes, caller.user_id)
-    return hypervisor

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from cloudland.addresses import is_unspecified
 from cloudland.client import RootClient, struct_to_dict
 from cloudland.errors import AgentFailed, Conflict, TreeError
-from cloudland_api import compute
+from cloudland_api import compute, hypervisors
 from cloudland_api.models import Hypervisor
 from cloudland_api.services import Caller
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -43,13 +43,17 @@ class Target:
 
 def target(session: Session, caller: Caller, instance_id: int) -> Target:
     """The caller's instance ``instance_id`` and its domain; NotFound, or Conflict while it is
-    building, deleting or deleted (it has no domain to attach to). Any role may ask."""
+    building, deleting or deleted (it has no domain to attach to) or its hypervisor is gone or
+    removed (nothing there can be reached). Any role may ask."""
     instance = compute.get_instance(session, caller, instance_id)
     if instance.hypervisor_id is None or instance.status in ("deleted", "deleting", "building"):
         raise Conflict(f"instance {instance_id} ({instance.name}) is {instance.status}: "
                        "it has no domain to attach to")
     # Instances reference their hypervisor's row, so it exists.
     hypervisor = session.get(Hypervisor, instance.hypervisor_id)
+    if hypervisor is not None and hypervisor.state in hypervisors.LOST:
+        raise hypervisors.unreachable(f"attach to the consoles of instance {instance_id} ({instance.name})",
+                                      hypervisor.id, hypervisor.state)
     hostname = hypervisor.hostname if hypervisor is not None else ""
     return Target(instance.id, instance.name, instance.hypervisor_id, hostname, instance.domain_name)
 

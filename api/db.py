@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "cloudland_write"
+T = TypeVar("T", bound=tuple[Any, ...])
 
 
 def make_engine(url: str) -> Engine:
@@ -59,6 +61,16 @@ def session_factory(engine: Engine, write: bool = False) -> sessionmaker[Session
     """
     bind = engine.execution_options(**{WRITE_OPTION: True}) if write else engine
     return sessionmaker(bind, expire_on_commit=False)
+
+
+def for_change(query: Select[T]) -> Select[T]:
+    """``query`` locking the rows it reads until the transaction ends, for a change that depends
+    on them (FOR UPDATE on PostgreSQL; SQLite ignores it: its write transactions are serial).
+
+    populate_existing: the rows are read again even if the session loaded them before the lock,
+    so what was committed meanwhile is what the change sees.
+    """
+    return query.with_for_update().execution_options(populate_existing=True)
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -11,12 +11,12 @@ A job whose hypervisor is unreachable (its subtree lost, the root down or still 
 the job from before an API restart) is retried with backoff under the same id until its
 retry budget is spent. The agent executes every operation idempotently on its job id, so
 sending a job again is safe (ARCHITECTURE.md "Lifecycle of a job"). At start every job
-that is not terminal is sent again: that is how an API restart loses nothing.
+that is not terminal is sent again: that is how an API restart loses nothing. What each
+job carries to its agent is commands.py's.
 """
 
 from __future__ import annotations
 
-import base64
 import heapq
 import logging
 import queue
@@ -32,10 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient, struct_to_dict
-from cloudland.errors import CloudLandError, InvalidRequest, RootUnreachable, TreeError
-from cloudland_api import scheduler
-from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, SshKey, utcnow
-from cloudland_api.security import UPLOAD_AUDIENCE, issue_image_token
+from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
+from cloudland_api import hypervisors, scheduler
+from cloudland_api.commands import GuestSource, agent_args
+from cloudland_api.models import TERMINAL, Image, Instance, Job, JobState, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -57,106 +57,6 @@ class Outcome:
     kind: str
     reason: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
-
-
-def vm_spec(instance: Instance) -> dict[str, Any]:
-    """The ``vm.create``/``vm.rebuild`` arguments for ``instance`` (agents/compute_ops.py SPEC_KEYS)."""
-    metadata = {"instance_id": str(instance.id), "org_id": str(instance.org_id), "name": instance.name}
-    if instance.image_id is not None:
-        metadata["image_id"] = str(instance.image_id)
-    return {"name": instance.domain_name, "uuid": instance.uuid, "vcpus": instance.vcpus,
-            "memory_mib": instance.memory_mib, "arch": instance.arch, "metadata": metadata}
-
-
-@dataclass(frozen=True)
-class GuestSource:
-    """How agents fetch a guest's image: the API's URL for images and the key to sign tokens."""
-
-    image_url_base: str        # settings.image_url_base: ``<public url>/api/v1/images``
-    signing_key: bytes
-    token_lifetime_s: int
-
-    def guest_args(self, session: Session, instance: Instance, image_id: int | None = None) -> dict[str, Any]:
-        """The ``vm.create`` arguments a real hypervisor needs to build the guest's files.
-
-        The image source carries a token for that one image (security.issue_image_token);
-        simulated hypervisors ignore all of it.
-        """
-        image_id = image_id if image_id is not None else instance.image_id  # a rebuild's new image
-        image = session.get(Image, image_id) if image_id is not None else None
-        if image is None or image.sha256 is None:
-            return {}
-        key = session.get(SshKey, instance.ssh_key_id) if instance.ssh_key_id is not None else None
-        token = issue_image_token(self.signing_key, image.id, self.token_lifetime_s)
-        args: dict[str, Any] = {
-            "image": {"image_id": image.id, "sha256": image.sha256, "size_bytes": image.size_bytes,
-                      "disk_format": image.disk_format, "url": f"{self.image_url_base}/{image.id}/download",
-                      "token": token},
-            "hostname": instance.name, "disk_gib": instance.disk_gib,
-            "ssh_keys": [key.public_key] if key is not None else [],
-        }
-        if instance.user_data is not None:
-            args["user_data"] = base64.b64encode(instance.user_data.encode()).decode()
-        return args
-
-
-    def capture_args(self, image_id: int, upload_lifetime_s: float) -> dict[str, Any]:
-        """Where a ``vm.capture`` uploads the captured disk: the image's upload URL and a token
-        for that one image that outlives the copy (``upload_lifetime_s``)."""
-        token = issue_image_token(self.signing_key, image_id, int(self.token_lifetime_s + upload_lifetime_s),
-                                  UPLOAD_AUDIENCE)
-        return {"image_id": image_id, "url": f"{self.image_url_base}/{image_id}/upload", "token": token}
-
-
-def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The agent operation's arguments for ``job``, built from the instance as it is now."""
-    name = {"name": instance.domain_name}
-    if job.action == "create":
-        return vm_spec(instance) | (guest or {})
-    if job.action == "rebuild":
-        spec = vm_spec(instance)
-        return spec | {"metadata": spec["metadata"] | {"image_id": str(job.args["image_id"])}} | (guest or {})
-    if job.action == "resize":
-        return name | {"vcpus": job.args["vcpus"], "memory_mib": job.args["memory_mib"]}
-    if job.action in ("stop", "reboot"):
-        return name | {"force": bool(job.args.get("force", False))}
-    if job.action == "delete":
-        return name | {"uuid": instance.uuid}  # a real hypervisor removes the guest's files too
-    if job.action == "capture":
-        return name | {"image": (guest or {}) | {"image_id": job.args["image_id"],
-                                                 "disk_format": job.args["disk_format"]}}
-    return name
-
-
-EVICT_TIMEOUT_S = 60.0
-
-
-def evict_everywhere(client: RootClient, sha256: str, image_id: int) -> dict[str, int]:
-    """Ask every hypervisor to drop its cached base of a deleted image (``image.evict``).
-
-    Best effort, after the delete has committed: a hypervisor whose guests still have overlays
-    on the base keeps it (``in_use``), one that does not answer keeps it until a later delete of
-    the same bytes. Returns how many evicted (or had nothing), kept it, or failed; logs them.
-    """
-    counts = {"evicted": 0, "in_use": 0, "failed": 0}
-    try:
-        evicted, replies = client.gather("image.evict", args={"sha256": sha256}, timeout=EVICT_TIMEOUT_S)
-    except CloudLandError as exc:
-        log.warning("event=image_evict_failed image_id=%d sha256=%s reason=%s", image_id, sha256, exc)
-        return counts
-    counts["evicted"] = len(evicted)
-    for reply in replies:
-        if reply.status != pb.OK:
-            counts["failed"] += 1
-            log.warning("event=image_evict_failed image_id=%d hypervisor=%d reason=%s", image_id, reply.hypervisor,
-                        reply.error or pb.Status.Name(reply.status))
-        elif struct_to_dict(reply.payload).get("in_use"):
-            counts["in_use"] += 1
-        else:
-            counts["evicted"] += 1
-    log.info("event=image_evicted image_id=%d sha256=%s evicted=%d in_use=%d failed=%d", image_id, sha256,
-             counts["evicted"], counts["in_use"], counts["failed"])
-    return counts
 
 
 class Dispatcher:
@@ -274,6 +174,9 @@ class Dispatcher:
                    settled_now: list[Outcome]) -> list[tuple[str, int, str, dict[str, Any]]]:
         """New VMs placed all at once (one claim per host), then every job marked dispatched."""
         sends = []
+        # Jobs for hosts the tree no longer has (gone while the job waited or was retried) end
+        # here: nothing sent there can arrive. New VMs below are placed on up hosts only.
+        lost = hypervisors.lost_hosts(session, (instance.hypervisor_id for _, instance in rows))
         new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
         demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
         no_room = set()
@@ -284,6 +187,12 @@ class Dispatcher:
             instance.hypervisor_id = host
         for job, instance in rows:
             if job.id in no_room:
+                continue
+            if instance.hypervisor_id in lost:
+                hv, state = instance.hypervisor_id, lost[instance.hypervisor_id]
+                settled_now.append(Outcome(job.id, "ok", hypervisors.nothing_to_clean(hv, state))
+                                   if job.action == "delete" else
+                                   Outcome(job.id, "failed", f"{hypervisors.lost_reason(hv, state)}: nothing was sent"))
                 continue
             if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
                     and not self._claim_resize(session, job, instance)):
@@ -434,7 +343,7 @@ def settle(session: Session, job: Job, instance: Instance, outcome: Outcome,
         instance.job_id = None
     if outcome.kind == "ok":
         job.state = JobState.succeeded
-        job.reason = None
+        job.reason = outcome.reason  # a note, if any (a delete on a gone host: nothing to clean)
         _succeeded(job, instance, outcome.payload, give_back)
         log.info("event=job_succeeded job=%s action=%s instance=%d hypervisor=%s", job.id, job.action,
                  instance.id, job.hypervisor_id)

@@ -151,8 +151,13 @@ class Hypervisor(Base):
     free_memory_mib: Mapped[int] = mapped_column(Integer, default=0)
     domains: Mapped[int] = mapped_column(Integer, default=0)
     running_domains: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), default="up")  # up | down (missing from reports)
+    # up | down (its leaf rank is not OK) | gone (a ready tree has no such hypervisor) | removed
+    # (a tombstone the operator made: never placed on again; reports for its id are ignored)
+    state: Mapped[str] = mapped_column(String(16), default="up")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Being emptied before removal: no new VMs. Apart from ``enabled`` so that re-enabling a
+    # host after maintenance cannot silently cancel a drain (api/hypervisors.py).
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
     cpu_ratio: Mapped[float] = mapped_column(Float, default=4.0)
     memory_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     vcpus_claimed: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,7 +1,7 @@
 """Placement: filters, weighers and the atomic claim (ARCHITECTURE.md "scheduler with claims").
 
-A host passes the filters when it is enabled, up, of the image's architecture and has
-room for the instance under its overcommit ratios. Room counts the larger of what the
+A host passes the filters when it is enabled, up (not down, gone or removed), not draining,
+of the image's architecture and has room for the instance under its overcommit ratios. Room counts the larger of what the
 instances placed there claim and what the agent last reported in use, so a domain the
 database does not know about still takes its memory: the agents' reports correct the
 claims.
@@ -61,14 +61,21 @@ def _fits(vcpus: int, memory_mib: int) -> ColumnElement[bool]:
     )
 
 
+def takes_new_vms() -> list[ColumnElement[bool]]:
+    """SQL: the host may get new VMs (enabled, up, not draining), whatever its room."""
+    h = Hypervisor
+    return [h.enabled.is_(True), h.state == "up", h.draining.is_(False)]
+
+
 def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int, *, new_vm: bool = True) -> bool:
     """Atomically take ``vcpus``/``memory_mib`` on a host if it still has room.
 
-    ``new_vm``: the host must also be enabled and up. A VM already there that grows (resize)
-    needs only the room: disabling a host closes it to new VMs, not to its own.
+    ``new_vm``: the host must also take new VMs (``takes_new_vms``). A VM already there that
+    grows (resize) needs only the room: disabling or draining a host closes it to new VMs, not
+    to its own.
     """
     h = Hypervisor
-    takes_work = [h.enabled.is_(True), h.state == "up"] if new_vm else []
+    takes_work = takes_new_vms() if new_vm else []
     result = session.execute(
         update(h)
         .where(h.id == hypervisor_id, *takes_work, _fits(vcpus, memory_mib))
@@ -131,7 +138,7 @@ class Placer:
         rows = self.session.execute(
             select(h.id, h.cpus, h.cpu_ratio, h.memory_mib, h.memory_ratio, h.vcpus_claimed,
                    h.memory_claimed_mib, h.free_memory_mib)
-            .where(h.enabled.is_(True), h.state == "up", h.arch == arch)
+            .where(*takes_new_vms(), h.arch == arch)
         ).all()
         hosts = []
         for r in rows:
@@ -197,5 +204,5 @@ class Placer:
 
     def no_capacity(self, demand: Demand) -> str:
         """The reason a placement failed, for the job and the instance."""
-        return (f"no capacity: no enabled, up hypervisor has room for {demand.describe()} "
+        return (f"no capacity: no enabled, up hypervisor that is not draining has room for {demand.describe()} "
                 f"({self.considered.get(demand.arch, 0)} considered)")

@@ -96,8 +96,9 @@ class HypervisorPublic(BaseModel):
     id: int
     hostname: str
     arch: str
-    state: str
+    state: str  # up | down | gone | removed (api/hypervisors.py)
     enabled: bool
+    draining: bool
     cpus: int
     memory_mib: int
     free_memory_mib: int
@@ -119,6 +120,23 @@ class HypervisorList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class RemainingInstance(BaseModel):
+    """A VM still on a hypervisor being drained: what the operator has to move or delete."""
+
+    id: int
+    name: str
+    org_id: int
+    organisation: str
+    status: str
+
+
+class HypervisorDrain(BaseModel):
+    """A drained hypervisor and the VMs (not deleted) that remain on it, by id."""
+
+    hypervisor: HypervisorPublic
+    remaining: list[RemainingInstance]
 
 
 class HypervisorUpdate(_Request):

@@ -6,6 +6,10 @@ and every leaf's state) and converges the database on it, level-triggered:
 - a hypervisor seen for the first time is added, with the default overcommit ratios;
 - size, free memory and domain counts follow the reports; a hypervisor whose leaf is
   not OK is ``down`` (the scheduler skips it) and ``up`` again once it is;
+- a hypervisor with a row but no report from a *ready* tree is ``gone``: the tree no
+  longer has it (restarted with fewer, or the host taken out). Its VMs keep their status
+  and their claims (they are still in the database), and it is up or down again as soon
+  as it reports. A ``removed`` hypervisor's reports are ignored: it stays removed;
 - claims are recounted from the instances placed on each host, in one statement;
 - an instance with no job in flight takes its power state from the report, or becomes
   ``error`` when its domain is missing from its hypervisor (observed state wins; the
@@ -24,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient
 from cloudland.errors import CloudLandError
+from cloudland_api.hypervisors import LOST
 from cloudland_api.models import Hypervisor, Instance, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
@@ -33,6 +38,18 @@ log = logging.getLogger(__name__)
 # An instance touched this recently may not be in the reports yet (heartbeats are ~1 s).
 SETTLE_S = 10.0
 OBSERVED = {"running": "running", "shutoff": "stopped", "crashed": "stopped", "paused": "running"}
+
+
+def complete_build(before: root_pb2.TopologyReply, after: root_pb2.TopologyReply) -> bool:
+    """True when the Health read between these two Topology replies holds every hypervisor the
+    tree has: both say ready, and of the same build.
+
+    Ready means every rank's hello, which carries its inventory, is in, and the root keeps a
+    report per hypervisor from then on (a lost leaf's stays, so it is ``down``, not ``gone``).
+    A root restarted between the reads (build_seconds differs) or still building could answer
+    with part of the reports, and the rest would wrongly be taken for gone.
+    """
+    return before.ready and after.ready and before.build_seconds == after.build_seconds
 
 
 def down_hypervisors(health: root_pb2.HealthReply, per_leaf: int) -> set[int]:
@@ -48,12 +65,12 @@ class Reconciler:
     """Runs ``sync_once`` every ``interval_s`` on a thread; ``ready`` is set after the first success."""
 
     def __init__(self, write_sessions: sessionmaker[Session], root_endpoint: str, *, interval_s: float = 2.0,
-                 cpu_ratio: float = 4.0, memory_ratio: float = 1.0) -> None:
+                 cpu_ratio: float = 4.0, memory_ratio: float = 1.0, client: RootClient | None = None) -> None:
         self._sessions = write_sessions
-        self._client = RootClient(root_endpoint) if root_endpoint else None
+        # ``client``: a stand-in for the root's client (tests of this layer alone).
+        self._client = client or (RootClient(root_endpoint) if root_endpoint else None)
         self._interval_s = interval_s
         self._ratios = (cpu_ratio, memory_ratio)
-        self._per_leaf: int | None = None
         self._seen: dict[int, tuple[Any, ...]] = {}  # last written report fields per hypervisor
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -90,18 +107,37 @@ class Reconciler:
     def sync_once(self) -> None:
         """Read the tree once and converge the database on it."""
         assert self._client is not None
-        if self._per_leaf is None:
-            self._per_leaf = self._client.topology().per_leaf or 1
+        # The topology every time: a tree restarted with another shape has another per_leaf.
+        before = self._client.topology()
         health = self._client.health(reports=True)
-        down = down_hypervisors(health, self._per_leaf)
+        # Only a reply known to be complete makes hypervisors gone (complete_build); the second
+        # Topology is asked only when the first says ready.
+        complete = before.ready and complete_build(before, self._client.topology())
+        down = down_hypervisors(health, before.per_leaf or 1)
         with self._sessions() as session:
-            self._hypervisors(session, health.reports, down)
+            rows = session.execute(select(Hypervisor.id, Hypervisor.state))
+            known: dict[int, str] = {hv: state for hv, state in rows}
+            reports = [r for r in health.reports if known.get(r.hypervisor) != "removed"]
+            self._hypervisors(session, reports, down, known)
+            if complete:
+                self._gone(session, {r.hypervisor for r in health.reports}, known)
             self._recount_claims(session)
-            self._observe_instances(session, health.reports, down)
+            self._observe_instances(session, reports, down)
             session.commit()
 
-    def _hypervisors(self, session: Session, reports: Any, down: set[int]) -> None:
-        known = set(session.scalars(select(Hypervisor.id)))
+    def _gone(self, session: Session, reported: set[int], known: dict[int, str]) -> None:
+        """Hypervisors with a row that a complete Health reply has no report of become ``gone``."""
+        missing = sorted(hv for hv, state in known.items() if hv not in reported and state not in LOST)
+        if not missing:
+            return
+        # Conditional: a removal committed since ``known`` was read stays a removal.
+        session.execute(update(Hypervisor).where(Hypervisor.id.in_(missing), Hypervisor.state.not_in(LOST))
+                        .values(state="gone").execution_options(synchronize_session=False))
+        for hv in missing:
+            self._seen.pop(hv, None)  # its next report, if any, is written whatever it says
+            log.warning("event=hypervisor_gone hypervisor=%d was=%s", hv, known[hv])
+
+    def _hypervisors(self, session: Session, reports: Any, down: set[int], known: dict[int, str]) -> None:
         now = utcnow()
         added = 0
         for report in reports:
@@ -121,9 +157,11 @@ class Reconciler:
                     fields))
                 if state == "up":
                     values["last_seen"] = now
-                session.execute(update(Hypervisor).where(Hypervisor.id == hv).values(**values))
-                if self._seen.get(hv, fields)[-1] != state:
-                    log.warning("event=hypervisor_%s hypervisor=%d", state, hv)
+                # Conditional: a removal committed since ``known`` was read stays a removal.
+                session.execute(update(Hypervisor).where(Hypervisor.id == hv, Hypervisor.state != "removed")
+                                .values(**values))
+                if known[hv] != state:
+                    log.warning("event=hypervisor_%s hypervisor=%d was=%s", state, hv, known[hv])
             self._seen[hv] = fields
         if added:
             log.info("event=hypervisors_added count=%d", added)

@@ -1,6 +1,7 @@
-"""The CLI's REST commands: configure, login, flavor, image, key, hyper and job.
+"""The CLI's REST commands: configure, login, flavor, image, key and job.
 
-VM commands live in cli_vm.py; exit codes and shared output in cli_common.py.
+VM commands live in cli_vm.py, hypervisor commands in cli_hyper.py; exit codes and shared
+output in cli_common.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from cloudland import cli_vm
+from cloudland import cli_hyper, cli_vm
 from cloudland.cli_common import (
     EXIT_USAGE,
     all_pages,
@@ -38,7 +39,6 @@ QCOW2_MAGIC = b"QFI\xfb"
 flavor_app = typer.Typer(no_args_is_help=True, help="VM sizes.")
 image_app = typer.Typer(no_args_is_help=True, help="Disk images.")
 key_app = typer.Typer(no_args_is_help=True, help="SSH public keys.")
-hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
 job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one VM each.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(flavor_app, name="flavor")
     app.add_typer(image_app, name="image")
     app.add_typer(key_app, name="key")
-    app.add_typer(hyper_app, name="hyper")
+    app.add_typer(cli_hyper.hyper_app, name="hyper")
     app.add_typer(cli_vm.vm_app, name="vm")
     app.add_typer(job_app, name="job")
 
@@ -288,61 +288,6 @@ def key_delete(ref: Annotated[str, typer.Argument(help="Key id or name.")]) -> N
         key = find_by_ref(client, "/ssh-keys", ref, "key")
         client.delete(f"/ssh-keys/{key['id']}")
     out.print(f"key {key['id']} {key['name']} deleted")
-
-
-# -- hypervisors ----------------------------------------------------------------------------
-
-
-@hyper_app.command("list")
-def hyper_list(as_json: JsonOpt = False) -> None:
-    """Every hypervisor with its state and what instances claim on it."""
-    with connect() as client:
-        hypers = list(client.iter_offset("/hypervisors", page_size=100))
-    if as_json:
-        print_json(hypers)
-        return
-    print_table(
-        ("id", "hostname", "state", "enabled", "vcpus claimed/capacity", "memory MiB claimed/capacity", "domains"),
-        [(h["id"], h["hostname"], styled(h["state"]), "yes" if h["enabled"] else "no",
-          f"{h['vcpus_claimed']}/{h['vcpus_capacity']}", f"{h['memory_claimed_mib']}/{h['memory_capacity_mib']}",
-          f"{h['running_domains']}/{h['domains']}") for h in hypers],
-    )
-
-
-def _patch_hyper(hypervisor: int, body: dict[str, Any], as_json: bool) -> None:
-    with connect() as client:
-        hyper = client.patch(f"/hypervisors/{hypervisor}", body)
-    if as_json:
-        print_json(hyper)
-    else:
-        out.print(f"hypervisor {hyper['id']} {hyper['hostname']}: enabled={hyper['enabled']} "
-                  f"cpu_ratio={hyper['cpu_ratio']} memory_ratio={hyper['memory_ratio']}")
-
-
-@hyper_app.command("enable")
-def hyper_enable(hypervisor: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
-    """Let the scheduler place new VMs on a hypervisor."""
-    _patch_hyper(hypervisor, {"enabled": True}, as_json)
-
-
-@hyper_app.command("disable")
-def hyper_disable(hypervisor: Annotated[int, typer.Argument(min=0)], as_json: JsonOpt = False) -> None:
-    """Place no new VMs on a hypervisor (its VMs keep running)."""
-    _patch_hyper(hypervisor, {"enabled": False}, as_json)
-
-
-@hyper_app.command("set")
-def hyper_set(
-    hypervisor: Annotated[int, typer.Argument(min=0)],
-    cpu_ratio: Annotated[float | None, typer.Option(help="vCPU overcommit ratio.")] = None,
-    memory_ratio: Annotated[float | None, typer.Option(help="Memory overcommit ratio.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Change a hypervisor's overcommit ratios."""
-    body = {k: v for k, v in (("cpu_ratio", cpu_ratio), ("memory_ratio", memory_ratio)) if v is not None}
-    if not body:
-        fail(EXIT_USAGE, "nothing to set: give --cpu-ratio and/or --memory-ratio")
-    _patch_hyper(hypervisor, body, as_json)
 
 
 # -- jobs -----------------------------------------------------------------------------------

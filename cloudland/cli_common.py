@@ -35,7 +35,8 @@ POLL_S = 0.3
 SHOWN_REASONS = 10
 _STATE_STYLE = {"succeeded": "green", "running": "green", "active": "green", "pending": "cyan",
                 "dispatched": "cyan", "building": "cyan", "queued": "cyan", "stopped": "yellow",
-                "deleting": "yellow", "up": "green", "OK": "green", "SLOW": "yellow", "STARTING": "cyan"}
+                "deleting": "yellow", "up": "green", "removed": "dim", "OK": "green", "SLOW": "yellow",
+                "STARTING": "cyan"}
 
 out = Console(highlight=False, markup=False)
 err = Console(stderr=True, highlight=False, markup=False)

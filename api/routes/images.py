@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api import catalog
-from cloudland_api.dispatch import evict_everywhere
+from cloudland_api.commands import evict_everywhere
 from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic

@@ -131,8 +131,9 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
 
 @router.delete("/{instance_id}", status_code=_ACCEPTED, responses=_CHANGES)
 def delete_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> JobPublic:
-    """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``."""
+    """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``.
+    On a gone or removed hypervisor the job ends at once (nothing to send, nothing to clean)."""
     job = compute.act(session, caller, instance_id, "delete", {})
-    submit([job.id])
+    submit(compute.to_send([job]))
     return JobPublic.model_validate(job)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from cloudland_api import dispatch
+from cloudland_api import commands
 from cloudland_api.models import Instance, Job, Role
 from cloudland_api.security import IMAGE_AUDIENCE, UPLOAD_AUDIENCE, decode_image_token, issue_image_token
 from tests.api.conftest import Api, Launcher, settle
@@ -145,13 +145,13 @@ def test_an_image_deleted_while_saving_fails_the_job_cleanly(api: Api, admin_hea
 def test_the_agent_is_sent_where_to_upload(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
     instance = stopped(api, admin_headers, launch)
     body = capture(api, admin_headers, instance["id"], disk_format="raw")[1]
-    source = dispatch.GuestSource("http://api.example:8080/api/v1/images", api.app.state.signing_key, 3600)
+    source = commands.GuestSource("http://api.example:8080/api/v1/images", api.app.state.signing_key, 3600)
     with api.app.state.sessions() as session:
         job = session.get(Job, body["job"]["id"])
         row = session.get(Instance, instance["id"])
         assert job is not None and row is not None
         guest = source.capture_args(job.args["image_id"], 7200)
-        args = dispatch.agent_args(job, row, guest)
+        args = commands.agent_args(job, row, guest)
     image_id = body["image"]["id"]
     token = args["image"].pop("token")
     assert args == {"name": row.domain_name, "image": {

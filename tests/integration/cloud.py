@@ -112,6 +112,15 @@ class Cloud:
     def patch(self, path: str, body: Any) -> Any:
         return self.request("PATCH", path, body)
 
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``cloudland ARGS...`` as its own process, logged in as the admin, stdin not a terminal."""
+        assert self.http is not None
+        env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{self.port}", COLUMNS="200",
+                   CLOUDLAND_TOKEN=self.http.headers["Authorization"].split()[1],
+                   CLOUDLAND_CONFIG=str(self.state_dir / "cli.json"))
+        return subprocess.run([str(Path(sys.executable).parent / "cloudland"), *args], env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
     # -- what tests need again and again ----------------------------------------------------
 
     def bootstrap(self, vcpus: int = 1, memory_mib: int = 64) -> None:

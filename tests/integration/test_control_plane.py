@@ -6,11 +6,7 @@ the API's database says.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -209,12 +205,7 @@ def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
     assert info.value.rcvd.reason == (f"vm.console: VM 'cl-{vm['uuid']}' has no serial console log "
                                       f"(hypervisor {vm['hypervisor_id']})")
     # The CLI says the same in one line and exits 1 (the hypervisor refused).
-    env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{cloud.port}",
-               CLOUDLAND_TOKEN=cloud.http.headers["Authorization"].split()[1],
-               CLOUDLAND_CONFIG=str(cloud.state_dir / "cli.json"))
-    cli = str(Path(sys.executable).parent / "cloudland")
-    done = subprocess.run([cli, "vm", "console", "tty", "--read-only"], env=env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    done = cloud.cli("vm", "console", "tty", "--read-only")
     assert done.returncode == 1, done
     assert done.stderr.strip().splitlines()[-1] == (f"cloudland: vm.console: VM 'cl-{vm['uuid']}' has no serial "
                                                     f"console log (hypervisor {vm['hypervisor_id']})")
@@ -223,8 +214,7 @@ def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
               f"hypervisor {vm['hypervisor_id']} is simulated (libvirt test:///), and its guests have no VNC display")
     reply = cloud.http.get(f"/instances/{vm['id']}/vnc")
     assert (reply.status_code, reply.json()) == (409, {"error": {"code": "conflict", "message": no_vnc}})
-    done = subprocess.run([cli, "vm", "vnc", "tty"], env=env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    done = cloud.cli("vm", "vnc", "tty")
     assert (done.returncode, done.stdout, done.stderr.strip()) == (2, "", f"cloudland: {no_vnc}")
 
 
@@ -237,20 +227,10 @@ def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -
     cloud.wait_hypervisors(2)
     [vm] = cloud.post("/instances", {"name": "src", "flavor": "small", "image": "tiny"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "src running")
-    assert cloud.http is not None
-    env = dict(os.environ, CLOUDLAND_ENDPOINT=f"http://127.0.0.1:{cloud.port}",
-               CLOUDLAND_TOKEN=cloud.http.headers["Authorization"].split()[1],
-               CLOUDLAND_CONFIG=str(cloud.state_dir / "cli.json"))
-    cli = str(Path(sys.executable).parent / "cloudland")
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
-
-    done = run("vm", "capture", "src", "golden")
+    done = cloud.cli("vm", "capture", "src", "golden")
     assert done.returncode == 2 and "is running: cannot capture it; stop it first" in done.stderr, done
-    assert run("vm", "stop", "src", "--force").returncode == 0
-    done = run("vm", "capture", "src", "golden")
+    assert cloud.cli("vm", "stop", "src", "--force").returncode == 0
+    done = cloud.cli("vm", "capture", "src", "golden")
     vm = cloud.get(f"/instances/{vm['id']}")
     reason = (f"hypervisor {vm['hypervisor_id']}: vm.capture: VM 'cl-{vm['uuid']}' has no disk to capture (a "
               f"simulated hypervisor keeps no guest disks) (hypervisor {vm['hypervisor_id']}, job ")
