@@ -25,10 +25,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient
-from cloudland.errors import Conflict, Forbidden, NotFound
+from cloudland.errors import CloudLandError, Conflict, Forbidden, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import Hypervisor, Instance, Organisation, Role
 from cloudland_api.services import Caller
@@ -187,12 +187,30 @@ def remove(session: Session, caller: Caller, hypervisor_id: int) -> Hypervisor:
     return hypervisor
 
 
-def forget_in_tree(client: RootClient | None, hypervisor_id: int) -> None:
-    """Have the tree's root forget a removed hypervisor: route nothing to it, report nothing of it.
+def forget_in_tree(client: RootClient | None, sessions: sessionmaker[Session], hypervisor_id: int) -> None:
+    """Have the tree's root forget the host of a removed hypervisor, once every hypervisor that
+    host carries is removed (a host leaves the tree whole: proto/README.md §10.4).
 
     Runs after the removal has committed (the API's record is the tombstone either way: the
     reconciler ignores reports for a removed id). ``client`` is None without a tree.
     """
-    # issue 10: the root forgets the host once the launcher has a RemoveHost RPC
-    log.info("event=hypervisor_forget_skipped hypervisor=%d tree=%s reason=the root has no RemoveHost RPC yet",
-             hypervisor_id, client.endpoint if client is not None else "none")
+    if client is None:
+        return
+    try:
+        host = next((h for h in client.hosts().hosts if hypervisor_id in h.hypervisors), None)
+        if host is None:
+            log.info("event=hypervisor_forget_skipped hypervisor=%d reason=no host of the tree holds it",
+                     hypervisor_id)
+            return
+        with sessions() as session:
+            removed = set(session.scalars(select(Hypervisor.id).where(
+                Hypervisor.id.in_(list(host.hypervisors)), Hypervisor.state == "removed")))
+        left = sorted(set(host.hypervisors) - removed)
+        if left:
+            log.info("event=hypervisor_forget_deferred hypervisor=%d host=%s until_removed=%s", hypervisor_id,
+                     host.name, left)
+            return
+        client.remove_host(host.name)
+        log.warning("event=host_removed_from_tree host=%s hypervisors=%s", host.name, sorted(host.hypervisors))
+    except CloudLandError as exc:  # the tombstone stands; an operator can `cloudland cluster remove` it
+        log.warning("event=hypervisor_forget_failed hypervisor=%d error=%s", hypervisor_id, exc)

@@ -89,5 +89,6 @@ def remove_hypervisor(hypervisor_id: HypervisorId, request: Request, session: Se
     ``include_removed``. Removing it again answers the same."""
     hypervisor = hypervisors.remove(session, caller, hypervisor_id)
     # After the answer, like an image's eviction: the removal is committed whatever the root says.
-    background.add_task(hypervisors.forget_in_tree, request.app.state.root_client, hypervisor_id)
+    background.add_task(hypervisors.forget_in_tree, request.app.state.root_client, request.app.state.sessions,
+                        hypervisor_id)
     return public(hypervisor)
