@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 HYPERVISORS ?= 100
 PYTEST_ARGS ?=
-# Which benchmarks `make bench` runs, in order: BENCH=api (or tree, image) runs only that one.
-BENCH ?= tree api image
+# Which benchmarks `make bench` runs, in order: BENCH=api (or tree, image, lab) runs only that one.
+# lab (the tree across emulated hosts) needs root.
+BENCH ?= tree lab api image
 # PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
 API_BENCH_ARGS ?= --postgres
 # Worker hosts of `make lab` (h1..hN, beside the controller ctl).
@@ -27,6 +28,9 @@ test: setup
 bench: setup
 ifneq (,$(filter tree,$(BENCH)))
 	$(BIN)/python bench/tree_bench.py
+endif
+ifneq (,$(filter lab,$(BENCH)))
+	$(BIN)/python bench/lab_bench.py
 endif
 ifneq (,$(filter api,$(BENCH)))
 	$(BIN)/python bench/api_bench.py $(API_BENCH_ARGS)

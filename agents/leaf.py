@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cloudland import procinfo
+from cloudland.client import RootClient
 from cloudland.config import TreeSettings
 from cloudland_launcher.harness import start_tree, stop_tree
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -32,6 +34,52 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (its children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def ping_figures(client: RootClient, hypervisors: int, broadcasts: int, unicasts: int) -> dict[str, float]:
+    """Broadcast+gather and unicast round trips of ``ping`` through the root's gRPC service, in ms."""
+    for _ in range(3):  # warm-up: connections, caches
+        client.gather("ping", timeout=30)
+    bcast = []
+    for _ in range(broadcasts):
+        t0 = time.perf_counter()
+        ok, others = client.gather("ping", timeout=30)
+        bcast.append(time.perf_counter() - t0)
+        assert len(ok) == hypervisors and not others, others[:3]
+    rng = random.Random(1)
+    uni = []
+    for _ in range(unicasts):
+        target = rng.randrange(hypervisors)
+        t0 = time.perf_counter()
+        [reply] = client.run("ping", target, timeout=10)
+        uni.append(time.perf_counter() - t0)
+        assert reply.status == pb.OK and reply.hypervisor == target
+    return {
+        "bcast_median_ms": statistics.median(bcast) * 1e3,
+        "bcast_p99_ms": percentile(bcast, 0.99) * 1e3,
+        "unicast_median_ms": statistics.median(uni) * 1e3,
+        "unicast_p99_ms": percentile(uni, 0.99) * 1e3,
+    }
+
+
 def measure(hypervisors: int, fanout: int, broadcasts: int, unicasts: int, workdir: Path) -> dict[str, float]:
     per_leaf = TreeSettings(hypervisors=hypervisors, fanout=32).shape.per_leaf  # same leaves for both
     started = time.monotonic()
@@ -39,26 +87,11 @@ def measure(hypervisors: int, fanout: int, broadcasts: int, unicasts: int, workd
     try:
         ready_wall = time.monotonic() - started
         topo = tree.client.topology()
-        client = tree.client
-        for _ in range(3):  # warm-up: connections, caches
-            client.gather("ping", timeout=30)
-        bcast = []
-        for _ in range(broadcasts):
-            t0 = time.perf_counter()
-            ok, others = client.gather("ping", timeout=30)
-            bcast.append(time.perf_counter() - t0)
-            assert len(ok) == hypervisors and not others, others[:3]
-        rng = random.Random(1)
-        uni = []
-        for _ in range(unicasts):
-            target = rng.randrange(hypervisors)
-            t0 = time.perf_counter()
-            [reply] = client.run("ping", target, timeout=10)
-            uni.append(time.perf_counter() - t0)
-            assert reply.status == pb.OK and reply.hypervisor == target
+        figures = ping_figures(tree.client, hypervisors, broadcasts, unicasts)
         time.sleep(1.5)  # a heartbeat carries every rank's memory figures up
-        peers = client.health().peers
+        peers = tree.client.health().peers
         ranks = [p for p in peers if p.rss_kib] or list(peers)
+        helpers = [pid for pid in descendants(tree.proc.pid) if pid not in {p.pid for p in peers}]
         return {
             "hypervisors": hypervisors,
             "processes": 1 + topo.leaves + topo.relays,
@@ -66,12 +99,12 @@ def measure(hypervisors: int, fanout: int, broadcasts: int, unicasts: int, workd
             "depth": topo.depth,
             "build_s": topo.build_seconds,
             "ready_wall_s": ready_wall,
-            "bcast_median_ms": statistics.median(bcast) * 1e3,
-            "bcast_p99_ms": percentile(bcast, 0.99) * 1e3,
-            "unicast_median_ms": statistics.median(uni) * 1e3,
-            "unicast_p99_ms": percentile(uni, 0.99) * 1e3,
+            **figures,
             "rss_mib_per_rank": statistics.mean(p.rss_kib for p in ranks) / 1024,
             "pss_mib_per_rank": statistics.mean(p.pss_kib for p in ranks) / 1024,
+            # What starts and watches the ranks: MPI's launcher daemons, and host agents.
+            "helpers": len(helpers),
+            "helpers_rss_mib": sum(procinfo.memory_kib(pid)[0] for pid in helpers) / 1024,
         }
     finally:
         stop_tree(tree)
@@ -93,13 +126,14 @@ def main() -> int:
                 row["topology"] = name
                 rows.append(row)
     print("| hypervisors | topology | processes (per leaf) | depth | build s | broadcast+gather median / p99 ms "
-          "| unicast RTT median / p99 ms | RSS / PSS MiB per rank |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| unicast RTT median / p99 ms | RSS / PSS MiB per rank | launcher processes, RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['hypervisors']:,} | {r['topology']} | {r['processes']} ({r['per_leaf']}) | {r['depth']} "
               f"| {r['build_s']:.1f} | {r['bcast_median_ms']:.1f} / {r['bcast_p99_ms']:.1f} "
               f"| {r['unicast_median_ms']:.2f} / {r['unicast_p99_ms']:.2f} "
-              f"| {r['rss_mib_per_rank']:.0f} / {r['pss_mib_per_rank']:.0f} |")
+              f"| {r['rss_mib_per_rank']:.0f} / {r['pss_mib_per_rank']:.0f} "
+              f"| {r['helpers']}, {r['helpers_rss_mib']:.0f} |")
     for size in sorted({r["hypervisors"] for r in rows}):
         tree, flat = (next(r for r in rows if r["hypervisors"] == size and r["topology"] == t) for t in TOPOLOGIES)
         print(f"{size:>6} hypervisors: tree/flat broadcast median {tree['bcast_median_ms'] / flat['bcast_median_ms']:.2f}x, "

@@ -29,7 +29,7 @@ from cloudland import mpienv, procinfo
 from cloudland.errors import WireError
 from cloudland.topology import NodeRange
 from cloudland_launcher import rendezvous
-from cloudland_launcher.subtree import node_id, node_range
+from cloudland_launcher.subtree import node_range
 from cloudland_proto.v1 import link_pb2 as lpb
 
 log = logging.getLogger(__name__)
