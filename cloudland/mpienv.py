@@ -18,6 +18,9 @@ MPI_ENV = {
     # dead peer instead of freezing the process (tcp froze, UCX crashed).
     "MPIR_CVAR_CH4_NETMOD": "ofi",
     "FI_PROVIDER": "sockets",
+    # Its progress thread spins 10 ms after every wake-up before it sleeps in epoll again: with
+    # ~100 ranks sharing 2 cores, every heartbeat cost a core 1 s in each second. 0: sleep at once.
+    "FI_SOCKETS_PE_WAITTIME": "0",
 }
 
 
