@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -55,11 +56,11 @@ MS_BIND, MS_PRIVATE = 0x1000, 0x40000
 LAB_SSH = Path(__file__).with_name("lab-ssh")
 HOST_PRIVATE = ("/tmp", "/dev/shm", "/run")  # each host has its own (the boot script mounts them)
 
-# Runs inside the new host's namespaces as `sh -c BOOT sh HOST ADDRESS/LEN LAB_DIR STAGE LAB_IN_RUN`.
+# Runs inside the new host's namespaces as `sh -c BOOT sh HOST ADDRESS/LEN LAB_DIR STAGE LAB_IN_RUN KEEP`.
 # mount -n: util-linux would otherwise update /run/mount/utab, which is in the /run being replaced.
 BOOT = r"""
 set -eu
-host=$1 address=$2 lab=$3 stage=$4 lab_in_run=$5
+host=$1 address=$2 lab=$3 stage=$4 lab_in_run=$5 keep=$6
 hostname "$host"
 # The copy of the root mount namespace includes other namespaces' bind mounts (/run/netns/*,
 # other hosts' UTS files, other labs'): drop them, or they live as long as this host. One may
@@ -69,7 +70,14 @@ while read -r point; do umount -n -l "$point" 2>/dev/null || true; done
 if grep -q ' - nsfs ' /proc/self/mountinfo; then
     echo "namespace bind mounts left in $host:" >&2; grep ' - nsfs ' /proc/self/mountinfo >&2; exit 1
 fi
-mount -n -t tmpfs -o mode=1777,nosuid,nodev lab-tmp /tmp
+# A fresh /tmp, built aside first: the installation, if it lives under the machine's /tmp
+# (KEEP, ':'-separated), is bound into it at the same path, as it would be installed on a host.
+mount -n -t tmpfs -o mode=1777,nosuid,nodev lab-tmp "$stage"
+for path in $(echo "$keep" | tr ':' ' '); do
+    mkdir -p "$stage/${path#/tmp/}"
+    mount -n --bind "$path" "$stage/${path#/tmp/}"
+done
+mount -n --move "$stage" /tmp
 mount -n -t tmpfs -o mode=1777,nosuid,nodev lab-shm /dev/shm
 # A fresh /run, built aside first: the lab directory (under the real /run) is bound into it
 # at the same path before the real /run disappears from view, so lab-ssh finds the lab.
@@ -102,6 +110,16 @@ def validate_host(prefix: str, name: str) -> None:
     if len(netns_name(prefix, name)) > IFNAMSIZ:
         raise LabError(f"host name {name!r} too long for lab {prefix!r}: port {netns_name(prefix, name)!r} "
                        f"exceeds {IFNAMSIZ} characters")
+
+
+def installation_in_tmp() -> list[Path]:
+    """This checkout and its interpreter's prefix, where they lie under the machine's /tmp (a CI
+    clone may): every host must see them, as every real host has the installation at one path."""
+    found: list[Path] = []
+    for path in sorted({Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()}, key=lambda p: len(p.parts)):
+        if path.is_relative_to("/tmp") and path != Path("/tmp") and not any(path.is_relative_to(f) for f in found):
+            found.append(path)
+    return found
 
 
 class Lab:
@@ -221,7 +239,8 @@ class Lab:
         in_run = self.lab_dir.relative_to("/run") if self.lab_dir.is_relative_to("/run") else ""
         return ["nsenter", f"--net={NETNS_DIR / host['netns']}", "unshare", f"--uts={files['uts']}",
                 f"--mount={files['mnt']}", "--propagation", "private", "sh", "-c", BOOT, "sh",
-                name, f"{address}/{self.subnet.prefixlen}", str(self.lab_dir), str(self.lab_dir / "stage"), str(in_run)]
+                name, f"{address}/{self.subnet.prefixlen}", str(self.lab_dir), str(self.lab_dir / "stage"), str(in_run),
+                ":".join(str(p) for p in installation_in_tmp())]
 
     def attach_machine(self) -> str:
         """Cable this machine itself (its root network namespace) to the switch at the subnet's
