@@ -10,6 +10,7 @@ holder of slot 0, [2:4) on the holder of slot 2; the other two hosts carry only 
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -32,9 +33,8 @@ def cluster(session_lab_factory):
         yield cloud
     finally:
         cloud.stop()
-        leftover = [pid for host in lab.hosts for pid in processes(lab, host, "cloudland")]
         lab.down()
-        assert not leftover or True  # lab.down() killed them; the last test checks a clean stop
+        shutil.rmtree(cloud.state_dir, ignore_errors=True)
 
 
 def reply_times(cloud: LabCloud, timeout: float = 8) -> dict[int, tuple[int, float]]:
