@@ -358,11 +358,14 @@ class Lab:
     def command(self, name: str, argv: Sequence[str] | str, cwd: str | os.PathLike[str] | None = None) -> list[str]:
         """The argv that runs ``argv`` inside the host (a string runs under ``sh -c``), in the
         host's directory ``cwd``. Default: the caller's directory, so relative paths mean the
-        same, unless it is in a directory each host has its own of (/tmp, ...): then /."""
+        same, unless it is in a directory each host has its own of (/tmp, ...) and not in the
+        installation bound into every host from there: then /."""
         self._host(name)
         words = ["sh", "-c", argv] if isinstance(argv, str) else list(argv)
         here = os.getcwd()
-        default = "/" if any(here == d or here.startswith(d + "/") for d in HOST_PRIVATE) else here
+        private = any(here == d or here.startswith(d + "/") for d in HOST_PRIVATE)
+        visible = any(Path(here).is_relative_to(path) for path in installation_in_tmp())  # bound into each host
+        default = "/" if private and not visible else here
         return nsenter_argv(self._up_state(), name, wd=os.fspath(cwd or default)) + words
 
     def run(self, name: str, argv: Sequence[str] | str, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
