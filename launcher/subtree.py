@@ -161,7 +161,7 @@ class Subtree:
         started = time.monotonic()
         try:
             # Blocks this rank until the child accepts, which it does as soon as it reads
-            # our answer; a child that dies in between makes MPICH abort us (§10.3).
+            # our answer; a child that dies in between blocks us until MPICH gives up (§10.3).
             comm = self.mpi.COMM_SELF.Connect(request.port_name)
         except self.mpi.Exception as exc:
             log.warning("event=link_failed peer=%s error=%s", node, exc)
