@@ -30,7 +30,7 @@ from cloudland.errors import (
 from cloudland_api import catalog
 from cloudland_api.commands import GuestSource
 from cloudland_api.db import make_engine, session_factory
-from cloudland_api.dispatch import Dispatcher
+from cloudland_api.jobs import Engine, Settings as JobSettings
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
 from cloudland_api.settings import ApiSettings
@@ -111,7 +111,7 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """With a tree configured: the reconciler and the dispatcher run as long as the app serves."""
+    """With a tree configured: the reconciler and the job engine run as long as the app serves."""
     settings: ApiSettings = app.state.settings
     if not settings.root_endpoint:
         app.state.root_client = None
@@ -119,22 +119,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         return
     reconciler = Reconciler(app.state.write_sessions, settings.root_endpoint, interval_s=settings.sync_interval_s,
                             cpu_ratio=settings.cpu_ratio, memory_ratio=settings.memory_ratio)
-    dispatcher = Dispatcher(app.state.write_sessions, settings.root_endpoint, weigher=settings.scheduler_weigher,
-                            workers=settings.dispatch_workers, job_timeout_s=settings.job_timeout_s,
-                            capture_timeout_s=settings.capture_timeout_s,
-                            ready=reconciler.ready,
-                            guest_source=GuestSource(settings.image_url_base, app.state.signing_key,
-                                                     settings.image_token_lifetime_s))
+    job_settings = JobSettings(weigher=settings.scheduler_weigher, job_timeout_s=settings.job_timeout_s,
+                               capture_timeout_s=settings.capture_timeout_s,
+                               guest_source=GuestSource(settings.image_url_base, app.state.signing_key,
+                                                        settings.image_token_lifetime_s))
+    engine = Engine(app.state.write_sessions, RootClient(settings.root_endpoint), job_settings,
+                    workers=settings.dispatch_workers, ready=reconciler.ready)
     reconciler.start()
-    dispatcher.start()  # re-sends every job that was not terminal: nothing is lost on a restart
-    app.state.reconciler, app.state.dispatcher = reconciler, dispatcher
+    engine.start()  # plans again every job that was not terminal: nothing is lost on a restart
+    app.state.reconciler, app.state.jobs = reconciler, engine
     app.state.root_client = RootClient(settings.root_endpoint)  # consoles (routes/console.py)
     try:
         yield
     finally:
         app.state.root_client.close()
-        app.state.dispatcher = None
-        dispatcher.stop()
+        app.state.jobs = None
+        engine.stop()
         reconciler.stop()
 
 

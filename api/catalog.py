@@ -27,8 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from cloudland_api.models import Image, Instance, Role, SshKey
+from cloudland_api.models import IMAGE, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.openssh import parse_public_key
 from cloudland_api.schemas import ImageCreate, SshKeyCreate
 from cloudland_api.services import Caller
@@ -118,10 +119,10 @@ def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     return image
 
 
-def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> str | None:
-    """Delete an image and its file (admin or member). Returns the name hypervisors cache its
-    bytes under (``<sha256>.<format>``) when no other image has the same bytes, else None:
-    what they may now evict (commands.evict_everywhere)."""
+def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Path) -> Job | None:
+    """Delete an image and its file (admin or member). When no other image has the same bytes,
+    also a job that evicts the hypervisors' cached copies (api/jobs/image.py), committed with
+    the delete and returned for the engine; else None."""
     image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
     caller.require(Role.admin, Role.member)
     # Live instances boot from (and, on real hypervisors, have overlays on) this image.
@@ -136,19 +137,24 @@ def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Pat
         raise Conflict(f"image {image_id} ({image.name}) is used by {count} instance(s) ({shown}); "
                        "delete them first")
     path = image_path(state_dir, image)
-    sha256, disk_format = image.sha256, image.disk_format
+    evict = None
+    # Caches are shared by every tenant and named by content: another image with the same
+    # bytes (any organisation's) still needs the base.
+    if image.sha256 is not None and session.scalar(
+            select(Image.id).where(Image.sha256 == image.sha256, Image.disk_format == image.disk_format,
+                                   Image.id != image_id).limit(1)) is None:
+        # Committed with the delete: the hypervisors' copies go even if the API stops now.
+        evict = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=new_job_id(),
+                    kind="image", action="evict", subject_type=IMAGE, subject_id=image_id,
+                    args={"sha256": image.sha256}, state=JobState.pending, attempts=0)
+        session.add(evict)
     session.delete(image)
     session.commit()
     # After the commit: a failed commit must not lose the bytes of a row that still exists.
     # A concurrent upload cannot rename a file in afterwards; its UPDATE finds no row.
     path.unlink(missing_ok=True)
     log.info("event=image_deleted org_id=%d image_id=%d user_id=%d", caller.org_id, image_id, caller.user_id)
-    if sha256 is None:
-        return None  # never uploaded: no hypervisor has it
-    # Caches are shared by every tenant and named by content: another image with the same
-    # bytes (any organisation's) still needs the base.
-    shared = session.scalar(select(Image.id).where(Image.sha256 == sha256, Image.disk_format == disk_format).limit(1))
-    return None if shared is not None else sha256
+    return evict
 
 
 def image_file(session: Session, caller: Caller, image_id: int, state_dir: Path) -> tuple[Image, Path]:

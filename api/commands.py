@@ -1,8 +1,7 @@
-"""What the control plane asks of the hypervisors' agents: the arguments of each job's operation
-(``agent_args``, with the guest's image source and an upload target from ``GuestSource``), and
-the broadcast that drops a deleted image's cached copies (``evict_everywhere``).
+"""What the control plane asks of the hypervisors' agents: the arguments of each VM job's
+operation (``agent_args``, with the guest's image source and an upload target from ``GuestSource``).
 
-The dispatcher (dispatch.py) sends the jobs; this module only says what they carry.
+The job engine (api/jobs/) sends the jobs; this module only says what they carry.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class GuestSource:
 def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The agent operation's arguments for ``job``, built from the instance as it is now."""
     name = {"name": instance.domain_name}
-    if job.action == "create":
+    if job.action in ("create", "recover"):  # recover: the same domain again, on its own disk
         return vm_spec(instance) | (guest or {})
     if job.action == "rebuild":
         spec = vm_spec(instance)
@@ -90,34 +89,3 @@ def agent_args(job: Job, instance: Instance, guest: dict[str, Any] | None = None
         return name | {"image": (guest or {}) | {"image_id": job.args["image_id"],
                                                  "disk_format": job.args["disk_format"]}}
     return name
-
-
-EVICT_TIMEOUT_S = 60.0
-
-
-def evict_everywhere(client: RootClient, sha256: str, image_id: int) -> dict[str, int]:
-    """Ask every hypervisor to drop its cached base of a deleted image (``image.evict``).
-
-    Best effort, after the delete has committed: a hypervisor whose guests still have overlays
-    on the base keeps it (``in_use``), one that does not answer keeps it until a later delete of
-    the same bytes. Returns how many evicted (or had nothing), kept it, or failed; logs them.
-    """
-    counts = {"evicted": 0, "in_use": 0, "failed": 0}
-    try:
-        evicted, replies = client.gather("image.evict", args={"sha256": sha256}, timeout=EVICT_TIMEOUT_S)
-    except CloudLandError as exc:
-        log.warning("event=image_evict_failed image_id=%d sha256=%s reason=%s", image_id, sha256, exc)
-        return counts
-    counts["evicted"] = len(evicted)
-    for reply in replies:
-        if reply.status != pb.OK:
-            counts["failed"] += 1
-            log.warning("event=image_evict_failed image_id=%d hypervisor=%d reason=%s", image_id, reply.hypervisor,
-                        reply.error or pb.Status.Name(reply.status))
-        elif struct_to_dict(reply.payload).get("in_use"):
-            counts["in_use"] += 1
-        else:
-            counts["evicted"] += 1
-    log.info("event=image_evicted image_id=%d sha256=%s evicted=%d in_use=%d failed=%d", image_id, sha256,
-             counts["evicted"], counts["in_use"], counts["failed"])
-    return counts

@@ -6,7 +6,7 @@ Forbidden, and readers only read.
 
 Every change to an instance writes its desired state and a ``pending`` job in one
 transaction (ARCHITECTURE.md "Lifecycle of a job"); the caller hands the committed job
-ids to the dispatcher. One job acts on an instance at a time: an action on an instance
+ids to the job engine (api/jobs/). One job acts on an instance at a time: an action on an instance
 whose job has not ended is a Conflict, which serialises a VM's commands at the API.
 
 A VM on a gone or removed hypervisor cannot be reached: its delete ends here, in the same
@@ -28,9 +28,11 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
-from cloudland_api import catalog, dispatch, hypervisors, scheduler
+from cloudland_api import catalog, hypervisors, scheduler
+from cloudland_api.jobs import Outcome
+from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.db import for_change
-from cloudland_api.models import Flavor, Image, Instance, Job, JobState, Role, SshKey
+from cloudland_api.models import INSTANCE, Flavor, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import Caller
 
@@ -59,12 +61,12 @@ class Accepted:
 
     @property
     def job_ids(self) -> list[str]:
-        """The jobs for the dispatcher: those not already ended here (deletes on lost hosts)."""
+        """The jobs for the engine: those not already ended here (deletes on lost hosts)."""
         return to_send(self.jobs)
 
 
 def to_send(jobs: Sequence[Job]) -> list[str]:
-    """The ids of ``jobs`` that the dispatcher has to send (still ``pending``)."""
+    """The ids of ``jobs`` that the engine has to send (still ``pending``)."""
     return [job.id for job in jobs if job.state == JobState.pending]
 
 
@@ -112,9 +114,10 @@ def instance_names(name: str, count: int) -> list[str]:
 
 
 def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: dict[str, Any]) -> Job:
-    job = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=batch, action=action,
-              instance=instance, hypervisor_id=instance.hypervisor_id, args=args, state=JobState.pending,
-              attempts=0)
+    """A VM job on ``instance`` (which must have its id: flushed)."""
+    job = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=batch, kind="vm", action=action,
+              subject_type=INSTANCE, subject_id=instance.id, hypervisor_id=instance.hypervisor_id, args=args,
+              state=JobState.pending, attempts=0)
     return job
 
 
@@ -133,20 +136,18 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
         raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
-    instances, jobs = [], []
-    for name in names:
-        instance = Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
-                            image_id=image.id, ssh_key_id=key.id if key else None, user_data=spec.user_data,
-                            vcpus=flavor.vcpus,
-                            memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib, arch=image.arch,
-                            status="building")
-        job = _new_job(caller, batch, "create", instance, {})
-        instance.job_id = job.id
-        instances.append(instance)
-        jobs.append(job)
+    instances = [Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
+                          image_id=image.id, ssh_key_id=key.id if key else None, user_data=spec.user_data,
+                          vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib,
+                          arch=image.arch, status="building")
+                 for name in names]
     session.add_all(instances)
-    session.add_all(jobs)
     try:
+        session.flush()  # the instances' ids, for their jobs' subject; one INSERT for all
+        jobs = [_new_job(caller, batch, "create", instance, {}) for instance in instances]
+        for instance, job in zip(instances, jobs):
+            instance.job_id = job.id
+        session.add_all(jobs)
         session.commit()
     except IntegrityError as exc:
         # Two creates raced past the check above; the partial unique index decided.
@@ -238,10 +239,13 @@ def _start_job(session: Session, instance: Instance, job: Job, lost: str | None 
         instance.status = "deleting"
         if lost is not None:
             # No agent can be reached there, and no domain of it can be left to clean: the record
-            # ends now, as the dispatcher's writer would end it, and the job keeps the history.
+            # ends now, as the engine's writer would end it, and the job keeps the history.
             assert instance.hypervisor_id is not None
             note = hypervisors.nothing_to_clean(instance.hypervisor_id, lost)
-            dispatch.settle(session, job, instance, dispatch.Outcome(job.id, "ok", note), releases)
+            own = releases or scheduler.Releases()
+            vm_jobs.settle_now(job, instance, Outcome(job.id, "ok", note), own)
+            if releases is None:
+                own.apply(session)
 
 
 def act(session: Session, caller: Caller, instance_id: int, action: str, args: dict[str, Any]) -> Job:
@@ -265,7 +269,7 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         # An ``error`` instance whose create found no room: there is no host to claim the new size on
-        # (the dispatcher's resize claim needs one), and nothing to resize.
+        # (the engine's resize claim needs one), and nothing to resize.
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: "
                        "delete it and create it again")
     return act(session, caller, instance.id, "resize",
@@ -342,7 +346,7 @@ def _job_scope(caller: Caller, batch: str | None, state: str | None, instance: i
     if state:
         query = query.where(Job.state == JobState(state))
     if instance is not None:
-        query = query.where(Job.instance_id == instance)
+        query = query.where(Job.subject_type == INSTANCE, Job.subject_id == instance)
     return query
 
 

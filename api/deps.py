@@ -90,11 +90,11 @@ Submit = Callable[[Iterable[str]], None]
 
 
 def get_submit(request: Request) -> Submit:
-    """Hands committed job ids to the dispatcher; without a tree they stay pending."""
-    dispatcher = getattr(request.app.state, "dispatcher", None)
-    if dispatcher is None:
+    """Hands committed job ids to the job engine; without a tree they stay pending."""
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
         return lambda _ids: None
-    submit: Submit = dispatcher.submit
+    submit: Submit = engine.submit
     return submit
 
 

@@ -7,7 +7,7 @@ typo in a field name is an error rather than a silently ignored value.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -263,15 +263,19 @@ class InstanceList(Page):
 
 
 class JobPublic(BaseModel):
-    """A job: one action on one instance, on one hypervisor once placed."""
+    """A job: one action on one resource (its subject), sent to one, some or all hypervisors."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: str
     batch: str
+    kind: str
     action: str
-    instance_id: int
-    hypervisor_id: int | None
+    subject_type: str
+    subject_id: int
+    instance_id: int | None  # the subject, when it is an instance
+    hypervisor_id: int | None  # the one target of a unicast job, once placed
+    targets: dict[str, Any] | None
     state: JobStateName
     reason: str | None
     attempts: int

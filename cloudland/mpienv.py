@@ -7,9 +7,15 @@ CloudLand rides MPICH (the PyPI wheel), each rank a job of its own under a host-
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import os
+import socket
+import struct
 import sys
 from pathlib import Path
+
+SIOCGIFADDR = 0x8915  # linux/sockios.h: an interface's IPv4 address
 
 MPI_ENV = {
     # The wheel carries two network modules and picks UCX first, which takes emulated hosts
@@ -50,9 +56,64 @@ def rank_argv(argv: list[str]) -> list[str]:
     return [str(bindir() / "mpiexec"), "-n", "1", *argv]
 
 
-def import_mpi():  # type: ignore[no-untyped-def]
-    """Apply the environment, then import and initialise MPI (funneled: one MPI thread)."""
+def interface_of(address: str) -> str | None:
+    """The name of the network interface that holds ``address`` (an IP or a host name), or None.
+
+    libfabric's sockets provider offers MPI every address of every interface that is up, and
+    MPICH takes one as its NIC: on a hypervisor host that can be a VM's tap (``vnet*``), which
+    fails MPI_Init ("ep_enable failed (default nic=vnet100: Cannot assign requested address)",
+    seen here while a QEMU guest's tap came and went). A rank pins the interface its peers reach
+    it on (``FI_SOCKETS_IFACE``).
+    """
+    try:
+        ip = ipaddress.ip_address(socket.gethostbyname(address) if not _is_ip(address) else address)
+    except (OSError, ValueError):
+        return None
+    if ip.is_unspecified:
+        return None
+    if ip.version == 6:
+        wanted = ip.packed.hex()
+        try:
+            for line in Path("/proc/net/if_inet6").read_text().splitlines():
+                fields = line.split()
+                if fields and fields[0] == wanted:
+                    return fields[-1]
+        except OSError:
+            return None
+        return None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)
+            except OSError:
+                continue  # no IPv4 address on it
+            if socket.inet_ntoa(answer[20:24]) == str(ip):
+                return name
+    finally:
+        probe.close()
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def import_mpi(address: str | None = None):  # type: ignore[no-untyped-def]
+    """Apply the environment, then import and initialise MPI (funneled: one MPI thread).
+
+    ``address``: where this rank's peers reach it; MPI is kept to that address's interface
+    (``interface_of``), unless the operator set ``FI_SOCKETS_IFACE`` already.
+    """
     apply()
+    iface = interface_of(address) if address else None
+    if iface is not None and os.environ.get("FI_PROVIDER", "sockets") == "sockets":
+        os.environ.setdefault("FI_SOCKETS_IFACE", iface)
     import mpi4py
 
     mpi4py.rc.thread_level = "funneled"

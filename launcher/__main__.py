@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     cl_log.setup("root", log_file=cl_log.rank_log_file(settings.state_dir, "root"))
-    mpi = mpienv.import_mpi()
+    # MPI on the interface the ranks reach the rendezvous on (mpienv.interface_of).
+    mpi = mpienv.import_mpi(settings.listen.rpartition(":")[0].strip("[]") if settings.listen else None)
     from cloudland_launcher.root import Root
     from cloudland_launcher.service import serve
 

@@ -205,7 +205,8 @@ class ChildRank:
             # MPI is initialised only once the parent is reachable: MPI_Init with the network
             # down publishes a loopback port that no other host can reach (§10.3).
             if self.mpi is None:
-                self.mpi = mpienv.import_mpi()
+                # On the interface that reaches the parent: not a VM's tap (mpienv.interface_of).
+                self.mpi = mpienv.import_mpi(sock.getsockname()[0])
             port = self.mpi.Open_port()
             try:
                 rendezvous.send(sock, link=lpb.LinkRequest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -13,8 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api import catalog
-from cloudland_api.commands import evict_everywhere
-from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
+from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
 from cloudland_api.services import Caller
@@ -71,13 +70,13 @@ def get_image(image_id: ImageId, session: SessionDep, caller: CurrentUser) -> Im
 
 
 @router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
-def delete_image(image_id: ImageId, request: Request, session: SessionDep, caller: CurrentUser,
-                 settings: SettingsDep, background: BackgroundTasks) -> None:
-    """Delete an image and its file (admin or member); hypervisors then drop their cached copy."""
-    evictable = catalog.delete_image(session, caller, image_id, settings.state_dir)
-    client = request.app.state.root_client
-    if evictable is not None and client is not None:
-        background.add_task(evict_everywhere, client, evictable, image_id)  # after the 204 is sent
+def delete_image(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep,
+                 submit: SubmitDep) -> None:
+    """Delete an image and its file (admin or member); hypervisors then drop their cached copy
+    (an ``evict`` job, committed with the delete)."""
+    evict = catalog.delete_image(session, caller, image_id, settings.state_dir)
+    if evict is not None:
+        submit([evict.id])
 
 
 async def _body(request: Request, image_id: int) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +11,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland_api import dispatch
+from cloudland_api import jobs
 from cloudland_api.app import create_app
+from cloudland_api.db import make_engine, session_factory
 from cloudland_api.models import Hypervisor, Instance, Job, Membership, Organisation, Role, User
 from cloudland_api.security import AdminCredentials, bootstrap_admin, hash_password
 from cloudland_api.settings import ApiSettings
@@ -128,13 +131,11 @@ def launch(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker, ma
 
 
 def settle(api: Api, job_id: str, kind: str = "ok", reason: str | None = None) -> None:
-    """End a job as the dispatcher's writer would (there is no tree in these tests)."""
+    """End a job as the job engine's writer would (there is no tree in these tests)."""
     with api.app.state.write_sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        instance = session.get(Instance, job.instance_id)
-        assert instance is not None
-        dispatch.settle(session, job, instance, dispatch.Outcome(job_id, kind, reason))
+        jobs.finish(session, [(job, jobs.Outcome(job_id, kind, reason))])
         session.commit()
 
 
@@ -157,3 +158,21 @@ def running(api: Api, launch: Launcher, name: str = "con", hypervisor: int = 7) 
         session.commit()
     settle(api, job["id"])
     return instance
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Write sessions on a migrated database, without an app (tests of one layer below the routes)."""
+    engine = make_engine(database_url)
+    yield session_factory(engine, write=True)
+    engine.dispose()
+
+
+@pytest.fixture
+def org(sessions: sessionmaker[Session]) -> int:
+    """A fresh organisation's id."""
+    with sessions() as session:
+        row = Organisation(name=f"org-{uuid.uuid4().hex[:8]}")
+        session.add(row)
+        session.commit()
+        return row.id

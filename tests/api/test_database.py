@@ -94,3 +94,39 @@ def test_concurrent_duplicate_flavor_is_refused_by_the_unique_constraint(databas
             assert session.query(Flavor).filter_by(org_id=org_id, name="small").count() == 1
     finally:
         engine.dispose()
+
+
+def test_jobs_become_generic_and_back_with_their_instance(empty_database_url: str) -> None:
+    """0004 turns each VM job's ``instance_id`` into its subject, and its downgrade turns it back."""
+    from alembic import command
+    from alembic.config import Config
+
+    from cloudland_api.db import MIGRATIONS
+
+    upgrade(empty_database_url, "0003")
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO organisations (id, name, operator, created_at) "
+                                    "VALUES (1, 'acme', false, CURRENT_TIMESTAMP)"))
+            connection.execute(text(
+                "INSERT INTO instances (id, org_id, name, uuid, vcpus, memory_mib, disk_gib, arch, status, "
+                "created_at, updated_at) VALUES (7, 1, 'vm', 'u-7', 1, 64, 1, 'x86_64', 'running', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            connection.execute(text(
+                "INSERT INTO jobs (id, org_id, batch, action, instance_id, args, state, attempts, created_at, "
+                "updated_at) VALUES ('j1', 1, 'b1', 'start', 7, '{}', 'succeeded', 1, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"))
+        upgrade(empty_database_url)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT kind, action, subject_type, subject_id, targets FROM jobs")).one()
+        assert tuple(row) == ("vm", "start", "instance", 7, None)
+        assert "instance_id" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", empty_database_url.replace("%", "%%"))
+        command.downgrade(config, "0003")
+        with engine.connect() as connection:
+            assert tuple(connection.execute(text("SELECT id, instance_id FROM jobs")).one()) == ("j1", 7)
+    finally:
+        engine.dispose()

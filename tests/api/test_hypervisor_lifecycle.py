@@ -2,8 +2,8 @@
 no longer has (``gone``) or the operator removed.
 
 There is no tree here, which makes "nothing is sent" visible: a delete on a lost host ends
-without a dispatcher; the console routes refuse with 409 where asking a missing tree would be
-503; and a real dispatcher pointed at a root that is not there still ends a lost host's jobs.
+without a job engine; the console routes refuse with 409 where asking a missing tree would be
+503; and a real job engine pointed at a root that is not there still ends a lost host's jobs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import update
 
 from cloudland_api import scheduler
-from cloudland_api.dispatch import Dispatcher
+from cloudland.client import RootClient
+from cloudland_api.jobs import Engine
 from cloudland_api.models import TERMINAL, Hypervisor, Instance, Job, Role
 from cloudland_launcher.harness import free_port, wait_for
 from tests.api.conftest import Api, Launcher, add_hypervisor, settle
@@ -272,7 +273,7 @@ def test_batch_actions_on_live_and_gone_vms(api: Api, admin_headers: dict[str, s
 
 def test_jobs_waiting_for_a_host_that_went_gone_end_without_the_tree(api: Api, admin_headers: dict[str, str],
                                                                      launch: Launcher) -> None:
-    """A real dispatcher, with nothing listening at its root: a job sent would only be retried,
+    """A real job engine, with nothing listening at its root: a job sent would only be retried,
     never end. The jobs of a host gone while they waited end at once, saying why."""
     add_hypervisor(api, 7)
     stopping, deleting = place(api, launch, "web-1", 7), place(api, launch, "web-2", 7)
@@ -280,8 +281,8 @@ def test_jobs_waiting_for_a_host_that_went_gone_end_without_the_tree(api: Api, a
     delete = delete_vm(api, admin_headers, deleting)
     assert (stop["state"], delete["state"]) == ("pending", "pending")
     set_state(api, 7, "gone")
-    dispatcher = Dispatcher(api.app.state.write_sessions, f"127.0.0.1:{free_port()}")
-    dispatcher.start()  # takes every unfinished job, as after a restart
+    engine = Engine(api.app.state.write_sessions, RootClient(f"127.0.0.1:{free_port()}"))
+    engine.start()  # takes every unfinished job, as after a restart
     try:
         def ended() -> dict[str, Job] | None:
             with api.app.state.sessions() as session:
@@ -290,7 +291,7 @@ def test_jobs_waiting_for_a_host_that_went_gone_end_without_the_tree(api: Api, a
 
         jobs = wait_for(ended, 10, "both jobs to end")
     finally:
-        dispatcher.stop()
+        engine.stop()
     assert isinstance(jobs, dict)
     assert (jobs[stop["id"]].state.value, jobs[stop["id"]].reason, jobs[stop["id"]].attempts) == (
         "failed", f"{GONE_7}: nothing was sent", 0)

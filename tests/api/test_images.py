@@ -286,7 +286,8 @@ def test_agents_download_with_a_token_for_that_image_only(api: Api, admin_header
 
 def test_delete_says_what_hypervisors_may_evict(api: Api, admin_headers: dict[str, str]) -> None:
     """The cached base is named by content and shared by every tenant: evictable only once no
-    image of any organisation has those bytes any more."""
+    image of any organisation has those bytes any more. Then the delete commits an ``evict`` job
+    for them with it (api/jobs/image.py)."""
     body = b"\x07" * 4096
     other = api.add_user("olga", "other-org", Role.admin)
     ids = []
@@ -300,8 +301,13 @@ def test_delete_says_what_hypervisors_may_evict(api: Api, admin_headers: dict[st
     with api.app.state.write_sessions() as session:
         def delete(image_id: int, user: str, org: str) -> str | None:
             user_id, org_id = _ids(session, user, org)
-            return catalog.delete_image(session, caller_for(session, user_id, org_id), image_id,
-                                        api.settings.state_dir)
+            job = catalog.delete_image(session, caller_for(session, user_id, org_id), image_id,
+                                       api.settings.state_dir)
+            if job is None:
+                return None
+            assert (job.kind, job.action, job.subject, job.org_id, job.state.value) == (
+                "image", "evict", ("image", image_id), org_id, "pending")
+            return str(job.args["sha256"])
 
         assert delete(ids[2][0], "admin", "admin") is None  # never uploaded: nobody cached it
         assert delete(ids[0][0], "admin", "admin") is None  # org "other-org" has the same bytes

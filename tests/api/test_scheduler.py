@@ -1,4 +1,4 @@
-"""The scheduler's claims and weighers, and the dispatcher's claim bookkeeping, on a real database.
+"""The scheduler's claims and weighers, and the VM jobs' claim bookkeeping, on a real database.
 
 Claims are the one thing that must hold under concurrency: many threads (as many API
 workers or dispatchers would) claim the same host at once and the host is never overbooked.
@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland_api import dispatch, scheduler
-from cloudland_api.db import make_engine, session_factory
+from cloudland_api import jobs, scheduler
 from cloudland_api.models import Hypervisor, Instance, Job, JobState, Organisation
 
 Sessions = sessionmaker[Session]
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[Sessions]:
-    engine = make_engine(database_url)
-    yield session_factory(engine, write=True)
-    engine.dispose()
 
 
 def add_host(sessions: Sessions, host_id: int, **fields: Any) -> None:
@@ -186,7 +178,7 @@ def test_release_never_goes_below_zero(sessions: Sessions) -> None:
     assert claimed(sessions, 1) == (0, 0)
 
 
-# -- the dispatcher's bookkeeping -----------------------------------------------------------
+# -- the VM jobs' bookkeeping -----------------------------------------------------------
 
 
 def placed_instance(sessions: Sessions, action: str, status: str, **args: int) -> str:
@@ -197,10 +189,13 @@ def placed_instance(sessions: Sessions, action: str, status: str, **args: int) -
         session.flush()
         instance = Instance(org_id=org.id, name="vm", uuid=str(uuid.uuid4()), vcpus=2, memory_mib=1024, disk_gib=10,
                             hypervisor_id=1, status=status)
-        job = Job(id=uuid.uuid4().hex, org_id=org.id, batch=uuid.uuid4().hex, action=action, instance=instance,
-                  hypervisor_id=1, args=dict(args), state=JobState.dispatched)
+        session.add(instance)
+        session.flush()
+        job = Job(id=uuid.uuid4().hex, org_id=org.id, batch=uuid.uuid4().hex, kind="vm", action=action,
+                  subject_type="instance", subject_id=instance.id, hypervisor_id=1, args=dict(args),
+                  state=JobState.dispatched)
         instance.job_id = job.id
-        session.add_all([instance, job])
+        session.add(job)
         assert scheduler.claim(session, 1, 2, 1024)
         session.commit()
         return job.id
@@ -210,10 +205,10 @@ def settle(sessions: Sessions, job_id: str, kind: str) -> Instance:
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        instance = session.get(Instance, job.instance_id)
-        assert instance is not None
-        dispatch.settle(session, job, instance, dispatch.Outcome(job_id, kind, None if kind == "ok" else "boom"))
+        jobs.finish(session, [(job, jobs.Outcome(job_id, kind, None if kind == "ok" else "boom"))])
         session.commit()
+        instance = session.get(Instance, job.subject_id)
+        assert instance is not None
         assert (job.state, instance.job_id) == (JobState.succeeded if kind == "ok" else JobState.failed, None)
         return instance
 
@@ -235,7 +230,7 @@ def test_resize_claims(sessions: Sessions) -> None:
 
     def resize(**args: int) -> str:
         job_id = placed_instance(sessions, "resize", "stopped", **args)
-        # The growth is claimed at dispatch (Dispatcher._claim_resize), on top of the instance's own room.
+        # The growth is claimed at dispatch (the VM kind's _claim_resize, api/jobs/vm.py), on top of the instance's own room.
         assert claim(sessions, 1, args["claimed_vcpus"], args["claimed_memory_mib"])
         return job_id
 

@@ -1,0 +1,174 @@
+"""VM jobs: create, start, stop, reboot, resize, rebuild, capture, delete on one instance, on its
+one hypervisor; and, made by the reconciler (api/reconcile/vm.py), ``recover`` (its domain again,
+on its own disk) and ``purge`` (a leftover domain of it on another hypervisor).
+
+Planning places new instances (the scheduler's claims, all of a batch at once), claims a
+resize's growth, ends jobs for hosts the tree no longer has, and builds each operation's
+arguments (commands.py). Settling moves the instance to what the outcome means: its status,
+its claims, a capture's image.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloudland_api import hypervisors, scheduler
+from cloudland_api.commands import agent_args
+from cloudland_api.jobs.engine import end
+from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = {"create": "vm.create", "start": "vm.start", "stop": "vm.stop", "reboot": "vm.reboot",
+              "delete": "vm.delete", "resize": "vm.resize", "rebuild": "vm.rebuild", "capture": "vm.capture",
+              "recover": "vm.create", "purge": "vm.delete"}
+# The instance status a successful action leaves.
+SETTLED = {"create": "running", "start": "running", "stop": "stopped", "reboot": "running",
+           "resize": "stopped", "delete": "deleted", "capture": "stopped"}
+
+
+@register
+class VmJobs(Kind):
+    name = "vm"
+    subject = INSTANCE
+
+    def plan(self, plan: Plan, jobs: list[Job]) -> None:
+        """New VMs placed all at once (one claim per host), then every job's send."""
+        session = plan.session
+        instances = {i.id: i for i in session.scalars(select(Instance).where(
+            Instance.id.in_({job.subject_id for job in jobs})))}
+        rows = [(job, instances[job.subject_id]) for job in jobs if job.subject_id in instances]
+        for job in jobs:
+            if job.subject_id not in instances:
+                plan.decide(job, "failed", f"instance {job.subject_id} no longer exists")
+        placer = scheduler.Placer(session, plan.settings.weigher)
+        # Jobs for hosts the tree no longer has (gone while the job waited or was retried) end
+        # here: nothing sent there can arrive. New VMs below are placed on up hosts only.
+        lost = hypervisors.lost_hosts(session, (instance.hypervisor_id for _, instance in rows))
+        new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
+        demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
+        no_room = set()
+        for (job, instance), demand, host in zip(new, demands, placer.place_many(demands)):
+            if host is None:
+                plan.decide(job, "failed", placer.no_capacity(demand))
+                no_room.add(job.id)
+            instance.hypervisor_id = host
+        for job, instance in rows:
+            if job.id in no_room:
+                continue
+            if job.action == "purge":  # not where the instance lives: where the leftover is
+                assert job.hypervisor_id is not None
+                plan.send(job, "vm.delete", job.hypervisor_id, {"name": job.args["name"], "uuid": job.args["uuid"]})
+                continue
+            if instance.hypervisor_id in lost:
+                hv, state = instance.hypervisor_id, lost[instance.hypervisor_id]
+                if job.action == "delete":
+                    plan.decide(job, "ok", hypervisors.nothing_to_clean(hv, state))
+                else:
+                    plan.decide(job, "failed", f"{hypervisors.lost_reason(hv, state)}: nothing was sent")
+                continue
+            if (job.action == "resize" and job.state == JobState.pending and instance.hypervisor_id is not None
+                    and not self._claim_resize(session, job, instance)):
+                plan.decide(job, "failed", f"no capacity on hypervisor {instance.hypervisor_id} to resize to "
+                                           f"{job.args['vcpus']} vCPU and {job.args['memory_mib']} MiB")
+                continue
+            if instance.hypervisor_id is None:
+                # Never placed (its create failed for want of room): nothing exists to act on.
+                if job.action == "delete":
+                    plan.decide(job, "ok")
+                else:
+                    plan.decide(job, "failed", "instance was never placed on a hypervisor")
+                continue
+            source = plan.settings.guest_source
+            guest = None
+            timeout = None
+            if source is not None and job.action in ("create", "rebuild", "recover"):
+                guest = source.guest_args(session, instance, job.args.get("image_id"))
+            if job.action == "capture":
+                timeout = plan.settings.capture_timeout_s
+                if source is not None:
+                    guest = source.capture_args(job.args["image_id"], plan.settings.capture_timeout_s)
+            plan.send(job, OPERATIONS[job.action], instance.hypervisor_id, agent_args(job, instance, guest), timeout)
+
+    @staticmethod
+    def _claim_resize(session: Session, job: Job, instance: Instance) -> bool:
+        """Claim the growth of a resize on the instance's host (a shrink always fits)."""
+        dv = max(0, job.args["vcpus"] - instance.vcpus)
+        dm = max(0, job.args["memory_mib"] - instance.memory_mib)
+        assert instance.hypervisor_id is not None
+        # Not a new VM: a disabled host (closed to new VMs) still lets its own VMs grow.
+        if (dv or dm) and not scheduler.claim(session, instance.hypervisor_id, dv, dm, new_vm=False):
+            return False
+        job.args = job.args | {"claimed_vcpus": dv, "claimed_memory_mib": dm}
+        return True
+
+    def settle(self, session: Session, done: list[tuple[Job, Outcome]]) -> None:
+        instances = {i.id: i for i in session.scalars(select(Instance).where(
+            Instance.id.in_({job.subject_id for job, _ in done})))}
+        releases = scheduler.Releases()
+        for job, outcome in done:
+            instance = instances.get(job.subject_id)
+            if instance is not None:
+                settle_instance(job, instance, outcome, releases, session)
+        releases.apply(session)  # one UPDATE per host, not per VM
+
+
+def settle_now(job: Job, instance: Instance, outcome: Outcome, releases: scheduler.Releases) -> None:
+    """End ``job`` where it was made, without the engine (a delete on a host that is gone)."""
+    end(job, outcome)
+    settle_instance(job, instance, outcome, releases, None)
+
+
+def settle_instance(job: Job, instance: Instance, outcome: Outcome, releases: scheduler.Releases,
+                    session: Session | None) -> None:
+    """Move ``instance`` to what ``job``'s outcome means, claims given back to ``releases``
+    (``session``: to mark a failed capture's image)."""
+    if instance.job_id == job.id:
+        instance.job_id = None
+    if job.action == "purge":
+        return  # the leftover's instance lives elsewhere, or is deleted: nothing of it changes
+    give_back = releases.add
+    if outcome.ok:
+        _succeeded(job, instance, outcome.payload, releases)
+        return
+    instance.status_reason = f"{job.action} failed: {outcome.reason}"
+    if job.action in ("create", "delete", "recover"):
+        instance.status = "error"
+    if job.action == "capture" and session is not None:
+        image = session.get(Image, job.args["image_id"])
+        if image is not None and image.status == "saving":  # (None: deleted meanwhile)
+            image.status = "error"
+    if job.action == "resize" and instance.hypervisor_id is not None:
+        give_back(instance.hypervisor_id, job.args.get("claimed_vcpus", 0), job.args.get("claimed_memory_mib", 0))
+
+
+def _succeeded(job: Job, instance: Instance, payload: dict[str, Any], releases: scheduler.Releases) -> None:
+    instance.status_reason = None
+    if job.action == "delete":
+        if instance.hypervisor_id is not None and instance.status != "deleted":
+            releases.add(instance.hypervisor_id, instance.vcpus, instance.memory_mib)
+        instance.status = "deleted"
+        return
+    if job.action == "resize":
+        # The growth was claimed at dispatch; a shrink gives room back now.
+        if instance.hypervisor_id is not None:
+            releases.add(instance.hypervisor_id, max(0, instance.vcpus - job.args["vcpus"]),
+                         max(0, instance.memory_mib - job.args["memory_mib"]))
+        instance.vcpus, instance.memory_mib = job.args["vcpus"], job.args["memory_mib"]
+        instance.disk_gib = job.args.get("disk_gib", instance.disk_gib)
+        instance.flavor_id = job.args.get("flavor_id", instance.flavor_id)
+    if job.action == "rebuild":
+        instance.image_id = job.args["image_id"]
+    state = payload.get("state")
+    if job.action == "recover":
+        # A stopped instance stays stopped: its stop job, queued behind this one, stops the domain.
+        instance.status = "stopped" if job.args.get("power") == "stopped" else "running"
+    elif job.action == "rebuild":
+        instance.status = "running" if state == "running" else "stopped"
+    else:
+        instance.status = SETTLED[job.action]
