@@ -27,12 +27,12 @@ from cloudland.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from cloudland_api import catalog
-from cloudland_api.commands import GuestSource
+from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
+from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
 from cloudland_api.sync import Reconciler
 
@@ -150,7 +150,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.signing_key = load_signing_key(settings.state_dir)
-    catalog.remove_abandoned_uploads(settings.state_dir)
+    remove_abandoned_uploads(settings.state_dir)
     app.state.engine = make_engine(settings.database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.write_sessions = session_factory(app.state.engine, write=True)

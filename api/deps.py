@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Unauthorized
-from cloudland_api import services
+from cloudland_api.services import identity
 from cloudland_api.db import iter_session
 from cloudland_api.security import decode_token
 from cloudland_api.settings import ApiSettings
@@ -64,7 +64,7 @@ def get_session(request: Request, _turn: Annotated[None, Depends(write_turn)]) -
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 SigningKeyDep = Annotated[bytes, Depends(get_signing_key)]
 SessionDep = Annotated[Session, Depends(get_session)]
-# Image uploads stream for minutes; they must not hold the write turn meanwhile (api/catalog.py
+# Image uploads stream for minutes; they must not hold the write turn meanwhile (api/services/images.py
 # ends each of their two transactions inside the worker-thread call that began it).
 StreamingSessionDep = Annotated[Session, Depends(open_session)]
 
@@ -73,17 +73,17 @@ def get_caller(
     request: Request,
     key: SigningKeyDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> services.Caller:
+) -> identity.Caller:
     """The user a valid bearer token names, with the organisation and role it acts in."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     claims = decode_token(key, credentials.credentials)
     # A read session of its own, ended here: authenticating must never take the write lock.
     with request.app.state.sessions() as session:
-        return services.caller_for(session, claims.user_id, claims.org_id)
+        return identity.caller_for(session, claims.user_id, claims.org_id)
 
 
-CurrentUser = Annotated[services.Caller, Depends(get_caller)]
+CurrentUser = Annotated[identity.Caller, Depends(get_caller)]
 
 
 Submit = Callable[[Iterable[str]], None]

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient
 from cloudland.errors import CloudLandError
-from cloudland_api.hypervisors import LOST
+from cloudland_api.services.hypervisors import LOST
 from cloudland_api.models import Hypervisor, Instance, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2

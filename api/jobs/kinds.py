@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from cloudland_api.models import Job
 
 if TYPE_CHECKING:
-    from cloudland_api.commands import GuestSource
+    from cloudland_api.jobs.guest import GuestSource
 
 ALL: None = None  # Send.targets for a broadcast
 

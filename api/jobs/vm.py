@@ -4,7 +4,7 @@ on its own disk) and ``purge`` (a leftover domain of it on another hypervisor).
 
 Planning places new instances (the scheduler's claims, all of a batch at once), claims a
 resize's growth, ends jobs for hosts the tree no longer has, and builds each operation's
-arguments (commands.py). Settling moves the instance to what the outcome means: its status,
+arguments (guest.py). Settling moves the instance to what the outcome means: its status,
 its claims, a capture's image.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloudland_api import hypervisors, scheduler
-from cloudland_api.commands import agent_args
+from cloudland_api.jobs.guest import agent_args
 from cloudland_api.jobs.engine import end
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
+from cloudland_api.services import hypervisors, scheduler
 
 log = logging.getLogger(__name__)
 

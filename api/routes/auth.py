@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cloudland_api import services
+from cloudland_api.services import identity
 from cloudland_api.deps import SessionDep, SettingsDep, SigningKeyDep
 from cloudland_api.schemas import ErrorResponse, LoginRequest, TokenPublic
 
@@ -14,7 +14,7 @@ router = APIRouter(tags=["auth"])
 @router.post("/login", responses={401: {"model": ErrorResponse}})
 def login(body: LoginRequest, session: SessionDep, settings: SettingsDep, key: SigningKeyDep) -> TokenPublic:
     """A token for the user, acting in ``organisation`` (default: their first one)."""
-    token, expires_at = services.login(
+    token, expires_at = identity.login(
         session, key, settings.token_lifetime_s, body.username, body.password, body.organisation
     )
     return TokenPublic(token=token, expires_at=expires_at)

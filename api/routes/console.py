@@ -13,7 +13,7 @@ A refusal closes the socket with a code and a one-line reason:
     1011  the tree or the hypervisor failed (the reason names the hypervisor)
 
 ``GET .../vnc`` asks the VM's hypervisor for its domain's VNC display (``vm.get``) and
-answers its address; errors are the usual HTTP ones (api/consoles.py says which).
+answers its address; errors are the usual HTTP ones (api/services/consoles.py says which).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from cloudland.addresses import host_port
 from cloudland.client import RootClient
 from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
-from cloudland_api import consoles, services
+from cloudland_api.services import consoles, identity
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import Role
 from cloudland_api.schemas import MAX_ID, ErrorResponse, VncConsole
@@ -50,7 +50,7 @@ def _close_reason(text: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
-def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[services.Caller, int, str]:
+def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[identity.Caller, int, str]:
     """The caller, and the instance's hypervisor and domain name; raises a CloudLandError."""
     header = websocket.headers.get("authorization", "")
     token = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("token")
@@ -58,7 +58,7 @@ def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[services.Call
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' or ?token=")
     claims = decode_token(websocket.app.state.signing_key, token)
     with websocket.app.state.sessions() as session:
-        caller = services.caller_for(session, claims.user_id, claims.org_id)
+        caller = identity.caller_for(session, claims.user_id, claims.org_id)
         where = consoles.target(session, caller, instance_id)
         return caller, where.hypervisor, where.domain
 
@@ -135,7 +135,7 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
         log.info("event=console_closed instance=%d hypervisor=%d", instance_id, hypervisor)
 
 
-def _vnc_target(session: Session, caller: services.Caller, instance_id: int) -> consoles.Target:
+def _vnc_target(session: Session, caller: identity.Caller, instance_id: int) -> consoles.Target:
     where = consoles.target(session, caller, instance_id)
     session.rollback()  # the tree call may take seconds: no transaction stays open meanwhile
     return where

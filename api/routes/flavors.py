@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from cloudland_api import services
+from cloudland_api.services import flavors as flavor_service
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.schemas import MAX_ID, ErrorResponse, FlavorCreate, FlavorList, FlavorPublic
 
@@ -26,7 +26,7 @@ def list_flavors(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> FlavorList:
     """One page of the organisation's flavors, oldest first."""
-    flavors, total = services.list_flavors(session, caller, limit, offset)
+    flavors, total = flavor_service.list_flavors(session, caller, limit, offset)
     return FlavorList(
         items=[FlavorPublic.model_validate(f) for f in flavors], total=total, limit=limit, offset=offset
     )
@@ -37,16 +37,16 @@ def list_flavors(
 )
 def create_flavor(body: FlavorCreate, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
     """Create a flavor (admin or member)."""
-    return FlavorPublic.model_validate(services.create_flavor(session, caller, body))
+    return FlavorPublic.model_validate(flavor_service.create_flavor(session, caller, body))
 
 
 @router.get("/{flavor_id}")
 def get_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
     """One flavor of the organisation."""
-    return FlavorPublic.model_validate(services.get_flavor(session, caller, flavor_id))
+    return FlavorPublic.model_validate(flavor_service.get_flavor(session, caller, flavor_id))
 
 
 @router.delete("/{flavor_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
 def delete_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> None:
     """Delete a flavor (admin only)."""
-    services.delete_flavor(session, caller, flavor_id)
+    flavor_service.delete_flavor(session, caller, flavor_id)

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 
-from cloudland_api import hypervisors
+from cloudland_api.services import hypervisors
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import Hypervisor
-from cloudland_api.scheduler import memory_capacity, vcpu_capacity
+from cloudland_api.services.scheduler import memory_capacity, vcpu_capacity
 from cloudland_api.schemas import (
     MAX_ID,
     ErrorResponse,

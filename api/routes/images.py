@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from cloudland import errors
-from cloudland_api import catalog
+from cloudland_api.services import images as image_service
 from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
-from cloudland_api.services import Caller
+from cloudland_api.services.identity import Caller
 from cloudland_api.settings import ApiSettings
 
 router = APIRouter(
@@ -51,7 +51,7 @@ def list_images(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> ImageList:
     """One page of the organisation's images, oldest first."""
-    images, total = catalog.list_images(session, caller, limit, offset)
+    images, total = image_service.list_images(session, caller, limit, offset)
     return ImageList(items=[ImagePublic.model_validate(i) for i in images], total=total, limit=limit, offset=offset)
 
 
@@ -60,13 +60,13 @@ def list_images(
 )
 def create_image(body: ImageCreate, session: SessionDep, caller: CurrentUser) -> ImagePublic:
     """Create a ``queued`` image (admin or member); upload its bytes with ``PUT /images/{id}/file``."""
-    return ImagePublic.model_validate(catalog.create_image(session, caller, body))
+    return ImagePublic.model_validate(image_service.create_image(session, caller, body))
 
 
 @router.get("/{image_id}")
 def get_image(image_id: ImageId, session: SessionDep, caller: CurrentUser) -> ImagePublic:
     """One image of the organisation."""
-    return ImagePublic.model_validate(catalog.get_image(session, caller, image_id))
+    return ImagePublic.model_validate(image_service.get_image(session, caller, image_id))
 
 
 @router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
@@ -74,7 +74,7 @@ def delete_image(image_id: ImageId, session: SessionDep, caller: CurrentUser, se
                  submit: SubmitDep) -> None:
     """Delete an image and its file (admin or member); hypervisors then drop their cached copy
     (an ``evict`` job, committed with the delete)."""
-    evict = catalog.delete_image(session, caller, image_id, settings.state_dir)
+    evict = image_service.delete_image(session, caller, image_id, settings.state_dir)
     if evict is not None:
         submit([evict.id])
 
@@ -147,14 +147,14 @@ async def upload_capture(
 
 async def _upload(request: Request, session: Session, caller: Caller | None, image_id: int, settings: ApiSettings,
                   content_type: str | None, content_length: int | None, sha256: str | None) -> ImagePublic:
-    """The body of an octet-stream upload streamed into the image (``catalog.upload_image``)."""
+    """The body of an octet-stream upload streamed into the image (``image_service.upload_image``)."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != OCTET_STREAM:
         # curl -d / --data-binary default to form encoding: say what to send instead.
         raise errors.UnsupportedMediaType(
             f"image {image_id}: send the bytes with 'Content-Type: {OCTET_STREAM}', got {content_type!r}"
         )
-    image = await catalog.upload_image(
+    image = await image_service.upload_image(
         session, caller, image_id, _body(request, image_id), state_dir=settings.state_dir,
         max_bytes=settings.max_image_bytes, declared_size=content_length, expected_sha256=sha256,
     )
@@ -181,7 +181,7 @@ def download_for_agent(
         raise errors.Unauthorized("missing bearer token: send the image download token of the job")
     if decode_image_token(key, credentials.credentials) != image_id:
         raise errors.Unauthorized(f"the download token is not for image {image_id}")
-    image, path = catalog.image_file_for_agent(session, image_id, settings.state_dir)
+    image, path = image_service.image_file_for_agent(session, image_id, settings.state_dir)
     return ImageFile(path, media_type=OCTET_STREAM, headers={"X-Image-Sha256": image.sha256 or ""})
 
 
@@ -192,7 +192,7 @@ def download_for_agent(
 )
 def download_image_file(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> FileResponse:
     """The bytes of an active image, streamed from disk; the ETag and ``X-Image-Sha256`` carry its SHA-256."""
-    image, path = catalog.image_file(session, caller, image_id, settings.state_dir)
+    image, path = image_service.image_file(session, caller, image_id, settings.state_dir)
     return ImageFile(
         path,
         media_type=OCTET_STREAM,

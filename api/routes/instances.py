@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, status
 
-from cloudland_api import compute
+from cloudland_api.services import instances as instance_service
 from cloudland_api.deps import CurrentUser, SessionDep, SubmitDep
 from cloudland_api.schemas import (
     MAX_ID,
@@ -40,7 +40,7 @@ _CHANGES = {403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
 _ACCEPTED = status.HTTP_202_ACCEPTED
 
 
-def _accepted(accepted: compute.Accepted) -> BatchAccepted:
+def _accepted(accepted: instance_service.Accepted) -> BatchAccepted:
     return BatchAccepted(batch=accepted.batch,
                          instances=[InstancePublic.model_validate(i) for i in accepted.instances],
                          jobs=[JobPublic.model_validate(j) for j in accepted.jobs])
@@ -57,15 +57,15 @@ def list_instances(
     hypervisor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> InstanceList:
     """One page of the organisation's instances by id; pass ``next_after`` back as ``after``."""
-    rows, next_after = compute.list_instances(session, caller, limit=limit, after=after, status=status, name=name,
-                                              hypervisor=hypervisor)
+    rows, next_after = instance_service.list_instances(session, caller, limit=limit, after=after, status=status,
+                                                       name=name, hypervisor=hypervisor)
     return InstanceList(items=[InstancePublic.model_validate(i) for i in rows], limit=limit, next_after=next_after)
 
 
 @router.post("", status_code=_ACCEPTED, responses=_CHANGES)
 def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
     """Create ``count`` instances (admin or member): one create job each, all in one batch."""
-    accepted = compute.create_instances(session, caller, body)
+    accepted = instance_service.create_instances(session, caller, body)
     submit(accepted.job_ids)
     return _accepted(accepted)
 
@@ -73,7 +73,7 @@ def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentU
 @router.post("/actions", status_code=_ACCEPTED, responses=_CHANGES)
 def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
     """Start, stop, reboot or delete many instances at once: all of them or, on any error, none."""
-    accepted = compute.act_many(session, caller, body.action, body.ids, body.force)
+    accepted = instance_service.act_many(session, caller, body.action, body.ids, body.force)
     submit(accepted.job_ids)
     return _accepted(accepted)
 
@@ -81,14 +81,14 @@ def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit
 @router.get("/{instance_id}")
 def get_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser) -> InstancePublic:
     """One instance of the organisation (deleted ones too)."""
-    return InstancePublic.model_validate(compute.get_instance(session, caller, instance_id))
+    return InstancePublic.model_validate(instance_service.get_instance(session, caller, instance_id))
 
 
 def _power(action: Literal["start", "stop", "reboot"]):  # type: ignore[no-untyped-def]
     def route(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep,
               body: PowerAction | None = None) -> JobPublic:
         args = {"force": body.force} if body is not None and action != "start" else {}
-        job = compute.act(session, caller, instance_id, action, args)
+        job = instance_service.act(session, caller, instance_id, action, args)
         submit([job.id])
         return JobPublic.model_validate(job)
 
@@ -105,7 +105,7 @@ for _action in ("start", "stop", "reboot"):
 def resize_instance(instance_id: InstanceId, body: ResizeRequest, session: SessionDep, caller: CurrentUser,
                     submit: SubmitDep) -> JobPublic:
     """Resize a stopped instance to another flavor."""
-    job = compute.resize(session, caller, instance_id, body.flavor)
+    job = instance_service.resize(session, caller, instance_id, body.flavor)
     submit([job.id])
     return JobPublic.model_validate(job)
 
@@ -114,7 +114,7 @@ def resize_instance(instance_id: InstanceId, body: ResizeRequest, session: Sessi
 def rebuild_instance(instance_id: InstanceId, body: RebuildRequest, session: SessionDep, caller: CurrentUser,
                      submit: SubmitDep) -> JobPublic:
     """Rebuild an instance from an image; its name, uuid and power state stay."""
-    job = compute.rebuild(session, caller, instance_id, body.image)
+    job = instance_service.rebuild(session, caller, instance_id, body.image)
     submit([job.id])
     return JobPublic.model_validate(job)
 
@@ -124,7 +124,7 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
                      submit: SubmitDep) -> CaptureAccepted:
     """Capture a stopped instance's disk into a new image (``saving`` until its job ends, then
     ``active``): a standalone copy that new instances can boot from."""
-    image, job = compute.capture(session, caller, instance_id, body)
+    image, job = instance_service.capture(session, caller, instance_id, body)
     submit([job.id])
     return CaptureAccepted(image=ImagePublic.model_validate(image), job=JobPublic.model_validate(job))
 
@@ -133,7 +133,7 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
 def delete_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> JobPublic:
     """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``.
     On a gone or removed hypervisor the job ends at once (nothing to send, nothing to clean)."""
-    job = compute.act(session, caller, instance_id, "delete", {})
-    submit(compute.to_send([job]))
+    job = instance_service.act(session, caller, instance_id, "delete", {})
+    submit(instance_service.to_send([job]))
     return JobPublic.model_validate(job)
 

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cloudland_api import compute
+from cloudland_api.services import jobs as job_records
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import TERMINAL, Job
 from cloudland_api.schemas import MAX_ID, ErrorResponse, JobList, JobPublic, JobStateName
-from cloudland_api.services import Caller
+from cloudland_api.services.identity import Caller
 
 router = APIRouter(
     prefix="/jobs",
@@ -38,14 +38,14 @@ def list_jobs(
     instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> JobList:
     """One page of the organisation's jobs, newest first; with ``batch``, ``counts`` per state."""
-    jobs, counts = compute.list_jobs(session, caller, limit=limit, offset=offset, batch=batch, state=state,
-                                     instance=instance)
+    jobs, counts = job_records.list_jobs(session, caller, limit=limit, offset=offset, batch=batch, state=state,
+                                         instance=instance)
     return JobList(items=[JobPublic.model_validate(j) for j in jobs], limit=limit, offset=offset, counts=counts)
 
 
 def _read(session: Session, caller: Caller, job_id: str) -> Job:
     session.rollback()  # a new snapshot each time: see what the dispatcher committed since
-    return compute.get_job(session, caller, job_id)
+    return job_records.get_job(session, caller, job_id)
 
 
 @router.get("/{job_id}")

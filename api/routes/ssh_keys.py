@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from cloudland_api import catalog
+from cloudland_api.services import ssh_keys as key_service
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.schemas import MAX_ID, ErrorResponse, SshKeyCreate, SshKeyList, SshKeyPublic
 
@@ -26,7 +26,7 @@ def list_ssh_keys(
     offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> SshKeyList:
     """One page of the organisation's SSH keys, oldest first."""
-    keys, total = catalog.list_ssh_keys(session, caller, limit, offset)
+    keys, total = key_service.list_ssh_keys(session, caller, limit, offset)
     return SshKeyList(items=[SshKeyPublic.model_validate(k) for k in keys], total=total, limit=limit, offset=offset)
 
 
@@ -37,16 +37,16 @@ def list_ssh_keys(
 )
 def create_ssh_key(body: SshKeyCreate, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
     """Add an OpenSSH public key line (admin or member); it is stored normalised, with its fingerprint."""
-    return SshKeyPublic.model_validate(catalog.create_ssh_key(session, caller, body))
+    return SshKeyPublic.model_validate(key_service.create_ssh_key(session, caller, body))
 
 
 @router.get("/{key_id}")
 def get_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
     """One SSH key of the organisation."""
-    return SshKeyPublic.model_validate(catalog.get_ssh_key(session, caller, key_id))
+    return SshKeyPublic.model_validate(key_service.get_ssh_key(session, caller, key_id))
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
 def delete_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> None:
     """Delete an SSH key (admin or member)."""
-    catalog.delete_ssh_key(session, caller, key_id)
+    key_service.delete_ssh_key(session, caller, key_id)

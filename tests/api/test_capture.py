@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from cloudland_api import commands
+from cloudland_api.jobs import guest as commands
 from cloudland_api.models import Instance, Job, Role
 from cloudland_api.security import IMAGE_AUDIENCE, UPLOAD_AUDIENCE, decode_image_token, issue_image_token
 from tests.api.conftest import Api, Launcher, settle

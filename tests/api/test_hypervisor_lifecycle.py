@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from cloudland_api import scheduler
+from cloudland_api.services import scheduler
 from cloudland.client import RootClient
 from cloudland_api.jobs import Engine
 from cloudland_api.models import TERMINAL, Hypervisor, Instance, Job, Role

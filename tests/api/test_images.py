@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloudland_api import catalog
+from cloudland_api.services import images as catalog
 from cloudland_api.app import create_app
-from cloudland_api.catalog import QCOW2_MAGIC, WRITE_BATCH
+from cloudland_api.services.images import QCOW2_MAGIC, WRITE_BATCH
 from cloudland_api.models import Organisation, Role, User
 from cloudland_api.security import issue_image_token
-from cloudland_api.services import caller_for
+from cloudland_api.services.identity import caller_for
 from cloudland_api.settings import ApiSettings
 from tests.api.conftest import Api
 

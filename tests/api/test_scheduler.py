@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland_api import jobs, scheduler
+from cloudland_api import jobs
+from cloudland_api.services import scheduler
 from cloudland_api.models import Hypervisor, Instance, Job, JobState, Organisation
 
 Sessions = sessionmaker[Session]
@@ -82,7 +83,7 @@ def test_memory_the_agent_reports_in_use_counts_too(sessions: Sessions) -> None:
     assert not claim(sessions, 1, 1, 2048)
     assert claim(sessions, 1, 1, 1024)
     # Used is the larger of claimed (1 GiB) and reported (3 GiB), not their sum: the report
-    # normally includes the claimed domains already (module docstring of scheduler.py).
+    # normally includes the claimed domains already (module docstring of services/scheduler.py).
     with sessions() as session:
         placer = scheduler.Placer(session, "spread")
         assert placer.place(scheduler.Demand(1, 1025, "x86_64")) is None

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 from websockets.sync.client import connect
 
@@ -267,6 +268,46 @@ def test_rebuild_boots_a_fresh_disk_from_another_image(real_cloud: Cloud, qemu_l
     deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
     assert cloud.get(f"/jobs/{deleted['id']}", wait=60)["state"] == "succeeded"
     assert not guest_dir.exists()
+
+
+def test_a_domain_undefined_behind_the_apis_back_comes_back_on_its_own_disk(
+        real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    """Someone destroys and undefines a running guest's domain with libvirt, not through the API:
+    the reconciler sees it missing on its live hypervisor, defines and starts it again with no
+    job by hand, and the guest boots a second time from the same disk file (its overlay, not a
+    fresh copy of the image) with its config drive."""
+    cloud = real_cloud
+    ready(cloud, qemu_libvirt.guest)
+    vm = running_vm(cloud, "healed")
+    console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S)
+    name = f"cl-{vm['uuid']}"
+    guest_dir = cloud.tree.state_dir / "guests" / vm["uuid"]
+    [disk] = list(guest_dir.glob("disk*.qcow2"))
+    disk_before = disk.stat().st_ino
+    jobs_before = {job["id"] for job in cloud.get("/jobs", instance=vm["id"], limit=100)["items"]}
+
+    domain = qemu_libvirt.conn.lookupByName(name)
+    domain.destroy()
+    domain.undefine()
+    wait_for(lambda: qemu_processes({name}) == {}, 30, "the guest's QEMU to end")
+
+    def back() -> bool:
+        try:
+            return bool(qemu_libvirt.conn.lookupByName(name).isActive())
+        except libvirt.libvirtError:
+            return False
+
+    wait_for(back, 60, f"domain {name} defined and running again")
+    wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) >= 2, BOOT_TIMEOUT_S, "a second boot")
+    assert disk.exists() and disk.stat().st_ino == disk_before, "the guest must boot from its own disk"
+    assert [p.name for p in guest_dir.glob("disk*.qcow2")] == [disk.name]
+    new = [job for job in cloud.get("/jobs", instance=vm["id"], limit=100)["items"]
+           if job["id"] not in jobs_before]
+    assert [(job["action"], job["state"]) for job in new] == [("recover", "succeeded")], new
+    assert new[0]["batch"].startswith("reconcile-"), new
+    assert cloud.get(f"/instances/{vm['id']}")["status"] == "running"
+    deleted: dict[str, Any] = cloud.request("DELETE", f"/instances/{vm['id']}")
+    assert cloud.get(f"/jobs/{deleted['id']}", wait=60)["state"] == "succeeded"
 
 
 def read_exactly(sock: socket.socket, count: int) -> bytes:

@@ -1,8 +1,7 @@
-"""Instances and jobs: what the API does with them, apart from HTTP (hypervisors: hypervisors.py).
+"""Instances: what the API does with them, apart from HTTP (hypervisors: hypervisors.py; jobs: jobs.py).
 
-Same rules as ``services.py``: every query on a tenant-owned table filters on the
-caller's ``org_id`` (another organisation's id is NotFound), NotFound is decided before
-Forbidden, and readers only read.
+Tenant-scoped through ``crud`` (another organisation's id is NotFound, NotFound before
+Forbidden, readers only read).
 
 Every change to an instance writes its desired state and a ``pending`` job in one
 transaction (ARCHITECTURE.md "Lifecycle of a job"); the caller hands the committed job
@@ -22,19 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
-from cloudland_api import catalog, hypervisors, scheduler
 from cloudland_api.jobs import Outcome
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.db import for_change
 from cloudland_api.models import INSTANCE, Flavor, Image, Instance, Job, JobState, Role, SshKey
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
-from cloudland_api.services import Caller
+from cloudland_api.services import crud, hypervisors, scheduler
+from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +71,14 @@ def to_send(jobs: Sequence[Job]) -> list[str]:
 # -- references -----------------------------------------------------------------------------
 
 
-def _by_ref(session: Session, model: Any, caller: Caller, ref: int | str, what: str) -> Any:
-    """The caller's organisation's row named by id (int) or by name (str), or NotFound."""
-    column = model.id if isinstance(ref, int) else model.name
-    row = session.scalar(select(model).where(column == ref, model.org_id == caller.org_id))
-    if row is None:
-        raise NotFound(f"{what} {ref!r} not found")
-    return row
-
-
 def resolve_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:
     """A flavor of the caller's organisation by id or name."""
-    flavor: Flavor = _by_ref(session, Flavor, caller, ref, "flavor")
-    return flavor
+    return crud.get(session, Flavor, caller, ref, "flavor")
 
 
 def resolve_image(session: Session, caller: Caller, ref: int | str) -> Image:
     """An active image of the caller's organisation by id or name; Conflict while it has no data."""
-    image: Image = _by_ref(session, Image, caller, ref, "image")
+    image = crud.get(session, Image, caller, ref, "image")
     if image.status != "active":
         raise Conflict(f"image {image.name!r} ({image.id}) is {image.status}: upload its file before booting from it")
     return image
@@ -98,8 +86,7 @@ def resolve_image(session: Session, caller: Caller, ref: int | str) -> Image:
 
 def resolve_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:
     """An SSH key of the caller's organisation by id or name."""
-    key: SshKey = _by_ref(session, SshKey, caller, ref, "ssh key")
-    return key
+    return crud.get(session, SshKey, caller, ref, "ssh key")
 
 
 # -- instances ------------------------------------------------------------------------------
@@ -202,11 +189,7 @@ def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bo
     idle: on PostgreSQL the second waits here for the first to commit, then reads its job_id
     (SQLite's write transactions are serial anyway, and it ignores FOR UPDATE).
     """
-    query = select(Instance).where(Instance.id == instance_id, Instance.org_id == caller.org_id)
-    instance = session.scalar(for_change(query) if lock else query)
-    if instance is None:
-        raise NotFound(f"instance {instance_id} not found")
-    return instance
+    return crud.get(session, Instance, caller, instance_id, "instance", lock=lock)
 
 
 def _lost_host(session: Session, instance: Instance) -> str | None:
@@ -296,7 +279,7 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
-    image = catalog.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
+    image = crud.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
                                                 disk_format=spec.disk_format, status="saving", size_bytes=0),
                                  "image", commit=False)  # committed below with its job
     job = _new_job(caller, new_job_id(), "capture", instance, {"image_id": image.id, "disk_format": spec.disk_format})
@@ -336,39 +319,3 @@ def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], 
     return Accepted(batch, list(found.values()), jobs)
 
 
-# -- jobs -----------------------------------------------------------------------------------
-
-
-def _job_scope(caller: Caller, batch: str | None, state: str | None, instance: int | None) -> Select[Any]:
-    query = select(Job).where(Job.org_id == caller.org_id)
-    if batch:
-        query = query.where(Job.batch == batch)
-    if state:
-        query = query.where(Job.state == JobState(state))
-    if instance is not None:
-        query = query.where(Job.subject_type == INSTANCE, Job.subject_id == instance)
-    return query
-
-
-def list_jobs(
-    session: Session, caller: Caller, *, limit: int, offset: int, batch: str | None = None,
-    state: str | None = None, instance: int | None = None,
-) -> tuple[list[Job], dict[str, int] | None]:
-    """One page of jobs, newest first; with ``batch``, also how many of its jobs are in each state."""
-    query = _job_scope(caller, batch, state, instance)
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
-    counts = None
-    if batch:
-        rows = session.execute(
-            select(Job.state, func.count()).where(Job.org_id == caller.org_id, Job.batch == batch).group_by(Job.state)
-        ).all()
-        counts = {s.value: 0 for s in JobState} | {JobState(s).value: n for s, n in rows}
-    return jobs, counts
-
-
-def get_job(session: Session, caller: Caller, job_id: str) -> Job:
-    """The caller's organisation's job ``job_id``, or NotFound."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == caller.org_id))
-    if job is None:
-        raise NotFound(f"job {job_id} not found")
-    return job

@@ -1,7 +1,7 @@
-"""Images and SSH keys of an organisation: what the API does with them, apart from HTTP.
+"""Images of an organisation: what the API does with them, apart from HTTP.
 
-Same rules as ``services.py``: every query filters on the caller's ``org_id`` (another
-organisation's id is NotFound), NotFound is decided before Forbidden, and readers only read.
+Tenant-scoped through ``crud`` (another organisation's id is NotFound, NotFound before
+Forbidden, readers only read).
 
 An image's bytes live in ``<state_dir>/images/<id>.<disk_format>``. An upload streams into
 a temporary file beside it (same file system, so the final rename is atomic), hashing as
@@ -20,19 +20,18 @@ from collections.abc import AsyncIterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from cloudland_api.models import IMAGE, Image, Instance, Job, JobState, Role, SshKey
-from cloudland_api.openssh import parse_public_key
-from cloudland_api.schemas import ImageCreate, SshKeyCreate
-from cloudland_api.services import Caller
+from cloudland_api.models import IMAGE, Image, Instance, Job, JobState, Role
+from cloudland_api.schemas import ImageCreate
+from cloudland_api.services import crud
+from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ QCOW2_MAGIC = b"QFI\xfb"  # qcow2 header "magic" field (QEMU docs/interop/qcow2.
 # Bytes gathered before one write+hash in a worker thread: large enough that the thread
 # hop is negligible, small enough that an upload holds at most this much in memory.
 WRITE_BATCH = 1024 * 1024
-_Row = TypeVar("_Row", Image, SshKey)
 
 
 def image_dir(state_dir: Path) -> Path:
@@ -72,49 +70,21 @@ def remove_abandoned_uploads(state_dir: Path, older_than_s: float = ABANDONED_UP
     return removed
 
 
-def _page(session: Session, model: type[_Row], caller: Caller, limit: int, offset: int) -> tuple[list[_Row], int]:
-    scope = model.org_id == caller.org_id
-    total = session.scalar(select(func.count()).select_from(model).where(scope)) or 0
-    page = session.scalars(select(model).where(scope).order_by(model.id).limit(limit).offset(offset))
-    return list(page), total
-
-
-def insert_named(session: Session, row: _Row, what: str, commit: bool = True) -> _Row:
-    """``row`` added, its name unique in its organisation, else Conflict. Committed, or with
-    ``commit`` False flushed only (its id known) for the caller to commit with more rows."""
-    taken = select(type(row).id).where(type(row).org_id == row.org_id, type(row).name == row.name)
-    if session.scalar(taken) is not None:
-        raise Conflict(f"{what} name {row.name!r} is already used in this organisation")
-    session.add(row)
-    try:
-        session.commit() if commit else session.flush()
-    except IntegrityError as exc:
-        # Two creates raced past the check above; the unique constraint decided.
-        session.rollback()
-        raise Conflict(f"{what} name {row.name!r} is already used in this organisation") from exc
-    return row
-
-
-# -- images -------------------------------------------------------------------------------
-
-
 def list_images(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Image], int]:
     """One page of the caller's organisation's images, ordered by id, and the total count."""
-    return _page(session, Image, caller, limit, offset)
+    return crud.page(session, Image, caller, limit, offset)
 
 
 def get_image(session: Session, caller: Caller, image_id: int) -> Image:
     """The caller's organisation's image ``image_id``, or NotFound."""
-    image = session.scalar(select(Image).where(Image.id == image_id, Image.org_id == caller.org_id))
-    if image is None:
-        raise NotFound(f"image {image_id} not found")
-    return image
+    return crud.get(session, Image, caller, image_id, "image")
 
 
 def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     """Create a ``queued`` image record (admin or member); its bytes follow by upload."""
     caller.require(Role.admin, Role.member)
-    image = insert_named(session, Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump()), "image")
+    row = Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump())
+    image = crud.insert_named(session, row, "image")
     log.info("event=image_created org_id=%d image_id=%d user_id=%d", caller.org_id, image.id, caller.user_id)
     return image
 
@@ -382,43 +352,3 @@ def _activate(session: Session, caller: Caller | None, image: Image, received: _
     log.info("event=image_uploaded org_id=%d image_id=%d size_bytes=%d sha256=%s by=%s", image.org_id, image.id,
              received.size, received.sha256, f"user:{caller.user_id}" if caller else "capture")
     return image
-
-
-# -- SSH keys -----------------------------------------------------------------------------
-
-
-def list_ssh_keys(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[SshKey], int]:
-    """One page of the caller's organisation's SSH keys, ordered by id, and the total count."""
-    return _page(session, SshKey, caller, limit, offset)
-
-
-def get_ssh_key(session: Session, caller: Caller, key_id: int) -> SshKey:
-    """The caller's organisation's SSH key ``key_id``, or NotFound."""
-    key = session.scalar(select(SshKey).where(SshKey.id == key_id, SshKey.org_id == caller.org_id))
-    if key is None:
-        raise NotFound(f"ssh key {key_id} not found")
-    return key
-
-
-def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshKey:
-    """Validate and store an OpenSSH public key line (admin or member), normalised."""
-    caller.require(Role.admin, Role.member)
-    try:
-        parsed = parse_public_key(spec.public_key)
-    except InvalidRequest as exc:
-        raise InvalidRequest(f"ssh key {spec.name!r}: {exc}") from exc
-    row = SshKey(org_id=caller.org_id, name=spec.name, public_key=parsed.line, fingerprint=parsed.fingerprint)
-    key = insert_named(session, row, "ssh key")
-    log.info("event=ssh_key_created org_id=%d ssh_key_id=%d fingerprint=%s user_id=%d",
-             caller.org_id, key.id, key.fingerprint, caller.user_id)
-    return key
-
-
-def delete_ssh_key(session: Session, caller: Caller, key_id: int) -> None:
-    """Delete an SSH key (admin or member); instances that named it keep running."""
-    key = get_ssh_key(session, caller, key_id)  # NotFound before Forbidden: no probing
-    caller.require(Role.admin, Role.member)
-    session.delete(key)
-    session.commit()
-    log.info("event=ssh_key_deleted org_id=%d ssh_key_id=%d user_id=%d", caller.org_id, key_id, caller.user_id)
-

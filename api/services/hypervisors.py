@@ -11,7 +11,7 @@ A hypervisor's ``state``:
 
 The reconciler (sync.py) writes up, down and gone; ``remove`` writes removed. Nothing sent to
 a gone or removed hypervisor can arrive, and no domain of it can be cleaned: deleting one of
-its VMs ends the record at once (compute.py), and every other action is a Conflict saying so.
+its VMs ends the record at once (instances.py), and every other action is a Conflict saying so.
 
 Only the operator organisation sees hypervisors; only its admins change them. NotFound comes
 before Forbidden for the operator's members (they may know which hypervisors exist), after it
@@ -31,7 +31,7 @@ from cloudland.client import RootClient
 from cloudland.errors import CloudLandError, Conflict, Forbidden, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import Hypervisor, Instance, Organisation, Role
-from cloudland_api.services import Caller
+from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from cloudland.addresses import is_unspecified
 from cloudland.client import RootClient, struct_to_dict
 from cloudland.errors import AgentFailed, Conflict, TreeError
-from cloudland_api import compute, hypervisors
+from cloudland_api.services import hypervisors, instances
 from cloudland_api.models import Hypervisor
-from cloudland_api.services import Caller
+from cloudland_api.services.identity import Caller
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 CALL_TIMEOUT_S = 10.0
@@ -45,7 +45,7 @@ def target(session: Session, caller: Caller, instance_id: int) -> Target:
     """The caller's instance ``instance_id`` and its domain; NotFound, or Conflict while it is
     building, deleting or deleted (it has no domain to attach to) or its hypervisor is gone or
     removed (nothing there can be reached). Any role may ask."""
-    instance = compute.get_instance(session, caller, instance_id)
+    instance = instances.get_instance(session, caller, instance_id)
     if instance.hypervisor_id is None or instance.status in ("deleted", "deleting", "building"):
         raise Conflict(f"instance {instance_id} ({instance.name}) is {instance.status}: "
                        "it has no domain to attach to")

@@ -1,0 +1,18 @@
+"""Database models (SQLAlchemy 2, typed), one module per domain; API schemas live in ``schemas/``.
+
+Every tenant-owned row carries ``org_id``; queries filter on it (``services/crud.py``).
+Importing this package registers every table on ``Base.metadata``, which the migrations
+describe; the names below are the package's whole surface.
+"""
+
+from cloudland_api.models.base import Base, UTCDateTime, utcnow
+from cloudland_api.models.compute import Flavor, Instance, SshKey
+from cloudland_api.models.hypervisors import Hypervisor
+from cloudland_api.models.identity import Membership, Organisation, Role, User
+from cloudland_api.models.images import Image
+from cloudland_api.models.jobs import IMAGE, INSTANCE, TERMINAL, Job, JobState
+
+__all__ = [
+    "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState",
+    "Membership", "Organisation", "Role", "SshKey", "User", "UTCDateTime", "utcnow",
+]

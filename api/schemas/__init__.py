@@ -1,0 +1,28 @@
+"""Request and response bodies (Pydantic), one module per domain, kept apart from the database models.
+
+The names below are the package's whole surface; ``common`` holds what every body shares.
+"""
+
+from cloudland_api.schemas.common import (
+    MAX_COUNT, MAX_ID, Arch, DiskFormat, ErrorBody, ErrorResponse, InstanceStatus, JobStateName, Name,
+    Page, Ref
+)
+from cloudland_api.schemas.identity import LoginRequest, TokenPublic
+from cloudland_api.schemas.flavors import FlavorCreate, FlavorList, FlavorPublic
+from cloudland_api.schemas.hypervisors import (
+    HypervisorDrain, HypervisorList, HypervisorPublic, HypervisorUpdate, RemainingInstance
+)
+from cloudland_api.schemas.images import ImageCreate, ImageList, ImagePublic, SshKeyCreate, SshKeyList, SshKeyPublic
+from cloudland_api.schemas.instances import (
+    BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, InstanceCreate, InstanceList,
+    InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
+)
+
+__all__ = [
+    "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "DiskFormat", "ErrorBody",
+    "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
+    "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
+    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
+    "MAX_COUNT", "MAX_ID", "Name", "Page", "PowerAction", "RebuildRequest", "Ref", "RemainingInstance",
+    "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic", "TokenPublic", "VncConsole"
+]

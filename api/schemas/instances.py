@@ -1,0 +1,154 @@
+"""Instance, action, job and console bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cloudland_api.schemas.common import (
+    MAX_COUNT, MAX_ID, DiskFormat, JobStateName, Name, Page, Ref, _Request,
+)
+from cloudland_api.schemas.images import ImagePublic
+
+
+class InstanceCreate(_Request):
+    """``count`` VMs: named ``name`` when one, ``name-1`` ... ``name-N`` when more."""
+
+    name: Name
+    flavor: Ref
+    image: Ref
+    ssh_key: Ref | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
+    # cloud-init user data for the guest's config drive; 64 KiB of UTF-8 at most (nova's limit).
+    user_data: Annotated[str, Field(max_length=65535)] | None = None
+
+    @field_validator("user_data")
+    @classmethod
+    def _user_data_fits(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) > 65535:
+            raise ValueError(f"must be at most 65535 bytes of UTF-8, got {len(value.encode())}")
+        return value
+
+
+class InstancePublic(BaseModel):
+    """A VM: its size, where it runs, its status and the job now acting on it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    uuid: str
+    status: str
+    status_reason: str | None
+    flavor_id: int | None
+    image_id: int | None
+    ssh_key_id: int | None
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    arch: str
+    hypervisor_id: int | None
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceList(Page):
+    """One page of instances, by id."""
+
+    items: list[InstancePublic]
+
+
+class JobPublic(BaseModel):
+    """A job: one action on one resource (its subject), sent to one, some or all hypervisors."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    batch: str
+    kind: str
+    action: str
+    subject_type: str
+    subject_id: int
+    instance_id: int | None  # the subject, when it is an instance
+    hypervisor_id: int | None  # the one target of a unicast job, once placed
+    targets: dict[str, Any] | None
+    state: JobStateName
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """One page of jobs (newest first) and, with a ``batch`` filter, how many are in each state."""
+
+    items: list[JobPublic]
+    limit: int
+    offset: int
+    counts: dict[str, int] | None = None
+
+
+class BatchAccepted(BaseModel):
+    """What a create or batch action started: one job per instance, all in ``batch``."""
+
+    batch: str
+    instances: list[InstancePublic]
+    jobs: list[JobPublic]
+
+
+class PowerAction(_Request):
+    """Options of start, stop and reboot."""
+
+    force: bool = False
+
+
+class ResizeRequest(_Request):
+    """The flavor to resize a stopped instance to."""
+
+    flavor: Ref
+
+
+class RebuildRequest(_Request):
+    """The image to rebuild an instance from (its uuid and name stay)."""
+
+    image: Ref
+
+
+class CaptureRequest(_Request):
+    """The new image a stopped instance's disk is captured into."""
+
+    name: Name
+    disk_format: DiskFormat = "qcow2"
+
+
+class CaptureAccepted(BaseModel):
+    """A capture started: its image (``saving`` until the hypervisor has uploaded it) and its job."""
+
+    image: ImagePublic
+    job: JobPublic
+
+
+class BatchAction(_Request):
+    """One action on many instances of the organisation, all or none."""
+
+    action: Literal["start", "stop", "reboot", "delete"]
+    ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_COUNT)]
+    force: bool = False
+
+
+class VncConsole(BaseModel):
+    """Where a VNC client reaches a running instance's graphical console, as its hypervisor says now.
+
+    ``host`` is the display's listen address, or the hypervisor's hostname when it listens on
+    every interface; ``address`` is ``host:port`` (``[v6]:port``), what VNC clients take.
+    """
+
+    instance: int
+    hypervisor: int
+    host: str
+    port: int
+    address: str

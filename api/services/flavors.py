@@ -1,0 +1,39 @@
+"""Flavors: the VM sizes an organisation offers (tenant-scoped, ``crud``)."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from cloudland_api.models import Flavor, Role
+from cloudland_api.schemas import FlavorCreate
+from cloudland_api.services import crud
+from cloudland_api.services.identity import Caller
+
+log = logging.getLogger(__name__)
+
+
+def list_flavors(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Flavor], int]:
+    """One page of the caller's organisation's flavors, ordered by id, and the total count."""
+    return crud.page(session, Flavor, caller, limit, offset)
+
+
+def get_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:
+    """The caller's organisation's flavor by id or name, or NotFound."""
+    return crud.get(session, Flavor, caller, ref, "flavor")
+
+
+def create_flavor(session: Session, caller: Caller, spec: FlavorCreate) -> Flavor:
+    """Create a flavor in the caller's organisation (admin or member)."""
+    caller.require(Role.admin, Role.member)
+    flavor = crud.insert_named(session, Flavor(org_id=caller.org_id, **spec.model_dump()), "flavor")
+    log.info("event=flavor_created org_id=%d flavor_id=%d user_id=%d", caller.org_id, flavor.id, caller.user_id)
+    return flavor
+
+
+def delete_flavor(session: Session, caller: Caller, flavor_id: int) -> None:
+    """Delete the caller's organisation's flavor ``flavor_id`` (admin only)."""
+    flavor = get_flavor(session, caller, flavor_id)  # NotFound before Forbidden: no probing
+    caller.require(Role.admin)
+    crud.delete(session, flavor, caller, "flavor")
