@@ -1,6 +1,7 @@
-"""What the cloud commands of the CLI share: exit codes, error lines, output, job progress.
+"""What the commands of the CLI share: exit codes, error lines, output, job progress.
 
-Exit codes of every command that talks to the REST API:
+Exit codes of every command that talks to the REST API (the ``tree`` and ``cluster``
+commands use 0 to 3 alike, for the root's gRPC endpoint):
 
     0  success
     1  some job failed (or timed out), or the API failed (5xx)
@@ -27,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudland.errors import ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Unauthorized
-from cloudland.restclient import ApiClient
+from cloudland_cli.restclient import ApiClient
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
 TERMINAL_STATES = ("succeeded", "failed", "timeout")

@@ -1,6 +1,6 @@
 """``cloudland hyper``: the hypervisors (operator admins): list, show, settings, drain and removal.
 
-Exit codes are those of every REST command (cli_common.py): 0 done, 2 a refusal the API
+Exit codes are those of every REST command (common.py): 0 done, 2 a refusal the API
 explains (an unknown id, VMs still on a host to remove), 3 no API, 4 not an operator admin.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from cloudland.cli_common import (
+from cloudland_cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     connect,

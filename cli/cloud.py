@@ -1,7 +1,7 @@
 """The CLI's REST commands: configure, login, flavor, image, key and job.
 
-VM commands live in cli_vm.py, hypervisor commands in cli_hyper.py; exit codes and shared
-output in cli_common.py.
+VM commands live in vm.py, hypervisor commands in hyper.py; exit codes and shared
+output in common.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from cloudland import cli_hyper, cli_vm
-from cloudland.cli_common import (
+from cloudland_cli.common import (
     EXIT_USAGE,
     all_pages,
     api_errors,
@@ -31,7 +30,9 @@ from cloudland.cli_common import (
     wait_job,
 )
 from cloudland.errors import InvalidRequest
-from cloudland.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
+from cloudland_cli.hyper import hyper_app
+from cloudland_cli.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
+from cloudland_cli.vm import vm_app, watch_and_report
 
 DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
 QCOW2_MAGIC = b"QFI\xfb"
@@ -51,8 +52,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(flavor_app, name="flavor")
     app.add_typer(image_app, name="image")
     app.add_typer(key_app, name="key")
-    app.add_typer(cli_hyper.hyper_app, name="hyper")
-    app.add_typer(cli_vm.vm_app, name="vm")
+    app.add_typer(hyper_app, name="hyper")
+    app.add_typer(vm_app, name="vm")
     app.add_typer(job_app, name="job")
 
 
@@ -337,4 +338,4 @@ def job_watch(
         finish_job(job, as_json)
         return
     assert batch is not None
-    cli_vm.watch_and_report([batch], None, "ended", as_json)
+    watch_and_report([batch], None, "ended", as_json)
