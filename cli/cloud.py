@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
     EXIT_USAGE,
     all_pages,
@@ -22,6 +23,8 @@ from cloudland_cli.common import (
     err,
     fail,
     finish_job,
+    job_record,
+    job_subject,
     out,
     print_json,
     print_record,
@@ -29,7 +32,6 @@ from cloudland_cli.common import (
     styled,
     wait_job,
 )
-from cloudland.errors import InvalidRequest
 from cloudland_cli.hyper import hyper_app
 from cloudland_cli.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
 from cloudland_cli.vm import vm_app, watch_and_report
@@ -40,7 +42,7 @@ QCOW2_MAGIC = b"QFI\xfb"
 flavor_app = typer.Typer(no_args_is_help=True, help="VM sizes.")
 image_app = typer.Typer(no_args_is_help=True, help="Disk images.")
 key_app = typer.Typer(no_args_is_help=True, help="SSH public keys.")
-job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one VM each.")
+job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one resource (an instance, an image) each.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -308,8 +310,8 @@ def job_list(
     if as_json:
         print_json(page)
         return
-    print_table(("id", "batch", "action", "instance", "hypervisor", "state", "reason", "updated"),
-                [(j["id"], j["batch"], j["action"], j["instance_id"], j["hypervisor_id"], styled(j["state"]),
+    print_table(("id", "batch", "kind", "action", "subject", "hypervisor", "state", "reason", "updated"),
+                [(j["id"], j["batch"], j["kind"], j["action"], job_subject(j), j["hypervisor_id"], styled(j["state"]),
                   j.get("reason"), j["updated_at"]) for j in page["items"]])
     if page.get("counts"):
         out.print("  ".join(f"{k} {v}" for k, v in page["counts"].items()))
@@ -320,7 +322,7 @@ def job_show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: Js
     """One job."""
     with connect() as client:
         job = client.get(f"/jobs/{job_id}")
-    print_json(job) if as_json else print_record(job)
+    print_json(job) if as_json else print_record(job_record(job))
 
 
 @job_app.command("watch")

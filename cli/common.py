@@ -180,13 +180,30 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+def job_subject(job: dict[str, Any]) -> str:
+    """What a job changes, as ``instance 12`` or ``image 3`` (its subject_type and subject_id)."""
+    return f"{job['subject_type']} {job['subject_id']}"
+
+
+def job_record(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``job show`` prints it: its subject in one line, where subject_type, subject_id and
+    instance_id (None unless the subject is an instance) stood."""
+    record: dict[str, Any] = {}
+    for key, value in job.items():
+        if key == "subject_type":
+            record["subject"] = job_subject(job)
+        elif key not in ("subject_id", "instance_id"):
+            record[key] = value
+    return record
+
+
 def finish_job(job: dict[str, Any], as_json: bool) -> None:
     """Print a terminal job; exit 1 unless it succeeded."""
     if as_json:
         print_json(job)
     else:
         reason = f": {job['reason']}" if job.get("reason") else ""
-        out.print(Text(f"job {job['id']} {job['action']} instance {job['instance_id']} ").append(
+        out.print(Text(f"job {job['id']} {job['action']} {job_subject(job)} ").append(
             styled(job["state"])).append(reason))
     if job["state"] != "succeeded":
         raise typer.Exit(EXIT_FAILED)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -23,7 +24,6 @@ from cloudland_cli.common import (
     print_table,
     styled,
 )
-from cloudland.errors import InvalidRequest
 
 hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
 

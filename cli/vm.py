@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cloudland.errors import InvalidRequest, NotFound
 from cloudland_cli.common import (
     EXIT_FAILED,
     batch_counts,
@@ -22,7 +23,6 @@ from cloudland_cli.common import (
     wait_job,
     watch_batches,
 )
-from cloudland.errors import InvalidRequest, NotFound
 from cloudland_cli.restclient import ApiClient
 
 MAX_BATCH = 1000  # ids per POST /instances/actions (BatchAction's max_length)
