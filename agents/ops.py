@@ -174,8 +174,11 @@ def seed_domains(ctx: Context, args: Payload) -> Payload:
 
     per = int(number(args, "per_hypervisor", 0, 0, 10_000))
     first = ctx.hypervisor.id * per + 1
+    have = {d.UUIDString() for d in ctx.hypervisor.conn.listAllDomains()}  # idempotent: retried on UNAVAILABLE
     for instance_id in range(first, first + per):
         uuid = seeded_uuid(instance_id)
+        if uuid in have:
+            continue
         spec = DomainSpec(name=f"cl-{uuid}", uuid=uuid, vcpus=1, memory_mib=64,
                           metadata={"instance_id": str(instance_id)})
         ctx.hypervisor.conn.defineXML(domain_xml(spec)).create()
