@@ -19,6 +19,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from cloudland.errors import DriverError
+from cloudland_agents.domain import METADATA_NS
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
@@ -48,6 +49,7 @@ class Hypervisor:
         self.vnc_listen = vnc_listen
         # Where this agent keeps its files: guests' disks and drives, the image cache (agents/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
+        self._instance_ids: dict[str, int] = {}  # uuid -> CloudLand's instance id (0: none), read once
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -75,10 +77,14 @@ class Hypervisor:
                         continue
                     raise
                 running += bool(active)
-                vms.append(pb.VmState(name=d.name(), uuid=d.UUIDString(),
-                                      state=LIBVIRT_STATES.get(state, "unknown")))
+                uuid = d.UUIDString()
+                vms.append(pb.VmState(name=d.name(), uuid=uuid, state=LIBVIRT_STATES.get(state, "unknown"),
+                                      instance_id=self._instance_id(d, uuid)))
         except libvirt.libvirtError as exc:
             raise DriverError(self.id, f"libvirt at {self.uri} failed: {exc}") from exc
+        if len(self._instance_ids) > len(vms):  # forget undefined domains' (a uuid is never reused)
+            listed = {vm.uuid for vm in vms}
+            self._instance_ids = {u: i for u, i in self._instance_ids.items() if u in listed}
         if free == 0:
             free = max(0, memory_mib * 1024 - used_kib) * 1024
         return pb.HypervisorReport(
@@ -91,6 +97,21 @@ class Hypervisor:
             running_domains=running,
             vms=vms,
         )
+
+    def _instance_id(self, domain: Any, uuid: str) -> int:
+        """The instance id in the domain's CloudLand metadata (agents/domain.py), 0 if it has none:
+        the reconciler removes orphans of its own only. Read once per uuid: metadata is set at define."""
+        known = self._instance_ids.get(uuid)
+        if known is None:
+            try:
+                xml = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+                # libvirt hands the element back without its namespace.
+                items = {i.get("key"): i.text for i in ET.fromstring(xml).iter("item")}
+                known = int(items.get("instance_id") or 0)
+            except (libvirt.libvirtError, ET.ParseError, ValueError):
+                known = 0
+            self._instance_ids[uuid] = known
+        return known
 
     def inventory(self) -> dict[str, Any]:
         report = self.report()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +22,7 @@ from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
 from cloudland.topology import Shape
 from cloudland_agents import compute_ops, console_ops, ops  # noqa: F401 - they register the vm.* operations
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
-from cloudland_launcher.rank import ChildRank
+from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class Leaf(ChildRank):
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()
         self.sent_reports: dict[int, pb.HypervisorReport] = {}
+        # Reports carry this process's start id and a generation per hypervisor (§6.1).
+        self.incarnation = uuid.uuid4().hex
+        self.touched: set[int] = set()  # hypervisors an operation ended on: reported now, not at the beat
+        self._next_urgent = 0.0
 
     def on_command(self, command: pb.Command) -> None:
         kind = command.targets.WhichOneof("kind")
@@ -109,6 +114,7 @@ class Leaf(ChildRank):
             return False
         while self.done:
             job_id, hv, reply = self.done.popleft()
+            self.touched.add(hv)
             self.in_progress[job_id] -= 1
             if self.in_progress[job_id] <= 0:
                 del self.in_progress[job_id]
@@ -119,17 +125,35 @@ class Leaf(ChildRank):
         return self.in_progress.get(job_id, 0)
 
     def inventory(self) -> list[pb.HypervisorReport]:
-        self.sent_reports = {hv: h.report() for hv, h in self.hypervisors.items()}
+        self.touched.clear()
+        for hv in self.hypervisors:
+            self._stamped(hv)
         return list(self.sent_reports.values())
 
     def changed_reports(self) -> list[pb.HypervisorReport]:
-        changed = []
-        for hv, hypervisor in self.hypervisors.items():
-            report = hypervisor.report()
-            if self.sent_reports.get(hv) != report:
-                self.sent_reports[hv] = report
-                changed.append(report)
-        return changed
+        self.touched.clear()
+        return [r for r in map(self._stamped, self.hypervisors) if r is not None]
+
+    def urgent_reports(self) -> list[pb.HypervisorReport]:
+        """The reports of hypervisors an operation ended on, at most every URGENT_S."""
+        if not self.touched or time.monotonic() < self._next_urgent:
+            return []
+        self._next_urgent = time.monotonic() + URGENT_S
+        touched, self.touched = self.touched, set()
+        return [r for r in map(self._stamped, sorted(touched)) if r is not None]
+
+    def _stamped(self, hv: int) -> pb.HypervisorReport | None:
+        """``hv``'s report now, with our incarnation and its generation bumped, if it differs from the
+        last one sent; None if it does not."""
+        report = self.hypervisors[hv].report()
+        sent = self.sent_reports.get(hv)
+        report.incarnation = self.incarnation
+        report.generation = sent.generation if sent is not None else 0
+        if report == sent:
+            return None
+        report.generation += 1
+        self.sent_reports[hv] = report
+        return report
 
     def leave(self, reason: str) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -157,3 +157,29 @@ def send_raw(ctx: Context, args: Payload) -> Payload:
     else:
         raise InvalidRequest(f"argument 'kind' must be 'garbage' or 'command', got {kind!r}")
     return {"sent": kind}
+
+
+def seeded_uuid(instance_id: int) -> str:
+    """The uuid ``test.seed_domains`` gives instance ``instance_id``'s domain (benchmarks seed the
+    database's rows with the same)."""
+    return f"00000000-0000-4000-8000-{instance_id:012x}"
+
+
+@operation("test.seed_domains", test_only=True)
+def seed_domains(ctx: Context, args: Payload) -> Payload:
+    """Define and start ``per_hypervisor`` domains carrying CloudLand's metadata, for instances
+    ``hypervisor * per_hypervisor + 1`` onwards: benchmarks fill thousands of hypervisors at once
+    without a job per VM."""
+    from cloudland_agents.domain import DomainSpec, domain_xml
+
+    per = int(number(args, "per_hypervisor", 0, 0, 10_000))
+    first = ctx.hypervisor.id * per + 1
+    have = {d.UUIDString() for d in ctx.hypervisor.conn.listAllDomains()}  # idempotent: retried on UNAVAILABLE
+    for instance_id in range(first, first + per):
+        uuid = seeded_uuid(instance_id)
+        if uuid in have:
+            continue
+        spec = DomainSpec(name=f"cl-{uuid}", uuid=uuid, vcpus=1, memory_mib=64,
+                          metadata={"instance_id": str(instance_id)})
+        ctx.hypervisor.conn.defineXML(domain_xml(spec)).create()
+    return {}  # OK without payload: the compact form, at 10,000 hypervisors

@@ -34,7 +34,8 @@ from cloudland_api.routes import auth, console, flavors, hypervisors, images, in
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
-from cloudland_api.sync import Reconciler
+from cloudland_api.reconcile.controller import Converger
+from cloudland_api.sync import Observer
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -111,31 +112,37 @@ async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """With a tree configured: the reconciler and the job engine run as long as the app serves."""
+    """With a tree configured: the observer, the converger and the job engine run as long as the app
+    serves. The observer feeds the database and tells the converger which hypervisors changed; the
+    converger submits the jobs it makes to the engine (docs/architecture.md "Reconciler")."""
     settings: ApiSettings = app.state.settings
     if not settings.root_endpoint:
         app.state.root_client = None
         yield  # no tree: jobs are written and stay pending
         return
-    reconciler = Reconciler(app.state.write_sessions, settings.root_endpoint, interval_s=settings.sync_interval_s,
-                            cpu_ratio=settings.cpu_ratio, memory_ratio=settings.memory_ratio)
+    observer = Observer(app.state.write_sessions, settings.root_endpoint, cpu_ratio=settings.cpu_ratio,
+                        memory_ratio=settings.memory_ratio)
     job_settings = JobSettings(weigher=settings.scheduler_weigher, job_timeout_s=settings.job_timeout_s,
                                capture_timeout_s=settings.capture_timeout_s,
                                guest_source=GuestSource(settings.image_url_base, app.state.signing_key,
                                                         settings.image_token_lifetime_s))
     engine = Engine(app.state.write_sessions, RootClient(settings.root_endpoint), job_settings,
-                    workers=settings.dispatch_workers, ready=reconciler.ready)
-    reconciler.start()
+                    workers=settings.dispatch_workers, ready=observer.ready)
+    converger = Converger(app.state.write_sessions, observer.observed, engine.submit, up=observer.up)
+    observer.on_change = converger.changed
+    observer.start()
     engine.start()  # plans again every job that was not terminal: nothing is lost on a restart
-    app.state.reconciler, app.state.jobs = reconciler, engine
+    converger.start()
+    app.state.observer, app.state.converger, app.state.jobs = observer, converger, engine
     app.state.root_client = RootClient(settings.root_endpoint)  # consoles (routes/console.py)
     try:
         yield
     finally:
         app.state.root_client.close()
         app.state.jobs = None
+        observer.stop()     # no more changes for the converger
+        converger.stop()    # no more jobs for the engine
         engine.stop()
-        reconciler.stop()
 
 
 def create_app(settings: ApiSettings) -> FastAPI:

@@ -125,6 +125,19 @@ class RootClient:
         except grpc.RpcError as exc:
             raise self._translate(exc, "health") from exc
 
+    def watch(self, known: Iterable[root_pb2.ReportVersion] = ()) -> Iterator[root_pb2.WatchEvent]:
+        """Observed state as a stream (proto/README.md §8.1): a snapshot, then changes, until the
+        root goes away (RootUnreachable); ``known``, the versions held from before, are left out
+        of the snapshot. ``close`` the client to end it from another thread."""
+        call = self._stub.Watch(root_pb2.WatchRequest(known=list(known)))
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise self._translate(exc, "watch") from exc
+        finally:
+            call.cancel()
+
     def hosts(self, timeout: float = 5.0) -> root_pb2.HostsReply:
         """The hosts that joined the tree (proto/README.md §10.4)."""
         try:
@@ -163,6 +176,17 @@ class RootClient:
         if code == grpc.StatusCode.UNAVAILABLE:
             return RootUnreachable(f"{what}: cannot reach the root at {self.endpoint}: {detail}")
         return TreeError(f"{what} at {self.endpoint} failed: {code.name if code else '?'} {detail}")
+
+
+def supersedes(report: pb.HypervisorReport, held: pb.HypervisorReport | None) -> bool:
+    """Whether ``report`` replaces ``held`` (proto/README.md §6.1): a new incarnation (the agent
+    started again), or a later generation of the same. Reports without a version (an older
+    agent) replace whenever they differ."""
+    if held is None or report.incarnation != held.incarnation:
+        return True
+    if not report.incarnation:
+        return report != held
+    return report.generation > held.generation
 
 
 def expanded(batch: pb.ReplyBatch) -> pb.ReplyBatch:

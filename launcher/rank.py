@@ -39,6 +39,7 @@ MEMORY_EVERY = 5          # heartbeats between memory samples (smaps_rollup is n
 ASSIGN_TIMEOUT_S = 60.0   # a linked child that is never told what it is links again
 ACCEPT_WATCHDOG_S = 30.0  # MPI_Comm_accept has no timeout: a parent that never connects ends us
 LINK_RETRY_MAX_S = 1.0
+URGENT_S = 0.05           # reports that changed go up at most this often between heartbeats (§6.1)
 
 
 class NotLinked(Exception):
@@ -92,6 +93,7 @@ class ChildRank:
     def ready(self) -> bool: return True
     def inventory(self) -> list[pb.HypervisorReport]: return []
     def changed_reports(self) -> list[pb.HypervisorReport]: return []
+    def urgent_reports(self) -> list[pb.HypervisorReport]: return []  # sent now, not at the next beat
     def peers_below(self) -> list[pb.PeerStatus]: return []
     def children_local(self) -> bool: return True
     def subtree_rejected(self) -> int: return self.rejected
@@ -128,6 +130,10 @@ class ChildRank:
         while True:
             active = self._from_parent()
             active |= self.work()
+            if hello_sent:
+                urgent = self.urgent_reports()
+                if urgent:  # a heartbeat ahead of time (§6.1): changes reach the root promptly
+                    self._heartbeat(urgent)
             if not hello_sent and (self.ready() or time.monotonic() - started > 60):
                 self._send(hello=pb.Hello(
                     node=node_id(self.node), pid=os.getpid(), host=procinfo.HOSTNAME,
@@ -299,12 +305,14 @@ class ChildRank:
         if self.parent is not None:
             self.parent.send(data)
 
-    def _heartbeat(self) -> None:
-        if self._beats % MEMORY_EVERY == 0:
-            self._memory = procinfo.memory_kib()
-        self._beats += 1
+    def _heartbeat(self, reports: list[pb.HypervisorReport] | None = None) -> None:
+        if reports is None:
+            if self._beats % MEMORY_EVERY == 0:
+                self._memory = procinfo.memory_kib()
+            self._beats += 1
+            reports = self.changed_reports()
         self._send(heartbeat=pb.Heartbeat(
-            reports=self.changed_reports(),
+            reports=reports,
             peers=[self.status(), *self.peers_below()],
             rejected=self.subtree_rejected(),
         ))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import queue
 import socket
+import time
 
-from cloudland_launcher.rank import ChildRank
+from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_launcher.rendezvous import Listener
 from cloudland_launcher.subtree import Subtree
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -29,6 +30,7 @@ class Relay(ChildRank):
         self.listener = Listener(self.listen_host, self._on_frame)
         self.link_address = self.listener.address
         self.subtree.start()
+        self._next_urgent = 0.0
 
     def _on_frame(self, frame: lpb.Frame, sock: socket.socket, peer: str) -> None:
         """On the listener's thread: only link requests come to a relay; the MPI thread serves them."""
@@ -78,6 +80,13 @@ class Relay(ChildRank):
         changed = list(self.subtree.changed.values())
         self.subtree.changed.clear()
         return changed
+
+    def urgent_reports(self) -> list[pb.HypervisorReport]:
+        """Our children's changes, passed on at most every URGENT_S rather than at our next beat."""
+        if not self.subtree.changed or time.monotonic() < self._next_urgent:
+            return []
+        self._next_urgent = time.monotonic() + URGENT_S
+        return self.changed_reports()
 
     def peers_below(self) -> list[pb.PeerStatus]:
         return self.subtree.peers()

@@ -31,6 +31,7 @@ from cloudland_launcher.batch import batch_of
 from cloudland_launcher.hosts import Membership
 from cloudland_launcher.link import Backoff
 from cloudland_launcher.subtree import UP, Subtree, node_id, node_range
+from cloudland_launcher.watch import WatchHub
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import link_pb2 as lpb
 from cloudland_proto.v1 import root_pb2
@@ -85,6 +86,9 @@ class Root:
         self.local_agent: subprocess.Popen[bytes] | None = None
         self._view: dict[NodeRange, pb.PeerStatus] = {}
         self._view_at = 0.0
+        self.watch = WatchHub()                        # the Watch streams (launcher/watch.py)
+        self._watch_events: list[pb.PeerEvent] = []    # not yet passed on to them
+        self._next_watch = 0.0
 
     # -- called from gRPC threads ---------------------------------------------
 
@@ -108,6 +112,7 @@ class Root:
             active |= self.subtree.poll()
             self.subtree.check()
             self._expire()
+            self._feed_watch()
             if time.monotonic() >= self._next_ceiling:
                 self._next_ceiling = time.monotonic() + 1.0
                 self.backoff.set_ceiling(self.subtree.all_local())
@@ -115,6 +120,7 @@ class Root:
                     self._order(name, ping=lpb.Ping())
             if not self.build_seconds and self._all_present_up():
                 self.build_seconds = time.monotonic() - self.started
+                self._next_watch = 0.0
                 log.warning("event=tree_ready hypervisors=%d build_s=%.2f", self.shape.hypervisors, self.build_seconds)
             took = time.monotonic() - started
             if took > 1.0:  # nothing here should block: say so if something did (a Spawn, usually)
@@ -226,8 +232,33 @@ class Root:
 
     def _on_event(self, event: pb.PeerEvent) -> None:
         self.events.append(event)
+        self._watch_events.append(event)
+        self._next_watch = 0.0  # a leaf down or up: the streams hear of it now
         log.warning("event=%s node=[%d:%d) reason=%s", pb.PeerState.Name(event.state).lower(),
                     event.node.first_leaf, event.node.end_leaf, event.reason)
+
+    def _feed_watch(self) -> None:
+        """Pass on the reports that came up since the last pass, and, on a peer event or every
+        second, which hypervisors are down and whether the tree is ready (launcher/watch.py)."""
+        if self.subtree.changed:
+            self.watch.offer(self.subtree.changed.values())
+            self.subtree.changed.clear()
+        now = time.monotonic()
+        if now < self._next_watch:
+            return
+        self._next_watch = now + 1.0
+        self.watch.set_down(self._down_hypervisors(), self._watch_events)
+        self._watch_events = []
+        self.watch.set_tree(bool(self.build_seconds) and self._all_present_up(), self.build_seconds)
+
+    def _down_hypervisors(self) -> set[int]:
+        """Hypervisors whose leaf a host holds but which is not OK or SLOW in our view."""
+        down: set[int] = set()
+        for peer in self.subtree.peers():
+            node = node_range(peer.node)
+            if not peer.relay and peer.state not in UP and not self.members.vacant(node):
+                down.update(self.shape.hypervisors_of(node))
+        return down
 
     def _topology(self) -> root_pb2.TopologyReply:
         return root_pb2.TopologyReply(
@@ -257,6 +288,7 @@ class Root:
 
     def _shutdown(self) -> None:
         log.warning("event=root_stopping reason=%s", self.stopping)
+        self.watch.close()
         for job_id in list(self.jobs):
             job = self.jobs[job_id]
             self._on_replies(batch_of(

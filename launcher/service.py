@@ -90,6 +90,18 @@ class RootService(root_pb2_grpc.RootServicer):
         return info
 
 
+    def Watch(self, request: root_pb2.WatchRequest, context: grpc.ServicerContext) -> Iterator[root_pb2.WatchEvent]:
+        hub = self.root.watch
+        sub = hub.subscribe({k.hypervisor: (k.incarnation, k.generation) for k in request.known})
+        try:
+            while context.is_active() and not sub.closed:
+                event = hub.take(sub, timeout=1.0)
+                if event is not None:
+                    yield event
+        finally:
+            hub.unsubscribe(sub)
+
+
 def _answer(future: futures.Future[Any], context: grpc.ServicerContext, what: str) -> Any:
     try:
         return future.result(timeout=10)

@@ -1,17 +1,20 @@
-"""The reconciler's hypervisor states against a real database (SQLite and PostgreSQL), fed by a
-stand-in for the root's client that answers real protobuf messages: which hypervisors are up,
-down, gone or removed, and what that leaves of their VMs. The real tree is in tests/integration.
+"""The observer's hypervisor states against a real database (SQLite and PostgreSQL), fed real
+protobuf Watch events by hand or by a stand-in for the root's client: which hypervisors are up,
+down, gone or removed, and what that leaves of their VMs; that only changes are written, and that
+a broken stream is taken up again with what was held. The real tree is in tests/integration.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid as uuidlib
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 
+from cloudland.errors import RootUnreachable
 from cloudland_api import sync
 from cloudland_api.models import Hypervisor, Instance, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -22,37 +25,38 @@ HYPERVISORS = "/api/v1/hypervisors"
 
 
 class FakeRoot:
-    """What ``RootClient`` answers the reconciler: one Topology per call from ``builds`` (the last
-    one repeats), and a Health of ``hypervisors`` with one leaf rank each, ``lost`` leaves not OK."""
+    """What the root's Watch stream would say: ``hypervisors`` with one leaf rank each, ``lost``
+    leaves down, each one's ``vms``; ``event()`` is a snapshot of that, ``ready`` as Topology says."""
 
     def __init__(self) -> None:
         self.hypervisors: list[int] = []
         self.lost: set[int] = set()
         self.vms: dict[int, list[pb.VmState]] = {}
-        self.builds: list[tuple[bool, float]] = [(True, 1.0)]  # (ready, build_seconds) per topology call
+        self.ready, self.build_seconds = True, 1.0
         self.free_mib = 16000
 
     def boot(self, count: int, build_seconds: float) -> None:
         """A tree (re)started with ``count`` hypervisors, ready."""
-        self.hypervisors, self.builds = list(range(count)), [(True, build_seconds)]
+        self.hypervisors, self.ready, self.build_seconds = list(range(count)), True, build_seconds
 
-    def topology(self) -> root_pb2.TopologyReply:
-        ready, build = self.builds.pop(0) if len(self.builds) > 1 else self.builds[0]
-        count = len(self.hypervisors)
-        return root_pb2.TopologyReply(hypervisors=count, per_leaf=1, leaves=count, ready=ready, build_seconds=build)
-
-    def health(self, reports: bool = False) -> root_pb2.HealthReply:
-        assert reports
-        reply = root_pb2.HealthReply()
+    def event(self) -> root_pb2.WatchEvent:
+        snapshot = root_pb2.WatchEvent(snapshot=True, reported=self.hypervisors, down=sorted(self.lost),
+                                       ready=self.ready, build_seconds=self.build_seconds)
         for hv in self.hypervisors:
-            state = pb.PEER_LOST if hv in self.lost else pb.PEER_OK
-            reply.peers.add(node=pb.NodeId(first_leaf=hv, end_leaf=hv + 1), relay=False, state=state)
-            reply.reports.add(hypervisor=hv, hostname=f"sim-{hv}", cpus=8, memory_kib=16384 * 1024,
-                              free_memory_kib=self.free_mib * 1024, vms=self.vms.get(hv, []))
-        return reply
+            snapshot.reports.add(hypervisor=hv, hostname=f"sim-{hv}", cpus=8, memory_kib=16384 * 1024,
+                                 free_memory_kib=self.free_mib * 1024, vms=self.vms.get(hv, []))
+        return snapshot
 
-    def close(self) -> None:
-        pass
+
+class Stream:
+    """The observer fed by hand: ``sync()`` applies the fake root's snapshot and writes it."""
+
+    def __init__(self, observer: sync.Observer, root: FakeRoot) -> None:
+        self.observer, self.root = observer, root
+
+    def sync(self) -> set[int]:
+        self.observer.apply(self.root.event())
+        return self.observer.flush()
 
 
 @pytest.fixture
@@ -61,8 +65,8 @@ def root() -> FakeRoot:
 
 
 @pytest.fixture
-def reconciler(api: Api, root: FakeRoot) -> sync.Reconciler:
-    return sync.Reconciler(api.app.state.write_sessions, "", client=root)  # type: ignore[arg-type]
+def reconciler(api: Api, root: FakeRoot) -> Stream:
+    return Stream(sync.Observer(api.app.state.write_sessions, ""), root)
 
 
 def states(api: Api, headers: dict[str, str]) -> dict[int, str]:
@@ -89,22 +93,22 @@ def settled_vm(api: Api, launch: Launcher, name: str, hypervisor: int, root: Fak
 
 
 def test_hypervisors_a_ready_tree_no_longer_has_are_gone_until_they_report_again(
-        api: Api, admin_headers: dict[str, str], launch: Launcher, root: FakeRoot, reconciler: sync.Reconciler,
+        api: Api, admin_headers: dict[str, str], launch: Launcher, root: FakeRoot, reconciler: Stream,
         caplog: pytest.LogCaptureFixture) -> None:
     root.boot(4, 1.0)
-    reconciler.sync_once()
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up", 3: "up"}
     kept = settled_vm(api, launch, "kept", 3, root)
     vanished = settled_vm(api, launch, "vanished", 1, root)
-    root.vms[1] = []  # its domain is gone from a host the tree still has: that one is an error
-    reconciler.sync_once()
+    root.vms[1] = []  # its domain is gone from a host the tree still has: the converger's to recover
+    reconciler.sync()
     claims = api.client.get(f"{HYPERVISORS}/3", headers=admin_headers).json()["vcpus_claimed"]
     assert claims == 1
 
     root.boot(2, 2.0)  # restarted with fewer
     with caplog.at_level(logging.WARNING, logger="cloudland_api.sync"):
-        reconciler.sync_once()
-        reconciler.sync_once()  # and again: nothing more changes, nothing more is logged
+        reconciler.sync()
+        reconciler.sync()  # and again: nothing more changes, nothing more is logged
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "gone", 3: "gone"}
     gone_lines = [r.getMessage() for r in caplog.records if "hypervisor_gone" in r.getMessage()]
     assert gone_lines == ["event=hypervisor_gone hypervisor=2 was=up", "event=hypervisor_gone hypervisor=3 was=up"]
@@ -113,70 +117,121 @@ def test_hypervisors_a_ready_tree_no_longer_has_are_gone_until_they_report_again
     assert (shown["status"], shown["status_reason"]) == ("running", None)
     assert api.client.get(f"{HYPERVISORS}/3", headers=admin_headers).json()["vcpus_claimed"] == 1
     shown = api.client.get(f"/api/v1/instances/{vanished['id']}", headers=admin_headers).json()
-    assert shown["status"] == "error" and "missing on hypervisor 1" in shown["status_reason"]
+    assert (shown["status"], shown["status_reason"]) == ("running", None)  # not an error: it is recovered
 
     root.boot(4, 3.0)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cloudland_api.sync"):
-        reconciler.sync_once()
+        reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up", 3: "up"}
     assert "event=hypervisor_up hypervisor=3 was=gone" in caplog.text
 
 
-@pytest.mark.parametrize("builds", [[(False, 0.0)], [(True, 2.0), (False, 2.0)], [(True, 2.0), (True, 2.5)]],
-                         ids=["not ready", "not ready after", "rebuilt between the reads"])
-def test_only_a_complete_reply_from_one_ready_build_makes_hypervisors_gone(
-        api: Api, admin_headers: dict[str, str], root: FakeRoot, reconciler: sync.Reconciler,
-        builds: list[tuple[bool, float]]) -> None:
+def test_only_a_snapshot_of_a_ready_tree_makes_hypervisors_gone(
+        api: Api, admin_headers: dict[str, str], root: FakeRoot, reconciler: Stream) -> None:
+    """Until the tree is ready, a hypervisor without a report may only not have said hello yet."""
     root.boot(4, 1.0)
-    reconciler.sync_once()
+    reconciler.sync()
     root.boot(2, 2.0)
-    root.builds = list(builds)  # a root still building, or one restarted between Topology and Health
-    reconciler.sync_once()
+    root.ready = False  # a root still building
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up", 3: "up"}
-    root.builds = [(True, 2.0)]
-    reconciler.sync_once()
+    root.ready = True
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "gone", 3: "gone"}
 
 
 def test_a_lost_leaf_is_down_not_gone(api: Api, admin_headers: dict[str, str], root: FakeRoot,
-                                      reconciler: sync.Reconciler) -> None:
+                                      reconciler: Stream) -> None:
     root.boot(3, 1.0)
-    reconciler.sync_once()
+    reconciler.sync()
     root.lost = {1}  # the root keeps the last report of a lost leaf's hypervisor
-    reconciler.sync_once()
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "down", 2: "up"}
     root.lost = set()
-    reconciler.sync_once()
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up"}
 
 
 def test_a_removed_hypervisor_stays_removed_whatever_it_reports(api: Api, admin_headers: dict[str, str],
-                                                                root: FakeRoot, reconciler: sync.Reconciler) -> None:
+                                                                root: FakeRoot, reconciler: Stream) -> None:
     root.boot(3, 1.0)
-    reconciler.sync_once()
+    reconciler.sync()
     assert api.client.delete(f"{HYPERVISORS}/2", headers=admin_headers).json()["state"] == "removed"
     root.free_mib = 9000  # the report changes: it would be written for any other host
-    reconciler.sync_once()
+    reconciler.sync()
     removed = api.client.get(f"{HYPERVISORS}/2", headers=admin_headers).json()
     assert (removed["state"], removed["free_memory_mib"]) == ("removed", 16000)
     assert api.client.get(f"{HYPERVISORS}/1", headers=admin_headers).json()["free_memory_mib"] == 9000
     root.boot(2, 2.0)  # and gone from the tree: still removed, not gone
-    reconciler.sync_once()
+    reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "removed"}
 
 
 def test_instances_of_a_removed_hypervisors_reports_are_not_observed(api: Api, admin_headers: dict[str, str],
                                                                      launch: Launcher, root: FakeRoot,
-                                                                     reconciler: sync.Reconciler) -> None:
+                                                                     reconciler: Stream) -> None:
     """A report ignored is ignored whole: what it says of domains changes no instance either."""
     root.boot(2, 1.0)
-    reconciler.sync_once()
+    reconciler.sync()
     vm = settled_vm(api, launch, "orphan", 1, root)
     with api.app.state.write_sessions() as session:  # as if removed from under it (not through the API)
         session.execute(update(Hypervisor).where(Hypervisor.id == 1).values(state="removed"))
         session.commit()
     root.vms[1] = [pb.VmState(name=f"cl-{vm['uuid']}", uuid=vm["uuid"], state="shutoff"),
                    pb.VmState(name="cl-x", uuid=str(uuidlib.uuid4()), state="running")]
-    reconciler.sync_once()
+    reconciler.sync()
     assert api.client.get(f"/api/v1/instances/{vm['id']}", headers=admin_headers).json()["status"] == "running"
+
+
+def test_changes_write_only_their_hypervisors_and_name_them_to_the_converger(
+        api: Api, admin_headers: dict[str, str], root: FakeRoot, reconciler: Stream) -> None:
+    root.boot(3, 1.0)
+    assert reconciler.sync() == {0, 1, 2}  # the first snapshot: every hypervisor is news
+    observer = reconciler.observer
+    assert observer.flush() == set()  # nothing new, nothing written
+    change = root_pb2.WatchEvent(down=[2])
+    change.reports.add(hypervisor=1, hostname="sim-1", cpus=8, memory_kib=16384 * 1024,
+                       free_memory_kib=8000 * 1024, incarnation="x", generation=2)
+    observer.apply(change)
+    assert observer.flush() == {1}  # 2 went down: not the converger's while down
+    assert states(api, admin_headers) == {0: "up", 1: "up", 2: "down"}
+    assert api.client.get(f"{HYPERVISORS}/1", headers=admin_headers).json()["free_memory_mib"] == 8000
+    assert observer.observed([0, 1, 2]).keys() == {0, 1}
+    observer.apply(root_pb2.WatchEvent(up=[2]))
+    assert observer.flush() == {2}
+    assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up"}
+
+
+class BrokenStreams:
+    """A root client whose Watch streams each yield ``events`` and then break."""
+
+    def __init__(self, events: list[root_pb2.WatchEvent]) -> None:
+        self.events, self.asked = events, []
+
+    def watch(self, known: list[root_pb2.ReportVersion]) -> object:
+        self.asked.append({k.hypervisor: (k.incarnation, k.generation) for k in known})
+        yield from self.events
+        raise RootUnreachable("the root went away")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_broken_stream_is_taken_up_again_with_the_versions_held(api: Api, admin_headers: dict[str, str]) -> None:
+    snapshot = root_pb2.WatchEvent(snapshot=True, reported=[0], ready=True)
+    snapshot.reports.add(hypervisor=0, hostname="sim-0", cpus=8, memory_kib=1 << 24, incarnation="a", generation=4)
+    client = BrokenStreams([snapshot])
+    changed: list[set[int]] = []
+    observer = sync.Observer(api.app.state.write_sessions, "", client=client,  # type: ignore[arg-type]
+                             on_change=changed.append)
+    observer.start()
+    try:
+        assert observer.ready.wait(10)
+        deadline = time.monotonic() + 10
+        while len(client.asked) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        observer.stop()
+    assert client.asked[:2] == [{}, {0: ("a", 4)}]
+    assert changed[0] == {0} and states(api, admin_headers) == {0: "up"}
