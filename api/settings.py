@@ -37,7 +37,6 @@ class ApiSettings:
     scheduler_weigher: str = "spread"   # spread: emptiest host first; pack: fullest first
     cpu_ratio: float = 4.0              # overcommit given to newly seen hypervisors
     memory_ratio: float = 1.0
-    sync_interval_s: float = 2.0        # how often hypervisors are read from the tree's reports
     dispatch_workers: int = 64          # commands in flight to the root at once
     job_timeout_s: float = 120.0        # per attempt; the job fails with "timeout" after it
     capture_timeout_s: float = 3600.0   # a capture's attempt: it copies and uploads a whole disk
@@ -60,8 +59,6 @@ class ApiSettings:
         for name in ("cpu_ratio", "memory_ratio"):
             if not 0 < getattr(self, name) <= 64:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be in (0, 64], got {getattr(self, name)}")
-        if not 0.1 <= self.sync_interval_s <= 3600:
-            raise ConfigError(f"{PREFIX}SYNC_INTERVAL_S must be 0.1..3600, got {self.sync_interval_s}")
         if not 1 <= self.dispatch_workers <= 1024:
             raise ConfigError(f"{PREFIX}DISPATCH_WORKERS must be 1..1024, got {self.dispatch_workers}")
         if not 1 <= self.job_timeout_s <= 3600:

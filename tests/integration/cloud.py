@@ -48,7 +48,6 @@ class Cloud:
             "CLOUDLAND_API_STATE_DIR": str(self.state_dir),
             "CLOUDLAND_API_DATABASE_URL": self.database_url,
             "CLOUDLAND_API_PORT": str(self.port),
-            "CLOUDLAND_API_SYNC_INTERVAL_S": "0.5",
             **self.settings,
         })
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class LabCloud:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         self.state_dir.mkdir(parents=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_")}
-        self.env.update({"CLOUDLAND_HEARTBEAT_S": str(HEARTBEAT_S), "CLOUDLAND_API_SYNC_INTERVAL_S": "0.5",
+        self.env.update({"CLOUDLAND_HEARTBEAT_S": str(HEARTBEAT_S),
                          "CLOUDLAND_LOG_LEVEL": "WARNING", "COLUMNS": "200",
                          "CLOUDLAND_TEST_OPS": "1"})  # `sleep`: a command in flight while a rank dies
         hostfile = self.lab.hostfile(self.hosts)
