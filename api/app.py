@@ -35,7 +35,7 @@ from cloudland_api.security import load_signing_key
 from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
 from cloudland_api.reconcile.controller import Converger
-from cloudland_api.sync import Observer
+from cloudland_api.reconcile.observer import Observer
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"

@@ -69,7 +69,7 @@ class Engine:
         self._client = client
         self.settings = settings or Settings()
         self._kinds = kinds if kinds is not None else KINDS
-        self._ready = ready  # set once hypervisors were read from the tree (sync.py)
+        self._ready = ready  # set once hypervisors were read from the tree (reconcile/observer.py)
         self.retry_budget_s = retry_budget_s
         self._backoff = backoff or (lambda tries: min(0.25 * 2 ** (tries - 1), 10.0))  # seconds before try N+1
         self._incoming: queue.SimpleQueue[str] = queue.SimpleQueue()

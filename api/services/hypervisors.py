@@ -9,7 +9,7 @@ A hypervisor's ``state``:
     removed  the operator removed it: a tombstone row, never placed on again, whose reports the
              reconciler ignores, so that it cannot come back by itself
 
-The reconciler (sync.py) writes up, down and gone; ``remove`` writes removed. Nothing sent to
+The observer (reconcile/observer.py) writes up, down and gone; ``remove`` writes removed. Nothing sent to
 a gone or removed hypervisor can arrive, and no domain of it can be cleaned: deleting one of
 its VMs ends the record at once (instances.py), and every other action is a Conflict saying so.
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import update
 
 from cloudland.errors import RootUnreachable
-from cloudland_api import sync
+from cloudland_api.reconcile import observer as sync
 from cloudland_api.models import Hypervisor, Instance, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
@@ -106,7 +106,7 @@ def test_hypervisors_a_ready_tree_no_longer_has_are_gone_until_they_report_again
     assert claims == 1
 
     root.boot(2, 2.0)  # restarted with fewer
-    with caplog.at_level(logging.WARNING, logger="cloudland_api.sync"):
+    with caplog.at_level(logging.WARNING, logger="cloudland_api.reconcile.observer"):
         reconciler.sync()
         reconciler.sync()  # and again: nothing more changes, nothing more is logged
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "gone", 3: "gone"}
@@ -121,7 +121,7 @@ def test_hypervisors_a_ready_tree_no_longer_has_are_gone_until_they_report_again
 
     root.boot(4, 3.0)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cloudland_api.sync"):
+    with caplog.at_level(logging.WARNING, logger="cloudland_api.reconcile.observer"):
         reconciler.sync()
     assert states(api, admin_headers) == {0: "up", 1: "up", 2: "up", 3: "up"}
     assert "event=hypervisor_up hypervisor=3 was=gone" in caplog.text
