@@ -22,7 +22,8 @@ router = APIRouter(
     responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
 )
 JobId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$", description="Job id")]
-BatchId = Annotated[str | None, Query(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
+# A request's batch is hex; the reconciler's are ``reconcile-<hex>`` (api/reconcile/vm.py).
+BatchId = Annotated[str | None, Query(min_length=1, max_length=32, pattern=r"^(reconcile-)?[0-9a-f]+$")]
 MAX_WAIT_S = 60.0
 POLL_S = 0.1
 

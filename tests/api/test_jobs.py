@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cloudland_api.models import Role
+from cloudland_api.models import Job, Role
 from tests.api.conftest import Api, Launcher, settle
 
 JOBS = "/api/v1/jobs"
@@ -50,7 +50,8 @@ def test_newest_first_with_filters_and_counts(api: Api, admin_headers: dict[str,
 
 
 def test_bad_filters_are_422(api: Api, admin_headers: dict[str, str]) -> None:
-    for params in ({"state": "done"}, {"batch": "not-hex"}, {"batch": "a" * 33}, {"instance": 0},
+    for params in ({"state": "done"}, {"batch": "not-hex"}, {"batch": "reconcile-"}, {"batch": "a" * 33},
+                   {"batch": "recover-abc"}, {"instance": 0},
                    {"limit": 0}, {"limit": 501}, {"offset": -1}):
         reply = api.client.get(JOBS, params=params, headers=admin_headers)
         assert reply.status_code == 422, (params, reply.text)
@@ -120,3 +121,16 @@ def test_wait_bounds_are_422(api: Api, admin_headers: dict[str, str], launch: La
     for wait in ("60.5", "61", "-1", "soon"):
         reply = api.client.get(f"{JOBS}/{job['id']}", params={"wait": wait}, headers=admin_headers)
         assert reply.status_code == 422 and "wait" in reply.json()["error"]["message"], (wait, reply.text)
+
+
+def test_the_reconcilers_batches_are_listed_by_their_name(api: Api, admin_headers: dict[str, str],
+                                                         launch: Launcher) -> None:
+    """Jobs the reconciler made carry a ``reconcile-<hex>`` batch, and can be listed by it."""
+    [job] = launch("healed")["jobs"]
+    with api.app.state.write_sessions() as session:
+        row = session.get(Job, job["id"])
+        assert row is not None
+        row.batch = "reconcile-0123456789ab"
+        session.commit()
+    listed = listing(api, admin_headers, batch="reconcile-0123456789ab")
+    assert [j["id"] for j in listed["items"]] == [job["id"]] and listed["counts"]["pending"] == 1
