@@ -19,7 +19,10 @@ from google.protobuf.json_format import MessageToDict
 from cloudland import procinfo
 from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
 from cloudland.topology import Shape
-from cloudland_agents import compute_ops, console_ops, ops  # noqa: F401 - they register the vm.* operations
+from cloudland_agents import ops
+from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
+from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
+from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 from cloudland_launcher.rank import ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb

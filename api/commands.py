@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def vm_spec(instance: Instance) -> dict[str, Any]:
-    """The ``vm.create``/``vm.rebuild`` arguments for ``instance`` (agents/compute_ops.py SPEC_KEYS)."""
+    """The ``vm.create``/``vm.rebuild`` arguments for ``instance`` (agents/compute/ops.py SPEC_KEYS)."""
     metadata = {"instance_id": str(instance.id), "org_id": str(instance.org_id), "name": instance.name}
     if instance.image_id is not None:
         metadata["image_id"] = str(instance.image_id)

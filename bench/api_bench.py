@@ -55,7 +55,7 @@ import httpx2 as httpx
 from sqlalchemy import insert, select
 
 from cloudland.config import TreeSettings
-from cloudland_agents.compute import DomainSpec, LibvirtCompute, domain_xml
+from cloudland_agents.compute.driver import DomainSpec, LibvirtCompute, domain_xml
 from cloudland_agents.hypervisor import open_simulated
 from cloudland_api.db import make_engine, session_factory, upgrade
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Organisation

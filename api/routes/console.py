@@ -41,7 +41,7 @@ router = APIRouter(prefix="/instances", tags=["instances"])
 
 IDLE_POLL_S = 0.2       # how often an idle console is asked for new output
 READ_BYTES = 64 * 1024  # per poll
-INPUT_BYTES = 4096      # per poll (agents/console_ops.py MAX_INPUT)
+INPUT_BYTES = 4096      # per poll (agents/compute/console_ops.py MAX_INPUT)
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
 
 

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
-from cloudland_agents.configdrive import _json_bytes
-from cloudland_agents.guests import network_data
+from cloudland_agents.compute.configdrive import _json_bytes
+from cloudland_agents.compute.guests import network_data
 from cloudland_launcher.harness import start_tree, stop_tree, wait_for
 from tests.integration.cloud import Cloud
 

@@ -17,7 +17,8 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
-from cloudland_agents import compute_ops, ops
+from cloudland_agents import ops
+from cloudland_agents.compute import ops as compute_ops
 from cloudland_agents.hypervisor import Hypervisor
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too

@@ -1,4 +1,4 @@
-"""``vm.capture`` (agents/compute_ops.py) on real files: a VM of a simulated hypervisor whose
+"""``vm.capture`` (agents/compute/ops.py) on real files: a VM of a simulated hypervisor whose
 disk is a real qcow2 overlay, real qemu-img, and a real HTTP server taking the upload.
 
 The server stands in for the API's ``PUT /images/{id}/upload`` (tests/api/test_capture.py
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from cloudland.errors import DriverError, InvalidRequest, VMStateError
-from cloudland_agents import guests
+from cloudland_agents.compute import guests
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
-from cloudland_agents.images import ImageError
+from cloudland_agents.images.cache import ImageError
 from tests.unit.test_compute_ops import UUID, run
 from tests.unit.test_image_cache import info, qemu_img, qemu_io  # noqa: F401 (qemu_img: a fixture)
 

@@ -1,4 +1,4 @@
-"""The vm.* operations (agents/compute_ops.py): Struct arguments in, VM records out.
+"""The vm.* operations (agents/compute/ops.py): Struct arguments in, VM records out.
 
 Arguments are given as a protobuf Struct would deliver them (numbers as floats),
 on real simulated hypervisors; no MPI.
@@ -16,9 +16,11 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from cloudland.errors import DriverError, InvalidRequest
-from cloudland_agents import compute_ops, ops
-from cloudland_agents.compute import LibvirtCompute, VMNotFound, VMStateError
-from cloudland_agents.compute_fake import FakeCompute
+from cloudland_agents import ops
+from cloudland_agents.compute import ops as compute_ops
+from cloudland_agents.compute.driver import LibvirtCompute, VMNotFound, VMStateError
+from cloudland_agents.compute.fake import FakeCompute
+from cloudland_agents.images import ops as image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 
 VM_OPS = ["vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete", "vm.resize", "vm.rebuild", "vm.capture", "vm.get",

@@ -16,7 +16,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from cloudland.errors import DriverError, InvalidRequest, VMNotFound
-from cloudland_agents import console_ops, ops
+from cloudland_agents import ops
+from cloudland_agents.compute import console_ops
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 
 DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os>

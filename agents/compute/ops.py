@@ -1,4 +1,4 @@
-"""The ``vm.*`` agent operations: the compute driver (agents/compute.py) behind the registry.
+"""The ``vm.*`` agent operations: the compute driver (agents/compute/driver.py) behind the registry.
 
 None is inline: libvirt calls can block (a graceful stop waits for the guest), so
 they run on worker threads, where the driver's per-VM locks serialise one VM's
@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from cloudland.errors import DriverError, InvalidRequest, VMStateError
-from cloudland_agents import guests
-from cloudland_agents.compute import Compute, Disk, DomainSpec, LibvirtCompute, Nic
+from cloudland_agents.compute import guests
+from cloudland_agents.compute.driver import Compute, Disk, DomainSpec, LibvirtCompute, Nic
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
-from cloudland_agents.images import CAPTURE_TIMEOUT_S, ImageSource, ImageTarget
+from cloudland_agents.images.cache import CAPTURE_TIMEOUT_S
+from cloudland_agents.images.source import ImageSource, ImageTarget
 from cloudland_agents.ops import Context, Payload, operation
 
-# vm.create's arguments for a real guest's files (agents/guests.py); simulated hosts ignore them.
+# vm.create's arguments for a real guest's files (agents/compute/guests.py); simulated hosts ignore them.
 GUEST_KEYS = {"image", "hostname", "disk_gib", "ssh_keys", "user_data"}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SPEC_KEYS = {"name", "uuid", "vcpus", "memory_mib", "arch", "domain_type", "disks", "nics", "metadata",
              "kernel", "initrd", "cmdline", "console_log", "vnc_listen"}
@@ -351,18 +351,6 @@ def vm_capture(ctx: Context, args: Payload) -> Payload:
     finally:
         copy.unlink(missing_ok=True)  # adopted (renamed away) on success
     return {"image_id": target.image_id, "size_bytes": size, "sha256": sha256}
-
-
-@operation("image.evict")
-def image_evict(ctx: Context, args: Payload) -> Payload:
-    """Remove the cached base of ``sha256`` (an image the API deleted), unless a guest's disk
-    is an overlay on it. Payload: ``in_use`` true when it stays. Idempotent: a base that is not
-    cached is success."""
-    _only(args, {"sha256"})
-    sha256 = _text(args, "sha256")
-    if not _SHA256.fullmatch(sha256):
-        raise InvalidRequest(f"argument 'sha256' must be 64 lower-case hex digits, got {sha256!r}")
-    return {} if guests.evict(ctx.hypervisor, sha256) else {"in_use": True}
 
 
 @operation("vm.get")

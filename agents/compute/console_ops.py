@@ -1,7 +1,7 @@
 """The ``vm.console`` agent operation: a VM's serial console, read at an offset and typed into.
 
 The API polls it through the tree and streams the bytes over a WebSocket
-(``/api/v1/instances/{id}/console``); see agents/console.py for why the console is
+(``/api/v1/instances/{id}/console``); see agents/compute/console.py for why the console is
 read from its log file rather than from a held-open stream.
 """
 
@@ -11,7 +11,7 @@ import base64
 import binascii
 
 from cloudland.errors import InvalidRequest
-from cloudland_agents.console import Console
+from cloudland_agents.compute.console import Console
 from cloudland_agents.hypervisor import PerHypervisor
 from cloudland_agents.ops import Context, Payload, number, operation
 
