@@ -12,11 +12,11 @@ import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
-from cloudland import procinfo
+from cloudland import operations, procinfo
 from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
 from cloudland.topology import Shape
 from cloudland_agents import ops
@@ -57,7 +57,13 @@ class Leaf(ChildRank):
         else:
             targets = list(command.targets.set.ids)
         op = ops.lookup(command.operation, self.test_ops)
-        args = MessageToDict(command.args)
+        request: Message | None = None
+        refused = ""
+        if op is not None:
+            try:
+                request = operations.request_of(command)
+            except InvalidRequest as exc:  # a request of another type: refused before any work
+                refused = str(exc)
         left = (command.deadline_ms - procinfo.now_ms()) / 1000 if command.deadline_ms else 0.0
         deadline = time.monotonic() + left if command.deadline_ms else 0.0
         if command.deadline_ms and left <= 0:
@@ -71,14 +77,17 @@ class Leaf(ChildRank):
             elif op is None:
                 self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_OPERATION,
                                              f"unknown operation {command.operation!r} (hypervisor {hv}, job {command.job_id})"))
+            elif request is None:
+                self.buffer.add_reply(_reply(command.job_id, hv, pb.INVALID_ARGUMENT,
+                                             f"{refused} (hypervisor {hv}, job {command.job_id})"))
             elif op.inline:
-                self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, args, deadline))
+                self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, request, deadline))
             else:
                 self.in_progress[command.job_id] += 1
-                self.pool.submit(self._in_worker, op, hv, command.job_id, args, deadline)
+                self.pool.submit(self._in_worker, op, hv, command.job_id, request, deadline)
 
-    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> None:
-        self.done.append((job_id, hv, self._execute(op, hv, job_id, args, deadline)))
+    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float) -> None:
+        self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline)))
         self.backoff.notify()
 
     def _collect(self, job_id: str, hv: int, reply: pb.Reply | None) -> None:
@@ -89,11 +98,12 @@ class Leaf(ChildRank):
             self.buffer.add_reply(reply)
 
     def _execute(
-        self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float
+        self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float
     ) -> pb.Reply | None:
         ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw)
         try:
-            payload = op.run(ctx, args)
+            result = op.run(ctx, request)
+            packed = operations.pack_result(op.name, result) if result is not None and result.ByteSize() else None
         except InvalidRequest as exc:
             return _reply(job_id, hv, pb.INVALID_ARGUMENT, f"{op.name}: {exc} (hypervisor {hv}, job {job_id})")
         except HypervisorError as exc:
@@ -101,11 +111,9 @@ class Leaf(ChildRank):
         except (CloudLandError, Exception) as exc:  # noqa: BLE001 - a crash becomes a FAILED reply
             log.exception("event=operation_crashed op=%s hypervisor=%s job=%s", op.name, hv, job_id)
             return _reply(job_id, hv, pb.FAILED, f"{op.name} crashed: {exc!r} (hypervisor {hv}, job {job_id})")
-        if not payload:
+        if packed is None:
             return None
-        reply = _reply(job_id, hv, pb.OK)
-        reply.payload.update(payload)
-        return reply
+        return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.OK, result=packed)
 
     def work(self) -> bool:
         if not self.done:

@@ -64,6 +64,8 @@ class ImageTarget:
             raise InvalidRequest(f"{where}: disk_format must be one of {DISK_FORMATS}, got {self.disk_format!r}")
         if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
             raise InvalidRequest(f"{where}: url must be http(s)://, got {public_url(self.url)!r}")
+        if not self.token:  # the API refuses an upload without the job's token
+            raise InvalidRequest(f"{where}: token is required")
 
     def __repr__(self) -> str:  # keeps the token out of logs and tracebacks
         return f"ImageTarget(image_id={self.image_id}, disk_format={self.disk_format!r}, url={public_url(self.url)!r})"
