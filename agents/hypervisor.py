@@ -19,12 +19,12 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from cloudland.errors import DriverError
-from cloudland_agents.domain import METADATA_NS
+from cloudland_agents.compute.domain import METADATA_NS
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
 
-# libvirt's domain states in CloudLand's words (agents/domain.py STATES).
+# libvirt's domain states in CloudLand's words (agents/compute/domain.py STATES).
 LIBVIRT_STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "unknown", libvirt.VIR_DOMAIN_RUNNING: "running",
     libvirt.VIR_DOMAIN_BLOCKED: "running",  # blocked on I/O is still running to a caller
@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 class Hypervisor:
     """One libvirt host. ``vnc_listen`` is the address real guests' VNC displays listen on, ""
-    for none (agents/compute_ops.py); simulated guests get none."""
+    for none (agents/compute/ops.py); simulated guests get none."""
 
     def __init__(self, hypervisor_id: int, uri: str, hostname: str, state_dir: Path | None = None,
                  vnc_listen: str = "127.0.0.1") -> None:
@@ -47,7 +47,7 @@ class Hypervisor:
         self.uri = uri
         self.hostname = hostname
         self.vnc_listen = vnc_listen
-        # Where this agent keeps its files: guests' disks and drives, the image cache (agents/guests.py).
+        # Where this agent keeps its files: guests' disks and drives, the image cache (agents/compute/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
         self._instance_ids: dict[str, int] = {}  # uuid -> CloudLand's instance id (0: none), read once
         try:

@@ -13,14 +13,17 @@ import time
 import uuid
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
-from cloudland import procinfo
+from cloudland import operations, procinfo
 from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
 from cloudland.topology import Shape
-from cloudland_agents import compute_ops, console_ops, ops  # noqa: F401 - they register the vm.* operations
+from cloudland_agents import ops
+from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
+from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
+from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -59,7 +62,13 @@ class Leaf(ChildRank):
         else:
             targets = list(command.targets.set.ids)
         op = ops.lookup(command.operation, self.test_ops)
-        args = MessageToDict(command.args)
+        request: Message | None = None
+        refused = ""
+        if op is not None:
+            try:
+                request = operations.request_of(command)
+            except InvalidRequest as exc:  # a request of another type: refused before any work
+                refused = str(exc)
         left = (command.deadline_ms - procinfo.now_ms()) / 1000 if command.deadline_ms else 0.0
         deadline = time.monotonic() + left if command.deadline_ms else 0.0
         if command.deadline_ms and left <= 0:
@@ -73,14 +82,17 @@ class Leaf(ChildRank):
             elif op is None:
                 self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_OPERATION,
                                              f"unknown operation {command.operation!r} (hypervisor {hv}, job {command.job_id})"))
+            elif request is None:
+                self.buffer.add_reply(_reply(command.job_id, hv, pb.INVALID_ARGUMENT,
+                                             f"{refused} (hypervisor {hv}, job {command.job_id})"))
             elif op.inline:
-                self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, args, deadline))
+                self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, request, deadline))
             else:
                 self.in_progress[command.job_id] += 1
-                self.pool.submit(self._in_worker, op, hv, command.job_id, args, deadline)
+                self.pool.submit(self._in_worker, op, hv, command.job_id, request, deadline)
 
-    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float) -> None:
-        self.done.append((job_id, hv, self._execute(op, hv, job_id, args, deadline)))
+    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float) -> None:
+        self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline)))
         self.backoff.notify()
 
     def _collect(self, job_id: str, hv: int, reply: pb.Reply | None) -> None:
@@ -91,11 +103,12 @@ class Leaf(ChildRank):
             self.buffer.add_reply(reply)
 
     def _execute(
-        self, op: ops.Operation, hv: int, job_id: str, args: dict[str, Any], deadline: float
+        self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float
     ) -> pb.Reply | None:
         ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw)
         try:
-            payload = op.run(ctx, args)
+            result = op.run(ctx, request)
+            packed = operations.pack_result(op.name, result) if result is not None and result.ByteSize() else None
         except InvalidRequest as exc:
             return _reply(job_id, hv, pb.INVALID_ARGUMENT, f"{op.name}: {exc} (hypervisor {hv}, job {job_id})")
         except HypervisorError as exc:
@@ -103,11 +116,9 @@ class Leaf(ChildRank):
         except (CloudLandError, Exception) as exc:  # noqa: BLE001 - a crash becomes a FAILED reply
             log.exception("event=operation_crashed op=%s hypervisor=%s job=%s", op.name, hv, job_id)
             return _reply(job_id, hv, pb.FAILED, f"{op.name} crashed: {exc!r} (hypervisor {hv}, job {job_id})")
-        if not payload:
+        if packed is None:
             return None
-        reply = _reply(job_id, hv, pb.OK)
-        reply.payload.update(payload)
-        return reply
+        return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.OK, result=packed)
 
     def work(self) -> bool:
         if not self.done:

@@ -1,11 +1,13 @@
 """The operation registry: what an agent can be asked to do.
 
-An operation is a function ``run(ctx, args) -> payload`` registered under a
-name. Inline operations are quick and never block, so they run on the MPI
-thread; the rest run on the agent's worker threads. Later issues register
-more (compute, network, storage). Contract of every operation: validate
-``args`` and raise InvalidRequest for bad ones; raise HypervisorError when the
-work fails; be idempotent on ``ctx.job_id`` if destructive.
+An operation is a function ``run(ctx, request) -> result`` registered under a name that
+cloudland/operations.py knows: the leaf unpacks the command's request into that name's
+request message (a wrong type is INVALID_ARGUMENT before any work), and packs the result
+message (None, or an empty message, is an OK without result). Inline operations are quick
+and never block, so they run on the MPI thread; the rest run on the agent's worker threads.
+The domains register theirs in agents/compute/ and agents/images/. Contract of every
+operation (proto/v1/*.proto): raise InvalidRequest for a request out of range, HypervisorError
+when the work fails; be idempotent on ``ctx.job_id`` if destructive.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf.message import Message
+
+from cloudland import operations
 from cloudland.errors import InvalidRequest
+from cloudland_proto.v1 import diag_pb2 as diag
 
 if TYPE_CHECKING:
     from cloudland_agents.hypervisor import Hypervisor
 
-Payload = dict[str, Any]
+Handler = Callable[["Context", Any], Message | None]
 
 
 @dataclass
@@ -39,7 +45,7 @@ class Context:
 @dataclass(frozen=True)
 class Operation:
     name: str
-    run: Callable[[Context, Payload], Payload]
+    run: Handler
     inline: bool
     test_only: bool
 
@@ -50,7 +56,9 @@ REGISTRY: dict[str, Operation] = {}
 def operation(name: str, *, inline: bool = False, test_only: bool = False) -> Callable[..., Any]:
     """Register ``run`` as the operation ``name``."""
 
-    def register(run: Callable[[Context, Payload], Payload]) -> Callable[[Context, Payload], Payload]:
+    def register(run: Handler) -> Handler:
+        if name not in operations.OPERATIONS:  # its messages come first (cloudland/operations.py)
+            raise ValueError(f"operation {name!r} has no messages in cloudland.operations")
         if name in REGISTRY:
             raise ValueError(f"operation {name!r} registered twice")
         REGISTRY[name] = Operation(name, run, inline, test_only)
@@ -64,69 +72,68 @@ def lookup(name: str, test_ops: bool) -> Operation | None:
     return None if op is None or (op.test_only and not test_ops) else op
 
 
-def number(args: Payload, key: str, default: float, low: float, high: float) -> float:
-    """A numeric argument within [low, high], or InvalidRequest naming it."""
-    value = args.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise InvalidRequest(f"argument {key!r} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
+def in_range(value: float, key: str, low: float, high: float) -> float:
+    """``value`` if within [low, high], or InvalidRequest naming the field."""
+    if not low <= value <= high:
+        raise InvalidRequest(f"{key} must be in [{low:g}, {high:g}], got {value:g}")
+    return value
 
 
-# -- built-in operations -------------------------------------------------------
+# -- built-in operations (proto/v1/diag.proto) ---------------------------------------------
 
 
 @operation("ping", inline=True)
-def ping(ctx: Context, args: Payload) -> Payload:
+def ping(ctx: Context, request: diag.PingRequest) -> None:
     """Liveness: the status OK is the answer; nothing else to carry."""
-    return {}
+    return None
 
 
 @operation("inventory", inline=True)
-def inventory(ctx: Context, args: Payload) -> Payload:
+def inventory(ctx: Context, request: diag.InventoryRequest) -> diag.InventoryResult:
     """Resources and domains of the hypervisor, read from libvirt now."""
-    return ctx.hypervisor.inventory()
+    return diag.InventoryResult(**ctx.hypervisor.inventory())
 
 
 @operation("sleep")
-def sleep(ctx: Context, args: Payload) -> Payload:
+def sleep(ctx: Context, request: diag.SleepRequest) -> diag.SleepResult:
     """Sleep ``seconds`` (at most until the deadline): a slow operation for tests."""
-    seconds = number(args, "seconds", 1.0, 0.0, 3600.0)
+    seconds = in_range(request.seconds if request.HasField("seconds") else 1.0, "seconds", 0.0, 3600.0)
     slept = min(seconds, ctx.remaining())
     time.sleep(slept)
-    return {"slept": slept}
+    return diag.SleepResult(slept=slept)
 
 
 _counts: dict[tuple[int, str], int] = {}
 
 
 @operation("test.count", inline=True, test_only=True)
-def count(ctx: Context, args: Payload) -> Payload:
+def count(ctx: Context, request: diag.TestCountRequest) -> diag.TestCountResult:
     """Count executions per (hypervisor, key): proves a command ran exactly once where sent."""
-    key = (ctx.hypervisor.id, str(args.get("key", "")))
+    key = (ctx.hypervisor.id, request.key)
     _counts[key] = _counts.get(key, 0) + 1
-    return {"count": _counts[key]}
+    return diag.TestCountResult(count=_counts[key])
 
 
 @operation("test.slow", test_only=True)
-def slow(ctx: Context, args: Payload) -> Payload:
+def slow(ctx: Context, request: diag.TestSlowRequest) -> diag.TestSlowResult:
     """Sleep ``seconds`` on the hypervisors listed in ``slow`` (deadline or not); the others answer at once."""
-    seconds = number(args, "seconds", 1.0, 0.0, 60.0)
-    if ctx.hypervisor.id in {int(x) for x in args.get("slow", [])}:
+    seconds = in_range(request.seconds if request.HasField("seconds") else 1.0, "seconds", 0.0, 60.0)
+    if ctx.hypervisor.id in set(request.slow):
         time.sleep(seconds)
-        return {"slept": seconds}
-    return {"slept": 0}
+        return diag.TestSlowResult(slept=seconds)
+    return diag.TestSlowResult(slept=0)
 
 
 @operation("test.fail", inline=True, test_only=True)
-def fail(ctx: Context, args: Payload) -> Payload:
+def fail(ctx: Context, request: diag.TestFailRequest) -> None:
     """Fail with the given message: exercises the FAILED path end to end."""
     from cloudland.errors import HypervisorError
 
-    raise HypervisorError(ctx.hypervisor.id, str(args.get("message", "requested failure")), ctx.job_id)
+    raise HypervisorError(ctx.hypervisor.id, request.message or "requested failure", ctx.job_id)
 
 
 @operation("test.break_report", inline=True, test_only=True)
-def break_report(ctx: Context, args: Payload) -> Payload:
+def break_report(ctx: Context, request: diag.TestBreakReportRequest) -> None:
     """Make the hypervisor's resource report raise from now on: the rank's next heartbeat
     fails on its MPI thread, a crash the rank must log and die of visibly."""
 
@@ -134,11 +141,11 @@ def break_report(ctx: Context, args: Payload) -> Payload:
         raise RuntimeError(f"report of hypervisor {ctx.hypervisor.id} broken by test.break_report")
 
     ctx.hypervisor.report = broken  # type: ignore[method-assign,assignment]
-    return {}
+    return None
 
 
 @operation("test.send_raw", inline=True, test_only=True)
-def send_raw(ctx: Context, args: Payload) -> Payload:
+def send_raw(ctx: Context, request: diag.TestSendRawRequest) -> diag.TestSendRawResult:
     """Send a message that is not a reply up to the parent, which must refuse it.
 
     ``kind`` "garbage": bytes that are no protobuf envelope; "command": a valid
@@ -147,16 +154,16 @@ def send_raw(ctx: Context, args: Payload) -> Payload:
     from cloudland_launcher import wire
     from cloudland_proto.v1 import envelope_pb2 as pb
 
-    kind = args.get("kind", "garbage")
+    kind = request.kind or "garbage"
     if kind == "garbage":
         ctx.send_raw(b"\xff\xfeTHIS IS NOT PROTOBUF" + bytes(range(256)))
     elif kind == "command":
-        bad = pb.Command(job_id="upward", operation="test.count", targets=pb.Targets(all=True))
-        bad.args.update({"key": "upward"})
+        bad = pb.Command(job_id="upward", operation="test.count", targets=pb.Targets(all=True),
+                         request=operations.pack("test.count", diag.TestCountRequest(key="upward")))
         ctx.send_raw(wire.encode(command=bad))
     else:
-        raise InvalidRequest(f"argument 'kind' must be 'garbage' or 'command', got {kind!r}")
-    return {"sent": kind}
+        raise InvalidRequest(f"kind must be 'garbage' or 'command', got {kind!r}")
+    return diag.TestSendRawResult(sent=kind)
 
 
 def seeded_uuid(instance_id: int) -> str:
@@ -166,13 +173,13 @@ def seeded_uuid(instance_id: int) -> str:
 
 
 @operation("test.seed_domains", test_only=True)
-def seed_domains(ctx: Context, args: Payload) -> Payload:
+def seed_domains(ctx: Context, request: diag.TestSeedDomainsRequest) -> None:
     """Define and start ``per_hypervisor`` domains carrying CloudLand's metadata, for instances
     ``hypervisor * per_hypervisor + 1`` onwards: benchmarks fill thousands of hypervisors at once
     without a job per VM."""
-    from cloudland_agents.domain import DomainSpec, domain_xml
+    from cloudland_agents.compute.domain import DomainSpec, domain_xml
 
-    per = int(number(args, "per_hypervisor", 0, 0, 10_000))
+    per = int(in_range(request.per_hypervisor, "per_hypervisor", 0, 10_000))
     first = ctx.hypervisor.id * per + 1
     have = {d.UUIDString() for d in ctx.hypervisor.conn.listAllDomains()}  # idempotent: retried on UNAVAILABLE
     for instance_id in range(first, first + per):
@@ -182,4 +189,4 @@ def seed_domains(ctx: Context, args: Payload) -> Payload:
         spec = DomainSpec(name=f"cl-{uuid}", uuid=uuid, vcpus=1, memory_mib=64,
                           metadata={"instance_id": str(instance_id)})
         ctx.hypervisor.conn.defineXML(domain_xml(spec)).create()
-    return {}  # OK without payload: the compact form, at 10,000 hypervisors
+    return None  # OK without a result: the compact form, at 10,000 hypervisors

@@ -54,8 +54,9 @@ from typing import Any
 import httpx2 as httpx
 from sqlalchemy import insert, select
 
+from cloudland import operations
 from cloudland.config import TreeSettings
-from cloudland_agents.compute import DomainSpec, LibvirtCompute, domain_xml
+from cloudland_agents.compute.driver import DomainSpec, LibvirtCompute, domain_xml
 from cloudland_agents.hypervisor import open_simulated
 from cloudland_api.db import make_engine, session_factory, upgrade
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Organisation
@@ -213,8 +214,8 @@ def tree_only(tree: Tree, count: int, workers: int, hypervisors: int) -> list[di
     rows = []
     for operation in ("vm.create", "vm.delete"):
         def one(i: int, operation: str = operation) -> bool:
-            args = specs[i] if operation == "vm.create" else {"name": specs[i]["name"]}
-            [reply] = tree.client.run(operation, i % hypervisors, args=args, timeout=60)
+            args = {"spec": specs[i]} if operation == "vm.create" else {"name": specs[i]["name"]}
+            [reply] = tree.client.run(operation, i % hypervisors, request=operations.parse(operation, args), timeout=60)
             return reply.status == pb.OK
 
         ranks = tree_pids(tree)

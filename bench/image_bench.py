@@ -3,7 +3,7 @@
 upload    ``PUT /api/v1/images/{id}/file`` of a qcow2 image (streamed to the API's image
           directory, hashed, fsynced, renamed). Baseline: copying the file on the same file
           system with an fsync (``cp`` then ``sync``-equivalent), what any upload must at least do.
-fetch     a hypervisor's cache filling from the API (agents/images.py ``ImageCache.base``):
+fetch     a hypervisor's cache filling from the API (agents/images/cache.py ``ImageCache.base``):
           ``GET /images/{id}/download`` with a download token, size and sha256 checked, fsynced.
           Baseline: the same GET with the body read and thrown away (what HTTP alone costs).
 capture   ``vm.capture``'s work (``ImageCache.capture`` then ``upload``): ``qemu-img convert``
@@ -40,7 +40,8 @@ from sqlalchemy import update
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api_bench import Api  # noqa: E402 (the API as its own process, logged in)
 
-from cloudland_agents.images import ImageCache, ImageSource, ImageTarget  # noqa: E402
+from cloudland_agents.images.cache import ImageCache  # noqa: E402
+from cloudland_agents.images.source import ImageSource, ImageTarget  # noqa: E402
 from cloudland_api.db import make_engine  # noqa: E402
 from cloudland_api.models import Image  # noqa: E402
 from cloudland_api.security import UPLOAD_AUDIENCE, issue_image_token, load_signing_key  # noqa: E402

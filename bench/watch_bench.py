@@ -46,6 +46,8 @@ from cloudland.config import TreeSettings  # noqa: E402
 from cloudland_agents.ops import seeded_uuid  # noqa: E402
 from cloudland_api.models import Hypervisor, Instance  # noqa: E402
 from cloudland_launcher.harness import start_tree, stop_tree, wait_for  # noqa: E402
+from cloudland_proto.v1 import compute_pb2 as cpb  # noqa: E402
+from cloudland_proto.v1 import diag_pb2 as diag  # noqa: E402
 from cloudland_proto.v1 import envelope_pb2 as pb  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +97,8 @@ def seed_domains(client: RootClient, hypervisors: int, vms: int, wave: int = 500
     for first in range(0, hypervisors, wave):
         todo = list(range(first, min(hypervisors, first + wave)))
         for _ in range(10):
-            _ok, others = client.gather("test.seed_domains", todo, args={"per_hypervisor": vms}, timeout=600)
+            _ok, others = client.gather("test.seed_domains", todo, request=diag.TestSeedDomainsRequest(per_hypervisor=vms),
+                                         timeout=600)
             assert all(r.status == pb.UNAVAILABLE for r in others), others[:3]
             todo = [r.hypervisor for r in others]
             if not todo:
@@ -133,8 +136,8 @@ def latencies(client: RootClient, db: Path, hypervisors: int, vms: int, count: i
         for instance_id in rng.sample(range(1, hypervisors * vms + 1), count):
             hv = (instance_id - 1) // vms
             t0 = time.monotonic()
-            [reply] = client.run("vm.stop", hv, args={"name": f"cl-{seeded_uuid(instance_id)}", "force": True},
-                                 timeout=60)
+            stop = cpb.VmStopRequest(name=f"cl-{seeded_uuid(instance_id)}", force=True)
+            [reply] = client.run("vm.stop", hv, request=stop, timeout=60)
             to_reply.append(time.monotonic() - t0)
             assert reply.status == pb.OK, reply.error
             while reader.execute("select status from instances where id = ?", (instance_id,)).fetchone()[0] \

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from cloudland.client import RootClient, struct_to_dict
+from cloudland import operations
+from cloudland.client import RootClient
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, InvalidRequest, RootUnreachable
 from cloudland.topology import DEFAULT_FANOUT, NodeRange
@@ -92,8 +92,9 @@ def parse_targets(spec: str | None) -> list[int] | None:
     return sorted(ids)
 
 
-def parse_args_json(text: str | None) -> dict[str, Any] | None:
-    """The ``--args`` JSON object as a dict; raises InvalidRequest for anything else."""
+def parse_args_json(text: str | None, operation: str) -> Message | None:
+    """The ``--args`` JSON object as ``operation``'s request message (its fields by name, as
+    proto/v1/*.proto spell them); raises InvalidRequest for anything else."""
     if text is None:
         return None
     try:
@@ -102,7 +103,10 @@ def parse_args_json(text: str | None) -> dict[str, Any] | None:
         raise InvalidRequest(f"--args is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidRequest(f"--args must be a JSON object like '{{\"key\": 1}}', got {type(value).__name__}")
-    return value
+    try:
+        return operations.parse(operation, value)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"--args is {exc}") from exc
 
 
 @contextmanager
@@ -118,14 +122,7 @@ def _reported_errors(endpoint: str) -> Iterator[None]:
 
 
 def _print_json(value: Message | dict[str, Any]) -> None:
-    if isinstance(value, Message):
-        value = MessageToDict(
-            value,
-            preserving_proto_field_name=True,
-            always_print_fields_with_no_presence=True,
-            unquote_int64_if_possible=True,
-        )
-    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.write(json.dumps(operations.as_dict(value) if isinstance(value, Message) else value) + "\n")
 
 
 def _styled(name: str) -> Text:
@@ -272,7 +269,7 @@ def broadcast(
     tally = _Tally()
     with _reported_errors(endpoint):
         ids = parse_targets(targets)
-        arguments = parse_args_json(args)
+        arguments = parse_args_json(args, operation)
         with RootClient(endpoint) as client:
             topo = client.topology()  # also fails fast when the root is down
             hypervisors = topo.hypervisors_present or topo.hypervisors  # an older root sends no present count
@@ -297,7 +294,7 @@ def _reply_json(reply: pb.Reply) -> dict[str, Any]:
     return {
         "hypervisor": reply.hypervisor,
         "status": pb.Status.Name(reply.status),
-        "payload": struct_to_dict(reply.payload),
+        "result": operations.as_dict(operations.result_of(reply)),
         "error": reply.error,
     }
 

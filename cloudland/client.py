@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
+from cloudland import operations
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import InvalidRequest, NotFound, RootUnreachable, TreeError
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -70,24 +70,30 @@ class RootClient:
         self,
         operation: str,
         targets: int | Iterable[int] | None = ALL,
-        args: dict[str, Any] | None = None,
+        request: Message | None = None,
         timeout: float = 30.0,
         job_id: str | None = None,
         expand: bool = True,
     ) -> Iterator[pb.ReplyBatch]:
         """Send one command; yield reply batches until every target has answered.
 
-        OK replies without payload travel compactly (``ReplyBatch.ok``); with
-        ``expand`` they are turned into ordinary ``Reply`` messages.
+        ``request`` is the operation's request message (cloudland/operations.py); None sends
+        none, which the agent reads as the request type's defaults. A dict is a TypeError: the
+        request's type is the contract. OK replies without result travel compactly
+        (``ReplyBatch.ok``); with ``expand`` they are turned into ordinary ``Reply`` messages.
+        Read a reply's result with ``operations.result_of``.
         """
+        if request is not None and not isinstance(request, Message):
+            raise TypeError(f"{operation}: request must be its request message (cloudland/operations.py), "
+                            f"not a {type(request).__name__}")
         command = pb.Command(
             job_id=job_id or new_job_id(),
             targets=make_targets(targets),
             operation=operation,
             deadline_ms=int((time.time() + timeout) * 1000),
         )
-        if args:
-            command.args.update(args)
+        if request is not None:
+            command.request.CopyFrom(operations.pack(operation, request))
         try:
             # The root answers every target by the deadline; the margin covers transit only.
             for batch in self._stub.Dispatch(root_pb2.DispatchRequest(command=command), timeout=timeout + 5):
@@ -196,18 +202,3 @@ def expanded(batch: pb.ReplyBatch) -> pb.ReplyBatch:
     for entry in batch.ok:
         full.replies.extend(pb.Reply(job_id=entry.job_id, hypervisor=hv, status=pb.OK) for hv in entry.hypervisors)
     return full
-
-
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain Python; whole numbers come back as ints, not floats."""
-    return _ints(MessageToDict(value))
-
-
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value

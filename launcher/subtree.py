@@ -209,7 +209,8 @@ class Subtree:
                 )
                 continue
             sub = pb.Command(job_id=command.job_id, operation=command.operation, deadline_ms=command.deadline_ms)
-            sub.args.CopyFrom(command.args)
+            if command.HasField("request"):  # unset stays unset: the request type's defaults
+                sub.request.CopyFrom(command.request)
             if ids is None:
                 sub.targets.all = True
             elif len(ids) == 1:

@@ -2,7 +2,7 @@
 layers above the tree: the job engine and the reconciler.
 
 It records every command it is given and answers from data: every present hypervisor answers
-OK with the payload set for the operation, unless a failure was queued with ``fail_next`` (one
+OK with the result message set for the operation (``results``; else none, the compact form), unless a failure was queued with ``fail_next`` (one
 call) or a hypervisor was marked ``unavailable`` (until ``restore``). Tests seed state, run one
 pass, and compare ``commands`` with what they expect.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
+from cloudland import operations
 from cloudland.errors import CloudLandError
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -30,7 +30,7 @@ class Sent:
     job_id: str
     operation: str
     targets: int | tuple[int, ...] | None
-    args: dict[str, Any] = field(compare=False, hash=False)
+    request: Message | None = field(compare=False, hash=False)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FakeRoot:
         self.hypervisors = set(hypervisors)      # present in the tree
         self.unreachable: set[int] = set()       # answer UNAVAILABLE until restored
         self.commands: list[Sent] = []
-        self.payloads: dict[str, dict[str, Any]] = {}  # operation -> what an OK reply carries
+        self.results: dict[str, Message] = {}  # operation -> the result message an OK reply carries
         self._failures: dict[str, deque[_Failure]] = {}
         self.closed = False
 
@@ -75,10 +75,12 @@ class FakeRoot:
 
     # -- what the client does -------------------------------------------------------------
 
-    def run(self, operation: str, targets: int | Iterable[int] | None = None, *, args: dict[str, Any] | None = None,
+    def run(self, operation: str, targets: int | Iterable[int] | None = None, *, request: Message | None = None,
             timeout: float = 30.0, job_id: str = "") -> list[pb.Reply]:
+        if request is not None:
+            operations.pack(operation, request)  # what RootClient checks: a dict or another type is a TypeError
         shown = targets if isinstance(targets, int) or targets is None else tuple(sorted(targets))
-        self.commands.append(Sent(job_id, operation, shown, dict(args or {})))
+        self.commands.append(Sent(job_id, operation, shown, request))
         queued = self._failures.get(operation)
         failure = queued.popleft() if queued else None
         if failure is not None and failure.raises is not None:
@@ -96,9 +98,11 @@ class FakeRoot:
             elif failure is not None and (failure.hypervisors is None or hv in failure.hypervisors):
                 replies.append(pb.Reply(job_id=job_id, hypervisor=hv, status=failure.status, error=failure.error))
             else:
-                payload = struct_pb2.Struct()
-                payload.update(self.payloads.get(operation, {}))
-                replies.append(pb.Reply(job_id=job_id, hypervisor=hv, status=pb.OK, payload=payload))
+                reply = pb.Reply(job_id=job_id, hypervisor=hv, status=pb.OK)
+                result = self.results.get(operation)
+                if result is not None and result.ByteSize():
+                    reply.result.CopyFrom(operations.pack_result(operation, result))
+                replies.append(reply)
         return replies
 
     def close(self) -> None:

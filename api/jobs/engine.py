@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland.client import struct_to_dict
+from cloudland import operations
 from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
 from cloudland_api.jobs.kinds import KINDS, Kind, Outcome, Plan, Result, Send, Settings
 from cloudland_api.models import TERMINAL, Job, JobState, utcnow
@@ -253,7 +253,7 @@ class Engine:
             remaining = self._narrow.get(send.job_id)
         if remaining is None or isinstance(send.targets, int):
             return send
-        return Send(send.job_id, send.operation, remaining, send.args, send.timeout_s, send.kind)
+        return Send(send.job_id, send.operation, remaining, send.request, send.timeout_s, send.kind)
 
     def _later(self, ids: Iterable[str], delay: float) -> None:
         with self._lock:
@@ -272,7 +272,7 @@ class Engine:
     def _send(self, send: Send) -> None:
         assert self._client is not None
         try:
-            replies = self._client.run(send.operation, send.targets, args=send.args, timeout=send.timeout_s,
+            replies = self._client.run(send.operation, send.targets, request=send.request, timeout=send.timeout_s,
                                        job_id=send.job_id)
         except (RootUnreachable, InvalidRequest, TreeError) as exc:
             # InvalidRequest here is the root's ALREADY_EXISTS: it still holds this job from
@@ -308,7 +308,7 @@ class Engine:
             if reply.status == pb.UNAVAILABLE:
                 again[hv] = f"hypervisor {hv} unavailable: {reply.error}"
             elif reply.status == pb.OK:
-                partial[hv] = Result("ok", payload=struct_to_dict(reply.payload))
+                partial[hv] = self._ok(send, reply)
             elif reply.status == pb.TIMEOUT:
                 partial[hv] = Result("timeout", f"timeout: hypervisor {hv} did not answer within "
                                                 f"{send.timeout_s:.0f} s")
@@ -323,6 +323,14 @@ class Engine:
         for hv, why in again.items():
             partial[hv] = Result("unavailable", why)
         self._finish(send, partial)
+
+    @staticmethod
+    def _ok(send: Send, reply: pb.Reply) -> Result:
+        """An OK reply's result message; one of an unexpected type makes the target failed."""
+        try:
+            return Result("ok", result=operations.result_of(reply, send.operation))
+        except InvalidRequest as exc:
+            return Result("failed", f"hypervisor {reply.hypervisor}: {exc}")
 
     def _retry(self, send: Send, again: dict[int, str] | None, reason: str) -> None:
         with self._lock:
@@ -402,7 +410,7 @@ def judge(send: Send, results: dict[int, Result], reason: str | None = None) -> 
     if isinstance(send.targets, int):
         one = results.get(send.targets, Result("unavailable", f"no reply from hypervisor {send.targets}"))
         if one.status == "ok":
-            return Outcome(send.job_id, "ok", payload=one.payload, results=results)
+            return Outcome(send.job_id, "ok", result=one.result, results=results)
         return Outcome(send.job_id, "timeout" if one.status == "timeout" else "failed", one.error, results=results)
     if not bad:
         return Outcome(send.job_id, "ok", results=results)

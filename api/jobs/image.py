@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from cloudland_api.jobs.kinds import ALL, Kind, Outcome, Plan, register
 from cloudland_api.models import IMAGE, Job
+from cloudland_proto.v1 import image_pb2 as ipb
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ImageJobs(Kind):
             if job.action != "evict":
                 plan.decide(job, "failed", f"unknown image action {job.action!r}")
                 continue
-            plan.send(job, "image.evict", ALL, {"sha256": job.args["sha256"]}, EVICT_TIMEOUT_S)
+            plan.send(job, "image.evict", ALL, ipb.ImageEvictRequest(sha256=job.args["sha256"]), EVICT_TIMEOUT_S)
 
     def settle(self, session: Session, done: list[tuple[Job, Outcome]]) -> None:
         for job, outcome in done:
@@ -48,7 +49,7 @@ def evict_counts(outcome: Outcome) -> dict[str, int]:
     for result in outcome.results.values():
         if result.status != "ok":
             counts["failed"] += 1
-        elif result.payload.get("in_use"):
+        elif isinstance(result.result, ipb.ImageEvictResult) and result.result.in_use:
             counts["in_use"] += 1
         else:
             counts["evicted"] += 1

@@ -18,8 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
+from cloudland import operations
 from cloudland_api.models import Job
 
 if TYPE_CHECKING:
@@ -34,21 +36,21 @@ class Result:
 
     status: str
     error: str = ""
-    payload: dict[str, Any] = field(default_factory=dict)
+    result: Message | None = None  # the operation's result message when ok (cloudland/operations.py)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """How a job ended: ``ok``, ``failed`` or ``timeout``, with a reason when not ok.
 
-    ``payload``: a unicast job's one reply. ``results``: every target's answer (multicast
-    and broadcast jobs; a unicast job's one target too).
+    ``result``: a unicast job's one result message (None unless ok). ``results``: every
+    target's answer (multicast and broadcast jobs; a unicast job's one target too).
     """
 
     job_id: str
     kind: str
     reason: str | None = None
-    payload: dict[str, Any] = field(default_factory=dict)
+    result: Message | None = None
     results: dict[int, Result] = field(default_factory=dict)
 
     @property
@@ -63,7 +65,7 @@ class Send:
     job_id: str
     operation: str
     targets: int | frozenset[int] | None
-    args: dict[str, Any]
+    request: Message  # the operation's request message (cloudland/operations.py)
     timeout_s: float
     kind: str = ""  # the job's kind: whether unreachable targets are retried is the kind's
 
@@ -95,12 +97,14 @@ class Plan:
         self.sends: list[Send] = []
         self.decided: list[Outcome] = []
 
-    def send(self, job: Job, operation: str, targets: int | Iterable[int] | None, args: dict[str, Any],
+    def send(self, job: Job, operation: str, targets: int | Iterable[int] | None, request: Message,
              timeout_s: float | None = None) -> None:
-        """Send ``operation`` for ``job`` to ``targets`` (a hypervisor, several, or ALL)."""
+        """Send ``operation`` with its ``request`` message for ``job`` to ``targets`` (a
+        hypervisor, several, or ALL). A request of another type is a TypeError, here."""
+        operations.pack(operation, request)  # the type is checked now, where the kind made it
         if targets is not None and not isinstance(targets, int):
             targets = frozenset(targets)
-        send = Send(job.id, operation, targets, args, timeout_s or self.settings.job_timeout_s, job.kind)
+        send = Send(job.id, operation, targets, request, timeout_s or self.settings.job_timeout_s, job.kind)
         job.targets = send.stored()
         job.hypervisor_id = targets if isinstance(targets, int) else None
         self.sends.append(send)

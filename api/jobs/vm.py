@@ -4,23 +4,24 @@ on its own disk) and ``purge`` (a leftover domain of it on another hypervisor).
 
 Planning places new instances (the scheduler's claims, all of a batch at once), claims a
 resize's growth, ends jobs for hosts the tree no longer has, and builds each operation's
-arguments (guest.py). Settling moves the instance to what the outcome means: its status,
+request message (guest.py). Settling moves the instance to what the outcome means: its status,
 its claims, a capture's image.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from google.protobuf.message import Message
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cloudland_api.jobs.guest import agent_args
 from cloudland_api.jobs.engine import end
+from cloudland_api.jobs.guest import agent_request
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
 from cloudland_api.services import hypervisors, scheduler
+from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class VmJobs(Kind):
                 continue
             if job.action == "purge":  # not where the instance lives: where the leftover is
                 assert job.hypervisor_id is not None
-                plan.send(job, "vm.delete", job.hypervisor_id, {"name": job.args["name"], "uuid": job.args["uuid"]})
+                plan.send(job, "vm.delete", job.hypervisor_id,
+                          cpb.VmDeleteRequest(name=job.args["name"], uuid=job.args["uuid"]))
                 continue
             if instance.hypervisor_id in lost:
                 hv, state = instance.hypervisor_id, lost[instance.hypervisor_id]
@@ -85,15 +87,17 @@ class VmJobs(Kind):
                     plan.decide(job, "failed", "instance was never placed on a hypervisor")
                 continue
             source = plan.settings.guest_source
-            guest = None
+            guest = target = None
             timeout = None
             if source is not None and job.action in ("create", "rebuild", "recover"):
-                guest = source.guest_args(session, instance, job.args.get("image_id"))
+                guest = source.guest(session, instance, job.args.get("image_id"))
             if job.action == "capture":
                 timeout = plan.settings.capture_timeout_s
                 if source is not None:
-                    guest = source.capture_args(job.args["image_id"], plan.settings.capture_timeout_s)
-            plan.send(job, OPERATIONS[job.action], instance.hypervisor_id, agent_args(job, instance, guest), timeout)
+                    target = source.capture_target(job.args["image_id"], job.args["disk_format"],
+                                                   plan.settings.capture_timeout_s)
+            plan.send(job, OPERATIONS[job.action], instance.hypervisor_id,
+                      agent_request(job, instance, guest, target), timeout)
 
     @staticmethod
     def _claim_resize(session: Session, job: Job, instance: Instance) -> bool:
@@ -134,7 +138,7 @@ def settle_instance(job: Job, instance: Instance, outcome: Outcome, releases: sc
         return  # the leftover's instance lives elsewhere, or is deleted: nothing of it changes
     give_back = releases.add
     if outcome.ok:
-        _succeeded(job, instance, outcome.payload, releases)
+        _succeeded(job, instance, outcome.result, releases)
         return
     instance.status_reason = f"{job.action} failed: {outcome.reason}"
     if job.action in ("create", "delete", "recover"):
@@ -147,7 +151,7 @@ def settle_instance(job: Job, instance: Instance, outcome: Outcome, releases: sc
         give_back(instance.hypervisor_id, job.args.get("claimed_vcpus", 0), job.args.get("claimed_memory_mib", 0))
 
 
-def _succeeded(job: Job, instance: Instance, payload: dict[str, Any], releases: scheduler.Releases) -> None:
+def _succeeded(job: Job, instance: Instance, result: Message | None, releases: scheduler.Releases) -> None:
     instance.status_reason = None
     if job.action == "delete":
         if instance.hypervisor_id is not None and instance.status != "deleted":
@@ -164,11 +168,12 @@ def _succeeded(job: Job, instance: Instance, payload: dict[str, Any], releases: 
         instance.flavor_id = job.args.get("flavor_id", instance.flavor_id)
     if job.action == "rebuild":
         instance.image_id = job.args["image_id"]
-    state = payload.get("state")
     if job.action == "recover":
         # A stopped instance stays stopped: its stop job, queued behind this one, stops the domain.
         instance.status = "stopped" if job.args.get("power") == "stopped" else "running"
     elif job.action == "rebuild":
-        instance.status = "running" if state == "running" else "stopped"
+        # The VM keeps its power state through a rebuild: what it is now, its result says.
+        running = isinstance(result, cpb.VmRebuildResult) and result.vm.state == "running"
+        instance.status = "running" if running else "stopped"
     else:
         instance.status = SETTLED[job.action]

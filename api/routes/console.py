@@ -19,9 +19,8 @@ answers its address; errors are the usual HTTP ones (api/services/consoles.py sa
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
 from sqlalchemy.orm import Session
@@ -35,13 +34,14 @@ from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import Role
 from cloudland_api.schemas import MAX_ID, ErrorResponse, VncConsole
 from cloudland_api.security import decode_token
+from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/instances", tags=["instances"])
 
 IDLE_POLL_S = 0.2       # how often an idle console is asked for new output
 READ_BYTES = 64 * 1024  # per poll
-INPUT_BYTES = 4096      # per poll (agents/console_ops.py MAX_INPUT)
+INPUT_BYTES = 4096      # per poll (agents/compute/console_ops.py MAX_INPUT)
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
 
 
@@ -108,18 +108,17 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
     log.info("event=console_opened instance=%d hypervisor=%d user_id=%d", instance_id, hypervisor, caller.user_id)
     try:
         while not closed.is_set():
-            args: dict[str, Any] = {"name": domain, "offset": offset, "max_bytes": READ_BYTES}
+            ask = cpb.VmConsoleRequest(name=domain, offset=offset, max_bytes=READ_BYTES)
             if typed:
-                chunk = bytes(typed[:INPUT_BYTES])
+                ask.input = bytes(typed[:INPUT_BYTES])
                 del typed[:INPUT_BYTES]
-                args["input"] = base64.b64encode(chunk).decode()
             try:
-                payload = await run_in_threadpool(consoles.ask_agent, client, "vm.console", hypervisor, args)
+                result = await run_in_threadpool(consoles.ask_agent, client, "vm.console", hypervisor, ask)
             except CloudLandError as exc:
                 await websocket.close(1011, _close_reason(str(exc)))
                 return
-            data = base64.b64decode(payload.get("data", ""))
-            offset = int(payload.get("offset", offset))
+            assert isinstance(result, cpb.VmConsoleResult)
+            data, offset = result.data, result.offset
             if data:
                 await websocket.send_bytes(data)
                 continue  # more may be waiting: ask again at once
@@ -146,9 +145,10 @@ async def vnc(instance_id: InstanceId, request: Request, session: SessionDep, ca
     """Where a VNC client reaches the running instance's graphical console, asked of its hypervisor
     now (any role). 409 when it has none: not running, or on a simulated hypervisor."""
     where = await run_in_threadpool(_vnc_target, session, caller, instance_id)
-    record = await run_in_threadpool(consoles.ask_agent, request.app.state.root_client, "vm.get", where.hypervisor,
-                                     {"name": where.domain})
-    host, port = consoles.vnc_endpoint(where, record)
+    result = await run_in_threadpool(consoles.ask_agent, request.app.state.root_client, "vm.get", where.hypervisor,
+                                     cpb.VmGetRequest(name=where.domain))
+    assert isinstance(result, cpb.VmGetResult)
+    host, port = consoles.vnc_endpoint(where, result.vm)
     log.info("event=vnc_address instance=%d hypervisor=%d user_id=%d", where.instance, where.hypervisor,
              caller.user_id)
     return VncConsole(instance=where.instance, hypervisor=where.hypervisor, host=host, port=port,

@@ -15,7 +15,7 @@ class FlavorCreate(_Request):
 
     name: Name
     vcpus: Annotated[int, Field(ge=1, le=256)]  # DomainSpec's MAX_VCPUS
-    # 64 MiB is the least libvirt domain we define (agents/domain.py MIN_MEMORY_MIB).
+    # 64 MiB is the least libvirt domain we define (agents/compute/domain.py MIN_MEMORY_MIB).
     memory_mib: Annotated[int, Field(ge=64, le=4 * 1024 * 1024)]  # up to 4 TiB, DomainSpec's limit
     disk_gib: Annotated[int, Field(ge=0, le=1024 * 1024)]         # up to 1 PiB
 

@@ -10,16 +10,18 @@ console asked for is a Conflict (409) that says why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
 from cloudland.addresses import is_unspecified
-from cloudland.client import RootClient, struct_to_dict
+from cloudland import operations
+from cloudland.client import RootClient
 from cloudland.errors import AgentFailed, Conflict, TreeError
 from cloudland_api.services import hypervisors, instances
 from cloudland_api.models import Hypervisor
 from cloudland_api.services.identity import Caller
+from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 CALL_TIMEOUT_S = 10.0
@@ -58,17 +60,19 @@ def target(session: Session, caller: Caller, instance_id: int) -> Target:
     return Target(instance.id, instance.name, instance.hypervisor_id, hostname, instance.domain_name)
 
 
-def ask_agent(client: RootClient | None, operation: str, hypervisor: int, args: dict[str, Any]) -> dict[str, Any]:
-    """The payload of ``operation`` run now by ``hypervisor``'s agent. Blocks up to
-    CALL_TIMEOUT_S: call it from a worker thread."""
+def ask_agent(client: RootClient | None, operation: str, hypervisor: int, request: Message) -> Message:
+    """The result message of ``operation`` run now with ``request`` by ``hypervisor``'s agent.
+    Blocks up to CALL_TIMEOUT_S: call it from a worker thread."""
     if client is None:
         raise TreeError("no tree is configured (CLOUDLAND_API_ROOT_ENDPOINT is empty)")
-    replies = client.run(operation, hypervisor, args=args, timeout=CALL_TIMEOUT_S)  # RootUnreachable, TreeError
+    replies = client.run(operation, hypervisor, request=request, timeout=CALL_TIMEOUT_S)  # RootUnreachable, TreeError
     reply = next((r for r in replies if r.hypervisor == hypervisor), None)
     if reply is None:
         raise TreeError(f"{operation}: no reply from hypervisor {hypervisor}")
     if reply.status == pb.OK:
-        return struct_to_dict(reply.payload)
+        result = operations.result_of(reply, operation)  # InvalidRequest: not the operation's type
+        assert result is not None
+        return result
     status = pb.Status.Name(reply.status)
     if reply.status in _TREE_STATUSES:
         detail = f": {reply.error}" if reply.error else ""
@@ -76,20 +80,20 @@ def ask_agent(client: RootClient | None, operation: str, hypervisor: int, args: 
     raise AgentFailed(hypervisor, reply.error or f"{operation}: {status} (hypervisor {hypervisor})")
 
 
-def vnc_endpoint(where: Target, record: dict[str, Any]) -> tuple[str, int]:
+def vnc_endpoint(where: Target, record: cpb.VmRecord) -> tuple[str, int]:
     """(host, port) a VNC client reaches the display of ``record`` (vm.get's) at: its listen
     address, or the hypervisor's hostname when it listens on every interface.
 
     Conflict when the domain has no display now: on a simulated hypervisor (libvirt test:///,
     which runs no guest), without one, or while it does not run (libvirt gives the port at start).
     """
-    listen, port, state = record.get("vnc_listen") or "", record.get("vnc_port") or 0, record.get("state")
-    if record.get("domain_type") == "test":
+    listen, port, state = record.vnc_listen, record.vnc_port, record.state
+    if record.domain_type == "test":
         raise Conflict(f"{where} has no graphical console: hypervisor {where.hypervisor} is simulated "
                        "(libvirt test:///), and its guests have no VNC display")
     if not listen:
         raise Conflict(f"{where} has no graphical console: its domain has no VNC display")
-    if not isinstance(port, int) or port <= 0:
+    if port <= 0:
         if state == "running":
             raise Conflict(f"{where} is running but its VNC display has no port yet: try again")
         raise Conflict(f"{where} is {state}: its VNC display listens only while it runs")

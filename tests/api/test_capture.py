@@ -12,6 +12,8 @@ import hashlib
 from cloudland_api.jobs import guest as commands
 from cloudland_api.models import Instance, Job, Role
 from cloudland_api.security import IMAGE_AUDIENCE, UPLOAD_AUDIENCE, decode_image_token, issue_image_token
+from cloudland_proto.v1 import compute_pb2 as cpb
+from cloudland_proto.v1 import image_pb2 as ipb
 from tests.api.conftest import Api, Launcher, settle
 from tests.api.test_instances import INSTANCES, get, idle
 
@@ -150,10 +152,12 @@ def test_the_agent_is_sent_where_to_upload(api: Api, admin_headers: dict[str, st
         job = session.get(Job, body["job"]["id"])
         row = session.get(Instance, instance["id"])
         assert job is not None and row is not None
-        guest = source.capture_args(job.args["image_id"], 7200)
-        args = commands.agent_args(job, row, guest)
+        target = source.capture_target(job.args["image_id"], job.args["disk_format"], 7200)
+        request = commands.agent_request(job, row, target=target)
     image_id = body["image"]["id"]
-    token = args["image"].pop("token")
-    assert args == {"name": row.domain_name, "image": {
-        "image_id": image_id, "disk_format": "raw", "url": f"http://api.example:8080/api/v1/images/{image_id}/upload"}}
+    assert isinstance(request, cpb.VmCaptureRequest)
+    token = request.target.token
+    request.target.ClearField("token")
+    assert request == cpb.VmCaptureRequest(name=row.domain_name, target=ipb.ImageTarget(
+        image_id=image_id, disk_format="raw", url=f"http://api.example:8080/api/v1/images/{image_id}/upload"))
     assert decode_image_token(api.app.state.signing_key, token, UPLOAD_AUDIENCE) == image_id

@@ -17,13 +17,16 @@ from cloudland.errors import RootUnreachable
 from cloudland_api import jobs
 from cloudland_api.jobs import ALL, Engine, Kind, Outcome, Plan
 from cloudland_api.models import Hypervisor, Instance, Job, JobState
+from cloudland_proto.v1 import compute_pb2 as cpb
+from cloudland_proto.v1 import diag_pb2 as diag
+from cloudland_proto.v1 import image_pb2 as ipb
 from tests.fakeroot import FakeRoot, Sent
 
 Sessions = sessionmaker[Session]
 
 
 class Probe(Kind):
-    """A kind of this test alone: ``probe`` on subject ("probe", n), sent where ``args`` says."""
+    """A kind of this test alone: ``probe`` on subject ("probe", n), sent where ``job.args`` says."""
 
     name = "probe"
     subject = "probe"
@@ -32,7 +35,7 @@ class Probe(Kind):
     def plan(self, plan: Plan, batch: list[Job]) -> None:
         for job in batch:
             where = job.args.get("targets")
-            plan.send(job, "test.count", ALL if where is None else where, {"key": job.id})
+            plan.send(job, "test.count", ALL if where is None else where, diag.TestCountRequest(key=job.id))
 
     def settle(self, session: Session, done: list[tuple[Job, Outcome]]) -> None:
         for job, outcome in done:
@@ -99,8 +102,8 @@ def test_a_vm_job_is_sent_once_to_its_hypervisor_and_settles_the_instance(
     vm = add_vm(sessions, org, 2)
     start = add_job(sessions, org, "vm", "start", ("instance", vm))
     engine.run_once()
-    assert fake.commands == [Sent(start, "vm.start", 2, {})]
-    assert fake.commands[0].args["name"] == f"cl-{instance(sessions, vm).uuid}"
+    assert fake.commands == [Sent(start, "vm.start", 2, None)]
+    assert fake.commands[0].request == cpb.VmStartRequest(name=f"cl-{instance(sessions, vm).uuid}")
     done = job(sessions, start)
     assert (done.state, done.attempts, done.targets, done.hypervisor_id) == (
         JobState.succeeded, 1, {"hypervisor": 2}, 2)
@@ -116,7 +119,7 @@ def test_an_unavailable_hypervisor_is_asked_again_under_the_same_job_id(
     engine.run_once()
     assert (job(sessions, stop).state, instance(sessions, vm).status) == (JobState.dispatched, "running")
     engine.run_once()
-    assert fake.commands == [Sent(stop, "vm.stop", 1, {}), Sent(stop, "vm.stop", 1, {})]
+    assert fake.commands == [Sent(stop, "vm.stop", 1, None), Sent(stop, "vm.stop", 1, None)]
     assert (job(sessions, stop).state, job(sessions, stop).attempts) == (JobState.succeeded, 2)
     assert instance(sessions, vm).status == "stopped"
 
@@ -170,13 +173,13 @@ def test_a_second_job_on_the_same_subject_waits_for_the_first(sessions: Sessions
     fake.fail_next("vm.start", "unavailable")
     engine.run_once()
     # The start is retried; the stop waits behind it; a job on another subject is not held up.
-    assert fake.commands == [Sent(start, "vm.start", 1, {}), Sent(other, "test.count", (2,), {})]
+    assert fake.commands == [Sent(start, "vm.start", 1, None), Sent(other, "test.count", (2,), None)]
     assert job(sessions, stop).state == JobState.pending
     engine.run_once()
-    assert fake.commands[2:] == [Sent(start, "vm.start", 1, {})]
+    assert fake.commands[2:] == [Sent(start, "vm.start", 1, None)]
     assert job(sessions, start).state == JobState.succeeded
     engine.run_once()  # the start has ended: now the stop
-    assert fake.commands[3:] == [Sent(stop, "vm.stop", 1, {})]
+    assert fake.commands[3:] == [Sent(stop, "vm.stop", 1, None)]
     assert (job(sessions, stop).state, instance(sessions, vm).status) == (JobState.succeeded, "stopped")
 
 
@@ -188,7 +191,7 @@ def test_a_multicast_settles_when_every_target_answered_and_fails_naming_the_fai
     probe = add_job(sessions, org, "probe", "count", ("probe", 1), targets=[1, 2, 3])
     fake.fail_next("test.count", "failed", "disk full", hypervisors=[2])
     engine.run_once()
-    assert fake.commands == [Sent(probe, "test.count", (1, 2, 3), {})]
+    assert fake.commands == [Sent(probe, "test.count", (1, 2, 3), None)]
     done = job(sessions, probe)
     assert (done.state, done.reason, done.targets) == (
         JobState.failed, "failed on 1 of 3 hypervisors: hypervisor 2: disk full", {"hypervisors": [1, 2, 3]})
@@ -203,7 +206,7 @@ def test_a_multicast_asks_again_only_the_targets_that_were_unavailable(
     assert job(sessions, probe).state == JobState.dispatched
     fake.restore(3)
     engine.run_once()
-    assert fake.commands == [Sent(probe, "test.count", (1, 2, 3), {}), Sent(probe, "test.count", (3,), {})]
+    assert fake.commands == [Sent(probe, "test.count", (1, 2, 3), None), Sent(probe, "test.count", (3,), None)]
     assert job(sessions, probe).state == JobState.succeeded
     assert Probe.settled == [(probe, "ok", {1: "ok", 2: "ok", 3: "ok"})]
 
@@ -212,7 +215,7 @@ def test_a_broadcast_goes_to_all_and_settles_on_every_answer(sessions: Sessions,
                                                               engine: Engine) -> None:
     probe = add_job(sessions, org, "probe", "count", ("probe", 3))
     engine.run_once()
-    assert fake.commands == [Sent(probe, "test.count", None, {})]
+    assert fake.commands == [Sent(probe, "test.count", None, None)]
     assert (job(sessions, probe).state, job(sessions, probe).targets) == (JobState.succeeded, {"all": True})
     assert Probe.settled == [(probe, "ok", {1: "ok", 2: "ok", 3: "ok"})]
 
@@ -220,11 +223,11 @@ def test_a_broadcast_goes_to_all_and_settles_on_every_answer(sessions: Sessions,
 def test_an_image_eviction_is_best_effort_and_counts_what_became_of_the_copies(
         sessions: Sessions, org: int, fake: FakeRoot, engine: Engine) -> None:
     evict = add_job(sessions, org, "image", "evict", ("image", 9), sha256="ab" * 32)
-    fake.payloads["image.evict"] = {"in_use": True}
+    fake.results["image.evict"] = ipb.ImageEvictResult(in_use=True)
     fake.unavailable(3)
     engine.run_once()
-    assert fake.commands == [Sent(evict, "image.evict", None, {})]  # not asked again
-    assert fake.commands[0].args == {"sha256": "ab" * 32}
+    assert fake.commands == [Sent(evict, "image.evict", None, None)]  # not asked again
+    assert fake.commands[0].request == ipb.ImageEvictRequest(sha256="ab" * 32)
     done = job(sessions, evict)
     assert done.state == JobState.failed
     assert done.reason == ("evicted on 0, kept in use on 2, failed on 1: failed on 1 of 3 hypervisors: "
@@ -251,7 +254,7 @@ def test_unfinished_jobs_are_planned_again_by_a_new_engine(sessions: Sessions, o
     again = Engine(sessions, fake, kinds={**jobs.KINDS, "probe": Probe()})
     assert again.unfinished() == [start]
     again.run_once()
-    assert fake.commands == [Sent(start, "vm.start", 2, {})]
+    assert fake.commands == [Sent(start, "vm.start", 2, None)]
     assert [j.state for j in map(lambda i: job(sessions, i), [start])] == [JobState.succeeded]
     with sessions() as session:
         assert session.scalars(select(Job.id).where(Job.state == JobState.pending)).all() == []

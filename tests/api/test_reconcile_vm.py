@@ -57,7 +57,7 @@ def test_a_running_vm_whose_domain_vanished_is_created_again_where_it_was(sessio
     gone, there = vm(sessions, org, 1, "running"), vm(sessions, org, 1, "running")
     commands, again = one_pass(sessions, {1: dict([domain(there)])}, fake)
     assert [(c.operation, c.targets) for c in commands] == [("vm.create", 1)]
-    assert commands[0].args["uuid"] == gone.uuid and commands[0].args["name"] == gone.domain_name
+    assert commands[0].request.spec.uuid == gone.uuid and commands[0].request.spec.name == gone.domain_name
     assert again == set()
     with sessions() as session:
         row = session.get(Instance, gone.id)
@@ -102,7 +102,7 @@ def test_a_leftover_domain_with_our_metadata_is_removed_and_a_foreign_one_left_a
     assert verdict.unmanaged == [(1, foreign.name)]
     engine = Engine(sessions, fake)
     engine.run_once([j.id for j in verdict.jobs])
-    assert sorted((c.operation, c.targets, c.args["name"]) for c in fake.commands) == sorted([
+    assert sorted((c.operation, c.targets, c.request.name) for c in fake.commands) == sorted([
         ("vm.delete", 1, moved.domain_name), ("vm.delete", 1, deleted.domain_name)])
     with sessions() as session:
         row = session.get(Instance, moved.id)

@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 import pytest
 
+from cloudland import operations
 from cloudland.client import RootClient
 from cloudland_api.models import Role
 from cloudland_launcher.harness import free_port
+from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
 from tests.api.conftest import Api, Launcher, running
@@ -42,7 +44,7 @@ class Agents(root_pb2_grpc.RootServicer):
         reply = batch.replies.add(job_id=command.job_id, hypervisor=command.targets.hypervisor, status=self.status,
                                   error=self.error)
         if self.status == pb.OK:
-            reply.payload.update(self.payload)
+            reply.result.CopyFrom(operations.pack_result("vm.get", cpb.VmGetResult(vm=cpb.VmRecord(**self.payload))))
         yield batch
 
 
@@ -73,7 +75,7 @@ def test_the_address_of_a_running_guest(api: Api, admin_headers: dict[str, str],
         "instance": instance["id"], "hypervisor": 7, "host": "127.0.0.1", "port": 5901, "address": "127.0.0.1:5901"})
     [command] = agents.commands  # asked live, of the instance's own hypervisor
     assert (command.operation, command.targets.hypervisor) == ("vm.get", 7)
-    assert dict(command.args) == {"name": f"cl-{instance['uuid']}"}
+    assert operations.request_of(command) == cpb.VmGetRequest(name=f"cl-{instance['uuid']}")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from cloudland.client import struct_to_dict
+from cloudland import operations
 from cloudland_launcher.harness import Tree, free_port, wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -167,5 +167,5 @@ class Cloud:
         found: dict[int, list[dict[str, Any]]] = {}
         for reply in self.tree.client.run("vm.list", None, timeout=30):
             assert reply.status == pb.OK, reply.error
-            found[reply.hypervisor] = struct_to_dict(reply.payload).get("vms", [])
+            found[reply.hypervisor] = operations.as_dict(operations.result_of(reply, "vm.list"))["vms"]
         return found

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from cloudland_api.jobs import ALL, Kind, Outcome, Plan, register
 from cloudland_api.models import Job
+from cloudland_proto.v1 import diag_pb2 as diag
 
 
 @register
@@ -18,9 +19,10 @@ class CountJobs(Kind):
     def plan(self, plan: Plan, jobs: list[Job]) -> None:
         for job in jobs:
             targets = job.args.get("hypervisors")  # a list: multicast; none: broadcast
-            plan.send(job, "test.count", ALL if targets is None else targets, {"key": job.id})
+            plan.send(job, "test.count", ALL if targets is None else targets, diag.TestCountRequest(key=job.id))
 
     def settle(self, session: Session, done: list[tuple[Job, Outcome]]) -> None:
         for job, outcome in done:
-            counts = {hv: int(r.payload.get("count", 0)) for hv, r in sorted(outcome.results.items())}
+            counts = {hv: r.result.count if isinstance(r.result, diag.TestCountResult) else 0
+                      for hv, r in sorted(outcome.results.items())}
             job.reason = f"counts {counts}" + (f"; {outcome.reason}" if outcome.reason else "")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from cloudland import operations
 from cloudland_api.db import make_engine
 from cloudland_api.models import Job, JobState
 from cloudland_launcher.harness import wait_for
@@ -168,7 +169,8 @@ def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> No
     stopped, vanished = sorted(cloud.instances(name="oob-*"), key=lambda v: v["name"])
     for instance, operation in ((stopped, "vm.stop"), (vanished, "vm.delete")):
         args = {"name": f"cl-{instance['uuid']}"} | ({"force": True} if operation == "vm.stop" else {})
-        [reply] = cloud.tree.client.run(operation, instance["hypervisor_id"], args=args, timeout=30)
+        request = operations.parse(operation, args)
+        [reply] = cloud.tree.client.run(operation, instance["hypervisor_id"], request=request, timeout=30)
         assert reply.status == pb.OK, reply.error
 
     def observed() -> bool:

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_launcher.harness import wait_for
 
@@ -18,7 +19,7 @@ def test_relays_batch_replies_upward(make_tree, shape):
     assert relays, "every shape here has at least one relay"
     broadcasts = 5
     for _ in range(broadcasts):
-        replies = tree.client.run("test.count", args={"key": uuid.uuid4().hex}, timeout=30)
+        replies = tree.client.run("test.count", request=diag.TestCountRequest(key=uuid.uuid4().hex), timeout=30)
         assert len(replies) == tree.hypervisors and all(r.status == pb.OK for r in replies)
 
     def counters():

@@ -14,7 +14,8 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from cloudland import procinfo
+from cloudland import operations, procinfo
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_launcher.harness import node_name, wait_for
 
@@ -36,7 +37,7 @@ def run_storm_and_kill(tree, victim: str) -> tuple[list[list[pb.Reply]], float, 
             targets.add(rng.choice(sorted(under_victim)))
         plans.append(sorted(targets))
     with ThreadPoolExecutor(max_workers=COMMANDS) as pool:
-        futures = [pool.submit(tree.client.run, "sleep", t, args={"seconds": 2.0}, timeout=25) for t in plans]
+        futures = [pool.submit(tree.client.run, "sleep", t, request=diag.SleepRequest(seconds=2.0), timeout=25) for t in plans]
         time.sleep(0.7)  # commands are in flight: the sleeps take 2 s
         os.kill(victim_peer.pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -108,15 +109,15 @@ def test_relay_killed_with_commands_in_flight(make_tree):
 def test_garbage_from_a_child_is_rejected_and_logged_never_executed(make_tree):
     tree = make_tree(10, 1, 4)  # relays [0:4) [4:8) and leaves 8, 9 under the root
     for hv, kind in ((1, "garbage"), (5, "command")):
-        [reply] = tree.client.run("test.send_raw", hv, args={"kind": kind}, timeout=10)
+        [reply] = tree.client.run("test.send_raw", hv, request=diag.TestSendRawRequest(kind=kind), timeout=10)
         assert reply.status == pb.OK, reply.error
     time.sleep(1.2)  # heartbeats carry the rejection counts up
     assert tree.client.health().rejected >= 2
     assert "not a protobuf envelope" in tree.log("relay[0:4)") or "has no body" in tree.log("relay[0:4)")
     assert "command from child leaf 5 is not allowed upward" in tree.log("relay[4:8)")
     # The Command sent upward asked every hypervisor to count key "upward": none did.
-    replies = tree.client.run("test.count", args={"key": "upward"}, timeout=10)
-    assert {r.hypervisor: int(r.payload["count"]) for r in replies} == {hv: 1 for hv in range(10)}
+    replies = tree.client.run("test.count", request=diag.TestCountRequest(key="upward"), timeout=10)
+    assert {r.hypervisor: operations.result_of(r, "test.count").count for r in replies} == {hv: 1 for hv in range(10)}
     assert all(p.state == pb.PEER_OK for p in tree.peers().values())
 
 

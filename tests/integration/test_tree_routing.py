@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 
+from cloudland import operations
 from cloudland.client import ALL
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_launcher.harness import start_tree, stop_tree
 
@@ -31,11 +33,11 @@ def tree(request, tmp_path_factory):
 
 
 def counts(tree, key: str, targets=ALL) -> dict[int, int]:
-    replies = tree.client.run("test.count", targets, args={"key": key}, timeout=30)
+    replies = tree.client.run("test.count", targets, request=diag.TestCountRequest(key=key), timeout=30)
     ids = [r.hypervisor for r in replies]
     assert len(ids) == len(set(ids)), "a hypervisor answered twice"
     assert all(r.status == pb.OK for r in replies), [r.error for r in replies if r.status != pb.OK][:3]
-    return {r.hypervisor: int(r.payload["count"]) for r in replies}
+    return {r.hypervisor: operations.result_of(r, "test.count").count for r in replies}
 
 
 def test_broadcast_reaches_every_hypervisor_exactly_once(tree):
@@ -79,7 +81,7 @@ def test_expired_deadline_times_out_only_the_missing_hypervisors(tree):
     n = tree.hypervisors
     slow, fast = n - 1, sorted({0, n // 2} - {n - 1})
     started = time.monotonic()
-    replies = tree.client.run("test.slow", fast + [slow], args={"seconds": 20, "slow": [slow]}, timeout=1.5)
+    replies = tree.client.run("test.slow", fast + [slow], request=diag.TestSlowRequest(seconds=20, slow=[slow]), timeout=1.5)
     elapsed = time.monotonic() - started
     status = {r.hypervisor: r.status for r in replies}
     assert status == {**{hv: pb.OK for hv in fast}, slow: pb.TIMEOUT}

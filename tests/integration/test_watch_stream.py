@@ -11,6 +11,7 @@ import pytest
 
 from cloudland.client import RootClient
 from cloudland_launcher.harness import wait_for
+from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
 from tests.integration.cloud import Cloud
@@ -47,7 +48,8 @@ def test_a_change_on_a_hypervisor_reaches_the_stream_and_the_database_promptly(m
         assert [(v.uuid, v.instance_id) for v in before.vms] == [(vm["uuid"], vm["id"])]
 
         started = time.monotonic()
-        [reply] = cloud.tree.client.run("vm.stop", hv, args={"name": f"cl-{vm['uuid']}", "force": True}, timeout=30)
+        [reply] = cloud.tree.client.run("vm.stop", hv, request=cpb.VmStopRequest(name=f"cl-{vm['uuid']}", force=True),
+                                         timeout=30)
         assert reply.status == pb.OK, reply.error
         wait_for(lambda: cloud.get(f"/hypervisors/{hv}")["running_domains"] == 0, 3, "the database to see it")
         in_db = time.monotonic() - started

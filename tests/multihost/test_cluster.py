@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from tests.multihost.cluster import STATE_BASE, LabCloud, kill, netns_of, processes, ranks, wait_until
 
@@ -97,7 +98,7 @@ def test_a_killed_leaf_agent_is_replaced_ten_times(cluster: LabCloud):
     for round_ in range(10):
         [pid] = ranks(cluster.lab, victim, "cloudland_agents.leaf")
         # A command in flight through the leaf when it dies ends UNAVAILABLE, not hanging.
-        stream = cluster.client.dispatch("sleep", ids, {"seconds": 3.0}, timeout=20)  # a test operation
+        stream = cluster.client.dispatch("sleep", ids, diag.SleepRequest(seconds=3.0), timeout=20)  # a test operation
         time.sleep(0.3)
         kill([pid])
         killed = time.monotonic()

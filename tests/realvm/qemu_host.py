@@ -40,9 +40,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from cloudland_agents.compute import Disk, DomainSpec, LibvirtCompute, Nic
-from cloudland_agents.compute_ops import kvm_usable
-from cloudland_agents.configdrive import build_config_drive
+from cloudland_agents.compute.driver import Disk, DomainSpec, LibvirtCompute, Nic
+from cloudland_agents.compute.ops import kvm_usable
+from cloudland_agents.compute.configdrive import build_config_drive
 
 REPO = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"

@@ -26,8 +26,8 @@ import libvirt
 import pytest
 from websockets.sync.client import connect
 
-from cloudland_agents.configdrive import _json_bytes
-from cloudland_agents.guests import network_data
+from cloudland_agents.compute.configdrive import _json_bytes
+from cloudland_agents.compute.guests import network_data
 from cloudland_launcher.harness import start_tree, stop_tree, wait_for
 from tests.integration.cloud import Cloud
 

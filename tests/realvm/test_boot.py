@@ -20,9 +20,9 @@ import libvirt
 import pycdlib
 import pytest
 
-from cloudland_agents.configdrive import build_config_drive
-from cloudland_agents.domain import Disk, DomainSpec
-from cloudland_agents.domain import domain_xml as agent_domain_xml
+from cloudland_agents.compute.configdrive import build_config_drive
+from cloudland_agents.compute.domain import Disk, DomainSpec
+from cloudland_agents.compute.domain import domain_xml as agent_domain_xml
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
 from tests.realvm.qemu_host import (  # noqa: E402
@@ -72,7 +72,7 @@ class Guest:
 
 
 def domain_xml(name: str, vm_uuid: str, guest: Path, iso: Path, log: Path) -> str:
-    """The agent's XML (agents/domain.py) for a direct kernel boot with the config drive as a CD-ROM."""
+    """The agent's XML (agents/compute/domain.py) for a direct kernel boot with the config drive as a CD-ROM."""
     return agent_domain_xml(DomainSpec(
         name=name, uuid=vm_uuid, vcpus=1, memory_mib=128, domain_type="qemu",  # TCG: no usable KVM here
         kernel=str(guest / "vmlinuz"), initrd=str(guest / "initrd.img"), cmdline=CMDLINE,

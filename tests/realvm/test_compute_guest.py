@@ -1,4 +1,4 @@
-"""The vm.* operations on libvirtd + QEMU: Struct arguments in, a booted guest out.
+"""The vm.* operations on libvirtd + QEMU: request messages in, a booted guest out.
 
 What the contract suite (tests/unit/test_compute_contract.py) cannot see through the
 driver's verbs: the default domain type this host gets (compute_ops.kvm_usable), the
@@ -14,13 +14,12 @@ from dataclasses import asdict
 from typing import Any
 
 import pytest
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
 
-from cloudland_agents import compute_ops, ops
+from cloudland_agents.compute import ops as compute_ops
 from cloudland_agents.hypervisor import Hypervisor
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
+from tests.unit.test_compute_ops import run as unit_run  # noqa: E402
 from tests.realvm.qemu_host import URI, QemuHost, console_echo, qemu_processes  # noqa: E402
 
 pytest_plugins = ["tests.realvm.qemu_host"]
@@ -29,13 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
 STOP_TIMEOUT_S = 30.0
 
 
-def run(hv: Hypervisor, name: str, args: dict[str, Any]) -> ops.Payload:
-    """As the leaf runs an operation: arguments through a Struct (every number a float)."""
-    op = ops.lookup(name, test_ops=False)
-    assert op is not None, name
-    struct = Struct()
-    struct.update(args)
-    return op.run(ops.Context(hv, "job-realvm", 0.0, lambda _b: None), MessageToDict(struct))
+def run(hv: Hypervisor, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """As the leaf runs an operation: its request message, its result read back (tests/unit)."""
+    return unit_run(hv, name, args)
 
 
 def test_vm_operations_boot_the_guest_and_stop_it_by_acpi(qemu_host: QemuHost) -> None:
@@ -61,7 +56,7 @@ def test_vm_operations_boot_the_guest_and_stop_it_by_acpi(qemu_host: QemuHost) -
         assert "sum=42" in qemu_host.console("ops-1")
 
         started = time.monotonic()
-        stopped = run(hv, "vm.stop", {"name": "ops-1", "timeout": STOP_TIMEOUT_S})
+        stopped = run(hv, "vm.stop", {"name": "ops-1", "timeout_s": STOP_TIMEOUT_S})
         took = time.monotonic() - started
         print(f"ops-1: ACPI stop took {took:.2f}s")
         assert stopped["state"] == "shutoff"
@@ -71,7 +66,7 @@ def test_vm_operations_boot_the_guest_and_stop_it_by_acpi(qemu_host: QemuHost) -
         # A shut-off VM is started by a reboot; its console log keeps the first boot.
         assert run(hv, "vm.reboot", {"name": "ops-1"})["state"] == "running"
         qemu_host.wait_boots("ops-1", 2)
-        assert run(hv, "vm.delete", {"name": "ops-1"}) == {"name": "ops-1", "deleted": True}
+        assert run(hv, "vm.delete", {"name": "ops-1"}) == {"name": "ops-1", "deleted": True, "files_removed": False}
         assert qemu_processes({"ops-1"}) == {}
         assert "ops-1" not in {vm["name"] for vm in run(hv, "vm.list", {})["vms"]}
     finally:

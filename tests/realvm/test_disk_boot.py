@@ -26,8 +26,8 @@ from xml.etree import ElementTree as ET
 import libvirt
 import pytest
 
-from cloudland_agents.configdrive import build_config_drive
-from cloudland_agents.domain import Disk, DomainSpec, domain_xml
+from cloudland_agents.compute.configdrive import build_config_drive
+from cloudland_agents.compute.domain import Disk, DomainSpec, domain_xml
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
 from tests.realvm.qemu_host import READY, QemuSession, console_echo, qemu_processes  # noqa: E402
@@ -72,7 +72,7 @@ def sector(image: Path, image_format: str, number: int) -> bytes:
 
 
 def disk_domain_xml(name: str, vm_uuid: str, disk: Path, config_drive: Path, config_bus: str, log: Path) -> str:
-    """The agent's XML (agents/domain.py) of a domain that boots from its first disk (SeaBIOS), as
+    """The agent's XML (agents/compute/domain.py) of a domain that boots from its first disk (SeaBIOS), as
     a VM made from an image does; the config drive as nova attaches it (an IDE CD-ROM) or as a
     second virtio disk."""
     drive = (Disk(str(config_drive), "raw", "hdc", "cdrom") if config_bus == "ide"
@@ -145,7 +145,7 @@ def acpi_shutdown(vm: Guest) -> None:
     started = time.monotonic()
     pressed = 0.0
     while vm.dom.isActive() and time.monotonic() - started < SHUTDOWN_TIMEOUT_S:
-        # Press again every 5 s, as the driver does (agents/compute.py): on a loaded machine
+        # Press again every 5 s, as the driver does (agents/compute/driver.py): on a loaded machine
         # a press can come before the guest's init listens to the button.
         if time.monotonic() - pressed > 5:
             try:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudland_agents.compute import Disk, DomainSpec, LibvirtCompute
-from cloudland_agents.images import ImageCache, ImageError, ImageSource
+from cloudland_agents.compute.driver import Disk, DomainSpec, LibvirtCompute
+from cloudland_agents.images.cache import ImageCache, ImageError
+from cloudland_agents.images.source import ImageSource
 from tests.unit.test_image_cache import TOKEN, Server, info, qemu_io
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too

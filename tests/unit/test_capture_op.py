@@ -1,4 +1,4 @@
-"""``vm.capture`` (agents/compute_ops.py) on real files: a VM of a simulated hypervisor whose
+"""``vm.capture`` (agents/compute/ops.py) on real files: a VM of a simulated hypervisor whose
 disk is a real qcow2 overlay, real qemu-img, and a real HTTP server taking the upload.
 
 The server stands in for the API's ``PUT /images/{id}/upload`` (tests/api/test_capture.py
@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf.json_format import ParseError
 
 from cloudland.errors import DriverError, InvalidRequest, VMStateError
-from cloudland_agents import guests
+from cloudland_agents.compute import guests
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
-from cloudland_agents.images import ImageError
+from cloudland_agents.images.cache import ImageError
+from tests.unit.agentcall import request
 from tests.unit.test_compute_ops import UUID, run
 from tests.unit.test_image_cache import info, qemu_img, qemu_io  # noqa: F401 (qemu_img: a fixture)
 
@@ -108,7 +110,7 @@ def target(server: UploadServer, image_id: int = 9, fmt: str = "qcow2") -> dict[
 def test_a_stopped_vm_is_captured_uploaded_and_cached(hv: Hypervisor, disk: Path, server: UploadServer,
                                                        tmp_path: Path) -> None:
     make_vm(hv, disk)
-    payload = run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+    payload = run(hv, "vm.capture", {"name": "web-1", "target": target(server)})
     data = server.received[9]
     assert payload == {"image_id": 9, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     captured = tmp_path / "captured.qcow2"
@@ -123,14 +125,14 @@ def test_a_stopped_vm_is_captured_uploaded_and_cached(hv: Hypervisor, disk: Path
     assert sorted(p.name for p in cache.root.iterdir()) == [base.name]
     # A replayed job captures and uploads the same bytes again (the API takes them as success).
     del server.received[9]
-    assert run(hv, "vm.capture", {"name": "web-1", "image": target(server)}) == payload
+    assert run(hv, "vm.capture", {"name": "web-1", "target": target(server)}) == payload
     assert server.received[9] == data
     assert sorted(p.name for p in cache.root.iterdir()) == [base.name]
 
 
 def test_raw_capture(hv: Hypervisor, disk: Path, server: UploadServer, tmp_path: Path) -> None:
     make_vm(hv, disk)
-    payload = run(hv, "vm.capture", {"name": "web-1", "image": target(server, 4, "raw")})
+    payload = run(hv, "vm.capture", {"name": "web-1", "target": target(server, 4, "raw")})
     data = server.received[4]
     assert len(data) == 16 << 20 and payload["size_bytes"] == len(data)
     assert data[:1 << 20] == b"\xcd" * (1 << 20) and data[2 << 20:3 << 20] == b"\xab" * (1 << 20)
@@ -140,7 +142,7 @@ def test_a_running_vm_is_refused(hv: Hypervisor, disk: Path, server: UploadServe
     make_vm(hv, disk, state="running")
     with pytest.raises(VMStateError, match=r"capture of VM 'web-1' needs it shut off, it is running; "
                                            r"stop it first \(hypervisor 5, job job-1\)"):
-        run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+        run(hv, "vm.capture", {"name": "web-1", "target": target(server)})
     assert server.received == {}
 
 
@@ -148,7 +150,7 @@ def test_a_simulated_vm_has_no_disk(hv: Hypervisor, server: UploadServer) -> Non
     make_vm(hv, None)
     with pytest.raises(DriverError, match=r"VM 'web-1' has no disk to capture \(a simulated hypervisor keeps "
                                           r"no guest disks\) \(hypervisor 5, job job-1\)"):
-        run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+        run(hv, "vm.capture", {"name": "web-1", "target": target(server)})
 
 
 def test_a_refused_upload_names_the_image_and_leaves_nothing(hv: Hypervisor, disk: Path,
@@ -156,7 +158,7 @@ def test_a_refused_upload_names_the_image_and_leaves_nothing(hv: Hypervisor, dis
     make_vm(hv, disk)
     server.refuse = (404, "image 9 not found (deleted while it was being captured?)")
     with pytest.raises(ImageError) as raised:
-        run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+        run(hv, "vm.capture", {"name": "web-1", "target": target(server)})
     message = str(raised.value)
     assert message == (f"upload of image 9 to {server.url}/9/upload failed: HTTP 404: image 9 not found "
                        "(deleted while it was being captured?) (hypervisor 5)")
@@ -168,27 +170,34 @@ def test_an_unreachable_api_is_an_image_error(hv: Hypervisor, disk: Path) -> Non
     make_vm(hv, disk)
     image = {"image_id": 3, "disk_format": "qcow2", "url": "http://127.0.0.1:9/3/upload", "token": TOKEN}
     with pytest.raises(ImageError, match=r"upload of image 3 to http://127.0.0.1:9/3/upload failed"):
-        run(hv, "vm.capture", {"name": "web-1", "image": image})
+        run(hv, "vm.capture", {"name": "web-1", "target": image})
     assert list(guests.cache_for(hv).root.iterdir()) == []
 
 
 @pytest.mark.parametrize(("image", "error"), [
-    (None, "argument 'image' must be an object"),
-    ({"image_id": 1, "disk_format": "qcow2", "url": "http://x/1"}, "argument image.'token' must be a string"),
+    (None, "disk_format must be one of"),
+    ({"image_id": 1, "disk_format": "qcow2", "url": "http://x/1"}, "token is required"),
     ({"image_id": 1, "disk_format": "vmdk", "url": "http://x/1", "token": "t"}, "disk_format must be one of"),
     ({"image_id": 1, "disk_format": "raw", "url": "file:///tmp/x", "token": "t"}, "url must be http"),
-    ({"image_id": 1.5, "disk_format": "raw", "url": "http://x/1", "token": "t"}, "must be a whole number"),
-    ({"image_id": 1, "disk_format": "raw", "url": "http://x/1", "token": "t", "extra": 1}, "unknown argument"),
 ])
 def test_bad_arguments_are_refused(hv: Hypervisor, image: object, error: str) -> None:
     make_vm(hv, None)
     with pytest.raises(InvalidRequest, match=error):
-        run(hv, "vm.capture", {"name": "web-1", "image": image})
+        run(hv, "vm.capture", {"name": "web-1"} | ({"target": image} if image is not None else {}))
+
+
+@pytest.mark.parametrize(("image", "error"), [
+    ({"image_id": 1.5, "disk_format": "raw", "url": "http://x/1", "token": "t"}, "image_id"),
+    ({"image_id": 1, "disk_format": "raw", "url": "http://x/1", "token": "t", "extra": 1}, "extra"),
+])
+def test_a_target_of_the_wrong_shape_cannot_even_be_sent(image: object, error: str) -> None:
+    with pytest.raises(ParseError, match=error):
+        request("vm.capture", {"name": "web-1", "target": image})
 
 
 def test_an_unknown_vm_is_refused(hv: Hypervisor, server: UploadServer) -> None:
     with pytest.raises(DriverError, match="web-9"):
-        run(hv, "vm.capture", {"name": "web-9", "image": target(server)})
+        run(hv, "vm.capture", {"name": "web-9", "target": target(server)})
 
 
 # -- image.evict: a deleted image's base leaves the cache once no guest's disk needs it ---------
@@ -207,19 +216,19 @@ def test_evict_keeps_a_base_a_guest_uses_then_removes_it(hv: Hypervisor, qemu_im
     assert run(hv, "image.evict", {"sha256": sha256}) == {"in_use": True}
     assert base.exists()
     assert guests.remove(hv, UUID)
-    assert run(hv, "image.evict", {"sha256": sha256}) == {}
+    assert run(hv, "image.evict", {"sha256": sha256}) == {"in_use": False}
     assert not base.exists()
-    assert run(hv, "image.evict", {"sha256": sha256}) == {}  # idempotent
+    assert run(hv, "image.evict", {"sha256": sha256}) == {"in_use": False}  # idempotent
 
 
 def test_evict_on_a_hypervisor_without_a_cache_makes_none(hv: Hypervisor) -> None:
-    assert run(hv, "image.evict", {"sha256": "a" * 64}) == {}
+    assert run(hv, "image.evict", {"sha256": "a" * 64}) == {"in_use": False}
     assert not (hv.state_dir / "image-cache").exists()
 
 
 @pytest.mark.parametrize("args", [{}, {"sha256": "A" * 64}, {"sha256": "a" * 63}, {"sha256": "a" * 64, "x": 1}])
 def test_evict_refuses_bad_arguments(hv: Hypervisor, args: dict[str, object]) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises((InvalidRequest, ParseError)):  # the last: not even a request
         run(hv, "image.evict", args)
 
 
@@ -234,5 +243,5 @@ def test_a_capture_removes_what_dead_captures_left(hv: Hypervisor, disk: Path, s
         path.write_bytes(b"x")
     for path in old:
         os.utime(path, (time.time() - 3 * 3600, time.time() - 3 * 3600))
-    payload = run(hv, "vm.capture", {"name": "web-1", "image": target(server)})
+    payload = run(hv, "vm.capture", {"name": "web-1", "target": target(server)})
     assert sorted(p.name for p in root.iterdir()) == sorted([recent.name, f"{payload['sha256']}.qcow2"])

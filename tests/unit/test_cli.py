@@ -19,8 +19,10 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
+from cloudland import operations
 from cloudland.errors import InvalidRequest
 from cloudland_cli import main, start, tree
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
 
@@ -87,7 +89,8 @@ class FakeRoot(root_pb2_grpc.RootServicer):
         batch = pb.ReplyBatch()
         for hypervisor in ids:
             reply = batch.replies.add(job_id=command.job_id, hypervisor=hypervisor, status=pb.OK)
-            reply.payload.update({"operation": command.operation, "hypervisor": hypervisor})
+            reply.result.CopyFrom(operations.pack_result(
+                "inventory", diag.InventoryResult(hostname=command.operation, cpus=hypervisor)))
             if hypervisor == FAILING:
                 reply.status, reply.error = pb.FAILED, f"boom (hypervisor {hypervisor})"
         yield batch
@@ -134,6 +137,8 @@ def test_help_lists_the_tree_commands() -> None:
     [
         (["--args", "{not json"], "cloudland: --args is not valid JSON"),
         (["--args", "[1, 2]"], "cloudland: --args must be a JSON object"),
+        (["--args", '{"n": 1}'], 'cloudland: --args is not a cloudland.v1.PingRequest: Message type "cloudland.v1.PingRequest" '
+                                 'has no field named "n"'),
         (["--targets", "9-5"], "cloudland: reversed range '9-5'"),
     ],
 )
@@ -156,9 +161,10 @@ def test_unreachable_root_exits_3_with_one_line(command: list[str]) -> None:
 
 def test_broadcast_summarises_and_exits_1_when_a_reply_failed(fake_root: tuple[str, FakeRoot]) -> None:
     endpoint, servicer = fake_root
-    result = run("tree", "--endpoint", endpoint, "broadcast", "ping", "--args", '{"n": 1}')
+    result = run("tree", "--endpoint", endpoint, "broadcast", "sleep", "--args", '{"seconds": 1}')
     assert result.exit_code == 1
-    assert servicer.commands[-1].targets.all and dict(servicer.commands[-1].args) == {"n": 1}
+    command = servicer.commands[-1]
+    assert command.targets.all and operations.request_of(command) == diag.SleepRequest(seconds=1)
     assert f"{HYPERVISORS}/{HYPERVISORS} replies" in result.stdout
     assert f"hypervisor {FAILING}: FAILED: boom" in result.stdout
 
@@ -180,7 +186,7 @@ def test_broadcast_json_prints_one_object_per_reply(fake_root: tuple[str, FakeRo
     assert json.loads(line) == {
         "hypervisor": 5,
         "status": "FAILED",
-        "payload": {"operation": "ping", "hypervisor": 5.0},
+        "result": {"hostname": "ping", "cpus": 5, "memory_kib": 0, "free_memory_kib": 0, "domains": []},
         "error": "boom (hypervisor 5)",
     }
 

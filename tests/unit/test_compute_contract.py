@@ -1,7 +1,7 @@
 """One contract suite, three drivers: FakeCompute, LibvirtCompute on a simulated hypervisor
 (test:///) and LibvirtCompute on libvirtd + QEMU booting real guests (qemu:///system, TCG).
 
-Every test here states a postcondition of agents/compute.py's docstring; every driver
+Every test here states a postcondition of agents/compute/driver.py's docstring; every driver
 must meet it (nova's fake/real pairing, ARCHITECTURE.md "Drivers"). A ``Host`` gives
 each driver what its VMs need: real guests boot a kernel from files that exist, on a
 bridge that exists (tests/realvm/qemu_host.py, marked realvm/slow/root). Tests whose
@@ -22,11 +22,11 @@ import libvirt
 import pytest
 
 from cloudland.errors import CloudLandError, DriverError, InvalidRequest
-from cloudland_agents.compute import (
+from cloudland_agents.compute.driver import (
     Compute, Disk, DomainSpec, LibvirtCompute, Nic, VMConflict, VMNotFound, VMStateError,
 )
-from cloudland_agents.compute_fake import FakeCompute
-from cloudland_agents.domain import spec_of_record
+from cloudland_agents.compute.fake import FakeCompute
+from cloudland_agents.compute.domain import spec_of_record
 from cloudland_agents.hypervisor import open_simulated
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too

@@ -1,7 +1,5 @@
-"""The vm.* operations (agents/compute_ops.py): Struct arguments in, VM records out.
-
-Arguments are given as a protobuf Struct would deliver them (numbers as floats),
-on real simulated hypervisors; no MPI.
+"""The vm.* operations (agents/compute/ops.py): request messages in, result messages out
+(proto/v1/compute.proto), on real simulated hypervisors; no MPI.
 """
 
 from __future__ import annotations
@@ -12,14 +10,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.json_format import ParseError
 
 from cloudland.errors import DriverError, InvalidRequest
-from cloudland_agents import compute_ops, ops
-from cloudland_agents.compute import LibvirtCompute, VMNotFound, VMStateError
-from cloudland_agents.compute_fake import FakeCompute
+from cloudland_agents import ops
+from cloudland_agents.compute import ops as compute_ops
+from cloudland_agents.compute.driver import LibvirtCompute, VMNotFound, VMStateError
+from cloudland_agents.compute.fake import FakeCompute
+from cloudland_agents.images import ops as image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
+from cloudland_proto.v1 import compute_pb2 as cpb
+from tests.unit.agentcall import call, request
 
 VM_OPS = ["vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete", "vm.resize", "vm.rebuild", "vm.capture", "vm.get",
           "vm.list", "image.evict"]
@@ -36,17 +37,16 @@ def hv(tmp_path: Path) -> Iterator[Hypervisor]:
     hypervisor.close()
 
 
-def as_struct(args: dict[str, Any]) -> dict[str, Any]:
-    """What the leaf hands an operation: MessageToDict of a Struct (every number a float)."""
-    struct = Struct()
-    struct.update(args)
-    return MessageToDict(struct)
-
-
-def run(hv: Hypervisor, name: str, args: dict[str, Any] | None = None) -> ops.Payload:
-    op = ops.lookup(name, test_ops=False)
-    assert op is not None, name
-    return op.run(ops.Context(hv, "job-1", 0.0, lambda _b: None), as_struct(args or {}))
+def run(hv: Hypervisor, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``name`` as the leaf would: a create's or rebuild's spec fields flat in ``args`` (its
+    ``guest`` beside them). The result as a dict, a VM record's fields flat beside the others."""
+    fields = dict(args or {})
+    if name in ("vm.create", "vm.rebuild"):
+        guest = fields.pop("guest", None)
+        fields = {"spec": fields} | ({"guest": guest} if guest is not None else {})
+    result = call(ops.Context(hv, "job-1", 0.0, lambda _b: None), name, fields)
+    record = result.pop("vm", None) or {}
+    return {**record, **result}
 
 
 @pytest.mark.parametrize("name", VM_OPS)
@@ -62,17 +62,17 @@ def test_lifecycle_through_the_operations(hv: Hypervisor) -> None:
     assert (created["created"], created["state"], created["domain_type"]) == (True, "running", "test")
     assert run(hv, "vm.create", CREATE)["created"] is False
     assert [v["name"] for v in run(hv, "vm.list")["vms"]] == ["web-1"]
-    assert run(hv, "vm.stop", {"name": "web-1", "timeout": 5.0})["state"] == "shutoff"
-    resized = run(hv, "vm.resize", {"name": "web-1", "vcpus": 4.0, "memory_mib": 1024.0})
+    assert run(hv, "vm.stop", {"name": "web-1", "timeout_s": 5.0})["state"] == "shutoff"
+    resized = run(hv, "vm.resize", {"name": "web-1", "vcpus": 4, "memory_mib": 1024})
     assert (resized["vcpus"], resized["memory_mib"]) == (4, 1024)
     assert run(hv, "vm.start", {"name": "web-1"})["state"] == "running"
     assert run(hv, "vm.reboot", {"name": "web-1", "force": True})["state"] == "running"
-    assert run(hv, "vm.reboot", {"name": "web-1", "timeout": 5.0})["state"] == "running"
+    assert run(hv, "vm.reboot", {"name": "web-1", "timeout_s": 5.0})["state"] == "running"
     rebuilt = run(hv, "vm.rebuild", {**CREATE, "disks": [{"path": "/images/web-1-v2.raw", "format": "raw"}]})
     assert rebuilt["disks"] == [{"path": "/images/web-1-v2.raw", "format": "raw", "target": "vda", "device": "disk"}]
     assert run(hv, "vm.get", {"name": "web-1"})["uuid"] == UUID
-    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": True}
-    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": False}
+    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": True, "files_removed": False}
+    assert run(hv, "vm.delete", {"name": "web-1"}) == {"name": "web-1", "deleted": False, "files_removed": False}
     assert run(hv, "vm.list") == {"vms": []}
 
 
@@ -91,7 +91,8 @@ def test_direct_kernel_boot_and_devices(hv: Hypervisor) -> None:
         ("/images/web-1.qcow2", "vda", "disk", "qcow2"), ("/images/data.raw", "vdb", "disk", "raw"),
         ("/drives/tools.iso", "hda", "cdrom", "raw"), ("/drives/web-1.iso", "hdc", "cdrom", "raw"),
         ("/drives/more.iso", "hdd", "cdrom", "raw")]
-    assert run(hv, "vm.get", {"name": "web-1"}) == {k: v for k, v in created.items() if k != "created"}
+    assert run(hv, "vm.get", {"name": "web-1"}) == {k: v for k, v in created.items()
+                                                    if k not in ("created", "image_downloaded")}
 
 
 def test_vnc_display_through_the_operations(hv: Hypervisor) -> None:
@@ -101,7 +102,7 @@ def test_vnc_display_through_the_operations(hv: Hypervisor) -> None:
     run(hv, "vm.stop", {"name": "web-1", "force": True})
     assert run(hv, "vm.resize", {"name": "web-1", "vcpus": 4, "memory_mib": 1024})["vnc_listen"] == "0.0.0.0"
     assert run(hv, "vm.get", {"name": "web-1"})["vnc_listen"] == "0.0.0.0"
-    assert as_struct(run(hv, "vm.list"))["vms"][0]["vnc_port"] == 0.0
+    assert run(hv, "vm.list")["vms"][0]["vnc_port"] == 0
 
 
 @pytest.mark.parametrize(
@@ -109,7 +110,7 @@ def test_vnc_display_through_the_operations(hv: Hypervisor) -> None:
     [
         ("qemu:///system", {}, "192.0.2.10"),  # a real guest gets the hypervisor's address
         ("qemu:///system", {"vnc_listen": "::1"}, "::1"),  # unless the arguments name one...
-        ("qemu:///system", {"vnc_listen": ""}, ""),  # ...or none
+        ("qemu:///system", {"vnc_listen": ""}, "192.0.2.10"),  # ...an empty one is unset
         ("test:///default", {}, ""),  # a simulated guest has no display
     ],
 )
@@ -119,56 +120,71 @@ def test_real_guests_get_the_hypervisors_vnc_address(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(compute_ops, "_prepare_guest", lambda *_args: files)
     monkeypatch.setattr(compute_ops, "kvm_usable", lambda: False)
     ctx = SimpleNamespace(hypervisor=SimpleNamespace(uri=uri, vnc_listen="192.0.2.10"))
-    spec, prepared = compute_ops._guest_spec(ctx, {**CREATE, **args, "image": {}}, "disk.qcow2")  # type: ignore[arg-type]
+    message = request("vm.create", {"spec": {**CREATE, **args}}).spec  # type: ignore[attr-defined]
+    spec, prepared = compute_ops._guest_spec(ctx, message, cpb.Guest(), "disk.qcow2")  # type: ignore[arg-type]
     assert spec.vnc_listen == vnc_listen
     assert (prepared is files) == uri.startswith("qemu:")
 
 
-def test_payloads_survive_a_struct(hv: Hypervisor) -> None:
-    """A reply payload goes up as a Struct: every record must be representable."""
-    payload = run(hv, "vm.create", CREATE)
-    assert as_struct(payload)["metadata"] == {"tenant": "t1"}
-    assert as_struct(run(hv, "vm.list"))["vms"][0]["vcpus"] == 2.0
+def test_results_are_their_messages(hv: Hypervisor) -> None:
+    """A result goes up as its message: every record must be representable, whole numbers whole."""
+    ctx = ops.Context(hv, "job-1", 0.0, lambda _b: None)
+    created = compute_ops.vm_create(ctx, request("vm.create", {"spec": CREATE}))  # type: ignore[arg-type]
+    assert isinstance(created, cpb.VmCreateResult) and dict(created.vm.metadata) == {"tenant": "t1"}
+    listed = compute_ops.vm_list(ctx, cpb.VmListRequest())
+    assert listed.vms[0].vcpus == 2 and listed.vms[0].disks[0].target == "vda"
 
 
 @pytest.mark.parametrize(
     ("name", "args", "field"),
     [
-        ("vm.create", {**CREATE, "vcpu": 2}, "vcpu"),
         ("vm.create", {k: v for k, v in CREATE.items() if k != "uuid"}, "uuid"),
-        ("vm.create", {**CREATE, "vcpus": 2.5}, "vcpus"),
+        ("vm.create", {k: v for k, v in CREATE.items() if k != "name"}, "name"),
         ("vm.create", {**CREATE, "vcpus": 0}, "vcpus"),
-        ("vm.create", {**CREATE, "memory_mib": "512"}, "memory_mib"),
-        ("vm.create", {**CREATE, "name": 7}, "name"),
-        ("vm.create", {**CREATE, "disks": [{"path": "/a", "size": 1}]}, "disks[0].'size'"),
-        ("vm.create", {**CREATE, "disks": "/a"}, "disks"),
-        ("vm.create", {**CREATE, "nics": [{"bridge": "br0"}]}, "nics[0].'mac'"),
-        ("vm.create", {**CREATE, "metadata": "x"}, "metadata"),
-        ("vm.create", {**CREATE, "disks": [{"path": "/a", "device": 1}]}, "disks[0].'device'"),
+        ("vm.create", {**CREATE, "nics": [{"bridge": "br0"}]}, "nics[0].mac"),
         ("vm.create", {**CREATE, "disks": [{"path": "/a", "device": "tape"}]}, "disks[0].device"),
-        ("vm.create", {**CREATE, "disks": [{"path": "/a", "format": 2}]}, "disks[0].'format'"),
         ("vm.create", {**CREATE, "disks": [{"path": "/a.iso", "device": "cdrom", "target": "vdb"}]},
          "disks[0].target"),
-        ("vm.create", {**CREATE, "kernal": "/boot/vmlinuz"}, "kernal"),
         ("vm.create", {**CREATE, "kernel": "boot/vmlinuz"}, "kernel"),
-        ("vm.create", {**CREATE, "kernel": 1}, "kernel"),
         ("vm.create", {**CREATE, "cmdline": "quiet"}, "cmdline"),  # no kernel to pass it to
         ("vm.create", {**CREATE, "console_log": "/var/log/a\0b"}, "console_log"),
         ("vm.create", {**CREATE, "vnc_listen": "localhost"}, "vnc_listen"),
-        ("vm.create", {**CREATE, "vnc_listen": 127}, "vnc_listen"),
-        ("vm.stop", {"name": "web-1", "force": "yes"}, "force"),
-        ("vm.stop", {"name": "web-1", "timeout": -1}, "timeout"),
-        ("vm.reboot", {"name": "web-1", "timeout": "soon"}, "timeout"),
+        ("vm.stop", {"name": "web-1", "timeout_s": -1}, "timeout_s"),
         ("vm.start", {}, "name"),
-        ("vm.get", {"name": "web-1", "extra": 1}, "extra"),
         ("vm.resize", {"name": "web-1", "vcpus": 2}, "memory_mib"),
-        ("vm.list", {"all": True}, "all"),
     ],
 )
 def test_bad_arguments_name_the_field(hv: Hypervisor, name: str, args: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidRequest, match=field.replace("[", r"\[").replace("]", r"\]")):
         run(hv, name, args)
     assert run(hv, "vm.list") == {"vms": []}  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "field"),
+    [
+        ("vm.create", {"spec": {**CREATE, "vcpu": 2}}, "vcpu"),
+        ("vm.create", {"spec": {**CREATE, "vcpus": 2.5}}, "vcpus"),
+        ("vm.create", {"spec": {**CREATE, "name": 7}}, "name"),
+        ("vm.create", {"spec": {**CREATE, "disks": [{"path": "/a", "size": 1}]}}, "size"),
+        ("vm.create", {"spec": {**CREATE, "disks": "/a"}}, "disks"),
+        ("vm.create", {"spec": {**CREATE, "metadata": "x"}}, "metadata"),
+        ("vm.create", {"spec": {**CREATE, "disks": [{"path": "/a", "device": 1}]}}, "device"),
+        ("vm.create", {"spec": {**CREATE, "disks": [{"path": "/a", "format": 2}]}}, "format"),
+        ("vm.create", {"spec": {**CREATE, "kernal": "/boot/vmlinuz"}}, "kernal"),
+        ("vm.create", {"spec": {**CREATE, "kernel": 1}}, "kernel"),
+        ("vm.create", {"spec": {**CREATE, "vnc_listen": 127}}, "vnc_listen"),
+        ("vm.create", {**CREATE}, "name"),  # a spec's fields are not the request's
+        ("vm.stop", {"name": "web-1", "force": "yes"}, "force"),
+        ("vm.reboot", {"name": "web-1", "timeout_s": "soon"}, "timeout_s"),
+        ("vm.get", {"name": "web-1", "extra": 1}, "extra"),
+        ("vm.list", {"all": True}, "all"),
+    ],
+)
+def test_arguments_of_the_wrong_shape_cannot_even_be_sent(name: str, args: dict[str, Any], field: str) -> None:
+    """What the Struct once let through and the operations had to refuse, the messages refuse."""
+    with pytest.raises(ParseError, match=field):
+        request(name, args)
 
 
 def test_driver_errors_name_vm_and_hypervisor(hv: Hypervisor) -> None:

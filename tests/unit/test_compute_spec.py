@@ -11,8 +11,8 @@ import libvirt
 import pytest
 
 from cloudland.errors import InvalidRequest
-from cloudland_agents.compute import Disk, DomainSpec, Nic, domain_xml, parse_domain_xml
-from cloudland_agents.domain import METADATA_NS, spec_of_record
+from cloudland_agents.compute.driver import Disk, DomainSpec, Nic, domain_xml, parse_domain_xml
+from cloudland_agents.compute.domain import METADATA_NS, spec_of_record
 
 UUID = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8"
 GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)

@@ -1,4 +1,4 @@
-"""Config drives: built with agents/configdrive.py, read back with pycdlib (label, names, contents)."""
+"""Config drives: built with agents/compute/configdrive.py, read back with pycdlib (label, names, contents)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pycdlib
 import pytest
 
 from cloudland.errors import InvalidRequest
-from cloudland_agents.configdrive import LABEL, MAX_USER_DATA_BYTES, build_config_drive
+from cloudland_agents.compute.configdrive import LABEL, MAX_USER_DATA_BYTES, build_config_drive
 
 UUID = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0g8tV1RkqyZ1mYV0m2v7bq3x2Jw2mJ7yY9o8t2xQF alice@example"
@@ -129,9 +129,9 @@ def test_invalid_inputs_name_the_field(tmp_path: Path, changes: dict[str, Any], 
 
 
 def test_a_guest_gets_a_dhcp_link_per_nic() -> None:
-    """agents/guests.py's network data: nova's shape for DHCP networks, one link per MAC."""
-    from cloudland_agents.domain import Nic
-    from cloudland_agents.guests import network_data
+    """agents/compute/guests.py's network data: nova's shape for DHCP networks, one link per MAC."""
+    from cloudland_agents.compute.domain import Nic
+    from cloudland_agents.compute.guests import network_data
 
     assert network_data(()) == {"links": [], "networks": [], "services": []}
     nics = (Nic("br0", "52:54:00:00:00:01"), Nic("br1", "52:54:00:00:00:02"))

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.json_format import ParseError
 
 from cloudland.errors import DriverError, InvalidRequest, VMNotFound
-from cloudland_agents import console_ops, ops
+from cloudland_agents import ops
+from cloudland_agents.compute import console_ops
 from cloudland_agents.hypervisor import Hypervisor, open_simulated
+from tests.unit.agentcall import call, request
 
 DOMAIN = """<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os>
 <devices>{serial}</devices></domain>"""
@@ -37,9 +38,7 @@ def define(hv: Hypervisor, name: str, serial: str = "") -> None:
 def console(hv: Hypervisor, args: dict[str, Any]) -> dict[str, Any]:
     op = ops.lookup("vm.console", test_ops=False)
     assert op is not None and not op.inline  # file and libvirt I/O: a worker thread
-    struct = Struct()
-    struct.update(args)
-    return op.run(ops.Context(hv, "job-1", 0.0, lambda _b: None), MessageToDict(struct))
+    return call(ops.Context(hv, "job-1", 0.0, lambda _b: None), "vm.console", args)
 
 
 @pytest.mark.parametrize("serial", [
@@ -70,13 +69,21 @@ def test_refusals_name_the_vm_and_hypervisor(hv: Hypervisor) -> None:
 
 
 @pytest.mark.parametrize(("args", "words"), [
-    ({}, "'name'"),
-    ({"name": "vm1", "offset": -1}, "'offset'"),
-    ({"name": "vm1", "max_bytes": 0}, "'max_bytes'"),
-    ({"name": "vm1", "input": "not base64!"}, "'input'"),
-    ({"name": "vm1", "input": base64.b64encode(b"x" * (console_ops.MAX_INPUT + 1)).decode()}, "'input'"),
-    ({"name": "vm1", "colour": "red"}, "'colour'"),
+    ({}, "name"),
+    ({"name": "vm1", "max_bytes": (1 << 20) + 1}, "max_bytes"),
+    ({"name": "vm1", "input": base64.b64encode(b"x" * (console_ops.MAX_INPUT + 1)).decode()}, "input"),
 ])
 def test_bad_arguments_name_the_field(hv: Hypervisor, args: dict[str, Any], words: str) -> None:
     with pytest.raises(InvalidRequest, match=words):
         console(hv, args)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    ({"name": "vm1", "offset": -1}, "offset"),
+    ({"name": "vm1", "input": "not base64!"}, "input"),
+    ({"name": "vm1", "colour": "red"}, "colour"),
+])
+def test_arguments_of_the_wrong_shape_cannot_even_be_sent(args: dict[str, Any], words: str) -> None:
+    """What the Struct once let through and the operation had to refuse, the message refuses."""
+    with pytest.raises(ParseError, match=words):
+        request("vm.console", args)

@@ -16,7 +16,7 @@ from typing import Any
 
 import libvirt
 
-from cloudland_agents.compute import DomainSpec, LibvirtCompute
+from cloudland_agents.compute.driver import DomainSpec, LibvirtCompute
 from cloudland_agents.hypervisor import open_simulated
 
 HV = 2

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from cloudland.errors import DriverError, InvalidRequest
-from cloudland_agents.images import ImageCache, ImageError, ImageMismatch, ImageSource
+from cloudland_agents.images.cache import ImageCache, ImageError, ImageMismatch
+from cloudland_agents.images.source import ImageSource
 
 HYPERVISOR = 7
 TOKEN = "s3cret-t0ken"

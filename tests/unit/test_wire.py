@@ -7,8 +7,10 @@ import random
 import pytest
 from google.protobuf import struct_pb2
 
+from cloudland import operations
 from cloudland.errors import WireError
 from cloudland_launcher import wire
+from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 SENDER = "relay[32:64) pid 4242"
@@ -43,10 +45,11 @@ BODIES: dict[str, object] = {
     "hello": pb.Hello(node=node(3, 4), pid=123, host="n2", inventory=[REPORT], peers=[PEER]),
     "command": pb.Command(
         job_id="job-1", targets=pb.Targets(set=pb.HypervisorSet(ids=[1, 5, 1024])), operation="sleep",
-        args=args(seconds=0.5), deadline_ms=1_700_000_030_000,
+        request=operations.pack("sleep", diag.SleepRequest(seconds=0.5)), deadline_ms=1_700_000_030_000,
     ),
     "replies": pb.ReplyBatch(replies=[
-        pb.Reply(job_id="job-1", hypervisor=1, status=pb.OK, payload=args(slept=0.5)),
+        pb.Reply(job_id="job-1", hypervisor=1, status=pb.OK,
+                 result=operations.pack_result("sleep", diag.SleepResult(slept=0.5))),
         pb.Reply(job_id="job-1", hypervisor=5, status=pb.FAILED, error="boom (hypervisor 5, job job-1)"),
     ]),
     "heartbeat": pb.Heartbeat(reports=[REPORT], peers=[PEER], rejected=2),

@@ -9,7 +9,7 @@ Vocabulary
               a console log file, a VNC display's listen address) from which
               the domain XML is built
               with ElementTree; no XML is ever pasted from strings
-              (agents/domain.py).
+              (agents/compute/domain.py).
     state     one of ``STATES``: running, paused, stopping, shutoff, crashed,
               suspended, unknown (libvirt's states, folded to what callers act on).
     record    a ``VMInfo`` dict: a VM's definition read back from libvirt plus
@@ -50,29 +50,28 @@ Verbs and their postconditions (``Compute``; ``LibvirtCompute`` and ``FakeComput
                           reconciler sees everything on the host).
 
 Operations on one VM are serialised by a lock per name; different VMs proceed
-concurrently (ARCHITECTURE.md, agents). Every libvirtError is translated here into
+concurrently (docs/architecture.md, agents; agents/locks.py). Every libvirtError is translated here into
 DriverError naming the hypervisor and the VM.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import libvirt
 
 from cloudland.errors import DriverError, VMConflict, VMNotFound, VMStateError
-from cloudland_agents.hypervisor import LIBVIRT_STATES
-from cloudland_agents.domain import (  # re-exported: the driver's vocabulary lives here
+from cloudland_agents.compute.domain import (  # re-exported: the driver's vocabulary lives here
     STATES, Disk, DomainSpec, Nic, VMInfo, domain_xml, parse_domain_xml, spec_of_record,
 )
+from cloudland_agents.hypervisor import LIBVIRT_STATES
+from cloudland_agents.locks import KeyLocks
 
 __all__ = [
     "STATES", "Compute", "Disk", "DomainSpec", "LibvirtCompute", "Nic", "VMConflict", "VMInfo",
-    "VMLocks", "VMNotFound", "VMStateError", "domain_xml", "parse_domain_xml",
+    "VMNotFound", "VMStateError", "domain_xml", "parse_domain_xml",
 ]
 
 
@@ -97,23 +96,6 @@ _LIBVIRT_STATES = LIBVIRT_STATES
 T = TypeVar("T")
 
 
-class VMLocks:
-    """One lock per VM name: a VM's verbs queue up, different VMs do not wait."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        # Locks are kept after delete: dropping one while a thread waits on it would
-        # let a newcomer take a fresh lock and run beside the waiter.
-        self._locks: dict[str, threading.Lock] = {}
-
-    @contextmanager
-    def hold(self, name: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(name, threading.Lock())
-        with lock:
-            yield
-
-
 def lookup_domain(conn: libvirt.virConnect, hypervisor_id: int, name: str) -> libvirt.virDomain:
     """The domain ``name`` on ``conn``; VMNotFound if there is none, DriverError if libvirt fails."""
     try:
@@ -133,7 +115,7 @@ class LibvirtCompute:
         self.hypervisor_id = hypervisor_id
         self.poll_s = poll_s
         self.shutdown_retry_s = shutdown_retry_s  # nova's default interval between ACPI presses
-        self.locks = VMLocks()
+        self.locks = KeyLocks()  # one per VM name
 
     def _call(self, vm: str, what: str, fn: Callable[[], T]) -> T:
         """Run a libvirt call; translate its error at the boundary, naming VM and hypervisor."""

@@ -3,9 +3,9 @@
 Layout under the agent's state directory (each directory 0755: QEMU runs as libvirt-qemu
 and must reach the files, which libvirt then chowns to it):
 
-    image-cache/<sha256>.<format>   bases, shared by every guest of an image (agents/images.py)
+    image-cache/<sha256>.<format>   bases, shared by every guest of an image (agents/images/)
     guests/<uuid>/disk.qcow2        the guest's disk: a qcow2 overlay on its image's base
-    guests/<uuid>/config-2.iso      its config drive (agents/configdrive.py): hostname, SSH keys,
+    guests/<uuid>/config-2.iso      its config drive (agents/compute/configdrive.py): hostname, SSH keys,
                                     user data and network data (a DHCP link per NIC)
     guests/<uuid>/console.log       what its serial console printed (virtlogd writes it)
 
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from cloudland.errors import DriverError
-from cloudland_agents.configdrive import build_config_drive
-from cloudland_agents.domain import Disk, Nic
+from cloudland_agents.compute.configdrive import build_config_drive
+from cloudland_agents.compute.domain import Disk, Nic
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
-from cloudland_agents.images import ImageCache, ImageSource
+from cloudland_agents.images.cache import ImageCache
+from cloudland_agents.images.source import ImageSource
 
 
 

@@ -3,7 +3,7 @@
 ``DomainSpec`` is validated on construction (InvalidRequest names the field).
 ``domain_xml`` builds the XML with ElementTree, never by pasting strings;
 ``parse_domain_xml`` reads any domain's XML back into a ``VMInfo`` record, the
-shape ``get``/``list`` report (vocabulary: agents/compute.py).
+shape ``get``/``list`` report (vocabulary: agents/compute/driver.py).
 
 Real guests (domain types qemu and kvm) run on the i440fx ``pc`` machine: its IDE
 bus carries the config drive as a CD-ROM, which guests without an AHCI driver (the

@@ -59,7 +59,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import subprocess
 import threading
 import time
@@ -68,100 +67,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from cloudland.errors import ImageError, ImageMismatch, InvalidRequest
+from cloudland.errors import ImageError, ImageMismatch
+from cloudland_agents.images.source import DISK_FORMATS, ImageSource, ImageTarget, public_url
+from cloudland_agents.locks import KeyLocks
 
-__all__ = ["DISK_FORMATS", "ImageCache", "ImageError", "ImageMismatch", "ImageSource", "ImageTarget"]
+__all__ = ["ImageCache", "ImageError", "ImageMismatch"]
 
-DISK_FORMATS = ("qcow2", "raw")
 CHUNK = 1 << 20          # bytes per read while streaming an image
 GIB = 1 << 30
 HTTP_TIMEOUT_S = 30.0    # connect and each read; a stalled transfer fails, a long one does not
 QEMU_IMG_TIMEOUT_S = 60.0
 CAPTURE_TIMEOUT_S = 3600.0  # a convert copies the whole disk
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """Where a hypervisor fetches image ``image_id`` and what its bytes must be.
-
-    ``url`` is http(s):// (the API's ``/images/{id}/file``, with ``token`` sent as a bearer
-    token) or file:// naming the file itself or a directory holding ``<image_id>.<format>``
-    (the API's image directory, when it shares a filesystem with the agent).
-    """
-
-    image_id: int
-    sha256: str
-    size_bytes: int
-    disk_format: str
-    url: str
-    token: str | None = None
-
-    def __post_init__(self) -> None:
-        where = f"image {self.image_id}"
-        if not _SHA256.fullmatch(self.sha256):
-            raise InvalidRequest(f"{where}: sha256 must be 64 lower-case hex digits, got {self.sha256!r}")
-        if self.size_bytes < 0:
-            raise InvalidRequest(f"{where}: size_bytes must be >= 0, got {self.size_bytes}")
-        if self.disk_format not in DISK_FORMATS:
-            raise InvalidRequest(f"{where}: disk_format must be one of {DISK_FORMATS}, got {self.disk_format!r}")
-        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https", "file"):
-            raise InvalidRequest(f"{where}: url must be http(s):// or file://, got {public_url(self.url)!r}")
-
-    def __repr__(self) -> str:  # keeps the token out of logs and tracebacks
-        return (f"ImageSource(image_id={self.image_id}, sha256={self.sha256!r}, size_bytes={self.size_bytes}, "
-                f"disk_format={self.disk_format!r}, url={public_url(self.url)!r})")
-
-
-@dataclass(frozen=True)
-class ImageTarget:
-    """Where a hypervisor uploads the capture that becomes image ``image_id``: ``url`` is the
-    API's ``/images/{id}/upload``, ``token`` the job's upload token for that one image."""
-
-    image_id: int
-    disk_format: str
-    url: str
-    token: str
-
-    def __post_init__(self) -> None:
-        where = f"image {self.image_id}"
-        if self.disk_format not in DISK_FORMATS:
-            raise InvalidRequest(f"{where}: disk_format must be one of {DISK_FORMATS}, got {self.disk_format!r}")
-        if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
-            raise InvalidRequest(f"{where}: url must be http(s)://, got {public_url(self.url)!r}")
-
-    def __repr__(self) -> str:  # keeps the token out of logs and tracebacks
-        return f"ImageTarget(image_id={self.image_id}, disk_format={self.disk_format!r}, url={public_url(self.url)!r})"
-
-
-def public_url(url: str) -> str:
-    """``url`` without credentials (user:password@) or query string, fit for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-class _KeyLocks:
-    """One lock per key: the callers of one key queue up, different keys do not wait."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}  # kept: see compute.VMLocks
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            yield
 
 
 class ImageCache:
@@ -177,7 +96,7 @@ class ImageCache:
         self.http_timeout_s = http_timeout_s
         self.qemu_img = qemu_img
         self.downloads = 0  # transfers started; the tests count them
-        self.locks = _KeyLocks()
+        self.locks = KeyLocks()  # one per base file, overlay or capture
         self._verified: set[str] = set()  # base names hashed by this process
         self._count_guard = threading.Lock()
 

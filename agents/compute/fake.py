@@ -15,10 +15,10 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from cloudland_agents.compute import (
+from cloudland_agents.compute.driver import (
     DomainSpec, VMConflict, VMInfo, VMNotFound, VMStateError, domain_xml, parse_domain_xml,
 )
-from cloudland_agents.domain import LIVE_STATES
+from cloudland_agents.compute.domain import LIVE_STATES
 
 VNC_BASE_PORT = 5900  # QEMU's display 0
 

@@ -37,7 +37,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from cloudland.errors import DriverError
-from cloudland_agents.compute import lookup_domain
+from cloudland_agents.compute.driver import lookup_domain
 
 MAX_READ = 1 << 20
 
