@@ -30,6 +30,7 @@ from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.images.cache import ImageCache
 from cloudland_agents.images.source import ImageSource
 
+NEW_DISK = "disk.qcow2"  # a new guest's disk; a rebuild names its new one by its job
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,30 @@ def network_data(nics: tuple[Nic, ...]) -> dict[str, Any]:
     return {"links": links, "networks": networks, "services": []}
 
 
+def own_disk(hypervisor: Hypervisor, uuid: str) -> str:
+    """The name of the disk guest ``uuid`` boots from: the one it has, else ``disk.qcow2`` (new).
+
+    A rebuilt guest's disk is named by its rebuild's job, so a create that defines a guest
+    again on its own files (the reconciler's ``recover``) must find that one, not make a fresh
+    ``disk.qcow2`` from the image beside it. Of several (a rebuild cut off before it removed
+    the old one), the last written.
+    """
+    disks = list(guest_dir(hypervisor, uuid).glob("disk*.qcow2"))
+    return max(disks, key=lambda p: p.stat().st_mtime_ns).name if disks else NEW_DISK
+
+
 def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
-            ssh_keys: list[str], user_data: bytes | None, disk_name: str = "disk.qcow2",
+            ssh_keys: list[str], user_data: bytes | None, disk_name: str | None = None,
             nics: tuple[Nic, ...] = ()) -> GuestFiles:
     """The disk (an overlay on the cached image) and config drive of guest ``uuid``.
 
-    ``disk_name``: a rebuild names a new disk (by its job) so the old one stays until the
-    domain has been redefined on the new one (``remove_other_disks``).
+    ``disk_name``: None for the guest's own disk (``own_disk``); a rebuild names a new disk
+    (by its job) so the old one stays until the domain has been redefined on the new one
+    (``remove_other_disks``).
     """
     cache = cache_for(hypervisor)
     directory = _directory(guest_dir(hypervisor, uuid), hypervisor.id)
+    disk_name = disk_name or own_disk(hypervisor, uuid)
     before = cache.downloads
     base = cache.base(image)
     downloaded = cache.downloads > before

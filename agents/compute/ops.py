@@ -154,15 +154,15 @@ def _optional_timeout(request: cpb.VmStopRequest | cpb.VmRebootRequest) -> float
 def vm_create(ctx: Context, request: cpb.VmCreateRequest) -> cpb.VmCreateResult:
     """Define and start a VM from a spec. Idempotent: if a VM with this uuid and name exists it
     is left as is and reported with ``created`` false. A name or uuid held by another VM FAILS."""
-    spec, files = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None,
-                              "disk.qcow2")
+    # The guest's own disk: a create that defines it again (recover) boots from what it has.
+    spec, files = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None, None)
     info = driver_for(ctx.hypervisor).create(spec)
     return cpb.VmCreateResult(vm=record_of(info), created=bool(info["created"]),
                               image_downloaded=files is not None and files.downloaded)
 
 
 def _guest_spec(ctx: Context, message: cpb.DomainSpec, guest: cpb.Guest | None,
-                disk_name: str) -> tuple[DomainSpec, guests.GuestFiles | None]:
+                disk_name: str | None) -> tuple[DomainSpec, guests.GuestFiles | None]:
     """The spec of ``message`` and, on a real hypervisor given ``guest``, the guest's files with
     their disks and console log added to it, and a VNC display on the hypervisor's
     ``vnc_listen`` unless the spec names one. Simulated hypervisors get no files (None)."""
@@ -174,7 +174,7 @@ def _guest_spec(ctx: Context, message: cpb.DomainSpec, guest: cpb.Guest | None,
                                vnc_listen=spec.vnc_listen or ctx.hypervisor.vnc_listen), files
 
 
-def _prepare_guest(ctx: Context, spec: DomainSpec, guest: cpb.Guest, disk_name: str) -> guests.GuestFiles:
+def _prepare_guest(ctx: Context, spec: DomainSpec, guest: cpb.Guest, disk_name: str | None) -> guests.GuestFiles:
     """The disk and config drive of a real guest (ImageSource validates the image's fields)."""
     image = guest.image
     source = ImageSource(image_id=image.image_id, sha256=image.sha256, size_bytes=image.size_bytes,

@@ -274,15 +274,21 @@ def test_a_domain_undefined_behind_the_apis_back_comes_back_on_its_own_disk(
         real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
     """Someone destroys and undefines a running guest's domain with libvirt, not through the API:
     the reconciler sees it missing on its live hypervisor, defines and starts it again with no
-    job by hand, and the guest boots a second time from the same disk file (its overlay, not a
-    fresh copy of the image) with its config drive."""
+    job by hand, and the guest boots again from the same disk file (its overlay, not a fresh
+    copy of the image) with its config drive. The guest was rebuilt first, so its disk is the
+    one its rebuild made (named by that job), not the ``disk.qcow2`` a new guest gets."""
     cloud = real_cloud
     ready(cloud, qemu_libvirt.guest)
     vm = running_vm(cloud, "healed")
     console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S)
+    rebuilt = cloud.post(f"/instances/{vm['id']}/rebuild", {"image": "guest"})
+    assert cloud.get(f"/jobs/{rebuilt['id']}", wait=60)["state"] == "succeeded"
+    boots = 2  # the first, and the rebuilt disk's
+    wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) >= boots, BOOT_TIMEOUT_S, "the rebuilt boot")
     name = f"cl-{vm['uuid']}"
     guest_dir = cloud.tree.state_dir / "guests" / vm["uuid"]
     [disk] = list(guest_dir.glob("disk*.qcow2"))
+    assert disk.name == f"disk-{rebuilt['id']}.qcow2"
     disk_before = disk.stat().st_ino
     jobs_before = {job["id"] for job in cloud.get("/jobs", instance=vm["id"], limit=100)["items"]}
 
@@ -298,7 +304,7 @@ def test_a_domain_undefined_behind_the_apis_back_comes_back_on_its_own_disk(
             return False
 
     wait_for(back, 60, f"domain {name} defined and running again")
-    wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) >= 2, BOOT_TIMEOUT_S, "a second boot")
+    wait_for(lambda: console_until(cloud, vm["id"], READY, 5).count(READY) > boots, BOOT_TIMEOUT_S, "another boot")
     assert disk.exists() and disk.stat().st_ino == disk_before, "the guest must boot from its own disk"
     assert [p.name for p in guest_dir.glob("disk*.qcow2")] == [disk.name]
     new = [job for job in cloud.get("/jobs", instance=vm["id"], limit=100)["items"]
