@@ -19,8 +19,9 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from cloudland import cli, operations
+from cloudland import operations
 from cloudland.errors import InvalidRequest
+from cloudland_cli import main, start, tree
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
@@ -46,7 +47,7 @@ FAILING = 5  # the fake root answers FAILED for this hypervisor
     ],
 )
 def test_parse_targets_accepts(spec: str | None, expected: list[int] | None) -> None:
-    assert cli.parse_targets(spec) == expected
+    assert tree.parse_targets(spec) == expected
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_parse_targets_accepts(spec: str | None, expected: list[int] | None) -> 
 )
 def test_parse_targets_rejects(spec: str, quoted: str, reason: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        cli.parse_targets(spec)
+        tree.parse_targets(spec)
     assert quoted in str(caught.value)
     assert reason in str(caught.value)
 
@@ -120,7 +121,7 @@ def fake_root() -> Iterator[tuple[str, FakeRoot]]:
 
 
 def run(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args))
+    return CliRunner().invoke(main.app, list(args))
 
 
 def test_help_lists_the_tree_commands() -> None:
@@ -215,7 +216,7 @@ def test_topology_json(fake_root: tuple[str, FakeRoot]) -> None:
 
 
 def test_up_exits_1_when_the_root_dies_before_ready(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "root_command", lambda settings: [sys.executable, "-c", "raise SystemExit(4)"])
+    monkeypatch.setattr(start, "root_command", lambda settings: [sys.executable, "-c", "raise SystemExit(4)"])
     result = run("tree", "up", "--grpc", "127.0.0.1:1", "--hypervisors", "4")
     assert result.exit_code == 1
     assert "the root exited with code 4 before the tree was ready" in result.stderr
@@ -229,10 +230,10 @@ def test_up_rejects_a_bad_shape_with_exit_2() -> None:
 
 def test_stop_child_terminates_then_kills() -> None:
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
-    assert cli.stop_child(polite, grace_s=5) == -signal.SIGTERM
+    assert start.stop_child(polite, grace_s=5) == -signal.SIGTERM
     ignores_sigterm = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"
     )
     stubborn = subprocess.Popen([sys.executable, "-c", ignores_sigterm], process_group=0, stdout=subprocess.PIPE)
     assert stubborn.stdout is not None and stubborn.stdout.readline()  # SIGTERM is ignored from here on
-    assert cli.stop_child(stubborn, grace_s=0.2) == -signal.SIGKILL
+    assert start.stop_child(stubborn, grace_s=0.2) == -signal.SIGKILL

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudland.cli_cluster import agent_command, read_hostfile
 from cloudland.errors import ConfigError
+from cloudland_cli.cluster import agent_command, read_hostfile
+from cloudland_cli.start import cluster_settings
 
 
 def test_a_hostfile_lists_hosts_and_skips_comments_blank_lines_and_slot_counts(tmp_path: Path):
@@ -46,8 +47,6 @@ def test_the_launcher_starts_one_detached_agent_per_host_and_survives_each():
 
 @pytest.mark.parametrize("listen", [None, "10.0.0.1:0"])
 def test_a_hostfile_needs_a_fixed_rendezvous_address(tmp_path: Path, listen: str | None):
-    from cloudland.cli import cluster_settings
-
     hostfile = tmp_path / "hosts"
     hostfile.write_text("hv-01\n")
     with pytest.raises(ConfigError, match="--hostfile needs --listen IP:PORT"):

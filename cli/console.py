@@ -2,7 +2,7 @@
 
 What the guest printed since it started is shown first, then everything it prints. Keys
 go to the guest (the terminal is in raw mode); Ctrl-] leaves, as in ``virsh console``.
-Exit codes are cli_common.py's: 0 when you leave or the console ends normally, 2 for an
+Exit codes are common.py's: 0 when you leave or the console ends normally, 2 for an
 unknown VM or one without a running domain, 3 when the API does not answer, 4 without a
 valid login, 1 when the tree or the hypervisor failed.
 """
@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from cloudland.cli_common import EXIT_AUTH, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail
+from cloudland_cli.common import EXIT_AUTH, EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail
 
 ESCAPE = b"\x1d"  # Ctrl-]
 _CLOSE_EXIT = {4401: EXIT_AUTH, 4403: EXIT_AUTH, 4404: EXIT_USAGE, 4409: EXIT_USAGE}

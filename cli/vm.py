@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudland.cli_common import (
+from cloudland.errors import InvalidRequest, NotFound
+from cloudland_cli.common import (
     EXIT_FAILED,
     batch_counts,
     connect,
@@ -22,8 +23,7 @@ from cloudland.cli_common import (
     wait_job,
     watch_batches,
 )
-from cloudland.errors import InvalidRequest, NotFound
-from cloudland.restclient import ApiClient
+from cloudland_cli.restclient import ApiClient
 
 MAX_BATCH = 1000  # ids per POST /instances/actions (BatchAction's max_length)
 _PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted", "delete": "deleted"}
@@ -251,7 +251,7 @@ def vm_console(ref: Annotated[str, typer.Argument(help="VM id or name.")],
                read_only: Annotated[bool, typer.Option("--read-only", help="Show the output; type nothing.")]
                = False) -> None:
     """Show a VM's serial console and type into it; Ctrl-] leaves."""
-    from cloudland.cli_console import run_console  # websockets only when a console is opened
+    from cloudland_cli.console import run_console  # websockets only when a console is opened
 
     with connect() as client:
         vm = resolve_instance(client, ref)

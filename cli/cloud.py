@@ -1,7 +1,7 @@
 """The CLI's REST commands: configure, login, flavor, image, key and job.
 
-VM commands live in cli_vm.py, hypervisor commands in cli_hyper.py; exit codes and shared
-output in cli_common.py.
+VM commands live in vm.py, hypervisor commands in hyper.py; exit codes and shared
+output in common.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from cloudland import cli_hyper, cli_vm
-from cloudland.cli_common import (
+from cloudland.errors import InvalidRequest
+from cloudland_cli.common import (
     EXIT_USAGE,
     all_pages,
     api_errors,
@@ -23,6 +23,8 @@ from cloudland.cli_common import (
     err,
     fail,
     finish_job,
+    job_record,
+    job_subject,
     out,
     print_json,
     print_record,
@@ -30,8 +32,9 @@ from cloudland.cli_common import (
     styled,
     wait_job,
 )
-from cloudland.errors import InvalidRequest
-from cloudland.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
+from cloudland_cli.hyper import hyper_app
+from cloudland_cli.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
+from cloudland_cli.vm import vm_app, watch_and_report
 
 DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
 QCOW2_MAGIC = b"QFI\xfb"
@@ -39,7 +42,7 @@ QCOW2_MAGIC = b"QFI\xfb"
 flavor_app = typer.Typer(no_args_is_help=True, help="VM sizes.")
 image_app = typer.Typer(no_args_is_help=True, help="Disk images.")
 key_app = typer.Typer(no_args_is_help=True, help="SSH public keys.")
-job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one VM each.")
+job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one resource (an instance, an image) each.")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -51,8 +54,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(flavor_app, name="flavor")
     app.add_typer(image_app, name="image")
     app.add_typer(key_app, name="key")
-    app.add_typer(cli_hyper.hyper_app, name="hyper")
-    app.add_typer(cli_vm.vm_app, name="vm")
+    app.add_typer(hyper_app, name="hyper")
+    app.add_typer(vm_app, name="vm")
     app.add_typer(job_app, name="job")
 
 
@@ -307,8 +310,8 @@ def job_list(
     if as_json:
         print_json(page)
         return
-    print_table(("id", "batch", "action", "instance", "hypervisor", "state", "reason", "updated"),
-                [(j["id"], j["batch"], j["action"], j["instance_id"], j["hypervisor_id"], styled(j["state"]),
+    print_table(("id", "batch", "kind", "action", "subject", "hypervisor", "state", "reason", "updated"),
+                [(j["id"], j["batch"], j["kind"], j["action"], job_subject(j), j["hypervisor_id"], styled(j["state"]),
                   j.get("reason"), j["updated_at"]) for j in page["items"]])
     if page.get("counts"):
         out.print("  ".join(f"{k} {v}" for k, v in page["counts"].items()))
@@ -319,7 +322,7 @@ def job_show(job_id: Annotated[str, typer.Argument(help="Job id.")], as_json: Js
     """One job."""
     with connect() as client:
         job = client.get(f"/jobs/{job_id}")
-    print_json(job) if as_json else print_record(job)
+    print_json(job) if as_json else print_record(job_record(job))
 
 
 @job_app.command("watch")
@@ -337,4 +340,4 @@ def job_watch(
         finish_job(job, as_json)
         return
     assert batch is not None
-    cli_vm.watch_and_report([batch], None, "ended", as_json)
+    watch_and_report([batch], None, "ended", as_json)

@@ -20,28 +20,24 @@ import httpx2 as httpx
 import typer
 from rich.text import Text
 
-from cloudland.cli import (
-    EXIT_NOT_OK,
-    EXIT_USAGE,
+from cloudland.config import DEFAULT_GRPC
+from cloudland.errors import CloudLandError, ConfigError
+from cloudland.topology import DEFAULT_FANOUT
+from cloudland_cli.cluster import LauncherExec
+from cloudland_cli.common import EXIT_FAILED, EXIT_USAGE, err, fail, out
+from cloudland_cli.restclient import DEFAULT_ENDPOINT
+from cloudland_cli.start import (
     Hostfile,
-    LauncherExec,
     LeavesPerHost,
     Listen,
-    _fail,
     cluster_settings,
-    err,
     interrupt,
-    out,
     start_hosts,
     start_root,
     stop_child,
     topology_grid,
     wait_for_tree,
 )
-from cloudland.config import DEFAULT_GRPC
-from cloudland.errors import CloudLandError, ConfigError
-from cloudland.restclient import DEFAULT_ENDPOINT
-from cloudland.topology import DEFAULT_FANOUT
 
 API_READY_TIMEOUT_S = 120.0
 WATCH_EVERY_S = 0.5
@@ -142,7 +138,7 @@ def up(
         settings, hosts = cluster_settings(hostfile, listen, hypervisors=hypervisors, fanout=fanout,
                                            per_leaf=per_leaf, grpc=address, state_dir=state_dir)
     except ConfigError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
     tree = start_root(settings)
     api: subprocess.Popen[bytes] | None = None
@@ -152,24 +148,24 @@ def up(
             try:
                 start_hosts(tree, address, settings, hosts, leaves_per_host, launcher_exec)
             except CloudLandError as exc:
-                _fail(EXIT_NOT_OK, f"{exc}; stopped the root")
+                fail(EXIT_FAILED, f"{exc}; stopped the root")
         topo = wait_for_tree(tree, address)
         if topo is None:
-            _fail(EXIT_NOT_OK, f"the tree's root exited with code {tree.returncode} before the tree was ready "
+            fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode} before the tree was ready "
                   f"(see {settings.state_dir}/root.out)")
         api = start_api(address, settings.state_dir, api_host, api_port)
         if not wait_for_api(api, url):
             why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
-            _fail(EXIT_NOT_OK, f"the API {why} at {url}; stopped the tree. "
+            fail(EXIT_FAILED, f"the API {why} at {url}; stopped the tree. "
                   f"{_tail(settings.state_dir / 'api.out')}")
         # The CLI's own default: any other URL (another port or --api-host) needs `configure`.
         _print_banner(address, url, settings.state_dir, topo, url == DEFAULT_ENDPOINT)
         while True:
             if api.poll() is not None:
-                _fail(EXIT_NOT_OK, f"the API exited with code {api.returncode}; stopped the tree "
+                fail(EXIT_FAILED, f"the API exited with code {api.returncode}; stopped the tree "
                       f"(see {settings.state_dir}/api.out)")
             if tree.poll() is not None:
-                _fail(EXIT_NOT_OK, f"the tree's root exited with code {tree.returncode}; stopped the API "
+                fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode}; stopped the API "
                       f"(see {settings.state_dir}/root.out)")
             time.sleep(WATCH_EVERY_S)
     except KeyboardInterrupt:

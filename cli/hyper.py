@@ -1,6 +1,6 @@
 """``cloudland hyper``: the hypervisors (operator admins): list, show, settings, drain and removal.
 
-Exit codes are those of every REST command (cli_common.py): 0 done, 2 a refusal the API
+Exit codes are those of every REST command (common.py): 0 done, 2 a refusal the API
 explains (an unknown id, VMs still on a host to remove), 3 no API, 4 not an operator admin.
 """
 
@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from cloudland.cli_common import (
+from cloudland.errors import InvalidRequest
+from cloudland_cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     connect,
@@ -23,7 +24,6 @@ from cloudland.cli_common import (
     print_table,
     styled,
 )
-from cloudland.errors import InvalidRequest
 
 hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
 

@@ -21,8 +21,8 @@ from cloudland import mpienv
 from cloudland.client import RootClient
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, NotFound, RootUnreachable
+from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, out
 
-EXIT_NOT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 LAUNCH_TIMEOUT_S = 120.0
 
 cluster_app = typer.Typer(no_args_is_help=True)
@@ -111,11 +111,9 @@ def hosts(endpoint: Endpoint = DEFAULT_GRPC) -> None:
         relays = " ".join(f"[{r.first_leaf}:{r.end_leaf})" for r in host.relays)
         table.add_row(host.name, host.address, "yes" if host.connected else "NO", _span(host.leaves),
                       _span(host.hypervisors), relays, str(host.pid))
-    from rich.console import Console
-
-    Console(highlight=False, markup=False).print(table)
+    out.print(table)
     if any(not h.connected for h in reply.hosts):
-        raise typer.Exit(EXIT_NOT_OK)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @cluster_app.command()
@@ -135,7 +133,7 @@ def join(
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
     except CloudLandError as exc:
-        raise _fail(EXIT_NOT_OK, str(exc)) from None
+        raise _fail(EXIT_FAILED, str(exc)) from None
     print(f"started host agents on {', '.join(names)}; `cloudland cluster hosts` shows them join")
 
 
@@ -153,7 +151,7 @@ def remove(
     except NotFound as exc:
         raise _fail(EXIT_USAGE, str(exc)) from None
     except CloudLandError as exc:
-        raise _fail(EXIT_NOT_OK, str(exc)) from None
+        raise _fail(EXIT_FAILED, str(exc)) from None
     print(f"host {info.name} removed: hypervisors {_span(info.hypervisors)} left the tree")
 
 

@@ -1,6 +1,7 @@
-"""What the cloud commands of the CLI share: exit codes, error lines, output, job progress.
+"""What the commands of the CLI share: exit codes, error lines, output, job progress.
 
-Exit codes of every command that talks to the REST API:
+Exit codes of every command that talks to the REST API (the ``tree`` and ``cluster``
+commands use 0 to 3 alike, for the root's gRPC endpoint):
 
     0  success
     1  some job failed (or timed out), or the API failed (5xx)
@@ -27,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudland.errors import ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Unauthorized
-from cloudland.restclient import ApiClient
+from cloudland_cli.restclient import ApiClient
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
 TERMINAL_STATES = ("succeeded", "failed", "timeout")
@@ -179,13 +180,30 @@ def _nothing() -> Iterator[None]:
     yield None
 
 
+def job_subject(job: dict[str, Any]) -> str:
+    """What a job changes, as ``instance 12`` or ``image 3`` (its subject_type and subject_id)."""
+    return f"{job['subject_type']} {job['subject_id']}"
+
+
+def job_record(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``job show`` prints it: its subject in one line, where subject_type, subject_id and
+    instance_id (None unless the subject is an instance) stood."""
+    record: dict[str, Any] = {}
+    for key, value in job.items():
+        if key == "subject_type":
+            record["subject"] = job_subject(job)
+        elif key not in ("subject_id", "instance_id"):
+            record[key] = value
+    return record
+
+
 def finish_job(job: dict[str, Any], as_json: bool) -> None:
     """Print a terminal job; exit 1 unless it succeeded."""
     if as_json:
         print_json(job)
     else:
         reason = f": {job['reason']}" if job.get("reason") else ""
-        out.print(Text(f"job {job['id']} {job['action']} instance {job['instance_id']} ").append(
+        out.print(Text(f"job {job['id']} {job['action']} {job_subject(job)} ").append(
             styled(job["state"])).append(reason))
     if job["state"] != "succeeded":
         raise typer.Exit(EXIT_FAILED)

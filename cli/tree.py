@@ -1,8 +1,6 @@
-"""The ``cloudland`` command line: start the message tree and talk to its root.
+"""``cloudland tree``: start the message tree and send commands through its root.
 
-``cloudland up`` (cli_up.py) starts tree and REST API together; the commands that talk
-to the API (configure, login, flavor, image, key, hyper, vm, job) are in cli_cloud.py and
-cli_vm.py, with their own exit codes (cli_common.py). Exit codes of the ``tree`` commands:
+Exit codes of the ``tree`` commands (the numbers of common.py's):
 
     0  success: every reply OK (health: every hypervisor's leaf OK)
     1  some reply not OK, or the root rank failed
@@ -17,51 +15,51 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from cloudland import operations
 from cloudland.client import RootClient
-from cloudland.config import DEFAULT_GRPC, TreeSettings
+from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, InvalidRequest, RootUnreachable
 from cloudland.topology import DEFAULT_FANOUT, NodeRange
+from cloudland_cli.cluster import LauncherExec
+from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail, out
+from cloudland_cli.start import (
+    Hostfile,
+    LeavesPerHost,
+    Listen,
+    cluster_settings,
+    interrupt,
+    start_hosts,
+    start_root,
+    stop_child,
+    topology_grid,
+    wait_for_tree,
+)
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
 
-EXIT_NOT_OK, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 MAX_TARGET_IDS = 1_000_000
 MAX_HYPERVISOR_ID = 2**32 - 1  # Targets carries uint32 ids (envelope.proto)
-STOP_GRACE_S = 15.0
 SHOWN_ERRORS = 10
 SHOWN_EVENTS = 10
 
 _ID_OR_RANGE = re.compile(r"(\d+)(?:\s*-\s*(\d+))?")
 _STYLE = {"OK": "green", "STARTING": "cyan", "SLOW": "yellow"}  # anything else is red
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 tree_app = typer.Typer(no_args_is_help=True)
-app.add_typer(tree_app, name="tree")
-from cloudland.cli_cluster import cluster_app  # noqa: E402 - beside the tree commands it extends
-
-app.add_typer(cluster_app, name="cluster", help="The hosts of a multi-host tree: list, join, remove.")
-# Markup off: error texts and node names contain brackets ("relay[0:32)").
-out = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
 
 
 def parse_targets(spec: str | None) -> list[int] | None:
@@ -111,92 +109,16 @@ def parse_args_json(text: str | None, operation: str) -> Message | None:
         raise InvalidRequest(f"--args is {exc}") from exc
 
 
-def root_command(settings: TreeSettings) -> list[str]:
-    """The argv that starts the root rank (cloudland_launcher) for ``settings``."""
-    flags = {
-        "--hypervisors": settings.hypervisors,
-        "--fanout": settings.fanout,
-        "--per-leaf": settings.per_leaf,
-        "--grpc": settings.grpc,
-        "--state-dir": settings.state_dir,
-        "--listen": settings.listen,
-    }
-    argv = [sys.executable, "-m", "cloudland_launcher", *(str(x) for flag in flags.items() for x in flag)]
-    return argv + (["--cluster"] if settings.cluster else [])
-
-
-Hostfile = Annotated[Path | None, typer.Option(
-    help="Hosts of a cluster, one name per line: MPI's launcher starts a host agent on each, "
-         "and no rank runs here. Needs --listen.")]
-Listen = Annotated[str | None, typer.Option(
-    envvar="CLOUDLAND_LISTEN", help="IP:PORT where ranks and host agents reach the root.")]
-LauncherExec = Annotated[str | None, typer.Option(
-    envvar="CLOUDLAND_LAUNCHER_EXEC", help="What mpiexec runs instead of ssh to reach a host.")]
-LeavesPerHost = Annotated[int, typer.Option(min=0, help="Leaf ranks per host (with --hostfile).")]
-
-
-def cluster_settings(hostfile: Path | None, listen: str | None, **options: object) -> tuple[TreeSettings, list[str]]:
-    """Settings for ``tree up``/``up``, and the hosts of ``hostfile`` (none: the all-in-one cloud)."""
-    from cloudland.cli_cluster import read_hostfile
-
-    if hostfile is None:
-        return TreeSettings.from_env(listen=listen, **options), []
-    if not listen or listen.endswith(":0"):
-        raise ConfigError("--hostfile needs --listen IP:PORT (a fixed port on the hosts' network), "
-                          "where the hosts' agents reach the root")
-    return TreeSettings.from_env(listen=listen, cluster=True, **options), read_hostfile(hostfile)
-
-
-def start_hosts(child: subprocess.Popen[bytes], endpoint: str, settings: TreeSettings, hosts: list[str],
-                leaves: int, launcher_exec: str | None) -> None:
-    """Once the root answers, start one host agent per host through MPI's launcher."""
-    from cloudland.cli_cluster import start_agents
-
-    with out.status(f"starting host agents on {len(hosts)} hosts…"):
-        while child.poll() is None:
-            with suppress(RootUnreachable), RootClient(endpoint) as client:
-                client.hosts(timeout=1.0)
-                break
-            time.sleep(0.1)
-        if child.poll() is not None:
-            return
-        # Each host keeps its own state, at the same path on every host (as MPI wants its install).
-        start_agents(hosts, settings.listen, settings.state_dir.resolve() / "hosts" / "{host}", leaves, launcher_exec)
-
-
-def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
-    """SIGTERM ``child``, wait up to ``grace_s``, then SIGKILL its process group; return its status.
-
-    The group holds the root; its host agent and the ranks are not in it, but the root
-    tells them goodbye, and a rank also leaves when its host agent is gone.
-    """
-    if child.poll() is not None:
-        return child.returncode
-    child.send_signal(signal.SIGTERM)
-    # A second Ctrl-C (or SIGTERM) while waiting means "stop now", not a traceback.
-    with suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
-        return child.wait(timeout=grace_s)
-    # The group, not just the pid: ranks the root started must not outlive it.
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    return child.wait()
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    typer.echo("cloudland: " + " ".join(message.split()), err=True)  # one line, whatever gRPC said
-    raise typer.Exit(code)
-
-
 @contextmanager
 def _reported_errors(endpoint: str) -> Iterator[None]:
     try:
         yield
     except RootUnreachable as exc:
-        _fail(EXIT_UNREACHABLE, f"cannot reach the root at {endpoint}: {exc}")
+        fail(EXIT_UNREACHABLE, f"cannot reach the root at {endpoint}: {exc}")
     except InvalidRequest as exc:
-        _fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, str(exc))
     except CloudLandError as exc:
-        _fail(EXIT_NOT_OK, str(exc))
+        fail(EXIT_FAILED, str(exc))
 
 
 def _print_json(value: Message | dict[str, Any]) -> None:
@@ -213,11 +135,6 @@ def _node(node: pb.NodeId) -> str:
 
 def _peer_state(state: int) -> Text:
     return _styled(pb.PeerState.Name(state).removeprefix("PEER_"))
-
-
-@app.callback()
-def cloudland() -> None:
-    """CloudLand, a lightweight IaaS over an MPI message tree of hypervisor agents."""
 
 
 @tree_app.callback()
@@ -252,7 +169,7 @@ def up(
             grpc=address, state_dir=state_dir, heartbeat_s=heartbeat,
         )
     except ConfigError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, str(exc))
     child = start_root(settings, heartbeat)
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -260,10 +177,10 @@ def up(
             try:
                 start_hosts(child, address, settings, hosts, leaves_per_host, launcher_exec)
             except CloudLandError as exc:
-                _fail(EXIT_NOT_OK, f"{exc}; stopped the root")
+                fail(EXIT_FAILED, f"{exc}; stopped the root")
         topo = wait_for_tree(child, address)
         if topo is None:
-            _fail(EXIT_NOT_OK, f"the root exited with code {child.returncode} before the tree was ready")
+            fail(EXIT_FAILED, f"the root exited with code {child.returncode} before the tree was ready")
         _print_banner(address, topo, settings.state_dir)
         code = child.wait()
     except KeyboardInterrupt:
@@ -275,49 +192,7 @@ def up(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code != 0:
-        _fail(EXIT_NOT_OK, f"the root exited with code {code}")
-
-
-def start_root(settings: TreeSettings, heartbeat: float | None = None) -> subprocess.Popen[bytes]:
-    """Start the root rank in its own process group, its output in ``<state_dir>/root.out``."""
-    env = dict(os.environ)
-    if heartbeat is not None:
-        # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
-        env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)
-    # Its own process group: Ctrl-C reaches only us, and the root gets one orderly SIGTERM.
-    # Its output goes to a file so that it does not garble the spinner and the banner.
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.state_dir / "root.out", "ab") as root_out:  # the child keeps its own copy
-        return subprocess.Popen(root_command(settings), env=env, process_group=0,
-                                stdout=root_out, stderr=subprocess.STDOUT)
-
-
-def interrupt(signum: int, frame: FrameType | None) -> None:
-    """Signal handler: SIGTERM and SIGHUP stop the foreground command as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
-def wait_for_tree(child: subprocess.Popen[bytes], endpoint: str) -> root_pb2.TopologyReply | None:
-    """The topology once every rank is up; None if the root exits first."""
-    # Short waits so a root that dies while building is noticed within a second, and a
-    # fresh client each time: one channel backs off exponentially between refused
-    # connects, which showed the banner seconds after the root was up.
-    with out.status("building the tree…"):
-        while child.poll() is None:
-            with suppress(RootUnreachable), RootClient(endpoint) as client:
-                return client.wait_ready(timeout=1.0)
-    return None
-
-
-def topology_grid(topo: root_pb2.TopologyReply) -> Table:
-    """The tree's shape as a two-column grid."""
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row("hypervisors", f"{topo.hypervisors} ({topo.per_leaf} per leaf rank)")
-    grid.add_row("leaf ranks", str(topo.leaves))
-    grid.add_row("relays", f"{topo.relays} ({f'fan-out {topo.fanout}' if topo.fanout else 'flat'})")
-    grid.add_row("depth", str(topo.depth))
-    grid.add_row("built in", f"{topo.build_seconds:.2f} s" if topo.ready else "not ready")
-    return grid
+        fail(EXIT_FAILED, f"the root exited with code {code}")
 
 
 def _print_banner(endpoint: str, topo: root_pb2.TopologyReply, state_dir: Path) -> None:
@@ -359,7 +234,7 @@ def ping(
         low, middle, high = min(round_trips), statistics.median(round_trips), max(round_trips)
         out.print(f"{len(round_trips)}/{count} OK, round trip min/median/max {low:.2f}/{middle:.2f}/{high:.2f} ms")
     if len(round_trips) < count:
-        raise typer.Exit(EXIT_NOT_OK)
+        raise typer.Exit(EXIT_FAILED)
 
 
 class _Tally:
@@ -412,7 +287,7 @@ def broadcast(
     if not as_json:
         _print_summary(tally, expected, elapsed)
     if tally.failures or tally.received < expected:
-        raise typer.Exit(EXIT_NOT_OK)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _reply_json(reply: pb.Reply) -> dict[str, Any]:
@@ -464,7 +339,7 @@ def health(
     else:
         _print_health(reply, total)
     if reply.hypervisors_ok < total:
-        raise typer.Exit(EXIT_NOT_OK)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _print_health(reply: root_pb2.HealthReply, total: int) -> None:
@@ -507,15 +382,3 @@ def topology(
         _print_json(reply)
     else:
         out.print(topology_grid(reply))
-
-
-# The REST commands and `cloudland up` import helpers from this module, hence at the end.
-from cloudland import cli_cloud, cli_up  # noqa: E402
-
-cli_cloud.register(app)
-app.command("up")(cli_up.up)
-
-
-def main() -> None:
-    """Entry point of the ``cloudland`` console script."""
-    app(prog_name="cloudland")
