@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -99,3 +99,10 @@ def get_submit(request: Request) -> Submit:
 
 
 SubmitDep = Annotated[Submit, Depends(get_submit)]
+
+
+# Every list route pages the same way (api/README.md "Pagination"): ``limit`` rows after the
+# opaque cursor ``after`` (a previous page's ``next_after``).
+PageLimit = Annotated[int, Query(ge=1, le=500, description="At most this many items")]
+PageAfter = Annotated[str | None, Query(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+$",
+                                        description="The previous page's next_after")]

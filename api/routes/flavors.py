@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import flavors as flavor_service
-from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
 from cloudland_api.schemas import MAX_ID, ErrorResponse, FlavorCreate, FlavorList, FlavorPublic
 
 router = APIRouter(
@@ -22,14 +22,12 @@ FlavorId = Annotated[int, Path(ge=1, le=MAX_ID, description="Flavor id")]
 def list_flavors(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: PageLimit = 50,
+    after: PageAfter = None,
 ) -> FlavorList:
-    """One page of the organisation's flavors, oldest first."""
-    flavors, total = flavor_service.list_flavors(session, caller, limit, offset)
-    return FlavorList(
-        items=[FlavorPublic.model_validate(f) for f in flavors], total=total, limit=limit, offset=offset
-    )
+    """One page of the organisation's flavors, by id; pass ``next_after`` back as ``after``."""
+    flavors, next_after = flavor_service.list_flavors(session, caller, limit, after)
+    return FlavorList(items=[FlavorPublic.model_validate(x) for x in flavors], limit=limit, next_after=next_after)
 
 
 @router.post(

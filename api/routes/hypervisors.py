@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 
 from cloudland_api.services import hypervisors
-from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
 from cloudland_api.models import Hypervisor
 from cloudland_api.services.scheduler import memory_capacity, vcpu_capacity
 from cloudland_api.schemas import (
@@ -41,14 +41,14 @@ def public(h: Hypervisor) -> HypervisorPublic:
 def list_hypervisors(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: PageLimit = 100,
+    after: PageAfter = None,
     include_removed: Annotated[bool, Query(description="Also the removed ones (tombstones)")] = False,
 ) -> HypervisorList:
     """One page of hypervisors by id, with what instances claim on each; removed ones are left
     out unless ``include_removed``."""
-    rows, total = hypervisors.list_hypervisors(session, caller, limit, offset, include_removed)
-    return HypervisorList(items=[public(h) for h in rows], total=total, limit=limit, offset=offset)
+    rows, next_after = hypervisors.list_hypervisors(session, caller, limit, after, include_removed)
+    return HypervisorList(items=[public(h) for h in rows], limit=limit, next_after=next_after)
 
 
 @router.get("/{hypervisor_id}")

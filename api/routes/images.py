@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from cloudland import errors
 from cloudland_api.services import images as image_service
-from cloudland_api.deps import CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
 from cloudland_api.services.identity import Caller
@@ -47,12 +47,12 @@ _BINARY_BODY = {
 def list_images(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: PageLimit = 50,
+    after: PageAfter = None,
 ) -> ImageList:
-    """One page of the organisation's images, oldest first."""
-    images, total = image_service.list_images(session, caller, limit, offset)
-    return ImageList(items=[ImagePublic.model_validate(i) for i in images], total=total, limit=limit, offset=offset)
+    """One page of the organisation's images, by id; pass ``next_after`` back as ``after``."""
+    images, next_after = image_service.list_images(session, caller, limit, after)
+    return ImageList(items=[ImagePublic.model_validate(x) for x in images], limit=limit, next_after=next_after)
 
 
 @router.post(

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import instances as instance_service
-from cloudland_api.deps import CurrentUser, SessionDep, SubmitDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep
 from cloudland_api.schemas import (
     MAX_ID,
     BatchAccepted,
@@ -50,8 +50,8 @@ def _accepted(accepted: instance_service.Accepted) -> BatchAccepted:
 def list_instances(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="The last id of the previous page")] = None,
+    limit: PageLimit = 50,
+    after: PageAfter = None,
     status: Annotated[InstanceStatus | None, Query(description="Only this status (deleted ones only so)")] = None,
     name: Annotated[str | None, Query(min_length=1, max_length=64, description="Name glob: web-*, db-?")] = None,
     hypervisor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,

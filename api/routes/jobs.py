@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloudland_api.services import jobs as job_records
-from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
 from cloudland_api.models import TERMINAL, Job
 from cloudland_api.schemas import MAX_ID, ErrorResponse, JobList, JobPublic, JobStateName
 from cloudland_api.services.identity import Caller
@@ -32,16 +32,17 @@ POLL_S = 0.1
 def list_jobs(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: PageLimit = 50,
+    after: PageAfter = None,
     batch: BatchId = None,
     state: Annotated[JobStateName | None, Query()] = None,
     instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> JobList:
     """One page of the organisation's jobs, newest first; with ``batch``, ``counts`` per state."""
-    jobs, counts = job_records.list_jobs(session, caller, limit=limit, offset=offset, batch=batch, state=state,
-                                         instance=instance)
-    return JobList(items=[JobPublic.model_validate(j) for j in jobs], limit=limit, offset=offset, counts=counts)
+    jobs, next_after, counts = job_records.list_jobs(session, caller, limit=limit, after=after, batch=batch,
+                                                     state=state, instance=instance)
+    return JobList(items=[JobPublic.model_validate(j) for j in jobs], limit=limit, next_after=next_after,
+                   counts=counts)
 
 
 def _read(session: Session, caller: Caller, job_id: str) -> Job:

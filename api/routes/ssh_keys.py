@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import ssh_keys as key_service
-from cloudland_api.deps import CurrentUser, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
 from cloudland_api.schemas import MAX_ID, ErrorResponse, SshKeyCreate, SshKeyList, SshKeyPublic
 
 router = APIRouter(
@@ -22,12 +22,12 @@ SshKeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="SSH key id")]
 def list_ssh_keys(
     session: SessionDep,
     caller: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: PageLimit = 50,
+    after: PageAfter = None,
 ) -> SshKeyList:
-    """One page of the organisation's SSH keys, oldest first."""
-    keys, total = key_service.list_ssh_keys(session, caller, limit, offset)
-    return SshKeyList(items=[SshKeyPublic.model_validate(k) for k in keys], total=total, limit=limit, offset=offset)
+    """One page of the organisation's SSH keys, by id; pass ``next_after`` back as ``after``."""
+    keys, next_after = key_service.list_ssh_keys(session, caller, limit, after)
+    return SshKeyList(items=[SshKeyPublic.model_validate(x) for x in keys], limit=limit, next_after=next_after)
 
 
 @router.post(

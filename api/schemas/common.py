@@ -30,10 +30,13 @@ InstanceStatus = Literal["building", "running", "stopped", "error", "deleting", 
 
 
 class Page(BaseModel):
-    """Keyset pagination: pass ``next_after`` back as ``after`` until it is null."""
+    """What every list answers besides its ``items``: keyset pagination with an opaque cursor.
+
+    Pass ``next_after`` back as ``after`` (same filters) for the next page, until it is null.
+    """
 
     limit: int
-    next_after: int | None
+    next_after: str | None
 
 
 class ErrorBody(BaseModel):

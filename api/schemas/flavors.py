@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudland_api.schemas.common import Name, _Request
+from cloudland_api.schemas.common import Name, Page, _Request
 
 
 class FlavorCreate(_Request):
@@ -33,10 +33,7 @@ class FlavorPublic(BaseModel):
     created_at: datetime
 
 
-class FlavorList(BaseModel):
-    """One page of flavors and the total across all pages."""
+class FlavorList(Page):
+    """One page of flavors, by id."""
 
     items: list[FlavorPublic]
-    total: int
-    limit: int
-    offset: int

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudland_api.schemas.common import _Request
+from cloudland_api.schemas.common import Page, _Request
 
 
 class HypervisorPublic(BaseModel):
@@ -35,13 +35,10 @@ class HypervisorPublic(BaseModel):
     last_seen: datetime
 
 
-class HypervisorList(BaseModel):
-    """One page of hypervisors and the total across all pages."""
+class HypervisorList(Page):
+    """One page of hypervisors, by id."""
 
     items: list[HypervisorPublic]
-    total: int
-    limit: int
-    offset: int
 
 
 class RemainingInstance(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudland_api.schemas.common import Arch, DiskFormat, Name, _Request
+from cloudland_api.schemas.common import Arch, DiskFormat, Name, Page, _Request
 
 
 class ImageCreate(_Request):
@@ -34,13 +34,10 @@ class ImagePublic(BaseModel):
     created_at: datetime
 
 
-class ImageList(BaseModel):
-    """One page of images and the total across all pages."""
+class ImageList(Page):
+    """One page of images, by id."""
 
     items: list[ImagePublic]
-    total: int
-    limit: int
-    offset: int
 
 
 class SshKeyCreate(_Request):
@@ -62,10 +59,7 @@ class SshKeyPublic(BaseModel):
     created_at: datetime
 
 
-class SshKeyList(BaseModel):
-    """One page of SSH keys and the total across all pages."""
+class SshKeyList(Page):
+    """One page of SSH keys, by id."""
 
     items: list[SshKeyPublic]
-    total: int
-    limit: int
-    offset: int

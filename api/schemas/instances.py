@@ -83,12 +83,10 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
 
 
-class JobList(BaseModel):
+class JobList(Page):
     """One page of jobs (newest first) and, with a ``batch`` filter, how many are in each state."""
 
     items: list[JobPublic]
-    limit: int
-    offset: int
     counts: dict[str, int] | None = None
 
 

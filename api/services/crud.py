@@ -8,14 +8,19 @@ NotFound (here) before Forbidden (``Caller.require``), and commits only what it 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from cloudland.errors import Conflict, NotFound
+from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.services.identity import Caller
 
@@ -37,12 +42,76 @@ def scoped(model: type[Row], caller: Caller) -> Select[tuple[Row]]:
     return select(model).where(model.org_id == caller.org_id)
 
 
-def page(session: Session, model: type[Row], caller: Caller, limit: int, offset: int) -> tuple[list[Row], int]:
-    """One page of the caller's organisation's rows of ``model``, ordered by id, and the total count."""
-    scope = model.org_id == caller.org_id
-    total = session.scalar(select(func.count()).select_from(model).where(scope)) or 0
-    rows = session.scalars(select(model).where(scope).order_by(model.id).limit(limit).offset(offset))
-    return list(rows), total
+# -- pagination: one scheme for every list (api/README.md "Pagination") ------------------------
+#
+# Keyset, not offset: a page costs the same at instance 200,000 as at instance 1, and rows
+# written or deleted meanwhile never make a walk repeat or skip one. The cursor is opaque to
+# clients: base64url of the JSON list of the last row's sort key (its id, or for jobs, newest
+# first, its created_at and id), so a route may change its ordering without changing its shape.
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    """The opaque ``next_after`` for a row whose sort key is ``values``."""
+    plain = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return base64.urlsafe_b64encode(json.dumps(plain, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+    """The sort key ``cursor`` carries, typed as ``keys``; InvalidRequest if it is not one of ours."""
+    bad = InvalidRequest(f"after: {cursor[:40]!r} is not a cursor this list gave (pass next_after back as is)")
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise bad from exc
+    if not isinstance(values, list) or len(values) != len(keys):
+        raise bad
+    typed = []
+    for key, value in zip(keys, values, strict=True):
+        kind = getattr(key.type, "impl", key.type).python_type  # UTCDateTime: datetime
+        try:
+            if kind is datetime and isinstance(value, str):
+                value = datetime.fromisoformat(value)
+                if value.tzinfo is None:
+                    raise ValueError("naive")
+        except ValueError as exc:
+            raise bad from exc
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise bad
+        typed.append(value)
+    return typed
+
+
+def _beyond(keys: Sequence[InstrumentedAttribute[Any]], values: Sequence[Any], newest_first: bool) -> ColumnElement[bool]:
+    """SQL: the row sorts after ``values`` (a lexicographic comparison, spelled out for every database)."""
+    first, *rest = keys
+    past = first < values[0] if newest_first else first > values[0]
+    if not rest:
+        return past
+    return or_(past, and_(first == values[0], _beyond(rest, values[1:], newest_first)))
+
+
+def keyset(session: Session, query: Select[tuple[Row]], keys: Sequence[InstrumentedAttribute[Any]], limit: int,
+           after: str | None, *, newest_first: bool = False) -> tuple[list[Row], str | None]:
+    """One page of ``query`` ordered by ``keys`` (ascending, or descending with ``newest_first``),
+    the rows after the cursor ``after``, and the cursor of the next page (None on the last)."""
+    if after is not None:
+        query = query.where(_beyond(keys, decode_cursor(after, keys), newest_first))
+    order = [k.desc() for k in keys] if newest_first else list(keys)
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor([getattr(rows[-1], k.key) for k in keys])
+
+
+def page(session: Session, model: type[Row], caller: Caller, limit: int, after: str | None,
+         *where: ColumnElement[bool], keys: Sequence[InstrumentedAttribute[Any]] | None = None,
+         newest_first: bool = False) -> tuple[list[Row], str | None]:
+    """One page of the caller's organisation's rows of ``model`` that match ``where``, by id
+    (or ``keys``), and the next page's cursor: what every tenant-scoped list route answers."""
+    columns: Any = model
+    return keyset(session, scoped(model, caller).where(*where), keys or [columns.id], limit, after,
+                  newest_first=newest_first)
 
 
 def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what: str, *, lock: bool = False) -> Row:

@@ -14,9 +14,9 @@ from cloudland_api.services.identity import Caller
 log = logging.getLogger(__name__)
 
 
-def list_flavors(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Flavor], int]:
-    """One page of the caller's organisation's flavors, ordered by id, and the total count."""
-    return crud.page(session, Flavor, caller, limit, offset)
+def list_flavors(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[Flavor], str | None]:
+    """One page of the caller's organisation's flavors by id, and the next page's cursor."""
+    return crud.page(session, Flavor, caller, limit, after)
 
 
 def get_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:

@@ -31,6 +31,7 @@ from cloudland.client import RootClient
 from cloudland.errors import CloudLandError, Conflict, Forbidden, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import Hypervisor, Instance, Organisation, Role
+from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,15 @@ def _require_operator(caller: Caller) -> None:
         raise Forbidden("hypervisors are managed by the operator organisation")
 
 
-def list_hypervisors(session: Session, caller: Caller, limit: int, offset: int,
-                     include_removed: bool = False) -> tuple[list[Hypervisor], int]:
-    """One page of hypervisors by id and the total; removed ones only with ``include_removed``."""
+def list_hypervisors(session: Session, caller: Caller, limit: int, after: str | None,
+                     include_removed: bool = False) -> tuple[list[Hypervisor], str | None]:
+    """One page of hypervisors by id and the next page's cursor; removed ones only with ``include_removed``.
+
+    Hypervisors belong to no tenant, so this pages with ``crud.keyset``, the scheme under ``crud.page``.
+    """
     _require_operator(caller)
     shown = [] if include_removed else [Hypervisor.state != "removed"]
-    total = session.scalar(select(func.count()).select_from(Hypervisor).where(*shown)) or 0
-    rows = session.scalars(select(Hypervisor).where(*shown).order_by(Hypervisor.id).limit(limit).offset(offset))
-    return list(rows), total
+    return crud.keyset(session, select(Hypervisor).where(*shown), [Hypervisor.id], limit, after)
 
 
 def get_hypervisor(session: Session, caller: Caller, hypervisor_id: int, *, lock: bool = False) -> Hypervisor:

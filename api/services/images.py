@@ -70,9 +70,9 @@ def remove_abandoned_uploads(state_dir: Path, older_than_s: float = ABANDONED_UP
     return removed
 
 
-def list_images(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[Image], int]:
-    """One page of the caller's organisation's images, ordered by id, and the total count."""
-    return crud.page(session, Image, caller, limit, offset)
+def list_images(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[Image], str | None]:
+    """One page of the caller's organisation's images by id, and the next page's cursor."""
+    return crud.page(session, Image, caller, limit, after)
 
 
 def get_image(session: Session, caller: Caller, image_id: int) -> Image:

@@ -161,25 +161,19 @@ def _name_matches(session: Session, pattern: str) -> ColumnElement[bool]:
 
 
 def list_instances(
-    session: Session, caller: Caller, *, limit: int, after: int | None = None, status: str | None = None,
+    session: Session, caller: Caller, *, limit: int, after: str | None = None, status: str | None = None,
     name: str | None = None, hypervisor: int | None = None,
-) -> tuple[list[Instance], int | None]:
-    """One page of instances by id (keyset: ``after`` the last id seen) and the next ``after``.
+) -> tuple[list[Instance], str | None]:
+    """One page of instances by id after the cursor ``after``, and the next page's cursor.
 
     Deleted instances are left out unless ``status`` is ``deleted``.
     """
-    query = select(Instance).where(Instance.org_id == caller.org_id)
-    query = query.where(Instance.status == status) if status else query.where(Instance.status != "deleted")
+    where = [Instance.status == status if status else Instance.status != "deleted"]
     if name:
-        query = query.where(_name_matches(session, name))
+        where.append(_name_matches(session, name))
     if hypervisor is not None:
-        query = query.where(Instance.hypervisor_id == hypervisor)
-    if after is not None:
-        query = query.where(Instance.id > after)
-    rows = list(session.scalars(query.order_by(Instance.id).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more else None)
+        where.append(Instance.hypervisor_id == hypervisor)
+    return crud.page(session, Instance, caller, limit, after, *where)
 
 
 def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bool = False) -> Instance:

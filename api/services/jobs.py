@@ -6,41 +6,41 @@ this module only reads them, tenant-scoped.
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from cloudland.errors import NotFound
 from cloudland_api.models import INSTANCE, Job, JobState
+from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
 
 
-def _job_scope(caller: Caller, batch: str | None, state: str | None, instance: int | None) -> Select[Any]:
-    query = select(Job).where(Job.org_id == caller.org_id)
+def _job_filters(batch: str | None, state: str | None, instance: int | None) -> list[ColumnElement[bool]]:
+    where = []
     if batch:
-        query = query.where(Job.batch == batch)
+        where.append(Job.batch == batch)
     if state:
-        query = query.where(Job.state == JobState(state))
+        where.append(Job.state == JobState(state))
     if instance is not None:
-        query = query.where(Job.subject_type == INSTANCE, Job.subject_id == instance)
-    return query
+        where += [Job.subject_type == INSTANCE, Job.subject_id == instance]
+    return where
 
 
 def list_jobs(
-    session: Session, caller: Caller, *, limit: int, offset: int, batch: str | None = None,
+    session: Session, caller: Caller, *, limit: int, after: str | None = None, batch: str | None = None,
     state: str | None = None, instance: int | None = None,
-) -> tuple[list[Job], dict[str, int] | None]:
-    """One page of jobs, newest first; with ``batch``, also how many of its jobs are in each state."""
-    query = _job_scope(caller, batch, state, instance)
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)))
+) -> tuple[list[Job], str | None, dict[str, int] | None]:
+    """One page of jobs, newest first (by creation, then id: ids are random hex), the next page's
+    cursor, and with ``batch`` how many of its jobs are in each state."""
+    jobs, next_after = crud.page(session, Job, caller, limit, after, *_job_filters(batch, state, instance),
+                                 keys=[Job.created_at, Job.id], newest_first=True)
     counts = None
     if batch:
         rows = session.execute(
             select(Job.state, func.count()).where(Job.org_id == caller.org_id, Job.batch == batch).group_by(Job.state)
         ).all()
         counts = {s.value: 0 for s in JobState} | {JobState(s).value: n for s, n in rows}
-    return jobs, counts
+    return jobs, next_after, counts
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:

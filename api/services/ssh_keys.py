@@ -16,9 +16,9 @@ from cloudland_api.services.identity import Caller
 log = logging.getLogger(__name__)
 
 
-def list_ssh_keys(session: Session, caller: Caller, limit: int, offset: int) -> tuple[list[SshKey], int]:
-    """One page of the caller's organisation's SSH keys, ordered by id, and the total count."""
-    return crud.page(session, SshKey, caller, limit, offset)
+def list_ssh_keys(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[SshKey], str | None]:
+    """One page of the caller's organisation's SSH keys by id, and the next page's cursor."""
+    return crud.page(session, SshKey, caller, limit, after)
 
 
 def get_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:

@@ -142,9 +142,9 @@ def test_remove_is_refused_while_vms_remain_then_leaves_a_tombstone(api: Api, ad
     assert api.client.delete(f"{HYPERVISORS}/7", headers=admin_headers).json() == removed.json()  # again: the same
     assert hyper(api, admin_headers, 7) == removed.json()
     listing = api.client.get(HYPERVISORS, headers=admin_headers).json()
-    assert ([h["id"] for h in listing["items"]], listing["total"]) == ([8], 1)
+    assert ([h["id"] for h in listing["items"]], listing["next_after"]) == ([8], None)
     every = api.client.get(HYPERVISORS, params={"include_removed": "true"}, headers=admin_headers).json()
-    assert ([(h["id"], h["state"]) for h in every["items"]], every["total"]) == ([(7, "removed"), (8, "up")], 2)
+    assert [(h["id"], h["state"]) for h in every["items"]] == [(7, "removed"), (8, "up")]
 
     for method, path, body in (("post", "7/drain", None), ("post", "7/undrain", None),
                                ("patch", "7", {"enabled": True})):

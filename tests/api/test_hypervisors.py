@@ -26,7 +26,7 @@ def test_list_and_get_with_capacities(api: Api, admin_headers: dict[str, str]) -
                    vcpus_claimed=2, memory_claimed_mib=512, domains=2, running_domains=1)
     add_hypervisor(api, 1, cpus=100, memory_mib=1023, cpu_ratio=0.29, memory_ratio=0.3, arch="aarch64", state="down")
     listing = api.client.get(HYPERVISORS, headers=admin_headers).json()
-    assert (listing["total"], listing["limit"], listing["offset"]) == (2, 100, 0)
+    assert (listing["limit"], listing["next_after"]) == (100, None)
     low, high = listing["items"]
     assert (low["id"], high["id"]) == (1, 3)
     # 100 * 0.29 is 28.999999999999996 in floating point: still 29 vCPUs. floor(1023 * 0.3) = 306.
@@ -38,8 +38,9 @@ def test_list_and_get_with_capacities(api: Api, admin_headers: dict[str, str]) -
         "hostname": "hv3", "cpus": 6, "memory_mib": 3000, "free_memory_mib": 1000, "vcpus_claimed": 2,
         "memory_claimed_mib": 512, "domains": 2, "running_domains": 1, "enabled": True}
     assert api.client.get(f"{HYPERVISORS}/3", headers=admin_headers).json() == high
-    page = api.client.get(HYPERVISORS, params={"limit": 1, "offset": 1}, headers=admin_headers).json()
-    assert [h["id"] for h in page["items"]] == [3] and page["total"] == 2
+    first = api.client.get(HYPERVISORS, params={"limit": 1}, headers=admin_headers).json()
+    page = api.client.get(HYPERVISORS, params={"limit": 1, "after": first["next_after"]}, headers=admin_headers).json()
+    assert [h["id"] for h in page["items"]] == [3] and page["next_after"] is None
 
 
 def test_patch_settings(api: Api, admin_headers: dict[str, str]) -> None:
@@ -84,5 +85,5 @@ def test_unknown_hypervisor_is_404(api: Api, admin_headers: dict[str, str]) -> N
         reply = api.client.request(method, f"{HYPERVISORS}/42", json=body, headers=admin_headers)
         assert reply.status_code == 404 and "hypervisor 42 not found" in reply.json()["error"]["message"]
     assert api.client.get(f"{HYPERVISORS}/-1", headers=admin_headers).status_code == 422
-    assert api.client.get(HYPERVISORS, headers=admin_headers).json() == {"items": [], "total": 0, "limit": 100,
-                                                                         "offset": 0}
+    assert api.client.get(HYPERVISORS, headers=admin_headers).json() == {"items": [], "limit": 100,
+                                                                         "next_after": None}

@@ -189,7 +189,7 @@ def test_delete_removes_row_and_file(api: Api, admin_headers: dict[str, str]) ->
     for method, path in (("get", url), ("get", f"{url}/file"), ("delete", url)):
         assert api.client.request(method, path, headers=admin_headers).status_code == 404, (method, path)
     assert api.client.delete(f"{IMAGES}/{queued['id']}", headers=admin_headers).status_code == 204
-    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 0
+    assert len(api.client.get(IMAGES, headers=admin_headers).json()["items"]) == 0
 
 
 def test_organisations_are_isolated(api: Api, admin_headers: dict[str, str]) -> None:
@@ -202,7 +202,7 @@ def test_organisations_are_isolated(api: Api, admin_headers: dict[str, str]) -> 
         reply = api.client.request(method, path, headers=org_b)
         assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", (method, path)
     assert upload(api, org_b, queued["id"], b"intruder").status_code == 404
-    assert api.client.get(IMAGES, headers=org_b).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    assert api.client.get(IMAGES, headers=org_b).json() == {"items": [], "limit": 50, "next_after": None}
     assert create(api, org_b, "same-name")["id"] != mine["id"]  # names are unique per organisation only
     assert api.client.get(f"{url}/file", headers=admin_headers).content == b"secret bytes"
     assert api.client.get(f"{IMAGES}/{queued['id']}", headers=admin_headers).json()["status"] == "queued"
@@ -213,7 +213,7 @@ def test_reader_can_read_but_not_write(api: Api, admin_headers: dict[str, str]) 
     assert upload(api, admin_headers, active["id"], b"data").status_code == 200
     queued = create(api, admin_headers, "queued")
     reader = api.add_user("rita", "admin", Role.reader)
-    assert api.client.get(IMAGES, headers=reader).json()["total"] == 2
+    assert len(api.client.get(IMAGES, headers=reader).json()["items"]) == 2
     assert api.client.get(f"{IMAGES}/{active['id']}", headers=reader).status_code == 200
     assert api.client.get(f"{IMAGES}/{active['id']}/file", headers=reader).content == b"data"
     refused = [
@@ -223,7 +223,7 @@ def test_reader_can_read_but_not_write(api: Api, admin_headers: dict[str, str]) 
     ]
     for reply in refused:
         assert reply.status_code == 403 and reply.json()["error"]["code"] == "forbidden", reply.text
-    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 2
+    assert len(api.client.get(IMAGES, headers=admin_headers).json()["items"]) == 2
     assert api.client.get(f"{IMAGES}/{queued['id']}", headers=admin_headers).json()["status"] == "queued"
     assert image_files(api) == [f"{active['id']}.raw"]
 
@@ -241,19 +241,7 @@ def test_duplicate_name_is_409(api: Api, admin_headers: dict[str, str]) -> None:
     reply = api.client.post(IMAGES, json={"name": "dup", "disk_format": "raw"}, headers=admin_headers)
     assert reply.status_code == 409
     assert reply.json()["error"]["code"] == "conflict" and "'dup'" in reply.json()["error"]["message"]
-    assert api.client.get(IMAGES, headers=admin_headers).json()["total"] == 1
-
-
-def test_pagination(api: Api, admin_headers: dict[str, str]) -> None:
-    names = [create(api, admin_headers, f"i{n:02d}")["name"] for n in range(5)]
-    pages = []
-    for offset in (0, 2, 4):
-        page = api.client.get(IMAGES, params={"limit": 2, "offset": offset}, headers=admin_headers).json()
-        assert (page["total"], page["limit"], page["offset"]) == (5, 2, offset)
-        pages.append([image["name"] for image in page["items"]])
-    assert pages == [names[0:2], names[2:4], names[4:5]]
-    beyond = api.client.get(IMAGES, params={"offset": 50}, headers=admin_headers).json()
-    assert beyond["items"] == [] and beyond["total"] == 5
+    assert len(api.client.get(IMAGES, headers=admin_headers).json()["items"]) == 1
 
 
 

@@ -161,15 +161,13 @@ def test_another_organisations_references_are_404(api: Api, admin_headers: dict[
 def test_keyset_pagination_sees_each_instance_once(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
     ids = [i["id"] for i in launch("vm", count=7)["instances"]]
     seen: list[int] = []
-    after: int | None = 0
+    after: str | None = None
     for _ in range(3):  # 3 + 3 + 1
         page = api.client.get(INSTANCES, params={"limit": 3} | ({"after": after} if after else {}),
                               headers=admin_headers).json()
         assert page["limit"] == 3 and len(page["items"]) == min(3, 7 - len(seen))
         seen, after = seen + [i["id"] for i in page["items"]], page["next_after"]
     assert seen == sorted(ids) and after is None
-    assert api.client.get(INSTANCES, params={"after": max(ids)}, headers=admin_headers).json() == {
-        "limit": 50, "next_after": None, "items": []}
 
 
 def test_filters(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:

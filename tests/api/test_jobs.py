@@ -24,7 +24,7 @@ def test_newest_first_with_filters_and_counts(api: Api, admin_headers: dict[str,
     settle(api, first["jobs"][0]["id"], "failed", "hypervisor 1: no disk")
     settle(api, first["jobs"][1]["id"])
     everything = listing(api, admin_headers)
-    assert everything["counts"] is None and (everything["limit"], everything["offset"]) == (50, 0)
+    assert everything["counts"] is None and (everything["limit"], everything["next_after"]) == (50, None)
     items = everything["items"]
     assert len(items) == 4 and items[0]["id"] == second["jobs"][0]["id"]
     assert [j["created_at"] for j in items] == sorted((j["created_at"] for j in items), reverse=True)
@@ -43,16 +43,18 @@ def test_newest_first_with_filters_and_counts(api: Api, admin_headers: dict[str,
         first["jobs"][2]["id"], second["jobs"][0]["id"]}
     only = listing(api, admin_headers, instance=second["instances"][0]["id"])["items"]
     assert [j["id"] for j in only] == [second["jobs"][0]["id"]]
-    pages = [listing(api, admin_headers, limit=3, offset=offset)["items"] for offset in (0, 3)]
-    assert [j["id"] for j in pages[0] + pages[1]] == [j["id"] for j in items]
-    assert listing(api, admin_headers, batch="0" * 32) == {"items": [], "limit": 50, "offset": 0, "counts": {
+    first_page = listing(api, admin_headers, limit=3)
+    rest = listing(api, admin_headers, limit=3, after=first_page["next_after"])
+    assert [j["id"] for j in first_page["items"] + rest["items"]] == [j["id"] for j in items]
+    assert rest["next_after"] is None
+    assert listing(api, admin_headers, batch="0" * 32) == {"items": [], "limit": 50, "next_after": None, "counts": {
         "pending": 0, "dispatched": 0, "succeeded": 0, "failed": 0, "timeout": 0}}
 
 
 def test_bad_filters_are_422(api: Api, admin_headers: dict[str, str]) -> None:
     for params in ({"state": "done"}, {"batch": "not-hex"}, {"batch": "reconcile-"}, {"batch": "a" * 33},
                    {"batch": "recover-abc"}, {"instance": 0},
-                   {"limit": 0}, {"limit": 501}, {"offset": -1}):
+                   {"limit": 0}, {"limit": 501}, {"after": "a b"}, {"after": "x" * 257}):
         reply = api.client.get(JOBS, params=params, headers=admin_headers)
         assert reply.status_code == 422, (params, reply.text)
 

@@ -135,7 +135,7 @@ def test_bad_key_is_400_naming_the_key(
     error = reply.json()["error"]
     assert error["code"] == "invalid_request"
     assert error["message"].startswith("ssh key 'bad-key': ") and words in error["message"], error["message"]
-    assert api.client.get(SSH_KEYS, headers=admin_headers).json()["total"] == 0
+    assert len(api.client.get(SSH_KEYS, headers=admin_headers).json()["items"]) == 0
 
 
 def test_duplicate_name_is_409(api: Api, admin_headers: dict[str, str], keys: dict[str, GeneratedKey]) -> None:
@@ -165,7 +165,7 @@ def test_organisations_are_isolated(api: Api, admin_headers: dict[str, str], key
     for method in ("get", "delete"):
         reply = api.client.request(method, url, headers=org_b)
         assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", method
-    assert api.client.get(SSH_KEYS, headers=org_b).json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    assert api.client.get(SSH_KEYS, headers=org_b).json() == {"items": [], "limit": 50, "next_after": None}
     theirs = add_key(api, org_b, "same-name", keys["ed25519"].line)  # names are unique per organisation only
     assert theirs["id"] != mine["id"] and theirs["fingerprint"] == mine["fingerprint"]
     assert api.client.get(url, headers=admin_headers).json() == mine
@@ -189,13 +189,3 @@ def test_member_can_add_and_delete(api: Api, keys: dict[str, GeneratedKey]) -> N
     member = api.add_user("max", "admin", Role.member)
     key = add_key(api, member, "members", keys["ecdsa"].line)
     assert api.client.delete(f"{SSH_KEYS}/{key['id']}", headers=member).status_code == 204
-
-
-def test_pagination(api: Api, admin_headers: dict[str, str], keys: dict[str, GeneratedKey]) -> None:
-    names = [add_key(api, admin_headers, f"k{n}", keys["ed25519"].line)["name"] for n in range(5)]
-    pages = []
-    for offset in (0, 2, 4):
-        page = api.client.get(SSH_KEYS, params={"limit": 2, "offset": offset}, headers=admin_headers).json()
-        assert (page["total"], page["limit"], page["offset"]) == (5, 2, offset)
-        pages.append([key["name"] for key in page["items"]])
-    assert pages == [names[0:2], names[2:4], names[4:5]]
