@@ -61,6 +61,7 @@ from cloudland_agents.hypervisor import open_simulated
 from cloudland_api.db import make_engine, session_factory, upgrade
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Organisation
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
+from cloudland_api.services.crud import encode_cursor
 from cloudland_api.settings import ApiSettings
 from cloudland_launcher.harness import Tree, free_port, start_tree, stop_tree, wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -378,16 +379,17 @@ def seed(url: str, state_dir: Path, rows: int, hypervisors: int = 8) -> float:
 
 
 def timed_gets(api: Api, count: int, rows: int, rng: random.Random, **params: Any) -> list[float]:
-    """``count`` sequential list requests at random ``after`` offsets; seconds each."""
+    """``count`` sequential list requests after random ids (the cursor of a page ending there); seconds each."""
     assert api.http is not None
     samples = []
     for _ in range(count):
-        query = {"limit": 100, "after": rng.randrange(rows), **params}
+        after = rng.randrange(1, rows)
+        query = {"limit": 100, "after": encode_cursor([after]), **params}
         t0 = time.perf_counter()
         reply = api.http.get("/instances", params=query)
         samples.append(time.perf_counter() - t0)
         assert reply.status_code == 200, reply.text
-        assert params or query["after"] > rows - 101 or len(reply.json()["items"]) == 100
+        assert params or after > rows - 101 or len(reply.json()["items"]) == 100
     return samples
 
 

@@ -27,6 +27,7 @@ from cloudland_cli.common import (
     job_subject,
     out,
     print_json,
+    print_page,
     print_record,
     print_table,
     styled,
@@ -140,7 +141,7 @@ def flavor_list(as_json: JsonOpt = False) -> None:
     with connect() as client:
         flavors = all_pages(client, "/flavors")
     if as_json:
-        print_json(flavors)
+        print_page(flavors)
         return
     print_table(("id", "name", "vcpus", "memory MiB", "disk GiB"),
                 [(f["id"], f["name"], f["vcpus"], f["memory_mib"], f["disk_gib"]) for f in flavors])
@@ -170,11 +171,11 @@ def flavor_delete(ref: Annotated[str, typer.Argument(help="Flavor id or name.")]
 
 
 def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
-    """The one resource of an offset-paged collection with that id or name."""
+    """The one resource of a collection with that id or name."""
     if ref.isdigit():
         found: dict[str, Any] = client.get(f"{path}/{ref}")
         return found
-    matches = [item for item in client.iter_offset(path) if item["name"] == ref]
+    matches = [item for item in client.iter_after(path) if item["name"] == ref]
     if not matches:
         raise InvalidRequest(f"no {kind} named {ref!r}")
     return matches[0]
@@ -238,7 +239,7 @@ def image_list(as_json: JsonOpt = False) -> None:
     with connect() as client:
         images = all_pages(client, "/images")
     if as_json:
-        print_json(images)
+        print_page(images)
         return
     print_table(("id", "name", "arch", "format", "status", "size", "sha256"),
                 [(i["id"], i["name"], i["arch"], i["disk_format"], styled(i["status"]), i["size_bytes"],
@@ -279,7 +280,7 @@ def key_list(as_json: JsonOpt = False) -> None:
     with connect() as client:
         keys = all_pages(client, "/ssh-keys")
     if as_json:
-        print_json(keys)
+        print_page(keys)
         return
     print_table(("id", "name", "fingerprint"), [(k["id"], k["name"], k["fingerprint"]) for k in keys])
 
@@ -302,11 +303,12 @@ def job_list(
     state: Annotated[str | None, typer.Option(help="pending, dispatched, succeeded, failed or timeout.")] = None,
     instance: Annotated[int | None, typer.Option(help="Only this instance's jobs.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="Newest this many.")] = 50,
+    after: Annotated[str | None, typer.Option(help="The next_after of the previous page (--json shows it).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Jobs, newest first."""
+    """Jobs, newest first: one page, as the API pages them."""
     with connect() as client:
-        page = client.get("/jobs", batch=batch, state=state, instance=instance, limit=limit)
+        page = client.get("/jobs", batch=batch, state=state, instance=instance, limit=limit, after=after)
     if as_json:
         print_json(page)
         return

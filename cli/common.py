@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cloudland.errors import ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Unauthorized
-from cloudland_cli.restclient import ApiClient
+from cloudland_cli.restclient import PAGE_SIZE, ApiClient
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
 TERMINAL_STATES = ("succeeded", "failed", "timeout")
@@ -101,8 +101,13 @@ def print_record(record: dict[str, Any]) -> None:
 
 
 def all_pages(client: ApiClient, path: str, **params: Any) -> list[dict[str, Any]]:
-    """Every item of an offset-paged list."""
-    return list(client.iter_offset(path, **params))
+    """Every item of a list, following ``next_after`` page by page."""
+    return list(client.iter_after(path, **params))
+
+
+def print_page(items: list[dict[str, Any]]) -> None:
+    """A whole list as ``--json`` prints it: the API's page shape, every page followed (issue 16)."""
+    print_json({"items": items, "limit": PAGE_SIZE, "next_after": None})
 
 
 @dataclass
@@ -144,7 +149,7 @@ def watch_batches(client: ApiClient, batches: Sequence[str], total: int, label: 
     if outcome.failed:
         for batch in batches:
             for state in ("failed", "timeout"):
-                for job in client.iter_offset("/jobs", page_size=200, batch=batch, state=state):
+                for job in client.iter_after("/jobs", page_size=200, batch=batch, state=state):
                     outcome.reasons[job.get("reason") or state] += 1
     return outcome
 

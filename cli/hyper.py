@@ -20,6 +20,7 @@ from cloudland_cli.common import (
     fail,
     out,
     print_json,
+    print_page,
     print_record,
     print_table,
     styled,
@@ -45,9 +46,9 @@ def hyper_list(
     """Every hypervisor with its state (up, down, gone; removed with --all) and what instances claim on it."""
     with connect() as client:
         params = {"include_removed": "true"} if every else {}
-        hypers = list(client.iter_offset("/hypervisors", page_size=100, **params))
+        hypers = list(client.iter_after("/hypervisors", **params))
     if as_json:
-        print_json(hypers)
+        print_page(hypers)
         return
     print_table(
         ("id", "hostname", "state", "enabled", "vcpus claimed/capacity", "memory MiB claimed/capacity", "domains"),

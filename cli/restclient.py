@@ -224,21 +224,10 @@ class ApiClient:
         self._http.headers["Authorization"] = f"Bearer {self.token}"
         return reply
 
-    def iter_offset(self, path: str, page_size: int = PAGE_SIZE, **params: Any) -> Iterator[dict[str, Any]]:
-        """Every item of an offset-paged list (``{items, limit, offset}``)."""
-        offset = 0
-        while True:
-            page = self.get(path, limit=page_size, offset=offset, **params)
-            items = page["items"]
-            yield from items
-            total = page.get("total")
-            offset += len(items)
-            if len(items) < page_size or not items or (total is not None and offset >= total):
-                return
-
     def iter_after(self, path: str, page_size: int = PAGE_SIZE, **params: Any) -> Iterator[dict[str, Any]]:
-        """Every item of a keyset-paged list (``{items, limit, next_after}``)."""
-        after: int | None = None
+        """Every item of a list: every list route pages ``{items, limit, next_after}`` by an
+        opaque cursor (api/README.md "Pagination")."""
+        after: str | None = None
         while True:
             page = self.get(path, limit=page_size, after=after, **params)
             yield from page["items"]

@@ -16,6 +16,7 @@ from cloudland_cli.common import (
     finish_job,
     out,
     print_json,
+    print_page,
     print_outcome,
     print_record,
     print_table,
@@ -114,7 +115,7 @@ def vm_list(
     with connect() as client:
         vms = list_instances(client, status=status, name=name, hypervisor=hypervisor)
     if as_json:
-        print_json(vms)
+        print_page(vms)
         return
     print_table(("id", "name", "status", "hypervisor", "vcpus", "memory MiB", "reason"),
                 [(v["id"], v["name"], styled(v["status"]), v["hypervisor_id"], v["vcpus"], v["memory_mib"],

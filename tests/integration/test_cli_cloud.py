@@ -66,7 +66,7 @@ class Cli:
         return result
 
     def vms(self) -> list[dict[str, Any]]:
-        vms: list[dict[str, Any]] = json.loads(self.ok("vm", "list", "--json").stdout)
+        vms: list[dict[str, Any]] = json.loads(self.ok("vm", "list", "--json").stdout)["items"]
         return vms
 
 

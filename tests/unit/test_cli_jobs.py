@@ -37,7 +37,7 @@ class StubApi:
     def get(self, path: str, **params: Any) -> Any:
         jobs = {j["id"]: j for j in (VM_JOB, EVICT_JOB)}
         if path == "/jobs":
-            return {"items": list(jobs.values()), "limit": params.get("limit"), "offset": 0, "counts": None}
+            return {"items": list(jobs.values()), "limit": params.get("limit"), "next_after": None, "counts": None}
         return jobs[path.removeprefix("/jobs/")]
 
 
