@@ -34,7 +34,7 @@ class ApiSettings:
     image_token_lifetime_s: int = 3600  # a job's image download token
     # The root rank's gRPC endpoint; "" runs without a tree (jobs stay pending).
     root_endpoint: str = DEFAULT_GRPC
-    scheduler_weigher: str = "spread"   # spread: emptiest host first; pack: fullest first
+    scheduler_weigher: str = "spread"   # spread: least used fraction first; pack: fullest first
     cpu_ratio: float = 4.0              # overcommit given to newly seen hypervisors
     memory_ratio: float = 1.0
     dispatch_workers: int = 64          # commands in flight to the root at once

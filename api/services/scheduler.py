@@ -122,6 +122,15 @@ class Candidate:
     id: int
     free_vcpus: int
     free_memory_mib: int
+    vcpus_capacity: int
+    memory_capacity_mib: int
+
+    def used_after(self, demand: Demand) -> float:
+        """The fraction of the host used once ``demand`` is placed: the larger of its vCPU and
+        memory fractions (what runs out first decides how full a host is)."""
+        vcpus = (self.vcpus_capacity - self.free_vcpus + demand.vcpus) / max(self.vcpus_capacity, 1)
+        memory = (self.memory_capacity_mib - self.free_memory_mib + demand.memory_mib) / max(self.memory_capacity_mib, 1)
+        return max(vcpus, memory)
 
 
 class Placer:
@@ -143,8 +152,8 @@ class Placer:
         hosts = []
         for r in rows:
             used_memory = max(r.memory_claimed_mib, r.memory_mib - r.free_memory_mib)
-            hosts.append(Candidate(r.id, vcpu_capacity(r.cpus, r.cpu_ratio) - r.vcpus_claimed,
-                                   memory_capacity(r.memory_mib, r.memory_ratio) - used_memory))
+            vcpus, memory = vcpu_capacity(r.cpus, r.cpu_ratio), memory_capacity(r.memory_mib, r.memory_ratio)
+            hosts.append(Candidate(r.id, vcpus - r.vcpus_claimed, memory - used_memory, vcpus, memory))
         self.considered[arch] = len(hosts)
         return hosts
 
@@ -156,11 +165,18 @@ class Placer:
 
     def _pick(self, demand: Demand) -> Candidate | None:
         """The best host for ``demand`` by the room as read, with that room taken in memory only."""
-        # spread: the most free memory first (then vCPUs); pack: the least. Ties by id, so runs repeat.
-        sign = -1 if self.weigher == "spread" else 1
+        # spread: the host least used (as a fraction of its capacity) once this VM is on it, so
+        # hosts of every size fill evenly; by absolute free memory, big hosts filled first and
+        # 551 VMs landed on 24 of 100 hosts (issue 16). pack: the least free memory first (then
+        # vCPUs). Ties by id, so runs repeat.
+        def weight(c: Candidate) -> tuple[float, int, int]:
+            if self.weigher == "spread":
+                return (c.used_after(demand), 0, c.id)
+            return (c.free_memory_mib, c.free_vcpus, c.id)
+
         best = min((c for c in self._candidates(demand.arch)
                     if c.free_vcpus >= demand.vcpus and c.free_memory_mib >= demand.memory_mib),
-                   key=lambda c: (sign * c.free_memory_mib, sign * c.free_vcpus, c.id), default=None)
+                   key=weight, default=None)
         if best is not None:
             best.free_vcpus -= demand.vcpus
             best.free_memory_mib -= demand.memory_mib

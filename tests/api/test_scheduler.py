@@ -153,6 +153,40 @@ def test_weighers(sessions: Sessions, weigher: str, expected: list[int]) -> None
     assert placed == expected
 
 
+# Hosts of four sizes (vCPUs, MiB); the last has memory to spare, so its vCPUs fill first.
+SIZES = {1: (4, 4096), 2: (8, 8192), 3: (16, 16384), 4: (32, 65536)}
+
+
+def used_fractions(sessions: Sessions) -> dict[int, float]:
+    """Each host's fraction used: the larger of its vCPU and memory fractions."""
+    return {host: max(claimed(sessions, host)[0] / vcpus, claimed(sessions, host)[1] / memory)
+            for host, (vcpus, memory) in SIZES.items()}
+
+
+@pytest.mark.parametrize("count", [7, 30, 51])
+def test_spread_evens_out_the_fraction_used_on_hosts_of_every_size(sessions: Sessions, count: int) -> None:
+    # Issue 16: by absolute free memory, host 4 took every VM until it was as empty as the others.
+    for host, (vcpus, memory) in SIZES.items():
+        add_host(sessions, host, cpus=vcpus, memory_mib=memory)
+    demand = scheduler.Demand(1, 512, "x86_64")
+    with sessions() as session:
+        placed = scheduler.Placer(session, "spread").place_many([demand] * count)  # one batch, one UPDATE a host
+        session.commit()
+    assert None not in placed
+    fractions = used_fractions(sessions)
+    one_vm = max(max(demand.vcpus / vcpus, demand.memory_mib / memory) for vcpus, memory in SIZES.values())
+    assert max(fractions.values()) - min(fractions.values()) <= one_vm, fractions
+    assert sum(claimed(sessions, host)[0] for host in SIZES) == count
+
+
+def test_pack_still_fills_the_fullest_host_first(sessions: Sessions) -> None:
+    for host, (vcpus, memory) in SIZES.items():
+        add_host(sessions, host, cpus=vcpus, memory_mib=memory)
+    with sessions() as session:
+        placed = scheduler.Placer(session, "pack").place_many([scheduler.Demand(1, 512, "x86_64")] * 30)
+        session.commit()
+    assert placed == [1] * 4 + [2] * 8 + [3] * 16 + [4] * 2
+
 def test_overcommit_ratios(sessions: Sessions) -> None:
     add_host(sessions, 1, cpus=2, cpu_ratio=3.0, memory_mib=1000, memory_ratio=1.5)
     assert claim(sessions, 1, 6, 1500)
