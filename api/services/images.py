@@ -291,11 +291,20 @@ async def _receive(image: Image, body: AsyncIterable[bytes], directory: Path, ma
     return _Received(tmp, size, hasher.hexdigest())
 
 
+def detect_format(head: bytes) -> str:
+    """The disk format the first bytes of an image show: qcow2 by its magic, else raw."""
+    return "qcow2" if head.startswith(QCOW2_MAGIC) else "raw"
+
+
 def _check_magic(image: Image, head: bytes) -> None:
-    if image.disk_format == "qcow2" and not head.startswith(QCOW2_MAGIC):
+    """Refuse bytes of another format than the image declares, both ways (issue 16): a qcow2
+    file stored as raw would boot its header as a disk."""
+    detected = detect_format(head)
+    if detected != image.disk_format:
+        seen = "start" if detected == "qcow2" else f"do not start (got {head[:4]!r})"
         raise InvalidRequest(
-            f"image {image.id}: disk_format is qcow2 but the data does not start with the qcow2 magic "
-            f"(got {head[:4]!r}); convert it or create the image with disk_format raw"
+            f"image {image.id} ({image.name}): disk_format is {image.disk_format} but the data is {detected} "
+            f"(its bytes {seen} with the qcow2 magic); convert it or create the image with disk_format {detected}"
         )
 
 

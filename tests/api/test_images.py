@@ -123,6 +123,17 @@ def test_qcow2_image_refuses_other_bytes(api: Api, admin_headers: dict[str, str]
     assert upload(api, admin_headers, image["id"], qcow2_bytes()).status_code == 200
 
 
+def test_raw_image_refuses_qcow2_bytes_naming_both_formats(api: Api, admin_headers: dict[str, str]) -> None:
+    # Issue 16: a qcow2 file declared raw was stored as raw, and would boot its header as a disk.
+    image = create(api, admin_headers, "x.qcow2", "raw")
+    reply = upload(api, admin_headers, image["id"], qcow2_bytes())
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert f"image {image['id']} (x.qcow2)" in message and "disk_format is raw but the data is qcow2" in message
+    assert_untouched(api, admin_headers, image["id"])
+    assert upload(api, admin_headers, image["id"], b"\0" * 512).status_code == 200  # raw bytes: still fine
+
+
 @pytest.mark.parametrize("content_type", [None, "application/json", "application/x-www-form-urlencoded", "text/plain"])
 def test_wrong_content_type_is_415(api: Api, admin_headers: dict[str, str], content_type: str | None) -> None:
     image = create(api, admin_headers)
