@@ -5,8 +5,6 @@ The API is a stub that records the image the CLI creates, so nothing runs but th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudland_cli import cloud, main
+from tests.unit.cli_stub import stub_connect
 
 QCOW2_MAGIC = b"QFI\xfb"  # as api/services/images.py checks it
 
@@ -33,12 +32,7 @@ class RecordingApi:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> RecordingApi:
     stub = RecordingApi()
-
-    @contextmanager
-    def connect(require_token: bool = True) -> Iterator[RecordingApi]:
-        yield stub
-
-    monkeypatch.setattr(cloud, "connect", connect)
+    stub_connect(monkeypatch, stub, cloud)
     return stub
 
 

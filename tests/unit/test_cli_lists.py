@@ -8,8 +8,6 @@ real one does, so nothing runs but the CLI's own code.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from typer.testing import CliRunner
 
 from cloudland_cli import cloud, hyper, main, vm
 from cloudland_cli.restclient import ApiClient
+from tests.unit.cli_stub import stub_connect
 
 STUB_PAGE = 2
 COLLECTIONS = {path: [{"id": n, "name": f"{path.strip('/')}-{n}"} for n in range(1, 6)]
@@ -46,13 +45,7 @@ class PagingApi:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> PagingApi:
     stub = PagingApi()
-
-    @contextmanager
-    def connect(require_token: bool = True) -> Iterator[PagingApi]:
-        yield stub
-
-    for module in (cloud, vm, hyper):
-        monkeypatch.setattr(module, "connect", connect)
+    stub_connect(monkeypatch, stub, cloud, vm, hyper)
     return stub
 
 
