@@ -32,9 +32,9 @@ from cloudland_cli.common import (
     styled,
     wait_job,
 )
-from cloudland_cli.hyper import hyper_app
-from cloudland_cli.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
-from cloudland_cli.vm import vm_app, watch_and_report
+from cloudland_cli.restclient import ApiClient
+from cloudland_cli.settings import CliConfig, config_path, normalise_endpoint
+from cloudland_cli.vm import watch_and_report
 
 DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
 QCOW2_MAGIC = b"QFI\xfb"
@@ -47,18 +47,6 @@ job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one resour
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the REST commands to the top-level ``cloudland`` app."""
-    app.command()(configure)
-    app.command()(login)
-    app.add_typer(flavor_app, name="flavor")
-    app.add_typer(image_app, name="image")
-    app.add_typer(key_app, name="key")
-    app.add_typer(hyper_app, name="hyper")
-    app.add_typer(vm_app, name="vm")
-    app.add_typer(job_app, name="job")
-
-
 # -- configure and login ------------------------------------------------------------------
 
 
@@ -66,7 +54,10 @@ def configure(
     endpoint: Annotated[str | None, typer.Option(help="The API's URL, e.g. http://127.0.0.1:8080.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the API endpoint (a changed endpoint drops the stored token); without options, show the config."""
+    """Set a profile's API endpoint (and root address); without options, show it.
+
+    A changed endpoint drops the profile's stored token.
+    """
     with api_errors():
         config = CliConfig.load()
         if endpoint is not None:
@@ -104,7 +95,7 @@ def login(
     organisation: Annotated[str | None, typer.Option(help="Organisation to act in.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
 ) -> None:
-    """Log in and store the bearer token in the CLI config (mode 0600)."""
+    """Log in and store the bearer token in the profile (mode 0600)."""
     with api_errors():
         if password_stdin and credentials is not None:
             raise InvalidRequest("use either --password-stdin or --credentials, not both")

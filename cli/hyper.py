@@ -25,7 +25,7 @@ from cloudland_cli.common import (
     styled,
 )
 
-hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
+hyper_app = typer.Typer(no_args_is_help=True)  # help: main.COMMANDS
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 HyperId = Annotated[int, typer.Argument(min=0, help="Hypervisor id (the tree's).")]
