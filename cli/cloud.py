@@ -33,7 +33,7 @@ from cloudland_cli.common import (
     wait_job,
 )
 from cloudland_cli.restclient import ApiClient
-from cloudland_cli.settings import CliConfig, config_path, normalise_endpoint
+from cloudland_cli.settings import CliConfig, ProfileStore, normalise_endpoint
 from cloudland_cli.vm import watch_and_report
 
 DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
@@ -51,24 +51,35 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def configure(
+    profile: Annotated[str | None, typer.Option(help="The profile to set or show [default: the one in use].")] = None,
     endpoint: Annotated[str | None, typer.Option(help="The API's URL, e.g. http://127.0.0.1:8080.")] = None,
+    grpc: Annotated[str | None, typer.Option(help="The root's host:port, for `tree` and `cluster`.")] = None,
+    use: Annotated[bool, typer.Option("--use", help="Make it the profile used when none is chosen.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a profile's API endpoint (and root address); without options, show it.
 
-    A changed endpoint drops the profile's stored token.
+    A changed endpoint drops the profile's stored token. Choose a profile per command with
+    `cloudland --profile NAME ...` or CLOUDLAND_PROFILE; CLOUDLAND_ENDPOINT overrides its endpoint.
     """
     with api_errors():
-        config = CliConfig.load()
+        store = ProfileStore.load()
+        name = profile or store.selected()
+        config = store.profiles.get(name) or CliConfig(profile=name)
         if endpoint is not None:
             url = normalise_endpoint(endpoint)
             if url != config.endpoint:
-                config = CliConfig(endpoint=url)
-            path = config.save()
-        else:
-            path = config_path()
-    shown = {"config": str(path), "endpoint": config.endpoint, "logged_in": bool(config.token),
-             "expires_at": config.expires_at}
+                config = CliConfig(endpoint=url, grpc=config.grpc, profile=name)
+        if grpc is not None:
+            config.grpc = grpc.strip() or None
+        if endpoint is not None or grpc is not None or use:
+            store.profiles[name] = config
+            store.current = name if use else store.current
+            store.save()
+    effective = config.effective()
+    shown = {"config": str(store.path), "profile": name, "current": name == store.current,
+             "endpoint": effective.endpoint, "grpc": effective.grpc or "-", "logged_in": bool(effective.token),
+             "expires_at": effective.expires_at, "profiles": ", ".join(sorted({*store.profiles, name}))}
     if as_json:
         print_json(shown)
     else:
@@ -111,15 +122,15 @@ def login(
         if not password:
             raise InvalidRequest("empty password")
         username = username or "admin"
-        config = CliConfig.load()
-        if endpoint is not None:
-            config.endpoint = normalise_endpoint(endpoint)
-        config = CliConfig(endpoint=config.effective().endpoint)
+        stored = CliConfig.load()
+        url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
+        config = CliConfig(endpoint=url, grpc=stored.grpc, profile=stored.profile)
         with ApiClient(config.endpoint) as client:
             reply = client.login(username, password, organisation)
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])
         path = config.save()
-    out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} until {config.expires_at}")
+    out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} "
+              f"(profile {config.profile}) until {config.expires_at}")
 
 
 # -- flavors --------------------------------------------------------------------------------

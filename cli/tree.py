@@ -36,6 +36,7 @@ from cloudland.errors import CloudLandError, ConfigError, InvalidRequest, RootUn
 from cloudland.topology import DEFAULT_FANOUT, NodeRange
 from cloudland_cli.cluster import LauncherExec
 from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail, out
+from cloudland_cli.settings import root_endpoint
 from cloudland_cli.start import (
     Hostfile,
     LeavesPerHost,
@@ -140,10 +141,13 @@ def _peer_state(state: int) -> Text:
 @tree_app.callback()
 def tree(
     ctx: typer.Context,
-    endpoint: Annotated[str, typer.Option(envvar="CLOUDLAND_GRPC", help="host:port of the root.")] = DEFAULT_GRPC,
+    endpoint: Annotated[str | None, typer.Option(
+        envvar="CLOUDLAND_GRPC", help=f"host:port of the root [default: the profile's, else {DEFAULT_GRPC}].")]
+    = None,
 ) -> None:
     """Start the message tree and send commands through it."""
-    ctx.obj = endpoint
+    with _reported_errors(endpoint or "the profile's root"):
+        ctx.obj = root_endpoint(endpoint)
 
 
 @tree_app.command()
