@@ -314,7 +314,7 @@ def job_list(
         return
     print_table(("id", "batch", "kind", "action", "subject", "hypervisor", "state", "reason", "updated"),
                 [(j["id"], j["batch"], j["kind"], j["action"], job_subject(j), j["hypervisor_id"], styled(j["state"]),
-                  j.get("reason"), j["updated_at"]) for j in page["items"]])
+                  j.get("reason"), j["updated_at"]) for j in page["items"]], whole=("id",))
     if page.get("counts"):
         out.print("  ".join(f"{k} {v}" for k, v in page["counts"].items()))
 
