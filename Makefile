@@ -16,7 +16,7 @@ HOSTS ?= 4
 .PHONY: setup run test bench clean libvirtd libvirtd-stop guest lab lab-down
 
 setup:
-	@deploy/bootstrap.sh
+	@VENV=$(VENV) deploy/bootstrap.sh
 
 run: setup
 	$(BIN)/cloudland up --hypervisors $(HYPERVISORS)
