@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
@@ -215,6 +214,8 @@ def image_upload(
         with err.status(f"hashing {file}…"):
             sha256 = _sha256(file)
         image = client.post("/images", {"name": name, "arch": arch, "disk_format": fmt})
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         columns = (TextColumn(f"uploading {file.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         try:
             with Progress(*columns, console=err, transient=True) as progress:

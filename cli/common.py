@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -148,6 +147,9 @@ def batch_counts(client: ApiClient, batch: str) -> Counter[str]:
 
 def watch_batches(client: ApiClient, batches: Sequence[str], total: int, label: str, show: bool = True) -> BatchOutcome:
     """Poll the batches' counts with a progress bar (stderr) until every job is terminal."""
+    # Imported here: only commands that wait for jobs draw a bar (issue 16, start-up time).
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
                TimeElapsedColumn())
     outcome = BatchOutcome()
