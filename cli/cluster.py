@@ -92,6 +92,13 @@ def _fail(code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _root(endpoint: str | None) -> str:
+    try:
+        return root_endpoint(endpoint)
+    except ConfigError as exc:  # an unknown profile
+        raise _fail(EXIT_USAGE, str(exc)) from None
+
+
 Endpoint = Annotated[str | None, typer.Option(
     envvar="CLOUDLAND_GRPC", help=f"host:port of the root [default: the profile's, else {DEFAULT_GRPC}].")]
 LauncherExec = Annotated[str | None, typer.Option(
@@ -102,7 +109,7 @@ LauncherExec = Annotated[str | None, typer.Option(
 def hosts(endpoint: Endpoint = None) -> None:
     """The hosts whose agents joined: leaves, hypervisors, relays placed there, connected or not."""
     try:
-        with RootClient(root_endpoint(endpoint)) as client:
+        with RootClient(_root(endpoint)) as client:
             reply = client.hosts()
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
@@ -129,7 +136,7 @@ def join(
 ) -> None:
     """Start host agents on more hosts: they join the running tree (or rejoin it, after a loss)."""
     try:
-        with RootClient(root_endpoint(endpoint)) as client:
+        with RootClient(_root(endpoint)) as client:
             root = client.hosts().listen
         start_agents(names, root, Path(os.path.abspath(state_dir)), leaves, launcher_exec)
     except RootUnreachable as exc:
@@ -146,7 +153,7 @@ def remove(
 ) -> None:
     """Take a host out of the tree: its agent stops its ranks; its hypervisors leave (drain first)."""
     try:
-        with RootClient(root_endpoint(endpoint)) as client:
+        with RootClient(_root(endpoint)) as client:
             info = client.remove_host(name)
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None

@@ -75,6 +75,10 @@ class CliConfig:
         """The profile in use (or ``profile``) from the file; defaults when it is not stored yet."""
         store = ProfileStore.load(path)
         name = profile or store.selected()
+        if name not in store.profiles and name not in (DEFAULT_PROFILE, store.current):
+            # As kubectl does for an unknown context: a typo must not reach another cloud.
+            raise ConfigError(f"no profile {name!r} in {store.path}: make it with "
+                              f"`cloudland configure --profile {name} --endpoint URL`")
         return store.profiles.get(name, cls(profile=name))
 
     def save(self, path: Path | None = None) -> Path:

@@ -116,7 +116,7 @@ def _reported_errors(endpoint: str) -> Iterator[None]:
         yield
     except RootUnreachable as exc:
         fail(EXIT_UNREACHABLE, f"cannot reach the root at {endpoint}: {exc}")
-    except InvalidRequest as exc:
+    except (InvalidRequest, ConfigError) as exc:
         fail(EXIT_USAGE, str(exc))
     except CloudLandError as exc:
         fail(EXIT_FAILED, str(exc))
