@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cloudland_cli import main
 
-HEAVY = ("grpc", "httpx2", "google.protobuf", "rich.progress", "rich.table", "cloudland_proto.v1.root_pb2")
+HEAVY = ("grpc", "httpx2", "google.protobuf", "rich.progress", "rich.table", "cloudland_proto.v1.root_pb2", "pydantic",
+         "cloudland_cli.vm", "cloudland_cli.cloud", "cloudland_cli.tree")
 PROBE = """
 import json, sys
 from cloudland_cli import main
@@ -26,11 +27,11 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
 
 
-def imported_after(*argv: str) -> list[str]:
+def imported_after(*argv: str, **env: str) -> list[str]:
     """Which heavy modules a fresh interpreter has imported after running ``cloudland ARGV``."""
     done = subprocess.run([sys.executable, "-c", PROBE.format(argv=list(argv), heavy=HEAVY)],
                           capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "CLOUDLAND_CONFIG": "/nonexistent/cli.json"})
+                          env={"PATH": "/usr/bin:/bin", "CLOUDLAND_CONFIG": "/nonexistent/cli.json", **env})
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout.splitlines()[-1]))
 
@@ -39,8 +40,11 @@ def test_help_imports_neither_grpc_nor_httpx() -> None:
     assert imported_after("--help") == []
 
 
-def test_an_api_command_imports_no_grpc_or_protobuf() -> None:
-    assert [m for m in imported_after("vm", "list", "--help") if "grpc" in m or "proto" in m] == []
+def test_an_api_command_imports_only_what_it_uses() -> None:
+    """`vm list`: httpx and Rich's tables, not gRPC, protobuf, progress bars or other commands' modules,
+    nor pydantic (typer 0.29 coerces every option through it: ~85 ms a start, setup.cfg)."""
+    imported = imported_after("vm", "list", "--json", CLOUDLAND_ENDPOINT="http://127.0.0.1:1", CLOUDLAND_TOKEN="x")
+    assert imported == ["cloudland_cli.vm", "httpx2", "rich.table"]
 
 
 @pytest.mark.parametrize("name", list(main.COMMANDS))
