@@ -1,13 +1,13 @@
 # CloudLand: `make run` starts the all-in-one cloud, `make test` runs the suite,
-# `make bench` measures the tree, the REST API, then the image paths, `make lab` emulates hosts on this
+# `make bench` measures the tree, the REST API, the image paths, then the CLI's start-up, `make lab` emulates hosts on this
 # machine (`make lab-down` removes them). Each sets up .venv itself (deploy/bootstrap.sh).
 VENV := .venv
 BIN := $(VENV)/bin
 HYPERVISORS ?= 100
 PYTEST_ARGS ?=
-# Which benchmarks `make bench` runs, in order: BENCH=api (or tree, image, lab) runs only that one.
+# Which benchmarks `make bench` runs, in order: BENCH=api (or tree, image, lab, cli) runs only that one.
 # lab (the tree across emulated hosts) needs root.
-BENCH ?= tree lab api image
+BENCH ?= tree lab api image cli
 # PostgreSQL 15 (installed by bootstrap.sh) beside SQLite; API_BENCH_ARGS= for SQLite only.
 API_BENCH_ARGS ?= --postgres
 # Worker hosts of `make lab` (h1..hN, beside the controller ctl).
@@ -16,7 +16,7 @@ HOSTS ?= 4
 .PHONY: setup run test bench clean libvirtd libvirtd-stop guest lab lab-down
 
 setup:
-	@deploy/bootstrap.sh
+	@VENV=$(VENV) deploy/bootstrap.sh
 
 run: setup
 	$(BIN)/cloudland up --hypervisors $(HYPERVISORS)
@@ -37,6 +37,9 @@ ifneq (,$(filter api,$(BENCH)))
 endif
 ifneq (,$(filter image,$(BENCH)))
 	$(BIN)/python bench/image_bench.py
+endif
+ifneq (,$(filter cli,$(BENCH)))
+	$(BIN)/python bench/cli_bench.py
 endif
 
 # The lab (README "The lab"): hosts as namespaces on one underlay switch, for trying the tree

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 from sqlalchemy.exc import OperationalError
@@ -12,11 +15,24 @@ from cloudland.errors import ConfigError
 from cloudland_api.app import create_app
 from cloudland_api.db import upgrade
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
-from cloudland_api.settings import ApiSettings
+from cloudland_api.settings import PREFIX, ApiSettings
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str] | None) -> None:
+    """``--help`` lists the settings (each a ``CLOUDLAND_API_*`` variable) and exits; the API takes
+    no arguments, so anything else is a usage error (exit 2), not a second API on the same database."""
+    fields = "\n".join(f"  {PREFIX}{f.name.upper():<24} default: {getattr(ApiSettings(), f.name)}"
+                       for f in dataclasses.fields(ApiSettings))
+    parser = argparse.ArgumentParser(
+        prog="python -m cloudland_api", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The CloudLand REST API: migrate the database, create the first admin, serve.",
+        epilog=f"Settings, from the environment:\n{fields}")
+    parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Start the control plane from ``CLOUDLAND_API_*`` settings; 2 on a bad setting."""
+    parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = ApiSettings.from_env()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
@@ -33,9 +32,9 @@ from cloudland_cli.common import (
     styled,
     wait_job,
 )
-from cloudland_cli.hyper import hyper_app
-from cloudland_cli.restclient import ApiClient, CliConfig, config_path, normalise_endpoint
-from cloudland_cli.vm import vm_app, watch_and_report
+from cloudland_cli.restclient import ApiClient
+from cloudland_cli.settings import CliConfig, ProfileStore, normalise_endpoint
+from cloudland_cli.vm import watch_and_report
 
 DEFAULT_CREDENTIALS = Path("var/admin-credentials")  # where `make run` / `cloudland up` put them
 QCOW2_MAGIC = b"QFI\xfb"
@@ -48,37 +47,39 @@ job_app = typer.Typer(no_args_is_help=True, help="Jobs: one action on one resour
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add the REST commands to the top-level ``cloudland`` app."""
-    app.command()(configure)
-    app.command()(login)
-    app.add_typer(flavor_app, name="flavor")
-    app.add_typer(image_app, name="image")
-    app.add_typer(key_app, name="key")
-    app.add_typer(hyper_app, name="hyper")
-    app.add_typer(vm_app, name="vm")
-    app.add_typer(job_app, name="job")
-
-
 # -- configure and login ------------------------------------------------------------------
 
 
 def configure(
+    profile: Annotated[str | None, typer.Option(help="The profile to set or show [default: the one in use].")] = None,
     endpoint: Annotated[str | None, typer.Option(help="The API's URL, e.g. http://127.0.0.1:8080.")] = None,
+    grpc: Annotated[str | None, typer.Option(help="The root's host:port, for `tree` and `cluster`.")] = None,
+    use: Annotated[bool, typer.Option("--use", help="Make it the profile used when none is chosen.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set the API endpoint (a changed endpoint drops the stored token); without options, show the config."""
+    """Set a profile's API endpoint (and root address); without options, show it.
+
+    A changed endpoint drops the profile's stored token. Choose a profile per command with
+    `cloudland --profile NAME ...` or CLOUDLAND_PROFILE; CLOUDLAND_ENDPOINT overrides its endpoint.
+    """
     with api_errors():
-        config = CliConfig.load()
+        store = ProfileStore.load()
+        name = profile or store.selected()
+        config = store.profiles.get(name) or CliConfig(profile=name)
         if endpoint is not None:
             url = normalise_endpoint(endpoint)
             if url != config.endpoint:
-                config = CliConfig(endpoint=url)
-            path = config.save()
-        else:
-            path = config_path()
-    shown = {"config": str(path), "endpoint": config.endpoint, "logged_in": bool(config.token),
-             "expires_at": config.expires_at}
+                config = CliConfig(endpoint=url, grpc=config.grpc, profile=name)
+        if grpc is not None:
+            config.grpc = grpc.strip() or None
+        if endpoint is not None or grpc is not None or use:
+            store.profiles[name] = config
+            store.current = name if use else store.current
+            store.save()
+    effective = config.effective()
+    shown = {"config": str(store.path), "profile": name, "current": name == store.current,
+             "endpoint": effective.endpoint, "grpc": effective.grpc or "-", "logged_in": bool(effective.token),
+             "expires_at": effective.expires_at, "profiles": ", ".join(sorted({*store.profiles, name}))}
     if as_json:
         print_json(shown)
     else:
@@ -105,7 +106,7 @@ def login(
     organisation: Annotated[str | None, typer.Option(help="Organisation to act in.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
 ) -> None:
-    """Log in and store the bearer token in the CLI config (mode 0600)."""
+    """Log in and store the bearer token in the profile (mode 0600)."""
     with api_errors():
         if password_stdin and credentials is not None:
             raise InvalidRequest("use either --password-stdin or --credentials, not both")
@@ -121,15 +122,15 @@ def login(
         if not password:
             raise InvalidRequest("empty password")
         username = username or "admin"
-        config = CliConfig.load()
-        if endpoint is not None:
-            config.endpoint = normalise_endpoint(endpoint)
-        config = CliConfig(endpoint=config.effective().endpoint)
+        stored = CliConfig.load()
+        url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
+        config = CliConfig(endpoint=url, grpc=stored.grpc, profile=stored.profile)
         with ApiClient(config.endpoint) as client:
             reply = client.login(username, password, organisation)
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])
         path = config.save()
-    out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} until {config.expires_at}")
+    out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} "
+              f"(profile {config.profile}) until {config.expires_at}")
 
 
 # -- flavors --------------------------------------------------------------------------------
@@ -214,6 +215,8 @@ def image_upload(
         with err.status(f"hashing {file}…"):
             sha256 = _sha256(file)
         image = client.post("/images", {"name": name, "arch": arch, "disk_format": fmt})
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         columns = (TextColumn(f"uploading {file.name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
         try:
             with Progress(*columns, console=err, transient=True) as progress:
@@ -314,7 +317,7 @@ def job_list(
         return
     print_table(("id", "batch", "kind", "action", "subject", "hypervisor", "state", "reason", "updated"),
                 [(j["id"], j["batch"], j["kind"], j["action"], job_subject(j), j["hypervisor_id"], styled(j["state"]),
-                  j.get("reason"), j["updated_at"]) for j in page["items"]])
+                  j.get("reason"), j["updated_at"]) for j in page["items"]], whole=("id",))
     if page.get("counts"):
         out.print("  ".join(f"{k} {v}" for k, v in page["counts"].items()))
 

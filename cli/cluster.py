@@ -22,6 +22,7 @@ from cloudland.client import RootClient
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, NotFound, RootUnreachable
 from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, out
+from cloudland_cli.settings import root_endpoint
 
 LAUNCH_TIMEOUT_S = 120.0
 
@@ -91,16 +92,24 @@ def _fail(code: int, message: str) -> typer.Exit:
     return typer.Exit(code)
 
 
-Endpoint = Annotated[str, typer.Option(envvar="CLOUDLAND_GRPC", help="host:port of the root.")]
+def _root(endpoint: str | None) -> str:
+    try:
+        return root_endpoint(endpoint)
+    except ConfigError as exc:  # an unknown profile
+        raise _fail(EXIT_USAGE, str(exc)) from None
+
+
+Endpoint = Annotated[str | None, typer.Option(
+    envvar="CLOUDLAND_GRPC", help=f"host:port of the root [default: the profile's, else {DEFAULT_GRPC}].")]
 LauncherExec = Annotated[str | None, typer.Option(
     envvar="CLOUDLAND_LAUNCHER_EXEC", help="What mpiexec runs instead of ssh to reach a host.")]
 
 
 @cluster_app.command()
-def hosts(endpoint: Endpoint = DEFAULT_GRPC) -> None:
+def hosts(endpoint: Endpoint = None) -> None:
     """The hosts whose agents joined: leaves, hypervisors, relays placed there, connected or not."""
     try:
-        with RootClient(endpoint) as client:
+        with RootClient(_root(endpoint)) as client:
             reply = client.hosts()
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
@@ -119,7 +128,7 @@ def hosts(endpoint: Endpoint = DEFAULT_GRPC) -> None:
 @cluster_app.command()
 def join(
     names: Annotated[list[str], typer.Argument(help="Host names, as the launcher reaches them.")],
-    endpoint: Endpoint = DEFAULT_GRPC,
+    endpoint: Endpoint = None,
     leaves: Annotated[int, typer.Option(min=0, help="Leaf ranks per host; 0 takes every free slot.")] = 1,
     state_dir: Annotated[Path, typer.Option(help="Each host's state directory ({host}: its name).")]
     = Path("var/hosts/{host}"),
@@ -127,7 +136,7 @@ def join(
 ) -> None:
     """Start host agents on more hosts: they join the running tree (or rejoin it, after a loss)."""
     try:
-        with RootClient(endpoint) as client:
+        with RootClient(_root(endpoint)) as client:
             root = client.hosts().listen
         start_agents(names, root, Path(os.path.abspath(state_dir)), leaves, launcher_exec)
     except RootUnreachable as exc:
@@ -140,11 +149,11 @@ def join(
 @cluster_app.command()
 def remove(
     name: Annotated[str, typer.Argument(help="The host's name, as `cluster hosts` lists it.")],
-    endpoint: Endpoint = DEFAULT_GRPC,
+    endpoint: Endpoint = None,
 ) -> None:
     """Take a host out of the tree: its agent stops its ranks; its hypervisors leave (drain first)."""
     try:
-        with RootClient(endpoint) as client:
+        with RootClient(_root(endpoint)) as client:
             info = client.remove_host(name)
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None

@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -73,6 +72,16 @@ def connect(require_token: bool = True) -> Iterator[ApiClient]:
             yield client
 
 
+def confirmed(question: str, what: str, yes: bool) -> bool:
+    """True when ``--yes`` was given or the user answers yes on a terminal; with no terminal to ask
+    on and no ``--yes``, InvalidRequest (one line, exit 2 under ``api_errors``) naming ``what``."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise InvalidRequest(f"stdin is not a terminal to confirm on: pass --yes to {what}")
+    return typer.confirm(question, default=False, err=True)
+
+
 def print_json(value: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(value, indent=None, default=str) + "\n")
@@ -84,11 +93,24 @@ def styled(word: str | None) -> Text:
     return Text(text, style=_STATE_STYLE.get(text, "red" if word else ""))
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
-    """A Rich table of ``rows`` (Text cells keep their style; others become str)."""
-    table = Table(*columns, title=title)
-    for row in rows:
-        table.add_row(*(cell if isinstance(cell, Text) else Text("-" if cell is None else str(cell)) for cell in row))
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
+                whole: Sequence[str] = ()) -> None:
+    """A Rich table of ``rows`` (Text cells keep their style; others become str).
+
+    The ``whole`` columns (ids to paste into the next command) are never cut or wrapped, however
+    narrow the terminal: the other columns wrap and shrink instead (issue 16).
+    """
+    cells = [[cell if isinstance(cell, Text) else Text("-" if cell is None else str(cell)) for cell in row]
+             for row in rows]
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        if column in whole:
+            width = max([len(column), *(cell.cell_len for row in cells for cell in row[i:i + 1])])
+            table.add_column(column, no_wrap=True, min_width=width)
+        else:
+            table.add_column(column)
+    for row in cells:
+        table.add_row(*row)
     out.print(table)
 
 
@@ -130,6 +152,9 @@ def batch_counts(client: ApiClient, batch: str) -> Counter[str]:
 
 def watch_batches(client: ApiClient, batches: Sequence[str], total: int, label: str, show: bool = True) -> BatchOutcome:
     """Poll the batches' counts with a progress bar (stderr) until every job is terminal."""
+    # Imported here: only commands that wait for jobs draw a bar (issue 16, start-up time).
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"),
                TimeElapsedColumn())
     outcome = BatchOutcome()

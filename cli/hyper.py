@@ -6,16 +6,15 @@ explains (an unknown id, VMs still on a host to remove), 3 no API, 4 not an oper
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
-from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    confirmed,
     connect,
     fail,
     out,
@@ -26,7 +25,7 @@ from cloudland_cli.common import (
     styled,
 )
 
-hyper_app = typer.Typer(no_args_is_help=True, help="Hypervisors (admin).")
+hyper_app = typer.Typer(no_args_is_help=True)  # help: main.COMMANDS
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 HyperId = Annotated[int, typer.Argument(min=0, help="Hypervisor id (the tree's).")]
@@ -151,14 +150,10 @@ def hyper_remove(
     """
     with connect() as client:
         hyper = client.get(f"/hypervisors/{hypervisor}")
-        if not yes and hyper["state"] != "removed":
-            if not sys.stdin.isatty():
-                raise InvalidRequest(f"stdin is not a terminal to confirm on: pass --yes to remove hypervisor "
-                                     f"{hypervisor}")
-            question = (f"Remove hypervisor {hypervisor} ({hyper['hostname']}, {hyper['state']})? "
-                        "It is never placed on again")
-            if not typer.confirm(question, err=True):
-                fail(EXIT_FAILED, f"hypervisor {hypervisor} not removed")
+        question = (f"Remove hypervisor {hypervisor} ({hyper['hostname']}, {hyper['state']})? "
+                    "It is never placed on again")
+        if hyper["state"] != "removed" and not confirmed(question, f"remove hypervisor {hypervisor}", yes):
+            fail(EXIT_FAILED, f"hypervisor {hypervisor} not removed")
         removed = client.delete(f"/hypervisors/{hypervisor}")
     if as_json:
         print_json(removed)

@@ -1,30 +1,117 @@
-"""The ``cloudland`` console script: every command group in one Typer app.
+"""The ``cloudland`` console script: every command group in one Typer app, loaded on first use.
 
 ``tree`` (tree.py) and ``cluster`` (cluster.py) talk to the tree's root over gRPC; ``up``
 (up.py) starts the tree and the REST API together; the commands that talk to the API
-(configure, login, flavor, image, key, hyper, vm, job) are in cloud.py, vm.py and hyper.py,
-with the exit codes of common.py.
+(configure, login, flavor, image, key, job) are in cloud.py, vm.py and hyper.py, with the exit
+codes of common.py.
+
+A batch CLI runs in loops, so it must start fast (issue 16: ≤ 0.3 s). ``COMMANDS`` names each
+command's module and its one-line help, and a module is imported only when its command runs:
+``cloudland --help`` imports none of them, and ``cloudland vm list`` neither gRPC nor protobuf
+(tests/unit/test_cli_startup.py). Usage errors are one line, ``cloudland: ...``, exit 2.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any, NamedTuple
+
 import typer
+from typer import _click as click
+from typer.core import TyperGroup
+from typer.main import TyperInfo, get_command_from_info, get_group_from_info
 
-from cloudland_cli import cloud
-from cloudland_cli.cluster import cluster_app
-from cloudland_cli.tree import tree_app
-from cloudland_cli.up import up
+from cloudland_cli import settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-app.add_typer(tree_app, name="tree")
-app.add_typer(cluster_app, name="cluster", help="The hosts of a multi-host tree: list, join, remove.")
-cloud.register(app)
-app.command("up")(up)
+
+class Lazy(NamedTuple):
+    """A command not yet imported: ``module:attribute`` (a Typer app or a function) and its help line."""
+
+    target: str
+    help: str
+
+
+COMMANDS: dict[str, Lazy] = {
+    "tree": Lazy("cloudland_cli.tree:tree_app", "Start the message tree and send commands through it."),
+    "cluster": Lazy("cloudland_cli.cluster:cluster_app", "The hosts of a multi-host tree: list, join, remove."),
+    "configure": Lazy("cloudland_cli.cloud:configure",
+                      "Set a profile's API endpoint (and root address); without options, show it."),
+    "login": Lazy("cloudland_cli.cloud:login", "Log in and store the bearer token in the profile (mode 0600)."),
+    "flavor": Lazy("cloudland_cli.cloud:flavor_app", "VM sizes."),
+    "image": Lazy("cloudland_cli.cloud:image_app", "Disk images."),
+    "key": Lazy("cloudland_cli.cloud:key_app", "SSH public keys."),
+    "hyper": Lazy("cloudland_cli.hyper:hyper_app", "Hypervisors (admin): list, show, enable, disable, drain, remove."),
+    "vm": Lazy("cloudland_cli.vm:vm_app", "Virtual machines."),
+    "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
+    "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),
+}
+
+
+def load(name: str, entry: Lazy) -> click.Command:
+    """Import ``entry``'s module and build its Click command (plain help: no Rich, no markup)."""
+    module, _, attribute = entry.target.partition(":")
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        return get_group_from_info(TyperInfo(target, name=name, help=entry.help), pretty_exceptions_short=True,
+                                   suggest_commands=True, rich_markup_mode=None)
+    holder = typer.Typer()
+    holder.command(name)(target)
+    return get_command_from_info(holder.registered_commands[0], pretty_exceptions_short=True,
+                                 rich_markup_mode=None)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: commands from ``COMMANDS``, imported when first asked for; errors in one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.commands, *(name for name in COMMANDS if name not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.commands[cmd_name] = load(cmd_name, COMMANDS[cmd_name])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The help lines from COMMANDS: listing them must not import every module.
+        rows = [(name, COMMANDS[name].help if name in COMMANDS else self.commands[name].get_short_help_str())
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            code = exc.exit_code
+        except click.ClickException as exc:
+            # One line, as README promises, naming where more help is (issue 16: not Rich's box).
+            where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"cloudland: {exc.format_message()}{where}", err=True)
+            code = exc.exit_code
+        except typer.Abort:
+            click.echo("cloudland: aborted", err=True)
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=LazyGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 
 @app.callback()
-def cloudland() -> None:
+def cloudland(
+    profile: Annotated[str | None, typer.Option(
+        envvar="CLOUDLAND_PROFILE", help="The profile (endpoint and login) to use [default: the current one].")]
+    = None,
+) -> None:
     """CloudLand, a lightweight IaaS over an MPI message tree of hypervisor agents."""
+    settings.chosen_profile = profile
 
 
 def main() -> None:

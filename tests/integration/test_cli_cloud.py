@@ -175,7 +175,7 @@ def test_cloudland_up_then_readme_commands_in_tmux(tmp_path: Path) -> None:
                        cwd=REPO, config=tmp_path / "tmux-bulk.conf")
             bars, bulk_screen = watch_progress(bulk, timeout=120)
             assert bulk.exit_status() == 0 and re.search(r"^1000 created in ", bulk_screen, re.M), bulk_screen
-            assert cli.ok("vm", "delete", "--name", "bulk-*").returncode == 0
+            assert cli.ok("vm", "delete", "--name", "bulk-*", "--yes").returncode == 0
         assert bars, f"no progress bar seen while vm create ran; its last screen:\n{screen}"
         print(f"\nprogress bar seen {len(bars)} time(s), e.g. {bars[0]!r}")
 
@@ -192,7 +192,11 @@ def test_cloudland_up_then_readme_commands_in_tmux(tmp_path: Path) -> None:
         vms = cli.vms()
         assert len(vms) == COUNT and {v["status"] for v in vms} == {"stopped"}, vms
 
-        result = cli.ok("vm", "delete", "--name", "web-*")
+        # Many VMs by a pattern: asked on a terminal; with none to ask on, only --yes deletes (issue 16).
+        result = cli("vm", "delete", "--name", "web-*")
+        assert result.returncode == 2 and "pass --yes" in result.stderr, described(result)
+        assert len(cli.vms()) == COUNT
+        result = cli.ok("vm", "delete", "--name", "web-*", "--yes")
         assert re.search(rf"^{COUNT} deleted in ", result.stdout, re.M), described(result)
         assert cli.vms() == []
 

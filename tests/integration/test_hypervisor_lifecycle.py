@@ -86,7 +86,7 @@ def test_a_tree_restarted_with_fewer_hypervisors(make_cloud: Any, make_tree: Any
     assert done.returncode == 2 and f"hypervisor {host} still has {len(names)} VM" in done.stderr, described(done)
 
     # One command over live and gone VMs: the live ones through the tree, the gone ones at once.
-    done = cloud.cli("vm", "delete", "--name", "web-*")
+    done = cloud.cli("vm", "delete", "--name", "web-*", "--yes")
     assert done.returncode == 0 and done.stdout.startswith(f"{len(vms)} deleted in "), described(done)
     assert cloud.instances() == []
     jobs = [j for j in cloud.get("/jobs", limit=50)["items"] if j["action"] == "delete"]

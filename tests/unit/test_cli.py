@@ -106,7 +106,9 @@ class FakeRoot(root_pb2_grpc.RootServicer):
         leaf = pb.PeerStatus(node=pb.NodeId(first_leaf=2, end_leaf=3), state=pb.PEER_SLOW, pid=42,
                              host="h1", last_heard_ms=now_ms - 3000, rss_kib=20480, respawns=1)
         event = pb.PeerEvent(node=leaf.node, state=pb.PEER_SLOW, reason="3 heartbeats missed", at_ms=now_ms)
-        return root_pb2.HealthReply(peers=[leaf, relay], events=[event], hypervisors_ok=8, rejected=2)
+        # The root lists itself first (proto/README.md §8), its range the whole tree's, as a relay's would be.
+        root = pb.PeerStatus(node=pb.NodeId(first_leaf=0, end_leaf=3), relay=True, state=pb.PEER_OK, pid=7)
+        return root_pb2.HealthReply(peers=[root, leaf, relay], events=[event], hypervisors_ok=8, rejected=2)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +208,9 @@ def test_health_shows_peers_events_and_counters(fake_root: tuple[str, FakeRoot])
     for text in ("relay[0:2)", "leaf 2", "SLOW", "20.0", "3 heartbeats missed", f"hypervisors ok 8/{HYPERVISORS}"):
         assert text in result.stdout
     assert result.stdout.index("relay[0:2)") < result.stdout.index("leaf 2")
+    # The root is labelled root, not relay[0:3): killing it would end the cloud (issue 16).
+    assert "relay[0:3)" not in result.stdout
+    assert [line.split()[1:5:2] for line in result.stdout.splitlines() if " 7 " in line] == [["root", "root"]]
 
 
 def test_topology_json(fake_root: tuple[str, FakeRoot]) -> None:
