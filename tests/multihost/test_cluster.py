@@ -181,10 +181,19 @@ def test_a_lost_host_goes_down_and_rejoins_five_times(cluster: LabCloud, how: st
         assert [vm["status"] for vm in vms] == ["running", "running"], vms
     else:
         # Simulated hypervisors keep their domains in the leaf's memory, so a leaf that died
-        # took them along (libvirtd keeps real ones): the reconciler says so, naming the
-        # hypervisor. Re-creating them is the converging reconciler's work (issue 9).
-        assert all(vm["status"] == "error" and "missing on hypervisor" in (vm["status_reason"] or "")
-                   for vm in vms), vms
+        # took them along (libvirtd keeps real ones): the converging reconciler defines them
+        # again where they were, by `recover` jobs of its own, and they run.
+        placed = {vm["id"]: vm["hypervisor_id"] for vm in vms}
+        assert set(placed.values()) <= set(ids), vms
+        wait_until(lambda: [vm["status"] for vm in cluster.cloud.instances(name=f"{name}-*")] == ["running"] * 2,
+                   30, f"{name} running again")
+        vms = cluster.cloud.instances(name=f"{name}-*")
+        assert {vm["id"]: vm["hypervisor_id"] for vm in vms} == placed, vms
+        for vm in vms:
+            recovered = [job for job in cluster.cloud.get("/jobs", instance=vm["id"], limit=100)["items"]
+                         if job["action"] == "recover"]
+            assert recovered and all(job["batch"].startswith("reconcile-") for job in recovered), recovered
+            assert recovered[0]["state"] == "succeeded", recovered
 
 
 def test_a_new_host_joins_live_and_gets_vms_and_a_drained_host_is_removed(cluster: LabCloud):
