@@ -99,7 +99,7 @@ class Hypervisor:
         )
 
     def _instance_id(self, domain: Any, uuid: str) -> int:
-        """The instance id in the domain's CloudLand metadata (agents/domain.py), 0 if it has none:
+        """The instance id in the domain's CloudLand metadata (agents/compute/domain.py), 0 if it has none:
         the reconciler removes orphans of its own only. Read once per uuid: metadata is set at define."""
         known = self._instance_ids.get(uuid)
         if known is None:

@@ -1,5 +1,5 @@
 """``/api/v1/hypervisors``: the tree's hosts as its reports show them (operator organisation only);
-drain, undrain and remove them (its admins). States and rules: api/hypervisors.py."""
+drain, undrain and remove them (its admins). States and rules: api/services/hypervisors.py."""
 
 from __future__ import annotations
 
