@@ -29,10 +29,12 @@ from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.models import INSTANCE, Flavor, Image, Instance, Job, JobState, Role, SshKey
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Role
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import crud, hypervisors, scheduler
+from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
+from cloudland_api.services.ssh_keys import get_ssh_key
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +73,12 @@ def to_send(jobs: Sequence[Job]) -> list[str]:
 # -- references -----------------------------------------------------------------------------
 
 
-def resolve_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:
-    """A flavor of the caller's organisation by id or name."""
-    return crud.get(session, Flavor, caller, ref, "flavor")
-
-
 def resolve_image(session: Session, caller: Caller, ref: int | str) -> Image:
     """An active image of the caller's organisation by id or name; Conflict while it has no data."""
     image = crud.get(session, Image, caller, ref, "image")
     if image.status != "active":
         raise Conflict(f"image {image.name!r} ({image.id}) is {image.status}: upload its file before booting from it")
     return image
-
-
-def resolve_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:
-    """An SSH key of the caller's organisation by id or name."""
-    return crud.get(session, SshKey, caller, ref, "ssh key")
 
 
 # -- instances ------------------------------------------------------------------------------
@@ -111,9 +103,9 @@ def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: 
 def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
     """``spec.count`` new instances and their create jobs, committed together."""
     caller.require(Role.admin, Role.member)
-    flavor = resolve_flavor(session, caller, spec.flavor)
+    flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image)
-    key = resolve_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
+    key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
     names = instance_names(spec.name, spec.count)
     taken = session.scalars(
         select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
@@ -242,7 +234,7 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
     instance = get_instance(session, caller, instance_id, lock=True)
     caller.require(Role.admin, Role.member)
-    flavor = resolve_flavor(session, caller, flavor_ref)
+    flavor = get_flavor(session, caller, flavor_ref)
     _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         # An ``error`` instance whose create found no room: there is no host to claim the new size on
