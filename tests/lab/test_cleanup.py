@@ -127,6 +127,10 @@ from cloudland_lab import Lab
 lab = Lab(sys.argv[1]).up(["h1", "h2"])
 lab.cut("h2")
 proc = lab.popen("h1", ["sleep", "300"], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+import time
+deadline = time.monotonic() + 10  # the process enters h1's namespaces a moment after popen returns
+while not lab.pids("h1") and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(json.dumps(sorted(lab.pids("h1"))), flush=True)
 os._exit(0)  # no down(): everything stays behind
 '''
