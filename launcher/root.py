@@ -163,13 +163,13 @@ class Root:
             out.put(DuplicateJob(f"job {command.job_id} is already in flight"))
             return
         kind = command.targets.WhichOneof("kind")
-        present = self.members.present()
         if kind == "all":
-            share, wanted = None, set(present)
+            share, wanted, missing = None, set(self.members.present()), set()
         else:
             ids = [command.targets.hypervisor] if kind == "hypervisor" else list(command.targets.set.ids)
             wanted = set(ids)
-            share = sorted(wanted & present)
+            missing = {hv for hv in wanted if not self.members.holds(hv)}
+            share = sorted(wanted - missing)
         job = Job(command, wanted, out)
         self.jobs[command.job_id] = job
         heapq.heappush(self.deadlines, (command.deadline_ms, command.job_id))
@@ -178,7 +178,7 @@ class Root:
                 f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})"
                 if hv >= self.shape.hypervisors else
                 f"hypervisor {hv} is not in the tree: no host holds it (job {command.job_id})"))
-            for hv in sorted(wanted - present)
+            for hv in sorted(missing)
         ]
         if unknown:
             self._on_replies(batch_of(unknown))

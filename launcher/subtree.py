@@ -200,6 +200,7 @@ class Subtree:
             raise WireError(f"job {command.job_id} targets outside {self.me}: {exc}") from exc
         if command.deadline_ms:
             self.deadlines[command.job_id] = command.deadline_ms
+        sent: list[Link] = []
         for node, ids in shares.items():
             child = self._by_node[node]
             owed = set(self.shape.hypervisors_of(node) if ids is None else ids)
@@ -220,9 +221,14 @@ class Subtree:
             child.pending[command.job_id] = owed
             log.debug("event=command_down job=%s peer=%s targets=%s", command.job_id, node, kind_of(sub))
             try:
-                child.link.send(wire.encode(command=sub))
+                child.link.send(wire.encode(command=sub), ring=False)
+                sent.append(child.link)
             except PeerLost as exc:
                 self._lose(child, str(exc))
+        # Wake the children only once every message is queued: a child woken on this host
+        # can take the CPU from us before we queue the next one.
+        for link in sent:
+            link.ring()
         return immediate
 
     def pending(self, job_id: str) -> int:
@@ -250,11 +256,16 @@ class Subtree:
     def poll(self) -> bool:
         """Read every child's messages; True if anything arrived."""
         active = False
+        # Every probe drives the whole provider's progress (§7), so with several children a link
+        # to a child on this host is probed once: the later probes complete what the earlier
+        # ones started reading, and such a child pushed its message before ringing us. A child
+        # on another host does not ring: its link keeps the second probe.
+        several = len(self.children) > 1
         for child in self.children:
             if child.link is None or child.state == pb.PEER_LOST:
                 continue
             try:
-                raw = child.link.poll()
+                raw = child.link.poll(again=not (several and child.link.peer_pid))
             except PeerLost as exc:
                 self._lose(child, str(exc))
                 active = True
