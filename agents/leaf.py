@@ -24,7 +24,8 @@ from cloudland_agents import ops
 from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
-from cloudland_agents.hypervisor import Hypervisor, open_simulated
+from cloudland_agents.network import ops as _network_ops  # noqa: F401 - registers net.sync, net.apply
+from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -38,12 +39,14 @@ class Leaf(ChildRank):
         shape = Shape(self.assign.hypervisors, self.assign.per_leaf, self.assign.fanout)
         ids = shape.hypervisors_of(self.node)
         state_dir = self.state_dir  # this host's, from its host agent (the root's may be elsewhere)
+        vtep = underlay_address(self.listen_host)  # the host's address on the underlay (issue 11)
         if settings.get("driver", "test") == "test":
-            self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
+            self.hypervisors = {hv: open_simulated(hv, state_dir, vtep) for hv in ids}
         else:
             uri = settings.get("libvirt_uri", "qemu:///system")
             vnc_listen = settings.get("vnc_listen", "127.0.0.1")
-            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen) for hv in ids}
+            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen, vtep)
+                                for hv in ids}
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()

@@ -1,0 +1,112 @@
+"""The ``net.*`` agent operations (contract: proto/v1/network.proto).
+
+Each hypervisor has one ``Network``: the VPC states it holds (desired.py, on disk) and its data
+plane (reconcile.py). Its operations are serialised by one lock, since a sync may touch every
+subnet; they run on worker threads (netlink and dnsmasq may take a moment). Both end in the
+same convergence of the whole hypervisor, so an apply also repairs whatever else drifted.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cloudland.errors import InvalidRequest
+from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
+from cloudland_agents.network.desired import HeldStates, check_port, check_subnet, check_vpc, plan
+from cloudland_agents.network.names import Names
+from cloudland_agents.network.reconcile import DataPlane
+from cloudland_agents.ops import Context, operation
+from cloudland_proto.v1 import network_pb2 as npb
+
+
+class Network:
+    """The tenant networks of one hypervisor."""
+
+    def __init__(self, hypervisor: Hypervisor, names: Names | None = None) -> None:
+        self.hypervisor = hypervisor.id
+        self.names = names or Names()
+        directory = hypervisor.state_dir / "network" / self.names.prefix
+        self.held = HeldStates(directory)
+        self.plane = DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.plane.close()
+
+    def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
+        for state in request.vpcs:
+            check_vpc(state)
+        with self._lock:
+            listed = {state.vpc_id for state in request.vpcs}
+            for vpc_id in list(self.held.vpcs):
+                if request.full and vpc_id not in listed:
+                    self.held.drop(vpc_id)
+            for state in request.vpcs:
+                if state.subnets:
+                    self.held.put(state)
+                else:
+                    self.held.drop(state.vpc_id)
+            changes = self.plane.converge(plan(self.held.vpcs.values(), self.hypervisor, self.plane.vtep))
+            return npb.NetSyncResult(
+                vpcs=[npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
+                      for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)],
+                added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
+
+    def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
+        if request.generation <= request.from_generation:
+            raise InvalidRequest(f"generation {request.generation} must be above from_generation "
+                                 f"{request.from_generation}")
+        with self._lock:
+            held = self.held.vpcs.get(request.vpc_id)
+            if held is not None and held.generation == request.generation:
+                return npb.NetApplyResult(generation=held.generation)  # a replay
+            if held is None or held.generation != request.from_generation:
+                return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
+            state = applied(held, request)
+            self.plane.converge(plan([*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state],
+                                     self.hypervisor, self.plane.vtep))
+            if state.subnets:
+                self.held.put(state)
+            else:
+                self.held.drop(state.vpc_id)
+            return npb.NetApplyResult(generation=state.generation)
+
+
+def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcState:
+    """``held`` with ``delta`` applied; InvalidRequest naming a bad field of the delta."""
+    where = f"vpc {delta.vpc_id}"
+    subnets = {s.id: s for s in held.subnets}
+    for subnet_id in delta.remove_subnets:
+        subnets.pop(subnet_id, None)
+    for subnet in delta.upsert_subnets:
+        check_subnet(subnet, where)
+        subnets[subnet.id] = subnet
+    ports = {p.id: p for p in held.ports}
+    for port_id in delta.remove_ports:
+        ports.pop(port_id, None)
+    for port in delta.upsert_ports:
+        check_port(port, None, where)
+        ports[port.id] = port
+    # A port of a subnet this hypervisor does not hold is a part of the delta that does not concern it.
+    ports = {i: p for i, p in ports.items() if p.subnet_id in subnets}
+    state = npb.NetVpcState(vpc_id=held.vpc_id, generation=delta.generation, mtu=held.mtu, domain=held.domain,
+                            subnets=sorted(subnets.values(), key=lambda s: s.id),
+                            ports=sorted(ports.values(), key=lambda p: p.id))
+    check_vpc(state)
+    return state
+
+
+# The network of each hypervisor; ``network_for.set`` installs another (another prefix) in tests.
+network_for: PerHypervisor[Network] = PerHypervisor(Network)
+
+
+@operation("net.sync")
+def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
+    """Make the listed VPCs (with ``full``, all VPCs) exactly as requested; see network.proto."""
+    return network_for(ctx.hypervisor).sync(request)
+
+
+@operation("net.apply")
+def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
+    """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
+    return network_for(ctx.hypervisor).apply(request)
