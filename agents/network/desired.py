@@ -1,7 +1,7 @@
 """What one hypervisor must have of its VPCs, and the VPC states it holds on disk.
 
 The agent holds each VPC's last state (``NetVpcState``, proto/v1/network.proto) with its
-generation, in ``<state dir>/network/<prefix>/vpc-<id>.pb`` (0600), so that a restarted agent
+generation, in ``<state dir>/network/<prefix>-hv<id>/vpc-<id>.pb`` (0600), so that a restarted agent
 knows which generation it holds. From those states ``plan`` computes the objects the kernel
 must have, per subnet (keyed by VNI): a subnet is made on this hypervisor when it has a port
 bound here (the model of network.proto); its remote ports become FDB entries (MAC → VTEP) and

@@ -3,7 +3,7 @@
 The namespace ``<prefix>d<vni>`` holds one veth end, ``d0``, with the subnet's server address;
 its other end, also called ``<prefix>d<vni>``, is a port of the subnet's bridge. dnsmasq serves
 static leases only (an unknown MAC gets nothing) from ``dhcp-hosts`` and the VPC's names from
-``hosts``, both in the subnet's directory ``<state dir>/network/<prefix>/<prefix>d<vni>/``. A
+``hosts``, both in the subnet's directory ``<state dir>/network/<prefix>-hv<id>/<prefix>d<vni>/``. A
 change of leases or names rewrites those files and sends SIGHUP: no restart, no lease lost.
 Everything else (range, router, DNS, MTU, domain) is on dnsmasq's command line, so the running
 process's ``/proc/<pid>/cmdline`` tells whether it is right; when it is not, dnsmasq restarts.

@@ -13,6 +13,7 @@ import threading
 from cloudland.errors import InvalidRequest
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.network.desired import HeldStates, check_port, check_subnet, check_vpc, plan
+from cloudland_agents.network.fake import FakeDataPlane
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
 from cloudland_agents.ops import Context, operation
@@ -20,14 +21,17 @@ from cloudland_proto.v1 import network_pb2 as npb
 
 
 class Network:
-    """The tenant networks of one hypervisor."""
+    """The tenant networks of one hypervisor: the kernel's (``DataPlane``), or with ``fake`` a
+    ``FakeDataPlane`` that touches nothing."""
 
-    def __init__(self, hypervisor: Hypervisor, names: Names | None = None) -> None:
+    def __init__(self, hypervisor: Hypervisor, names: Names | None = None, fake: bool = False) -> None:
         self.hypervisor = hypervisor.id
         self.names = names or Names()
-        directory = hypervisor.state_dir / "network" / self.names.prefix
+        # Per hypervisor: the simulated hypervisors of one leaf share its state directory.
+        directory = hypervisor.state_dir / "network" / f"{self.names.prefix}-hv{hypervisor.id}"
         self.held = HeldStates(directory)
-        self.plane = DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep)
+        self.plane: DataPlane | FakeDataPlane = (
+            FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep))
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -37,16 +41,17 @@ class Network:
         for state in request.vpcs:
             check_vpc(state)
         with self._lock:
-            listed = {state.vpc_id for state in request.vpcs}
-            for vpc_id in list(self.held.vpcs):
-                if request.full and vpc_id not in listed:
-                    self.held.drop(vpc_id)
+            vpcs: dict[int, npb.NetVpcState] = {} if request.full else dict(self.held.vpcs)
             for state in request.vpcs:
-                if state.subnets:
+                vpcs[state.vpc_id] = state
+            vpcs = {vpc_id: state for vpc_id, state in vpcs.items() if state.subnets}  # none: removed
+            plans = plan(vpcs.values(), self.hypervisor, self.plane.vtep)  # refused here: nothing changed
+            for vpc_id in set(self.held.vpcs) - set(vpcs):
+                self.held.drop(vpc_id)
+            for state in request.vpcs:
+                if state.vpc_id in vpcs:
                     self.held.put(state)
-                else:
-                    self.held.drop(state.vpc_id)
-            changes = self.plane.converge(plan(self.held.vpcs.values(), self.hypervisor, self.plane.vtep))
+            changes = self.plane.converge(plans)
             return npb.NetSyncResult(
                 vpcs=[npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
                       for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)],
@@ -96,8 +101,15 @@ def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcStat
     return state
 
 
-# The network of each hypervisor; ``network_for.set`` installs another (another prefix) in tests.
-network_for: PerHypervisor[Network] = PerHypervisor(Network)
+def simulated(hypervisor: Hypervisor) -> bool:
+    """A libvirt ``test:///`` hypervisor: one of many sharing a leaf and its network namespace."""
+    return hypervisor.uri.startswith("test://")
+
+
+# The network of each hypervisor: simulated ones get the fake data plane (their bridges would
+# collide in the one namespace they share; a namespace each is a later step of issue 11).
+# ``network_for.set`` installs another (another prefix, the real kernel) in tests.
+network_for: PerHypervisor[Network] = PerHypervisor(lambda hv: Network(hv, fake=simulated(hv)))
 
 
 @operation("net.sync")

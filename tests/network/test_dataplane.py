@@ -7,11 +7,14 @@ would. One lab for the module; the scenarios run in order and share it.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from cloudland_agents.network.names import Names
 from cloudland_proto.v1 import network_pb2 as npb
 from tests.network.dataplane import (
     DHCP_ADDRESS,
@@ -46,7 +49,7 @@ class World:
         return f"{self.prefix}g{tenant.letter}{n}"
 
     def bridge(self, tenant: Tenant) -> str:
-        return f"{self.prefix}b{tenant.vni}"
+        return Names(self.prefix).bridge(tenant.vni)
 
     def close(self) -> None:
         for agent, name in self.guests:
@@ -67,6 +70,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(session_lab_factory):
+    missing = [tool for tool in ("dnsmasq", "busybox", "tcpdump", "bridge", "nsenter") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the data-plane tests need {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
     lab = session_lab_factory(HOSTS)
     world = World(lab, run_prefix())
     try:
@@ -112,6 +118,7 @@ def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:
                 # By name: the VPC's DNS (the local dnsmasq) answers, then the guest pings that address.
                 address = resolve(lab, host, guest, tenant.name(m))
                 assert address == tenant.ip(m), (guest, tenant.name(m), address)
+                assert resolve(lab, host, guest, f"{tenant.name(m)}.{tenant.word}.test") == address
                 assert ping(lab, host, guest, address)
             other = next(t for t in world.tenants if t is not tenant)
             assert resolve(lab, host, guest, other.name(n)) == "", "another tenant's name resolved"
@@ -157,6 +164,23 @@ def test_the_same_sync_again_changes_nothing(world: World) -> None:
     assert objects["netns"] == sorted([f"{p}d101", f"{p}d202", f"{p}ga1", f"{p}gb1"])
     assert len(objects["fdb"]) == 4 and len(objects["neighbours"]) == 4, objects  # 2 remote ports x 2 tenants
     assert len(objects["dnsmasq"]) == 2
+
+
+def test_a_sync_repairs_what_was_broken_and_only_that(world: World) -> None:
+    lab, h2 = world.lab, world.agents[1]
+    alpha = world.tenants[0]
+    names = Names(world.prefix)
+    before = kernel_objects(lab, "h2", world.prefix)
+    dnsmasq = [pid for pid in before["dnsmasq"] if f"{names.dhcp(alpha.vni)}/pid" in
+               Path(f"/proc/{pid}/cmdline").read_text()]
+    lab.run("h2", f"kill -9 {dnsmasq[0]}; bridge fdb del {alpha.mac(1)} dev {names.vxlan(alpha.vni)} dst {world.agents[0].vtep};"
+                  f" ip neigh del {alpha.ip(3)} dev {names.vxlan(alpha.vni)}", check=True)
+    result = h2.sync(world.states())
+    assert (result["added"], result["removed"]) == (3, 0), result  # dnsmasq, one FDB entry, one neighbour
+    after = kernel_objects(lab, "h2", world.prefix)
+    assert {k: v for k, v in after.items() if k != "dnsmasq"} == {k: v for k, v in before.items() if k != "dnsmasq"}
+    assert len(after["dnsmasq"]) == 2 and dnsmasq[0] not in after["dnsmasq"]
+    assert ping(lab, "h2", world.guest(alpha, 2), alpha.ip(1)) and ping(lab, "h2", world.guest(alpha, 2), alpha.ip(3))
 
 
 def test_apply_at_the_held_generation_and_need_sync_after_a_gap(world: World) -> None:
@@ -223,6 +247,6 @@ def test_removing_the_vpcs_removes_every_object(world: World) -> None:
         assert result["added"] == 0 and result["removed"] > 0 and result["vpcs"] == [], result
         assert kernel_objects(world.lab, agent.host, world.prefix) == {
             "links": [], "netns": [], "fdb": [], "neighbours": [], "dnsmasq": []}
-        assert not list((agent.state_dir / "network" / world.prefix).glob("vpc-*"))
+        assert not list((agent.state_dir / "network" / f"{world.prefix}-hv{agent.hypervisor}").glob("vpc-*"))
         again = agent.sync([], full=True)
         assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, 0)
