@@ -93,6 +93,9 @@ class DhcpServers:
         name = self.names.dhcp(vni)
         try:
             if name not in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []):
+                stale = self._inside.pop(vni, None)  # a handle on a namespace removed behind our back
+                if stale is not None:
+                    stale.close()
                 netns.create(name)
                 changes.added += 1
             else:
@@ -118,6 +121,8 @@ class DhcpServers:
         if pid:
             _stop(pid)
             changes.removed += 1
+        # Whatever else runs in our namespace (a dnsmasq whose pid file was lost) holds its ports.
+        kill_in_netns(NETNS_DIR / name)
         self._start(vni, argv)
         changes.added += 1
 
@@ -202,6 +207,8 @@ class DhcpServers:
         handle = self._inside.pop(vni, None)
         if handle is not None:
             handle.close()
+        if (NETNS_DIR / name).exists():
+            kill_in_netns(NETNS_DIR / name)
         try:
             for index in self.host.link_lookup(ifname=name):
                 self.host.link("del", index=index)
@@ -261,3 +268,20 @@ def _write_if_changed(path: Path, text: str) -> bool:
         file.write(text)
     tmp.replace(path)
     return True
+
+
+def kill_in_netns(path: Path) -> None:
+    """SIGKILL every process whose network namespace is the one at ``path`` (a namespace of ours)."""
+    target = os.stat(path)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -10,7 +10,6 @@ QEMU. Names are the caller's: give them the data plane's prefix and the test run
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
+
+from cloudland_agents.network.dhcp import kill_in_netns
 
 NETNS_DIR = Path("/run/netns")
 
@@ -118,19 +119,3 @@ class Guest:
             kill_in_netns(NETNS_DIR / self.name)
             netns.remove(self.name)
 
-
-def kill_in_netns(path: Path) -> None:
-    """SIGKILL every process whose network namespace is the one at ``path``."""
-    target = os.stat(path)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry}/ns/net")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            try:
-                os.kill(int(entry), 9)
-            except ProcessLookupError:
-                pass
