@@ -24,7 +24,8 @@ from cloudland_agents import ops
 from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
-from cloudland_agents.network import ops as _network_ops  # noqa: F401 - registers net.sync, net.apply
+from cloudland_agents.network.names import DEFAULT_PREFIX, Names
+from cloudland_agents.network.ops import Network, network_for, simulated  # registers net.sync, net.apply
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -47,6 +48,11 @@ class Leaf(ChildRank):
             vnc_listen = settings.get("vnc_listen", "127.0.0.1")
             self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen, vtep)
                                 for hv in ids}
+        # The data plane (agents/network/): made now, so it reads its held state at the start.
+        network, prefix = settings.get("network", ""), Names(settings.get("network_prefix") or DEFAULT_PREFIX)
+        for hypervisor in self.hypervisors.values():
+            fake = network == "fake" or (not network and simulated(hypervisor))
+            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cloudland.config import NETWORK_PREFIX_RE
 from cloudland.errors import InvalidRequest
 
 DEFAULT_PREFIX = "cl"
-PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
 MAX_VNI = (1 << 24) - 1
 DHCP_INSIDE = "d0"  # the DHCP namespace's end of its veth; that namespace holds nothing else
 
@@ -30,7 +30,7 @@ class Names:
     prefix: str = DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
-        if not PREFIX_RE.fullmatch(self.prefix):
+        if not NETWORK_PREFIX_RE.fullmatch(self.prefix):
             raise ValueError(f"bad network name prefix {self.prefix!r}: 1-6 lowercase letters and digits, "
                              "starting with a letter")
 
