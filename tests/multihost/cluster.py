@@ -81,6 +81,8 @@ class LabCloud:
                 return False
 
         wait_for(api_answers, 180, "the cluster's API to answer", every=0.5)
+        # The API may answer before it has written the admin's credentials (a race seen on a busy machine).
+        wait_for((self.state_dir / "admin-credentials").exists, 60, "the admin credentials", every=0.2)
         tree = Tree(self.proc, self.client, self.state_dir, self.grpc, hypervisors)  # type: ignore[arg-type]
         self.cloud = Cloud(tree, self.state_dir, "")
         fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())
