@@ -8,6 +8,7 @@ and memory come from the ``<node>`` element of its file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 import weakref
@@ -39,14 +40,16 @@ T = TypeVar("T")
 
 class Hypervisor:
     """One libvirt host. ``vnc_listen`` is the address real guests' VNC displays listen on, ""
-    for none (agents/compute/ops.py); simulated guests get none."""
+    for none (agents/compute/ops.py); simulated guests get none. ``vtep`` is the host's underlay
+    IPv4 address, where its VXLAN tunnels end (agents/network/), "" if unknown."""
 
     def __init__(self, hypervisor_id: int, uri: str, hostname: str, state_dir: Path | None = None,
-                 vnc_listen: str = "127.0.0.1") -> None:
+                 vnc_listen: str = "127.0.0.1", vtep: str = "") -> None:
         self.id = hypervisor_id
         self.uri = uri
         self.hostname = hostname
         self.vnc_listen = vnc_listen
+        self.vtep = vtep
         # Where this agent keeps its files: guests' disks and drives, the image cache (agents/compute/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
         self._instance_ids: dict[str, int] = {}  # uuid -> CloudLand's instance id (0: none), read once
@@ -96,6 +99,7 @@ class Hypervisor:
             domains=len(vms),
             running_domains=running,
             vms=vms,
+            vtep=self.vtep,
         )
 
     def _instance_id(self, domain: Any, uuid: str) -> int:
@@ -142,7 +146,17 @@ def simulated_node_xml(hypervisor_id: int) -> str:
     return ET.tostring(node, encoding="unicode")
 
 
-def open_simulated(hypervisor_id: int, state_dir: Path) -> Hypervisor:
+def underlay_address(listen: str) -> str:
+    """The VTEP of a host whose ranks listen on ``listen`` (its address on the network that
+    reaches the root, launcher/hostd.py): that address if it is one IPv4 address, else ""."""
+    try:
+        address = ipaddress.IPv4Address(listen)
+    except ValueError:
+        return ""
+    return "" if address.is_unspecified else str(address)
+
+
+def open_simulated(hypervisor_id: int, state_dir: Path, vtep: str = "") -> Hypervisor:
     """Write the host file of a simulated hypervisor (once) and connect to it."""
     hosts = state_dir / "hosts"
     hosts.mkdir(parents=True, exist_ok=True)
@@ -151,7 +165,7 @@ def open_simulated(hypervisor_id: int, state_dir: Path) -> Hypervisor:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(simulated_node_xml(hypervisor_id))
         tmp.replace(path)
-    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir)
+    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir, vtep=vtep)
 
 
 class PerHypervisor(Generic[T]):

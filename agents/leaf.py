@@ -9,6 +9,7 @@ batches; heartbeats carry the resource reports that changed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -24,7 +25,9 @@ from cloudland_agents import ops
 from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
-from cloudland_agents.hypervisor import Hypervisor, open_simulated
+from cloudland_agents.network.names import DEFAULT_PREFIX, Names
+from cloudland_agents.network.ops import Network, network_for, repair_loop, simulated  # registers net.*
+from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -38,12 +41,24 @@ class Leaf(ChildRank):
         shape = Shape(self.assign.hypervisors, self.assign.per_leaf, self.assign.fanout)
         ids = shape.hypervisors_of(self.node)
         state_dir = self.state_dir  # this host's, from its host agent (the root's may be elsewhere)
+        vtep = underlay_address(self.listen_host)  # the host's address on the underlay (issue 11)
         if settings.get("driver", "test") == "test":
-            self.hypervisors = {hv: open_simulated(hv, state_dir) for hv in ids}
+            self.hypervisors = {hv: open_simulated(hv, state_dir, vtep) for hv in ids}
         else:
             uri = settings.get("libvirt_uri", "qemu:///system")
             vnc_listen = settings.get("vnc_listen", "127.0.0.1")
-            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen) for hv in ids}
+            self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen, vtep)
+                                for hv in ids}
+        # The data plane (agents/network/): made now, so it reads its held state at the start.
+        network, prefix = settings.get("network", ""), Names(settings.get("network_prefix") or DEFAULT_PREFIX)
+        kernel: list[Network] = []
+        for hypervisor in self.hypervisors.values():
+            fake = network == "fake" or (not network and simulated(hypervisor))
+            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
+            kernel += [] if fake else [network_for(hypervisor)]
+        self.repair_stop = threading.Event()
+        if kernel:  # a fake cannot drift
+            threading.Thread(target=repair_loop, args=(kernel, self.repair_stop), name="net-repair", daemon=True).start()
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
         self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
         self.in_progress: Counter[str] = Counter()
@@ -167,6 +182,7 @@ class Leaf(ChildRank):
         return report
 
     def leave(self, reason: str) -> None:
+        self.repair_stop.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -5,7 +5,7 @@ cloudland/operations.py knows: the leaf unpacks the command's request into that 
 request message (a wrong type is INVALID_ARGUMENT before any work), and packs the result
 message (None, or an empty message, is an OK without result). Inline operations are quick
 and never block, so they run on the MPI thread; the rest run on the agent's worker threads.
-The domains register theirs in agents/compute/ and agents/images/. Contract of every
+The domains register theirs in agents/compute/, agents/images/ and agents/network/. Contract of every
 operation (proto/v1/*.proto): raise InvalidRequest for a request out of range, HypervisorError
 when the work fails; be idempotent on ``ctx.job_id`` if destructive.
 """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from cloudland.topology import DEFAULT_FANOUT, Shape
 
 DEFAULT_GRPC = "127.0.0.1:50551"
 _TRUE = ("1", "true", "yes", "on")
+# The network objects' name prefix (agents/network/names.py): a link is <prefix><kind><vni>, and
+# must stay within 15 characters with a VNI of 8 digits.
+NETWORK_PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,5}")
 _FALSE = ("0", "false", "no", "off", "")
 
 
@@ -46,6 +50,10 @@ class TreeSettings:
     vnc_listen: str = "127.0.0.1"    # where real guests' VNC displays listen (driver "libvirt"); "": none
     state_dir: Path = field(default_factory=lambda: Path("var"))
     test_ops: bool = False           # register test-only agent operations (tests only)
+    # The agents' data plane of tenant networks (agents/network/): "kernel" (bridges, VXLAN,
+    # dnsmasq), "fake" (in memory), "" for the driver's: kernel with "libvirt", fake with "test".
+    network: str = ""
+    network_prefix: str = "cl"       # the name prefix of every network object the agents make
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "max_sleep_s", "local_max_sleep_s", "linger_s", "deadline_s"):
@@ -57,6 +65,11 @@ class TreeSettings:
             )
         if self.driver not in ("test", "libvirt"):
             raise ConfigError(f"CLOUDLAND_DRIVER must be 'test' or 'libvirt', got {self.driver!r}")
+        if self.network not in ("", "kernel", "fake"):
+            raise ConfigError(f"CLOUDLAND_NETWORK must be 'kernel', 'fake' or empty, got {self.network!r}")
+        if not NETWORK_PREFIX_RE.fullmatch(self.network_prefix):
+            raise ConfigError(f"CLOUDLAND_NETWORK_PREFIX must be 1-6 lowercase letters and digits, starting with a "
+                              f"letter (link names stay within 15 characters), got {self.network_prefix!r}")
         if self.vnc_listen and canonical_ip(self.vnc_listen) is None:
             raise ConfigError(f"CLOUDLAND_VNC_LISTEN must be an IPv4 or IPv6 address (without a zone), "
                               f"or empty for none, got {self.vnc_listen!r}")

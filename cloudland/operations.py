@@ -4,7 +4,8 @@ An operation is named by a string (``vm.create``) and carries one request messag
 ``Command.request`` and, when OK and not empty, one result message in ``Reply.result``, both
 as ``google.protobuf.Any`` (proto/README.md, "Operations: how they are carried and
 versioned"). The API packs requests and reads results here; agents unpack requests here.
-The messages and their contracts are in proto/v1/compute.proto, image.proto and diag.proto.
+The messages and their contracts are in proto/v1/compute.proto, image.proto, network.proto and
+diag.proto.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cloudland_proto.v1 import compute_pb2 as compute
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import image_pb2 as image
+from cloudland_proto.v1 import network_pb2 as network
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ OPERATIONS: dict[str, Types] = {
     "vm.list": Types(compute.VmListRequest, compute.VmListResult),
     "vm.console": Types(compute.VmConsoleRequest, compute.VmConsoleResult),
     "image.evict": Types(image.ImageEvictRequest, image.ImageEvictResult),
+    "net.sync": Types(network.NetSyncRequest, network.NetSyncResult),
+    "net.apply": Types(network.NetApplyRequest, network.NetApplyResult),
 }
 
 # Every result type by its full name: a reply names its result's type, not its operation.

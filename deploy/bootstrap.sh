@@ -11,7 +11,12 @@ VENV=${VENV:-.venv}
 # iproute2 for namespaces; tmux drives the CLI in tests; postgresql-15 (with postgresql-common's
 # pg_createcluster/pg_ctlcluster) runs the throwaway server the database tests start themselves;
 # qemu-utils (qemu-img, qemu-io) makes and reads the qcow2 files of tests/unit/test_image_cache.py.
-DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15 qemu-utils"
+# The network agent (agents/network/, issue 11): dnsmasq-base (DHCP and DNS per subnet, no service),
+# busybox-static (udhcpc, ping and nslookup in test guests; the same package deploy/libvirtd.sh
+# installs, which conflicts with busybox), nftables and conntrack (security groups), tcpdump (the
+# tests' proof that no frame crosses tenants).
+DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15 qemu-utils
+      dnsmasq-base busybox-static nftables conntrack tcpdump"
 
 missing=""
 for pkg in $DEBS; do

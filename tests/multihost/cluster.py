@@ -41,6 +41,7 @@ class LabCloud:
     client: RootClient | None = None
     cloud: Cloud | None = None
     env: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # more CLOUDLAND_* for the cluster
 
     @property
     def ctl(self) -> str:
@@ -58,6 +59,7 @@ class LabCloud:
         self.env.update({"CLOUDLAND_HEARTBEAT_S": str(HEARTBEAT_S),
                          "CLOUDLAND_LOG_LEVEL": "WARNING", "COLUMNS": "200",
                          "CLOUDLAND_TEST_OPS": "1"})  # `sleep`: a command in flight while a rank dies
+        self.env.update(self.settings)
         hostfile = self.lab.hostfile(self.hosts)
         argv = [str(BIN / "cloudland"), "up", "--hostfile", str(hostfile), "--listen", f"{self.ctl}:{ROOT_PORT}",
                 "--grpc", self.grpc, "--api-host", self.ctl, "--api-port", str(API_PORT),
@@ -79,6 +81,8 @@ class LabCloud:
                 return False
 
         wait_for(api_answers, 180, "the cluster's API to answer", every=0.5)
+        # The API may answer before it has written the admin's credentials (a race seen on a busy machine).
+        wait_for((self.state_dir / "admin-credentials").exists, 60, "the admin credentials", every=0.2)
         tree = Tree(self.proc, self.client, self.state_dir, self.grpc, hypervisors)  # type: ignore[arg-type]
         self.cloud = Cloud(tree, self.state_dir, "")
         fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())

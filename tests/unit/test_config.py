@@ -45,6 +45,9 @@ def test_defaults_without_environment() -> None:
         ("CLOUDLAND_TEST_OPS", "0", "test_ops", False),
         ("CLOUDLAND_TEST_OPS", "false", "test_ops", False),
         ("CLOUDLAND_TEST_OPS", "no", "test_ops", False),
+        ("CLOUDLAND_NETWORK", "kernel", "network", "kernel"),
+        ("CLOUDLAND_NETWORK", "fake", "network", "fake"),
+        ("CLOUDLAND_NETWORK_PREFIX", "t1234", "network_prefix", "t1234"),
     ],
 )
 def test_reads_one_variable(variable: str, raw: str, field: str, value: object) -> None:
@@ -102,6 +105,9 @@ def test_overrides_are_validated_too() -> None:
         ({"CLOUDLAND_SLOW_AFTER": "0"}, ["CLOUDLAND_SLOW_AFTER"]),
         ({"CLOUDLAND_PER_LEAF": "-1"}, ["CLOUDLAND_PER_LEAF"]),
         ({"CLOUDLAND_MAX_RANKS": "1"}, ["CLOUDLAND_MAX_RANKS"]),
+        ({"CLOUDLAND_NETWORK": "ovs"}, ["CLOUDLAND_NETWORK", "ovs"]),
+        ({"CLOUDLAND_NETWORK_PREFIX": "toolong7"}, ["CLOUDLAND_NETWORK_PREFIX", "15 characters"]),
+        ({"CLOUDLAND_NETWORK_PREFIX": "Cl"}, ["CLOUDLAND_NETWORK_PREFIX"]),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], names: list[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 
 from cloudland_agents.compute.driver import DomainSpec, LibvirtCompute
-from cloudland_agents.hypervisor import open_simulated
+from cloudland_agents.hypervisor import open_simulated, underlay_address
 
 HV = 2
 
@@ -85,3 +85,15 @@ def test_report_beside_64_threads_deleting_300_vms(tmp_path: Path) -> None:
     final = hv.report()
     assert (final.domains, list(final.vms), final.free_memory_kib) == (0, [], final.memory_kib)
     hv.close()
+
+
+def test_the_report_names_the_hosts_vtep_from_its_listen_address(tmp_path: Path) -> None:
+    # The leaf's listen address (the host's address toward the root) is where its VXLAN tunnels end.
+    assert [underlay_address(a) for a in ("10.77.0.3", "127.0.0.1", "0.0.0.0", "", "host-1", "::1")] == [
+        "10.77.0.3", "127.0.0.1", "", "", "", ""]
+    hypervisor = open_simulated(HV, tmp_path, vtep="10.77.0.3")
+    try:
+        assert hypervisor.report().vtep == "10.77.0.3"
+    finally:
+        hypervisor.close()
+    assert open_simulated(HV, tmp_path).report().vtep == ""

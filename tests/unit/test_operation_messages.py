@@ -13,10 +13,12 @@ from cloudland.errors import InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.compute import console_ops, ops as compute_ops  # noqa: F401 - they register
 from cloudland_agents.images import ops as image_ops  # noqa: F401 - registers image.evict
+from cloudland_agents.network import ops as network_ops  # noqa: F401 - registers net.sync, net.apply
 from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import image_pb2 as ipb
+from cloudland_proto.v1 import network_pb2 as npb
 
 # One non-default request and result per operation: a round trip must keep every field set.
 SAMPLES = {
@@ -47,6 +49,14 @@ SAMPLES = {
     "vm.console": (cpb.VmConsoleRequest(name="web-1", offset=3, input=b"\x03"),
                    cpb.VmConsoleResult(data=b"\xff\x00", offset=5, size=9)),
     "image.evict": (ipb.ImageEvictRequest(sha256="ab" * 32), ipb.ImageEvictResult(in_use=True)),
+    "net.sync": (npb.NetSyncRequest(full=True, vpcs=[npb.NetVpcState(
+                     vpc_id=7, generation=3, mtu=1450, domain="vpc-7.test",
+                     subnets=[npb.NetSubnet(id=1, vpc_id=7, vni=100, cidr="10.0.0.0/24", dhcp=True)],
+                     ports=[npb.NetPort(id=2, subnet_id=1, mac="02:00:00:00:00:01", ips=["10.0.0.5"], hypervisor=4,
+                                        vtep="192.0.2.4")])]),
+                 npb.NetSyncResult(vpcs=[npb.NetVpcVersion(vpc_id=7, generation=3)], added=5, unchanged=2)),
+    "net.apply": (npb.NetApplyRequest(vpc_id=7, from_generation=3, generation=4, remove_ports=[2]),
+                  npb.NetApplyResult(generation=4, need_sync=True)),
 }
 
 

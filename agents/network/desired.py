@@ -1,0 +1,176 @@
+"""What one hypervisor must have of its VPCs, and the VPC states it holds on disk.
+
+The agent holds each VPC's last state (``NetVpcState``, proto/v1/network.proto) with its
+generation, in ``<state dir>/network/<prefix>-hv<id>/vpc-<id>.pb`` (0600), so that a restarted agent
+knows which generation it holds. From those states ``plan`` computes the objects the kernel
+must have, per subnet (keyed by VNI): a subnet is made on this hypervisor when it has a port
+bound here (the model of network.proto); its remote ports become FDB entries (MAC → VTEP) and
+neighbour entries (IP → MAC) on the VXLAN device; its local ports become DHCP leases; every
+named port of the VPC becomes a DNS name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudland.errors import InvalidRequest
+from cloudland_agents.network.names import check_vni
+from cloudland_proto.v1 import network_pb2 as npb
+
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+DEFAULT_MTU = 1450  # a 1500 underlay minus VXLAN over IPv4 (shared/reference/networking-on-this-machine.md)
+MIN_MTU, MAX_MTU = 576, 9000
+LEASE = "12h"
+
+
+@dataclass(frozen=True)
+class Dhcp:
+    """One subnet's DNS and DHCP server: its address, options, leases (local ports) and names (the VPC's)."""
+
+    vni: int
+    network: ipaddress.IPv4Network
+    address: ipaddress.IPv4Address
+    router: str
+    dns: tuple[str, ...]
+    mtu: int
+    domain: str
+    leases: tuple[tuple[str, str, str], ...]  # (mac, ip, hostname), sorted
+    names: tuple[tuple[str, str], ...]  # (ip, hostname), sorted
+
+
+@dataclass(frozen=True)
+class SubnetPlan:
+    """Everything the kernel must have for one subnet on this hypervisor."""
+
+    vni: int
+    vpc_id: int
+    mtu: int
+    fdb: dict[str, str] = field(default_factory=dict)  # remote MAC -> its hypervisor's VTEP
+    neighbours: dict[str, str] = field(default_factory=dict)  # remote IP -> its MAC
+    dhcp: Dhcp | None = None
+
+
+def check_vpc(state: npb.NetVpcState) -> None:
+    """InvalidRequest naming the first bad field of ``state`` (network.proto's errors)."""
+    where = f"vpc {state.vpc_id}"
+    if state.mtu and not MIN_MTU <= state.mtu <= MAX_MTU:
+        raise InvalidRequest(f"{where}: mtu must be in [{MIN_MTU}, {MAX_MTU}], got {state.mtu}")
+    networks = {s.id: check_subnet(s, where) for s in state.subnets}
+    for port in state.ports:
+        check_port(port, networks.get(port.subnet_id), where)
+
+
+def check_subnet(subnet: npb.NetSubnet, where: str) -> ipaddress.IPv4Network:
+    here = f"{where}, subnet {subnet.id}"
+    check_vni(subnet.vni, here)
+    try:
+        network = ipaddress.IPv4Network(subnet.cidr)
+    except ValueError as exc:
+        raise InvalidRequest(f"{here}: cidr {subnet.cidr!r} is not an IPv4 network: {exc}") from exc
+    for key in ("gateway", "dhcp_address"):
+        value = getattr(subnet, key)
+        if value and not _inside(value, network):
+            raise InvalidRequest(f"{here}: {key} {value!r} is not an address inside {network}")
+    if network.num_addresses < 4:
+        raise InvalidRequest(f"{here}: cidr {network} is too small for a subnet")
+    return network
+
+
+def check_port(port: npb.NetPort, network: ipaddress.IPv4Network | None, where: str) -> None:
+    here = f"{where}, port {port.id}"
+    if not MAC_RE.fullmatch(port.mac):
+        raise InvalidRequest(f"{here}: mac {port.mac!r} is not a lower-case aa:bb:cc:dd:ee:ff")
+    for ip in port.ips:
+        if network is not None and not _inside(ip, network):
+            raise InvalidRequest(f"{here}: ip {ip!r} is not inside {network}")
+    if port.vtep:
+        try:
+            ipaddress.IPv4Address(port.vtep)
+        except ValueError as exc:
+            raise InvalidRequest(f"{here}: vtep {port.vtep!r} is not an IPv4 address") from exc
+
+
+def _inside(address: str, network: ipaddress.IPv4Network) -> bool:
+    try:
+        return ipaddress.IPv4Address(address) in network
+    except ValueError:
+        return False
+
+
+def dhcp_address(subnet: npb.NetSubnet, network: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The subnet's DHCP and DNS server: ``dhcp_address``, or else the last usable address. The
+    same on every hypervisor: DHCP, ARP and DNS for it are answered on the guest's own host."""
+    return ipaddress.IPv4Address(subnet.dhcp_address) if subnet.dhcp_address else network.broadcast_address - 1
+
+
+def hostname(name: str) -> str:
+    """``name`` as a DNS label (lower-case letters, digits and '-'), or "" if nothing is left."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return label[:63]
+
+
+def plan(held: Iterable[npb.NetVpcState], hypervisor: int, local_vtep: str) -> dict[int, SubnetPlan]:
+    """The subnets this hypervisor must have, by VNI; InvalidRequest if two subnets share a VNI."""
+    plans: dict[int, SubnetPlan] = {}
+    for state in held:
+        mtu = state.mtu or DEFAULT_MTU
+        names = tuple(sorted({(ip, hostname(p.hostname)) for p in state.ports if hostname(p.hostname)
+                              for ip in p.ips}))
+        for subnet in state.subnets:
+            ports = [p for p in state.ports if p.subnet_id == subnet.id]
+            if not any(p.hypervisor == hypervisor for p in ports):
+                continue  # no port bound here: the subnet lives on other hypervisors only
+            if subnet.vni in plans:
+                raise InvalidRequest(f"vni {subnet.vni} is used by subnet {subnet.id} of vpc {state.vpc_id} and "
+                                     f"by another subnet of vpc {plans[subnet.vni].vpc_id}")
+            remote = [p for p in ports if p.hypervisor != hypervisor and p.vtep and p.vtep != local_vtep]
+            network = ipaddress.IPv4Network(subnet.cidr)
+            dhcp = None
+            if subnet.dhcp:
+                address = dhcp_address(subnet, network)
+                leases = tuple(sorted((p.mac, p.ips[0], hostname(p.hostname)) for p in ports
+                                      if p.hypervisor == hypervisor and p.ips))
+                dhcp = Dhcp(subnet.vni, network, address, subnet.gateway, (str(address), *subnet.dns_servers), mtu,
+                            state.domain, leases, names)
+            plans[subnet.vni] = SubnetPlan(
+                subnet.vni, state.vpc_id, mtu,
+                fdb={p.mac: p.vtep for p in remote},
+                neighbours={ip: p.mac for p in remote for ip in p.ips},
+                dhcp=dhcp,
+            )
+    return plans
+
+
+class HeldStates:
+    """The VPC states one hypervisor holds, by VPC id, kept on disk (files 0600)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.vpcs: dict[int, npb.NetVpcState] = {}
+        for path in sorted(directory.glob("vpc-*.pb")) if directory.is_dir() else []:
+            state = npb.NetVpcState.FromString(path.read_bytes())
+            self.vpcs[state.vpc_id] = state
+
+    def put(self, state: npb.NetVpcState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._path(state.vpc_id)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(state.SerializeToString())
+            file.flush()
+            os.fsync(file.fileno())
+        tmp.replace(path)
+        self.vpcs[state.vpc_id] = state
+
+    def drop(self, vpc_id: int) -> None:
+        self._path(vpc_id).unlink(missing_ok=True)
+        self.vpcs.pop(vpc_id, None)
+
+    def _path(self, vpc_id: int) -> Path:
+        return self.directory / f"vpc-{vpc_id}.pb"

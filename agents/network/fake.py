@@ -1,0 +1,41 @@
+"""A data plane that keeps its objects in memory: for simulated hypervisors (libvirt ``test:///``),
+many of which share one leaf process and one network namespace, where real bridges of one VNI
+would collide, and for the control plane's tests. It counts as the real one does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudland_agents.network.desired import SubnetPlan
+from cloudland_agents.network.dhcp import Changes
+
+
+def objects(plans: dict[int, SubnetPlan]) -> set[tuple[Any, ...]]:
+    """The objects the real data plane would make for ``plans``, one tuple each."""
+    found: set[tuple[Any, ...]] = set()
+    for vni, plan in plans.items():
+        found |= {("bridge", vni, plan.mtu), ("vxlan", vni, plan.mtu)}
+        found |= {("fdb", vni, mac, vtep) for mac, vtep in plan.fdb.items()}
+        found |= {("neighbour", vni, ip, mac) for ip, mac in plan.neighbours.items()}
+        if plan.dhcp is not None:
+            found.add(("dhcp", vni, plan.dhcp))
+    return found
+
+
+class FakeDataPlane:
+    """``DataPlane``'s interface, without a kernel: ``held`` is what it would have made."""
+
+    def __init__(self, vtep: str = "") -> None:
+        self.vtep = vtep
+        self.held: set[tuple[Any, ...]] = set()
+        self.plans: dict[int, SubnetPlan] = {}
+
+    def converge(self, plans: dict[int, SubnetPlan]) -> Changes:
+        wanted = objects(plans)
+        changes = Changes(added=len(wanted - self.held), removed=len(self.held - wanted),
+                          unchanged=len(wanted & self.held))
+        self.held, self.plans = wanted, dict(plans)
+        return changes
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,108 @@
+"""net.sync and net.apply (agents/network/ops.py) on a simulated hypervisor, whose data plane is
+the fake: generations, replays, need_sync, full syncs, a restart that knows what it held, and
+bad input refused. The kernel's side is tests/network/test_dataplane.py."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudland.errors import InvalidRequest
+from cloudland_agents import ops
+from cloudland_agents.hypervisor import open_simulated
+from cloudland_agents.network.fake import FakeDataPlane
+from cloudland_agents.network.ops import Network, network_for, repair_loop
+from tests.unit.agentcall import call
+
+
+def state(vpc_id: int, generation: int, *hypervisors: int) -> dict[str, Any]:
+    """A VPC with one subnet (vni 100 + id) and a port on each of ``hypervisors``."""
+    subnet_id = vpc_id * 10
+    return {"vpc_id": vpc_id, "generation": generation, "domain": f"vpc-{vpc_id}.test",
+            "subnets": [{"id": subnet_id, "vpc_id": vpc_id, "vni": 100 + vpc_id, "cidr": "10.0.0.0/24", "dhcp": True}],
+            "ports": [{"id": subnet_id + n, "subnet_id": subnet_id, "mac": f"02:00:00:00:{vpc_id:02x}:{n:02x}",
+                       "ips": [f"10.0.0.{10 + n}"], "hostname": f"vm{n}", "hypervisor": hv, "vtep": f"192.0.2.{hv}"}
+                      for n, hv in enumerate(hypervisors, 1)]}
+
+
+@pytest.fixture
+def ctx(tmp_path: Path):
+    hv = open_simulated(1, tmp_path, vtep="192.0.2.1")
+    yield ops.Context(hv, "job-1", 0.0, lambda _: None)
+    hv.close()
+
+
+def test_a_simulated_hypervisor_gets_the_fake_and_a_second_sync_changes_nothing(ctx: ops.Context) -> None:
+    first = call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2, 3)]})
+    assert isinstance(network_for(ctx.hypervisor).plane, FakeDataPlane)
+    # bridge, vxlan, dhcp, 2 remote ports x (fdb + neighbour)
+    assert (first["added"], first["removed"], first["unchanged"]) == (7, 0, 0)
+    assert first["vpcs"] == [{"vpc_id": 1, "generation": 1}]
+    again = call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2, 3)]})
+    assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, 7)
+
+
+def test_apply_moves_one_generation_replays_answer_ok_and_gaps_need_a_sync(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    port = state(1, 0, 1, 2, 3)["ports"][2]
+    delta = {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [port]}
+    assert call(ctx, "net.apply", delta) == {"generation": 2, "need_sync": False}
+    assert ("fdb", 101, port["mac"], "192.0.2.3") in network_for(ctx.hypervisor).plane.held
+    assert call(ctx, "net.apply", delta) == {"generation": 2, "need_sync": False}  # a replay
+    gap = {"vpc_id": 1, "from_generation": 4, "generation": 5, "remove_ports": [port["id"]]}
+    assert call(ctx, "net.apply", gap) == {"generation": 2, "need_sync": True}
+    assert call(ctx, "net.apply", dict(gap, vpc_id=9)) == {"generation": 0, "need_sync": True}  # not held
+    with pytest.raises(InvalidRequest, match="generation 2 must be above from_generation 2"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 2, "generation": 2})
+    # Removing the last local port removes the subnet here; the VPC is held no more.
+    last = {"vpc_id": 1, "from_generation": 2, "generation": 3, "remove_subnets": [10]}
+    assert call(ctx, "net.apply", last) == {"generation": 3, "need_sync": False}
+    assert network_for(ctx.hypervisor).plane.held == set()
+    assert call(ctx, "net.sync", {})["vpcs"] == []
+
+
+def test_a_full_sync_drops_vpcs_not_listed_and_a_restart_knows_the_generations(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 4, 1, 2), state(2, 9, 1)]})
+    partial = call(ctx, "net.sync", {"vpcs": [state(2, 10, 1)]})
+    assert partial["vpcs"] == [{"vpc_id": 1, "generation": 4}, {"vpc_id": 2, "generation": 10}]
+    restarted = Network(ctx.hypervisor, fake=True)  # a new agent process on the same state directory
+    assert {v: s.generation for v, s in restarted.held.vpcs.items()} == {1: 4, 2: 10}
+    full = call(ctx, "net.sync", {"full": True, "vpcs": [state(2, 10, 1)]})
+    assert full["vpcs"] == [{"vpc_id": 2, "generation": 10}] and full["removed"] == 5
+    assert call(ctx, "net.sync", {"vpcs": [{"vpc_id": 2, "generation": 11}]})["vpcs"] == []  # no subnets: removed
+
+
+def test_bad_input_changes_nothing(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    bad = state(2, 1, 1)
+    bad["subnets"][0]["cidr"] = "10.0.0.5/24"
+    with pytest.raises(InvalidRequest, match="vpc 2, subnet 20: cidr '10.0.0.5/24' is not an IPv4 network"):
+        call(ctx, "net.sync", {"full": True, "vpcs": [bad]})
+    clash = state(2, 1, 1)
+    clash["subnets"][0]["vni"] = 101
+    with pytest.raises(InvalidRequest, match="vni 101"):
+        call(ctx, "net.sync", {"vpcs": [clash]})
+    assert call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})["added"] == 0
+
+
+def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    network = network_for(ctx.hypervisor)
+    assert isinstance(network.plane, FakeDataPlane)
+    network.plane.held.clear()  # drift: what the kernel lost behind the agent's back
+    stop = threading.Event()
+    rounds = []
+    real = network.repair
+
+    def counted():  # type: ignore[no-untyped-def]
+        rounds.append(real())
+        if len(rounds) == 2:
+            stop.set()
+        return rounds[-1]
+
+    network.repair = counted  # type: ignore[method-assign]
+    repair_loop([network], stop, every=0.01)
+    assert [(c.added, c.removed, c.unchanged) for c in rounds] == [(5, 0, 0), (0, 0, 5)]
