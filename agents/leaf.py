@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from cloudland import operations, procinfo
 from cloudland.errors import CloudLandError, HypervisorError, InvalidRequest
+from cloudland.statedir import open_for_qemu
 from cloudland.topology import Shape
 from cloudland_agents import ops
 from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
@@ -45,6 +46,9 @@ class Leaf(ChildRank):
         if settings.get("driver", "test") == "test":
             self.hypervisors = {hv: open_simulated(hv, state_dir, vtep) for hv in ids}
         else:
+            # QEMU runs as its own user and reaches its guests' files under our state directory:
+            # the one exception to private state (cloudland/statedir.py).
+            open_for_qemu(state_dir)
             uri = settings.get("libvirt_uri", "qemu:///system")
             vnc_listen = settings.get("vnc_listen", "127.0.0.1")
             self.hypervisors = {hv: Hypervisor(hv, uri, procinfo.HOSTNAME, state_dir, vnc_listen, vtep)

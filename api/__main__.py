@@ -12,6 +12,7 @@ import uvicorn
 from sqlalchemy.exc import OperationalError
 
 from cloudland.errors import ConfigError
+from cloudland.statedir import make_private
 from cloudland_api.app import create_app
 from cloudland_api.db import upgrade
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
@@ -39,6 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cloudland-api: {exc}", file=sys.stderr)
         return 2
+    # Private state (issue 15): the database, keys and credentials we make are 0600 in a 0700
+    # directory. The API does not know the driver, so it keeps the search bit the root gave
+    # the directory for QEMU (cloudland/statedir.py).
+    make_private(settings.state_dir, qemu=None)
     try:
         upgrade(settings.database_url)
         app = create_app(settings)

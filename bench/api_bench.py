@@ -284,6 +284,7 @@ def measure_creates(args: argparse.Namespace, workdir: Path) -> list[dict[str, A
     print(f"… tree of {args.hypervisors} hypervisors ({per_leaf} per leaf), API on SQLite", file=sys.stderr,
           flush=True)
     tree = start_tree(workdir / "tree", args.hypervisors, per_leaf, 32, 1.0)
+    os.environ["CLOUDLAND_PKI"] = str(tree.pki_dir)  # the API and any client present its control certificate
     api = None
     try:
         api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint)

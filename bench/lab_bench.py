@@ -47,13 +47,14 @@ def across_the_lab(hosts: int, per_leaf: int, fanout: int, broadcasts: int, unic
         lab.attach_machine()
         ctl = lab.address("ctl")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_")}
+        env["CLOUDLAND_PKI"] = str(state / "pki")  # the lab's CA, made by its root; the hosts read it there
         with open(state / "tree-up.out", "wb") as out:
             proc = lab.popen("ctl", [
                 str(BIN / "cloudland"), "tree", "--endpoint", f"{ctl}:7101", "up", "--hostfile",
                 str(lab.hostfile(names)), "--listen", f"{ctl}:7100", "--hypervisors", str(hosts * per_leaf),
                 "--per-leaf", str(per_leaf), "--fanout", str(fanout), "--state-dir", str(state),
                 "--launcher-exec", str(lab.ssh)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
-        with RootClient(f"{ctl}:7101") as client:
+        with RootClient(f"{ctl}:7101", state / "pki") as client:
             client.wait_ready(timeout=180)
             spread = {h.name for h in client.hosts().hosts}
             assert spread == set(names), spread

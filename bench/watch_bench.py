@@ -26,6 +26,7 @@ anything else. Prints a Markdown table for the README.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sqlite3
 import statistics
@@ -174,6 +175,7 @@ def main() -> int:
         print(f"… tree of {n} hypervisors ({per_leaf} per leaf)", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         tree = start_tree(work / "tree", n, per_leaf, 32, args.heartbeat)
+        os.environ["CLOUDLAND_PKI"] = str(tree.pki_dir)  # the API and any client present its control certificate
         tree_s = time.perf_counter() - t0
         api = poller = None
         try:

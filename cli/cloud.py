@@ -7,6 +7,7 @@ output in common.py.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +55,8 @@ def configure(
     profile: Annotated[str | None, typer.Option(help="The profile to set or show [default: the one in use].")] = None,
     endpoint: Annotated[str | None, typer.Option(help="The API's URL, e.g. http://127.0.0.1:8080.")] = None,
     grpc: Annotated[str | None, typer.Option(help="The root's host:port, for `tree` and `cluster`.")] = None,
+    pki: Annotated[str | None, typer.Option(
+        help="The directory of that root's ca.pem, control.pem and control.key.")] = None,
     use: Annotated[bool, typer.Option("--use", help="Make it the profile used when none is chosen.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -69,16 +72,19 @@ def configure(
         if endpoint is not None:
             url = normalise_endpoint(endpoint)
             if url != config.endpoint:
-                config = CliConfig(endpoint=url, grpc=config.grpc, profile=name)
+                config = CliConfig(endpoint=url, grpc=config.grpc, pki=config.pki, profile=name)
         if grpc is not None:
             config.grpc = grpc.strip() or None
-        if endpoint is not None or grpc is not None or use:
+        if pki is not None:
+            config.pki = os.path.abspath(pki.strip()) if pki.strip() else None
+        if endpoint is not None or grpc is not None or pki is not None or use:
             store.profiles[name] = config
             store.current = name if use else store.current
             store.save()
     effective = config.effective()
     shown = {"config": str(store.path), "profile": name, "current": name == store.current,
-             "endpoint": effective.endpoint, "grpc": effective.grpc or "-", "logged_in": bool(effective.token),
+             "endpoint": effective.endpoint, "grpc": effective.grpc or "-",
+             "pki": effective.pki or "-", "logged_in": bool(effective.token),
              "expires_at": effective.expires_at, "profiles": ", ".join(sorted({*store.profiles, name}))}
     if as_json:
         print_json(shown)
@@ -124,7 +130,7 @@ def login(
         username = username or "admin"
         stored = CliConfig.load()
         url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
-        config = CliConfig(endpoint=url, grpc=stored.grpc, profile=stored.profile)
+        config = CliConfig(endpoint=url, grpc=stored.grpc, pki=stored.pki, profile=stored.profile)
         with ApiClient(config.endpoint) as client:
             reply = client.login(username, password, organisation)
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])

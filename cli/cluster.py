@@ -22,7 +22,7 @@ from cloudland.client import RootClient
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, NotFound, RootUnreachable
 from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, out
-from cloudland_cli.settings import root_endpoint
+from cloudland_cli.settings import root_endpoint, root_pki
 
 LAUNCH_TIMEOUT_S = 120.0
 
@@ -55,7 +55,7 @@ def read_hostfile(path: Path) -> list[str]:
 
 
 def agent_command(hosts: list[str], root: str, state_dir: Path, leaves: int,
-                  launcher_exec: str | None = None) -> list[str]:
+                  launcher_exec: str | None = None, pki_dir: Path | None = None) -> list[str]:
     """MPI's launcher starting one detached host agent on each host (hydra's mpiexec).
 
     ``-disable-auto-cleanup``: one agent's end must not take the others down (measured);
@@ -67,16 +67,18 @@ def agent_command(hosts: list[str], root: str, state_dir: Path, leaves: int,
     argv += ["-hosts", ",".join(hosts), "-n", str(len(hosts)), "-ppn", "1", "-disable-auto-cleanup",
              sys.executable, "-m", "cloudland_launcher.hostd", "--daemon", "--root", root,
              "--leaves", str(leaves), "--state-dir", str(state_dir)]
+    if pki_dir is not None:  # the node certificate's directory, the same path on every host
+        argv += ["--pki", str(pki_dir)]
     return argv
 
 
 def start_agents(hosts: list[str], root: str, state_dir: Path, leaves: int,
-                 launcher_exec: str | None = None) -> None:
+                 launcher_exec: str | None = None, pki_dir: Path | None = None) -> None:
     """Run the launcher; raises CloudLandError with its output if it fails."""
     env = dict(os.environ)
     mpienv.apply(env)
     try:
-        done = subprocess.run(agent_command(hosts, root, state_dir, leaves, launcher_exec), env=env,
+        done = subprocess.run(agent_command(hosts, root, state_dir, leaves, launcher_exec, pki_dir), env=env,
                               capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         raise CloudLandError(f"mpiexec did not start the host agents on {', '.join(hosts)} within "
@@ -109,7 +111,7 @@ LauncherExec = Annotated[str | None, typer.Option(
 def hosts(endpoint: Endpoint = None) -> None:
     """The hosts whose agents joined: leaves, hypervisors, relays placed there, connected or not."""
     try:
-        with RootClient(_root(endpoint)) as client:
+        with RootClient(_root(endpoint), root_pki()) as client:
             reply = client.hosts()
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
@@ -136,9 +138,9 @@ def join(
 ) -> None:
     """Start host agents on more hosts: they join the running tree (or rejoin it, after a loss)."""
     try:
-        with RootClient(_root(endpoint)) as client:
+        with RootClient(_root(endpoint), root_pki()) as client:
             root = client.hosts().listen
-        start_agents(names, root, Path(os.path.abspath(state_dir)), leaves, launcher_exec)
+        start_agents(names, root, Path(os.path.abspath(state_dir)), leaves, launcher_exec, root_pki().resolve())
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None
     except CloudLandError as exc:
@@ -153,7 +155,7 @@ def remove(
 ) -> None:
     """Take a host out of the tree: its agent stops its ranks; its hypervisors leave (drain first)."""
     try:
-        with RootClient(_root(endpoint)) as client:
+        with RootClient(_root(endpoint), root_pki()) as client:
             info = client.remove_host(name)
     except RootUnreachable as exc:
         raise _fail(EXIT_UNREACHABLE, str(exc)) from None

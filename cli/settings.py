@@ -3,14 +3,15 @@
 The file (mode 0600, it holds bearer tokens) is ``$CLOUDLAND_CONFIG``, else
 ``$XDG_CONFIG_HOME/cloudland/cli.json`` (``~/.config/...``). It holds named profiles, as kubectl
 holds contexts: each an API endpoint, the token of its last login and, for the ``tree`` and
-``cluster`` commands, the root's gRPC address::
+``cluster`` commands, the root's gRPC address and the directory of the control certificate
+that root takes (``pki``: ``ca.pem``, ``control.pem``, ``control.key``; cloudland/pki.py)::
 
     {"current": "default",
      "profiles": {"default": {"endpoint": "http://127.0.0.1:8080", "token": "...", "expires_at": "...",
-                              "grpc": null}}}
+                              "grpc": null, "pki": null}}}
 
 The profile in use is ``--profile NAME`` (before the command), else ``$CLOUDLAND_PROFILE``, else
-the file's ``current``. ``CLOUDLAND_ENDPOINT``, ``CLOUDLAND_TOKEN`` and ``CLOUDLAND_GRPC`` override
+the file's ``current``. ``CLOUDLAND_ENDPOINT``, ``CLOUDLAND_TOKEN``, ``CLOUDLAND_GRPC`` and ``CLOUDLAND_PKI`` override
 what the profile says, for every command. A file of the older flat shape (``endpoint``, ``token``)
 reads as the profile ``default``.
 
@@ -32,7 +33,7 @@ from cloudland.errors import ConfigError, InvalidRequest
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 DEFAULT_PROFILE = "default"
 API_PREFIX = "/api/v1"
-_PROFILE_FIELDS = ("endpoint", "token", "expires_at", "grpc")
+_PROFILE_FIELDS = ("endpoint", "token", "expires_at", "grpc", "pki")
 
 # Set by the top-level ``--profile`` option (main.py); wins over $CLOUDLAND_PROFILE.
 chosen_profile: str | None = None
@@ -68,6 +69,7 @@ class CliConfig:
     token: str | None = None
     expires_at: str | None = None   # ISO 8601, as the API's TokenPublic gives it
     grpc: str | None = None         # the root's host:port for `tree` and `cluster`
+    pki: str | None = None          # the directory of that root's CA and our control certificate
     profile: str = field(default=DEFAULT_PROFILE, compare=False)
 
     @classmethod
@@ -88,7 +90,7 @@ class CliConfig:
         return store.save()
 
     def effective(self, environ: Mapping[str, str] | None = None) -> CliConfig:
-        """This profile with ``CLOUDLAND_ENDPOINT`` / ``CLOUDLAND_TOKEN`` / ``CLOUDLAND_GRPC`` applied."""
+        """This profile with ``CLOUDLAND_ENDPOINT`` / ``_TOKEN`` / ``_GRPC`` / ``_PKI`` applied."""
         environ = os.environ if environ is None else environ
         token = environ.get("CLOUDLAND_TOKEN") or None
         return CliConfig(
@@ -96,6 +98,7 @@ class CliConfig:
             token=token or self.token,
             expires_at=None if token else self.expires_at,
             grpc=environ.get("CLOUDLAND_GRPC") or self.grpc,
+            pki=environ.get("CLOUDLAND_PKI") or self.pki,
             profile=self.profile,
         )
 
@@ -155,3 +158,11 @@ def root_endpoint(explicit: str | None = None) -> str:
     if explicit:
         return explicit
     return CliConfig.load().effective().grpc or DEFAULT_GRPC
+
+
+def root_pki() -> Path:
+    """Where the control certificate for ``tree`` and ``cluster`` is: $CLOUDLAND_PKI, else the
+    profile's ``pki``, else the all-in-one cloud's (``$CLOUDLAND_STATE_DIR/pki``, ``var/pki``)."""
+    from cloudland import pki  # ssl: not for every command
+
+    return Path(CliConfig.load().effective().pki or pki.default_dir())

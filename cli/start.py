@@ -23,6 +23,7 @@ from rich.table import Table
 from cloudland.client import RootClient
 from cloudland.config import TreeSettings
 from cloudland.errors import ConfigError, RootUnreachable
+from cloudland.statedir import make_private
 from cloudland_cli.cluster import read_hostfile, start_agents
 from cloudland_cli.common import out
 from cloudland_proto.v1 import root_pb2
@@ -39,6 +40,7 @@ def root_command(settings: TreeSettings) -> list[str]:
         "--grpc": settings.grpc,
         "--state-dir": settings.state_dir,
         "--listen": settings.listen,
+        "--pki": settings.pki_dir,
     }
     argv = [sys.executable, "-m", "cloudland_launcher", *(str(x) for flag in flags.items() for x in flag)]
     return argv + (["--cluster"] if settings.cluster else [])
@@ -67,14 +69,16 @@ def start_hosts(child: subprocess.Popen[bytes], endpoint: str, settings: TreeSet
     """Once the root answers, start one host agent per host through MPI's launcher."""
     with out.status(f"starting host agents on {len(hosts)} hosts…"):
         while child.poll() is None:
-            with suppress(RootUnreachable), RootClient(endpoint) as client:
+            with suppress(RootUnreachable), RootClient(endpoint, settings.pki_dir) as client:
                 client.hosts(timeout=1.0)
                 break
             time.sleep(0.1)
         if child.poll() is not None:
             return
-        # Each host keeps its own state, at the same path on every host (as MPI wants its install).
-        start_agents(hosts, settings.listen, settings.state_dir.resolve() / "hosts" / "{host}", leaves, launcher_exec)
+        # Each host keeps its own state, and finds the node certificate, at the same paths as
+        # here on every host (as MPI wants its install; the operator copies it, README).
+        start_agents(hosts, settings.listen, settings.state_dir.resolve() / "hosts" / "{host}", leaves,
+                     launcher_exec, settings.pki_dir.resolve())
 
 
 def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
@@ -102,8 +106,9 @@ def start_root(settings: TreeSettings, heartbeat: float | None = None) -> subpro
         # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
         env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)
     # Its own process group: Ctrl-C reaches only us, and the root gets one orderly SIGTERM.
-    # Its output goes to a file so that it does not garble the spinner and the banner.
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Its output goes to a file so that it does not garble the spinner and the banner; like
+    # all of the state directory, it is ours alone (issue 15).
+    make_private(settings.state_dir, qemu=settings.driver == "libvirt")
     with open(settings.state_dir / "root.out", "ab") as root_out:  # the child keeps its own copy
         return subprocess.Popen(root_command(settings), env=env, process_group=0,
                                 stdout=root_out, stderr=subprocess.STDOUT)
@@ -114,14 +119,14 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def wait_for_tree(child: subprocess.Popen[bytes], endpoint: str) -> root_pb2.TopologyReply | None:
+def wait_for_tree(child: subprocess.Popen[bytes], endpoint: str, pki_dir: Path) -> root_pb2.TopologyReply | None:
     """The topology once every rank is up; None if the root exits first."""
     # Short waits so a root that dies while building is noticed within a second, and a
     # fresh client each time: one channel backs off exponentially between refused
     # connects, which showed the banner seconds after the root was up.
     with out.status("building the tree…"):
         while child.poll() is None:
-            with suppress(RootUnreachable), RootClient(endpoint) as client:
+            with suppress(RootUnreachable), RootClient(endpoint, pki_dir) as client:
                 return client.wait_ready(timeout=1.0)
     return None
 

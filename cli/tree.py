@@ -29,14 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from cloudland import operations
+from cloudland import operations, pki
 from cloudland.client import RootClient
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError, InvalidRequest, RootUnreachable
 from cloudland.topology import DEFAULT_FANOUT, NodeRange
 from cloudland_cli.cluster import LauncherExec
 from cloudland_cli.common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, err, fail, out
-from cloudland_cli.settings import root_endpoint
+from cloudland_cli.settings import root_endpoint, root_pki
 from cloudland_cli.start import (
     Hostfile,
     LeavesPerHost,
@@ -182,10 +182,10 @@ def up(
                 start_hosts(child, address, settings, hosts, leaves_per_host, launcher_exec)
             except CloudLandError as exc:
                 fail(EXIT_FAILED, f"{exc}; stopped the root")
-        topo = wait_for_tree(child, address)
+        topo = wait_for_tree(child, address, settings.pki_dir)
         if topo is None:
             fail(EXIT_FAILED, f"the root exited with code {child.returncode} before the tree was ready")
-        _print_banner(address, topo, settings.state_dir)
+        _print_banner(address, topo, settings.state_dir, settings.pki_dir)
         code = child.wait()
     except KeyboardInterrupt:
         err.print("stopping the tree…")
@@ -199,13 +199,15 @@ def up(
         fail(EXIT_FAILED, f"the root exited with code {code}")
 
 
-def _print_banner(endpoint: str, topo: root_pb2.TopologyReply, state_dir: Path) -> None:
+def _print_banner(endpoint: str, topo: root_pb2.TopologyReply, state_dir: Path, pki_dir: Path) -> None:
     out.print(Text("CloudLand tree is up", style="bold green"), Text(f"gRPC {endpoint}"))
     out.print(topology_grid(topo))
     # Spell out --endpoint only when the other terminal would not find the root by default.
     prefix = ".venv/bin/cloudland tree"
     if endpoint != os.environ.get("CLOUDLAND_GRPC", DEFAULT_GRPC):
         prefix += f" --endpoint {endpoint}"
+    if pki_dir.resolve() != pki.default_dir().resolve():  # where the control certificate is
+        prefix = f"CLOUDLAND_PKI={pki_dir.resolve()} {prefix}"
     out.print("Try in another terminal:")
     for rest in ("health", "broadcast ping", f"ping {min(7, max(topo.hypervisors - 1, 0))}"):
         out.print(f"  {prefix} {rest}", style="bold")
@@ -223,7 +225,7 @@ def ping(
     """Send COUNT unicast pings to one hypervisor and print each round trip."""
     endpoint = ctx.obj
     round_trips: list[float] = []
-    with _reported_errors(endpoint), RootClient(endpoint) as client:
+    with _reported_errors(endpoint), RootClient(endpoint, root_pki()) as client:
         client.topology()  # fails fast when the root is down; a dispatch would wait timeout + 30 s
         for seq in range(1, count + 1):
             start = time.perf_counter()
@@ -274,7 +276,7 @@ def broadcast(
     with _reported_errors(endpoint):
         ids = parse_targets(targets)
         arguments = parse_args_json(args, operation)
-        with RootClient(endpoint) as client:
+        with RootClient(endpoint, root_pki()) as client:
             topo = client.topology()  # also fails fast when the root is down
             hypervisors = topo.hypervisors_present or topo.hypervisors  # an older root sends no present count
             expected = hypervisors if ids is None else len(ids)
@@ -334,7 +336,7 @@ def health(
 ) -> None:
     """Show every relay and leaf rank, the latest events and tree-wide counters."""
     endpoint = ctx.obj
-    with _reported_errors(endpoint), RootClient(endpoint) as client:
+    with _reported_errors(endpoint), RootClient(endpoint, root_pki()) as client:
         reply = client.health()
         # A root older than the hosts' membership (proto/README.md §9) sends no present count.
         total = reply.hypervisors_present or client.topology().hypervisors
@@ -383,7 +385,7 @@ def topology(
 ) -> None:
     """Show the shape of the tree."""
     endpoint = ctx.obj
-    with _reported_errors(endpoint), RootClient(endpoint) as client:
+    with _reported_errors(endpoint), RootClient(endpoint, root_pki()) as client:
         reply = client.topology()
     if as_json:
         _print_json(reply)

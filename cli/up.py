@@ -44,10 +44,11 @@ WATCH_EVERY_S = 0.5
 CREDENTIALS_FILE = "admin-credentials"  # cloudland_api.security.ADMIN_CREDENTIALS_FILE
 
 
-def api_environment(grpc: str, state_dir: Path, host: str, port: int) -> dict[str, str]:
-    """The environment of the API child: our own plus where the tree and its state are."""
+def api_environment(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path) -> dict[str, str]:
+    """The environment of the API child: our own plus where the tree, its credentials and its state are."""
     env = dict(os.environ)
     env["CLOUDLAND_API_ROOT_ENDPOINT"] = grpc
+    env["CLOUDLAND_PKI"] = str(pki_dir.resolve())  # the control certificate it presents to the root
     env["CLOUDLAND_API_STATE_DIR"] = str(state_dir)
     env["CLOUDLAND_API_HOST"] = host
     env["CLOUDLAND_API_PORT"] = str(port)
@@ -56,11 +57,12 @@ def api_environment(grpc: str, state_dir: Path, host: str, port: int) -> dict[st
     return env
 
 
-def start_api(grpc: str, state_dir: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+def start_api(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path) -> subprocess.Popen[bytes]:
     """``python -m cloudland_api`` in its own process group, its output in ``<state_dir>/api.out``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / "api.out", "ab") as api_out:
-        return subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=api_environment(grpc, state_dir, host, port),
+        return subprocess.Popen([sys.executable, "-m", "cloudland_api"],
+                                env=api_environment(grpc, state_dir, host, port, pki_dir),
                                 process_group=0, stdout=api_out, stderr=subprocess.STDOUT)
 
 
@@ -149,11 +151,11 @@ def up(
                 start_hosts(tree, address, settings, hosts, leaves_per_host, launcher_exec)
             except CloudLandError as exc:
                 fail(EXIT_FAILED, f"{exc}; stopped the root")
-        topo = wait_for_tree(tree, address)
+        topo = wait_for_tree(tree, address, settings.pki_dir)
         if topo is None:
             fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode} before the tree was ready "
                   f"(see {settings.state_dir}/root.out)")
-        api = start_api(address, settings.state_dir, api_host, api_port)
+        api = start_api(address, settings.state_dir, api_host, api_port, settings.pki_dir)
         if not wait_for_api(api, url):
             why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
             fail(EXIT_FAILED, f"the API {why} at {url}; stopped the tree. "

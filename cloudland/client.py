@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 
-from cloudland import operations
+from cloudland import operations, pki
 from cloudland.config import DEFAULT_GRPC
-from cloudland.errors import InvalidRequest, NotFound, RootUnreachable, TreeError
+from cloudland.errors import ConfigError, InvalidRequest, NotFound, RootUnreachable, TreeError
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2, root_pb2_grpc
 
@@ -41,24 +42,51 @@ def new_job_id() -> str:
 
 
 class RootClient:
-    """Talks to one root rank. Errors surface as CloudLand errors, not grpc.RpcError."""
+    """Talks to one root rank. Errors surface as CloudLand errors, not grpc.RpcError.
 
-    def __init__(self, endpoint: str = DEFAULT_GRPC) -> None:
+    Over mutual TLS (proto/README.md §8): it presents the control certificate of ``pki``
+    (default: ``$CLOUDLAND_PKI``, else ``<$CLOUDLAND_STATE_DIR or var>/pki``) and takes only a
+    root certified by the same CA. Credentials are read at the first call, so a client made
+    before the root's first start (which makes them) works once they exist; until then each
+    call raises RootUnreachable saying where it looked.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_GRPC, pki_dir: Path | None = None) -> None:
         self.endpoint = endpoint
-        self._channel = grpc.insecure_channel(
-            endpoint,
-            options=[
-                ("grpc.max_receive_message_length", 256 << 20),
-                # Notice a root that comes up within a second, not after gRPC's
-                # default reconnect backoff (which grows towards 120 s).
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
-        self._stub = root_pb2_grpc.RootStub(self._channel)
+        self.pki_dir = pki_dir or pki.default_dir()
+        self._channel: grpc.Channel | None = None
+        self._root_stub: root_pb2_grpc.RootStub | None = None
+        self._closed = False
+
+    @property
+    def _stub(self) -> root_pb2_grpc.RootStub:
+        if self._root_stub is None:
+            if self._closed:
+                raise RootUnreachable(f"the client of {self.endpoint} is closed")
+            try:
+                creds = pki.Credentials.load(self.pki_dir, pki.CONTROL)
+            except ConfigError as exc:
+                raise RootUnreachable(str(exc)) from exc
+            self._channel = grpc.secure_channel(
+                self.endpoint,
+                grpc.ssl_channel_credentials(creds.ca, creds.key, creds.cert),
+                options=[
+                    ("grpc.max_receive_message_length", 256 << 20),
+                    # The root is named by its certificate, whatever address reaches it.
+                    ("grpc.ssl_target_name_override", pki.ROOT_NAME),
+                    # Notice a root that comes up within a second, not after gRPC's
+                    # default reconnect backoff (which grows towards 120 s).
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
+            self._root_stub = root_pb2_grpc.RootStub(self._channel)
+        return self._root_stub
 
     def close(self) -> None:
-        self._channel.close()
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> RootClient:
         return self

@@ -49,6 +49,8 @@ class TreeSettings:
     libvirt_uri: str = "qemu:///system"  # used when driver == "libvirt"
     vnc_listen: str = "127.0.0.1"    # where real guests' VNC displays listen (driver "libvirt"); "": none
     state_dir: Path = field(default_factory=lambda: Path("var"))
+    # The tree's CA and certificates (cloudland/pki.py); "" is <state_dir>/pki.
+    pki: str = ""
     test_ops: bool = False           # register test-only agent operations (tests only)
     # The agents' data plane of tenant networks (agents/network/): "kernel" (bridges, VXLAN,
     # dnsmasq), "fake" (in memory), "" for the driver's: kernel with "libvirt", fake with "test".
@@ -86,6 +88,10 @@ class TreeSettings:
             raise ConfigError(f"CLOUDLAND_LISTEN must name the address other hosts reach the root at, "
                               f"not {host}: the root tells ranks where their parents listen")
         self.shape  # noqa: B018 - validates the rest of the shape
+
+    @property
+    def pki_dir(self) -> Path:
+        return Path(self.pki) if self.pki else self.state_dir / "pki"
 
     @property
     def shape(self) -> Shape:

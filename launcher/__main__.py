@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 from cloudland import log as cl_log
-from cloudland import mpienv
+from cloudland import mpienv, pki
 from cloudland.config import TreeSettings
 from cloudland.errors import ConfigError
+from cloudland.statedir import make_private
 
 
 def parse(argv: list[str]) -> TreeSettings:
@@ -30,6 +31,7 @@ def parse(argv: list[str]) -> TreeSettings:
     parser.add_argument("--cluster", action="store_true", default=None,
                         help="hosts join through their host agents; start none here")
     parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--pki", help="the tree's CA and certificates (default: <state-dir>/pki; made if missing)")
     parser.add_argument("--heartbeat", type=float, dest="heartbeat_s")
     parser.add_argument("--max-sleep", type=float, dest="max_sleep_s")
     parser.add_argument("--linger", type=float, dest="linger_s")
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cloudland: {exc}", file=sys.stderr)
         return 2
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    # Private state (issue 15): the state directory 0700 and our files 0600; the CA made on
+    # first start, whose certificates close gRPC and the rendezvous to all but the tree's own.
+    make_private(settings.state_dir, qemu=settings.driver == "libvirt")
+    pki.ensure(settings.pki_dir)
     cl_log.setup("root", log_file=cl_log.rank_log_file(settings.state_dir, "root"))
     # MPI on the interface the ranks reach the rendezvous on (mpienv.interface_of).
     mpi = mpienv.import_mpi(settings.listen.rpartition(":")[0].strip("[]") if settings.listen else None)
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Root(settings, mpi)
     try:
-        server = serve(root, settings.grpc)
+        server = serve(root, settings.grpc, settings.pki_dir)
     except ConfigError as exc:
         print(f"cloudland: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudland import procinfo
+from cloudland import pki, procinfo
 from cloudland.client import RootClient
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -36,6 +36,7 @@ class Tree:
     endpoint: str
     hypervisors: int
     seen_pids: set[int] = field(default_factory=set)
+    pki_dir: Path | None = None  # its CA and certificates (cloudland/pki.py)
 
     def peers(self) -> dict[str, pb.PeerStatus]:
         """Every rank below the root by name, e.g. 'leaf 3' or 'relay[0:8)'."""
@@ -63,24 +64,28 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 def start_tree(
     state_dir: Path, hypervisors: int, per_leaf: int, fanout: int, heartbeat: float = 0.5, *extra: str
 ) -> Tree:
-    """Start ``python -m cloudland_launcher`` with test operations and wait until every rank is up."""
+    """Start ``python -m cloudland_launcher`` with test operations and wait until every rank is up.
+
+    Its CA is ``$CLOUDLAND_PKI`` (tests/conftest.py makes one per session), else its own."""
     port = free_port()
     endpoint = f"127.0.0.1:{port}"
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki_dir = pki.default_dir() if os.environ.get("CLOUDLAND_PKI") else state_dir / "pki"
     log = open(state_dir / "root.out", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloudland_launcher", "--hypervisors", str(hypervisors),
          "--per-leaf", str(per_leaf), "--fanout", str(fanout), "--grpc", endpoint,
-         "--state-dir", str(state_dir), "--heartbeat", str(heartbeat), "--test-ops", *extra],
+         "--state-dir", str(state_dir), "--pki", str(pki_dir), "--heartbeat", str(heartbeat), "--test-ops",
+         *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    client = RootClient(endpoint)
+    client = RootClient(endpoint, pki_dir)
     try:
         client.wait_ready(timeout=180)
     except Exception:
         stop_tree(Tree(proc, client, state_dir, endpoint, hypervisors))
         raise AssertionError((state_dir / "root.out").read_text()[-3000:])
-    tree = Tree(proc, client, state_dir, endpoint, hypervisors)
+    tree = Tree(proc, client, state_dir, endpoint, hypervisors, pki_dir=pki_dir)
     tree.peers()
     return tree
 

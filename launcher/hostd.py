@@ -6,7 +6,11 @@ run. Each rank is an MPI job of its own under a host-local ``mpiexec -n 1``; whe
 host agent starts it again, and the new process links itself back into the tree. The agent
 uses no MPI itself, so nothing in it can hang on a dead peer.
 
-    python -m cloudland_launcher.hostd --root 10.0.0.1:50552 [--address 10.0.0.5] [--leaves 1]
+    python -m cloudland_launcher.hostd --root 10.0.0.1:50552 [--address 10.0.0.5] [--leaves 1] [--pki DIR]
+
+Its channel and its ranks' links are mutual TLS with the node certificate of ``--pki``
+(``ca.pem``, ``node.pem``, ``node.key``, copied from the controller by the operator; README
+"Running a cluster"), which it hands to its ranks.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudland import log as cl_log
-from cloudland import mpienv, procinfo
-from cloudland.errors import WireError
+from cloudland import mpienv, pki, procinfo
+from cloudland.errors import ConfigError, WireError
+from cloudland.statedir import private_umask
 from cloudland.topology import NodeRange
 from cloudland_launcher import rendezvous
 from cloudland_launcher.subtree import node_range
@@ -58,6 +63,7 @@ class HostAgent:
     address: str
     leaves: int
     state_dir: Path
+    pki_dir: Path
     host: str = field(default_factory=lambda: procinfo.HOSTNAME)
     # What runs a node: the rank under its own mpiexec, unless a test gives another command.
     command: Callable[[NodeRange], list[str]] | None = None
@@ -69,6 +75,7 @@ class HostAgent:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.tls = rendezvous.Tls.load(self.pki_dir, pki.NODE)
 
     # -- the channel to the root -------------------------------------------
 
@@ -91,7 +98,7 @@ class HostAgent:
 
     def _session(self) -> None:
         """One connection to the root: hello, welcome, then orders until it breaks."""
-        with socket.create_connection(rendezvous.split_address(self.root), timeout=2.0) as sock:
+        with rendezvous.connect(self.root, 2.0, self.tls) as sock:
             rendezvous.send(sock, host_hello=lpb.HostHello(
                 host=self.host, address=self.address, leaves=self.leaves, held=self.held, pid=os.getpid()))
             sock.settimeout(CHANNEL_LOST_S)
@@ -125,7 +132,7 @@ class HostAgent:
                 elif kind != "ping":
                     log.warning("event=frame_rejected peer=root kind=%s", kind)
 
-    def _ping(self, sock: socket.socket) -> None:
+    def _ping(self, sock: rendezvous.Conn) -> None:
         while not self.stopping:
             time.sleep(PING_S)
             try:
@@ -159,7 +166,7 @@ class HostAgent:
         module = "cloudland_agents.leaf" if node.is_leaf else "cloudland_launcher.relay"
         return mpienv.rank_argv([
             sys.executable, "-m", module, "--node", f"{node.first}:{node.end}", "--root", self.root,
-            "--listen", self.address, "--state-dir", str(self.state_dir),
+            "--listen", self.address, "--state-dir", str(self.state_dir), "--pki", str(self.pki_dir),
         ])
 
     def _supervise(self) -> None:
@@ -270,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=procinfo.HOSTNAME, help="this host's name (default: hostname)")
     parser.add_argument("--state-dir", default=os.environ.get("CLOUDLAND_STATE_DIR", "var"),
                         help="this host's state; '{host}' in it is replaced by the host's name")
+    parser.add_argument("--pki", help="the directory of ca.pem, node.pem and node.key (default: "
+                                      "$CLOUDLAND_PKI, else <state-dir>/pki)")
     parser.add_argument("--daemon", action="store_true", help="detach (for the operator's mpiexec)")
     ns = parser.parse_args(argv)
+    private_umask()  # our logs, pid file and ranks' files are the owner's only (issue 15)
     try:
         rendezvous.split_address(ns.root)
     except WireError as exc:
@@ -279,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     leaves = 0 if ns.leaves == "all" else int(ns.leaves)
     state_dir = Path(ns.state_dir.replace("{host}", ns.host)).resolve()
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
+    pki_dir = Path(ns.pki or os.environ.get("CLOUDLAND_PKI") or state_dir / "pki").resolve()
+    try:
+        pki.Credentials.load(pki_dir, pki.NODE)  # said here, before we detach from the operator's terminal
+    except ConfigError as exc:
+        print(f"cloudland: host {ns.host}: {exc}", file=sys.stderr)
+        return 2
     log_file = cl_log.rank_log_file(state_dir, f"hostd-{ns.host}")
     if ns.daemon:
         daemonize(log_file)
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.daemon:
         cl_log.setup(f"hostd {ns.host}")  # stderr is the log file now
     address = ns.address or route_address(ns.root)
-    agent = HostAgent(ns.root, address, leaves, state_dir, host=ns.host)
+    agent = HostAgent(ns.root, address, leaves, state_dir, pki_dir, host=ns.host)
     (state_dir / f"hostd-{ns.host}.pid").write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: agent.stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: agent.stop("SIGINT"))

@@ -7,7 +7,12 @@ and events go up. When the parent falls silent (dead, or its host cut off) we li
 to whichever process holds our parent's place by then, and our own children stay linked to
 us. On Goodbye we tell our children to leave and exit; the host agent stops restarting us.
 
-    python -m cloudland_agents.leaf --node F:E --root HOST:PORT --listen ADDRESS --state-dir DIR
+    python -m cloudland_agents.leaf --node F:E --root HOST:PORT --listen ADDRESS --state-dir DIR --pki DIR
+
+The rendezvous is mutual TLS with the host's node certificate (``--pki``). The MPI link it
+forms is bound to it: our link request carries a fresh nonce, and the first message on the
+link, the parent's Assign, must echo it, so a process that raced the parent to our MPI port
+cannot pass for it (§10.3).
 """
 
 from __future__ import annotations
@@ -16,15 +21,15 @@ import argparse
 import faulthandler
 import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from cloudland import log as cl_log
-from cloudland import mpienv, procinfo
+from cloudland import mpienv, pki, procinfo
 from cloudland.errors import PeerLost, WireError
+from cloudland.statedir import private_umask
 from cloudland.topology import NodeRange
 from cloudland_launcher import rendezvous, wire
 from cloudland_launcher.batch import ReplyBuffer
@@ -52,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", required=True, help="the root's rendezvous address, host:port")
     parser.add_argument("--listen", default="127.0.0.1", help="this host's address (relays listen on it)")
     parser.add_argument("--state-dir", type=Path, default=Path("var"))
+    parser.add_argument("--pki", type=Path, help="ca.pem, node.pem and node.key (default: <state-dir>/pki)")
     ns = parser.parse_args(argv)
     first, _, end = ns.node.partition(":")
     ns.node = NodeRange(int(first), int(end))
@@ -69,6 +75,8 @@ class ChildRank:
         self.root_address: str = ns.root
         self.listen_host: str = ns.listen
         self.state_dir: Path = ns.state_dir
+        self.tls = rendezvous.Tls.load(ns.pki or ns.state_dir / "pki", pki.NODE)
+        self._nonce = b""
         self.mpi: Any = None
         self.backoff = Backoff(0.01)
         self.parent: Link | None = None
@@ -103,6 +111,7 @@ class ChildRank:
     # -- the loop ------------------------------------------------------------
 
     def run(self) -> None:
+        private_umask()  # a rank's log, and a leaf's files, are its owner's only (issue 15)
         log_file = cl_log.rank_log_file(self.state_dir, str(self.node))
         cl_log.setup(str(self.node), log_file=log_file, stderr=False)
         # Our stdout goes to a file the host agent opened; a crash must leave its trace in
@@ -198,7 +207,7 @@ class ChildRank:
                 delay = min(delay * 2, LINK_RETRY_MAX_S)
 
     def _try_link(self) -> Link:
-        answer = rendezvous.request(self.root_address, 2.0, locate=lpb.LocateRequest(
+        answer = rendezvous.request(self.root_address, 2.0, self.tls, locate=lpb.LocateRequest(
             node=node_id(self.node), host=procinfo.HOSTNAME))
         if answer.WhichOneof("body") != "located":
             raise WireError(f"expected located from the root, got {answer.WhichOneof('body')}")
@@ -207,16 +216,18 @@ class ChildRank:
         if not answer.located.address:
             raise NotLinked(f"parent not up yet: {answer.located.reason}")
         address = answer.located.address
-        with socket.create_connection(rendezvous.split_address(address), timeout=2.0) as sock:
+        with rendezvous.connect(address, 2.0, self.tls) as sock:
             # MPI is initialised only once the parent is reachable: MPI_Init with the network
             # down publishes a loopback port that no other host can reach (§10.3).
             if self.mpi is None:
                 # On the interface that reaches the parent: not a VM's tap (mpienv.interface_of).
                 self.mpi = mpienv.import_mpi(sock.getsockname()[0])
             port = self.mpi.Open_port()
+            self._nonce = os.urandom(16)
             try:
                 rendezvous.send(sock, link=lpb.LinkRequest(
-                    node=node_id(self.node), pid=os.getpid(), host=procinfo.HOSTNAME, port_name=port))
+                    node=node_id(self.node), pid=os.getpid(), host=procinfo.HOSTNAME, port_name=port,
+                    nonce=self._nonce))
                 sock.settimeout(5.0)
                 frame = rendezvous.receive(sock, address)
                 if frame.WhichOneof("body") != "link_answer":
@@ -236,6 +247,9 @@ class ChildRank:
             for envelope in self._decode(self.parent.poll()):
                 kind = envelope.WhichOneof("body")
                 if kind == "assign":
+                    if envelope.assign.link_nonce != self._nonce:
+                        raise NotLinked("the first message on the link does not echo our link nonce: "
+                                        "not the parent we asked over TLS")
                     if node_range(envelope.assign.node) != self.node:
                         raise NotLinked(f"assigned {node_range(envelope.assign.node)}, expected {self.node}")
                     return envelope.assign

@@ -9,11 +9,10 @@ the root where, in its Hello, so that the root can direct them here.
 from __future__ import annotations
 
 import queue
-import socket
 import time
 
 from cloudland_launcher.rank import URGENT_S, ChildRank
-from cloudland_launcher.rendezvous import Listener
+from cloudland_launcher.rendezvous import Conn, Listener
 from cloudland_launcher.subtree import Subtree
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import link_pb2 as lpb
@@ -26,13 +25,13 @@ class Relay(ChildRank):
         self.subtree = Subtree(
             self.mpi, self.assign, self.node, self.buffer.add, self.send_event, self.backoff.doorbell
         )
-        self.requests: queue.SimpleQueue[tuple[lpb.Frame, socket.socket]] = queue.SimpleQueue()
-        self.listener = Listener(self.listen_host, self._on_frame)
+        self.requests: queue.SimpleQueue[tuple[lpb.Frame, Conn]] = queue.SimpleQueue()
+        self.listener = Listener(self.listen_host, self._on_frame, self.tls)
         self.link_address = self.listener.address
         self.subtree.start()
         self._next_urgent = 0.0
 
-    def _on_frame(self, frame: lpb.Frame, sock: socket.socket, peer: str) -> None:
+    def _on_frame(self, frame: lpb.Frame, sock: Conn, peer: str) -> None:
         """On the listener's thread: only link requests come to a relay; the MPI thread serves them."""
         if frame.WhichOneof("body") != "link":
             self.subtree.refuse(sock, f"{frame.WhichOneof('body')} is not served by {self.node}")

@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from cloudland import procinfo
+from cloudland import pki, procinfo
 from cloudland.config import TreeSettings
 from cloudland.errors import Conflict, UnknownHypervisor, WireError
 from cloudland.topology import NodeRange, Shape
@@ -82,7 +81,7 @@ class Root:
         self.stopping = ""
         self._next_ceiling = 0.0
         self.members = Membership(self.shape)
-        self.channels: dict[str, socket.socket] = {}   # host name -> its host agent's channel
+        self.channels: dict[str, rendezvous.Conn] = {}  # host name -> its host agent's channel
         self.listener: rendezvous.Listener | None = None
         self.local_agent: subprocess.Popen[bytes] | None = None
         self._view: dict[NodeRange, pb.PeerStatus] = {}
@@ -317,8 +316,9 @@ class Root:
 
     def listen(self) -> str:
         """Open the rendezvous listener; returns its address."""
+        tls = rendezvous.Tls.load(self.settings.pki_dir, pki.ROOT)
         self.listener = rendezvous.Listener(
-            self.settings.listen, lambda frame, sock, peer: self.submit("rendezvous", frame, sock, peer))
+            self.settings.listen, lambda frame, sock, peer: self.submit("rendezvous", frame, sock, peer), tls)
         log.warning("event=rendezvous_listening address=%s", self.listener.address)
         return self.listener.address
 
@@ -330,11 +330,11 @@ class Root:
         self.local_agent = subprocess.Popen(
             [sys.executable, "-m", "cloudland_launcher.hostd", "--root", self.listener.address,
              "--address", self.listener.address.rpartition(":")[0], "--leaves", "all",
-             "--state-dir", str(state_dir)],
+             "--state-dir", str(state_dir), "--pki", str(self.settings.pki_dir.resolve())],
             stdout=out, stderr=subprocess.STDOUT)
         out.close()
 
-    def _rendezvous(self, frame: lpb.Frame, sock: socket.socket, peer: str) -> None:
+    def _rendezvous(self, frame: lpb.Frame, sock: rendezvous.Conn, peer: str) -> None:
         kind = frame.WhichOneof("body")
         if kind == "locate":
             answer = self._locate(frame.locate)
@@ -394,7 +394,7 @@ class Root:
                 return False
         return True
 
-    def _host_hello(self, hello: lpb.HostHello, sock: socket.socket, peer: str) -> None:
+    def _host_hello(self, hello: lpb.HostHello, sock: rendezvous.Conn, peer: str) -> None:
         try:
             leaves = self.members.join(hello.host, hello.address, hello.leaves, list(hello.held), hello.pid)
         except Conflict as exc:
@@ -455,7 +455,7 @@ class Root:
     def _leaf_child(self, leaf: int) -> Any:
         return next((c for c in self.subtree.children if c.node == NodeRange(leaf, leaf + 1)), None)
 
-    def _read_channel(self, name: str, sock: socket.socket) -> None:
+    def _read_channel(self, name: str, sock: rendezvous.Conn) -> None:
         """On its own thread: a host agent's pings; silence or an error means the host is lost."""
         sock.settimeout(5.0)
         while True:
@@ -468,7 +468,7 @@ class Root:
                 self.submit("host_lost", name, sock, f"said goodbye: {frame.goodbye.reason}")
                 return
 
-    def _host_lost(self, name: str, sock: socket.socket, reason: str) -> None:
+    def _host_lost(self, name: str, sock: rendezvous.Conn, reason: str) -> None:
         if self.channels.get(name) is not sock:
             return  # an older channel of a host that has reconnected since
         del self.channels[name]

@@ -181,6 +181,7 @@ class Subtree:
         assign.CopyFrom(self.assign)
         assign.node.CopyFrom(node_id(node))
         assign.parent_pid, assign.parent_host = os.getpid(), procinfo.HOSTNAME
+        assign.link_nonce = request.nonce  # proves to the child that this link is the one it asked for (§10.3)
         child.link.send(wire.encode(assign=assign))
         log.info("event=linked peer=%s pid=%d host=%s connect_s=%.3f", node, request.pid, request.host,
                  time.monotonic() - started)

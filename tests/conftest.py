@@ -205,3 +205,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Like ``database_url`` but never migrated: no tables at all (SQLite: the file does not exist yet)."""
     yield from _database(request, tmp_path, migrated=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tree_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One CA for every tree, API and client of the session (cloudland/pki.py), in a 0700
+    directory: ``CLOUDLAND_PKI``, which roots, host agents and RootClient read. A test that
+    wants a CA of its own passes ``--pki``/``pki_dir``, or clears the variable."""
+    from cloudland import pki
+
+    directory = pki.ensure(tmp_path_factory.mktemp("tree-credentials") / "pki")
+    previous = os.environ.get("CLOUDLAND_PKI")
+    os.environ["CLOUDLAND_PKI"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("CLOUDLAND_PKI", None)
+    else:
+        os.environ["CLOUDLAND_PKI"] = previous
+
+
+@pytest.fixture(autouse=True)
+def keep_umask() -> Iterator[None]:
+    """Commands run in-process (``cloudland up`` through CliRunner) set the umask to 077 for
+    their process's life (cloudland/statedir.py); here that life is one test's."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)

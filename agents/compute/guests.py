@@ -85,6 +85,7 @@ def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSou
     (``remove_other_disks``).
     """
     cache = cache_for(hypervisor)
+    _directory(guest_dir(hypervisor, uuid).parent, hypervisor.id)  # guests/: QEMU must pass it too
     directory = _directory(guest_dir(hypervisor, uuid), hypervisor.id)
     disk_name = disk_name or own_disk(hypervisor, uuid)
     before = cache.downloads

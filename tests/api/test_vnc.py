@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from cloudland import operations
+from cloudland import operations, pki
 from cloudland.client import RootClient
 from cloudland_api.models import Role
 from cloudland_launcher.harness import free_port
@@ -54,7 +54,7 @@ def agents(api: Api) -> Iterator[Agents]:
     servicer = Agents()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     root_pb2_grpc.add_RootServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", pki.grpc_server_credentials(pki.default_dir()))
     server.start()
     api.app.state.root_client = RootClient(f"127.0.0.1:{port}")
     yield servicer

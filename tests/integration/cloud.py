@@ -48,6 +48,7 @@ class Cloud:
             "CLOUDLAND_API_STATE_DIR": str(self.state_dir),
             "CLOUDLAND_API_DATABASE_URL": self.database_url,
             "CLOUDLAND_API_PORT": str(self.port),
+            **({"CLOUDLAND_PKI": str(self.tree.pki_dir)} if self.tree.pki_dir else {}),  # its control certificate
             **self.settings,
         })
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,10 @@ HYPERVISORS = 20
 
 
 def clean_env() -> dict[str, str]:
-    """os.environ without the operator's CLOUDLAND_* (they would change the banner) or tmux nesting."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_") and k != "TMUX"}
+    """os.environ without the operator's CLOUDLAND_* (they would change the banner) or tmux nesting;
+    the session's CA (CLOUDLAND_PKI, tests/conftest.py) stays: roots and clients find it there."""
+    return {k: v for k, v in os.environ.items()
+            if (not k.startswith("CLOUDLAND_") or k == "CLOUDLAND_PKI") and k != "TMUX"}
 
 
 def cli(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -58,7 +58,9 @@ class LabCloud:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLAND_")}
         self.env.update({"CLOUDLAND_HEARTBEAT_S": str(HEARTBEAT_S),
                          "CLOUDLAND_LOG_LEVEL": "WARNING", "COLUMNS": "200",
-                         "CLOUDLAND_TEST_OPS": "1"})  # `sleep`: a command in flight while a rank dies
+                         "CLOUDLAND_TEST_OPS": "1",  # `sleep`: a command in flight while a rank dies
+                         # The cluster's own CA, made by its root; every host reads it at this path.
+                         "CLOUDLAND_PKI": str(self.state_dir / "pki")})
         self.env.update(self.settings)
         hostfile = self.lab.hostfile(self.hosts)
         argv = [str(BIN / "cloudland"), "up", "--hostfile", str(hostfile), "--listen", f"{self.ctl}:{ROOT_PORT}",
@@ -68,7 +70,7 @@ class LabCloud:
         with open(self.state_dir / "up.out", "wb") as out:
             self.proc = self.lab.popen("ctl", argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                        cwd=str(Path(__file__).resolve().parents[2]))
-        self.client = RootClient(self.grpc)
+        self.client = RootClient(self.grpc, self.state_dir / "pki")
         base = f"http://{self.ctl}:{API_PORT}"
 
         def api_answers() -> bool:
@@ -83,7 +85,8 @@ class LabCloud:
         wait_for(api_answers, 180, "the cluster's API to answer", every=0.5)
         # The API may answer before it has written the admin's credentials (a race seen on a busy machine).
         wait_for((self.state_dir / "admin-credentials").exists, 60, "the admin credentials", every=0.2)
-        tree = Tree(self.proc, self.client, self.state_dir, self.grpc, hypervisors)  # type: ignore[arg-type]
+        tree = Tree(self.proc, self.client, self.state_dir, self.grpc, hypervisors,  # type: ignore[arg-type]
+                    pki_dir=self.state_dir / "pki")
         self.cloud = Cloud(tree, self.state_dir, "")
         fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())
         self.cloud.http = httpx.Client(base_url=base + API, timeout=60)

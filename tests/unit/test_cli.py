@@ -19,7 +19,7 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from cloudland import operations
+from cloudland import operations, pki
 from cloudland.errors import InvalidRequest
 from cloudland_cli import main, start, tree
 from cloudland_proto.v1 import diag_pb2 as diag
@@ -116,7 +116,7 @@ def fake_root() -> Iterator[tuple[str, FakeRoot]]:
     servicer = FakeRoot()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     root_pb2_grpc.add_RootServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", pki.grpc_server_credentials(pki.default_dir()))
     server.start()
     yield f"127.0.0.1:{port}", servicer
     server.stop(grace=None)

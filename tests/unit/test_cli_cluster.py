@@ -43,6 +43,8 @@ def test_the_launcher_starts_one_detached_agent_per_host_and_survives_each():
     assert "-disable-auto-cleanup" in argv and argv[argv.index("-ppn") + 1] == "1"
     tail = argv[argv.index("cloudland_launcher.hostd") + 1:]
     assert tail == ["--daemon", "--root", "10.0.0.1:50552", "--leaves", "1", "--state-dir", "/s/{host}"]
+    with_pki = agent_command(["a"], "10.0.0.1:50552", Path("/s/{host}"), 1, pki_dir=Path("/s/pki"))
+    assert with_pki[-2:] == ["--pki", "/s/pki"], "each host finds the node certificate at the controller's path"
 
 
 @pytest.mark.parametrize("listen", [None, "10.0.0.1:0"])

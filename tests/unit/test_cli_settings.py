@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cloudland.errors import ConfigError
 from cloudland_cli import main, settings
-from cloudland_cli.settings import CliConfig, ProfileStore, root_endpoint
+from cloudland_cli.settings import CliConfig, ProfileStore, root_endpoint, root_pki
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +75,17 @@ def test_environment_overrides_the_profile(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize("url", ["ftp://x", "http://", "http://h:notaport", "nonsense"])
 def test_bad_endpoints_are_refused(url: str) -> None:
     assert CliRunner().invoke(main.app, ["configure", "--endpoint", url]).exit_code == 2
+
+
+def test_a_profile_names_where_its_roots_control_certificate_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`tree` and `cluster` present the control certificate of $CLOUDLAND_PKI, else the
+    profile's ``pki``, else the all-in-one cloud's (issue 15)."""
+    monkeypatch.setenv("CLOUDLAND_CONFIG", str(tmp_path / "cli.json"))
+    monkeypatch.delenv("CLOUDLAND_PKI", raising=False)
+    monkeypatch.delenv("CLOUDLAND_STATE_DIR", raising=False)
+    monkeypatch.delenv("CLOUDLAND_PROFILE", raising=False)
+    assert root_pki() == Path("var/pki")
+    CliConfig(endpoint="http://a:8080", grpc="a:1", pki="/lab/pki").save()
+    assert root_pki() == Path("/lab/pki") and CliConfig.load().pki == "/lab/pki", "stored with the profile"
+    monkeypatch.setenv("CLOUDLAND_PKI", "/env/pki")
+    assert root_pki() == Path("/env/pki")

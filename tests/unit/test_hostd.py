@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudland import procinfo
+from cloudland import pki, procinfo
 from cloudland.topology import NodeRange
 from cloudland_launcher import rendezvous
 from cloudland_launcher.harness import wait_for
@@ -28,25 +28,28 @@ LEAF, RELAY = NodeRange(3, 4), NodeRange(0, 4)
 
 
 class PlayedRoot:
-    """A listener that accepts host agents' channels and lets the test speak for the root."""
+    """A listener that accepts host agents' channels (over TLS, with the root's certificate)
+    and lets the test speak for the root."""
 
-    def __init__(self) -> None:
+    def __init__(self, pki_dir: Path) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.tls = rendezvous.Tls.load(pki_dir, pki.ROOT)
 
-    def accept(self) -> tuple[socket.socket, lpb.HostHello]:
+    def accept(self) -> tuple[rendezvous.Conn, lpb.HostHello]:
         self.server.settimeout(10)
-        conn, _ = self.server.accept()
-        conn.settimeout(10)
+        sock, _ = self.server.accept()
+        sock.settimeout(10)
+        conn = rendezvous.Conn(self.tls.server.wrap_socket(sock, server_side=True), 10)
         frame = rendezvous.receive(conn, "agent")
         assert frame.WhichOneof("body") == "host_hello"
         return conn, frame.host_hello
 
 
 @pytest.fixture
-def agent(tmp_path: Path):
-    root = PlayedRoot()
-    agent = HostAgent(root.address, "127.0.0.1", 1, tmp_path, host="h1",
+def agent(tmp_path: Path, tree_credentials: Path):
+    root = PlayedRoot(tree_credentials)
+    agent = HostAgent(root.address, "127.0.0.1", 1, tmp_path, tree_credentials, host="h1",
                       command=lambda node: [sys.executable, "-c", "import time; time.sleep(120)"])
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
