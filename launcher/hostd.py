@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 RESTART_MIN_S = 0.1     # first restart delay of a rank that died
 RESTART_MAX_S = 5.0     # ... doubling up to this while it keeps dying
 STABLE_S = 30.0         # a rank up this long starts again from the minimum delay
+# A rank killed by SIGKILL or SIGTERM (an operator, the OOM killer, a test) did not crash on
+# its own: it restarts after the minimum delay however often it happens. Its mpiexec exits
+# with the signal's number; mpiexec itself killed shows as the negative number.
+KILLED = {signal.SIGKILL, signal.SIGTERM, -signal.SIGKILL, -signal.SIGTERM}
 PING_S = 1.0            # the channel's keep-alive both ways
 CHANNEL_LOST_S = 5.0    # silence on the channel past this: reconnect
 STOP_GRACE_S = 5.0
@@ -181,7 +185,8 @@ class HostAgent:
                 if rank.proc is not None and rank.proc.poll() is not None:
                     code = rank.proc.returncode
                     up = now - rank.started
-                    rank.delay = RESTART_MIN_S if up > STABLE_S else min(rank.delay * 2, RESTART_MAX_S)
+                    backoff = up <= STABLE_S and code not in KILLED  # dying on its own, again
+                    rank.delay = min(rank.delay * 2, RESTART_MAX_S) if backoff else RESTART_MIN_S
                     rank.restart_at = now + rank.delay
                     rank.proc = None
                     rank.restarts += 1

@@ -17,7 +17,7 @@ import pytest
 
 from cloudland import pki, procinfo
 from cloudland.topology import NodeRange
-from cloudland_launcher import rendezvous
+from cloudland_launcher import hostd, rendezvous
 from cloudland_launcher.harness import wait_for
 from cloudland_launcher.hostd import HostAgent
 from cloudland_launcher.subtree import node_id
@@ -46,11 +46,16 @@ class PlayedRoot:
         return conn, frame.host_hello
 
 
+SLEEPER = "import time; time.sleep(120)"
+
+
 @pytest.fixture
-def agent(tmp_path: Path, tree_credentials: Path):
+def agent(request: pytest.FixtureRequest, tmp_path: Path, tree_credentials: Path):
+    """A host agent whose ranks run ``SLEEPER``, or the code a test gives by indirect parametrisation."""
+    code = getattr(request, "param", SLEEPER)
     root = PlayedRoot(tree_credentials)
     agent = HostAgent(root.address, "127.0.0.1", 1, tmp_path, tree_credentials, host="h1",
-                      command=lambda node: [sys.executable, "-c", "import time; time.sleep(120)"])
+                      command=lambda node: [sys.executable, "-c", code])
     thread = threading.Thread(target=agent.run, daemon=True)
     thread.start()
     yield agent, root
@@ -79,6 +84,32 @@ def test_runs_what_the_welcome_says_and_restarts_a_killed_rank(agent):
 
     rendezvous.send(conn, stop=lpb.StopRank(node=node_id(RELAY), reason="placed on another host"))
     wait_for(lambda: RELAY not in agent.ranks, 10, "the relay to stop")
+    conn.close()
+
+
+def test_a_rank_killed_again_and_again_restarts_at_once_each_time(agent):
+    """Killed is not crashing: ten SIGKILLs in a row, and the eleventh start is as prompt as the
+    first (a doubling delay had reached 5 s by the sixth, measured in tests/multihost)."""
+    agent, root = agent
+    conn, _ = root.accept()
+    rendezvous.send(conn, welcome=lpb.HostWelcome(leaves=[3], run=[node_id(LEAF)]))
+    pid = wait_for(lambda: pid_of(agent, LEAF), 10, "the leaf to start")
+    for round_ in range(10):
+        os.kill(pid, signal.SIGKILL)
+        pid = wait_for(lambda old=pid: pid_of(agent, LEAF) not in (0, old) and pid_of(agent, LEAF), 5,
+                       f"restart {round_ + 1}")
+        assert agent.ranks[LEAF].delay == hostd.RESTART_MIN_S, f"round {round_}"
+    assert agent.ranks[LEAF].restarts == 10
+    conn.close()
+
+
+@pytest.mark.parametrize("agent", ["import sys; sys.exit(3)"], indirect=True)
+def test_a_rank_that_keeps_dying_on_its_own_is_restarted_ever_later(agent):
+    agent, root = agent
+    conn, _ = root.accept()
+    rendezvous.send(conn, welcome=lpb.HostWelcome(leaves=[3], run=[node_id(LEAF)]))
+    wait_for(lambda: agent.ranks.get(LEAF) and agent.ranks[LEAF].restarts >= 4, 20, "four restarts")
+    assert agent.ranks[LEAF].delay >= 16 * hostd.RESTART_MIN_S
     conn.close()
 
 
