@@ -460,11 +460,10 @@ def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
 
         quick_start(box, again=False)
 
-        # "Check it" (README, Running a cluster): the same commands on the all-in-one cloud.
-        hosts, health, hypers = (box.ok(line) for line in CLUSTER_CHECK)
+        # "Check it" (README, Running a cluster) on the all-in-one cloud; its `hyper list` is the quick start's.
+        hosts, health = (box.ok(line) for line in CLUSTER_CHECK if line != HYPER_LIST)
         assert re.search(r"\byes\b", hosts.stdout), described(hosts)  # this machine's host agent, connected
         assert re.search(r"\broot\b", health.stdout), described(health)
-        assert len(re.findall(r"\bsim-\d+\W+up\W+yes\b", hypers.stdout)) == 100, described(hypers)
         for line in TREE_COMMANDS:
             box.ok(line)
 
@@ -507,8 +506,8 @@ def test_running_it_yourself(phase: Sandbox) -> None:
         result = box.ok(ENDPOINT_LOGIN)
         assert "logged in to http://127.0.0.1:18080 as admin" in result.stdout, described(result)
         assert "(profile lab)" in result.stdout, described(result)
-        wait_for(lambda: hypervisor_states(box, CLOUDLAND_ENDPOINT="http://127.0.0.1:18080") == {"up": 1000}, 60,
-                 "1000 hypervisors up")
+        result = box.ok("CLOUDLAND_ENDPOINT=http://127.0.0.1:18080 .venv/bin/cloudland vm list")
+        assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
     finally:
         cloud.interrupt()
     box.wait_empty(f"Ctrl-C of {UP_1000!r}")
@@ -522,6 +521,7 @@ def test_running_it_yourself(phase: Sandbox) -> None:
         try:
             wait_api(box, ".venv/bin/cloudland vm list")
             box.ok(".venv/bin/cloudland vm list")  # the token of phase 1: the same var/, the same cloud
+            # The API alone found the tree alone; the database now knows 1000 hypervisors.
             wait_for(lambda: hypervisor_states(box) == {"up": 1000}, 60, "1000 hypervisors up")
         finally:
             api.interrupt()
