@@ -508,6 +508,9 @@ def test_running_it_yourself(phase: Sandbox) -> None:
         assert "(profile lab)" in result.stdout, described(result)
         result = box.ok("CLOUDLAND_ENDPOINT=http://127.0.0.1:18080 .venv/bin/cloudland vm list")
         assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
+        # As the README says, lab now points where the login went: no variable needed any more.
+        result = box.ok(".venv/bin/cloudland vm list")
+        assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
     finally:
         cloud.interrupt()
     box.wait_empty(f"Ctrl-C of {UP_1000!r}")
