@@ -71,7 +71,7 @@ QUICK_START = (
 LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, STOP, DELETE = QUICK_START
 PROFILES = (
     ".venv/bin/cloudland configure",
-    ".venv/bin/cloudland configure --profile lab --endpoint http://10.0.0.5:8080 --grpc 10.0.0.5:50551",
+    ".venv/bin/cloudland configure --profile lab --endpoint http://10.0.0.5:8080 --grpc 10.0.0.5:50551 --pki ~/lab-pki",
     ".venv/bin/cloudland --profile lab login --username admin --password-stdin < pw.txt",
     ".venv/bin/cloudland --profile lab vm list",
     ".venv/bin/cloudland configure --profile lab --use",
@@ -82,6 +82,7 @@ TREE_UP_1000 = ".venv/bin/cloudland tree up --hypervisors 1000"
 API_ALONE = ".venv/bin/python -m cloudland_api"
 ROOT_ALONE = ".venv/bin/python -m cloudland_launcher --hypervisors 1000"  # excluded, below
 ROOT_UNDER_MPIEXEC = ".venv/bin/mpiexec -n 1 .venv/bin/python -m cloudland_launcher"
+PKI_ENSURE = ".venv/bin/python -c 'from pathlib import Path; from cloudland import pki; pki.ensure(Path(\"var/pki\").resolve())'"
 CLUSTER_CHECK = (
     ".venv/bin/cloudland cluster hosts",
     ".venv/bin/cloudland tree health",
@@ -95,7 +96,7 @@ TREE_COMMANDS = (  # `tree health` is run with CLUSTER_CHECK
 )
 
 RUN = {MAKE_RUN, *QUICK_START, *PROFILES, ENDPOINT_LOGIN, UP_1000, TREE_UP_1000, API_ALONE, ROOT_UNDER_MPIEXEC,
-       *CLUSTER_CHECK}
+       PKI_ENSURE, *CLUSTER_CHECK}
 
 REAL_VMS = ("needs libvirtd and QEMU running on this machine and the test guest built: tests/realvm "
             "runs these paths (test_api_to_qemu.py and its neighbours) with real guests")
@@ -103,6 +104,7 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
        "`make lab-down` sweeps, an operator's own lab included; tests/lab checks the lab, tests/multihost the "
        "tree across it. Tried inside this module's namespaces with a /run of their own: `make lab` failed 1 run "
        "in 3 there (unshare binding a host's mount namespace file: EINVAL)")
+HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
 EXCLUDED = {
     "make test": "runs the whole suite, this module included (CI runs it: .ci/run)",
     ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts exactly this "
@@ -116,8 +118,12 @@ EXCLUDED = {
     ".venv/bin/cloudland vm vnc demo": REAL_VMS,
     ".venv/bin/cloudland vm stop demo && .venv/bin/cloudland vm capture demo demo-golden": REAL_VMS,
     "make libvirtd-stop": "stops the machine's libvirtd, which other tests share; " + REAL_VMS,
-    ".venv/bin/cloudland up --hostfile hosts.txt --listen 10.0.0.1:50552 --hypervisors 1024":
-        "needs hosts reachable by root ssh: tests/multihost/test_cluster.py runs it on the lab's hosts",
+    ".venv/bin/cloudland up --hostfile hosts.txt --listen 10.0.0.1:50552 --hypervisors 1024": HOSTS,
+    # One shell loop over four lines: each line is listed.
+    "for h in hv-01 hv-02 hv-03; do": HOSTS,
+    'ssh root@$h "install -d -m 0700 $PWD/var/pki" &&': HOSTS,
+    "scp -p var/pki/ca.pem var/pki/node.pem var/pki/node.key root@$h:$PWD/var/pki/": HOSTS,
+    "done": HOSTS,
     "make lab HOSTS=4": LAB,
     ".venv/bin/python -m cloudland_lab exec h1 -- bash": LAB,
     ".venv/bin/python -m cloudland_lab status": LAB,
@@ -284,9 +290,10 @@ class Sandbox:
         shutil.rmtree(self.base, ignore_errors=True)
 
     def env(self, **extra: str) -> dict[str, str]:
-        """A fresh login shell's: no CLOUDLAND_*, no venv on PATH, HOME of its own; wide for Rich's tables."""
+        """A fresh login shell's: no CLOUDLAND_* (not even the session's CA), no venv on PATH, HOME of
+        its own; wide for Rich's tables."""
         path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and Path(p) != BIN]
-        drop = {"VIRTUAL_ENV", "XDG_CONFIG_HOME", "TMPDIR"}
+        drop = {"VIRTUAL_ENV", "XDG_CONFIG_HOME", "TMPDIR", "CLOUDLAND_PKI"}
         env = {k: v for k, v in clean_env().items() if k not in drop}
         return env | {"HOME": str(self.home), "PATH": os.pathsep.join(path), "COLUMNS": "200"} | extra
 
@@ -467,6 +474,10 @@ def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
         assert re.search(r"\broot\b", health.stdout), described(health)
         for line in TREE_COMMANDS:
             box.ok(line)
+        # The cluster's CA, made once: make run made it already, and ensure keeps it.
+        ca = (box.clone / "var" / "pki" / "ca.pem").read_bytes()
+        box.ok(PKI_ENSURE)
+        assert (box.clone / "var" / "pki" / "ca.pem").read_bytes() == ca
 
         shown, configured, lab_login, lab_list, used = PROFILES
         result = box.ok(shown)
