@@ -24,7 +24,8 @@ The phases share that one checkout, in order:
 3. ``make run`` again in the same checkout: the quick start again on the cloud of phase 1, whose
    900 hypervisors beyond the first 100 are now ``gone``.
 
-About 2 to 2.5 minutes on 2 shared cores, most of it building the five trees.
+About two minutes on this 2-core machine (104-152 s with other tests loading it to a load average
+of 26-37), most of it building the five trees.
 """
 
 from __future__ import annotations
