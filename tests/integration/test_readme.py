@@ -1,0 +1,574 @@
+"""Issue 16, must show 5: the README's commands work as written, on a fresh clone and again after
+the quick start has been run once in the same checkout.
+
+Every line of README.md's ``sh`` blocks is either run by this module, literally (``bash -c LINE``),
+or listed in ``EXCLUDED`` with the reason it cannot run here; ``test_every_readme_command_is_run_or_excluded``
+fails when the README gains a command (or a block in another language) that is neither, and when
+an entry here no longer matches the README.
+
+Where they run: a copy of this checkout's tracked files (a fresh clone: no ``var/``, no generated
+code), whose ``.venv`` is a symlink to the venv running the tests, inside a network and mount
+namespace of the module's own. So the README's addresses hold as written (the API on
+127.0.0.1:8080, the root on 127.0.0.1:50551, another cloud on 10.0.0.5) without touching a cloud
+the machine runs or another test session; ``/tmp`` there is a directory of the module's, and
+``HOME`` a fresh one (``~/.config/cloudland/cli.json``). Every process of the namespace is the
+module's: the phases check that each Ctrl-C leaves none, and the teardown kills what is left.
+
+The phases share that one checkout, in order:
+
+1. ``make run`` on the fresh clone, the quick start, the cluster's check commands, the tree's own
+   commands and the profiles (``lab`` is a second API, without a tree, on 10.0.0.5:8080); Ctrl-C.
+2. "Running it yourself": ``cloudland up --hypervisors 1000`` (with ``CLOUDLAND_API_PORT=18080``,
+   which the ``CLOUDLAND_ENDPOINT`` line is about), the tree alone with the API alone beside it,
+   the root under ``mpiexec``; each stopped with Ctrl-C.
+3. ``make run`` again in the same checkout: the quick start again on the cloud of phase 1, whose
+   900 hypervisors beyond the first 100 are now ``gone``.
+
+About two minutes on this 2-core machine (104-152 s with other tests loading it to a load average
+of 26-37), most of it building the five trees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudland import procinfo
+from cloudland_launcher.harness import wait_for
+from tests.integration.test_cli_tree import BIN, REPO, clean_env, described, described_pids, kill_leftovers
+
+README = REPO / "README.md"
+BANNER_END = "Ctrl-C stops the API, then the tree."  # cloudland up's banner, last line
+TREE_BANNER_END = "Ctrl-C stops the tree."
+LAB_ADDRESS = "10.0.0.5"  # the README's other cloud ("lab")
+SANDBOX_PREFIX = "cloudland-readme-"
+# Not under /tmp: the namespace has a /tmp of its own, which would hide it.
+SANDBOX_DIR = Path("/var/tmp")
+
+# -- the README's commands ------------------------------------------------------------------
+
+MAKE_RUN = "make run"
+QUICK_START = (
+    ".venv/bin/cloudland login",
+    ".venv/bin/cloudland flavor create small --vcpus 1 --memory-mib 512 --disk-gib 1",
+    "head -c 1M /dev/urandom > /tmp/tiny.img && .venv/bin/cloudland image upload /tmp/tiny.img --name tiny --format raw",
+    ".venv/bin/cloudland vm create web --flavor small --image tiny --count 20",
+    ".venv/bin/cloudland vm list",
+    ".venv/bin/cloudland hyper list",
+    ".venv/bin/cloudland vm stop --name 'web-*'",
+    ".venv/bin/cloudland vm delete --name 'web-*'",
+)
+LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, STOP, DELETE = QUICK_START
+PROFILES = (
+    ".venv/bin/cloudland configure",
+    ".venv/bin/cloudland configure --profile lab --endpoint http://10.0.0.5:8080 --grpc 10.0.0.5:50551 --pki ~/lab-pki",
+    ".venv/bin/cloudland --profile lab login --username admin --password-stdin < pw.txt",
+    ".venv/bin/cloudland --profile lab vm list",
+    ".venv/bin/cloudland configure --profile lab --use",
+)
+ENDPOINT_LOGIN = "CLOUDLAND_ENDPOINT=http://127.0.0.1:18080 .venv/bin/cloudland login"
+UP_1000 = ".venv/bin/cloudland up --hypervisors 1000 --fanout 32"
+TREE_UP_1000 = ".venv/bin/cloudland tree up --hypervisors 1000"
+API_ALONE = ".venv/bin/python -m cloudland_api"
+ROOT_ALONE = ".venv/bin/python -m cloudland_launcher --hypervisors 1000"  # excluded, below
+ROOT_UNDER_MPIEXEC = ".venv/bin/mpiexec -n 1 .venv/bin/python -m cloudland_launcher"
+PKI_ENSURE = ".venv/bin/python -c 'from pathlib import Path; from cloudland import pki; pki.ensure(Path(\"var/pki\").resolve())'"
+CLUSTER_CHECK = (
+    ".venv/bin/cloudland cluster hosts",
+    ".venv/bin/cloudland tree health",
+    ".venv/bin/cloudland hyper list",
+)
+# Named in the README's prose ("The tree's own commands still work beside it"), not in a block.
+TREE_COMMANDS = (  # `tree health` is run with CLUSTER_CHECK
+    ".venv/bin/cloudland tree broadcast ping",
+    ".venv/bin/cloudland tree ping 7",
+    ".venv/bin/cloudland tree topology",
+)
+
+RUN = {MAKE_RUN, *QUICK_START, *PROFILES, ENDPOINT_LOGIN, UP_1000, TREE_UP_1000, API_ALONE, ROOT_UNDER_MPIEXEC,
+       PKI_ENSURE, *CLUSTER_CHECK}
+
+REAL_VMS = ("needs libvirtd and QEMU running on this machine and the test guest built: tests/realvm "
+            "runs these paths (test_api_to_qemu.py and its neighbours) with real guests")
+LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under the one name `lab`, which "
+       "`make lab-down` sweeps, an operator's own lab included; tests/lab checks the lab, tests/multihost the "
+       "tree across it. Tried inside this module's namespaces with a /run of their own: `make lab` failed 1 run "
+       "in 3 there (unshare binding a host's mount namespace file: EINVAL)")
+HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
+EXCLUDED = {
+    "make test": "runs the whole suite, this module included (CI runs it: .ci/run)",
+    ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts exactly this "
+                "(cli/start.py root_command, with the defaults spelled out); a third tree of 1000 would add ~15 s",
+    "make libvirtd": "installs libvirtd and QEMU from Debian and starts them for the whole machine; " + REAL_VMS,
+    "make guest": REAL_VMS,
+    "CLOUDLAND_DRIVER=libvirt .venv/bin/cloudland up --hypervisors 1": REAL_VMS,
+    ".venv/bin/cloudland image upload var/guest/guest.qcow2 --name guest --format qcow2": REAL_VMS,
+    ".venv/bin/cloudland vm create demo --flavor small --image guest": REAL_VMS,
+    ".venv/bin/cloudland vm console demo": REAL_VMS,
+    ".venv/bin/cloudland vm vnc demo": REAL_VMS,
+    ".venv/bin/cloudland vm stop demo && .venv/bin/cloudland vm capture demo demo-golden": REAL_VMS,
+    "make libvirtd-stop": "stops the machine's libvirtd, which other tests share; " + REAL_VMS,
+    ".venv/bin/cloudland up --hostfile hosts.txt --listen 10.0.0.1:50552 --hypervisors 1024": HOSTS,
+    # One shell loop over four lines: each line is listed.
+    "for h in hv-01 hv-02 hv-03; do": HOSTS,
+    'ssh root@$h "install -d -m 0700 $PWD/var/pki" &&': HOSTS,
+    "scp -p var/pki/ca.pem var/pki/node.pem var/pki/node.key root@$h:$PWD/var/pki/": HOSTS,
+    "done": HOSTS,
+    "make lab HOSTS=4": LAB,
+    ".venv/bin/python -m cloudland_lab exec h1 -- bash": LAB,
+    ".venv/bin/python -m cloudland_lab status": LAB,
+    ".venv/bin/python -m cloudland_lab cut h2": LAB,
+    "make lab-down": LAB,
+}
+# Blocks in a language other than sh, by their first line.
+EXCLUDED_BLOCKS = {
+    'with Lab(prefix="cl7", subnet="10.77.0.0/24") as lab:':
+        "Python, not shell: cloudland_lab.Lab, which tests/lab exercises",
+}
+SHELL = {"sh", "bash", "shell", "console"}
+# The namespaces' first process: it sets them up, then holds them until its stdin closes (the module
+# ends, or the test process dies) and kills every process left in them. `read` is a builtin, so
+# while it waits the namespace holds no process of the holder's but itself.
+HOLDER = """
+mount --bind {tmp} /tmp && ip link set lo up && ip addr add {lab}/32 dev lo || exit 1
+echo ready
+read -r _
+me=$(readlink /proc/$$/ns/net)
+for p in /proc/[0-9]*; do
+    pid=${{p#/proc/}}
+    [ "$pid" != $$ ] && [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$me" ] && kill -9 "$pid" 2>/dev/null
+done
+exit 0
+"""
+FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
+
+
+def without_comment(line: str) -> str:
+    """A command line without its trailing ``# comment`` (no README command has a # of its own)."""
+    return re.sub(r"(^|\s+)#.*$", "", line).strip()
+
+
+def readme_blocks() -> list[tuple[str, list[str]]]:
+    """Every fenced block of README.md: its language and its lines, comments removed, empty ones dropped."""
+    return [(lang, [cmd for cmd in map(without_comment, body.splitlines()) if cmd])
+            for lang, body in FENCE.findall(README.read_text())]
+
+
+def readme_commands() -> list[str]:
+    return [cmd for lang, lines in readme_blocks() if lang in SHELL for cmd in lines]
+
+
+def test_every_readme_command_is_run_or_excluded() -> None:
+    commands = readme_commands()
+    assert not RUN & EXCLUDED.keys(), f"both run and excluded: {sorted(RUN & EXCLUDED.keys())}"
+    neither = [cmd for cmd in commands if cmd not in RUN and cmd not in EXCLUDED]
+    assert not neither, f"README commands this module neither runs nor excludes (with a reason): {neither}"
+    stale = sorted((RUN | EXCLUDED.keys()) - set(commands))
+    assert not stale, f"commands listed here that README.md no longer has: {stale}"
+    other = {lines[0]: lang for lang, lines in readme_blocks() if lang and lang not in SHELL and lines}
+    assert other.keys() == EXCLUDED_BLOCKS.keys(), (
+        f"README blocks in other languages {other} against those excluded {sorted(EXCLUDED_BLOCKS)}")
+    # The quick start is one block, in this order; make run's banner prints the same lines.
+    assert [lines for lang, lines in readme_blocks() if LOGIN in lines] == [list(QUICK_START)]
+
+
+# -- the sandbox: a fresh clone in namespaces of its own ------------------------------------
+
+
+class Background:
+    """A README command that runs until Ctrl-C (SIGINT to its process group, as a terminal sends it)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], output: Path, line: str) -> None:
+        self.proc, self.output, self.line = proc, output, line
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def wait_for_text(self, text: str, timeout: float = 180) -> str:
+        def printed() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.line!r} exited {self.proc.returncode} before printing {text!r}:\n"
+                                     f"{self.text()[-3000:]}")
+            return text in self.text()
+        wait_for(printed, timeout, f"{self.line!r} to print {text!r}", every=0.2)
+        return self.text()
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C; the exit status once the command has ended."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.line!r} still running {timeout} s after Ctrl-C:\n"
+                                 f"{self.text()[-3000:]}") from None
+
+
+def netns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+class Sandbox:
+    """A copy of the checkout's tracked files, run inside a network and mount namespace of its own."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.clone = base / "cloudland"
+        self.home = base / "home"
+        self.tmp = base / "tmp"  # /tmp inside the namespace
+        self.holder: subprocess.Popen[str] | None = None
+        self.netns: str | None = None  # the namespace's id, as /proc/PID/ns/net reads
+        self.passed: set[str] = set()  # the phases that passed: each later one runs on what they leave
+
+    def up(self) -> None:
+        installed = BIN.parent / ".installed"
+        if not installed.exists():
+            pytest.skip(f"{BIN.parent} was not set up by deploy/bootstrap.sh (no .installed): "
+                        "`make run` would install the copy into it")
+        for path in (self.clone, self.home, self.tmp):
+            path.mkdir(parents=True)
+        tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True,
+                                 timeout=30).stdout.decode().split("\0")
+        for name in filter(None, tracked):
+            source, copy = REPO / name, self.clone / name
+            if source.is_symlink() or source.is_file():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, copy, follow_symlinks=False)
+        (self.clone / ".venv").symlink_to(BIN.parent)
+        # bootstrap.sh installs again when setup.cfg is newer than the venv's .installed; the copy's
+        # is the checkout's, so its age is the venv's: `make run` must not install the copy into it.
+        stamp = installed.stat().st_mtime - 1
+        os.utime(self.clone / "setup.cfg", (stamp, stamp))
+        self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
+                                        HOLDER.format(tmp=self.tmp, lab=LAB_ADDRESS)],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+        assert self.holder.stdout is not None
+        ready = self.holder.stdout.readline().strip()
+        self.netns = netns(self.holder.pid)
+        if ready != "ready":
+            self.holder.wait(timeout=10)
+            pytest.fail(f"could not make the namespaces: {self.holder.stderr.read() if self.holder.stderr else ''}")
+
+    def processes(self) -> set[int]:
+        """Every process in the namespace but its holder: all of them started by this module."""
+        assert self.holder is not None
+        return {int(p) for p in os.listdir("/proc")
+                if p.isdigit() and int(p) != self.holder.pid and netns(int(p)) == self.netns}
+
+    def wait_empty(self, after: str, timeout: float = 30) -> None:
+        try:
+            wait_for(lambda: not self.processes(), timeout, f"no process left after {after}", every=0.2)
+        except AssertionError:
+            raise AssertionError(f"left {timeout} s after {after}: {described_pids(self.processes())}") from None
+
+    def down(self) -> None:
+        if self.holder is not None:
+            assert self.holder.stdin is not None
+            self.holder.stdin.close()  # the holder kills what is left in the namespace, then ends
+            try:
+                self.holder.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.holder.kill()
+                self.holder.wait(timeout=10)
+            kill_leftovers(self.processes())
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A fresh login shell's: no CLOUDLAND_* (not even the session's CA), no venv on PATH, HOME of
+        its own; wide for Rich's tables."""
+        path = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p and Path(p) != BIN]
+        drop = {"VIRTUAL_ENV", "XDG_CONFIG_HOME", "TMPDIR", "CLOUDLAND_PKI"}
+        env = {k: v for k, v in clean_env().items() if k not in drop}
+        return env | {"HOME": str(self.home), "PATH": os.pathsep.join(path), "COLUMNS": "200"} | extra
+
+    def argv(self, line: str) -> list[str]:
+        assert self.holder is not None
+        return ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", f"--wdns={self.clone}", "--",
+                "bash", "-c", line]
+
+    def sh(self, line: str, *, answer: str | None = None, timeout: float = 120,
+           **env: str) -> subprocess.CompletedProcess[str]:
+        """``bash -c LINE`` in the clone; with ``answer``, stdin is a terminal that types it."""
+        if answer is None:
+            return subprocess.run(self.argv(line), env=self.env(**env), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=timeout)
+        terminal, stdin = os.openpty()
+        try:
+            proc = subprocess.Popen(self.argv(line), env=self.env(**env), stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            os.close(stdin)
+            os.write(terminal, answer.encode())
+            stdout, stderr = proc.communicate(timeout=timeout)
+        finally:
+            os.close(terminal)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    def ok(self, line: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        result = self.sh(line, **kwargs)
+        assert result.returncode == 0, f"{line}: {described(result)}\n{self.logs()}"
+        return result
+
+    def logs(self) -> str:
+        """The end of the checkout's API and root logs, for a failure's message."""
+        tails = []
+        for log in ("api.out", "root.out"):
+            path = self.clone / "var" / log
+            if path.exists():
+                tails.append(f"var/{log}:\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:]))
+        return "\n".join(tails)
+
+    def start(self, line: str, name: str, **env: str) -> Background:
+        output = self.base / f"{name}.out"
+        with open(output, "wb") as sink:
+            proc = subprocess.Popen(self.argv(line), env=self.env(**env), stdin=subprocess.DEVNULL, stdout=sink,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return Background(proc, output, line)
+
+
+def sweep_dead_sandboxes() -> None:
+    """Remove what a killed session left in the temporary directory (its pid is in the name)."""
+    for old in SANDBOX_DIR.glob(f"{SANDBOX_PREFIX}*"):
+        pid = old.name.removeprefix(SANDBOX_PREFIX).split("-")[0]
+        if pid.isdigit() and not procinfo.alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network and mount namespaces")
+    sweep_dead_sandboxes()
+    sandbox = Sandbox(Path(tempfile.mkdtemp(prefix=f"{SANDBOX_PREFIX}{os.getpid()}-", dir=SANDBOX_DIR)))
+    try:
+        sandbox.up()
+        yield sandbox
+    finally:
+        sandbox.down()
+
+
+PHASES = ("test_quick_start_on_a_fresh_clone", "test_running_it_yourself", "test_quick_start_again_in_the_same_checkout")
+
+
+@pytest.fixture
+def phase(box: Sandbox, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """The sandbox, for one phase, once every earlier phase has passed: each runs on what they leave."""
+    name = request.node.name
+    missing = [p for p in PHASES[:PHASES.index(name)] if p not in box.passed]
+    if missing:
+        pytest.skip(f"runs on what {', '.join(missing)} leaves, which did not pass in this session")
+    failed = request.session.testsfailed
+    yield box
+    if request.session.testsfailed == failed:
+        box.passed.add(name)
+
+
+# -- what each command should say --------------------------------------------------------------
+
+
+def hypervisor_states(box: Sandbox, **env: str) -> dict[str, int]:
+    """How many hypervisors are in each state, as ``hyper list --json`` says."""
+    hypers = json.loads(box.ok(".venv/bin/cloudland hyper list --json", **env).stdout)["items"]
+    return dict(Counter(hyper["state"] for hyper in hypers))
+
+
+def quick_start(box: Sandbox, again: bool) -> None:
+    """The quick start's lines, in the README's order, each checked against what its comment promises."""
+    config = box.home / ".config" / "cloudland" / "cli.json"
+    result = box.ok(LOGIN)  # reads var/admin-credentials; the token goes to ~/.config/cloudland/cli.json
+    assert f"logged in to http://127.0.0.1:8080 as admin; token stored in {config}" in result.stdout, described(result)
+    assert config.stat().st_mode & 0o777 == 0o600
+
+    if not again:
+        result = box.ok(FLAVOR)
+        assert re.search(r"^flavor \d+ small created$", result.stdout, re.M), described(result)
+        result = box.ok(IMAGE)
+        assert re.search(r"^image \d+ tiny active, 1048576 bytes", result.stdout, re.M), described(result)
+        assert (box.tmp / "tiny.img").stat().st_size == 1 << 20  # the namespace's own /tmp
+    else:
+        # The checkout keeps its cloud (var/): both are there already, and saying so is all these do.
+        for line, kind in ((FLAVOR, "flavor"), (IMAGE, "image")):
+            result = box.sh(line)
+            assert result.returncode == 2, f"{line}: {described(result)}"
+            assert result.stderr.count("\n") == 1 and "already" in result.stderr and kind in result.stderr, \
+                described(result)
+
+    result = box.ok(CREATE, timeout=180)
+    assert re.search(r"^20 created in \d+\.\d s$", result.stdout, re.M), described(result)
+    result = box.ok(VM_LIST)  # web-1 .. web-20, running, and the hypervisor of each
+    for i in range(1, 21):
+        assert re.search(rf"\bweb-{i}\W+running\W+\d+\b", result.stdout), f"web-{i}: {described(result)}"
+    assert re.search(r"^20 VMs$", result.stdout, re.M), described(result)
+    hosts = {int(h) for h in re.findall(r"\bweb-\d+\W+running\W+(\d+)\b", result.stdout)}
+    assert hosts and max(hosts) < 100, f"VMs placed on hypervisors the tree does not have: {sorted(hosts)}"
+
+    result = box.ok(HYPER_LIST)  # every hypervisor: state, vCPUs and memory claimed / capacity
+    assert len(re.findall(r"\bsim-\d+\W+up\W+yes\b", result.stdout)) == 100, described(result)
+    assert len(re.findall(r"\bgone\b", result.stdout)) == (900 if again else 0), described(result)
+
+    result = box.ok(STOP)
+    assert re.search(r"^20 stopped in ", result.stdout, re.M), described(result)
+    result = box.ok(DELETE, answer="y\n")  # asks first
+    assert "Delete 20 VMs?" in result.stderr, described(result)
+    # click writes the prompt's trailing space through input(), to stdout: on a terminal it ends the prompt.
+    assert re.search(r"^ ?20 deleted in ", result.stdout, re.M), described(result)
+
+
+def wait_api(box: Sandbox, probe: str, **env: str) -> None:
+    """Until ``probe`` (a CLI command) no longer exits 3 (the API does not answer)."""
+    wait_for(lambda: box.sh(probe, **env).returncode != 3, 120, f"the API to answer {probe!r}", every=0.5)
+
+
+def wait_root(box: Sandbox, root: Background) -> None:
+    """Until the root that ``root`` started answers with a ready tree."""
+    def ready() -> bool:
+        assert root.proc.poll() is None, f"{root.line!r} exited {root.proc.returncode}:\n{root.text()[-3000:]}"
+        topology = box.sh(".venv/bin/cloudland tree topology --json")
+        return topology.returncode == 0 and json.loads(topology.stdout).get("ready") is True
+    wait_for(ready, 180, f"{root.line!r} to answer", every=0.5)
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
+    box = phase
+    assert not (box.clone / "var").exists()
+    cloud = box.start(MAKE_RUN, "make-run-1")
+    # The profiles' "lab" is another cloud: an API without a tree on 10.0.0.5:8080 (the README's
+    # API-alone line, told where by its CLOUDLAND_API_* settings). It starts while the tree builds.
+    lab_state = box.base / "lab-var"
+    lab = box.start(API_ALONE, "lab-api", CLOUDLAND_API_HOST=LAB_ADDRESS, CLOUDLAND_API_ROOT_ENDPOINT="",
+                    CLOUDLAND_API_STATE_DIR=str(lab_state),
+                    CLOUDLAND_API_DATABASE_URL=f"sqlite:///{lab_state / 'cloudland.db'}")
+    try:
+        text = cloud.wait_for_text(BANNER_END)
+        assert "admin credentials: var/admin-credentials (mode 0600)" in text, text[-3000:]
+        assert (box.clone / "var" / "admin-credentials").stat().st_mode & 0o777 == 0o600
+        # The banner's "try in another terminal" is the README's quick start.
+        tried = text.split("Try in another terminal:", 1)[1].splitlines()[1:1 + len(QUICK_START)]
+        assert [line.strip() for line in tried] == list(QUICK_START), text[-3000:]
+
+        quick_start(box, again=False)
+
+        # "Check it" (README, Running a cluster) on the all-in-one cloud; its `hyper list` is the quick start's.
+        hosts, health = (box.ok(line) for line in CLUSTER_CHECK if line != HYPER_LIST)
+        assert re.search(r"\byes\b", hosts.stdout), described(hosts)  # this machine's host agent, connected
+        assert re.search(r"\broot\b", health.stdout), described(health)
+        for line in TREE_COMMANDS:
+            box.ok(line)
+        # The cluster's CA, made once: make run made it already, and ensure keeps it.
+        ca = (box.clone / "var" / "pki" / "ca.pem").read_bytes()
+        box.ok(PKI_ENSURE)
+        assert (box.clone / "var" / "pki" / "ca.pem").read_bytes() == ca
+
+        shown, configured, lab_login, lab_list, used = PROFILES
+        result = box.ok(shown)
+        assert re.search(r"\bendpoint\s+http://127\.0\.0\.1:8080\b", result.stdout), described(result)
+        assert re.search(r"\blogged_in\s+True\b", result.stdout), described(result)
+        box.ok(configured)
+        wait_for(lambda: (lab_state / "admin-credentials").exists(), 60, "the lab's admin credentials")
+        password = dict(line.split("=", 1) for line in (lab_state / "admin-credentials").read_text().split())
+        (box.clone / "pw.txt").write_text(password["password"] + "\n")
+        wait_api(box, "CLOUDLAND_ENDPOINT=http://10.0.0.5:8080 .venv/bin/cloudland flavor list")
+        result = box.ok(lab_login)
+        assert "logged in to http://10.0.0.5:8080 as admin" in result.stdout, described(result)
+        # With lab's token, which only lab's API takes: the list came from lab.
+        result = box.ok(lab_list)
+        assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
+        result = box.ok(used)
+        assert re.search(r"\bprofile\s+lab\b", result.stdout) and re.search(r"\bcurrent\s+True\b", result.stdout), \
+            described(result)
+    finally:
+        lab.interrupt()
+        status = cloud.interrupt()
+    assert "stopping the API, then the tree" in cloud.text(), cloud.text()[-3000:]
+    box.wait_empty("Ctrl-C of make run")
+    assert status in (0, 2, -signal.SIGINT), f"make run ended with {status}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_running_it_yourself(phase: Sandbox) -> None:
+    box = phase
+    # The CLOUDLAND_ENDPOINT line is for a cloud whose API is elsewhere: CLOUDLAND_API_PORT puts it there.
+    cloud = box.start(UP_1000, "up-1000", CLOUDLAND_API_PORT="18080")
+    try:
+        text = cloud.wait_for_text(BANNER_END)
+        assert re.search(r"hypervisors\s+1000 \(11 per leaf rank\)", text), text[-3000:]
+        assert "configure --endpoint http://127.0.0.1:18080" in text, text[-3000:]
+        # The README leaves "lab" in use: the login stores there, with the endpoint it reached.
+        result = box.ok(ENDPOINT_LOGIN)
+        assert "logged in to http://127.0.0.1:18080 as admin" in result.stdout, described(result)
+        assert "(profile lab)" in result.stdout, described(result)
+        result = box.ok("CLOUDLAND_ENDPOINT=http://127.0.0.1:18080 .venv/bin/cloudland vm list")
+        assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
+        # As the README says, lab now points where the login went: no variable needed any more.
+        result = box.ok(".venv/bin/cloudland vm list")
+        assert re.search(r"^0 VMs$", result.stdout, re.M), described(result)
+    finally:
+        cloud.interrupt()
+    box.wait_empty(f"Ctrl-C of {UP_1000!r}")
+    box.ok(".venv/bin/cloudland configure --profile default --use")
+
+    # The tree alone, then the API alone beside it: the all-in-one cloud in two terminals.
+    tree = box.start(TREE_UP_1000, "tree-up-1000")
+    try:
+        tree.wait_for_text(TREE_BANNER_END)
+        api = box.start(API_ALONE, "api-alone")
+        try:
+            wait_api(box, ".venv/bin/cloudland vm list")
+            box.ok(".venv/bin/cloudland vm list")  # the token of phase 1: the same var/, the same cloud
+            # The API alone found the tree alone; the database now knows 1000 hypervisors.
+            wait_for(lambda: hypervisor_states(box) == {"up": 1000}, 60, "1000 hypervisors up")
+        finally:
+            api.interrupt()
+    finally:
+        tree.interrupt()
+    box.wait_empty(f"Ctrl-C of {TREE_UP_1000!r} and {API_ALONE!r}")
+
+    # The root under MPICH's launcher: the tree's commands reach it, and Ctrl-C ends it all.
+    root = box.start(ROOT_UNDER_MPIEXEC, "root-mpiexec")
+    try:
+        wait_root(box, root)
+        result = box.ok(".venv/bin/cloudland tree broadcast ping")
+        assert re.search(r"\b100/100 replies\b", result.stdout), described(result)
+    finally:
+        root.interrupt()
+    box.wait_empty(f"Ctrl-C of {ROOT_UNDER_MPIEXEC!r}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_quick_start_again_in_the_same_checkout(phase: Sandbox) -> None:
+    box = phase
+    cloud = box.start(MAKE_RUN, "make-run-2")
+    try:
+        cloud.wait_for_text(BANNER_END)
+        # The token of the first run still works: the same var/ keeps the signing key and the users.
+        wait_api(box, ".venv/bin/cloudland vm list")
+        box.ok(".venv/bin/cloudland vm list")
+        # The 900 hypervisors of the bigger tree are not in this one.
+        wait_for(lambda: hypervisor_states(box) == {"up": 100, "gone": 900}, 60, "100 hypervisors up, 900 gone")
+        quick_start(box, again=True)
+    finally:
+        cloud.interrupt()
+    box.wait_empty("Ctrl-C of the second make run")
