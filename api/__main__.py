@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from cloudland.errors import ConfigError
 from cloudland.statedir import make_private
+from cloudland_api import logs
 from cloudland_api.app import create_app
 from cloudland_api.db import upgrade
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
@@ -63,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif credentials.exists():
         print(f"admin credentials (from the first start) are in {credentials}")
     print(f"CloudLand API on http://{settings.host}:{settings.port}  (docs: http://{settings.host}:{settings.port}/docs)")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")  # sets up logging
+    logs.install()  # then no token or ticket in a URL reaches api.out (issue 15)
+    uvicorn.Server(config).run()
     return 0
 
 

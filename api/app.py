@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,6 +22,7 @@ from cloudland.errors import (
     HypervisorError,
     InvalidRequest,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     RootUnreachable,
     TreeError,
@@ -30,8 +32,12 @@ from cloudland.errors import (
 from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
+from cloudland_api.deps import known_query_parameters
+from cloudland_api.limits import Admission
+from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
 from cloudland_api.security import load_signing_key
+from cloudland_api.services.consoles import ConsoleTickets
 from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
 from cloudland_api.reconcile.controller import Converger
@@ -49,11 +55,22 @@ _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (InvalidRequest, 400, "invalid_request"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
+    (Overloaded, 429, "too_many_requests"),
     (RootUnreachable, 503, "unavailable"),
     (TreeError, 503, "unavailable"),
     (HypervisorError, 502, "hypervisor_error"),
 ]
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               415: "unsupported_media_type"}
+
+
+# What Admission (limits.py) may answer on any route, before the route runs.
+ADMISSION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "The request body is larger than this route takes"},
+    429: {"model": ErrorResponse, "description": "The API is saturated: retry after Retry-After seconds",
+          "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}},
+}
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -64,8 +81,10 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 async def _cloudland_error(_request: Request, exc: Exception) -> JSONResponse:
     for cls, status, code in _STATUS:
         if isinstance(exc, cls):
-            # RFC 9110 §15.5.2: a 401 must say which scheme would work.
+            # RFC 9110 §15.5.2: a 401 must say which scheme would work; a 429 says when to come back.
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            if isinstance(exc, Overloaded):
+                headers = {"Retry-After": str(exc.retry_after_s)}
             return error_response(status, code, str(exc), headers)
     log.error("event=unmapped_error type=%s message=%s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
@@ -97,11 +116,54 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "; ".join(problems))
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    # Starlette's own errors (unknown path, wrong method) get the same body shape as ours.
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own errors (unknown path, wrong method, a body cut off at its ceiling while
+    # read: limits.py) get the same body shape as ours.
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error" if exc.status_code >= 500 else "bad_request")
-    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}) or None)
+    message, headers = str(exc.detail), dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request.app, request.url.path) or headers.get("Allow", "")
+    return error_response(exc.status_code, code, message, headers or None)
+
+
+def _with_bad_requests(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that also declares the 400s every route of a kind may answer, whoever wrote
+    the route: a JSON body that does not parse (``malformed_json``), a page cursor (``after``)
+    that this list did not give (``invalid_request``)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                json_body = "application/json" in operation.get("requestBody", {}).get("content", {})
+                paged = any(p.get("name") == "after" and p.get("in") == "query" for p in operation.get("parameters", []))
+                if json_body or paged:
+                    operation["responses"].setdefault("400", {
+                        "description": "The body is not valid JSON, or the cursor is not one this list gave",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+        return document
+
+    return openapi
+
+
+def _allowed_methods(app: FastAPI, path: str) -> str:
+    """Every method the API serves at ``path``, from the OpenAPI document's paths. Starlette's 405
+    names only the methods of the one route it tried, but RFC 9110 §10.2.1 wants them all (GET
+    and POST of /flavors are two routes). A literal path (``/instances/actions``) wins over a
+    template that would also match it (``/instances/{instance_id}``)."""
+    literal: set[str] = set()
+    templated: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        methods = {method.upper() for method in operations if method.upper() in _METHODS}
+        if template == path:
+            literal |= methods
+        elif "{" in template and re.fullmatch(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)), path):
+            templated |= methods
+    return ", ".join(sorted(literal or templated))
 
 
 async def _unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -117,8 +179,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     converger submits the jobs it makes to the engine (docs/architecture.md "Reconciler")."""
     settings: ApiSettings = app.state.settings
     if not settings.root_endpoint:
-        app.state.root_client = None
-        yield  # no tree: jobs are written and stay pending
+        yield  # no tree: jobs are written and stay pending (root_client stays create_app's None, or a test's)
         return
     observer = Observer(app.state.write_sessions, settings.root_endpoint, cpu_ratio=settings.cpu_ratio,
                         memory_ratio=settings.memory_ratio)
@@ -154,6 +215,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         summary="Virtual machines, networks and volumes for many tenants.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        responses=ADMISSION_RESPONSES,
+        dependencies=[Depends(known_query_parameters)],  # an unknown query parameter is a 422, as a body field
     )
     app.state.settings = settings
     app.state.signing_key = load_signing_key(settings.state_dir)
@@ -162,12 +225,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.sessions = session_factory(app.state.engine)
     app.state.write_sessions = session_factory(app.state.engine, write=True)
     app.state.root_client = None  # set by the lifespan when a tree is configured
+    app.state.console_tickets = ConsoleTickets()
     # deps.write_turn: SQLite has one writer; PostgreSQL locks rows, so writers run in parallel.
     app.state.write_lock = asyncio.Lock() if settings.database_url.startswith("sqlite") else None
     app.add_exception_handler(CloudLandError, _cloudland_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(Admission, settings=settings)  # body ceilings and turns: 413, 429 (limits.py)
+    app.openapi = _with_bad_requests(app)  # type: ignore[method-assign]
     app.include_router(auth.router, prefix=API_PREFIX)
     app.include_router(flavors.router, prefix=API_PREFIX)
     app.include_router(images.router, prefix=API_PREFIX)

@@ -7,6 +7,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -106,3 +110,29 @@ SubmitDep = Annotated[Submit, Depends(get_submit)]
 PageLimit = Annotated[int, Query(ge=1, le=500, description="At most this many items")]
 PageAfter = Annotated[str | None, Query(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+$",
                                         description="The previous page's next_after")]
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}  # by id(route): routes live as long as the app
+
+
+def _query_names(dependant: Dependant) -> Iterator[str]:
+    yield from (param.alias for param in dependant.query_params)
+    for sub_dependant in dependant.dependencies:
+        yield from _query_names(sub_dependant)
+
+
+def known_query_parameters(connection: HTTPConnection) -> None:
+    """Refuses a query parameter the route does not take, as an unknown body field is refused
+    (422): a typo such as ``?stauts=running`` would otherwise list everything. Every HTTP route
+    gets it (``create_app``)."""
+    route = connection.scope.get("route")
+    if connection.scope["type"] != "http" or not isinstance(route, APIRoute):
+        return
+    known = _QUERY_NAMES.get(id(route))
+    if known is None:
+        known = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
+    unknown = [name for name in connection.query_params if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name),
+                                       "msg": f"not a parameter of this route (it takes: {takes})"} for name in unknown])

@@ -29,6 +29,14 @@ class ApiSettings:
     port: int = 8080
     # Largest image upload accepted (PUT /images/{id}/file); bigger bodies get a 413.
     max_image_bytes: int = 64 * 2**30
+    # Largest body of every other request (JSON); bigger bodies get a 413 before they are read (issue 15).
+    max_body_bytes: int = 2**20
+    # Admission (api/limits.py): requests served at once, how many more may wait for a turn and for how
+    # long; image transfers, consoles and job long polls, which last minutes, have their own. Past that: 429.
+    max_requests: int = 64
+    max_queued: int = 256
+    queue_wait_s: float = 10.0
+    max_streams: int = 64
     # How hypervisors reach this API to fetch images; "" means http://HOST:PORT.
     public_url: str = ""
     image_token_lifetime_s: int = 3600  # a job's image download token
@@ -68,6 +76,15 @@ class ApiSettings:
         # Upper bound: images.size_bytes is a signed 64-bit BIGINT.
         if not 1 <= self.max_image_bytes <= MAX_IMAGE_BYTES:
             raise ConfigError(f"{PREFIX}MAX_IMAGE_BYTES must be 1..{MAX_IMAGE_BYTES} bytes, got {self.max_image_bytes}")
+        if not 1024 <= self.max_body_bytes <= 2**30:
+            raise ConfigError(f"{PREFIX}MAX_BODY_BYTES must be 1024..{2**30} bytes, got {self.max_body_bytes}")
+        for name in ("max_requests", "max_streams"):
+            if not 1 <= getattr(self, name) <= 4096:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be 1..4096, got {getattr(self, name)}")
+        if not 0 <= self.max_queued <= 65536:
+            raise ConfigError(f"{PREFIX}MAX_QUEUED must be 0..65536, got {self.max_queued}")
+        if not 0 < self.queue_wait_s <= 600:
+            raise ConfigError(f"{PREFIX}QUEUE_WAIT_S must be in (0, 600] seconds, got {self.queue_wait_s}")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"{PREFIX}PUBLIC_URL must be an http:// or https:// URL, got {self.public_url!r}")
         if not 60 <= self.image_token_lifetime_s <= 86400:

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cloudland.errors import ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Unauthorized
+from cloudland.errors import (ApiUnreachable, CloudLandError, ConfigError, Forbidden, InvalidRequest, Overloaded,
+                              Unauthorized)
 from cloudland_cli.restclient import PAGE_SIZE, ApiClient
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
@@ -53,7 +54,7 @@ def api_errors() -> Iterator[None]:
     """Turn errors.py exceptions into one stderr line and the exit codes above."""
     try:
         yield
-    except ApiUnreachable as exc:
+    except (ApiUnreachable, Overloaded) as exc:  # Overloaded: still 429 after the client's retries
         fail(EXIT_UNREACHABLE, str(exc))
     except (Unauthorized, Forbidden) as exc:
         fail(EXIT_AUTH, str(exc))

@@ -66,6 +66,7 @@ def run_console(endpoint: str, token: str, instance_id: int, label: str, read_on
     typing = not read_only and os.isatty(stdin)
     err.print(f"console of VM {label}" + ("; Ctrl-] leaves" if typing else "; Ctrl-C leaves"))
     try:
+        # The token goes in a header, never in the URL, which servers log (issue 15).
         ws = ws_connect(console_url(endpoint, instance_id), additional_headers={"Authorization": f"Bearer {token}"},
                         open_timeout=10, max_size=2**22)
     except InvalidStatus as exc:

@@ -4,12 +4,16 @@ Its endpoint and token come from the profile in use (settings.py: config file, p
 ``CLOUDLAND_ENDPOINT`` / ``CLOUDLAND_TOKEN``).
 
 Every failure is one of cloudland/errors.py, carrying the server's own message:
-401 Unauthorized, 403 Forbidden, 404 NotFound, 409 Conflict, other 4xx InvalidRequest,
-5xx CloudLandError, and a refused or dropped connection ApiUnreachable.
+401 Unauthorized, 403 Forbidden, 404 NotFound, 409 Conflict, 429 Overloaded, other 4xx
+InvalidRequest, 5xx CloudLandError, and a refused or dropped connection ApiUnreachable.
+
+A 429 means the API was too busy to take the request and did nothing with it, so a request
+without a streamed body is sent again after the ``Retry-After`` it names, a few times.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +28,17 @@ from cloudland.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    Overloaded,
     Unauthorized,
 )
 from cloudland_cli.settings import API_PREFIX, DEFAULT_ENDPOINT, CliConfig, normalise_endpoint
 
 PAGE_SIZE = 500          # the largest page the API serves (limit 1..500)
 UPLOAD_CHUNK = 1 << 20   # bytes per chunk of an image upload
+BUSY_RETRIES = 5         # times a request turned away with 429 is sent again
+MAX_RETRY_AFTER_S = 10.0
 _STATUS_ERRORS: dict[int, type[CloudLandError]] = {
-    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 429: Overloaded,
 }
 
 ProgressCallback = Callable[[int], None]
@@ -44,6 +51,12 @@ def _message(reply: httpx.Response) -> str:
         return f"{error['message']}"
     except (ValueError, KeyError, TypeError):
         return reply.text.strip()[:300] or reply.reason_phrase
+
+
+def retry_after(reply: httpx.Response) -> float:
+    """Seconds a 429 asks to wait (RFC 9110 §10.2.3, delay-seconds form), 1 if it names none."""
+    raw = reply.headers.get("retry-after", "")
+    return min(float(raw), MAX_RETRY_AFTER_S) if raw.isdigit() else 1.0
 
 
 def translate(reply: httpx.Response) -> CloudLandError:
@@ -100,13 +113,13 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One call; the JSON body on 2xx, an errors.py exception otherwise."""
-        try:
-            reply = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ApiUnreachable(f"the API at {self.endpoint} did not answer in time ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise ApiUnreachable(f"cannot reach the API at {self.endpoint}: {reason}") from exc
+        reply = self._send(method, path, **kwargs)
+        # A streamed body (an upload) is spent: its 429 goes to the caller.
+        retries = BUSY_RETRIES if "content" not in kwargs else 0
+        while reply.status_code == 429 and retries > 0:
+            retries -= 1
+            time.sleep(retry_after(reply))
+            reply = self._send(method, path, **kwargs)
         if reply.status_code >= 400:
             error = translate(reply)
             # The hint helps a refused token; a refused password at /login is its own answer.
@@ -119,6 +132,15 @@ class ApiClient:
             return reply.json()
         except ValueError as exc:
             raise CloudLandError(f"the API at {self.endpoint} answered {method} {path} with non-JSON") from exc
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachable(f"the API at {self.endpoint} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ApiUnreachable(f"cannot reach the API at {self.endpoint}: {reason}") from exc
 
     def get(self, path: str, **params: Any) -> Any:
         """GET with query parameters (None values left out)."""

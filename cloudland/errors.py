@@ -11,6 +11,7 @@
     │   └── UnsupportedMediaType    a request body has the wrong Content-Type (HTTP 415)
     ├── Unauthorized                no valid credentials or token (HTTP 401)
     ├── Forbidden                   authenticated, but the role may not do this (HTTP 403)
+    ├── Overloaded                  the API is saturated and turns the request away (HTTP 429)
     ├── WireError                   a message on an MPI link is not a valid envelope
     ├── TreeError                   the tree could not do what was asked
     │   ├── PeerLost                a relay or leaf rank died or went silent
@@ -77,6 +78,15 @@ class Unauthorized(CloudLandError):
 
 class Forbidden(CloudLandError):
     """Raised when an authenticated caller's role does not allow the action."""
+
+
+class Overloaded(CloudLandError):
+    """Raised when the API is saturated and turns a request away unserved (HTTP 429 with
+    Retry-After): nothing was done, so the same request may be sent again later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class WireError(CloudLandError):

@@ -3,8 +3,10 @@ its graphical console listens.
 
 The API polls the agent's ``vm.console`` through the tree (what the guest printed, from an
 offset, and what was typed since the last poll) and relays the bytes both ways: binary
-messages out, text or binary messages in. Authentication is the usual bearer token, in the
-``Authorization`` header or, for browsers that cannot set one, a ``token`` query parameter.
+messages out, text or binary messages in. Authentication is the usual bearer token in the
+``Authorization`` header or, for browsers that cannot set one, a one-time ``ticket`` query
+parameter from ``POST .../console/ticket`` (good for one connection within 30 s). A token is
+never taken from the URL: URLs are logged (issue 15).
 
 A refusal closes the socket with a code and a one-line reason:
 
@@ -22,7 +24,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect, status
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -32,7 +34,7 @@ from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
 from cloudland_api.services import consoles, identity
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.models import Role
-from cloudland_api.schemas import MAX_ID, ErrorResponse, VncConsole
+from cloudland_api.schemas import MAX_ID, ConsoleTicket, ErrorResponse, VncConsole
 from cloudland_api.security import decode_token
 from cloudland_proto.v1 import compute_pb2 as cpb
 
@@ -50,15 +52,26 @@ def _close_reason(text: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
+def _credentials(websocket: WebSocket, instance_id: int) -> tuple[int, int]:
+    """(user id, organisation id) from the bearer token in the header, or from a one-time ticket."""
+    header = websocket.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        claims = decode_token(websocket.app.state.signing_key, header[7:])
+        return claims.user_id, claims.org_id
+    ticket = websocket.query_params.get("ticket")
+    if ticket:
+        tickets: consoles.ConsoleTickets = websocket.app.state.console_tickets
+        return tickets.redeem(ticket, instance_id)
+    if "token" in websocket.query_params:
+        raise Unauthorized("a token in the URL is refused (URLs are logged): send it in the Authorization header")
+    raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' or a ?ticket= from .../console/ticket")
+
+
 def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[identity.Caller, int, str]:
     """The caller, and the instance's hypervisor and domain name; raises a CloudLandError."""
-    header = websocket.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("token")
-    if not token:
-        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' or ?token=")
-    claims = decode_token(websocket.app.state.signing_key, token)
+    user_id, org_id = _credentials(websocket, instance_id)
     with websocket.app.state.sessions() as session:
-        caller = identity.caller_for(session, claims.user_id, claims.org_id)
+        caller = identity.caller_for(session, user_id, org_id)
         where = consoles.target(session, caller, instance_id)
         return caller, where.hypervisor, where.domain
 
@@ -132,6 +145,20 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
     finally:
         receiver.cancel()
         log.info("event=console_closed instance=%d hypervisor=%d", instance_id, hypervisor)
+
+
+@router.post("/{instance_id}/console/ticket", status_code=status.HTTP_201_CREATED,
+             responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 429)})
+def console_ticket(instance_id: InstanceId, request: Request, caller: CurrentUser) -> ConsoleTicket:
+    """A one-time ticket that opens this instance's console WebSocket (``.../console?ticket=``) once
+    within 30 s, as the caller (any role): for clients, such as browsers, that cannot send an
+    ``Authorization`` header there. A token is never taken from the URL, since URLs are logged."""
+    # A read session of its own: a ticket writes nothing, so it takes no write turn.
+    with request.app.state.sessions() as session:
+        consoles.target(session, caller, instance_id)  # 404 or 409 now, not when the socket opens
+    tickets: consoles.ConsoleTickets = request.app.state.console_tickets
+    ticket, expires_at = tickets.issue(caller, instance_id)
+    return ConsoleTicket(ticket=ticket, expires_at=expires_at)
 
 
 def _vnc_target(session: Session, caller: identity.Caller, instance_id: int) -> consoles.Target:

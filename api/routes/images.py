@@ -69,7 +69,8 @@ def get_image(image_id: ImageId, session: SessionDep, caller: CurrentUser) -> Im
     return ImagePublic.model_validate(image_service.get_image(session, caller, image_id))
 
 
-@router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+@router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
 def delete_image(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep,
                  submit: SubmitDep) -> None:
     """Delete an image and its file (admin or member); hypervisors then drop their cached copy

@@ -14,6 +14,7 @@ from cloudland_api.services import instances as instance_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep
 from cloudland_api.schemas import (
     MAX_ID,
+    NO_NUL,
     BatchAccepted,
     BatchAction,
     CaptureAccepted,
@@ -53,7 +54,8 @@ def list_instances(
     limit: PageLimit = 50,
     after: PageAfter = None,
     status: Annotated[InstanceStatus | None, Query(description="Only this status (deleted ones only so)")] = None,
-    name: Annotated[str | None, Query(min_length=1, max_length=64, description="Name glob: web-*, db-?")] = None,
+    name: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL,
+                                      description="Name glob: web-*, db-?")] = None,
     hypervisor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> InstanceList:
     """One page of the organisation's instances by id; pass ``next_after`` back as ``after``."""
@@ -78,7 +80,9 @@ def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit
     return _accepted(accepted)
 
 
-@router.get("/{instance_id}")
+# ":int": only digits are an instance id here, so GET or DELETE /instances/actions is a 405 naming
+# POST, not a 422 about an id "actions" (schemathesis, issue 15).
+@router.get("/{instance_id:int}")
 def get_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser) -> InstancePublic:
     """One instance of the organisation (deleted ones too)."""
     return InstancePublic.model_validate(instance_service.get_instance(session, caller, instance_id))
@@ -129,7 +133,7 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
     return CaptureAccepted(image=ImagePublic.model_validate(image), job=JobPublic.model_validate(job))
 
 
-@router.delete("/{instance_id}", status_code=_ACCEPTED, responses=_CHANGES)
+@router.delete("/{instance_id:int}", status_code=_ACCEPTED, responses=_CHANGES)
 def delete_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> JobPublic:
     """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``.
     On a gone or removed hypervisor the job ends at once (nothing to send, nothing to clean)."""

@@ -4,7 +4,7 @@ The names below are the package's whole surface; ``common`` holds what every bod
 """
 
 from cloudland_api.schemas.common import (
-    MAX_COUNT, MAX_ID, Arch, DiskFormat, ErrorBody, ErrorResponse, InstanceStatus, JobStateName, Name,
+    MAX_COUNT, MAX_ID, NO_NUL, Arch, DiskFormat, ErrorBody, ErrorResponse, InstanceStatus, JobStateName, Name,
     Page, Ref
 )
 from cloudland_api.schemas.identity import LoginRequest, TokenPublic
@@ -14,15 +14,16 @@ from cloudland_api.schemas.hypervisors import (
 )
 from cloudland_api.schemas.images import ImageCreate, ImageList, ImagePublic, SshKeyCreate, SshKeyList, SshKeyPublic
 from cloudland_api.schemas.instances import (
-    BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, InstanceCreate, InstanceList,
+    BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 
 __all__ = [
-    "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "DiskFormat", "ErrorBody",
+    "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
+    "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
     "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
-    "MAX_COUNT", "MAX_ID", "Name", "Page", "PowerAction", "RebuildRequest", "Ref", "RemainingInstance",
+    "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PowerAction", "RebuildRequest", "Ref", "RemainingInstance",
     "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic", "TokenPublic", "VncConsole"
 ]

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # Ids are 32-bit INTEGER in PostgreSQL; a larger path id is refused before it reaches SQL.
 MAX_ID = 2**31 - 1
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# Free text that reaches the database: PostgreSQL's text cannot hold NUL (a 500 before issue 15's fuzzing).
+NO_NUL = r"^[^\x00]*$"
 
 
 class _Request(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudland_api.schemas.common import Arch, DiskFormat, Name, Page, _Request
+from cloudland_api.schemas.common import NO_NUL, Arch, DiskFormat, Name, Page, _Request
 
 
 class ImageCreate(_Request):
@@ -44,7 +44,7 @@ class SshKeyCreate(_Request):
     """An OpenSSH public key line: ``<type> <base64> [comment]``."""
 
     name: Name
-    public_key: Annotated[str, Field(min_length=1, max_length=16384)]
+    public_key: Annotated[str, Field(min_length=1, max_length=16384, pattern=NO_NUL)]
 
 
 class SshKeyPublic(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudland_api.schemas.common import (
-    MAX_COUNT, MAX_ID, DiskFormat, JobStateName, Name, Page, Ref, _Request,
+    MAX_COUNT, MAX_ID, NO_NUL, DiskFormat, JobStateName, Name, Page, Ref, _Request,
 )
 from cloudland_api.schemas.images import ImagePublic
 
@@ -22,7 +22,7 @@ class InstanceCreate(_Request):
     ssh_key: Ref | None = None
     count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
     # cloud-init user data for the guest's config drive; 64 KiB of UTF-8 at most (nova's limit).
-    user_data: Annotated[str, Field(max_length=65535)] | None = None
+    user_data: Annotated[str, Field(max_length=65535, pattern=NO_NUL)] | None = None
 
     @field_validator("user_data")
     @classmethod
@@ -150,3 +150,11 @@ class VncConsole(BaseModel):
     host: str
     port: int
     address: str
+
+
+class ConsoleTicket(BaseModel):
+    """A one-time ticket that opens the instance's console WebSocket (``.../console?ticket=``) once,
+    before ``expires_at``: for clients that cannot send an ``Authorization`` header there."""
+
+    ticket: str
+    expires_at: datetime

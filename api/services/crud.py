@@ -75,8 +75,8 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
                     raise ValueError("naive")
         except ValueError as exc:
             raise bad from exc
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise bad
+        if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and "\x00" in value):
+            raise bad  # (PostgreSQL's text cannot hold NUL)
         typed.append(value)
     return typed
 
