@@ -23,6 +23,7 @@ from cloudland.errors import (
     NotFound,
     PayloadTooLarge,
     RootUnreachable,
+    TooManyRequests,
     TreeError,
     Unauthorized,
     UnsupportedMediaType,
@@ -30,7 +31,7 @@ from cloudland.errors import (
 from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
-from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
+from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys, tenants
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (InvalidRequest, 400, "invalid_request"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
+    (TooManyRequests, 429, "too_many_requests"),
     (RootUnreachable, 503, "unavailable"),
     (TreeError, 503, "unavailable"),
     (HypervisorError, 502, "hypervisor_error"),
@@ -66,6 +68,8 @@ async def _cloudland_error(_request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, cls):
             # RFC 9110 §15.5.2: a 401 must say which scheme would work.
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            if isinstance(exc, TooManyRequests):
+                headers = {"Retry-After": str(exc.retry_after)}  # RFC 9110 §10.2.3: seconds
             return error_response(status, code, str(exc), headers)
     log.error("event=unmapped_error type=%s message=%s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
@@ -176,4 +180,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(console.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
+    app.include_router(tenants.router, prefix=API_PREFIX)
     return app

@@ -11,6 +11,7 @@
     │   └── UnsupportedMediaType    a request body has the wrong Content-Type (HTTP 415)
     ├── Unauthorized                no valid credentials or token (HTTP 401)
     ├── Forbidden                   authenticated, but the role may not do this (HTTP 403)
+    ├── TooManyRequests             repeated failed sign-ins: wait ``retry_after`` seconds (HTTP 429)
     ├── WireError                   a message on an MPI link is not a valid envelope
     ├── TreeError                   the tree could not do what was asked
     │   ├── PeerLost                a relay or leaf rank died or went silent
@@ -77,6 +78,15 @@ class Unauthorized(CloudLandError):
 
 class Forbidden(CloudLandError):
     """Raised when an authenticated caller's role does not allow the action."""
+
+
+class TooManyRequests(CloudLandError):
+    """Raised when a username failed to sign in from one address too often: the next try must
+    wait ``retry_after`` seconds (the HTTP answer's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class WireError(CloudLandError):

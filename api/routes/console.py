@@ -31,9 +31,8 @@ from cloudland.client import RootClient
 from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
 from cloudland_api.services import consoles, identity
 from cloudland_api.deps import CurrentUser, SessionDep
-from cloudland_api.models import Role
+from cloudland_api.policy import allow, allows
 from cloudland_api.schemas import MAX_ID, ErrorResponse, VncConsole
-from cloudland_api.security import decode_token
 from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -56,9 +55,9 @@ def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[identity.Call
     token = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("token")
     if not token:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' or ?token=")
-    claims = decode_token(websocket.app.state.signing_key, token)
     with websocket.app.state.sessions() as session:
-        caller = identity.caller_for(session, claims.user_id, claims.org_id)
+        caller = identity.authenticate(session, websocket.app.state.signing_key, token,
+                                       websocket.app.state.settings.token_max_lifetime_s)
         where = consoles.target(session, caller, instance_id)
         return caller, where.hypervisor, where.domain
 
@@ -82,7 +81,7 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
         await websocket.close(4409, _close_reason(str(exc)))
         return
     client: RootClient | None = websocket.app.state.root_client
-    may_type = caller.role in (Role.admin, Role.member)
+    may_type = allows(caller, "instance", "update")
     typed = bytearray()
     wake = asyncio.Event()
     closed = asyncio.Event()
@@ -140,7 +139,8 @@ def _vnc_target(session: Session, caller: identity.Caller, instance_id: int) -> 
     return where
 
 
-@router.get("/{instance_id}/vnc", responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 502, 503)})
+@router.get("/{instance_id}/vnc",
+            **allow("instance", "read", responses={c: {"model": ErrorResponse} for c in (404, 409, 502, 503)}))
 async def vnc(instance_id: InstanceId, request: Request, session: SessionDep, caller: CurrentUser) -> VncConsole:
     """Where a VNC client reaches the running instance's graphical console, asked of its hypervisor
     now (any role). 409 when it has none: not running, or on a simulated hypervisor."""
