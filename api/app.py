@@ -25,6 +25,7 @@ from cloudland.errors import (
     Overloaded,
     PayloadTooLarge,
     RootUnreachable,
+    TooManyRequests,
     TreeError,
     Unauthorized,
     UnsupportedMediaType,
@@ -35,7 +36,7 @@ from cloudland_api.jobs import Engine, Settings as JobSettings
 from cloudland_api.deps import known_query_parameters
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
-from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
+from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys, tenants
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
 from cloudland_api.services.images import remove_abandoned_uploads
@@ -56,6 +57,7 @@ _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
     (Overloaded, 429, "too_many_requests"),
+    (TooManyRequests, 429, "too_many_requests"),
     (RootUnreachable, 503, "unavailable"),
     (TreeError, 503, "unavailable"),
     (HypervisorError, 502, "hypervisor_error"),
@@ -85,6 +87,8 @@ async def _cloudland_error(_request: Request, exc: Exception) -> JSONResponse:
             headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
             if isinstance(exc, Overloaded):
                 headers = {"Retry-After": str(exc.retry_after_s)}
+            elif isinstance(exc, TooManyRequests):
+                headers = {"Retry-After": str(exc.retry_after)}  # RFC 9110 §10.2.3: seconds
             return error_response(status, code, str(exc), headers)
     log.error("event=unmapped_error type=%s message=%s", type(exc).__name__, exc)
     return error_response(500, "internal", "internal error")
@@ -242,4 +246,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(console.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
+    app.include_router(tenants.router, prefix=API_PREFIX)
     return app

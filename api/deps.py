@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from cloudland.errors import Unauthorized
 from cloudland_api.services import identity
 from cloudland_api.db import iter_session
-from cloudland_api.security import decode_token
 from cloudland_api.settings import ApiSettings
 
 # auto_error=False: a missing header becomes our Unauthorized (401, our error body)
@@ -76,18 +75,28 @@ StreamingSessionDep = Annotated[Session, Depends(open_session)]
 def get_caller(
     request: Request,
     key: SigningKeyDep,
+    settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> identity.Caller:
-    """The user a valid bearer token names, with the organisation and role it acts in."""
+    """The user a valid bearer token names, with the organisation and role it acts in; the token
+    must not be revoked (logout, password change, removed membership) nor outlive the ceiling."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
-    claims = decode_token(key, credentials.credentials)
     # A read session of its own, ended here: authenticating must never take the write lock.
     with request.app.state.sessions() as session:
-        return identity.caller_for(session, claims.user_id, claims.org_id)
+        return identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
 
 
 CurrentUser = Annotated[identity.Caller, Depends(get_caller)]
+
+
+def client_address(request: Request) -> str:
+    """The address the request came from, as the failed sign-ins' backoff counts it (a proxy in
+    front of the API would make every client its address: not handled yet)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
 
 
 Submit = Callable[[Iterable[str]], None]

@@ -69,31 +69,45 @@ def load_signing_key(state_dir: Path) -> bytes:
 
 @dataclass(frozen=True)
 class TokenClaims:
-    """Who a valid token speaks for."""
+    """Who a valid token speaks for, and what can end it before it expires."""
 
     user_id: int
     org_id: int
     expires_at: datetime
+    generation: int = 0    # the user's token generation when it was issued (identity.caller_for)
+    token_id: str = ""     # ``jti``: what a logout revokes
 
 
-def issue_token(key: bytes, user_id: int, org_id: int, lifetime_s: int, now: datetime | None = None) -> tuple[str, datetime]:
-    """A signed token for ``user_id`` acting in ``org_id`` and when it expires."""
+def issue_token(key: bytes, user_id: int, org_id: int, lifetime_s: int, now: datetime | None = None,
+                generation: int = 0) -> tuple[str, datetime]:
+    """A signed token for ``user_id`` acting in ``org_id``, under the user's token ``generation``,
+    and when it expires."""
     now = now or datetime.now(UTC)
     expires_at = (now + timedelta(seconds=lifetime_s)).replace(microsecond=0)
-    payload = {"sub": str(user_id), "org": org_id, "iat": int(now.timestamp()), "exp": int(expires_at.timestamp())}
+    payload = {"sub": str(user_id), "org": org_id, "gen": generation, "jti": secrets.token_hex(16),
+               "iat": int(now.timestamp()), "exp": int(expires_at.timestamp())}
     return jwt.encode(payload, key, algorithm=ALGORITHM), expires_at
 
 
-def decode_token(key: bytes, token: str) -> TokenClaims:
-    """The claims of a valid token; Unauthorized if it is malformed, forged or expired."""
+def decode_token(key: bytes, token: str, max_lifetime_s: int | None = None) -> TokenClaims:
+    """The claims of a valid token; Unauthorized if it is malformed, forged or expired, or (with
+    ``max_lifetime_s``) was issued for longer than the ceiling allows now: lowering the ceiling
+    ends the tokens that outlive it."""
     try:
         # algorithms is pinned: a token may not choose "none" or another algorithm.
-        payload = jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": ["sub", "org", "exp"]})
-        return TokenClaims(int(payload["sub"]), int(payload["org"]), datetime.fromtimestamp(payload["exp"], UTC))
+        payload = jwt.decode(token, key, algorithms=[ALGORITHM],
+                             options={"require": ["sub", "org", "gen", "jti", "iat", "exp"]})
+        claims = TokenClaims(int(payload["sub"]), int(payload["org"]), datetime.fromtimestamp(payload["exp"], UTC),
+                             int(payload["gen"]), str(payload["jti"]))
+        lifetime = int(payload["exp"]) - int(payload["iat"])
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("token expired; log in again") from exc
-    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
         raise Unauthorized("invalid token") from exc
+    if max_lifetime_s is not None and lifetime > max_lifetime_s:
+        raise Unauthorized(f"token was issued for {lifetime} s, more than the ceiling of {max_lifetime_s} s; "
+                           "log in again")
+    return claims
 
 
 IMAGE_AUDIENCE = "cloudland:image-download"

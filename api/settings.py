@@ -24,7 +24,9 @@ class ApiSettings:
 
     database_url: str = "sqlite:///var/cloudland.db"
     state_dir: Path = field(default_factory=lambda: Path("var"))
-    token_lifetime_s: int = 3600
+    token_lifetime_s: int = 3600        # a login's token, unless the login asks for another lifetime
+    token_max_lifetime_s: int = 43200   # the ceiling: no token is issued, or honoured, for longer
+    login_backoff_max_s: int = 300      # the longest wait repeated failed sign-ins earn (services/identity.py)
     host: str = "127.0.0.1"
     port: int = 8080
     # Largest image upload accepted (PUT /images/{id}/file); bigger bodies get a 413.
@@ -60,6 +62,11 @@ class ApiSettings:
         # Upper bound: a token that lives longer than a day is a standing credential.
         if not 1 <= self.token_lifetime_s <= 86400:
             raise ConfigError(f"{PREFIX}TOKEN_LIFETIME_S must be 1..86400 seconds, got {self.token_lifetime_s}")
+        if not self.token_lifetime_s <= self.token_max_lifetime_s <= 86400:
+            raise ConfigError(f"{PREFIX}TOKEN_MAX_LIFETIME_S must be TOKEN_LIFETIME_S ({self.token_lifetime_s}).."
+                              f"86400 seconds, got {self.token_max_lifetime_s}")
+        if not 1 <= self.login_backoff_max_s <= 86400:
+            raise ConfigError(f"{PREFIX}LOGIN_BACKOFF_MAX_S must be 1..86400 seconds, got {self.login_backoff_max_s}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{PREFIX}PORT must be 0..65535, got {self.port}")
         if self.scheduler_weigher not in ("spread", "pack"):

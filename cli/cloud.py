@@ -111,6 +111,8 @@ def login(
         help=f"An admin-credentials file [default: {DEFAULT_CREDENTIALS} if it exists].")] = None,
     organisation: Annotated[str | None, typer.Option(help="Organisation to act in.")] = None,
     endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
+    lifetime: Annotated[int | None, typer.Option(
+        min=1, help="Seconds the token lives [default: the API's; at most its ceiling].")] = None,
 ) -> None:
     """Log in and store the bearer token in the profile (mode 0600)."""
     with api_errors():
@@ -132,7 +134,7 @@ def login(
         url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
         config = CliConfig(endpoint=url, grpc=stored.grpc, pki=stored.pki, profile=stored.profile)
         with ApiClient(config.endpoint) as client:
-            reply = client.login(username, password, organisation)
+            reply = client.login(username, password, organisation, lifetime)
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])
         path = config.save()
     out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} "

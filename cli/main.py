@@ -2,8 +2,8 @@
 
 ``tree`` (tree.py) and ``cluster`` (cluster.py) talk to the tree's root over gRPC; ``up``
 (up.py) starts the tree and the REST API together; the commands that talk to the API
-(configure, login, flavor, image, key, job) are in cloud.py, vm.py and hyper.py, with the exit
-codes of common.py.
+(configure, login, flavor, image, key, job) are in cloud.py, vm.py and hyper.py, tenants and your
+own account (org, user, whoami, passwd, logout) in tenants.py, with the exit codes of common.py.
 
 A batch CLI runs in loops, so it must start fast (issue 16: ≤ 0.3 s). ``COMMANDS`` names each
 command's module and its one-line help, and a module is imported only when its command runs:
@@ -39,6 +39,14 @@ COMMANDS: dict[str, Lazy] = {
     "configure": Lazy("cloudland_cli.cloud:configure",
                       "Set a profile's API endpoint (and root address); without options, show it."),
     "login": Lazy("cloudland_cli.cloud:login", "Log in and store the bearer token in the profile (mode 0600)."),
+    "logout": Lazy("cloudland_cli.tenants:logout", "End the stored token at the API and forget it in the profile."),
+    "whoami": Lazy("cloudland_cli.tenants:whoami",
+                   "Who the stored token speaks for: user, organisation, role, and until when."),
+    "passwd": Lazy("cloudland_cli.tenants:passwd",
+                   "Change your password; every token you hold ends, and the profile gets a new one."),
+    "org": Lazy("cloudland_cli.tenants:org_app", "Organisations (operators): list, create, delete."),
+    "user": Lazy("cloudland_cli.tenants:user_app",
+                 "Users of your organisation (its admins): list, create, add, role, remove, delete."),
     "flavor": Lazy("cloudland_cli.cloud:flavor_app", "VM sizes."),
     "image": Lazy("cloudland_cli.cloud:image_app", "Disk images."),
     "key": Lazy("cloudland_cli.cloud:key_app", "SSH public keys."),

@@ -160,11 +160,14 @@ class ApiClient:
 
     # -- higher level ---------------------------------------------------------------------
 
-    def login(self, username: str, password: str, organisation: str | None = None) -> dict[str, Any]:
+    def login(self, username: str, password: str, organisation: str | None = None,
+              lifetime_s: int | None = None) -> dict[str, Any]:
         """``POST /login``: ``{token, expires_at}``; the client uses the token from now on."""
         body: dict[str, Any] = {"username": username, "password": password}
         if organisation:
             body["organisation"] = organisation
+        if lifetime_s is not None:
+            body["lifetime_s"] = lifetime_s
         reply: dict[str, Any] = self.request("POST", "/login", json=body)
         self.token = reply["token"]
         self._http.headers["Authorization"] = f"Bearer {self.token}"

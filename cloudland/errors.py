@@ -12,6 +12,7 @@
     ├── Unauthorized                no valid credentials or token (HTTP 401)
     ├── Forbidden                   authenticated, but the role may not do this (HTTP 403)
     ├── Overloaded                  the API is saturated and turns the request away (HTTP 429)
+    ├── TooManyRequests             repeated failed sign-ins: wait ``retry_after`` seconds (HTTP 429)
     ├── WireError                   a message on an MPI link is not a valid envelope
     ├── TreeError                   the tree could not do what was asked
     │   ├── PeerLost                a relay or leaf rank died or went silent
@@ -87,6 +88,15 @@ class Overloaded(CloudLandError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TooManyRequests(CloudLandError):
+    """Raised when a username failed to sign in from one address too often: the next try must
+    wait ``retry_after`` seconds (the HTTP answer's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class WireError(CloudLandError):

@@ -8,11 +8,12 @@ describe; the names below are the package's whole surface.
 from cloudland_api.models.base import Base, UTCDateTime, utcnow
 from cloudland_api.models.compute import Flavor, Instance, SshKey
 from cloudland_api.models.hypervisors import Hypervisor
-from cloudland_api.models.identity import Membership, Organisation, Role, User
+from cloudland_api.models.identity import LoginFailure, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.models.images import Image
 from cloudland_api.models.jobs import IMAGE, INSTANCE, TERMINAL, Job, JobState
 
 __all__ = [
     "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState",
-    "Membership", "Organisation", "Role", "SshKey", "User", "UTCDateTime", "utcnow",
+    "LoginFailure", "Membership", "Organisation", "RevokedToken", "Role", "SshKey", "User", "UTCDateTime",
+    "utcnow",
 ]

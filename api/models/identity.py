@@ -1,11 +1,12 @@
-"""Who acts: organisations (tenants), users and their memberships."""
+"""Who acts: organisations (tenants), users and their memberships; what ends a token before it
+expires (a revoked token, a user's token generation) and failed sign-ins (the backoff)."""
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, String
+from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cloudland_api.models.base import Base, UTCDateTime, utcnow
@@ -41,6 +42,9 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
+    # Every token carries the generation it was issued under; a password change or a removed
+    # membership raises it, which ends every token the user holds (services/identity.py).
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="user", cascade="all, delete-orphan")
@@ -57,3 +61,26 @@ class Membership(Base):
 
     user: Mapped[User] = relationship(back_populates="memberships")
     org: Mapped[Organisation] = relationship(back_populates="memberships")
+
+
+class RevokedToken(Base):
+    """A token ended by its holder's logout before it expired; kept until it would have expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the token's ``jti``
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class LoginFailure(Base):
+    """Failed sign-ins of one username from one address, since the last success: what the backoff
+    counts. Unknown usernames count too, so a 429 says nothing about which users exist."""
+
+    __tablename__ = "login_failures"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -33,9 +33,8 @@ from cloudland.client import RootClient
 from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
 from cloudland_api.services import consoles, identity
 from cloudland_api.deps import CurrentUser, SessionDep
-from cloudland_api.models import Role
+from cloudland_api.policy import allow, allows
 from cloudland_api.schemas import MAX_ID, ConsoleTicket, ErrorResponse, VncConsole
-from cloudland_api.security import decode_token
 from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -52,12 +51,8 @@ def _close_reason(text: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
-def _credentials(websocket: WebSocket, instance_id: int) -> tuple[int, int]:
-    """(user id, organisation id) from the bearer token in the header, or from a one-time ticket."""
-    header = websocket.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        claims = decode_token(websocket.app.state.signing_key, header[7:])
-        return claims.user_id, claims.org_id
+def _ticket(websocket: WebSocket, instance_id: int) -> tuple[int, int]:
+    """(user id, organisation id) from a one-time ticket; Unauthorized naming what to send instead."""
     ticket = websocket.query_params.get("ticket")
     if ticket:
         tickets: consoles.ConsoleTickets = websocket.app.state.console_tickets
@@ -69,9 +64,13 @@ def _credentials(websocket: WebSocket, instance_id: int) -> tuple[int, int]:
 
 def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[identity.Caller, int, str]:
     """The caller, and the instance's hypervisor and domain name; raises a CloudLandError."""
-    user_id, org_id = _credentials(websocket, instance_id)
+    header = websocket.headers.get("authorization", "")
     with websocket.app.state.sessions() as session:
-        caller = identity.caller_for(session, user_id, org_id)
+        if header.lower().startswith("bearer "):  # checked as every route checks it: revoked, expired
+            caller = identity.authenticate(session, websocket.app.state.signing_key, header[7:],
+                                           websocket.app.state.settings.token_max_lifetime_s)
+        else:
+            caller = identity.caller_for(session, *_ticket(websocket, instance_id))
         where = consoles.target(session, caller, instance_id)
         return caller, where.hypervisor, where.domain
 
@@ -95,7 +94,7 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
         await websocket.close(4409, _close_reason(str(exc)))
         return
     client: RootClient | None = websocket.app.state.root_client
-    may_type = caller.role in (Role.admin, Role.member)
+    may_type = allows(caller, "instance", "update")
     typed = bytearray()
     wake = asyncio.Event()
     closed = asyncio.Event()
@@ -148,7 +147,8 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
 
 
 @router.post("/{instance_id}/console/ticket", status_code=status.HTTP_201_CREATED,
-             responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 429)})
+             # Whoever may watch the console may have a ticket for it: it changes nothing.
+             **allow("instance", "read", responses={code: {"model": ErrorResponse} for code in (404, 409, 429)}))
 def console_ticket(instance_id: InstanceId, request: Request, caller: CurrentUser) -> ConsoleTicket:
     """A one-time ticket that opens this instance's console WebSocket (``.../console?ticket=``) once
     within 30 s, as the caller (any role): for clients, such as browsers, that cannot send an
@@ -167,7 +167,8 @@ def _vnc_target(session: Session, caller: identity.Caller, instance_id: int) -> 
     return where
 
 
-@router.get("/{instance_id}/vnc", responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 502, 503)})
+@router.get("/{instance_id}/vnc",
+            **allow("instance", "read", responses={c: {"model": ErrorResponse} for c in (404, 409, 502, 503)}))
 async def vnc(instance_id: InstanceId, request: Request, session: SessionDep, caller: CurrentUser) -> VncConsole:
     """Where a VNC client reaches the running instance's graphical console, asked of its hypervisor
     now (any role). 409 when it has none: not running, or on a simulated hypervisor."""

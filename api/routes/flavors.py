@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import flavors as flavor_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse, FlavorCreate, FlavorList, FlavorPublic
 
 router = APIRouter(
@@ -18,7 +19,7 @@ router = APIRouter(
 FlavorId = Annotated[int, Path(ge=1, le=MAX_ID, description="Flavor id")]
 
 
-@router.get("")
+@router.get("", **allow("flavor", "read"))
 def list_flavors(
     session: SessionDep,
     caller: CurrentUser,
@@ -30,21 +31,20 @@ def list_flavors(
     return FlavorList(items=[FlavorPublic.model_validate(x) for x in flavors], limit=limit, next_after=next_after)
 
 
-@router.post(
-    "", status_code=status.HTTP_201_CREATED, responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
-)
+@router.post("", status_code=status.HTTP_201_CREATED,
+             **allow("flavor", "create", responses={409: {"model": ErrorResponse}}))
 def create_flavor(body: FlavorCreate, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
     """Create a flavor (admin or member)."""
     return FlavorPublic.model_validate(flavor_service.create_flavor(session, caller, body))
 
 
-@router.get("/{flavor_id}")
+@router.get("/{flavor_id}", **allow("flavor", "read"))
 def get_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> FlavorPublic:
     """One flavor of the organisation."""
     return FlavorPublic.model_validate(flavor_service.get_flavor(session, caller, flavor_id))
 
 
-@router.delete("/{flavor_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+@router.delete("/{flavor_id}", status_code=status.HTTP_204_NO_CONTENT, **allow("flavor", "delete"))
 def delete_flavor(flavor_id: FlavorId, session: SessionDep, caller: CurrentUser) -> None:
     """Delete a flavor (admin only)."""
     flavor_service.delete_flavor(session, caller, flavor_id)

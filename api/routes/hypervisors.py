@@ -10,6 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, Query, Request
 from cloudland_api.services import hypervisors
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
 from cloudland_api.models import Hypervisor
+from cloudland_api.policy import allow
 from cloudland_api.services.scheduler import memory_capacity, vcpu_capacity
 from cloudland_api.schemas import (
     MAX_ID,
@@ -24,7 +25,7 @@ from cloudland_api.schemas import (
 router = APIRouter(
     prefix="/hypervisors",
     tags=["hypervisors"],
-    responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
 )
 HypervisorId = Annotated[int, Path(ge=0, le=MAX_ID, description="Hypervisor id (the tree's)")]
 _CONFLICT = {409: {"model": ErrorResponse}}
@@ -37,7 +38,7 @@ def public(h: Hypervisor) -> HypervisorPublic:
                             memory_capacity_mib=memory_capacity(h.memory_mib, h.memory_ratio))
 
 
-@router.get("")
+@router.get("", **allow("hypervisor", "read"))
 def list_hypervisors(
     session: SessionDep,
     caller: CurrentUser,
@@ -51,13 +52,13 @@ def list_hypervisors(
     return HypervisorList(items=[public(h) for h in rows], limit=limit, next_after=next_after)
 
 
-@router.get("/{hypervisor_id}")
+@router.get("/{hypervisor_id}", **allow("hypervisor", "read"))
 def get_hypervisor(hypervisor_id: HypervisorId, session: SessionDep, caller: CurrentUser) -> HypervisorPublic:
     """One hypervisor (a removed one too)."""
     return public(hypervisors.get_hypervisor(session, caller, hypervisor_id))
 
 
-@router.patch("/{hypervisor_id}", responses=_CONFLICT)
+@router.patch("/{hypervisor_id}", **allow("hypervisor", "update", responses=_CONFLICT))
 def update_hypervisor(hypervisor_id: HypervisorId, body: HypervisorUpdate, session: SessionDep,
                       caller: CurrentUser) -> HypervisorPublic:
     """Enable or disable a hypervisor for new VMs, or change its overcommit ratios (admin)."""
@@ -65,7 +66,7 @@ def update_hypervisor(hypervisor_id: HypervisorId, body: HypervisorUpdate, sessi
     return public(hypervisors.update_hypervisor(session, caller, hypervisor_id, changes))
 
 
-@router.post("/{hypervisor_id}/drain", responses=_CONFLICT)
+@router.post("/{hypervisor_id}/drain", **allow("hypervisor", "update", responses=_CONFLICT))
 def drain_hypervisor(hypervisor_id: HypervisorId, session: SessionDep, caller: CurrentUser) -> HypervisorDrain:
     """Place no new VMs on a hypervisor until it is undrained, and list the VMs that remain on it,
     of every organisation, to move or delete (admin). Nothing is moved yet. Draining twice is fine."""
@@ -74,14 +75,14 @@ def drain_hypervisor(hypervisor_id: HypervisorId, session: SessionDep, caller: C
                            remaining=[RemainingInstance(**vm._asdict()) for vm in vms])
 
 
-@router.post("/{hypervisor_id}/undrain", responses=_CONFLICT)
+@router.post("/{hypervisor_id}/undrain", **allow("hypervisor", "update", responses=_CONFLICT))
 def undrain_hypervisor(hypervisor_id: HypervisorId, session: SessionDep, caller: CurrentUser) -> HypervisorPublic:
     """Let the scheduler place new VMs on a drained hypervisor again (admin); ``enabled`` is a
     separate switch, which this leaves as it is."""
     return public(hypervisors.undrain(session, caller, hypervisor_id))
 
 
-@router.delete("/{hypervisor_id}", responses=_CONFLICT)
+@router.delete("/{hypervisor_id}", **allow("hypervisor", "delete", responses=_CONFLICT))
 def remove_hypervisor(hypervisor_id: HypervisorId, request: Request, session: SessionDep, caller: CurrentUser,
                       background: BackgroundTasks) -> HypervisorPublic:
     """Remove a hypervisor that no VM remains on (admin); 409 names the VMs while some do. It stays

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse
 from sqlalchemy.orm import Session
@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 from cloudland import errors
 from cloudland_api.services import images as image_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
+from cloudland_api.policy import allow
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
 from cloudland_api.services.identity import Caller
@@ -43,7 +44,7 @@ _BINARY_BODY = {
 }
 
 
-@router.get("")
+@router.get("", **allow("image", "read"))
 def list_images(
     session: SessionDep,
     caller: CurrentUser,
@@ -55,22 +56,21 @@ def list_images(
     return ImageList(items=[ImagePublic.model_validate(x) for x in images], limit=limit, next_after=next_after)
 
 
-@router.post(
-    "", status_code=status.HTTP_201_CREATED, responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
-)
+@router.post("", status_code=status.HTTP_201_CREATED,
+             **allow("image", "create", responses={409: {"model": ErrorResponse}}))
 def create_image(body: ImageCreate, session: SessionDep, caller: CurrentUser) -> ImagePublic:
     """Create a ``queued`` image (admin or member); upload its bytes with ``PUT /images/{id}/file``."""
     return ImagePublic.model_validate(image_service.create_image(session, caller, body))
 
 
-@router.get("/{image_id}")
+@router.get("/{image_id}", **allow("image", "read"))
 def get_image(image_id: ImageId, session: SessionDep, caller: CurrentUser) -> ImagePublic:
     """One image of the organisation."""
     return ImagePublic.model_validate(image_service.get_image(session, caller, image_id))
 
 
 @router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+               **allow("image", "delete", responses={409: {"model": ErrorResponse}}))
 def delete_image(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep,
                  submit: SubmitDep) -> None:
     """Delete an image and its file (admin or member); hypervisors then drop their cached copy
@@ -93,11 +93,10 @@ async def _body(request: Request, image_id: int) -> AsyncIterator[bytes]:
 
 @router.put(
     "/{image_id}/file",
-    openapi_extra=_BINARY_BODY,
-    responses={
-        400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-        413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-    },
+    **allow("image", "update", openapi_extra=_BINARY_BODY, responses={
+        400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+    }),
 )
 async def upload_image_file(
     image_id: ImageId,
@@ -119,9 +118,10 @@ async def upload_image_file(
 
 @router.put(
     "/{image_id}/upload",
-    openapi_extra=_BINARY_BODY,
-    responses={400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-               415: {"model": ErrorResponse}},
+    **allow("agent_image", "update", openapi_extra=_BINARY_BODY, responses={
+        400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
+    }),
 )
 async def upload_capture(
     image_id: ImageId,
@@ -165,7 +165,7 @@ async def _upload(request: Request, session: Session, caller: Caller | None, ima
 @router.get(
     "/{image_id}/download",
     response_class=FileResponse,
-    responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}},
+    **allow("agent_image", "read", responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}}),
 )
 def download_for_agent(
     image_id: ImageId,
@@ -189,7 +189,7 @@ def download_for_agent(
 @router.get(
     "/{image_id}/file",
     response_class=FileResponse,
-    responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}},
+    **allow("image", "read", responses={200: {"content": {OCTET_STREAM: {}}}, 409: {"model": ErrorResponse}}),
 )
 def download_image_file(image_id: ImageId, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> FileResponse:
     """The bytes of an active image, streamed from disk; the ETag and ``X-Image-Sha256`` carry its SHA-256."""

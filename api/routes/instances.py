@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import instances as instance_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep
+from cloudland_api.policy import allow
 from cloudland_api.schemas import (
     MAX_ID,
     NO_NUL,
@@ -37,7 +38,7 @@ router = APIRouter(
     responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
 )
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
-_CHANGES = {403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+_CHANGES = {409: {"model": ErrorResponse}}
 _ACCEPTED = status.HTTP_202_ACCEPTED
 
 
@@ -47,7 +48,7 @@ def _accepted(accepted: instance_service.Accepted) -> BatchAccepted:
                          jobs=[JobPublic.model_validate(j) for j in accepted.jobs])
 
 
-@router.get("")
+@router.get("", **allow("instance", "read"))
 def list_instances(
     session: SessionDep,
     caller: CurrentUser,
@@ -64,7 +65,7 @@ def list_instances(
     return InstanceList(items=[InstancePublic.model_validate(i) for i in rows], limit=limit, next_after=next_after)
 
 
-@router.post("", status_code=_ACCEPTED, responses=_CHANGES)
+@router.post("", status_code=_ACCEPTED, **allow("instance", "create", responses=_CHANGES))
 def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
     """Create ``count`` instances (admin or member): one create job each, all in one batch."""
     accepted = instance_service.create_instances(session, caller, body)
@@ -72,7 +73,7 @@ def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentU
     return _accepted(accepted)
 
 
-@router.post("/actions", status_code=_ACCEPTED, responses=_CHANGES)
+@router.post("/actions", status_code=_ACCEPTED, **allow("instance", "update", responses=_CHANGES))
 def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
     """Start, stop, reboot or delete many instances at once: all of them or, on any error, none."""
     accepted = instance_service.act_many(session, caller, body.action, body.ids, body.force)
@@ -82,7 +83,7 @@ def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit
 
 # ":int": only digits are an instance id here, so GET or DELETE /instances/actions is a 405 naming
 # POST, not a 422 about an id "actions" (schemathesis, issue 15).
-@router.get("/{instance_id:int}")
+@router.get("/{instance_id:int}", **allow("instance", "read"))
 def get_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser) -> InstancePublic:
     """One instance of the organisation (deleted ones too)."""
     return InstancePublic.model_validate(instance_service.get_instance(session, caller, instance_id))
@@ -102,10 +103,11 @@ def _power(action: Literal["start", "stop", "reboot"]):  # type: ignore[no-untyp
 
 
 for _action in ("start", "stop", "reboot"):
-    router.post(f"/{{instance_id}}/{_action}", status_code=_ACCEPTED, responses=_CHANGES)(_power(_action))
+    router.post(f"/{{instance_id}}/{_action}", status_code=_ACCEPTED,
+                **allow("instance", "update", responses=_CHANGES))(_power(_action))
 
 
-@router.post("/{instance_id}/resize", status_code=_ACCEPTED, responses=_CHANGES)
+@router.post("/{instance_id}/resize", status_code=_ACCEPTED, **allow("instance", "update", responses=_CHANGES))
 def resize_instance(instance_id: InstanceId, body: ResizeRequest, session: SessionDep, caller: CurrentUser,
                     submit: SubmitDep) -> JobPublic:
     """Resize a stopped instance to another flavor."""
@@ -114,7 +116,7 @@ def resize_instance(instance_id: InstanceId, body: ResizeRequest, session: Sessi
     return JobPublic.model_validate(job)
 
 
-@router.post("/{instance_id}/rebuild", status_code=_ACCEPTED, responses=_CHANGES)
+@router.post("/{instance_id}/rebuild", status_code=_ACCEPTED, **allow("instance", "update", responses=_CHANGES))
 def rebuild_instance(instance_id: InstanceId, body: RebuildRequest, session: SessionDep, caller: CurrentUser,
                      submit: SubmitDep) -> JobPublic:
     """Rebuild an instance from an image; its name, uuid and power state stay."""
@@ -123,7 +125,7 @@ def rebuild_instance(instance_id: InstanceId, body: RebuildRequest, session: Ses
     return JobPublic.model_validate(job)
 
 
-@router.post("/{instance_id}/capture", status_code=_ACCEPTED, responses=_CHANGES)
+@router.post("/{instance_id}/capture", status_code=_ACCEPTED, **allow("instance", "update", responses=_CHANGES))
 def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: SessionDep, caller: CurrentUser,
                      submit: SubmitDep) -> CaptureAccepted:
     """Capture a stopped instance's disk into a new image (``saving`` until its job ends, then
@@ -133,7 +135,7 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
     return CaptureAccepted(image=ImagePublic.model_validate(image), job=JobPublic.model_validate(job))
 
 
-@router.delete("/{instance_id:int}", status_code=_ACCEPTED, responses=_CHANGES)
+@router.delete("/{instance_id:int}", status_code=_ACCEPTED, **allow("instance", "delete", responses=_CHANGES))
 def delete_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> JobPublic:
     """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``.
     On a gone or removed hypervisor the job ends at once (nothing to send, nothing to clean)."""

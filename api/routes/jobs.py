@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudland_api.services import jobs as job_records
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.policy import allow
 from cloudland_api.models import TERMINAL, Job
 from cloudland_api.schemas import MAX_ID, ErrorResponse, JobList, JobPublic, JobStateName
 from cloudland_api.services.identity import Caller
@@ -28,7 +29,7 @@ MAX_WAIT_S = 60.0
 POLL_S = 0.1
 
 
-@router.get("")
+@router.get("", **allow("job", "read"))
 def list_jobs(
     session: SessionDep,
     caller: CurrentUser,
@@ -50,7 +51,7 @@ def _read(session: Session, caller: Caller, job_id: str) -> Job:
     return job_records.get_job(session, caller, job_id)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", **allow("job", "read"))
 async def get_job(
     job_id: JobId,
     session: SessionDep,

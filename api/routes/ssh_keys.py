@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, status
 
 from cloudland_api.services import ssh_keys as key_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse, SshKeyCreate, SshKeyList, SshKeyPublic
 
 router = APIRouter(
@@ -18,7 +19,7 @@ router = APIRouter(
 SshKeyId = Annotated[int, Path(ge=1, le=MAX_ID, description="SSH key id")]
 
 
-@router.get("")
+@router.get("", **allow("ssh_key", "read"))
 def list_ssh_keys(
     session: SessionDep,
     caller: CurrentUser,
@@ -30,23 +31,20 @@ def list_ssh_keys(
     return SshKeyList(items=[SshKeyPublic.model_validate(x) for x in keys], limit=limit, next_after=next_after)
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
-)
+@router.post("", status_code=status.HTTP_201_CREATED,
+             **allow("ssh_key", "create", responses={400: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}))
 def create_ssh_key(body: SshKeyCreate, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
     """Add an OpenSSH public key line (admin or member); it is stored normalised, with its fingerprint."""
     return SshKeyPublic.model_validate(key_service.create_ssh_key(session, caller, body))
 
 
-@router.get("/{key_id}")
+@router.get("/{key_id}", **allow("ssh_key", "read"))
 def get_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> SshKeyPublic:
     """One SSH key of the organisation."""
     return SshKeyPublic.model_validate(key_service.get_ssh_key(session, caller, key_id))
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={403: {"model": ErrorResponse}})
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, **allow("ssh_key", "delete"))
 def delete_ssh_key(key_id: SshKeyId, session: SessionDep, caller: CurrentUser) -> None:
     """Delete an SSH key (admin or member)."""
     key_service.delete_ssh_key(session, caller, key_id)

@@ -7,7 +7,10 @@ from cloudland_api.schemas.common import (
     MAX_COUNT, MAX_ID, NO_NUL, Arch, DiskFormat, ErrorBody, ErrorResponse, InstanceStatus, JobStateName, Name,
     Page, Ref
 )
-from cloudland_api.schemas.identity import LoginRequest, TokenPublic
+from cloudland_api.schemas.identity import (
+    AccountPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
+    OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
+)
 from cloudland_api.schemas.flavors import FlavorCreate, FlavorList, FlavorPublic
 from cloudland_api.schemas.hypervisors import (
     HypervisorDrain, HypervisorList, HypervisorPublic, HypervisorUpdate, RemainingInstance
@@ -19,6 +22,8 @@ from cloudland_api.schemas.instances import (
 )
 
 __all__ = [
+    "AccountPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
+    "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
     "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",

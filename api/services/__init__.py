@@ -3,5 +3,6 @@
 
 Tenant-owned rows are read and written through ``crud``, the one tenant-scoped helper: every
 query filters on the caller's ``org_id``, so another organisation's row is NotFound, not
-Forbidden, and ids cannot be probed; NotFound is decided before Forbidden; readers only read.
+Forbidden, and ids cannot be probed. Who may do what (readers only read) is api/policy.py's,
+decided by each route's dependency before the service runs, on the role alone.
 """

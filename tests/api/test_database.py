@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +32,14 @@ def test_migration_brings_an_empty_database_to_head(empty_database_url: str) -> 
         assert set(inspect(engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     finally:
         engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Bring the database at ``url`` down to ``revision`` (``db.upgrade``'s counterpart, for tests)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.downgrade(config, revision)
 
 
 def test_database_url_is_already_at_head(database_url: str) -> None:
@@ -98,11 +108,6 @@ def test_concurrent_duplicate_flavor_is_refused_by_the_unique_constraint(databas
 
 def test_jobs_become_generic_and_back_with_their_instance(empty_database_url: str) -> None:
     """0004 turns each VM job's ``instance_id`` into its subject, and its downgrade turns it back."""
-    from alembic import command
-    from alembic.config import Config
-
-    from cloudland_api.db import MIGRATIONS
-
     upgrade(empty_database_url, "0003")
     engine = make_engine(empty_database_url)
     try:
@@ -122,11 +127,45 @@ def test_jobs_become_generic_and_back_with_their_instance(empty_database_url: st
             row = connection.execute(text("SELECT kind, action, subject_type, subject_id, targets FROM jobs")).one()
         assert tuple(row) == ("vm", "start", "instance", 7, None)
         assert "instance_id" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.set_main_option("sqlalchemy.url", empty_database_url.replace("%", "%%"))
-        command.downgrade(config, "0003")
+        downgrade(empty_database_url, "0003")
         with engine.connect() as connection:
             assert tuple(connection.execute(text("SELECT id, instance_id FROM jobs")).one()) == ("j1", 7)
+    finally:
+        engine.dispose()
+
+
+def test_users_get_a_token_generation_and_lose_it_on_downgrade(empty_database_url: str) -> None:
+    """0005 gives every existing user token generation 0 and adds the logout and backoff tables;
+    its downgrade takes them away and keeps the users."""
+    upgrade(empty_database_url, "0004")
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO users (id, username, password_hash, created_at) "
+                                    "VALUES (3, 'bob', 'x', CURRENT_TIMESTAMP)"))
+        upgrade(empty_database_url)
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT token_generation FROM users WHERE id = 3")).scalar_one() == 0
+            connection.execute(text("INSERT INTO revoked_tokens (token_id, user_id, expires_at) "
+                                    "VALUES ('t1', 3, CURRENT_TIMESTAMP)"))
+            connection.execute(text("INSERT INTO login_failures (username, address, failures, last_failed_at) "
+                                    "VALUES ('bob', '192.0.2.1', 4, CURRENT_TIMESTAMP)"))
+        with engine.begin() as connection:  # a deleted user's revocations go with them
+            connection.execute(text("DELETE FROM users WHERE id = 3"))
+            assert connection.execute(text("SELECT count(*) FROM revoked_tokens")).scalar_one() == 0
+            connection.execute(text("INSERT INTO users (id, username, password_hash, created_at) "
+                                    "VALUES (4, 'carol', 'x', CURRENT_TIMESTAMP)"))
+            connection.execute(text("INSERT INTO organisations (id, name, operator, created_at) "
+                                    "VALUES (1, 'acme', false, CURRENT_TIMESTAMP)"))
+            connection.execute(text("INSERT INTO memberships (user_id, org_id, role) VALUES (4, 1, 'admin')"))
+        downgrade(empty_database_url, "0004")
+        inspector = inspect(engine)
+        assert {"revoked_tokens", "login_failures"} & set(inspector.get_table_names()) == set()
+        assert "token_generation" not in {c["name"] for c in inspector.get_columns("users")}
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["carol"]
+            # ... with her membership: the downgrade did not copy ``users`` (which would cascade on SQLite).
+            assert tuple(connection.execute(text("SELECT user_id, org_id, role FROM memberships")).one()) == (
+                4, 1, "admin")
     finally:
         engine.dispose()

@@ -47,6 +47,9 @@ def test_settings_read_from_env() -> None:
         ("CLOUDLAND_API_TOKEN_LIFETIME_S", "soon"),
         ("CLOUDLAND_API_TOKEN_LIFETIME_S", "0"),
         ("CLOUDLAND_API_TOKEN_LIFETIME_S", "999999"),
+        ("CLOUDLAND_API_TOKEN_MAX_LIFETIME_S", "100000"),
+        ("CLOUDLAND_API_TOKEN_MAX_LIFETIME_S", "60"),  # below TOKEN_LIFETIME_S
+        ("CLOUDLAND_API_LOGIN_BACKOFF_MAX_S", "0"),
         ("CLOUDLAND_API_DATABASE_URL", "mysql://x"),
         ("CLOUDLAND_API_DATABASE_URL", ""),
         ("CLOUDLAND_API_PORT", "70000"),

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
+from cloudland_cli import common
+
 
 def stub_connect(monkeypatch: pytest.MonkeyPatch, stub: Any, *modules: ModuleType) -> None:
-    """Make every command of ``modules`` talk to ``stub``."""
+    """Make every command of ``modules`` talk to ``stub``; errors.py exceptions become one line
+    and an exit code, as under the real ``connect``."""
     @contextmanager
     def connect(require_token: bool = True) -> Iterator[Any]:
-        yield stub
+        with common.api_errors():
+            yield stub
 
     for module in modules:
         monkeypatch.setattr(module, "connect", connect)
