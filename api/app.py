@@ -30,7 +30,9 @@ from cloudland.errors import (
 from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
-from cloudland_api.routes import auth, console, flavors, hypervisors, images, instances, jobs, ssh_keys
+from cloudland_api.routes import (
+    auth, console, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, vpcs
+)
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.images import remove_abandoned_uploads
 from cloudland_api.settings import ApiSettings
@@ -176,4 +178,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(console.router, prefix=API_PREFIX)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
+    for network_router in (vpcs.router, subnets.router, ports.router):
+        app.include_router(network_router, prefix=API_PREFIX)
     return app

@@ -45,3 +45,6 @@ class Hypervisor(Base):
     vcpus_claimed: Mapped[int] = mapped_column(Integer, default=0)
     memory_claimed_mib: Mapped[int] = mapped_column(Integer, default=0)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The host's underlay IPv4 address, where VXLAN tunnels to its ports end (HypervisorReport.vtep);
+    # "" while unknown.
+    vtep: Mapped[str] = mapped_column(String(15), default="")
