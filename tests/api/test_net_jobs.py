@@ -21,7 +21,10 @@ from cloudland_api.jobs import Engine
 from cloudland_api.models import Hypervisor, Instance, Job, JobState, Port, PortIp, Subnet, Vpc
 from cloudland_api.services import netstate
 from cloudland_proto.v1 import network_pb2 as npb
+from cloudland_api.reconcile.observer import Observer
 from tests.api.conftest import Api, Launcher, add_hypervisor
+from tests.api.test_sync import FakeRoot as SyncRoot
+from tests.api.test_sync import Stream
 from tests.fakeroot import FakeRoot, Sent
 
 Sessions = sessionmaker[Session]
@@ -243,3 +246,16 @@ def test_a_vm_created_with_a_network_binds_its_port_where_it_is_placed(
     assert api.client.get("/api/v1/ports", headers=admin_headers).json()["items"] == []
     assert api.client.get(f"/api/v1/jobs/{job['id']}", headers=admin_headers).json()["state"] == "succeeded"
     assert api.client.get(f"/api/v1/vpcs/{vpc['id']}", headers=admin_headers).json()["generation"] == 2
+
+
+def test_the_observer_stores_each_hypervisors_vtep_from_its_report(api: Api, admin_headers: dict[str, str]) -> None:
+    root = SyncRoot()
+    stream = Stream(Observer(api.app.state.write_sessions, ""), root)
+    root.boot(2, 1.0)
+    stream.sync()
+    assert [h["vtep"] for h in api.client.get("/api/v1/hypervisors", headers=admin_headers).json()["items"]] == ["", ""]
+    event = root.event()
+    event.reports[1].vtep = "192.0.2.9"  # hypervisor 1 now says where its tunnels end
+    stream.observer.apply(event)
+    assert stream.observer.flush() == {1}
+    assert api.client.get("/api/v1/hypervisors/1", headers=admin_headers).json()["vtep"] == "192.0.2.9"
