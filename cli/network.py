@@ -6,11 +6,13 @@ gives a VM a port on each subnet named, the first its primary NIC.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
 
 from cloudland.errors import InvalidRequest
+from cloudland_cli.cloud import find_by_ref as find
 from cloudland_cli.common import all_pages, connect, out, print_json, print_page, print_record, print_table
 from cloudland_cli.restclient import ApiClient
 
@@ -20,25 +22,33 @@ port_app = typer.Typer(no_args_is_help=True, help="Ports: a NIC's MAC and addres
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Ref = Annotated[str, typer.Argument(help="Id or name.")]
-
-
-def find(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
-    """The one VPC or subnet with that id or name (names are unique in an organisation)."""
-    if ref.isdigit():
-        found: dict[str, Any] = client.get(f"{path}/{ref}")
-        return found
-    for item in client.iter_after(path):
-        if item["name"] == ref:
-            return item
-    raise InvalidRequest(f"no {kind} named {ref!r}")
+Row = Sequence[Any]
 
 
 def _id(client: ApiClient, path: str, ref: str | None, kind: str) -> int | None:
+    """The id of the VPC or subnet named by id or name (None for None)."""
     return None if ref is None else int(find(client, path, ref, kind)["id"])
 
 
 def _show(item: dict[str, Any], as_json: bool) -> None:
     print_json(item) if as_json else print_record(item)
+
+
+def _list(items: list[dict[str, Any]], as_json: bool, columns: Sequence[str], row: Callable[[dict[str, Any]], Row],
+          whole: Sequence[str] = ()) -> None:
+    """Every page of a list, as ``--json`` prints it or as a table of ``row(item)`` each."""
+    if as_json:
+        print_page(items)
+    else:
+        print_table(columns, [row(item) for item in items], whole=whole)
+
+
+def _delete(path: str, ref: str, kind: str) -> None:
+    """Delete the VPC or subnet named by id or name."""
+    with connect() as client:
+        item = find(client, path, ref, kind)
+        client.delete(f"{path}/{item['id']}")
+    out.print(f"{kind} {item['id']} {item['name']} deleted")
 
 
 # -- vpc ----------------------------------------------------------------------------------------
@@ -62,11 +72,8 @@ def vpc_list(as_json: JsonOpt = False) -> None:
     """Every VPC of your organisation."""
     with connect() as client:
         vpcs = all_pages(client, "/vpcs")
-    if as_json:
-        print_page(vpcs)
-        return
-    print_table(("id", "name", "domain", "mtu", "generation"),
-                [(v["id"], v["name"], v["domain"], v["mtu"], v["generation"]) for v in vpcs])
+    _list(vpcs, as_json, ("id", "name", "domain", "mtu", "generation"),
+          lambda v: (v["id"], v["name"], v["domain"], v["mtu"], v["generation"]))
 
 
 @vpc_app.command("show")
@@ -79,10 +86,7 @@ def vpc_show(ref: Ref, as_json: JsonOpt = False) -> None:
 @vpc_app.command("delete")
 def vpc_delete(ref: Ref) -> None:
     """Delete a VPC and its subnets (refused while it has ports)."""
-    with connect() as client:
-        vpc = find(client, "/vpcs", ref, "vpc")
-        client.delete(f"/vpcs/{vpc['id']}")
-    out.print(f"vpc {vpc['id']} {vpc['name']} deleted")
+    _delete("/vpcs", ref, "vpc")
 
 
 # -- subnet -------------------------------------------------------------------------------------
@@ -131,12 +135,9 @@ def subnet_list(vpc: Annotated[str | None, typer.Option(help="Only this VPC's (i
     """Every subnet of your organisation."""
     with connect() as client:
         subnets = all_pages(client, "/subnets", vpc=_id(client, "/vpcs", vpc, "vpc"))
-    if as_json:
-        print_page(subnets)
-        return
-    print_table(("id", "name", "vpc", "cidr", "gateway", "vni", "dhcp", "dns"),
-                [(s["id"], s["name"], s["vpc_id"], s["cidr"], s["gateway"], s["vni"], "on" if s["dhcp"] else "off",
-                  ", ".join(s["dns_servers"]) or None) for s in subnets])
+    _list(subnets, as_json, ("id", "name", "vpc", "cidr", "gateway", "vni", "dhcp", "dns"),
+          lambda s: (s["id"], s["name"], s["vpc_id"], s["cidr"], s["gateway"], s["vni"], "on" if s["dhcp"] else "off",
+                     ", ".join(s["dns_servers"]) or None))
 
 
 @subnet_app.command("show")
@@ -152,10 +153,7 @@ def subnet_show(ref: Ref, as_json: JsonOpt = False) -> None:
 @subnet_app.command("delete")
 def subnet_delete(ref: Ref) -> None:
     """Delete a subnet (refused while it has ports)."""
-    with connect() as client:
-        subnet = find(client, "/subnets", ref, "subnet")
-        client.delete(f"/subnets/{subnet['id']}")
-    out.print(f"subnet {subnet['id']} {subnet['name']} deleted")
+    _delete("/subnets", ref, "subnet")
 
 
 # -- port ---------------------------------------------------------------------------------------
@@ -188,12 +186,9 @@ def port_list(subnet: Annotated[str | None, typer.Option(help="Only this subnet'
     with connect() as client:
         ports = all_pages(client, "/ports", subnet=_id(client, "/subnets", subnet, "subnet"),
                           vpc=_id(client, "/vpcs", vpc, "vpc"), instance=instance)
-    if as_json:
-        print_page(ports)
-        return
-    print_table(("id", "name", "subnet", "mac", "ips", "vm", "nic", "hypervisor"),
-                [(p["id"], p["name"] or None, p["subnet_id"], p["mac"], ", ".join(p["fixed_ips"]), p["instance_id"],
-                  p["device_index"], p["hypervisor_id"]) for p in ports], whole=("mac",))
+    _list(ports, as_json, ("id", "name", "subnet", "mac", "ips", "vm", "nic", "hypervisor"),
+          lambda p: (p["id"], p["name"] or None, p["subnet_id"], p["mac"], ", ".join(p["fixed_ips"]),
+                     p["instance_id"], p["device_index"], p["hypervisor_id"]), whole=("mac",))
 
 
 @port_app.command("show")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,40 +180,38 @@ def _job(org_id: int, user_id: int | None, batch: str, action: str, vpc_id: int,
 def bind(session: Session, placed: dict[int, int]) -> list[Job]:
     """Bind the ports of newly placed instances (instance id -> hypervisor) to their hypervisor,
     one change per VPC: what the job engine calls when it places VMs."""
-    if not placed:
-        return []
-    ports = session.scalars(select(Port).where(Port.instance_id.in_(placed)).order_by(Port.vpc_id, Port.id)).all()
-    jobs: list[Job] = []
-    for vpc_id, group in _by_vpc(ports):
-        change = begin(session, vpc_id)
-        for port in group:
-            port.hypervisor_id = placed[port.instance_id]  # type: ignore[index]
-            change.upserts.append(port)
-        jobs += commit(session, change, group[0].org_id)
-    return jobs
+    def bound(change: Change, port: Port) -> None:
+        port.hypervisor_id = placed[port.instance_id]  # type: ignore[index]
+        change.upserts.append(port)
+
+    return _per_vpc(session, placed, bound)
 
 
 def release(session: Session, instance_ids: Iterable[int]) -> list[Job]:
     """Delete the ports of deleted instances (their addresses free again), one change per VPC."""
-    wanted = list(instance_ids)
-    if not wanted:
-        return []
-    ports = session.scalars(select(Port).where(Port.instance_id.in_(wanted)).order_by(Port.vpc_id, Port.id)).all()
-    jobs: list[Job] = []
-    for vpc_id, group in _by_vpc(ports):
-        change = begin(session, vpc_id)
-        for port in group:
-            if port.hypervisor_id is not None:
-                change.removes.append(port.id)
-            session.delete(port)
-        jobs += commit(session, change, group[0].org_id)
-        log.info("event=ports_released vpc=%d ports=%d", vpc_id, len(group))
+    def deleted(change: Change, port: Port) -> None:
+        if port.hypervisor_id is not None:
+            change.removes.append(port.id)
+        session.delete(port)
+
+    jobs = _per_vpc(session, instance_ids, deleted)
     session.flush()
     return jobs
 
 
-def _by_vpc(ports: Sequence[Port]) -> list[tuple[int, list[Port]]]:
+def _per_vpc(session: Session, instance_ids: Iterable[int], each: Callable[[Change, Port], None]) -> list[Job]:
+    """``each(change, port)`` for every port of the instances, one change per VPC, in VPC id order
+    (so two transactions lock VPCs in the same order); the jobs of every change."""
+    wanted = list(instance_ids)
+    if not wanted:
+        return []
     groups: dict[int, list[Port]] = defaultdict(list)
-    for port in ports:
+    for port in session.scalars(select(Port).where(Port.instance_id.in_(wanted)).order_by(Port.vpc_id, Port.id)):
         groups[port.vpc_id].append(port)
-    return sorted(groups.items())
+    jobs: list[Job] = []
+    for vpc_id, ports in sorted(groups.items()):
+        change = begin(session, vpc_id)
+        for port in ports:
+            each(change, port)
+        jobs += commit(session, change, ports[0].org_id)
+    return jobs
