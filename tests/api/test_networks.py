@@ -235,3 +235,35 @@ def test_a_vm_on_a_full_or_unknown_network_is_refused_whole(api: Api, admin_head
     [port] = api.client.get(f"{API}/ports", params={"instance": port_of_vm["id"]}, headers=admin_headers).json()["items"]
     assert "deleted with the instance" in error(api.client.delete(f"{API}/ports/{port['id']}",
                                                                   headers=admin_headers), 409)
+
+
+def test_0005_keeps_existing_hypervisors_and_its_downgrade_removes_the_network_tables(
+        empty_database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect, text
+
+    from cloudland_api.db import MIGRATIONS, make_engine, upgrade
+
+    upgrade(empty_database_url, "0004")
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO hypervisors (id, hostname, arch, cpus, memory_mib, free_memory_mib, domains, "
+                "running_domains, state, enabled, draining, cpu_ratio, memory_ratio, vcpus_claimed, "
+                "memory_claimed_mib, last_seen) VALUES (3, 'hv3', 'x86_64', 8, 1024, 1024, 0, 0, 'up', true, false, "
+                "4.0, 1.0, 0, 0, CURRENT_TIMESTAMP)"))
+        upgrade(empty_database_url)
+        with engine.connect() as connection:
+            assert tuple(connection.execute(text("SELECT id, vtep FROM hypervisors")).one()) == (3, "")
+        assert {"vpcs", "subnets", "ports", "port_ips"} <= set(inspect(engine).get_table_names())
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", empty_database_url.replace("%", "%%"))
+        command.downgrade(config, "0004")
+        engine.dispose()
+        assert not {"vpcs", "subnets", "ports", "port_ips"} & set(inspect(engine).get_table_names())
+        assert "vtep" not in {c["name"] for c in inspect(engine).get_columns("hypervisors")}
+    finally:
+        engine.dispose()
