@@ -6,6 +6,8 @@ makes them, proto/v1/network.proto is the contract).
     sync   one hypervisor's whole state of the VPC, read from the database when sent (so at
            the VPC's newest generation), unicast: to a hypervisor that joins or leaves the VPC or
            one of its subnets, and to one that answered an apply with ``need_sync``
+    full   a hypervisor's whole state of every VPC it holds, ``full`` (remove every other), to
+           an agent that (re)started (subject: the hypervisor; made by reconcile/net.py)
 
 Jobs of one VPC share its subject, so the engine runs them one at a time in the order they
 were made: deltas arrive in generation order. An apply that a hypervisor failed, or answered
@@ -30,7 +32,7 @@ from cloudland_proto.v1 import network_pb2 as npb
 log = logging.getLogger(__name__)
 
 NET_TIMEOUT_S = 30.0
-OPERATIONS = {"apply": "net.apply", "sync": "net.sync"}
+OPERATIONS = {"apply": "net.apply", "sync": "net.sync", "full": "net.sync"}
 
 
 @register
@@ -62,13 +64,17 @@ class NetJobs(Kind):
                 return
             plan.send(job, "net.apply", targets, netstate.delta_of(job), NET_TIMEOUT_S)
             return
-        assert job.hypervisor_id is not None  # a sync
+        assert job.hypervisor_id is not None  # a sync, or a full sync
         hv = job.hypervisor_id
         if hv in hypervisors.lost_hosts(session, [hv]):
             plan.decide(job, "ok", f"hypervisor {hv} is gone or removed: nothing to send")
             return
-        state = netstate.vpc_state(session, job.subject_id, hv)
-        plan.send(job, "net.sync", hv, npb.NetSyncRequest(vpcs=[state]), NET_TIMEOUT_S)
+        if job.action == "full":
+            request = npb.NetSyncRequest(full=True, vpcs=[netstate.vpc_state(session, vpc, hv)
+                                                          for vpc in netstate.vpcs_of(session, hv)])
+        else:
+            request = npb.NetSyncRequest(vpcs=[netstate.vpc_state(session, job.subject_id, hv)])
+        plan.send(job, "net.sync", hv, request, NET_TIMEOUT_S)
 
     def settle(self, session: Session, done: list[tuple[Job, Outcome]]) -> None:
         for job, outcome in done:

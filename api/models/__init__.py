@@ -10,11 +10,11 @@ from cloudland_api.models.compute import Flavor, Instance, SshKey
 from cloudland_api.models.hypervisors import Hypervisor
 from cloudland_api.models.identity import Membership, Organisation, Role, User
 from cloudland_api.models.images import Image
-from cloudland_api.models.jobs import IMAGE, INSTANCE, TERMINAL, VPC, Job, JobState
+from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VPC, Job, JobState
 from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
 
 __all__ = [
-    "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState",
+    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState",
     "Membership", "Organisation", "Port", "PortIp", "Role", "SshKey", "Subnet", "User", "UTCDateTime", "VPC", "Vpc",
     "utcnow",
 ]

@@ -48,3 +48,7 @@ class Hypervisor(Base):
     # The host's underlay IPv4 address, where VXLAN tunnels to its ports end (HypervisorReport.vtep);
     # "" while unknown.
     vtep: Mapped[str] = mapped_column(String(15), default="")
+    # The reporting agent process's start id (HypervisorReport.incarnation), and the one that was
+    # last sent its whole network state (reconcile/net.py): when they differ, the agent (re)started.
+    incarnation: Mapped[str] = mapped_column(String(64), default="")
+    net_incarnation: Mapped[str] = mapped_column(String(64), default="")

@@ -52,8 +52,10 @@ OBSERVED = {"running": "running", "shutoff": "stopped", "crashed": "stopped", "p
 COALESCE_S = 0.05     # changes that arrive together are written together
 FILTER_MAX = 500      # up to this many hypervisors, instances are read by hypervisor; beyond, all
 RETRY_MAX_S = 5.0     # the longest wait before connecting the stream again
-# A hypervisor row's columns that follow its reports (vtep: where its ports' VXLAN tunnels end).
-REPORTED = ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state", "vtep")
+# A hypervisor row's columns that follow its reports (vtep: where its ports' VXLAN tunnels end;
+# incarnation: its agent's start id, a new one is a restart: reconcile/net.py).
+REPORTED = ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state", "vtep",
+            "incarnation")
 
 
 class Observer:
@@ -262,7 +264,7 @@ class Observer:
             hv = report.hypervisor
             state = "down" if hv in down else "up"
             fields = (report.hostname, report.cpus, report.memory_kib // 1024, report.free_memory_kib // 1024,
-                      report.domains, report.running_domains, state, report.vtep)
+                      report.domains, report.running_domains, state, report.vtep, report.incarnation)
             values: dict[str, Any] = dict(zip(REPORTED, fields))
             if hv not in known:
                 added.append(values | {"id": hv, "cpu_ratio": self._ratios[0], "memory_ratio": self._ratios[1],

@@ -50,6 +50,12 @@ def held(session: Session, vpc_id: int) -> Held:
     return {hv: frozenset(subnets) for hv, subnets in found.items()}
 
 
+def vpcs_of(session: Session, hypervisor: int) -> list[int]:
+    """The VPCs with a port bound to ``hypervisor``, by id."""
+    return list(session.scalars(select(Port.vpc_id).distinct().where(Port.hypervisor_id == hypervisor)
+                                .order_by(Port.vpc_id)))
+
+
 def net_subnet(subnet: Subnet) -> npb.NetSubnet:
     return npb.NetSubnet(id=subnet.id, vpc_id=subnet.vpc_id, vni=subnet.vni, cidr=subnet.cidr,
                          gateway=subnet.gateway or "", dns_servers=list(subnet.dns_servers), dhcp=subnet.dhcp)

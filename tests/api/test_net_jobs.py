@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloudland import operations
 from cloudland_api import jobs
 from cloudland_api.jobs import Engine
-from cloudland_api.models import Hypervisor, Instance, Job, JobState, Port, PortIp, Subnet, Vpc
+from cloudland_api.models import Hypervisor, Instance, Job, JobState, Organisation, Port, PortIp, Subnet, Vpc
+from cloudland_api.reconcile.controller import Converger
 from cloudland_api.services import netstate
 from cloudland_proto.v1 import network_pb2 as npb
 from cloudland_api.reconcile.observer import Observer
@@ -248,7 +249,7 @@ def test_a_vm_created_with_a_network_binds_its_port_where_it_is_placed(
     assert api.client.get(f"/api/v1/vpcs/{vpc['id']}", headers=admin_headers).json()["generation"] == 2
 
 
-def test_the_observer_stores_each_hypervisors_vtep_from_its_report(api: Api, admin_headers: dict[str, str]) -> None:
+def test_the_observer_stores_each_hypervisors_vtep_and_incarnation_from_its_report(api: Api, admin_headers: dict[str, str]) -> None:
     root = SyncRoot()
     stream = Stream(Observer(api.app.state.write_sessions, ""), root)
     root.boot(2, 1.0)
@@ -256,6 +257,44 @@ def test_the_observer_stores_each_hypervisors_vtep_from_its_report(api: Api, adm
     assert [h["vtep"] for h in api.client.get("/api/v1/hypervisors", headers=admin_headers).json()["items"]] == ["", ""]
     event = root.event()
     event.reports[1].vtep = "192.0.2.9"  # hypervisor 1 now says where its tunnels end
+    event.reports[1].incarnation = "a1b2"
     stream.observer.apply(event)
     assert stream.observer.flush() == {1}
     assert api.client.get("/api/v1/hypervisors/1", headers=admin_headers).json()["vtep"] == "192.0.2.9"
+    with api.app.state.sessions() as session:
+        row = session.get(Hypervisor, 1)
+        assert row is not None and (row.incarnation, row.net_incarnation) == ("a1b2", "")
+
+
+def test_an_agent_that_started_again_gets_its_whole_state_once(
+        sessions: Sessions, cloud: dict[str, int], fake: FakeRoot, engine: Engine) -> None:
+    vm_with_port(sessions, cloud, "s1", 1)
+    vm_with_port(sessions, cloud, "s3", 1)
+    drain(engine)
+    with sessions() as session:
+        session.add(Organisation(name="operator", operator=True))
+        for hv in (1, 2):  # as the observer writes them from reports; 2 holds no port
+            row = session.get(Hypervisor, hv)
+            assert row is not None
+            row.incarnation = "first"
+        session.commit()
+    submitted: list[str] = []
+    converger = Converger(sessions, lambda hvs: {hv: {} for hv in hvs}, submitted.extend)
+    mark = len(fake.commands)
+    converger.sync([("hypervisor", 1), ("hypervisor", 2)])
+    converger.sync([("hypervisor", 1), ("hypervisor", 2)])  # once per start, not per pass
+    assert len(submitted) == 1
+    drain(engine)
+    assert sent(fake, mark) == [("net.sync", 1)]
+    sync = fake.commands[-1].request
+    assert isinstance(sync, npb.NetSyncRequest) and sync.full
+    assert [v.vpc_id for v in sync.vpcs] == [cloud["a"], cloud["b"]] and all(v.subnets for v in sync.vpcs)
+
+    with sessions() as session:  # the agent of hypervisor 1 started again
+        row = session.get(Hypervisor, 1)
+        assert row is not None
+        row.incarnation = "second"
+        session.commit()
+    converger.sync([("hypervisor", 1)])
+    drain(engine)
+    assert sent(fake, mark) == [("net.sync", 1), ("net.sync", 1)] and len(submitted) == 2

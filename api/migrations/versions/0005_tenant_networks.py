@@ -1,4 +1,4 @@
-"""tenant networks: vpcs, subnets, ports, port_ips; hypervisors.vtep (issue 11)
+"""tenant networks: vpcs, subnets, ports, port_ips; hypervisors.vtep and incarnations (issue 11)
 
 Revision ID: 0005
 Revises: 0004
@@ -20,6 +20,8 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('hypervisors', schema=None) as batch_op:
         batch_op.add_column(sa.Column('vtep', sa.String(length=15), nullable=False, server_default=''))
+        batch_op.add_column(sa.Column('incarnation', sa.String(length=64), nullable=False, server_default=''))
+        batch_op.add_column(sa.Column('net_incarnation', sa.String(length=64), nullable=False, server_default=''))
     op.create_table(
         'vpcs',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -101,4 +103,6 @@ def downgrade() -> None:
     op.drop_table('subnets')
     op.drop_table('vpcs')
     with op.batch_alter_table('hypervisors', schema=None) as batch_op:
+        batch_op.drop_column('net_incarnation')
+        batch_op.drop_column('incarnation')
         batch_op.drop_column('vtep')
