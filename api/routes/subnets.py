@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
@@ -10,7 +11,7 @@ from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, Se
 from cloudland_api.models import Subnet
 from cloudland_api.schemas import MAX_ID, ErrorResponse, SubnetCreate, SubnetList, SubnetPublic
 from cloudland_api.schemas.networks import PoolPublic
-from cloudland_api.services import networks
+from cloudland_api.services import ipam, networks
 
 router = APIRouter(prefix="/subnets", tags=["networks"],
                    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
@@ -21,7 +22,8 @@ _CHANGES = {403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
 def _public(subnet: Subnet) -> SubnetPublic:
     return SubnetPublic(id=subnet.id, name=subnet.name, vpc_id=subnet.vpc_id, cidr=subnet.cidr, gateway=subnet.gateway,
                         allocation_pools=[PoolPublic(start=start, end=end) for start, end in subnet.allocation_pools],
-                        dns_servers=subnet.dns_servers, dhcp=subnet.dhcp, vni=subnet.vni, created_at=subnet.created_at)
+                        dns_servers=subnet.dns_servers, dhcp=subnet.dhcp, vni=subnet.vni, created_at=subnet.created_at,
+                        dhcp_server=str(ipam.dhcp_server(IPv4Network(subnet.cidr))) if subnet.dhcp else None)
 
 
 @router.get("")

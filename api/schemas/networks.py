@@ -62,7 +62,8 @@ class Pool(_Request):
 
 class SubnetCreate(_Request):
     """A new subnet of ``vpc``. ``gateway`` defaults to the first host address; null means none.
-    ``allocation_pools`` default to every host address (the gateway is never handed out)."""
+    ``allocation_pools`` default to every host address (the gateway and, with DHCP, the DHCP
+    server's address, the last usable one, are never handed out)."""
 
     name: Name
     vpc: Ref
@@ -91,6 +92,7 @@ class SubnetPublic(BaseModel):
     allocation_pools: list[PoolPublic]
     dns_servers: list[str]
     dhcp: bool
+    dhcp_server: str | None  # where its DHCP and DNS server answers (the last usable address), never a port's
     vni: int
     created_at: datetime
 

@@ -1,7 +1,9 @@
 """Address arithmetic of tenant subnets, apart from the database: pure, tested by tables.
 
 A subnet is an IPv4 network of /8 to /29. Its host addresses exclude the network and broadcast
-addresses; its gateway is one of them (the first by default) and is never handed out; its
+addresses; its gateway is one of them (the first by default) and is never handed out, nor, while
+DHCP is on, the DHCP server's (the last usable address, where every hypervisor's server of the
+subnet answers: proto/v1/network.proto ``NetSubnet.dhcp_address``); its
 allocation pools are inclusive ranges of host addresses (every host address by default), and
 the allocator hands out the lowest free addresses of the pools, in pool order. Every error is
 InvalidRequest naming the values (api/README.md "Errors": 400).
@@ -56,29 +58,48 @@ def host_in(net: IPv4Network, addr: IPv4Address, what: str) -> IPv4Address:
     return addr
 
 
+def dhcp_server(net: IPv4Network) -> IPv4Address:
+    """Where a subnet's DHCP and DNS server answers on every hypervisor: its last usable address
+    (proto/v1/network.proto ``NetSubnet.dhcp_address`` left empty). Never a port's while DHCP is on."""
+    return net.broadcast_address - 1
+
+
 @dataclass(frozen=True)
 class Layout:
-    """A subnet's checked addresses: its network, gateway (or None) and pools (first, last)."""
+    """A subnet's checked addresses: its network, gateway (or None), pools (first, last) and
+    whether DHCP is on (its server then holds ``dhcp_server``)."""
 
     net: IPv4Network
     gateway: IPv4Address | None
     pools: tuple[tuple[IPv4Address, IPv4Address], ...]
+    dhcp: bool = False
+
+    @property
+    def reserved(self) -> dict[IPv4Address, str]:
+        """The addresses never handed out, with what holds them."""
+        held = {self.gateway: "the gateway"} if self.gateway is not None else {}
+        if self.dhcp:
+            held[dhcp_server(self.net)] = "the DHCP server's address"
+        return held
+
+    def in_pools(self, addr: IPv4Address) -> bool:
+        return any(first <= addr <= last for first, last in self.pools)
 
     @property
     def capacity(self) -> int:
-        """How many addresses the pools hold, the gateway left out."""
+        """How many addresses the pools hold, the reserved ones left out."""
         size = sum(int(last) - int(first) + 1 for first, last in self.pools)
-        gw = self.gateway
-        return size - (1 if gw is not None and any(first <= gw <= last for first, last in self.pools) else 0)
+        return size - sum(1 for addr in self.reserved if self.in_pools(addr))
 
     def stored_pools(self) -> list[list[str]]:
         return [[str(first), str(last)] for first, last in self.pools]
 
 
 def layout(cidr: str, gateway: str | None, default_gateway: bool,
-           pools: Sequence[tuple[str, str]] | None) -> Layout:
+           pools: Sequence[tuple[str, str]] | None, dhcp: bool = False) -> Layout:
     """Check a subnet's addresses: ``gateway`` (``default_gateway``: none was given, take the first
-    host), ``pools`` (None: every host address) inside the network, in order and not overlapping."""
+    host), ``pools`` (None: every host address) inside the network, in order and not overlapping;
+    with ``dhcp``, the gateway is not the DHCP server's address."""
     net = network(cidr)
     first_host, last_host = net.network_address + 1, net.broadcast_address - 1
     gw = first_host if default_gateway else (
@@ -94,16 +115,19 @@ def layout(cidr: str, gateway: str | None, default_gateway: bool,
     for (_, previous_end), (start_, end_) in zip(ranges, ranges[1:]):
         if start_ <= previous_end:
             raise InvalidRequest(f"pool {start_}-{end_} overlaps another pool (ending at {previous_end})")
-    found = Layout(net, gw, tuple(ranges))
+    if dhcp and gw is not None and gw == dhcp_server(net):
+        raise InvalidRequest(f"gateway {gw} is the DHCP server's address of {net} (its last usable one): "
+                             "choose another gateway, or turn DHCP off")
+    found = Layout(net, gw, tuple(ranges), dhcp)
     if found.capacity < 1:
         raise InvalidRequest(f"the pools of {net} hold no address to hand out")
     return found
 
 
-def stored_layout(cidr: str, gateway: str | None, pools: Iterable[Sequence[str]]) -> Layout:
+def stored_layout(cidr: str, gateway: str | None, pools: Iterable[Sequence[str]], dhcp: bool) -> Layout:
     """The layout of a subnet as stored (already checked)."""
     return Layout(IPv4Network(cidr), IPv4Address(gateway) if gateway else None,
-                  tuple((IPv4Address(first), IPv4Address(last)) for first, last in pools))
+                  tuple((IPv4Address(first), IPv4Address(last)) for first, last in pools), dhcp)
 
 
 def allocate(subnet: Layout, taken: set[str], count: int) -> list[str] | None:
@@ -112,9 +136,7 @@ def allocate(subnet: Layout, taken: set[str], count: int) -> list[str] | None:
     Costs O(taken + count): a walk skips only addresses that are taken.
     """
     found: list[str] = []
-    skip = set(taken)
-    if subnet.gateway is not None:
-        skip.add(str(subnet.gateway))
+    skip = set(taken) | {str(addr) for addr in subnet.reserved}
     for first, last in subnet.pools:
         current, end = int(first), int(last)
         while current <= end:
@@ -128,20 +150,21 @@ def allocate(subnet: Layout, taken: set[str], count: int) -> list[str] | None:
 
 
 def free(subnet: Layout, taken: set[str]) -> int:
-    """How many addresses of the pools are neither taken nor the gateway."""
-    used = sum(1 for text in taken if any(first <= IPv4Address(text) <= last for first, last in subnet.pools)
-               and (subnet.gateway is None or IPv4Address(text) != subnet.gateway))
+    """How many addresses of the pools are neither taken nor reserved."""
+    used = sum(1 for text in taken if subnet.in_pools(IPv4Address(text)) and IPv4Address(text) not in subnet.reserved)
     return subnet.capacity - used
 
 
 def requested(subnet: Layout, wanted: Sequence[str]) -> list[str]:
-    """``wanted`` fixed addresses, each a host address of the subnet, not its gateway, given once;
-    InvalidRequest for one that is not (whether they are free is the caller's to check)."""
+    """``wanted`` fixed addresses, each a host address of the subnet, not reserved (the gateway, the
+    DHCP server's), given once; InvalidRequest for one that is not (whether they are free is the
+    caller's to check)."""
     out: list[str] = []
+    reserved = subnet.reserved
     for text in wanted:
         addr = host_in(subnet.net, address(text, "fixed ip"), "fixed ip")
-        if subnet.gateway is not None and addr == subnet.gateway:
-            raise InvalidRequest(f"fixed ip {addr} is the gateway of {subnet.net}")
+        if addr in reserved:
+            raise InvalidRequest(f"fixed ip {addr} is {reserved[addr]} of {subnet.net}")
         if str(addr) in out:
             raise InvalidRequest(f"fixed ip {addr} is given twice")
         out.append(str(addr))

@@ -79,7 +79,7 @@ def create_subnet(session: Session, caller: Caller, spec: SubnetCreate, settings
     vpc = get_vpc(session, caller, spec.vpc, lock=True)  # NotFound before Forbidden
     caller.require(Role.admin, Role.member)
     pools = [(p.start, p.end) for p in spec.allocation_pools] if spec.allocation_pools is not None else None
-    layout = ipam.layout(spec.cidr, spec.gateway, "gateway" not in spec.model_fields_set, pools)
+    layout = ipam.layout(spec.cidr, spec.gateway, "gateway" not in spec.model_fields_set, pools, spec.dhcp)
     for dns in spec.dns_servers:
         ipam.address(dns, "dns server")
     siblings = [(name, cidr) for name, cidr in
@@ -165,7 +165,7 @@ def _full(subnet: Subnet, wanted: int, free: int) -> Conflict:
 def _addresses(session: Session, subnet: Subnet, count: int, fixed: Sequence[str] | None) -> list[list[str]]:
     """``count`` ports' addresses on ``subnet`` (locked by the caller): the lowest free ones, or
     ``fixed`` for one port; Conflict when the subnet is full or a fixed address is taken."""
-    layout = ipam.stored_layout(subnet.cidr, subnet.gateway, subnet.allocation_pools)
+    layout = ipam.stored_layout(subnet.cidr, subnet.gateway, subnet.allocation_pools, subnet.dhcp)
     taken = _taken(session, subnet.id)
     if fixed is not None:
         wanted = ipam.requested(layout, fixed)

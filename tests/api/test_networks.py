@@ -47,6 +47,7 @@ def test_a_vpc_a_subnet_and_a_port_are_created_listed_and_deleted(api: Api, admi
     assert subnet["gateway"] == "10.0.0.1" and subnet["dhcp"] is True and subnet["vpc_id"] == vpc["id"]
     assert subnet["allocation_pools"] == [{"start": "10.0.0.1", "end": "10.0.0.254"}]
     assert subnet["vni"] == 4096 and subnet["dns_servers"] == ["10.0.0.2"]
+    assert subnet["dhcp_server"] == "10.0.0.254"  # never a port's: its DHCP and DNS server answers there
     port = post(api, admin_headers, "ports", {"subnet": "s1", "name": "p"})
     assert port["fixed_ips"] == ["10.0.0.2"] and port["mac"].startswith("02:c1:")
     assert (port["instance_id"], port["hypervisor_id"], port["vpc_id"]) == (None, None, vpc["id"])
@@ -108,6 +109,7 @@ def test_roles_readers_read_members_create_admins_delete(api: Api, admin_headers
 
 
 BAD_SUBNETS = [
+    ({"gateway": "10.0.0.254"}, 400, "gateway 10.0.0.254 is the DHCP server's address of 10.0.0.0/24"),
     ({"cidr": "10.0.0.1/24"}, 400, "is not a network (host bits are set): did you mean 10.0.0.0/24?"),
     ({"cidr": "10.0.0.0/31"}, 400, "the prefix must be /8 to /29"),
     ({"cidr": "300.0.0.0/24"}, 400, "is not an IPv4 network"),
@@ -144,19 +146,20 @@ def test_overlapping_subnets_of_one_vpc_are_refused(api: Api, admin_headers: dic
 
 def test_bad_ports_get_a_clear_4xx(api: Api, admin_headers: dict[str, str]) -> None:
     _, subnet = network(api, admin_headers, "10.0.0.0/29", gateway=None)
-    assert subnet["gateway"] is None
+    assert subnet["gateway"] is None and subnet["dhcp_server"] == "10.0.0.6"
     taken = post(api, admin_headers, "ports", {"subnet": subnet["id"], "fixed_ips": ["10.0.0.3"]})
     cases = [({"fixed_ips": ["10.0.0.3"]}, 409, "address 10.0.0.3 of subnet"),
              ({"fixed_ips": ["10.0.1.3"]}, 400, "fixed ip 10.0.1.3 is outside 10.0.0.0/29"),
              ({"fixed_ips": ["10.0.0.7"]}, 400, "broadcast address"),
+             ({"fixed_ips": ["10.0.0.6"]}, 400, "fixed ip 10.0.0.6 is the DHCP server's address of 10.0.0.0/29"),
              ({"mac": taken["mac"]}, 409, "is already used by another port"),
              ({"mac": "zz:00:00:00:00:00"}, 422, "mac"),
              ({"subnet": 12345}, 404, "subnet 12345 not found")]
     for change, status, message in cases:
         reply = api.client.post(f"{API}/ports", json={"subnet": subnet["id"]} | change, headers=admin_headers)
         assert message in error(reply, status), change
-    # A /29 without a gateway holds 6 addresses; one is taken.
-    assert len([post(api, admin_headers, "ports", {"subnet": subnet["id"]}) for _ in range(5)]) == 5
+    # A /29 without a gateway holds 6 addresses, one the DHCP server's; one is taken.
+    assert len([post(api, admin_headers, "ports", {"subnet": subnet["id"]}) for _ in range(4)]) == 4
     reply = api.client.post(f"{API}/ports", json={"subnet": subnet["id"]}, headers=admin_headers)
     assert "is full: 1 address wanted, 0 free" in error(reply, 409)
 
@@ -175,8 +178,9 @@ def test_network_lists_walk_by_cursor(api: Api, admin_headers: dict[str, str]) -
 
 def test_500_concurrent_ports_on_a_slash_24_get_253_addresses_and_247_conflicts(
         api: Api, admin_headers: dict[str, str]) -> None:
-    """Issue 11: never a duplicate, every refusal a clear 409 ("subnet full"), on both databases."""
-    _, subnet = network(api, admin_headers)
+    """Issue 11: never a duplicate, every refusal a clear 409 ("subnet full"), on both databases.
+    (DHCP off: with it on, its server holds 10.0.0.254 and the /24 gives 252.)"""
+    _, subnet = network(api, admin_headers, dhcp=False)
 
     def create(_: int) -> tuple[int, dict[str, Any]]:
         reply = api.client.post(f"{API}/ports", json={"subnet": subnet["id"]}, headers=admin_headers)
@@ -220,10 +224,10 @@ def test_a_vm_gets_a_port_on_each_network_in_order_and_loses_them_when_deleted(
 
 def test_a_vm_on_a_full_or_unknown_network_is_refused_whole(api: Api, admin_headers: dict[str, str],
                                                             launch: Launcher) -> None:
-    network(api, admin_headers, "10.0.0.0/29")  # 5 addresses besides the gateway
+    network(api, admin_headers, "10.0.0.0/29")  # 4 addresses besides the gateway and the DHCP server
     launch("warm")
     body = {"name": "web", "flavor": "small", "image": "img", "count": 6, "networks": ["s1"]}
-    assert "is full: 6 addresses wanted, 5 free" in error(api.client.post(f"{API}/instances", json=body,
+    assert "is full: 6 addresses wanted, 4 free" in error(api.client.post(f"{API}/instances", json=body,
                                                                           headers=admin_headers), 409)
     assert "subnet 'nope' not found" in error(api.client.post(f"{API}/instances", json=body | {"networks": ["nope"]},
                                                               headers=admin_headers), 404)
@@ -232,7 +236,8 @@ def test_a_vm_on_a_full_or_unknown_network_is_refused_whole(api: Api, admin_head
     assert api.client.get(f"{API}/ports", headers=admin_headers).json()["items"] == []
     assert len(api.client.get(f"{API}/instances", headers=admin_headers).json()["items"]) == 1  # only "warm"
     port_of_vm = post(api, admin_headers, "instances", body | {"count": 1}, 202)["instances"][0]
-    [port] = api.client.get(f"{API}/ports", params={"instance": port_of_vm["id"]}, headers=admin_headers).json()["items"]
+    mine = api.client.get(f"{API}/ports", params={"instance": port_of_vm["id"]}, headers=admin_headers)
+    [port] = mine.json()["items"]
     assert "deleted with the instance" in error(api.client.delete(f"{API}/ports/{port['id']}",
                                                                   headers=admin_headers), 409)
 

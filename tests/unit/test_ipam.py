@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 import pytest
 
 from cloudland.errors import InvalidRequest
@@ -46,6 +48,19 @@ def test_bad_layouts(cidr: str, gateway: str | None, default: bool, pools: list[
     with pytest.raises(InvalidRequest) as caught:
         ipam.layout(cidr, gateway, default, pools)
     assert message in str(caught.value)
+
+
+def test_with_dhcp_the_last_usable_address_is_its_servers() -> None:
+    subnet = ipam.layout("10.0.0.0/24", None, True, None, dhcp=True)
+    assert subnet.capacity == 252 and ipam.dhcp_server(subnet.net) == IPv4Address("10.0.0.254")
+    assert ipam.allocate(subnet, {f"10.0.0.{n}" for n in range(2, 253)}, 1) == ["10.0.0.253"]
+    assert ipam.allocate(subnet, {f"10.0.0.{n}" for n in range(2, 254)}, 1) is None
+    assert ipam.free(subnet, {"10.0.0.2", "10.0.0.254"}) == 251
+    with pytest.raises(InvalidRequest, match="is the DHCP server's address"):
+        ipam.requested(subnet, ["10.0.0.254"])
+    with pytest.raises(InvalidRequest, match="choose another gateway, or turn DHCP off"):
+        ipam.layout("10.0.0.0/24", "10.0.0.254", False, None, dhcp=True)
+    assert ipam.layout("10.0.0.0/24", "10.0.0.254", False, None).capacity == 253  # DHCP off: any
 
 
 def test_allocation_takes_the_lowest_free_addresses_in_pool_order_and_never_the_gateway() -> None:
