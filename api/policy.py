@@ -111,6 +111,15 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
                                                        # batch actions, typing into the console
     ("instance", "delete", S.organisation, WRITERS),
     ("job", "read", S.organisation, ANYONE),
+    ("vpc", "read", S.organisation, ANYONE),
+    ("vpc", "create", S.organisation, WRITERS),
+    ("vpc", "delete", S.organisation, ADMINS),
+    ("subnet", "read", S.organisation, ANYONE),
+    ("subnet", "create", S.organisation, WRITERS),
+    ("subnet", "delete", S.organisation, ADMINS),
+    ("port", "read", S.organisation, ANYONE),
+    ("port", "create", S.organisation, WRITERS),
+    ("port", "delete", S.organisation, ADMINS),
     ("user", "read", S.organisation, ANYONE),          # who is in the organisation, with which role
     ("user", "create", S.organisation, ADMINS),
     ("user", "delete", S.organisation, ADMINS),

@@ -50,6 +50,10 @@ class ApiSettings:
     dispatch_workers: int = 64          # commands in flight to the root at once
     job_timeout_s: float = 120.0        # per attempt; the job fails with "timeout" after it
     capture_timeout_s: float = 3600.0   # a capture's attempt: it copies and uploads a whole disk
+    # Tenant networks (issue 11): the VNIs subnets take, FIRST-LAST within VXLAN's 24 bits, and
+    # the underlay's MTU, of which guests get all but VXLAN's 50 bytes of overhead.
+    vni_range: str = "4096-16777215"
+    underlay_mtu: int = 1500
 
     def __post_init__(self) -> None:
         if not self.database_url.strip():
@@ -97,6 +101,9 @@ class ApiSettings:
         if not 60 <= self.image_token_lifetime_s <= 86400:
             raise ConfigError(f"{PREFIX}IMAGE_TOKEN_LIFETIME_S must be 60..86400 seconds, got "
                               f"{self.image_token_lifetime_s}")
+        self.vnis  # noqa: B018 - validates VNI_RANGE
+        if not 1280 <= self.underlay_mtu <= 65535:
+            raise ConfigError(f"{PREFIX}UNDERLAY_MTU must be 1280..65535, got {self.underlay_mtu}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
 
@@ -105,6 +112,23 @@ class ApiSettings:
         """Where agents download images from: ``<public_url>/api/v1/images``."""
         base = self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
         return f"{base}/api/v1/images"
+
+    @property
+    def vnis(self) -> tuple[int, int]:
+        """The first and last VNI subnets may take (``vni_range``); ConfigError when it is not one."""
+        first, _, last = self.vni_range.partition("-")
+        try:
+            low, high = int(first), int(last)
+        except ValueError:
+            low = high = -1
+        if not 1 <= low <= high <= 2**24 - 1:
+            raise ConfigError(f"{PREFIX}VNI_RANGE must be FIRST-LAST within 1-16777215, got {self.vni_range!r}")
+        return low, high
+
+    @property
+    def guest_mtu(self) -> int:
+        """The MTU guests get: the underlay's minus the VXLAN overhead over IPv4 (50 bytes)."""
+        return self.underlay_mtu - 50
 
     def replace(self, **changes: object) -> ApiSettings:
         """A copy with some fields changed (validated again)."""

@@ -3,7 +3,8 @@
 ``tree`` (tree.py) and ``cluster`` (cluster.py) talk to the tree's root over gRPC; ``up``
 (up.py) starts the tree and the REST API together; the commands that talk to the API
 (configure, login, flavor, image, key, job) are in cloud.py, vm.py and hyper.py, tenants and your
-own account (org, user, whoami, passwd, logout) in tenants.py, with the exit codes of common.py.
+own account (org, user, whoami, passwd, logout) in tenants.py, tenant networks (vpc, subnet,
+port) in network.py, with the exit codes of common.py.
 
 A batch CLI runs in loops, so it must start fast (issue 16: ≤ 0.3 s). ``COMMANDS`` names each
 command's module and its one-line help, and a module is imported only when its command runs:
@@ -52,6 +53,10 @@ COMMANDS: dict[str, Lazy] = {
     "key": Lazy("cloudland_cli.cloud:key_app", "SSH public keys."),
     "hyper": Lazy("cloudland_cli.hyper:hyper_app", "Hypervisors (admin): list, show, enable, disable, drain, remove."),
     "vm": Lazy("cloudland_cli.vm:vm_app", "Virtual machines."),
+    "vpc": Lazy("cloudland_cli.network:vpc_app", "VPCs: a tenant's private routing domains."),
+    "subnet": Lazy("cloudland_cli.network:subnet_app",
+                   "Subnets of VPCs: CIDR, gateway, pools, DNS, DHCP; one VNI each."),
+    "port": Lazy("cloudland_cli.network:port_app", "Ports: a NIC's MAC and addresses on a subnet."),
     "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
     "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),
 }

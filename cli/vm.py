@@ -89,11 +89,15 @@ def vm_create(
     count: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="How many VMs.")] = 1,
     user_data: Annotated[Path | None, typer.Option(
         help="A file given to each VM on its config drive (cloud-init user data, up to 64 KiB).")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        help="A subnet (id or name) to give each VM a NIC on; repeatable, the first is the primary NIC.")] = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create VMs and follow their jobs with a progress bar; exit 1 if any failed."""
     body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "image": _ref(image), "count": count}
+    if network:
+        body["networks"] = [_ref(subnet) for subnet in network]
     if key is not None:
         body["ssh_key"] = _ref(key)
     if user_data is not None:

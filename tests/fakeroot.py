@@ -2,9 +2,10 @@
 layers above the tree: the job engine and the reconciler.
 
 It records every command it is given and answers from data: every present hypervisor answers
-OK with the result message set for the operation (``results``; else none, the compact form), unless a failure was queued with ``fail_next`` (one
-call) or a hypervisor was marked ``unavailable`` (until ``restore``). Tests seed state, run one
-pass, and compare ``commands`` with what they expect.
+OK with the result message set for the operation (``answers`` per hypervisor, else ``results``;
+else none, the compact form), unless a failure was queued with ``fail_next`` (one call) or a
+hypervisor was marked ``unavailable`` (until ``restore``). Tests seed state, run one pass, and
+compare ``commands`` with what they expect.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FakeRoot:
         self.unreachable: set[int] = set()       # answer UNAVAILABLE until restored
         self.commands: list[Sent] = []
         self.results: dict[str, Message] = {}  # operation -> the result message an OK reply carries
+        self.answers: dict[tuple[str, int], Message] = {}  # (operation, hypervisor) -> its own result, over results
         self._failures: dict[str, deque[_Failure]] = {}
         self.closed = False
 
@@ -99,7 +101,7 @@ class FakeRoot:
                 replies.append(pb.Reply(job_id=job_id, hypervisor=hv, status=failure.status, error=failure.error))
             else:
                 reply = pb.Reply(job_id=job_id, hypervisor=hv, status=pb.OK)
-                result = self.results.get(operation)
+                result = self.answers.get((operation, hv), self.results.get(operation))
                 if result is not None and result.ByteSize():
                     reply.result.CopyFrom(operations.pack_result(operation, result))
                 replies.append(reply)

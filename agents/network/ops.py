@@ -74,8 +74,8 @@ class Network:
                                  f"{request.from_generation}")
         with self._lock:
             held = self.held.vpcs.get(request.vpc_id)
-            if held is not None and held.generation == request.generation:
-                return npb.NetApplyResult(generation=held.generation)  # a replay
+            if held is not None and held.generation >= request.generation:
+                return npb.NetApplyResult(generation=held.generation)  # a replay, or a sync already had it
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
             state = applied(held, request)

@@ -4,9 +4,11 @@
 in; each other module here is one kind. Importing this package registers the built-in kinds.
 """
 
-from cloudland_api.jobs import image, vm  # noqa: F401  (registers the kinds)
+from cloudland_api.jobs import image, net, vm  # noqa: F401  (registers the kinds)
 from cloudland_api.jobs.engine import Engine, finish, judge
-from cloudland_api.jobs.kinds import ALL, KINDS, Kind, Outcome, Plan, Result, Send, Settings, register
+from cloudland_api.jobs.kinds import (
+    ALL, KINDS, Kind, Outcome, Plan, Result, Send, Settings, follow_up, follow_ups, register
+)
 
-__all__ = ["ALL", "KINDS", "Engine", "Kind", "Outcome", "Plan", "Result", "Send", "Settings", "finish", "judge",
-           "register"]
+__all__ = ["ALL", "KINDS", "Engine", "Kind", "Outcome", "Plan", "Result", "Send", "Settings", "finish",
+           "follow_up", "follow_ups", "judge", "register"]

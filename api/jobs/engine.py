@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland import operations
 from cloudland.errors import InvalidRequest, RootUnreachable, TreeError
-from cloudland_api.jobs.kinds import KINDS, Kind, Outcome, Plan, Result, Send, Settings
+from cloudland_api.jobs.kinds import KINDS, Kind, Outcome, Plan, Result, Send, Settings, follow_ups
 from cloudland_api.models import TERMINAL, Job, JobState, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -217,6 +217,7 @@ class Engine:
                     job.state = JobState.dispatched
                     job.attempts += 1
             session.commit()
+            self.submit(follow_ups(session))
         with self._lock:
             self._inflight.update(send.job_id for send in sends)
         for outcome in plan.decided:
@@ -386,6 +387,7 @@ class Engine:
             with session.no_autoflush:  # the rows' changes go in one flush at the commit
                 finish(session, [(job, by_id[job.id]) for job in jobs if job.state not in TERMINAL], self._kinds)
             session.commit()
+            self.submit(follow_ups(session))
             return {job.subject for job in jobs}
 
     def _after_write(self, batch: list[Outcome], subjects: set[tuple[str, int]]) -> None:

@@ -134,6 +134,22 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {}
+FOLLOW_UPS = "cloudland_follow_ups"  # Session.info key: jobs made while planning or settling others
+
+
+def follow_up(session: Session, jobs: Iterable[Job]) -> None:
+    """Add ``jobs``, made while planning or settling other jobs (a network change a placement
+    made, a resync an answer asked for), to ``session``; whoever commits it submits them
+    (``follow_ups``): the engine after its own commits, a request after its own."""
+    made = list(jobs)
+    session.add_all(made)
+    session.info.setdefault(FOLLOW_UPS, []).extend(job.id for job in made)
+
+
+def follow_ups(session: Session) -> list[str]:
+    """The ids of the jobs ``follow_up`` added to ``session`` since the last call (to submit once committed)."""
+    ids: list[str] = session.info.pop(FOLLOW_UPS, [])
+    return ids
 
 
 def register(kind: type[Kind]) -> type[Kind]:

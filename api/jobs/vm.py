@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from cloudland_api.jobs.engine import end
 from cloudland_api.jobs.guest import agent_request
-from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
+from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
-from cloudland_api.services import hypervisors, scheduler
+from cloudland_api.services import hypervisors, netstate, scheduler
 from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,16 @@ class VmJobs(Kind):
         new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
         demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
         no_room = set()
+        placed: dict[int, int] = {}
         for (job, instance), demand, host in zip(new, demands, placer.place_many(demands)):
             if host is None:
                 plan.decide(job, "failed", placer.no_capacity(demand))
                 no_room.add(job.id)
+            else:
+                placed[instance.id] = host
             instance.hypervisor_id = host
+        # Their NICs are bound there with the placement: one change per VPC, sent by net jobs.
+        follow_up(session, netstate.bind(session, placed))
         for job, instance in rows:
             if job.id in no_room:
                 continue
@@ -120,12 +125,24 @@ class VmJobs(Kind):
             if instance is not None:
                 settle_instance(job, instance, outcome, releases, session)
         releases.apply(session)  # one UPDATE per host, not per VM
+        # Deleted VMs' NICs go after the claims (hosts' rows locked before VPCs', as when placing).
+        release_ports(session, [job.subject_id for job, outcome in done
+                                if outcome.ok and job.action == "delete"])
 
 
-def settle_now(job: Job, instance: Instance, outcome: Outcome, releases: scheduler.Releases) -> None:
-    """End ``job`` where it was made, without the engine (a delete on a host that is gone)."""
+def release_ports(session: Session, instance_ids: list[int]) -> None:
+    """Delete the ports of deleted instances and tell their VPCs' hypervisors (follow-up net jobs)."""
+    follow_up(session, netstate.release(session, instance_ids))
+
+
+def settle_now(session: Session, job: Job, instance: Instance, outcome: Outcome,
+               releases: scheduler.Releases) -> None:
+    """End ``job`` where it was made, without the engine (a delete on a host that is gone); the
+    net jobs that its ports' removal makes are follow-ups of ``session``."""
     end(job, outcome)
     settle_instance(job, instance, outcome, releases, None)
+    if outcome.ok and job.action == "delete":
+        release_ports(session, [instance.id])
 
 
 def settle_instance(job: Job, instance: Instance, outcome: Outcome, releases: scheduler.Releases,

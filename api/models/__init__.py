@@ -10,10 +10,12 @@ from cloudland_api.models.compute import Flavor, Instance, SshKey
 from cloudland_api.models.hypervisors import Hypervisor
 from cloudland_api.models.identity import LoginFailure, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.models.images import Image
-from cloudland_api.models.jobs import IMAGE, INSTANCE, TERMINAL, Job, JobState
+from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VPC, Job, JobState
+from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
 
 __all__ = [
-    "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState",
-    "LoginFailure", "Membership", "Organisation", "RevokedToken", "Role", "SshKey", "User", "UTCDateTime",
+    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "Base", "Flavor", "Hypervisor", "Image", "Instance", "Job",
+    "JobState", "LoginFailure", "Membership", "Organisation", "Port", "PortIp", "RevokedToken", "Role", "SshKey",
+    "Subnet", "User", "UTCDateTime", "VPC", "Vpc",
     "utcnow",
 ]

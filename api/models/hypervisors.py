@@ -45,3 +45,10 @@ class Hypervisor(Base):
     vcpus_claimed: Mapped[int] = mapped_column(Integer, default=0)
     memory_claimed_mib: Mapped[int] = mapped_column(Integer, default=0)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The host's underlay IPv4 address, where VXLAN tunnels to its ports end (HypervisorReport.vtep);
+    # "" while unknown.
+    vtep: Mapped[str] = mapped_column(String(15), default="")
+    # The reporting agent process's start id (HypervisorReport.incarnation), and the one that was
+    # last sent its whole network state (reconcile/net.py): when they differ, the agent (re)started.
+    incarnation: Mapped[str] = mapped_column(String(64), default="")
+    net_incarnation: Mapped[str] = mapped_column(String(64), default="")

@@ -30,6 +30,8 @@ TERMINAL = (JobState.succeeded, JobState.failed, JobState.timeout)
 # Subject types: what a job acts on (``Job.subject_type``).
 INSTANCE = "instance"
 IMAGE = "image"
+VPC = "vpc"
+HYPERVISOR = "hypervisor"
 
 
 class Job(Base):

@@ -4,7 +4,8 @@ Level-triggered (docs/architecture.md "Reconciler"): the stream only says *which
 changed; each sync reads desired state from the database and observed state as it is now, and
 makes jobs until the two agree. One keyed work queue (queue.py) holds what to look at; retries
 with backoff happen there, in one place. Every kind of resource plugs its own sync in
-(``syncs``): VMs are converged per hypervisor (vm.py); networks and volumes come later.
+(``syncs``): VMs are converged per hypervisor (vm.py), and so are networks (net.py: an agent
+that started again gets its whole state); volumes come later.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland_api.reconcile import vm
+from cloudland_api.reconcile import net, vm
 from cloudland_api.reconcile.queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,9 @@ class Converger:
             observed = self._observed(hvs)
             with self._sessions() as session:
                 verdict = vm.sync_hypervisors(session, observed)
+                networks = net.sync_hypervisors(session, observed)  # agents that (re)started
                 session.commit()
-                ids = [job.id for job in verdict.jobs]
+                ids = [job.id for job in verdict.jobs + networks]
         except Exception:
             log.exception("event=reconcile_failed hypervisors=%d", len(hvs))
             for key in keys:

@@ -7,8 +7,8 @@ reports it holds, so a reconnect costs only what changed), and converges the dat
 in coalesced writes of what changed, level-triggered:
 
 - a hypervisor seen for the first time is added, with the default overcommit ratios;
-- size, free memory and domain counts follow the reports; a hypervisor whose leaf is
-  not OK is ``down`` (the scheduler skips it) and ``up`` again once it is;
+- size, free memory, domain counts and the VTEP (its underlay address) follow the reports; a
+  hypervisor whose leaf is not OK is ``down`` (the scheduler skips it) and ``up`` again once it is;
 - a hypervisor with a row but no report from a *ready* tree (a snapshot with ``ready``) is
   ``gone``: the tree no longer has it (restarted with fewer, or the host taken out). Its VMs
   keep their status and their claims (they are still in the database), and it is up or down
@@ -52,6 +52,10 @@ OBSERVED = {"running": "running", "shutoff": "stopped", "crashed": "stopped", "p
 COALESCE_S = 0.05     # changes that arrive together are written together
 FILTER_MAX = 500      # up to this many hypervisors, instances are read by hypervisor; beyond, all
 RETRY_MAX_S = 5.0     # the longest wait before connecting the stream again
+# A hypervisor row's columns that follow its reports (vtep: where its ports' VXLAN tunnels end;
+# incarnation: its agent's start id, a new one is a restart: reconcile/net.py).
+REPORTED = ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state", "vtep",
+            "incarnation")
 
 
 class Observer:
@@ -260,9 +264,8 @@ class Observer:
             hv = report.hypervisor
             state = "down" if hv in down else "up"
             fields = (report.hostname, report.cpus, report.memory_kib // 1024, report.free_memory_kib // 1024,
-                      report.domains, report.running_domains, state)
-            values: dict[str, Any] = dict(zip(
-                ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state"), fields))
+                      report.domains, report.running_domains, state, report.vtep, report.incarnation)
+            values: dict[str, Any] = dict(zip(REPORTED, fields))
             if hv not in known:
                 added.append(values | {"id": hv, "cpu_ratio": self._ratios[0], "memory_ratio": self._ratios[1],
                                        "last_seen": now})
@@ -281,8 +284,7 @@ class Observer:
                 continue
             # Conditional: a removal committed since ``known`` was read stays a removal. A down
             # host keeps when it was last seen up.
-            names = ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state",
-                     *(("last_seen",) if seen else ()))
+            names = (*REPORTED, *(("last_seen",) if seen else ()))
             stmt = (update(table).where(table.c.id == bindparam("b_id"), table.c.state != "removed")
                     .values({name: bindparam(name) for name in names}))
             session.execute(stmt, [{k: row[k] for k in ("b_id", *names)} for row in rows])

@@ -140,6 +140,6 @@ def delete_instance(instance_id: InstanceId, session: SessionDep, caller: Curren
     """Delete an instance: its domain is destroyed and undefined, its row stays as ``deleted``.
     On a gone or removed hypervisor the job ends at once (nothing to send, nothing to clean)."""
     job = instance_service.act(session, caller, instance_id, "delete", {})
-    submit(instance_service.to_send([job]))
+    submit(instance_service.to_send([job], session))
     return JobPublic.model_validate(job)
 

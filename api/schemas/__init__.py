@@ -16,6 +16,9 @@ from cloudland_api.schemas.hypervisors import (
     HypervisorDrain, HypervisorList, HypervisorPublic, HypervisorUpdate, RemainingInstance
 )
 from cloudland_api.schemas.images import ImageCreate, ImageList, ImagePublic, SshKeyCreate, SshKeyList, SshKeyPublic
+from cloudland_api.schemas.networks import (
+    PortCreate, PortList, PortPublic, SubnetCreate, SubnetList, SubnetPublic, VpcCreate, VpcList, VpcPublic
+)
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
@@ -29,6 +32,7 @@ __all__ = [
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
     "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
-    "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PowerAction", "RebuildRequest", "Ref", "RemainingInstance",
-    "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic", "TokenPublic", "VncConsole"
+    "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
+    "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
+    "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"
 ]

@@ -33,6 +33,7 @@ class HypervisorPublic(BaseModel):
     vcpus_capacity: int
     memory_capacity_mib: int
     last_seen: datetime
+    vtep: str  # underlay IPv4 address where its ports' VXLAN tunnels end; "" while unknown
 
 
 class HypervisorList(Page):

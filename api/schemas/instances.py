@@ -11,6 +11,7 @@ from cloudland_api.schemas.common import (
     MAX_COUNT, MAX_ID, NO_NUL, DiskFormat, JobStateName, Name, Page, Ref, _Request,
 )
 from cloudland_api.schemas.images import ImagePublic
+from cloudland_api.schemas.networks import MAX_NETWORKS
 
 
 class InstanceCreate(_Request):
@@ -23,6 +24,8 @@ class InstanceCreate(_Request):
     count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
     # cloud-init user data for the guest's config drive; 64 KiB of UTF-8 at most (nova's limit).
     user_data: Annotated[str, Field(max_length=65535, pattern=NO_NUL)] | None = None
+    # Subnets, by id or name: one NIC (a port with an address) on each, in order; the first is primary.
+    networks: Annotated[list[Ref], Field(max_length=MAX_NETWORKS)] = []
 
     @field_validator("user_data")
     @classmethod

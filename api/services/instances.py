@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, select
@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
-from cloudland_api.jobs import Outcome
+from cloudland_api.jobs import Outcome, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
 from cloudland_api.schemas import CaptureRequest, InstanceCreate
-from cloudland_api.services import crud, hypervisors, scheduler
+from cloudland_api.services import crud, hypervisors, networks, scheduler
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
@@ -58,16 +58,19 @@ class Accepted:
     batch: str
     instances: list[Instance]
     jobs: list[Job]
+    follow: list[str] = field(default_factory=list)  # jobs made alongside (net jobs of deleted VMs' ports)
 
     @property
     def job_ids(self) -> list[str]:
-        """The jobs for the engine: those not already ended here (deletes on lost hosts)."""
-        return to_send(self.jobs)
+        """The jobs for the engine: those not already ended here (deletes on lost hosts), and those
+        made alongside."""
+        return to_send(self.jobs) + self.follow
 
 
-def to_send(jobs: Sequence[Job]) -> list[str]:
-    """The ids of ``jobs`` that the engine has to send (still ``pending``)."""
-    return [job.id for job in jobs if job.state == JobState.pending]
+def to_send(jobs: Sequence[Job], session: Session | None = None) -> list[str]:
+    """The ids of ``jobs`` that the engine has to send (still ``pending``), and of the jobs made
+    alongside them in ``session`` (kinds.follow_up), once it is committed."""
+    return [job.id for job in jobs if job.state == JobState.pending] + (follow_ups(session) if session else [])
 
 
 # -- references -----------------------------------------------------------------------------
@@ -105,6 +108,7 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image)
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
+    subnets = networks.resolve_networks(session, caller, spec.networks)  # locked for the addresses below
     names = instance_names(spec.name, spec.count)
     taken = session.scalars(
         select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
@@ -122,6 +126,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     session.add_all(instances)
     try:
         session.flush()  # the instances' ids, for their jobs' subject; one INSERT for all
+        # Their NICs: a port with an address on each subnet, or Conflict (subnet full) for all.
+        networks.instance_ports(session, subnets, instances)
         jobs = [_new_job(caller, batch, "create", instance, {}) for instance in instances]
         for instance, job in zip(instances, jobs):
             instance.job_id = job.id
@@ -211,7 +217,7 @@ def _start_job(session: Session, instance: Instance, job: Job, lost: str | None 
             assert instance.hypervisor_id is not None
             note = hypervisors.nothing_to_clean(instance.hypervisor_id, lost)
             own = releases or scheduler.Releases()
-            vm_jobs.settle_now(job, instance, Outcome(job.id, "ok", note), own)
+            vm_jobs.settle_now(session, job, instance, Outcome(job.id, "ok", note), own)
             if releases is None:
                 own.apply(session)
 
@@ -296,6 +302,6 @@ def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], 
     releases.apply(session)
     session.commit()
     log.info("event=batch_action action=%s batch=%s count=%d org_id=%d", action, batch, len(jobs), caller.org_id)
-    return Accepted(batch, list(found.values()), jobs)
+    return Accepted(batch, list(found.values()), jobs, follow_ups(session))
 
 

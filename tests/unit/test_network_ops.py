@@ -52,6 +52,10 @@ def test_apply_moves_one_generation_replays_answer_ok_and_gaps_need_a_sync(ctx: 
     assert call(ctx, "net.apply", delta) == {"generation": 2, "need_sync": False}
     assert ("fdb", 101, port["mac"], "192.0.2.3") in network_for(ctx.hypervisor).plane.held
     assert call(ctx, "net.apply", delta) == {"generation": 2, "need_sync": False}  # a replay
+    # A delta older than what a sync already brought (queued behind it): OK, and nothing changes.
+    older = {"vpc_id": 1, "from_generation": 0, "generation": 1, "remove_ports": [port["id"]]}
+    assert call(ctx, "net.apply", older) == {"generation": 2, "need_sync": False}
+    assert ("fdb", 101, port["mac"], "192.0.2.3") in network_for(ctx.hypervisor).plane.held
     gap = {"vpc_id": 1, "from_generation": 4, "generation": 5, "remove_ports": [port["id"]]}
     assert call(ctx, "net.apply", gap) == {"generation": 2, "need_sync": True}
     assert call(ctx, "net.apply", dict(gap, vpc_id=9)) == {"generation": 0, "need_sync": True}  # not held

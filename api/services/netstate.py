@@ -1,0 +1,223 @@
+"""The desired network state of each hypervisor, computed from the database, and the jobs that
+carry each change to it (proto/v1/network.proto; docs/architecture.md "Tenant networks").
+
+What a hypervisor must hold of a VPC (``vpc_state``): the VPC's subnets that have a port bound
+there, and every bound port of those subnets, local and remote, each with its hypervisor's
+VTEP. The database is the truth; a hypervisor is *of* a VPC while a port of the VPC is bound to
+it.
+
+A change to a VPC's bound ports (``begin`` ... ``commit``) bumps the VPC's generation in the
+same transaction and writes ``net`` jobs (api/jobs/net.py):
+
+- ``apply``: the delta (``NetApplyRequest``, built now, from the generation before to the one
+  after), multicast to the hypervisors of the VPC whose set of subnets did not change;
+- ``sync``: one per hypervisor whose set of subnets changed (it joins the VPC or a subnet, or
+  leaves one), unicast, carrying its whole state of the VPC as it is when the job is sent.
+
+A hypervisor that answers ``need_sync`` (it missed a generation) gets a ``sync`` too; one pending
+sync per (VPC, hypervisor) is enough, since a sync is read when it is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloudland.client import new_job_id
+from cloudland_api.db import for_change
+from cloudland_api.models import VPC, Hypervisor, Instance, Job, JobState, Port, PortIp, Subnet, Vpc
+from cloudland_proto.v1 import network_pb2 as npb
+
+log = logging.getLogger(__name__)
+
+Held = dict[int, frozenset[int]]  # hypervisor -> the subnets of one VPC it holds
+
+
+def held(session: Session, vpc_id: int) -> Held:
+    """Each hypervisor of the VPC with the subnets it holds (those with a port bound there)."""
+    found: dict[int, set[int]] = defaultdict(set)
+    rows = session.execute(select(Port.hypervisor_id, Port.subnet_id).distinct()
+                           .where(Port.vpc_id == vpc_id, Port.hypervisor_id.is_not(None)))
+    for hypervisor, subnet in rows:
+        found[hypervisor].add(subnet)
+    return {hv: frozenset(subnets) for hv, subnets in found.items()}
+
+
+def vpcs_of(session: Session, hypervisor: int) -> list[int]:
+    """The VPCs with a port bound to ``hypervisor``, by id."""
+    return list(session.scalars(select(Port.vpc_id).distinct().where(Port.hypervisor_id == hypervisor)
+                                .order_by(Port.vpc_id)))
+
+
+def net_subnet(subnet: Subnet) -> npb.NetSubnet:
+    return npb.NetSubnet(id=subnet.id, vpc_id=subnet.vpc_id, vni=subnet.vni, cidr=subnet.cidr,
+                         gateway=subnet.gateway or "", dns_servers=list(subnet.dns_servers), dhcp=subnet.dhcp)
+
+
+def port_ips(session: Session, port_ids: Iterable[int]) -> dict[int, list[str]]:
+    """Each port's fixed addresses, in the order they were given."""
+    ips: dict[int, list[str]] = defaultdict(list)
+    wanted = list(port_ids)
+    if wanted:
+        for port_id, addr in session.execute(select(PortIp.port_id, PortIp.address)
+                                             .where(PortIp.port_id.in_(wanted)).order_by(PortIp.id)):
+            ips[port_id].append(addr)
+    return ips
+
+
+def net_ports(session: Session, ports: Sequence[Port]) -> list[npb.NetPort]:
+    """``ports`` as the agents get them: addresses, the instance's name, the hypervisor's VTEP."""
+    ips = port_ips(session, (p.id for p in ports))
+    hvs = {p.hypervisor_id for p in ports if p.hypervisor_id is not None}
+    vteps = {hv: vtep for hv, vtep in session.execute(select(Hypervisor.id, Hypervisor.vtep)
+                                                       .where(Hypervisor.id.in_(hvs)))} if hvs else {}
+    owners = {p.instance_id for p in ports if p.instance_id is not None}
+    names = {i: name for i, name in session.execute(select(Instance.id, Instance.name)
+                                                    .where(Instance.id.in_(owners)))} if owners else {}
+    return [npb.NetPort(id=p.id, subnet_id=p.subnet_id, mac=p.mac, ips=ips.get(p.id, []),
+                        hostname=names.get(p.instance_id, "") if p.instance_id is not None else p.name,
+                        instance_id=p.instance_id or 0, hypervisor=p.hypervisor_id or 0,
+                        vtep=vteps.get(p.hypervisor_id, "")) for p in ports]
+
+
+def vpc_state(session: Session, vpc_id: int, hypervisor: int) -> npb.NetVpcState:
+    """Everything ``hypervisor`` must hold of the VPC now, at its current generation. A VPC that
+    no longer exists, or of which nothing is bound there, has no subnets: the agent removes it."""
+    vpc = session.get(Vpc, vpc_id)
+    if vpc is None:
+        return npb.NetVpcState(vpc_id=vpc_id)
+    state = npb.NetVpcState(vpc_id=vpc.id, generation=vpc.generation, mtu=vpc.mtu, domain=vpc.domain)
+    subnet_ids = held(session, vpc_id).get(hypervisor, frozenset())
+    if not subnet_ids:
+        return state
+    subnets = session.scalars(select(Subnet).where(Subnet.id.in_(subnet_ids)).order_by(Subnet.id)).all()
+    ports = session.scalars(select(Port).where(Port.subnet_id.in_(subnet_ids), Port.hypervisor_id.is_not(None))
+                            .order_by(Port.id)).all()
+    state.subnets.extend(net_subnet(s) for s in subnets)
+    state.ports.extend(net_ports(session, ports))
+    return state
+
+
+# -- changes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    """One change to a VPC's bound ports, begun with ``begin`` and ended with ``commit``."""
+
+    vpc: Vpc
+    before: Held
+    upserts: list[Port] = field(default_factory=list)   # ports bound (or changed) by the change
+    removes: list[int] = field(default_factory=list)    # ids of bound ports removed or unbound
+
+
+def begin(session: Session, vpc_id: int) -> Change:
+    """Lock the VPC (changes to one VPC are serial, so generations never fork) and note what its
+    hypervisors hold now. Begin changes of several VPCs in id order (no deadlock)."""
+    vpc = session.scalar(for_change(select(Vpc).where(Vpc.id == vpc_id)))
+    assert vpc is not None, f"vpc {vpc_id} vanished under its ports"  # RESTRICT: it cannot while ports exist
+    return Change(vpc, held(session, vpc_id))
+
+
+def commit(session: Session, change: Change, org_id: int, user_id: int | None = None) -> list[Job]:
+    """The generation +1 and the jobs that carry the change (added to ``session``; the caller
+    commits and submits them). Nothing changes when no hypervisor held or holds the ports."""
+    if not change.upserts and not change.removes:
+        return []
+    session.flush()
+    vpc = change.vpc
+    after = held(session, vpc.id)
+    moved = {hv for hv in change.before.keys() | after.keys() if change.before.get(hv) != after.get(hv)}
+    told = sorted(set(after) - moved)
+    if not told and not moved:
+        return []
+    start = vpc.generation
+    vpc.generation = start + 1
+    batch = new_job_id()
+    jobs: list[Job] = []
+    if told:
+        delta = npb.NetApplyRequest(vpc_id=vpc.id, from_generation=start, generation=start + 1,
+                                    upsert_ports=net_ports(session, change.upserts), remove_ports=change.removes)
+        jobs.append(_job(org_id, user_id, batch, "apply", vpc.id, None,
+                         {"request": MessageToDict(delta, preserving_proto_field_name=True), "hypervisors": told}))
+    jobs += sync_jobs(session, vpc.id, org_id, sorted(moved), user_id, batch)
+    session.add_all(jobs)
+    log.info("event=vpc_changed vpc=%d generation=%d upserts=%d removes=%d apply_to=%d sync_to=%d", vpc.id,
+             vpc.generation, len(change.upserts), len(change.removes), len(told), len(moved))
+    return jobs
+
+
+def delta_of(job: Job) -> npb.NetApplyRequest:
+    """The delta an ``apply`` job carries."""
+    return ParseDict(job.args["request"], npb.NetApplyRequest())
+
+
+def sync_jobs(session: Session, vpc_id: int, org_id: int, hypervisors: Iterable[int], user_id: int | None = None,
+              batch: str | None = None) -> list[Job]:
+    """A ``sync`` job of the VPC for each of ``hypervisors`` that has none pending (not added to
+    the session)."""
+    wanted = sorted(set(hypervisors))
+    if not wanted:
+        return []
+    pending = set(session.scalars(select(Job.hypervisor_id).where(
+        Job.kind == "net", Job.action == "sync", Job.subject_type == VPC, Job.subject_id == vpc_id,
+        Job.state == JobState.pending, Job.hypervisor_id.in_(wanted))))
+    batch = batch or new_job_id()
+    return [_job(org_id, user_id, batch, "sync", vpc_id, hv, {}) for hv in wanted if hv not in pending]
+
+
+def _job(org_id: int, user_id: int | None, batch: str, action: str, vpc_id: int, hypervisor: int | None,
+         args: dict[str, Any]) -> Job:
+    return Job(id=new_job_id(), org_id=org_id, user_id=user_id, batch=batch, kind="net", action=action,
+               subject_type=VPC, subject_id=vpc_id, hypervisor_id=hypervisor, args=args, state=JobState.pending,
+               attempts=0)
+
+
+# -- what changes ports on hypervisors ----------------------------------------------------------
+
+
+def bind(session: Session, placed: dict[int, int]) -> list[Job]:
+    """Bind the ports of newly placed instances (instance id -> hypervisor) to their hypervisor,
+    one change per VPC: what the job engine calls when it places VMs."""
+    def bound(change: Change, port: Port) -> None:
+        port.hypervisor_id = placed[port.instance_id]  # type: ignore[index]
+        change.upserts.append(port)
+
+    return _per_vpc(session, placed, bound)
+
+
+def release(session: Session, instance_ids: Iterable[int]) -> list[Job]:
+    """Delete the ports of deleted instances (their addresses free again), one change per VPC."""
+    def deleted(change: Change, port: Port) -> None:
+        if port.hypervisor_id is not None:
+            change.removes.append(port.id)
+        session.delete(port)
+
+    jobs = _per_vpc(session, instance_ids, deleted)
+    session.flush()
+    return jobs
+
+
+def _per_vpc(session: Session, instance_ids: Iterable[int], each: Callable[[Change, Port], None]) -> list[Job]:
+    """``each(change, port)`` for every port of the instances, one change per VPC, in VPC id order
+    (so two transactions lock VPCs in the same order); the jobs of every change."""
+    wanted = list(instance_ids)
+    if not wanted:
+        return []
+    groups: dict[int, list[Port]] = defaultdict(list)
+    for port in session.scalars(select(Port).where(Port.instance_id.in_(wanted)).order_by(Port.vpc_id, Port.id)):
+        groups[port.vpc_id].append(port)
+    jobs: list[Job] = []
+    for vpc_id, ports in sorted(groups.items()):
+        change = begin(session, vpc_id)
+        for port in ports:
+            each(change, port)
+        jobs += commit(session, change, ports[0].org_id)
+    return jobs

@@ -1,0 +1,269 @@
+"""VPCs, subnets and ports, apart from HTTP (issue 11). Tenant-scoped through ``crud``: another
+organisation's id is NotFound, NotFound before Forbidden, readers only read, admins delete.
+
+IP allocation is atomic: a port's addresses are chosen and written while its subnet's row is
+locked (``FOR UPDATE`` on PostgreSQL; on SQLite every write transaction is serial), and the
+unique (subnet, address) constraint refuses a duplicate whatever happens. A subnet whose pools
+are used up answers Conflict ("subnet full"). VNIs come from the operator's range
+(``CLOUDLAND_API_VNI_RANGE``), the lowest free first, unique in the cluster (a constraint too).
+Ports made here by hand are bound to no instance and no hypervisor; an instance's ports are
+made with it (``instance_ports``) and bound where it is placed (netstate.bind).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cloudland.errors import Conflict, InvalidRequest
+from cloudland_api.db import for_change
+from cloudland_api.models import Instance, Port, PortIp, Subnet, Vpc
+from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
+from cloudland_api.services import crud, ipam
+from cloudland_api.services.identity import Caller
+from cloudland_api.services.netstate import port_ips
+from cloudland_api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "vpc-{id}.cloudland.internal"
+VNI_TRIES = 5  # racing subnet creates on PostgreSQL: each loser takes the next free VNI
+
+
+# -- VPCs ---------------------------------------------------------------------------------------
+
+
+def create_vpc(session: Session, caller: Caller, spec: VpcCreate, settings: ApiSettings) -> Vpc:
+    """A VPC of the caller's organisation (admin or member), its MTU from the underlay's."""
+    vpc = crud.insert_named(session, Vpc(org_id=caller.org_id, name=spec.name, domain=spec.domain or "",
+                                         mtu=settings.guest_mtu, generation=0), "vpc", commit=False)
+    vpc.domain = vpc.domain or DOMAIN.format(id=vpc.id)
+    session.commit()
+    log.info("event=vpc_created org_id=%d vpc=%d user_id=%d", caller.org_id, vpc.id, caller.user_id)
+    return vpc
+
+
+def list_vpcs(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[Vpc], str | None]:
+    return crud.page(session, Vpc, caller, limit, after)
+
+
+def get_vpc(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> Vpc:
+    return crud.get(session, Vpc, caller, ref, "vpc", lock=lock)
+
+
+def delete_vpc(session: Session, caller: Caller, vpc_id: int) -> None:
+    """Delete a VPC and its subnets (admin); Conflict while any of its subnets has a port."""
+    vpc = get_vpc(session, caller, vpc_id, lock=True)
+    subnets = session.scalars(for_change(select(Subnet).where(Subnet.vpc_id == vpc.id).order_by(Subnet.id))).all()
+    ports = session.scalar(select(func.count()).select_from(Port).where(Port.vpc_id == vpc.id))
+    if ports:
+        raise Conflict(f"vpc {vpc.id} ({vpc.name}) still has {ports} port{'s' if ports > 1 else ''}: "
+                       "delete them (or their VMs) first")
+    for subnet in subnets:
+        session.delete(subnet)
+    session.flush()
+    crud.delete(session, vpc, caller, "vpc")
+
+
+# -- subnets ------------------------------------------------------------------------------------
+
+
+def create_subnet(session: Session, caller: Caller, spec: SubnetCreate, settings: ApiSettings) -> Subnet:
+    """A subnet of one of the caller's VPCs (admin or member), with the lowest free VNI of the range."""
+    vpc = get_vpc(session, caller, spec.vpc, lock=True)
+    pools = [(p.start, p.end) for p in spec.allocation_pools] if spec.allocation_pools is not None else None
+    layout = ipam.layout(spec.cidr, spec.gateway, "gateway" not in spec.model_fields_set, pools, spec.dhcp)
+    for dns in spec.dns_servers:
+        ipam.address(dns, "dns server")
+    siblings = [(name, cidr) for name, cidr in
+                session.execute(select(Subnet.name, Subnet.cidr).where(Subnet.vpc_id == vpc.id))]
+    clash = ipam.overlapping(spec.cidr, siblings)
+    if clash is not None:
+        raise Conflict(f"cidr {spec.cidr} overlaps subnet {clash} of vpc {vpc.name}: subnets of one VPC "
+                       "must not overlap (another VPC's may)")
+    if session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == spec.name)):
+        raise Conflict(f"subnet name {spec.name!r} is already used in this organisation")
+    low, high = settings.vnis
+    tried: set[int] = set()
+    for _ in range(VNI_TRIES):
+        vni = _free_vni(session, low, high, tried)
+        subnet = Subnet(org_id=caller.org_id, vpc_id=vpc.id, name=spec.name, cidr=spec.cidr,
+                        gateway=str(layout.gateway) if layout.gateway else None,
+                        allocation_pools=layout.stored_pools(), dns_servers=list(spec.dns_servers), dhcp=spec.dhcp,
+                        vni=vni)
+        try:
+            with session.begin_nested():  # a VNI taken meanwhile fails only this savepoint
+                session.add(subnet)
+            break
+        except IntegrityError:
+            tried.add(vni)
+            if session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == spec.name)):
+                raise Conflict(f"subnet name {spec.name!r} is already used in this organisation") from None
+    else:
+        raise Conflict("every VNI tried was taken meanwhile by other subnets; try again")
+    session.commit()
+    log.info("event=subnet_created org_id=%d subnet=%d vpc=%d vni=%d cidr=%s user_id=%d", caller.org_id,
+             subnet.id, vpc.id, subnet.vni, subnet.cidr, caller.user_id)
+    return subnet
+
+
+def _free_vni(session: Session, low: int, high: int, tried: set[int]) -> int:
+    """The lowest VNI of [low, high] no subnet holds (nor ``tried``); Conflict naming the range."""
+    used = session.scalars(select(Subnet.vni).where(Subnet.vni >= low, Subnet.vni <= high).order_by(Subnet.vni))
+    candidate = low
+    for vni in sorted({*used, *tried}):
+        if vni > candidate:
+            break
+        if vni == candidate:
+            candidate += 1
+    if candidate > high:
+        raise Conflict(f"no VNI is free in the range {low}-{high} (CLOUDLAND_API_VNI_RANGE): all {high - low + 1} "
+                       "are held by subnets; delete subnets or ask the operator to widen the range")
+    return candidate
+
+
+def list_subnets(session: Session, caller: Caller, limit: int, after: str | None,
+                 vpc: int | None = None) -> tuple[list[Subnet], str | None]:
+    where = [Subnet.vpc_id == vpc] if vpc is not None else []
+    return crud.page(session, Subnet, caller, limit, after, *where)
+
+
+def get_subnet(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> Subnet:
+    return crud.get(session, Subnet, caller, ref, "subnet", lock=lock)
+
+
+def delete_subnet(session: Session, caller: Caller, subnet_id: int) -> None:
+    """Delete a subnet (admin); Conflict while it has ports."""
+    subnet = get_subnet(session, caller, subnet_id, lock=True)
+    ports = session.scalar(select(func.count()).select_from(Port).where(Port.subnet_id == subnet.id))
+    if ports:
+        raise Conflict(f"subnet {subnet.id} ({subnet.name}) still has {ports} port{'s' if ports > 1 else ''}: "
+                       "delete them (or their VMs) first")
+    crud.delete(session, subnet, caller, "subnet")
+
+
+# -- ports --------------------------------------------------------------------------------------
+
+
+def _taken(session: Session, subnet_id: int) -> set[str]:
+    return set(session.scalars(select(PortIp.address).where(PortIp.subnet_id == subnet_id)))
+
+
+def _full(subnet: Subnet, wanted: int, free: int) -> Conflict:
+    return Conflict(f"subnet {subnet.id} ({subnet.name}, {subnet.cidr}) is full: {wanted} address"
+                    f"{'es' if wanted > 1 else ''} wanted, {free} free in its allocation pools")
+
+
+def _addresses(session: Session, subnet: Subnet, count: int, fixed: Sequence[str] | None) -> list[list[str]]:
+    """``count`` ports' addresses on ``subnet`` (locked by the caller): the lowest free ones, or
+    ``fixed`` for one port; Conflict when the subnet is full or a fixed address is taken."""
+    layout = ipam.stored_layout(subnet.cidr, subnet.gateway, subnet.allocation_pools, subnet.dhcp)
+    taken = _taken(session, subnet.id)
+    if fixed is not None:
+        wanted = ipam.requested(layout, fixed)
+        used = [a for a in wanted if a in taken]
+        if used:
+            raise Conflict(f"address {used[0]} of subnet {subnet.id} ({subnet.name}) is already taken")
+        return [wanted]
+    found = ipam.allocate(layout, taken, count)
+    if found is None:
+        raise _full(subnet, count, ipam.free(layout, taken))
+    return [[addr] for addr in found]
+
+
+def _add_ports(session: Session, ports: list[Port], addresses: list[list[str]]) -> None:
+    """Write ``ports`` (those without a MAC get a new one) and their addresses: two INSERTs."""
+    macs = iter(_macs(session, sum(1 for p in ports if not p.mac)))
+    for port in ports:
+        port.mac = port.mac or next(macs)
+    session.add_all(ports)
+    session.flush()
+    session.add_all(PortIp(port_id=port.id, subnet_id=port.subnet_id, address=addr)
+                    for port, addrs in zip(ports, addresses) for addr in addrs)
+    session.flush()
+
+
+def _macs(session: Session, count: int) -> list[str]:
+    """``count`` MACs no port has (4 random bytes each: a clash is rare, the unique constraint the guard)."""
+    found: set[str] = set()
+    while len(found) < count:
+        fresh = {ipam.new_mac() for _ in range(count - len(found))} - found
+        found |= fresh - set(session.scalars(select(Port.mac).where(Port.mac.in_(fresh))))
+    return sorted(found)
+
+
+def create_port(session: Session, caller: Caller, spec: PortCreate) -> Port:
+    """A port on one of the caller's subnets (admin or member), bound to nothing, with its addresses."""
+    subnet = get_subnet(session, caller, spec.subnet, lock=True)  # allocation on this subnet waits here
+    mac = spec.mac.lower() if spec.mac else None
+    if mac is not None and session.scalar(select(Port.id).where(Port.mac == mac)) is not None:
+        raise Conflict(f"mac {mac} is already used by another port")
+    [addresses] = _addresses(session, subnet, 1, spec.fixed_ips)
+    port = Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, name=spec.name, mac=mac or "")
+    _add_ports(session, [port], [addresses])
+    try:
+        session.commit()
+    except IntegrityError as exc:  # the constraints' last word: never a duplicate address or MAC
+        session.rollback()
+        raise Conflict(f"address {addresses[0]} or mac of the new port was taken meanwhile; try again") from exc
+    log.info("event=port_created org_id=%d port=%d subnet=%d ips=%s user_id=%d", caller.org_id, port.id, subnet.id,
+             ",".join(addresses), caller.user_id)
+    return port
+
+
+def list_ports(session: Session, caller: Caller, limit: int, after: str | None, *, subnet: int | None = None,
+               vpc: int | None = None, instance: int | None = None) -> tuple[list[Port], str | None]:
+    where = [column == value for column, value in ((Port.subnet_id, subnet), (Port.vpc_id, vpc),
+                                                   (Port.instance_id, instance)) if value is not None]
+    return crud.page(session, Port, caller, limit, after, *where)
+
+
+def get_port(session: Session, caller: Caller, port_id: int) -> Port:
+    return crud.get(session, Port, caller, port_id, "port")
+
+
+def delete_port(session: Session, caller: Caller, port_id: int) -> None:
+    """Delete a port made by hand (admin); an instance's port goes with its instance (Conflict)."""
+    port = crud.get(session, Port, caller, port_id, "port", lock=True)
+    if port.instance_id is not None:
+        raise Conflict(f"port {port.id} is instance {port.instance_id}'s NIC: it is deleted with the instance")
+    crud.delete(session, port, caller, "port")
+
+
+def fixed_ips(session: Session, ports: Sequence[Port]) -> dict[int, list[str]]:
+    """Each port's addresses, for the responses (one query)."""
+    return port_ips(session, (p.id for p in ports))
+
+
+# -- an instance's NICs -------------------------------------------------------------------------
+
+
+def resolve_networks(session: Session, caller: Caller, refs: Sequence[int | str]) -> list[Subnet]:
+    """The subnets an instance's NICs go on, in order, each locked for its allocation (in id
+    order, so two creates on the same subnets cannot deadlock); NotFound for another's."""
+    subnets = [get_subnet(session, caller, ref) for ref in refs]
+    ids = sorted({s.id for s in subnets})
+    if len(ids) < len(subnets):
+        raise InvalidRequest("networks: a subnet is named twice; an instance has one NIC per subnet")
+    locked = {s.id: s for s in session.scalars(for_change(select(Subnet).where(Subnet.id.in_(ids))
+                                                          .order_by(Subnet.id)))}
+    return [locked[s.id] for s in subnets]
+
+
+def instance_ports(session: Session, subnets: Sequence[Subnet], instances: Sequence[Instance]) -> list[Port]:
+    """One port per subnet for each instance (flushed, ids known), NIC ``i`` on ``subnets[i]``;
+    Conflict ("subnet full") before any is written when a subnet cannot give every instance one."""
+    allocated = [_addresses(session, subnet, len(instances), None) for subnet in subnets]
+    ports: list[Port] = []
+    addresses: list[list[str]] = []
+    for index, (subnet, per_instance) in enumerate(zip(subnets, allocated)):
+        for instance, addrs in zip(instances, per_instance):
+            ports.append(Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, mac="",
+                              name=f"{instance.name}-nic{index}", instance_id=instance.id, device_index=index))
+            addresses.append(addrs)
+    _add_ports(session, ports, addresses)
+    return ports
