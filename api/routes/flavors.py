@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 
 from cloudland_api.services import flavors as flavor_service
 from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
