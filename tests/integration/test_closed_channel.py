@@ -21,13 +21,13 @@ MPI links themselves are not attempted here: docs/architecture.md says what guar
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -175,20 +175,46 @@ def cloud(monkeypatch: pytest.MonkeyPatch):
         shutil.rmtree(base, ignore_errors=True)
 
 
+# What the intruder imports, copied where nobody may read it: the venv and the checkout can sit
+# under a directory only root may enter (a CI clone in a 0700 temporary directory).
+INTRUDER_PACKAGES = ("grpc", "google", "typing_extensions", "cryptography", "cffi", "_cffi_backend", "cloudland",
+                     "cloudland_proto")
+
+
+def _readable_copy(dest: Path) -> None:
+    for name in INTRUDER_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:  # a package, maybe a namespace one spread over several dirs
+            for src in spec.submodule_search_locations:
+                shutil.copytree(src, dest / name, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.proto", "*.pyi"))
+        elif spec.origin:
+            shutil.copy2(spec.origin, dest / Path(spec.origin).name)
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def as_nobody(code: str, arg: dict[str, object]) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as nobody, with our packages (CloudLand, gRPC, cryptography) importable.
 
     The system's interpreter of our version: the venv's links to one that may sit where
-    nobody may not go (/root/.pyenv here); our site-packages are added by path.
+    nobody may not go (/root/.pyenv here); our packages are copied where nobody can read them.
     """
     python = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
     if not python.exists():
         pytest.skip(f"no {python} for nobody to run")
-    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
-    prelude = "import site\n" + "".join(f"site.addsitedir({p!r})\n" for p in paths)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([str(python), "-c", prelude + code, json.dumps(arg)], user="nobody", group="nogroup",
-                          extra_groups=[], env=env, cwd="/", capture_output=True, text=True, timeout=120)
+    site = Path(tempfile.mkdtemp(prefix="cloudland-intruder-", dir="/var/tmp"))
+    try:
+        _readable_copy(site)
+        prelude = f"import sys\nsys.path.insert(0, {str(site)!r})\n"
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+        return subprocess.run([str(python), "-c", prelude + code, json.dumps(arg)], user="nobody",
+                              group="nogroup", extra_groups=[], env=env, cwd="/", capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a process as another user")
