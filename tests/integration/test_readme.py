@@ -106,7 +106,32 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
        "tree across it. Tried inside this module's namespaces with a /run of their own: `make lab` failed 1 run "
        "in 3 there (unshare binding a host's mount namespace file: EINVAL)")
 HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
+NOT_YET = ("tenant networks and tenants (issues 11 and 14) reached the README in the session this test "
+           "was merged; tests/unit/test_cli_network.py, test_cli_tenants.py and tests/api run these commands' "
+           "paths. Not yet run here as written: the next step (issue 16 note)")
 EXCLUDED = {
+    **{line: NOT_YET for line in (
+        ".venv/bin/cloudland vpc create prod",
+        ".venv/bin/cloudland subnet create web --vpc prod --cidr 10.0.0.0/24",
+        ".venv/bin/cloudland subnet create db --vpc prod --cidr 10.0.1.0/24 --gateway none --pool 10.0.1.10-10.0.1.99 \\",
+        "--dns 10.0.1.2 --no-dhcp",
+        ".venv/bin/cloudland vm create app --flavor small --image tiny --count 3 --network web --network db",
+        ".venv/bin/cloudland port list --instance 4",
+        ".venv/bin/cloudland port create --subnet web --ip 10.0.0.50",
+        ".venv/bin/cloudland org create acme --admin alice",
+        ".venv/bin/cloudland org list",
+        ".venv/bin/cloudland login --username alice --organisation acme",
+        ".venv/bin/cloudland user create bob --role member --password-stdin < bob-pw.txt",
+        ".venv/bin/cloudland user add carol --role reader",
+        ".venv/bin/cloudland user role bob admin",
+        ".venv/bin/cloudland user list",
+        ".venv/bin/cloudland user remove carol",
+        ".venv/bin/cloudland user delete bob",
+        ".venv/bin/cloudland whoami",
+        ".venv/bin/cloudland passwd",
+        ".venv/bin/cloudland logout",
+        ".venv/bin/cloudland org delete acme",
+    )},
     "make test": "runs the whole suite, this module included (CI runs it: .ci/run)",
     ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts exactly this "
                 "(cli/start.py root_command, with the defaults spelled out); a third tree of 1000 would add ~15 s",
