@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -166,7 +167,7 @@ SHELL = {"sh", "bash", "shell", "console"}
 # ends, or the test process dies) and kills every process left in them. `read` is a builtin, so
 # while it waits the namespace holds no process of the holder's but itself.
 HOLDER = """
-mount --bind {tmp} /tmp && ip link set lo up && ip addr add {lab}/32 dev lo || exit 1
+{keep}mount --rbind {tmp} /tmp && ip link set lo up && ip addr add {lab}/32 dev lo || exit 1
 echo ready
 read -r _
 me=$(readlink /proc/$$/ns/net)
@@ -176,6 +177,19 @@ for p in /proc/[0-9]*; do
 done
 exit 0
 """
+def keep_under_tmp(tmp: Path) -> str:
+    """Shell lines that keep the checkout and the venv at their paths when they sit under /tmp (a CI
+    clone made by mktemp), which the sandbox's own /tmp would hide: each is bound into the sandbox's
+    /tmp, in its mount namespace only, before that /tmp is mounted."""
+    lines = []
+    for path in sorted({REPO.resolve(), BIN.parent.resolve()}):
+        if path.is_relative_to("/tmp") and not any(path.is_relative_to(p) and p != path for p in (REPO.resolve(),)):
+            inside = tmp / path.relative_to("/tmp")
+            lines.append(f"mkdir -p {shlex.quote(str(inside))} && mount --bind {shlex.quote(str(path))} "
+                         f"{shlex.quote(str(inside))} &&\n")
+    return "".join(lines)
+
+
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
 
 
@@ -281,7 +295,7 @@ class Sandbox:
         stamp = installed.stat().st_mtime - 1
         os.utime(self.clone / "setup.cfg", (stamp, stamp))
         self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c",
-                                        HOLDER.format(tmp=self.tmp, lab=LAB_ADDRESS)],
+                                        HOLDER.format(tmp=self.tmp, lab=LAB_ADDRESS, keep=keep_under_tmp(self.tmp))],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
         assert self.holder.stdout is not None
