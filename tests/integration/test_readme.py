@@ -181,9 +181,10 @@ def keep_under_tmp(tmp: Path) -> str:
     """Shell lines that keep the checkout and the venv at their paths when they sit under /tmp (a CI
     clone made by mktemp), which the sandbox's own /tmp would hide: each is bound into the sandbox's
     /tmp, in its mount namespace only, before that /tmp is mounted."""
+    repo, venv = REPO.resolve(), BIN.parent.resolve()
     lines = []
-    for path in sorted({REPO.resolve(), BIN.parent.resolve()}):
-        if path.is_relative_to("/tmp") and not any(path.is_relative_to(p) and p != path for p in (REPO.resolve(),)):
+    for path in [repo] if venv.is_relative_to(repo) else [repo, venv]:
+        if path.is_relative_to("/tmp"):
             inside = tmp / path.relative_to("/tmp")
             lines.append(f"mkdir -p {shlex.quote(str(inside))} && mount --bind {shlex.quote(str(path))} "
                          f"{shlex.quote(str(inside))} &&\n")
