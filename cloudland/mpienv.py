@@ -119,4 +119,24 @@ def import_mpi(address: str | None = None):  # type: ignore[no-untyped-def]
     mpi4py.rc.thread_level = "funneled"
     from mpi4py import MPI
 
+    unlink_init_shm()
     return MPI
+
+
+def unlink_init_shm(maps: Path = Path("/proc/self/maps")) -> list[str]:
+    """Unlink the shared-memory file MPICH's MPI_Init maps (``/dev/shm/mpich_shm_*``, 1 MiB).
+
+    MPICH removes it only in MPI_Finalize, and a rank never finalises (it leaves with
+    ``os._exit``, or is killed): each rank that ever ran left one behind, in RAM. Measured here:
+    20,147 files, 20 GiB of /dev/shm after a day of test runs, and the suite OOM-killed. Every rank
+    is a job of one process, so nothing else attaches to the file: our mapping stays valid and
+    the memory goes with the process. Returns the paths unlinked.
+    """
+    mapped = {line.split()[-1] for line in maps.read_text().splitlines() if line.strip()}
+    paths = sorted(p for p in mapped if p.startswith("/dev/shm/mpich_shm_"))
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    return paths
