@@ -1,6 +1,7 @@
 """Lab fixtures for any test folder (registered in tests/conftest.py with ``pytest_plugins``).
 
-- ``lab_factory(hosts, subnet=...)``: a ``cloudland_lab.Lab`` brought up for this test, removed
+- ``lab_factory(hosts, subnet=...)``: a ``cloudland_lab.Lab`` brought up for this test (its underlay
+  10.77.0.0/24, or ``CLOUDLAND_TEST_LAB_SUBNET``), removed
   afterwards even when the test fails (a finalizer calls ``down()``, which kills every process
   in the lab's hosts);
 - ``session_lab_factory``: the same, removed at the end of the session (for labs that tests
@@ -69,14 +70,21 @@ def sweep_dead_sessions() -> list[str]:
     return swept
 
 
+def default_subnet() -> str:
+    """The underlay of a test's lab: 10.77.0.0/24, or ``CLOUDLAND_TEST_LAB_SUBNET`` so that two test
+    sessions on one machine (two checkouts) can each have labs without their underlays' routes clashing.
+    Tests that name addresses (tests/lab) assume the default."""
+    return os.environ.get("CLOUDLAND_TEST_LAB_SUBNET") or "10.77.0.0/24"
+
+
 class LabPool:
     """Labs made for one scope; ``close()`` removes them all and reports every failure."""
 
     def __init__(self) -> None:
         self.labs: list[Lab] = []
 
-    def make(self, hosts: Iterable[str] = ("ctl", "h1", "h2"), subnet: str = "10.77.0.0/24") -> Lab:
-        lab = Lab(new_prefix(), subnet)
+    def make(self, hosts: Iterable[str] = ("ctl", "h1", "h2"), subnet: str | None = None) -> Lab:
+        lab = Lab(new_prefix(), subnet or default_subnet())
         self.labs.append(lab)  # before up(): a failed up() is cleaned again at close()
         return lab.up(hosts)
 
