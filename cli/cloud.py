@@ -104,8 +104,27 @@ def read_credentials(path: Path) -> tuple[str | None, str]:
     return values.get("username") or None, values["password"]
 
 
+def credentials_for(username: str | None, credentials: Path | None) -> tuple[str | None, str | None]:
+    """``(username, password)`` of the credentials file to log in with, or ``(None, None)`` to ask.
+
+    An explicit ``--credentials`` file is read as it is. The default file (``make run``'s first
+    admin) is read only when it is that user's: ``login --username alice`` beside it asks for alice's
+    password instead of sending the admin's under her name (README, "Tenants").
+    """
+    if credentials is not None:
+        return read_credentials(credentials)
+    if not DEFAULT_CREDENTIALS.exists():
+        return None, None
+    file_user, password = read_credentials(DEFAULT_CREDENTIALS)
+    if username is not None and username != (file_user or "admin"):
+        return None, None
+    return file_user, password
+
+
 def login(
-    username: Annotated[str | None, typer.Option(help="User name [default: admin, or the credentials file's].")] = None,
+    username: Annotated[str | None, typer.Option(
+        help="User name [default: the credentials file's, or admin]; another user than the file's is asked for "
+             "a password.")] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
     credentials: Annotated[Path | None, typer.Option(
         help=f"An admin-credentials file [default: {DEFAULT_CREDENTIALS} if it exists].")] = None,
@@ -121,11 +140,9 @@ def login(
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         else:
-            file = credentials or (DEFAULT_CREDENTIALS if DEFAULT_CREDENTIALS.exists() else None)
-            if file is not None:
-                file_user, password = read_credentials(file)
-                username = username or file_user
-            else:
+            file_user, password = credentials_for(username, credentials)
+            username = username or file_user
+            if password is None:
                 password = typer.prompt("password", hide_input=True, err=True)
         if not password:
             raise InvalidRequest("empty password")
@@ -180,13 +197,17 @@ def flavor_delete(ref: Annotated[str, typer.Argument(help="Flavor id or name.")]
 
 
 def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
-    """The one resource of a collection with that id or name."""
+    """The one resource of a collection with that id or name; a name that several have (ports' names
+    need not be unique) is refused, naming their ids."""
     if ref.isdigit():
         found: dict[str, Any] = client.get(f"{path}/{ref}")
         return found
     matches = [item for item in client.iter_after(path) if item["name"] == ref]
     if not matches:
         raise InvalidRequest(f"no {kind} named {ref!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{len(matches)} {kind}s are named {ref!r}; use an id: "
+                             + ", ".join(str(item["id"]) for item in matches))
     return matches[0]
 
 
