@@ -123,7 +123,7 @@ def credentials_for(username: str | None, credentials: Path | None) -> tuple[str
 
 def login(
     username: Annotated[str | None, typer.Option(
-        help="User name [default: the credentials file's, or admin]; another user than the file's is asked for "
+        help="User name [default: admin, or the credentials file's]; another user than the file's is asked for "
              "a password.")] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
     credentials: Annotated[Path | None, typer.Option(
