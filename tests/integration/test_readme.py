@@ -29,7 +29,7 @@ The phases share that one checkout, in order:
    900 hypervisors beyond the first 100 are now ``gone``.
 
 About two to four minutes on this 2-core machine (104-152 s with other tests loading it to a load
-average of 26-37; 217 s at a load average of 27-33 once phase 1 ran the tenants' sections, which
+average of 26-37; 217-238 s at a load average of 27-37 once phase 1 ran the tenants' sections, which
 take about 30 s of it), most of it building the five trees.
 """
 
