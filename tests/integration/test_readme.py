@@ -714,7 +714,7 @@ def wait_root(box: Sandbox, root: Background) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # the most of the three phases; the whole module took 333 s at load 35
+@pytest.mark.timeout(600)  # it does the most of the three phases; the whole module took 333 s at load 35
 def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
     box = phase
     assert not (box.clone / "var").exists()
