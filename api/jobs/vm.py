@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudland_api.jobs.engine import end
-from cloudland_api.jobs.guest import agent_request
+from cloudland_api.jobs.guest import agent_request, vm_nics
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
 from cloudland_api.services import hypervisors, netstate, scheduler
@@ -64,6 +64,8 @@ class VmJobs(Kind):
             instance.hypervisor_id = host
         # Their NICs are bound there with the placement: one change per VPC, sent by net jobs.
         follow_up(session, netstate.bind(session, placed))
+        # The NICs of what gets a domain (again): one read for the batch.
+        nics = vm_nics(session, (i.id for job, i in rows if job.action in ("create", "recover", "rebuild")))
         for job, instance in rows:
             if job.id in no_room:
                 continue
@@ -102,7 +104,7 @@ class VmJobs(Kind):
                     target = source.capture_target(job.args["image_id"], job.args["disk_format"],
                                                    plan.settings.capture_timeout_s)
             plan.send(job, OPERATIONS[job.action], instance.hypervisor_id,
-                      agent_request(job, instance, guest, target), timeout)
+                      agent_request(job, instance, guest, target, nics.get(instance.id, ())), timeout)
 
     @staticmethod
     def _claim_resize(session: Session, job: Job, instance: Instance) -> bool:
