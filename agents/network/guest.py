@@ -29,6 +29,7 @@ IFF_UP = 0x1
 DHCP_START_S = 5.0  # for udhcpc to write its pid file
 
 # udhcpc's environment: $interface, $ip, $mask (prefix length), $router, $dns, $mtu, $domain.
+# The MTU first: once the address is there, the guest is configured (what tests wait for).
 UDHCPC_SCRIPT = r"""#!/bin/sh
 case "$1" in
 deconfig)
@@ -36,9 +37,9 @@ deconfig)
     ip link set "$interface" up
     ;;
 bound|renew)
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     ip -4 address flush dev "$interface"
     ip address add "$ip/$mask" dev "$interface"
-    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
     printf 'ip=%s\nmask=%s\nrouter=%s\ndns=%s\nmtu=%s\ndomain=%s\n' \
         "$ip" "$mask" "$router" "$dns" "$mtu" "$domain" >"$LEASE_FILE"
@@ -134,14 +135,19 @@ class Guest:
         argv = ["setsid", "-f", *self.exec_argv([
             "env", f"LEASE_FILE={directory / (self.name + '.lease')}", "busybox", "udhcpc", "-i", "eth0", "-f",
             "-p", str(pidfile), "-t", "3", "-T", "1", "-A", "2", "-O", "mtu", "-s", str(script)])]
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, timeout=DHCP_START_S)
-        if done.returncode != 0:
-            raise GuestError(f"guest {self.name}: udhcpc did not start: {done.stderr.strip()[-400:]}")
+        log = directory / f"{self.name}.log"
+        try:
+            # Its output to a file, not a pipe: the daemon keeps what it inherits, and a pipe
+            # would hold this call until the daemon ends.
+            with open(log, "ab") as out:
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=DHCP_START_S)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GuestError(f"guest {self.name}: cannot start udhcpc: {exc}") from exc
         deadline = time.monotonic() + DHCP_START_S
-        while not self.dhcp_pid(directory):
-            if time.monotonic() > deadline:
-                raise GuestError(f"guest {self.name}: udhcpc wrote no pid file in {DHCP_START_S:g} s")
+        while done.returncode != 0 or not self.dhcp_pid(directory):
+            if done.returncode != 0 or time.monotonic() > deadline:
+                raise GuestError(f"guest {self.name}: udhcpc did not start (no pid file in {DHCP_START_S:g} s): "
+                                 f"{log.read_text(errors='replace')[-400:]}")
             time.sleep(0.01)
         return True
 
@@ -184,7 +190,7 @@ class Guest:
             kill_in_netns(NETNS_DIR / self.name)
             netns.remove(self.name)
         if directory is not None:
-            for suffix in (".pid", ".lease"):
+            for suffix in (".pid", ".lease", ".log"):
                 (directory / f"{self.name}{suffix}").unlink(missing_ok=True)
 
 

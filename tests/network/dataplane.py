@@ -89,6 +89,9 @@ class Tenant:
     def mac(self, n: int) -> str:
         return f"02:{self.letter * 2}:00:00:00:{n:02x}"
 
+    def macs(self, count: int) -> list[str]:
+        return [self.mac(n) for n in range(1, count + 1)]
+
     def ip(self, n: int) -> str:
         return f"10.0.0.{10 + n}"
 
@@ -105,6 +108,23 @@ class Tenant:
         ports = [self.port(n, agent.hypervisor, agent.vtep) for n, agent in enumerate(agents, 1)]
         return npb.NetVpcState(vpc_id=self.vpc_id, generation=self.generation, mtu=1450,
                                domain=f"{self.word}.test", subnets=[subnet], ports=ports + self.extra)
+
+
+def capture(lab: Lab, host: str, bridge: str, macs: list[str]) -> subprocess.Popen[str]:
+    """tcpdump of the frames from or to ``macs`` on ``bridge``: promiscuous, so it sees every
+    frame the bridge forwards, not only those for the host."""
+    expression = " or ".join(f"ether host {mac}" for mac in macs)
+    return lab.popen(host, ["tcpdump", "-i", bridge, "-n", "-l", expression], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+
+
+def captured(tcpdump: subprocess.Popen[str]) -> int:
+    """Frames ``tcpdump`` captured, once stopped."""
+    tcpdump.send_signal(2)
+    _, err = tcpdump.communicate(timeout=10)
+    found = re.search(r"^(\d+) packets? captured", err, re.M)
+    assert found, err
+    return int(found[1])
 
 
 def in_guest(guest: str, *argv: str) -> list[str]:
