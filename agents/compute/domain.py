@@ -265,15 +265,7 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(el, "target", dev=disk.target, bus="ide" if disk.device == "cdrom" else "virtio")
         if disk.device == "cdrom":
             ET.SubElement(el, "readonly")
-    for nic in spec.nics:
-        el = ET.SubElement(devices, "interface", type="bridge")
-        ET.SubElement(el, "mac", address=nic.mac)
-        ET.SubElement(el, "source", bridge=nic.bridge)
-        if nic.target:
-            ET.SubElement(el, "target", dev=nic.target)
-        ET.SubElement(el, "model", type="virtio")
-        if nic.mtu:
-            ET.SubElement(el, "mtu", size=str(nic.mtu))
+    devices.extend(interface_element(nic) for nic in spec.nics)
     # A pty, not a file serial: libvirt's console stream (virDomainOpenConsole) needs one.
     # virtlogd appends to the log across restarts and rotates it (its max_size, 2 MiB by default).
     serial = ET.SubElement(devices, "serial", type="pty")
@@ -288,6 +280,19 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(graphics, "listen", type="address", address=spec.vnc_listen)
         ET.SubElement(ET.SubElement(devices, "video"), "model", type=VIDEO_MODELS[spec.arch])
     return ET.tostring(dom, encoding="unicode")
+
+
+def interface_element(nic: Nic) -> ET.Element:
+    """A NIC's ``<interface>``, as a domain holds it and as libvirt attaches or detaches it."""
+    el = ET.Element("interface", type="bridge")
+    ET.SubElement(el, "mac", address=nic.mac)
+    ET.SubElement(el, "source", bridge=nic.bridge)
+    if nic.target:
+        ET.SubElement(el, "target", dev=nic.target)
+    ET.SubElement(el, "model", type="virtio")
+    if nic.mtu:
+        ET.SubElement(el, "mtu", size=str(nic.mtu))
+    return el
 
 
 _UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,

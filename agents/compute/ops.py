@@ -163,15 +163,15 @@ def vm_create(ctx: Context, request: cpb.VmCreateRequest) -> cpb.VmCreateResult:
     # Its tenant bridges come from its VPC's net.sync, sent beside this create (nics.py).
     nics.await_bridges(ctx.hypervisor, spec.name, resolved.tenant, ctx.remaining() - 2.0, ctx.job_id)
     info = driver_for(ctx.hypervisor).create(spec)
-    _play_nics(ctx, spec.name, resolved)
+    _play_nics(ctx, spec.name, resolved.tenant)
     return cpb.VmCreateResult(vm=record_of(info), created=bool(info["created"]),
                               image_downloaded=files is not None and files.downloaded)
 
 
-def _play_nics(ctx: Context, vm: str, resolved: nics.Resolved) -> None:
+def _play_nics(ctx: Context, vm: str, tenant: tuple[Nic, ...]) -> None:
     """On a simulated hypervisor with the kernel's data plane, test guests play the VM's tenant NICs."""
     if nics.plays_guests(ctx.hypervisor):
-        nics.guests_for(ctx.hypervisor).plug(vm, resolved.tenant)
+        nics.guests_for(ctx.hypervisor).plug(vm, tenant)
 
 
 def _guest_spec(ctx: Context, message: cpb.DomainSpec, guest: cpb.Guest | None,
@@ -238,11 +238,10 @@ def vm_delete(ctx: Context, request: cpb.VmDeleteRequest) -> cpb.VmDeleteResult:
     if nics.plays_guests(ctx.hypervisor):
         # Its test guests go first: held ones, and any its domain names (a file lost to a crash).
         try:
-            domain_nics = [Nic(**n) for n in driver_for(ctx.hypervisor).get(name)["nics"]]
+            domain_nics = _tenant_nics(ctx, driver_for(ctx.hypervisor).get(name))
         except VMNotFound:
-            domain_nics = []
-        names = network_for(ctx.hypervisor).names
-        nics.guests_for(ctx.hypervisor).unplug(name, [n for n in domain_nics if names.is_tap(n.target)])
+            domain_nics = ()
+        nics.guests_for(ctx.hypervisor).unplug(name, domain_nics)
     done = driver_for(ctx.hypervisor).delete(name)
     result = cpb.VmDeleteResult(name=done["name"], deleted=done["deleted"])
     if request.uuid and not ctx.hypervisor.uri.startswith("test:"):
@@ -270,7 +269,7 @@ def vm_rebuild(ctx: Context, request: cpb.VmRebuildRequest) -> cpb.VmRebuildResu
     spec, files, resolved = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None,
                                         f"disk-{ctx.job_id[:32]}.qcow2")
     info = driver_for(ctx.hypervisor).rebuild(spec)  # stops the VM, redefines, restarts it
-    _play_nics(ctx, spec.name, resolved)
+    _play_nics(ctx, spec.name, resolved.tenant)
     if files is not None:
         guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
     return cpb.VmRebuildResult(vm=record_of(info))
@@ -310,6 +309,38 @@ def vm_capture(ctx: Context, request: cpb.VmCaptureRequest) -> cpb.VmCaptureResu
     finally:
         copy.unlink(missing_ok=True)  # adopted (renamed away) on success
     return cpb.VmCaptureResult(image_id=target.image_id, size_bytes=size, sha256=sha256)
+
+
+@operation("vm.attach_nic")
+def vm_attach_nic(ctx: Context, request: cpb.VmAttachNicRequest) -> cpb.VmAttachNicResult:
+    """VM ``name`` has NIC ``nic``, live and in its definition (its bridge waited for, its test
+    guest made). Idempotent: a NIC with that MAC already there is success (``attached`` false)."""
+    name = _name(request)
+    if not request.HasField("nic"):
+        raise InvalidRequest("nic is required")
+    resolved = nics.resolve(ctx.hypervisor, [request.nic])
+    nics.await_bridges(ctx.hypervisor, name, resolved.tenant, ctx.remaining() - 2.0, ctx.job_id)
+    info, attached = driver_for(ctx.hypervisor).attach_nic(name, resolved.nics[0])
+    _play_nics(ctx, name, _tenant_nics(ctx, info))
+    return cpb.VmAttachNicResult(vm=record_of(info), attached=attached)
+
+
+@operation("vm.detach_nic")
+def vm_detach_nic(ctx: Context, request: cpb.VmDetachNicRequest) -> cpb.VmDetachNicResult:
+    """VM ``name`` has no NIC of ``mac`` (and its test guest is gone). Idempotent: no such NIC is
+    success (``detached`` false)."""
+    name = _name(request)
+    if not request.mac:
+        raise InvalidRequest("mac is required")
+    info, detached = driver_for(ctx.hypervisor).detach_nic(name, request.mac)
+    _play_nics(ctx, name, _tenant_nics(ctx, info))
+    return cpb.VmDetachNicResult(vm=record_of(info), detached=detached)
+
+
+def _tenant_nics(ctx: Context, info: VMInfo) -> tuple[Nic, ...]:
+    """The NICs of a VM's record whose host end carries this agent's tap names: its tenant NICs."""
+    names = network_for(ctx.hypervisor).names
+    return tuple(Nic(**n) for n in info["nics"] if names.is_tap(n["target"]))
 
 
 @operation("vm.get")

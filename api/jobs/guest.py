@@ -102,7 +102,7 @@ def agent_request(job: Job, instance: Instance, guest: cpb.Guest | None = None,
                   target: ipb.ImageTarget | None = None, nics: Iterable[cpb.Nic] = ()) -> Message:
     """The agent operation's request message for ``job``, built from the instance as it is now
     (``guest``: a create's, recover's or rebuild's files; ``target``: a capture's upload;
-    ``nics``: a create's, recover's or rebuild's NICs)."""
+    ``nics``: the instance's NICs, for a create, recover, rebuild or NIC attach)."""
     name = instance.domain_name
     if job.action in ("create", "recover"):  # recover: the same domain again, on its own disk
         return cpb.VmCreateRequest(spec=vm_spec(instance, nics=nics), guest=guest)
@@ -121,4 +121,9 @@ def agent_request(job: Job, instance: Instance, guest: cpb.Guest | None = None,
             image_id=job.args["image_id"], disk_format=job.args["disk_format"]))
     if job.action == "start":
         return cpb.VmStartRequest(name=name)
+    if job.action == "attach_nic":  # its port's NIC (none when the port went: the agent refuses it)
+        nic = next((n for n in nics if n.port_id == job.args["port_id"]), cpb.Nic())
+        return cpb.VmAttachNicRequest(name=name, nic=nic)
+    if job.action == "detach_nic":
+        return cpb.VmDetachNicRequest(name=name, mac=job.args["mac"])
     raise ValueError(f"no agent request for VM action {job.action!r}")

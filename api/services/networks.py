@@ -242,6 +242,35 @@ def fixed_ips(session: Session, ports: Sequence[Port]) -> dict[int, list[str]]:
 # -- an instance's NICs -------------------------------------------------------------------------
 
 
+def attach_port(session: Session, caller: Caller, instance: Instance, network: int | str | None,
+                port_id: int | None) -> tuple[Port, bool]:
+    """The port an attach gives ``instance`` as its next NIC: a new one on subnet ``network`` (with
+    the lowest free address), or ``port_id``, one of the caller's ports bound to no instance
+    (NotFound for another organisation's, Conflict for a bound one); Conflict when the instance
+    has a NIC on that subnet already. Flushed, not committed; True when it was made now."""
+    taken = {subnet for subnet, in session.execute(select(Port.subnet_id).where(Port.instance_id == instance.id))}
+    indexes = session.scalars(select(Port.device_index).where(Port.instance_id == instance.id)).all()
+    device_index = max((i for i in indexes if i is not None), default=-1) + 1
+    if port_id is not None:
+        port = crud.get(session, Port, caller, port_id, "port", lock=True)
+        if port.instance_id is not None:
+            raise Conflict(f"port {port.id} is already a NIC of instance {port.instance_id}")
+        subnet = session.get(Subnet, port.subnet_id)
+    else:
+        assert network is not None
+        [subnet] = resolve_networks(session, caller, [network])  # locked for the address below
+    assert subnet is not None
+    if subnet.id in taken:
+        raise Conflict(f"instance {instance.id} ({instance.name}) has a NIC on subnet {subnet.id} "
+                       f"({subnet.name}) already; an instance has one NIC per subnet")
+    if port_id is None:
+        port = Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, mac="")
+        _add_ports(session, [port], _addresses(session, subnet, 1, None))
+    port.instance_id, port.device_index = instance.id, device_index
+    session.flush()
+    return port, port_id is None
+
+
 def resolve_networks(session: Session, caller: Caller, refs: Sequence[int | str]) -> list[Subnet]:
     """The subnets an instance's NICs go on, in order, each locked for its allocation (in id
     order, so two creates on the same subnets cannot deadlock); NotFound for another's."""

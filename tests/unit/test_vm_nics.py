@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cloudland.errors import InvalidRequest
+from cloudland.errors import InvalidRequest, VMNotFound
 from cloudland_agents import ops
 from cloudland_agents.compute import nics
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers vm.*
@@ -68,3 +68,22 @@ def test_tap_names_are_the_prefix_t_and_the_macs_last_four_bytes() -> None:
     assert names.is_tap("cltdeadbeef") and not names.is_tap("xltdeadbeef") and not names.is_tap("cltdeadbee")
     assert len(Names("abcdef").tap("02:c1:de:ad:be:ef")) == 15  # IFNAMSIZ - 1 with the longest prefix
     assert names.parse("cltdeadbeef") is None  # the data plane never takes a NIC for its own object
+
+
+def test_a_nic_is_attached_and_detached_on_a_running_vm_idempotently(ctx: ops.Context) -> None:
+    """The test driver cannot hot-plug: the domain is defined again with the NIC, and runs on."""
+    call(ctx, "vm.create", spec({"mac": "02:c1:00:00:00:01", "vni": 4100}))
+    nic = {"mac": "02:c1:00:00:00:02", "vni": 4101, "mtu": 1450}
+    attached = call(ctx, "vm.attach_nic", {"name": "cl-web", "nic": nic})
+    assert attached["attached"] is True and attached["vm"]["state"] == "running"
+    assert [(n["bridge"], n["target"]) for n in attached["vm"]["nics"]] == [("zqb4100", "zqt00000001"),
+                                                                            ("zqb4101", "zqt00000002")]
+    assert call(ctx, "vm.attach_nic", {"name": "cl-web", "nic": nic})["attached"] is False  # a replay
+    detached = call(ctx, "vm.detach_nic", {"name": "cl-web", "mac": "02:c1:00:00:00:02"})
+    assert detached["detached"] is True and detached["vm"]["state"] == "running"
+    assert [n["mac"] for n in detached["vm"]["nics"]] == ["02:c1:00:00:00:01"]
+    assert call(ctx, "vm.detach_nic", {"name": "cl-web", "mac": "02:c1:00:00:00:02"})["detached"] is False
+    with pytest.raises(InvalidRequest, match="nic is required"):
+        call(ctx, "vm.attach_nic", {"name": "cl-web"})
+    with pytest.raises(VMNotFound, match="'cl-gone' not found"):
+        call(ctx, "vm.detach_nic", {"name": "cl-gone", "mac": "02:c1:00:00:00:02"})
