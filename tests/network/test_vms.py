@@ -83,12 +83,19 @@ class World:
         return f"{self.prefix}b{tenant.subnet['vni']}"
 
     def guest(self, tenant: Tenant, host: str) -> str:
-        """The test guest playing the NIC of ``tenant``'s VM on ``host``: named by its MAC."""
-        return f"{self.prefix}t{tenant.ports[host]['mac'][6:].replace(':', '')}"
+        """The test guest playing the NIC of ``tenant``'s VM on ``host``."""
+        return self.guest_of(tenant.ports[host])
+
+    def guest_of(self, port: dict[str, Any]) -> str:
+        """The test guest playing a port's NIC: named by its MAC, as its tap would be."""
+        return f"{self.prefix}t{port['mac'][6:].replace(':', '')}"
 
     def address_of(self, tenant: Tenant, host: str) -> str:
+        return self.address_in(host, self.guest(tenant, host))
+
+    def address_in(self, host: str, guest: str) -> str:
         """The IPv4 address the guest's eth0 has now ("" before its lease)."""
-        done = self.lab.run(host, in_guest(self.guest(tenant, host), "ip", "-4", "-o", "address", "show", "eth0"),
+        done = self.lab.run(host, in_guest(guest, "ip", "-4", "-o", "address", "show", "eth0"),
                             capture_output=True, text=True, timeout=30)
         found = re.search(r"inet ([0-9.]+)/", done.stdout)
         return found[1] if found else ""
@@ -225,6 +232,41 @@ def test_a_leaf_killed_comes_back_and_its_vms_guests_are_left_as_they_were(world
     for tenant in world.tenants:
         assert world.address_of(tenant, "h2") == tenant.ip("h2")
     print(f"leaf back in {back:.1f} s, its VMs defined again {recovered:.1f} s later; {count} of {count} answered")
+
+
+def test_a_nic_attached_to_a_running_vm_gets_its_lease_and_a_detached_one_leaves_nothing(world: World) -> None:
+    alpha, lab = world.tenants[0], world.lab
+    back = alpha.api.post("/subnets", {"name": "back", "vpc": alpha.vpc["id"], "cidr": "10.9.0.0/24"})
+    bridge = f"{world.prefix}b{back['vni']}"
+    added: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    for host in ("h1", "h3"):
+        vm = alpha.vms[host]
+        job = alpha.api.post(f"/instances/{vm['id']}/nics", {"network": "back"})
+        assert alpha.api.get(f"/jobs/{job['id']}", wait=60)["state"] == "succeeded"
+        [added[host]] = [p for p in alpha.api.get("/ports")["items"]
+                         if p["subnet_id"] == back["id"] and p["instance_id"] == vm["id"]]
+        assert added[host]["device_index"] == 1
+    for host, port in added.items():
+        wait_until(lambda: world.address_in(host, world.guest_of(port)) == port["fixed_ips"][0], 30,
+                   f"the attached NIC on {host} to get its lease")
+    attached = time.monotonic() - started
+    assert ping(lab, "h1", world.guest_of(added["h1"]), added["h3"]["fixed_ips"][0])
+    assert ping(lab, "h1", world.guest(alpha, "h1"), alpha.ip("h3"))  # the primary NIC works on
+    assert bridge not in kernel_objects(lab, "h2", world.prefix)["links"]  # h2 has no VM on it
+    for host, port in added.items():
+        reply = alpha.api.request("DELETE", f"/instances/{alpha.vms[host]['id']}/nics/{port['id']}")
+        assert alpha.api.get(f"/jobs/{reply['id']}", wait=60)["state"] == "succeeded"
+    for host, port in added.items():
+        wait_until(lambda: not {world.guest_of(port), bridge} & set(kernel_objects(lab, host, world.prefix)["links"]),
+                   30, f"the detached NIC's guest and bridge gone from {host}")
+        assert world.address_of(alpha, host) == alpha.ip(host)  # the primary's guest untouched
+    kept = {p["id"]: p for p in alpha.api.get("/ports")["items"]}
+    assert all(kept[p["id"]]["instance_id"] is None for p in added.values())  # kept, bound to nothing
+    for port in added.values():
+        alpha.api.request("DELETE", f"/ports/{port['id']}")
+    alpha.api.request("DELETE", f"/subnets/{back['id']}")
+    print(f"two NICs attached to running VMs, leases in {attached:.1f} s")
 
 
 def test_deleting_the_vms_and_networks_through_the_api_leaves_nothing_on_any_host(world: World) -> None:
