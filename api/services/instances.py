@@ -110,7 +110,10 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image)
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
-    subnets = networks.resolve_networks(session, caller, spec.networks)  # locked for the addresses below
+    # Locked for the addresses below. Without ``networks`` (not even []): the organisation's
+    # default subnet, if it has one (the all-in-one cloud's, api/settings.py default_network).
+    subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
+               else networks.default_subnets(session, caller))
     names = instance_names(spec.name, spec.count)
     taken = session.scalars(
         select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",

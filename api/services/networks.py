@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
-from cloudland_api.models import Instance, Port, PortIp, Subnet, Vpc
+from cloudland_api.models import Instance, Port, PortIp, Role, Subnet, Vpc
 from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
 from cloudland_api.services import crud, ipam
 from cloudland_api.services.identity import Caller
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "vpc-{id}.cloudland.internal"
 VNI_TRIES = 5  # racing subnet creates on PostgreSQL: each loser takes the next free VNI
+DEFAULT = "default"  # the default network's VPC and subnet (settings.default_network)
 
 
 # -- VPCs ---------------------------------------------------------------------------------------
@@ -237,6 +238,25 @@ def delete_port(session: Session, caller: Caller, port_id: int) -> None:
 def fixed_ips(session: Session, ports: Sequence[Port]) -> dict[int, list[str]]:
     """Each port's addresses, for the responses (one query)."""
     return port_ips(session, (p.id for p in ports))
+
+
+# -- the default network -------------------------------------------------------------------------
+
+
+def make_default_network(session: Session, org_id: int, settings: ApiSettings) -> Subnet:
+    """VPC and subnet ``default`` (``settings.default_network``) of organisation ``org_id``, made
+    at the all-in-one cloud's first start (api/__main__.py), committed."""
+    caller = Caller(user_id=0, username="", org_id=org_id, role=Role.admin)
+    vpc = create_vpc(session, caller, VpcCreate(name=DEFAULT), settings)
+    return create_subnet(session, caller, SubnetCreate(name=DEFAULT, vpc=vpc.id, cidr=settings.default_network),
+                         settings)
+
+
+def default_subnets(session: Session, caller: Caller) -> list[Subnet]:
+    """Where a VM created without ``networks`` gets its NIC: the organisation's subnet ``default``
+    (locked for the address, as ``resolve_networks``), or nowhere when it has none."""
+    found = session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == DEFAULT))
+    return resolve_networks(session, caller, [found]) if found is not None else []
 
 
 # -- an instance's NICs -------------------------------------------------------------------------

@@ -143,3 +143,30 @@ def test_bad_attaches_and_detaches_are_4xx_naming_the_cause(api: Api, admin_head
     drain(engine)
     wrong = api.client.delete(f"{V1}{nics}/{loose['id']}", headers=admin_headers)
     assert wrong.status_code == 409 and "is not a NIC of instance" in wrong.text
+
+
+def test_the_default_network_gives_vms_created_without_networks_a_nic(api: Api, admin_headers: dict[str, str],
+                                                                      launch: Launcher) -> None:
+    """The all-in-one cloud's default network (api/settings.py default_network, made by
+    api/__main__.py at the first start): a VM created without ``networks`` gets a NIC on the
+    organisation's subnet ``default``; ``networks: []`` still means none."""
+    from sqlalchemy import select
+
+    from cloudland_api.models import Organisation
+    from cloudland_api.services.networks import make_default_network
+    from cloudland_api.settings import ApiSettings
+
+    launch("warm")  # before the default network: no NIC
+    assert ports(api, admin_headers) == {}
+    with api.app.state.write_sessions() as session:
+        org = session.scalar(select(Organisation.id).where(Organisation.name == "admin"))
+        made = make_default_network(session, org, ApiSettings.from_env(default_network="10.0.0.0/24"))
+        assert (made.name, made.cidr, made.dhcp) == ("default", "10.0.0.0/24", True)
+    vm = launch("web")["instances"][0]
+    [port] = ports(api, admin_headers).values()
+    assert (port["instance_id"], port["device_index"], port["fixed_ips"]) == (vm["id"], 0, ["10.0.0.2"])
+    none = post(api, "/instances", {"name": "bare", "flavor": "small", "image": "img", "networks": []},
+                admin_headers, 202)["instances"][0]
+    assert not [p for p in ports(api, admin_headers).values() if p["instance_id"] == none["id"]]
+    vpcs = api.client.get(f"{V1}/vpcs", headers=admin_headers).json()["items"]
+    assert [v["name"] for v in vpcs] == ["default"]
