@@ -57,8 +57,8 @@ class ApiSettings:
     vni_range: str = "4096-16777215"
     underlay_mtu: int = 1500
     # A CIDR: at the first start, the operator organisation gets a VPC and a subnet "default" on
-    # it, where VMs created without ``networks`` get their NIC (``cloudland up`` sets 10.0.0.0/24
-    # for the all-in-one cloud); "" for none.
+    # it, where VMs created without ``networks`` get their NIC (``make run`` sets 10.0.0.0/16 for
+    # the all-in-one cloud); "" for none.
     default_network: str = ""
 
     def __post_init__(self) -> None:

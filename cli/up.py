@@ -42,16 +42,11 @@ from cloudland_cli.start import (
 API_READY_TIMEOUT_S = 120.0
 WATCH_EVERY_S = 0.5
 CREDENTIALS_FILE = "admin-credentials"  # cloudland_api.security.ADMIN_CREDENTIALS_FILE
-ALL_IN_ONE_NETWORK = "10.0.0.0/24"  # CLOUDLAND_API_DEFAULT_NETWORK of the all-in-one cloud
 
 
-def api_environment(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path,
-                    default_network: str = "") -> dict[str, str]:
-    """The environment of the API child: our own plus where the tree, its credentials and its state
-    are, and (the all-in-one cloud) its default network, unless the operator set one."""
+def api_environment(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path) -> dict[str, str]:
+    """The environment of the API child: our own plus where the tree, its credentials and its state are."""
     env = dict(os.environ)
-    if default_network:
-        env.setdefault("CLOUDLAND_API_DEFAULT_NETWORK", default_network)
     env["CLOUDLAND_API_ROOT_ENDPOINT"] = grpc
     env["CLOUDLAND_PKI"] = str(pki_dir.resolve())  # the control certificate it presents to the root
     env["CLOUDLAND_API_STATE_DIR"] = str(state_dir)
@@ -62,13 +57,12 @@ def api_environment(grpc: str, state_dir: Path, host: str, port: int, pki_dir: P
     return env
 
 
-def start_api(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path,
-              default_network: str = "") -> subprocess.Popen[bytes]:
+def start_api(grpc: str, state_dir: Path, host: str, port: int, pki_dir: Path) -> subprocess.Popen[bytes]:
     """``python -m cloudland_api`` in its own process group, its output in ``<state_dir>/api.out``."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with open(state_dir / "api.out", "ab") as api_out:
         return subprocess.Popen([sys.executable, "-m", "cloudland_api"],
-                                env=api_environment(grpc, state_dir, host, port, pki_dir, default_network),
+                                env=api_environment(grpc, state_dir, host, port, pki_dir),
                                 process_group=0, stdout=api_out, stderr=subprocess.STDOUT)
 
 
@@ -161,9 +155,7 @@ def up(
         if topo is None:
             fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode} before the tree was ready "
                   f"(see {settings.state_dir}/root.out)")
-        # The all-in-one cloud gets a default network (VMs without --network get a NIC on it).
-        api = start_api(address, settings.state_dir, api_host, api_port, settings.pki_dir,
-                        "" if hostfile else ALL_IN_ONE_NETWORK)
+        api = start_api(address, settings.state_dir, api_host, api_port, settings.pki_dir)
         if not wait_for_api(api, url):
             why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
             fail(EXIT_FAILED, f"the API {why} at {url}; stopped the tree. "

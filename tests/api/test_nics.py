@@ -30,6 +30,15 @@ def ports(api: Api, headers: dict[str, str]) -> dict[int, dict[str, Any]]:
     return {p["id"]: p for p in api.client.get(f"{V1}/ports", headers=headers).json()["items"]}
 
 
+def cloud(api: Api, admin_headers: dict[str, str]) -> tuple[FakeRoot, Engine]:
+    """Hypervisor 7, VPC ``v`` with subnet ``s`` (10.0.0.0/24), and an engine on a recording fake root."""
+    add_hypervisor(api, 7, vtep="192.0.2.7")
+    vpc = post(api, "/vpcs", {"name": "v"}, admin_headers, 201)
+    post(api, "/subnets", {"name": "s", "vpc": vpc["id"], "cidr": "10.0.0.0/24"}, admin_headers, 201)
+    fake = FakeRoot(hypervisors=[7])
+    return fake, Engine(api.app.state.write_sessions, fake, kinds=jobs.KINDS, backoff=lambda tries: 0.0)
+
+
 def test_a_nic_is_attached_to_a_running_vm_and_detached_again(
         api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
     add_hypervisor(api, 7, vtep="192.0.2.7")
@@ -87,11 +96,7 @@ def test_a_nic_is_attached_to_a_running_vm_and_detached_again(
 
 def test_a_failed_attach_gives_back_the_port_it_made(api: Api, admin_headers: dict[str, str],
                                                      launch: Launcher) -> None:
-    add_hypervisor(api, 7, vtep="192.0.2.7")
-    vpc = post(api, "/vpcs", {"name": "v"}, admin_headers, 201)
-    post(api, "/subnets", {"name": "s", "vpc": vpc["id"], "cidr": "10.0.0.0/24"}, admin_headers, 201)
-    fake = FakeRoot(hypervisors=[7])
-    engine = Engine(api.app.state.write_sessions, fake, kinds=jobs.KINDS, backoff=lambda tries: 0.0)
+    fake, engine = cloud(api, admin_headers)
     vm = launch("web")["instances"][0]
     drain(engine)
     fake.fail_next("vm.attach_nic", error="libvirt refused the device")
@@ -105,11 +110,7 @@ def test_a_failed_attach_gives_back_the_port_it_made(api: Api, admin_headers: di
 
 def test_bad_attaches_and_detaches_are_4xx_naming_the_cause(api: Api, admin_headers: dict[str, str],
                                                             launch: Launcher) -> None:
-    add_hypervisor(api, 7, vtep="192.0.2.7")
-    vpc = post(api, "/vpcs", {"name": "v"}, admin_headers, 201)
-    post(api, "/subnets", {"name": "s", "vpc": vpc["id"], "cidr": "10.0.0.0/24"}, admin_headers, 201)
-    fake = FakeRoot(hypervisors=[7])
-    engine = Engine(api.app.state.write_sessions, fake, kinds=jobs.KINDS, backoff=lambda tries: 0.0)
+    fake, engine = cloud(api, admin_headers)
     other = launch("other")["instances"][0]
     vm = post(api, "/instances", {"name": "web", "flavor": "small", "image": "img", "networks": ["s"]},
               admin_headers, 202)["instances"][0]

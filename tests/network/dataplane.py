@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from cloudland_lab import Lab
 from cloudland_proto.v1 import network_pb2 as npb
 from google.protobuf.json_format import MessageToDict
+from tests.multihost.cluster import LabCloud
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_BASE = Path("/var/tmp")  # not /tmp: each lab host has its own
@@ -143,6 +146,30 @@ def resolve(lab: Lab, host: str, guest: str, name: str, server: str = DHCP_ADDRE
                    timeout=30)
     found = re.findall(r"Address:\s*([0-9.]+)$", done.stdout, re.M)
     return next((a for a in found if a != server), "")
+
+
+def reaches(lab: Lab, host: str, guest: str, ip: str, name: str, domain: str) -> None:
+    """``guest`` on ``host`` pings ``ip``, and by name: the VPC's DNS (the local dnsmasq) gives
+    ``name`` and ``name.domain`` that address, and the guest pings it."""
+    assert ping(lab, host, guest, ip), f"{guest} on {host} cannot ping {ip}"
+    address = resolve(lab, host, guest, name)
+    assert address == ip, (guest, name, address)
+    assert resolve(lab, host, guest, f"{name}.{domain}") == address
+    assert ping(lab, host, guest, address)
+
+
+@contextmanager
+def kernel_cloud(lab: Lab, hosts: list[str], prefix: str) -> Iterator[LabCloud]:
+    """A cluster on ``hosts`` (one hypervisor each) whose leaves run the kernel's data plane with
+    ``prefix``, stopped and its state removed afterwards (the lab is the caller's)."""
+    cloud = LabCloud(lab, hosts, STATE_BASE / f"cloudland-{lab.prefix}",
+                     settings={"CLOUDLAND_NETWORK": "kernel", "CLOUDLAND_NETWORK_PREFIX": prefix})
+    try:
+        cloud.start(hypervisors=len(hosts), per_leaf=1, fanout=4)
+        yield cloud
+    finally:
+        cloud.stop()
+        shutil.rmtree(cloud.state_dir, ignore_errors=True)
 
 
 def kernel_objects(lab: Lab, host: str, prefix: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from tests.network.dataplane import (
     in_guest,
     kernel_objects,
     ping,
+    reaches,
     remove_state,
     resolve,
     run_prefix,
@@ -116,12 +117,7 @@ def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:
             for m in range(1, len(HOSTS) + 1):
                 if m == n:
                     continue
-                assert ping(lab, host, guest, tenant.ip(m)), f"{guest} on {host} cannot ping {tenant.ip(m)}"
-                # By name: the VPC's DNS (the local dnsmasq) answers, then the guest pings that address.
-                address = resolve(lab, host, guest, tenant.name(m))
-                assert address == tenant.ip(m), (guest, tenant.name(m), address)
-                assert resolve(lab, host, guest, f"{tenant.name(m)}.{tenant.word}.test") == address
-                assert ping(lab, host, guest, address)
+                reaches(lab, host, guest, tenant.ip(m), tenant.name(m), f"{tenant.word}.test")
             other = next(t for t in world.tenants if t is not tenant)
             assert resolve(lab, host, guest, other.name(n)) == "", "another tenant's name resolved"
             # The peer answering 10.0.0.x is this tenant's guest (its MAC), not the other tenant's.

@@ -22,8 +22,18 @@ import httpx2 as httpx
 import pytest
 
 from tests.integration.cloud import API, Cloud
-from tests.multihost.cluster import API_PORT, STATE_BASE, LabCloud, kill, ranks, wait_until
-from tests.network.dataplane import capture, captured, in_guest, kernel_objects, ping, resolve, run_prefix
+from tests.multihost.cluster import API_PORT, LabCloud, kill, ranks, wait_until
+from tests.network.dataplane import (
+    capture,
+    captured,
+    in_guest,
+    kernel_cloud,
+    kernel_objects,
+    ping,
+    reaches,
+    resolve,
+    run_prefix,
+)
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(900)]
 
@@ -123,17 +133,13 @@ def world(session_lab_factory):
         pytest.skip(f"needs {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
     lab = session_lab_factory(["ctl", *HOSTS])
     prefix = run_prefix()
-    cloud = LabCloud(lab, HOSTS, STATE_BASE / f"cloudland-{lab.prefix}",
-                     settings={"CLOUDLAND_NETWORK": "kernel", "CLOUDLAND_NETWORK_PREFIX": prefix})
     try:
-        cloud.start(hypervisors=3, per_leaf=1, fanout=4)
-        assert cloud.cloud is not None
-        cloud.cloud.wait_hypervisors(3)
-        yield World(cloud, prefix)
+        with kernel_cloud(lab, HOSTS, prefix) as cloud:
+            assert cloud.cloud is not None
+            cloud.cloud.wait_hypervisors(3)
+            yield World(cloud, prefix)
     finally:
-        cloud.stop()
         lab.down()
-        shutil.rmtree(cloud.state_dir, ignore_errors=True)
 
 
 def test_two_tenants_vms_on_three_hosts_get_leases_and_reach_their_own_tenant_only(world: World) -> None:
@@ -191,12 +197,7 @@ def test_two_tenants_vms_on_three_hosts_get_leases_and_reach_their_own_tenant_on
             for peer in HOSTS:
                 if peer == host:
                     continue
-                assert ping(lab, host, guest, tenant.ip(peer)), f"{guest} on {host} cannot ping {tenant.ip(peer)}"
-                # By name: the VPC's DNS (the local dnsmasq) answers, then the guest pings that address.
-                address = resolve(lab, host, guest, tenant.name(peer))
-                assert address == tenant.ip(peer), (guest, tenant.name(peer), address)
-                assert resolve(lab, host, guest, f"{tenant.name(peer)}.{tenant.vpc['domain']}") == address
-                assert ping(lab, host, guest, address)
+                reaches(lab, host, guest, tenant.ip(peer), tenant.name(peer), tenant.vpc["domain"])
                 neigh = lab.run(host, in_guest(guest, "ip", "neigh", "show", tenant.ip(peer)), capture_output=True,
                                 text=True).stdout
                 assert tenant.ports[peer]["mac"] in neigh, neigh  # its own tenant's VM answered, no other
