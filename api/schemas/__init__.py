@@ -21,7 +21,7 @@ from cloudland_api.schemas.networks import (
 )
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
-    InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
+    InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 
 __all__ = [
@@ -33,6 +33,6 @@ __all__ = [
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
     "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
-    "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
+    "NicAttach", "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
     "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"
 ]

@@ -143,3 +143,20 @@ def test_vm_create_sends_its_networks_in_order(api: StubApi) -> None:
     assert result.exit_code == 0, result.output
     assert api.posts == [("/instances", {"name": "web", "flavor": "small", "image": "img", "count": 1,
                                          "networks": ["web", 7]})]
+
+
+def test_vm_nic_attach_and_detach(api: StubApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = {"id": "j1", "state": "pending"}
+    monkeypatch.setattr(vm, "resolve_instance", lambda client, ref: {"id": 4, "name": "web"})
+    monkeypatch.setattr(api, "post", lambda path, body: api.posts.append((path, body)) or job)
+    monkeypatch.setattr(api, "delete", lambda path: api.deletes.append(path) or job)
+    assert run("vm", "nic", "attach", "web", "--network", "lan", "--no-wait").exit_code == 0
+    assert run("vm", "nic", "attach", "web", "--network", "5", "--no-wait").exit_code == 0
+    assert run("vm", "nic", "attach", "web", "--port", "9", "--no-wait").exit_code == 0
+    assert api.posts == [("/instances/4/nics", {"network": "lan"}), ("/instances/4/nics", {"network": 5}),
+                         ("/instances/4/nics", {"port": 9})]
+    detached = run("vm", "nic", "detach", "web", "9", "--no-wait")
+    assert detached.exit_code == 0 and api.deletes == ["/instances/4/nics/9"]
+    assert "job j1 NIC detach (port 9) of VM 4 accepted" in detached.stdout
+    both = run("vm", "nic", "attach", "web", "--network", "lan", "--port", "9")
+    assert both.exit_code == 2 and both.stderr == "cloudland: give exactly one of --network and --port\n"
