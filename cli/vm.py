@@ -253,21 +253,31 @@ vm_app.add_typer(nic_app, name="nic")
 @nic_app.command("attach")
 def vm_nic_attach(ref: Annotated[str, typer.Argument(help="VM id or name (running or stopped).")],
                   network: Annotated[str | None, typer.Option(help="Subnet id or name: a new port on it.")] = None,
-                  port: Annotated[int | None, typer.Option(help="Port id: one bound to no VM.")] = None,
+                  port: Annotated[str | None, typer.Option(help="Port id or name: one bound to no VM.")] = None,
                   no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
     """Attach a NIC: a new port on a subnet (--network), or an unbound port (--port)."""
     if (network is None) == (port is None):
         fail(EXIT_USAGE, "give exactly one of --network and --port")
-    body = {"network": _ref(network)} if network is not None else {"port": port}
+    body = {"network": _ref(network)} if network is not None else {"port": _port_id(port or "")}
     _one_job(ref, "nics", body, no_wait, as_json, "NIC attach")
 
 
 @nic_app.command("detach")
 def vm_nic_detach(ref: Annotated[str, typer.Argument(help="VM id or name.")],
-                  port: Annotated[int, typer.Argument(help="The NIC's port id (not the primary's).")],
+                  port: Annotated[str, typer.Argument(help="The NIC's port id or name (not the primary's).")],
                   no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
     """Detach a NIC; its port is kept, bound to nothing (attach it again, or `port delete` it)."""
-    _one_job(ref, f"nics/{port}", None, no_wait, as_json, f"NIC detach (port {port})")
+    port_id = _port_id(port)
+    _one_job(ref, f"nics/{port_id}", None, no_wait, as_json, f"NIC detach (port {port_id})")
+
+
+def _port_id(ref: str) -> int:
+    """A port's id from its id or name (names as `port show` takes them)."""
+    if ref.isdigit():
+        return int(ref)
+    from cloudland_cli.cloud import find_by_ref
+    with connect() as client:
+        return int(find_by_ref(client, "/ports", ref, "port")["id"])
 
 
 @vm_app.command("capture")

@@ -558,8 +558,11 @@ def tenant_networks(box: Sandbox) -> None:
     """README, "Tenant networks", in its order on the quick start's flavor and image: each VM of
     ``app`` gets a NIC on each network, addressed from that subnet; the section leaves nothing behind."""
     vpc, web, db, create, app_ports, spare, web_ports, delete, spare_delete, vpc_delete = NETWORKS
-    result = box.ok(vpc)  # domain vpc-1.cloudland.internal, MTU 1450
-    assert re.search(r"^vpc 1 prod created: domain vpc-1\.cloudland\.internal, MTU 1450$", result.stdout, re.M), \
+    # make run's default network (vpc 1, "default") was made first: prod is the second VPC.
+    default = (listed(box, "vpc list"), listed(box, "subnet list"))
+    assert [[v["name"] for v in items] for items in default] == [["default"], ["default"]], default
+    result = box.ok(vpc)  # domain vpc-2.cloudland.internal, MTU 1450
+    assert re.search(r"^vpc 2 prod created: domain vpc-2\.cloudland\.internal, MTU 1450$", result.stdout, re.M), \
         described(result)
     result = box.ok(web)  # gateway 10.0.0.1, pool .1-.254, DHCP on
     assert re.search(r"^subnet \d+ web created: 10\.0\.0\.0/24, gateway 10\.0\.0\.1, VNI \d+$", result.stdout, re.M), \
@@ -617,8 +620,8 @@ def tenant_networks(box: Sandbox) -> None:
     result = box.ok(spare_delete)
     assert result.stdout.strip() == f"port {made[1]} spare deleted", described(result)
     result = box.ok(vpc_delete)  # and its subnets, now without ports
-    assert result.stdout.strip() == "vpc 1 prod deleted", described(result)
-    assert (listed(box, "vpc list"), listed(box, "subnet list"), listed(box, "port list")) == ([], [], [])
+    assert result.stdout.strip() == "vpc 2 prod deleted", described(result)
+    assert (listed(box, "vpc list"), listed(box, "subnet list"), listed(box, "port list")) == (*default, [])
     assert listed(box, "vm list") == []
 
 

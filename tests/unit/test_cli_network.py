@@ -158,5 +158,10 @@ def test_vm_nic_attach_and_detach(api: StubApi, monkeypatch: pytest.MonkeyPatch)
     detached = run("vm", "nic", "detach", "web", "9", "--no-wait")
     assert detached.exit_code == 0 and api.deletes == ["/instances/4/nics/9"]
     assert "job j1 NIC detach (port 9) of VM 4 accepted" in detached.stdout
+    # Ports by name, as `port show` takes them.
+    assert run("vm", "nic", "attach", "web", "--port", "spare", "--no-wait").exit_code == 0
+    assert api.posts[-1] == ("/instances/4/nics", {"port": 10})
+    assert run("vm", "nic", "detach", "web", "spare", "--no-wait").exit_code == 0
+    assert api.deletes[-1] == "/instances/4/nics/10"
     both = run("vm", "nic", "attach", "web", "--network", "lan", "--port", "9")
     assert both.exit_code == 2 and both.stderr == "cloudland: give exactly one of --network and --port\n"
