@@ -18,6 +18,7 @@ from cloudland.client import RootClient
 from cloudland.errors import (
     CloudLandError,
     Conflict,
+    DirectoryUnavailable,
     Forbidden,
     HypervisorError,
     InvalidRequest,
@@ -37,7 +38,8 @@ from cloudland_api.deps import known_query_parameters
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
-    auth, console, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, tenants, vpcs
+    auth, console, directories, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, tenants,
+    vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -61,6 +63,7 @@ _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (Overloaded, 429, "too_many_requests"),
     (TooManyRequests, 429, "too_many_requests"),
     (RootUnreachable, 503, "unavailable"),
+    (DirectoryUnavailable, 503, "directory_unavailable"),
     (TreeError, 503, "unavailable"),
     (HypervisorError, 502, "hypervisor_error"),
 ]
@@ -249,6 +252,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
     app.include_router(tenants.router, prefix=API_PREFIX)
+    app.include_router(directories.router, prefix=API_PREFIX)
     for network_router in (vpcs.router, subnets.router, ports.router):
         app.include_router(network_router, prefix=API_PREFIX)
     return app

@@ -1,5 +1,10 @@
 """``/api/v1/login``, ``/logout`` and ``/me``: sign in, end the token, who am I, change my password.
 
+With an ``organisation`` that has an LDAP directory, ``/login`` asks the directory (unless the
+username is a local user's); ``/login/oidc/start`` and ``/login/oidc`` sign in with the
+organisation's OpenID provider (services/federation.py). A directory that does not answer is a
+``503`` naming it.
+
 Repeated failed sign-ins of one username from one address are answered ``429`` with
 ``Retry-After`` (seconds) until the wait is over (services/identity.py says how long).
 """
@@ -8,29 +13,64 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from cloudland_api.deps import ClientAddress, CurrentUser, SessionDep, SettingsDep, SigningKeyDep
+from cloudland_api.deps import (
+    ClientAddress, CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
+)
 from cloudland_api.policy import allow
-from cloudland_api.schemas import AccountPublic, ErrorResponse, LoginRequest, PasswordChange, TokenPublic
-from cloudland_api.services import identity
+from cloudland_api.schemas import (
+    AccountPublic, ErrorResponse, LoginRequest, OidcLoginRequest, OidcStart, OidcStartRequest, PasswordChange,
+    TokenPublic
+)
+from cloudland_api.services import directories, federation, identity
 from cloudland_api.settings import ApiSettings
 
 router = APIRouter(tags=["auth"])
 _SLOWED = {429: {"model": ErrorResponse, "description": "Too many failed sign-ins: wait Retry-After seconds"}}
+_DIRECTORY_DOWN = {503: {"model": ErrorResponse, "description": "The organisation's directory does not answer"}}
 
 
 def _backoff(settings: ApiSettings) -> identity.Backoff:
     return identity.Backoff(settings.login_backoff_max_s)
 
 
-@router.post("/login", **allow("session", "create", responses={400: {"model": ErrorResponse},
-                                                                401: {"model": ErrorResponse}, **_SLOWED}))
-def login(body: LoginRequest, session: SessionDep, settings: SettingsDep, key: SigningKeyDep,
+_SIGN_IN = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+            **_DIRECTORY_DOWN}
+
+
+# The sign-in routes hold no write turn (StreamingSessionDep): a directory may take its timeout to
+# answer, and every other writer would wait behind it. Each commits inside its own call.
+@router.post("/login", **allow("session", "create", responses={**_SIGN_IN, **_SLOWED}))
+def login(body: LoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
           address: ClientAddress) -> TokenPublic:
     """A token for the user, acting in ``organisation`` (default: their first one), living
-    ``lifetime_s`` (default the API's; never above its ceiling)."""
+    ``lifetime_s`` (default the API's; never above its ceiling). An organisation with an LDAP
+    directory checks its people's passwords there (409 if their directory name is taken here)."""
     lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
-    token, expires_at = identity.login(session, key, lifetime, body.username, body.password, body.organisation,
-                                       address=address, backoff=_backoff(settings))
+    found = directories.find(session, body.organisation, directories.LDAP) if body.organisation else None
+    if found is not None and not federation.is_local(session, body.username):
+        token, expires_at = federation.ldap_login(session, settings.state_dir, key, lifetime, *found, body.username,
+                                                  body.password, address=address, backoff=_backoff(settings))
+    else:
+        token, expires_at = identity.login(session, key, lifetime, body.username, body.password, body.organisation,
+                                           address=address, backoff=_backoff(settings))
+    return TokenPublic(token=token, expires_at=expires_at)
+
+
+@router.post("/login/oidc/start", **allow("session", "create", responses=_SIGN_IN))
+def oidc_start(body: OidcStartRequest, session: StreamingSessionDep, key: SigningKeyDep) -> OidcStart:
+    """Where to run the device authorization grant (RFC 8628) with the organisation's OpenID
+    provider, and the nonce to send along; then exchange its ID token at ``/login/oidc``."""
+    return federation.oidc_start(session, key, body.organisation)
+
+
+@router.post("/login/oidc", **allow("session", "create", responses=_SIGN_IN))
+def oidc_login(body: OidcLoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
+               address: ClientAddress) -> TokenPublic:
+    """A CloudLand token for an ID token of the organisation's OpenID provider (issuer, audience,
+    signature, expiry and nonce checked; 401 says which failed); the role comes from its groups."""
+    lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
+    token, expires_at = federation.oidc_login(session, key, lifetime, body.organisation, body.id_token,
+                                              address=address)
     return TokenPublic(token=token, expires_at=expires_at)
 
 

@@ -11,6 +11,9 @@ from cloudland_api.schemas.identity import (
     AccountPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
     OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
 )
+from cloudland_api.schemas.directories import (
+    LdapPublic, LdapSettings, OidcLoginRequest, OidcPublic, OidcSettings, OidcStart, OidcStartRequest
+)
 from cloudland_api.schemas.flavors import FlavorCreate, FlavorList, FlavorPublic
 from cloudland_api.schemas.hypervisors import (
     HypervisorDrain, HypervisorList, HypervisorPublic, HypervisorUpdate, RemainingInstance
@@ -31,7 +34,8 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
-    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
+    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LdapPublic",
+    "LdapSettings", "LoginRequest", "OidcLoginRequest", "OidcPublic", "OidcSettings", "OidcStart", "OidcStartRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
     "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
     "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"

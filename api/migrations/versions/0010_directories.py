@@ -1,0 +1,47 @@
+"""identity: organisations' directories (LDAP, OpenID Connect) and where each user signs in
+
+Revision ID: 0010
+Revises: 0006
+Create Date: 2026-12-07 11:30:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0010'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Every existing user is local (a password kept here)."""
+    with op.batch_alter_table('users', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('source', sa.String(length=8), nullable=False, server_default='local'))
+        batch_op.add_column(sa.Column('external_id', sa.String(length=512), nullable=True))
+    # An index, not a constraint: on SQLite a new constraint would copy the users table, and
+    # dropping the old one would, with foreign keys on, delete every membership (0005).
+    op.create_index('ix_users_external_id', 'users', ['external_id'], unique=True)
+    op.create_table('directories',
+    sa.Column('org_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('settings', sa.JSON(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('org_id', 'kind')
+    )
+
+
+def downgrade() -> None:
+    """Drop them; directory users stay, unable to sign in (their password hash matches nothing)."""
+    op.drop_table('directories')
+    op.drop_index('ix_users_external_id', table_name='users')
+    if op.get_bind().dialect.name == "sqlite":
+        # As 0005: SQLite's own DROP COLUMN, not a batch copy that would drop every membership.
+        op.execute("ALTER TABLE users DROP COLUMN external_id")
+        op.execute("ALTER TABLE users DROP COLUMN source")
+    else:
+        op.drop_column('users', 'external_id')
+        op.drop_column('users', 'source')
