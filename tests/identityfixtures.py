@@ -373,3 +373,52 @@ def run_cli(config: Path, *argv: str, stdin: str = "", env: dict[str, str] | Non
     environment = {"CLOUDLAND_CONFIG": str(config), "CLOUDLAND_TOKEN": "", "CLOUDLAND_ENDPOINT": "",
                    **(env or {})}
     return CliRunner().invoke(cli, list(argv), input=stdin, env=environment)
+
+
+def confirm_device(url: str, login: str) -> None:
+    """Do what a person does in a browser with the device flow's verification URL: confirm the
+    code, then sign in as ``login`` on the provider's (development) login form."""
+    from html.parser import HTMLParser
+
+    import httpx2 as httpx
+
+    class Form(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.action: str | None = None
+            self.fields: dict[str, str] = {}
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            named = dict(attrs)
+            if tag == "form" and self.action is None:
+                self.action = named.get("action")
+            if tag == "input" and named.get("name"):
+                self.fields[str(named["name"])] = named.get("value") or ""
+
+    with httpx.Client(follow_redirects=True, timeout=10) as browser:
+        page = browser.get(url)
+        for _ in range(8):
+            form = Form()
+            form.feed(page.text)
+            if form.action is None:
+                assert "Sign-in Success" in page.text, page.text[:500]
+                return
+            if "login" in form.fields:
+                form.fields.update(login=login, password="any: the development form checks none")
+            page = browser.post(page.url.join(form.action), data=form.fields)
+        raise AssertionError(f"the provider's pages did not end in a sign-in: {page.text[:500]}")
+
+
+LOCAL_PASSWORD = "acme-admin-pw-1"  # the local admin of an organisation ``organisation_with`` makes
+
+
+def organisation_with(client: Any, operator: dict[str, str], name: str, kind: str, settings: dict[str, Any]) -> int:
+    """Organisation ``name`` (its local admin ``<name>-admin``, password LOCAL_PASSWORD) signing its
+    people in through the directory of ``kind`` ("ldap", "oidc") with ``settings``; its id."""
+    reply = client.post("/api/v1/organisations", headers=operator,
+                        json={"name": name, "admin": {"username": f"{name}-admin", "password": LOCAL_PASSWORD}})
+    assert reply.status_code == 201, reply.text
+    org_id: int = reply.json()["id"]
+    reply = client.put(f"/api/v1/organisations/{org_id}/{kind}", headers=operator, json=settings)
+    assert reply.status_code == 200, reply.text
+    return org_id

@@ -17,21 +17,13 @@ from sqlalchemy import select
 
 from cloudland_api.models import Directory, User
 from tests.api.conftest import Api
-from tests.identityfixtures import GROUPS, PEOPLE, Slapd, run_cli, serve
-
-LOCAL_PASSWORD = "acme-admin-pw-1"
+from tests.identityfixtures import GROUPS, LOCAL_PASSWORD, PEOPLE, Slapd, organisation_with, run_cli, serve
 
 
 @pytest.fixture
 def acme(api: Api, admin_headers: dict[str, str], slapd: Slapd) -> int:
-    """Organisation acme (local admin ``acme-admin``), signing its people in against ``slapd``."""
-    reply = api.client.post("/api/v1/organisations", headers=admin_headers,
-                            json={"name": "acme", "admin": {"username": "acme-admin", "password": LOCAL_PASSWORD}})
-    assert reply.status_code == 201, reply.text
-    org_id: int = reply.json()["id"]
-    reply = api.client.put(f"/api/v1/organisations/{org_id}/ldap", headers=admin_headers, json=slapd.ldap_settings())
-    assert reply.status_code == 200, reply.text
-    return org_id
+    """Organisation acme, signing its people in against ``slapd``."""
+    return organisation_with(api.client, admin_headers, "acme", "ldap", slapd.ldap_settings())
 
 
 def login(api: Api, username: str, password: str, organisation: str = "acme") -> Any:

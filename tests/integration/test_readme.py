@@ -110,7 +110,12 @@ HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_clust
 NOT_YET = ("tenant networks and tenants (issues 11 and 14) reached the README in the session this test "
            "was merged; tests/unit/test_cli_network.py, test_cli_tenants.py and tests/api run these commands' "
            "paths. Not yet run here as written: the next step (issue 16 note)")
+DIRECTORIES = ("needs an organisation whose LDAP server or OpenID provider an operator configured: "
+               "tests/api/test_ldap.py and test_oidc.py run these two logins through the CLI against a real "
+               "slapd and a real OpenID provider")
 EXCLUDED = {
+    ".venv/bin/cloudland login --organisation acme --username alice": DIRECTORIES,
+    ".venv/bin/cloudland login --oidc --organisation acme": DIRECTORIES,
     **{line: NOT_YET for line in (
         ".venv/bin/cloudland vpc create prod",
         ".venv/bin/cloudland subnet create web --vpc prod --cidr 10.0.0.0/24",
