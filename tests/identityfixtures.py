@@ -275,6 +275,7 @@ class OidcProvider:
     port: int
     key: Any                      # the signing key (cryptography's RSA private key) ...
     kid: str                      # ... and its kid
+    jwk: dict[str, Any]           # ... and its private JWK, as the provider is given it
     accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
     proc: subprocess.Popen[Any] | None = None
 
@@ -295,6 +296,14 @@ class OidcProvider:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+    def rotate(self, jwks: list[dict[str, Any]]) -> None:
+        """Restart the provider (same port, same accounts) publishing ``jwks``; it signs with the first."""
+        config = json.loads((self.base / "config.json").read_text())
+        config["jwks"] = {"keys": jwks}
+        (self.base / "config.json").write_text(json.dumps(config))
+        self.stop()
+        self.start()
 
     def sign(self, claims: dict[str, Any], key: Any = None, kid: str | None = None) -> str:
         """A token signed as the provider signs (or with another ``key``), for the refusal tests."""
@@ -319,7 +328,7 @@ def oidc_provider() -> Iterator[OidcProvider]:
     base = Path(tempfile.mkdtemp(prefix="cloudland-oidc-"))
     os.chmod(base, 0o700)
     key, jwk = new_signing_key("k1")
-    provider = OidcProvider(base, free_port(), key, "k1")
+    provider = OidcProvider(base, free_port(), key, "k1", jwk)
     try:
         provider.set_accounts({
             "alice": {"preferred_username": "alice", "email": "alice@example.org", "groups": ["cloud-admins"]},

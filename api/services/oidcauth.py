@@ -2,9 +2,10 @@
 
 The provider is found by discovery (``<issuer>/.well-known/openid-configuration``, cached 5
 minutes); its signing keys come from its ``jwks_uri`` through PyJWT's ``PyJWKClient`` (cached; a
-token with an unknown ``kid`` refreshes them once, single flight, at most every ``KID_COOLDOWN_S``,
-so a key rotation costs no failed sign-in while an attacker's made-up ``kid`` cannot make the API
-hammer the provider). An ID token must have
+token with an unknown ``kid`` refreshes them once, single flight, at most every ``KID_COOLDOWN_S``:
+a miss inside the cooldown waits it out and asks once more, so a key rotation costs no failed
+sign-in, while an attacker's made-up ``kid`` cannot make the API fetch the keys more than once a
+second). An ID token must have
 
 - an asymmetric algorithm of ``ALGORITHMS`` in its header (pinned: never ``none`` nor HS256,
   whose "key" would be the public key),
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 LEEWAY_S = 30
 DISCOVERY_TTL_S = 300
-KID_COOLDOWN_S = 5
+KID_COOLDOWN_S = 1.0
 NONCE_AUDIENCE = "cloudland:oidc-nonce"
 NONCE_LIFETIME_S = 900
 
@@ -83,6 +84,18 @@ def _key_client(jwks_uri: str, timeout_s: float) -> jwt.PyJWKClient:
         return client
 
 
+def _signing_key(keys: jwt.PyJWKClient, id_token: str) -> jwt.PyJWK:
+    """The published key of the token's ``kid``; a miss while the keys were fetched within the
+    cooldown (a rotation just after a fetch) waits the cooldown out and asks once more."""
+    try:
+        return keys.get_signing_key_from_jwt(id_token)
+    except jwt.PyJWKClientConnectionError:
+        raise
+    except jwt.PyJWKClientError:
+        time.sleep(KID_COOLDOWN_S)
+        return keys.get_signing_key_from_jwt(id_token)
+
+
 def issue_nonce(key: bytes, org_id: int) -> str:
     """A nonce for one sign-in with organisation ``org_id``'s provider: signed by the API's key,
     so checking it needs no state."""
@@ -118,7 +131,7 @@ def verify(key: bytes, organisation: str, org_id: int, settings: dict[str, Any],
     document = discover(organisation, settings)
     keys = _key_client(document["jwks_uri"], float(settings["timeout_s"]))
     try:
-        signing_key = keys.get_signing_key_from_jwt(id_token)
+        signing_key = _signing_key(keys, id_token)
     except jwt.PyJWKClientConnectionError as exc:
         raise DirectoryUnavailable(f"{_where(organisation, issuer)} did not answer for its keys "
                                    f"({document['jwks_uri']}): {exc}") from exc

@@ -5,6 +5,7 @@ checks of the ID token (issuer, audience, signature by a published key, expiry, 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -31,12 +32,23 @@ def me(api: Api, token: str) -> Any:
     return api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
 
 
+class RecordingClient(ApiClient):
+    """The CLI's API client, keeping the ID tokens it exchanges."""
+
+    id_tokens: list[str] = []
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if path == "/login/oidc":
+            self.id_tokens.append(kwargs["json"]["id_token"])
+        return super().request(method, path, **kwargs)
+
+
 def sign_in_as(url: str, login: str, organisation: str = "acme") -> dict[str, Any]:
     """The CLI's device sign-in, with the person confirming the code the moment it is shown."""
     def show(text: str) -> None:
         confirm_device(text.split("open ", 1)[1].split()[0], login)
 
-    with ApiClient(url) as client:
+    with RecordingClient(url) as client:
         return device_sign_in(client, organisation, None, show, sleep=lambda _s: None)
 
 
@@ -61,6 +73,27 @@ def test_roles_follow_the_claims_at_every_sign_in(api: Api, acme: int, oidc_prov
             assert me(api, first).json()["role"] == "member"
     finally:
         oidc_provider.set_accounts(before)
+
+
+def test_rotating_the_providers_key_fails_no_sign_in(api: Api, acme: int, oidc_provider: OidcProvider) -> None:
+    import jwt
+
+    _, new_jwk = new_signing_key("k2")
+    with serve(api.app) as url:
+        before = sign_in_as(url, "alice")  # the API has fetched the provider's keys (k1) just now
+        try:
+            oidc_provider.rotate([new_jwk, oidc_provider.jwk])  # k2 signs from now on; k1 still published
+            rotated = time.monotonic()
+            after = sign_in_as(url, "alice")  # signed by k2, unknown to the API's cached keys
+            took = time.monotonic() - rotated
+            assert jwt.get_unverified_header(RecordingClient.id_tokens[-1])["kid"] == "k2"
+            old = exchange(api, oidc_provider.sign(_claims(oidc_provider)))  # a k1 token still in flight
+        finally:
+            oidc_provider.rotate([oidc_provider.jwk])
+    assert me(api, before["token"]).status_code == 200
+    assert me(api, after["token"]).json()["role"] == "admin"
+    assert old.status_code == 200, old.text
+    assert took < 20  # a restart, a device flow and at most one cooldown's wait, on a loaded machine
 
 
 def _claims(provider: OidcProvider, **changes: Any) -> dict[str, Any]:
@@ -99,7 +132,9 @@ def test_id_tokens_are_refused_with_the_reason(api: Api, acme: int, oidc_provide
 
 
 def test_the_nonce_is_the_apis_and_an_id_token_is_exchanged_once(api: Api, acme: int, admin_headers: dict[str, str],
-                                                                oidc_provider: OidcProvider) -> None:
+                                                                oidc_provider: OidcProvider,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     start = api.client.post("/api/v1/login/oidc/start", json={"organisation": "acme"})
     assert start.status_code == 200, start.text
     assert start.json()["device_authorization_endpoint"] == f"{oidc_provider.issuer}/device/auth"
@@ -109,6 +144,7 @@ def test_the_nonce_is_the_apis_and_an_id_token_is_exchanged_once(api: Api, acme:
     assert me(api, first.json()["token"]).json()["role"] == "admin"
     again = exchange(api, token)
     assert again.status_code == 401 and "already exchanged" in again.json()["error"]["message"]
+    assert token not in caplog.text and first.json()["token"] not in caplog.text  # no token is ever logged
     # Another organisation's nonce does not do for this one.
     organisation_with(api.client, admin_headers, "beta", "oidc", oidc_provider.oidc_settings())
     beta_nonce = api.client.post("/api/v1/login/oidc/start", json={"organisation": "beta"}).json()["nonce"]
