@@ -84,7 +84,9 @@ def get_caller(
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     # A read session of its own, ended here: authenticating must never take the write lock.
     with request.app.state.sessions() as session:
-        return identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+        caller = identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+    request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
+    return caller
 
 
 CurrentUser = Annotated[identity.Caller, Depends(get_caller)]

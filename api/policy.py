@@ -135,6 +135,7 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("directory", "read", S.cloud, ANYONE),           # an organisation's LDAP or OpenID settings, no secret
     ("directory", "update", S.cloud, ADMINS),         # configure them (the LDAP bind password: write-only)
     ("directory", "delete", S.cloud, ADMINS),
+    ("audit_event", "read", S.organisation, ADMINS),  # the organisation's trail (operators: everyone's)
 ))
 POLICY: dict[tuple[str, str], Rule] = {(rule.resource, rule.action): rule for rule in TABLE}
 assert len(POLICY) == len(TABLE), "a (resource, action) appears twice in the policy table"

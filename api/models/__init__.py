@@ -5,6 +5,7 @@ Importing this package registers every table on ``Base.metadata``, which the mig
 describe; the names below are the package's whole surface.
 """
 
+from cloudland_api.models.audit import AuditEvent
 from cloudland_api.models.base import Base, UTCDateTime, utcnow
 from cloudland_api.models.compute import Flavor, Instance, SshKey
 from cloudland_api.models.hypervisors import Hypervisor
@@ -14,7 +15,7 @@ from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VPC
 from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
 
 __all__ = [
-    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "Base", "Directory", "Flavor", "Hypervisor", "Image", "Instance", "Job",
+    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AuditEvent", "Base", "Directory", "Flavor", "Hypervisor", "Image", "Instance", "Job",
     "JobState", "LoginFailure", "Membership", "Organisation", "Port", "PortIp", "RevokedToken", "Role", "SshKey",
     "Subnet", "User", "UTCDateTime", "VPC", "Vpc",
     "utcnow",

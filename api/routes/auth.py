@@ -11,7 +11,7 @@ Repeated failed sign-ins of one username from one address are answered ``429`` w
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from cloudland_api.deps import (
     ClientAddress, CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
@@ -41,10 +41,11 @@ _SIGN_IN = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {
 # answer, and every other writer would wait behind it. Each commits inside its own call.
 @router.post("/login", **allow("session", "create", responses={**_SIGN_IN, **_SLOWED}))
 def login(body: LoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
-          address: ClientAddress) -> TokenPublic:
+          address: ClientAddress, request: Request) -> TokenPublic:
     """A token for the user, acting in ``organisation`` (default: their first one), living
     ``lifetime_s`` (default the API's; never above its ceiling). An organisation with an LDAP
     directory checks its people's passwords there (409 if their directory name is taken here)."""
+    request.state.audit_sign_in = (body.username, body.organisation)
     lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
     found = directories.find(session, body.organisation, directories.LDAP) if body.organisation else None
     if found is not None and not federation.is_local(session, body.username):
@@ -65,12 +66,14 @@ def oidc_start(body: OidcStartRequest, session: StreamingSessionDep, key: Signin
 
 @router.post("/login/oidc", **allow("session", "create", responses=_SIGN_IN))
 def oidc_login(body: OidcLoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
-               address: ClientAddress) -> TokenPublic:
+               address: ClientAddress, request: Request) -> TokenPublic:
     """A CloudLand token for an ID token of the organisation's OpenID provider (issuer, audience,
     signature, expiry and nonce checked; 401 says which failed); the role comes from its groups."""
+    request.state.audit_sign_in = ("(OpenID Connect)", body.organisation)
     lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
-    token, expires_at = federation.oidc_login(session, key, lifetime, body.organisation, body.id_token,
-                                              address=address)
+    token, expires_at, username = federation.oidc_login(session, key, lifetime, body.organisation, body.id_token,
+                                                        address=address)
+    request.state.audit_sign_in = (username, body.organisation)
     return TokenPublic(token=token, expires_at=expires_at)
 
 

@@ -8,7 +8,7 @@ from cloudland_api.schemas.common import (
     Page, Ref
 )
 from cloudland_api.schemas.identity import (
-    AccountPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
+    AccountPublic, AuditEventList, AuditEventPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
     OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
 )
 from cloudland_api.schemas.directories import (
@@ -28,7 +28,7 @@ from cloudland_api.schemas.instances import (
 )
 
 __all__ = [
-    "AccountPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
+    "AccountPublic", "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
     "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",

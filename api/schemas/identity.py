@@ -121,3 +121,25 @@ class UserList(Page):
     """One page of the organisation's users, by id."""
 
     items: list[UserPublic]
+
+
+class AuditEventPublic(BaseModel):
+    """One row of the audit trail: who, in which organisation, what, how it ended, from where, when."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    org_id: int | None
+    user_id: int | None
+    username: str | None
+    method: str
+    path: str
+    status: int
+    address: str
+
+
+class AuditEventList(Page):
+    """One page of the audit trail, newest first."""
+
+    items: list[AuditEventPublic]

@@ -127,9 +127,10 @@ def _groups(claims: dict[str, Any], claim: str) -> list[str]:
 
 
 def oidc_login(session: Session, key: bytes, lifetime_s: int, organisation: str, id_token: str, *,
-               address: str) -> tuple[str, datetime]:
-    """A CloudLand token for a valid ID token of the organisation's provider; each ID token is
-    exchanged once (its hash is kept, like a logout's, until it expires)."""
+               address: str) -> tuple[str, datetime, str]:
+    """A CloudLand token for a valid ID token of the organisation's provider, and the user's
+    username here; each ID token is exchanged once (its hash is kept, like a logout's, until it
+    expires)."""
     org, directory = _oidc(session, organisation)
     settings = dict(directory.settings)
     org_id = org.id
@@ -151,4 +152,4 @@ def oidc_login(session: Session, key: bytes, lifetime_s: int, organisation: str,
         session.rollback()
         raise Unauthorized("this ID token was already exchanged: sign in with the provider again") from exc
     log.info("event=login source=oidc user_id=%d org_id=%d address=%s", user.id, org_id, address)
-    return issue_token(key, user.id, org_id, lifetime_s, generation=user.token_generation)
+    return (*issue_token(key, user.id, org_id, lifetime_s, generation=user.token_generation), user.username)

@@ -86,6 +86,10 @@ def test_wrong_passwords_unknown_users_and_filter_injection_are_one_401(api: Api
     assert login(api, "alice", slapd.passwords["alice"]).status_code == 200
     assert login(api, "alice@acme", slapd.passwords["alice"]).status_code == 401
     assert login(api, "alice@acme", "!directory", organisation="admin").status_code == 401
+    # The audit trail has each try, the failed ones too, under the username given and acme.
+    trail = api.client.get("/api/v1/audit", headers=api.headers(api.admin.username, api.admin.password),
+                           params={"username": "alice", "limit": 10}).json()["items"]
+    assert [(e["status"], e["org_id"]) for e in reversed(trail)] == [(401, acme), (200, acme)]
 
 
 def test_a_user_in_no_mapped_group_is_refused_saying_why(api: Api, acme: int, slapd: Slapd) -> None:

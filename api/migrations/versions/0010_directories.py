@@ -1,4 +1,4 @@
-"""identity: organisations' directories (LDAP, OpenID Connect) and where each user signs in
+"""identity: organisations' directories (LDAP, OpenID Connect), where each user signs in, the audit trail
 
 Revision ID: 0010
 Revises: 0006
@@ -32,10 +32,27 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('org_id', 'kind')
     )
+    op.create_table('audit_events',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('org_id', sa.Integer(), nullable=True),
+    sa.Column('user_id', sa.Integer(), nullable=True),
+    sa.Column('username', sa.String(length=64), nullable=True),
+    sa.Column('method', sa.String(length=8), nullable=False),
+    sa.Column('path', sa.String(length=512), nullable=False),
+    sa.Column('status', sa.Integer(), nullable=False),
+    sa.Column('address', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index('ix_audit_events_at', 'audit_events', ['at'], unique=False)
+    op.create_index('ix_audit_events_org_id', 'audit_events', ['org_id'], unique=False)
 
 
 def downgrade() -> None:
     """Drop them; directory users stay, unable to sign in (their password hash matches nothing)."""
+    op.drop_index('ix_audit_events_org_id', table_name='audit_events')
+    op.drop_index('ix_audit_events_at', table_name='audit_events')
+    op.drop_table('audit_events')
     op.drop_table('directories')
     op.drop_index('ix_users_external_id', table_name='users')
     if op.get_bind().dialect.name == "sqlite":
