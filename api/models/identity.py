@@ -104,3 +104,21 @@ class Directory(Base):
     kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # "ldap" or "oidc"
     settings: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AppCredential(Base):
+    """An application credential: a secret a script sends as its bearer token, acting for its
+    creator in one organisation with a role no higher than theirs, until it expires or is revoked
+    (services/credentials.py). Only a SHA-256 of the secret is kept: it is 256 random bits, so a
+    fast hash is as safe as a slow one and costs nothing per request."""
+
+    __tablename__ = "app_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[Role] = mapped_column(Enum(Role, name="role", native_enum=False, length=16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

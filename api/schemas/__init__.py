@@ -8,7 +8,8 @@ from cloudland_api.schemas.common import (
     Page, Ref
 )
 from cloudland_api.schemas.identity import (
-    AccountPublic, AuditEventList, AuditEventPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
+    AccountPublic, AppCredentialCreate, AppCredentialList, AppCredentialPublic, AppCredentialSecret, AuditEventList,
+    AuditEventPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
     OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
 )
 from cloudland_api.schemas.directories import (
@@ -28,7 +29,8 @@ from cloudland_api.schemas.instances import (
 )
 
 __all__ = [
-    "AccountPublic", "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
+    "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
+    "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
     "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",

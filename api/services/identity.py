@@ -50,6 +50,7 @@ class Caller:
     organisation: str = ""
     token_id: str = ""      # the token's jti: what a logout revokes
     expires_at: datetime | None = None
+    credential_id: int | None = None  # acting through an application credential (services/credentials.py)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ def authenticate(session: Session, key: bytes, token: str, max_lifetime_s: int) 
 
 def logout(session: Session, caller: Caller) -> None:
     """End the token the caller sent (it stays refused until it would have expired, then its row goes)."""
+    if caller.credential_id is not None:
+        raise InvalidRequest(f"an application credential does not log out: revoke it (DELETE "
+                             f"/api/v1/app-credentials/{caller.credential_id})")
     now = datetime.now(UTC)
     session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
     session.add(RevokedToken(token_id=caller.token_id, user_id=caller.user_id, expires_at=caller.expires_at or now))
@@ -194,6 +198,8 @@ def change_password(session: Session, key: bytes, lifetime_s: int, caller: Calle
                     *, address: str = "unknown", backoff: Backoff | None = None) -> tuple[str, datetime]:
     """Set the caller's password; every token they hold ends, and a new one for the caller's
     organisation is the answer. A wrong current password counts as a failed sign-in."""
+    if caller.credential_id is not None:
+        raise InvalidRequest("an application credential cannot change its creator's password: sign in as the user")
     source = session.scalar(select(User.source).where(User.id == caller.user_id))
     if source != "local":
         raise InvalidRequest(f"your password is kept by your organisation's {source.upper() if source else ''} "

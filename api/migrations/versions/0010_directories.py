@@ -1,4 +1,5 @@
-"""identity: organisations' directories (LDAP, OpenID Connect), where each user signs in, the audit trail
+"""identity: organisations' directories (LDAP, OpenID Connect), where each user signs in, the audit trail,
+application credentials
 
 Revision ID: 0010
 Revises: 0006
@@ -46,10 +47,27 @@ def upgrade() -> None:
     )
     op.create_index('ix_audit_events_at', 'audit_events', ['at'], unique=False)
     op.create_index('ix_audit_events_org_id', 'audit_events', ['org_id'], unique=False)
+    op.create_table('app_credentials',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('org_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('secret_sha256', sa.String(length=64), nullable=False),
+    sa.Column('role', sa.Enum('admin', 'member', 'reader', name='role', native_enum=False, length=16),
+              nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index('ix_app_credentials_user_id', 'app_credentials', ['user_id'], unique=False)
 
 
 def downgrade() -> None:
     """Drop them; directory users stay, unable to sign in (their password hash matches nothing)."""
+    op.drop_index('ix_app_credentials_user_id', table_name='app_credentials')
+    op.drop_table('app_credentials')
     op.drop_index('ix_audit_events_org_id', table_name='audit_events')
     op.drop_index('ix_audit_events_at', table_name='audit_events')
     op.drop_table('audit_events')
