@@ -115,3 +115,27 @@ def test_the_cli_uses_a_credential_as_its_token(api: Api, tmp_path: Path) -> Non
         refused = run_cli(tmp_path / "cli.json", "flavor", "list", env={"CLOUDLAND_ENDPOINT": url,
                                                                         "CLOUDLAND_TOKEN": secret})
     assert refused.exit_code != 0 and "revoked" in refused.output
+
+
+def test_the_cli_creates_lists_and_revokes_them(api: Api, tmp_path: Path) -> None:
+    import json
+
+    api.add_user("mia", "acme", Role.member)
+    config = tmp_path / "cli.json"
+    with serve(api.app) as url:
+        done = run_cli(config, "login", "--endpoint", url, "--username", "mia", "--password-stdin",
+                       stdin="pw-" + "x" * 8 + "\n")
+        assert done.exit_code == 0, done.output
+        made = run_cli(config, "credential", "create", "backup", "--role", "reader", "--json")
+        assert made.exit_code == 0, made.output
+        credential = json.loads(made.output)
+        listed = run_cli(config, "credential", "list", "--json")
+        assert [c["name"] for c in json.loads(listed.output)["items"]] == ["backup"]
+        assert credential["secret"] not in listed.output
+        used = run_cli(tmp_path / "script.json", "whoami", "--json",
+                       env={"CLOUDLAND_ENDPOINT": url, "CLOUDLAND_TOKEN": credential["secret"]})
+        assert json.loads(used.output)["role"] == "reader"
+        assert run_cli(config, "credential", "revoke", str(credential["id"])).exit_code == 0
+        used = run_cli(tmp_path / "script.json", "whoami",
+                       env={"CLOUDLAND_ENDPOINT": url, "CLOUDLAND_TOKEN": credential["secret"]})
+        assert used.exit_code != 0 and "revoked" in used.output

@@ -210,3 +210,38 @@ def test_cloudland_login_with_directory_credentials(api: Api, acme: int, slapd: 
             down = run_cli(config, "login", "--organisation", "acme", "--username", "alice", "--password-stdin",
                            stdin=slapd.passwords["alice"] + "\n")
         assert down.exit_code != 0 and "LDAP directory" in down.output and "did not answer" in down.output
+
+
+def test_operators_configure_it_with_the_cli_and_read_the_trail(api: Api, admin_headers: dict[str, str],
+                                                                slapd: Slapd, tmp_path: Path) -> None:
+    import json
+
+    api.client.post("/api/v1/organisations", headers=admin_headers,
+                    json={"name": "acme", "admin": {"username": "acme-admin", "password": LOCAL_PASSWORD}})
+    settings = {k: v for k, v in slapd.ldap_settings().items() if k != "bind_password"}
+    (tmp_path / "acme-ldap.json").write_text(json.dumps(settings))
+    operator, alice = tmp_path / "operator.json", tmp_path / "alice.json"
+    with serve(api.app) as url:
+        done = run_cli(operator, "login", "--endpoint", url, "--credentials", str(api.admin.path))
+        assert done.exit_code == 0, done.output
+        done = run_cli(operator, "directory", "set", "acme", "ldap", "--settings", str(tmp_path / "acme-ldap.json"),
+                       "--bind-password-stdin", stdin=slapd.passwords["cloudland"] + "\n")
+        assert done.exit_code == 0 and f"signs in through its LDAP server {slapd.url}" in done.output, done.output
+        shown = run_cli(operator, "directory", "show", "acme", "ldap", "--json")
+        assert shown.exit_code == 0 and slapd.passwords["cloudland"] not in shown.output
+        assert json.loads(shown.output)["roles"] == {"cloud-admins": "admin", "cloud-users": "member"}
+        done = run_cli(alice, "login", "--endpoint", url, "--organisation", "acme", "--username", "alice",
+                       "--password-stdin", stdin=slapd.passwords["alice"] + "\n")
+        assert done.exit_code == 0, done.output
+        # The row is written just after the answer (api/audit.py): give it a moment on a busy machine.
+        deadline = time.monotonic() + 10
+        while True:
+            trail = run_cli(operator, "audit", "--json", "--username", "alice")
+            assert trail.exit_code == 0, trail.output
+            if json.loads(trail.output)["items"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [(e["method"], e["path"], e["status"]) for e in json.loads(trail.output)["items"]] == [
+            ("POST", "/api/v1/login", 200)]
+        assert run_cli(operator, "directory", "remove", "acme", "ldap").exit_code == 0
+        assert run_cli(operator, "directory", "show", "acme", "ldapx").exit_code == 2
