@@ -11,17 +11,17 @@ Repeated failed sign-ins of one username from one address are answered ``429`` w
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
 
-from cloudland_api.deps import (
-    ClientAddress, CurrentUser, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep
-)
+from fastapi import APIRouter, Depends, Request, status
+
+from cloudland_api.deps import ClientAddress, CurrentUser, SessionDep, SettingsDep, SigningKeyDep
 from cloudland_api.policy import allow
 from cloudland_api.schemas import (
     AccountPublic, ErrorResponse, LoginRequest, OidcLoginRequest, OidcStart, OidcStartRequest, PasswordChange,
     TokenPublic
 )
-from cloudland_api.services import directories, federation, identity
+from cloudland_api.services import federation, identity
 from cloudland_api.settings import ApiSettings
 
 router = APIRouter(tags=["auth"])
@@ -37,20 +37,37 @@ _SIGN_IN = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 409: {
             **_DIRECTORY_DOWN}
 
 
-# The sign-in routes hold no write turn (StreamingSessionDep): a directory may take its timeout to
-# answer, and every other writer would wait behind it. Each commits inside its own call.
+def _ask_ldap(body: LoginRequest, request: Request, settings: SettingsDep, address: ClientAddress
+              ) -> federation.DirectoryAnswer | None:
+    request.state.audit_sign_in = (body.username, body.organisation)  # who the audit trail records
+    with request.app.state.sessions() as session:
+        return federation.ask_ldap(session, settings.state_dir, body.organisation, body.username, body.password,
+                                   address=address)
+
+
+def _ask_oidc(body: OidcLoginRequest, request: Request, key: SigningKeyDep) -> federation.DirectoryAnswer:
+    request.state.audit_sign_in = ("(OpenID Connect)", body.organisation)
+    with request.app.state.sessions() as session:
+        return federation.ask_oidc(session, key, body.organisation, body.id_token)
+
+
+# A directory is asked in a dependency declared before the session: FastAPI resolves them in
+# order, so it answers (or times out) before the SQLite write turn is taken, and no other writer
+# waits behind a slow directory. The session then writes what it said, in the turn.
+LdapAnswer = Annotated[federation.DirectoryAnswer | None, Depends(_ask_ldap)]
+OidcAnswer = Annotated[federation.DirectoryAnswer, Depends(_ask_oidc)]
+
+
 @router.post("/login", **allow("session", "create", responses={**_SIGN_IN, **_SLOWED}))
-def login(body: LoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
-          address: ClientAddress, request: Request) -> TokenPublic:
+def login(body: LoginRequest, answer: LdapAnswer, session: SessionDep, settings: SettingsDep, key: SigningKeyDep,
+          address: ClientAddress) -> TokenPublic:
     """A token for the user, acting in ``organisation`` (default: their first one), living
     ``lifetime_s`` (default the API's; never above its ceiling). An organisation with an LDAP
     directory checks its people's passwords there (409 if their directory name is taken here)."""
-    request.state.audit_sign_in = (body.username, body.organisation)
     lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
-    found = directories.find(session, body.organisation, directories.LDAP) if body.organisation else None
-    if found is not None and not federation.is_local(session, body.username):
-        token, expires_at = federation.ldap_login(session, settings.state_dir, key, lifetime, *found, body.username,
-                                                  body.password, address=address, backoff=_backoff(settings))
+    if answer is not None:
+        token, expires_at = federation.ldap_login(session, key, lifetime, answer, body.username, address=address,
+                                                  backoff=_backoff(settings))
     else:
         token, expires_at = identity.login(session, key, lifetime, body.username, body.password, body.organisation,
                                            address=address, backoff=_backoff(settings))
@@ -58,20 +75,20 @@ def login(body: LoginRequest, session: StreamingSessionDep, settings: SettingsDe
 
 
 @router.post("/login/oidc/start", **allow("session", "create", responses=_SIGN_IN))
-def oidc_start(body: OidcStartRequest, session: StreamingSessionDep, key: SigningKeyDep) -> OidcStart:
+def oidc_start(body: OidcStartRequest, request: Request, key: SigningKeyDep) -> OidcStart:
     """Where to run the device authorization grant (RFC 8628) with the organisation's OpenID
     provider, and the nonce to send along; then exchange its ID token at ``/login/oidc``."""
-    return federation.oidc_start(session, key, body.organisation)
+    with request.app.state.sessions() as session:  # it writes nothing: a read session, no write turn
+        return federation.oidc_start(session, key, body.organisation)
 
 
 @router.post("/login/oidc", **allow("session", "create", responses=_SIGN_IN))
-def oidc_login(body: OidcLoginRequest, session: StreamingSessionDep, settings: SettingsDep, key: SigningKeyDep,
-               address: ClientAddress, request: Request) -> TokenPublic:
+def oidc_login(body: OidcLoginRequest, answer: OidcAnswer, session: SessionDep, settings: SettingsDep,
+               key: SigningKeyDep, address: ClientAddress, request: Request) -> TokenPublic:
     """A CloudLand token for an ID token of the organisation's OpenID provider (issuer, audience,
     signature, expiry and nonce checked; 401 says which failed); the role comes from its groups."""
-    request.state.audit_sign_in = ("(OpenID Connect)", body.organisation)
     lifetime = identity.check_lifetime(body.lifetime_s, settings.token_lifetime_s, settings.token_max_lifetime_s)
-    token, expires_at, username = federation.oidc_login(session, key, lifetime, body.organisation, body.id_token,
+    token, expires_at, username = federation.oidc_login(session, key, lifetime, answer, body.id_token,
                                                         address=address)
     request.state.audit_sign_in = (username, body.organisation)
     return TokenPublic(token=token, expires_at=expires_at)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from cloudland_api.models import Directory, Membership, Organisation, RevokedTok
 from cloudland_api.schemas import OidcStart
 from cloudland_api.security import issue_token
 from cloudland_api.services import directories, identity, ldapauth, oidcauth
+from cloudland_api.services.directories import LDAP, bind_password, find
 
 log = logging.getLogger(__name__)
 
@@ -77,26 +79,49 @@ def provision(session: Session, org: Organisation, source: str, external_id: str
     return user
 
 
-def ldap_login(session: Session, state_dir: Path, key: bytes, lifetime_s: int, org: Organisation,
-               directory: Directory, username: str, password: str, *, address: str,
-               backoff: identity.Backoff) -> tuple[str, datetime]:
-    """A token for ``username`` if the organisation's LDAP directory takes ``password``."""
+@dataclass(frozen=True)
+class DirectoryAnswer:
+    """What an organisation's directory said about a sign-in, asked before the write turn: the
+    organisation, its directory's settings, and who the directory says signed in (an LDAP entry
+    or an ID token's claims; None: wrong credentials)."""
+
+    org_id: int
+    settings: dict[str, Any]
+    found: ldapauth.LdapUser | dict[str, Any] | None
+
+
+def ask_ldap(session: Session, state_dir: Path, organisation: str | None, username: str, password: str, *,
+             address: str) -> DirectoryAnswer | None:
+    """The organisation's LDAP directory's answer for (``username``, ``password``), or None when
+    this sign-in is not the directory's (no directory, or a local user's name). Reads only, and
+    ends its transaction before asking: the caller holds no write turn meanwhile."""
+    found = find(session, organisation, LDAP) if organisation else None
+    if found is None or is_local(session, username):
+        return None
+    org, directory = found
     identity.check_not_waiting(session, username, address, datetime.now(UTC))
-    settings = dict(directory.settings)
-    org_id, org_name = org.id, org.name
+    settings, org_id, org_name = dict(directory.settings), org.id, org.name
     session.rollback()  # no transaction stays open while the directory is asked
-    found = ldapauth.authenticate(org_name, settings, directories.bind_password(state_dir, org_id), username,
-                                  password)
-    if found is None:
+    return DirectoryAnswer(org_id, settings, ldapauth.authenticate(
+        org_name, settings, bind_password(state_dir, org_id), username, password))
+
+
+def ldap_login(session: Session, key: bytes, lifetime_s: int, answer: DirectoryAnswer, username: str, *,
+               address: str, backoff: identity.Backoff) -> tuple[str, datetime]:
+    """A token for ``username`` if the directory took the password (``ask_ldap``), else a counted
+    failure and Unauthorized."""
+    if not isinstance(answer.found, ldapauth.LdapUser):
         identity.count_failure(session, backoff, username, address)
         raise Unauthorized("invalid username or password")
     identity.forget_failures(session, username, address)
-    org = session.get(Organisation, org_id) or org
-    role = directories.role_for(found.groups, settings["roles"])
-    user = provision(session, org, "ldap", f"{org_id}:{found.dn}", username, role)
+    org = session.get(Organisation, answer.org_id)
+    if org is None:
+        raise Unauthorized("the organisation was deleted during the sign-in")
+    role = directories.role_for(answer.found.groups, answer.settings["roles"])
+    user = provision(session, org, "ldap", f"{org.id}:{answer.found.dn}", username, role)
     session.commit()
-    log.info("event=login source=ldap user_id=%d org_id=%d address=%s", user.id, org_id, address)
-    return issue_token(key, user.id, org_id, lifetime_s, generation=user.token_generation)
+    log.info("event=login source=ldap user_id=%d org_id=%d address=%s", user.id, org.id, address)
+    return issue_token(key, user.id, org.id, lifetime_s, generation=user.token_generation)
 
 
 def _oidc(session: Session, organisation: str) -> tuple[Organisation, Directory]:
@@ -126,17 +151,25 @@ def _groups(claims: dict[str, Any], claim: str) -> list[str]:
     return [value] if isinstance(value, str) else [str(g) for g in value if isinstance(g, (str, int))]
 
 
-def oidc_login(session: Session, key: bytes, lifetime_s: int, organisation: str, id_token: str, *,
-               address: str) -> tuple[str, datetime, str]:
-    """A CloudLand token for a valid ID token of the organisation's provider, and the user's
-    username here; each ID token is exchanged once (its hash is kept, like a logout's, until it
-    expires)."""
+def ask_oidc(session: Session, key: bytes, organisation: str, id_token: str) -> DirectoryAnswer:
+    """The claims of a valid ID token of the organisation's provider (Unauthorized otherwise),
+    checked before the write turn: keys may have to be fetched from the provider."""
     org, directory = _oidc(session, organisation)
-    settings = dict(directory.settings)
-    org_id = org.id
+    settings, org_id = dict(directory.settings), org.id
     session.rollback()
-    claims = oidcauth.verify(key, organisation, org_id, settings, id_token)
-    org = session.get(Organisation, org_id) or org
+    return DirectoryAnswer(org_id, settings, oidcauth.verify(key, organisation, org_id, settings, id_token))
+
+
+def oidc_login(session: Session, key: bytes, lifetime_s: int, answer: DirectoryAnswer, id_token: str, *,
+               address: str) -> tuple[str, datetime, str]:
+    """A CloudLand token for the ID token ``ask_oidc`` checked, and the user's username here;
+    each ID token is exchanged once (its hash is kept, like a logout's, until it expires)."""
+    claims, settings = answer.found, answer.settings
+    assert isinstance(claims, dict)
+    org = session.get(Organisation, answer.org_id)
+    if org is None:
+        raise Unauthorized("the organisation was deleted during the sign-in")
+    org_id = org.id
     login = str(claims.get(settings["username_claim"]) or claims["sub"])
     role = directories.role_for(_groups(claims, settings["groups_claim"]), settings["roles"])
     user = provision(session, org, "oidc", f"{org_id}:{claims['sub']}", login, role)

@@ -245,3 +245,33 @@ def test_operators_configure_it_with_the_cli_and_read_the_trail(api: Api, admin_
             ("POST", "/api/v1/login", 200)]
         assert run_cli(operator, "directory", "remove", "acme", "ldap").exit_code == 0
         assert run_cli(operator, "directory", "show", "acme", "ldapx").exit_code == 2
+
+
+def test_a_silent_directory_stalls_no_other_writer(api: Api, acme: int, slapd: Slapd,
+                                                   admin_headers: dict[str, str]) -> None:
+    """A directory that takes the connection and never answers: its sign-in waits for the timeout,
+    and meanwhile other requests write (on SQLite, the write turn is not held while it waits)."""
+    import socket
+    import threading
+
+    import httpx2 as httpx
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+        mute = slapd.ldap_settings(url=f"ldap://127.0.0.1:{silent.getsockname()[1]}", timeout_s=3.0)
+        assert api.client.put(f"/api/v1/organisations/{acme}/ldap", headers=admin_headers, json=mute).status_code == 200
+        with serve(api.app) as url:
+            answers: list[httpx.Response] = []
+            signing_in = threading.Thread(target=lambda: answers.append(httpx.post(
+                f"{url}/api/v1/login", timeout=30,
+                json={"username": "alice", "password": slapd.passwords["alice"], "organisation": "acme"})))
+            signing_in.start()
+            time.sleep(0.5)
+            flavor = httpx.post(f"{url}/api/v1/flavors", headers=admin_headers, timeout=30,
+                                json={"name": "meanwhile", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+            still_waiting = signing_in.is_alive()
+            signing_in.join(timeout=30)
+    assert flavor.status_code == 201, flavor.text
+    assert still_waiting, "the sign-in ended before the write: the test proved nothing"
+    assert answers[0].status_code == 503 and "did not answer" in answers[0].text
