@@ -78,15 +78,17 @@ def test_roles_follow_the_claims_at_every_sign_in(api: Api, acme: int, oidc_prov
 def test_rotating_the_providers_key_fails_no_sign_in(api: Api, acme: int, oidc_provider: OidcProvider) -> None:
     import jwt
 
-    _, new_jwk = new_signing_key("k2")
+    # A kid of its own: the API's key cache outlives one test, and a provider never reuses a kid.
+    new_kid = f"k2-{os.urandom(4).hex()}"
+    _, new_jwk = new_signing_key(new_kid)
     with serve(api.app) as url:
         before = sign_in_as(url, "alice")  # the API has fetched the provider's keys (k1) just now
         try:
-            oidc_provider.rotate([new_jwk, oidc_provider.jwk])  # k2 signs from now on; k1 still published
+            oidc_provider.rotate([new_jwk, oidc_provider.jwk])  # the new key signs from now on; k1 still published
             rotated = time.monotonic()
-            after = sign_in_as(url, "alice")  # signed by k2, unknown to the API's cached keys
+            after = sign_in_as(url, "alice")  # signed by the new key, unknown to the API's cached keys
             took = time.monotonic() - rotated
-            assert jwt.get_unverified_header(RecordingClient.id_tokens[-1])["kid"] == "k2"
+            assert jwt.get_unverified_header(RecordingClient.id_tokens[-1])["kid"] == new_kid
             old = exchange(api, oidc_provider.sign(_claims(oidc_provider)))  # a k1 token still in flight
         finally:
             oidc_provider.rotate([oidc_provider.jwk])
