@@ -98,6 +98,8 @@ dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {base}/slapd.pid
+olcTLSCertificateFile: {base}/server.pem
+olcTLSCertificateKeyFile: {base}/server.key
 
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
@@ -177,25 +179,68 @@ member: uid=bob,{PEOPLE}
 """
 
 
+def _tls_files(base: Path) -> str:
+    """A CA and a certificate for 127.0.0.1 it signed, in ``base`` (server.pem, server.key); the
+    CA's PEM, which tests give CloudLand as the directory's ``ca_cert``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test directory CA")).issuer_name(name("test directory CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    import ipaddress
+
+    server = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+              .public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False).sign(ca_key, hashes.SHA256()))
+    (base / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(base / "server.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM).decode()
+
+
 @dataclass
 class Slapd:
-    """A running throwaway slapd; ``passwords`` by uid (and "cloudland": the service account's)."""
+    """A running throwaway slapd; ``passwords`` by uid (and "cloudland": the service account's).
+    It serves ``url`` (StartTLS offered) and ``ldaps_url``, with a certificate ``ca_cert`` signed."""
 
     base: Path
     port: int
     root_password: str
     passwords: dict[str, str]
+    ldaps_port: int = 0
+    ca_cert: str = ""
     proc: subprocess.Popen[Any] | None = None
 
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
     def start(self) -> None:
         log = (self.base / "slapd.log").open("ab")
-        self.proc = subprocess.Popen([str(SLAPD), "-F", str(self.base / "config"), "-h", f"{self.url}/", "-d", "0"],
+        self.proc = subprocess.Popen([str(SLAPD), "-F", str(self.base / "config"), "-h",
+                                      f"{self.url}/ {self.ldaps_url}/", "-d", "0"],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _wait_port(self.port, self.proc, "slapd")
+        _wait_port(self.ldaps_port, self.proc, "slapd (ldaps)")
 
     def stop(self) -> None:
         _stop(self.proc)
@@ -232,8 +277,10 @@ def slapd() -> Iterator[Slapd]:
     pytest.importorskip("ldap3")
     base = Path(tempfile.mkdtemp(prefix="cloudland-slapd-"))
     server = Slapd(base, free_port(), os.urandom(12).hex(),
-                   {uid: os.urandom(9).hex() for uid in ("cloudland", "alice", "bob", "carol", "admin")})
+                   {uid: os.urandom(9).hex() for uid in ("cloudland", "alice", "bob", "carol", "admin")},
+                   ldaps_port=free_port())
     try:
+        server.ca_cert = _tls_files(base)
         (base / "config").mkdir(mode=0o700)
         (base / "data").mkdir(mode=0o700)
         (base / "config.ldif").write_text(CONFIG_LDIF.format(base=base, suffix=SUFFIX, root_dn=ROOT_DN,

@@ -35,6 +35,8 @@ class LdapSettings(_Request):
         "(member={dn})"
     roles: RoleMap
     start_tls: bool = False
+    ca_cert: Annotated[str | None, Field(max_length=65536, pattern=r"^-----BEGIN CERTIFICATE-----[^\x00]*$", description=(
+        "PEM of the CA that signed the server's certificate (ldaps:// or start_tls); default: the system's"))] = None
     timeout_s: Annotated[float, Field(ge=0.1, le=30)] = 5.0
 
     @field_validator("url")
@@ -79,6 +81,7 @@ class LdapPublic(BaseModel):
     group_filter: str
     roles: dict[str, str]
     start_tls: bool
+    ca_cert: str | None = None
     timeout_s: float
     updated_at: datetime
 

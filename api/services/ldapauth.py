@@ -8,7 +8,8 @@
 4. Read the user's groups with ``group_filter`` under ``group_base``: their names (cn) and DNs
    are what the organisation's role map is matched against, at every sign-in.
 
-Every step has the directory's ``timeout_s``. A directory that does not answer, or refuses the
+With ``ldaps://`` or ``start_tls`` the server's certificate is verified (the organisation's
+``ca_cert``, else the system's CAs). Every step has the directory's ``timeout_s``. A directory that does not answer, or refuses the
 service account, is DirectoryUnavailable (503) naming the organisation and the URL; a wrong
 password or an unknown user is None (the caller answers one 401 for both).
 """
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from ldap3 import NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPException, LDAPStartTLSError
 from ldap3.utils.conv import escape_filter_chars
 
 from cloudland.errors import DirectoryUnavailable
@@ -50,7 +52,10 @@ def authenticate(organisation: str, settings: dict[str, Any], bind_password: str
     where = f"organisation {organisation!r}'s LDAP directory {url}"
     if not password:
         return None
-    server = Server(url, connect_timeout=timeout, get_info=NONE, tls=Tls() if settings.get("start_tls") else None)
+    # TLS (ldaps:// or start_tls) always verifies the server's certificate and name: against the
+    # organisation's ``ca_cert`` (PEM) when given, else the system's CAs.
+    tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=settings.get("ca_cert") or None)
+    server = Server(url, connect_timeout=timeout, get_info=NONE, tls=tls)
     service = Connection(server, user=settings["bind_dn"], password=bind_password, receive_timeout=receive_timeout,
                          read_only=True, auto_referrals=False)
     try:
@@ -85,7 +90,12 @@ def authenticate(organisation: str, settings: dict[str, Any], bind_password: str
         return LdapUser(dn, groups)
     except LDAPException as exc:
         log.warning("event=ldap_unavailable organisation=%s url=%s error=%s", organisation, url, type(exc).__name__)
-        raise DirectoryUnavailable(f"{where} did not answer ({type(exc).__name__}: {exc}); "
+        tls = isinstance(exc, LDAPStartTLSError) or "SSL" in str(exc)
+        what = "failed TLS verification (check its ca_cert)" if tls else "did not answer"
+        raise DirectoryUnavailable(f"{where} {what} ({type(exc).__name__}: {exc}); "
                                    "local accounts can still sign in") from exc
     finally:
-        service.unbind()
+        try:
+            service.unbind()
+        except LDAPException:  # the connection is broken already: nothing to close politely
+            pass

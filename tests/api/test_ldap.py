@@ -275,3 +275,19 @@ def test_a_silent_directory_stalls_no_other_writer(api: Api, acme: int, slapd: S
     assert flavor.status_code == 201, flavor.text
     assert still_waiting, "the sign-in ended before the write: the test proved nothing"
     assert answers[0].status_code == 503 and "did not answer" in answers[0].text
+
+
+def test_tls_verifies_the_directorys_certificate(api: Api, acme: int, slapd: Slapd,
+                                                 admin_headers: dict[str, str]) -> None:
+    path = f"/api/v1/organisations/{acme}/ldap"
+    for tls in ({"start_tls": True}, {"url": slapd.ldaps_url}):
+        trusted = slapd.ldap_settings(ca_cert=slapd.ca_cert, **tls)
+        assert api.client.put(path, headers=admin_headers, json=trusted).status_code == 200
+        reply = login(api, "alice", slapd.passwords["alice"])
+        assert reply.status_code == 200, (tls, reply.text)
+        # Without the organisation's CA, the system's CAs do not know the server: no bind is sent.
+        assert api.client.put(path, headers=admin_headers, json=slapd.ldap_settings(**tls)).status_code == 200
+        reply = login(api, "alice", slapd.passwords["alice"])
+        assert reply.status_code == 503, (tls, reply.text)
+        assert "failed TLS verification (check its ca_cert)" in reply.json()["error"]["message"]
+    assert api.client.get(path, headers=admin_headers).json()["ca_cert"] is None
