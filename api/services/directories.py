@@ -43,6 +43,11 @@ def _write_secret(path: Path, secret: str) -> None:
     os.replace(staged, path)
 
 
+def erase_secret(state_dir: Path, org_id: int) -> None:
+    """Remove organisation ``org_id``'s LDAP bind password, if it has one."""
+    _secret_path(state_dir, org_id).unlink(missing_ok=True)
+
+
 def bind_password(state_dir: Path, org_id: int) -> str:
     """The LDAP bind password of organisation ``org_id`` (empty when its file is gone)."""
     try:
@@ -102,7 +107,7 @@ def delete(session: Session, state_dir: Path, org_id: int, kind: str, actor_id: 
     session.delete(row)
     session.commit()
     if kind == LDAP:
-        _secret_path(state_dir, org_id).unlink(missing_ok=True)
+        erase_secret(state_dir, org_id)
     log.info("event=directory_removed org_id=%d kind=%s user_id=%d", org_id, kind, actor_id)
 
 

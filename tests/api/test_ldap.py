@@ -291,3 +291,15 @@ def test_tls_verifies_the_directorys_certificate(api: Api, acme: int, slapd: Sla
         assert reply.status_code == 503, (tls, reply.text)
         assert "failed TLS verification (check its ca_cert)" in reply.json()["error"]["message"]
     assert api.client.get(path, headers=admin_headers).json()["ca_cert"] is None
+
+
+def test_deleting_the_organisation_erases_its_directory(api: Api, acme: int, slapd: Slapd,
+                                                       admin_headers: dict[str, str]) -> None:
+    assert login(api, "alice", slapd.passwords["alice"]).status_code == 200
+    secret = Path(api.settings.state_dir) / "directories" / f"ldap-org{acme}.password"
+    assert secret.exists()
+    assert api.client.delete(f"/api/v1/organisations/{acme}", headers=admin_headers).status_code == 204
+    assert not secret.exists()
+    with api.app.state.sessions() as session:
+        assert list(session.scalars(select(Directory))) == []
+        assert session.scalar(select(User).where(User.username == "alice@acme")) is None
