@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jwt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,6 +33,7 @@ from cloudland_api.models import Directory, Membership, Organisation, RevokedTok
 from cloudland_api.schemas import OidcStart
 from cloudland_api.security import issue_token
 from cloudland_api.services import directories, identity, ldapauth, oidcauth
+from cloudland_api.services.identity import Caller
 from cloudland_api.services.directories import LDAP, bind_password, find
 
 log = logging.getLogger(__name__)
@@ -186,3 +188,47 @@ def oidc_login(session: Session, key: bytes, lifetime_s: int, answer: DirectoryA
         raise Unauthorized("this ID token was already exchanged: sign in with the provider again") from exc
     log.info("event=login source=oidc user_id=%d org_id=%d address=%s", user.id, org_id, address)
     return (*issue_token(key, user.id, org_id, lifetime_s, generation=user.token_generation), user.username)
+
+
+def is_provider_token(token: str) -> bool:
+    """Whether a bearer token is signed asymmetrically (an OpenID provider's), not by this API (HS256)."""
+    try:
+        return jwt.get_unverified_header(token).get("alg") not in (None, "HS256", "none")
+    except jwt.InvalidTokenError:
+        return False
+
+
+def authenticate_provider_token(session: Session, key: bytes, token: str) -> Caller:
+    """The Caller an organisation's OpenID provider's ID token speaks for, used as a bearer token
+    directly (as kubectl does): the organisation is the one whose provider issued it for its client;
+    the role comes from the token's groups at every request; the user must have signed in once
+    (``/login/oidc`` provisions them). Reads only."""
+    try:
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized("invalid token") from exc
+    audiences = unverified.get("aud")
+    audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+    trusting = [(org, directory) for org, directory in session.execute(
+        select(Organisation, Directory).join(Directory, Directory.org_id == Organisation.id)
+        .where(Directory.kind == directories.OIDC)).all()
+        if directory.settings["issuer"] == str(unverified.get("iss", "")).rstrip("/")
+        and directory.settings["client_id"] in audiences]
+    if not trusting:
+        raise Unauthorized("no organisation trusts this token's issuer and audience")
+    if len(trusting) > 1:
+        raise Unauthorized("several organisations trust this token's issuer and audience: exchange it at "
+                           "/api/v1/login/oidc for one of them")
+    org, directory = trusting[0]
+    settings = dict(directory.settings)
+    claims = oidcauth.verify(key, org.name, org.id, settings, token)
+    role = directories.role_for(_groups(claims, settings["groups_claim"]), settings["roles"])
+    if role is None:
+        raise Unauthorized(f"the token's groups map to no role in organisation {org.name!r}")
+    user = session.scalar(select(User).join(Membership, (Membership.user_id == User.id) & (Membership.org_id == org.id))
+                          .where(User.external_id == f"{org.id}:{claims['sub']}"))
+    if user is None:
+        raise Unauthorized(f"not a member of organisation {org.name!r} yet: sign in once with "
+                           f"`cloudland login --oidc --organisation {org.name}`")
+    return Caller(user.id, user.username, org.id, role, org.operator, org.name, "",
+                  datetime.fromtimestamp(int(claims["exp"]), UTC))

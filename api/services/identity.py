@@ -179,6 +179,8 @@ def logout(session: Session, caller: Caller) -> None:
     if caller.credential_id is not None:
         raise InvalidRequest(f"an application credential does not log out: revoke it (DELETE "
                              f"/api/v1/app-credentials/{caller.credential_id})")
+    if not caller.token_id:
+        raise InvalidRequest("this token is your OpenID provider's: sign out there (it ends when it expires)")
     now = datetime.now(UTC)
     session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
     session.add(RevokedToken(token_id=caller.token_id, user_id=caller.user_id, expires_at=caller.expires_at or now))

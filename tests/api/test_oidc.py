@@ -98,6 +98,41 @@ def test_rotating_the_providers_key_fails_no_sign_in(api: Api, acme: int, oidc_p
     assert took < 20  # a restart, a device flow and at most one cooldown's wait, on a loaded machine
 
 
+def test_the_providers_id_token_is_a_bearer_token_too(api: Api, acme: int, oidc_provider: OidcProvider) -> None:
+    """An API call with the provider's own token, its role from the token's groups at each request."""
+    before = dict(oidc_provider.accounts)
+    unknown = oidc_provider.sign(_claims(oidc_provider, sub="dave", preferred_username="dave"))
+    reply = me(api, unknown)
+    assert reply.status_code == 401 and "sign in once with `cloudland login --oidc" in reply.text
+    try:
+        with serve(api.app) as url:
+            sign_in_as(url, "alice")
+            as_admin = RecordingClient.id_tokens[-1]
+            oidc_provider.set_accounts({**before, "alice": {**before["alice"], "groups": ["cloud-users"]}})
+            sign_in_as(url, "alice")
+            as_member = RecordingClient.id_tokens[-1]
+    finally:
+        oidc_provider.set_accounts(before)
+    account = me(api, as_admin).json()
+    assert (account["username"], account["organisation"], account["role"]) == ("alice@acme", "acme", "admin")
+    assert me(api, as_member).json()["role"] == "member"
+    flavor = {"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1}
+    assert api.client.post("/api/v1/flavors", headers={"Authorization": f"Bearer {as_member}"},
+                           json=flavor).status_code == 201
+    assert api.client.delete("/api/v1/flavors/tiny", headers={"Authorization": f"Bearer {as_member}"}
+                             ).status_code == 403
+    # The same checks as the exchange: another audience, an expired token, another key.
+    other_key, _ = new_signing_key("k1")
+    for token, reason in [
+            (oidc_provider.sign(_claims(oidc_provider, aud="another-client")), "no organisation trusts"),
+            (oidc_provider.sign(_claims(oidc_provider, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600)),
+             "ID token expired"),
+            (oidc_provider.sign(_claims(oidc_provider), key=other_key), "signature does not verify")]:
+        reply = me(api, token)
+        assert reply.status_code == 401 and reason in reply.text, reply.text
+    assert api.client.post("/api/v1/logout", headers={"Authorization": f"Bearer {as_admin}"}).status_code == 400
+
+
 def _claims(provider: OidcProvider, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {"iss": provider.issuer, "aud": CLIENT_ID, "sub": "alice", "preferred_username": "alice",
