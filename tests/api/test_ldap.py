@@ -259,7 +259,8 @@ def test_a_silent_directory_stalls_no_other_writer(api: Api, acme: int, slapd: S
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
-        mute = slapd.ldap_settings(url=f"ldap://127.0.0.1:{silent.getsockname()[1]}", timeout_s=3.0)
+        # 8 s: long enough that the write below ends first even on a loaded machine.
+        mute = slapd.ldap_settings(url=f"ldap://127.0.0.1:{silent.getsockname()[1]}", timeout_s=8.0)
         assert api.client.put(f"/api/v1/organisations/{acme}/ldap", headers=admin_headers, json=mute).status_code == 200
         with serve(api.app) as url:
             answers: list[httpx.Response] = []
