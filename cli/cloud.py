@@ -132,8 +132,16 @@ def login(
     endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
     lifetime: Annotated[int | None, typer.Option(
         min=1, help="Seconds the token lives [default: the API's; at most its ceiling].")] = None,
+    oidc: Annotated[bool, typer.Option("--oidc", help=(
+        "Sign in with the organisation's OpenID provider: open the URL shown, confirm the code."))] = False,
 ) -> None:
-    """Log in and store the bearer token in the profile (mode 0600)."""
+    """Log in and store the bearer token in the profile (mode 0600).
+
+    With --organisation, an organisation's LDAP users give their directory's username and password;
+    with --oidc, its OpenID provider signs you in (the device flow: any browser, anywhere)."""
+    if oidc:
+        _login_oidc(organisation, endpoint, lifetime, username, password_stdin, credentials)
+        return
     with api_errors():
         if password_stdin and credentials is not None:
             raise InvalidRequest("use either --password-stdin or --credentials, not both")
@@ -155,6 +163,25 @@ def login(
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])
         path = config.save()
     out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} "
+              f"(profile {config.profile}) until {config.expires_at}")
+
+
+def _login_oidc(organisation: str | None, endpoint: str | None, lifetime: int | None, *password_options: Any) -> None:
+    from cloudland_cli.oidc import device_sign_in
+
+    with api_errors():
+        if any(password_options):
+            raise InvalidRequest("--oidc takes no --username, --password-stdin or --credentials: the provider asks")
+        if not organisation:
+            raise InvalidRequest("--oidc needs --organisation: whose OpenID provider to sign in with")
+        stored = CliConfig.load()
+        url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
+        config = CliConfig(endpoint=url, grpc=stored.grpc, pki=stored.pki, profile=stored.profile)
+        with ApiClient(config.endpoint) as client:
+            reply = device_sign_in(client, organisation, lifetime, lambda text: err.print(text, soft_wrap=True))
+        config.token, config.expires_at = reply["token"], str(reply["expires_at"])
+        path = config.save()
+    out.print(f"logged in to {config.endpoint} through {organisation!r}'s OpenID provider; token stored in {path} "
               f"(profile {config.profile}) until {config.expires_at}")
 
 

@@ -8,8 +8,12 @@ from cloudland_api.schemas.common import (
     Page, Ref
 )
 from cloudland_api.schemas.identity import (
-    AccountPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
+    AccountPublic, AppCredentialCreate, AppCredentialList, AppCredentialPublic, AppCredentialSecret, AuditEventList,
+    AuditEventPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
     OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
+)
+from cloudland_api.schemas.directories import (
+    LdapPublic, LdapSettings, OidcLoginRequest, OidcPublic, OidcSettings, OidcStart, OidcStartRequest
 )
 from cloudland_api.schemas.flavors import FlavorCreate, FlavorList, FlavorPublic
 from cloudland_api.schemas.hypervisors import (
@@ -25,13 +29,15 @@ from cloudland_api.schemas.instances import (
 )
 
 __all__ = [
-    "AccountPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
+    "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
+    "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
     "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
-    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
+    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LdapPublic",
+    "LdapSettings", "LoginRequest", "OidcLoginRequest", "OidcPublic", "OidcSettings", "OidcStart", "OidcStartRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
     "NicAttach", "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
     "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"
