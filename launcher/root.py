@@ -8,6 +8,7 @@ per-job queues (Dispatch) or futures (Topology, Health). The rendezvous listener
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloudland import pki, procinfo
@@ -36,6 +38,11 @@ from cloudland_proto.v1 import link_pb2 as lpb
 from cloudland_proto.v1 import root_pb2
 
 log = logging.getLogger(__name__)
+
+# Where the all-in-one root's rendezvous listened (issue 15, supervision): a root started
+# again binds the same port, so the host agent and ranks of its predecessor find it there.
+RENDEZVOUS_FILE = "rendezvous.address"
+HOSTD_MODULE = "cloudland_launcher.hostd"
 
 END = None  # marks the end of a job's reply stream
 
@@ -84,6 +91,7 @@ class Root:
         self.channels: dict[str, rendezvous.Conn] = {}  # host name -> its host agent's channel
         self.listener: rendezvous.Listener | None = None
         self.local_agent: subprocess.Popen[bytes] | None = None
+        self.adopted_agent = 0  # pid of a predecessor's local host agent that we took over
         self._view: dict[NodeRange, pb.PeerStatus] = {}
         self._view_at = 0.0
         self.watch = WatchHub()                        # the Watch streams (launcher/watch.py)
@@ -309,6 +317,11 @@ class Root:
                 self.local_agent.wait(max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.local_agent.kill()
+        if self.adopted_agent:  # not our child: it heard the goodbye, wait for it by pid
+            while time.monotonic() < end and procinfo.alive(self.adopted_agent):
+                time.sleep(0.05)
+            if procinfo.alive(self.adopted_agent):
+                os.kill(self.adopted_agent, signal.SIGKILL)
         if self.listener is not None:
             self.listener.close()
 
@@ -317,22 +330,69 @@ class Root:
     def listen(self) -> str:
         """Open the rendezvous listener; returns its address."""
         tls = rendezvous.Tls.load(self.settings.pki_dir, pki.ROOT)
-        self.listener = rendezvous.Listener(
-            self.settings.listen, lambda frame, sock, peer: self.submit("rendezvous", frame, sock, peer), tls)
+
+        def on_frame(frame: lpb.Frame, sock: rendezvous.Conn, peer: str) -> None:
+            self.submit("rendezvous", frame, sock, peer)
+
+        remembered = self._remembered_address()
+        self.listener = None
+        if remembered:
+            try:
+                self.listener = rendezvous.Listener(remembered, on_frame, tls)
+            except OSError as exc:  # taken by someone else since: a free port, and a new host agent
+                log.warning("event=rendezvous_moved was=%s error=%s", remembered, exc)
+        if self.listener is None:
+            self.listener = rendezvous.Listener(self.settings.listen, on_frame, tls)
+        if self.settings.listen.endswith(":0"):
+            (self.settings.state_dir / RENDEZVOUS_FILE).write_text(self.listener.address + "\n")
         log.warning("event=rendezvous_listening address=%s", self.listener.address)
         return self.listener.address
+
+    def _remembered_address(self) -> str:
+        """The address a predecessor listened on, when ours is "any free port" on the same host."""
+        host, _, port = self.settings.listen.rpartition(":")
+        if port != "0":
+            return ""
+        try:
+            address = (self.settings.state_dir / RENDEZVOUS_FILE).read_text().strip()
+        except OSError:
+            return ""
+        return address if address.rpartition(":")[0] == host else ""
 
     def _start_local_agent(self) -> None:
         """The all-in-one cloud: one host agent on this machine runs every leaf."""
         assert self.listener is not None
         state_dir = self.settings.state_dir.resolve()
+        predecessor = self._predecessors_agent(state_dir)
+        if predecessor:
+            # A root that died left its host agent and ranks running (and, with them, the
+            # simulated hypervisors' VMs): that agent reconnects to us, its ranks link again.
+            self.adopted_agent = predecessor
+            log.warning("event=host_agent_adopted pid=%d", predecessor)
+            return
         out = open(state_dir / "hostd.out", "ab")  # noqa: SIM115 - handed to the child
         self.local_agent = subprocess.Popen(
-            [sys.executable, "-m", "cloudland_launcher.hostd", "--root", self.listener.address,
+            [sys.executable, "-m", HOSTD_MODULE, "--root", self.listener.address,
              "--address", self.listener.address.rpartition(":")[0], "--leaves", "all",
              "--state-dir", str(state_dir), "--pki", str(self.settings.pki_dir.resolve())],
-            stdout=out, stderr=subprocess.STDOUT)
+            # Its own session: when we die, our mpiexec ends our process group, and the host
+            # agent (and through it every rank and simulated VM) must outlive us (issue 15).
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
+
+    def _predecessors_agent(self, state_dir: Path) -> int:
+        """The pid of a local host agent a previous root started here, if it still runs and
+        reaches our rendezvous; 0 otherwise (one that reaches another address is stopped)."""
+        assert self.listener is not None
+        pid, argv = procinfo.local_host_agent(state_dir)
+        if not pid:
+            return 0
+        if "--root" in argv and argv[argv.index("--root") + 1:][:1] == [self.listener.address]:
+            return pid
+        log.warning("event=host_agent_stopped pid=%d reason=it reaches another rendezvous", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # it stops its ranks; we start a host agent of our own
+        return 0
 
     def _rendezvous(self, frame: lpb.Frame, sock: rendezvous.Conn, peer: str) -> None:
         kind = frame.WhichOneof("body")
@@ -360,6 +420,10 @@ class Root:
         owner = self.members.host_of(node)
         if request.host and owner and owner != request.host:
             return lpb.LocateAnswer(refused=True, reason=f"{node} runs on host {owner}, not {request.host}")
+        if not owner and request.host and request.host not in self.members.hosts:
+            # Its host agent has not (re)joined yet: after a root's restart ranks ask before
+            # their agent is back. Stale or not, the agent decides when it joins (§10.2).
+            return lpb.LocateAnswer(reason=f"host {request.host} has not joined this root yet")
         if not owner:
             return lpb.LocateAnswer(refused=True, reason=f"no host holds {node}")
         answer = lpb.LocateAnswer(parent=node_id(parent))
