@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 # again binds the same port, so the host agent and ranks of its predecessor find it there.
 RENDEZVOUS_FILE = "rendezvous.address"
 HOSTD_MODULE = "cloudland_launcher.hostd"
+# For this long after its start the root answers a command to a hypervisor that no host holds
+# UNAVAILABLE (asked again), not UNKNOWN_HYPERVISOR (final): after a restart its hosts rejoin
+# within seconds (their agents retry every 2 s at most, proto/README.md §10.4).
+REJOIN_GRACE_S = 15.0
 
 END = None  # marks the end of a job's reply stream
 
@@ -181,19 +185,26 @@ class Root:
         job = Job(command, wanted, out)
         self.jobs[command.job_id] = job
         heapq.heappush(self.deadlines, (command.deadline_ms, command.job_id))
-        unknown = [
-            pb.Reply(job_id=command.job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR, error=(
-                f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})"
-                if hv >= self.shape.hypervisors else
-                f"hypervisor {hv} is not in the tree: no host holds it (job {command.job_id})"))
-            for hv in sorted(missing)
-        ]
+        unknown = [self._not_held(command.job_id, hv) for hv in sorted(missing)]
         if unknown:
             self._on_replies(batch_of(unknown))
         if share is None or share:
             self._on_replies(self.subtree.dispatch(command, share))
         elif not wanted:
             self._finish(command.job_id)  # a broadcast to a tree that no host has joined yet
+
+    def _not_held(self, job_id: str, hv: int) -> pb.Reply:
+        """The answer for a hypervisor that no host holds: unknown, unless we have just started
+        and its host may still be on its way back (then UNAVAILABLE, which is asked again)."""
+        if hv >= self.shape.hypervisors:
+            return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
+                            error=f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {job_id})")
+        if time.monotonic() - self.started < REJOIN_GRACE_S:
+            return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNAVAILABLE, error=(
+                f"unavailable: hypervisor {hv} has no host yet; the root started "
+                f"{time.monotonic() - self.started:.1f} s ago and hosts are joining (job {job_id})"))
+        return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
+                        error=f"hypervisor {hv} is not in the tree: no host holds it (job {job_id})")
 
     def _on_replies(self, batch: pb.ReplyBatch) -> None:
         """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
@@ -221,7 +232,9 @@ class Root:
                 self._finish(job_id)
 
     def _finish(self, job_id: str) -> None:
-        job = self.jobs.pop(job_id)
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return  # finished already (its last target was answered as it was dispatched)
         job.out.put(END)
         self.subtree.forget(job_id)
 
