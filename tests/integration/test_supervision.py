@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 
 HYPERVISORS, PER_LEAF, COUNT = 60, 6, 1000
 TREE_BACK_S = 10.0    # must show 3: the tree whole again, every hypervisor answering, by then
-API_BACK_S = 30.0     # the API answering HTTP again after its kill (it migrates and reads the tree first)
+API_BACK_S = 60.0     # the API answering HTTP again after its kill: 5 s at load 25, 27 s at load 46 on 2 cores
 BATCH_S = 600.0       # the CLI's whole wait, kill included; measured well below (see the prints)
 BIN = Path(sys.executable).parent
 TERMINAL = ("succeeded", "failed", "timeout")
