@@ -119,13 +119,6 @@ def import_mpi(address: str | None = None):  # type: ignore[no-untyped-def]
     mpi4py.rc.thread_level = "funneled"
     from mpi4py import MPI
 
-    # A peer's death surfaces in whichever MPI call drives progress next, on any communicator
-    # (docs/architecture.md); under the default handler that call aborts the process. Seen: a
-    # leaf aborted in MPI_Test ("OFI poll failed") when its parent, the root, was killed while
-    # replies were in flight. Links count such errors instead (launcher/link.py), and new
-    # communicators (every link, made from COMM_SELF) inherit this handler.
-    for comm in (MPI.COMM_WORLD, MPI.COMM_SELF):
-        comm.Set_errhandler(MPI.ERRORS_RETURN)
     unlink_init_shm()
     return MPI
 

@@ -118,14 +118,12 @@ class Link:
         if self.closed:
             return
         self.closed = True
-        if self._outbox:
-            # Sends to a peer that died stay in MPI's queues. Cancelled and their communicator
-            # freed, their failure later surfaced under the fatal default handler and aborted
-            # the process (a leaf, when the root was killed with replies in flight; issue 15).
-            # So the communicator and the buffers are kept, with their ERRORS_RETURN handler:
-            # one leaked communicator per link lost with sends in flight.
-            _KEPT.append(self)
-            return
+        for request, _ in self._outbox:
+            try:
+                request.Cancel()
+            except self._mpi.Exception:
+                pass
+        self._outbox.clear()
         try:
             self.comm.Free()
         except self._mpi.Exception as exc:
@@ -142,9 +140,6 @@ class Link:
             first_line = str(exc).splitlines()[0] if str(exc) else ""
             log.info("event=mpi_error peer=%s during=%s class=%s count=%d error=%s", self.name, during, klass,
                      self.errors, first_line)
-
-
-_KEPT: list[Link] = []  # links closed with sends in flight (Link.close)
 
 
 def _failed(request: Any) -> bool:
