@@ -37,7 +37,7 @@ from typing import Any
 import httpx2 as httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api_bench import Api, cpu_seconds, percentile  # noqa: E402 - bench/ is not a package
+from api_bench import Api, cpu_seconds, percentile, ready_to_create  # noqa: E402 - bench/ is not a package
 
 from cloudland import procinfo  # noqa: E402
 from cloudland.config import TreeSettings  # noqa: E402
@@ -198,13 +198,7 @@ def main() -> int:
     api = None
     try:
         api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint)
-        wait_for(lambda: sum(h["state"] == "up" for h in api.call("GET", "/hypervisors", limit=500)["items"])
-                 == args.hypervisors, 60, "every hypervisor up in the API")
-        api.call("POST", "/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
-        image = api.call("POST", "/images", {"name": "raw", "disk_format": "raw"})
-        reply = api.http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,  # type: ignore[union-attr]
-                             headers={"Content-Type": "application/octet-stream"})
-        assert reply.status_code == 200, reply.text
+        ready_to_create(api, args.hypervisors)
         seeded = api.call("POST", "/instances", {"name": "seed", "flavor": "tiny", "image": "raw", "count": args.seed})
         api.wait_batches([seeded["batch"]], args.seed)
         ids = [i["id"] for i in seeded["instances"]]

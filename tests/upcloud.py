@@ -23,6 +23,7 @@ from cloudland.client import RootClient
 from cloudland.errors import RootUnreachable, TreeError
 from cloudland_launcher.harness import free_port, wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
+from tests.integration.cloud import every_instance
 
 BIN = Path(sys.executable).parent
 TERMINAL = ("succeeded", "failed", "timeout")
@@ -70,14 +71,7 @@ class UpCloud:
         return Counter(self.get("/jobs", batch=batch, limit=1)["counts"])
 
     def instances(self, **filters: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        after = None
-        while True:
-            page = self.get("/instances", limit=500, after=after, **filters)
-            items += page["items"]
-            after = page["next_after"]
-            if after is None:
-                return items
+        return every_instance(self.get, **filters)
 
     # -- the tree ---------------------------------------------------------------------------
 
