@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,6 +213,7 @@ def main() -> int:
         if api is not None:
             api.stop()
         stop_tree(tree)
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nload average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
           f"{os.cpu_count()} cores; API RSS {rss0 / 1024:.0f} MiB before, {rss1 / 1024:.0f} MiB after\n")
     print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client |")
