@@ -77,3 +77,28 @@ def test_a_part_that_keeps_failing_waits_longer_each_time(tmp_path: Path) -> Non
     exits = [line for line in lines if "exited with code 3" in line]
     assert [line.split("again in ")[1].split(" s")[0] for line in exits[:3]] == ["0.2", "0.4", "0.8"]
     assert part.restarts >= 2
+
+
+def test_a_host_agent_left_by_a_dead_root_is_found_and_stopped(tmp_path: Path) -> None:
+    from cloudland import procinfo
+    from cloudland_cli.start import stop_local_agent
+
+    # Stands in for the host agent by its command line, which is what is looked at.
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "cloudland_launcher.hostd",
+                              "--root", "127.0.0.1:1"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file = tmp_path / f"hostd-{procinfo.HOSTNAME}.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        assert procinfo.local_host_agent(tmp_path) == (0, []), "a pid that is not a host agent's is no agent"
+        stop_local_agent(tmp_path)
+        assert other.poll() is None
+        pid_file.write_text(f"{agent.pid}\n")
+        pid, argv = procinfo.local_host_agent(tmp_path)
+        assert pid == agent.pid and argv[argv.index("--root") + 1] == "127.0.0.1:1"
+        stop_local_agent(tmp_path)
+        assert agent.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        for proc in (agent, other):
+            proc.kill()
+            proc.wait()
