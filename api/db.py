@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 WRITE_OPTION = "cloudland_write"
+SQLITE_POOL = 64  # connections kept (and as many more at a peak): the request threads and the job engine's
 T = TypeVar("T", bound=tuple[Any, ...])
 
 
@@ -28,7 +29,12 @@ def make_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread: requests, the dispatcher and the sync run on different threads.
         # timeout: wait up to 30 s for another writer instead of failing "database is locked".
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # pool_size: every thread that may hold a session at once keeps its connection. With the
+        # default 5 (and 10 overflow, closed on return), requests at concurrency 100 opened a
+        # new connection, and ran the PRAGMAs below, for most checkouts: ~15 % of the API's CPU
+        # under bench/load_bench.py (issue 15). A SQLite connection is a file handle and a cache.
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=SQLITE_POOL, max_overflow=SQLITE_POOL)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]

@@ -277,6 +277,17 @@ def timed_run(api: Api, tree: Tree, posts: list[dict[str, Any]], path: str = "/i
     }
 
 
+def ready_to_create(api: Api, hypervisors: int) -> None:
+    """Every hypervisor up in the API, a flavor ``tiny`` and a raw image ``raw``: what a create needs."""
+    wait_for(lambda: sum(h["state"] == "up" for h in api.call("GET", "/hypervisors", limit=500)["items"])
+             == hypervisors, 60, "every hypervisor up in the API")
+    api.call("POST", "/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    image = api.call("POST", "/images", {"name": "raw", "disk_format": "raw"})
+    reply = api.http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,  # type: ignore[union-attr]
+                         headers={"Content-Type": "application/octet-stream"})
+    assert reply.status_code == 200, reply.text
+
+
 def measure_creates(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     per_leaf = TreeSettings(hypervisors=args.hypervisors, fanout=32).shape.per_leaf  # as tree_bench.py
     print(f"… libvirt baseline: {args.baseline} define+start on one test:/// host", file=sys.stderr, flush=True)
@@ -288,13 +299,7 @@ def measure_creates(args: argparse.Namespace, workdir: Path) -> list[dict[str, A
     api = None
     try:
         api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint)
-        wait_for(lambda: sum(h["state"] == "up" for h in api.call("GET", "/hypervisors", limit=500)["items"])
-                 == args.hypervisors, 60, "every hypervisor up in the API")
-        api.call("POST", "/flavors", {"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
-        image = api.call("POST", "/images", {"name": "raw", "disk_format": "raw"})
-        reply = api.http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,  # type: ignore[union-attr]
-                             headers={"Content-Type": "application/octet-stream"})
-        assert reply.status_code == 200, reply.text
+        ready_to_create(api, args.hypervisors)
         spec = {"flavor": "tiny", "image": "raw"}
         warm = timed_run(api, tree, [spec | {"name": "warm", "count": 50}])  # connections, caches, sender threads
         rows, ids = [], list(warm["ids"])

@@ -33,6 +33,7 @@ from cloudland_cli.restclient import PAGE_SIZE, ApiClient
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
 TERMINAL_STATES = ("succeeded", "failed", "timeout")
 POLL_S = 0.3
+UNREACHABLE_WAIT_S = 120.0  # how long a wait for jobs outlasts an API that does not answer
 SHOWN_REASONS = 10
 _STATE_STYLE = {"succeeded": "green", "running": "green", "active": "green", "pending": "cyan",
                 "dispatched": "cyan", "building": "cyan", "queued": "cyan", "stopped": "yellow",
@@ -161,10 +162,22 @@ def watch_batches(client: ApiClient, batches: Sequence[str], total: int, label: 
     outcome = BatchOutcome()
     with Progress(*columns, console=err, transient=True, disable=not show) as progress:
         task = progress.add_task(label, total=total, detail="")
+        unreachable_since: float | None = None
         while True:
             counts: Counter[str] = Counter()
-            for batch in batches:
-                counts.update(batch_counts(client, batch))
+            try:
+                for batch in batches:
+                    counts.update(batch_counts(client, batch))
+            except ApiUnreachable:
+                # The jobs live in the API's database, not in this process: an API that is
+                # restarting (its supervisor, issue 15) is waited for, up to a point.
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > UNREACHABLE_WAIT_S:
+                    raise
+                progress.update(task, detail="the API does not answer; waiting for it")
+                time.sleep(POLL_S)
+                continue
+            unreachable_since = None
             done = sum(counts[s] for s in TERMINAL_STATES)
             failed = counts["failed"] + counts["timeout"]
             progress.update(task, completed=done, detail=f"{failed} failed" if failed else "")

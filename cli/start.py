@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cloudland import mpienv, procinfo
 from cloudland.client import RootClient
 from cloudland.config import TreeSettings
 from cloudland.errors import ConfigError, RootUnreachable
@@ -43,7 +44,10 @@ def root_command(settings: TreeSettings) -> list[str]:
         "--pki": settings.pki_dir,
     }
     argv = [sys.executable, "-m", "cloudland_launcher", *(str(x) for flag in flags.items() for x in flag)]
-    return argv + (["--cluster"] if settings.cluster else [])
+    # An MPI job of its own, as every rank (cloudland/mpienv.py): MPICH singletons share one job
+    # name, so ranks that had linked to a root would take the next singleton root for the dead
+    # one and never hear from it after a restart (issue 15, supervision).
+    return mpienv.rank_argv(argv + (["--cluster"] if settings.cluster else []))
 
 
 Hostfile = Annotated[Path | None, typer.Option(
@@ -99,9 +103,23 @@ def stop_child(child: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) ->
     return child.wait()
 
 
+def stop_local_agent(state_dir: Path) -> None:
+    """SIGTERM the all-in-one cloud's host agent if it outlived its root.
+
+    A root that stops says goodbye and its host agent leaves; one that was killed leaves it
+    running on purpose, for the next root to take over (launcher/root.py). When nothing will
+    start another root, the agent (which stops its ranks) must not stay behind.
+    """
+    pid, _ = procinfo.local_host_agent(state_dir)
+    if pid:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def start_root(settings: TreeSettings, heartbeat: float | None = None) -> subprocess.Popen[bytes]:
     """Start the root rank in its own process group, its output in ``<state_dir>/root.out``."""
     env = dict(os.environ)
+    mpienv.apply(env)  # mpiexec finds its proxy on PATH
     if heartbeat is not None:
         # The launcher takes no --heartbeat flag; it reads CLOUDLAND_* like TreeSettings.from_env.
         env["CLOUDLAND_HEARTBEAT_S"] = str(heartbeat)

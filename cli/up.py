@@ -2,8 +2,9 @@
 
 The tree starts as ``cloudland tree up`` starts it; the API is ``python -m cloudland_api``
 as a child process pointed at the root's gRPC endpoint, with its state in the same
-directory. Ctrl-C or SIGTERM stops the API, then the tree, by pid, and exits 0. If one
-part dies, the other is stopped and ``up`` exits 1 saying which.
+directory. Ctrl-C or SIGTERM stops the API, then the tree, by pid, and exits 0. Once both
+are up, a part that dies is started again and the other keeps running (supervise.py); only
+a failure to come up at all ends ``up`` with exit 1, saying which part failed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cloudland.topology import DEFAULT_FANOUT
 from cloudland_cli.cluster import LauncherExec
 from cloudland_cli.common import EXIT_FAILED, EXIT_USAGE, err, fail, out
 from cloudland_cli.restclient import DEFAULT_ENDPOINT
+from cloudland_cli.supervise import Supervised
 from cloudland_cli.start import (
     Hostfile,
     LeavesPerHost,
@@ -35,12 +37,13 @@ from cloudland_cli.start import (
     start_hosts,
     start_root,
     stop_child,
+    stop_local_agent,
     topology_grid,
     wait_for_tree,
 )
 
 API_READY_TIMEOUT_S = 120.0
-WATCH_EVERY_S = 0.5
+WATCH_EVERY_S = 0.2   # how soon a dead part is noticed
 CREDENTIALS_FILE = "admin-credentials"  # cloudland_api.security.ADMIN_CREDENTIALS_FILE
 
 
@@ -142,7 +145,12 @@ def up(
     except ConfigError as exc:
         fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
-    tree = start_root(settings)
+    root_part = Supervised("the tree's root", lambda: start_root(settings), settings.state_dir / "root.pid",
+                           settings.state_dir / "root.out")
+    tree = root_part.launch()
+    api_part = Supervised("the API", lambda: start_api(address, settings.state_dir, api_host, api_port,
+                                                        settings.pki_dir),
+                          settings.state_dir / "api.pid", settings.state_dir / "api.out")
     api: subprocess.Popen[bytes] | None = None
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -155,28 +163,30 @@ def up(
         if topo is None:
             fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode} before the tree was ready "
                   f"(see {settings.state_dir}/root.out)")
-        api = start_api(address, settings.state_dir, api_host, api_port, settings.pki_dir)
+        api = api_part.launch()
         if not wait_for_api(api, url):
             why = f"exited with code {api.returncode}" if api.poll() is not None else "did not answer"
             fail(EXIT_FAILED, f"the API {why} at {url}; stopped the tree. "
                   f"{_tail(settings.state_dir / 'api.out')}")
         # The CLI's own default: any other URL (another port or --api-host) needs `configure`.
         _print_banner(address, url, settings.state_dir, topo, url == DEFAULT_ENDPOINT)
+        # From here on a part that dies is started again, the other left running (supervise.py).
         while True:
-            if api.poll() is not None:
-                fail(EXIT_FAILED, f"the API exited with code {api.returncode}; stopped the tree "
-                      f"(see {settings.state_dir}/api.out)")
-            if tree.poll() is not None:
-                fail(EXIT_FAILED, f"the tree's root exited with code {tree.returncode}; stopped the API "
-                      f"(see {settings.state_dir}/root.out)")
+            for part in (root_part, api_part):
+                line = part.check(time.monotonic())
+                if line:
+                    err.print(line)
             time.sleep(WATCH_EVERY_S)
     except KeyboardInterrupt:
         err.print("stopping the API, then the tree…")
         raise typer.Exit(0) from None
     finally:
         # API first: it must not dispatch into a tree that is going away.
-        if api is not None:
-            stop_child(api)
-        stop_child(tree)
+        if api_part.proc is not None:
+            stop_child(api_part.proc)
+        assert root_part.proc is not None
+        stop_child(root_part.proc)
+        if not hosts:
+            stop_local_agent(settings.state_dir)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

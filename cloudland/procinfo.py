@@ -42,6 +42,29 @@ def alive(pid: int) -> bool:
         return False
 
 
+def argv_of(pid: int) -> list[str]:
+    """The command line of ``pid`` ([] if it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return []
+
+
+def local_host_agent(state_dir: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """The pid and command line of the host agent whose pid file is in ``state_dir`` (the
+    all-in-one cloud's, which the root starts) if it still runs; (0, []) otherwise."""
+    try:
+        with open(os.path.join(state_dir, f"hostd-{HOSTNAME}.pid"), encoding="ascii") as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return 0, []
+    argv = argv_of(pid)
+    if "cloudland_launcher.hostd" not in argv or not alive(pid):
+        return 0, []
+    return pid, argv
+
+
 def now_ms() -> int:
     import time
 

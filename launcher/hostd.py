@@ -31,6 +31,7 @@ from pathlib import Path
 from cloudland import log as cl_log
 from cloudland import mpienv, pki, procinfo
 from cloudland.errors import ConfigError, WireError
+from cloudland.restarts import Restarts
 from cloudland.statedir import private_umask
 from cloudland.topology import NodeRange
 from cloudland_launcher import rendezvous
@@ -40,12 +41,7 @@ from cloudland_proto.v1 import link_pb2 as lpb
 log = logging.getLogger(__name__)
 
 RESTART_MIN_S = 0.1     # first restart delay of a rank that died
-RESTART_MAX_S = 5.0     # ... doubling up to this while it keeps dying
-STABLE_S = 30.0         # a rank up this long starts again from the minimum delay
-# A rank killed by SIGKILL or SIGTERM (an operator, the OOM killer, a test) did not crash on
-# its own: it restarts after the minimum delay however often it happens. Its mpiexec exits
-# with the signal's number; mpiexec itself killed shows as the negative number.
-KILLED = {signal.SIGKILL, signal.SIGTERM, -signal.SIGKILL, -signal.SIGTERM}
+RESTART_MAX_S = 5.0     # ... doubling up to this while it keeps dying (cloudland/restarts.py)
 PING_S = 1.0            # the channel's keep-alive both ways
 CHANNEL_LOST_S = 5.0    # silence on the channel past this: reconnect
 STOP_GRACE_S = 5.0
@@ -56,7 +52,7 @@ class Rank:
     node: NodeRange
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    delay: float = RESTART_MIN_S
+    restart: Restarts = field(default_factory=lambda: Restarts(RESTART_MIN_S, RESTART_MAX_S))
     restart_at: float = 0.0
     restarts: int = 0
 
@@ -185,13 +181,12 @@ class HostAgent:
                 if rank.proc is not None and rank.proc.poll() is not None:
                     code = rank.proc.returncode
                     up = now - rank.started
-                    backoff = up <= STABLE_S and code not in KILLED  # dying on its own, again
-                    rank.delay = min(rank.delay * 2, RESTART_MAX_S) if backoff else RESTART_MIN_S
-                    rank.restart_at = now + rank.delay
+                    delay = rank.restart.after_exit(code, up)
+                    rank.restart_at = now + delay
                     rank.proc = None
                     rank.restarts += 1
                     log.warning("event=rank_exited node=%s code=%s up_s=%.1f restart_in_s=%.2f",
-                                rank.node, code, up, rank.delay)
+                                rank.node, code, up, delay)
                 if rank.proc is None and now >= rank.restart_at and not self.stopping:
                     self._start(rank, env, now)
             self._wake.wait(0.05)
@@ -203,8 +198,7 @@ class HostAgent:
                 rank.proc = subprocess.Popen(self.argv(rank.node), env=env, stdout=out,
                                              stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:  # no mpiexec, a full disk: say so, and try again later
-            rank.delay = min(rank.delay * 2, RESTART_MAX_S)
-            rank.restart_at = now + rank.delay
+            rank.restart_at = now + rank.restart.after_failed_start()
             log.error("event=rank_start_failed node=%s host=%s error=%s", rank.node, self.host, exc)
             return
         rank.started = now

@@ -50,7 +50,8 @@ class Membership:
         for leaf in held:
             if leaf not in mine and 0 <= leaf < self.shape.leaves and leaf not in self.owner:
                 mine.append(leaf)
-        free = [leaf for leaf in range(self.shape.leaves) if leaf not in self.owner]
+        # Held slots that came back with it (a root started again) count as its own, not free.
+        free = [leaf for leaf in range(self.shape.leaves) if leaf not in self.owner and leaf not in mine]
         wanted = len(free) + len(mine) if leaves == 0 else leaves
         if len(mine) < wanted:
             extra = [leaf for leaf in free if leaf not in mine][: wanted - len(mine)]

@@ -8,6 +8,7 @@ per-job queues (Dispatch) or futures (Topology, Health). The rendezvous listener
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cloudland import pki, procinfo
@@ -36,6 +38,15 @@ from cloudland_proto.v1 import link_pb2 as lpb
 from cloudland_proto.v1 import root_pb2
 
 log = logging.getLogger(__name__)
+
+# Where the all-in-one root's rendezvous listened (issue 15, supervision): a root started
+# again binds the same port, so the host agent and ranks of its predecessor find it there.
+RENDEZVOUS_FILE = "rendezvous.address"
+HOSTD_MODULE = "cloudland_launcher.hostd"
+# For this long after its start the root answers a command to a hypervisor that no host holds
+# UNAVAILABLE (asked again), not UNKNOWN_HYPERVISOR (final): after a restart its hosts rejoin
+# within seconds (their agents retry every 2 s at most, proto/README.md §10.4).
+REJOIN_GRACE_S = 15.0
 
 END = None  # marks the end of a job's reply stream
 
@@ -84,6 +95,7 @@ class Root:
         self.channels: dict[str, rendezvous.Conn] = {}  # host name -> its host agent's channel
         self.listener: rendezvous.Listener | None = None
         self.local_agent: subprocess.Popen[bytes] | None = None
+        self.adopted_agent = 0  # pid of a predecessor's local host agent that we took over
         self._view: dict[NodeRange, pb.PeerStatus] = {}
         self._view_at = 0.0
         self.watch = WatchHub()                        # the Watch streams (launcher/watch.py)
@@ -173,19 +185,26 @@ class Root:
         job = Job(command, wanted, out)
         self.jobs[command.job_id] = job
         heapq.heappush(self.deadlines, (command.deadline_ms, command.job_id))
-        unknown = [
-            pb.Reply(job_id=command.job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR, error=(
-                f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {command.job_id})"
-                if hv >= self.shape.hypervisors else
-                f"hypervisor {hv} is not in the tree: no host holds it (job {command.job_id})"))
-            for hv in sorted(missing)
-        ]
+        unknown = [self._not_held(command.job_id, hv) for hv in sorted(missing)]
         if unknown:
             self._on_replies(batch_of(unknown))
         if share is None or share:
             self._on_replies(self.subtree.dispatch(command, share))
         elif not wanted:
             self._finish(command.job_id)  # a broadcast to a tree that no host has joined yet
+
+    def _not_held(self, job_id: str, hv: int) -> pb.Reply:
+        """The answer for a hypervisor that no host holds: unknown, unless we have just started
+        and its host may still be on its way back (then UNAVAILABLE, which is asked again)."""
+        if hv >= self.shape.hypervisors:
+            return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
+                            error=f"hypervisor {hv} is not in the tree of {self.shape.hypervisors} (job {job_id})")
+        if time.monotonic() - self.started < REJOIN_GRACE_S:
+            return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNAVAILABLE, error=(
+                f"unavailable: hypervisor {hv} has no host yet; the root started "
+                f"{time.monotonic() - self.started:.1f} s ago and hosts are joining (job {job_id})"))
+        return pb.Reply(job_id=job_id, hypervisor=hv, status=pb.UNKNOWN_HYPERVISOR,
+                        error=f"hypervisor {hv} is not in the tree: no host holds it (job {job_id})")
 
     def _on_replies(self, batch: pb.ReplyBatch) -> None:
         """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
@@ -213,7 +232,9 @@ class Root:
                 self._finish(job_id)
 
     def _finish(self, job_id: str) -> None:
-        job = self.jobs.pop(job_id)
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return  # finished already (its last target was answered as it was dispatched)
         job.out.put(END)
         self.subtree.forget(job_id)
 
@@ -309,6 +330,11 @@ class Root:
                 self.local_agent.wait(max(0.1, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.local_agent.kill()
+        if self.adopted_agent:  # not our child: it heard the goodbye, wait for it by pid
+            while time.monotonic() < end and procinfo.alive(self.adopted_agent):
+                time.sleep(0.05)
+            if procinfo.alive(self.adopted_agent):
+                os.kill(self.adopted_agent, signal.SIGKILL)
         if self.listener is not None:
             self.listener.close()
 
@@ -317,22 +343,69 @@ class Root:
     def listen(self) -> str:
         """Open the rendezvous listener; returns its address."""
         tls = rendezvous.Tls.load(self.settings.pki_dir, pki.ROOT)
-        self.listener = rendezvous.Listener(
-            self.settings.listen, lambda frame, sock, peer: self.submit("rendezvous", frame, sock, peer), tls)
+
+        def on_frame(frame: lpb.Frame, sock: rendezvous.Conn, peer: str) -> None:
+            self.submit("rendezvous", frame, sock, peer)
+
+        remembered = self._remembered_address()
+        self.listener = None
+        if remembered:
+            try:
+                self.listener = rendezvous.Listener(remembered, on_frame, tls)
+            except OSError as exc:  # taken by someone else since: a free port, and a new host agent
+                log.warning("event=rendezvous_moved was=%s error=%s", remembered, exc)
+        if self.listener is None:
+            self.listener = rendezvous.Listener(self.settings.listen, on_frame, tls)
+        if self.settings.listen.endswith(":0"):
+            (self.settings.state_dir / RENDEZVOUS_FILE).write_text(self.listener.address + "\n")
         log.warning("event=rendezvous_listening address=%s", self.listener.address)
         return self.listener.address
+
+    def _remembered_address(self) -> str:
+        """The address a predecessor listened on, when ours is "any free port" on the same host."""
+        host, _, port = self.settings.listen.rpartition(":")
+        if port != "0":
+            return ""
+        try:
+            address = (self.settings.state_dir / RENDEZVOUS_FILE).read_text().strip()
+        except OSError:
+            return ""
+        return address if address.rpartition(":")[0] == host else ""
 
     def _start_local_agent(self) -> None:
         """The all-in-one cloud: one host agent on this machine runs every leaf."""
         assert self.listener is not None
         state_dir = self.settings.state_dir.resolve()
+        predecessor = self._predecessors_agent(state_dir)
+        if predecessor:
+            # A root that died left its host agent and ranks running (and, with them, the
+            # simulated hypervisors' VMs): that agent reconnects to us, its ranks link again.
+            self.adopted_agent = predecessor
+            log.warning("event=host_agent_adopted pid=%d", predecessor)
+            return
         out = open(state_dir / "hostd.out", "ab")  # noqa: SIM115 - handed to the child
         self.local_agent = subprocess.Popen(
-            [sys.executable, "-m", "cloudland_launcher.hostd", "--root", self.listener.address,
+            [sys.executable, "-m", HOSTD_MODULE, "--root", self.listener.address,
              "--address", self.listener.address.rpartition(":")[0], "--leaves", "all",
              "--state-dir", str(state_dir), "--pki", str(self.settings.pki_dir.resolve())],
-            stdout=out, stderr=subprocess.STDOUT)
+            # Its own session: when we die, our mpiexec ends our process group, and the host
+            # agent (and through it every rank and simulated VM) must outlive us (issue 15).
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
+
+    def _predecessors_agent(self, state_dir: Path) -> int:
+        """The pid of a local host agent a previous root started here, if it still runs and
+        reaches our rendezvous; 0 otherwise (one that reaches another address is stopped)."""
+        assert self.listener is not None
+        pid, argv = procinfo.local_host_agent(state_dir)
+        if not pid:
+            return 0
+        if "--root" in argv and argv[argv.index("--root") + 1:][:1] == [self.listener.address]:
+            return pid
+        log.warning("event=host_agent_stopped pid=%d reason=it reaches another rendezvous", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # it stops its ranks; we start a host agent of our own
+        return 0
 
     def _rendezvous(self, frame: lpb.Frame, sock: rendezvous.Conn, peer: str) -> None:
         kind = frame.WhichOneof("body")
@@ -360,6 +433,10 @@ class Root:
         owner = self.members.host_of(node)
         if request.host and owner and owner != request.host:
             return lpb.LocateAnswer(refused=True, reason=f"{node} runs on host {owner}, not {request.host}")
+        if not owner and request.host and request.host not in self.members.hosts:
+            # Its host agent has not (re)joined yet: after a root's restart ranks ask before
+            # their agent is back. Stale or not, the agent decides when it joins (§10.2).
+            return lpb.LocateAnswer(reason=f"host {request.host} has not joined this root yet")
         if not owner:
             return lpb.LocateAnswer(refused=True, reason=f"no host holds {node}")
         answer = lpb.LocateAnswer(parent=node_id(parent))

@@ -74,7 +74,6 @@ class PostgresServer:
 
     def start(self) -> None:
         # TCP on loopback only; the Unix socket goes in ``base`` too, not /var/run/postgresql.
-        options = {"listen_addresses": "127.0.0.1", **FAST_UNSAFE}
         if self.as_root:
             shutil.chown(self.base, "postgres", "postgres")
             # listen_addresses is given at start instead: pg_createcluster -o writes 127.0.0.1
@@ -84,25 +83,54 @@ class PostgresServer:
             _run("pg_createcluster", "-u", "postgres", "-d", str(self.data), "-s", str(self.base),
                  "-p", str(self.port), "-l", str(self.log), "--locale", "C.UTF-8", "--start-conf", "manual",
                  "-q", *pgoptions, PG_VERSION, self.cluster, "--", "--auth-local=trust", "--auth-host=trust")
-            _run("pg_ctlcluster", "-o", f"-c listen_addresses={options['listen_addresses']}",
-                 PG_VERSION, self.cluster, "start")
         else:
             _run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                  "--locale=C.UTF-8", "-E", "UTF8", "--no-sync")
-            options |= {"port": str(self.port), "unix_socket_directories": str(self.base)}
-            settings = " ".join(f"-c {name}={value}" for name, value in options.items())
-            _run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", settings, "-w", "start")
-
-        import psycopg
-
-        self._admin = psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                                      autocommit=True)
+        self._launch()
         self._admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
         from cloudland_api.db import upgrade
 
         upgrade(self.url(TEMPLATE_DB))
         # No connections to the template from now on: CREATE DATABASE ... TEMPLATE needs it idle.
         self._admin.execute(f'ALTER DATABASE "{TEMPLATE_DB}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
+
+    def _launch(self) -> None:
+        """Start the server on its existing data directory and connect the admin session."""
+        options = {"listen_addresses": "127.0.0.1", **FAST_UNSAFE}
+        if self.as_root:
+            _run("pg_ctlcluster", "-o", f"-c listen_addresses={options['listen_addresses']}",
+                 PG_VERSION, self.cluster, "start")
+        else:
+            options |= {"port": str(self.port), "unix_socket_directories": str(self.base)}
+            settings = " ".join(f"-c {name}={value}" for name, value in options.items())
+            _run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", settings, "-w", "start")
+        import psycopg
+
+        self._admin = psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                                      autocommit=True)
+
+    def crash(self) -> None:
+        """kill -9 the server, its postmaster and every backend, as a crash of its machine would
+        (tests/chaos); ``recover`` starts it again on the same data."""
+        import signal
+        import time
+
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(Path(f"/proc/{pid}").exists() for pid in [postmaster, *children]):
+            time.sleep(0.05)
+        if self._admin is not None:
+            self._admin.close()
+
+    def recover(self) -> None:
+        """Start the server again after ``crash`` (it replays its log)."""
+        self._launch()
 
     def stop(self) -> None:
         """Stop and remove everything; best effort at each step so a failure cannot leak the rest."""

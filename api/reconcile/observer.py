@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloudland.client import RootClient, supersedes
 from cloudland.errors import CloudLandError
 from cloudland_api.services.hypervisors import LOST
-from cloudland_api.models import Hypervisor, Instance, utcnow
+from cloudland_api.models import INSTANCE, TERMINAL, Hypervisor, Instance, Job, utcnow
 from cloudland_api.reconcile.vm import Domain
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
@@ -295,8 +295,19 @@ class Observer:
         if not hypervisors:
             return
         holds = and_(Instance.hypervisor_id == Hypervisor.id, Instance.status != "deleted")
-        vcpus = select(func.coalesce(func.sum(Instance.vcpus), 0)).where(holds).scalar_subquery()
-        memory = select(func.coalesce(func.sum(Instance.memory_mib), 0)).where(holds).scalar_subquery()
+        # A resize in flight holds the growth it claimed at dispatch (api/jobs/vm.py) on top of the
+        # instance's size, which changes only when it succeeds. Counted without it, a recount
+        # between the two lost the growth for good (found by tests/chaos: "claims 5, holds 6").
+        growing = and_(Job.kind == "vm", Job.action == "resize", Job.state.not_in(TERMINAL),
+                       Job.subject_type == INSTANCE, Job.subject_id == Instance.id, holds)
+
+        def held(size: Any, claimed: str) -> Any:
+            own = select(func.coalesce(func.sum(size), 0)).where(holds).scalar_subquery()
+            growth = (select(func.coalesce(func.sum(Job.args[claimed].as_integer()), 0))
+                      .where(growing, Job.args[claimed].as_integer() > 0).scalar_subquery())
+            return own + growth
+
+        vcpus, memory = held(Instance.vcpus, "claimed_vcpus"), held(Instance.memory_mib, "claimed_memory_mib")
         which = Hypervisor.id.in_(hypervisors) if len(hypervisors) <= FILTER_MAX else Hypervisor.id.is_not(None)
         # Row locks first on PostgreSQL: a claim committed while we count waits or is counted.
         session.execute(select(Hypervisor.id).where(which).order_by(Hypervisor.id).with_for_update()).all()

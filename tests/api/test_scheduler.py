@@ -304,3 +304,34 @@ def test_place_many_claims_once_per_host_and_recovers_from_a_stale_view(sessions
     # Host 1's share (9) failed to claim as one; re-read, 8 fit one by one and 1 found no room.
     assert hosts == [1] * 8 + [None]
     assert claimed(sessions, 1) == (10, 640) and claimed(sessions, 2) == (4, 256)
+
+
+def recount(sessions: Sessions) -> tuple[int, int]:
+    """What the observer writes when host 1's report changes (api/reconcile/observer.py)."""
+    from cloudland_api.reconcile.observer import Observer
+
+    with sessions() as session:
+        Observer._recount_claims(session, [1])
+        session.commit()
+    return claimed(sessions, 1)
+
+
+def test_a_recount_during_a_resize_keeps_its_growth(sessions: Sessions) -> None:
+    # Found by tests/chaos: a recount between a resize's dispatch (the growth claimed) and its
+    # success (the instance's new size written) lost the growth for good.
+    add_host(sessions, 1)
+    growing = placed_instance(sessions, "resize", "stopped", vcpus=4, memory_mib=2048,
+                              claimed_vcpus=2, claimed_memory_mib=1024)
+    with sessions() as session:
+        assert scheduler.claim(session, 1, 2, 1024)  # the growth, as VmKind._claim_resize claims it
+        session.commit()
+    assert recount(sessions) == (4, 2048), "the instance's 2 vCPUs and the 2 its resize claimed"
+    assert settle(sessions, growing, "ok").vcpus == 4
+    assert recount(sessions) == (4, 2048)
+    failing = placed_instance(sessions, "resize", "stopped", vcpus=3, memory_mib=1024, claimed_vcpus=1)
+    with sessions() as session:
+        assert scheduler.claim(session, 1, 1, 0)
+        session.commit()
+    assert recount(sessions) == (7, 3072)
+    settle(sessions, failing, "failed")
+    assert recount(sessions) == (6, 3072), "a failed resize's growth is no one's"

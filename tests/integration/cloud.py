@@ -25,6 +25,18 @@ API = "/api/v1"
 TERMINAL = ("succeeded", "failed", "timeout")
 
 
+def every_instance(get: Any, **filters: Any) -> list[dict[str, Any]]:
+    """Every page of ``GET /instances`` (``get(path, **params)``: a cloud's JSON GET)."""
+    items: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = get("/instances", limit=500, after=after, **filters)
+        items += page["items"]
+        after = page["next_after"]
+        if after is None:
+            return items
+
+
 @dataclass
 class Cloud:
     """The tree, the API process and an HTTP client logged in as the bootstrap admin."""
@@ -151,14 +163,7 @@ class Cloud:
         return self.counts(batch)
 
     def instances(self, **filters: Any) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        after = None
-        while True:
-            page = self.get("/instances", limit=500, after=after, **filters)
-            items += page["items"]
-            after = page["next_after"]
-            if after is None:
-                return items
+        return every_instance(self.get, **filters)
 
     def jobs(self, batch: str, state: str) -> list[dict[str, Any]]:
         return list(self.get("/jobs", batch=batch, state=state, limit=500)["items"])

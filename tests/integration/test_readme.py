@@ -165,8 +165,9 @@ EXCLUDED = {
     ".venv/bin/cloudland credential revoke 3": CREDENTIALS,
     ".venv/bin/cloudland audit --username alice": CREDENTIALS,
     "make test": "runs the whole suite, this module included (CI runs it: .ci/run)",
-    ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts exactly this "
-                "(cli/start.py root_command, with the defaults spelled out); a third tree of 1000 would add ~15 s",
+    ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts this, under its "
+                "own `mpiexec -n 1` as ROOT_UNDER_MPIEXEC (cli/start.py root_command, with the defaults spelled "
+                "out); a third tree of 1000 would add ~15 s",
     "make libvirtd": "installs libvirtd and QEMU from Debian and starts them for the whole machine; " + REAL_VMS,
     "make guest": REAL_VMS,
     "CLOUDLAND_DRIVER=libvirt .venv/bin/cloudland up --hypervisors 1": REAL_VMS,

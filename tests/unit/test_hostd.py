@@ -98,7 +98,7 @@ def test_a_rank_killed_again_and_again_restarts_at_once_each_time(agent):
         os.kill(pid, signal.SIGKILL)
         pid = wait_for(lambda old=pid: pid_of(agent, LEAF) not in (0, old) and pid_of(agent, LEAF), 5,
                        f"restart {round_ + 1}")
-        assert agent.ranks[LEAF].delay == hostd.RESTART_MIN_S, f"round {round_}"
+        assert agent.ranks[LEAF].restart.delay == hostd.RESTART_MIN_S, f"round {round_}"
     assert agent.ranks[LEAF].restarts == 10
     conn.close()
 
@@ -109,7 +109,7 @@ def test_a_rank_that_keeps_dying_on_its_own_is_restarted_ever_later(agent):
     conn, _ = root.accept()
     rendezvous.send(conn, welcome=lpb.HostWelcome(leaves=[3], run=[node_id(LEAF)]))
     wait_for(lambda: agent.ranks.get(LEAF) and agent.ranks[LEAF].restarts >= 4, 20, "four restarts")
-    assert agent.ranks[LEAF].delay >= 16 * hostd.RESTART_MIN_S
+    assert agent.ranks[LEAF].restart.delay >= 16 * hostd.RESTART_MIN_S
     conn.close()
 
 

@@ -41,6 +41,15 @@ def test_a_host_coming_back_keeps_its_slots_and_asks_for_held_ones():
     assert fresh.join("h1", "a", 1, [1]) == [0], "a held slot another host owns is not taken"
 
 
+def test_the_all_in_one_host_coming_back_to_a_new_root_keeps_every_slot_it_held():
+    # leaves 0 asks for every free slot; its held ones are its own, not free ones counted twice
+    # (a root started again once refused it: "asks for 16 leaves, but ... has 8 free").
+    fresh = Membership(SHAPE)
+    assert fresh.join("local", "a", 0, list(range(8))) == list(range(8))
+    partly = Membership(SHAPE)
+    assert partly.join("local", "a", 0, [2, 5]) == list(range(8))
+
+
 def test_a_full_tree_refuses_a_host_and_says_how_to_grow_it():
     members = Membership(Shape(2, 1, 2))
     members.join("h1", "a", 2, [])

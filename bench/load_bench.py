@@ -1,0 +1,230 @@
+"""Throughput of the REST API under concurrency, beside a bare FastAPI app in the same run (issue 15).
+
+mixed     ``--requests`` requests from ``--concurrency`` clients at once (asyncio, one keep-alive
+          connection each), to the API as ``cloudland up`` runs it (``python -m cloudland_api``,
+          SQLite) on a real tree of ``--hypervisors`` simulated hypervisors, seeded with
+          ``--seed`` running VMs. The mix, by weight: 40 ``GET /instances?limit=20``, 20
+          ``GET /instances/{id}``, 15 ``GET /flavors``, 10 ``GET /jobs?limit=20``, 10
+          ``POST /instances`` (one VM, a job through the tree), 5 ``POST /ssh-keys``.
+baseline  the same clients and count against a bare FastAPI app under uvicorn with the same
+          settings as the API (``--serve-bare``: this file serves it), one GET route that
+          returns 20 small records and one POST route that echoes its body, in the same mix
+          of reads and writes. The ceiling of the stack itself on this machine.
+
+Per run: requests/s, p50 and p99 latency as the client sees them, errors (any status >= 400 or
+transport error, by kind), CPU seconds of the server process and of this client; the API's
+RSS before and after. The load average is printed: on a shared 2-core machine it moves the
+figures more than anything else, and the client shares the cores with the server. Goal
+(issue 15, must show 6): >= 500 requests/s at concurrency 100 with p99 <= 250 ms and 0 errors.
+
+    .venv/bin/python bench/load_bench.py [--requests 5000] [--concurrency 100] [--hypervisors 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api_bench import Api, cpu_seconds, percentile, ready_to_create  # noqa: E402 - bench/ is not a package
+
+from cloudland import procinfo  # noqa: E402
+from cloudland.config import TreeSettings  # noqa: E402
+from cloudland_launcher.harness import free_port, start_tree, stop_tree, wait_for  # noqa: E402
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench@cloudland"
+MIX = (("list", 40), ("show", 20), ("flavors", 15), ("jobs", 10), ("create", 10), ("key", 5))
+BARE_MIX = (("read", 85), ("write", 15))
+
+
+# -- the baseline: a bare FastAPI app -------------------------------------------------------
+
+
+def serve_bare(port: int) -> None:
+    """A FastAPI app with nothing of ours, under uvicorn as api/__main__.py runs it."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    records = [{"id": i, "name": f"vm-{i}", "status": "running", "vcpus": 1} for i in range(20)]
+
+    @app.get("/items")
+    def items() -> dict[str, Any]:
+        return {"items": records, "limit": 20, "next_after": None}
+
+    @app.post("/items")
+    def echo(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(port)], start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/items", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, 60, "the bare app to answer")
+    return proc, base
+
+
+# -- the load -------------------------------------------------------------------------------
+
+
+def plan(count: int, mix: tuple[tuple[str, int], ...], seed: int = 15) -> list[str]:
+    rng = random.Random(seed)
+    kinds, weights = zip(*mix, strict=True)
+    return rng.choices(kinds, weights, k=count)
+
+
+async def run_load(base: str, headers: dict[str, str], requests: list[str], concurrency: int,
+                   request_of: Any) -> dict[str, Any]:
+    """Send ``requests`` from ``concurrency`` workers; latencies and errors as the client sees them."""
+    queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+    for n, kind in enumerate(requests):
+        queue.put_nowait((n, kind))
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def worker() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as client:
+            while True:
+                try:
+                    n, kind = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                method, path, body = request_of(n, kind)
+                started = time.perf_counter()
+                try:
+                    reply = await client.request(method, path, json=body)
+                    if reply.status_code >= 400:
+                        errors[f"{kind} {reply.status_code}"] += 1
+                except httpx.TransportError as exc:
+                    errors[f"{kind} {type(exc).__name__}"] += 1
+                latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"requests": len(requests), "seconds": elapsed, "rate": len(requests) / elapsed,
+            "p50_ms": percentile(latencies, 0.50) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+            "max_ms": max(latencies) * 1000, "errors": errors}
+
+
+def measured(pid: int, base: str, headers: dict[str, str], requests: list[str], concurrency: int,
+             request_of: Any) -> dict[str, Any]:
+    server0, client0 = cpu_seconds([pid]), cpu_seconds([os.getpid()])
+    result = asyncio.run(run_load(base, headers, requests, concurrency, request_of))
+    result["server_cpu_s"] = cpu_seconds([pid]) - server0
+    result["client_cpu_s"] = cpu_seconds([os.getpid()]) - client0
+    return result
+
+
+def bare_request(n: int, kind: str) -> tuple[str, str, Any]:
+    return ("GET", "/items", None) if kind == "read" else ("POST", "/items", {"name": f"w{n}", "count": 1})
+
+
+def api_requests(ids: list[int]) -> Any:
+    rng = random.Random(16)
+
+    def request_of(n: int, kind: str) -> tuple[str, str, Any]:
+        if kind == "list":
+            return "GET", "/api/v1/instances?limit=20", None
+        if kind == "show":
+            return "GET", f"/api/v1/instances/{rng.choice(ids)}", None
+        if kind == "flavors":
+            return "GET", "/api/v1/flavors", None
+        if kind == "jobs":
+            return "GET", "/api/v1/jobs?limit=20", None
+        if kind == "create":
+            return "POST", "/api/v1/instances", {"name": f"load-{n}", "flavor": "tiny", "image": "raw"}
+        return "POST", "/api/v1/ssh-keys", {"name": f"key-{n}", "public_key": ED25519}
+    return request_of
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def row(name: str, r: dict[str, Any]) -> str:
+    errors = sum(r["errors"].values())
+    shown = ", ".join(f"{n} × {k}" for k, n in r["errors"].most_common(3))
+    return (f"| {name} | {r['requests']:,} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['max_ms']:.0f} | {errors}{f' ({shown})' if shown else ''} | {r['server_cpu_s']:.1f} / "
+            f"{r['client_cpu_s']:.1f} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--hypervisors", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1000, help="running VMs made before the load")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    load0 = os.getloadavg()[0]
+    print(f"… bare FastAPI app, {args.requests} requests at concurrency {args.concurrency}", file=sys.stderr)
+    bare, base = start_bare()
+    try:
+        baseline = measured(bare.pid, base, {}, plan(args.requests, BARE_MIX), args.concurrency, bare_request)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=20)
+    workdir = Path(tempfile.mkdtemp(prefix="cloudland-load-bench-"))
+    per_leaf = TreeSettings(hypervisors=args.hypervisors, fanout=32).shape.per_leaf
+    print(f"… tree of {args.hypervisors} hypervisors, API on SQLite, {args.seed} VMs seeded", file=sys.stderr)
+    tree = start_tree(workdir / "tree", args.hypervisors, per_leaf, 32, 1.0)
+    os.environ["CLOUDLAND_PKI"] = str(tree.pki_dir)
+    api = None
+    try:
+        api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint)
+        ready_to_create(api, args.hypervisors)
+        seeded = api.call("POST", "/instances", {"name": "seed", "flavor": "tiny", "image": "raw", "count": args.seed})
+        api.wait_batches([seeded["batch"]], args.seed)
+        ids = [i["id"] for i in seeded["instances"]]
+        rss0 = procinfo.memory_kib(api.proc.pid)[0]
+        headers = {"Authorization": f"Bearer {api.token}"}
+        print(f"… the API, {args.requests} mixed requests at concurrency {args.concurrency}", file=sys.stderr)
+        result = measured(api.proc.pid, api.base, headers, plan(args.requests, MIX), args.concurrency,
+                          api_requests(ids))
+        rss1 = procinfo.memory_kib(api.proc.pid)[0]
+    finally:
+        if api is not None:
+            api.stop()
+        stop_tree(tree)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nload average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"{os.cpu_count()} cores; API RSS {rss0 / 1024:.0f} MiB before, {rss1 / 1024:.0f} MiB after\n")
+    print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(row("baseline: bare FastAPI + uvicorn, 85 % GET / 15 % POST", baseline))
+    print(row(f"the API, mixed (tree of {args.hypervisors}, {args.seed} VMs)", result))
+    goal = result["rate"] >= 500 and result["p99_ms"] <= 250 and not result["errors"]
+    print(f"\ngoal (>= 500 req/s, p99 <= 250 ms, 0 errors at concurrency {args.concurrency}): "
+          f"{'met' if goal else 'not met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

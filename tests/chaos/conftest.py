@@ -1,0 +1,29 @@
+"""The chaos suite's table: one row per scenario, printed at the end of the run (also without -s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+ROWS: list[dict[str, Any]] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "chaos" in str(item.fspath):
+            item.add_marker(pytest.mark.mpi)
+            item.add_marker(pytest.mark.root)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write("chaos: | database | scenario | recovery s | jobs succeeded / failed / lost | duplicates | "
+          "in agreement after s | load |")
+    for row in ROWS:
+        write(f"chaos: | {row['database']} | {row['scenario']} | {row['recovery_s']:.1f} | "
+              f"{row['succeeded']} / {row['failed']} / {row['lost']} | {row['duplicates']} | "
+              f"{row['agreed_s']:.1f} | {row['load']:.1f} |")
