@@ -61,13 +61,15 @@ class Resolved:
 def resolve(hypervisor: Hypervisor, messages: Sequence[cpb.Nic]) -> Resolved:
     """The NICs of ``messages`` with this hypervisor's bridge and host-end names; InvalidRequest
     naming the NIC whose VNI is out of range or that names neither a bridge nor a VNI."""
-    names = network_for(hypervisor).names
+    # Only a VM with a tenant NIC asks for the hypervisor's data plane (and makes it, on first use).
+    names = network_for(hypervisor).names if any(m.vni for m in messages) else None
     nics: list[Nic] = []
     tenant: list[Nic] = []
     for i, m in enumerate(messages):
         where = f"spec.nics[{i}]"
         if m.vni:
             check_vni(m.vni, where)
+            assert names is not None
             nic = Nic(m.bridge or names.bridge(m.vni), m.mac, m.target or names.tap(m.mac), m.mtu)
             tenant.append(nic)
         elif m.bridge:

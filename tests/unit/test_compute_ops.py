@@ -121,7 +121,7 @@ def test_real_guests_get_the_hypervisors_vnc_address(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(compute_ops, "kvm_usable", lambda: False)
     ctx = SimpleNamespace(hypervisor=SimpleNamespace(uri=uri, vnc_listen="192.0.2.10"))
     message = request("vm.create", {"spec": {**CREATE, **args}}).spec  # type: ignore[attr-defined]
-    spec, prepared = compute_ops._guest_spec(ctx, message, cpb.Guest(), "disk.qcow2")  # type: ignore[arg-type]
+    spec, prepared, _nics = compute_ops._guest_spec(ctx, message, cpb.Guest(), "disk.qcow2")  # type: ignore[arg-type]
     assert spec.vnc_listen == vnc_listen
     assert (prepared is files) == uri.startswith("qemu:")
 
