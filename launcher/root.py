@@ -49,6 +49,7 @@ class Job:
     command: pb.Command
     remaining: set[int]
     out: queue.SimpleQueue[Any]
+    messages: int = 0  # tree messages it cost so far, not yet streamed (§3, "Message counts")
 
 
 class Root:
@@ -188,8 +189,13 @@ class Root:
             self._finish(command.job_id)  # a broadcast to a tree that no host has joined yet
 
     def _on_replies(self, batch: pb.ReplyBatch) -> None:
-        """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
+        """Stream each job its replies, and what it cost in tree messages; each target is answered
+        once (late and duplicate ones dropped)."""
         out: dict[str, pb.ReplyBatch] = {}
+        for cost in batch.messages:
+            job = self.jobs.get(cost.job_id)
+            if job is not None:
+                job.messages += cost.count
         for entry in batch.ok:
             job = self.jobs.get(entry.job_id)
             if job is None:
@@ -208,6 +214,9 @@ class Root:
             out.setdefault(reply.job_id, pb.ReplyBatch()).replies.append(reply)
         for job_id, replies in out.items():
             job = self.jobs[job_id]
+            if job.messages:  # streamed with replies: a job's last ones carry the rest of its cost
+                replies.messages.add(job_id=job_id, count=job.messages)
+                job.messages = 0
             job.out.put(replies)
             if not job.remaining:
                 self._finish(job_id)

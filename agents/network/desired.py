@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.network.names import check_vni
@@ -53,6 +54,16 @@ class SubnetPlan:
     fdb: dict[str, str] = field(default_factory=dict)  # remote MAC -> its hypervisor's VTEP
     neighbours: dict[str, str] = field(default_factory=dict)  # remote IP -> its MAC
     dhcp: Dhcp | None = None
+
+
+class FdbEntry(NamedTuple):
+    """A static FDB entry a data plane holds (``net.show``): since when this agent made it, in
+    Unix ms (0: it found it made)."""
+
+    vni: int
+    mac: str
+    vtep: str
+    since_ms: int
 
 
 def check_vpc(state: npb.NetVpcState) -> None:

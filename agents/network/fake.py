@@ -4,9 +4,11 @@ would collide, and for the control plane's tests. It counts as the real one does
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from cloudland_agents.network.desired import SubnetPlan
+from cloudland import procinfo
+from cloudland_agents.network.desired import FdbEntry, SubnetPlan
 from cloudland_agents.network.dhcp import Changes
 
 
@@ -29,13 +31,22 @@ class FakeDataPlane:
         self.vtep = vtep
         self.held: set[tuple[Any, ...]] = set()
         self.plans: dict[int, SubnetPlan] = {}
+        self.since: dict[tuple[Any, ...], int] = {}  # FDB object -> when it was made (Unix ms)
 
     def converge(self, plans: dict[int, SubnetPlan]) -> Changes:
         wanted = objects(plans)
-        changes = Changes(added=len(wanted - self.held), removed=len(self.held - wanted),
-                          unchanged=len(wanted & self.held))
+        made = wanted - self.held
+        changes = Changes(added=len(made), removed=len(self.held - wanted), unchanged=len(wanted & self.held))
         self.held, self.plans = wanted, dict(plans)
+        now = procinfo.now_ms()
+        self.since = {o: t for o, t in self.since.items() if o in wanted}
+        self.since.update((o, now) for o in made if o[0] == "fdb")
         return changes
+
+    def fdb(self, macs: Collection[str]) -> list[FdbEntry]:
+        """The FDB entries held for ``macs`` (empty: all), by VNI then MAC."""
+        return sorted(FdbEntry(o[1], o[2], o[3], self.since.get(o, 0)) for o in self.held
+                      if o[0] == "fdb" and (not macs or o[2] in macs))
 
     def close(self) -> None:
         pass

@@ -58,9 +58,12 @@ class Network:
                     self.held.put(state)
             changes = self.plane.converge(plans)
             return npb.NetSyncResult(
-                vpcs=[npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
-                      for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)],
+                vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
+
+    def _versions(self) -> list[npb.NetVpcVersion]:
+        return [npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
+                for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)]
 
     def repair(self) -> Changes:
         """Converge what is held once more: what drifted while nobody asked (a dnsmasq that died, an
@@ -86,6 +89,14 @@ class Network:
             else:
                 self.held.drop(state.vpc_id)
             return npb.NetApplyResult(generation=state.generation)
+
+    def show(self, request: npb.NetShowRequest) -> npb.NetShowResult:
+        """What the data plane holds (the asked MACs' FDB entries, read where they live), unchanged."""
+        with self._lock:
+            entries = self.plane.fdb(frozenset(mac.lower() for mac in request.macs))
+            return npb.NetShowResult(
+                vpcs=self._versions(),
+                fdb=[npb.NetFdbEntry(vni=e.vni, mac=e.mac, vtep=e.vtep, since_ms=e.since_ms) for e in entries])
 
 
 def repair_loop(networks: list[Network], stop: threading.Event, every: float = REPAIR_S) -> None:
@@ -150,3 +161,9 @@ def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
     return network_for(ctx.hypervisor).apply(request)
+
+
+@operation("net.show")
+def net_show(ctx: Context, request: npb.NetShowRequest) -> npb.NetShowResult:
+    """What the data plane holds now (FDB entries of the asked MACs), read, not changed; see network.proto."""
+    return network_for(ctx.hypervisor).show(request)

@@ -45,6 +45,29 @@ def test_a_simulated_hypervisor_gets_the_fake_and_a_second_sync_changes_nothing(
     assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, 7)
 
 
+def test_show_reads_which_entries_are_held_and_since_when(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    first = call(ctx, "net.show", {"macs": ["02:00:00:00:01:02"]})
+    assert first["vpcs"] == [{"vpc_id": 1, "generation": 1}]
+    [entry] = first["fdb"]
+    assert (entry["vni"], entry["mac"], entry["vtep"]) == (101, "02:00:00:00:01:02", "192.0.2.2")
+    made = int(entry["since_ms"])
+    assert made > 0
+    port = state(1, 0, 1, 2, 3)["ports"][2]
+    assert call(ctx, "net.show", {"macs": [port["mac"].upper()]})["fdb"] == []  # not yet there
+    call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [port]})
+    shown = call(ctx, "net.show", {"macs": [port["mac"]]})
+    assert shown["vpcs"] == [{"vpc_id": 1, "generation": 2}]
+    [added] = shown["fdb"]
+    assert (added["mac"], added["vtep"]) == (port["mac"], "192.0.2.3") and int(added["since_ms"]) >= made
+    # An entry that stays keeps its time; every entry without a filter; the local port has none.
+    everything = call(ctx, "net.show", {})["fdb"]
+    assert [e["mac"] for e in everything] == ["02:00:00:00:01:02", port["mac"]]
+    assert int(everything[0]["since_ms"]) == made
+    call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 2, "generation": 3, "remove_ports": [port["id"]]})
+    assert call(ctx, "net.show", {"macs": [port["mac"]]})["fdb"] == []
+
+
 def test_apply_moves_one_generation_replays_answer_ok_and_gaps_need_a_sync(ctx: ops.Context) -> None:
     call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
     port = state(1, 0, 1, 2, 3)["ports"][2]
