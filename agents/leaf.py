@@ -27,6 +27,7 @@ from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 -
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.network.names import DEFAULT_PREFIX, Names
+from cloudland_agents.network.fake import simulated_vtep
 from cloudland_agents.network.ops import Network, network_for, repair_loop, simulated  # registers net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_launcher.rank import URGENT_S, ChildRank
@@ -58,6 +59,8 @@ class Leaf(ChildRank):
         kernel: list[Network] = []
         for hypervisor in self.hypervisors.values():
             fake = network == "fake" or (not network and simulated(hypervisor))
+            if fake and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
+                hypervisor.vtep = simulated_vtep(hypervisor.id)
             network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
             kernel += [] if fake else [network_for(hypervisor)]
         self.repair_stop = threading.Event()

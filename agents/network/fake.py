@@ -1,15 +1,32 @@
 """A data plane that keeps its objects in memory: for simulated hypervisors (libvirt ``test:///``),
 many of which share one leaf process and one network namespace, where real bridges of one VNI
-would collide, and for the control plane's tests. It counts as the real one does."""
+would collide, and for the control plane's tests. It counts as the real one does.
+
+Simulated hypervisors with this data plane each get a VTEP of their own (``simulated_vtep``), an
+address of the benchmarking range 198.18.0.0/15 (RFC 2544) that nothing routes: they stand for
+separate hosts, so each must hold FDB entries for the others' ports, which a VTEP shared with
+its leaf's host would rule out (a port behind one's own VTEP is local, desired.py ``plan``).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
 from typing import Any
 
 from cloudland import procinfo
 from cloudland_agents.network.desired import FdbEntry, SubnetPlan
 from cloudland_agents.network.dhcp import Changes
+
+
+SIMULATED_VTEPS = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def simulated_vtep(hypervisor: int) -> str:
+    """The VTEP of simulated hypervisor ``hypervisor`` under the fake data plane: 198.18.0.1 for 0."""
+    if not 0 <= hypervisor < SIMULATED_VTEPS.num_addresses - 2:
+        raise ValueError(f"hypervisor {hypervisor} has no address in {SIMULATED_VTEPS}")
+    return str(SIMULATED_VTEPS.network_address + hypervisor + 1)
 
 
 def objects(plans: dict[int, SubnetPlan]) -> set[tuple[Any, ...]]:
