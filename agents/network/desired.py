@@ -11,6 +11,7 @@ named port of the VPC becomes a DNS name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -119,6 +120,7 @@ def dhcp_address(subnet: npb.NetSubnet, network: ipaddress.IPv4Network) -> ipadd
     return ipaddress.IPv4Address(subnet.dhcp_address) if subnet.dhcp_address else network.broadcast_address - 1
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every port's name, on every plan of its VPC
 def hostname(name: str) -> str:
     """``name`` as a DNS label (lower-case letters, digits and '-'), or "" if nothing is left."""
     label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")

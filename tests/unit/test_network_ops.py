@@ -115,6 +115,24 @@ def test_bad_input_changes_nothing(ctx: ops.Context) -> None:
     assert call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})["added"] == 0
 
 
+def test_a_bad_delta_is_refused_whole_and_changes_nothing(ctx: ops.Context) -> None:
+    """An apply checks what its delta brings against the subnets held: a port outside its subnet,
+    and a subnet changed so that a port it held falls outside."""
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    held = network_for(ctx.hypervisor).plane.held.copy()
+    outside = dict(state(1, 0, 1, 2, 3)["ports"][2], ips=["10.9.0.3"])
+    with pytest.raises(InvalidRequest, match=r"vpc 1, port 13: ip '10.9.0.3' is not inside 10.0.0.0/24"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [outside]})
+    narrowed = dict(state(1, 0)["subnets"][0], cidr="10.0.0.0/29")  # its ports' 10.0.0.11 falls outside
+    with pytest.raises(InvalidRequest, match=r"vpc 1, port 11: ip '10.0.0.11' is not inside 10.0.0.0/29"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_subnets": [narrowed]})
+    bad_mac = dict(state(1, 0, 1, 2, 3)["ports"][2], mac="02:00:00:00:01:GG")
+    with pytest.raises(InvalidRequest, match="mac"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [bad_mac]})
+    assert network_for(ctx.hypervisor).plane.held == held
+    assert call(ctx, "net.show", {})["vpcs"] == [{"vpc_id": 1, "generation": 1}]
+
+
 def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Context) -> None:
     call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
     network = network_for(ctx.hypervisor)
