@@ -28,8 +28,10 @@ messages  The tree messages a delta cost (proto/README.md §3, "Message counts")
           deltas), so the two differ only in where the tree carries the delta. Beside the counts,
           the time from the send to the last answer, median of the samples.
 
-CPU seconds of the API and of the tree's ranks around the samples, and the load average, are
-printed: on a shared 2-core machine they move the figures more than anything else. Prints a
+CPU seconds of the API and of the tree's ranks per sample (the create, its observation, the two
+sends of its delta, the delete and the wait for it; idle ranks' polling included), and the load
+average, are printed: on a shared 2-core machine the load moves the figures more than anything
+else. Prints a
 Markdown table for the README; ``--json`` prints the rows as JSON as well (the test reads it).
 
     .venv/bin/python bench/net_bench.py [--hypervisors 1000] [--spreads 10,100,1000] [--samples 20]
@@ -285,7 +287,7 @@ def main() -> int:
     print(f"\n{args.hypervisors:,} simulated hypervisors, one VPC per spread, {args.samples} ports created on each "
           f"(load {rows[-1]['load']} at the end)\n")
     print("| VPC over | port create → FDB entry on every other hypervisor, median / p99 | tree messages: "
-          "multicast / broadcast | delta sent to all answered: multicast / broadcast | CPU per port: API / tree |")
+          "multicast / broadcast | delta sent to all answered: multicast / broadcast | CPU per sample: API / tree |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['spread']:,} hypervisors | {r['median_s']:.3f} s / {r['p99_s']:.3f} s "
