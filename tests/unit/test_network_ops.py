@@ -13,7 +13,7 @@ import pytest
 from cloudland.errors import InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.hypervisor import open_simulated
-from cloudland_agents.network.fake import FakeDataPlane
+from cloudland_agents.network.fake import FakeDataPlane, simulated_vtep
 from cloudland_agents.network.ops import Network, network_for, repair_loop
 from tests.unit.agentcall import call
 
@@ -151,3 +151,11 @@ def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Co
     network.repair = counted  # type: ignore[method-assign]
     repair_loop([network], stop, every=0.01)
     assert [(c.added, c.removed, c.unchanged) for c in rounds] == [(5, 0, 0), (0, 0, 5)]
+
+
+def test_simulated_hypervisors_under_the_fake_get_a_vtep_each_in_the_benchmarking_range() -> None:
+    assert [simulated_vtep(hv) for hv in (0, 1, 255, 1000)] == ["198.18.0.1", "198.18.0.2", "198.18.1.0", "198.18.3.233"]
+    assert len({simulated_vtep(hv) for hv in range(20_000)}) == 20_000
+    assert simulated_vtep(131_069) == "198.19.255.254"
+    with pytest.raises(ValueError, match="hypervisor 131070 has no address in 198.18.0.0/15"):
+        simulated_vtep(131_070)
