@@ -30,13 +30,17 @@ def test_the_quick_bench_runs_and_its_figures_parse(tmp_path: Path) -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         median, p99 = (float(x) for x in re.findall(r"([\d.]+) s", cells[1]))
         assert 0 < median <= p99 and abs(p99 - row["p99_s"]) < 0.0006
-        assert cells[2] == f"{row['multicast_messages']:.0f} / {row['broadcast_messages']:.0f}"
+        assert cells[2] == (f"{row['multicast_messages']:.0f} / {row['broadcast_messages']:.0f} "
+                            f"({row['packed_messages']:.0f})")
+        assert row["packed_messages"] <= row["multicast_messages"] <= row["broadcast_messages"]
         # Every other hypervisor of the VPC held the entry (the new VM's own may be one of the VPC's).
         assert row["others"] in (row["spread"] - 1, row["spread"])
         # The multicast went to the VPC's hypervisors that already held its subnet: all the others.
         assert row["broadcast_answered"] == 100 and row["multicast_answered"] >= row["others"]
     whole, small = rows
     assert whole["multicast_messages"] == whole["broadcast_messages"]  # the VPC is the cluster
-    # A VPC of 10 strewn over the tree: 10 leaves' paths at most, against all 50 leaves and both relays.
+    # A VPC of 10 strewn over the tree: 10 leaves' paths at most, against all 50 leaves and both relays;
+    # packed, its 10 hypervisors sit under 5 leaves of one relay.
     assert small["multicast_messages"] < small["broadcast_messages"] / 2
+    assert small["packed_messages"] < small["multicast_messages"]
     assert not list(tmp_path.iterdir()), "the bench left files behind"
