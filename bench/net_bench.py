@@ -178,7 +178,9 @@ def set_up(cloud: Cloud, spread: int, index: int, hypervisors: int) -> dict[str,
         raise AssertionError(f"vpc {vpc['id']}: ports on {len(set(placed.values()) & chosen)} of the {spread} "
                              f"hypervisors chosen, and on {sorted(set(placed.values()) - chosen)[:10]} besides")
     hypervisors = chosen
-    wait_generation(cloud.client, hypervisors, vpc["id"], cloud.vpc(vpc["id"])["generation"])
+    # Each hypervisor that joined gets the VPC's whole state by a sync, one after another (one job
+    # at a time per VPC): at a thousand, minutes.
+    wait_generation(cloud.client, hypervisors, vpc["id"], cloud.vpc(vpc["id"])["generation"], timeout=3600)
     return {"vpc": vpc["id"], "subnet": subnet["id"], "hypervisors": hypervisors, "ports": len(placed)}
 
 
@@ -290,7 +292,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cl-netbench-") as tmp:
         rows = run(args, Path(tmp))
     print(f"\n{args.hypervisors:,} simulated hypervisors, one VPC per spread, {args.samples} ports created on each "
-          f"(load {rows[-1]['load']} at the end)\n")
+          f"(load {rows[-1]['load']} at the end); VPCs set up in "
+          + ", ".join(f"{r['setup_s']:.0f} s ({r['spread']:,}: {r['ports']:,} ports)" for r in rows) + "\n")
     print("| VPC over | port create → FDB entry on every other hypervisor, median / p99 | tree messages: "
           "multicast / broadcast (packed VPC) | delta sent to all answered: multicast / broadcast "
           "| CPU per sample: API / tree |")
