@@ -269,6 +269,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 "api_cpu_s": (cpu1[0] - cpu0[0]) / len(samples), "tree_cpu_s": (cpu1[1] - cpu0[1]) / len(samples),
                 "load": loadavg(),
             })
+        cloud.db.close()
         return rows
     finally:
         if api is not None:
