@@ -28,6 +28,7 @@ from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registe
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.compute.nics import guests_for, plays_guests
 from cloudland_agents.network.names import DEFAULT_PREFIX, Names
+from cloudland_agents.network.fake import simulated_vtep
 from cloudland_agents.network.ops import Network, Repairable, network_for, repair_loop, simulated  # net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_launcher.rank import URGENT_S, ChildRank
@@ -59,6 +60,8 @@ class Leaf(ChildRank):
         kernel: list[Repairable] = []
         for hypervisor in self.hypervisors.values():
             fake = network == "fake" or (not network and simulated(hypervisor))
+            if fake and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
+                hypervisor.vtep = simulated_vtep(hypervisor.id)
             network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
             kernel += [] if fake else [network_for(hypervisor)]
             # Test guests play its VMs' NICs (agents/compute/nics.py): repaired after the network.

@@ -249,9 +249,11 @@ class _Tally:
     def __init__(self) -> None:
         self.by_status: Counter[str] = Counter()
         self.failures: list[pb.Reply] = []
+        self.messages = 0  # tree messages the command cost (proto/README.md §3, "Message counts")
 
-    def add(self, replies: Iterable[pb.Reply]) -> None:
-        for reply in replies:
+    def add(self, batch: pb.ReplyBatch) -> None:
+        self.messages += sum(entry.count for entry in batch.messages)
+        for reply in batch.replies:
             self.by_status[pb.Status.Name(reply.status)] += 1
             if reply.status != pb.OK:
                 self.failures.append(reply)
@@ -286,7 +288,7 @@ def broadcast(
                 for batch in batches:
                     for reply in batch.replies:
                         _print_json(_reply_json(reply))
-                    tally.add(batch.replies)
+                    tally.add(batch)
             else:
                 _stream_with_progress(batches, expected, tally)
             elapsed = time.monotonic() - started
@@ -311,7 +313,7 @@ def _stream_with_progress(batches: Iterable[pb.ReplyBatch], expected: int, tally
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task("replies", total=expected)
         for batch in batches:
-            tally.add(batch.replies)
+            tally.add(batch)
             progress.update(task, completed=tally.received)
 
 
@@ -320,7 +322,7 @@ def _print_summary(tally: _Tally, expected: int, elapsed: float) -> None:
     for name, n in tally.by_status.most_common():
         table.add_row(_styled(name), str(n), f"{100 * n / max(tally.received, 1):.1f}%")
     out.print(table)
-    out.print(f"{tally.received}/{expected} replies in {elapsed:.2f} s")
+    out.print(f"{tally.received}/{expected} replies in {elapsed:.2f} s, {tally.messages} tree messages")
     if tally.received < expected:
         out.print(f"{expected - tally.received} targets sent no reply", style="red")
     for reply in sorted(tally.failures, key=lambda r: r.hypervisor)[:SHOWN_ERRORS]:

@@ -137,13 +137,22 @@ class RootClient:
         self, operation: str, targets: int | Iterable[int] | None = ALL, **kwargs: Any
     ) -> tuple[set[int], list[pb.Reply]]:
         """Dispatch and gather compactly: (hypervisors that answered OK without payload, other replies)."""
+        ok, others, _ = self.count(operation, targets, **kwargs)
+        return ok, others
+
+    def count(self, operation: str, targets: int | Iterable[int] | None = ALL,
+              **kwargs: Any) -> tuple[set[int], list[pb.Reply], int]:
+        """As ``gather``, and the tree messages the command cost (proto/README.md §3, "Message
+        counts"): (hypervisors that answered OK without payload, other replies, messages)."""
         ok: set[int] = set()
         others: list[pb.Reply] = []
+        messages = 0
         for batch in self.dispatch(operation, targets, expand=False, **kwargs):
             for entry in batch.ok:
                 ok.update(entry.hypervisors)
             others.extend(batch.replies)
-        return ok, others
+            messages += sum(entry.count for entry in batch.messages)
+        return ok, others, messages
 
     def topology(self, timeout: float = 5.0) -> root_pb2.TopologyReply:
         """The tree's shape and whether every rank is up."""
@@ -227,6 +236,7 @@ def expanded(batch: pb.ReplyBatch) -> pb.ReplyBatch:
     """``batch`` with its compact OK replies written out as ordinary replies."""
     full = pb.ReplyBatch()
     full.replies.extend(batch.replies)
+    full.messages.extend(batch.messages)
     for entry in batch.ok:
         full.replies.extend(pb.Reply(job_id=entry.job_id, hypervisor=hv, status=pb.OK) for hv in entry.hypervisors)
     return full

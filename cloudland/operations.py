@@ -59,6 +59,7 @@ OPERATIONS: dict[str, Types] = {
     "image.evict": Types(image.ImageEvictRequest, image.ImageEvictResult),
     "net.sync": Types(network.NetSyncRequest, network.NetSyncResult),
     "net.apply": Types(network.NetApplyRequest, network.NetApplyResult),
+    "net.show": Types(network.NetShowRequest, network.NetShowResult),
 }
 
 # Every result type by its full name: a reply names its result's type, not its operation.

@@ -7,6 +7,10 @@ message per relay, while a slow hypervisor delays the others by at most
 ``linger``. OK replies without payload travel in the compact ``ok`` form: per
 job a packed list of hypervisor ids, merged and forwarded without touching
 each reply.
+
+Every batch also says what its jobs cost in tree messages (``ReplyBatch.messages``, §3 "Message
+counts"): the copies of each job's command sent below this rank and the batches its replies
+climbed in, reported by the children, plus this batch itself. The root adds them up per job.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class ReplyBuffer:
         self.linger = linger
         self._replies: list[pb.Reply] = []
         self._ok: dict[str, list[int]] = {}
+        self._messages: dict[str, int] = {}  # job id -> messages spent below, not yet reported
         self._count = 0
         self._oldest = 0.0
         self.batches_sent = 0
@@ -50,7 +55,9 @@ class ReplyBuffer:
         self._count += n
 
     def add(self, batch: pb.ReplyBatch) -> None:
-        """Buffer every reply of ``batch`` (both forms)."""
+        """Buffer every reply of ``batch`` (both forms) and what its jobs cost below."""
+        for entry in batch.messages:
+            self._messages[entry.job_id] = self._messages.get(entry.job_id, 0) + entry.count
         if batch.replies:
             self._touch(len(batch.replies))
             self._replies.extend(batch.replies)
@@ -78,7 +85,11 @@ class ReplyBuffer:
         batch = batch_of(self._replies)
         for job_id, hypervisors in self._ok.items():
             batch.ok.add(job_id=job_id, hypervisors=hypervisors)
+        costs = self._messages
+        for job_id in {r.job_id for r in self._replies} | self._ok.keys():
+            costs[job_id] = costs.get(job_id, 0) + 1  # this batch carries the job's replies
+        batch.messages.extend(pb.JobMessages(job_id=job_id, count=n) for job_id, n in costs.items())
         self.batches_sent += 1
         self.replies_sent += self._count
-        self._replies, self._ok, self._count = [], {}, 0
+        self._replies, self._ok, self._messages, self._count = [], {}, {}, 0
         return batch

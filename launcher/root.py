@@ -60,6 +60,7 @@ class Job:
     command: pb.Command
     remaining: set[int]
     out: queue.SimpleQueue[Any]
+    messages: int = 0  # tree messages it cost so far, not yet streamed (§3, "Message counts")
 
 
 class Root:
@@ -207,8 +208,13 @@ class Root:
                         error=f"hypervisor {hv} is not in the tree: no host holds it (job {job_id})")
 
     def _on_replies(self, batch: pb.ReplyBatch) -> None:
-        """Stream each job its replies; each target is answered once (late and duplicate ones dropped)."""
+        """Stream each job its replies, and what it cost in tree messages; each target is answered
+        once (late and duplicate ones dropped)."""
         out: dict[str, pb.ReplyBatch] = {}
+        for cost in batch.messages:
+            job = self.jobs.get(cost.job_id)
+            if job is not None:
+                job.messages += cost.count
         for entry in batch.ok:
             job = self.jobs.get(entry.job_id)
             if job is None:
@@ -227,6 +233,9 @@ class Root:
             out.setdefault(reply.job_id, pb.ReplyBatch()).replies.append(reply)
         for job_id, replies in out.items():
             job = self.jobs[job_id]
+            if job.messages:  # streamed with replies: a job's last ones carry the rest of its cost
+                replies.messages.add(job_id=job_id, count=job.messages)
+                job.messages = 0
             job.out.put(replies)
             if not job.remaining:
                 self._finish(job_id)

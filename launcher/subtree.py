@@ -230,6 +230,8 @@ class Subtree:
         # can take the CPU from us before we queue the next one.
         for link in sent:
             link.ring()
+        if sent:  # the copies sent down: counted with the job's replies (§3, "Message counts")
+            immediate.messages.add(job_id=command.job_id, count=len(sent))
         return immediate
 
     def pending(self, job_id: str) -> int:
@@ -305,8 +307,10 @@ class Subtree:
             self._reject(child, WireError(f"{kind} from child {child.node} is not allowed upward"))
 
     def _accept_replies(self, child: Child, batch: pb.ReplyBatch) -> None:
-        """Pass on the replies this child owes; drop late (job expired) and duplicate ones."""
+        """Pass on the replies this child owes, and what their jobs cost below it; drop late (job
+        expired) and duplicate ones."""
         accepted = pb.ReplyBatch()
+        accepted.messages.extend(entry for entry in batch.messages if entry.job_id in child.pending)
         for entry in batch.ok:  # the compact form: set operations, no per-reply Python
             owed = child.pending.get(entry.job_id)
             if owed is None:
@@ -327,7 +331,7 @@ class Subtree:
             if not owed:
                 self._settled(child, reply.job_id)
             accepted.replies.append(reply)
-        if accepted.replies or accepted.ok:
+        if accepted.replies or accepted.ok or accepted.messages:
             self.on_replies(accepted)
 
     def _settled(self, child: Child, job_id: str) -> None:

@@ -6,7 +6,8 @@
 - ``kernel.py``: bridges, VXLAN devices, FDB and neighbour entries through pyroute2;
 - ``dhcp.py``: one dnsmasq per subnet in a small namespace on the subnet's bridge;
 - ``reconcile.py``: read the kernel, diff against the desired state, add before removing;
+- ``delta.py``: one change applied to a held state, and its VPC replanned, at the change's cost;
 - ``fake.py``: the same in memory, for simulated hypervisors (which share one namespace);
-- ``ops.py``: the ``net.sync`` and ``net.apply`` operations, and the agent's periodic repair;
+- ``ops.py``: the ``net.sync``, ``net.apply`` and ``net.show`` operations, and the agent's periodic repair;
 - ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client.
 """

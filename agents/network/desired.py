@@ -11,12 +11,14 @@ named port of the VPC becomes a DNS name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.network.names import check_vni
@@ -53,6 +55,16 @@ class SubnetPlan:
     fdb: dict[str, str] = field(default_factory=dict)  # remote MAC -> its hypervisor's VTEP
     neighbours: dict[str, str] = field(default_factory=dict)  # remote IP -> its MAC
     dhcp: Dhcp | None = None
+
+
+class FdbEntry(NamedTuple):
+    """A static FDB entry a data plane holds (``net.show``): since when this agent made it, in
+    Unix ms (0: it found it made)."""
+
+    vni: int
+    mac: str
+    vtep: str
+    since_ms: int
 
 
 def check_vpc(state: npb.NetVpcState) -> None:
@@ -108,6 +120,7 @@ def dhcp_address(subnet: npb.NetSubnet, network: ipaddress.IPv4Network) -> ipadd
     return ipaddress.IPv4Address(subnet.dhcp_address) if subnet.dhcp_address else network.broadcast_address - 1
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every port's name, on every plan of its VPC
 def hostname(name: str) -> str:
     """``name`` as a DNS label (lower-case letters, digits and '-'), or "" if nothing is left."""
     label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")

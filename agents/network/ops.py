@@ -4,6 +4,9 @@ Each hypervisor has one ``Network``: the VPC states it holds (desired.py, on dis
 plane (reconcile.py). Its operations are serialised by one lock, since a sync may touch every
 subnet; they run on worker threads (netlink and dnsmasq may take a moment). Both end in the
 same convergence of the whole hypervisor, so an apply also repairs whatever else drifted.
+
+Each VPC's plan (desired.py) is kept with the state it was made from, so an apply plans only
+its own VPC, and only by what its delta changed where it can (delta.py ``replan``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Protocol
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
-from cloudland_agents.network.desired import HeldStates, check_port, check_subnet, check_vpc, plan
+from cloudland_agents.network.delta import applied, in_order, replan
+from cloudland_agents.network.desired import HeldStates, SubnetPlan, check_vpc, plan
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
 from cloudland_agents.network.names import Names
@@ -38,6 +42,9 @@ class Network:
         # Per hypervisor: the simulated hypervisors of one leaf share its state directory.
         directory = hypervisor.state_dir / "network" / f"{self.names.prefix}-hv{hypervisor.id}"
         self.held = HeldStates(directory)
+        for state in self.held.vpcs.values():
+            in_order(state)
+        self._plans: dict[int, tuple[npb.NetVpcState, dict[int, SubnetPlan]]] = {}  # vpc -> (state, its plan)
         self.plane: DataPlane | FakeDataPlane = (
             FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep))
         self._lock = threading.Lock()
@@ -48,12 +55,13 @@ class Network:
     def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
         for state in request.vpcs:
             check_vpc(state)
+            in_order(state)
         with self._lock:
             vpcs: dict[int, npb.NetVpcState] = {} if request.full else dict(self.held.vpcs)
             for state in request.vpcs:
                 vpcs[state.vpc_id] = state
             vpcs = {vpc_id: state for vpc_id, state in vpcs.items() if state.subnets}  # none: removed
-            plans = plan(vpcs.values(), self.hypervisor, self.plane.vtep)  # refused here: nothing changed
+            plans = self._plan(list(vpcs.values()))  # refused here: nothing changed
             for vpc_id in set(self.held.vpcs) - set(vpcs):
                 self.held.drop(vpc_id)
             for state in request.vpcs:
@@ -61,15 +69,38 @@ class Network:
                     self.held.put(state)
             changes = self.plane.converge(plans)
             return npb.NetSyncResult(
-                vpcs=[npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
-                      for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)],
+                vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
+
+    def _versions(self) -> list[npb.NetVpcVersion]:
+        return [npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
+                for v in sorted(self.held.vpcs.values(), key=lambda v: v.vpc_id)]
+
+    def _plan_of(self, state: npb.NetVpcState) -> dict[int, SubnetPlan]:
+        kept = self._plans.get(state.vpc_id)
+        if kept is not None and kept[0] is state:
+            return kept[1]
+        plans = plan([state], self.hypervisor, self.plane.vtep)
+        self._plans[state.vpc_id] = (state, plans)
+        return plans
+
+    def _plan(self, states: list[npb.NetVpcState]) -> dict[int, SubnetPlan]:
+        """``plan(states)``, each VPC's part as kept unless its state changed."""
+        merged: dict[int, SubnetPlan] = {}
+        for state in states:
+            for vni, subnet in self._plan_of(state).items():
+                if vni in merged:  # two VPCs' subnets share a VNI: plan says which, and refuses
+                    return plan(states, self.hypervisor, self.plane.vtep)
+                merged[vni] = subnet
+        for vpc_id in set(self._plans) - {s.vpc_id for s in states} - set(self.held.vpcs):
+            del self._plans[vpc_id]
+        return merged
 
     def repair(self) -> Changes:
         """Converge what is held once more: what drifted while nobody asked (a dnsmasq that died, an
         entry deleted by hand) is made right, and nothing else changes."""
         with self._lock:
-            return self.plane.converge(plan(self.held.vpcs.values(), self.hypervisor, self.plane.vtep))
+            return self.plane.converge(self._plan(list(self.held.vpcs.values())))
 
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
@@ -82,13 +113,24 @@ class Network:
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
             state = applied(held, request)
-            self.plane.converge(plan([*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state],
-                                     self.hypervisor, self.plane.vtep))
+            after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
+            if after is not None:
+                self._plans[state.vpc_id] = (state, after)
+            self.plane.converge(self._plan([*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id),
+                                            state]))
             if state.subnets:
                 self.held.put(state)
             else:
                 self.held.drop(state.vpc_id)
             return npb.NetApplyResult(generation=state.generation)
+
+    def show(self, request: npb.NetShowRequest) -> npb.NetShowResult:
+        """What the data plane holds (the asked MACs' FDB entries, read where they live), unchanged."""
+        with self._lock:
+            entries = self.plane.fdb(frozenset(mac.lower() for mac in request.macs))
+            return npb.NetShowResult(
+                vpcs=self._versions(),
+                fdb=[npb.NetFdbEntry(vni=e.vni, mac=e.mac, vtep=e.vtep, since_ms=e.since_ms) for e in entries])
 
 
 class Repairable(Protocol):
@@ -116,30 +158,6 @@ def repair_loop(networks: Sequence[Repairable], stop: threading.Event, every: fl
             return
 
 
-def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcState:
-    """``held`` with ``delta`` applied; InvalidRequest naming a bad field of the delta."""
-    where = f"vpc {delta.vpc_id}"
-    subnets = {s.id: s for s in held.subnets}
-    for subnet_id in delta.remove_subnets:
-        subnets.pop(subnet_id, None)
-    for subnet in delta.upsert_subnets:
-        check_subnet(subnet, where)
-        subnets[subnet.id] = subnet
-    ports = {p.id: p for p in held.ports}
-    for port_id in delta.remove_ports:
-        ports.pop(port_id, None)
-    for port in delta.upsert_ports:
-        check_port(port, None, where)
-        ports[port.id] = port
-    # A port of a subnet this hypervisor does not hold is a part of the delta that does not concern it.
-    ports = {i: p for i, p in ports.items() if p.subnet_id in subnets}
-    state = npb.NetVpcState(vpc_id=held.vpc_id, generation=delta.generation, mtu=held.mtu, domain=held.domain,
-                            subnets=sorted(subnets.values(), key=lambda s: s.id),
-                            ports=sorted(ports.values(), key=lambda p: p.id))
-    check_vpc(state)
-    return state
-
-
 def simulated(hypervisor: Hypervisor) -> bool:
     """A libvirt ``test:///`` hypervisor: one of many sharing a leaf and its network namespace."""
     return hypervisor.uri.startswith("test://")
@@ -161,3 +179,9 @@ def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
     return network_for(ctx.hypervisor).apply(request)
+
+
+@operation("net.show")
+def net_show(ctx: Context, request: npb.NetShowRequest) -> npb.NetShowResult:
+    """What the data plane holds now (FDB entries of the asked MACs), read, not changed; see network.proto."""
+    return network_for(ctx.hypervisor).show(request)

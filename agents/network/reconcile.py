@@ -10,9 +10,11 @@ state is synced again, and not when a restarted agent syncs what its predecessor
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-from cloudland_agents.network.desired import SubnetPlan
+from cloudland import procinfo
+from cloudland_agents.network.desired import FdbEntry, SubnetPlan
 from cloudland_agents.network.dhcp import Changes, DhcpServers
 from cloudland_agents.network.kernel import Kernel, Link, vxlan_settings
 from cloudland_agents.network.names import BRIDGE, DHCP, VXLAN, Names
@@ -26,6 +28,7 @@ class DataPlane:
         self.vtep = vtep
         self.kernel = Kernel(hypervisor, names)
         self.dhcp = DhcpServers(hypervisor, names, directory, self.kernel.ipr)
+        self.since: dict[tuple[int, str, str], int] = {}  # (vni, mac, vtep) -> when we put it (Unix ms)
 
     def close(self) -> None:
         self.dhcp.close()
@@ -47,6 +50,7 @@ class DataPlane:
                     changes.unchanged += 1
                 else:
                     self.kernel.put_fdb(vx, mac, vtep)  # replaces an entry to another VTEP: no gap
+                    self.since[(vni, mac, vtep)] = procinfo.now_ms()
                     changes.added += 1
             for ip, mac in plan.neighbours.items():
                 if neighbours[vx].get(ip) == mac:
@@ -74,7 +78,17 @@ class DataPlane:
             if link.vni not in plans and link.kind in (BRIDGE, VXLAN):
                 self.kernel.delete_link(link.name, link.index)
                 changes.removed += 1
+        self.since = {key: t for key, t in self.since.items() if plans.get(key[0]) and
+                      plans[key[0]].fdb.get(key[1]) == key[2]}
         return changes
+
+    def fdb(self, macs: Collection[str]) -> list[FdbEntry]:
+        """The static FDB entries of our VXLAN devices for ``macs`` (empty: all), as the kernel
+        has them now, by VNI then MAC."""
+        devices = {link.index: link.vni for link in self.kernel.links().values() if link.kind == VXLAN}
+        return sorted(FdbEntry(devices[index], mac, vtep, self.since.get((devices[index], mac, vtep), 0))
+                      for index, entries in self.kernel.fdb(set(devices)).items()
+                      for mac, vtep in entries.items() if not macs or mac in macs)
 
     def _links(self, plan: SubnetPlan, links: dict[str, Link], changes: Changes) -> tuple[int, int]:
         """The subnet's bridge and VXLAN device, made or corrected; their indexes."""

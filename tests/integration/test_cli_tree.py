@@ -192,6 +192,8 @@ def test_tree_up_in_tmux_prints_banner_and_serves_commands(tmp_path: Path) -> No
         assert result.returncode == 0, described(result)
         assert re.search(rf"\bOK\b\W+{HYPERVISORS}\b", result.stdout), described(result)
         assert f"{HYPERVISORS}/{HYPERVISORS} replies" in result.stdout, described(result)
+        # A flat tree (20 leaves under the root): a copy down to each leaf and a batch back from each.
+        assert f", {2 * HYPERVISORS} tree messages" in result.stdout, described(result)
 
         result = cli(endpoint, "ping", "7", "--count", "3")
         assert result.returncode == 0, described(result)

@@ -32,3 +32,23 @@ def test_relays_batch_replies_upward(make_tree, shape):
         children = len([n for n in tree.peers() if n != relay]) and replies_in // broadcasts
         assert replies_out < replies_in, f"{relay}: {replies_out} batches up for {replies_in} messages in"
         assert children >= 2, f"{relay} received {replies_in} messages for {broadcasts} broadcasts"
+
+
+def test_every_command_reports_the_tree_messages_it_cost(make_tree):
+    """§3 "Message counts": 16 leaves under 4 relays (fan-out 4). A command costs its copies down
+    and the batches its replies climbed in, so the count follows the targets, not the tree."""
+    tree = make_tree(16, 1, 4)
+
+    def cost(targets):
+        ok, others, messages = tree.client.count("ping", targets, timeout=30)
+        assert not others and ok == ({targets} if isinstance(targets, int) else set(targets or range(16)))
+        return messages
+
+    assert cost(5) == 4                   # root -> relay -> leaf, and one batch back each hop
+    assert cost([0, 4, 8, 12]) == 16      # one leaf under each relay: 4 such paths
+    # Two leaves of one relay: 1 + 2 down, 2 leaf batches, and the relay's batch (two if the
+    # second leaf answered after the relay's linger).
+    assert cost([0, 1]) in (6, 7)
+    # Everything: 4 + 16 down, 16 leaf batches, at least one batch from each relay.
+    broadcast = cost(None)
+    assert 40 <= broadcast <= 52, broadcast

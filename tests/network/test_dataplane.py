@@ -175,6 +175,12 @@ def test_apply_at_the_held_generation_and_need_sync_after_a_gap(world: World) ->
     gap = npb.NetApplyRequest(vpc_id=alpha.vpc_id, from_generation=5, generation=6, remove_ports=[port.id])
     assert world.agents[0].apply(gap) == {"generation": 2, "need_sync": True}
     assert any(alpha.mac(4) in line for line in kernel_objects(world.lab, "h1", world.prefix)["fdb"])
+    # net.show reads the kernel's FDB: h1 has the entry to h3's VTEP, made by this agent just now.
+    shown = world.agents[0].call("net.show", request={"macs": [alpha.mac(4)]})["result"]
+    [entry] = shown["fdb"]
+    assert (entry["vni"], entry["mac"], entry["vtep"]) == (alpha.vni, alpha.mac(4), h3.vtep)
+    assert abs(int(entry["since_ms"]) / 1000 - time.time()) < 60
+    assert world.agents[2].call("net.show", request={"macs": [alpha.mac(4)]})["result"].get("fdb", []) == []  # local
     assert resolve(world.lab, "h1", world.guest(alpha, 1), alpha.name(4)) == alpha.ip(4)
     # Back to generation 3 without the port, by a delta, everywhere.
     back = npb.NetApplyRequest(vpc_id=alpha.vpc_id, from_generation=2, generation=3, remove_ports=[port.id])

@@ -123,3 +123,18 @@ def test_compact_form_is_smaller_on_the_wire() -> None:
     compact.ok.add(job_id="j" * 32, hypervisors=range(1000))
     assert size(full) == size(compact) == 1000
     assert len(compact.SerializeToString()) * 10 < len(full.SerializeToString())
+
+
+def test_a_batch_counts_what_its_jobs_cost_below_and_itself() -> None:
+    buffer = ReplyBuffer(linger=LONG)
+    sent_down = pb.ReplyBatch(messages=[pb.JobMessages(job_id="a", count=3)])  # a relay's copies, no reply yet
+    buffer.add(sent_down)
+    assert len(buffer) == 0 and not buffer.due(pending_from({}))  # a cost alone is never sent
+    from_child = batch_of(replies("a", 1))
+    from_child.messages.add(job_id="a", count=2)
+    buffer.add(from_child)
+    buffer.add_ok("b", 7)
+    taken = buffer.take()
+    assert {m.job_id: m.count for m in taken.messages} == {"a": 3 + 2 + 1, "b": 1}
+    buffer.add_ok("a", 2)
+    assert {m.job_id: m.count for m in buffer.take().messages} == {"a": 1}  # reported once, then only new

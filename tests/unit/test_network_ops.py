@@ -13,7 +13,7 @@ import pytest
 from cloudland.errors import InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.hypervisor import open_simulated
-from cloudland_agents.network.fake import FakeDataPlane
+from cloudland_agents.network.fake import FakeDataPlane, simulated_vtep
 from cloudland_agents.network.ops import Network, network_for, repair_loop
 from tests.unit.agentcall import call
 
@@ -43,6 +43,29 @@ def test_a_simulated_hypervisor_gets_the_fake_and_a_second_sync_changes_nothing(
     assert first["vpcs"] == [{"vpc_id": 1, "generation": 1}]
     again = call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2, 3)]})
     assert (again["added"], again["removed"], again["unchanged"]) == (0, 0, 7)
+
+
+def test_show_reads_which_entries_are_held_and_since_when(ctx: ops.Context) -> None:
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    first = call(ctx, "net.show", {"macs": ["02:00:00:00:01:02"]})
+    assert first["vpcs"] == [{"vpc_id": 1, "generation": 1}]
+    [entry] = first["fdb"]
+    assert (entry["vni"], entry["mac"], entry["vtep"]) == (101, "02:00:00:00:01:02", "192.0.2.2")
+    made = int(entry["since_ms"])
+    assert made > 0
+    port = state(1, 0, 1, 2, 3)["ports"][2]
+    assert call(ctx, "net.show", {"macs": [port["mac"].upper()]})["fdb"] == []  # not yet there
+    call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [port]})
+    shown = call(ctx, "net.show", {"macs": [port["mac"]]})
+    assert shown["vpcs"] == [{"vpc_id": 1, "generation": 2}]
+    [added] = shown["fdb"]
+    assert (added["mac"], added["vtep"]) == (port["mac"], "192.0.2.3") and int(added["since_ms"]) >= made
+    # An entry that stays keeps its time; every entry without a filter; the local port has none.
+    everything = call(ctx, "net.show", {})["fdb"]
+    assert [e["mac"] for e in everything] == ["02:00:00:00:01:02", port["mac"]]
+    assert int(everything[0]["since_ms"]) == made
+    call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 2, "generation": 3, "remove_ports": [port["id"]]})
+    assert call(ctx, "net.show", {"macs": [port["mac"]]})["fdb"] == []
 
 
 def test_apply_moves_one_generation_replays_answer_ok_and_gaps_need_a_sync(ctx: ops.Context) -> None:
@@ -92,6 +115,24 @@ def test_bad_input_changes_nothing(ctx: ops.Context) -> None:
     assert call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})["added"] == 0
 
 
+def test_a_bad_delta_is_refused_whole_and_changes_nothing(ctx: ops.Context) -> None:
+    """An apply checks what its delta brings against the subnets held: a port outside its subnet,
+    and a subnet changed so that a port it held falls outside."""
+    call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
+    held = network_for(ctx.hypervisor).plane.held.copy()
+    outside = dict(state(1, 0, 1, 2, 3)["ports"][2], ips=["10.9.0.3"])
+    with pytest.raises(InvalidRequest, match=r"vpc 1, port 13: ip '10.9.0.3' is not inside 10.0.0.0/24"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [outside]})
+    narrowed = dict(state(1, 0)["subnets"][0], cidr="10.0.0.0/29")  # its ports' 10.0.0.11 falls outside
+    with pytest.raises(InvalidRequest, match=r"vpc 1, port 11: ip '10.0.0.11' is not inside 10.0.0.0/29"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_subnets": [narrowed]})
+    bad_mac = dict(state(1, 0, 1, 2, 3)["ports"][2], mac="02:00:00:00:01:GG")
+    with pytest.raises(InvalidRequest, match="mac"):
+        call(ctx, "net.apply", {"vpc_id": 1, "from_generation": 1, "generation": 2, "upsert_ports": [bad_mac]})
+    assert network_for(ctx.hypervisor).plane.held == held
+    assert call(ctx, "net.show", {})["vpcs"] == [{"vpc_id": 1, "generation": 1}]
+
+
 def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Context) -> None:
     call(ctx, "net.sync", {"vpcs": [state(1, 1, 1, 2)]})
     network = network_for(ctx.hypervisor)
@@ -110,3 +151,11 @@ def test_repair_converges_what_is_held_at_once_and_then_periodically(ctx: ops.Co
     network.repair = counted  # type: ignore[method-assign]
     repair_loop([network], stop, every=0.01)
     assert [(c.added, c.removed, c.unchanged) for c in rounds] == [(5, 0, 0), (0, 0, 5)]
+
+
+def test_simulated_hypervisors_under_the_fake_get_a_vtep_each_in_the_benchmarking_range() -> None:
+    assert [simulated_vtep(hv) for hv in (0, 1, 255, 1000)] == ["198.18.0.1", "198.18.0.2", "198.18.1.0", "198.18.3.233"]
+    assert len({simulated_vtep(hv) for hv in range(20_000)}) == 20_000
+    assert simulated_vtep(131_069) == "198.19.255.254"
+    with pytest.raises(ValueError, match="hypervisor 131070 has no address in 198.18.0.0/15"):
+        simulated_vtep(131_070)

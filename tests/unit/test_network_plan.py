@@ -8,7 +8,7 @@ import pytest
 from cloudland.errors import InvalidRequest
 from cloudland_agents.network.desired import HeldStates, check_vpc, plan
 from cloudland_agents.network.names import Names
-from cloudland_agents.network.ops import applied
+from cloudland_agents.network.delta import applied
 from cloudland_proto.v1 import network_pb2 as npb
 
 SUBNET = npb.NetSubnet(id=1, vpc_id=7, vni=100, cidr="10.0.0.0/24", gateway="10.0.0.1", dhcp=True)

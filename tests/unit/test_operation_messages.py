@@ -13,7 +13,7 @@ from cloudland.errors import InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.compute import console_ops, ops as compute_ops  # noqa: F401 - they register
 from cloudland_agents.images import ops as image_ops  # noqa: F401 - registers image.evict
-from cloudland_agents.network import ops as network_ops  # noqa: F401 - registers net.sync, net.apply
+from cloudland_agents.network import ops as network_ops  # noqa: F401 - registers net.sync, net.apply, net.show
 from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -62,6 +62,10 @@ SAMPLES = {
                  npb.NetSyncResult(vpcs=[npb.NetVpcVersion(vpc_id=7, generation=3)], added=5, unchanged=2)),
     "net.apply": (npb.NetApplyRequest(vpc_id=7, from_generation=3, generation=4, remove_ports=[2]),
                   npb.NetApplyResult(generation=4, need_sync=True)),
+    "net.show": (npb.NetShowRequest(macs=["02:00:00:00:00:01"]),
+                 npb.NetShowResult(vpcs=[npb.NetVpcVersion(vpc_id=7, generation=4)],
+                                   fdb=[npb.NetFdbEntry(vni=100, mac="02:00:00:00:00:01", vtep="192.0.2.4",
+                                                        since_ms=1_765_000_000_000)])),
 }
 
 
