@@ -25,7 +25,8 @@ run: setup
 	CLOUDLAND_API_DEFAULT_NETWORK=$(DEFAULT_NETWORK) $(BIN)/cloudland up --hypervisors $(HYPERVISORS)
 
 # -p no:cacheprovider keeps a fresh clone clean; output goes to the terminal for CI.
-test: setup
+test:
+	@VENV=$(VENV) deploy/bootstrap.sh --tests
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup

@@ -33,7 +33,7 @@ from cloudland_cli.common import (
     styled,
     wait_job,
 )
-from cloudland_cli.restclient import ApiClient
+from cloudland_cli.restclient import ApiClient, find_by_ref
 from cloudland_cli.settings import CliConfig, ProfileStore, normalise_endpoint
 from cloudland_cli.vm import watch_and_report
 
@@ -221,21 +221,6 @@ def flavor_delete(ref: Annotated[str, typer.Argument(help="Flavor id or name.")]
         flavor = find_by_ref(client, "/flavors", ref, "flavor")
         client.delete(f"/flavors/{flavor['id']}")
     out.print(f"flavor {flavor['id']} {flavor['name']} deleted")
-
-
-def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
-    """The one resource of a collection with that id or name; a name that several have (ports' names
-    need not be unique) is refused, naming their ids."""
-    if ref.isdigit():
-        found: dict[str, Any] = client.get(f"{path}/{ref}")
-        return found
-    matches = [item for item in client.iter_after(path) if item["name"] == ref]
-    if not matches:
-        raise InvalidRequest(f"no {kind} named {ref!r}")
-    if len(matches) > 1:
-        raise InvalidRequest(f"{len(matches)} {kind}s are named {ref!r}; use an id: "
-                             + ", ".join(str(item["id"]) for item in matches))
-    return matches[0]
 
 
 # -- images ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cloudland.errors import InvalidRequest
-from cloudland_cli.cloud import find_by_ref as find
+from cloudland_cli.restclient import find_by_ref as find
 from cloudland_cli.common import all_pages, connect, out, print_json, print_page, print_record, print_table
 from cloudland_cli.restclient import ApiClient
 from cloudland_cli.vm import resolve_instance

@@ -204,3 +204,18 @@ class ApiClient:
         # No read timeout: the server may hash a large image before it answers.
         return self.request("PUT", path, content=chunks(), headers=all_headers,
                             timeout=httpx.Timeout(30.0, read=None))
+
+
+def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
+    """The one resource of a collection with that id or name; a name that several have (ports' names
+    need not be unique) is refused, naming their ids."""
+    if ref.isdigit():
+        found: dict[str, Any] = client.get(f"{path}/{ref}")
+        return found
+    matches = [item for item in client.iter_after(path) if item["name"] == ref]
+    if not matches:
+        raise InvalidRequest(f"no {kind} named {ref!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{len(matches)} {kind}s are named {ref!r}; use an id: "
+                             + ", ".join(str(item["id"]) for item in matches))
+    return matches[0]

@@ -28,7 +28,7 @@ from cloudland_cli.common import (
     wait_job,
     watch_batches,
 )
-from cloudland_cli.restclient import ApiClient
+from cloudland_cli.restclient import ApiClient, find_by_ref
 
 MAX_BATCH = 1000  # ids per POST /instances/actions (BatchAction's max_length)
 _PAST = {"start": "started", "stop": "stopped", "reboot": "rebooted", "delete": "deleted"}
@@ -275,7 +275,6 @@ def _port_id(ref: str) -> int:
     """A port's id from its id or name (names as `port show` takes them)."""
     if ref.isdigit():
         return int(ref)
-    from cloudland_cli.cloud import find_by_ref
     with connect() as client:
         return int(find_by_ref(client, "/ports", ref, "port")["id"])
 

@@ -4,6 +4,10 @@
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# --tests (make test): also what only the test suite uses (the OpenID provider, below); `make run`
+# leaves it out, so that it needs nothing from npm.
+FOR_TESTS=0
+[ "${1:-}" = "--tests" ] && FOR_TESTS=1
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${VENV:-.venv}
@@ -60,7 +64,9 @@ fi
 # its package-lock.json). It wants Node.js 20 or later, newer than Debian 12's nodejs (18): where
 # no such node is on PATH, those tests skip and say so (under CI they fail).
 PROVIDER=tests/identity/provider
-if command -v npm >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
+if [ "$FOR_TESTS" = 0 ]; then
+    :
+elif command -v npm >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
     if [ ! -d "$PROVIDER/node_modules/oidc-provider" ] || [ "$PROVIDER/package-lock.json" -nt "$PROVIDER/node_modules" ]; then
         echo "bootstrap: installing the test OpenID provider (npm ci in $PROVIDER)"
         npm ci --prefix "$PROVIDER" --no-audit --no-fund --loglevel=error
