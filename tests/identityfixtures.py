@@ -371,7 +371,7 @@ def oidc_provider() -> Iterator[OidcProvider]:
     if shutil.which("node") is None:
         _missing("node not installed: the OpenID provider tests need Node.js 20 or later")
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
-        _missing(f"oidc-provider not installed: npm ci --prefix {PROVIDER_DIR} (make test does: deploy/bootstrap.sh --tests)")
+        _missing(f"oidc-provider not installed: npm ci --prefix {PROVIDER_DIR} (make test does)")
     base = Path(tempfile.mkdtemp(prefix="cloudland-oidc-"))
     os.chmod(base, 0o700)
     key, jwk = new_signing_key("k1")
