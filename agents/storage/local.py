@@ -4,8 +4,8 @@
 (qemu-img convert, sparse), so a snapshot, a volume and a volume made from a snapshot never
 depend on each other and each can go alone. Every file is written under a temporary name and
 renamed into place, so a crash leaves either the whole file or none (a leftover temporary one
-is removed by the next attempt). The directory is private (0700); on a real hypervisor it is
-also a libvirt ``dir`` storage pool, refreshed after each change, so ``virsh vol-list`` shows it.
+is removed by the next attempt). The directory is private (0700; searchable by QEMU's user on a
+real hypervisor) and files are 0600; on a real hypervisor it is also a libvirt ``dir`` storage pool, refreshed after each change, so ``virsh vol-list`` shows it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from xml.etree import ElementTree as ET
 import libvirt
 
 from cloudland.errors import VolumeError, VolumeNotFound
+from cloudland.statedir import open_for_qemu
 from cloudland_agents.storage.disks import VolumeDisk
 from cloudland_agents.storage.store import run
 
@@ -35,6 +36,10 @@ class LocalStore:
         self.qemu_img = qemu_img
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(root, 0o700)
+        if conn is not None:
+            # QEMU runs as its own user and opens the files libvirt hands it (the one exception
+            # to private state, cloudland/statedir.py): the directories are searchable, not listable.
+            open_for_qemu(root)
         self._pool = self._define_pool(conn, pool) if conn is not None and pool else None
 
     # -- files ------------------------------------------------------------------------------
