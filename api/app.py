@@ -37,7 +37,7 @@ from cloudland_api.deps import known_query_parameters
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
-    auth, console, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, tenants, vpcs
+    auth, console, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -251,4 +251,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(tenants.router, prefix=API_PREFIX)
     for network_router in (vpcs.router, subnets.router, ports.router):
         app.include_router(network_router, prefix=API_PREFIX)
+    app.include_router(volumes.router, prefix=API_PREFIX)
     return app

@@ -23,6 +23,10 @@ from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
+from cloudland_api.schemas.volumes import (
+    AttachmentCreate, AttachmentPublic, SnapshotAccepted, SnapshotCreate, SnapshotList, SnapshotPublic,
+    VolumeAccepted, VolumeCreate, VolumeExtend, VolumeList, VolumePublic
+)
 
 __all__ = [
     "AccountPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
@@ -34,5 +38,7 @@ __all__ = [
     "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
     "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
-    "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"
+    "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic",
+    "AttachmentCreate", "AttachmentPublic", "SnapshotAccepted", "SnapshotCreate", "SnapshotList", "SnapshotPublic",
+    "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
 ]
