@@ -59,7 +59,8 @@ class VolumeJobs(Kind):
                 # Nothing of a detach is left on a host that is gone: the domain went with it.
                 plan.decide(job, "ok" if job.action == "detach" else "failed", target)
                 continue
-            plan.send(job, OPERATIONS[job.action], target, self._request(job, volume, instance), VOLUME_TIMEOUT_S)
+            operation = "vol.clone" if job.action == "create" and "snapshot_id" in job.args else OPERATIONS[job.action]
+            plan.send(job, operation, target, self._request(job, volume, instance), VOLUME_TIMEOUT_S)
 
     @staticmethod
     def _target(session: Session, volume: Volume, instance: Instance | None) -> int | str:
