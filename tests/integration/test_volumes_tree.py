@@ -8,6 +8,7 @@ attachment ids, so the test checks what the hypervisor holds, not only what the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,19 @@ def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_d
     ended(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}/snapshots/{snapshot_id}"))
     ended(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}"))
     assert not files[0].exists()
+
+    # The same through the CLI: every change waits for its job; a second detach has nothing to do.
+    def cli(*args: str) -> str:
+        done = cloud.cli("volume", *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "succeeded" in cli("create", "logs", "--size", "1", "--vm", "db")
+    assert "succeeded" in cli("attach", "logs", "--vm", "db")
+    [listed] = [v for v in json.loads(cli("list", "--json"))["items"] if v["name"] == "logs"]
+    assert listed["attachment"]["device"] == "vdb" and listed["attachment"]["status"] == "attached"
+    refused = cloud.cli("volume", "delete", "logs")
+    assert refused.returncode != 0 and "detach it first" in refused.stdout + refused.stderr
+    assert "succeeded" in cli("detach", "logs")
+    assert "nothing to do" in cli("detach", "logs")
+    assert "succeeded" in cli("delete", "logs")
