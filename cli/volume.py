@@ -8,6 +8,7 @@ to do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -95,26 +96,32 @@ def volume_delete(ref: Ref, no_wait: NoWaitOpt = False, as_json: JsonOpt = False
         _job(client, client.delete(f"/volumes/{volume['id']}"), f"volume {volume['id']}", no_wait, as_json)
 
 
+def _change(ref: str, action: str, body: dict[str, Any], no_wait: bool, as_json: bool,
+            what: Callable[[dict[str, Any]], str] = lambda accepted: f"volume {accepted['volume']['id']}") -> None:
+    """POST ``body`` to the volume's ``action`` and follow the job it started; ``what`` names it."""
+    with connect() as client:
+        volume = find(client, "/volumes", ref, "volume")
+        accepted = client.post(f"/volumes/{volume['id']}/{action}", body)
+        _job(client, accepted, what(accepted), no_wait, as_json)
+
+
 @volume_app.command("extend")
 def volume_extend(ref: Ref, size: Annotated[int, typer.Option(help="New size in GiB (larger).")],
                   no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
     """Grow a volume; live when it is attached to a running VM."""
-    with connect() as client:
-        volume = find(client, "/volumes", ref, "volume")
-        accepted = client.post(f"/volumes/{volume['id']}/extend", {"size_gib": size})
-        _job(client, accepted, f"volume {volume['id']}", no_wait, as_json)
+    _change(ref, "extend", {"size_gib": size}, no_wait, as_json)
+
+
+def _attached(accepted: dict[str, Any]) -> str:
+    attachment = accepted["volume"]["attachment"]
+    return f"volume {accepted['volume']['id']} as {attachment['device']} (attachment {attachment['id']})"
 
 
 @volume_app.command("attach")
 def volume_attach(ref: Ref, vm: Annotated[str, typer.Option(help="VM id or name.")],
                   no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
     """Attach a volume to a VM; its device name (vdb, vdc...) is chosen for it."""
-    with connect() as client:
-        volume = find(client, "/volumes", ref, "volume")
-        accepted = client.post(f"/volumes/{volume['id']}/attachments", {"instance": _ref(vm)})
-        attachment = accepted["volume"]["attachment"]
-        _job(client, accepted, f"volume {volume['id']} as {attachment['device']} (attachment {attachment['id']})",
-             no_wait, as_json)
+    _change(ref, "attachments", {"instance": _ref(vm)}, no_wait, as_json, _attached)
 
 
 @volume_app.command("detach")
@@ -135,10 +142,8 @@ def volume_detach(ref: Ref, no_wait: NoWaitOpt = False, as_json: JsonOpt = False
 def volume_snapshot(ref: Ref, name: Annotated[str, typer.Option(help="Snapshot name.")],
                     no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
     """Snapshot a volume."""
-    with connect() as client:
-        volume = find(client, "/volumes", ref, "volume")
-        accepted = client.post(f"/volumes/{volume['id']}/snapshots", {"name": name})
-        _job(client, accepted, f"snapshot {accepted['snapshot']['id']} {name}", no_wait, as_json)
+    _change(ref, "snapshots", {"name": name}, no_wait, as_json,
+            lambda accepted: f"snapshot {accepted['snapshot']['id']} {name}")
 
 
 @volume_app.command("snapshots")

@@ -101,12 +101,7 @@ class LocalStore:
                          f"volume {volume_id} from snapshot {snapshot_id} of volume {source_id}")
 
     def delete(self, volume_id: int) -> bool:
-        path = self._file(volume_id)
-        if not path.exists():
-            return False
-        path.unlink()
-        self._refresh()
-        return True
+        return self._remove(self._file(volume_id))
 
     def resize(self, volume_id: int, size_bytes: int) -> None:
         self._qemu_img("resize", "-q", "-f", "qcow2", str(self._file(volume_id)), str(size_bytes),
@@ -122,10 +117,14 @@ class LocalStore:
                          self._snap_file(volume_id, snapshot_id), f"snapshot {snapshot_id} of volume {volume_id}")
 
     def snapshot_delete(self, volume_id: int, snapshot_id: int) -> bool:
-        path = self._snap_file(volume_id, snapshot_id)
-        if not path.exists():
+        return self._remove(self._snap_file(volume_id, snapshot_id))
+
+    def _remove(self, path: Path) -> bool:
+        """Remove ``path``; False if it was gone already."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
             return False
-        path.unlink()
         self._refresh()
         return True
 

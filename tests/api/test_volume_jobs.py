@@ -15,6 +15,7 @@ from cloudland_api.models import (
     VOLUME, Hypervisor, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot,
 )
 from cloudland_proto.v1 import storage_pb2 as spb
+from tests.api.test_job_engine import job as job_row
 from tests.fakeroot import FakeRoot
 
 Sessions = sessionmaker[Session]
@@ -57,22 +58,27 @@ def job(sessions: Sessions, org: int, volume_id: int, action: str, **args: objec
 
 
 def state(sessions: Sessions, job_id: str) -> JobState:
+    return job_row(sessions, job_id).state
+
+
+def attaching(sessions: Sessions, org: int, vm: int, vol: int) -> int:
+    """An attachment of ``vol`` to ``vm`` as vdb, being attached: its id."""
     with sessions() as session:
-        row = session.get(Job, job_id)
-        assert row is not None
-        return row.state
+        attachment = VolumeAttachment(org_id=org, volume_id=vol, instance_id=vm, device="vdb", status="attaching")
+        session.add(attachment)
+        session.commit()
+        return attachment.id
 
 
 def test_each_action_sends_its_operation_where_the_volume_or_its_instance_is(
         sessions: Sessions, org: int, fake: FakeRoot, engine: Engine) -> None:
     vm, vol = seed(sessions, org)
+    attachment_id = attaching(sessions, org, vm, vol)
     with sessions() as session:
-        attachment = VolumeAttachment(org_id=org, volume_id=vol, instance_id=vm, device="vdb", status="attaching")
-        session.add(attachment)
         snapshot = VolumeSnapshot(org_id=org, volume_id=vol, name="s", size_gib=2)
         session.add(snapshot)
         session.commit()
-        attachment_id, snapshot_id = attachment.id, snapshot.id
+        snapshot_id = snapshot.id
         domain = session.get(Instance, vm).domain_name  # type: ignore[union-attr]
     ref = spb.VolumeRef(id=vol, backend="local")
     expected = [
@@ -118,11 +124,7 @@ def test_a_shared_volume_goes_to_any_hypervisor_up_and_a_clone_names_its_snapsho
 def test_failures_end_terminal_and_leave_nothing_half_done(
         sessions: Sessions, org: int, fake: FakeRoot, engine: Engine) -> None:
     vm, vol = seed(sessions, org)
-    with sessions() as session:
-        attachment = VolumeAttachment(org_id=org, volume_id=vol, instance_id=vm, device="vdb", status="attaching")
-        session.add(attachment)
-        session.commit()
-        attachment_id = attachment.id
+    attachment_id = attaching(sessions, org, vm, vol)
     fake.fail_next("vol.attach", "failed", "vol.attach: domain cl-x not found (hypervisor 2, job j)")
     job_id = job(sessions, org, vol, "attach", attachment_id=attachment_id, instance_id=vm, device="vdb")
     engine.run_once([job_id])

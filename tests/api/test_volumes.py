@@ -13,15 +13,14 @@ from sqlalchemy import update
 
 from cloudland_api.models import Instance, Role
 from tests.api.conftest import Api, Launcher, add_hypervisor, running, settle
+from tests.api.test_networks import post as posted
 
 API = "/api/v1"
 
 
 def post(api: Api, headers: dict[str, str], path: str, body: dict[str, Any], status: int = 202) -> dict[str, Any]:
-    reply = api.client.post(f"{API}/{path}", json=body, headers=headers)
-    assert reply.status_code == status, reply.text
-    result: dict[str, Any] = reply.json()
-    return result
+    """POST, asserting ``status`` (202: a change that started a job)."""
+    return posted(api, headers, path, body, status)
 
 
 def volume(api: Api, headers: dict[str, str], name: str = "data", size_gib: int = 1, **spec: Any) -> dict[str, Any]:
