@@ -9,6 +9,7 @@ worker threads: qemu-img, rbd and a live unplug take a moment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,13 +57,19 @@ def load_rbd_backends(path: str) -> list[RbdConfig]:
 def volumes_of(hypervisor: Hypervisor, rbd: Sequence[RbdConfig] = ()) -> Volumes:
     """The storage driver of ``hypervisor``: ``local``, plus the rbd backends given."""
     real = not hypervisor.uri.startswith("test://")
+    root = hypervisor.state_dir / "volumes" / f"hv{hypervisor.id}"
     stores: dict[str, Store] = {
-        LOCAL: LocalStore(hypervisor.id, hypervisor.state_dir / "volumes" / f"hv{hypervisor.id}",
-                          conn=hypervisor.conn if real else None, pool=f"cloudland-volumes-hv{hypervisor.id}"),
+        LOCAL: LocalStore(hypervisor.id, root, conn=hypervisor.conn if real else None, pool=pool_name(root)),
     }
     for config in rbd:
         stores[config.name] = RbdStore(hypervisor.id, config, hypervisor.conn)
     return Volumes(hypervisor.id, hypervisor.conn, stores, changed=hypervisor.forget_disks)
+
+
+def pool_name(root: Path) -> str:
+    """The libvirt pool over a local backend's directory: named after its path, so two agents
+    (two test sessions) on one libvirtd never share one."""
+    return f"cloudland-volumes-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}"
 
 
 # ``storage_for.set`` installs another (rbd backends from the leaf's settings, a fake in tests).
