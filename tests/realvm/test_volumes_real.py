@@ -85,3 +85,24 @@ def test_a_marker_written_by_one_guest_is_read_by_another(real_cloud: Cloud, qem
     power(cloud, dst, "start")
     console_until(cloud, dst["id"], PROMPT, BOOT_TIMEOUT_S)
     type_until(cloud, dst["id"], "dd if=/dev/vdb bs=16 count=1 2>/dev/null; echo", b"cl-volume-42", BOOT_TIMEOUT_S)
+
+
+def test_hot_plug_live_extend_and_unplug_in_a_running_guest(real_cloud: Cloud, qemu_libvirt: QemuSession,
+                                                           no_pool_left: None) -> None:
+    """Must-show 3 with the live path: attached to a running guest it appears at once, grown it
+    shows the new size without a reboot (QEMU's block_resize), detached it is gone."""
+    cloud = real_cloud
+    ready(cloud, qemu_libvirt.guest)
+    vm = running_vm(cloud, "live")
+    console_until(cloud, vm["id"], PROMPT, BOOT_TIMEOUT_S)
+    made = cloud.post("/volumes", {"name": "hot", "size_gib": 1, "instance": vm["id"]})
+    ok(cloud, made)
+    volume = made["volume"]
+    ok(cloud, cloud.post(f"/volumes/{volume['id']}/attachments", {"instance": vm["id"]}))
+    type_until(cloud, vm["id"], "cat /sys/block/vdb/serial; echo", f"cl-vol-{volume['id']}".encode())
+    type_until(cloud, vm["id"], "echo size-$(cat /sys/block/vdb/size)", b"size-2097152")  # 1 GiB in sectors
+    ok(cloud, cloud.post(f"/volumes/{volume['id']}/extend", {"size_gib": 2}))
+    type_until(cloud, vm["id"], "echo size-$(cat /sys/block/vdb/size)", b"size-4194304")  # 2 GiB, no reboot
+    attachment = cloud.get(f"/volumes/{volume['id']}")["attachment"]
+    ok(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}/attachments/{attachment['id']}"))
+    type_until(cloud, vm["id"], "test -e /sys/block/vdb || echo gone-$((1+1))", b"gone-2")

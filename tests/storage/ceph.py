@@ -48,6 +48,7 @@ class CephCluster:
 
     def __init__(self, base: Path | None = None) -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="cloudland-ceph-"))
+        self.base.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.base, 0o700)
         self.fsid = str(uuid.uuid4())
         self.mon_port = _free_port()
