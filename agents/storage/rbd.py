@@ -176,12 +176,17 @@ class RbdStore:
 
     # -- the libvirt secret --------------------------------------------------------------------
 
+    @staticmethod
+    def secret_uuid_of(backend: str, user: str) -> str:
+        """The uuid of the libvirt secret of ``backend``'s cephx ``user``: the same on every start."""
+        return str(uuid.uuid5(_NAMESPACE, f"cloudland-{backend}-{user}"))
+
     def _define_secret(self, conn: libvirt.virConnect) -> str:
         """The uuid of the libvirt ``ceph`` secret holding the user's key: defined (private, so
         libvirt never hands the value back) or found, and its value set from the keyring. A
         driver without secrets (``test:///``, which runs no QEMU) gets none: ""."""
         usage = f"cloudland-{self.name}-{self.config.user}"
-        secret_uuid = str(uuid.uuid5(_NAMESPACE, usage))
+        secret_uuid = self.secret_uuid_of(self.name, self.config.user)
         xml = ET.Element("secret", ephemeral="no", private="yes")
         ET.SubElement(xml, "uuid").text = secret_uuid
         ET.SubElement(ET.SubElement(xml, "usage", type="ceph"), "name").text = usage

@@ -10,15 +10,20 @@ out of the persistent definition; hot-plug into a running guest is the driver's 
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
+from cloudland_agents.storage.rbd import RbdStore, forget_secret
 from tests.integration.cloud import Cloud
 from tests.realvm.test_api_to_qemu import (BOOT_TIMEOUT_S, QemuSession, console_until, job_ended, ready,
                                            real_cloud, running_vm, type_until)
+from tests.storage.ceph import POOL, USER, CephCluster, ceph_missing
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
@@ -106,3 +111,57 @@ def test_hot_plug_live_extend_and_unplug_in_a_running_guest(real_cloud: Cloud, q
     attachment = cloud.get(f"/volumes/{volume['id']}")["attachment"]
     ok(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}/attachments/{attachment['id']}"))
     type_until(cloud, vm["id"], "test -e /sys/block/vdb || echo gone-$((1+1))", b"gone-2")
+
+
+@pytest.fixture
+def rbd_backend(qemu_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A throwaway Ceph, the hosts' CLOUDLAND_RBD_BACKENDS naming its pool, and a volume type
+    ``ceph`` for it in the API (requested before ``real_cloud``, which starts both with this
+    environment). The libvirt secret the agent defines for it goes at the end (the daemon is shared)."""
+    reason = ceph_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    ceph = CephCluster()
+    name = f"ceph{uuid.uuid4().hex[:8]}"  # the secret's usage is per backend: sessions never share one
+    try:
+        ceph.start()
+        config = qemu_dir / "rbd-backends.json"
+        config.write_text(json.dumps([{"name": name, "pool": POOL, "user": USER, "keyring": str(ceph.keyring),
+                                       "monitors": [f"{h}:{p}" for h, p in ceph.monitors]}]))
+        monkeypatch.setenv("CLOUDLAND_RBD_BACKENDS", str(config))
+        monkeypatch.setenv("CLOUDLAND_API_VOLUME_TYPES", f"local=local,ceph={name}")
+        yield name
+    finally:
+        conn = libvirt.open("qemu:///system")
+        try:
+            forget_secret(conn, RbdStore.secret_uuid_of(name, USER))
+        finally:
+            conn.close()
+        ceph.stop()
+
+
+def test_an_rbd_volume_written_by_one_guest_is_read_by_another(
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    """Must-show 2 on one hypervisor: QEMU opens the RBD image through librbd, with the cephx key
+    libvirt holds as a secret; a marker written by one guest is read by a second one."""
+    cloud = real_cloud
+    ready(cloud, qemu_libvirt.guest)
+    src = running_vm(cloud, "rbd-writer")
+    console_until(cloud, src["id"], PROMPT, BOOT_TIMEOUT_S)
+    made = cloud.post("/volumes", {"name": "net", "size_gib": 1, "type": "ceph"})
+    ok(cloud, made)
+    volume = made["volume"]
+    assert (volume["backend"], volume["hypervisor_id"]) == (rbd_backend, None)
+    ok(cloud, cloud.post(f"/volumes/{volume['id']}/attachments", {"instance": src["id"]}))
+    domain = qemu_libvirt.conn.lookupByName(f"cl-{src['uuid']}")
+    assert "protocol='rbd'" in domain.XMLDesc(0) and "<secret type='ceph'" in domain.XMLDesc(0)
+    type_until(cloud, src["id"], "cat /sys/block/vdb/serial; echo", f"cl-vol-{volume['id']}".encode())
+    type_until(cloud, src["id"], "echo cl-rbd-$((6*7)) | dd of=/dev/vdb bs=512 count=1 conv=fsync "
+                                 "2>/dev/null && echo written-$((2*3))", b"written-6")
+    attachment = cloud.get(f"/volumes/{volume['id']}")["attachment"]
+    ok(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}/attachments/{attachment['id']}"))
+
+    dst = running_vm(cloud, "rbd-reader")
+    console_until(cloud, dst["id"], PROMPT, BOOT_TIMEOUT_S)
+    ok(cloud, cloud.post(f"/volumes/{volume['id']}/attachments", {"instance": dst["id"]}))
+    type_until(cloud, dst["id"], "dd if=/dev/vdb bs=13 count=1 2>/dev/null; echo", b"cl-rbd-42")
