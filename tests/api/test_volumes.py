@@ -227,3 +227,16 @@ def test_50_concurrent_attaches_of_one_volume_to_50_vms_exactly_one_succeeds(
 def test_unknown_volumes_are_404(api: Api, admin_headers: dict[str, str], path: str) -> None:
     reply = api.client.get(f"{API}/{path}", headers=admin_headers)
     assert reply.status_code == 404 and "volume 999" in error(reply.json())
+
+
+def test_a_resize_waits_until_the_volumes_are_detached(api: Api, admin_headers: dict[str, str], launch: Launcher,
+                                                       make_flavor: Any) -> None:
+    """A resize redefines the domain from its record, which would lose the volume's identity."""
+    vm = running(api, launch, "web", hypervisor=7)
+    made = volume(api, admin_headers, instance=vm["id"])
+    settle(api, attach(api, admin_headers, made["id"], vm["id"])["job"]["id"])
+    stop = api.client.post(f"{API}/instances/{vm['id']}/stop", headers=admin_headers)
+    settle(api, stop.json()["id"])
+    make_flavor("big", vcpus=2)
+    refused = api.client.post(f"{API}/instances/{vm['id']}/resize", json={"flavor": "big"}, headers=admin_headers)
+    assert refused.status_code == 409 and f"volumes {made['id']} attached" in error(refused.json())
