@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from xml.etree import ElementTree as ET
@@ -38,6 +39,7 @@ LIBVIRT_STATES = {
 
 
 T = TypeVar("T")
+DISKS_REREAD_REPORTS = 60  # a domain's disks are read again at least every 60 reports (heartbeats: ~60 s)
 
 
 class Hypervisor:
@@ -55,7 +57,8 @@ class Hypervisor:
         # Where this agent keeps its files: guests' disks and drives, the image cache (agents/compute/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
         self._instance_ids: dict[str, int] = {}  # uuid -> CloudLand's instance id (0: none), read once
-        # uuid -> its disks (agents/storage/disks.py), read once and again after a vol.* verb on it.
+        # uuid -> its disks (agents/storage/disks.py), read once and again after a vol.* verb on it,
+        # and the oldest-read few at every report (DISKS_REREAD_REPORTS).
         self._disks: dict[str, list[spb.AttachedDisk]] = {}
         try:
             self.conn = libvirt.open(uri)
@@ -65,6 +68,7 @@ class Hypervisor:
     def report(self) -> pb.HypervisorReport:
         """Resources and VMs now. Runs on the rank's MPI thread (hello, heartbeats) while
         worker threads define and undefine domains on the same connection."""
+        self._age_disks()
         try:
             _model, memory_mib, cpus, *_ = self.conn.getInfo()
             free = self.conn.getFreeMemory()
@@ -133,6 +137,13 @@ class Hypervisor:
                 known = []
             self._disks[uuid] = known
         return known
+
+    def _age_disks(self) -> None:
+        """Forget the disks read longest ago, 1/DISKS_REREAD_REPORTS of them: a disk attached by
+        hand, outside any vol.* verb, is reported within that many reports, and each report reads
+        only a slice of the domains (a dict keeps insertion order: the oldest reads come first)."""
+        for uuid in list(islice(self._disks, -(-len(self._disks) // DISKS_REREAD_REPORTS))):
+            del self._disks[uuid]
 
     def forget_disks(self, uuid: str) -> None:
         """Read domain ``uuid``'s disks again at the next report (a vol.* verb changed them)."""

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from cloudland.errors import ConfigError, InvalidRequest
 from cloudland_agents import ops
 from cloudland_agents.compute.domain import DomainSpec, domain_xml
-from cloudland_agents.hypervisor import open_simulated
+from cloudland_agents.hypervisor import DISKS_REREAD_REPORTS, open_simulated
+from cloudland_agents.storage.disks import VolumeDisk, with_disk
 from cloudland_agents.storage.ops import load_rbd_backends, storage_for
 from tests.unit.agentcall import call
 
@@ -70,3 +72,18 @@ def test_rbd_backends_file(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"name": "ceph"}]))
     with pytest.raises(ConfigError, match="entry 0: needs name, pool, monitors"):
         load_rbd_backends(str(path))
+
+
+def test_a_disk_attached_by_hand_is_reported_within_a_round_of_reports(ctx: ops.Context, tmp_path: Path) -> None:
+    """Disks are read once per domain, then again in turns (DISKS_REREAD_REPORTS): a disk someone
+    attached with libvirt, not through a vol.* verb, shows up, with no attachment id."""
+    hv = ctx.hypervisor
+    for i in range(2, 2 + 2 * DISKS_REREAD_REPORTS):  # more domains than one report re-reads
+        uuid = f"00000000-0000-4000-8000-{i:012x}"
+        hv.conn.defineXML(domain_xml(DomainSpec(name=f"cl-{uuid}", uuid=uuid, vcpus=1, memory_mib=64))).create()
+    assert _vm_disks(ctx) == []
+    dom = hv.conn.lookupByName("cl-web")
+    by_hand = VolumeDisk(volume_id=0, attachment_id=0, device="vdq", path=str(tmp_path / "x.qcow2"))
+    hv.conn.defineXML(with_disk(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), by_hand))
+    seen = [_vm_disks(ctx) for _ in range(DISKS_REREAD_REPORTS + 1)]
+    assert seen[-1] == [("vdq", 0, 0)]
