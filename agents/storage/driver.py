@@ -10,7 +10,8 @@ Vocabulary
 
 Verbs and their postconditions (``Volumes`` here, ``FakeVolumes`` in fake.py; each returns the
 result message of its operation, proto/v1/storage.proto, whose comments are the contract)
-    create(ref, size)               the volume exists, at least ``size`` (whole MiB). Replay: as it is.
+    create(ref, size, image)        the volume exists, at least ``size`` (whole MiB), blank or with the
+                                    image's content. Replay: as it is.
     clone(ref, source, snap, size)  the volume exists with the snapshot's content, standalone.
     delete(ref)                     no such volume. Refused (VolumeBusy) while it has snapshots or
                                     a domain here holds it.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 
 import libvirt
@@ -39,7 +41,8 @@ import libvirt
 from cloudland.errors import InvalidRequest, VolumeBusy, VolumeError, VolumeNotFound
 from cloudland_agents.locks import KeyLocks
 from cloudland_agents.storage.disks import ALIAS_PREFIX, DEVICE, disk_xml, disks_of, with_disk, without_alias
-from cloudland_agents.storage.store import MAX_BYTES, Store, whole_mib
+from cloudland_agents.storage.store import MAX_BYTES, Store, virtual_size, whole_mib
+from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
 DETACH_WAIT_S = 30.0  # a live unplug needs the guest's consent; its kernel answers within seconds
@@ -48,7 +51,8 @@ DETACH_WAIT_S = 30.0  # a live unplug needs the guest's consent; its kernel answ
 class VolumeDriver(Protocol):
     """The verbs, as the contract suite (tests/storage/test_storage_contract.py) calls them."""
 
-    def create(self, ref: spb.VolumeRef, size_bytes: int) -> spb.VolumeCreateResult: ...
+    def create(self, ref: spb.VolumeRef, size_bytes: int,
+               image: ipb.ImageSource | None = None) -> spb.VolumeCreateResult: ...
     def clone(self, ref: spb.VolumeRef, source: spb.VolumeRef, snapshot_id: int,
               size_bytes: int) -> spb.VolumeCloneResult: ...
     def delete(self, ref: spb.VolumeRef) -> spb.VolumeDeleteResult: ...
@@ -102,11 +106,13 @@ class Volumes:
     so the hypervisor's report reads them again."""
 
     def __init__(self, hypervisor: int, conn: libvirt.virConnect, stores: dict[str, Store],
-                 changed: Callable[[str], None] = lambda _uuid: None) -> None:
+                 changed: Callable[[str], None] = lambda _uuid: None,
+                 images: Callable[[ipb.ImageSource], Path] | None = None) -> None:
         self.hypervisor = hypervisor
         self.conn = conn
         self.stores = stores
         self.changed = changed
+        self.images = images  # an image's file in the hypervisor's cache (agents/images/cache.py)
         self._locks = KeyLocks()
 
     def close(self) -> None:
@@ -157,11 +163,23 @@ class Volumes:
 
     # -- volumes ---------------------------------------------------------------------------------
 
-    def create(self, ref: spb.VolumeRef, size_bytes: int) -> spb.VolumeCreateResult:
+    def create(self, ref: spb.VolumeRef, size_bytes: int,
+               image: ipb.ImageSource | None = None) -> spb.VolumeCreateResult:
         size = check_size(size_bytes)
+        if image is not None and self.images is None:
+            raise InvalidRequest(f"volume {ref.id}: this hypervisor has no image cache to make a volume from image "
+                                 f"{image.image_id}")
         with self._volume(ref) as store:
             created = not store.exists(ref.id)
-            if created:
+            if created and image is not None and self.images is not None:
+                base = self.images(image)
+                fmt = image.disk_format or "qcow2"
+                needs = virtual_size(base, fmt, lambda m: VolumeError(self.hypervisor, m))
+                if needs > size:
+                    raise VolumeError(self.hypervisor, f"image {image.image_id} needs {needs} bytes: volume {ref.id} "
+                                                       f"of {size} is too small")
+                store.create_from(ref.id, base, fmt, size)
+            elif created:
                 store.create(ref.id, size)
             return spb.VolumeCreateResult(size_bytes=store.size(ref.id), created=created, path=store.path(ref.id))
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from cloudland.errors import InvalidRequest, VolumeBusy, VolumeNotFound
+from cloudland.errors import InvalidRequest, VolumeBusy, VolumeError, VolumeNotFound
 from cloudland_agents.storage.driver import check_device, check_domain, check_id, check_size, shrinks
+from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
 Key = tuple[str, int]  # (backend, volume id)
@@ -31,6 +32,7 @@ class FakeVolumes:
         self.content: dict[Key, bytes] = {}  # what a test wrote, to follow snapshots and clones
         self.snaps: dict[Key, dict[int, tuple[int, bytes]]] = {}
         self.domains: dict[str, tuple[bool, list[spb.AttachedDisk]]] = {}  # name -> (running, disks)
+        self.images: dict[int, tuple[int, bytes]] = {}  # image id -> (virtual size, content): what the cache holds
         self._failures: dict[str, Exception] = {}
         self._lock = threading.Lock()
 
@@ -72,12 +74,21 @@ class FakeVolumes:
 
     # -- volumes -------------------------------------------------------------------------------
 
-    def create(self, ref: spb.VolumeRef, size_bytes: int) -> spb.VolumeCreateResult:
+    def create(self, ref: spb.VolumeRef, size_bytes: int,
+               image: ipb.ImageSource | None = None) -> spb.VolumeCreateResult:
         with self._lock:
-            self._enter("create", ref, size_bytes)
+            self._enter("create", ref, size_bytes, image)
             size, key = check_size(size_bytes), self._key(ref)
             created = key not in self.sizes
-            if created:
+            if created and image is not None:
+                if image.image_id not in self.images:
+                    raise VolumeError(self.hypervisor, f"image {image.image_id} cannot be fetched: not in the cache")
+                needs, content = self.images[image.image_id]
+                if needs > size:
+                    raise VolumeError(self.hypervisor, f"image {image.image_id} needs {needs} bytes: volume {ref.id} "
+                                                       f"of {size} is too small")
+                self.sizes[key], self.content[key] = size, content
+            elif created:
                 self.sizes[key], self.content[key] = size, b""
             return spb.VolumeCreateResult(size_bytes=self.sizes[key], created=created, path=self.path(ref))
 

@@ -62,12 +62,16 @@ class LocalStore:
                                          what=f"info of {path.name}"))
         return int(info["virtual-size"])
 
-    def _into_place(self, make: list[str], final: Path, what: str, after: tuple[str, ...] = ()) -> None:
-        """Run qemu-img ``make`` writing a temporary file (then ``after``), then rename it to ``final``."""
+    def _into_place(self, make: list[str], final: Path, what: str, after: tuple[str, ...] = (),
+                    grow_to: int = 0) -> None:
+        """Run qemu-img ``make`` writing a temporary file (then ``after``), grow it to ``grow_to``
+        if that is larger, then rename it to ``final``."""
         temporary = final.with_name(final.name + ".part")
         temporary.unlink(missing_ok=True)
         try:
             self._qemu_img(*make, str(temporary), *after, what=what)
+            if grow_to > self._virtual_size(temporary):
+                self._qemu_img("resize", "-q", "-f", "qcow2", str(temporary), str(grow_to), what=what)
             os.chmod(temporary, 0o600)
             os.replace(temporary, final)
         finally:
@@ -91,6 +95,10 @@ class LocalStore:
     def create(self, volume_id: int, size_bytes: int) -> None:
         self._into_place(["create", "-q", "-f", "qcow2"], self._file(volume_id), f"create of volume {volume_id}",
                          after=(str(size_bytes),))
+
+    def create_from(self, volume_id: int, image: Path, image_format: str, size_bytes: int) -> None:
+        self._into_place(["convert", "-q", "-f", image_format, "-O", "qcow2", str(image)], self._file(volume_id),
+                         f"volume {volume_id} from image {image.name}", grow_to=size_bytes)
 
     def clone(self, volume_id: int, source_id: int, snapshot_id: int) -> None:
         source = self._snap_file(source_id, snapshot_id)

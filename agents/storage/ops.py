@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloudland.errors import ConfigError
+from cloudland_agents.compute.guests import cache_for
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.ops import Context, operation
 from cloudland_agents.storage.driver import VolumeDriver, Volumes
@@ -63,7 +64,8 @@ def volumes_of(hypervisor: Hypervisor, rbd: Sequence[RbdConfig] = ()) -> Volumes
     }
     for config in rbd:
         stores[config.name] = RbdStore(hypervisor.id, config, hypervisor.conn)
-    return Volumes(hypervisor.id, hypervisor.conn, stores, changed=hypervisor.forget_disks)
+    return Volumes(hypervisor.id, hypervisor.conn, stores, changed=hypervisor.forget_disks,
+                   images=cache_for(hypervisor).base)
 
 
 def pool_name(root: Path) -> str:
@@ -78,7 +80,8 @@ storage_for: PerHypervisor[VolumeDriver] = PerHypervisor(volumes_of)
 
 @operation("vol.create")
 def vol_create(ctx: Context, request: spb.VolumeCreateRequest) -> spb.VolumeCreateResult:
-    return storage_for(ctx.hypervisor).create(request.volume, request.size_bytes)
+    return storage_for(ctx.hypervisor).create(request.volume, request.size_bytes,
+                                              request.image if request.HasField("image") else None)
 
 
 @operation("vol.clone")

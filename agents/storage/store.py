@@ -8,8 +8,10 @@ tools (qemu-img, rbd): a failure is a VolumeError naming the tool's last error l
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from cloudland.errors import VolumeError
@@ -34,6 +36,7 @@ class Store(Protocol):
     def exists(self, volume_id: int) -> bool: ...
     def size(self, volume_id: int) -> int: ...  # VolumeNotFound
     def create(self, volume_id: int, size_bytes: int) -> None: ...
+    def create_from(self, volume_id: int, image: Path, image_format: str, size_bytes: int) -> None: ...
     def clone(self, volume_id: int, source_id: int, snapshot_id: int) -> None: ...  # VolumeNotFound
     def delete(self, volume_id: int) -> bool: ...
     def resize(self, volume_id: int, size_bytes: int) -> None: ...
@@ -44,6 +47,13 @@ class Store(Protocol):
     def path(self, volume_id: int) -> str: ...
     def disk(self, volume_id: int, attachment_id: int, device: str, read_only: bool) -> VolumeDisk: ...
     def close(self) -> None: ...
+
+
+def virtual_size(image: Path, image_format: str, error: Callable[[str], VolumeError]) -> int:
+    """The virtual size of image file ``image``, from qemu-img."""
+    info = json.loads(run(["qemu-img", "info", "-U", "--output=json", "-f", image_format, str(image)],
+                          f"info of image {image.name}", error, "qemu-utils"))
+    return int(info["virtual-size"])
 
 
 def run(argv: list[str], what: str, error: Callable[[str], VolumeError], package: str,

@@ -26,10 +26,20 @@ from cloudland_agents.storage.fake import FakeVolumes
 from cloudland_agents.storage.local import LocalStore
 from cloudland_agents.storage.rbd import RbdConfig, RbdStore
 from cloudland_agents.storage.store import MIB
+from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 from tests.storage.ceph import POOL, USER, CephCluster
 
 HV = 4
+# An image the hypervisor's cache holds: 2 MiB whose first 64 KiB are 0x3c.
+IMAGE = ipb.ImageSource(image_id=7, disk_format="qcow2")
+
+
+def _image_file(directory: Path) -> Path:
+    path = directory / "image-7.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "2M"], check=True, timeout=60)
+    assert _qemu_io(str(path), "qcow2", "write -P 0x3c 0 64k")
+    return path
 
 
 @dataclass
@@ -64,6 +74,7 @@ def _simulated(tmp_path: Path) -> tuple[Callable[[str], None], object]:
 
 def _fake_host() -> Host:
     fake = FakeVolumes(HV, backends=("local",))
+    fake.images[IMAGE.image_id] = (2 * MIB, bytes([0x3C]) * 65536)
 
     def write(volume_id: int, pattern: int, offset: int) -> None:
         key = ("local", volume_id)
@@ -89,7 +100,8 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
         def io(volume_id: int, command: str) -> bool:
             return _qemu_io(store.path(volume_id), "qcow2", command)
 
-        volumes = Volumes(HV, hv.conn, {"local": store})  # type: ignore[attr-defined]
+        image = _image_file(tmp_path)
+        volumes = Volumes(HV, hv.conn, {"local": store}, images=lambda _source: image)  # type: ignore[attr-defined]
         yield Host(volumes, "local", False, add_domain,
                    lambda v, p, o: _check(io(v, f"write -P {p} {o} 64k")), lambda v, p, o: io(v, f"read -P {p} {o} 64k"))
     else:
@@ -103,7 +115,8 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
             target = f"rbd:{rbd._image(volume_id)}:id={USER}:keyring={ceph.keyring}:conf={ceph.client_conf}"
             return _qemu_io(target, "raw", command)
 
-        volumes = Volumes(HV, hv.conn, {name: rbd})  # type: ignore[attr-defined]
+        image = _image_file(tmp_path)
+        volumes = Volumes(HV, hv.conn, {name: rbd}, images=lambda _source: image)  # type: ignore[attr-defined]
         yield Host(volumes, name, True, add_domain,
                    lambda v, p, o: _check(io(v, f"write -P {p} {o} 64k")), lambda v, p, o: io(v, f"read -P {p} {o} 64k"))
     hv.close()  # type: ignore[attr-defined]
@@ -134,6 +147,16 @@ def test_an_unknown_backend_or_id_is_refused_before_any_work(host: Host) -> None
         host.volumes.create(spb.VolumeRef(id=1, backend="nowhere"), MIB)
     with pytest.raises(InvalidRequest, match="volume.id"):
         host.volumes.create(host.ref(0), MIB)
+
+
+def test_a_volume_from_an_image_has_its_content_and_the_size_asked(host: Host) -> None:
+    made = host.volumes.create(host.ref(1), 4 * MIB, IMAGE)
+    assert (made.size_bytes, made.created) == (4 * MIB, True)
+    assert host.holds(1, 0x3C, 0)
+    assert host.volumes.create(host.ref(1), 4 * MIB, IMAGE).created is False
+    with pytest.raises(VolumeError, match="image 7 needs 2097152 bytes: volume 2 of 1048576 is too small"):
+        host.volumes.create(host.ref(2), MIB, IMAGE)
+    assert host.volumes.delete(host.ref(2)).deleted is False  # nothing was left of it
 
 
 def test_extend_grows_never_shrinks(host: Host) -> None:
