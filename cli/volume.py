@@ -48,15 +48,18 @@ def volume_create(
     name: Annotated[str, typer.Argument(help="Volume name.")],
     size: Annotated[int | None, typer.Option(help="Size in GiB (from a snapshot: at least its size).")] = None,
     type: Annotated[str | None, typer.Option("--type", help="Volume type [default: the cloud's first].")] = None,
+    image: Annotated[str | None, typer.Option(help="Make it with this image's content (id or name).")] = None,
     snapshot: Annotated[str | None, typer.Option(help="Make it from this snapshot (id or name).")] = None,
     vm: Annotated[str | None, typer.Option(help="A local volume goes on this VM's hypervisor.")] = None,
     no_wait: NoWaitOpt = False, as_json: JsonOpt = False,
 ) -> None:
-    """Create a volume: blank, or from a snapshot."""
+    """Create a volume: blank, from an image, or from a snapshot."""
     body: dict[str, Any] = {"name": name}
     for key, value in (("size_gib", size), ("type", type)):
         if value is not None:
             body[key] = value
+    if image is not None:
+        body["image"] = _ref(image)
     if snapshot is not None:
         body["snapshot"] = _ref(snapshot)
     if vm is not None:

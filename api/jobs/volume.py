@@ -1,7 +1,8 @@
 """Volume jobs: every change of a volume, its snapshots and attachments (issue 13; services/volumes.py
 makes them, proto/v1/storage.proto is the contract).
 
-    create           vol.create, or vol.clone of a snapshot (args snapshot_id, source_volume_id)
+    create           vol.create (blank, or from image ``image_id``: its source and token are made when
+                     sent), or vol.clone of a snapshot (args snapshot_id, source_volume_id)
     delete           vol.delete; the row goes when it succeeds
     extend           vol.extend; live on the attached instance's hypervisor (args instance_id)
     snapshot         vol.snapshot of snapshot ``snapshot_id``
@@ -25,8 +26,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
-from cloudland_api.models import VOLUME, Hypervisor, Instance, Job, Volume, VolumeAttachment, VolumeSnapshot
+from cloudland_api.models import VOLUME, Hypervisor, Image, Instance, Job, Volume, VolumeAttachment, VolumeSnapshot
 from cloudland_api.services import hypervisors
+from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,24 @@ class VolumeJobs(Kind):
                 # Nothing of a detach is left on a host that is gone: the domain went with it.
                 plan.decide(job, "ok" if job.action == "detach" else "failed", target)
                 continue
+            image = None
+            if job.action == "create" and "image_id" in job.args:
+                image = self._image_source(plan, job.args["image_id"])
+                if isinstance(image, str):
+                    plan.decide(job, "failed", image)
+                    continue
             operation = "vol.clone" if job.action == "create" and "snapshot_id" in job.args else OPERATIONS[job.action]
-            plan.send(job, operation, target, self._request(job, volume, instance), VOLUME_TIMEOUT_S)
+            plan.send(job, operation, target, self._request(job, volume, instance, image), VOLUME_TIMEOUT_S)
+
+    @staticmethod
+    def _image_source(plan: Plan, image_id: int) -> ipb.ImageSource | str:
+        """Where the hypervisor fetches image ``image_id``, or why it cannot."""
+        image = plan.session.get(Image, image_id)
+        if image is None or image.sha256 is None:
+            return f"image {image_id} is gone or has no bytes"
+        if plan.settings.guest_source is None:
+            return "this API has no image URL for hypervisors to fetch from (CLOUDLAND_API_PUBLIC_URL)"
+        return plan.settings.guest_source.image_source(image)
 
     @staticmethod
     def _target(session: Session, volume: Volume, instance: Instance | None) -> int | str:
@@ -78,7 +96,7 @@ class VolumeJobs(Kind):
         return hypervisors.lost_reason(where, lost) if lost is not None else where
 
     @staticmethod
-    def _request(job: Job, volume: Volume, instance: Instance | None) -> Message:
+    def _request(job: Job, volume: Volume, instance: Instance | None, image: ipb.ImageSource | None) -> Message:
         ref, args = _ref(volume), job.args
         domain = instance.domain_name if instance is not None else ""
         if job.action == "create" and "snapshot_id" in args:
@@ -86,7 +104,7 @@ class VolumeJobs(Kind):
             return spb.VolumeCloneRequest(volume=ref, source=source, snapshot_id=args["snapshot_id"],
                                           size_bytes=args["size_gib"] * GIB)
         if job.action == "create":
-            return spb.VolumeCreateRequest(volume=ref, size_bytes=args["size_gib"] * GIB)
+            return spb.VolumeCreateRequest(volume=ref, size_bytes=args["size_gib"] * GIB, image=image)
         if job.action == "delete":
             return spb.VolumeDeleteRequest(volume=ref)
         if job.action == "extend":

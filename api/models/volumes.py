@@ -47,6 +47,7 @@ class Volume(Base):
     # A local volume's hypervisor (chosen at create); None for a shared backend's.
     hypervisor_id: Mapped[int | None] = mapped_column(ForeignKey("hypervisors.id"), nullable=True)
     hypervisor: Mapped[Hypervisor | None] = depends_on("Hypervisor")
+    source_image_id: Mapped[int | None] = mapped_column(Integer, nullable=True)     # made from it (no FK: it may go)
     source_snapshot_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # made from it (no FK: it may go)
     # creating | available | error | deleting
     status: Mapped[str] = mapped_column(String(16), default="creating")

@@ -32,7 +32,8 @@ _ACCEPTED = status.HTTP_202_ACCEPTED
 def _public(session: Session, volumes: list[Volume]) -> list[VolumePublic]:
     attached = service.attachments_of(session, volumes)
     return [VolumePublic(id=v.id, name=v.name, size_gib=v.size_gib, type=v.type, backend=v.backend,
-                         hypervisor_id=v.hypervisor_id, source_snapshot_id=v.source_snapshot_id, status=v.status,
+                         hypervisor_id=v.hypervisor_id, source_image_id=v.source_image_id,
+                         source_snapshot_id=v.source_snapshot_id, status=v.status,
                          status_reason=v.status_reason, job_id=v.job_id, created_at=v.created_at,
                          attachment=AttachmentPublic.model_validate(attached[v.id]) if v.id in attached else None)
             for v in volumes]
@@ -55,7 +56,7 @@ def list_volumes(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50
 @router.post("", status_code=_ACCEPTED, **allow("volume", "create", responses=_CHANGES))
 def create_volume(body: VolumeCreate, session: SessionDep, caller: CurrentUser, settings: SettingsDep,
                   submit: SubmitDep) -> VolumeAccepted:
-    """Create a volume (admin or member): blank, or from a snapshot."""
+    """Create a volume (admin or member): blank, from an image, or from a snapshot."""
     volume, job = service.create_volume(session, caller, body, settings)
     return _accepted(session, submit, volume, job)
 

@@ -15,14 +15,16 @@ SizeGib = Annotated[int, Field(ge=1, le=MAX_VOLUME_GIB, description="Size in GiB
 
 
 class VolumeCreate(_Request):
-    """A new volume: blank of ``size_gib``, or from ``snapshot`` (at least its size; the
-    snapshot's volume's type). ``type`` defaults to the operator's first volume type. A local
-    volume lives on one hypervisor: that of ``instance`` if given (to attach it there), else
-    the hypervisor holding the fewest local volumes."""
+    """A new volume: blank of ``size_gib``, from ``image`` (its content; ``size_gib`` at least the
+    image's virtual size), or from ``snapshot`` (at least its size; the snapshot's volume's type).
+    ``type`` defaults to the operator's first volume type. A local volume lives on one
+    hypervisor: that of ``instance`` if given (to attach it there), else the hypervisor holding
+    the fewest local volumes."""
 
     name: Name
     size_gib: SizeGib | None = None
     type: Name | None = None
+    image: Ref | None = None
     snapshot: Ref | None = None
     instance: Ref | None = None
 
@@ -65,6 +67,7 @@ class VolumePublic(BaseModel):
     type: str
     backend: str
     hypervisor_id: int | None
+    source_image_id: int | None
     source_snapshot_id: int | None
     status: str
     status_reason: str | None

@@ -26,6 +26,7 @@ from cloudland_api.models import VOLUME, Hypervisor, Instance, Job, JobState, Vo
 from cloudland_api.schemas import VolumeCreate
 from cloudland_api.services import crud, hypervisors
 from cloudland_api.services.identity import Caller
+from cloudland_api.services.instances import resolve_image
 from cloudland_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,13 @@ def _home(session: Session, caller: Caller, spec: VolumeCreate) -> int:
 
 
 def create_volume(session: Session, caller: Caller, spec: VolumeCreate, settings: ApiSettings) -> tuple[Volume, Job]:
-    """A new volume and its create job (blank, or from a snapshot), committed together."""
+    """A new volume and its create job (blank, from an image or from a snapshot), committed together."""
     types = settings.volume_backends
-    snapshot = source = None
+    snapshot = source = image = None
+    if spec.snapshot is not None and spec.image is not None:
+        raise InvalidRequest("a volume is made from an image or from a snapshot, not both")
+    if spec.image is not None:
+        image = resolve_image(session, caller, spec.image)
     if spec.snapshot is not None:
         snapshot = get_snapshot(session, caller, spec.snapshot)
         if snapshot.status != "available":
@@ -140,7 +145,7 @@ def create_volume(session: Session, caller: Caller, spec: VolumeCreate, settings
         type_name, size = source.type, spec.size_gib or snapshot.size_gib
     else:
         if spec.size_gib is None:
-            raise InvalidRequest("size_gib is required for a blank volume (one not made from a snapshot)")
+            raise InvalidRequest("size_gib is required for a volume not made from a snapshot")
         type_name, size = spec.type or next(iter(types)), spec.size_gib
         if type_name not in types:
             raise InvalidRequest(f"type {type_name!r} is not a volume type of this cloud (it has "
@@ -153,9 +158,12 @@ def create_volume(session: Session, caller: Caller, spec: VolumeCreate, settings
     charge_quota(session, caller, volumes=1, gib=size)
     volume = crud.insert_named(session, Volume(org_id=caller.org_id, name=spec.name, size_gib=size, type=type_name,
                                                backend=backend, hypervisor_id=home, status="creating",
+                                               source_image_id=image.id if image else None,
                                                source_snapshot_id=snapshot.id if snapshot else None),
                                "volume", commit=False)
     args: dict[str, Any] = {"size_gib": size}
+    if image is not None:
+        args["image_id"] = image.id
     if snapshot is not None and source is not None:
         args |= {"snapshot_id": snapshot.id, "source_volume_id": source.id}
     job = _start(session, caller, volume, "create", args)

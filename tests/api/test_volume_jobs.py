@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland.client import new_job_id
-from cloudland_api.jobs import Engine
+from cloudland_api.jobs import Engine, Settings
+from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.models import (
-    VOLUME, Hypervisor, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot,
+    VOLUME, Hypervisor, Image, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot,
 )
 from cloudland_proto.v1 import storage_pb2 as spb
 from tests.api.test_job_engine import job as job_row
@@ -144,3 +145,26 @@ def test_failures_end_terminal_and_leave_nothing_half_done(
     with sessions() as session:
         volume = session.get(Volume, vol)
         assert volume is not None and "hypervisor 2 is gone" in (volume.status_reason or "") and volume.size_gib == 2
+
+
+def test_a_volume_from_an_image_carries_where_to_fetch_it_with_a_token(
+        sessions: Sessions, org: int, fake: FakeRoot) -> None:
+    _vm, vol = seed(sessions, org)
+    with sessions() as session:
+        image = Image(org_id=org, name="img", disk_format="qcow2", status="active", sha256="ab" * 32, size_bytes=512)
+        session.add(image)
+        session.commit()
+        image_id = image.id
+    # Without an image URL for hypervisors, the job fails at once, saying so.
+    failed = job(sessions, org, vol, "create", size_gib=1, image_id=image_id)
+    Engine(sessions, fake, backoff=lambda tries: 0.0).run_once([failed])
+    assert fake.commands == [] and state(sessions, failed) == JobState.failed
+    source = GuestSource("http://api.example:8080/api/v1/images", b"k" * 32, 3600)
+    engine = Engine(sessions, fake, Settings(guest_source=source), backoff=lambda tries: 0.0)
+    sent_id = job(sessions, org, vol, "create", size_gib=1, image_id=image_id)
+    engine.run_once([sent_id])
+    [sent] = fake.commands
+    image_source = sent.request.image
+    assert (sent.operation, image_source.image_id, image_source.sha256, image_source.disk_format) == (
+        "vol.create", image_id, "ab" * 32, "qcow2")
+    assert image_source.url == f"http://api.example:8080/api/v1/images/{image_id}/download" and image_source.token

@@ -240,3 +240,16 @@ def test_a_resize_waits_until_the_volumes_are_detached(api: Api, admin_headers: 
     make_flavor("big", vcpus=2)
     refused = api.client.post(f"{API}/instances/{vm['id']}/resize", json={"flavor": "big"}, headers=admin_headers)
     assert refused.status_code == 409 and f"volumes {made['id']} attached" in error(refused.json())
+
+
+def test_a_volume_from_an_image(api: Api, admin_headers: dict[str, str], make_image: Any) -> None:
+    add_hypervisor(api, 1)
+    image = make_image("img")
+    made = post(api, admin_headers, "volumes", {"name": "boot", "size_gib": 2, "image": "img"})
+    assert made["volume"]["source_image_id"] == image["id"] and made["job"]["action"] == "create"
+    make_image("empty", upload=False)
+    assert "upload its file" in error(post(api, admin_headers, "volumes", {"name": "e", "size_gib": 1,
+                                                                         "image": "empty"}, 409))
+    assert "not both" in error(post(api, admin_headers, "volumes", {"name": "x", "size_gib": 1, "image": "img",
+                                                                  "snapshot": 1}, 400))
+    assert "size_gib is required" in error(post(api, admin_headers, "volumes", {"name": "y", "image": "img"}, 400))

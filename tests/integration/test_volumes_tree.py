@@ -9,6 +9,7 @@ attachment ids, so the test checks what the hypervisor holds, not only what the 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,15 @@ def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_d
     assert job["targets"] == {"hypervisor": hv}
     assert cloud.get(f"/volumes/{clone['volume']['id']}")["size_gib"] == 2
 
+    # From an image: the hypervisor fetches it from the API into its cache, and converts it.
+    imaged = cloud.post("/volumes", {"name": "from-image", "size_gib": 1, "image": "tiny", "instance": vm["id"]})
+    ended(cloud, imaged)
+    made_file = next(cloud.tree.state_dir.rglob(f"volumes/hv{hv}/vol-{imaged['volume']['id']}.qcow2"))
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(made_file)], capture_output=True, text=True,
+                          check=True).stdout
+    assert json.loads(info)["virtual-size"] == 1 << 30
+    assert list(cloud.tree.state_dir.rglob("image-cache/*.raw")), "the image came through the cache"
+
     snapshot_id = snap["snapshot"]["id"]
     ended(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}/snapshots/{snapshot_id}"))
     ended(cloud, cloud.request("DELETE", f"/volumes/{volume['id']}"))
@@ -81,7 +91,7 @@ def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_d
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
-    assert "succeeded" in cli("create", "logs", "--size", "1", "--vm", "db")
+    assert "succeeded" in cli("create", "logs", "--size", "1", "--vm", "db", "--image", "tiny")
     assert "succeeded" in cli("attach", "logs", "--vm", "db")
     [listed] = [v for v in json.loads(cli("list", "--json"))["items"] if v["name"] == "logs"]
     assert listed["attachment"]["device"] == "vdb" and listed["attachment"]["status"] == "attached"

@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=64), nullable=False),
     sa.Column('backend', sa.String(length=64), nullable=False),
     sa.Column('hypervisor_id', sa.Integer(), nullable=True),
+    sa.Column('source_image_id', sa.Integer(), nullable=True),
     sa.Column('source_snapshot_id', sa.Integer(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('status_reason', sa.Text(), nullable=True),
