@@ -12,6 +12,9 @@ BENCH ?= tree lab api image cli
 API_BENCH_ARGS ?= --postgres
 # Worker hosts of `make lab` (h1..hN, beside the controller ctl).
 HOSTS ?= 4
+# The all-in-one cloud's default network (issue 11): `vm create` without --network puts a NIC on it;
+# DEFAULT_NETWORK= for none. A /16, so that `vm create --count 1000` fits.
+DEFAULT_NETWORK ?= 10.0.0.0/16
 
 .PHONY: setup run test bench clean libvirtd libvirtd-stop guest lab lab-down
 
@@ -19,7 +22,7 @@ setup:
 	@VENV=$(VENV) deploy/bootstrap.sh
 
 run: setup
-	$(BIN)/cloudland up --hypervisors $(HYPERVISORS)
+	CLOUDLAND_API_DEFAULT_NETWORK=$(DEFAULT_NETWORK) $(BIN)/cloudland up --hypervisors $(HYPERVISORS)
 
 # -p no:cacheprovider keeps a fresh clone clean; output goes to the terminal for CI.
 test: setup

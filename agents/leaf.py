@@ -26,8 +26,9 @@ from cloudland_agents import ops
 from cloudland_agents.compute import console_ops as _console_ops  # noqa: F401 - registers vm.console
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers the vm.* operations
 from cloudland_agents.images import ops as _image_ops  # noqa: F401 - registers image.evict
+from cloudland_agents.compute.nics import guests_for, plays_guests
 from cloudland_agents.network.names import DEFAULT_PREFIX, Names
-from cloudland_agents.network.ops import Network, network_for, repair_loop, simulated  # registers net.*
+from cloudland_agents.network.ops import Network, Repairable, network_for, repair_loop, simulated  # net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
 from cloudland_agents.storage.ops import load_rbd_backends, storage_for, volumes_of  # registers vol.*
 from cloudland_launcher.rank import URGENT_S, ChildRank
@@ -56,11 +57,13 @@ class Leaf(ChildRank):
                                 for hv in ids}
         # The data plane (agents/network/): made now, so it reads its held state at the start.
         network, prefix = settings.get("network", ""), Names(settings.get("network_prefix") or DEFAULT_PREFIX)
-        kernel: list[Network] = []
+        kernel: list[Repairable] = []
         for hypervisor in self.hypervisors.values():
             fake = network == "fake" or (not network and simulated(hypervisor))
             network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
             kernel += [] if fake else [network_for(hypervisor)]
+            # Test guests play its VMs' NICs (agents/compute/nics.py): repaired after the network.
+            kernel += [guests_for(hypervisor)] if plays_guests(hypervisor) else []
         # Volumes (agents/storage/): local files, and the operator's Ceph pools if configured.
         rbd = load_rbd_backends(settings.get("rbd_backends", ""))
         for hypervisor in self.hypervisors.values():

@@ -17,6 +17,7 @@ from cloudland_api import logs
 from cloudland_api.app import create_app
 from cloudland_api.db import upgrade
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
+from cloudland_api.services.networks import make_default_network
 from cloudland_api.settings import PREFIX, ApiSettings
 
 
@@ -57,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with app.state.sessions() as session:
         created = bootstrap_admin(session, settings.state_dir)
+        if created and settings.default_network:
+            default = make_default_network(session, created.org_id, settings)
+            print(f"created network 'default' ({default.cidr}, VNI {default.vni}): VMs created without --network "
+                  "get a NIC on it")
     credentials = settings.state_dir / ADMIN_CREDENTIALS_FILE
     # The path only: the password stays in the 0600 file, out of terminals and logs.
     if created:

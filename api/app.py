@@ -18,6 +18,7 @@ from cloudland.client import RootClient
 from cloudland.errors import (
     CloudLandError,
     Conflict,
+    DirectoryUnavailable,
     Forbidden,
     HypervisorError,
     InvalidRequest,
@@ -34,10 +35,12 @@ from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
 from cloudland_api.deps import known_query_parameters
+from cloudland_api.audit import AuditTrail
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
-    auth, console, flavors, hypervisors, images, instances, jobs, ports, ssh_keys, subnets, tenants, volumes, vpcs
+    audit, auth, console, credentials, directories, flavors, hypervisors, images, instances, jobs, ports, ssh_keys,
+    subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -61,6 +64,7 @@ _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (Overloaded, 429, "too_many_requests"),
     (TooManyRequests, 429, "too_many_requests"),
     (RootUnreachable, 503, "unavailable"),
+    (DirectoryUnavailable, 503, "directory_unavailable"),
     (TreeError, 503, "unavailable"),
     (HypervisorError, 502, "hypervisor_error"),
 ]
@@ -238,6 +242,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(AuditTrail)  # inside Admission: what it turns away did nothing (audit.py)
     app.add_middleware(Admission, settings=settings)  # body ceilings and turns: 413, 429 (limits.py)
     app.openapi = _with_bad_requests(app)  # type: ignore[method-assign]
     app.include_router(auth.router, prefix=API_PREFIX)
@@ -249,6 +254,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
     app.include_router(tenants.router, prefix=API_PREFIX)
+    app.include_router(directories.router, prefix=API_PREFIX)
+    app.include_router(audit.router, prefix=API_PREFIX)
+    app.include_router(credentials.router, prefix=API_PREFIX)
     for network_router in (vpcs.router, subnets.router, ports.router):
         app.include_router(network_router, prefix=API_PREFIX)
     app.include_router(volumes.router, prefix=API_PREFIX)

@@ -15,7 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Unauthorized
-from cloudland_api.services import identity
+from cloudland_api.services import credentials as app_credentials
+from cloudland_api.services import federation, identity
 from cloudland_api.db import iter_session
 from cloudland_api.settings import ApiSettings
 
@@ -84,7 +85,14 @@ def get_caller(
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     # A read session of its own, ended here: authenticating must never take the write lock.
     with request.app.state.sessions() as session:
-        return identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+        if app_credentials.is_credential(credentials.credentials):
+            caller = app_credentials.authenticate(session, credentials.credentials)
+        elif federation.is_provider_token(credentials.credentials):
+            caller = federation.authenticate_provider_token(session, key, credentials.credentials)
+        else:
+            caller = identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+    request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
+    return caller
 
 
 CurrentUser = Annotated[identity.Caller, Depends(get_caller)]

@@ -136,6 +136,13 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("organisation", "read", S.cloud, ANYONE),
     ("organisation", "create", S.cloud, ADMINS),
     ("organisation", "delete", S.cloud, ADMINS),
+    ("directory", "read", S.cloud, ANYONE),           # an organisation's LDAP or OpenID settings, no secret
+    ("directory", "update", S.cloud, ADMINS),         # configure them (the LDAP bind password: write-only)
+    ("directory", "delete", S.cloud, ADMINS),
+    ("app_credential", "read", S.own, ANYONE),         # your own, in the organisation the token acts in
+    ("app_credential", "create", S.own, ANYONE),       # with a role no higher than yours (services/credentials.py)
+    ("app_credential", "delete", S.own, ANYONE),       # revoke
+    ("audit_event", "read", S.organisation, ADMINS),  # the organisation's trail (operators: everyone's)
 ))
 POLICY: dict[tuple[str, str], Rule] = {(rule.resource, rule.action): rule for rule in TABLE}
 assert len(POLICY) == len(TABLE), "a (resource, action) appears twice in the policy table"

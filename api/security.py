@@ -149,6 +149,7 @@ class AdminCredentials:
     username: str
     password: str
     path: Path
+    org_id: int = 0  # the operator organisation it made
 
 
 def bootstrap_admin(session: Session, state_dir: Path) -> AdminCredentials | None:
@@ -171,4 +172,4 @@ def bootstrap_admin(session: Session, state_dir: Path) -> AdminCredentials | Non
     _write_secret(path, f"username=admin\npassword={password}\n".encode())
     session.commit()
     log.info("event=admin_bootstrapped user=admin credentials=%s", path)
-    return AdminCredentials("admin", password, path)
+    return AdminCredentials("admin", password, path, org.id)

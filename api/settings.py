@@ -5,6 +5,8 @@ Validated at start-up: a bad value raises ConfigError naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
+
 import dataclasses
 import os
 import re
@@ -56,6 +58,10 @@ class ApiSettings:
     # the underlay's MTU, of which guests get all but VXLAN's 50 bytes of overhead.
     vni_range: str = "4096-16777215"
     underlay_mtu: int = 1500
+    # A CIDR: at the first start, the operator organisation gets a VPC and a subnet "default" on
+    # it, where VMs created without ``networks`` get their NIC (``make run`` sets 10.0.0.0/16 for
+    # the all-in-one cloud); "" for none.
+    default_network: str = ""
     # Volumes (issue 13): the types users choose from, TYPE=BACKEND,... (the first is the default).
     # Backend "local" is each hypervisor's qcow2 files; any other name is an rbd backend that the
     # agents have (CLOUDLAND_RBD_BACKENDS, agents/storage/ops.py), reachable from every hypervisor.
@@ -113,6 +119,12 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}UNDERLAY_MTU must be 1280..65535, got {self.underlay_mtu}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
+        if self.default_network:
+            try:
+                ipaddress.IPv4Network(self.default_network)
+            except ValueError as exc:
+                raise ConfigError(f"{PREFIX}DEFAULT_NETWORK must be an IPv4 network like 10.0.0.0/24, or empty: "
+                                  f"{exc}") from exc
 
     @property
     def image_url_base(self) -> str:

@@ -104,8 +104,27 @@ def read_credentials(path: Path) -> tuple[str | None, str]:
     return values.get("username") or None, values["password"]
 
 
+def credentials_for(username: str | None, credentials: Path | None) -> tuple[str | None, str | None]:
+    """``(username, password)`` of the credentials file to log in with, or ``(None, None)`` to ask.
+
+    An explicit ``--credentials`` file is read as it is. The default file (``make run``'s first
+    admin) is read only when it is that user's: ``login --username alice`` beside it asks for alice's
+    password instead of sending the admin's under her name (README, "Tenants").
+    """
+    if credentials is not None:
+        return read_credentials(credentials)
+    if not DEFAULT_CREDENTIALS.exists():
+        return None, None
+    file_user, password = read_credentials(DEFAULT_CREDENTIALS)
+    if username is not None and username != (file_user or "admin"):
+        return None, None
+    return file_user, password
+
+
 def login(
-    username: Annotated[str | None, typer.Option(help="User name [default: admin, or the credentials file's].")] = None,
+    username: Annotated[str | None, typer.Option(
+        help="User name [default: admin, or the credentials file's]; another user than the file's is asked for "
+             "a password.")] = None,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
     credentials: Annotated[Path | None, typer.Option(
         help=f"An admin-credentials file [default: {DEFAULT_CREDENTIALS} if it exists].")] = None,
@@ -113,19 +132,25 @@ def login(
     endpoint: Annotated[str | None, typer.Option(help="Set the endpoint too (as configure does).")] = None,
     lifetime: Annotated[int | None, typer.Option(
         min=1, help="Seconds the token lives [default: the API's; at most its ceiling].")] = None,
+    oidc: Annotated[bool, typer.Option("--oidc", help=(
+        "Sign in with the organisation's OpenID provider: open the URL shown, confirm the code."))] = False,
 ) -> None:
-    """Log in and store the bearer token in the profile (mode 0600)."""
+    """Log in and store the bearer token in the profile (mode 0600).
+
+    With --organisation, an organisation's LDAP users give their directory's username and password;
+    with --oidc, its OpenID provider signs you in (the device flow: any browser, anywhere)."""
+    if oidc:
+        _login_oidc(organisation, endpoint, lifetime, username, password_stdin, credentials)
+        return
     with api_errors():
         if password_stdin and credentials is not None:
             raise InvalidRequest("use either --password-stdin or --credentials, not both")
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
         else:
-            file = credentials or (DEFAULT_CREDENTIALS if DEFAULT_CREDENTIALS.exists() else None)
-            if file is not None:
-                file_user, password = read_credentials(file)
-                username = username or file_user
-            else:
+            file_user, password = credentials_for(username, credentials)
+            username = username or file_user
+            if password is None:
                 password = typer.prompt("password", hide_input=True, err=True)
         if not password:
             raise InvalidRequest("empty password")
@@ -138,6 +163,25 @@ def login(
         config.token, config.expires_at = reply["token"], str(reply["expires_at"])
         path = config.save()
     out.print(f"logged in to {config.endpoint} as {username}; token stored in {path} "
+              f"(profile {config.profile}) until {config.expires_at}")
+
+
+def _login_oidc(organisation: str | None, endpoint: str | None, lifetime: int | None, *password_options: Any) -> None:
+    from cloudland_cli.oidc import device_sign_in
+
+    with api_errors():
+        if any(password_options):
+            raise InvalidRequest("--oidc takes no --username, --password-stdin or --credentials: the provider asks")
+        if not organisation:
+            raise InvalidRequest("--oidc needs --organisation: whose OpenID provider to sign in with")
+        stored = CliConfig.load()
+        url = normalise_endpoint(endpoint) if endpoint is not None else stored.effective().endpoint
+        config = CliConfig(endpoint=url, grpc=stored.grpc, pki=stored.pki, profile=stored.profile)
+        with ApiClient(config.endpoint) as client:
+            reply = device_sign_in(client, organisation, lifetime, lambda text: err.print(text, soft_wrap=True))
+        config.token, config.expires_at = reply["token"], str(reply["expires_at"])
+        path = config.save()
+    out.print(f"logged in to {config.endpoint} through {organisation!r}'s OpenID provider; token stored in {path} "
               f"(profile {config.profile}) until {config.expires_at}")
 
 
@@ -180,13 +224,17 @@ def flavor_delete(ref: Annotated[str, typer.Argument(help="Flavor id or name.")]
 
 
 def find_by_ref(client: ApiClient, path: str, ref: str, kind: str) -> dict[str, Any]:
-    """The one resource of a collection with that id or name."""
+    """The one resource of a collection with that id or name; a name that several have (ports' names
+    need not be unique) is refused, naming their ids."""
     if ref.isdigit():
         found: dict[str, Any] = client.get(f"{path}/{ref}")
         return found
     matches = [item for item in client.iter_after(path) if item["name"] == ref]
     if not matches:
         raise InvalidRequest(f"no {kind} named {ref!r}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"{len(matches)} {kind}s are named {ref!r}; use an id: "
+                             + ", ".join(str(item["id"]) for item in matches))
     return matches[0]
 
 

@@ -1,7 +1,8 @@
 """``cloudland vpc``, ``cloudland subnet`` and ``cloudland port``: tenant networks (issue 11).
 
-VPCs and subnets are named by id or name, ports by id. ``vm create --network SUBNET`` (vm.py)
-gives a VM a port on each subnet named, the first its primary NIC.
+VPCs, subnets and ports are named by id or name, as are VMs in ``port list --instance``.
+``vm create --network SUBNET`` (vm.py) gives a VM a port on each subnet named, the first its
+primary NIC.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from cloudland.errors import InvalidRequest
 from cloudland_cli.cloud import find_by_ref as find
 from cloudland_cli.common import all_pages, connect, out, print_json, print_page, print_record, print_table
 from cloudland_cli.restclient import ApiClient
+from cloudland_cli.vm import resolve_instance
 
 vpc_app = typer.Typer(no_args_is_help=True, help="VPCs: a tenant's private routing domains.")
 subnet_app = typer.Typer(no_args_is_help=True, help="Subnets of VPCs: CIDR, gateway, pools, DNS, DHCP; one VNI each.")
@@ -44,11 +46,11 @@ def _list(items: list[dict[str, Any]], as_json: bool, columns: Sequence[str], ro
 
 
 def _delete(path: str, ref: str, kind: str) -> None:
-    """Delete the VPC or subnet named by id or name."""
+    """Delete the VPC, subnet or port named by id or name."""
     with connect() as client:
         item = find(client, path, ref, kind)
         client.delete(f"{path}/{item['id']}")
-    out.print(f"{kind} {item['id']} {item['name']} deleted")
+    out.print(" ".join(filter(None, (kind, str(item["id"]), item["name"], "deleted"))))
 
 
 # -- vpc ----------------------------------------------------------------------------------------
@@ -180,28 +182,27 @@ def port_create(
 @port_app.command("list")
 def port_list(subnet: Annotated[str | None, typer.Option(help="Only this subnet's (id or name).")] = None,
               vpc: Annotated[str | None, typer.Option(help="Only this VPC's (id or name).")] = None,
-              instance: Annotated[int | None, typer.Option(help="Only this VM's (id).")] = None,
+              instance: Annotated[str | None, typer.Option(help="Only this VM's (id or name).")] = None,
               as_json: JsonOpt = False) -> None:
     """Every port of your organisation."""
     with connect() as client:
         ports = all_pages(client, "/ports", subnet=_id(client, "/subnets", subnet, "subnet"),
-                          vpc=_id(client, "/vpcs", vpc, "vpc"), instance=instance)
+                          vpc=_id(client, "/vpcs", vpc, "vpc"),
+                          instance=None if instance is None else resolve_instance(client, instance)["id"])
     _list(ports, as_json, ("id", "name", "subnet", "mac", "ips", "vm", "nic", "hypervisor"),
           lambda p: (p["id"], p["name"] or None, p["subnet_id"], p["mac"], ", ".join(p["fixed_ips"]),
                      p["instance_id"], p["device_index"], p["hypervisor_id"]), whole=("mac",))
 
 
 @port_app.command("show")
-def port_show(port_id: Annotated[int, typer.Argument(help="Port id.")], as_json: JsonOpt = False) -> None:
+def port_show(ref: Ref, as_json: JsonOpt = False) -> None:
     """One port."""
     with connect() as client:
-        port = client.get(f"/ports/{port_id}")
+        port = find(client, "/ports", ref, "port")
     _show(port if as_json else port | {"fixed_ips": ", ".join(port["fixed_ips"])}, as_json)
 
 
 @port_app.command("delete")
-def port_delete(port_id: Annotated[int, typer.Argument(help="Port id.")]) -> None:
+def port_delete(ref: Ref) -> None:
     """Delete a port made by hand (a VM's ports go with the VM)."""
-    with connect() as client:
-        client.delete(f"/ports/{port_id}")
-    out.print(f"port {port_id} deleted")
+    _delete("/ports", ref, "port")

@@ -123,7 +123,7 @@ class ApiClient:
         if reply.status_code >= 400:
             error = translate(reply)
             # The hint helps a refused token; a refused password at /login is its own answer.
-            if isinstance(error, Unauthorized) and path != "/login":
+            if isinstance(error, Unauthorized) and not path.startswith("/login"):
                 error = Unauthorized(f"{error}: run `cloudland login`")
             raise error
         if reply.status_code == 204 or not reply.content:

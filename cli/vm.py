@@ -212,10 +212,15 @@ def vm_delete(refs: Refs = None, name: NameOpt = None, status: StatusOpt = None,
     _act("delete", refs, name, status, every, force, no_wait, as_json, yes)
 
 
-def _one_job(ref: str, verb: str, body: dict[str, Any], no_wait: bool, as_json: bool) -> None:
+def _one_job(ref: str, verb: str, body: dict[str, Any] | None, no_wait: bool, as_json: bool,
+             what: str | None = None) -> None:
+    """One job on one VM: POST ``/instances/{id}/{verb}`` with ``body``, or a DELETE there without;
+    ``what`` names it in the message (default: ``verb``)."""
     with connect() as client:
         vm = resolve_instance(client, ref)
-        job = client.post(f"/instances/{vm['id']}/{verb}", body)
+        path = f"/instances/{vm['id']}/{verb}"
+        job = client.post(path, body) if body is not None else client.delete(path)
+        verb = what or verb
         if not no_wait:
             job = wait_job(client, job["id"], show=not as_json)
     if no_wait:
@@ -239,6 +244,40 @@ def vm_rebuild(ref: Annotated[str, typer.Argument(help="VM id or name.")],
     """Rebuild a VM from an image (its name and uuid stay)."""
     _one_job(ref, "rebuild", {"image": _ref(image)}, no_wait, as_json)
 
+
+
+nic_app = typer.Typer(no_args_is_help=True, help="A VM's NICs: attach and detach (ports: `cloudland port list`).")
+vm_app.add_typer(nic_app, name="nic")
+
+
+@nic_app.command("attach")
+def vm_nic_attach(ref: Annotated[str, typer.Argument(help="VM id or name (running or stopped).")],
+                  network: Annotated[str | None, typer.Option(help="Subnet id or name: a new port on it.")] = None,
+                  port: Annotated[str | None, typer.Option(help="Port id or name: one bound to no VM.")] = None,
+                  no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Attach a NIC: a new port on a subnet (--network), or an unbound port (--port)."""
+    if (network is None) == (port is None):
+        fail(EXIT_USAGE, "give exactly one of --network and --port")
+    body = {"network": _ref(network)} if network is not None else {"port": _port_id(port or "")}
+    _one_job(ref, "nics", body, no_wait, as_json, "NIC attach")
+
+
+@nic_app.command("detach")
+def vm_nic_detach(ref: Annotated[str, typer.Argument(help="VM id or name.")],
+                  port: Annotated[str, typer.Argument(help="The NIC's port id or name (not the primary's).")],
+                  no_wait: NoWaitOpt = False, as_json: JsonOpt = False) -> None:
+    """Detach a NIC; its port is kept, bound to nothing (attach it again, or `port delete` it)."""
+    port_id = _port_id(port)
+    _one_job(ref, f"nics/{port_id}", None, no_wait, as_json, f"NIC detach (port {port_id})")
+
+
+def _port_id(ref: str) -> int:
+    """A port's id from its id or name (names as `port show` takes them)."""
+    if ref.isdigit():
+        return int(ref)
+    from cloudland_cli.cloud import find_by_ref
+    with connect() as client:
+        return int(find_by_ref(client, "/ports", ref, "port")["id"])
 
 
 @vm_app.command("capture")

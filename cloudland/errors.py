@@ -18,6 +18,7 @@
     │   ├── PeerLost                a relay or leaf rank died or went silent
     │   └── SpawnError              a rank could not be started
     ├── RootUnreachable             the root's gRPC endpoint does not answer
+    ├── DirectoryUnavailable        an organisation's LDAP server or OpenID provider does not answer (HTTP 503)
     ├── ApiUnreachable              the REST API does not answer (CLI side)
     └── HypervisorError             an operation failed on a hypervisor
         ├── AgentFailed             an agent's reply through the tree says it failed
@@ -120,6 +121,11 @@ class SpawnError(TreeError):
 
 class RootUnreachable(CloudLandError):
     """Raised when the root's gRPC endpoint does not answer."""
+
+
+class DirectoryUnavailable(CloudLandError):
+    """Raised when an organisation's identity directory (its LDAP server or OpenID provider) does
+    not answer, or refuses CloudLand's own bind: the message names the organisation and the URL."""
 
 
 class ApiUnreachable(CloudLandError):

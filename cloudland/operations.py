@@ -52,6 +52,8 @@ OPERATIONS: dict[str, Types] = {
     "vm.resize": Types(compute.VmResizeRequest, compute.VmResizeResult),
     "vm.rebuild": Types(compute.VmRebuildRequest, compute.VmRebuildResult),
     "vm.capture": Types(compute.VmCaptureRequest, compute.VmCaptureResult),
+    "vm.attach_nic": Types(compute.VmAttachNicRequest, compute.VmAttachNicResult),
+    "vm.detach_nic": Types(compute.VmDetachNicRequest, compute.VmDetachNicResult),
     "vm.get": Types(compute.VmGetRequest, compute.VmGetResult),
     "vm.list": Types(compute.VmListRequest, compute.VmListResult),
     "vm.console": Types(compute.VmConsoleRequest, compute.VmConsoleResult),

@@ -15,8 +15,10 @@ VENV=${VENV:-.venv}
 # busybox-static (udhcpc, ping and nslookup in test guests; the same package deploy/libvirtd.sh
 # installs, which conflicts with busybox), nftables and conntrack (security groups), tcpdump (the
 # tests' proof that no frame crosses tenants).
+# Sign-in through directories (issue 14): slapd and ldap-utils (slapadd) run the throwaway LDAP
+# server of tests/identityfixtures.py; Node.js runs its OpenID provider (npm's oidc-provider, below).
 DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15 qemu-utils
-      dnsmasq-base busybox-static nftables conntrack tcpdump"
+      dnsmasq-base busybox-static nftables conntrack tcpdump slapd ldap-utils"
 
 # Volumes (agents/storage/, issue 13): ceph-mon, ceph-mgr, ceph-osd and ceph-common (the rbd tool)
 # run the throwaway single-node Ceph of tests/storage/ceph.py (no service starts: no systemd), and
@@ -40,6 +42,8 @@ install_missing() {
         # Written before installing so the first install sees it; harmless if already there.
         mkdir -p /etc/postgresql-common/createcluster.d
         echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/cloudland-no-main-cluster.conf
+        # slapd without a default database nor a running service: the tests start their own.
+        echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${options[@]}" $missing >/dev/null
     else
@@ -62,3 +66,16 @@ if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
     touch "$VENV/.installed"
 fi
 "$VENV/bin/python" proto/build.py
+
+# The OpenID provider the identity tests start (tests/identity/provider: oidc-provider 9, pinned by
+# its package-lock.json). It wants Node.js 20 or later, newer than Debian 12's nodejs (18): where
+# no such node is on PATH, those tests skip and say so (under CI they fail).
+PROVIDER=tests/identity/provider
+if command -v npm >/dev/null && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; then
+    if [ ! -d "$PROVIDER/node_modules/oidc-provider" ] || [ "$PROVIDER/package-lock.json" -nt "$PROVIDER/node_modules" ]; then
+        echo "bootstrap: installing the test OpenID provider (npm ci in $PROVIDER)"
+        npm ci --prefix "$PROVIDER" --no-audit --no-fund --loglevel=error
+    fi
+else
+    echo "bootstrap: no Node.js 20+ with npm: the OpenID Connect tests will skip" >&2
+fi

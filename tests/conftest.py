@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
-# Emulated hosts (cloudland_lab) for any test folder: lab_factory, session_lab_factory, mpich.
-pytest_plugins = ["tests.labfixtures"]
+# Emulated hosts (cloudland_lab) for any test folder: lab_factory, session_lab_factory, mpich;
+# identity systems (slapd, an OpenID provider): tests/identityfixtures.py.
+pytest_plugins = ["tests.labfixtures", "tests.identityfixtures"]
 
 PG_VERSION = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")

@@ -34,6 +34,7 @@ _VIRTIO_TARGET = re.compile(r"vd[a-z]{1,2}")
 _IDE_TARGET = re.compile(r"hd[a-d]")  # two IDE controllers, two devices each
 _BRIDGE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # IFNAMSIZ - 1
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_GENERATED_TAP = re.compile(r"(vnet|testnet|macvtap)[0-9]+")  # libvirt's own names, reserved to it
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 # XML 1.0 cannot carry most control characters: libvirt would refuse the document.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -45,6 +46,7 @@ MAX_VCPUS = 256
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 4 * 1024 * 1024
 MAX_PATH_CHARS = 4095  # PATH_MAX less the NUL
 MAX_CMDLINE_CHARS = 2047  # x86 COMMAND_LINE_SIZE less the NUL
+MIN_MTU, MAX_MTU = 576, 9000  # a NIC's MTU: IPv4's minimum datagram to a jumbo frame
 # States in which a domain's QEMU process lives, and with it its VNC server.
 LIVE_STATES = ("running", "paused", "stopping", "suspended")
 # The video card a VNC display shows: QEMU's standard VGA on x86 (libvirt's default there is
@@ -68,10 +70,13 @@ class Disk:
 
 @dataclass(frozen=True)
 class Nic:
-    """A virtio NIC on a host ``bridge`` with a unicast ``mac`` (lower-case)."""
+    """A virtio NIC on a host ``bridge`` with a unicast ``mac`` (lower-case); ``target`` names its
+    host end (the tap; "" lets libvirt choose), ``mtu`` is the guest's (0: the bridge's)."""
 
     bridge: str
     mac: str
+    target: str = ""
+    mtu: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,10 @@ class DomainSpec:
             # Unicast (low bit of the first octet clear), lower case as libvirt reports it.
             _check(isinstance(nic.mac, str) and _MAC.fullmatch(nic.mac) is not None
                    and int(nic.mac[:2], 16) & 1 == 0, f"{where}.mac", "a lower-case unicast MAC", nic.mac)
+            _check(nic.target == "" or (isinstance(nic.target, str) and _BRIDGE.fullmatch(nic.target) is not None),
+                   f"{where}.target", "empty or an interface name of 1-15 characters", nic.target)
+            _check(nic.mtu == 0 or (isinstance(nic.mtu, int) and MIN_MTU <= nic.mtu <= MAX_MTU), f"{where}.mtu",
+                   f"0 or an integer in [{MIN_MTU}, {MAX_MTU}]", nic.mtu)
         macs = [n.mac for n in self.nics]
         _check(len(set(macs)) == len(macs), "nics", "distinct MACs", macs)
         _check(isinstance(self.metadata, dict), "metadata", "a mapping of strings", self.metadata)
@@ -206,7 +215,7 @@ class VMInfo(TypedDict):
     vcpus: int
     memory_mib: int
     disks: list[dict[str, str]]
-    nics: list[dict[str, str]]
+    nics: list[dict[str, Any]]
     metadata: dict[str, str]
     kernel: str
     initrd: str
@@ -256,11 +265,7 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(el, "target", dev=disk.target, bus="ide" if disk.device == "cdrom" else "virtio")
         if disk.device == "cdrom":
             ET.SubElement(el, "readonly")
-    for nic in spec.nics:
-        el = ET.SubElement(devices, "interface", type="bridge")
-        ET.SubElement(el, "mac", address=nic.mac)
-        ET.SubElement(el, "source", bridge=nic.bridge)
-        ET.SubElement(el, "model", type="virtio")
+    devices.extend(interface_element(nic) for nic in spec.nics)
     # A pty, not a file serial: libvirt's console stream (virDomainOpenConsole) needs one.
     # virtlogd appends to the log across restarts and rotates it (its max_size, 2 MiB by default).
     serial = ET.SubElement(devices, "serial", type="pty")
@@ -275,6 +280,19 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(graphics, "listen", type="address", address=spec.vnc_listen)
         ET.SubElement(ET.SubElement(devices, "video"), "model", type=VIDEO_MODELS[spec.arch])
     return ET.tostring(dom, encoding="unicode")
+
+
+def interface_element(nic: Nic) -> ET.Element:
+    """A NIC's ``<interface>``, as a domain holds it and as libvirt attaches or detaches it."""
+    el = ET.Element("interface", type="bridge")
+    ET.SubElement(el, "mac", address=nic.mac)
+    ET.SubElement(el, "source", bridge=nic.bridge)
+    if nic.target:
+        ET.SubElement(el, "target", dev=nic.target)
+    ET.SubElement(el, "model", type="virtio")
+    if nic.mtu:
+        ET.SubElement(el, "mtu", size=str(nic.mtu))
+    return el
 
 
 _UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2, "mib": 1024**2,
@@ -299,7 +317,8 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
          "target": _attr(d, "target", "dev"), "device": d.get("device", "disk")}
         for d in dom.findall("devices/disk")
     ]
-    nics = [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address")}
+    nics = [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address"),
+             "target": _own_target(_attr(i, "target", "dev")), "mtu": int(_attr(i, "mtu", "size") or 0)}
             for i in dom.findall("devices/interface")]
     metadata = {item.get("key", ""): item.text or ""
                 for item in dom.findall(f"metadata/{{{METADATA_NS}}}instance/{{{METADATA_NS}}}item")}
@@ -313,6 +332,12 @@ def parse_domain_xml(xml: str, state: str = "unknown") -> VMInfo:
         cmdline=dom.findtext("os/cmdline", ""), console_log=_attr(dom, "devices/serial/log", "file"),
         vnc_listen=vnc_listen, vnc_port=vnc_port,
     )
+
+
+def _own_target(dev: str) -> str:
+    """A NIC's host end as the spec named it: "" for a name libvirt made up at start (vnet0,
+    testnet0, macvtap0), which the definition does not hold, so a record reads back as its spec."""
+    return "" if _GENERATED_TAP.fullmatch(dev) else dev
 
 
 def _vnc(dom: ET.Element, state: str) -> tuple[str, int]:

@@ -45,6 +45,11 @@ Verbs and their postconditions (``Compute``; ``LibvirtCompute`` and ``FakeComput
     rebuild(spec)         the VM keeps name and uuid, its definition is rebuilt
                           from spec (disks/image, NICs, size, metadata), and its
                           power state is what it was (a running VM restarts).
+    attach_nic(name, nic) the VM has ``nic`` (by MAC), live while it runs and in its
+                          definition; returns (record, whether it was attached now).
+                          libvirt's test driver cannot hot-plug: there the domain is
+                          defined again and restarted if it ran (nothing runs in it).
+    detach_nic(name, mac) the VM has no NIC of ``mac``; (record, whether one went).
     get(name)             the VM's record; VMNotFound if there is none.
     list()                every domain's record (foreign domains included, so the
                           reconciler sees everything on the host).
@@ -58,13 +63,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from xml.etree import ElementTree as ET
 from typing import Any, Protocol, TypeVar
 
 import libvirt
 
 from cloudland.errors import DriverError, VMConflict, VMNotFound, VMStateError
 from cloudland_agents.compute.domain import (  # re-exported: the driver's vocabulary lives here
-    STATES, Disk, DomainSpec, Nic, VMInfo, domain_xml, parse_domain_xml, spec_of_record,
+    STATES, Disk, DomainSpec, Nic, VMInfo, domain_xml, interface_element, parse_domain_xml, spec_of_record,
 )
 from cloudland_agents.hypervisor import LIBVIRT_STATES
 from cloudland_agents.locks import KeyLocks
@@ -88,6 +95,8 @@ class Compute(Protocol):
     def delete(self, name: str) -> dict[str, Any]: ...
     def resize(self, name: str, vcpus: int, memory_mib: int) -> VMInfo: ...
     def rebuild(self, spec: DomainSpec) -> VMInfo: ...
+    def attach_nic(self, name: str, nic: Nic) -> tuple[VMInfo, bool]: ...
+    def detach_nic(self, name: str, mac: str) -> tuple[VMInfo, bool]: ...
     def get(self, name: str) -> VMInfo: ...
     def list(self) -> list[VMInfo]: ...
 
@@ -265,12 +274,50 @@ class LibvirtCompute:
             if uuid != spec.uuid:
                 raise VMConflict(self.hypervisor_id, f"rebuild of VM {spec.name!r} must keep uuid {uuid}, "
                                                      f"got {spec.uuid}")
-            was_running = self._call(spec.name, "status", dom.isActive)
-            self._stop(dom, spec.name, force=True, timeout=0)  # the old disks are being replaced
-            dom = self._call(spec.name, "define", lambda: self.conn.defineXML(domain_xml(spec)))
-            if was_running:
-                self._call(spec.name, "start", dom.create)
-            return self._record(dom, spec.name)
+            return self._redefine(dom, spec)  # the old disks are being replaced: stopped first
+
+    def _redefine(self, dom: libvirt.virDomain, spec: DomainSpec) -> VMInfo:
+        """Define ``spec`` over the domain, destroyed first and started again if it ran."""
+        was_running = self._call(spec.name, "status", dom.isActive)
+        self._stop(dom, spec.name, force=True, timeout=0)
+        dom = self._call(spec.name, "define", lambda: self.conn.defineXML(domain_xml(spec)))
+        if was_running:
+            self._call(spec.name, "start", dom.create)
+        return self._record(dom, spec.name)
+
+    def attach_nic(self, name: str, nic: Nic) -> tuple[VMInfo, bool]:
+        with self.locks.hold(name):
+            dom = self._domain(name)
+            record = self._record(dom, name)
+            if any(n["mac"] == nic.mac for n in record["nics"]):
+                return record, False
+            spec = spec_of_record(record)
+            spec = replace(spec, nics=spec.nics + (nic,))  # validated before libvirt sees it
+            return self._change_nic(dom, spec, "attach", nic), True
+
+    def detach_nic(self, name: str, mac: str) -> tuple[VMInfo, bool]:
+        with self.locks.hold(name):
+            dom = self._domain(name)
+            record = self._record(dom, name)
+            spec = spec_of_record(record)
+            gone = next((n for n in spec.nics if n.mac == mac), None)
+            if gone is None:
+                return record, False
+            spec = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
+            return self._change_nic(dom, spec, "detach", gone), True
+
+    def _change_nic(self, dom: libvirt.virDomain, spec: DomainSpec, verb: str, nic: Nic) -> VMInfo:
+        """Hot-plug (or unplug) ``nic``, live while the VM runs and in its definition; on the test
+        driver, which cannot, define ``spec`` again (restarting the domain if it ran)."""
+        if self._call(spec.name, "host type", self.conn.getType).lower() == "test":
+            return self._redefine(dom, spec)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if self._call(spec.name, "status", dom.isActive):
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        device = ET.tostring(interface_element(nic), encoding="unicode")
+        call = dom.attachDeviceFlags if verb == "attach" else dom.detachDeviceFlags
+        self._call(spec.name, f"{verb} of NIC {nic.mac}", lambda: call(device, flags))
+        return self._record(dom, spec.name)
 
     def get(self, name: str) -> VMInfo:
         with self.locks.hold(name):

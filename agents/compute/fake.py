@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from cloudland_agents.compute.driver import (
-    DomainSpec, VMConflict, VMInfo, VMNotFound, VMStateError, domain_xml, parse_domain_xml,
+    DomainSpec, Nic, VMConflict, VMInfo, VMNotFound, VMStateError, domain_xml, parse_domain_xml,
 )
 from cloudland_agents.compute.domain import LIVE_STATES
 
@@ -120,6 +120,23 @@ class FakeCompute:
                                                      f"got {spec.uuid}")
             self._put(spec.name, spec, state)
             return self._record(spec.name)
+
+    def attach_nic(self, name: str, nic: Nic) -> tuple[VMInfo, bool]:
+        with self._lock:
+            self._enter("attach_nic", name, nic)
+            spec, state = self._vm(name)
+            if any(n.mac == nic.mac for n in spec.nics):
+                return self._record(name), False
+            self._put(name, replace(spec, nics=spec.nics + (nic,)), state)
+            return self._record(name), True
+
+    def detach_nic(self, name: str, mac: str) -> tuple[VMInfo, bool]:
+        with self._lock:
+            self._enter("detach_nic", name, mac)
+            spec, state = self._vm(name)
+            kept = tuple(n for n in spec.nics if n.mac != mac)
+            self._put(name, replace(spec, nics=kept), state)
+            return self._record(name), len(kept) < len(spec.nics)
 
     def get(self, name: str) -> VMInfo:
         with self._lock:

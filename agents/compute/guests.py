@@ -6,7 +6,7 @@ and must reach the files, which libvirt then chowns to it):
     image-cache/<sha256>.<format>   bases, shared by every guest of an image (agents/images/)
     guests/<uuid>/disk.qcow2        the guest's disk: a qcow2 overlay on its image's base
     guests/<uuid>/config-2.iso      its config drive (agents/compute/configdrive.py): hostname, SSH keys,
-                                    user data and network data (a DHCP link per NIC)
+                                    user data and network data (a link per NIC, its static addresses)
     guests/<uuid>/console.log       what its serial console printed (virtlogd writes it)
 
 ``prepare`` is idempotent on the uuid (a replayed create finds the overlay on the same base
@@ -17,15 +17,17 @@ Simulated hypervisors (libvirt's test driver) run no guest and get no files.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cloudland.errors import DriverError
 from cloudland_agents.compute.configdrive import build_config_drive
-from cloudland_agents.compute.domain import Disk, Nic
+from cloudland_agents.compute.domain import Disk
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.images.cache import ImageCache
 from cloudland_agents.images.source import ImageSource
@@ -55,12 +57,44 @@ def guest_dir(hypervisor: Hypervisor, uuid: str) -> Path:
     return hypervisor.state_dir / "guests" / uuid
 
 
-def network_data(nics: tuple[Nic, ...]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class NicConfig:
+    """What a guest's NIC is configured with: its port's addresses (``10.0.0.3/24``), gateway,
+    DNS servers and MTU (0: unset). A NIC without addresses is left to DHCP."""
+
+    mac: str
+    mtu: int = 0
+    ips: tuple[str, ...] = ()
+    gateway: str = ""
+    dns: tuple[str, ...] = ()
+
+
+def network_data(nics: Sequence[NicConfig]) -> dict[str, Any]:
     """The OpenStack ``network_data.json`` of a guest with ``nics``: one link per NIC, by MAC,
-    each configured by DHCP (as nova writes it for a DHCP network); empty lists for none."""
-    links = [{"id": f"tap{i}", "type": "phy", "ethernet_mac_address": nic.mac} for i, nic in enumerate(nics)]
-    networks = [{"id": f"network{i}", "link": f"tap{i}", "type": "ipv4_dhcp"} for i in range(len(nics))]
-    return {"links": links, "networks": networks, "services": []}
+    with its MTU; a static ``ipv4`` network per address (the default route through the first
+    NIC's gateway only, as nova writes a guest's), so a guest without a DHCP client comes up
+    too; ``ipv4_dhcp`` for a NIC without addresses; the DNS servers as services. Empty lists
+    for no NIC."""
+    links: list[dict[str, Any]] = []
+    networks: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []
+    for i, nic in enumerate(nics):
+        link: dict[str, Any] = {"id": f"tap{i}", "type": "phy", "ethernet_mac_address": nic.mac}
+        if nic.mtu:
+            link["mtu"] = nic.mtu
+        links.append(link)
+        dns = [{"type": "dns", "address": address} for address in nic.dns]
+        services += [s for s in dns if s not in services]
+        if not nic.ips:
+            networks.append({"id": f"network{len(networks)}", "link": f"tap{i}", "type": "ipv4_dhcp"})
+        for address in nic.ips:
+            interface = ipaddress.IPv4Interface(address)
+            default = nic.gateway and i == 0
+            routes = [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": nic.gateway}] if default else []
+            networks.append({"id": f"network{len(networks)}", "link": f"tap{i}", "type": "ipv4",
+                             "ip_address": str(interface.ip), "netmask": str(interface.netmask),
+                             "routes": routes, "services": dns})
+    return {"links": links, "networks": networks, "services": services}
 
 
 def own_disk(hypervisor: Hypervisor, uuid: str) -> str:
@@ -77,7 +111,7 @@ def own_disk(hypervisor: Hypervisor, uuid: str) -> str:
 
 def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
             ssh_keys: list[str], user_data: bytes | None, disk_name: str | None = None,
-            nics: tuple[Nic, ...] = ()) -> GuestFiles:
+            nics: Sequence[NicConfig] = ()) -> GuestFiles:
     """The disk (an overlay on the cached image) and config drive of guest ``uuid``.
 
     ``disk_name``: None for the guest's own disk (``own_disk``); a rebuild names a new disk

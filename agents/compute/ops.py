@@ -22,12 +22,13 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from cloudland.errors import DriverError, InvalidRequest, VMStateError
-from cloudland_agents.compute import guests
+from cloudland.errors import DriverError, InvalidRequest, VMNotFound, VMStateError
+from cloudland_agents.compute import guests, nics
 from cloudland_agents.compute.driver import Compute, Disk, DomainSpec, LibvirtCompute, Nic, VMInfo
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.images.cache import CAPTURE_TIMEOUT_S
 from cloudland_agents.images.source import ImageSource, ImageTarget
+from cloudland_agents.network.ops import network_for
 from cloudland_agents.ops import Context, operation
 from cloudland_proto.v1 import compute_pb2 as cpb
 
@@ -47,8 +48,9 @@ def use_driver(hypervisor: Hypervisor, driver: Compute) -> None:
 # -- messages to the driver's words and back ------------------------------------------------
 
 
-def spec_of(spec: cpb.DomainSpec, default_domain_type: str) -> DomainSpec:
-    """A validated DomainSpec from its message; InvalidRequest names the bad field."""
+def spec_of(spec: cpb.DomainSpec, default_domain_type: str, resolved: tuple[Nic, ...] | None = None) -> DomainSpec:
+    """A validated DomainSpec from its message (``resolved``: its NICs with this hypervisor's
+    names, agents/compute/nics.py); InvalidRequest names the bad field."""
     for key in ("name", "uuid"):  # DomainSpec takes an empty one for unset
         if not getattr(spec, key):
             raise InvalidRequest(f"spec.{key} is required")
@@ -66,7 +68,8 @@ def spec_of(spec: cpb.DomainSpec, default_domain_type: str) -> DomainSpec:
     return DomainSpec(
         name=spec.name, uuid=spec.uuid, vcpus=spec.vcpus, memory_mib=spec.memory_mib,
         arch=spec.arch or "x86_64", domain_type=spec.domain_type or default_domain_type,
-        disks=tuple(disks), nics=tuple(Nic(n.bridge, n.mac) for n in spec.nics), metadata=dict(spec.metadata),
+        disks=tuple(disks), metadata=dict(spec.metadata),
+        nics=resolved if resolved is not None else tuple(Nic(n.bridge, n.mac, n.target, n.mtu) for n in spec.nics),
         kernel=spec.kernel, initrd=spec.initrd, cmdline=spec.cmdline, console_log=spec.console_log,
         vnc_listen=spec.vnc_listen,
     )
@@ -155,33 +158,46 @@ def vm_create(ctx: Context, request: cpb.VmCreateRequest) -> cpb.VmCreateResult:
     """Define and start a VM from a spec. Idempotent: if a VM with this uuid and name exists it
     is left as is and reported with ``created`` false. A name or uuid held by another VM FAILS."""
     # The guest's own disk: a create that defines it again (recover) boots from what it has.
-    spec, files = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None, None)
+    spec, files, resolved = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None,
+                                        None)
+    # Its tenant bridges come from its VPC's net.sync, sent beside this create (nics.py).
+    nics.await_bridges(ctx.hypervisor, spec.name, resolved.tenant, ctx.remaining() - 2.0, ctx.job_id)
     info = driver_for(ctx.hypervisor).create(spec)
+    _play_nics(ctx, spec.name, resolved.tenant)
     return cpb.VmCreateResult(vm=record_of(info), created=bool(info["created"]),
                               image_downloaded=files is not None and files.downloaded)
 
 
+def _play_nics(ctx: Context, vm: str, tenant: tuple[Nic, ...]) -> None:
+    """On a simulated hypervisor with the kernel's data plane, test guests play the VM's tenant NICs."""
+    if nics.plays_guests(ctx.hypervisor):
+        nics.guests_for(ctx.hypervisor).plug(vm, tenant)
+
+
 def _guest_spec(ctx: Context, message: cpb.DomainSpec, guest: cpb.Guest | None,
-                disk_name: str | None) -> tuple[DomainSpec, guests.GuestFiles | None]:
-    """The spec of ``message`` and, on a real hypervisor given ``guest``, the guest's files with
-    their disks and console log added to it, and a VNC display on the hypervisor's
-    ``vnc_listen`` unless the spec names one. Simulated hypervisors get no files (None)."""
-    spec = spec_of(message, _default_domain_type(ctx))
+                disk_name: str | None) -> tuple[DomainSpec, guests.GuestFiles | None, nics.Resolved]:
+    """The spec of ``message`` with its NICs named here, and, on a real hypervisor given
+    ``guest``, the guest's files with their disks and console log added to it, and a VNC
+    display on the hypervisor's ``vnc_listen`` unless the spec names one. Simulated hypervisors
+    get no files (None)."""
+    resolved = nics.resolve(ctx.hypervisor, message.nics)
+    spec = spec_of(message, _default_domain_type(ctx), resolved.nics)
     if guest is None or ctx.hypervisor.uri.startswith("test:"):
-        return spec, None
-    files = _prepare_guest(ctx, spec, guest, disk_name)
+        return spec, None, resolved
+    files = _prepare_guest(ctx, spec, guest, disk_name, resolved.configs)
     return dataclasses.replace(spec, disks=spec.disks + files.disks, console_log=str(files.console_log),
-                               vnc_listen=spec.vnc_listen or ctx.hypervisor.vnc_listen), files
+                               vnc_listen=spec.vnc_listen or ctx.hypervisor.vnc_listen), files, resolved
 
 
-def _prepare_guest(ctx: Context, spec: DomainSpec, guest: cpb.Guest, disk_name: str | None) -> guests.GuestFiles:
+def _prepare_guest(ctx: Context, spec: DomainSpec, guest: cpb.Guest, disk_name: str | None,
+                   configs: tuple[guests.NicConfig, ...]) -> guests.GuestFiles:
     """The disk and config drive of a real guest (ImageSource validates the image's fields)."""
     image = guest.image
     source = ImageSource(image_id=image.image_id, sha256=image.sha256, size_bytes=image.size_bytes,
                          disk_format=image.disk_format, url=image.url, token=image.token or None)
     return guests.prepare(ctx.hypervisor, spec.uuid, hostname=guest.hostname or spec.name, image=source,
                           disk_gib=guest.disk_gib, ssh_keys=list(guest.ssh_keys),
-                          user_data=guest.user_data or None, disk_name=disk_name, nics=spec.nics)
+                          user_data=guest.user_data or None, disk_name=disk_name, nics=configs)
 
 
 @operation("vm.start")
@@ -218,7 +234,15 @@ def vm_delete(ctx: Context, request: cpb.VmDeleteRequest) -> cpb.VmDeleteResult:
     (``deleted`` false)."""
     if request.uuid and not _UUID.fullmatch(request.uuid):
         raise InvalidRequest(f"uuid must be a uuid, got {request.uuid!r}")
-    done = driver_for(ctx.hypervisor).delete(_name(request))
+    name = _name(request)
+    if nics.plays_guests(ctx.hypervisor):
+        # Its test guests go first: held ones, and any its domain names (a file lost to a crash).
+        try:
+            domain_nics = _tenant_nics(ctx, driver_for(ctx.hypervisor).get(name))
+        except VMNotFound:
+            domain_nics = ()
+        nics.guests_for(ctx.hypervisor).unplug(name, domain_nics)
+    done = driver_for(ctx.hypervisor).delete(name)
     result = cpb.VmDeleteResult(name=done["name"], deleted=done["deleted"])
     if request.uuid and not ctx.hypervisor.uri.startswith("test:"):
         result.files_removed = guests.remove(ctx.hypervisor, request.uuid)
@@ -242,9 +266,10 @@ def vm_rebuild(ctx: Context, request: cpb.VmRebuildRequest) -> cpb.VmRebuildResu
     """Redefine VM ``spec.name`` from a spec with the same ``uuid`` (new disks/image), keeping its
     power state. Idempotent: rebuilding to the current spec again is success."""
     # A fresh disk on the (new) image, named by the job so that a replay finds the same one.
-    spec, files = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None,
-                              f"disk-{ctx.job_id[:32]}.qcow2")
+    spec, files, resolved = _guest_spec(ctx, request.spec, request.guest if request.HasField("guest") else None,
+                                        f"disk-{ctx.job_id[:32]}.qcow2")
     info = driver_for(ctx.hypervisor).rebuild(spec)  # stops the VM, redefines, restarts it
+    _play_nics(ctx, spec.name, resolved.tenant)
     if files is not None:
         guests.remove_other_disks(ctx.hypervisor, spec.uuid, keep=Path(files.disks[0].path))
     return cpb.VmRebuildResult(vm=record_of(info))
@@ -284,6 +309,38 @@ def vm_capture(ctx: Context, request: cpb.VmCaptureRequest) -> cpb.VmCaptureResu
     finally:
         copy.unlink(missing_ok=True)  # adopted (renamed away) on success
     return cpb.VmCaptureResult(image_id=target.image_id, size_bytes=size, sha256=sha256)
+
+
+@operation("vm.attach_nic")
+def vm_attach_nic(ctx: Context, request: cpb.VmAttachNicRequest) -> cpb.VmAttachNicResult:
+    """VM ``name`` has NIC ``nic``, live and in its definition (its bridge waited for, its test
+    guest made). Idempotent: a NIC with that MAC already there is success (``attached`` false)."""
+    name = _name(request)
+    if not request.HasField("nic"):
+        raise InvalidRequest("nic is required")
+    resolved = nics.resolve(ctx.hypervisor, [request.nic])
+    nics.await_bridges(ctx.hypervisor, name, resolved.tenant, ctx.remaining() - 2.0, ctx.job_id)
+    info, attached = driver_for(ctx.hypervisor).attach_nic(name, resolved.nics[0])
+    _play_nics(ctx, name, _tenant_nics(ctx, info))
+    return cpb.VmAttachNicResult(vm=record_of(info), attached=attached)
+
+
+@operation("vm.detach_nic")
+def vm_detach_nic(ctx: Context, request: cpb.VmDetachNicRequest) -> cpb.VmDetachNicResult:
+    """VM ``name`` has no NIC of ``mac`` (and its test guest is gone). Idempotent: no such NIC is
+    success (``detached`` false)."""
+    name = _name(request)
+    if not request.mac:
+        raise InvalidRequest("mac is required")
+    info, detached = driver_for(ctx.hypervisor).detach_nic(name, request.mac)
+    _play_nics(ctx, name, _tenant_nics(ctx, info))
+    return cpb.VmDetachNicResult(vm=record_of(info), detached=detached)
+
+
+def _tenant_nics(ctx: Context, info: VMInfo) -> tuple[Nic, ...]:
+    """The NICs of a VM's record whose host end carries this agent's tap names: its tenant NICs."""
+    names = network_for(ctx.hypervisor).names
+    return tuple(Nic(**n) for n in info["nics"] if names.is_tap(n["target"]))
 
 
 @operation("vm.get")

@@ -105,10 +105,10 @@ class DhcpServers:
             raise DriverError(self.hypervisor, f"cannot make DHCP namespace {name} of vni {vni}: {exc}") from exc
         directory = self._dir(vni)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        rewritten = _write_if_changed(directory / "dhcp-hosts",
+        rewritten = write_if_changed(directory / "dhcp-hosts",
                                       "".join(f"{mac},{ip}{',' + host if host else ''},{LEASE}\n"
                                               for mac, ip, host in dhcp.leases))
-        rewritten |= _write_if_changed(directory / "hosts", "".join(f"{ip} {host}\n" for ip, host in dhcp.names))
+        rewritten |= write_if_changed(directory / "hosts", "".join(f"{ip} {host}\n" for ip, host in dhcp.names))
         argv = self.argv(dhcp)
         pid = self.pid(vni)
         if pid and _cmdline(pid) == argv[3:]:
@@ -232,7 +232,7 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     """Whether ``pid`` runs: a zombie has ended (our daemons are not our children, so its reaper
     is init's business, not ours)."""
     try:
@@ -247,15 +247,15 @@ def _stop(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
-        while _running(pid) and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if _running(pid):
+        if running(pid):
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed(path: Path, text: str) -> bool:
     """Write ``text`` (0600, by rename) unless the file holds it already; whether it wrote."""
     try:
         if path.read_text() == text:

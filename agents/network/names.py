@@ -20,12 +20,14 @@ MAX_VNI = (1 << 24) - 1
 DHCP_INSIDE = "d0"  # the DHCP namespace's end of its veth; that namespace holds nothing else
 
 BRIDGE, VXLAN, DHCP = "b", "v", "d"
+TAP = "t"  # a VM's NIC: its tap, or a test guest's namespace and veth (agents/compute/nics.py)
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 @dataclass(frozen=True)
 class Names:
     """Names of one prefix: ``clb<vni>`` (bridge), ``clv<vni>`` (VXLAN device), ``cld<vni>`` (the
-    DHCP namespace, and its veth's end on the bridge)."""
+    DHCP namespace, and its veth's end on the bridge), ``clt<8 hex digits>`` (a VM's NIC)."""
 
     prefix: str = DEFAULT_PREFIX
 
@@ -43,6 +45,17 @@ class Names:
     def dhcp(self, vni: int) -> str:
         """The DHCP namespace of the subnet, and its veth's end on the bridge."""
         return f"{self.prefix}{DHCP}{vni}"
+
+    def tap(self, mac: str) -> str:
+        """A VM NIC's host end (its tap; a test guest's namespace and veth): the MAC's last four
+        bytes, unique as the MAC is (the API's are ``02:c1:`` and four random bytes)."""
+        if not _MAC.fullmatch(mac):
+            raise InvalidRequest(f"mac must be a lower-case aa:bb:cc:dd:ee:ff, got {mac!r}")
+        return f"{self.prefix}{TAP}{mac[6:].replace(':', '')}"
+
+    def is_tap(self, name: str) -> bool:
+        """Whether ``name`` is a NIC's host end of this prefix (the one test of ownership for them)."""
+        return re.fullmatch(rf"{self.prefix}{TAP}[0-9a-f]{{8}}", name) is not None
 
     def parse(self, name: str) -> tuple[str, int] | None:
         """(kind, vni) of a name this prefix made, else None: the one test of ownership."""

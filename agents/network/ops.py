@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from typing import Protocol
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
@@ -32,6 +34,7 @@ class Network:
     def __init__(self, hypervisor: Hypervisor, names: Names | None = None, fake: bool = False) -> None:
         self.hypervisor = hypervisor.id
         self.names = names or Names()
+        self.fake = fake  # no kernel objects: VMs' NICs need no bridge here (agents/compute/nics.py)
         # Per hypervisor: the simulated hypervisors of one leaf share its state directory.
         directory = hypervisor.state_dir / "network" / f"{self.names.prefix}-hv{hypervisor.id}"
         self.held = HeldStates(directory)
@@ -88,7 +91,15 @@ class Network:
             return npb.NetApplyResult(generation=state.generation)
 
 
-def repair_loop(networks: list[Network], stop: threading.Event, every: float = REPAIR_S) -> None:
+class Repairable(Protocol):
+    """What the repair loop repairs: a ``Network``, or a hypervisor's test guests (agents/compute/nics.py)."""
+
+    hypervisor: int
+
+    def repair(self) -> Changes: ...
+
+
+def repair_loop(networks: Sequence[Repairable], stop: threading.Event, every: float = REPAIR_S) -> None:
     """Repair ``networks`` at once (an agent's start), then every ``every`` seconds until ``stop``:
     the agent's own periodic look at the kernel (issue 11). Failures are logged and retried."""
     while True:

@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudland_api.jobs.engine import end
-from cloudland_api.jobs.guest import agent_request
+from cloudland_api.jobs.guest import agent_request, vm_nics
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
 from cloudland_api.jobs.volume import release_attachments
-from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port
 from cloudland_api.services import hypervisors, netstate, scheduler
 from cloudland_proto.v1 import compute_pb2 as cpb
 
@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 OPERATIONS = {"create": "vm.create", "start": "vm.start", "stop": "vm.stop", "reboot": "vm.reboot",
               "delete": "vm.delete", "resize": "vm.resize", "rebuild": "vm.rebuild", "capture": "vm.capture",
-              "recover": "vm.create", "purge": "vm.delete"}
+              "recover": "vm.create", "purge": "vm.delete", "attach_nic": "vm.attach_nic",
+              "detach_nic": "vm.detach_nic"}
+WITH_NICS = ("create", "recover", "rebuild", "attach_nic")  # requests that carry the instance's NICs
+NIC_ACTIONS = ("attach_nic", "detach_nic")  # the instance keeps its status through them
 # The instance status a successful action leaves.
 SETTLED = {"create": "running", "start": "running", "stop": "stopped", "reboot": "running",
            "resize": "stopped", "delete": "deleted", "capture": "stopped"}
@@ -65,6 +68,8 @@ class VmJobs(Kind):
             instance.hypervisor_id = host
         # Their NICs are bound there with the placement: one change per VPC, sent by net jobs.
         follow_up(session, netstate.bind(session, placed))
+        # The NICs of what gets a domain (again): one read for the batch.
+        nics = vm_nics(session, (i.id for job, i in rows if job.action in WITH_NICS))
         for job, instance in rows:
             if job.id in no_room:
                 continue
@@ -103,7 +108,7 @@ class VmJobs(Kind):
                     target = source.capture_target(job.args["image_id"], job.args["disk_format"],
                                                    plan.settings.capture_timeout_s)
             plan.send(job, OPERATIONS[job.action], instance.hypervisor_id,
-                      agent_request(job, instance, guest, target), timeout)
+                      agent_request(job, instance, guest, target, nics.get(instance.id, ())), timeout)
 
     @staticmethod
     def _claim_resize(session: Session, job: Job, instance: Instance) -> bool:
@@ -129,6 +134,14 @@ class VmJobs(Kind):
         # Deleted VMs' NICs go after the claims (hosts' rows locked before VPCs', as when placing).
         release_ports(session, [job.subject_id for job, outcome in done
                                 if outcome.ok and job.action == "delete"])
+        for job, outcome in done:
+            # A detached NIC's port is kept, bound to nothing; a failed attach's goes back as it was
+            # (deleted when the attach made it).
+            if (job.action == "detach_nic" and outcome.ok) or (job.action == "attach_nic" and not outcome.ok):
+                port = session.get(Port, job.args["port_id"])
+                if port is not None and port.instance_id == job.subject_id:
+                    follow_up(session, netstate.unbind_port(session, port, job.action == "attach_nic"
+                                                            and job.args.get("made", False)))
 
 
 def release_ports(session: Session, instance_ids: list[int]) -> None:
@@ -173,6 +186,8 @@ def settle_instance(job: Job, instance: Instance, outcome: Outcome, releases: sc
 
 def _succeeded(job: Job, instance: Instance, result: Message | None, releases: scheduler.Releases) -> None:
     instance.status_reason = None
+    if job.action in NIC_ACTIONS:
+        return
     if job.action == "delete":
         if instance.hypervisor_id is not None and instance.status != "deleted":
             releases.add(instance.hypervisor_id, instance.vcpus, instance.memory_mib)

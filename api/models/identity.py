@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, Enum, ForeignKey, Integer, String
+from sqlalchemy import JSON, Boolean, Enum, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cloudland_api.models.base import Base, UTCDateTime, utcnow
@@ -41,7 +41,14 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # A directory's user (LDAP, OpenID Connect) has NO_PASSWORD: their organisation's directory
+    # checks who they are (services/directories.py), never a local password.
     password_hash: Mapped[str] = mapped_column(String(255))
+    # Where the user signs in: "local" (a password kept here), "ldap" or "oidc" (provisioned at their
+    # first sign-in through an organisation's directory; ``external_id`` says which entry).
+    source: Mapped[str] = mapped_column(String(8), default="local", server_default="local")
+    # "<org id>:<DN>" of an LDAP user, "<org id>:<sub>" of an OpenID Connect one; None for local users.
+    external_id: Mapped[str | None] = mapped_column(String(512), unique=True, index=True, nullable=True)
     # Every token carries the generation it was issued under; a password change or a removed
     # membership raises it, which ends every token the user holds (services/identity.py).
     token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -84,3 +91,34 @@ class LoginFailure(Base):
     failures: Mapped[int] = mapped_column(Integer)
     last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Directory(Base):
+    """An organisation's identity directory: an LDAP server or an OpenID provider it trusts
+    (services/directories.py). ``settings`` holds everything but the LDAP bind password, which
+    lives in the state directory (0600) and never in the database."""
+
+    __tablename__ = "directories"
+
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # "ldap" or "oidc"
+    settings: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AppCredential(Base):
+    """An application credential: a secret a script sends as its bearer token, acting for its
+    creator in one organisation with a role no higher than theirs, until it expires or is revoked
+    (services/credentials.py). Only a SHA-256 of the secret is kept: it is 256 random bits, so a
+    fast hash is as safe as a slow one and costs nothing per request."""
+
+    __tablename__ = "app_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    role: Mapped[Role] = mapped_column(Enum(Role, name="role", native_enum=False, length=16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -27,6 +27,7 @@ from cloudland_api.schemas import (
     InstancePublic,
     InstanceStatus,
     JobPublic,
+    NicAttach,
     PowerAction,
     RebuildRequest,
     ResizeRequest,
@@ -38,6 +39,7 @@ router = APIRouter(
     responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
 )
 InstanceId = Annotated[int, Path(ge=1, le=MAX_ID, description="Instance id")]
+PortId = Annotated[int, Path(ge=1, le=MAX_ID, description="Port id")]
 _CHANGES = {409: {"model": ErrorResponse}}
 _ACCEPTED = status.HTTP_202_ACCEPTED
 
@@ -133,6 +135,27 @@ def capture_instance(instance_id: InstanceId, body: CaptureRequest, session: Ses
     image, job = instance_service.capture(session, caller, instance_id, body)
     submit([job.id])
     return CaptureAccepted(image=ImagePublic.model_validate(image), job=JobPublic.model_validate(job))
+
+
+@router.post("/{instance_id}/nics", status_code=_ACCEPTED, **allow("instance", "update", responses=_CHANGES))
+def attach_nic(instance_id: InstanceId, body: NicAttach, session: SessionDep, caller: CurrentUser,
+               submit: SubmitDep) -> JobPublic:
+    """Attach a NIC to a running or stopped instance: a new port on ``network`` (a subnet), or a
+    port of the organisation bound to no instance (``port``). The port is its next NIC (``device_index``)."""
+    job = instance_service.attach_nic(session, caller, instance_id, body)
+    submit(instance_service.to_send([job], session))
+    return JobPublic.model_validate(job)
+
+
+@router.delete("/{instance_id}/nics/{port_id}", status_code=_ACCEPTED,
+               **allow("instance", "update", responses=_CHANGES))
+def detach_nic(instance_id: InstanceId, port_id: PortId, session: SessionDep, caller: CurrentUser,
+               submit: SubmitDep) -> JobPublic:
+    """Detach the NIC of port ``port_id`` from an instance; the port is kept, bound to nothing (attach
+    it again, or delete it). The primary NIC (device 0) cannot be detached (409)."""
+    job = instance_service.detach_nic(session, caller, instance_id, port_id)
+    submit([job.id])
+    return JobPublic.model_validate(job)
 
 
 @router.delete("/{instance_id:int}", status_code=_ACCEPTED, **allow("instance", "delete", responses=_CHANGES))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep
 from cloudland_api.models import Membership
 from cloudland_api.policy import allow
 from cloudland_api.schemas import (
@@ -22,7 +22,7 @@ from cloudland_api.schemas import (
     UserList,
     UserPublic,
 )
-from cloudland_api.services import tenants
+from cloudland_api.services import directories, tenants
 
 router = APIRouter(responses={404: {"model": ErrorResponse}})
 OrgId = Annotated[int, Path(ge=1, le=MAX_ID, description="Organisation id")]
@@ -58,10 +58,12 @@ def create_organisation(body: OrganisationCreate, session: SessionDep, caller: C
 
 @router.delete("/organisations/{org_id}", tags=["organisations"], status_code=_GONE,
                **allow("organisation", "delete", responses=_CONFLICT))
-def delete_organisation(org_id: OrgId, session: SessionDep, caller: CurrentUser) -> None:
+def delete_organisation(org_id: OrgId, session: SessionDep, caller: CurrentUser, settings: SettingsDep) -> None:
     """Delete an organisation that has no instances, images or unfinished jobs left (409 names
-    them), with its flavors, keys, records and memberships; its users in no other organisation go too."""
+    them), with its flavors, keys, records, memberships and directories (the LDAP bind password
+    erased); its users in no other organisation go too."""
     tenants.delete_organisation(session, caller, org_id)
+    directories.erase_secret(settings.state_dir, org_id)
 
 
 # -- users ----------------------------------------------------------------------------------

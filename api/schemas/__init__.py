@@ -8,8 +8,12 @@ from cloudland_api.schemas.common import (
     Page, Ref
 )
 from cloudland_api.schemas.identity import (
-    AccountPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
+    AccountPublic, AppCredentialCreate, AppCredentialList, AppCredentialPublic, AppCredentialSecret, AuditEventList,
+    AuditEventPublic, LoginRequest, MembershipCreate, MembershipUpdate, OrganisationCreate, OrganisationList,
     OrganisationPublic, PasswordChange, TokenPublic, UserCreate, UserList, UserPublic
+)
+from cloudland_api.schemas.directories import (
+    LdapPublic, LdapSettings, OidcLoginRequest, OidcPublic, OidcSettings, OidcStart, OidcStartRequest
 )
 from cloudland_api.schemas.flavors import FlavorCreate, FlavorList, FlavorPublic
 from cloudland_api.schemas.hypervisors import (
@@ -21,7 +25,7 @@ from cloudland_api.schemas.networks import (
 )
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
-    InstancePublic, JobList, JobPublic, PowerAction, RebuildRequest, ResizeRequest, VncConsole
+    InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 from cloudland_api.schemas.volumes import (
     AttachmentCreate, AttachmentPublic, SnapshotAccepted, SnapshotCreate, SnapshotList, SnapshotPublic,
@@ -29,15 +33,17 @@ from cloudland_api.schemas.volumes import (
 )
 
 __all__ = [
-    "AccountPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
+    "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
+    "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
     "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
-    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LoginRequest",
+    "InstanceList", "InstancePublic", "InstanceStatus", "JobList", "JobPublic", "JobStateName", "LdapPublic",
+    "LdapSettings", "LoginRequest", "OidcLoginRequest", "OidcPublic", "OidcSettings", "OidcStart", "OidcStartRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
-    "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
+    "NicAttach", "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
     "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic",
     "AttachmentCreate", "AttachmentPublic", "SnapshotAccepted", "SnapshotCreate", "SnapshotList", "SnapshotPublic",
     "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",

@@ -121,3 +121,57 @@ class UserList(Page):
     """One page of the organisation's users, by id."""
 
     items: list[UserPublic]
+
+
+class AuditEventPublic(BaseModel):
+    """One row of the audit trail: who, in which organisation, what, how it ended, from where, when."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    org_id: int | None
+    user_id: int | None
+    username: str | None
+    method: str
+    path: str
+    status: int
+    address: str
+
+
+class AuditEventList(Page):
+    """One page of the audit trail, newest first."""
+
+    items: list[AuditEventPublic]
+
+
+class AppCredentialCreate(_Request):
+    """``POST /api/v1/app-credentials``: a credential for scripts, in the organisation the token acts in."""
+
+    name: Name
+    role: RoleName | None = Field(default=None, description="At most yours; default yours")
+    lifetime_s: Annotated[int, Field(ge=60, le=366 * 86400, description="Seconds until it expires")] = 90 * 86400
+
+
+class AppCredentialPublic(BaseModel):
+    """An application credential as listed: never its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime
+
+
+class AppCredentialSecret(AppCredentialPublic):
+    """A new credential and its secret, the bearer token scripts send: shown this once."""
+
+    secret: str
+
+
+class AppCredentialList(Page):
+    """One page of the caller's credentials, by id."""
+
+    items: list[AppCredentialPublic]

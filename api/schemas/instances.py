@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloudland_api.schemas.common import (
     MAX_COUNT, MAX_ID, NO_NUL, DiskFormat, JobStateName, Name, Page, Ref, _Request,
@@ -111,6 +111,20 @@ class ResizeRequest(_Request):
     """The flavor to resize a stopped instance to."""
 
     flavor: Ref
+
+
+class NicAttach(_Request):
+    """A NIC to attach to an instance: a new port on ``network`` (a subnet, by id or name), or
+    ``port``, one of the organisation's ports bound to no instance. Exactly one of them."""
+
+    network: Ref | None = None
+    port: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NicAttach:
+        if (self.network is None) == (self.port is None):
+            raise ValueError("give exactly one of network (a subnet) and port")
+        return self
 
 
 class RebuildRequest(_Request):

@@ -50,6 +50,7 @@ class Caller:
     organisation: str = ""
     token_id: str = ""      # the token's jti: what a logout revokes
     expires_at: datetime | None = None
+    credential_id: int | None = None  # acting through an application credential (services/credentials.py)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Backoff:
         return min(self.max_wait_s, FIRST_WAIT_S * 2 ** min(failures - FREE_FAILURES - 1, 30))
 
 
-def _check_not_waiting(session: Session, username: str, address: str, now: datetime) -> None:
+def check_not_waiting(session: Session, username: str, address: str, now: datetime) -> None:
     row = session.get(LoginFailure, (username, address))
     if row is not None and row.blocked_until is not None and row.blocked_until > now:
         wait = max(1, math.ceil((row.blocked_until - now).total_seconds()))
@@ -73,7 +74,7 @@ def _check_not_waiting(session: Session, username: str, address: str, now: datet
                               retry_after=wait)
 
 
-def _count_failure(session: Session, backoff: Backoff, username: str, address: str) -> None:
+def count_failure(session: Session, backoff: Backoff, username: str, address: str) -> None:
     """One more failure of (username, address), committed; stale rows of anyone are pruned."""
     session.rollback()  # nothing else of this request is kept
     now = datetime.now(UTC)  # after the password's check, which takes a while: the wait starts now
@@ -98,18 +99,18 @@ def _count_failure(session: Session, backoff: Backoff, username: str, address: s
         return
 
 
-def _forget_failures(session: Session, username: str, address: str) -> None:
+def forget_failures(session: Session, username: str, address: str) -> None:
     session.execute(delete(LoginFailure).where(LoginFailure.username == username, LoginFailure.address == address))
 
 
 def _verified_user(session: Session, backoff: Backoff, username: str, password: str, address: str) -> User:
     """The user whose password this is, or TooManyRequests (waiting) or Unauthorized (counted)."""
-    _check_not_waiting(session, username, address, datetime.now(UTC))
+    check_not_waiting(session, username, address, datetime.now(UTC))
     user = session.scalar(select(User).where(User.username == username))
     if not verify_password(user.password_hash if user else None, password) or user is None:
-        _count_failure(session, backoff, username, address)
+        count_failure(session, backoff, username, address)
         raise Unauthorized("invalid username or password")
-    _forget_failures(session, username, address)
+    forget_failures(session, username, address)
     return user
 
 
@@ -175,6 +176,11 @@ def authenticate(session: Session, key: bytes, token: str, max_lifetime_s: int) 
 
 def logout(session: Session, caller: Caller) -> None:
     """End the token the caller sent (it stays refused until it would have expired, then its row goes)."""
+    if caller.credential_id is not None:
+        raise InvalidRequest(f"an application credential does not log out: revoke it (DELETE "
+                             f"/api/v1/app-credentials/{caller.credential_id})")
+    if not caller.token_id:
+        raise InvalidRequest("this token is your OpenID provider's: sign out there (it ends when it expires)")
     now = datetime.now(UTC)
     session.execute(delete(RevokedToken).where(RevokedToken.expires_at < now))
     session.add(RevokedToken(token_id=caller.token_id, user_id=caller.user_id, expires_at=caller.expires_at or now))
@@ -194,6 +200,12 @@ def change_password(session: Session, key: bytes, lifetime_s: int, caller: Calle
                     *, address: str = "unknown", backoff: Backoff | None = None) -> tuple[str, datetime]:
     """Set the caller's password; every token they hold ends, and a new one for the caller's
     organisation is the answer. A wrong current password counts as a failed sign-in."""
+    if caller.credential_id is not None:
+        raise InvalidRequest("an application credential cannot change its creator's password: sign in as the user")
+    source = session.scalar(select(User.source).where(User.id == caller.user_id))
+    if source != "local":
+        raise InvalidRequest(f"your password is kept by your organisation's {source.upper() if source else ''} "
+                             "directory: change it there")
     try:
         user = _verified_user(session, backoff or Backoff(), caller.username, current, address)
     except Unauthorized as exc:  # not the token's fault: a 401 would send the user to log in again

@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
-from cloudland_api.jobs import Outcome, follow_ups
+from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, VolumeAttachment
-from cloudland_api.schemas import CaptureRequest, InstanceCreate
-from cloudland_api.services import crud, hypervisors, networks, scheduler
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, VolumeAttachment
+from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
+from cloudland_api.services import crud, hypervisors, netstate, networks, scheduler
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
@@ -48,6 +48,8 @@ ALLOWED_FROM = {
     "rebuild": {"running", "stopped", "error"},
     "delete": {"running", "stopped", "error"},
     "capture": {"stopped"},  # a running guest's disk is changing under the copy (and QEMU locks it)
+    "attach_nic": {"running", "stopped"},
+    "detach_nic": {"running", "stopped"},
 }
 
 
@@ -108,7 +110,10 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image)
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
-    subnets = networks.resolve_networks(session, caller, spec.networks)  # locked for the addresses below
+    # Locked for the addresses below. Without ``networks`` (not even []): the organisation's
+    # default subnet, if it has one (the all-in-one cloud's, api/settings.py default_network).
+    subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
+               else networks.default_subnets(session, caller))
     names = instance_names(spec.name, spec.count)
     taken = session.scalars(
         select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
@@ -282,6 +287,46 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     log.info("event=capture_created job=%s instance=%d image_id=%d org_id=%d", job.id, instance.id, image.id,
              caller.org_id)
     return image, job
+
+
+def attach_nic(session: Session, caller: Caller, instance_id: int, body: NicAttach) -> Job:
+    """An ``attach_nic`` job giving the instance its next NIC (``networks.attach_port``), whose
+    port is bound to the instance's hypervisor now (its VPC's net jobs follow up), committed."""
+    instance = _placed(session, caller, instance_id, "attach_nic")
+    assert instance.hypervisor_id is not None
+    port, made = networks.attach_port(session, caller, instance, body.network, body.port)
+    follow_up(session, netstate.bind_port(session, port, instance.hypervisor_id, caller.user_id))
+    job = _new_job(caller, new_job_id(), "attach_nic", instance, {"port_id": port.id, "made": made})
+    _start_job(session, instance, job)
+    session.commit()
+    log.info("event=nic_attach job=%s instance=%d port=%d org_id=%d", job.id, instance.id, port.id, caller.org_id)
+    return job
+
+
+def detach_nic(session: Session, caller: Caller, instance_id: int, port_id: int) -> Job:
+    """A ``detach_nic`` job taking port ``port_id`` off the instance; the port is kept, bound to
+    nothing, once it succeeds. The primary NIC (device 0) stays: Conflict."""
+    instance = _placed(session, caller, instance_id, "detach_nic")
+    port = crud.get(session, Port, caller, port_id, "port")
+    if port.instance_id != instance.id:
+        raise Conflict(f"port {port.id} is not a NIC of instance {instance.id} ({instance.name})")
+    if port.device_index == 0:
+        raise Conflict(f"port {port.id} is instance {instance.id}'s primary NIC (device 0): it cannot be detached; "
+                       "delete the instance, or attach another NIC and use that")
+    job = _new_job(caller, new_job_id(), "detach_nic", instance, {"port_id": port.id, "mac": port.mac})
+    _start_job(session, instance, job)
+    session.commit()
+    log.info("event=nic_detach job=%s instance=%d port=%d org_id=%d", job.id, instance.id, port.id, caller.org_id)
+    return job
+
+
+def _placed(session: Session, caller: Caller, instance_id: int, action: str) -> Instance:
+    """The instance, locked, idle, in a state ``action`` may start from, and placed on a hypervisor."""
+    instance = get_instance(session, caller, instance_id, lock=True)
+    _check_can(instance, action, _lost_host(session, instance))
+    if instance.hypervisor_id is None:
+        raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor")
+    return instance
 
 
 def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], force: bool) -> Accepted:

@@ -205,6 +205,27 @@ def release(session: Session, instance_ids: Iterable[int]) -> list[Job]:
     return jobs
 
 
+def bind_port(session: Session, port: Port, hypervisor: int, user_id: int | None = None) -> list[Job]:
+    """Bind one port (a NIC attached to a placed instance) to ``hypervisor``: one change of its VPC."""
+    change = begin(session, port.vpc_id)
+    port.hypervisor_id = hypervisor
+    change.upserts.append(port)
+    return commit(session, change, port.org_id, user_id)
+
+
+def unbind_port(session: Session, port: Port, delete: bool, user_id: int | None = None) -> list[Job]:
+    """Take one port off its instance (a NIC detached, or an attach that failed): deleted with
+    ``delete`` (its addresses free again), else kept bound to nothing. One change of its VPC."""
+    change = begin(session, port.vpc_id)
+    if port.hypervisor_id is not None:
+        change.removes.append(port.id)
+    if delete:
+        session.delete(port)
+    else:
+        port.instance_id = port.hypervisor_id = port.device_index = None
+    return commit(session, change, port.org_id, user_id)
+
+
 def _per_vpc(session: Session, instance_ids: Iterable[int], each: Callable[[Change, Port], None]) -> list[Job]:
     """``each(change, port)`` for every port of the instances, one change per VPC, in VPC id order
     (so two transactions lock VPCs in the same order); the jobs of every change."""

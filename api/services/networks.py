@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
-from cloudland_api.models import Instance, Port, PortIp, Subnet, Vpc
+from cloudland_api.models import Instance, Port, PortIp, Role, Subnet, Vpc
 from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
 from cloudland_api.services import crud, ipam
 from cloudland_api.services.identity import Caller
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DOMAIN = "vpc-{id}.cloudland.internal"
 VNI_TRIES = 5  # racing subnet creates on PostgreSQL: each loser takes the next free VNI
+DEFAULT = "default"  # the default network's VPC and subnet (settings.default_network)
 
 
 # -- VPCs ---------------------------------------------------------------------------------------
@@ -239,7 +240,55 @@ def fixed_ips(session: Session, ports: Sequence[Port]) -> dict[int, list[str]]:
     return port_ips(session, (p.id for p in ports))
 
 
+# -- the default network -------------------------------------------------------------------------
+
+
+def make_default_network(session: Session, org_id: int, settings: ApiSettings) -> Subnet:
+    """VPC and subnet ``default`` (``settings.default_network``) of organisation ``org_id``, made
+    at the all-in-one cloud's first start (api/__main__.py), committed."""
+    caller = Caller(user_id=0, username="", org_id=org_id, role=Role.admin)
+    vpc = create_vpc(session, caller, VpcCreate(name=DEFAULT), settings)
+    return create_subnet(session, caller, SubnetCreate(name=DEFAULT, vpc=vpc.id, cidr=settings.default_network),
+                         settings)
+
+
+def default_subnets(session: Session, caller: Caller) -> list[Subnet]:
+    """Where a VM created without ``networks`` gets its NIC: the organisation's subnet ``default``
+    (locked for the address, as ``resolve_networks``), or nowhere when it has none."""
+    found = session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == DEFAULT))
+    return resolve_networks(session, caller, [found]) if found is not None else []
+
+
 # -- an instance's NICs -------------------------------------------------------------------------
+
+
+def attach_port(session: Session, caller: Caller, instance: Instance, network: int | str | None,
+                port_id: int | None) -> tuple[Port, bool]:
+    """The port an attach gives ``instance`` as its next NIC: a new one on subnet ``network`` (with
+    the lowest free address), or ``port_id``, one of the caller's ports bound to no instance
+    (NotFound for another organisation's, Conflict for a bound one); Conflict when the instance
+    has a NIC on that subnet already. Flushed, not committed; True when it was made now."""
+    taken = {subnet for subnet, in session.execute(select(Port.subnet_id).where(Port.instance_id == instance.id))}
+    indexes = session.scalars(select(Port.device_index).where(Port.instance_id == instance.id)).all()
+    device_index = max((i for i in indexes if i is not None), default=-1) + 1
+    if port_id is not None:
+        port = crud.get(session, Port, caller, port_id, "port", lock=True)
+        if port.instance_id is not None:
+            raise Conflict(f"port {port.id} is already a NIC of instance {port.instance_id}")
+        subnet = session.get(Subnet, port.subnet_id)
+    else:
+        assert network is not None
+        [subnet] = resolve_networks(session, caller, [network])  # locked for the address below
+    assert subnet is not None
+    if subnet.id in taken:
+        raise Conflict(f"instance {instance.id} ({instance.name}) has a NIC on subnet {subnet.id} "
+                       f"({subnet.name}) already; an instance has one NIC per subnet")
+    if port_id is None:
+        port = Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, mac="")
+        _add_ports(session, [port], _addresses(session, subnet, 1, None))
+    port.instance_id, port.device_index = instance.id, device_index
+    session.flush()
+    return port, port_id is None
 
 
 def resolve_networks(session: Session, caller: Caller, refs: Sequence[int | str]) -> list[Subnet]:

@@ -48,8 +48,9 @@ command -v qemu-img >/dev/null || die "no qemu-img (apt-get install qemu-utils)"
 # What the guest needs that the cloud kernel builds as modules (CONFIG_...=m in
 # /boot/config-$kver): virtio PCI + virtio-blk (config drive as a disk), ata_piix +
 # sr_mod (as an IDE CD-ROM on the i440fx "pc" machine; the cloud kernel has no AHCI, so no
-# SATA CD-ROM on q35), isofs (ISO 9660), button + evdev (ACPI power button).
-MODULES="virtio_pci virtio_blk ata_piix sr_mod isofs button evdev"
+# SATA CD-ROM on q35), isofs (ISO 9660), button + evdev (ACPI power button), virtio_net
+# (its NICs: a DHCP client on eth0 prints its lease on the console, issue 11).
+MODULES="virtio_pci virtio_blk ata_piix sr_mod isofs button evdev virtio_net"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT

@@ -190,7 +190,8 @@ def test_every_route_survives_garbage(api: Api, admin_headers: dict[str, str], m
 
 def test_every_resource_route_needs_a_token(api: Api) -> None:
     """No token is 401 (with WWW-Authenticate) on every route but login and the docs."""
-    public = {"/api/v1/login", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+    public = {"/api/v1/login", "/api/v1/login/oidc/start", "/api/v1/login/oidc", "/docs", "/docs/oauth2-redirect",
+              "/openapi.json", "/redoc"}
     checked = 0
     for method, route_path in sorted(all_routes(api)):
         if route_path in public or method == "HEAD":

@@ -21,7 +21,9 @@ from cloudland_api.jobs import Engine
 from cloudland_api.models import Hypervisor, Instance, Job, JobState, Organisation, Port, PortIp, Subnet, Vpc
 from cloudland_api.reconcile.controller import Converger
 from cloudland_api.services import netstate
+from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import network_pb2 as npb
+from google.protobuf.json_format import MessageToDict
 from cloudland_api.reconcile.observer import Observer
 from tests.api.conftest import Api, Launcher, add_hypervisor
 from tests.api.test_sync import FakeRoot as SyncRoot
@@ -239,6 +241,12 @@ def test_a_vm_created_with_a_network_binds_its_port_where_it_is_placed(
     assert [(p.hostname, p.ips, p.vtep) for p in state.ports] == [("web", ["10.0.0.2"], "192.0.2.7")]
     [port] = api.client.get("/api/v1/ports", headers=admin_headers).json()["items"]
     assert port["hypervisor_id"] == 7 and port["instance_id"] == accepted["instances"][0]["id"]
+    # The create carries the VM's NIC: the port's MAC on its subnet's VNI, what its config drive says.
+    create = fake.commands[1].request
+    assert isinstance(create, cpb.VmCreateRequest)
+    assert [MessageToDict(n, preserving_proto_field_name=True) for n in create.spec.nics] == [{
+        "mac": port["mac"], "vni": state.subnets[0].vni, "mtu": vpc["mtu"], "ips": ["10.0.0.2/24"],
+        "gateway": "10.0.0.1", "dns_servers": ["10.0.0.254"], "port_id": str(port["id"])}]
 
     job = api.client.delete(f"/api/v1/instances/{port['instance_id']}", headers=admin_headers).json()
     drain(engine)

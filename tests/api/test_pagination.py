@@ -15,7 +15,8 @@ from tests.api.conftest import Api, FlavorMaker, ImageMaker, Launcher, add_hyper
 from tests.api.test_ssh_keys import crafted
 
 API = "/api/v1"
-ROUTES = ("flavors", "images", "ssh-keys", "instances", "jobs", "hypervisors")
+ROUTES = ("flavors", "images", "ssh-keys", "instances", "jobs", "hypervisors", "vpcs", "subnets", "ports",
+          "organisations", "users")
 N = 5  # of each: pages of 2, 2 and 1
 
 
@@ -33,6 +34,23 @@ def five_of_each(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMak
         assert reply.status_code == 201, reply.text
     for hypervisor_id in (3, 1, 4, 9, 5):
         add_hypervisor(api, hypervisor_id)
+    # Tenant networks (issue 11) and tenants (issue 14): the admin's organisation and user are the fifth.
+    vpcs = [post(api, admin_headers, "vpcs", {"name": f"v{n}"}) for n in range(N)]
+    subnets = [post(api, admin_headers, "subnets", {"name": f"s{n}", "vpc": vpcs[0]["id"], "cidr": f"10.0.{n}.0/24"})
+               for n in range(N)]
+    for _ in range(N):
+        post(api, admin_headers, "ports", {"subnet": subnets[0]["id"]})
+    for n in range(N - 1):
+        post(api, admin_headers, "organisations", {"name": f"o{n}", "admin": {"username": f"oa{n}",
+                                                                              "password": "a-long-password"}})
+        post(api, admin_headers, "users", {"username": f"u{n}", "password": "a-long-password", "role": "reader"})
+
+
+def post(api: Api, headers: dict[str, str], route: str, body: dict) -> dict:
+    reply = api.client.post(f"{API}/{route}", json=body, headers=headers)
+    assert reply.status_code == 201, (route, reply.text)
+    created: dict = reply.json()
+    return created
 
 
 def walk(api: Api, headers: dict[str, str], route: str, limit: int) -> list[dict]:

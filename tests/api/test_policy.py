@@ -78,7 +78,8 @@ def _call(api: Api, method: str, path: str, headers: dict[str, str]) -> Any:
 
 
 def test_readers_read_but_change_nothing(api: Api) -> None:
-    """A reader of the operator organisation is refused every change, whatever the id; reads are not refused."""
+    """A reader of the operator organisation is refused every change, whatever the id; reads are not
+    refused, but those the table keeps for admins (the audit trail)."""
     reader = api.add_user("rita", "admin", Role.reader)
     changes = reads = 0
     for method, path, entry in operations(api):
@@ -86,7 +87,8 @@ def test_readers_read_but_change_nothing(api: Api) -> None:
             continue
         reply = _call(api, method, path, reader)
         assert reply.status_code < 500, (method, path, reply.text)
-        if method == "get" or (method, path) in policy.READING_POSTS:
+        reading = method == "get" or (method, path) in policy.READING_POSTS
+        if reading and Role.reader in policy.POLICY[(entry["resource"], entry["action"])].roles:
             assert reply.status_code != 403, (method, path, reply.text)
             reads += 1
         else:

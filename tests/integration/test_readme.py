@@ -16,16 +16,21 @@ module's: the phases check that each Ctrl-C leaves none, and the teardown kills 
 
 The phases share that one checkout, in order:
 
-1. ``make run`` on the fresh clone, the quick start, the cluster's check commands, the tree's own
-   commands and the profiles (``lab`` is a second API, without a tree, on 10.0.0.5:8080); Ctrl-C.
+1. ``make run`` on the fresh clone, the quick start, the tenant networks and the tenants (each
+   section in the README's order; passwords typed at the prompts on a terminal, ``Sandbox.sh``'s
+   ``answers``), the cluster's check commands, the tree's own commands and the profiles (``lab``
+   is a second API, without a tree, on 10.0.0.5:8080); Ctrl-C. The tenants' sections leave the
+   cloud as they found it (no VM, network, organisation or user of theirs, admin logged in), which
+   phase 3's quick start needs.
 2. "Running it yourself": ``cloudland up --hypervisors 1000`` (with ``CLOUDLAND_API_PORT=18080``,
    which the ``CLOUDLAND_ENDPOINT`` line is about), the tree alone with the API alone beside it,
    the root under ``mpiexec``; each stopped with Ctrl-C.
 3. ``make run`` again in the same checkout: the quick start again on the cloud of phase 1, whose
    900 hypervisors beyond the first 100 are now ``gone``.
 
-About two minutes on this 2-core machine (104-152 s with other tests loading it to a load average
-of 26-37), most of it building the five trees.
+About two to four minutes on this 2-core machine (104-152 s with other tests loading it to a load
+average of 26-37; 217-333 s at a load average of 27-37 once phase 1 ran the tenants' sections too),
+most of it building the five trees.
 """
 
 from __future__ import annotations
@@ -33,13 +38,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +105,45 @@ TREE_COMMANDS = (  # `tree health` is run with CLUSTER_CHECK
     ".venv/bin/cloudland tree topology",
 )
 
+# README, "Tenant networks". The db subnet is one command on two lines (a trailing backslash): both
+# lines are the README's, and it runs as they are joined there.
+SUBNET_DB = (".venv/bin/cloudland subnet create db --vpc prod --cidr 10.0.1.0/24 --gateway none "
+             "--pool 10.0.1.10-10.0.1.99 \\", "--dns 10.0.1.2 --no-dhcp")
+NETWORKS = (
+    ".venv/bin/cloudland vpc create prod",
+    ".venv/bin/cloudland subnet create web --vpc prod --cidr 10.0.0.0/24",
+    "\n".join(SUBNET_DB),
+    ".venv/bin/cloudland vm create app --flavor small --image tiny --count 3 --network web --network db",
+    ".venv/bin/cloudland port list --instance app-1",
+    ".venv/bin/cloudland port create --subnet web --ip 10.0.0.50 --name spare",
+    ".venv/bin/cloudland port list --subnet web",
+    ".venv/bin/cloudland vm delete --name 'app-*' --yes",
+    ".venv/bin/cloudland port delete spare",
+    ".venv/bin/cloudland vpc delete prod",
+)
+# README, "Tenants".
+TENANTS = (
+    ".venv/bin/cloudland org create acme --admin alice",
+    ".venv/bin/cloudland org list",
+    ".venv/bin/cloudland user create carol --role reader",
+    ".venv/bin/cloudland login --username alice --organisation acme",
+    "(umask 077; head -c 12 /dev/urandom | base64 > bob-pw.txt)",
+    ".venv/bin/cloudland user create bob --role member --password-stdin < bob-pw.txt",
+    ".venv/bin/cloudland user add carol --role reader",
+    ".venv/bin/cloudland user role bob admin",
+    ".venv/bin/cloudland user list",
+    ".venv/bin/cloudland user remove carol",
+    ".venv/bin/cloudland user delete bob",
+    ".venv/bin/cloudland whoami",
+    ".venv/bin/cloudland passwd",
+    ".venv/bin/cloudland logout",
+    ".venv/bin/cloudland login --username admin",
+    ".venv/bin/cloudland org delete acme",
+    ".venv/bin/cloudland user delete carol",
+)
+
 RUN = {MAKE_RUN, *QUICK_START, *PROFILES, ENDPOINT_LOGIN, UP_1000, TREE_UP_1000, API_ALONE, ROOT_UNDER_MPIEXEC,
-       PKI_ENSURE, *CLUSTER_CHECK}
+       PKI_ENSURE, *CLUSTER_CHECK, *NETWORKS[:2], *SUBNET_DB, *NETWORKS[3:], *TENANTS}
 
 REAL_VMS = ("needs libvirtd and QEMU running on this machine and the test guest built: tests/realvm "
             "runs these paths (test_api_to_qemu.py and its neighbours) with real guests")
@@ -107,32 +152,18 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
        "tree across it. Tried inside this module's namespaces with a /run of their own: `make lab` failed 1 run "
        "in 3 there (unshare binding a host's mount namespace file: EINVAL)")
 HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
-NOT_YET = ("tenant networks and tenants (issues 11 and 14) reached the README in the session this test "
-           "was merged; tests/unit/test_cli_network.py, test_cli_tenants.py and tests/api run these commands' "
-           "paths. Not yet run here as written: the next step (issue 16 note)")
+DIRECTORIES = ("needs an LDAP server or an OpenID provider for organisation acme: tests/api/test_ldap.py and "
+               "test_oidc.py run these commands through the CLI against a real slapd and a real OpenID provider")
+CREDENTIALS = ("needs a user of an organisation: tests/api/test_app_credentials.py and test_ldap.py run these "
+               "commands through the CLI against a served API (issue 14)")
 EXCLUDED = {
-    **{line: NOT_YET for line in (
-        ".venv/bin/cloudland vpc create prod",
-        ".venv/bin/cloudland subnet create web --vpc prod --cidr 10.0.0.0/24",
-        ".venv/bin/cloudland subnet create db --vpc prod --cidr 10.0.1.0/24 --gateway none --pool 10.0.1.10-10.0.1.99 \\",
-        "--dns 10.0.1.2 --no-dhcp",
-        ".venv/bin/cloudland vm create app --flavor small --image tiny --count 3 --network web --network db",
-        ".venv/bin/cloudland port list --instance 4",
-        ".venv/bin/cloudland port create --subnet web --ip 10.0.0.50",
-        ".venv/bin/cloudland org create acme --admin alice",
-        ".venv/bin/cloudland org list",
-        ".venv/bin/cloudland login --username alice --organisation acme",
-        ".venv/bin/cloudland user create bob --role member --password-stdin < bob-pw.txt",
-        ".venv/bin/cloudland user add carol --role reader",
-        ".venv/bin/cloudland user role bob admin",
-        ".venv/bin/cloudland user list",
-        ".venv/bin/cloudland user remove carol",
-        ".venv/bin/cloudland user delete bob",
-        ".venv/bin/cloudland whoami",
-        ".venv/bin/cloudland passwd",
-        ".venv/bin/cloudland logout",
-        ".venv/bin/cloudland org delete acme",
-    )},
+    ".venv/bin/cloudland directory set acme ldap --settings acme-ldap.json --bind-password-stdin < ldap-pw.txt":
+        DIRECTORIES,
+    ".venv/bin/cloudland login --organisation acme --username alice": DIRECTORIES,
+    ".venv/bin/cloudland login --oidc --organisation acme": DIRECTORIES,
+    ".venv/bin/cloudland credential create backup --role reader": CREDENTIALS,
+    ".venv/bin/cloudland credential revoke 3": CREDENTIALS,
+    ".venv/bin/cloudland audit --username alice": CREDENTIALS,
     "make test": "runs the whole suite, this module included (CI runs it: .ci/run)",
     ROOT_ALONE: "the root that `tree up --hypervisors 1000` runs, run here: `tree up` starts exactly this "
                 "(cli/start.py root_command, with the defaults spelled out); a third tree of 1000 would add ~15 s",
@@ -221,6 +252,10 @@ def test_every_readme_command_is_run_or_excluded() -> None:
         f"README blocks in other languages {other} against those excluded {sorted(EXCLUDED_BLOCKS)}")
     # The quick start is one block, in this order; make run's banner prints the same lines.
     assert [lines for lang, lines in readme_blocks() if LOGIN in lines] == [list(QUICK_START)]
+    # The tenants' blocks run as their sections say, in order, with nothing in between.
+    blocks = [lines for lang, lines in readme_blocks() if lang in SHELL]
+    assert [*NETWORKS[:2], *SUBNET_DB, *NETWORKS[3:]] in blocks
+    assert list(TENANTS) in blocks
 
 
 # -- the sandbox: a fresh clone in namespaces of its own ------------------------------------
@@ -343,19 +378,21 @@ class Sandbox:
         return ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", f"--wdns={self.clone}", "--",
                 "bash", "-c", line]
 
-    def sh(self, line: str, *, answer: str | None = None, timeout: float = 120,
+    def sh(self, line: str, *, answers: Sequence[str] | None = None, timeout: float = 120,
            **env: str) -> subprocess.CompletedProcess[str]:
-        """``bash -c LINE`` in the clone; with ``answer``, stdin is a terminal that types it."""
-        if answer is None:
+        """``bash -c LINE`` in the clone; with ``answers``, stdin is a terminal that types each answer
+        (and Enter) at the next prompt the command shows."""
+        if answers is None:
             return subprocess.run(self.argv(line), env=self.env(**env), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=timeout)
         terminal, stdin = os.openpty()
         try:
+            # A session of its own: no controlling terminal, so getpass reads the password from this
+            # stdin, not from /dev/tty (the terminal pytest may run in).
             proc = subprocess.Popen(self.argv(line), env=self.env(**env), stdin=stdin, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+                                    stderr=subprocess.PIPE, start_new_session=True)
             os.close(stdin)
-            os.write(terminal, answer.encode())
-            stdout, stderr = proc.communicate(timeout=timeout)
+            stdout, stderr = typed(proc, terminal, list(answers), timeout, line)
         finally:
             os.close(terminal)
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -380,6 +417,53 @@ class Sandbox:
             proc = subprocess.Popen(self.argv(line), env=self.env(**env), stdin=subprocess.DEVNULL, stdout=sink,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         return Background(proc, output, line)
+
+
+def typed(proc: subprocess.Popen[bytes], terminal: int, answers: list[str], timeout: float,
+          line: str) -> tuple[str, str]:
+    """Type each answer at ``proc``'s next prompt; its stdout and stderr once it has ended.
+
+    An answer waits for its prompt, as a person does: getpass turns echo off with TCSAFLUSH, which
+    drops whatever was typed before. Click's prompts end in ``: ``: the text to the colon on stderr,
+    then, after the flush, the last space through getpass (to the terminal, or stderr without one)
+    or input() (stdout). A prompt is there when both are, whichever was read first.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    output = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray(), terminal: bytearray()}
+    prompt = bytearray()  # stderr since the last answer
+    spaced = False  # a write since the last answer ended in a space
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        for fd in output:
+            selector.register(fd, selectors.EVENT_READ)
+        while proc.stdout.fileno() in selector.get_map() or proc.stderr.fileno() in selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                proc.wait(timeout=10)
+                raise AssertionError(f"{line!r} still running after {timeout} s, {len(answers)} answers untyped:\n"
+                                     f"stdout {output[proc.stdout.fileno()]!r}\nstderr {output[proc.stderr.fileno()]!r}\n"
+                                     f"terminal {output[terminal]!r}")
+            for key, _ in selector.select(min(left, 1.0)):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except OSError:  # EIO: the terminal's last reader has gone
+                    chunk = b""
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                output[key.fd] += chunk
+                if key.fd == proc.stderr.fileno():
+                    prompt += chunk
+                spaced = spaced or chunk.endswith(b" ")
+            if answers and spaced and prompt.rstrip(b" ").endswith(b":"):
+                os.write(terminal, answers.pop(0).encode() + b"\n")
+                prompt.clear()
+                spaced = False
+    proc.wait(timeout=max(deadline - time.monotonic(), 10))
+    assert not answers, f"{line!r} ended before asking for {len(answers)} more answers:\n" \
+                        f"{output[proc.stderr.fileno()].decode(errors='replace')}"
+    return output[proc.stdout.fileno()].decode(errors="replace"), output[proc.stderr.fileno()].decode(errors="replace")
 
 
 def sweep_dead_sandboxes() -> None:
@@ -464,10 +548,166 @@ def quick_start(box: Sandbox, again: bool) -> None:
 
     result = box.ok(STOP)
     assert re.search(r"^20 stopped in ", result.stdout, re.M), described(result)
-    result = box.ok(DELETE, answer="y\n")  # asks first
+    result = box.ok(DELETE, answers=["y"])  # asks first
     assert "Delete 20 VMs?" in result.stderr, described(result)
     # click writes the prompt's trailing space through input(), to stdout: on a terminal it ends the prompt.
     assert re.search(r"^ ?20 deleted in ", result.stdout, re.M), described(result)
+
+
+def listed(box: Sandbox, what: str) -> list[dict[str, Any]]:
+    """Every item of ``cloudland WHAT list --json`` (WHAT may carry filters)."""
+    items: list[dict[str, Any]] = json.loads(box.ok(f".venv/bin/cloudland {what} --json").stdout)["items"]
+    return items
+
+
+def shown(box: Sandbox, what: str) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(box.ok(f".venv/bin/cloudland {what} --json").stdout)
+    return record
+
+
+def tenant_networks(box: Sandbox) -> None:
+    """README, "Tenant networks", in its order on the quick start's flavor and image: each VM of
+    ``app`` gets a NIC on each network, addressed from that subnet; the section leaves nothing behind."""
+    vpc, web, db, create, app_ports, spare, web_ports, delete, spare_delete, vpc_delete = NETWORKS
+    # make run's default network (vpc 1, "default") was made first: prod is the second VPC.
+    default = (listed(box, "vpc list"), listed(box, "subnet list"))
+    assert [[v["name"] for v in items] for items in default] == [["default"], ["default"]], default
+    result = box.ok(vpc)  # domain vpc-2.cloudland.internal, MTU 1450
+    assert re.search(r"^vpc 2 prod created: domain vpc-2\.cloudland\.internal, MTU 1450$", result.stdout, re.M), \
+        described(result)
+    result = box.ok(web)  # gateway 10.0.0.1, pool .1-.254, DHCP on
+    assert re.search(r"^subnet \d+ web created: 10\.0\.0\.0/24, gateway 10\.0\.0\.1, VNI \d+$", result.stdout, re.M), \
+        described(result)
+    subnet = shown(box, "subnet show web")
+    assert (subnet["allocation_pools"], subnet["dhcp"]) == ([{"start": "10.0.0.1", "end": "10.0.0.254"}], True), subnet
+    result = box.ok(db)
+    assert re.search(r"^subnet \d+ db created: 10\.0\.1\.0/24, gateway -, VNI \d+$", result.stdout, re.M), \
+        described(result)
+    subnet = shown(box, "subnet show db")
+    assert (subnet["gateway"], subnet["allocation_pools"], subnet["dns_servers"], subnet["dhcp"]) == (
+        None, [{"start": "10.0.1.10", "end": "10.0.1.99"}], ["10.0.1.2"], False), subnet
+    subnets = {s["name"]: s["id"] for s in listed(box, "subnet list --vpc prod")}
+    assert subnets.keys() == {"web", "db"}, subnets
+
+    result = box.ok(create, timeout=180)
+    assert re.search(r"^3 created in \d+\.\d s$", result.stdout, re.M), described(result)
+    vms = {v["name"]: v for v in listed(box, "vm list --name 'app-*'")}
+    assert sorted(vms) == ["app-1", "app-2", "app-3"] and {v["status"] for v in vms.values()} == {"running"}, vms
+    # Each VM: eth0 on web, eth1 on db, each with one address from its subnet, on the VM's hypervisor.
+    nics: dict[str, list[dict[str, Any]]] = {name: [] for name in vms}
+    by_id = {v["id"]: name for name, v in vms.items()}
+    for port in listed(box, "port list"):
+        nics[by_id[port["instance_id"]]].append(port)
+    for name, ports in nics.items():
+        ports.sort(key=lambda p: p["device_index"])
+        assert [(p["device_index"], p["subnet_id"], p["hypervisor_id"]) for p in ports] == [
+            (0, subnets["web"], vms[name]["hypervisor_id"]), (1, subnets["db"], vms[name]["hypervisor_id"])], ports
+        web_ip, db_ip = (p["fixed_ips"] for p in ports)
+        assert len(web_ip) == 1 and re.fullmatch(r"10\.0\.0\.([2-9]|[1-9]\d|1\d\d|2[0-4]\d|25[0-3])", web_ip[0]), ports
+        assert len(db_ip) == 1 and 10 <= int(db_ip[0].removeprefix("10.0.1.")) <= 99, ports
+    # README: app-1..3 on .2-.4 of web; db's pool starts at .10.
+    assert {name: [p["fixed_ips"][0] for p in ports] for name, ports in nics.items()} == {
+        f"app-{i}": [f"10.0.0.{i + 1}", f"10.0.1.{i + 9}"] for i in (1, 2, 3)}, nics
+
+    result = box.ok(app_ports)  # its NICs: MAC, addresses, hypervisor
+    for port in nics["app-1"]:
+        row = (rf"\b{port['mac']}\W+{re.escape(port['fixed_ips'][0])}\W+{vms['app-1']['id']}\W+"
+               rf"{port['device_index']}\W+{port['hypervisor_id']}\b")
+        assert re.search(row, result.stdout), f"no row {row}: {described(result)}"
+    assert len(re.findall(r"\b02(:[0-9a-f]{2}){5}\b", result.stdout)) == 2, described(result)
+
+    result = box.ok(spare)  # a port of no VM (yet)
+    made = re.search(r"^port (\d+) created: ([0-9a-f:]{17}) 10\.0\.0\.50$", result.stdout, re.M)
+    assert made, described(result)
+    result = box.ok(web_ports)  # app-1..3 on .2-.4, spare on .50
+    assert sorted(re.findall(r"\b10\.0\.\d\.\d+\b", result.stdout)) == [
+        "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.50"], described(result)
+    assert re.search(rf"^\W*{made[1]}\W+spare\W+{subnets['web']}\W+{made[2]}\W+10\.0\.0\.50\W*$", result.stdout,
+                     re.M), described(result)
+
+    result = box.ok(delete, timeout=180)  # their ports go with them
+    assert re.search(r"^3 deleted in ", result.stdout, re.M), described(result)
+    assert [p["name"] for p in listed(box, "port list")] == ["spare"]
+    result = box.ok(spare_delete)
+    assert result.stdout.strip() == f"port {made[1]} spare deleted", described(result)
+    result = box.ok(vpc_delete)  # and its subnets, now without ports
+    assert result.stdout.strip() == "vpc 2 prod deleted", described(result)
+    assert (listed(box, "vpc list"), listed(box, "subnet list"), listed(box, "port list")) == (*default, [])
+    assert listed(box, "vm list") == []
+
+
+def tenants(box: Sandbox) -> None:
+    """README, "Tenants", in its order: what each command says, and what ``org list``, ``user list``
+    and ``whoami`` show after it. Passwords are typed at the prompts on a terminal, as a person does."""
+    (org_create, org_list, carol_create, alice_login, bob_pw, bob_create, carol_add, bob_role, user_list,
+     carol_remove, bob_delete, whoami, passwd, logout, admin_login, org_delete, carol_delete) = TENANTS
+    alice_pw, alice_new, carol_pw = (secrets.token_urlsafe(12) for _ in range(3))
+
+    def users() -> dict[str, str]:
+        return {u["username"]: u["role"] for u in listed(box, "user list")}
+
+    def token() -> str:
+        store = json.loads((box.home / ".config" / "cloudland" / "cli.json").read_text())
+        return str(store["profiles"]["default"]["token"])
+
+    result = box.ok(org_create, answers=[alice_pw, alice_pw])  # asks for alice's new password twice
+    assert re.search(r"^organisation \d+ acme created; alice is its admin\b", result.stdout, re.M), described(result)
+    assert alice_pw not in result.stdout + result.stderr  # typed with the echo off
+    result = box.ok(org_list)  # admin (the operator's) and acme
+    assert re.search(r"\badmin\W+yes\b", result.stdout) and re.search(r"\bacme\b", result.stdout), described(result)
+    assert [o["name"] for o in listed(box, "org list")] == ["admin", "acme"]
+    result = box.ok(carol_create, answers=[carol_pw, carol_pw])  # in your organisation, admin
+    assert re.search(r"^user \d+ carol created, reader$", result.stdout, re.M), described(result)
+    assert users() == {"admin": "admin", "carol": "reader"}
+
+    result = box.ok(alice_login, answers=[alice_pw])  # asks for alice's password
+    assert "logged in to http://127.0.0.1:8080 as alice;" in result.stdout, described(result)
+    box.ok(bob_pw)  # a password for bob, to hand him
+    pw_file = box.clone / "bob-pw.txt"
+    assert pw_file.stat().st_mode & 0o777 == 0o600 and len(pw_file.read_text().strip()) >= 8
+    result = box.ok(bob_create)
+    assert re.search(r"^user \d+ bob created, member$", result.stdout, re.M), described(result)
+    result = box.ok(carol_add)  # carol, a user of another organisation, joins acme
+    assert re.search(r"^user \d+ carol joined, reader$", result.stdout, re.M), described(result)
+    result = box.ok(bob_role)
+    assert re.search(r"^user \d+ bob is now admin$", result.stdout, re.M), described(result)
+    result = box.ok(user_list)  # id, username, role: alice and bob admin, carol reader
+    for name, role in (("alice", "admin"), ("bob", "admin"), ("carol", "reader")):
+        assert re.search(rf"^\W*\d+\W+{name}\W+{role}\b", result.stdout, re.M), f"{name}: {described(result)}"
+    assert users() == {"alice": "admin", "bob": "admin", "carol": "reader"}
+    result = box.ok(carol_remove, answers=["y"])  # out of acme only (asks first)
+    assert "Remove carol from this organisation?" in result.stderr, described(result)
+    assert re.search(r"^ ?user \d+ carol removed$", result.stdout, re.M), described(result)
+    assert users() == {"alice": "admin", "bob": "admin"}
+    result = box.ok(bob_delete, answers=["y"])  # a user whose only organisation is acme (asks first)
+    assert re.search(r"^ ?user \d+ bob deleted$", result.stdout, re.M), described(result)
+    assert users() == {"alice": "admin"}
+
+    result = box.ok(whoami)  # user, organisation, role, token expiry
+    for key, value in (("username", "alice"), ("organisation", "acme"), ("role", "admin"), ("expires_at", r"\d{4}-")):
+        assert re.search(rf"\b{key}\s+{value}", result.stdout), f"{key}: {described(result)}"
+    before = token()
+    result = box.ok(passwd, answers=[alice_pw, alice_new, alice_new])  # every token you hold ends
+    assert "password changed" in result.stdout, described(result)
+    after = token()
+    assert after != before
+    assert box.sh(".venv/bin/cloudland whoami", CLOUDLAND_TOKEN=before).returncode == 4  # ended
+    assert shown(box, "whoami")["username"] == "alice"  # the profile's new one works
+    result = box.ok(logout)  # this token ends at the API and leaves the profile
+    assert result.stdout.strip() == "logged out of http://127.0.0.1:8080 (token revoked; profile default)", \
+        described(result)
+    assert box.sh(".venv/bin/cloudland whoami").returncode == 4
+    assert box.sh(".venv/bin/cloudland whoami", CLOUDLAND_TOKEN=after).returncode == 4
+
+    result = box.ok(admin_login)  # admin again, with var/admin-credentials
+    assert "logged in to http://127.0.0.1:8080 as admin;" in result.stdout, described(result)
+    result = box.ok(org_delete, answers=["y"])  # as an operator (asks first)
+    assert re.search(r"^ ?organisation \d+ acme deleted$", result.stdout, re.M), described(result)
+    assert [o["name"] for o in listed(box, "org list")] == ["admin"]
+    result = box.ok(carol_delete, answers=["y"])  # her only organisation is admin now (asks first)
+    assert re.search(r"^ ?user \d+ carol deleted$", result.stdout, re.M), described(result)
+    assert users() == {"admin": "admin"}
+    assert shown(box, "whoami")["username"] == "admin"
 
 
 def wait_api(box: Sandbox, probe: str, **env: str) -> None:
@@ -488,7 +728,7 @@ def wait_root(box: Sandbox, root: Background) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)  # it does the most of the three phases; the whole module took 333 s at load 35
 def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
     box = phase
     assert not (box.clone / "var").exists()
@@ -508,6 +748,8 @@ def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
         assert [line.strip() for line in tried] == list(QUICK_START), text[-3000:]
 
         quick_start(box, again=False)
+        tenant_networks(box)
+        tenants(box)
 
         # "Check it" (README, Running a cluster) on the all-in-one cloud; its `hyper list` is the quick start's.
         hosts, health = (box.ok(line) for line in CLUSTER_CHECK if line != HYPER_LIST)

@@ -10,6 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from cloudland_lab import Lab
 from cloudland_proto.v1 import network_pb2 as npb
 from google.protobuf.json_format import MessageToDict
+from tests.multihost.cluster import LabCloud
 
 REPO = Path(__file__).resolve().parents[2]
 STATE_BASE = Path("/var/tmp")  # not /tmp: each lab host has its own
@@ -89,6 +92,9 @@ class Tenant:
     def mac(self, n: int) -> str:
         return f"02:{self.letter * 2}:00:00:00:{n:02x}"
 
+    def macs(self, count: int) -> list[str]:
+        return [self.mac(n) for n in range(1, count + 1)]
+
     def ip(self, n: int) -> str:
         return f"10.0.0.{10 + n}"
 
@@ -107,6 +113,23 @@ class Tenant:
                                domain=f"{self.word}.test", subnets=[subnet], ports=ports + self.extra)
 
 
+def capture(lab: Lab, host: str, bridge: str, macs: list[str]) -> subprocess.Popen[str]:
+    """tcpdump of the frames from or to ``macs`` on ``bridge``: promiscuous, so it sees every
+    frame the bridge forwards, not only those for the host."""
+    expression = " or ".join(f"ether host {mac}" for mac in macs)
+    return lab.popen(host, ["tcpdump", "-i", bridge, "-n", "-l", expression], stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+
+
+def captured(tcpdump: subprocess.Popen[str]) -> int:
+    """Frames ``tcpdump`` captured, once stopped."""
+    tcpdump.send_signal(2)
+    _, err = tcpdump.communicate(timeout=10)
+    found = re.search(r"^(\d+) packets? captured", err, re.M)
+    assert found, err
+    return int(found[1])
+
+
 def in_guest(guest: str, *argv: str) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{guest}", "--", *argv]
 
@@ -123,6 +146,30 @@ def resolve(lab: Lab, host: str, guest: str, name: str, server: str = DHCP_ADDRE
                    timeout=30)
     found = re.findall(r"Address:\s*([0-9.]+)$", done.stdout, re.M)
     return next((a for a in found if a != server), "")
+
+
+def reaches(lab: Lab, host: str, guest: str, ip: str, name: str, domain: str) -> None:
+    """``guest`` on ``host`` pings ``ip``, and by name: the VPC's DNS (the local dnsmasq) gives
+    ``name`` and ``name.domain`` that address, and the guest pings it."""
+    assert ping(lab, host, guest, ip), f"{guest} on {host} cannot ping {ip}"
+    address = resolve(lab, host, guest, name)
+    assert address == ip, (guest, name, address)
+    assert resolve(lab, host, guest, f"{name}.{domain}") == address
+    assert ping(lab, host, guest, address)
+
+
+@contextmanager
+def kernel_cloud(lab: Lab, hosts: list[str], prefix: str) -> Iterator[LabCloud]:
+    """A cluster on ``hosts`` (one hypervisor each) whose leaves run the kernel's data plane with
+    ``prefix``, stopped and its state removed afterwards (the lab is the caller's)."""
+    cloud = LabCloud(lab, hosts, STATE_BASE / f"cloudland-{lab.prefix}",
+                     settings={"CLOUDLAND_NETWORK": "kernel", "CLOUDLAND_NETWORK_PREFIX": prefix})
+    try:
+        cloud.start(hypervisors=len(hosts), per_leaf=1, fanout=4)
+        yield cloud
+    finally:
+        cloud.stop()
+        shutil.rmtree(cloud.state_dir, ignore_errors=True)
 
 
 def kernel_objects(lab: Lab, host: str, prefix: str) -> dict[str, Any]:

@@ -21,9 +21,12 @@ from tests.network.dataplane import (
     STATE_BASE,
     AgentProc,
     Tenant,
+    capture,
+    captured,
     in_guest,
     kernel_objects,
     ping,
+    reaches,
     remove_state,
     resolve,
     run_prefix,
@@ -105,8 +108,8 @@ def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:
     for tenant in world.tenants:
         other = next(t for t in world.tenants if t is not tenant)
         for host in HOSTS:
-            captures[(tenant.word, host)] = capture(lab, host, world.bridge(tenant), other)
-            controls[(tenant.word, host)] = capture(lab, host, world.bridge(tenant), tenant)  # must see its own
+            captures[(tenant.word, host)] = capture(lab, host, world.bridge(tenant), other.macs(len(HOSTS)))
+            controls[(tenant.word, host)] = capture(lab, host, world.bridge(tenant), tenant.macs(len(HOSTS)))  # its own
     time.sleep(1)  # tcpdump is listening
     for tenant in world.tenants:
         for n, (host, agent) in enumerate(zip(HOSTS, world.agents), 1):
@@ -114,12 +117,7 @@ def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:
             for m in range(1, len(HOSTS) + 1):
                 if m == n:
                     continue
-                assert ping(lab, host, guest, tenant.ip(m)), f"{guest} on {host} cannot ping {tenant.ip(m)}"
-                # By name: the VPC's DNS (the local dnsmasq) answers, then the guest pings that address.
-                address = resolve(lab, host, guest, tenant.name(m))
-                assert address == tenant.ip(m), (guest, tenant.name(m), address)
-                assert resolve(lab, host, guest, f"{tenant.name(m)}.{tenant.word}.test") == address
-                assert ping(lab, host, guest, address)
+                reaches(lab, host, guest, tenant.ip(m), tenant.name(m), f"{tenant.word}.test")
             other = next(t for t in world.tenants if t is not tenant)
             assert resolve(lab, host, guest, other.name(n)) == "", "another tenant's name resolved"
             # The peer answering 10.0.0.x is this tenant's guest (its MAC), not the other tenant's.
@@ -131,23 +129,6 @@ def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:
         assert captured(tcpdump) == 0, f"{word}'s bridge on {host} saw the other tenant's frames"
         assert captured(controls[(word, host)]) > 0, f"the capture on {word}'s bridge on {host} saw nothing at all"
     print(f"sync of 3 hosts {synced:.2f} s, 6 leases {leased:.2f} s")
-
-
-def capture(lab, host: str, bridge: str, tenant: Tenant) -> subprocess.Popen[str]:
-    """tcpdump of ``tenant``'s guests' frames on ``bridge``: promiscuous, so it sees every frame
-    the bridge forwards, not only those for the host."""
-    macs = " or ".join(f"ether host {tenant.mac(n)}" for n in range(1, len(HOSTS) + 1))
-    return lab.popen(host, ["tcpdump", "-i", bridge, "-n", "-l", macs], stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
-
-
-def captured(tcpdump: subprocess.Popen[str]) -> int:
-    """Frames ``tcpdump`` captured, once stopped."""
-    tcpdump.send_signal(2)
-    _, err = tcpdump.communicate(timeout=10)
-    found = re.search(r"^(\d+) packets? captured", err, re.M)
-    assert found, err
-    return int(found[1])
 
 
 def test_the_same_sync_again_changes_nothing(world: World) -> None:

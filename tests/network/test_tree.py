@@ -19,8 +19,8 @@ import pytest
 from cloudland import operations
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import network_pb2 as npb
-from tests.multihost.cluster import STATE_BASE, LabCloud, kill, ranks, wait_until
-from tests.network.dataplane import REPO, Tenant, in_guest, kernel_objects, run_prefix
+from tests.multihost.cluster import LabCloud, kill, ranks, wait_until
+from tests.network.dataplane import REPO, Tenant, in_guest, kernel_cloud, kernel_objects, run_prefix
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow, pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(600)]
 
@@ -71,15 +71,11 @@ def world(session_lab_factory):
         pytest.skip("needs dnsmasq and busybox (deploy/bootstrap.sh installs them, as root)")
     lab = session_lab_factory(["ctl", *HOSTS])
     prefix = run_prefix()
-    cloud = LabCloud(lab, HOSTS, STATE_BASE / f"cloudland-{lab.prefix}",
-                     settings={"CLOUDLAND_NETWORK": "kernel", "CLOUDLAND_NETWORK_PREFIX": prefix})
     try:
-        cloud.start(hypervisors=3, per_leaf=1, fanout=4)
-        yield TreeWorld(cloud, prefix)
+        with kernel_cloud(lab, HOSTS, prefix) as cloud:
+            yield TreeWorld(cloud, prefix)
     finally:
-        cloud.stop()
         lab.down()
-        shutil.rmtree(cloud.state_dir, ignore_errors=True)
 
 
 def test_reports_carry_each_hosts_vtep(world: TreeWorld) -> None:

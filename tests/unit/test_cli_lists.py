@@ -13,15 +13,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cloudland_cli import cloud, hyper, main, vm
+from cloudland_cli import cloud, hyper, main, network, tenants, vm
 from cloudland_cli.restclient import ApiClient
 from tests.unit.cli_stub import stub_connect
 
 STUB_PAGE = 2
 COLLECTIONS = {path: [{"id": n, "name": f"{path.strip('/')}-{n}"} for n in range(1, 6)]
-               for path in ("/flavors", "/images", "/ssh-keys", "/instances", "/hypervisors", "/jobs")}
+               for path in ("/flavors", "/images", "/ssh-keys", "/instances", "/hypervisors", "/jobs", "/vpcs",
+                            "/subnets", "/ports", "/organisations", "/users")}
 LISTS = [(("flavor", "list"), "/flavors"), (("image", "list"), "/images"), (("key", "list"), "/ssh-keys"),
-         (("vm", "list"), "/instances"), (("hyper", "list"), "/hypervisors")]
+         (("vm", "list"), "/instances"), (("hyper", "list"), "/hypervisors"), (("vpc", "list"), "/vpcs"),
+         (("subnet", "list"), "/subnets"), (("port", "list"), "/ports"), (("org", "list"), "/organisations"),
+         (("user", "list"), "/users")]
 
 
 class PagingApi:
@@ -45,7 +48,7 @@ class PagingApi:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> PagingApi:
     stub = PagingApi()
-    stub_connect(monkeypatch, stub, cloud, vm, hyper)
+    stub_connect(monkeypatch, stub, cloud, vm, hyper, network, tenants)
     return stub
 
 

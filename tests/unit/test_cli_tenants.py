@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudland.errors import Forbidden, Unauthorized
-from cloudland_cli import main, tenants
+from cloudland_cli import cloud, main, tenants
 from cloudland_cli.settings import CliConfig
 from tests.unit.cli_stub import stub_connect
 
@@ -206,3 +206,43 @@ def test_logout_ends_the_token_and_forgets_it(monkeypatch: pytest.MonkeyPatch, p
     assert CliConfig.load().token is None
     again = run("logout")
     assert again.exit_code == 4 and again.stderr.strip() == "cloudland: not logged in"
+
+
+class LoginClient:
+    """ApiClient for `login`: records (username, password, organisation) of each sign-in."""
+
+    logins: list[tuple[str, str, str | None]] = []
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def __enter__(self) -> LoginClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def login(self, username: str, password: str, organisation: str | None, lifetime: int | None) -> dict[str, str]:
+        self.logins.append((username, password, organisation))
+        return {"token": f"token-of-{username}", "expires_at": STAMP}
+
+
+def test_login_beside_the_admin_credentials_asks_another_user_for_their_password(
+        monkeypatch: pytest.MonkeyPatch, profile: Path, tmp_path: Path) -> None:
+    """README, "Tenants": `login --username alice` in a checkout with var/admin-credentials asks for
+    alice's password; `login` and `login --username admin` read the admin's from the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "admin-credentials").write_text("username=admin\npassword=admin-secret\n")
+    monkeypatch.setattr(cloud, "ApiClient", LoginClient)
+    monkeypatch.setattr(LoginClient, "logins", [])
+    result = run("login", "--username", "alice", "--organisation", "acme", stdin="alice-secret\n")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("password:")
+    assert CliConfig.load().token == "token-of-alice"
+    for argv in (["login"], ["login", "--username", "admin"]):
+        assert run(*argv).exit_code == 0
+    (tmp_path / "bea").write_text("username=bea\npassword=bea-secret\n")
+    assert run("login", "--username", "alice", "--credentials", str(tmp_path / "bea")).exit_code == 0
+    assert LoginClient.logins == [("alice", "alice-secret", "acme"), ("admin", "admin-secret", None),
+                                  ("admin", "admin-secret", None), ("alice", "bea-secret", None)]

@@ -347,3 +347,20 @@ def test_libvirt_refusing_a_press_while_the_guest_powers_off_is_no_error(states:
     else:
         driver._stop(dom, "web-1", force=False, timeout=5)  # type: ignore[arg-type]
         assert (dom.presses, dom.isActive()) == (1, False)
+
+
+def test_a_nic_is_attached_and_detached_with_its_tap_name_and_mtu(host: Host, compute: Compute, spec: Any) -> None:
+    """Hot-plug on QEMU; the test driver, which cannot, defines the domain again: either way the VM
+    runs on with the NIC (its tap named, its MTU set), then without it; a replay changes nothing."""
+    compute.create(spec())
+    host.wait_boots("web-1", 1)  # a guest that runs answers the unplug (ACPI PCI hotplug)
+    nic = Nic(spec().nics[0].bridge, "02:c1:00:00:0a:01", "zzt00000a01", 1450)
+    record, attached = compute.attach_nic("web-1", nic)
+    assert attached and record["state"] == "running"
+    assert [n["mac"] for n in record["nics"]] == [spec().nics[0].mac, nic.mac]
+    assert record["nics"][-1] == asdict(nic)
+    assert compute.attach_nic("web-1", nic)[1] is False
+    record, detached = compute.detach_nic("web-1", nic.mac)
+    assert detached and [n["mac"] for n in record["nics"]] == [spec().nics[0].mac]
+    assert record["state"] == "running"
+    assert compute.detach_nic("web-1", nic.mac)[1] is False

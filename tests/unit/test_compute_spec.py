@@ -54,6 +54,8 @@ GOOD = DomainSpec(name="web-1", uuid=UUID, vcpus=2, memory_mib=512)
         ({"nics": (Nic("br0", "52:54:00:AA:00:01"),)}, "nics[0].mac"),  # upper case
         ({"nics": (Nic("br0", "01:00:5e:00:00:01"),)}, "nics[0].mac"),  # multicast
         ({"nics": (Nic("br0", "52:54:00:00:00:01"), Nic("br1", "52:54:00:00:00:01"))}, "nics"),
+        ({"nics": (Nic("br0", "52:54:00:00:00:01", "a-tap-name-too-long"),)}, "nics[0].target"),
+        ({"nics": (Nic("br0", "52:54:00:00:00:01", "", 100),)}, "nics[0].mtu"),
         ({"metadata": {"1bad": "x"}}, "metadata"),
         ({"metadata": {"tenant": 7}}, "metadata.tenant"),
         ({"metadata": {"tenant": "x" * 1025}}, "metadata.tenant"),
@@ -143,7 +145,7 @@ FULL = DomainSpec(
     name="db-1", uuid=UUID, vcpus=4, memory_mib=2048, domain_type="kvm",
     disks=(Disk("/images/db-1.qcow2"), Disk("/images/db-1-data.raw", "raw", "vdb"),
            Disk("/configdrives/db-1.iso", "raw", "hdc", "cdrom")),
-    nics=(Nic("br-t1", "52:54:00:00:00:01"), Nic("br-t2", "52:54:00:00:00:02")),
+    nics=(Nic("br-t1", "52:54:00:00:00:01", "clt00000001", 1450), Nic("br-t2", "52:54:00:00:00:02")),
     metadata={"tenant": "t1", "flavor": "m1.large <&>"},
     kernel="/guest/vmlinuz", initrd="/guest/initrd.img", cmdline="console=ttyS0 root=<&>",
     console_log="/var/log/cloudland/db-1.console.log", vnc_listen="127.0.0.1",
@@ -226,7 +228,8 @@ def test_parse_round_trips_the_spec() -> None:
         "disks": [{"path": "/images/db-1.qcow2", "format": "qcow2", "target": "vda", "device": "disk"},
                   {"path": "/images/db-1-data.raw", "format": "raw", "target": "vdb", "device": "disk"},
                   {"path": "/configdrives/db-1.iso", "format": "raw", "target": "hdc", "device": "cdrom"}],
-        "nics": [{"bridge": "br-t1", "mac": "52:54:00:00:00:01"}, {"bridge": "br-t2", "mac": "52:54:00:00:00:02"}],
+        "nics": [{"bridge": "br-t1", "mac": "52:54:00:00:00:01", "target": "clt00000001", "mtu": 1450},
+                 {"bridge": "br-t2", "mac": "52:54:00:00:00:02", "target": "", "mtu": 0}],
         "metadata": {"tenant": "t1", "flavor": "m1.large <&>"},
         "kernel": "/guest/vmlinuz", "initrd": "/guest/initrd.img", "cmdline": "console=ttyS0 root=<&>",
         "console_log": "/var/log/cloudland/db-1.console.log", "vnc_listen": "127.0.0.1", "vnc_port": 0,

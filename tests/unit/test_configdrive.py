@@ -128,17 +128,42 @@ def test_invalid_inputs_name_the_field(tmp_path: Path, changes: dict[str, Any], 
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_a_guest_gets_a_dhcp_link_per_nic() -> None:
+def test_a_nic_without_addresses_gets_a_dhcp_link() -> None:
     """agents/compute/guests.py's network data: nova's shape for DHCP networks, one link per MAC."""
-    from cloudland_agents.compute.domain import Nic
-    from cloudland_agents.compute.guests import network_data
+    from cloudland_agents.compute.guests import NicConfig, network_data
 
     assert network_data(()) == {"links": [], "networks": [], "services": []}
-    nics = (Nic("br0", "52:54:00:00:00:01"), Nic("br1", "52:54:00:00:00:02"))
+    nics = (NicConfig("52:54:00:00:00:01"), NicConfig("52:54:00:00:00:02"))
     assert network_data(nics) == {
         "links": [{"id": "tap0", "type": "phy", "ethernet_mac_address": "52:54:00:00:00:01"},
                   {"id": "tap1", "type": "phy", "ethernet_mac_address": "52:54:00:00:00:02"}],
         "networks": [{"id": "network0", "link": "tap0", "type": "ipv4_dhcp"},
                      {"id": "network1", "link": "tap1", "type": "ipv4_dhcp"}],
         "services": [],
+    }
+
+
+def test_a_port_s_addresses_and_mtu_are_static_entries() -> None:
+    """A port's fixed addresses become nova's static ``ipv4`` networks, so a guest without a DHCP
+    client comes up too: the default route through the primary NIC's gateway only, the MTU on
+    the link, the DNS servers on each network and once among the services."""
+    from cloudland_agents.compute.guests import NicConfig, network_data
+
+    nics = (NicConfig("02:c1:00:00:00:01", 1450, ("10.0.0.2/24",), "10.0.0.1", ("10.0.0.254",)),
+            NicConfig("02:c1:00:00:00:02", 1400, ("192.168.5.9/26", "192.168.5.10/26"), "192.168.5.1",
+                      ("10.0.0.254", "9.9.9.9")))
+    dns = [{"type": "dns", "address": "10.0.0.254"}]
+    both = [*dns, {"type": "dns", "address": "9.9.9.9"}]
+    assert network_data(nics) == {
+        "links": [{"id": "tap0", "type": "phy", "ethernet_mac_address": "02:c1:00:00:00:01", "mtu": 1450},
+                  {"id": "tap1", "type": "phy", "ethernet_mac_address": "02:c1:00:00:00:02", "mtu": 1400}],
+        "networks": [
+            {"id": "network0", "link": "tap0", "type": "ipv4", "ip_address": "10.0.0.2", "netmask": "255.255.255.0",
+             "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.0.1"}], "services": dns},
+            {"id": "network1", "link": "tap1", "type": "ipv4", "ip_address": "192.168.5.9",
+             "netmask": "255.255.255.192", "routes": [], "services": both},
+            {"id": "network2", "link": "tap1", "type": "ipv4", "ip_address": "192.168.5.10",
+             "netmask": "255.255.255.192", "routes": [], "services": both},
+        ],
+        "services": both,
     }

@@ -1,7 +1,7 @@
 """volumes, volume_snapshots, volume_attachments (issue 13)
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-07 11:15:09.934688
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision = '0008'
-down_revision = '0006'  # the lead renumbers the chain at merge (0007 may come from another branch)
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,68 @@
+"""The audit trail (issue 14): a scripted session's every step, the failed sign-in included, is
+recorded with who, where, what, how it ended and when; an organisation's admins read their
+organisation's, operators everyone's; nobody changes it through the API; no secret is in it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from cloudland_api.models import AuditEvent, Role
+from tests.api.conftest import Api
+from tests.identityfixtures import LOCAL_PASSWORD
+
+AUDIT = "/api/v1/audit"
+
+
+def events(api: Api, headers: dict[str, str], **params: Any) -> list[tuple[Any, ...]]:
+    reply = api.client.get(AUDIT, headers=headers, params=params)
+    assert reply.status_code == 200, reply.text
+    return [(e["username"], e["method"], e["path"], e["status"]) for e in reversed(reply.json()["items"])]
+
+
+def test_a_scripted_session_is_recorded_step_by_step(api: Api, admin_headers: dict[str, str]) -> None:
+    reply = api.client.post("/api/v1/organisations", headers=admin_headers,
+                            json={"name": "acme", "admin": {"username": "acme-admin", "password": LOCAL_PASSWORD}})
+    acme = reply.json()["id"]
+    login = {"username": "acme-admin", "organisation": "acme"}
+    assert api.client.post("/api/v1/login", json={**login, "password": "not-the-password"}).status_code == 401
+    token = api.client.post("/api/v1/login", json={**login, "password": LOCAL_PASSWORD}).json()["token"]
+    acme_admin = {"Authorization": f"Bearer {token}"}
+    flavor = api.client.post("/api/v1/flavors", headers=acme_admin,
+                             json={"name": "small", "vcpus": 1, "memory_mib": 512, "disk_gib": 1})
+    assert flavor.status_code == 201, flavor.text
+    assert api.client.post("/api/v1/flavors", headers=acme_admin, json={"name": "bad"}).status_code == 422
+    assert api.client.delete(f"/api/v1/flavors/{flavor.json()['id']}", headers=acme_admin).status_code == 204
+    api.client.get("/api/v1/flavors", headers=acme_admin)  # reads are not recorded
+    assert events(api, acme_admin) == [
+        ("acme-admin", "POST", "/api/v1/login", 401),
+        ("acme-admin", "POST", "/api/v1/login", 200),
+        ("acme-admin", "POST", "/api/v1/flavors", 201),
+        ("acme-admin", "POST", "/api/v1/flavors", 422),
+        ("acme-admin", "DELETE", f"/api/v1/flavors/{flavor.json()['id']}", 204),
+    ]
+    newest = api.client.get(AUDIT, headers=acme_admin, params={"limit": 1}).json()
+    assert newest["items"][0]["org_id"] == acme and newest["items"][0]["address"] == "testclient"
+    assert newest["items"][0]["at"] and newest["next_after"]
+    # The operator sees every organisation's, its own creation of acme among them.
+    assert ("admin", "POST", "/api/v1/organisations", 201) in events(api, admin_headers, limit=500)
+    assert events(api, admin_headers, username="acme-admin", limit=2)[-1][1:] == (
+        "DELETE", f"/api/v1/flavors/{flavor.json()['id']}", 204)
+    # No body is kept: no password anywhere in the trail.
+    with api.app.state.sessions() as session:
+        rows = repr([vars(e) for e in session.scalars(select(AuditEvent))])
+    assert LOCAL_PASSWORD not in rows and "not-the-password" not in rows and token not in rows
+
+
+def test_only_admins_read_it_only_their_organisations_and_nobody_changes_it(api: Api,
+                                                                            admin_headers: dict[str, str]) -> None:
+    api.client.post("/api/v1/organisations", headers=admin_headers,
+                    json={"name": "acme", "admin": {"username": "acme-admin", "password": LOCAL_PASSWORD}})
+    beta = api.add_user("beta-admin", "beta", role=Role.admin)
+    member = api.add_user("acme-member", "acme", role=Role.member)
+    assert api.client.get(AUDIT, headers=member).status_code == 403
+    assert all(e[0] != "acme-admin" for e in events(api, beta))  # beta's admin sees none of acme's
+    for method in ("put", "patch", "delete", "post"):
+        assert api.client.request(method, AUDIT, headers=admin_headers).status_code == 405
+    assert api.client.delete(f"{AUDIT}/1", headers=admin_headers).status_code == 404
