@@ -52,6 +52,10 @@ SAMPLES = {
     "vm.list": (cpb.VmListRequest(), cpb.VmListResult(vms=[cpb.VmRecord(name="a"), cpb.VmRecord(name="b")])),
     "vm.console": (cpb.VmConsoleRequest(name="web-1", offset=3, input=b"\x03"),
                    cpb.VmConsoleResult(data=b"\xff\x00", offset=5, size=9)),
+    "vm.attach_nic": (cpb.VmAttachNicRequest(name="web-1", nic=cpb.Nic(bridge="clb4096", mac="02:c1:00:00:00:01")),
+                      cpb.VmAttachNicResult(vm=cpb.VmRecord(name="web-1"), attached=True)),
+    "vm.detach_nic": (cpb.VmDetachNicRequest(name="web-1", mac="02:c1:00:00:00:01"),
+                      cpb.VmDetachNicResult(vm=cpb.VmRecord(name="web-1"), detached=True)),
     "image.evict": (ipb.ImageEvictRequest(sha256="ab" * 32), ipb.ImageEvictResult(in_use=True)),
     "net.sync": (npb.NetSyncRequest(full=True, vpcs=[npb.NetVpcState(
                      vpc_id=7, generation=3, mtu=1450, domain="vpc-7.test",
