@@ -13,6 +13,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from xml.etree import ElementTree as ET
@@ -21,7 +22,9 @@ import libvirt
 
 from cloudland.errors import DriverError
 from cloudland_agents.compute.domain import METADATA_NS
+from cloudland_agents.storage.disks import disks_of
 from cloudland_proto.v1 import envelope_pb2 as pb
+from cloudland_proto.v1 import storage_pb2 as spb
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # errors arrive as exceptions
 
@@ -36,6 +39,7 @@ LIBVIRT_STATES = {
 
 
 T = TypeVar("T")
+DISKS_REREAD_REPORTS = 60  # a domain's disks are read again at least every 60 reports (heartbeats: ~60 s)
 
 
 class Hypervisor:
@@ -53,6 +57,9 @@ class Hypervisor:
         # Where this agent keeps its files: guests' disks and drives, the image cache (agents/compute/guests.py).
         self.state_dir = (state_dir or Path("var")).resolve()
         self._instance_ids: dict[str, int] = {}  # uuid -> CloudLand's instance id (0: none), read once
+        # uuid -> its disks (agents/storage/disks.py), read once and again after a vol.* verb on it,
+        # and the oldest-read few at every report (DISKS_REREAD_REPORTS).
+        self._disks: dict[str, list[spb.AttachedDisk]] = {}
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -61,6 +68,7 @@ class Hypervisor:
     def report(self) -> pb.HypervisorReport:
         """Resources and VMs now. Runs on the rank's MPI thread (hello, heartbeats) while
         worker threads define and undefine domains on the same connection."""
+        self._age_disks()
         try:
             _model, memory_mib, cpus, *_ = self.conn.getInfo()
             free = self.conn.getFreeMemory()
@@ -82,12 +90,13 @@ class Hypervisor:
                 running += bool(active)
                 uuid = d.UUIDString()
                 vms.append(pb.VmState(name=d.name(), uuid=uuid, state=LIBVIRT_STATES.get(state, "unknown"),
-                                      instance_id=self._instance_id(d, uuid)))
+                                      instance_id=self._instance_id(d, uuid), disks=self._disks_of(d, uuid)))
         except libvirt.libvirtError as exc:
             raise DriverError(self.id, f"libvirt at {self.uri} failed: {exc}") from exc
         if len(self._instance_ids) > len(vms):  # forget undefined domains' (a uuid is never reused)
             listed = {vm.uuid for vm in vms}
             self._instance_ids = {u: i for u, i in self._instance_ids.items() if u in listed}
+            self._disks = {u: disks for u, disks in self._disks.items() if u in listed}
         if free == 0:
             free = max(0, memory_mib * 1024 - used_kib) * 1024
         return pb.HypervisorReport(
@@ -116,6 +125,29 @@ class Hypervisor:
                 known = 0
             self._instance_ids[uuid] = known
         return known
+
+    def _disks_of(self, domain: Any, uuid: str) -> list[spb.AttachedDisk]:
+        """The domain's disks from its persistent definition (proto VmState.disks), read once per
+        uuid and again after ``forget_disks``: disks change only by vol.* verbs, or by hand."""
+        known = self._disks.get(uuid)
+        if known is None:
+            try:
+                known = disks_of(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except (libvirt.libvirtError, ET.ParseError):
+                known = []
+            self._disks[uuid] = known
+        return known
+
+    def _age_disks(self) -> None:
+        """Forget the disks read longest ago, 1/DISKS_REREAD_REPORTS of them: a disk attached by
+        hand, outside any vol.* verb, is reported within that many reports, and each report reads
+        only a slice of the domains (a dict keeps insertion order: the oldest reads come first)."""
+        for uuid in list(islice(self._disks, -(-len(self._disks) // DISKS_REREAD_REPORTS))):
+            del self._disks[uuid]
+
+    def forget_disks(self, uuid: str) -> None:
+        """Read domain ``uuid``'s disks again at the next report (a vol.* verb changed them)."""
+        self._disks.pop(uuid, None)
 
     def inventory(self) -> dict[str, Any]:
         report = self.report()

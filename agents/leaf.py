@@ -31,6 +31,7 @@ from cloudland_agents.network.names import DEFAULT_PREFIX, Names
 from cloudland_agents.network.fake import simulated_vtep
 from cloudland_agents.network.ops import Network, Repairable, network_for, repair_loop, simulated  # net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
+from cloudland_agents.storage.ops import load_rbd_backends, storage_for, volumes_of  # registers vol.*
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -66,6 +67,10 @@ class Leaf(ChildRank):
             kernel += [] if fake else [network_for(hypervisor)]
             # Test guests play its VMs' NICs (agents/compute/nics.py): repaired after the network.
             kernel += [guests_for(hypervisor)] if plays_guests(hypervisor) else []
+        # Volumes (agents/storage/): local files, and the operator's Ceph pools if configured.
+        rbd = load_rbd_backends(settings.get("rbd_backends", ""))
+        for hypervisor in self.hypervisors.values():
+            storage_for.set(hypervisor, volumes_of(hypervisor, rbd))
         self.repair_stop = threading.Event()
         if kernel:  # a fake cannot drift
             threading.Thread(target=repair_loop, args=(kernel, self.repair_stop), name="net-repair", daemon=True).start()

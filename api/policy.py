@@ -120,6 +120,10 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("port", "read", S.organisation, ANYONE),
     ("port", "create", S.organisation, WRITERS),
     ("port", "delete", S.organisation, ADMINS),
+    ("volume", "read", S.organisation, ANYONE),        # and its snapshots and attachment
+    ("volume", "create", S.organisation, WRITERS),
+    ("volume", "update", S.organisation, WRITERS),     # attach, detach, extend, snapshot
+    ("volume", "delete", S.organisation, ADMINS),      # the volume, or one of its snapshots
     ("user", "read", S.organisation, ANYONE),          # who is in the organisation, with which role
     ("user", "create", S.organisation, ADMINS),
     ("user", "delete", S.organisation, ADMINS),

@@ -9,6 +9,7 @@ import ipaddress
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from cloudland.errors import ConfigError
 
 PREFIX = "CLOUDLAND_API_"
 MAX_IMAGE_BYTES = 2**63 - 1
+VOLUME_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class ApiSettings:
     # it, where VMs created without ``networks`` get their NIC (``make run`` sets 10.0.0.0/16 for
     # the all-in-one cloud); "" for none.
     default_network: str = ""
+    # Volumes (issue 13): the types users choose from, TYPE=BACKEND,... (the first is the default).
+    # Backend "local" is each hypervisor's qcow2 files; any other name is an rbd backend that the
+    # agents have (CLOUDLAND_RBD_BACKENDS, agents/storage/ops.py), reachable from every hypervisor.
+    volume_types: str = "local=local"
 
     def __post_init__(self) -> None:
         if not self.database_url.strip():
@@ -108,6 +114,7 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}IMAGE_TOKEN_LIFETIME_S must be 60..86400 seconds, got "
                               f"{self.image_token_lifetime_s}")
         self.vnis  # noqa: B018 - validates VNI_RANGE
+        self.volume_backends  # noqa: B018 - validates VOLUME_TYPES
         if not 1280 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"{PREFIX}UNDERLAY_MTU must be 1280..65535, got {self.underlay_mtu}")
         if not str(self.state_dir).strip():
@@ -136,6 +143,18 @@ class ApiSettings:
         if not 1 <= low <= high <= 2**24 - 1:
             raise ConfigError(f"{PREFIX}VNI_RANGE must be FIRST-LAST within 1-16777215, got {self.vni_range!r}")
         return low, high
+
+    @property
+    def volume_backends(self) -> dict[str, str]:
+        """Volume type -> backend (``volume_types``), in order; ConfigError when it is not one."""
+        types: dict[str, str] = {}
+        for entry in self.volume_types.split(","):
+            name, _, backend = entry.strip().partition("=")
+            if not (VOLUME_TYPE_RE.fullmatch(name) and VOLUME_TYPE_RE.fullmatch(backend)) or name in types:
+                raise ConfigError(f"{PREFIX}VOLUME_TYPES must be TYPE=BACKEND,... with distinct names of letters, "
+                                  f"digits, '.', '_' or '-', got {self.volume_types!r}")
+            types[name] = backend
+        return types
 
     @property
     def guest_mtu(self) -> int:

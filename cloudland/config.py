@@ -56,6 +56,9 @@ class TreeSettings:
     # dnsmasq), "fake" (in memory), "" for the driver's: kernel with "libvirt", fake with "test".
     network: str = ""
     network_prefix: str = "cl"       # the name prefix of every network object the agents make
+    # The operator's Ceph pools for volumes: a JSON file on every host (agents/storage/ops.py
+    # load_rbd_backends); "" for none (every hypervisor still has its local volumes).
+    rbd_backends: str = ""
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "max_sleep_s", "local_max_sleep_s", "linger_s", "deadline_s"):

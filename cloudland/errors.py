@@ -26,8 +26,11 @@
             ├── VMNotFound          no such VM on that hypervisor
             ├── VMConflict          a name or uuid is held by another VM
             ├── VMStateError        the VM is in the wrong power state for the verb
-            └── ImageError          an image could not be fetched, overlaid or captured
-                └── ImageMismatch   fetched bytes have the wrong size or sha256
+            ├── ImageError          an image could not be fetched, overlaid or captured
+            │   └── ImageMismatch   fetched bytes have the wrong size or sha256
+            └── VolumeError         a volume could not be made, changed, attached or removed
+                ├── VolumeNotFound  no such volume, snapshot or domain for a volume verb
+                └── VolumeBusy      in use, has snapshots, or its device name is taken
 
 Every message names what failed and where: hypervisor id, job id, peer.
 Third-party errors are translated at the boundary with ``raise ... from exc``.
@@ -173,3 +176,16 @@ class ImageError(DriverError):
 
 class ImageMismatch(ImageError):
     """Raised when fetched bytes do not have the size or sha256 the image's record says."""
+
+
+class VolumeError(DriverError):
+    """Raised when a volume cannot be created, changed, attached, detached or removed on a hypervisor."""
+
+
+class VolumeNotFound(VolumeError):
+    """Raised when a volume verb names a volume, snapshot or domain that does not exist."""
+
+
+class VolumeBusy(VolumeError):
+    """Raised when a volume is attached, has snapshots, or a device name is held by another disk."""
+

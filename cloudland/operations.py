@@ -4,8 +4,8 @@ An operation is named by a string (``vm.create``) and carries one request messag
 ``Command.request`` and, when OK and not empty, one result message in ``Reply.result``, both
 as ``google.protobuf.Any`` (proto/README.md, "Operations: how they are carried and
 versioned"). The API packs requests and reads results here; agents unpack requests here.
-The messages and their contracts are in proto/v1/compute.proto, image.proto, network.proto and
-diag.proto.
+The messages and their contracts are in proto/v1/compute.proto, image.proto, network.proto,
+storage.proto and diag.proto.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import image_pb2 as image
 from cloudland_proto.v1 import network_pb2 as network
+from cloudland_proto.v1 import storage_pb2 as storage
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,14 @@ OPERATIONS: dict[str, Types] = {
     "net.sync": Types(network.NetSyncRequest, network.NetSyncResult),
     "net.apply": Types(network.NetApplyRequest, network.NetApplyResult),
     "net.show": Types(network.NetShowRequest, network.NetShowResult),
+    "vol.create": Types(storage.VolumeCreateRequest, storage.VolumeCreateResult),
+    "vol.clone": Types(storage.VolumeCloneRequest, storage.VolumeCloneResult),
+    "vol.delete": Types(storage.VolumeDeleteRequest, storage.VolumeDeleteResult),
+    "vol.extend": Types(storage.VolumeExtendRequest, storage.VolumeExtendResult),
+    "vol.snapshot": Types(storage.VolumeSnapshotRequest, storage.VolumeSnapshotResult),
+    "vol.snapshot_delete": Types(storage.VolumeSnapshotDeleteRequest, storage.VolumeSnapshotDeleteResult),
+    "vol.attach": Types(storage.VolumeAttachRequest, storage.VolumeAttachResult),
+    "vol.detach": Types(storage.VolumeDetachRequest, storage.VolumeDetachResult),
 }
 
 # Every result type by its full name: a reply names its result's type, not its operation.

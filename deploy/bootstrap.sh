@@ -24,11 +24,20 @@ VENV=${VENV:-.venv}
 DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgresql-15 qemu-utils
       dnsmasq-base busybox-static nftables conntrack tcpdump slapd ldap-utils"
 
-missing=""
-for pkg in $DEBS; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
+# Volumes (agents/storage/, issue 13): ceph-mon, ceph-mgr, ceph-osd and ceph-common (the rbd tool)
+# run the throwaway single-node Ceph of tests/storage/ceph.py (no service starts: no systemd), and
+# qemu-block-extra is QEMU's librbd driver. Without their recommends: ~95 packages, ~246 MiB.
+CEPH_DEBS="ceph-mon ceph-mgr ceph-osd ceph-common qemu-block-extra"
+
+# install_missing [apt-get options] -- packages...: install those not installed yet (as root).
+install_missing() {
+    local options=() missing=""
+    while [ "$1" != "--" ]; do options+=("$1"); shift; done
+    shift
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+    done
+    [ -n "$missing" ] || return 0
     if [ "$(id -u)" = 0 ]; then
         echo "bootstrap: installing Debian packages:$missing"
         # postgresql-15's postinst creates (and, under systemd, starts) a default "main" cluster
@@ -40,12 +49,14 @@ if [ -n "$missing" ]; then
         # slapd without a default database nor a running service: the tests start their own.
         echo "slapd slapd/no_configuration boolean true" | debconf-set-selections
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${options[@]}" $missing >/dev/null
     else
         echo "bootstrap: missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
         exit 1
     fi
-fi
+}
+install_missing -- $DEBS
+install_missing --no-install-recommends -- $CEPH_DEBS
 
 # A whole venv with pip, even after a setup interrupted by Ctrl-C (deploy/venv.sh).
 deploy/venv.sh "$VENV" "$PYTHON"

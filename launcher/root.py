@@ -78,6 +78,7 @@ class Root:
             "driver": settings.driver, "libvirt_uri": settings.libvirt_uri, "vnc_listen": settings.vnc_listen,
             "state_dir": str(settings.state_dir.resolve()), "test_ops": settings.test_ops,
             "network": settings.network, "network_prefix": settings.network_prefix,
+            "rbd_backends": settings.rbd_backends,
         })
         self.backoff = Backoff(settings.max_sleep_s)
         self.backoff.local_max_sleep = settings.local_max_sleep_s

@@ -4,7 +4,7 @@
 in; each other module here is one kind. Importing this package registers the built-in kinds.
 """
 
-from cloudland_api.jobs import image, net, vm  # noqa: F401  (registers the kinds)
+from cloudland_api.jobs import image, net, vm, volume  # noqa: F401  (registers the kinds)
 from cloudland_api.jobs.engine import Engine, finish, judge
 from cloudland_api.jobs.kinds import (
     ALL, KINDS, Kind, Outcome, Plan, Result, Send, Settings, follow_up, follow_ups, register

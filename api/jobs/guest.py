@@ -81,13 +81,16 @@ class GuestSource:
         if image is None or image.sha256 is None:
             return None
         key = session.get(SshKey, instance.ssh_key_id) if instance.ssh_key_id is not None else None
-        token = issue_image_token(self.signing_key, image.id, self.token_lifetime_s)
-        source = ipb.ImageSource(image_id=image.id, sha256=image.sha256, size_bytes=image.size_bytes,
-                                 disk_format=image.disk_format, url=f"{self.image_url_base}/{image.id}/download",
-                                 token=token)
-        return cpb.Guest(image=source, hostname=instance.name, disk_gib=instance.disk_gib,
+        return cpb.Guest(image=self.image_source(image), hostname=instance.name, disk_gib=instance.disk_gib,
                          ssh_keys=[key.public_key] if key is not None else [],
                          user_data=instance.user_data.encode() if instance.user_data is not None else b"")
+
+    def image_source(self, image: Image) -> ipb.ImageSource:
+        """Where a hypervisor downloads ``image`` (which has its bytes), with a token for that one image."""
+        token = issue_image_token(self.signing_key, image.id, self.token_lifetime_s)
+        return ipb.ImageSource(image_id=image.id, sha256=image.sha256 or "", size_bytes=image.size_bytes,
+                               disk_format=image.disk_format, url=f"{self.image_url_base}/{image.id}/download",
+                               token=token)
 
     def capture_target(self, image_id: int, disk_format: str, upload_lifetime_s: float) -> ipb.ImageTarget:
         """Where a ``vm.capture`` uploads the captured disk: the image's upload URL and a token

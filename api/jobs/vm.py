@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from cloudland_api.jobs.engine import end
 from cloudland_api.jobs.guest import agent_request, vm_nics
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
+from cloudland_api.jobs.volume import release_attachments
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port
 from cloudland_api.services import hypervisors, netstate, scheduler
 from cloudland_proto.v1 import compute_pb2 as cpb
@@ -144,8 +145,10 @@ class VmJobs(Kind):
 
 
 def release_ports(session: Session, instance_ids: list[int]) -> None:
-    """Delete the ports of deleted instances and tell their VPCs' hypervisors (follow-up net jobs)."""
+    """Delete the ports of deleted instances and tell their VPCs' hypervisors (follow-up net jobs);
+    their volume attachments go too (the domain took its disks with it; the volumes stay)."""
     follow_up(session, netstate.release(session, instance_ids))
+    release_attachments(session, instance_ids)
 
 
 def settle_now(session: Session, job: Job, instance: Instance, outcome: Outcome,

@@ -11,12 +11,13 @@ from cloudland_api.models.compute import Flavor, Instance, SshKey
 from cloudland_api.models.hypervisors import Hypervisor
 from cloudland_api.models.identity import AppCredential, Directory, LoginFailure, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.models.images import Image
-from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VPC, Job, JobState
+from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VOLUME, VPC, Job, JobState
 from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
+from cloudland_api.models.volumes import Volume, VolumeAttachment, VolumeSnapshot
 
 __all__ = [
     "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent", "Base", "Directory", "Flavor", "Hypervisor", "Image", "Instance", "Job",
     "JobState", "LoginFailure", "Membership", "Organisation", "Port", "PortIp", "RevokedToken", "Role", "SshKey",
-    "Subnet", "User", "UTCDateTime", "VPC", "Vpc",
+    "Subnet", "User", "UTCDateTime", "VOLUME", "VPC", "Volume", "VolumeAttachment", "VolumeSnapshot", "Vpc",
     "utcnow",
 ]

@@ -31,6 +31,7 @@ TERMINAL = (JobState.succeeded, JobState.failed, JobState.timeout)
 INSTANCE = "instance"
 IMAGE = "image"
 VPC = "vpc"
+VOLUME = "volume"
 HYPERVISOR = "hypervisor"
 
 

@@ -5,7 +5,7 @@ changed; each sync reads desired state from the database and observed state as i
 makes jobs until the two agree. One keyed work queue (queue.py) holds what to look at; retries
 with backoff happen there, in one place. Every kind of resource plugs its own sync in
 (``syncs``): VMs are converged per hypervisor (vm.py), and so are networks (net.py: an agent
-that started again gets its whole state); volumes come later.
+that started again gets its whole state), and so are volumes' attachments (volume.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloudland_api.reconcile import net, vm
+from cloudland_api.reconcile import net, vm, volume
 from cloudland_api.reconcile.queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Converger:
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.unmanaged: dict[tuple[int, str], None] = {}  # reported once each
+        self.foreign_disks: dict[tuple[int, str, str], None] = {}  # likewise
 
     def changed(self, hypervisors: Iterable[int]) -> None:
         self.queue.add_all((HYPERVISOR, hv) for hv in hypervisors)
@@ -83,8 +84,9 @@ class Converger:
             with self._sessions() as session:
                 verdict = vm.sync_hypervisors(session, observed)
                 networks = net.sync_hypervisors(session, observed)  # agents that (re)started
+                disks = volume.sync_hypervisors(session, observed)
                 session.commit()
-                ids = [job.id for job in verdict.jobs + networks]
+                ids = [job.id for job in verdict.jobs + networks + disks.jobs]
         except Exception:
             log.exception("event=reconcile_failed hypervisors=%d", len(hvs))
             for key in keys:
@@ -99,8 +101,13 @@ class Converger:
                 self.unmanaged[(hv, name)] = None
                 log.warning("event=domain_unmanaged hypervisor=%d domain=%s note=no CloudLand metadata: left alone",
                             hv, name)
+        for found in disks.foreign:
+            if found not in self.foreign_disks:
+                self.foreign_disks[found] = None
+                log.warning("event=disk_unmanaged hypervisor=%d domain=%s device=%s note=attached outside CloudLand: "
+                            "left alone", *found)
         for key in keys:
-            if key[0] == HYPERVISOR and key[1] in verdict.again:
+            if key[0] == HYPERVISOR and key[1] in verdict.again | disks.again:
                 self.queue.retry(key)
             else:
                 self.queue.forget(key)

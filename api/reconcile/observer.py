@@ -185,7 +185,9 @@ class Observer:
                 domains = self._domains.get(hv)
                 if domains is None:
                     domains = self._domains[hv] = {
-                        vm.uuid: Domain(vm.name, vm.uuid, vm.state, vm.instance_id) for vm in report.vms}
+                        vm.uuid: Domain(vm.name, vm.uuid, vm.state, vm.instance_id,
+                                        tuple((d.device, d.volume_id, d.attachment_id) for d in vm.disks))
+                        for vm in report.vms}
                 out[hv] = domains
         return out
 

@@ -42,6 +42,8 @@ class Domain:
     uuid: str
     state: str
     instance_id: int = 0  # from CloudLand's metadata in the domain; 0: none (not ours)
+    # Its disks as (device, volume id, attachment id), from VmState.disks (reconcile/volume.py).
+    disks: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass

@@ -27,6 +27,10 @@ from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
+from cloudland_api.schemas.volumes import (
+    AttachmentCreate, AttachmentPublic, SnapshotAccepted, SnapshotCreate, SnapshotList, SnapshotPublic,
+    VolumeAccepted, VolumeCreate, VolumeExtend, VolumeList, VolumePublic
+)
 
 __all__ = [
     "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
@@ -40,5 +44,7 @@ __all__ = [
     "LdapSettings", "LoginRequest", "OidcLoginRequest", "OidcPublic", "OidcSettings", "OidcStart", "OidcStartRequest",
     "MAX_COUNT", "MAX_ID", "NO_NUL", "Name", "Page", "PortCreate", "PortList", "PortPublic", "PowerAction",
     "NicAttach", "RebuildRequest", "Ref", "RemainingInstance", "ResizeRequest", "SshKeyCreate", "SshKeyList", "SshKeyPublic",
-    "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic"
+    "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic",
+    "AttachmentCreate", "AttachmentPublic", "SnapshotAccepted", "SnapshotCreate", "SnapshotList", "SnapshotPublic",
+    "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
 ]

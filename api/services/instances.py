@@ -29,7 +29,7 @@ from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, VolumeAttachment
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
 from cloudland_api.services import crud, hypervisors, netstate, networks, scheduler
 from cloudland_api.services.flavors import get_flavor
@@ -249,6 +249,13 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
         # (the engine's resize claim needs one), and nothing to resize.
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: "
                        "delete it and create it again")
+    # A resize redefines the domain from its record, which knows a volume's disk only as a file
+    # (not its attachment's alias and serial, nor an rbd source): not with volumes, in this slice.
+    attached = session.scalars(select(VolumeAttachment.volume_id).where(VolumeAttachment.instance_id == instance.id)
+                               .order_by(VolumeAttachment.volume_id)).all()
+    if attached:
+        raise Conflict(f"instance {instance.id} ({instance.name}) has volumes {', '.join(map(str, attached))} "
+                       "attached: detach them before a resize")
     return act(session, caller, instance.id, "resize",
                {"vcpus": flavor.vcpus, "memory_mib": flavor.memory_mib, "disk_gib": flavor.disk_gib,
                 "flavor_id": flavor.id})

@@ -14,11 +14,15 @@ from cloudland_agents import ops
 from cloudland_agents.compute import console_ops, ops as compute_ops  # noqa: F401 - they register
 from cloudland_agents.images import ops as image_ops  # noqa: F401 - registers image.evict
 from cloudland_agents.network import ops as network_ops  # noqa: F401 - registers net.sync, net.apply, net.show
+from cloudland_agents.storage import ops as storage_ops  # noqa: F401 - registers vol.*
 from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import network_pb2 as npb
+from cloudland_proto.v1 import storage_pb2 as spb
+
+VOL = spb.VolumeRef(id=7, backend="ceph")
 
 # One non-default request and result per operation: a round trip must keep every field set.
 SAMPLES = {
@@ -66,6 +70,22 @@ SAMPLES = {
                  npb.NetShowResult(vpcs=[npb.NetVpcVersion(vpc_id=7, generation=4)],
                                    fdb=[npb.NetFdbEntry(vni=100, mac="02:00:00:00:00:01", vtep="192.0.2.4",
                                                         since_ms=1_765_000_000_000)])),
+    "vol.create": (spb.VolumeCreateRequest(volume=VOL, size_bytes=1 << 30),
+                   spb.VolumeCreateResult(size_bytes=1 << 30, created=True, path="rbd:volumes/vol-7")),
+    "vol.clone": (spb.VolumeCloneRequest(volume=VOL, source=spb.VolumeRef(id=3, backend="ceph"), snapshot_id=2,
+                                         size_bytes=1 << 31),
+                  spb.VolumeCloneResult(size_bytes=1 << 31, created=True, path="rbd:volumes/vol-7")),
+    "vol.delete": (spb.VolumeDeleteRequest(volume=VOL), spb.VolumeDeleteResult(deleted=True)),
+    "vol.extend": (spb.VolumeExtendRequest(volume=VOL, size_bytes=1 << 31, domain="cl-x"),
+                   spb.VolumeExtendResult(size_bytes=1 << 31, online=True)),
+    "vol.snapshot": (spb.VolumeSnapshotRequest(volume=VOL, snapshot_id=2),
+                     spb.VolumeSnapshotResult(size_bytes=1 << 30, created=True)),
+    "vol.snapshot_delete": (spb.VolumeSnapshotDeleteRequest(volume=VOL, snapshot_id=2),
+                            spb.VolumeSnapshotDeleteResult(deleted=True)),
+    "vol.attach": (spb.VolumeAttachRequest(volume=VOL, domain="cl-x", device="vdb", attachment_id=9, read_only=True),
+                   spb.VolumeAttachResult(attached=True)),
+    "vol.detach": (spb.VolumeDetachRequest(volume=VOL, domain="cl-x", attachment_id=9),
+                   spb.VolumeDetachResult(detached=True)),
 }
 
 

@@ -1,0 +1,100 @@
+"""Volumes: block storage that outlives VMs, their snapshots and attachments (issue 13).
+
+A volume lives in one *backend* (proto/v1/storage.proto): ``local`` (qcow2 files on one
+hypervisor, ``hypervisor_id``, so it attaches only to VMs there) or a shared (rbd) one that
+every hypervisor reaches. Its ``type`` is the operator's name for a backend
+(``CLOUDLAND_API_VOLUME_TYPES``). ``job_id`` is the job acting on it now: one at a time.
+
+An attachment is an object with an id: the database allocates its device name (unique per
+instance) and allows one attachment per volume (a unique constraint, the last word when 50
+attaches race). Ids are never reused (``sqlite_autoincrement``), so a detach that names an old
+attachment can never remove a newer one. A snapshot belongs to its volume, which cannot be
+deleted while it has any.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+
+if TYPE_CHECKING:
+    from cloudland_api.models.compute import Instance
+    from cloudland_api.models.hypervisors import Hypervisor
+    from cloudland_api.models.identity import Organisation
+
+
+class Volume(Base):
+    """A volume of an organisation: its size, type and backend, where a local one lives, its status."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_volumes_org_name"),
+                      CheckConstraint("size_gib > 0", name="ck_volumes_size"),
+                      Index("ix_volumes_org_id_id", "org_id", "id"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    org: Mapped[Organisation] = depends_on("Organisation")
+    name: Mapped[str] = mapped_column(String(64))
+    size_gib: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(64))      # the operator's volume type
+    backend: Mapped[str] = mapped_column(String(64))   # the agents' backend: "local" or an rbd one's name
+    # A local volume's hypervisor (chosen at create); None for a shared backend's.
+    hypervisor_id: Mapped[int | None] = mapped_column(ForeignKey("hypervisors.id"), nullable=True)
+    hypervisor: Mapped[Hypervisor | None] = depends_on("Hypervisor")
+    source_image_id: Mapped[int | None] = mapped_column(Integer, nullable=True)     # made from it (no FK: it may go)
+    source_snapshot_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # made from it (no FK: it may go)
+    # creating | available | error | deleting
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class VolumeSnapshot(Base):
+    """A volume's content at one moment; a new volume can be made from it."""
+
+    __tablename__ = "volume_snapshots"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_volume_snapshots_org_name"),
+                      Index("ix_volume_snapshots_volume_id", "volume_id"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    org: Mapped[Organisation] = depends_on("Organisation")
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id", ondelete="RESTRICT"))
+    volume: Mapped[Volume] = depends_on("Volume")
+    name: Mapped[str] = mapped_column(String(64))
+    size_gib: Mapped[int] = mapped_column(Integer)     # the volume's when taken
+    # creating | available | error | deleting
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class VolumeAttachment(Base):
+    """One volume on one instance as ``device``; ``attaching`` and ``detaching`` last as long as
+    their job, which always ends (the job engine's guarantee): then it is ``attached`` or gone."""
+
+    __tablename__ = "volume_attachments"
+    __table_args__ = (UniqueConstraint("volume_id", name="uq_volume_attachments_volume"),
+                      UniqueConstraint("instance_id", "device", name="uq_volume_attachments_instance_device"),
+                      Index("ix_volume_attachments_org_id_id", "org_id", "id"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    org: Mapped[Organisation] = depends_on("Organisation")
+    volume_id: Mapped[int] = mapped_column(ForeignKey("volumes.id", ondelete="RESTRICT"))
+    volume: Mapped[Volume] = depends_on("Volume")
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+    instance: Mapped[Instance] = depends_on("Instance")
+    device: Mapped[str] = mapped_column(String(8))     # vdb, vdc...
+    status: Mapped[str] = mapped_column(String(16), default="attaching")  # attaching | attached | detaching
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
