@@ -26,7 +26,8 @@ DEBS="libvirt-dev libvirt0 pkg-config gcc iproute2 tmux postgresql-common postgr
 
 # Volumes (agents/storage/, issue 13): ceph-mon, ceph-mgr, ceph-osd and ceph-common (the rbd tool)
 # run the throwaway single-node Ceph of tests/storage/ceph.py (no service starts: no systemd), and
-# qemu-block-extra is QEMU's librbd driver. Without their recommends: ~95 packages, ~246 MiB.
+# qemu-block-extra is QEMU's librbd driver. Without their recommends: ~95 packages, ~246 MiB; for
+# the tests only (--tests): the all-in-one cloud's volumes are local files.
 CEPH_DEBS="ceph-mon ceph-mgr ceph-osd ceph-common qemu-block-extra"
 
 # install_missing [apt-get options] -- packages...: install those not installed yet (as root).
@@ -56,7 +57,9 @@ install_missing() {
     fi
 }
 install_missing -- $DEBS
-install_missing --no-install-recommends -- $CEPH_DEBS
+if [ "$FOR_TESTS" = 1 ]; then
+    install_missing --no-install-recommends -- $CEPH_DEBS
+fi
 
 # A whole venv with pip, even after a setup interrupted by Ctrl-C (deploy/venv.sh).
 deploy/venv.sh "$VENV" "$PYTHON"
