@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -104,9 +105,18 @@ def stop_tree(tree: Tree) -> None:  # noqa: C901 - one linear teardown
         except subprocess.TimeoutExpired:
             os.killpg(tree.proc.pid, signal.SIGKILL)
             tree.proc.wait()
+    # The root's local host agent runs in a session of its own, to outlive a root that dies
+    # (a successor adopts it): a root that was killed leaves it, and it respawns its ranks.
+    agent, _argv = procinfo.local_host_agent(tree.state_dir)
+    if agent:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent, signal.SIGTERM)  # it stops its ranks
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(procinfo.alive(p) for p in tree.seen_pids):
+    while time.monotonic() < deadline and any(procinfo.alive(p) for p in [*tree.seen_pids, agent] if p):
         time.sleep(0.1)
+    if agent and procinfo.alive(agent):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent, signal.SIGKILL)
     left = [p for p in tree.seen_pids if procinfo.alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
