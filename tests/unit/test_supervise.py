@@ -94,6 +94,10 @@ def test_a_host_agent_left_by_a_dead_root_is_found_and_stopped(tmp_path: Path) -
         stop_local_agent(tmp_path)
         assert other.poll() is None
         pid_file.write_text(f"{agent.pid}\n")
+        # Popen returns once the child forked, maybe before its exec: its command line is ours until then.
+        deadline = time.monotonic() + 30
+        while "cloudland_launcher.hostd" not in procinfo.argv_of(agent.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         pid, argv = procinfo.local_host_agent(tmp_path)
         assert pid == agent.pid and argv[argv.index("--root") + 1] == "127.0.0.1:1"
         stop_local_agent(tmp_path)
