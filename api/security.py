@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -26,7 +26,24 @@ log = logging.getLogger(__name__)
 SIGNING_KEY_FILE = "api-signing.key"
 ADMIN_CREDENTIALS_FILE = "admin-credentials"
 ALGORITHM = "HS256"
-_hasher = PasswordHasher()
+# argon2id's cost, one of argon2-cffi's named profiles: RFC 9106's second recommendation (t=3,
+# 64 MiB, p=4) unless ``CLOUDLAND_PASSWORD_HASH_PROFILE`` names another. The test suite sets
+# CHEAPEST (a hash in microseconds instead of half a second: it creates thousands of users).
+# A hash records its own parameters, so passwords hashed under any profile keep verifying.
+PASSWORD_HASH_PROFILE_ENV = "CLOUDLAND_PASSWORD_HASH_PROFILE"
+
+
+def _password_hasher() -> PasswordHasher:
+    name = os.environ.get(PASSWORD_HASH_PROFILE_ENV) or "RFC_9106_LOW_MEMORY"
+    known = {n for n in dir(profiles) if n.isupper()}
+    if name not in known:
+        raise ConfigError(f"{PASSWORD_HASH_PROFILE_ENV}={name!r} is not an argon2 profile; one of: {sorted(known)}")
+    if name == "CHEAPEST":
+        log.warning("event=weak_password_hashing profile=CHEAPEST: for tests only, never for real users")
+    return PasswordHasher.from_parameters(getattr(profiles, name))
+
+
+_hasher = _password_hasher()
 # Verified against when the user does not exist, so both failures cost the same time
 # and response timing does not reveal which usernames exist.
 _DUMMY_HASH = _hasher.hash("not-a-password")

@@ -26,6 +26,11 @@ from pathlib import Path
 
 import pytest
 
+# argon2 at its cheapest for the whole suite and every process it starts (API servers, `make run`):
+# the production cost is half a second a hash, and the suite signs in and creates users thousands
+# of times. tests/api/test_auth.py checks that the production default is what ships.
+os.environ.setdefault("CLOUDLAND_PASSWORD_HASH_PROFILE", "CHEAPEST")
+
 # Emulated hosts (cloudland_lab) for any test folder: lab_factory, session_lab_factory, mpich;
 # identity systems (slapd, an OpenID provider): tests/identityfixtures.py.
 pytest_plugins = ["tests.labfixtures", "tests.identityfixtures"]

@@ -7,10 +7,26 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
+from argon2 import PasswordHasher
+
+from cloudland.errors import ConfigError
+from cloudland_api import security
 from cloudland_api.security import issue_token
 from tests.api.conftest import Api
 
 FLAVORS = "/api/v1/flavors"
+
+
+def test_passwords_are_hashed_at_rfc_9106_cost_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite hashes at argon2's CHEAPEST (tests/conftest.py); what ships is RFC 9106's low-memory
+    profile, and a misspelt profile stops the API at start instead of silently picking one."""
+    monkeypatch.delenv(security.PASSWORD_HASH_PROFILE_ENV)
+    shipped = security._password_hasher()
+    assert (shipped.time_cost, shipped.memory_cost, shipped.parallelism) == (3, 65536, 4)
+    assert shipped.verify(PasswordHasher.from_parameters(security.profiles.CHEAPEST).hash("pw"), "pw")
+    monkeypatch.setenv(security.PASSWORD_HASH_PROFILE_ENV, "FAST")
+    with pytest.raises(ConfigError, match="'FAST' is not an argon2 profile"):
+        security._password_hasher()
 
 
 def test_login_returns_a_token_that_works(api: Api) -> None:
