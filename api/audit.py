@@ -59,7 +59,8 @@ class AuditTrail:
         app = scope["app"]
         state: dict[str, Any] = scope.get("state", {})
         client = scope.get("client")
-        event = {"method": scope["method"], "path": scope["path"][:512], "status": status,
+        event = {"method": scope["method"], "path": _printable(scope.get("raw_path") or scope["path"])[:512],
+                 "status": status,
                  "address": (client[0] if client else "unknown")[:64]}
         lock = app.state.write_lock
         try:
@@ -71,6 +72,14 @@ class AuditTrail:
         except Exception as exc:  # the answer is sent: a lost row is logged, never the request's failure
             log.error("event=audit_write_failed method=%s path=%s status=%d error=%s", event["method"],
                       event["path"], status, type(exc).__name__)
+
+
+def _printable(text: str | bytes) -> str:
+    """The path as the client sent it, percent-encoded: a ``%00`` stays three characters, since
+    PostgreSQL refuses NUL in text (the row of every such request was lost)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "backslashreplace")
+    return text.replace("\x00", "\\x00")
 
 
 def _write(sessions: Any, event: dict[str, Any], state: dict[str, Any]) -> None:

@@ -66,3 +66,11 @@ def test_only_admins_read_it_only_their_organisations_and_nobody_changes_it(api:
     for method in ("put", "patch", "delete", "post"):
         assert api.client.request(method, AUDIT, headers=admin_headers).status_code == 405
     assert api.client.delete(f"{AUDIT}/1", headers=admin_headers).status_code == 404
+
+
+def test_a_nul_in_the_path_is_recorded_not_lost(api: Api, admin_headers: dict[str, str]) -> None:
+    """PostgreSQL refuses NUL in text: the trail keeps the path as sent (``%00``), so the row is
+    written on both databases (it was lost, and logged)."""
+    status = api.client.delete("/api/v1/flavors/%00", headers=admin_headers).status_code
+    assert status in (400, 404, 422)
+    assert events(api, admin_headers, limit=500)[-1] == ("admin", "DELETE", "/api/v1/flavors/%00", status)
