@@ -61,9 +61,11 @@ class Leaf(ChildRank):
         kernel: list[Repairable] = []
         for hypervisor in self.hypervisors.values():
             fake = network == "fake" or (not network and simulated(hypervisor))
-            if fake and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
+            # netns: each simulated hypervisor the kernel's plane in a namespace of its own (hostns.py)
+            own = network == "netns" and simulated(hypervisor)
+            if (fake or own) and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
                 hypervisor.vtep = simulated_vtep(hypervisor.id)
-            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
+            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake, own_namespace=own))
             kernel += [] if fake else [network_for(hypervisor)]
             # Test guests play its VMs' NICs (agents/compute/nics.py): repaired after the network.
             kernel += [guests_for(hypervisor)] if plays_guests(hypervisor) else []
