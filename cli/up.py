@@ -114,6 +114,7 @@ def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_en
         f"{cli} vm create web --flavor small --image tiny --count 20",
         f"{cli} vm list",
         f"{cli} hyper list",
+        f"{cli} vm exec web-1 -- busybox ping -c 3 10.0.0.3",
         f"{cli} vm stop --name 'web-*'",
         f"{cli} vm delete --name 'web-*'",
     ):
