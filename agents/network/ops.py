@@ -183,7 +183,7 @@ def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
     return network_for(ctx.hypervisor).sync(request)
 
 
-@operation("net.apply")
+@operation("net.apply", batched=True)
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
     return network_for(ctx.hypervisor).apply(request)
