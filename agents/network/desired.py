@@ -164,10 +164,14 @@ def plan(held: Iterable[npb.NetVpcState], hypervisor: int, local_vtep: str) -> d
 class HeldStates:
     """The VPC states one hypervisor holds, by VPC id, kept on disk (files 0600)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, on_disk: bool = True) -> None:
         self.directory = directory
+        # Without ``on_disk`` (the fake data plane, whose objects live in the leaf's memory and
+        # die with it) the states are memory too: after a restart the agent holds nothing, as
+        # its plane, and the full sync of its start brings everything (api/reconcile/net.py).
+        self.on_disk = on_disk
         self.vpcs: dict[int, npb.NetVpcState] = {}
-        for path in sorted(directory.glob("vpc-*.pb")) if directory.is_dir() else []:
+        for path in sorted(directory.glob("vpc-*.pb")) if on_disk and directory.is_dir() else []:
             try:
                 state = npb.NetVpcState.FromString(path.read_bytes())
             except (OSError, DecodeError):
@@ -180,6 +184,9 @@ class HeldStates:
         bridges and namespaces with it, and its agent's start, a new incarnation, gets a ``full``
         sync of every VPC it holds anyway (api/reconcile/net.py). An fsync per hypervisor was
         most of an apply's time on a VPC of 1,000 simulated ones (bench/net_bench.py)."""
+        self.vpcs[state.vpc_id] = state
+        if not self.on_disk:
+            return
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self._path(state.vpc_id)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -187,10 +194,10 @@ class HeldStates:
         with os.fdopen(fd, "wb") as file:
             file.write(state.SerializeToString())
         tmp.replace(path)
-        self.vpcs[state.vpc_id] = state
 
     def drop(self, vpc_id: int) -> None:
-        self._path(vpc_id).unlink(missing_ok=True)
+        if self.on_disk:
+            self._path(vpc_id).unlink(missing_ok=True)
         self.vpcs.pop(vpc_id, None)
 
     def _path(self, vpc_id: int) -> Path:

@@ -48,7 +48,7 @@ class Network:
         self.fake = fake  # no kernel objects: VMs' NICs need no bridge here (agents/compute/nics.py)
         # Per hypervisor: the simulated hypervisors of one leaf share its state directory.
         directory = hypervisor.state_dir / "network" / f"{self.names.prefix}-hv{hypervisor.id}"
-        self.held = HeldStates(directory)
+        self.held = HeldStates(directory, on_disk=not fake)  # a fake's objects are memory: so is its state
         for state in self.held.vpcs.values():
             in_order(state)
         self._plans: dict[int, tuple[npb.NetVpcState, dict[int, SubnetPlan]]] = {}  # vpc -> (state, its plan)
