@@ -19,6 +19,9 @@ import string
 import subprocess
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from cloudland import procinfo
 from cloudland.config import NETWORK_PREFIX_RE, TreeSettings
@@ -95,3 +98,31 @@ def clean(settings: TreeSettings) -> list[str]:
         time.sleep(0.1)
 
     return remove_run(settings.network_prefix)
+
+
+def down(state_dir: Annotated[Path, typer.Option(help="The cloud's state [default: var].")] = Path("var")) -> None:
+    """Remove what a killed all-in-one cloud left on this machine: its networks' namespaces and links.
+
+    The namespaces (and the dnsmasq and DHCP clients in them) and underlay links of its simulated
+    hypervisors' networks. ``up`` removes them itself when it stops; this is for one that was killed. Refused while the
+    cloud's root or host agent still runs: its leaves would make them again."""
+    from cloudland.netclean import remove_run
+    from cloudland_cli.common import EXIT_USAGE, fail, out
+
+    try:
+        prefix = (state_dir / PREFIX_FILE).read_text().strip()
+    except OSError:
+        prefix = ""
+    if not NETWORK_PREFIX_RE.fullmatch(prefix):
+        fail(EXIT_USAGE, f"no cloud with real tenant networks in {state_dir} (no {state_dir / PREFIX_FILE})")
+    try:
+        root = int((state_dir / "root.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        root = 0
+    running = [what for what, pid in (("root", root), ("host agent", procinfo.local_host_agent(state_dir)[0]))
+               if pid and procinfo.alive(pid) and (what != "root" or "cloudland_launcher" in " ".join(
+                   procinfo.argv_of(pid)))]
+    if running:
+        fail(EXIT_USAGE, f"the cloud in {state_dir} still runs ({', '.join(running)}): stop it first (Ctrl-C)")
+    removed = remove_run(prefix)
+    out.print(f"removed {len(removed)} namespaces and links of {prefix}*" if removed else f"nothing of {prefix}* left")
