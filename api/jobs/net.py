@@ -56,24 +56,17 @@ class NetJobs(Kind):
 
     @staticmethod
     def _plan_one(plan: Plan, session: Session, job: Job) -> None:
-        if job.action == "apply":
+        if job.action == "apply" or job.hypervisor_id is None:  # a delta, or a sync of several: a multicast
             wanted = job.args["hypervisors"]
             lost = hypervisors.lost_hosts(session, wanted)
             targets = [hv for hv in wanted if hv not in lost]
             if not targets:
-                plan.decide(job, "ok", "no hypervisor of the vpc can be reached: nothing to send")
-                return
-            plan.send(job, "net.apply", targets, netstate.delta_of(job), NET_TIMEOUT_S)
-            return
-        if job.action == "sync" and job.hypervisor_id is None:  # several hypervisors: one multicast
-            wanted = job.args["hypervisors"]
-            lost = hypervisors.lost_hosts(session, wanted)
-            targets = [hv for hv in wanted if hv not in lost]
-            if not targets:
-                plan.decide(job, "ok", "no hypervisor to sync can be reached: nothing to send")
-                return
-            state = netstate.vpc_state(session, job.subject_id, targets)
-            plan.send(job, "net.sync", targets, npb.NetSyncRequest(vpcs=[state]), NET_TIMEOUT_S)
+                plan.decide(job, "ok", f"no hypervisor of the vpc to {job.action} can be reached: nothing to send")
+            elif job.action == "apply":
+                plan.send(job, "net.apply", targets, netstate.delta_of(job), NET_TIMEOUT_S)
+            else:
+                state = netstate.vpc_state(session, job.subject_id, targets)
+                plan.send(job, "net.sync", targets, npb.NetSyncRequest(vpcs=[state]), NET_TIMEOUT_S)
             return
         assert job.hypervisor_id is not None  # a sync, or a full sync
         hv = job.hypervisor_id
