@@ -61,9 +61,11 @@ class Leaf(ChildRank):
         kernel: list[Repairable] = []
         for hypervisor in self.hypervisors.values():
             fake = network == "fake" or (not network and simulated(hypervisor))
-            if fake and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
+            # netns: each simulated hypervisor the kernel's plane in a namespace of its own (hostns.py)
+            own = network == "netns" and simulated(hypervisor)
+            if (fake or own) and simulated(hypervisor):  # a host of its own to the control plane (fake.py)
                 hypervisor.vtep = simulated_vtep(hypervisor.id)
-            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake))
+            network_for.set(hypervisor, Network(hypervisor, prefix, fake=fake, own_namespace=own))
             kernel += [] if fake else [network_for(hypervisor)]
             # Test guests play its VMs' NICs (agents/compute/nics.py): repaired after the network.
             kernel += [guests_for(hypervisor)] if plays_guests(hypervisor) else []
@@ -105,6 +107,7 @@ class Leaf(ChildRank):
             # The root has answered TIMEOUT already (§4): running it now would be unasked-for work.
             log.info("event=command_expired job=%s op=%s", command.job_id, command.operation)
             return
+        batch: list[int] = []  # a batched operation's targets here: one worker task for all
         for hv in targets:
             if hv not in self.hypervisors:
                 self.buffer.add_reply(_reply(command.job_id, hv, pb.UNKNOWN_HYPERVISOR,
@@ -117,12 +120,19 @@ class Leaf(ChildRank):
                                              f"{refused} (hypervisor {hv}, job {command.job_id})"))
             elif op.inline:
                 self._collect(command.job_id, hv, self._execute(op, hv, command.job_id, request, deadline))
+            elif op.batched:
+                self.in_progress[command.job_id] += 1
+                batch.append(hv)
             else:
                 self.in_progress[command.job_id] += 1
-                self.pool.submit(self._in_worker, op, hv, command.job_id, request, deadline)
+                self.pool.submit(self._in_worker, op, [hv], command.job_id, request, deadline)
+        if batch:
+            assert op is not None and request is not None
+            self.pool.submit(self._in_worker, op, batch, command.job_id, request, deadline)
 
-    def _in_worker(self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float) -> None:
-        self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline)))
+    def _in_worker(self, op: ops.Operation, hvs: list[int], job_id: str, request: Message, deadline: float) -> None:
+        for hv in hvs:
+            self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline)))
         self.backoff.notify()
 
     def _collect(self, job_id: str, hv: int, reply: pb.Reply | None) -> None:

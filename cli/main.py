@@ -66,6 +66,8 @@ COMMANDS: dict[str, Lazy] = {
     "volume": Lazy("cloudland_cli.volume:volume_app", "Volumes: block storage that outlives VMs."),
     "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
     "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),
+    "down": Lazy("cloudland_cli.hostnet:down",
+                 "Remove what a killed all-in-one cloud left on this machine: its networks' namespaces and links."),
 }
 
 

@@ -24,6 +24,7 @@ from rich.text import Text
 from cloudland.config import DEFAULT_GRPC
 from cloudland.errors import CloudLandError, ConfigError
 from cloudland.topology import DEFAULT_FANOUT
+from cloudland_cli import hostnet
 from cloudland_cli.cluster import LauncherExec
 from cloudland_cli.common import EXIT_FAILED, EXIT_USAGE, err, fail, out
 from cloudland_cli.restclient import DEFAULT_ENDPOINT
@@ -89,9 +90,12 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_endpoint: bool) -> None:
+def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_endpoint: bool,
+                  network_note: str = "") -> None:
     out.print(Text("CloudLand is up", style="bold green"), Text(f"API {url}   tree gRPC {grpc}"))
     out.print(topology_grid(topo))  # type: ignore[arg-type]
+    if network_note:
+        out.print(network_note)
     out.print(f"API docs:          {url}/docs")
     out.print(f"admin credentials: {state_dir / CREDENTIALS_FILE} (mode 0600)")
     cli = ".venv/bin/cloudland"
@@ -110,6 +114,7 @@ def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_en
         f"{cli} vm create web --flavor small --image tiny --count 20",
         f"{cli} vm list",
         f"{cli} hyper list",
+        f"{cli} vm exec web-1 -- busybox ping -c 3 10.0.0.3",
         f"{cli} vm stop --name 'web-*'",
         f"{cli} vm delete --name 'web-*'",
     ):
@@ -142,6 +147,7 @@ def up(
     try:
         settings, hosts = cluster_settings(hostfile, listen, hypervisors=hypervisors, fanout=fanout,
                                            per_leaf=per_leaf, grpc=address, state_dir=state_dir)
+        settings, network_note = hostnet.choose(settings, cluster=bool(hosts))
     except ConfigError as exc:
         fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
@@ -169,7 +175,7 @@ def up(
             fail(EXIT_FAILED, f"the API {why} at {url}; stopped the tree. "
                   f"{_tail(settings.state_dir / 'api.out')}")
         # The CLI's own default: any other URL (another port or --api-host) needs `configure`.
-        _print_banner(address, url, settings.state_dir, topo, url == DEFAULT_ENDPOINT)
+        _print_banner(address, url, settings.state_dir, topo, url == DEFAULT_ENDPOINT, network_note)
         # From here on a part that dies is started again, the other left running (supervise.py).
         while True:
             for part in (root_part, api_part):
@@ -188,5 +194,9 @@ def up(
         stop_child(root_part.proc)
         if not hosts:
             stop_local_agent(settings.state_dir)
+        removed = hostnet.clean(settings)  # namespaces, links, dnsmasq of its simulated hypervisors
+        if removed:
+            err.print(f"removed {len(removed)} namespaces and links of tenant networks "
+                      f"({settings.network_prefix}*)")
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -325,3 +325,36 @@ def vm_vnc(ref: Annotated[str, typer.Argument(help="VM id or name.")], as_json: 
         vm = resolve_instance(client, ref)
         vnc = client.get(f"/instances/{vm['id']}/vnc")
     print_json(vnc) if as_json else out.print(vnc["address"])
+
+
+@vm_app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def vm_exec(ref: Annotated[str, typer.Argument(help="VM id or name.")],
+            command: Annotated[list[str], typer.Argument(help="The command and its words, after --.")]) -> None:
+    """Run a command in the network of a simulated VM of this machine's cloud (admins; root).
+
+    ``make run``'s VMs are simulated, and on its real tenant networks (CLOUDLAND_NETWORK=netns)
+    each NIC is a namespace on this machine: ``vm exec web-1 -- busybox ping -c 3 10.0.0.3`` runs the
+    command there, on the VM's primary NIC, with this machine's tools. Only an admin of the VM's
+    organisation may, and only the machine's root can enter a namespace."""
+    import os
+    import subprocess
+
+    from cloudland.netclean import NETNS_DIR, guest_namespace
+
+    with connect() as client:
+        if client.get("/me")["role"] != "admin":
+            fail(EXIT_USAGE, "vm exec is for admins of the VM's organisation")
+        vm = resolve_instance(client, ref)
+        ports = client.get("/ports", instance=vm["id"], limit=100)["items"]
+    primary = min(ports, key=lambda p: p["device_index"] if p["device_index"] is not None else 1 << 30, default=None)
+    if primary is None or vm.get("hypervisor_id") is None:
+        fail(EXIT_FAILED, f"VM {vm['name']} ({vm['id']}) has no NIC on a hypervisor yet")
+    where = guest_namespace(vm["hypervisor_id"], primary["mac"])
+    if where is None:
+        fail(EXIT_FAILED, f"VM {vm['name']} ({vm['id']}): no namespace of its NIC {primary['mac']} on this machine "
+                          f"(hypervisor {vm['hypervisor_id']}): only make run's simulated hypervisors with real "
+                          "tenant networks (CLOUDLAND_NETWORK=netns, as root) have one")
+    if os.geteuid() != 0:
+        fail(EXIT_FAILED, "vm exec enters a namespace of this machine: run it as root")
+    done = subprocess.run(["nsenter", f"--net={NETNS_DIR / where}", "--", *command], check=False)
+    raise typer.Exit(done.returncode)

@@ -53,7 +53,9 @@ class TreeSettings:
     pki: str = ""
     test_ops: bool = False           # register test-only agent operations (tests only)
     # The agents' data plane of tenant networks (agents/network/): "kernel" (bridges, VXLAN,
-    # dnsmasq), "fake" (in memory), "" for the driver's: kernel with "libvirt", fake with "test".
+    # dnsmasq), "netns" (the kernel's, each simulated hypervisor in a namespace of its own:
+    # agents/network/hostns.py), "fake" (in memory), "" for the driver's: kernel with "libvirt",
+    # fake with "test".
     network: str = ""
     network_prefix: str = "cl"       # the name prefix of every network object the agents make
     # The operator's Ceph pools for volumes: a JSON file on every host (agents/storage/ops.py
@@ -70,8 +72,8 @@ class TreeSettings:
             )
         if self.driver not in ("test", "libvirt"):
             raise ConfigError(f"CLOUDLAND_DRIVER must be 'test' or 'libvirt', got {self.driver!r}")
-        if self.network not in ("", "kernel", "fake"):
-            raise ConfigError(f"CLOUDLAND_NETWORK must be 'kernel', 'fake' or empty, got {self.network!r}")
+        if self.network not in ("", "kernel", "netns", "fake"):
+            raise ConfigError(f"CLOUDLAND_NETWORK must be 'kernel', 'netns', 'fake' or empty, got {self.network!r}")
         if not NETWORK_PREFIX_RE.fullmatch(self.network_prefix):
             raise ConfigError(f"CLOUDLAND_NETWORK_PREFIX must be 1-6 lowercase letters and digits, starting with a "
                               f"letter (link names stay within 15 characters), got {self.network_prefix!r}")

@@ -98,10 +98,11 @@ class UpCloud:
         return where
 
 
-def start_up(base: Path, hypervisors: int, per_leaf: int, fanout: int = 32, **env: str) -> UpCloud:
+def start_up(base: Path, hypervisors: int, per_leaf: int, fanout: int = 32, seed: bool = True, **env: str) -> UpCloud:
     """``cloudland up`` in ``base``; returns once it printed its banner, the admin is logged in,
-    flavors ``small`` (1 vCPU) and ``medium`` (2) and a raw image ``tiny`` exist, and every
-    hypervisor is up in the API. ``env``: more variables for ``up`` (a database URL, a heartbeat)."""
+    flavors ``small`` (1 vCPU) and ``medium`` (2) and a raw image ``tiny`` exist (made unless
+    ``seed`` is False: a cloud started again), and every hypervisor is up in the API. ``env``:
+    more variables for ``up`` (a database URL, a heartbeat)."""
     state_dir = base / "var"
     log = base / "up.out"
     port, grpc = free_port(), f"127.0.0.1:{free_port()}"
@@ -123,11 +124,12 @@ def start_up(base: Path, hypervisors: int, per_leaf: int, fanout: int = 32, **en
         token = http.post("/login", json={"username": fields["username"], "password": fields["password"]})
         http.headers["Authorization"] = f"Bearer {token.json()['token']}"
         cloud = UpCloud(proc, state_dir, url, http, root, log, hypervisors)
-        cloud.post("/flavors", {"name": "small", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
-        cloud.post("/flavors", {"name": "medium", "vcpus": 2, "memory_mib": 128, "disk_gib": 1})
-        image = cloud.post("/images", {"name": "tiny", "disk_format": "raw"})
-        assert http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,
-                        headers={"Content-Type": "application/octet-stream"}).status_code == 200
+        if seed:
+            cloud.post("/flavors", {"name": "small", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+            cloud.post("/flavors", {"name": "medium", "vcpus": 2, "memory_mib": 128, "disk_gib": 1})
+            image = cloud.post("/images", {"name": "tiny", "disk_format": "raw"})
+            assert http.put(f"/images/{image['id']}/file", content=b"\0" * 4096,
+                            headers={"Content-Type": "application/octet-stream"}).status_code == 200
         wait_for(lambda: len([h for h in cloud.get("/hypervisors", limit=500)["items"] if h["state"] == "up"])
                  == hypervisors, 60, "every hypervisor up in the API")
         return cloud

@@ -42,6 +42,7 @@ from cloudland_agents.compute.guests import NicConfig
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
 from cloudland_agents.network.dhcp import Changes, write_if_changed
 from cloudland_agents.network.guest import NETNS_DIR, Guest, GuestError
+from cloudland_agents.network.hostns import netns_id
 from cloudland_agents.network.names import Names, check_vni
 from cloudland_agents.network.ops import network_for, simulated
 from cloudland_proto.v1 import compute_pb2 as cpb
@@ -88,7 +89,10 @@ def await_bridges(hypervisor: Hypervisor, vm: str, nics: Sequence[Nic], budget_s
         return
     wanted = sorted({nic.bridge for nic in nics})
     deadline = time.monotonic() + min(BRIDGE_WAIT_S, budget_s)
-    with IPRoute() as ipr:
+    host = network_for(hypervisor).names.host  # a simulated hypervisor's own namespace, made by its sync
+    while host and netns_id(host) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with IPRoute(netns=host, flags=0) if host and netns_id(host) else IPRoute() as ipr:
         while True:
             missing = [b for b in wanted if not ipr.link_lookup(ifname=b)]
             if not missing:
@@ -115,12 +119,21 @@ class TestGuests:
         self.names = names
         self.directory = hypervisor.state_dir / "compute" / f"{names.prefix}-hv{hypervisor.id}"
         self._host: IPRoute | None = None
+        self._opened_in: tuple[int, int] | None = None  # the hypervisor's own namespace, if it has one
         self._lock = threading.Lock()
 
     @property
     def host(self) -> IPRoute:
+        """A handle where the guests' cables are: the agent's namespace, or the hypervisor's own
+        (agents/network/hostns.py; opened again if it was made again)."""
+        where = netns_id(self.names.host) if self.names.host else None
+        if self._host is not None and where != self._opened_in:
+            self.close()
         if self._host is None:
-            self._host = IPRoute()
+            if self.names.host and where is None:
+                raise DriverError(self.hypervisor, f"no namespace {self.names.host} (its VPC's net.sync makes it)")
+            self._host = IPRoute(netns=self.names.host, flags=0) if self.names.host else IPRoute()
+            self._opened_in = where
         return self._host
 
     def close(self) -> None:
@@ -169,7 +182,10 @@ class TestGuests:
         with self._lock:
             changes = Changes()
             wanted: set[str] = set()
-            for nics in self.held().values():
+            held = self.held()
+            if self.names.host and not held and netns_id(self.names.host) is None:
+                return changes  # a hypervisor of its own namespace that has never had a guest
+            for nics in held.values():
                 for nic in nics:
                     self._ensure(nic, changes)
                     wanted.add(nic.target)
@@ -179,11 +195,11 @@ class TestGuests:
 
     def _present(self) -> set[str]:
         links = {link.get_attr("IFLA_IFNAME") for link in self.host.get_links()}
-        spaces = {p.name for p in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
-        return {name for name in links | spaces if self.names.is_tap(name)}
+        spaces = {self.names.link_of_netns(p.name) for p in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
+        return {name for name in links | spaces if name and self.names.is_tap(name)}
 
     def _guest(self, nic: Nic) -> Guest:
-        return Guest(self.host, nic.target, nic.bridge, nic.mac)
+        return Guest(self.host, nic.target, nic.bridge, nic.mac, self.names.netns(nic.target))
 
     def _ensure(self, nic: Nic, changes: Changes) -> None:
         guest = self._guest(nic)
@@ -197,7 +213,7 @@ class TestGuests:
 
     def _remove(self, name: str, changes: Changes) -> None:
         try:
-            Guest(self.host, name, "", "").unplug(self.directory)
+            Guest(self.host, name, "", "", self.names.netns(name)).unplug(self.directory)
         except (GuestError, OSError) as exc:
             raise DriverError(self.hypervisor, f"cannot remove test guest {name}: {exc}") from exc
         changes.removed += 1

@@ -8,6 +8,8 @@
 - ``reconcile.py``: read the kernel, diff against the desired state, add before removing;
 - ``delta.py``: one change applied to a held state, and its VPC replanned, at the change's cost;
 - ``fake.py``: the same in memory, for simulated hypervisors (which share one namespace);
+- ``hostns.py``: a simulated hypervisor's own namespace and underlay, for the kernel's plane there
+  (``CLOUDLAND_NETWORK=netns``, ``make run`` as root);
 - ``ops.py``: the ``net.sync``, ``net.apply`` and ``net.show`` operations, and the agent's periodic repair;
 - ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client.
 """

@@ -1,6 +1,7 @@
 """DHCP and DNS of a subnet on one hypervisor: one dnsmasq in a small namespace of its own.
 
-The namespace ``<prefix>d<vni>`` holds one veth end, ``d0``, with the subnet's server address;
+The namespace ``<prefix>d<vni>`` (``<host>.<prefix>d<vni>`` beside a simulated hypervisor's own
+namespace, names.py ``netns``) holds one veth end, ``d0``, with the subnet's server address;
 its other end, also called ``<prefix>d<vni>``, is a port of the subnet's bridge. dnsmasq serves
 static leases only (an unknown MAC gets nothing) from ``dhcp-hosts`` and the VPC's names from
 ``hosts``, both in the subnet's directory ``<state dir>/network/<prefix>-hv<id>/<prefix>d<vni>/``. A
@@ -24,6 +25,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudland.errors import DriverError
+from cloudland.netclean import kill_in_netns
 from cloudland_agents.network.desired import LEASE, Dhcp
 from cloudland_agents.network.names import DHCP, DHCP_INSIDE, Names
 
@@ -64,7 +66,8 @@ class DhcpServers:
     def present(self) -> set[int]:
         """VNIs that have a DHCP namespace, a directory or a process of ours."""
         found = set()
-        names = os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []
+        spaces = os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []
+        names = [link for link in map(self.names.link_of_netns, spaces) if link is not None]
         names += os.listdir(self.directory) if self.directory.is_dir() else []
         for name in names:
             parsed = self.names.parse(name)
@@ -90,7 +93,7 @@ class DhcpServers:
     def ensure(self, dhcp: Dhcp, bridge: int, changes: Changes) -> None:
         """Make ``dhcp``'s namespace, veth, files and process right, changing only what is not."""
         vni = dhcp.vni
-        name = self.names.dhcp(vni)
+        name = self.names.netns(self.names.dhcp(vni))
         try:
             if name not in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []):
                 stale = self._inside.pop(vni, None)  # a handle on a namespace removed behind our back
@@ -131,7 +134,8 @@ class DhcpServers:
         found = self.host.link_lookup(ifname=name)
         if not found:
             self.host.link("add", ifname=name, kind="veth", mtu=dhcp.mtu,
-                           peer={"ifname": DHCP_INSIDE, "net_ns_fd": name, "address": server_mac(dhcp.vni),
+                           peer={"ifname": DHCP_INSIDE, "net_ns_fd": self.names.netns(name),
+                                 "address": server_mac(dhcp.vni),
                                  "mtu": dhcp.mtu})
             found = self.host.link_lookup(ifname=name)
             changes.added += 1
@@ -164,7 +168,7 @@ class DhcpServers:
     def _handle(self, vni: int) -> IPRoute:
         handle = self._inside.get(vni)
         if handle is None:
-            handle = self._inside[vni] = IPRoute(netns=self.names.dhcp(vni), flags=0)
+            handle = self._inside[vni] = IPRoute(netns=self.names.netns(self.names.dhcp(vni)), flags=0)
         return handle
 
     def argv(self, dhcp: Dhcp) -> list[str]:
@@ -182,7 +186,7 @@ class DhcpServers:
         ]
         if dhcp.domain:
             words += [f"--domain={dhcp.domain}", f"--local=/{dhcp.domain}/", "--expand-hosts"]
-        return ["nsenter", f"--net={NETNS_DIR / self.names.dhcp(dhcp.vni)}", "--", *words]
+        return ["nsenter", f"--net={NETNS_DIR / self.names.netns(self.names.dhcp(dhcp.vni))}", "--", *words]
 
     def _start(self, vni: int, argv: list[str]) -> None:
         pidfile = self._dir(vni) / "pid"
@@ -200,6 +204,7 @@ class DhcpServers:
     def remove(self, vni: int, changes: Changes) -> None:
         """Stop the subnet's dnsmasq, delete its veth, namespace and directory."""
         name = self.names.dhcp(vni)
+        space = self.names.netns(name)
         pid = self.pid(vni)
         if pid:
             _stop(pid)
@@ -207,14 +212,14 @@ class DhcpServers:
         handle = self._inside.pop(vni, None)
         if handle is not None:
             handle.close()
-        if (NETNS_DIR / name).exists():
-            kill_in_netns(NETNS_DIR / name)
+        if (NETNS_DIR / space).exists():
+            kill_in_netns(NETNS_DIR / space)
         try:
             for index in self.host.link_lookup(ifname=name):
                 self.host.link("del", index=index)
                 changes.removed += 1
-            if (NETNS_DIR / name).exists():
-                netns.remove(name)
+            if (NETNS_DIR / space).exists():
+                netns.remove(space)
                 changes.removed += 1
         except (NetlinkError, OSError) as exc:
             raise DriverError(self.hypervisor, f"cannot remove DHCP namespace {name}: {exc}") from exc
@@ -268,20 +273,3 @@ def write_if_changed(path: Path, text: str) -> bool:
         file.write(text)
     tmp.replace(path)
     return True
-
-
-def kill_in_netns(path: Path) -> None:
-    """SIGKILL every process whose network namespace is the one at ``path`` (a namespace of ours)."""
-    target = os.stat(path)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            st = os.stat(f"/proc/{entry}/ns/net")
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except ProcessLookupError:
-                pass

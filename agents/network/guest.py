@@ -22,7 +22,8 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cloudland_agents.network.dhcp import kill_in_netns, running, write_if_changed
+from cloudland.netclean import kill_in_netns
+from cloudland_agents.network.dhcp import running, write_if_changed
 
 NETNS_DIR = Path("/run/netns")
 IFF_UP = 0x1
@@ -66,13 +67,15 @@ class GuestError(RuntimeError):
 
 
 class Guest:
-    """Namespace ``name`` with ``eth0`` (``mac``) cabled to bridge ``bridge`` of the caller's namespace."""
+    """Namespace ``netns`` (default ``name``) with ``eth0`` (``mac``) cabled by link ``name`` to
+    bridge ``bridge`` of the caller's namespace (``host``'s)."""
 
-    def __init__(self, host: IPRoute, name: str, bridge: str, mac: str) -> None:
+    def __init__(self, host: IPRoute, name: str, bridge: str, mac: str, netns: str = "") -> None:
         if len(name) > 15:
             raise GuestError(f"guest name {name!r} is longer than a link name may be (15)")
         self.host = host
         self.name = name
+        self.netns = netns or name
         self.bridge = bridge
         self.mac = mac
 
@@ -89,12 +92,12 @@ class Guest:
         What is right is left alone; the count of objects made or corrected."""
         made = 0
         try:
-            if not (NETNS_DIR / self.name).exists():
-                netns.create(self.name)
+            if not (NETNS_DIR / self.netns).exists():
+                netns.create(self.netns)
                 made += 1
             if not self.host.link_lookup(ifname=self.name):
                 self.host.link("add", ifname=self.name, kind="veth",
-                               peer={"ifname": "eth0", "net_ns_fd": self.name, "address": self.mac})
+                               peer={"ifname": "eth0", "net_ns_fd": self.netns, "address": self.mac})
                 made += 1
                 self.run(["sh", "-c", "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                           "net.ipv6.conf.default.disable_ipv6=1; ip link set lo up; ip link set eth0 up"])
@@ -160,7 +163,7 @@ class Guest:
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the guest's network namespace."""
-        return ["nsenter", f"--net={NETNS_DIR / self.name}", "--", *argv]
+        return ["nsenter", f"--net={NETNS_DIR / self.netns}", "--", *argv]
 
     def run(self, argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.exec_argv(argv), capture_output=True, text=True, timeout=timeout)
@@ -186,9 +189,9 @@ class Guest:
                 self.host.link("del", index=index)
             except NetlinkError:
                 pass
-        if (NETNS_DIR / self.name).exists():
-            kill_in_netns(NETNS_DIR / self.name)
-            netns.remove(self.name)
+        if (NETNS_DIR / self.netns).exists():
+            kill_in_netns(NETNS_DIR / self.netns)
+            netns.remove(self.netns)
         if directory is not None:
             for suffix in (".pid", ".lease", ".log"):
                 (directory / f"{self.name}{suffix}").unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from cloudland.errors import DriverError
+from cloudland_agents.network.hostns import in_netns
 from cloudland_agents.network.names import VXLAN, Names
 
 VXLAN_PORT = 4789
@@ -55,12 +56,13 @@ def vxlan_settings(vni: int, local: str) -> tuple[Any, ...]:
 
 
 class Kernel:
-    """The links and entries of one network namespace (the agent's own: the host's)."""
+    """The links and entries of one network namespace: the agent's own (the host's), or the
+    simulated hypervisor's own, ``names.host`` (hostns.py), which must exist."""
 
     def __init__(self, hypervisor: int, names: Names) -> None:
         self.hypervisor = hypervisor
         self.names = names
-        self.ipr = IPRoute()
+        self.ipr = IPRoute(netns=names.host, flags=0) if names.host else IPRoute()
 
     def close(self) -> None:
         self.ipr.close()
@@ -178,8 +180,13 @@ class Kernel:
                     raise
 
     def isolate(self, name: str) -> bool:
-        """Apply SYSCTLS to our link ``name`` (in the agent's namespace: /proc/sys is its view);
-        whether anything was wrong."""
+        """Apply SYSCTLS to our link ``name`` (in the agent's namespace: /proc/sys is its view;
+        in the hypervisor's own, from a thread that entered it); whether anything was wrong."""
+        if self.names.host:
+            return in_netns(self.names.host, lambda: self._isolate(name))
+        return self._isolate(name)
+
+    def _isolate(self, name: str) -> bool:
         changed = False
         for family, key, value in SYSCTLS:
             path = f"/proc/sys/net/{family}/conf/{name}/{key}"

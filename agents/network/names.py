@@ -30,6 +30,10 @@ class Names:
     DHCP namespace, and its veth's end on the bridge), ``clt<8 hex digits>`` (a VM's NIC)."""
 
     prefix: str = DEFAULT_PREFIX
+    # A simulated hypervisor's own namespace (``<prefix>hv<id>``, hostns.py), "" for the agent's:
+    # its links are named as anywhere, but the namespaces it makes beside it (DHCP, test guests)
+    # live in one directory with every other hypervisor's, so they carry it: ``<host>.<link name>``.
+    host: str = ""
 
     def __post_init__(self) -> None:
         if not NETWORK_PREFIX_RE.fullmatch(self.prefix):
@@ -52,6 +56,18 @@ class Names:
         if not _MAC.fullmatch(mac):
             raise InvalidRequest(f"mac must be a lower-case aa:bb:cc:dd:ee:ff, got {mac!r}")
         return f"{self.prefix}{TAP}{mac[6:].replace(':', '')}"
+
+    def netns(self, link: str) -> str:
+        """The namespace beside link ``link`` (a DHCP server's, a test guest's): its name, scoped
+        to this hypervisor's own namespace if it has one."""
+        return f"{self.host}.{link}" if self.host else link
+
+    def link_of_netns(self, name: str) -> str | None:
+        """The link name of namespace ``name`` if it is one of this hypervisor's (``netns``), else None."""
+        if not self.host:
+            return None if "." in name else name
+        scope = f"{self.host}."
+        return name[len(scope):] if name.startswith(scope) else None
 
     def is_tap(self, name: str) -> bool:
         """Whether ``name`` is a NIC's host end of this prefix (the one test of ownership for them)."""

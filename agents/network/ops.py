@@ -22,6 +22,7 @@ from cloudland_agents.network.delta import applied, in_order, replan
 from cloudland_agents.network.desired import HeldStates, SubnetPlan, check_vpc, plan
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
+from cloudland_agents.network.hostns import HostNamespace, host_netns
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
 from cloudland_agents.ops import Context, operation
@@ -32,21 +33,27 @@ REPAIR_S = 60.0  # how often an agent looks at its kernel objects unasked
 
 
 class Network:
-    """The tenant networks of one hypervisor: the kernel's (``DataPlane``), or with ``fake`` a
+    """The tenant networks of one hypervisor: the kernel's (``DataPlane``), with ``own_namespace``
+    in a namespace of the hypervisor's own (a simulated one, hostns.py), or with ``fake`` a
     ``FakeDataPlane`` that touches nothing."""
 
-    def __init__(self, hypervisor: Hypervisor, names: Names | None = None, fake: bool = False) -> None:
+    def __init__(self, hypervisor: Hypervisor, names: Names | None = None, fake: bool = False,
+                 own_namespace: bool = False) -> None:
         self.hypervisor = hypervisor.id
         self.names = names or Names()
+        host = None
+        if own_namespace and not fake:
+            self.names = Names(self.names.prefix, host=host_netns(self.names.prefix, hypervisor.id))
+            host = HostNamespace(hypervisor.id, self.names.prefix, hypervisor.vtep)
         self.fake = fake  # no kernel objects: VMs' NICs need no bridge here (agents/compute/nics.py)
         # Per hypervisor: the simulated hypervisors of one leaf share its state directory.
         directory = hypervisor.state_dir / "network" / f"{self.names.prefix}-hv{hypervisor.id}"
-        self.held = HeldStates(directory)
+        self.held = HeldStates(directory, on_disk=not fake)  # a fake's objects are memory: so is its state
         for state in self.held.vpcs.values():
             in_order(state)
         self._plans: dict[int, tuple[npb.NetVpcState, dict[int, SubnetPlan]]] = {}  # vpc -> (state, its plan)
         self.plane: DataPlane | FakeDataPlane = (
-            FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep))
+            FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep, host))
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -164,7 +171,8 @@ def simulated(hypervisor: Hypervisor) -> bool:
 
 
 # The network of each hypervisor: simulated ones get the fake data plane (their bridges would
-# collide in the one namespace they share; a namespace each is a later step of issue 11).
+# collide in the one namespace they share; the leaf gives each a namespace of its own with
+# CLOUDLAND_NETWORK=netns, agents/leaf.py).
 # ``network_for.set`` installs another (another prefix, the real kernel) in tests.
 network_for: PerHypervisor[Network] = PerHypervisor(lambda hv: Network(hv, fake=simulated(hv)))
 
@@ -175,7 +183,7 @@ def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
     return network_for(ctx.hypervisor).sync(request)
 
 
-@operation("net.apply")
+@operation("net.apply", batched=True)
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
     return network_for(ctx.hypervisor).apply(request)

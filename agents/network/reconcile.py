@@ -16,26 +16,65 @@ from pathlib import Path
 from cloudland import procinfo
 from cloudland_agents.network.desired import FdbEntry, SubnetPlan
 from cloudland_agents.network.dhcp import Changes, DhcpServers
+from cloudland_agents.network.hostns import HostNamespace
 from cloudland_agents.network.kernel import Kernel, Link, vxlan_settings
 from cloudland_agents.network.names import BRIDGE, DHCP, VXLAN, Names
 
 
 class DataPlane:
-    """One hypervisor's subnets in the agent's network namespace (the host's)."""
+    """One hypervisor's subnets in the agent's network namespace (the host's), or with ``host``
+    in a simulated hypervisor's own, made at the first convergence that has a subnet to make
+    (hostns.py)."""
 
-    def __init__(self, hypervisor: int, names: Names, directory: Path, vtep: str) -> None:
+    def __init__(self, hypervisor: int, names: Names, directory: Path, vtep: str,
+                 host: HostNamespace | None = None) -> None:
+        self.hypervisor = hypervisor
         self.names = names
         self.vtep = vtep
-        self.kernel = Kernel(hypervisor, names)
-        self.dhcp = DhcpServers(hypervisor, names, directory, self.kernel.ipr)
+        self.directory = directory
+        self.host = host
+        self._handles: tuple[Kernel, DhcpServers] | None = None
+        self._opened_in: tuple[int, int] | None = None  # the namespace the handles were opened in
         self.since: dict[tuple[int, str, str], int] = {}  # (vni, mac, vtep) -> when we put it (Unix ms)
 
+    @property
+    def kernel(self) -> Kernel:
+        return self._open()[0]
+
+    @property
+    def dhcp(self) -> DhcpServers:
+        return self._open()[1]
+
+    def _open(self) -> tuple[Kernel, DhcpServers]:
+        """The handles, opened again if the hypervisor's namespace is another than they were
+        opened in (removed and made again behind our back)."""
+        where = self.host.present() if self.host is not None else None
+        if self._handles is not None and where != self._opened_in:
+            self._close_handles()
+        if self._handles is None:
+            kernel = Kernel(self.hypervisor, self.names)
+            self._handles = (kernel, DhcpServers(self.hypervisor, self.names, self.directory, kernel.ipr))
+            self._opened_in = where
+        return self._handles
+
+    def _close_handles(self) -> None:
+        if self._handles is not None:
+            self._handles[1].close()
+            self._handles[0].close()
+            self._handles = None
+
     def close(self) -> None:
-        self.dhcp.close()
-        self.kernel.close()
+        self._close_handles()
+        if self.host is not None:
+            self.host.close()
 
     def converge(self, plans: dict[int, SubnetPlan]) -> Changes:
         changes = Changes()
+        if self.host is not None:
+            if not plans and self.host.present() is None:
+                return changes  # nothing to make, and nothing made: no namespace (made on demand)
+            changes.added += self.host.ensure_namespace()
+            changes.added += self.host.ensure_underlay(self.kernel.ipr)
         links = self.kernel.links()
         made: dict[int, tuple[int, int]] = {}  # vni -> (bridge, vxlan) indexes
         for vni, plan in sorted(plans.items()):
@@ -85,6 +124,8 @@ class DataPlane:
     def fdb(self, macs: Collection[str]) -> list[FdbEntry]:
         """The static FDB entries of our VXLAN devices for ``macs`` (empty: all), as the kernel
         has them now, by VNI then MAC."""
+        if self.host is not None and self.host.present() is None:
+            return []
         devices = {link.index: link.vni for link in self.kernel.links().values() if link.kind == VXLAN}
         return sorted(FdbEntry(devices[index], mac, vtep, self.since.get((devices[index], mac, vtep), 0))
                       for index, entries in self.kernel.fdb(set(devices)).items()

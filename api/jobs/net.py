@@ -3,9 +3,10 @@ makes them, proto/v1/network.proto is the contract).
 
     apply  the delta of one change (from one generation to the next), multicast to the
            hypervisors of the VPC that hold it: never a broadcast
-    sync   one hypervisor's whole state of the VPC, read from the database when sent (so at
-           the VPC's newest generation), unicast: to a hypervisor that joins or leaves the VPC or
-           one of its subnets, and to one that answered an apply with ``need_sync``
+    sync   hypervisors' whole state of the VPC, read from the database when sent (so at the
+           VPC's newest generation): to hypervisors that join or leave the VPC or one of its
+           subnets, and to those that answered an apply with ``need_sync``; a unicast for one,
+           one multicast for several (``args["hypervisors"]``, the union of their subnets)
     full   a hypervisor's whole state of every VPC it holds, ``full`` (remove every other), to
            an agent that (re)started (subject: the hypervisor; made by reconcile/net.py)
 
@@ -55,14 +56,17 @@ class NetJobs(Kind):
 
     @staticmethod
     def _plan_one(plan: Plan, session: Session, job: Job) -> None:
-        if job.action == "apply":
+        if job.action == "apply" or job.hypervisor_id is None:  # a delta, or a sync of several: a multicast
             wanted = job.args["hypervisors"]
             lost = hypervisors.lost_hosts(session, wanted)
             targets = [hv for hv in wanted if hv not in lost]
             if not targets:
-                plan.decide(job, "ok", "no hypervisor of the vpc can be reached: nothing to send")
-                return
-            plan.send(job, "net.apply", targets, netstate.delta_of(job), NET_TIMEOUT_S)
+                plan.decide(job, "ok", f"no hypervisor of the vpc to {job.action} can be reached: nothing to send")
+            elif job.action == "apply":
+                plan.send(job, "net.apply", targets, netstate.delta_of(job), NET_TIMEOUT_S)
+            else:
+                state = netstate.vpc_state(session, job.subject_id, targets)
+                plan.send(job, "net.sync", targets, npb.NetSyncRequest(vpcs=[state]), NET_TIMEOUT_S)
             return
         assert job.hypervisor_id is not None  # a sync, or a full sync
         hv = job.hypervisor_id

@@ -11,8 +11,9 @@ same transaction and writes ``net`` jobs (api/jobs/net.py):
 
 - ``apply``: the delta (``NetApplyRequest``, built now, from the generation before to the one
   after), multicast to the hypervisors of the VPC whose set of subnets did not change;
-- ``sync``: one per hypervisor whose set of subnets changed (it joins the VPC or a subnet, or
-  leaves one), unicast, carrying its whole state of the VPC as it is when the job is sent.
+- ``sync``: to the hypervisors whose set of subnets changed (they join the VPC or a subnet, or
+  leave one), carrying their whole state of the VPC as it is when the job is sent: a unicast
+  for one, one multicast for several (those that leave apart from those that join).
 
 A hypervisor that answers ``need_sync`` (it missed a generation) gets a ``sync`` too; one pending
 sync per (VPC, hypervisor) is enough, since a sync is read when it is sent.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,14 +88,18 @@ def net_ports(session: Session, ports: Sequence[Port]) -> list[npb.NetPort]:
                         vtep=vteps.get(p.hypervisor_id, "")) for p in ports]
 
 
-def vpc_state(session: Session, vpc_id: int, hypervisor: int) -> npb.NetVpcState:
+def vpc_state(session: Session, vpc_id: int, hypervisor: int | Collection[int]) -> npb.NetVpcState:
     """Everything ``hypervisor`` must hold of the VPC now, at its current generation. A VPC that
-    no longer exists, or of which nothing is bound there, has no subnets: the agent removes it."""
+    no longer exists, or of which nothing is bound there, has no subnets: the agent removes it.
+    For several hypervisors (one sync to all of them), the subnets any of them holds: each makes
+    only those with a port of its own (the agents' plan), so one state serves them all."""
     vpc = session.get(Vpc, vpc_id)
     if vpc is None:
         return npb.NetVpcState(vpc_id=vpc_id)
     state = npb.NetVpcState(vpc_id=vpc.id, generation=vpc.generation, mtu=vpc.mtu, domain=vpc.domain)
-    subnet_ids = held(session, vpc_id).get(hypervisor, frozenset())
+    holding = held(session, vpc_id)
+    subnet_ids = frozenset().union(*(holding.get(hv, frozenset())
+                                     for hv in ([hypervisor] if isinstance(hypervisor, int) else hypervisor)))
     if not subnet_ids:
         return state
     subnets = session.scalars(select(Subnet).where(Subnet.id.in_(subnet_ids)).order_by(Subnet.id)).all()
@@ -147,7 +152,10 @@ def commit(session: Session, change: Change, org_id: int, user_id: int | None = 
                                     upsert_ports=net_ports(session, change.upserts), remove_ports=change.removes)
         jobs.append(_job(org_id, user_id, batch, "apply", vpc.id, None,
                          {"request": MessageToDict(delta, preserving_proto_field_name=True), "hypervisors": told}))
-    jobs += sync_jobs(session, vpc.id, org_id, sorted(moved), user_id, batch)
+    # Those that leave get an empty state, those that join (or change) the union of theirs:
+    # one sync each group, however many hypervisors a placement batch brought (a VPC of 1,000).
+    jobs += sync_jobs(session, vpc.id, org_id, sorted(hv for hv in moved if not after.get(hv)), user_id, batch)
+    jobs += sync_jobs(session, vpc.id, org_id, sorted(hv for hv in moved if after.get(hv)), user_id, batch)
     session.add_all(jobs)
     log.info("event=vpc_changed vpc=%d generation=%d upserts=%d removes=%d apply_to=%d sync_to=%d", vpc.id,
              vpc.generation, len(change.upserts), len(change.removes), len(told), len(moved))
@@ -161,8 +169,9 @@ def delta_of(job: Job) -> npb.NetApplyRequest:
 
 def sync_jobs(session: Session, vpc_id: int, org_id: int, hypervisors: Iterable[int], user_id: int | None = None,
               batch: str | None = None) -> list[Job]:
-    """A ``sync`` job of the VPC for each of ``hypervisors`` that has none pending (not added to
-    the session)."""
+    """A ``sync`` job of the VPC for those of ``hypervisors`` that have none pending (not added
+    to the session): a unicast for one, one multicast job for several (``args["hypervisors"]``),
+    since jobs of one VPC run one at a time and a job each made joins cost a round trip each."""
     wanted = sorted(set(hypervisors))
     if not wanted:
         return []
@@ -170,7 +179,10 @@ def sync_jobs(session: Session, vpc_id: int, org_id: int, hypervisors: Iterable[
         Job.kind == "net", Job.action == "sync", Job.subject_type == VPC, Job.subject_id == vpc_id,
         Job.state == JobState.pending, Job.hypervisor_id.in_(wanted))))
     batch = batch or new_job_id()
-    return [_job(org_id, user_id, batch, "sync", vpc_id, hv, {}) for hv in wanted if hv not in pending]
+    left = [hv for hv in wanted if hv not in pending]
+    if len(left) > 1:
+        return [_job(org_id, user_id, batch, "sync", vpc_id, None, {"hypervisors": left})]
+    return [_job(org_id, user_id, batch, "sync", vpc_id, hv, {}) for hv in left]
 
 
 def _job(org_id: int, user_id: int | None, batch: str, action: str, vpc_id: int, hypervisor: int | None,

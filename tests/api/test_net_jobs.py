@@ -194,11 +194,50 @@ def test_a_hypervisor_that_missed_a_generation_or_failed_gets_a_sync(
     fake.answers[("net.apply", 2)] = npb.NetApplyResult(generation=1, need_sync=True)
     fake.fail_next("net.apply", "failed", "bridge busy", hypervisors=[3])
     vm_with_port(sessions, cloud, "s1", 1)
-    drain(engine)  # the apply; its answers make syncs of 2 and 3
-    assert sent(fake, mark) == [("net.apply", (1, 2, 3)), ("net.sync", 2), ("net.sync", 3)]
+    drain(engine)  # the apply; its answers make one sync of 2 and 3
+    assert sent(fake, mark) == [("net.apply", (1, 2, 3)), ("net.sync", (2, 3))]
     state = synced(fake, len(fake.commands) - 1)
     assert state.generation == generation(sessions, cloud["a"]) == 4
+    assert [s.id for s in state.subnets] == [cloud["s1"]] and len(state.ports) == 4
     assert engine.run_once() == []
+
+
+def test_hypervisors_that_join_in_one_change_get_one_sync_and_those_that_leave_another(
+        sessions: Sessions, cloud: dict[str, int], fake: FakeRoot, engine: Engine) -> None:
+    """A batch of placements that brings a VPC many hypervisors is one multicast sync, not a job
+    (and a round trip, one after another) per hypervisor: a VPC of 1,000 was set up in 159 s."""
+    first = vm_with_port(sessions, cloud, "s1", 1)
+    drain(engine)
+    with sessions() as session:  # 2 and 3 join on different subnets, in one change
+        vms = []
+        for hv, subnet in ((2, "s1"), (3, "s2")):
+            vm = Instance(org_id=cloud["org"], name=f"vm-{hv}", uuid=str(uuid.uuid4()), vcpus=1, memory_mib=512,
+                          disk_gib=1, hypervisor_id=hv, status="running")
+            session.add(vm)
+            session.flush()
+            sub = session.get(Subnet, cloud[subnet])
+            assert sub is not None
+            port = Port(org_id=cloud["org"], subnet_id=sub.id, vpc_id=sub.vpc_id, mac=f"02:c1:00:00:01:{hv:02x}",
+                        instance_id=vm.id, device_index=0)
+            session.add(port)
+            session.flush()
+            session.add(PortIp(port_id=port.id, subnet_id=sub.id, address=f"{sub.cidr[:-4]}{hv + 50}"))
+            vms.append(vm.id)
+        netstate.bind(session, {vms[0]: 2, vms[1]: 3})
+        session.commit()
+    mark = len(fake.commands)
+    drain(engine)
+    assert sent(fake, mark) == [("net.apply", (1,)), ("net.sync", (2, 3))]
+    state = synced(fake, mark + 1)
+    assert [s.id for s in state.subnets] == [cloud["s1"], cloud["s2"]] and len(state.ports) == 3
+    # 1 and 2 leave together (their VMs deleted in one change): one sync, with an empty state.
+    mark = len(fake.commands)
+    with sessions() as session:
+        netstate.release(session, [first, vms[0]])
+        session.commit()
+    drain(engine)
+    assert sent(fake, mark) == [("net.apply", (3,)), ("net.sync", (1, 2))]
+    assert list(synced(fake, mark + 1).subnets) == []
 
 
 def test_a_gone_hypervisor_is_left_out_and_an_unreachable_one_holds_nothing_up(

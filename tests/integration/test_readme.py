@@ -75,10 +75,11 @@ QUICK_START = (
     ".venv/bin/cloudland vm create web --flavor small --image tiny --count 20",
     ".venv/bin/cloudland vm list",
     ".venv/bin/cloudland hyper list",
+    ".venv/bin/cloudland vm exec web-1 -- busybox ping -c 3 10.0.0.3",
     ".venv/bin/cloudland vm stop --name 'web-*'",
     ".venv/bin/cloudland vm delete --name 'web-*'",
 )
-LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, STOP, DELETE = QUICK_START
+LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, PING, STOP, DELETE = QUICK_START
 PROFILES = (
     ".venv/bin/cloudland configure",
     ".venv/bin/cloudland configure --profile lab --endpoint http://10.0.0.5:8080 --grpc 10.0.0.5:50551 --pki ~/lab-pki",
@@ -546,6 +547,10 @@ def quick_start(box: Sandbox, again: bool) -> None:
     result = box.ok(HYPER_LIST)  # every hypervisor: state, vCPUs and memory claimed / capacity
     assert len(re.findall(r"\bsim-\d+\W+up\W+yes\b", result.stdout)) == 100, described(result)
     assert len(re.findall(r"\bgone\b", result.stdout)) == (900 if again else 0), described(result)
+
+    # As root, make run's network is real (CLOUDLAND_NETWORK=netns): web-1 pings web-2 over VXLAN.
+    result = box.ok(PING, timeout=60)
+    assert re.search(r"3 packets transmitted, [123] packets received", result.stdout), described(result)
 
     result = box.ok(STOP)
     assert re.search(r"^20 stopped in ", result.stdout, re.M), described(result)

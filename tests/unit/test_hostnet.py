@@ -1,0 +1,54 @@
+"""``cloudland up``'s choice of data plane for the all-in-one cloud (cli/hostnet.py): real
+namespaces where it can, the in-memory plane (said in the banner) where it cannot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cloudland.config import NETWORK_PREFIX_RE, TreeSettings
+from cloudland.errors import ConfigError
+from cloudland_cli import hostnet
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """choose() hands its choice to the root through the environment: keep the test's clean."""
+    monkeypatch.delenv("CLOUDLAND_NETWORK", raising=False)
+    monkeypatch.delenv("CLOUDLAND_NETWORK_PREFIX", raising=False)
+
+
+def test_not_root_stays_on_the_fake_plane_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    settings, note = hostnet.choose(TreeSettings(state_dir=tmp_path), cluster=False)
+    assert settings.network == "" and "CLOUDLAND_NETWORK" not in os.environ
+    assert note.startswith("tenant networks: simulated in memory (not running as root)") and "no packet" in note
+    with pytest.raises(ConfigError, match="CLOUDLAND_NETWORK=netns needs namespaces of this machine: not running as root"):
+        hostnet.choose(TreeSettings(state_dir=tmp_path, network="netns"), cluster=False)
+
+
+def test_missing_tools_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(hostnet.shutil, "which", lambda tool: None if tool in ("dnsmasq", "busybox") else "/bin/x")
+    assert hostnet.why_not() == "dnsmasq, busybox not installed"
+
+
+def test_a_cluster_or_an_operators_choice_is_left_alone(tmp_path: Path) -> None:
+    for settings, cluster in ((TreeSettings(state_dir=tmp_path), True),
+                              (TreeSettings(state_dir=tmp_path, network="fake"), False),
+                              (TreeSettings(state_dir=tmp_path, driver="libvirt"), False)):
+        assert hostnet.choose(settings, cluster) == (settings, "")
+    assert not (tmp_path / hostnet.PREFIX_FILE).exists()
+
+
+@pytest.mark.skipif(bool(hostnet.why_not()), reason="needs root and namespaces")
+def test_where_it_can_it_picks_netns_with_a_prefix_kept_in_the_state_directory(tmp_path: Path) -> None:
+    settings, note = hostnet.choose(TreeSettings(state_dir=tmp_path), cluster=False)
+    prefix = (tmp_path / hostnet.PREFIX_FILE).read_text().strip()
+    assert NETWORK_PREFIX_RE.fullmatch(prefix) and (tmp_path / hostnet.PREFIX_FILE).stat().st_mode & 0o777 == 0o600
+    assert (settings.network, settings.network_prefix) == ("netns", prefix)
+    assert (os.environ["CLOUDLAND_NETWORK"], os.environ["CLOUDLAND_NETWORK_PREFIX"]) == ("netns", prefix)
+    assert f"namespace {prefix}hv<id>" in note and "vm exec" in note
+    assert hostnet.run_prefix(tmp_path) == prefix  # the next start: the same run's pieces
