@@ -95,7 +95,6 @@ class RouterPlan:
     interfaces: tuple[Interface, ...]  # by VNI
     uplink: Uplink | None
     floating: tuple[tuple[str, str], ...]  # (floating, fixed) of ports bound here, sorted
-    subnets: tuple[str, ...]  # the connected CIDRs, sorted
 
     def addresses(self) -> set[tuple[str, int]]:
         """The external interface's addresses (address, prefixlen): the SNAT one and each floating IP."""
@@ -118,12 +117,11 @@ def plan_routers(held: Iterable[npb.NetVpcState], hypervisor: int) -> dict[int, 
         if not routed:
             continue
         router = state.router
-        interfaces, cidrs = [], []
+        interfaces = []
         for subnet in state.subnets:
             if subnet.id in routed and subnet.gateway:
                 network = ipaddress.IPv4Network(subnet.cidr)
                 interfaces.append(Interface(subnet.vni, subnet.gateway, network.prefixlen))
-                cidrs.append(str(network))
         uplink, floating = None, []
         if router.HasField("external") and router.external.bridge:
             external = ipaddress.IPv4Network(router.external.cidr)
@@ -132,5 +130,5 @@ def plan_routers(held: Iterable[npb.NetVpcState], hypervisor: int) -> dict[int, 
             floating = [(f.address, f.fixed_ip) for f in router.floating_ips
                         if f.port_id in here and f.fixed_ip in here[f.port_id].ips]
         plans[state.vpc_id] = RouterPlan(state.vpc_id, state.mtu or 1450, tuple(sorted(interfaces, key=lambda i: i.vni)),
-                                         uplink, tuple(sorted(floating)), tuple(sorted(cidrs)))
+                                         uplink, tuple(sorted(floating)))
     return plans
