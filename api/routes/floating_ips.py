@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep
+from cloudland_api.jobs import follow_ups
 from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse
 from cloudland_api.schemas.routers import FloatingIpAssociate, FloatingIpCreate, FloatingIpList, FloatingIpPublic
@@ -40,18 +41,24 @@ def get_floating_ip(fip_id: FloatingId, session: SessionDep, caller: CurrentUser
 
 @router.put("/{fip_id}/port", **allow("floating_ip", "update", responses=_CHANGES))
 def associate_floating_ip(fip_id: FloatingId, body: FloatingIpAssociate, session: SessionDep,
-                          caller: CurrentUser) -> FloatingIpPublic:
+                          caller: CurrentUser, submit: SubmitDep) -> FloatingIpPublic:
     """Associate to a port behind a router with a gateway on the floating IP's external network."""
-    return FloatingIpPublic.model_validate(service.associate(session, caller, fip_id, body))
+    result = FloatingIpPublic.model_validate(service.associate(session, caller, fip_id, body))
+    submit(follow_ups(session))  # the VPC's syncs, once committed
+    return result
 
 
 @router.delete("/{fip_id}/port", **allow("floating_ip", "update", responses=_CHANGES))
-def disassociate_floating_ip(fip_id: FloatingId, session: SessionDep, caller: CurrentUser) -> FloatingIpPublic:
+def disassociate_floating_ip(fip_id: FloatingId, session: SessionDep,
+                             caller: CurrentUser, submit: SubmitDep) -> FloatingIpPublic:
     """Disassociate from its port: the VM is no longer reachable on it."""
-    return FloatingIpPublic.model_validate(service.disassociate(session, caller, fip_id))
+    result = FloatingIpPublic.model_validate(service.disassociate(session, caller, fip_id))
+    submit(follow_ups(session))  # the VPC's syncs, once committed
+    return result
 
 
 @router.delete("/{fip_id}", status_code=status.HTTP_204_NO_CONTENT, **allow("floating_ip", "delete", responses=_CHANGES))
-def release_floating_ip(fip_id: FloatingId, session: SessionDep, caller: CurrentUser) -> None:
+def release_floating_ip(fip_id: FloatingId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> None:
     """Release (disassociating it first if needed)."""
     service.release(session, caller, fip_id)
+    submit(follow_ups(session))  # the VPC's syncs, once committed

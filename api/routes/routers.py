@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, status
 from sqlalchemy.orm import Session
 
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep
+from cloudland_api.jobs import follow_ups
 from cloudland_api.models import Router
 from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse
@@ -57,24 +58,34 @@ def get_router(router_id: RouterId, session: SessionDep, caller: CurrentUser) ->
 
 
 @router.delete("/{router_id}", status_code=status.HTTP_204_NO_CONTENT, **allow("router", "delete", responses=_CHANGES))
-def delete_router(router_id: RouterId, session: SessionDep, caller: CurrentUser) -> None:
+def delete_router(router_id: RouterId, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> None:
     """Delete a router (admin); 409 while a floating IP is associated in its VPC."""
     service.delete_router(session, caller, router_id)
+    submit(follow_ups(session))  # the VPC's syncs, once committed
 
 
 @router.post("/{router_id}/subnets", **allow("router", "update", responses=_CHANGES))
-def add_subnet(router_id: RouterId, body: RouterSubnetRef, session: SessionDep, caller: CurrentUser) -> RouterPublic:
+def add_subnet(router_id: RouterId, body: RouterSubnetRef, session: SessionDep,
+               caller: CurrentUser, submit: SubmitDep) -> RouterPublic:
     """Connect a subnet of the router's VPC (it must have a gateway address)."""
-    return _public(session, [service.add_subnet(session, caller, router_id, body.subnet)])[0]
+    result = _public(session, [service.add_subnet(session, caller, router_id, body.subnet)])[0]
+    submit(follow_ups(session))  # the VPC's syncs, once committed
+    return result
 
 
 @router.delete("/{router_id}/subnets/{subnet_id}", **allow("router", "update", responses=_CHANGES))
-def remove_subnet(router_id: RouterId, subnet_id: SubnetId, session: SessionDep, caller: CurrentUser) -> RouterPublic:
+def remove_subnet(router_id: RouterId, subnet_id: SubnetId, session: SessionDep,
+                  caller: CurrentUser, submit: SubmitDep) -> RouterPublic:
     """Disconnect a subnet; 409 while a floating IP is associated to one of its ports."""
-    return _public(session, [service.remove_subnet(session, caller, router_id, subnet_id)])[0]
+    result = _public(session, [service.remove_subnet(session, caller, router_id, subnet_id)])[0]
+    submit(follow_ups(session))  # the VPC's syncs, once committed
+    return result
 
 
 @router.put("/{router_id}/gateway", **allow("router", "update", responses=_CHANGES))
-def set_gateway(router_id: RouterId, body: RouterGateway, session: SessionDep, caller: CurrentUser) -> RouterPublic:
+def set_gateway(router_id: RouterId, body: RouterGateway, session: SessionDep,
+                caller: CurrentUser, submit: SubmitDep) -> RouterPublic:
     """Set the router's gateway on an external network (null: none); SNAT addresses follow."""
-    return _public(session, [service.set_gateway(session, caller, router_id, body.external_network)])[0]
+    result = _public(session, [service.set_gateway(session, caller, router_id, body.external_network)])[0]
+    submit(follow_ups(session))  # the VPC's syncs, once committed
+    return result

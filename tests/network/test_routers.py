@@ -87,10 +87,7 @@ class World:
         return self.lab.run("inet", argv, capture_output=True, text=True, timeout=60, **kwargs)
 
     def inet_ping(self, target: str, count: int = 1) -> bool:
-        """Whether the internet's pings to ``target`` are answered (all of them)."""
-        done = self.inet(f"busybox ping -c {count} -i 0.2 -W 1 {target}")
-        assert done.returncode in (0, 1), done.stderr  # 1: not answered; anything else: the test is broken
-        return done.returncode == 0
+        return inet_answers(self.lab, target, count)
 
     def close(self) -> None:
         for agent, name in self.guests:
@@ -109,13 +106,13 @@ class World:
             remove_state(agent.state_dir)
 
 
-def external_segment(lab) -> None:
+def external_segment(lab, hosts: list[str] = HOSTS) -> None:
     """A second switch in the lab's switch namespace: each hypervisor's provider bridge ``ext0``
     plugged into it, and the internet host's ``eth1`` at 203.0.113.1."""
     switch = f"{lab.prefix}-sw"
     run = lambda command: subprocess.run(command, shell=True, check=True, capture_output=True, text=True)  # noqa: E731
     run(f"ip -n {switch} link add xbr type bridge && ip -n {switch} link set xbr up")
-    for host in [*HOSTS, "inet"]:
+    for host in [*hosts, "inet"]:
         inner = "eth1" if host == "inet" else "ext0p"
         run(f"ip -n {switch} link add x{host} type veth peer name {inner} netns {lab.prefix}-{host}")
         run(f"ip -n {switch} link set x{host} master xbr up")
@@ -143,10 +140,22 @@ def world(session_lab_factory):
 
 def seen_from(world: World, host: str, guest: str, target: str) -> set[str]:
     """The source addresses of the pings from ``guest`` to ``target`` that the internet saw."""
-    dump = world.lab.popen("inet", ["tcpdump", "-i", "eth1", "-n", "-l", "icmp[icmptype] == icmp-echo"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return sources_seen(world.lab, host, guest, target)
+
+
+def inet_answers(lab, target: str, count: int = 1) -> bool:
+    """Whether the internet's pings to ``target`` are answered (all of them)."""
+    done = lab.run("inet", f"busybox ping -c {count} -i 0.2 -W 1 {target}", capture_output=True, text=True, timeout=60)
+    assert done.returncode in (0, 1), done.stderr  # 1: not answered; anything else: the test is broken
+    return done.returncode == 0
+
+
+def sources_seen(lab, host: str, guest: str, target: str) -> set[str]:
+    """The source addresses of the pings from ``guest`` on ``host`` to ``target`` that the internet saw."""
+    dump = lab.popen("inet", ["tcpdump", "-i", "eth1", "-n", "-l", "icmp[icmptype] == icmp-echo"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1)
-    answered = ping(world.lab, host, guest, target, count=3)
+    answered = ping(lab, host, guest, target, count=3)
     time.sleep(0.3)
     dump.send_signal(2)
     out, _ = dump.communicate(timeout=10)
