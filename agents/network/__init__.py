@@ -9,5 +9,7 @@
 - ``delta.py``: one change applied to a held state, and its VPC replanned, at the change's cost;
 - ``fake.py``: the same in memory, for simulated hypervisors (which share one namespace);
 - ``ops.py``: the ``net.sync``, ``net.apply`` and ``net.show`` operations, and the agent's periodic repair;
-- ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client.
+- ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client;
+- ``router.py``, ``routing.py``, ``nat.py``: a VPC's distributed router on this hypervisor (issue 12):
+  its plan, its namespace and veths, and its nftables table (SNAT, floating IPs).
 """
