@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from cloudland.errors import InvalidRequest
-from cloudland_cli.common import all_pages, connect, out, print_json, print_record, print_table
-from cloudland_cli.network import JsonOpt, Ref, parse_pool
+from cloudland_cli.common import all_pages, connect, out, print_json, print_record
+from cloudland_cli.network import JsonOpt, Ref, _delete, _list, parse_pool
 from cloudland_cli.restclient import ApiClient
 from cloudland_cli.restclient import find_by_ref as find
 
@@ -45,13 +45,9 @@ def router_list(as_json: JsonOpt = False) -> None:
     """Every router of your organisation."""
     with connect() as client:
         routers = all_pages(client, "/routers")
-    if as_json:
-        print_json(routers)
-        return
-    print_table(("id", "name", "vpc", "subnets", "gateway", "snat"),
-                [(r["id"], r["name"], r["vpc_id"], ", ".join(map(str, r["subnet_ids"])) or None,
-                  r["external_network_id"], ", ".join(s["address"] for s in r["snat_addresses"]) or None)
-                 for r in routers])
+    _list(routers, as_json, ("id", "name", "vpc", "subnets", "gateway", "snat"),
+          lambda r: (r["id"], r["name"], r["vpc_id"], ", ".join(map(str, r["subnet_ids"])) or None,
+                     r["external_network_id"], ", ".join(s["address"] for s in r["snat_addresses"]) or None))
 
 
 @router_app.command("show")
@@ -66,10 +62,7 @@ def router_show(ref: Ref, as_json: JsonOpt = False) -> None:
 @router_app.command("delete")
 def router_delete(ref: Ref) -> None:
     """Delete a router (refused while a floating IP is associated in its VPC)."""
-    with connect() as client:
-        router = find(client, "/routers", ref, "router")
-        client.delete(f"/routers/{router['id']}")
-    out.print(f"router {router['id']} {router['name']} deleted")
+    _delete("/routers", ref, "router")
 
 
 @router_app.command("add-subnet")
@@ -130,21 +123,15 @@ def external_list(as_json: JsonOpt = False) -> None:
     """Every external network."""
     with connect() as client:
         items = all_pages(client, "/external-networks")
-    if as_json:
-        print_json(items)
-        return
-    print_table(("id", "name", "cidr", "gateway", "bridge", "pools"),
-                [(e["id"], e["name"], e["cidr"], e["gateway"], e["bridge"],
-                  ", ".join(f"{p['start']}-{p['end']}" for p in e["allocation_pools"])) for e in items])
+    _list(items, as_json, ("id", "name", "cidr", "gateway", "bridge", "pools"),
+          lambda e: (e["id"], e["name"], e["cidr"], e["gateway"], e["bridge"],
+                     ", ".join(f"{p['start']}-{p['end']}" for p in e["allocation_pools"])))
 
 
 @external_app.command("delete")
 def external_delete(ref: Ref) -> None:
     """Delete an external network (operators; refused while used)."""
-    with connect() as client:
-        item = find(client, "/external-networks", ref, "external network")
-        client.delete(f"/external-networks/{item['id']}")
-    out.print(f"external network {item['id']} {item['name']} deleted")
+    _delete("/external-networks", ref, "external network")
 
 
 # -- floating IPs -------------------------------------------------------------------------------
@@ -179,11 +166,8 @@ def fip_list(as_json: JsonOpt = False) -> None:
     """Every floating IP of your organisation."""
     with connect() as client:
         items = all_pages(client, "/floating-ips")
-    if as_json:
-        print_json(items)
-        return
-    print_table(("id", "address", "external", "port", "fixed ip"),
-                [(f["id"], f["address"], f["external_network_id"], f["port_id"], f["fixed_ip"]) for f in items])
+    _list(items, as_json, ("id", "address", "external", "port", "fixed ip"),
+          lambda f: (f["id"], f["address"], f["external_network_id"], f["port_id"], f["fixed_ip"]))
 
 
 @fip_app.command("associate")

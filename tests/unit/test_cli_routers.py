@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudland.errors import InvalidRequest
-from cloudland_cli import main, routers
+from cloudland_cli import main, network, routers
 from cloudland_cli.common import api_errors
 from cloudland_cli.restclient import ApiClient
 
@@ -67,7 +67,8 @@ def api(monkeypatch: pytest.MonkeyPatch) -> StubApi:
         with api_errors():
             yield stub
 
-    monkeypatch.setattr(routers, "connect", connect)
+    for module in (routers, network):
+        monkeypatch.setattr(module, "connect", connect)
     return stub
 
 
