@@ -58,11 +58,12 @@ class Network:
             self.routers.close()
         self.plane.close()
 
-    def _converge(self, states: list[npb.NetVpcState], plans: dict[int, SubnetPlan]) -> Changes:
-        """The subnets, then the routers that plug into their bridges."""
+    def _converge(self, states: list[npb.NetVpcState], plans: dict[int, SubnetPlan],
+                  only: set[int] | None = None) -> Changes:
+        """The subnets, then the routers that plug into their bridges (with ``only``, those VPCs' routers)."""
         changes = self.plane.converge(plans)
         if self.routers is not None:
-            routed = self.routers.converge(plan_routers(states, self.hypervisor))
+            routed = self.routers.converge(plan_routers(states, self.hypervisor), only)
             changes.added, changes.removed = changes.added + routed.added, changes.removed + routed.removed
             changes.unchanged += routed.unchanged
         return changes
@@ -82,7 +83,8 @@ class Network:
             for state in request.vpcs:
                 if state.vpc_id in vpcs:
                     self.held.put(state)
-            changes = self._converge(list(vpcs.values()), plans)
+            changes = self._converge(list(vpcs.values()), plans,
+                                     None if request.full else {state.vpc_id for state in request.vpcs})
             return npb.NetSyncResult(
                 vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
@@ -133,7 +135,7 @@ class Network:
             if after is not None:
                 self._plans[state.vpc_id] = (state, after)
             states = [*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state]
-            self._converge(states, self._plan(states))
+            self._converge(states, self._plan(states), {state.vpc_id})
             if state.subnets:
                 self.held.put(state)
             else:

@@ -126,16 +126,22 @@ class Routers:
 
     # -- converging -------------------------------------------------------------------------
 
-    def converge(self, plans: dict[int, RouterPlan]) -> Changes:
+    def converge(self, plans: dict[int, RouterPlan], only: set[int] | None = None) -> Changes:
+        """Make the routers exactly ``plans``; with ``only``, look at those VPCs' routers alone (an
+        apply or a sync of some VPCs: its cost follows the change, not the hypervisor's routers)."""
         changes = Changes()
         present = self.present()
         host = self._host_links()
         for vpc_id, plan in sorted(plans.items()):
+            if only is not None and vpc_id not in only:
+                continue
             try:
                 self._ensure(plan, vpc_id in present, host, changes)
             except (NetlinkError, OSError) as exc:
                 raise self._fail(f"make the router of vpc {vpc_id} ({router_ns(self.prefix, vpc_id)})", exc) from exc
         for vpc_id in sorted(present - set(plans)):
+            if only is not None and vpc_id not in only:
+                continue
             handle = self._inside.pop(vpc_id, None)
             if handle is not None:
                 handle.close()
@@ -144,6 +150,8 @@ class Routers:
             except OSError as exc:
                 raise self._fail(f"remove the router namespace of vpc {vpc_id}", exc) from exc
             changes.removed += 1
+        if only is not None:
+            return changes  # stray host ends (their router gone under them) wait for a whole convergence
         wanted = {gateway_link(self.prefix, i.vni) for p in plans.values() for i in p.interfaces}
         wanted |= {external_link(self.prefix, p.vpc_id) for p in plans.values() if p.uplink is not None}
         for name, msg in self._host_links().items():

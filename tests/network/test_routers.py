@@ -257,6 +257,27 @@ def test_kill9_of_the_agents_loses_no_packet_through_snat_or_a_floating_ip(world
     assert {agent.host: rules(world, agent.host) for agent in world.agents} == before
 
 
+def test_a_port_that_arrives_by_delta_on_a_routed_subnet_is_served_and_routed(world: World) -> None:
+    """h2 held a's 10.0.1.0/24 for its router only (no guest, no DHCP server); a delta brings a port
+    of it bound to h2: h2 now serves its lease, and it is reached from both subnets."""
+    lab, a = world.lab, world.tenants[0]
+    h1, h2 = world.agents
+    port = npb.NetPort(id=a.vpc_id * 100 + 3, subnet_id=a.vpc_id * 10 + 1, mac=a.mac(3), ips=["10.0.1.21"],
+                       hostname="a3", instance_id=3, hypervisor=h2.hypervisor, vtep=h2.vtep)
+    delta = npb.NetApplyRequest(vpc_id=a.vpc_id, from_generation=a.generation, generation=a.generation + 1,
+                                upsert_ports=[port])
+    for agent in world.agents:
+        assert agent.apply(delta) == {"generation": a.generation + 1, "need_sync": False}
+    a.generation += 1
+    name = f"{world.prefix}ga3"
+    h2.call("guest.plug", name=name, bridge=Names(world.prefix).bridge(a.vni(1)), mac=a.mac(3))
+    world.guests.append((h2, name))
+    lease = h2.call("guest.dhcp", name=name)["lease"]
+    assert (lease["ip"], lease["router"]) == ("10.0.1.21", "10.0.1.1"), lease
+    assert ping(lab, "h1", world.guest(a, 1), "10.0.1.21")  # the same subnet, across hosts
+    assert ping(lab, "h2", world.guest(a, 2), "10.0.1.21")  # routed by h2's router, on h2
+
+
 def test_removing_the_routers_removes_their_namespaces_and_links(world: World) -> None:
     for agent, name in world.guests:
         agent.call("guest.unplug", name=name)
