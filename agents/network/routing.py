@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,14 @@ def gratuitous_arp(namespace: str, ifname: str, mac: str, address: str) -> None:
         sock.send(frame)
     finally:
         sock.close()
+
+
+def forget_flows(namespace: str, address: str) -> None:
+    """Delete the router's conntrack entries to or from ``address`` (a floating IP that left): a
+    flow through it must not go on by its old translation once it is disassociated."""
+    for option in ("--orig-dst", "--reply-dst"):
+        subprocess.run(["nsenter", f"--net=/run/netns/{namespace}", "conntrack", "-D", option, address],
+                       capture_output=True, timeout=10)  # exit 1: there was none
 
 
 class Routers:
@@ -190,12 +199,13 @@ class Routers:
             self._addresses(inside, index, {(interface.address, interface.prefixlen)}, changes)
             self._sticky(gateway_link(self.prefix, interface.vni), interface.mac, changes)
         wanted_inside = {i.inside for i in plan.interfaces}
+        gone: set[str] = set()
         if plan.uplink is not None:
             uplink = plan.uplink
             bridge = self._bridge(uplink.bridge)
             index = self._veth(ns_name, inside, links, host, external_link(self.prefix, plan.vpc_id), EXTERNAL_INSIDE, "",
                                0, bridge, changes)
-            added = self._addresses(inside, index, plan.addresses(), changes)
+            added, gone = self._addresses(inside, index, plan.addresses(), changes)
             self._default_route(inside, index, uplink.gateway, changes)
             mac = inside.get_links(index)[0].get("address")
             for address in sorted(added & {fip for fip, _ in plan.floating}):
@@ -211,6 +221,8 @@ class Routers:
         else:
             nat.replace(ns_name, self.hypervisor, wanted)
             changes.added += 1
+        for address in sorted(gone):  # after the rules: a flow's next packet cannot set it up again
+            forget_flows(ns_name, address)
 
     def _bridge(self, name: str) -> int:
         found = self.host.link_lookup(ifname=name)
@@ -268,8 +280,9 @@ class Routers:
         return int(msg_in["index"])
 
     @staticmethod
-    def _addresses(inside: IPRoute, index: int, wanted: set[tuple[str, int]], changes: Changes) -> set[str]:
-        """Exactly ``wanted`` (address, prefixlen) on link ``index``; the addresses added."""
+    def _addresses(inside: IPRoute, index: int, wanted: set[tuple[str, int]],
+                   changes: Changes) -> tuple[set[str], set[str]]:
+        """Exactly ``wanted`` (address, prefixlen) on link ``index``; the addresses added, and removed."""
         have = {(m.get_attr("IFA_ADDRESS"), m["prefixlen"]) for m in inside.get_addr(index=index, family=socket.AF_INET)}
         for address, prefixlen in sorted(wanted - have):
             inside.addr("add", index=index, address=address, prefixlen=prefixlen)
@@ -278,7 +291,7 @@ class Routers:
             inside.addr("del", index=index, address=address, prefixlen=prefixlen)
             changes.removed += 1
         changes.unchanged += len(wanted & have)
-        return {address for address, _ in wanted - have}
+        return {address for address, _ in wanted - have}, {address for address, _ in have - wanted}
 
     @staticmethod
     def _default_route(inside: IPRoute, index: int, gateway: str, changes: Changes) -> None:
