@@ -4,7 +4,9 @@ segment (tests/network/test_routers.py ``external_segment``). The operator defin
 network; a tenant makes a VPC with two subnets, a router connecting both with its gateway there,
 and a VM on each subnet, one per host, all by ``POST``. The VMs route to each other across
 subnets and hosts; each reaches the internet as its own hypervisor's SNAT address of the router;
-the internet reaches a VM through its floating IP only while it is associated.
+the internet reaches a VM through its floating IP only while it is associated. A second tenant
+with the same CIDR and a VM at the same address on the same host has its own router and SNAT
+address, and never reaches the first tenant's VPC.
 """
 
 from __future__ import annotations
@@ -87,4 +89,24 @@ def test_vms_behind_a_router_route_reach_the_internet_and_answer_on_a_floating_i
     assert sources_seen(lab, "h2", g2, INTERNET) == {snat[world.hv["h2"]]}
     neigh = lab.run("h1", in_guest(g1, "ip", "neigh", "show", "10.0.0.1"), capture_output=True, text=True).stdout
     assert "02:c0:" in neigh, neigh  # the gateway's MAC, the same on every host
+    # Another tenant, the same CIDR, a VM at the same address on the same host: its own router,
+    # its own SNAT address, and no way into alpha's VPC.
+    beta = world.tenant("beta")
+    edge = beta.api.post("/routers", {"name": "edge", "vpc": beta.vpc["id"]})
+    beta.api.post(f"/routers/{edge['id']}/subnets", {"subnet": "lan"})
+    beta.api.request("PUT", f"/routers/{edge['id']}/gateway", {"external_network": "public"})
+    world.enable_only("h1")
+    batch = beta.api.post("/instances", {"name": "vm-b", "flavor": "small", "image": "tiny", "networks": ["lan"]})
+    assert beta.api.wait_batch(batch["batch"], 1)["succeeded"] == 1
+    for hv in world.hv.values():
+        world.operator.patch(f"/hypervisors/{hv}", {"enabled": True})
+    [beta.ports["h1"]] = [p for p in beta.api.get("/ports")["items"] if p["instance_id"] == batch["instances"][0]["id"]]
+    assert beta.ip("h1") == alpha.ip("h1")
+    wait_until(lambda: world.address_of(beta, "h1") == beta.ip("h1"), 30, "beta's VM to get its lease")
+    gb = world.guest(beta, "h1")
+    beta_snat = beta.api.get(f"/routers/{edge['id']}")["snat_addresses"]
+    assert [s["hypervisor_id"] for s in beta_snat] == [world.hv["h1"]]
+    assert sources_seen(lab, "h1", gb, INTERNET) == {beta_snat[0]["address"]} != {snat[world.hv["h1"]]}
+    assert sources_seen(lab, "h1", g1, INTERNET) == {snat[world.hv["h1"]]}  # alpha's 10.0.0.2, at the same time
+    assert not ping(lab, "h1", gb, alpha.ip("h2"), count=1), "beta reached alpha's other subnet"
     print(f"2 VMs behind a router: leases {leased:.1f} s; a floating IP answered {associated:.1f} s after its association")
