@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cloudland_api.schemas.common import Name, Page, Ref, _Request
+from cloudland_api.schemas.common import MAX_ID, Name, Page, Ref, _Request
 from cloudland_api.schemas.networks import MAX_POOLS, Address, Cidr, Pool, PoolPublic
 
 Bridge = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -90,7 +90,7 @@ class FloatingIpCreate(_Request):
 class FloatingIpAssociate(_Request):
     """Associate to ``port`` (one of the organisation's), at ``fixed_ip`` (default: its first address)."""
 
-    port: Annotated[int, Field(ge=1)]
+    port: Annotated[int, Field(ge=1, le=MAX_ID)]
     fixed_ip: Address | None = None
 
 

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound
@@ -40,7 +41,11 @@ def create_external(session: Session, caller: Caller, spec: ExternalNetworkCreat
                           gateway=str(layout.gateway) if layout.gateway else None, bridge=spec.bridge,
                           allocation_pools=layout.stored_pools())
     session.add(row)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a create of the same name raced past the check above
+        session.rollback()
+        raise Conflict(f"external network name {spec.name!r} is already used") from exc
     log.info("event=external_network_created external_network=%d cidr=%s user_id=%d", row.id, row.cidr, caller.user_id)
     return row
 

@@ -126,9 +126,16 @@ def test_bad_requests_and_tenancy_are_4xx(api: Api, admin_headers: dict[str, str
     assert "203.0.113.7/24" in error(api.client.post(f"{API}/external-networks",
                                                      json=EXTERNAL | {"name": "x", "cidr": "203.0.113.7/24"},
                                                      headers=headers), 400)
+    # What a router uses cannot go from under it.
+    assert "router 'r1'" in error(api.client.delete(f"{API}/vpcs/{vpc['id']}", headers=headers), 409)
+    post(api, headers, f"routers/{router['id']}/subnets", {"subnet": "s1"}, expect=200)
+    [s1] = [s for s in api.client.get(f"{API}/subnets", headers=headers).json()["items"] if s["name"] == "s1"]
+    assert "connected to router" in error(api.client.delete(f"{API}/subnets/{s1['id']}", headers=headers), 409)
     # A port not behind a router with a gateway on the floating IP's network.
     port = post(api, headers, "ports", {"subnet": "s1"})
     fip = post(api, headers, "floating-ips", {"external_network": external["name"]})
+    assert "used by 0 router(s) and 1 address(es)" in error(
+        api.client.delete(f"{API}/external-networks/{external['id']}", headers=headers), 409)
     assert "not behind a router" in error(api.client.put(f"{API}/floating-ips/{fip['id']}/port",
                                                          json={"port": port["id"]}, headers=headers), 409)
     # Another organisation: cannot make external networks, cannot see our floating IP or router.
@@ -142,6 +149,8 @@ def test_bad_requests_and_tenancy_are_4xx(api: Api, admin_headers: dict[str, str
     their_port = post(api, other, "ports", {"subnet": "t1"})
     assert api.client.put(f"{API}/floating-ips/{fip['id']}/port", json={"port": their_port["id"]},
                           headers=headers).status_code == 404  # their port is not ours to use
+    assert api.client.put(f"{API}/floating-ips/{fip['id']}/port", json={"port": 2**40},
+                          headers=headers).status_code == 422  # an id no database holds: refused, not a 500
     assert api.client.get(f"{API}/floating-ips", headers=other).json()["items"] == []
     reader = api.add_user("rita", "rivals", Role.reader)
     assert api.client.post(f"{API}/routers", json={"name": "r", "vpc": their_vpc["id"]}, headers=reader).status_code == 403
