@@ -12,50 +12,32 @@ sync removes the router's namespace too), then the provider bridge and the inter
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from cloudland_agents.compute import nics
 from cloudland_agents.compute import ops as _compute_ops  # noqa: F401 - registers vm.*
 from cloudland_agents.hypervisor import Hypervisor
-from cloudland_agents.network.names import Names
-from cloudland_agents.network.ops import Network, network_for
+from cloudland_agents.network.ops import Network
 from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import network_pb2 as npb
 
 pytest.register_assert_rewrite("tests.realvm.qemu_host")  # before the import: it is a plugin too
 from tests.realvm.qemu_host import QemuHost, console_echo, guest_mac  # noqa: E402
+from tests.realvm.test_vpc import plane  # noqa: E402, F401 - the fixture: this machine's kernel data plane
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
 
-HV = 12
 VNI = 4343
 NAME = "behind-router"
 IP, SNAT, FLOATING, INTERNET = "10.0.0.11", "203.0.113.10", "203.0.113.20", "203.0.113.1"
 LEASE = re.compile(r"cloudland-guest: lease ip=([0-9.]+)/24 mtu=(\d+) router=([0-9.]*)")
-
-
-@pytest.fixture
-def plane(qemu_host: QemuHost, tmp_path: Path) -> Iterator[tuple[Hypervisor, Network]]:
-    """This machine (as hypervisor HV) and its kernel data plane under a prefix of this run,
-    emptied afterwards."""
-    hv = Hypervisor(HV, "qemu:///system", "this-host", tmp_path, vtep="127.0.0.1")
-    network = Network(hv, Names(f"r{os.getpid() % 100000}"))
-    network_for.set(hv, network)
-    try:
-        yield hv, network
-    finally:
-        network.sync(npb.NetSyncRequest(full=True))  # removes every object of the prefix, routers too
-        network.close()
-        hv.close()
 
 
 def sh(command: str) -> subprocess.CompletedProcess[str]:
@@ -84,7 +66,7 @@ def internet(plane: tuple[Hypervisor, Network]) -> Iterator[tuple[str, str]]:
 
 def vpc(plane: tuple[Hypervisor, Network], bridge: str, floating: bool, generation: int) -> npb.NetVpcState:
     subnet = npb.NetSubnet(id=1, vpc_id=1, vni=VNI, cidr="10.0.0.0/24", gateway="10.0.0.1", dhcp=True)
-    port = npb.NetPort(id=1, subnet_id=1, mac=guest_mac(NAME), ips=[IP], hostname=NAME, hypervisor=HV,
+    port = npb.NetPort(id=1, subnet_id=1, mac=guest_mac(NAME), ips=[IP], hostname=NAME, hypervisor=plane[0].id,
                        vtep="127.0.0.1")
     router = npb.NetRouter(id=1, subnet_ids=[1], snat_address=SNAT,
                            external=npb.NetExternal(id=1, cidr="203.0.113.0/24", gateway=INTERNET, bridge=bridge))

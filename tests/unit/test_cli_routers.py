@@ -4,17 +4,14 @@ each command sends, what it prints, and names resolved to ids."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from cloudland.errors import InvalidRequest
-from cloudland_cli import main, network, routers
-from cloudland_cli.common import api_errors
+from cloudland_cli import network, routers
 from cloudland_cli.restclient import ApiClient
+from tests.unit.test_cli_network import run, serve
 
 VPC = {"id": 3, "name": "prod"}
 SUBNET = {"id": 5, "name": "web", "vpc_id": 3}
@@ -60,20 +57,7 @@ class StubApi:
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> StubApi:
-    stub = StubApi()
-
-    @contextmanager
-    def connect(require_token: bool = True) -> Iterator[StubApi]:
-        with api_errors():
-            yield stub
-
-    for module in (routers, network):
-        monkeypatch.setattr(module, "connect", connect)
-    return stub
-
-
-def run(*argv: str) -> Any:
-    return CliRunner().invoke(main.app, list(argv))
+    return serve(monkeypatch, StubApi(), (routers, network))  # type: ignore[no-any-return]
 
 
 def test_router_commands(api: StubApi) -> None:
