@@ -120,6 +120,17 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("port", "read", S.organisation, ANYONE),
     ("port", "create", S.organisation, WRITERS),
     ("port", "delete", S.organisation, ADMINS),
+    ("external_network", "read", S.organisation, ANYONE),  # shared: every organisation uses them
+    ("external_network", "create", S.cloud, ADMINS),
+    ("external_network", "delete", S.cloud, ADMINS),
+    ("router", "read", S.organisation, ANYONE),
+    ("router", "create", S.organisation, WRITERS),
+    ("router", "update", S.organisation, WRITERS),     # add or remove a subnet, set or clear the gateway
+    ("router", "delete", S.organisation, ADMINS),
+    ("floating_ip", "read", S.organisation, ANYONE),
+    ("floating_ip", "create", S.organisation, WRITERS),  # allocate
+    ("floating_ip", "update", S.organisation, WRITERS),  # associate, disassociate
+    ("floating_ip", "delete", S.organisation, WRITERS),  # release
     ("volume", "read", S.organisation, ANYONE),        # and its snapshots and attachment
     ("volume", "create", S.organisation, WRITERS),
     ("volume", "update", S.organisation, WRITERS),     # attach, detach, extend, snapshot

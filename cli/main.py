@@ -4,7 +4,7 @@
 (up.py) starts the tree and the REST API together; the commands that talk to the API
 (configure, login, flavor, image, key, job) are in cloud.py, vm.py and hyper.py, tenants and your
 own account (org, user, whoami, passwd, logout) in tenants.py, tenant networks (vpc, subnet,
-port) in network.py, with the exit codes of common.py.
+port) in network.py, routers, external networks and floating IPs in routers.py, with the exit codes of common.py.
 
 A batch CLI runs in loops, so it must start fast (issue 16: ≤ 0.3 s). ``COMMANDS`` names each
 command's module and its one-line help, and a module is imported only when its command runs:
@@ -63,6 +63,11 @@ COMMANDS: dict[str, Lazy] = {
     "subnet": Lazy("cloudland_cli.network:subnet_app",
                    "Subnets of VPCs: CIDR, gateway, pools, DNS, DHCP; one VNI each."),
     "port": Lazy("cloudland_cli.network:port_app", "Ports: a NIC's MAC and addresses on a subnet."),
+    "router": Lazy("cloudland_cli.routers:router_app",
+                   "Routers: connect a VPC's subnets, and reach the outside by SNAT."),
+    "external-network": Lazy("cloudland_cli.routers:external_app",
+                             "External networks (operators create): public segments."),
+    "floating-ip": Lazy("cloudland_cli.routers:fip_app", "Floating IPs: public addresses of VMs' ports."),
     "volume": Lazy("cloudland_cli.volume:volume_app", "Volumes: block storage that outlives VMs."),
     "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
     "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),

@@ -150,6 +150,10 @@ class ApiClient:
         """POST a JSON body."""
         return self.request("POST", path, json=body if body is not None else {})
 
+    def put(self, path: str, body: Any) -> Any:
+        """PUT ``body`` as JSON (null is a body too: ``router set-gateway`` without a network)."""
+        return self.request("PUT", path, json=body)
+
     def patch(self, path: str, body: Any) -> Any:
         """PATCH a JSON body."""
         return self.request("PATCH", path, json=body)

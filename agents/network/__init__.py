@@ -11,5 +11,7 @@
 - ``hostns.py``: a simulated hypervisor's own namespace and underlay, for the kernel's plane there
   (``CLOUDLAND_NETWORK=netns``, ``make run`` as root);
 - ``ops.py``: the ``net.sync``, ``net.apply`` and ``net.show`` operations, and the agent's periodic repair;
-- ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client.
+- ``guest.py``: a test-driver VM's NIC, played by a namespace with a DHCP client;
+- ``router.py``, ``routing.py``, ``nat.py``: a VPC's distributed router on this hypervisor (issue 12):
+  its plan, its namespace and veths, and its nftables table (SNAT, floating IPs).
 """

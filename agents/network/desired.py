@@ -129,16 +129,29 @@ def hostname(name: str) -> str:
     return label[:63]
 
 
+def routed_subnets(state: npb.NetVpcState, hypervisor: int) -> set[int]:
+    """The subnets of the VPC's router (issue 12) that this hypervisor must have for it: all of
+    them while a port of one of them is bound here (the router here reaches each), else none."""
+    if not state.HasField("router"):
+        return set()
+    connected = set(state.router.subnet_ids)
+    if not any(p.hypervisor == hypervisor and p.subnet_id in connected for p in state.ports):
+        return set()
+    return connected & {s.id for s in state.subnets}
+
+
 def plan(held: Iterable[npb.NetVpcState], hypervisor: int, local_vtep: str) -> dict[int, SubnetPlan]:
     """The subnets this hypervisor must have, by VNI; InvalidRequest if two subnets share a VNI."""
     plans: dict[int, SubnetPlan] = {}
     for state in held:
+        routed = routed_subnets(state, hypervisor)
         mtu = state.mtu or DEFAULT_MTU
         names = tuple(sorted({(ip, hostname(p.hostname)) for p in state.ports if hostname(p.hostname)
                               for ip in p.ips}))
         for subnet in state.subnets:
             ports = [p for p in state.ports if p.subnet_id == subnet.id]
-            if not any(p.hypervisor == hypervisor for p in ports):
+            local = any(p.hypervisor == hypervisor for p in ports)
+            if not local and subnet.id not in routed:
                 continue  # no port bound here: the subnet lives on other hypervisors only
             if subnet.vni in plans:
                 raise InvalidRequest(f"vni {subnet.vni} is used by subnet {subnet.id} of vpc {state.vpc_id} and "
@@ -146,7 +159,7 @@ def plan(held: Iterable[npb.NetVpcState], hypervisor: int, local_vtep: str) -> d
             remote = [p for p in ports if p.hypervisor != hypervisor and p.vtep and p.vtep != local_vtep]
             network = ipaddress.IPv4Network(subnet.cidr)
             dhcp = None
-            if subnet.dhcp:
+            if subnet.dhcp and local:  # a subnet made for the router only has no guest here to serve
                 address = dhcp_address(subnet, network)
                 leases = tuple(sorted((p.mac, p.ips[0], hostname(p.hostname)) for p in ports
                                       if p.hypervisor == hypervisor and p.ips))

@@ -25,6 +25,8 @@ from cloudland_agents.network.fake import FakeDataPlane
 from cloudland_agents.network.hostns import HostNamespace, host_netns
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
+from cloudland_agents.network.router import plan_routers
+from cloudland_agents.network.routing import Routers
 from cloudland_agents.ops import Context, operation
 from cloudland_proto.v1 import network_pb2 as npb
 
@@ -54,10 +56,24 @@ class Network:
         self._plans: dict[int, tuple[npb.NetVpcState, dict[int, SubnetPlan]]] = {}  # vpc -> (state, its plan)
         self.plane: DataPlane | FakeDataPlane = (
             FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep, host))
+        # The VPCs' routers (issue 12), in the kernel only: the fake plane routes nothing.
+        self.routers = None if fake else Routers(hypervisor.id, self.names, self.plane.kernel)  # type: ignore[union-attr]
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        if self.routers is not None:
+            self.routers.close()
         self.plane.close()
+
+    def _converge(self, states: list[npb.NetVpcState], plans: dict[int, SubnetPlan],
+                  only: set[int] | None = None) -> Changes:
+        """The subnets, then the routers that plug into their bridges (with ``only``, those VPCs' routers)."""
+        changes = self.plane.converge(plans)
+        if self.routers is not None:
+            routed = self.routers.converge(plan_routers(states, self.hypervisor), only)
+            changes.added, changes.removed = changes.added + routed.added, changes.removed + routed.removed
+            changes.unchanged += routed.unchanged
+        return changes
 
     def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
         for state in request.vpcs:
@@ -74,7 +90,8 @@ class Network:
             for state in request.vpcs:
                 if state.vpc_id in vpcs:
                     self.held.put(state)
-            changes = self.plane.converge(plans)
+            changes = self._converge(list(vpcs.values()), plans,
+                                     None if request.full else {state.vpc_id for state in request.vpcs})
             return npb.NetSyncResult(
                 vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
@@ -107,7 +124,8 @@ class Network:
         """Converge what is held once more: what drifted while nobody asked (a dnsmasq that died, an
         entry deleted by hand) is made right, and nothing else changes."""
         with self._lock:
-            return self.plane.converge(self._plan(list(self.held.vpcs.values())))
+            states = list(self.held.vpcs.values())
+            return self._converge(states, self._plan(states))
 
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
@@ -123,8 +141,8 @@ class Network:
             after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
             if after is not None:
                 self._plans[state.vpc_id] = (state, after)
-            self.plane.converge(self._plan([*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id),
-                                            state]))
+            states = [*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state]
+            self._converge(states, self._plan(states), {state.vpc_id})
             if state.subnets:
                 self.held.put(state)
             else:

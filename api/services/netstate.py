@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from cloudland.client import new_job_id
 from cloudland_api.db import for_change
 from cloudland_api.models import VPC, Hypervisor, Instance, Job, JobState, Port, PortIp, Subnet, Vpc
+from cloudland_api.services import routerstate
 from cloudland_proto.v1 import network_pb2 as npb
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,22 @@ Held = dict[int, frozenset[int]]  # hypervisor -> the subnets of one VPC it hold
 
 
 def held(session: Session, vpc_id: int) -> Held:
-    """Each hypervisor of the VPC with the subnets it holds (those with a port bound there)."""
+    """Each hypervisor of the VPC with the subnets it holds: those with a port bound there, and
+    with one of them connected by the VPC's router, every subnet the router connects (issue 12:
+    its share of the distributed router reaches each)."""
     found: dict[int, set[int]] = defaultdict(set)
     rows = session.execute(select(Port.hypervisor_id, Port.subnet_id).distinct()
                            .where(Port.vpc_id == vpc_id, Port.hypervisor_id.is_not(None)))
     for hypervisor, subnet in rows:
         found[hypervisor].add(subnet)
-    return {hv: frozenset(subnets) for hv, subnets in found.items()}
+    routed = routerstate.connected(session, vpc_id)
+    return {hv: frozenset(subnets | routed if subnets & routed else subnets) for hv, subnets in found.items()}
+
+
+def routing(session: Session, vpc_id: int, holders: Held) -> list[int]:
+    """The hypervisors of ``holders`` that run the VPC's router (they hold its subnets)."""
+    routed = routerstate.connected(session, vpc_id)
+    return sorted(hv for hv, subnets in holders.items() if subnets & routed)
 
 
 def vpcs_of(session: Session, hypervisor: int) -> list[int]:
@@ -107,6 +117,9 @@ def vpc_state(session: Session, vpc_id: int, hypervisor: int | Collection[int]) 
                             .order_by(Port.id)).all()
     state.subnets.extend(net_subnet(s) for s in subnets)
     state.ports.extend(net_ports(session, ports))
+    router = routerstate.net_router(session, vpc_id, hypervisor)
+    if router is not None:
+        state.router.CopyFrom(router)
     return state
 
 
@@ -143,6 +156,7 @@ def commit(session: Session, change: Change, org_id: int, user_id: int | None = 
     told = sorted(set(after) - moved)
     if not told and not moved:
         return []
+    routerstate.ensure_snat(session, vpc.id, routing(session, vpc.id, after))  # the joining ones' are in their sync
     start = vpc.generation
     vpc.generation = start + 1
     batch = new_job_id()
@@ -160,6 +174,22 @@ def commit(session: Session, change: Change, org_id: int, user_id: int | None = 
     log.info("event=vpc_changed vpc=%d generation=%d upserts=%d removes=%d apply_to=%d sync_to=%d", vpc.id,
              vpc.generation, len(change.upserts), len(change.removes), len(told), len(moved))
     return jobs
+
+
+def commit_router(session: Session, change: Change, org_id: int, user_id: int | None = None) -> list[Job]:
+    """A change of the VPC's router (issue 12: its subnets, gateway or floating IPs), begun with
+    ``begin``: the generation +1 and a ``sync`` of every hypervisor that held or holds the VPC
+    (a router's state is small; it travels whole, read when each sync is sent)."""
+    session.flush()
+    vpc = change.vpc
+    after = held(session, vpc.id)
+    routerstate.ensure_snat(session, vpc.id, routing(session, vpc.id, after))
+    hypervisors = sorted(change.before.keys() | after.keys())
+    if not hypervisors:
+        return []
+    vpc.generation += 1
+    log.info("event=vpc_router_changed vpc=%d generation=%d sync_to=%d", vpc.id, vpc.generation, len(hypervisors))
+    return sync_jobs(session, vpc.id, org_id, hypervisors, user_id)
 
 
 def delta_of(job: Job) -> npb.NetApplyRequest:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
-from cloudland_api.models import Instance, Port, PortIp, Role, Subnet, Vpc
+from cloudland_api.models import Instance, Port, PortIp, Role, Router, RouterSubnet, Subnet, Vpc
 from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
 from cloudland_api.services import crud, ipam
 from cloudland_api.services.identity import Caller
@@ -64,6 +64,9 @@ def delete_vpc(session: Session, caller: Caller, vpc_id: int) -> None:
     if ports:
         raise Conflict(f"vpc {vpc.id} ({vpc.name}) still has {ports} port{'s' if ports > 1 else ''}: "
                        "delete them (or their VMs) first")
+    router = session.scalar(select(Router.name).where(Router.vpc_id == vpc.id))
+    if router is not None:
+        raise Conflict(f"vpc {vpc.id} ({vpc.name}) still has router {router!r}: delete it first")
     for subnet in subnets:
         session.delete(subnet)
     session.flush()
@@ -144,6 +147,9 @@ def delete_subnet(session: Session, caller: Caller, subnet_id: int) -> None:
     if ports:
         raise Conflict(f"subnet {subnet.id} ({subnet.name}) still has {ports} port{'s' if ports > 1 else ''}: "
                        "delete them (or their VMs) first")
+    router = session.scalar(select(RouterSubnet.router_id).where(RouterSubnet.subnet_id == subnet.id))
+    if router is not None:
+        raise Conflict(f"subnet {subnet.id} ({subnet.name}) is connected to router {router}: remove it there first")
     crud.delete(session, subnet, caller, "subnet")
 
 

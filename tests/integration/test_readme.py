@@ -155,6 +155,8 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
 HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
 DIRECTORIES = ("needs an LDAP server or an OpenID provider for organisation acme: tests/api/test_ldap.py and "
                "test_oidc.py run these commands through the CLI against a real slapd and a real OpenID provider")
+ROUTERS = ("needs root namespaces; run by tests/network/test_routers.py (the agents) and "
+           "tests/network/test_router_vms.py (through the API), with an external segment and an internet host")
 CREDENTIALS = ("needs a user of an organisation: tests/api/test_app_credentials.py and test_ldap.py run these "
                "commands through the CLI against a served API (issue 14)")
 EXCLUDED = {
@@ -189,6 +191,17 @@ EXCLUDED = {
     ".venv/bin/python -m cloudland_lab status": LAB,
     ".venv/bin/python -m cloudland_lab cut h2": LAB,
     "make lab-down": LAB,
+    # README, "Routers and floating IPs".
+    ".venv/bin/cloudland external-network create public --cidr 203.0.113.0/24 --bridge ext0 --pool "
+    "203.0.113.10-203.0.113.200": ROUTERS,
+    ".venv/bin/cloudland router create edge --vpc prod": ROUTERS,
+    ".venv/bin/cloudland router add-subnet edge web": ROUTERS,
+    ".venv/bin/cloudland router add-subnet edge db": ROUTERS,
+    ".venv/bin/cloudland router set-gateway edge --external public": ROUTERS,
+    ".venv/bin/cloudland floating-ip create --external public": ROUTERS,
+    ".venv/bin/cloudland floating-ip associate 203.0.113.12 --port app-1-nic": ROUTERS,
+    ".venv/bin/cloudland floating-ip disassociate 203.0.113.12": ROUTERS,
+    ".venv/bin/cloudland router show edge": ROUTERS,
 }
 # Blocks in a language other than sh, by their first line.
 EXCLUDED_BLOCKS = {

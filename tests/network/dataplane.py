@@ -193,6 +193,26 @@ def kernel_objects(lab: Lab, host: str, prefix: str) -> dict[str, Any]:
     return {"links": links, "netns": namespaces, "fdb": fdb, "neighbours": neighbours, "dnsmasq": sorted(dnsmasq)}
 
 
+def clean_up(agents: list[AgentProc], guests: list[tuple[AgentProc, str]]) -> None:
+    """Unplug the guests, then have each agent (started again if it is down) remove everything it
+    made, stop it and remove its state; what fails is left to the lab's removal, which kills and
+    removes whatever is left."""
+    for agent, name in guests:
+        try:
+            agent.call("guest.unplug", name=name)
+        except AssertionError:
+            pass
+    for agent in agents:
+        try:
+            if agent.proc is None or agent.proc.poll() is not None:
+                agent.start()
+            agent.sync([], full=True)
+        except AssertionError:
+            pass
+        agent.stop()
+        remove_state(agent.state_dir)
+
+
 def remove_state(state_dir: Path) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -63,7 +63,7 @@ class World:
     def __init__(self, cloud: LabCloud, prefix: str) -> None:
         self.cloud, self.lab, self.prefix = cloud, cloud.lab, prefix
         ids = cloud.host_ids()
-        self.hv = {host: ids[host][0] for host in HOSTS}
+        self.hv = {host: hvs[0] for host, hvs in sorted(ids.items()) if hvs}  # the hypervisor of each host
         self.tenants: list[Tenant] = []
 
     @property

@@ -60,19 +60,23 @@ class StubApi:
         self.deletes.append(path)
 
 
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> StubApi:
-    """The stub behind ``connect``, inside the real ``api_errors`` (exit codes and one-line errors)."""
-    stub = StubApi()
-
+def serve(monkeypatch: pytest.MonkeyPatch, stub: Any, modules: tuple[Any, ...]) -> Any:
+    """``stub`` behind the ``connect`` of ``modules``, inside the real ``api_errors`` (exit codes and
+    one-line errors); returns it."""
     @contextmanager
-    def connect(require_token: bool = True) -> Iterator[StubApi]:
+    def connect(require_token: bool = True) -> Iterator[Any]:
         with api_errors():
             yield stub
 
-    for module in (network, vm):
+    for module in modules:
         monkeypatch.setattr(module, "connect", connect)
     return stub
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> StubApi:
+    """The stub behind ``connect``."""
+    return serve(monkeypatch, StubApi(), (network, vm))  # type: ignore[no-any-return]
 
 
 def run(*argv: str) -> Any:
