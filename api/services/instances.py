@@ -282,8 +282,8 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     disk, committed together. The hypervisor uploads the bytes itself (``PUT /images/{id}/upload``
     with the job's upload token); the image is ``active`` once they are in, ``error`` if the job fails."""
     instance = get_instance(session, caller, instance_id, lock=True)
-    _check_can(instance, "capture", _lost_host(session, instance))
     boot_volumes.refuse(session, instance, "captured", "snapshot its volume instead")
+    _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
     image = crud.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
