@@ -155,3 +155,16 @@ def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(make_cloud: Any)
     wait_for(lambda: cloud.http.get(f"/volumes/{volume['id']}").status_code == 404, 30,
              "the volume deleted with its instance")
     assert not file.exists()
+
+    # The same through the CLI: a VM from a volume; neither or both of --image and --boot-volume is a usage error.
+    assert cloud.cli("volume", "create", "root2", "--size", "1", "--image", "tiny").returncode == 0
+    done = cloud.cli("vm", "create", "from-cli", "--flavor", "small", "--boot-volume", "root2",
+                     "--delete-on-termination")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [vm] = cloud.instances(name="from-cli")
+    root2 = next(v for v in cloud.get("/volumes")["items"] if v["name"] == "root2")
+    assert (vm["status"], vm["hypervisor_id"]) == ("running", root2["hypervisor_id"])
+    assert (root2["attachment"]["device"], root2["attachment"]["delete_on_termination"]) == ("vda", True)
+    for both_or_none in ([], ["--image", "tiny", "--boot-volume", "root2"]):
+        usage = cloud.cli("vm", "create", "bad", "--flavor", "small", *both_or_none)
+        assert usage.returncode == 2 and "exactly one of --image and --boot-volume" in usage.stderr, usage
