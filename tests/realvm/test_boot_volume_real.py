@@ -78,26 +78,28 @@ def test_a_volume_from_a_snapshot_has_what_a_guest_wrote_before_it(
     ok(cloud, made)
     data = made["volume"]["id"]
 
-    def plug(volume_id: int) -> None:
+    # The console read through the API starts at the log's beginning: every awaited answer is new.
+    def plug(volume_id: int, step: str) -> None:
         ok(cloud, cloud.post(f"/volumes/{volume_id}/attachments", {"instance": vm["id"]}))
-        type_until(cloud, vm["id"], _on(volume_id, "echo has-${d#/dev/}"), b"has-vd")
+        type_until(cloud, vm["id"], _on(volume_id, f"echo plugged-{step}-${{d#/dev/}}"), f"plugged-{step}-vd".encode())
 
     def write(marker: str) -> None:
-        type_until(cloud, vm["id"], _on(data, f"echo {marker} | dd of=$d bs=512 count=1 conv=fsync 2>/dev/null "
-                                              "&& echo written-$((2*3))"), b"written-6")
+        type_until(cloud, vm["id"], _on(data, f"echo cl-{marker}-$((6*7)) | dd of=$d bs=512 count=1 conv=fsync "
+                                              f"2>/dev/null && echo written-{marker}-$((2*3))"),
+                   f"written-{marker}-6".encode())
 
-    plug(data)
-    write("cl-old-$((6*7))")
+    plug(data, "first")
+    write("old")
     attachment = cloud.get(f"/volumes/{data}")["attachment"]
     ok(cloud, cloud.request("DELETE", f"/volumes/{data}/attachments/{attachment['id']}"))  # a live unplug
     snap = cloud.post(f"/volumes/{data}/snapshots", {"name": "before"})
     ok(cloud, snap)
-    plug(data)
-    write("cl-new-$((6*7))")
+    plug(data, "again")
+    write("new")
 
     copy = cloud.post("/volumes", {"name": "from-before", "snapshot": "before"})
     ok(cloud, copy)
     copy_id = copy["volume"]["id"]
-    plug(copy_id)
+    plug(copy_id, "copy")
     type_until(cloud, vm["id"], _on(copy_id, "echo copy-$(dd if=$d bs=9 count=1 2>/dev/null)"), b"copy-cl-old-42")
     type_until(cloud, vm["id"], _on(data, "echo data-$(dd if=$d bs=9 count=1 2>/dev/null)"), b"data-cl-new-42")
