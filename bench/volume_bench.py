@@ -11,8 +11,8 @@ Each latency is the median of ``--volumes`` create + attach pairs. Throughput: `
 
 ``--guest`` (root, the machine's libvirtd on qemu:///system, deploy/libvirtd.sh) adds writes from
 inside a guest: the test guest (deploy/guest, built here unless ``--guest-dir`` names a build)
-boots under QEMU, a fresh ``local`` and a fresh ``rbd`` volume of the same size are hot-plugged
-into it (vdb, vdc: the driver's real attach), and the guest writes ``--count`` 64 KiB blocks of
+boots under QEMU with a fresh ``local`` and a fresh ``rbd`` volume of the same size as vdb and
+vdc (disks of its definition, as a boot volume is given), and the guest writes ``--count`` 64 KiB blocks of
 zeros to each with busybox ``dd ... conv=fsync`` (through its page cache, flushed at the end: the
 time includes the flush); beside it, in the same run, ``qemu-img bench`` on a fresh volume of the
 same backend. Prints Markdown tables for the README.
@@ -84,6 +84,7 @@ def guest_writes(base: Path, ceph: CephCluster, count: int, guest_dir: Path | No
     from cloudland_agents.compute.driver import Disk, LibvirtCompute
     from cloudland_agents.compute.configdrive import build_config_drive
     from cloudland_agents.compute.ops import kvm_usable
+    from cloudland_agents.storage.disks import disk_xml
     from cloudland_agents.storage.ops import pool_name
     from cloudland_agents.storage.rbd import forget_secret
     from tests.realvm.qemu_host import console_echo
@@ -114,20 +115,22 @@ def guest_writes(base: Path, ceph: CephCluster, count: int, guest_dir: Path | No
     compute = LibvirtCompute(conn, 0)
     size = count * BLOCK
     rows = []
+    targets = ((1, "local", "vdb"), (2, rbd_name, "vdc"))
     try:
-        compute.create(spec)
-        deadline = time.monotonic() + 300
+        # The volumes are in the domain's definition from its start, as vm.create gives a boot volume.
+        disks = []
+        for vid, backend, device in targets:
+            volumes.create(spb.VolumeRef(id=vid, backend=backend), size)
+            disks.append(disk_xml(volumes.stores[backend].disk(vid, vid, device, False)))
+        compute.create(spec, tuple(disks))
+        deadline = time.monotonic() + 600
         while GUEST_READY not in (console.read_bytes() if console.exists() else b""):
             if time.monotonic() > deadline:
-                raise SystemExit(f"the bench guest did not boot within 300 s: {console}")
+                raise SystemExit(f"the bench guest did not boot within 600 s: {console}")
             time.sleep(0.5)
         dom = conn.lookupByName(name)
-        for vid, backend, device in ((1, "local", "vdb"), (2, rbd_name, "vdc")):
-            ref = spb.VolumeRef(id=vid, backend=backend)
-            volumes.create(ref, size)
-            volumes.attach(ref, name, device, vid)  # hot-plugged into the running guest
-            command = (f"while [ ! -b /dev/{device} ]; do sleep 0.2; done; dd if=/dev/zero of=/dev/{device} bs=64k "
-                       f"count={count} conv=fsync; echo dd-end-$((1+1))-{device}")
+        for vid, backend, device in targets:
+            command = f"dd if=/dev/zero of=/dev/{device} bs=64k count={count} conv=fsync; echo dd-end-$((1+1))-{device}"
             done = f"dd-end-2-{device}".encode()
             echoed = console_echo(dom, command.encode(), done, timeout=900)
             found = DD_LINE.search(echoed)

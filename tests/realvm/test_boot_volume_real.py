@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from tests.integration.cloud import Cloud
-from tests.realvm.test_api_to_qemu import BOOT_TIMEOUT_S, console_until, facts, ready, running_vm, type_until
-from tests.realvm.qemu_host import READY, QemuSession  # noqa: I001 (after test_api_to_qemu, which registers its rewrite)
-from tests.realvm.test_volumes_real import PROMPT, no_pool_left, ok, real_cloud
+from tests.realvm.test_api_to_qemu import BOOT_TIMEOUT_S, console_until, facts, ready, type_until
+from tests.realvm.qemu_host import READY, QemuSession  # noqa: I001 (after test_api_to_qemu: its rewrite)
+from tests.realvm.test_volumes_real import guest_and_volume, no_pool_left, ok, real_cloud
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
@@ -71,12 +71,8 @@ def _on(serial_of: int, command: str) -> str:
 def test_a_volume_from_a_snapshot_has_what_a_guest_wrote_before_it(
         real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     cloud = real_cloud
-    ready(cloud, qemu_libvirt.guest)
-    vm = running_vm(cloud, "snapper")
-    console_until(cloud, vm["id"], PROMPT, BOOT_TIMEOUT_S)
-    made = cloud.post("/volumes", {"name": "data", "size_gib": 1, "instance": vm["id"]})
-    ok(cloud, made)
-    data = made["volume"]["id"]
+    vm, volume = guest_and_volume(cloud, qemu_libvirt, "snapper", "data")
+    data = volume["id"]
 
     # The console read through the API starts at the log's beginning: every awaited answer is new.
     def plug(volume_id: int, step: str) -> None:
