@@ -14,7 +14,7 @@ inside a guest: the test guest (deploy/guest, built here unless ``--guest-dir`` 
 boots under QEMU with a fresh ``local`` and a fresh ``rbd`` volume of the same size as vdb and
 vdc (disks of its definition, as a boot volume is given), and the guest writes ``--count`` 64 KiB blocks of
 zeros to each with busybox ``dd ... conv=fsync`` (through its page cache, flushed at the end: the
-time includes the flush); beside it, in the same run, ``qemu-img bench`` on a fresh volume of the
+time, by the guest's /proc/uptime, includes the flush); beside it, in the same run, ``qemu-img bench`` on a fresh volume of the
 same backend. Prints Markdown tables for the README.
 
     .venv/bin/python bench/volume_bench.py [--volumes 20] [--count 4096] [--guest [--guest-dir DIR]]
@@ -73,7 +73,6 @@ def throughput(target: str, fmt: str, count: int) -> float:
 
 
 GUEST_READY = b"cloudland-guest: ready"
-DD_LINE = re.compile(rb"(\d+) bytes \([^)]*\) copied, ([0-9.]+) seconds")
 
 
 def guest_writes(base: Path, ceph: CephCluster, count: int, guest_dir: Path | None) -> list[tuple[str, float, float]]:
@@ -130,13 +129,15 @@ def guest_writes(base: Path, ceph: CephCluster, count: int, guest_dir: Path | No
             time.sleep(0.5)
         dom = conn.lookupByName(name)
         for vid, backend, device in targets:
-            command = f"dd if=/dev/zero of=/dev/{device} bs=64k count={count} conv=fsync; echo dd-end-$((1+1))-{device}"
+            # Busybox's dd prints no rate: the guest's own clock (/proc/uptime, 10 ms) times it.
+            command = (f"s=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of=/dev/{device} bs=64k count={count} "
+                       f"conv=fsync 2>/dev/null; e=$(cut -d' ' -f1 /proc/uptime); echo dd-end-$((1+1))-{device} $s $e")
             done = f"dd-end-2-{device}".encode()
             echoed = console_echo(dom, command.encode(), done, timeout=900)
-            found = DD_LINE.search(echoed)
-            if done not in echoed or found is None:
+            found = re.search(done + rb" ([0-9.]+) ([0-9.]+)", echoed)
+            if found is None:
                 raise SystemExit(f"no dd result from the guest for {device}: {echoed[-600:]!r}")
-            guest_mib_s = int(found.group(1)) / MIB / float(found.group(2))
+            guest_mib_s = size / MIB / (float(found.group(2)) - float(found.group(1)))
             bench_ref = spb.VolumeRef(id=10 + vid, backend=backend)
             volumes.create(bench_ref, size)
             target = (local.path(10 + vid) if backend == "local" else
