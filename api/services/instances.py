@@ -249,6 +249,8 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
     instance = get_instance(session, caller, instance_id, lock=True)
     flavor = get_flavor(session, caller, flavor_ref)
+    boot_volumes.refuse(session, instance, "resized", "its domain is redefined from a record that does not keep a "
+                                                      "volume's disk (not in this slice)")
     _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         # An ``error`` instance whose create found no room: there is no host to claim the new size on

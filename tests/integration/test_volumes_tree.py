@@ -143,6 +143,7 @@ def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(make_cloud: Any)
     assert "detach it first" in refused("DELETE", f"/volumes/{volume['id']}")
     assert "snapshot its volume instead" in refused("POST", f"/instances/{first['id']}/capture", {"name": "img"})
     assert "cannot be rebuilt" in refused("POST", f"/instances/{first['id']}/rebuild", {"image": "tiny"})
+    assert "cannot be resized" in refused("POST", f"/instances/{first['id']}/resize", {"flavor": "small"})
 
     ended(cloud, {"job": cloud.request("DELETE", f"/instances/{first['id']}")})
     kept = cloud.get(f"/volumes/{volume['id']}")
