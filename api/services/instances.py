@@ -125,13 +125,16 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
         raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
+    if image is not None:
+        arch, disk_gib, args = image.arch, flavor.disk_gib, {}
+    else:
+        assert boot is not None  # the schema asks for exactly one of image and boot_volume
+        arch, disk_gib, args = boot_volumes.arch_of(session, boot), boot.size_gib, boot_volumes.create_args(boot)
     instances = [Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
                           image_id=image.id if image else None, ssh_key_id=key.id if key else None,
                           user_data=spec.user_data, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
-                          disk_gib=boot.size_gib if boot else flavor.disk_gib,
-                          arch=image.arch if image else boot_volumes.arch_of(session, boot), status="building")
+                          disk_gib=disk_gib, arch=arch, status="building")
                  for name in names]
-    args = boot_volumes.create_args(boot) if boot is not None else {}
     session.add_all(instances)
     try:
         session.flush()  # the instances' ids, for their jobs' subject; one INSERT for all
