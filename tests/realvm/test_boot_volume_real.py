@@ -14,6 +14,7 @@ finds each volume by its serial (``cl-vol-<id>`` in /sys/block/vd*/serial), not 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -21,11 +22,11 @@ import pytest
 from tests.integration.cloud import Cloud
 from tests.realvm.test_api_to_qemu import BOOT_TIMEOUT_S, console_until, facts, ready, type_until
 from tests.realvm.qemu_host import READY, QemuSession  # noqa: I001 (after test_api_to_qemu: its rewrite)
-from tests.realvm.test_volumes_real import guest_and_volume, no_pool_left, ok, real_cloud
+from tests.realvm.test_volumes_real import guest_and_volume, no_pool_left, ok, rbd_backend, real_cloud
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
-__all__ = ["no_pool_left", "real_cloud"]  # fixtures of this module too
+__all__ = ["no_pool_left", "rbd_backend", "real_cloud"]  # fixtures of this module too
 
 MARK_SECTOR = 1 << 20  # 512 MiB into the 1-GiB volume: past the guest disk's 32-MiB partition
 
@@ -61,6 +62,31 @@ def test_a_vm_boots_from_a_volume_and_a_second_vm_boots_from_it_with_the_data(
     second = boot("bfv-second")
     type_until(cloud, second["id"], f"dd if=/dev/vda bs=512 skip={MARK_SECTOR} count=1 2>/dev/null | head -c 10; "
                                     "echo", b"cl-boot-42", BOOT_TIMEOUT_S)
+
+
+def test_a_vm_boots_from_an_rbd_volume_and_takes_it_along_when_asked(
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+    """The root disk on Ceph: QEMU's librbd opens the volume (the key in a libvirt secret) as vda,
+    SeaBIOS boots it; the VM made with delete_on_termination takes the volume with it."""
+    cloud = real_cloud
+    ready(cloud, qemu_libvirt.guest)
+    made = cloud.post("/volumes", {"name": "rbd-root", "size_gib": 1, "image": "guest", "type": "ceph"})
+    ok(cloud, made)
+    volume = made["volume"]
+    [vm] = cloud.post("/instances", {"name": "bfv-rbd", "flavor": "tiny", "boot_volume": "rbd-root",
+                                     "delete_on_termination": True})["instances"]
+    ok(cloud, {"job": {"id": vm["job_id"]}})
+    vm = cloud.get(f"/instances/{vm['id']}")
+    xml = qemu_libvirt.conn.lookupByName(f"cl-{vm['uuid']}").XMLDesc(0)
+    assert "protocol='rbd'" in xml and f"vol-{volume['id']}" in xml and "<secret type='ceph'" in xml
+    assert facts(console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S))["hostname"] == "bfv-rbd"
+    type_until(cloud, vm["id"], "cat /sys/block/vda/serial; echo", f"cl-vol-{volume['id']}".encode(), BOOT_TIMEOUT_S)
+    ok(cloud, {"job": cloud.request("DELETE", f"/instances/{vm['id']}")})
+    assert cloud.http is not None
+    deadline = time.monotonic() + 120
+    while cloud.http.get(f"/volumes/{volume['id']}").status_code != 404:
+        assert time.monotonic() < deadline, cloud.get(f"/volumes/{volume['id']}")
+        time.sleep(0.5)
 
 
 def _on(serial_of: int, command: str) -> str:
