@@ -65,7 +65,7 @@ def test_a_vm_boots_from_a_volume_and_a_second_vm_boots_from_it_with_the_data(
 
 
 def test_a_vm_boots_from_an_rbd_volume_and_takes_it_along_when_asked(
-        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     """The root disk on Ceph: QEMU's librbd opens the volume (the key in a libvirt secret) as vda,
     SeaBIOS boots it; the VM made with delete_on_termination takes the volume with it."""
     cloud = real_cloud

@@ -147,7 +147,7 @@ def rbd_backend(qemu_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 def test_an_rbd_volume_written_by_one_guest_is_read_by_another(
-        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     """Must-show 2 on one hypervisor: QEMU opens the RBD image through librbd, with the cephx key
     libvirt holds as a secret; a marker written by one guest is read by a second one."""
     cloud = real_cloud
