@@ -84,7 +84,11 @@ def watch_and_report(batches: Sequence[str], total: int | None, verb: str, as_js
 def vm_create(
     name: Annotated[str, typer.Argument(help="VM name; name-1..name-N with --count N.")],
     flavor: Annotated[str, typer.Option(help="Flavor id or name.")],
-    image: Annotated[str, typer.Option(help="Image id or name.")],
+    image: Annotated[str | None, typer.Option(help="Image id or name (or --boot-volume).")] = None,
+    boot_volume: Annotated[str | None, typer.Option(
+        help="Volume id or name to boot from: the VM's root disk, kept when the VM is deleted.")] = None,
+    delete_on_termination: Annotated[bool, typer.Option(
+        "--delete-on-termination", help="With --boot-volume: delete the volume with the VM.")] = False,
     key: Annotated[str | None, typer.Option(help="SSH key id or name.")] = None,
     count: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="How many VMs.")] = 1,
     user_data: Annotated[Path | None, typer.Option(
@@ -94,8 +98,15 @@ def vm_create(
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create VMs and follow their jobs with a progress bar; exit 1 if any failed."""
-    body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "image": _ref(image), "count": count}
+    """Create VMs (from an image, or one from a volume) and follow their jobs with a progress bar;
+    exit 1 if any failed."""
+    if (image is None) == (boot_volume is None):
+        fail(EXIT_USAGE, "give exactly one of --image and --boot-volume")
+    body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "count": count}
+    if image is not None:
+        body["image"] = _ref(image)
+    elif boot_volume is not None:
+        body |= {"boot_volume": _ref(boot_volume), "delete_on_termination": delete_on_termination}
     if network:
         body["networks"] = [_ref(subnet) for subnet in network]
     if key is not None:

@@ -228,8 +228,9 @@ class VMInfo(TypedDict):
 # -- domain XML ------------------------------------------------------------------------
 
 
-def domain_xml(spec: DomainSpec) -> str:
-    """The libvirt domain XML of ``spec``, built element by element."""
+def domain_xml(spec: DomainSpec, extra_disks: tuple[str, ...] = ()) -> str:
+    """The libvirt domain XML of ``spec``, built element by element, with ``extra_disks``
+    (``<disk>`` elements of volumes, agents/storage/disks.py) before its own disks."""
     dom = ET.Element("domain", type=spec.domain_type)
     ET.SubElement(dom, "name").text = spec.name
     ET.SubElement(dom, "uuid").text = spec.uuid
@@ -258,6 +259,7 @@ def domain_xml(spec: DomainSpec) -> str:
     for event, action in (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy")):
         ET.SubElement(dom, event).text = action
     devices = ET.SubElement(dom, "devices")
+    devices.extend(ET.fromstring(disk) for disk in extra_disks)
     for disk in spec.disks:
         el = ET.SubElement(devices, "disk", type="file", device=disk.device)
         ET.SubElement(el, "driver", name="qemu", type=disk.format)

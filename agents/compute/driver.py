@@ -18,10 +18,13 @@ Vocabulary
               compares them with desired state.
 
 Verbs and their postconditions (``Compute``; ``LibvirtCompute`` and ``FakeCompute``)
-    create(spec)          a domain with spec.uuid exists and, if it was made now,
+    create(spec, extra_disks)
+                          a domain with spec.uuid exists and, if it was made now,
                           runs. Idempotent: an existing domain with the same uuid
                           and name is left as is and reported (``created`` False).
                           A name or uuid held by another VM is a VMConflict.
+                          ``extra_disks``: ``<disk>`` elements (XML) defined with it,
+                          not part of its spec: a boot volume (agents/storage/disks.py).
     start(name)           the VM runs. Already running: success.
     stop(name, force, timeout)
                           the VM is shut off. force=False asks the guest (the ACPI
@@ -88,7 +91,7 @@ __all__ = [
 class Compute(Protocol):
     """The verbs of the module docstring; both drivers implement them."""
 
-    def create(self, spec: DomainSpec) -> dict[str, Any]: ...
+    def create(self, spec: DomainSpec, extra_disks: tuple[str, ...] = ()) -> dict[str, Any]: ...
     def start(self, name: str) -> VMInfo: ...
     def stop(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo: ...
     def reboot(self, name: str, force: bool = False, timeout: float = 60.0) -> VMInfo: ...
@@ -152,7 +155,7 @@ class LibvirtCompute:
                 return None
             raise DriverError(self.hypervisor_id, f"lookup of VM {spec.name!r} failed: {exc}") from exc
 
-    def create(self, spec: DomainSpec) -> dict[str, Any]:
+    def create(self, spec: DomainSpec, extra_disks: tuple[str, ...] = ()) -> dict[str, Any]:
         with self.locks.hold(spec.name):
             existing = self._find_uuid(spec)
             if existing is not None:
@@ -168,7 +171,7 @@ class LibvirtCompute:
             if other is not None:
                 held = self._call(spec.name, "uuid", other.UUIDString)
                 raise VMConflict(self.hypervisor_id, f"VM {spec.name!r} exists with uuid {held}, not {spec.uuid}")
-            dom = self._call(spec.name, "define", lambda: self.conn.defineXML(domain_xml(spec)))
+            dom = self._call(spec.name, "define", lambda: self.conn.defineXML(domain_xml(spec, extra_disks)))
             try:
                 self._call(spec.name, "start", dom.create)
             except DriverError:

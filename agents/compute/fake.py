@@ -66,9 +66,9 @@ class FakeCompute:
             self.vnc_ports[name] = next(port for port in range(VNC_BASE_PORT, VNC_BASE_PORT + len(taken) + 1)
                                         if port not in taken)
 
-    def create(self, spec: DomainSpec) -> dict[str, Any]:
+    def create(self, spec: DomainSpec, extra_disks: tuple[str, ...] = ()) -> dict[str, Any]:
         with self._lock:
-            self._enter("create", spec)
+            self._enter("create", spec, *((extra_disks,) if extra_disks else ()))
             for name, (held, _state) in self.vms.items():
                 if held.uuid == spec.uuid and name != spec.name:
                     raise VMConflict(self.hypervisor_id, f"uuid {spec.uuid} is held by VM {name!r}, not {spec.name!r}")

@@ -109,26 +109,30 @@ def own_disk(hypervisor: Hypervisor, uuid: str) -> str:
     return max(disks, key=lambda p: p.stat().st_mtime_ns).name if disks else NEW_DISK
 
 
-def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource, disk_gib: int,
+def prepare(hypervisor: Hypervisor, uuid: str, *, hostname: str, image: ImageSource | None, disk_gib: int,
             ssh_keys: list[str], user_data: bytes | None, disk_name: str | None = None,
             nics: Sequence[NicConfig] = ()) -> GuestFiles:
-    """The disk (an overlay on the cached image) and config drive of guest ``uuid``.
+    """The disk (an overlay on the cached image) and config drive of guest ``uuid``; with no
+    ``image`` (a guest that boots from a volume) the config drive only.
 
     ``disk_name``: None for the guest's own disk (``own_disk``); a rebuild names a new disk
     (by its job) so the old one stays until the domain has been redefined on the new one
     (``remove_other_disks``).
     """
-    cache = cache_for(hypervisor)
     _directory(guest_dir(hypervisor, uuid).parent, hypervisor.id)  # guests/: QEMU must pass it too
     directory = _directory(guest_dir(hypervisor, uuid), hypervisor.id)
-    disk_name = disk_name or own_disk(hypervisor, uuid)
-    before = cache.downloads
-    base = cache.base(image)
-    downloaded = cache.downloads > before
-    disk = cache.create_overlay(base, directory / disk_name, disk_gib or None)
+    disks: tuple[Disk, ...] = ()
+    downloaded = False
+    if image is not None:
+        cache = cache_for(hypervisor)
+        before = cache.downloads
+        base = cache.base(image)
+        downloaded = cache.downloads > before
+        disk = cache.create_overlay(base, directory / (disk_name or own_disk(hypervisor, uuid)), disk_gib or None)
+        disks = (Disk(str(disk), "qcow2", "vda"),)
     drive = build_config_drive(directory / "config-2.iso", hostname=hostname, uuid=uuid, ssh_keys=ssh_keys,
                                user_data=user_data, network_config=network_data(nics))
-    disks = (Disk(str(disk), "qcow2", "vda"), Disk(str(drive), "raw", "hda", "cdrom"))
+    disks += (Disk(str(drive), "raw", "hda", "cdrom"),)
     return GuestFiles(directory, disks, directory / "console.log", downloaded)
 
 

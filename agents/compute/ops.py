@@ -30,6 +30,7 @@ from cloudland_agents.images.cache import CAPTURE_TIMEOUT_S
 from cloudland_agents.images.source import ImageSource, ImageTarget
 from cloudland_agents.network.ops import network_for
 from cloudland_agents.ops import Context, operation
+from cloudland_agents.storage.ops import storage_for
 from cloudland_proto.v1 import compute_pb2 as cpb
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -162,7 +163,11 @@ def vm_create(ctx: Context, request: cpb.VmCreateRequest) -> cpb.VmCreateResult:
                                         None)
     # Its tenant bridges come from its VPC's net.sync, sent beside this create (nics.py).
     nics.await_bridges(ctx.hypervisor, spec.name, resolved.tenant, ctx.remaining() - 2.0, ctx.job_id)
-    info = driver_for(ctx.hypervisor).create(spec)
+    root = ()
+    if request.HasField("boot_volume"):  # its root disk (vda) is a volume, in the definition from the start
+        boot = request.boot_volume
+        root = (storage_for(ctx.hypervisor).boot_disk(boot.volume, boot.attachment_id),)
+    info = driver_for(ctx.hypervisor).create(spec, root)
     _play_nics(ctx, spec.name, resolved.tenant)
     return cpb.VmCreateResult(vm=record_of(info), created=bool(info["created"]),
                               image_downloaded=files is not None and files.downloaded)
@@ -193,8 +198,10 @@ def _prepare_guest(ctx: Context, spec: DomainSpec, guest: cpb.Guest, disk_name: 
                    configs: tuple[guests.NicConfig, ...]) -> guests.GuestFiles:
     """The disk and config drive of a real guest (ImageSource validates the image's fields)."""
     image = guest.image
-    source = ImageSource(image_id=image.image_id, sha256=image.sha256, size_bytes=image.size_bytes,
-                         disk_format=image.disk_format, url=image.url, token=image.token or None)
+    source = None  # no image: the guest boots from a volume (vm.create's boot_volume)
+    if guest.HasField("image"):
+        source = ImageSource(image_id=image.image_id, sha256=image.sha256, size_bytes=image.size_bytes,
+                             disk_format=image.disk_format, url=image.url, token=image.token or None)
     return guests.prepare(ctx.hypervisor, spec.uuid, hostname=guest.hostname or spec.name, image=source,
                           disk_gib=guest.disk_gib, ssh_keys=list(guest.ssh_keys),
                           user_data=guest.user_data or None, disk_name=disk_name, nics=configs)

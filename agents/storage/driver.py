@@ -22,6 +22,8 @@ result message of its operation, proto/v1/storage.proto, whose comments are the 
                                     the domain has the disk, persistently and, if it runs, live.
     detach(ref, domain, attachment) the domain has no disk of that attachment (others untouched).
     disks(domain)                   the domain's disks (``AttachedDisk``), from its definition.
+    boot_disk(ref, attachment)      the ``<disk>`` XML of a VM that boots from the volume (vda, by
+                                    the attachment's alias), for vm.create to define it with.
 
 Verbs on one volume are serialised by a lock per volume, those that edit a domain by a lock per
 domain (agents/locks.py); others proceed. Every libvirtError is translated here into a
@@ -63,6 +65,7 @@ class VolumeDriver(Protocol):
                read_only: bool = False) -> spb.VolumeAttachResult: ...
     def detach(self, ref: spb.VolumeRef, domain: str, attachment_id: int) -> spb.VolumeDetachResult: ...
     def disks(self, domain: str) -> list[spb.AttachedDisk]: ...
+    def boot_disk(self, ref: spb.VolumeRef, attachment_id: int) -> str: ...
 
 
 # -- validation, shared with the fake ----------------------------------------------------------
@@ -79,6 +82,9 @@ def check_size(size_bytes: int, field: str = "size_bytes") -> int:
     if not 0 < size_bytes <= MAX_BYTES:
         raise InvalidRequest(f"{field} must be in (0, {MAX_BYTES}], got {size_bytes}")
     return whole_mib(size_bytes)
+
+
+ROOT_DEVICE = "vda"  # a VM's root disk: a boot volume's device
 
 
 def check_device(device: str) -> str:
@@ -331,6 +337,13 @@ class Volumes:
                 raise VolumeError(self.hypervisor, f"domain {domain} did not release volume {ref.id} (attachment "
                                                    f"{attachment_id}) within {DETACH_WAIT_S:g}s")
             time.sleep(0.1)
+
+    def boot_disk(self, ref: spb.VolumeRef, attachment_id: int) -> str:
+        check_id(attachment_id, "attachment_id")
+        with self._volume(ref) as store:
+            if not store.exists(ref.id):
+                raise VolumeNotFound(self.hypervisor, f"boot volume {ref.id} not found in backend {ref.backend}")
+            return disk_xml(store.disk(ref.id, attachment_id, ROOT_DEVICE, False))
 
     def disks(self, domain: str) -> list[spb.AttachedDisk]:
         dom = self._domain(domain)

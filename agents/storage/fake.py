@@ -12,7 +12,8 @@ import threading
 from typing import Any
 
 from cloudland.errors import InvalidRequest, VolumeBusy, VolumeError, VolumeNotFound
-from cloudland_agents.storage.driver import check_device, check_domain, check_id, check_size, shrinks
+from cloudland_agents.storage.disks import VolumeDisk, disk_xml
+from cloudland_agents.storage.driver import ROOT_DEVICE, check_device, check_domain, check_id, check_size, shrinks
 from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
@@ -197,6 +198,15 @@ class FakeVolumes:
             detached = len(kept) != len(disks)
             disks[:] = kept
             return spb.VolumeDetachResult(detached=detached)
+
+    def boot_disk(self, ref: spb.VolumeRef, attachment_id: int) -> str:
+        with self._lock:
+            self._enter("boot_disk", ref, attachment_id)
+            check_id(attachment_id, "attachment_id")
+            if self._key(ref) not in self.sizes:
+                raise VolumeNotFound(self.hypervisor, f"boot volume {ref.id} not found in backend {ref.backend}")
+            return disk_xml(VolumeDisk(volume_id=ref.id, attachment_id=attachment_id, device=ROOT_DEVICE,
+                                       path=self.path(ref)))
 
     def disks(self, domain: str) -> list[spb.AttachedDisk]:
         with self._lock:

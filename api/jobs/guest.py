@@ -70,18 +70,21 @@ class GuestSource:
     signing_key: bytes
     token_lifetime_s: int
 
-    def guest(self, session: Session, instance: Instance, image_id: int | None = None) -> cpb.Guest | None:
-        """What a real hypervisor needs to build the guest's files (None: an image without bytes).
+    def guest(self, session: Session, instance: Instance, image_id: int | None = None, *,
+              boot_volume: bool = False) -> cpb.Guest | None:
+        """What a real hypervisor needs to build the guest's files (None: an image without bytes);
+        ``boot_volume``: its config drive only (no image: the root disk is a volume).
 
         The image source carries a token for that one image (security.issue_image_token);
         simulated hypervisors ignore all of it.
         """
         image_id = image_id if image_id is not None else instance.image_id  # a rebuild's new image
-        image = session.get(Image, image_id) if image_id is not None else None
-        if image is None or image.sha256 is None:
+        image = session.get(Image, image_id) if image_id is not None and not boot_volume else None
+        if not boot_volume and (image is None or image.sha256 is None):
             return None
         key = session.get(SshKey, instance.ssh_key_id) if instance.ssh_key_id is not None else None
-        return cpb.Guest(image=self.image_source(image), hostname=instance.name, disk_gib=instance.disk_gib,
+        source = self.image_source(image) if image is not None else None
+        return cpb.Guest(image=source, hostname=instance.name, disk_gib=instance.disk_gib,
                          ssh_keys=[key.public_key] if key is not None else [],
                          user_data=instance.user_data.encode() if instance.user_data is not None else b"")
 
@@ -102,13 +105,15 @@ class GuestSource:
 
 
 def agent_request(job: Job, instance: Instance, guest: cpb.Guest | None = None,
-                  target: ipb.ImageTarget | None = None, nics: Iterable[cpb.Nic] = ()) -> Message:
+                  target: ipb.ImageTarget | None = None, nics: Iterable[cpb.Nic] = (),
+                  boot: cpb.BootVolume | None = None) -> Message:
     """The agent operation's request message for ``job``, built from the instance as it is now
     (``guest``: a create's, recover's or rebuild's files; ``target``: a capture's upload;
-    ``nics``: the instance's NICs, for a create, recover, rebuild or NIC attach)."""
+    ``nics``: the instance's NICs, for a create, recover, rebuild or NIC attach; ``boot``: the
+    volume a create or recover boots from)."""
     name = instance.domain_name
     if job.action in ("create", "recover"):  # recover: the same domain again, on its own disk
-        return cpb.VmCreateRequest(spec=vm_spec(instance, nics=nics), guest=guest)
+        return cpb.VmCreateRequest(spec=vm_spec(instance, nics=nics), guest=guest, boot_volume=boot)
     if job.action == "rebuild":
         return cpb.VmRebuildRequest(spec=vm_spec(instance, job.args["image_id"], nics), guest=guest)
     if job.action == "resize":

@@ -21,7 +21,7 @@ from cloudland_api.jobs.guest import agent_request, vm_nics
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
 from cloudland_api.jobs.volume import release_attachments
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port
-from cloudland_api.services import hypervisors, netstate, scheduler
+from cloudland_api.services import boot_volumes, hypervisors, netstate, scheduler
 from cloudland_proto.v1 import compute_pb2 as cpb
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,20 @@ class VmJobs(Kind):
         # here: nothing sent there can arrive. New VMs below are placed on up hosts only.
         lost = hypervisors.lost_hosts(session, (instance.hypervisor_id for _, instance in rows))
         new = [(job, instance) for job, instance in rows if job.action == "create" and instance.hypervisor_id is None]
-        demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
         no_room = set()
         placed: dict[int, int] = {}
+        # A VM booting from a local volume goes where the volume is (its job's ``host``).
+        for job, instance in (row for row in new if "host" in row[0].args):
+            host = job.args["host"]
+            if scheduler.claim(session, host, instance.vcpus, instance.memory_mib):
+                instance.hypervisor_id = placed[instance.id] = host
+            else:
+                plan.decide(job, "failed", f"no capacity on hypervisor {host}, where its local boot volume lives: it "
+                                           f"must be up, open to new VMs and have room for {instance.vcpus} vCPU and "
+                                           f"{instance.memory_mib} MiB")
+                no_room.add(job.id)
+        new = [(job, instance) for job, instance in new if "host" not in job.args]
+        demands = [scheduler.Demand(i.vcpus, i.memory_mib, i.arch) for _, i in new]
         for (job, instance), demand, host in zip(new, demands, placer.place_many(demands)):
             if host is None:
                 plan.decide(job, "failed", placer.no_capacity(demand))
@@ -70,6 +81,7 @@ class VmJobs(Kind):
         follow_up(session, netstate.bind(session, placed))
         # The NICs of what gets a domain (again): one read for the batch.
         nics = vm_nics(session, (i.id for job, i in rows if job.action in WITH_NICS))
+        boots = boot_volumes.of_instances(session, (i.id for job, i in rows if job.action in ("create", "recover")))
         for job, instance in rows:
             if job.id in no_room:
                 continue
@@ -101,14 +113,15 @@ class VmJobs(Kind):
             guest = target = None
             timeout = None
             if source is not None and job.action in ("create", "rebuild", "recover"):
-                guest = source.guest(session, instance, job.args.get("image_id"))
+                guest = source.guest(session, instance, job.args.get("image_id"), boot_volume=instance.id in boots)
             if job.action == "capture":
                 timeout = plan.settings.capture_timeout_s
                 if source is not None:
                     target = source.capture_target(job.args["image_id"], job.args["disk_format"],
                                                    plan.settings.capture_timeout_s)
             plan.send(job, OPERATIONS[job.action], instance.hypervisor_id,
-                      agent_request(job, instance, guest, target, nics.get(instance.id, ())), timeout)
+                      agent_request(job, instance, guest, target, nics.get(instance.id, ()), boots.get(instance.id)),
+                      timeout)
 
     @staticmethod
     def _claim_resize(session: Session, job: Job, instance: Instance) -> bool:
@@ -131,6 +144,7 @@ class VmJobs(Kind):
             if instance is not None:
                 settle_instance(job, instance, outcome, releases, session)
         releases.apply(session)  # one UPDATE per host, not per VM
+        boot_volumes.created(session, [job.subject_id for job, _ in done if job.action == "create"])
         # Deleted VMs' NICs go after the claims (hosts' rows locked before VPCs', as when placing).
         release_ports(session, [job.subject_id for job, outcome in done
                                 if outcome.ok and job.action == "delete"])

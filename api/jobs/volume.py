@@ -25,9 +25,9 @@ from google.protobuf.message import Message
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cloudland_api.jobs.kinds import Kind, Outcome, Plan, register
+from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
 from cloudland_api.models import VOLUME, Hypervisor, Image, Instance, Job, Volume, VolumeAttachment, VolumeSnapshot
-from cloudland_api.services import hypervisors
+from cloudland_api.services import boot_volumes, hypervisors
 from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
@@ -49,13 +49,19 @@ class VolumeJobs(Kind):
     subject = VOLUME
 
     def plan(self, plan: Plan, jobs: list[Job]) -> None:
+        """Every job's send; the batch's volumes and instances read with one query each."""
         session = plan.session
+        volumes = {v.id: v for v in session.scalars(select(Volume).where(
+            Volume.id.in_({job.subject_id for job in jobs})))}
+        instance_ids = {job.args["instance_id"] for job in jobs if "instance_id" in job.args}
+        instances = ({i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(instance_ids)))}
+                     if instance_ids else {})
         for job in jobs:
-            volume = session.get(Volume, job.subject_id)
+            volume = volumes.get(job.subject_id)
             if volume is None:
                 plan.decide(job, "failed", f"volume {job.subject_id} is gone")
                 continue
-            instance = session.get(Instance, job.args["instance_id"]) if "instance_id" in job.args else None
+            instance = instances.get(job.args["instance_id"]) if "instance_id" in job.args else None
             target = self._target(session, volume, instance)
             if isinstance(target, str):
                 # Nothing of a detach is left on a host that is gone: the domain went with it.
@@ -163,6 +169,8 @@ def settle_one(session: Session, job: Job, volume: Volume, outcome: Outcome) -> 
 
 
 def release_attachments(session: Session, instance_ids: list[int]) -> None:
-    """Remove the attachments of deleted instances: their domains, and so the disks, are gone."""
+    """Remove the attachments of deleted instances: their domains, and so the disks, are gone;
+    boot volumes to be deleted with them get their delete jobs (services/boot_volumes.py)."""
     if instance_ids:
+        follow_up(session, boot_volumes.terminate(session, instance_ids))
         session.execute(delete(VolumeAttachment).where(VolumeAttachment.instance_id.in_(instance_ids)))

@@ -7,7 +7,8 @@ every hypervisor reaches. Its ``type`` is the operator's name for a backend
 
 An attachment is an object with an id: the database allocates its device name (unique per
 instance) and allows one attachment per volume (a unique constraint, the last word when 50
-attaches race). Ids are never reused (``sqlite_autoincrement``), so a detach that names an old
+attaches race); device ``vda`` is a VM's boot volume (its root disk, made with the VM). Ids are
+never reused (``sqlite_autoincrement``), so a detach that names an old
 attachment can never remove a newer one. A snapshot belongs to its volume, which cannot be
 deleted while it has any.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
@@ -95,6 +96,8 @@ class VolumeAttachment(Base):
     volume: Mapped[Volume] = depends_on("Volume")
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
     instance: Mapped[Instance] = depends_on("Instance")
-    device: Mapped[str] = mapped_column(String(8))     # vdb, vdc...
+    device: Mapped[str] = mapped_column(String(8))     # vdb, vdc...; vda: the instance boots from it
     status: Mapped[str] = mapped_column(String(16), default="attaching")  # attaching | attached | detaching
+    # A boot volume's: deleted with its instance (default False: the data is the tenant's to keep).
+    delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -8,6 +8,8 @@ the alias; proto/README.md §11.1).
 - A disk that carries a CloudLand attachment id that no attachment of that instance has (a detach
   the agent never finished, a database restored from before) is detached (``detach`` job on its
   volume), when that volume still exists; otherwise it is reported and left.
+- A boot volume (the attachment ``vda``) is never attached again here: a domain without its root
+  disk is defined again with it by reconcile/vm.py's ``recover``.
 - A disk with no attachment id other than the root disk (``vda``) was attached outside CloudLand:
   it is reported, once, and never adopted.
 
@@ -82,7 +84,9 @@ def _converge(session: Session, hv: int, domain: Domain, instance: Instance, att
     held = {attachment_id: (device, volume_id) for device, volume_id, attachment_id in domain.disks if attachment_id}
     known = {a.id for a in attachments}
     for attachment in attachments:
-        if attachment.status != "attached" or attachment.id in held:
+        # A boot volume missing from its domain is not hot-plugged: the VM reconciler defines the
+        # domain again with it (a recover's vm.create carries it).
+        if attachment.status != "attached" or attachment.id in held or attachment.device == ROOT_DEVICE:
             continue
         volume = session.get(Volume, attachment.volume_id)
         if volume is None or volume.job_id is not None or volume.updated_at > settled_before:

@@ -15,17 +15,31 @@ from cloudland_api.schemas.networks import MAX_NETWORKS
 
 
 class InstanceCreate(_Request):
-    """``count`` VMs: named ``name`` when one, ``name-1`` ... ``name-N`` when more."""
+    """``count`` VMs: named ``name`` when one, ``name-1`` ... ``name-N`` when more; from ``image``
+    (a disk of their own, an overlay on it), or one VM booting from ``boot_volume`` (its root
+    disk, vda), which is deleted with it only if ``delete_on_termination``."""
 
     name: Name
     flavor: Ref
-    image: Ref
+    image: Ref | None = None
+    boot_volume: Ref | None = None
+    delete_on_termination: bool = False
     ssh_key: Ref | None = None
     count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
     # cloud-init user data for the guest's config drive; 64 KiB of UTF-8 at most (nova's limit).
     user_data: Annotated[str, Field(max_length=65535, pattern=NO_NUL)] | None = None
     # Subnets, by id or name: one NIC (a port with an address) on each, in order; the first is primary.
     networks: Annotated[list[Ref], Field(max_length=MAX_NETWORKS)] = []
+
+    @model_validator(mode="after")
+    def _one_root_disk(self) -> InstanceCreate:
+        if (self.image is None) == (self.boot_volume is None):
+            raise ValueError("give exactly one of image and boot_volume (the VM's root disk)")
+        if self.boot_volume is not None and self.count != 1:
+            raise ValueError(f"a volume boots one VM: count must be 1 with boot_volume, got {self.count}")
+        if self.delete_on_termination and self.boot_volume is None:
+            raise ValueError("delete_on_termination is for a boot_volume")
+        return self
 
     @field_validator("user_data")
     @classmethod

@@ -53,8 +53,9 @@ class AttachmentPublic(BaseModel):
     id: int
     volume_id: int
     instance_id: int
-    device: str
+    device: str                  # vda: the instance boots from the volume
     status: str
+    delete_on_termination: bool  # a boot volume deleted with its instance
     created_at: datetime
 
 

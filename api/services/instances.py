@@ -31,7 +31,7 @@ from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, VolumeAttachment
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
-from cloudland_api.services import crud, hypervisors, netstate, networks, scheduler
+from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, scheduler
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
@@ -108,7 +108,9 @@ def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: 
 def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
     """``spec.count`` new instances and their create jobs, committed together."""
     flavor = get_flavor(session, caller, spec.flavor)
-    image = resolve_image(session, caller, spec.image)
+    image = resolve_image(session, caller, spec.image) if spec.image is not None else None
+    # Or its root disk is a volume (locked now; attached as vda once the instance has its id).
+    boot = boot_volumes.reserve(session, caller, spec.boot_volume) if spec.boot_volume is not None else None
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
     # Locked for the addresses below. Without ``networks`` (not even []): the organisation's
     # default subnet, if it has one (the all-in-one cloud's, api/settings.py default_network).
@@ -123,17 +125,24 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
         raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
+    if image is not None:
+        arch, disk_gib, args = image.arch, flavor.disk_gib, {}
+    else:
+        assert boot is not None  # the schema asks for exactly one of image and boot_volume
+        arch, disk_gib, args = boot_volumes.arch_of(session, boot), boot.size_gib, boot_volumes.create_args(boot)
     instances = [Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
-                          image_id=image.id, ssh_key_id=key.id if key else None, user_data=spec.user_data,
-                          vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib,
-                          arch=image.arch, status="building")
+                          image_id=image.id if image else None, ssh_key_id=key.id if key else None,
+                          user_data=spec.user_data, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
+                          disk_gib=disk_gib, arch=arch, status="building")
                  for name in names]
     session.add_all(instances)
     try:
         session.flush()  # the instances' ids, for their jobs' subject; one INSERT for all
         # Their NICs: a port with an address on each subnet, or Conflict (subnet full) for all.
         networks.instance_ports(session, subnets, instances)
-        jobs = [_new_job(caller, batch, "create", instance, {}) for instance in instances]
+        if boot is not None:
+            boot_volumes.attach_root(session, caller, boot, instances[0], spec.delete_on_termination)
+        jobs = [_new_job(caller, batch, "create", instance, dict(args)) for instance in instances]
         for instance, job in zip(instances, jobs):
             instance.job_id = job.id
         session.add_all(jobs)
@@ -243,6 +252,8 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     """A resize job to ``flavor_ref``'s size; the instance must be stopped."""
     instance = get_instance(session, caller, instance_id, lock=True)
     flavor = get_flavor(session, caller, flavor_ref)
+    boot_volumes.refuse(session, instance, "resized", "its domain is redefined from a record that does not keep a "
+                                                      "volume's disk (not in this slice)")
     _check_can(instance, "resize", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         # An ``error`` instance whose create found no room: there is no host to claim the new size on
@@ -265,6 +276,7 @@ def rebuild(session: Session, caller: Caller, instance_id: int, image_ref: int |
     """A rebuild job from ``image_ref`` (its architecture must match the instance's host)."""
     instance = get_instance(session, caller, instance_id, lock=True)
     image = resolve_image(session, caller, image_ref)
+    boot_volumes.refuse(session, instance, "rebuilt", "make a volume from the image and boot a new VM from it")
     if image.arch != instance.arch:
         raise InvalidRequest(f"image {image.name!r} is for {image.arch}; instance {instance.id} runs on {instance.arch}")
     return act(session, caller, instance.id, "rebuild", {"image_id": image.id})
@@ -275,6 +287,7 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     disk, committed together. The hypervisor uploads the bytes itself (``PUT /images/{id}/upload``
     with the job's upload token); the image is ``active`` once they are in, ``error`` if the job fails."""
     instance = get_instance(session, caller, instance_id, lock=True)
+    boot_volumes.refuse(session, instance, "captured", "snapshot its volume instead")
     _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")

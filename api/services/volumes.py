@@ -24,7 +24,7 @@ from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import VOLUME, Hypervisor, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot
 from cloudland_api.schemas import VolumeCreate
-from cloudland_api.services import crud, hypervisors
+from cloudland_api.services import boot_volumes, crud, hypervisors
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.instances import resolve_image
 from cloudland_api.settings import ApiSettings
@@ -66,6 +66,15 @@ def list_snapshots(session: Session, caller: Caller, volume_id: int, limit: int,
 
 
 # -- the quota seam -----------------------------------------------------------------------------
+
+
+def volume_usage(session: Session, org_id: int) -> tuple[int, int]:
+    """(volumes, GiB) organisation ``org_id`` holds now, for its quota (issue 14's quotas call it):
+    every volume that exists, whatever its status (one being deleted holds its space until it is
+    gone), in one query."""
+    count, gib = session.execute(select(func.count(Volume.id), func.coalesce(func.sum(Volume.size_gib), 0))
+                                 .where(Volume.org_id == org_id)).one()
+    return int(count), int(gib)
 
 
 def charge_quota(session: Session, caller: Caller, volumes: int, gib: int) -> None:
@@ -263,6 +272,10 @@ def detach(session: Session, caller: Caller, volume_id: int, attachment_id: int)
         VolumeAttachment.org_id == caller.org_id))
     if attachment is None or attachment.status == "detaching":
         return volume, None
+    if attachment.device == boot_volumes.ROOT_DEVICE:
+        raise Conflict(f"volume {volume.id} ({volume.name}) is the boot volume of instance {attachment.instance_id} "
+                       f"(attachment {attachment.id}): it cannot be detached; delete the instance (the volume stays "
+                       "unless it was made to go with it)")
     if volume.job_id is not None:
         raise Conflict(f"volume {volume.id} ({volume.name}) is busy with job {volume.job_id}; wait for it "
                        f"(cloudland job watch {volume.job_id})")

@@ -70,6 +70,22 @@ def test_agreeing_views_make_no_job(sessions: Sessions, org: int, seeded: dict[s
     assert fake.commands == [] and verdict.foreign == [] and verdict.again == set()
 
 
+def test_a_boot_volume_is_never_hot_plugged_again_and_its_disk_is_not_foreign(
+        sessions: Sessions, org: int, seeded: dict[str, int]) -> None:
+    """A domain without its boot volume is the VM reconciler's to define again (vol.attach never
+    takes vda); with it, the root disk carries its attachment id and is judged as any."""
+    att = attached(sessions, org, seeded, "a", "vda")
+    with sessions() as session:
+        vm = session.get(Instance, seeded["vm"])
+        assert vm is not None
+        without_root = {1: {vm.uuid: Domain(vm.domain_name, vm.uuid, "running", vm.id, ())}}
+        with_root = {1: {vm.uuid: Domain(vm.domain_name, vm.uuid, "running", vm.id, (("vda", seeded["a"], att),))}}
+    fake, verdict = one_pass(sessions, without_root)
+    assert fake.commands == [] and verdict.foreign == []
+    fake, verdict = one_pass(sessions, with_root)
+    assert fake.commands == [] and verdict.foreign == [] and verdict.again == set()
+
+
 def test_a_missing_disk_is_attached_again_under_its_attachment_id(
         sessions: Sessions, org: int, seeded: dict[str, int]) -> None:
     att = attached(sessions, org, seeded, "a", "vdb")

@@ -13,8 +13,9 @@ from cloudland.client import new_job_id
 from cloudland_api.jobs import Engine, Settings
 from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.models import (
-    VOLUME, Hypervisor, Image, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot,
+    INSTANCE, VOLUME, Hypervisor, Image, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot,
 )
+from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import storage_pb2 as spb
 from tests.api.test_job_engine import job as job_row
 from tests.fakeroot import FakeRoot
@@ -168,3 +169,55 @@ def test_a_volume_from_an_image_carries_where_to_fetch_it_with_a_token(
     assert (sent.operation, image_source.image_id, image_source.sha256, image_source.disk_format) == (
         "vol.create", image_id, "ab" * 32, "qcow2")
     assert image_source.url == f"http://api.example:8080/api/v1/images/{image_id}/download" and image_source.token
+
+
+def test_a_vm_booting_from_a_local_volume_is_placed_beside_it_and_carries_it(
+        sessions: Sessions, org: int, fake: FakeRoot, engine: Engine) -> None:
+    """A create with a boot volume: claimed on the volume's hypervisor (the job's ``host``), not
+    scheduled; vm.create carries the volume and its attachment; the attachment is then attached.
+    A host without room fails the job, naming it, and sends nothing."""
+    _vm, vol = seed(sessions, org)  # the local volume lives on hypervisor 2
+    with sessions() as session:
+        for hv in (1, 2):
+            session.get(Hypervisor, hv).free_memory_mib = 8192  # type: ignore[union-attr]
+        session.commit()
+
+    def boot_job(name: str, vcpus: int, volume_id: int | None) -> tuple[str, int, int | None]:
+        with sessions() as session:
+            instance = Instance(org_id=org, name=name, uuid=str(uuid.uuid4()), vcpus=vcpus, memory_mib=512,
+                                disk_gib=2, status="building")
+            session.add(instance)
+            session.flush()
+            attachment = None
+            if volume_id is not None:
+                attachment = VolumeAttachment(org_id=org, volume_id=volume_id, instance_id=instance.id, device="vda",
+                                              status="attaching")
+                session.add(attachment)
+                session.flush()
+            row = Job(id=new_job_id(), org_id=org, batch=new_job_id(), kind="vm", action="create",
+                      subject_type=INSTANCE, subject_id=instance.id, args={"host": 2}, state=JobState.pending,
+                      attempts=0)
+            session.add(row)
+            instance.job_id = row.id
+            session.commit()
+            return row.id, instance.id, attachment.id if attachment else None
+
+    job_id, instance_id, attachment_id = boot_job("app", 1, vol)
+    engine.run_once([job_id])
+    [sent] = fake.commands
+    assert (sent.operation, sent.targets) == ("vm.create", 2)
+    assert sent.request.boot_volume == cpb.BootVolume(volume=spb.VolumeRef(id=vol, backend="local"),
+                                                      attachment_id=attachment_id)
+    assert state(sessions, job_id) == JobState.succeeded
+    with sessions() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None and (instance.hypervisor_id, instance.status) == (2, "running")
+        assert session.get(VolumeAttachment, attachment_id).status == "attached"  # type: ignore[union-attr]
+        assert session.get(Hypervisor, 2).vcpus_claimed == 1  # type: ignore[union-attr]
+        assert session.get(Hypervisor, 1).vcpus_claimed == 0  # type: ignore[union-attr]
+
+    too_big, _, _ = boot_job("huge", 1000, None)
+    engine.run_once([too_big])
+    assert fake.commands == [sent]
+    failed = job_row(sessions, too_big)
+    assert failed.state == JobState.failed and "no capacity on hypervisor 2" in (failed.reason or "")

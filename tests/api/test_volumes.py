@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from cloudland_api.models import Instance, Role
+from cloudland_api.models import Instance, Job, Role
 from tests.api.conftest import Api, Launcher, add_hypervisor, running, settle
 from tests.api.test_networks import post as posted
 
@@ -221,6 +221,49 @@ def test_50_concurrent_attaches_of_one_volume_to_50_vms_exactly_one_succeeds(
         statuses = sorted(pool.map(one, vms["instances"]))
     assert statuses.count(202) == 1 and statuses.count(409) == 49, statuses
     assert get(api, admin_headers, made["id"])["attachment"]["device"] == "vdb"
+
+
+def test_20_concurrent_boots_of_one_volume_exactly_one_wins_and_it_goes_with_its_vm_when_asked(
+        api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
+    """Boot from volume on both databases: of 20 creates booting from one volume exactly one wins,
+    the rest are 409s, and so is an attach of it then; the VM is placed beside the local volume
+    by its job's ``host``; its delete makes the volume's delete job when the create asked for
+    delete_on_termination."""
+    holder = running(api, launch, "holder", hypervisor=7)  # and the flavor "small"
+    made = volume(api, admin_headers, name="root", instance=holder["id"])
+
+    def boot(i: int) -> int:
+        body = {"name": f"b{i}", "flavor": "small", "boot_volume": "root", "delete_on_termination": True}
+        return api.client.post(f"{API}/instances", json=body, headers=admin_headers).status_code
+
+    def attach_it() -> int:
+        return api.client.post(f"{API}/volumes/{made['id']}/attachments", json={"instance": holder["id"]},
+                               headers=admin_headers).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = sorted(pool.map(boot, range(20)))
+    assert statuses.count(202) == 1 and statuses.count(409) == 19, statuses
+    assert attach_it() == 409
+    attachment = get(api, admin_headers, made["id"])["attachment"]
+    assert (attachment["device"], attachment["delete_on_termination"]) == ("vda", True)
+    reply = api.client.get(f"{API}/instances/{attachment['instance_id']}", headers=admin_headers)
+    vm = reply.json()
+    assert (vm["image_id"], vm["disk_gib"]) == (None, 1)
+    with api.app.state.write_sessions() as session:
+        job = session.get(Job, vm["job_id"])
+        assert job is not None and job.args == {"host": 7}
+        session.execute(update(Instance).where(Instance.id == vm["id"]).values(hypervisor_id=7))
+        session.commit()
+    settle(api, vm["job_id"])
+    assert get(api, admin_headers, made["id"])["attachment"]["status"] == "attached"
+    reply = api.client.delete(f"{API}/instances/{vm['id']}", headers=admin_headers)
+    assert reply.status_code == 202, reply.text
+    settle(api, reply.json()["id"])
+    going = get(api, admin_headers, made["id"])
+    assert (going["status"], going["attachment"]) == ("deleting", None) and going["job_id"] is not None
+    with api.app.state.write_sessions() as session:
+        job = session.get(Job, going["job_id"])
+        assert job is not None and (job.kind, job.action, job.subject_id) == ("volume", "delete", made["id"])
 
 
 @pytest.mark.parametrize("path", ["volumes/999", "volumes/999/snapshots"])

@@ -100,3 +100,72 @@ def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_d
     assert "succeeded" in cli("detach", "logs")
     assert "nothing to do" in cli("detach", "logs")
     assert "succeeded" in cli("delete", "logs")
+
+
+def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(make_cloud: Any) -> None:
+    """Must-show 5 on simulated hypervisors: a VM whose root disk (vda) is a local volume runs on
+    the volume's hypervisor; deleted, it leaves the volume (default), which boots the next VM; a
+    VM made with delete_on_termination takes its volume with it. The refusals are 409s."""
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    made = cloud.post("/volumes", {"name": "root", "size_gib": 1, "image": "tiny"})
+    ended(cloud, made)
+    volume = cloud.get(f"/volumes/{made['volume']['id']}")
+    home = volume["hypervisor_id"]
+    [file] = cloud.tree.state_dir.rglob(f"volumes/hv{home}/vol-{volume['id']}.qcow2")
+
+    def boot(name: str, **extra: Any) -> dict[str, Any]:
+        [vm] = cloud.post("/instances", {"name": name, "flavor": "small", "boot_volume": "root"} | extra)["instances"]
+        wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] in ("running", "error"), 30, f"{name} created")
+        vm = cloud.get(f"/instances/{vm['id']}")
+        assert (vm["status"], vm["hypervisor_id"], vm["image_id"]) == ("running", home, None), vm
+        return vm
+
+    first = boot("first")
+    attachment = cloud.get(f"/volumes/{volume['id']}")["attachment"]
+    assert (attachment["instance_id"], attachment["device"], attachment["status"],
+            attachment["delete_on_termination"]) == (first["id"], "vda", "attached", False)
+    # The domain's root disk is the volume's file, by its attachment (reported by the hypervisor).
+    wait_for(lambda: ("vda", volume["id"], attachment["id"]) in disks(cloud, home, f"cl-{first['uuid']}"), 10,
+             "the hypervisor to report the boot volume as vda")
+
+    def refused(method: str, path: str, body: dict[str, Any] | None = None) -> str:
+        assert cloud.http is not None
+        reply = cloud.http.request(method, path, json=body)
+        assert reply.status_code == 409, reply.text
+        message: str = reply.json()["error"]["message"]
+        return message
+
+    assert "boots only from a detached volume" in refused("POST", "/instances", {"name": "second", "flavor": "small",
+                                                                                  "boot_volume": "root"})
+    assert "it cannot be detached" in refused("DELETE", f"/volumes/{volume['id']}/attachments/{attachment['id']}")
+    assert "detach it first" in refused("DELETE", f"/volumes/{volume['id']}")
+    assert "snapshot its volume instead" in refused("POST", f"/instances/{first['id']}/capture", {"name": "img"})
+    assert "cannot be rebuilt" in refused("POST", f"/instances/{first['id']}/rebuild", {"image": "tiny"})
+    assert "cannot be resized" in refused("POST", f"/instances/{first['id']}/resize", {"flavor": "small"})
+
+    ended(cloud, {"job": cloud.request("DELETE", f"/instances/{first['id']}")})
+    kept = cloud.get(f"/volumes/{volume['id']}")
+    assert (kept["status"], kept["attachment"]) == ("available", None) and file.exists()
+
+    second = boot("second", delete_on_termination=True)
+    assert cloud.get(f"/volumes/{volume['id']}")["attachment"]["delete_on_termination"] is True
+    ended(cloud, {"job": cloud.request("DELETE", f"/instances/{second['id']}")})
+    assert cloud.http is not None
+    wait_for(lambda: cloud.http.get(f"/volumes/{volume['id']}").status_code == 404, 30,
+             "the volume deleted with its instance")
+    assert not file.exists()
+
+    # The same through the CLI: a VM from a volume; neither or both of --image and --boot-volume is a usage error.
+    assert cloud.cli("volume", "create", "root2", "--size", "1", "--image", "tiny").returncode == 0
+    done = cloud.cli("vm", "create", "from-cli", "--flavor", "small", "--boot-volume", "root2",
+                     "--delete-on-termination")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [vm] = cloud.instances(name="from-cli")
+    root2 = next(v for v in cloud.get("/volumes")["items"] if v["name"] == "root2")
+    assert (vm["status"], vm["hypervisor_id"]) == ("running", root2["hypervisor_id"])
+    assert (root2["attachment"]["device"], root2["attachment"]["delete_on_termination"]) == ("vda", True)
+    for both_or_none in ([], ["--image", "tiny", "--boot-volume", "root2"]):
+        usage = cloud.cli("vm", "create", "bad", "--flavor", "small", *both_or_none)
+        assert usage.returncode == 2 and "exactly one of --image and --boot-volume" in usage.stderr, usage

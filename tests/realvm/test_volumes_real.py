@@ -41,6 +41,17 @@ def power(cloud: Cloud, vm: dict[str, Any], action: str) -> None:
     ok(cloud, cloud.post(f"/instances/{vm['id']}/{action}"))
 
 
+def guest_and_volume(cloud: Cloud, session: QemuSession, vm_name: str, volume_name: str) -> tuple[dict[str, Any],
+                                                                                                  dict[str, Any]]:
+    """A running guest ``vm_name`` at its shell prompt and a new 1-GiB local volume beside it."""
+    ready(cloud, session.guest)
+    vm = running_vm(cloud, vm_name)
+    console_until(cloud, vm["id"], PROMPT, BOOT_TIMEOUT_S)
+    made = cloud.post("/volumes", {"name": volume_name, "size_gib": 1, "instance": vm["id"]})
+    ok(cloud, made)
+    return vm, made["volume"]
+
+
 @pytest.fixture
 def no_pool_left(real_cloud: Cloud, qemu_libvirt: QemuSession) -> Iterator[None]:
     """The agent's libvirt pools over this test's directories go with the test (the daemon is shared)."""
@@ -97,12 +108,7 @@ def test_hot_plug_live_extend_and_unplug_in_a_running_guest(real_cloud: Cloud, q
     """Must-show 3 with the live path: attached to a running guest it appears at once, grown it
     shows the new size without a reboot (QEMU's block_resize), detached it is gone."""
     cloud = real_cloud
-    ready(cloud, qemu_libvirt.guest)
-    vm = running_vm(cloud, "live")
-    console_until(cloud, vm["id"], PROMPT, BOOT_TIMEOUT_S)
-    made = cloud.post("/volumes", {"name": "hot", "size_gib": 1, "instance": vm["id"]})
-    ok(cloud, made)
-    volume = made["volume"]
+    vm, volume = guest_and_volume(cloud, qemu_libvirt, "live", "hot")
     ok(cloud, cloud.post(f"/volumes/{volume['id']}/attachments", {"instance": vm["id"]}))
     type_until(cloud, vm["id"], "cat /sys/block/vdb/serial; echo", f"cl-vol-{volume['id']}".encode())
     type_until(cloud, vm["id"], "echo size-$(cat /sys/block/vdb/size)", b"size-2097152")  # 1 GiB in sectors
@@ -141,7 +147,7 @@ def rbd_backend(qemu_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 def test_an_rbd_volume_written_by_one_guest_is_read_by_another(
-        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     """Must-show 2 on one hypervisor: QEMU opens the RBD image through librbd, with the cephx key
     libvirt holds as a secret; a marker written by one guest is read by a second one."""
     cloud = real_cloud

@@ -21,6 +21,7 @@ import pytest
 from cloudland.errors import InvalidRequest, VolumeBusy, VolumeError, VolumeNotFound
 from cloudland_agents.compute.domain import DomainSpec, domain_xml
 from cloudland_agents.hypervisor import open_simulated
+from cloudland_agents.storage.disks import disks_of
 from cloudland_agents.storage.driver import VolumeDriver, Volumes
 from cloudland_agents.storage.fake import FakeVolumes
 from cloudland_agents.storage.local import LocalStore
@@ -224,6 +225,19 @@ def test_attach_and_detach_by_attachment_id(host: Host) -> None:
     assert host.volumes.detach(host.ref(1), "cl-web", 7).detached is False  # twice: a no-op success
     assert [d for d in host.volumes.disks("cl-web") if d.attachment_id] == []
     assert host.volumes.delete(host.ref(1)).deleted is True
+
+
+def test_a_boot_disk_is_vda_of_its_attachment_on_the_volume(host: Host) -> None:
+    """vm.create's boot volume: the disk a domain is defined with, read back as vda of the
+    attachment, on the volume's own source; a missing volume is not found, an id of 0 refused."""
+    made = host.volumes.create(host.ref(1), MIB)
+    xml = host.volumes.boot_disk(host.ref(1), 9)
+    [disk] = disks_of(f"<domain><devices>{xml}</devices></domain>")
+    assert (disk.device, disk.volume_id, disk.attachment_id, disk.source) == ("vda", 1, 9, made.path)
+    with pytest.raises(VolumeNotFound, match="boot volume 2 not found"):
+        host.volumes.boot_disk(host.ref(2), 9)
+    with pytest.raises(InvalidRequest, match="attachment_id"):
+        host.volumes.boot_disk(host.ref(1), 0)
 
 
 def test_a_stale_detach_never_removes_a_newer_attachment(host: Host) -> None:
