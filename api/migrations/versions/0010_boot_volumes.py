@@ -4,8 +4,8 @@ A VM's boot volume is its attachment as ``vda``; the flag says whether the volum
 with the VM. Added in place (no table copy): SQLite's ADD COLUMN keeps the table's
 AUTOINCREMENT, so attachment ids are still never reused.
 
-Revision ID: 0012
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07 15:00:00.000000
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
