@@ -34,11 +34,12 @@ def state(api: Api, vpc_id: int, hypervisor: int) -> Any:
 def syncs(api: Api, vpc_id: int) -> list[int]:
     """The hypervisors with a pending sync of the VPC; those jobs are ended (as if sent)."""
     with api.app.state.sessions() as session:
-        pending = session.execute(select(Job.id, Job.hypervisor_id).where(
+        pending = session.execute(select(Job.id, Job.hypervisor_id, Job.args).where(
             Job.kind == "net", Job.action == "sync", Job.subject_id == vpc_id, Job.state == JobState.pending)).all()
-    for job_id, _ in pending:
+    for job_id, _, _ in pending:
         settle(api, job_id)
-    return sorted(hv for _, hv in pending)
+    # One job per hypervisor, or one multicast to several (api/jobs/net.py).
+    return sorted(hv for _, one, args in pending for hv in ([one] if one is not None else args["hypervisors"]))
 
 
 def put(api: Api, headers: dict[str, str], path: str, body: dict[str, Any] | None, expect: int = 200) -> dict[str, Any]:
