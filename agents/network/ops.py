@@ -22,6 +22,7 @@ from cloudland_agents.network.delta import applied, in_order, replan
 from cloudland_agents.network.desired import HeldStates, SubnetPlan, check_vpc, plan
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
+from cloudland_agents.network.firewall import Firewall, check_groups
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
 from cloudland_agents.ops import Context, operation
@@ -47,6 +48,8 @@ class Network:
         self._plans: dict[int, tuple[npb.NetVpcState, dict[int, SubnetPlan]]] = {}  # vpc -> (state, its plan)
         self.plane: DataPlane | FakeDataPlane = (
             FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep))
+        # Security groups (issue 12): the kernel's nftables; none on the fake data plane.
+        self.firewall = None if fake else Firewall(hypervisor.id, self.names)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -55,6 +58,7 @@ class Network:
     def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
         for state in request.vpcs:
             check_vpc(state)
+            check_groups(state)
             in_order(state)
         with self._lock:
             vpcs: dict[int, npb.NetVpcState] = {} if request.full else dict(self.held.vpcs)
@@ -67,10 +71,21 @@ class Network:
             for state in request.vpcs:
                 if state.vpc_id in vpcs:
                     self.held.put(state)
-            changes = self.plane.converge(plans)
+            changes = self._converge(plans, list(self.held.vpcs.values()))
             return npb.NetSyncResult(
                 vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
+
+    def _converge(self, plans: dict[int, SubnetPlan], states: list[npb.NetVpcState]) -> Changes:
+        """The data plane made ``plans``, then the firewall made the plan of ``states`` (one nft
+        transaction): its objects counted with the data plane's."""
+        changes = self.plane.converge(plans)
+        if self.firewall is not None:
+            walls = self.firewall.converge(states)
+            changes.added += walls.added
+            changes.removed += walls.removed
+            changes.unchanged += walls.unchanged
+        return changes
 
     def _versions(self) -> list[npb.NetVpcVersion]:
         return [npb.NetVpcVersion(vpc_id=v.vpc_id, generation=v.generation)
@@ -100,7 +115,8 @@ class Network:
         """Converge what is held once more: what drifted while nobody asked (a dnsmasq that died, an
         entry deleted by hand) is made right, and nothing else changes."""
         with self._lock:
-            return self.plane.converge(self._plan(list(self.held.vpcs.values())))
+            states = list(self.held.vpcs.values())
+            return self._converge(self._plan(states), states)
 
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
@@ -112,12 +128,14 @@ class Network:
                 return npb.NetApplyResult(generation=held.generation)  # a replay, or a sync already had it
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
+            check_groups(npb.NetVpcState(vpc_id=request.vpc_id, ports=request.upsert_ports,
+                                         security_groups=request.upsert_security_groups))
             state = applied(held, request)
             after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
             if after is not None:
                 self._plans[state.vpc_id] = (state, after)
-            self.plane.converge(self._plan([*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id),
-                                            state]))
+            states = [*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state]
+            self._converge(self._plan(states), states)
             if state.subnets:
                 self.held.put(state)
             else:
