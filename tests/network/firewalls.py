@@ -4,6 +4,7 @@ TCP echo server and client in a guest's namespace, and our nftables read with ``
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -45,20 +46,24 @@ for line in sys.stdin:
     print(answer, flush=True)
 """
 
-# Connects ``count`` times, one new TCP connection each (``gap`` s apart, each given ``wait`` s);
-# prints how many succeeded.
+# Opens new TCP connections, one after another (``gap`` s apart, each given ``wait`` s), until
+# interrupted (SIGINT); then prints how many succeeded and how many were tried.
 PROBER = r"""
-import socket, sys, time
-host, port, count, gap, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
-ok = 0
-for _ in range(count):
-    try:
-        with socket.create_connection((host, port), timeout=wait) as s:
-            s.sendall(b"x\n"); ok += s.recv(8) == b"x\n"
-    except OSError:
-        pass
-    time.sleep(gap)
-print(ok, flush=True)
+import signal, socket, sys, time
+host, port, gap, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+ok = tried = 0
+try:
+    print("started", flush=True)
+    while True:
+        tried += 1
+        try:
+            with socket.create_connection((host, port), timeout=wait) as s:
+                s.sendall(b"x\n"); ok += s.recv(8) == b"x\n"
+        except OSError:
+            pass
+        time.sleep(gap)
+except KeyboardInterrupt:
+    print(ok, tried, flush=True)
 """
 
 
@@ -102,10 +107,20 @@ def say(proc: subprocess.Popen[str], line: str) -> str:
     return proc.stdout.readline().strip()
 
 
-def prober(lab: Lab, host: str, guest: str, ip: str, port: int, count: int, gap: float,
-           wait: float = 2.0) -> subprocess.Popen[str]:
-    return lab.popen(host, in_guest(guest, sys.executable, "-c", PROBER, ip, str(port), str(count), str(gap), str(wait)),
+def prober(lab: Lab, host: str, guest: str, ip: str, port: int, gap: float, wait: float = 2.0) -> subprocess.Popen[str]:
+    """``PROBER`` running in ``guest``; ``probed`` stops it."""
+    proc = lab.popen(host, in_guest(guest, sys.executable, "-c", PROBER, ip, str(port), str(gap), str(wait)),
                      stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+    return proc
+
+
+def probed(proc: subprocess.Popen[str]) -> tuple[int, int]:
+    """(succeeded, tried) of a prober, stopped now."""
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    ok, tried = out.split()
+    return int(ok), int(tried)
 
 
 def ruleset(lab: Lab, host: str, prefix: str) -> dict[str, Any]:
