@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from cloudland_agents.network.desired import dhcp_address
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.names import Names
 from cloudland_proto.v1 import network_pb2 as npb
+
+log = logging.getLogger(__name__)
 
 OURS = 0x80000000
 MAX_PORTS = 0x7FFF  # port indexes of one hypervisor (15 bits of the mark)
@@ -171,7 +174,8 @@ def plan(states: Iterable[npb.NetVpcState], hypervisor: int, names: Names,
     for name in inet.sets:
         inet.elements[name] = set()
     wanted: list[tuple[str, npb.NetPort, npb.NetVpcState]] = []
-    for state in states:
+    seen: set[str] = set()
+    for state in sorted(states, key=lambda s: s.vpc_id):  # the same plan whatever order they were held in
         subnets = {s.id: s for s in state.subnets}
         local = [p for p in state.ports if p.hypervisor == hypervisor and p.subnet_id in subnets]
         if not local:
@@ -190,8 +194,14 @@ def plan(states: Iterable[npb.NetVpcState], hypervisor: int, names: Names,
             for egress, chain in ((False, f"gi_{state.vpc_id}_{group_id}"), (True, f"ge_{state.vpc_id}_{group_id}")):
                 inet.chains[chain] = ""
                 inet.rules[chain] = [_rule(r, state.vpc_id) for r in rules if r.egress == egress]
-        for port in local:
-            wanted.append((names.tap(port.mac), port, state))
+        for port in sorted(local, key=lambda p: p.id):
+            tap = names.tap(port.mac)
+            if tap in seen:  # two MACs with the same last 4 bytes: one NIC name (agents/compute/nics.py)
+                log.warning("event=firewall_tap_clash hypervisor=%s tap=%s port=%s vpc=%s: the first port keeps it",
+                            hypervisor, tap, port.id, state.vpc_id)
+                continue
+            seen.add(tap)
+            wanted.append((tap, port, state))
     filtered = [tap for tap, port, _ in wanted if port.security_groups]
     kept: set[int] = set()
     for tap in filtered:  # the indexes the kernel holds stay (a port's packets keep their mark)
@@ -335,6 +345,8 @@ class Firewall:
                 raise DriverError(self.hypervisor, f"nft transaction of {len(commands)} commands refused: "
                                                f"{done.stderr.strip()[:2000]}")
             self.transactions += 1
+            log.info("event=firewall_applied hypervisor=%s commands=%d bytes=%d added=%d removed=%d", self.hypervisor,
+                     len(commands), len(self.last), changes.added, changes.removed)
         return changes
 
     def _diff(self, family: str, wanted: Table, have: Table, changes: Changes) -> list[str]:
