@@ -35,6 +35,7 @@ rewritten (inside that same transaction); set and map elements are added and rem
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -92,6 +93,7 @@ def check_rule(rule: npb.NetSecurityRule, where: str) -> None:
         _network(rule.remote_cidr, f"{where}: remote cidr")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _address(value: str, where: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
@@ -120,6 +122,7 @@ class Table:
     rules: dict[str, list[str]] = field(default_factory=dict)       # chain -> its rules (as written)
 
 
+@functools.lru_cache(maxsize=1 << 17)  # every rule of every port, on every change
 def _rule_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -281,6 +284,13 @@ def _canonical(element: object) -> str:
     return one(element)
 
 
+def _as_held(table: Table) -> Table:
+    """``table`` as ``read`` would give it once applied (each chain's rules by their hashes)."""
+    return Table(sets=dict(table.sets), elements={name: set(values) for name, values in table.elements.items()},
+                 chains=dict(table.chains), rules={name: [_rule_hash(r) for r in rules]
+                                                   for name, rules in table.rules.items()})
+
+
 class Firewall:
     """The nftables of one hypervisor's local ports, converged from the VPC states it holds."""
 
@@ -288,6 +298,7 @@ class Firewall:
         self.hypervisor, self.names = hypervisor, names
         self.table = f"{names.prefix}fw"
         self.last = ""  # the last transaction sent (bench/secgroup_bench.py reports its size)
+        self.known: dict[str, Table | None] | None = None  # our tables after the last transaction
         self.transactions = 0
 
     def _nft(self, args: list[str], script: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -322,9 +333,16 @@ class Firewall:
             found[tap.strip('"')] = (int(value, 16) >> 16) & MAX_PORTS
         return found
 
-    def converge(self, states: Iterable[npb.NetVpcState]) -> Changes:
-        """Make our tables exactly the plan of ``states`` in one transaction; the objects changed."""
-        held = {"bridge": self.read("bridge"), "inet": self.read("inet")}
+    def converge(self, states: Iterable[npb.NetVpcState], fresh: bool = True) -> Changes:
+        """Make our tables exactly the plan of ``states`` in one transaction; the objects changed.
+        With ``fresh`` false the tables are taken as this agent's last transaction left them (when
+        there was one) rather than read: reading 1,000 ports' rules costs seconds (bench), the
+        change itself milliseconds. A start, a full sync and the repair loop read them."""
+        if fresh or self.known is None:
+            held = {"bridge": self.read("bridge"), "inet": self.read("inet")}
+        else:
+            held = dict(self.known)
+        self.known = None  # until this transaction is known to have been applied
         states = list(states)
         wanted_bridge, wanted_inet = plan(states, self.hypervisor, self.names, self.indexes(held["bridge"]))
         changes = Changes()
@@ -347,6 +365,8 @@ class Firewall:
             self.transactions += 1
             log.info("event=firewall_applied hypervisor=%s commands=%d bytes=%d added=%d removed=%d", self.hypervisor,
                      len(commands), len(self.last), changes.added, changes.removed)
+        self.known = ({"bridge": None, "inet": None} if empty
+                      else {"bridge": _as_held(wanted_bridge), "inet": _as_held(wanted_inet)})
         return changes
 
     def _diff(self, family: str, wanted: Table, have: Table, changes: Changes) -> list[str]:

@@ -71,17 +71,18 @@ class Network:
             for state in request.vpcs:
                 if state.vpc_id in vpcs:
                     self.held.put(state)
-            changes = self._converge(plans, list(self.held.vpcs.values()))
+            changes = self._converge(plans, list(self.held.vpcs.values()), fresh=request.full)
             return npb.NetSyncResult(
                 vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
 
-    def _converge(self, plans: dict[int, SubnetPlan], states: list[npb.NetVpcState]) -> Changes:
+    def _converge(self, plans: dict[int, SubnetPlan], states: list[npb.NetVpcState], fresh: bool) -> Changes:
         """The data plane made ``plans``, then the firewall made the plan of ``states`` (one nft
-        transaction): its objects counted with the data plane's."""
+        transaction; ``fresh``: read from the kernel first, firewall.py): its objects counted with
+        the data plane's."""
         changes = self.plane.converge(plans)
         if self.firewall is not None:
-            walls = self.firewall.converge(states)
+            walls = self.firewall.converge(states, fresh=fresh)
             changes.added += walls.added
             changes.removed += walls.removed
             changes.unchanged += walls.unchanged
@@ -116,7 +117,7 @@ class Network:
         entry deleted by hand) is made right, and nothing else changes."""
         with self._lock:
             states = list(self.held.vpcs.values())
-            return self._converge(self._plan(states), states)
+            return self._converge(self._plan(states), states, fresh=True)
 
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
@@ -135,7 +136,7 @@ class Network:
             if after is not None:
                 self._plans[state.vpc_id] = (state, after)
             states = [*(v for v in self.held.vpcs.values() if v.vpc_id != state.vpc_id), state]
-            self._converge(self._plan(states), states)
+            self._converge(self._plan(states), states, fresh=False)
             if state.subnets:
                 self.held.put(state)
             else:
