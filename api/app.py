@@ -39,8 +39,8 @@ from cloudland_api.audit import AuditTrail
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
-    audit, auth, console, credentials, directories, flavors, hypervisors, images, instances, jobs, ports, ssh_keys,
-    subnets, tenants, volumes, vpcs
+    audit, auth, console, credentials, directories, flavors, hypervisors, images, instances, jobs, ports, secgroups,
+    ssh_keys, subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -257,7 +257,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(directories.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(credentials.router, prefix=API_PREFIX)
-    for network_router in (vpcs.router, subnets.router, ports.router):
+    for network_router in (vpcs.router, subnets.router, ports.router, secgroups.router):
         app.include_router(network_router, prefix=API_PREFIX)
     app.include_router(volumes.router, prefix=API_PREFIX)
     return app

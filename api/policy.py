@@ -119,7 +119,12 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("subnet", "delete", S.organisation, ADMINS),
     ("port", "read", S.organisation, ANYONE),
     ("port", "create", S.organisation, WRITERS),
+    ("port", "update", S.organisation, WRITERS),
     ("port", "delete", S.organisation, ADMINS),
+    ("security_group", "read", S.organisation, ANYONE),
+    ("security_group", "create", S.organisation, WRITERS),
+    ("security_group", "update", S.organisation, WRITERS),  # its rules
+    ("security_group", "delete", S.organisation, ADMINS),
     ("volume", "read", S.organisation, ANYONE),        # and its snapshots and attachment
     ("volume", "create", S.organisation, WRITERS),
     ("volume", "update", S.organisation, WRITERS),     # attach, detach, extend, snapshot

@@ -13,11 +13,12 @@ from cloudland_api.models.identity import AppCredential, Directory, LoginFailure
 from cloudland_api.models.images import Image
 from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VOLUME, VPC, Job, JobState
 from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
+from cloudland_api.models.secgroups import DEFAULT_GROUP, PortAllowedAddress, PortSecurityGroup, SecurityGroup, SecurityRule
 from cloudland_api.models.volumes import Volume, VolumeAttachment, VolumeSnapshot
 
 __all__ = [
     "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent", "Base", "Directory", "Flavor", "Hypervisor", "Image", "Instance", "Job",
     "JobState", "LoginFailure", "Membership", "Organisation", "Port", "PortIp", "RevokedToken", "Role", "SshKey",
-    "Subnet", "User", "UTCDateTime", "VOLUME", "VPC", "Volume", "VolumeAttachment", "VolumeSnapshot", "Vpc",
+    "Subnet", "User", "DEFAULT_GROUP", "PortAllowedAddress", "PortSecurityGroup", "SecurityGroup", "SecurityRule", "UTCDateTime", "VOLUME", "VPC", "Volume", "VolumeAttachment", "VolumeSnapshot", "Vpc",
     "utcnow",
 ]
