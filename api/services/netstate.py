@@ -112,8 +112,8 @@ def groups_of(session: Session, ports: Sequence[Port]) -> dict[int, list[int]]:
                                              .order_by(PortSecurityGroup.group_id)):
         found[port_id].append(group_id)
     orgs = {p.org_id for p in ports if not found[p.id]}
-    defaults = dict(session.execute(select(SecurityGroup.org_id, SecurityGroup.id).where(
-        SecurityGroup.org_id.in_(orgs), SecurityGroup.is_default.is_(True)))) if orgs else {}
+    defaults = {org: group for org, group in session.execute(select(SecurityGroup.org_id, SecurityGroup.id).where(
+        SecurityGroup.org_id.in_(orgs), SecurityGroup.is_default.is_(True)))} if orgs else {}
     for port in ports:
         if not found[port.id] and port.org_id in defaults:
             found[port.id] = [defaults[port.org_id]]
