@@ -72,6 +72,9 @@ def list_groups(session: Session, caller: Caller, limit: int, after: str | None)
 
 
 def get_group(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> SecurityGroup:
+    """A group of the organisation by id or name (a path's digits are an id)."""
+    if isinstance(ref, str) and ref.isdigit():
+        ref = int(ref)
     if ref == DEFAULT_GROUP:
         ensure_default(session, caller.org_id)
         session.commit()
