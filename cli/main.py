@@ -63,6 +63,7 @@ COMMANDS: dict[str, Lazy] = {
     "subnet": Lazy("cloudland_cli.network:subnet_app",
                    "Subnets of VPCs: CIDR, gateway, pools, DNS, DHCP; one VNI each."),
     "port": Lazy("cloudland_cli.network:port_app", "Ports: a NIC's MAC and addresses on a subnet."),
+    "secgroup": Lazy("cloudland_cli.secgroup:secgroup_app", "Security groups: firewall rules that follow ports."),
     "volume": Lazy("cloudland_cli.volume:volume_app", "Volumes: block storage that outlives VMs."),
     "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
     "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),

@@ -241,6 +241,11 @@ def _guard(bridge: Table, tap: str, port: npb.NetPort) -> None:
     bridge.elements["guarded"].add(f'"{tap}"')
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def _dhcp_server(cidr: str, address: str) -> str:
+    return str(dhcp_address(npb.NetSubnet(cidr=cidr, dhcp_address=address), ipaddress.IPv4Network(cidr)))
+
+
 def _filter(bridge: Table, inet: Table, tap: str, port: npb.NetPort, state: npb.NetVpcState, index: int) -> None:
     """The port's marks and its ingress and egress chains."""
     egress_mark, ingress_mark = OURS | index << 16, OURS | index
@@ -253,7 +258,7 @@ def _filter(bridge: Table, inet: Table, tap: str, port: npb.NetPort, state: npb.
     subnet = next(s for s in state.subnets if s.id == port.subnet_id)
     inbound = []
     if subnet.dhcp:  # DHCP replies are not "established": the subnet's own server may answer
-        server = dhcp_address(subnet, ipaddress.IPv4Network(subnet.cidr))
+        server = _dhcp_server(subnet.cidr, subnet.dhcp_address)
         inbound.append(f"ip saddr {server} udp sport 67 udp dport 68 accept")
     groups = sorted(set(port.security_groups))
     for direction, first in (("i", inbound), ("e", ["udp sport 68 udp dport 67 accept"])):
