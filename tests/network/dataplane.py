@@ -77,6 +77,25 @@ class AgentProc:
             self.proc.wait(timeout=10)
 
 
+def close_agents(agents: list[AgentProc], guests: list[tuple[AgentProc, str]]) -> None:
+    """A test module's teardown: its guests unplugged, then each agent (started again if it died)
+    syncs nothing, stops, and its state goes; failures are left to the lab's removal."""
+    for agent, name in guests:
+        try:
+            agent.call("guest.unplug", name=name)
+        except AssertionError:
+            pass
+    for agent in agents:
+        try:
+            if agent.proc is None or agent.proc.poll() is not None:
+                agent.start()
+            agent.sync([], full=True)
+        except AssertionError:
+            pass  # the lab's removal kills and removes whatever is left
+        agent.stop()
+        remove_state(agent.state_dir)
+
+
 @dataclass
 class Tenant:
     """One tenant's VPC: one subnet (10.0.0.0/24, the same for every tenant), one port per host."""

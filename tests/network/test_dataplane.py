@@ -23,11 +23,11 @@ from tests.network.dataplane import (
     Tenant,
     capture,
     captured,
+    close_agents,
     in_guest,
     kernel_objects,
     ping,
     reaches,
-    remove_state,
     resolve,
     run_prefix,
 )
@@ -55,20 +55,7 @@ class World:
         return Names(self.prefix).bridge(tenant.vni)
 
     def close(self) -> None:
-        for agent, name in self.guests:
-            try:
-                agent.call("guest.unplug", name=name)
-            except AssertionError:
-                pass
-        for agent in self.agents:
-            try:
-                if agent.proc is None or agent.proc.poll() is not None:
-                    agent.start()
-                agent.sync([], full=True)
-            except AssertionError:
-                pass  # the lab's removal kills and removes whatever is left
-            agent.stop()
-            remove_state(agent.state_dir)
+        close_agents(self.agents, self.guests)
 
 
 @pytest.fixture(scope="module")
