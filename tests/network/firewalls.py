@@ -47,23 +47,23 @@ for line in sys.stdin:
 """
 
 # Opens new TCP connections, one after another (``gap`` s apart, each given ``wait`` s), until
-# interrupted (SIGINT); then prints how many succeeded and how many were tried.
+# SIGINT, which lets the connection under way finish; then prints how many succeeded and were tried.
 PROBER = r"""
 import signal, socket, sys, time
 host, port, gap, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 ok = tried = 0
-try:
-    print("started", flush=True)
-    while True:
-        tried += 1
-        try:
-            with socket.create_connection((host, port), timeout=wait) as s:
-                s.sendall(b"x\n"); ok += s.recv(8) == b"x\n"
-        except OSError:
-            pass
-        time.sleep(gap)
-except KeyboardInterrupt:
-    print(ok, tried, flush=True)
+stop = []
+signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+print("started", flush=True)
+while not stop:
+    tried += 1
+    try:
+        with socket.create_connection((host, port), timeout=wait) as s:
+            s.sendall(b"x\n"); ok += s.recv(8) == b"x\n"
+    except OSError:
+        pass
+    time.sleep(gap)
+print(ok, tried, flush=True)
 """
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import time
 
@@ -118,15 +117,6 @@ class World:
                 proc.kill()
                 proc.wait(timeout=10)
         close_agents(self.agents, self.guests)
-
-
-def pinged(pinger: subprocess.Popen[str]) -> tuple[int, int]:
-    """(sent, answered) of a busybox ping run without a count, stopped now."""
-    pinger.send_signal(signal.SIGINT)
-    out, _ = pinger.communicate(timeout=30)
-    found = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
-    assert found, out
-    return int(found[1]), int(found[2])
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +240,9 @@ def test_100_rule_changes_never_drop_an_allowed_flow_nor_pass_a_denied_one(world
     syns = world.popen(lab.popen(h1, in_guest(a3, "tcpdump", "-i", "eth0", "-n", "-l", "tcp dst port 23"),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     time.sleep(1)
-    pinger = world.popen(lab.popen(h2, in_guest(a2, "busybox", "ping", "-i", "0.025", "-W", "5", a3_ip),
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    count = 800  # 20 s at 40 a second: past the 100 changes (10-19 s measured on a loaded machine)
+    pinger = world.popen(lab.popen(h2, in_guest(a2, "busybox", "ping", "-i", "0.025", "-c", str(count), "-W", "5",
+                                                a3_ip), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     allowed = world.popen(prober(lab, h1, a1, a3_ip, 22, 0.02))
     denied = world.popen(prober(lab, h2, a2, a3_ip, 23, 0.02, wait=0.2))
     h1_agent = world.agents[0]
@@ -267,10 +258,12 @@ def test_100_rule_changes_never_drop_an_allowed_flow_nor_pass_a_denied_one(world
     time.sleep(0.5)
     ok, tried = probed(allowed)
     refused, attempts = probed(denied)
-    sent, received = pinged(pinger)
-    print(f"100 rule changes on h1 in {changing:.2f} s: {received} of {sent} pings, "
-          f"{ok} of {tried} allowed and {refused} of {attempts} denied connections through")
-    assert sent == received and sent >= changing / 0.025 * 0.5, (sent, received)
+    pinging = pinger.poll() is None  # still running: the pings covered every change
+    out, _ = pinger.communicate(timeout=120)
+    print(f"100 rule changes on h1 in {changing:.2f} s (pings {'past' if pinging else 'ended before'} the last): "
+          f"{out.strip().splitlines()[-2]}, {ok} of {tried} allowed and {refused} of {attempts} denied "
+          "connections through")
+    assert re.search(rf"{count} packets transmitted, {count} packets received", out), out
     assert ok == tried and tried >= 20, "a new connection allowed by every version failed"
     assert refused == 0 and attempts >= 10, "a connection no version allows got through"
     assert captured(syns) == 0, "a packet to port 23 reached a3"
@@ -283,8 +276,10 @@ def test_kill9_of_the_agent_loses_no_packet_and_its_successor_rewrites_nothing(w
     _, a3, a3_ip = world.guest(1, 3)
     world.sync()
     before = {host: ruleset(lab, host, world.prefix) for host in HOSTS}
-    pingers = [world.popen(lab.popen(host, in_guest(guest, "busybox", "ping", "-i", "0.02", "-W", "5", target),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    count = 750  # 15 s at 50 a second: past the successors' sync (3-5 s measured on a loaded machine)
+    pingers = [world.popen(lab.popen(host, in_guest(guest, "busybox", "ping", "-i", "0.02", "-c", str(count), "-W",
+                                                    "5", target), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True))
                for host, guest, target in ((h1, a1, a2_ip), (h2, a2, a1_ip), (h2, a2, a3_ip))]
     connections = world.popen(prober(lab, h1, a1, a3_ip, 22, 0.03))
     time.sleep(1)
@@ -295,10 +290,10 @@ def test_kill9_of_the_agent_loses_no_packet_and_its_successor_rewrites_nothing(w
         agent.start()
     for result in world.sync():
         assert (result["added"], result["removed"]) == (0, 0), result
-    time.sleep(0.5)  # traffic goes on after the successors' sync
+    assert all(pinger.poll() is None for pinger in pingers), "the pings ended before the successors' sync"
     for pinger in pingers:
-        sent, received = pinged(pinger)
-        assert sent == received and sent >= 50, (sent, received)
+        out, _ = pinger.communicate(timeout=60)
+        assert re.search(rf"{count} packets transmitted, {count} packets received", out), out
     ok, tried = probed(connections)
     assert ok == tried and tried >= 20, (ok, tried)
     assert {host: ruleset(lab, host, world.prefix) for host in HOSTS} == before, "the successor rewrote rules"
