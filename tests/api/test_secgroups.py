@@ -62,6 +62,23 @@ def test_groups_rules_and_a_ports_groups(api: Api, admin_headers: dict[str, str]
     assert api.client.get(f"{API}/security-groups/web", headers=admin_headers).status_code == 404
 
 
+def test_vm_create_puts_its_nics_in_the_groups_named(api: Api, admin_headers: dict[str, str], launch: Any) -> None:
+    launch("warm")  # the flavor and image
+    _, subnet = network(api, admin_headers)
+    web = post(api, admin_headers, "security-groups", {"name": "web"})
+    body = {"name": "app", "flavor": "small", "image": "img", "count": 2, "networks": ["s1"],
+            "security_groups": ["web", "default"]}
+    reply = api.client.post(f"{API}/instances", json=body, headers=admin_headers)
+    assert reply.status_code == 202, reply.text
+    ports = api.client.get(f"{API}/ports", params={"subnet": subnet["id"]}, headers=admin_headers).json()["items"]
+    default = api.client.get(f"{API}/security-groups/default", headers=admin_headers).json()
+    mine = [p for p in ports if p["instance_id"] is not None]
+    assert len(mine) == 2 and all(p["security_groups"] == sorted([web["id"], default["id"]]) for p in mine)
+    reply = api.client.post(f"{API}/instances", json=body | {"name": "x", "security_groups": ["nosuch"]},
+                            headers=admin_headers)
+    assert error(reply, 404) == "security group 'nosuch' not found"
+
+
 def test_bad_rules_get_a_clear_4xx(api: Api, admin_headers: dict[str, str]) -> None:
     post(api, admin_headers, "security-groups", {"name": "g"})
     path = f"{API}/security-groups/g/rules"
