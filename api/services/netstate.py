@@ -141,9 +141,10 @@ def vpc_groups(session: Session, vpc_id: int) -> list[npb.NetSecurityGroup]:
         for g in sorted(named)]
 
 
-def groups_changed(session: Session, org_id: int, user_id: int | None = None) -> list[Job]:
-    """A change of each VPC of the organisation with bound ports, carrying its groups: what a
-    rule's change or a port's new groups need (flushed by the caller; jobs added to ``session``).
+def groups_changed(session: Session, org_id: int, user_id: int | None = None,
+                   ports: Sequence[Port] = ()) -> list[Job]:
+    """A change of each VPC of the organisation with bound ports, carrying its groups (and
+    ``ports``, whose groups or allowed addresses changed): what a rule's change or a port's new groups need (flushed by the caller; jobs added to ``session``).
     Every such VPC is told, not only those whose ports use the group (simpler; a cost per VPC)."""
     jobs: list[Job] = []
     for vpc_id in session.scalars(select(Port.vpc_id).distinct().where(Port.org_id == org_id,
@@ -151,6 +152,7 @@ def groups_changed(session: Session, org_id: int, user_id: int | None = None) ->
                                   .order_by(Port.vpc_id)).all():
         change = begin(session, vpc_id)
         change.groups = True
+        change.upserts += [p for p in ports if p.vpc_id == vpc_id and p.hypervisor_id is not None]  # their groups
         jobs += commit(session, change, org_id, user_id)
     return jobs
 

@@ -184,7 +184,7 @@ def set_port(session: Session, caller: Caller, port_id: int, spec: PortUpdate) -
         session.add_all(PortAllowedAddress(port_id=port.id, cidr=c) for c in sorted(set(pairs)))
     session.flush()
     if port.hypervisor_id is not None:
-        follow_up(session, netstate.groups_changed(session, caller.org_id, caller.user_id))
+        follow_up(session, netstate.groups_changed(session, caller.org_id, caller.user_id, [port]))
     session.commit()
     log.info("event=port_security_set org_id=%d port=%d user_id=%d", caller.org_id, port.id, caller.user_id)
     return port

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland_api.jobs import Engine
-from cloudland_api.models import Job, JobState, Vpc
+from cloudland_api.models import Job, JobState, Port, PortSecurityGroup, SecurityGroup, Vpc
 from cloudland_api.services import netstate, secgroups
 from cloudland_proto.v1 import network_pb2 as npb
 from tests.api.conftest import Api
@@ -120,12 +120,13 @@ def test_another_organisations_group_is_not_found(api: Api, admin_headers: dict[
 def test_a_rule_change_reaches_the_hypervisors_of_the_organisations_vpcs(
         sessions: Sessions, cloud: dict[str, int], fake: FakeRoot, engine: Engine) -> None:  # noqa: F811
     vm_with_port(sessions, cloud, "s1", 1)
-    vm_with_port(sessions, cloud, "s1", 2)
+    moving = vm_with_port(sessions, cloud, "s1", 2)
     vm_with_port(sessions, cloud, "s3", 3)
     drain(engine)
     with sessions() as session:
         default = secgroups.ensure_default(session, cloud["org"])
         session.commit()
+        moved = session.scalar(select(Port.id).where(Port.instance_id == moving))
         state = netstate.vpc_state(session, cloud["a"], 1)
         assert [p.security_groups for p in state.ports] == [[default.id], [default.id]]
         [group] = state.security_groups
@@ -145,3 +146,15 @@ def test_a_rule_change_reaches_the_hypervisors_of_the_organisations_vpcs(
         assert [g.id for g in command.request.upsert_security_groups] == [default.id]
     with sessions() as session:
         assert session.scalar(select(Job).where(Job.action == "apply", Job.state == JobState.pending)) is None
+        # A port's new groups travel with the port itself, to its VPC's hypervisors.
+        web = SecurityGroup(org_id=cloud["org"], name="web")
+        session.add(web)
+        session.flush()
+        session.add(PortSecurityGroup(port_id=moved, group_id=web.id))
+        port = session.get(Port, moved)
+        assert port is not None
+        jobs = netstate.groups_changed(session, cloud["org"], ports=[port])
+        session.commit()
+        [delta] = [netstate.delta_of(j) for j in jobs if j.subject_id == cloud["a"] and j.action == "apply"]
+        assert [(p.id, list(p.security_groups)) for p in delta.upsert_ports] == [(moved, [web.id])]
+        assert [g.id for g in delta.upsert_security_groups] == sorted([default.id, web.id])
