@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloudland_lab import Lab
 from cloudland_proto.v1 import network_pb2 as npb
 from google.protobuf.json_format import MessageToDict
@@ -75,6 +76,22 @@ class AgentProc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextmanager
+def lab_world(factory: Any, hosts: list[str], tools: tuple[str, ...], what: str, make: Any) -> Iterator[Any]:
+    """A module's world: skipped naming the missing ``tools``, else ``make(lab, run_prefix())`` on a
+    lab of ``hosts``, closed and the lab removed afterwards."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the {what} tests need {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
+    lab = factory(hosts)
+    world = make(lab, run_prefix())
+    try:
+        yield world
+    finally:
+        world.close()
+        lab.down()
 
 
 def close_agents(agents: list[AgentProc], guests: list[tuple[AgentProc, str]]) -> None:

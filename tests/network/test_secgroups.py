@@ -11,7 +11,6 @@ echo server in the guest's namespace. One lab for the module; the scenarios run 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 
@@ -29,8 +28,8 @@ from tests.network.dataplane import (
     captured,
     close_agents,
     in_guest,
+    lab_world,
     ping,
-    run_prefix,
 )
 from tests.network.firewalls import (
     client,
@@ -121,17 +120,9 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(session_lab_factory):
-    missing = [tool for tool in ("dnsmasq", "busybox", "tcpdump", "nft", "conntrack", "nsenter")
-               if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"the security-group tests need {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
-    lab = session_lab_factory(HOSTS)
-    world = World(lab, run_prefix())
-    try:
-        yield world
-    finally:
-        world.close()
-        lab.down()
+    with lab_world(session_lab_factory, HOSTS, ("dnsmasq", "busybox", "tcpdump", "nft", "conntrack", "nsenter"),
+                   "security-group", World) as made:
+        yield made
 
 
 def test_default_group_lets_in_only_its_members_and_zones_keep_tenants_apart(world: World) -> None:
