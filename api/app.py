@@ -40,7 +40,7 @@ from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
     audit, auth, console, credentials, directories, external_networks, flavors, floating_ips, hypervisors, images,
-    instances, jobs, ports, routers, ssh_keys, subnets, tenants, volumes, vpcs
+    instances, jobs, ports, routers, secgroups, ssh_keys, subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -258,7 +258,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(credentials.router, prefix=API_PREFIX)
     for network_router in (vpcs.router, subnets.router, ports.router, external_networks.router, routers.router,
-                           floating_ips.router):
+                           floating_ips.router, secgroups.router):
         app.include_router(network_router, prefix=API_PREFIX)
     app.include_router(volumes.router, prefix=API_PREFIX)
     return app

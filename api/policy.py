@@ -119,6 +119,7 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("subnet", "delete", S.organisation, ADMINS),
     ("port", "read", S.organisation, ANYONE),
     ("port", "create", S.organisation, WRITERS),
+    ("port", "update", S.organisation, WRITERS),
     ("port", "delete", S.organisation, ADMINS),
     ("external_network", "read", S.organisation, ANYONE),  # shared: every organisation uses them
     ("external_network", "create", S.cloud, ADMINS),
@@ -131,6 +132,10 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("floating_ip", "create", S.organisation, WRITERS),  # allocate
     ("floating_ip", "update", S.organisation, WRITERS),  # associate, disassociate
     ("floating_ip", "delete", S.organisation, WRITERS),  # release
+    ("security_group", "read", S.organisation, ANYONE),
+    ("security_group", "create", S.organisation, WRITERS),
+    ("security_group", "update", S.organisation, WRITERS),  # its rules
+    ("security_group", "delete", S.organisation, ADMINS),
     ("volume", "read", S.organisation, ANYONE),        # and its snapshots and attachment
     ("volume", "create", S.organisation, WRITERS),
     ("volume", "update", S.organisation, WRITERS),     # attach, detach, extend, snapshot

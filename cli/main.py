@@ -68,6 +68,7 @@ COMMANDS: dict[str, Lazy] = {
     "external-network": Lazy("cloudland_cli.routers:external_app",
                              "External networks (operators create): public segments."),
     "floating-ip": Lazy("cloudland_cli.routers:fip_app", "Floating IPs: public addresses of VMs' ports."),
+    "secgroup": Lazy("cloudland_cli.secgroup:secgroup_app", "Security groups: firewall rules that follow ports."),
     "volume": Lazy("cloudland_cli.volume:volume_app", "Volumes: block storage that outlives VMs."),
     "job": Lazy("cloudland_cli.cloud:job_app", "Jobs: one action on one resource (an instance, an image) each."),
     "up": Lazy("cloudland_cli.up:up", "Start the cloud: the message tree, then the REST API on it; run until Ctrl-C."),

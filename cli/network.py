@@ -202,6 +202,33 @@ def port_show(ref: Ref, as_json: JsonOpt = False) -> None:
     _show(port if as_json else port | {"fixed_ips": ", ".join(port["fixed_ips"])}, as_json)
 
 
+@port_app.command("set")
+def port_set(
+    ref: Ref,
+    secgroup: Annotated[list[str] | None, typer.Option(
+        "--secgroup", help="A security group (id or name; repeatable): the port's groups become these.")] = None,
+    no_secgroup: Annotated[bool, typer.Option("--no-secgroup", help="Back to the default group only.")] = False,
+    allowed_address: Annotated[list[str] | None, typer.Option(
+        "--allowed-address", help="An address or network the guest may also send from (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a port's security groups and allowed address pairs (issue 12)."""
+    body: dict[str, Any] = {}
+    with connect() as client:
+        port = find(client, "/ports", ref, "port")
+        if secgroup or no_secgroup:
+            body["security_groups"] = [int(find(client, "/security-groups", g, "security group")["id"])
+                                       for g in secgroup or []]
+        if allowed_address is not None:
+            body["allowed_addresses"] = allowed_address
+        if not body:
+            raise typer.BadParameter("nothing to set: give --secgroup, --no-secgroup or --allowed-address")
+        port = client.patch(f"/ports/{port['id']}", body)
+    print_json(port) if as_json else out.print(
+        f"port {port['id']}: security groups {', '.join(map(str, port['security_groups'])) or 'none'}; "
+        f"allowed addresses {', '.join(port['allowed_addresses']) or 'none'}")
+
+
 @port_app.command("delete")
 def port_delete(ref: Ref) -> None:
     """Delete a port made by hand (a VM's ports go with the VM)."""

@@ -95,6 +95,9 @@ def vm_create(
         help="A file given to each VM on its config drive (cloud-init user data, up to 64 KiB).")] = None,
     network: Annotated[list[str] | None, typer.Option(
         help="A subnet (id or name) to give each VM a NIC on; repeatable, the first is the primary NIC.")] = None,
+    secgroup: Annotated[list[str] | None, typer.Option(
+        "--secgroup", help="A security group (id or name) of every NIC; repeatable [default: the default group].")]
+    = None,
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -109,6 +112,8 @@ def vm_create(
         body |= {"boot_volume": _ref(boot_volume), "delete_on_termination": delete_on_termination}
     if network:
         body["networks"] = [_ref(subnet) for subnet in network]
+    if secgroup:
+        body["security_groups"] = [_ref(group) for group in secgroup]
     if key is not None:
         body["ssh_key"] = _ref(key)
     if user_data is not None:

@@ -84,6 +84,13 @@ def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcStat
         for port in state.ports:
             if port.subnet_id in changed:
                 check_port(port, changed[port.subnet_id], where)
+    if delta.upsert_security_groups or delta.remove_security_groups:  # issue 12: replaced whole, by id
+        groups = {g.id: g for g in state.security_groups}
+        for group_id in delta.remove_security_groups:
+            groups.pop(group_id, None)
+        groups.update((g.id, g) for g in delta.upsert_security_groups)
+        del state.security_groups[:]
+        state.security_groups.extend(sorted(groups.values(), key=_by_id))
     return state
 
 

@@ -23,6 +23,7 @@ from cloudland_agents.network.desired import HeldStates, SubnetPlan, check_vpc, 
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
 from cloudland_agents.network.hostns import HostNamespace, host_netns
+from cloudland_agents.network.firewall import Firewall, check_groups
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.reconcile import DataPlane
 from cloudland_agents.network.router import plan_routers
@@ -58,6 +59,9 @@ class Network:
             FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep, host))
         # The VPCs' routers (issue 12), in the kernel only: the fake plane routes nothing.
         self.routers = None if fake else Routers(hypervisor.id, self.names, self.plane.kernel)  # type: ignore[union-attr]
+        # Security groups (issue 12): the kernel's nftables, in the hypervisor's own namespace if it
+        # has one; none on the fake data plane.
+        self.firewall = None if fake else Firewall(hypervisor.id, self.names, host.name if host else None)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -66,18 +70,26 @@ class Network:
         self.plane.close()
 
     def _converge(self, states: list[npb.NetVpcState], plans: dict[int, SubnetPlan],
-                  only: set[int] | None = None) -> Changes:
-        """The subnets, then the routers that plug into their bridges (with ``only``, those VPCs' routers)."""
+                  only: set[int] | None = None, fresh: bool = False) -> Changes:
+        """The subnets (``plans``), then the routers that plug into their bridges (with ``only``,
+        those VPCs' routers), then the firewall of every held state's ports (one nft transaction;
+        ``fresh``: read from the kernel first, firewall.py): their objects counted together."""
         changes = self.plane.converge(plans)
         if self.routers is not None:
             routed = self.routers.converge(plan_routers(states, self.hypervisor), only)
             changes.added, changes.removed = changes.added + routed.added, changes.removed + routed.removed
             changes.unchanged += routed.unchanged
+        if self.firewall is not None:
+            walls = self.firewall.converge(states, fresh=fresh)
+            changes.added += walls.added
+            changes.removed += walls.removed
+            changes.unchanged += walls.unchanged
         return changes
 
     def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
         for state in request.vpcs:
             check_vpc(state)
+            check_groups(state)
             in_order(state)
         with self._lock:
             vpcs: dict[int, npb.NetVpcState] = {} if request.full else dict(self.held.vpcs)
@@ -91,7 +103,8 @@ class Network:
                 if state.vpc_id in vpcs:
                     self.held.put(state)
             changes = self._converge(list(vpcs.values()), plans,
-                                     None if request.full else {state.vpc_id for state in request.vpcs})
+                                     None if request.full else {state.vpc_id for state in request.vpcs},
+                                     fresh=request.full)
             return npb.NetSyncResult(
                 vpcs=self._versions(),
                 added=changes.added, removed=changes.removed, unchanged=changes.unchanged)
@@ -125,7 +138,7 @@ class Network:
         entry deleted by hand) is made right, and nothing else changes."""
         with self._lock:
             states = list(self.held.vpcs.values())
-            return self._converge(states, self._plan(states))
+            return self._converge(states, self._plan(states), fresh=True)
 
     def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
         if request.generation <= request.from_generation:
@@ -137,6 +150,8 @@ class Network:
                 return npb.NetApplyResult(generation=held.generation)  # a replay, or a sync already had it
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
+            check_groups(npb.NetVpcState(vpc_id=request.vpc_id, ports=request.upsert_ports,
+                                         security_groups=request.upsert_security_groups))
             state = applied(held, request)
             after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
             if after is not None:

@@ -14,12 +14,14 @@ from cloudland_api.models.images import Image
 from cloudland_api.models.jobs import HYPERVISOR, IMAGE, INSTANCE, TERMINAL, VOLUME, VPC, Job, JobState
 from cloudland_api.models.networks import Port, PortIp, Subnet, Vpc
 from cloudland_api.models.routers import ExternalIp, ExternalNetwork, Router, RouterSubnet
+from cloudland_api.models.secgroups import DEFAULT_GROUP, PortAllowedAddress, PortSecurityGroup, SecurityGroup, SecurityRule
 from cloudland_api.models.volumes import Volume, VolumeAttachment, VolumeSnapshot
 
 __all__ = [
-    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent", "Base", "Directory", "ExternalIp",
-    "ExternalNetwork", "Flavor", "Hypervisor", "Image", "Instance", "Job",
-    "JobState", "LoginFailure", "Membership", "Organisation", "Port", "PortIp", "RevokedToken", "Role", "Router", "RouterSubnet", "SshKey",
-    "Subnet", "User", "UTCDateTime", "VOLUME", "VPC", "Volume", "VolumeAttachment", "VolumeSnapshot", "Vpc",
+    "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent", "Base", "DEFAULT_GROUP", "Directory",
+    "ExternalIp", "ExternalNetwork", "Flavor", "Hypervisor", "Image", "Instance", "Job", "JobState", "LoginFailure",
+    "Membership", "Organisation", "Port", "PortAllowedAddress", "PortIp", "PortSecurityGroup", "RevokedToken", "Role",
+    "Router", "RouterSubnet", "SecurityGroup", "SecurityRule", "SshKey", "Subnet", "User", "UTCDateTime", "VOLUME", "VPC",
+    "Volume", "VolumeAttachment", "VolumeSnapshot", "Vpc",
     "utcnow",
 ]

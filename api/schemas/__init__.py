@@ -23,6 +23,9 @@ from cloudland_api.schemas.images import ImageCreate, ImageList, ImagePublic, Ss
 from cloudland_api.schemas.networks import (
     PortCreate, PortList, PortPublic, SubnetCreate, SubnetList, SubnetPublic, VpcCreate, VpcList, VpcPublic
 )
+from cloudland_api.schemas.secgroups import (
+    PortUpdate, RuleCreate, RulePublic, SecurityGroupCreate, SecurityGroupList, SecurityGroupPublic
+)
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
@@ -33,6 +36,7 @@ from cloudland_api.schemas.volumes import (
 )
 
 __all__ = [
+    "PortUpdate", "RuleCreate", "RulePublic", "SecurityGroupCreate", "SecurityGroupList", "SecurityGroupPublic",
     "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
     "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",

@@ -29,9 +29,9 @@ from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
-from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, VolumeAttachment
+from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, PortSecurityGroup, VolumeAttachment
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
-from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, scheduler
+from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, scheduler, secgroups
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
@@ -112,6 +112,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     # Or its root disk is a volume (locked now; attached as vda once the instance has its id).
     boot = boot_volumes.reserve(session, caller, spec.boot_volume) if spec.boot_volume is not None else None
     key = get_ssh_key(session, caller, spec.ssh_key) if spec.ssh_key is not None else None
+    # Before the subnets' locks (the default group may be made and committed here).
+    groups = sorted({secgroups.get_group(session, caller, ref).id for ref in spec.security_groups})
     # Locked for the addresses below. Without ``networks`` (not even []): the organisation's
     # default subnet, if it has one (the all-in-one cloud's, api/settings.py default_network).
     subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
@@ -139,7 +141,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     try:
         session.flush()  # the instances' ids, for their jobs' subject; one INSERT for all
         # Their NICs: a port with an address on each subnet, or Conflict (subnet full) for all.
-        networks.instance_ports(session, subnets, instances)
+        ports = networks.instance_ports(session, subnets, instances)
+        session.add_all(PortSecurityGroup(port_id=port.id, group_id=group) for port in ports for group in groups)
         if boot is not None:
             boot_volumes.attach_root(session, caller, boot, instances[0], spec.delete_on_termination)
         jobs = [_new_job(caller, batch, "create", instance, dict(args)) for instance in instances]

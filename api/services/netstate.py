@@ -33,7 +33,10 @@ from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
 from cloudland_api.db import for_change
-from cloudland_api.models import VPC, Hypervisor, Instance, Job, JobState, Port, PortIp, Subnet, Vpc
+from cloudland_api.models import (
+    VPC, Hypervisor, Instance, Job, JobState, Port, PortAllowedAddress, PortIp, PortSecurityGroup, SecurityGroup,
+    SecurityRule, Subnet, Vpc
+)
 from cloudland_api.services import routerstate
 from cloudland_proto.v1 import network_pb2 as npb
 
@@ -92,10 +95,77 @@ def net_ports(session: Session, ports: Sequence[Port]) -> list[npb.NetPort]:
     owners = {p.instance_id for p in ports if p.instance_id is not None}
     names = {i: name for i, name in session.execute(select(Instance.id, Instance.name)
                                                     .where(Instance.id.in_(owners)))} if owners else {}
+    groups = groups_of(session, ports)
+    pairs: dict[int, list[str]] = defaultdict(list)
+    if ports:
+        for port_id, cidr in session.execute(select(PortAllowedAddress.port_id, PortAllowedAddress.cidr)
+                                             .where(PortAllowedAddress.port_id.in_([p.id for p in ports]))
+                                             .order_by(PortAllowedAddress.cidr)):
+            pairs[port_id].append(cidr)
     return [npb.NetPort(id=p.id, subnet_id=p.subnet_id, mac=p.mac, ips=ips.get(p.id, []),
                         hostname=names.get(p.instance_id, "") if p.instance_id is not None else p.name,
                         instance_id=p.instance_id or 0, hypervisor=p.hypervisor_id or 0,
-                        vtep=vteps.get(p.hypervisor_id, "")) for p in ports]
+                        vtep=vteps.get(p.hypervisor_id, ""), security_groups=groups[p.id],
+                        allowed_addresses=pairs.get(p.id, [])) for p in ports]
+
+
+# -- security groups (issue 12) ------------------------------------------------------------------
+
+
+def groups_of(session: Session, ports: Sequence[Port]) -> dict[int, list[int]]:
+    """Each port's security groups: its own, or else its organisation's default group (none
+    when the organisation has none yet: its ports are then only anti-spoofed)."""
+    found: dict[int, list[int]] = {p.id: [] for p in ports}
+    if not ports:
+        return found
+    for port_id, group_id in session.execute(select(PortSecurityGroup.port_id, PortSecurityGroup.group_id)
+                                             .where(PortSecurityGroup.port_id.in_(list(found)))
+                                             .order_by(PortSecurityGroup.group_id)):
+        found[port_id].append(group_id)
+    orgs = {p.org_id for p in ports if not found[p.id]}
+    defaults = {org: group for org, group in session.execute(select(SecurityGroup.org_id, SecurityGroup.id).where(
+        SecurityGroup.org_id.in_(orgs), SecurityGroup.is_default.is_(True)))} if orgs else {}
+    for port in ports:
+        if not found[port.id] and port.org_id in defaults:
+            found[port.id] = [defaults[port.org_id]]
+    return found
+
+
+def vpc_groups(session: Session, vpc_id: int) -> list[npb.NetSecurityGroup]:
+    """The security groups of the VPC's bound ports, and those their rules name as remote groups,
+    each with its rules and its members' addresses in this VPC (wherever they are bound)."""
+    ports = session.scalars(select(Port).where(Port.vpc_id == vpc_id, Port.hypervisor_id.is_not(None))
+                            .order_by(Port.id)).all()
+    groups = groups_of(session, ports)
+    ips = port_ips(session, (p.id for p in ports))
+    used = {g for gs in groups.values() for g in gs}
+    rules: dict[int, list[SecurityRule]] = defaultdict(list)
+    if used:
+        for rule in session.scalars(select(SecurityRule).where(SecurityRule.group_id.in_(used)).order_by(SecurityRule.id)):
+            rules[rule.group_id].append(rule)
+    named = used | {r.remote_group_id for rs in rules.values() for r in rs if r.remote_group_id is not None}
+    return [npb.NetSecurityGroup(
+        id=g, member_ips=[ip for p in ports if g in groups[p.id] for ip in ips.get(p.id, [])],
+        rules=[npb.NetSecurityRule(id=r.id, egress=r.direction == "egress", protocol=r.protocol,
+                                   port_min=r.port_min or 0, port_max=r.port_max or 0, remote_cidr=r.remote_cidr or "",
+                                   remote_group=r.remote_group_id or 0) for r in rules.get(g, [])])
+        for g in sorted(named)]
+
+
+def groups_changed(session: Session, org_id: int, user_id: int | None = None,
+                   ports: Sequence[Port] = ()) -> list[Job]:
+    """A change of each VPC of the organisation with bound ports, carrying its groups (and
+    ``ports``, whose groups or allowed addresses changed): what a rule's change or a port's new groups need (flushed by the caller; jobs added to ``session``).
+    Every such VPC is told, not only those whose ports use the group (simpler; a cost per VPC)."""
+    jobs: list[Job] = []
+    for vpc_id in session.scalars(select(Port.vpc_id).distinct().where(Port.org_id == org_id,
+                                                                       Port.hypervisor_id.is_not(None))
+                                  .order_by(Port.vpc_id)).all():
+        change = begin(session, vpc_id)
+        change.groups = True
+        change.upserts += [p for p in ports if p.vpc_id == vpc_id and p.hypervisor_id is not None]  # their groups
+        jobs += commit(session, change, org_id, user_id)
+    return jobs
 
 
 def vpc_state(session: Session, vpc_id: int, hypervisor: int | Collection[int]) -> npb.NetVpcState:
@@ -120,6 +190,7 @@ def vpc_state(session: Session, vpc_id: int, hypervisor: int | Collection[int]) 
     router = routerstate.net_router(session, vpc_id, hypervisor)
     if router is not None:
         state.router.CopyFrom(router)
+    state.security_groups.extend(vpc_groups(session, vpc_id))
     return state
 
 
@@ -134,6 +205,7 @@ class Change:
     before: Held
     upserts: list[Port] = field(default_factory=list)   # ports bound (or changed) by the change
     removes: list[int] = field(default_factory=list)    # ids of bound ports removed or unbound
+    groups: bool = False  # security groups changed: their rules, or a port's groups (issue 12)
 
 
 def begin(session: Session, vpc_id: int) -> Change:
@@ -147,7 +219,7 @@ def begin(session: Session, vpc_id: int) -> Change:
 def commit(session: Session, change: Change, org_id: int, user_id: int | None = None) -> list[Job]:
     """The generation +1 and the jobs that carry the change (added to ``session``; the caller
     commits and submits them). Nothing changes when no hypervisor held or holds the ports."""
-    if not change.upserts and not change.removes:
+    if not change.upserts and not change.removes and not change.groups:
         return []
     session.flush()
     vpc = change.vpc
@@ -163,7 +235,8 @@ def commit(session: Session, change: Change, org_id: int, user_id: int | None = 
     jobs: list[Job] = []
     if told:
         delta = npb.NetApplyRequest(vpc_id=vpc.id, from_generation=start, generation=start + 1,
-                                    upsert_ports=net_ports(session, change.upserts), remove_ports=change.removes)
+                                    upsert_ports=net_ports(session, change.upserts), remove_ports=change.removes,
+                                    upsert_security_groups=vpc_groups(session, vpc.id))
         jobs.append(_job(org_id, user_id, batch, "apply", vpc.id, None,
                          {"request": MessageToDict(delta, preserving_proto_field_name=True), "hypervisors": told}))
     # Those that leave get an empty state, those that join (or change) the union of theirs:

@@ -159,7 +159,19 @@ ROUTERS = ("needs root namespaces; run by tests/network/test_routers.py (the age
            "tests/network/test_router_vms.py (through the API), with an external segment and an internet host")
 CREDENTIALS = ("needs a user of an organisation: tests/api/test_app_credentials.py and test_ldap.py run these "
                "commands through the CLI against a served API (issue 14)")
+SECGROUPS = ("needs ports in an organisation's VPC: tests/unit/test_cli_secgroup.py runs these lines against a "
+             "stub API, tests/api/test_secgroups.py the API behind them, tests/network/test_secgroups.py the "
+             "firewall with real traffic")
 EXCLUDED = {
+    ".venv/bin/cloudland secgroup list": SECGROUPS,
+    ".venv/bin/cloudland secgroup create web": SECGROUPS,
+    ".venv/bin/cloudland secgroup rule add web --protocol tcp --port 22 --remote-cidr 0.0.0.0/0": SECGROUPS,
+    ".venv/bin/cloudland secgroup rule add web --protocol icmp --remote-group default": SECGROUPS,
+    ".venv/bin/cloudland port set spare --secgroup web --secgroup default --allowed-address 10.0.0.200": SECGROUPS,
+    ".venv/bin/cloudland secgroup show web": SECGROUPS,
+    ".venv/bin/cloudland secgroup rule delete web 3": SECGROUPS,
+    ".venv/bin/cloudland port set spare --no-secgroup": SECGROUPS,
+    ".venv/bin/cloudland secgroup delete web": SECGROUPS,
     ".venv/bin/cloudland directory set acme ldap --settings acme-ldap.json --bind-password-stdin < ldap-pw.txt":
         DIRECTORIES,
     ".venv/bin/cloudland login --organisation acme --username alice": DIRECTORIES,

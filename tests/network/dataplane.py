@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cloudland_lab import Lab
 from cloudland_proto.v1 import network_pb2 as npb
 from google.protobuf.json_format import MessageToDict
@@ -75,6 +76,41 @@ class AgentProc:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+@contextmanager
+def lab_world(factory: Any, hosts: list[str], tools: tuple[str, ...], what: str, make: Any) -> Iterator[Any]:
+    """A module's world: skipped naming the missing ``tools``, else ``make(lab, run_prefix())`` on a
+    lab of ``hosts``, closed and the lab removed afterwards."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"the {what} tests need {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
+    lab = factory(hosts)
+    world = make(lab, run_prefix())
+    try:
+        yield world
+    finally:
+        world.close()
+        lab.down()
+
+
+def close_agents(agents: list[AgentProc], guests: list[tuple[AgentProc, str]]) -> None:
+    """A test module's teardown: its guests unplugged, then each agent (started again if it died)
+    syncs nothing, stops, and its state goes; failures are left to the lab's removal."""
+    for agent, name in guests:
+        try:
+            agent.call("guest.unplug", name=name)
+        except AssertionError:
+            pass
+    for agent in agents:
+        try:
+            if agent.proc is None or agent.proc.poll() is not None:
+                agent.start()
+            agent.sync([], full=True)
+        except AssertionError:
+            pass  # the lab's removal kills and removes whatever is left
+        agent.stop()
+        remove_state(agent.state_dir)
 
 
 @dataclass
@@ -191,26 +227,6 @@ def kernel_objects(lab: Lab, host: str, prefix: str) -> dict[str, Any]:
         if cmdline and cmdline[0] == b"dnsmasq" and any(prefix.encode() in word for word in cmdline):
             dnsmasq.append(pid)
     return {"links": links, "netns": namespaces, "fdb": fdb, "neighbours": neighbours, "dnsmasq": sorted(dnsmasq)}
-
-
-def clean_up(agents: list[AgentProc], guests: list[tuple[AgentProc, str]]) -> None:
-    """Unplug the guests, then have each agent (started again if it is down) remove everything it
-    made, stop it and remove its state; what fails is left to the lab's removal, which kills and
-    removes whatever is left."""
-    for agent, name in guests:
-        try:
-            agent.call("guest.unplug", name=name)
-        except AssertionError:
-            pass
-    for agent in agents:
-        try:
-            if agent.proc is None or agent.proc.poll() is not None:
-                agent.start()
-            agent.sync([], full=True)
-        except AssertionError:
-            pass
-        agent.stop()
-        remove_state(agent.state_dir)
 
 
 def remove_state(state_dir: Path) -> None:

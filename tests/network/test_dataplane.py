@@ -7,7 +7,6 @@ would. One lab for the module; the scenarios run in order and share it.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,13 +22,13 @@ from tests.network.dataplane import (
     Tenant,
     capture,
     captured,
-    clean_up,
+    close_agents,
     in_guest,
     kernel_objects,
+    lab_world,
     ping,
     reaches,
     resolve,
-    run_prefix,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(300)]
@@ -55,21 +54,14 @@ class World:
         return Names(self.prefix).bridge(tenant.vni)
 
     def close(self) -> None:
-        clean_up(self.agents, self.guests)
+        close_agents(self.agents, self.guests)
 
 
 @pytest.fixture(scope="module")
 def world(session_lab_factory):
-    missing = [tool for tool in ("dnsmasq", "busybox", "tcpdump", "bridge", "nsenter") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"the data-plane tests need {', '.join(missing)} (deploy/bootstrap.sh installs them, as root)")
-    lab = session_lab_factory(HOSTS)
-    world = World(lab, run_prefix())
-    try:
-        yield world
-    finally:
-        world.close()
-        lab.down()
+    with lab_world(session_lab_factory, HOSTS, ("dnsmasq", "busybox", "tcpdump", "bridge", "nsenter"), "data-plane",
+                   World) as made:
+        yield made
 
 
 def test_guests_get_leases_and_reach_their_own_vpc_only(world: World) -> None:

@@ -21,7 +21,7 @@ import pytest
 from cloudland_agents.network.names import Names
 from cloudland_agents.network.router import external_link, gateway_link, gateway_mac, router_ns
 from cloudland_proto.v1 import network_pb2 as npb
-from tests.network.dataplane import STATE_BASE, AgentProc, clean_up, in_guest, ping, run_prefix
+from tests.network.dataplane import STATE_BASE, AgentProc, close_agents, in_guest, ping, run_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.timeout(300)]
 
@@ -90,7 +90,7 @@ class World:
         return inet_answers(self.lab, target, count)
 
     def close(self) -> None:
-        clean_up(self.agents, self.guests)
+        close_agents(self.agents, self.guests)
 
 
 def external_segment(lab, hosts: list[str] = HOSTS) -> None:

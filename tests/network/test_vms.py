@@ -235,6 +235,24 @@ def test_a_leaf_killed_comes_back_and_its_vms_guests_are_left_as_they_were(world
     print(f"leaf back in {back:.1f} s, its VMs defined again {recovered:.1f} s later; {count} of {count} answered")
 
 
+def test_security_groups_set_through_the_api_reach_the_hosts(world: World) -> None:
+    """Issue 12 end to end: a port moved out of the default group is cut off from its tenant's
+    VMs; a rule added through the API lets pings in again; its deletion stops new ones."""
+    alpha, lab = world.tenants[0], world.lab
+    h1_guest, target = world.guest(alpha, "h1"), alpha.ip("h3")
+    assert ping(lab, "h1", h1_guest, target)  # both in the default group
+    web = alpha.api.post("/security-groups", {"name": "web"})
+    alpha.api.patch(f"/ports/{alpha.ports['h3']['id']}", {"security_groups": ["web"]})
+    wait_until(lambda: not ping(lab, "h1", h1_guest, target, count=1), 30, "h3's VM to leave the default group")
+    rule = alpha.api.post("/security-groups/web/rules", {"protocol": "icmp", "remote_group": "default"})
+    wait_until(lambda: ping(lab, "h1", h1_guest, target, count=1), 30, "the icmp rule to reach h3")
+    alpha.api.request("DELETE", f"/security-groups/web/rules/{rule['id']}")
+    wait_until(lambda: not ping(lab, "h1", h1_guest, target, count=1), 30, "the rule's deletion to reach h3")
+    alpha.api.patch(f"/ports/{alpha.ports['h3']['id']}", {"security_groups": []})
+    wait_until(lambda: ping(lab, "h1", h1_guest, target, count=1), 30, "h3's VM back in the default group")
+    alpha.api.request("DELETE", f"/security-groups/{web['id']}")
+
+
 def test_a_nic_attached_to_a_running_vm_gets_its_lease_and_a_detached_one_leaves_nothing(world: World) -> None:
     alpha, lab = world.tenants[0], world.lab
     back = alpha.api.post("/subnets", {"name": "back", "vpc": alpha.vpc["id"], "cidr": "10.9.0.0/24"})
