@@ -27,6 +27,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,7 +170,7 @@ def row(name: str, r: dict[str, Any]) -> str:
     shown = ", ".join(f"{n} × {k}" for k, n in r["errors"].most_common(3))
     return (f"| {name} | {r['requests']:,} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{r['max_ms']:.0f} | {errors}{f' ({shown})' if shown else ''} | {r['server_cpu_s']:.1f} / "
-            f"{r['client_cpu_s']:.1f} |")
+            f"{r['client_cpu_s']:.1f} | {r['server_cpu_s'] * 1000 / r['requests']:.2f} |")
 
 
 def main() -> int:
@@ -178,6 +179,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--hypervisors", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1000, help="running VMs made before the load")
+    parser.add_argument("--profile", metavar="FILE", type=Path,
+                        help="sample the API with py-spy during the load: collapsed stacks into FILE")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -206,8 +209,17 @@ def main() -> int:
         rss0 = procinfo.memory_kib(api.proc.pid)[0]
         headers = {"Authorization": f"Bearer {api.token}"}
         print(f"… the API, {args.requests} mixed requests at concurrency {args.concurrency}", file=sys.stderr)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
+                                    "--rate", "200", "--gil", "--nonblocking", "--output", str(args.profile),
+                                    "--pid", str(api.proc.pid)], stdout=subprocess.DEVNULL)
+            time.sleep(1)  # py-spy attaches
         result = measured(api.proc.pid, api.base, headers, plan(args.requests, MIX), args.concurrency,
                           api_requests(ids))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
         rss1 = procinfo.memory_kib(api.proc.pid)[0]
     finally:
         if api is not None:
@@ -216,8 +228,9 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nload average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
           f"{os.cpu_count()} cores; API RSS {rss0 / 1024:.0f} MiB before, {rss1 / 1024:.0f} MiB after\n")
-    print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client | "
+          "server CPU ms per request |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(row("baseline: bare FastAPI + uvicorn, 85 % GET / 15 % POST", baseline))
     print(row(f"the API, mixed (tree of {args.hypervisors}, {args.seed} VMs)", result))
     goal = result["rate"] >= 500 and result["p99_ms"] <= 250 and not result["errors"]
