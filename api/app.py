@@ -35,6 +35,7 @@ from cloudland_api.jobs.guest import GuestSource
 from cloudland_api.db import make_engine, session_factory
 from cloudland_api.jobs import Engine, Settings as JobSettings
 from cloudland_api.deps import known_query_parameters
+from cloudland_api.tokencache import TokenCache
 from cloudland_api.audit import AuditTrail
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
@@ -236,6 +237,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.write_sessions = session_factory(app.state.engine, write=True)
     app.state.root_client = None  # set by the lifespan when a tree is configured
     app.state.console_tickets = ConsoleTickets()
+    app.state.token_cache = TokenCache()  # tokens proven a moment ago (api/tokencache.py)
     # deps.write_turn: SQLite has one writer; PostgreSQL locks rows, so writers run in parallel.
     app.state.write_lock = asyncio.Lock() if settings.database_url.startswith("sqlite") else None
     app.add_exception_handler(CloudLandError, _cloudland_error)

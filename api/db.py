@@ -6,7 +6,6 @@ so no ``alembic.ini`` is needed and start-up and tests use the same path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,13 +87,3 @@ def upgrade(url: str, revision: str = "head") -> None:
     # Alembic's Config interpolates "%" — escape it so passwords with % survive.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision)
-
-
-def iter_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One session per request: committed by the caller, rolled back and closed on any error."""
-    with factory() as session:
-        try:
-            yield session
-        except BaseException:
-            session.rollback()
-            raise

@@ -12,26 +12,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from cloudland.errors import Unauthorized
+from cloudland_api import tokencache
 from cloudland_api.services import credentials as app_credentials
 from cloudland_api.services import federation, identity
-from cloudland_api.db import iter_session
 from cloudland_api.settings import ApiSettings
+from cloudland_api.tokencache import TokenCache
 
 # auto_error=False: a missing header becomes our Unauthorized (401, our error body)
 # instead of FastAPI's own 403; the scheme still gives /docs its "Authorize" button.
 _bearer = HTTPBearer(auto_error=False, description="Token from POST /api/v1/login")
 
 
-def get_settings(request: Request) -> ApiSettings:
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in its
+# thread pool, and each such hop cost the event loop and a worker thread more than the work
+# (issue 15: a request made eight of them).
+
+
+async def get_settings(request: Request) -> ApiSettings:
     """The settings the app was created with."""
     settings: ApiSettings = request.app.state.settings
     return settings
 
 
-def get_signing_key(request: Request) -> bytes:
+async def get_signing_key(request: Request) -> bytes:
     """The HS256 key loaded at start-up."""
     key: bytes = request.app.state.signing_key
     return key
@@ -54,15 +61,35 @@ async def write_turn(request: Request) -> AsyncIterator[None]:
         yield
 
 
-def open_session(request: Request) -> Iterator[Session]:
-    """A session without a write turn: for routes that keep each transaction inside one call."""
+async def open_session(request: Request) -> AsyncIterator[Session]:
+    """A session without a write turn: for routes that keep each transaction inside one call.
+
+    Made on the event loop (a Session connects only at its first statement, in the route's
+    thread). Ended on the loop too where that is a local call (SQLite, or nothing begun);
+    a PostgreSQL session still in a transaction ends in a worker thread (a round trip)."""
     reads_only = request.method in ("GET", "HEAD")
-    yield from iter_session(request.app.state.sessions if reads_only else request.app.state.write_sessions)
+    factory = request.app.state.sessions if reads_only else request.app.state.write_sessions
+    session: Session = factory()
+    try:
+        yield session
+    except BaseException:
+        await _end(request, session, session.rollback)
+        raise
+    finally:
+        await _end(request, session, session.close)
 
 
-def get_session(request: Request, _turn: Annotated[None, Depends(write_turn)]) -> Iterator[Session]:
+async def _end(request: Request, session: Session, end: Callable[[], None]) -> None:
+    if request.app.state.write_lock is not None or not session.in_transaction():
+        end()  # SQLite (a local call) or nothing to end
+    else:
+        await run_in_threadpool(end)
+
+
+async def get_session(request: Request, _turn: Annotated[None, Depends(write_turn)]) -> AsyncIterator[Session]:
     """One database session per request; a write session (in its turn) for anything but GET and HEAD."""
-    yield from open_session(request)
+    async for session in open_session(request):
+        yield session
 
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -73,32 +100,45 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StreamingSessionDep = Annotated[Session, Depends(open_session)]
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     key: SigningKeyDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> identity.Caller:
     """The user a valid bearer token names, with the organisation and role it acts in; the token
-    must not be revoked (logout, password change, removed membership) nor outlive the ceiling."""
+    must not be revoked (logout, password change, removed membership) nor outlive the ceiling.
+
+    A token proven in the last moments is not proven again (``api/tokencache.py``, which says how
+    revocation stays immediate); otherwise it is, in a worker thread."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
-    # A read session of its own, ended here: authenticating must never take the write lock.
-    with request.app.state.sessions() as session:
-        if app_credentials.is_credential(credentials.credentials):
-            caller = app_credentials.authenticate(session, credentials.credentials)
-        elif federation.is_provider_token(credentials.credentials):
-            caller = federation.authenticate_provider_token(session, key, credentials.credentials)
-        else:
-            caller = identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+    cache: TokenCache = request.app.state.token_cache
+    token = credentials.credentials
+    cache_key = cache.key(token)
+    caller = cache.get(cache_key)
+    if caller is None:
+        read_in = tokencache.epoch.value
+        caller = await run_in_threadpool(_authenticate, request.app.state.sessions, key, settings, token)
+        cache.put(cache_key, caller, read_in)
     request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
     return caller
+
+
+def _authenticate(sessions: sessionmaker[Session], key: bytes, settings: ApiSettings, token: str) -> identity.Caller:
+    # A read session of its own, ended here: authenticating must never take the write lock.
+    with sessions() as session:
+        if app_credentials.is_credential(token):
+            return app_credentials.authenticate(session, token)
+        if federation.is_provider_token(token):
+            return federation.authenticate_provider_token(session, key, token)
+        return identity.authenticate(session, key, token, settings.token_max_lifetime_s)
 
 
 CurrentUser = Annotated[identity.Caller, Depends(get_caller)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The address the request came from, as the failed sign-ins' backoff counts it (a proxy in
     front of the API would make every client its address: not handled yet)."""
     return request.client.host if request.client else "unknown"
@@ -110,7 +150,7 @@ ClientAddress = Annotated[str, Depends(client_address)]
 Submit = Callable[[Iterable[str]], None]
 
 
-def get_submit(request: Request) -> Submit:
+async def get_submit(request: Request) -> Submit:
     """Hands committed job ids to the job engine; without a tree they stay pending."""
     engine = getattr(request.app.state, "jobs", None)
     if engine is None:
@@ -138,7 +178,7 @@ def _query_names(dependant: Dependant) -> Iterator[str]:
         yield from _query_names(sub_dependant)
 
 
-def known_query_parameters(connection: HTTPConnection) -> None:
+async def known_query_parameters(connection: HTTPConnection) -> None:
     """Refuses a query parameter the route does not take, as an unknown body field is refused
     (422): a typo such as ``?stauts=running`` would otherwise list everything. Every HTTP route
     gets it (``create_app``)."""

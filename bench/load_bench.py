@@ -27,6 +27,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,30 @@ def api_requests(ids: list[int]) -> Any:
     return request_of
 
 
+# -- memory (must show 6) -------------------------------------------------------------------
+
+
+def measure_memory(api: Api, creates: int) -> list[tuple[str, int]]:
+    """The API's RSS before and after ``creates`` VMs (requests of 1,000, every job ended), then
+    after four 50 MB bodies to the unauthenticated /login (each refused: 413 or cut off)."""
+    rss = [("before", procinfo.memory_kib(api.proc.pid)[0])]
+    print(f"… the API's memory: {creates} creates, then four 50 MB bodies", file=sys.stderr)
+    batches = [api.call("POST", "/instances", {"name": f"mem-{n}", "flavor": "tiny", "image": "raw",
+                                                "count": min(1000, creates - n)})["batch"]
+               for n in range(0, creates, 1000)]
+    counts = api.wait_batches(batches, creates, timeout=1800, every=1.0)
+    rss.append((f"after {creates:,} creates ({counts['succeeded']:,} succeeded)", procinfo.memory_kib(api.proc.pid)[0]))
+    body = b"x" * (50 * 2**20)
+    with httpx.Client(base_url=api.base, timeout=120) as client:
+        for _ in range(4):
+            try:
+                client.post("/api/v1/login", content=body, headers={"Content-Type": "application/json"})
+            except httpx.TransportError:
+                pass  # the API may close before all of it was sent: refused either way
+    rss.append(("after four 50 MB bodies", procinfo.memory_kib(api.proc.pid)[0]))
+    return rss
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -169,7 +194,7 @@ def row(name: str, r: dict[str, Any]) -> str:
     shown = ", ".join(f"{n} × {k}" for k, n in r["errors"].most_common(3))
     return (f"| {name} | {r['requests']:,} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{r['max_ms']:.0f} | {errors}{f' ({shown})' if shown else ''} | {r['server_cpu_s']:.1f} / "
-            f"{r['client_cpu_s']:.1f} |")
+            f"{r['client_cpu_s']:.1f} | {r['server_cpu_s'] * 1000 / r['requests']:.2f} |")
 
 
 def main() -> int:
@@ -178,6 +203,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--hypervisors", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1000, help="running VMs made before the load")
+    parser.add_argument("--memory-creates", type=int, default=10_000, metavar="N",
+                        help="after the load: the API's RSS before and after creating N VMs (in requests of "
+                             "1,000), then after four 50 MB bodies to /login (0: skip)")
+    parser.add_argument("--profile", metavar="FILE", type=Path,
+                        help="sample the API with py-spy during the load: collapsed stacks into FILE")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -198,7 +228,10 @@ def main() -> int:
     os.environ["CLOUDLAND_PKI"] = str(tree.pki_dir)
     api = None
     try:
-        api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint)
+        # Overcommit so that the memory phase's VMs fit on the simulated hypervisors (test:/// hosts
+        # of 16 CPUs and 3 GiB); the mixed load places a few hundred either way.
+        api = Api(workdir / "api", f"sqlite:///{workdir / 'api' / 'cloudland.db'}", tree.endpoint,
+                  cpu_ratio="64", memory_ratio="64")
         ready_to_create(api, args.hypervisors)
         seeded = api.call("POST", "/instances", {"name": "seed", "flavor": "tiny", "image": "raw", "count": args.seed})
         api.wait_batches([seeded["batch"]], args.seed)
@@ -206,9 +239,19 @@ def main() -> int:
         rss0 = procinfo.memory_kib(api.proc.pid)[0]
         headers = {"Authorization": f"Bearer {api.token}"}
         print(f"… the API, {args.requests} mixed requests at concurrency {args.concurrency}", file=sys.stderr)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
+                                    "--rate", "200", "--gil", "--nonblocking", "--output", str(args.profile),
+                                    "--pid", str(api.proc.pid)], stdout=subprocess.DEVNULL)
+            time.sleep(1)  # py-spy attaches
         result = measured(api.proc.pid, api.base, headers, plan(args.requests, MIX), args.concurrency,
                           api_requests(ids))
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
         rss1 = procinfo.memory_kib(api.proc.pid)[0]
+        memory = measure_memory(api, args.memory_creates) if args.memory_creates else []
     finally:
         if api is not None:
             api.stop()
@@ -216,10 +259,15 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nload average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
           f"{os.cpu_count()} cores; API RSS {rss0 / 1024:.0f} MiB before, {rss1 / 1024:.0f} MiB after\n")
-    print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | requests | **req/s** | p50 ms | **p99 ms** | max ms | errors | CPU s server / client | "
+          "server CPU ms per request |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print(row("baseline: bare FastAPI + uvicorn, 85 % GET / 15 % POST", baseline))
     print(row(f"the API, mixed (tree of {args.hypervisors}, {args.seed} VMs)", result))
+    if memory:
+        print("\n| the API's RSS (MiB) | " + " | ".join(name for name, _ in memory) + " |")
+        print("|---" * (len(memory) + 1) + "|")
+        print("| | " + " | ".join(f"{kib / 1024:.0f}" for _, kib in memory) + " |")
     goal = result["rate"] >= 500 and result["p99_ms"] <= 250 and not result["errors"]
     print(f"\ngoal (>= 500 req/s, p99 <= 250 ms, 0 errors at concurrency {args.concurrency}): "
           f"{'met' if goal else 'not met'}")

@@ -42,6 +42,36 @@ def alive(pid: int) -> bool:
         return False
 
 
+def start_time(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot; 0 if it is gone or a zombie.
+
+    With the pid, it names one process: a pid alone may be another process's by the time it
+    is used (pid_max is 32768 here and CI makes thousands of processes), and a signal sent to
+    a recycled pid hits a stranger (issue 15)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    return 0 if fields[0] == "Z" else int(fields[19])  # field 22 of stat: starttime
+
+
+def same_process(pid: int, started: int) -> bool:
+    """True while the process that had ``pid`` when ``start_time`` gave ``started`` still lives."""
+    return bool(pid) and bool(started) and start_time(pid) == started
+
+
+def kill_if_same(pid: int, started: int, sig: int) -> bool:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at ``started``."""
+    if not same_process(pid, started):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def argv_of(pid: int) -> list[str]:
     """The command line of ``pid`` ([] if it is gone or not ours to read)."""
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudland import pki, procinfo
+from cloudland import mpienv, pki, procinfo
 from cloudland.client import RootClient
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -36,15 +35,26 @@ class Tree:
     state_dir: Path
     endpoint: str
     hypervisors: int
-    seen_pids: set[int] = field(default_factory=set)
+    # Every rank process seen, pid -> procinfo.start_time: the teardown kills what is left of
+    # them, and only them (a pid of a rank that died long ago may be a stranger's by then).
+    seen: dict[int, int] = field(default_factory=dict)
     pki_dir: Path | None = None  # its CA and certificates (cloudland/pki.py)
+
+    @property
+    def seen_pids(self) -> list[int]:
+        return list(self.seen)
 
     def peers(self) -> dict[str, pb.PeerStatus]:
         """Every rank below the root by name, e.g. 'leaf 3' or 'relay[0:8)'."""
         health = self.client.health()
         peers = {node_name(p.node): p for p in health.peers[1:]}
-        self.seen_pids.update(p.pid for p in peers.values() if p.pid)
+        for pid in [p.pid for p in health.peers if p.pid and p.pid not in self.seen]:
+            self.seen[pid] = procinfo.start_time(pid)
         return peers
+
+    def alive(self) -> list[int]:
+        """The ranks seen that still run (the same processes, not their recycled pids)."""
+        return [pid for pid, started in self.seen.items() if procinfo.same_process(pid, started)]
 
     def log(self, rank: str) -> str:
         safe = rank.replace(" ", "-").replace("[", "").replace(")", "").replace(":", "-")
@@ -73,12 +83,17 @@ def start_tree(
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pki_dir = pki.default_dir() if os.environ.get("CLOUDLAND_PKI") else state_dir / "pki"
     log = open(state_dir / "root.out", "wb")
+    env = dict(os.environ)
+    mpienv.apply(env)  # mpiexec finds its proxy on PATH
+    # The root is an MPI job of its own under mpiexec -n 1, as `cloudland up` runs it (cli/start.py)
+    # and as every rank runs: MPICH singletons share one job name (issue 15).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloudland_launcher", "--hypervisors", str(hypervisors),
-         "--per-leaf", str(per_leaf), "--fanout", str(fanout), "--grpc", endpoint,
-         "--state-dir", str(state_dir), "--pki", str(pki_dir), "--heartbeat", str(heartbeat), "--test-ops",
-         *extra],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        mpienv.rank_argv([
+            sys.executable, "-m", "cloudland_launcher", "--hypervisors", str(hypervisors),
+            "--per-leaf", str(per_leaf), "--fanout", str(fanout), "--grpc", endpoint,
+            "--state-dir", str(state_dir), "--pki", str(pki_dir), "--heartbeat", str(heartbeat), "--test-ops",
+            *extra]),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
     )
     client = RootClient(endpoint, pki_dir)
     try:
@@ -108,20 +123,17 @@ def stop_tree(tree: Tree) -> None:  # noqa: C901 - one linear teardown
     # The root's local host agent runs in a session of its own, to outlive a root that dies
     # (a successor adopts it): a root that was killed leaves it, and it respawns its ranks.
     agent, _argv = procinfo.local_host_agent(tree.state_dir)
-    if agent:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(agent, signal.SIGTERM)  # it stops its ranks
+    agent_started = procinfo.start_time(agent) if agent else 0
+    procinfo.kill_if_same(agent, agent_started, signal.SIGTERM)  # it stops its ranks
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(procinfo.alive(p) for p in [*tree.seen_pids, agent] if p):
+    while time.monotonic() < deadline and (tree.alive() or procinfo.same_process(agent, agent_started)):
         time.sleep(0.1)
-    if agent and procinfo.alive(agent):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(agent, signal.SIGKILL)
-    left = [p for p in tree.seen_pids if procinfo.alive(p)]
+    procinfo.kill_if_same(agent, agent_started, signal.SIGKILL)
+    left = tree.alive()
     for pid in left:
-        os.kill(pid, signal.SIGKILL)
+        procinfo.kill_if_same(pid, tree.seen[pid], signal.SIGKILL)
     try:
-        os.killpg(tree.proc.pid, signal.SIGKILL)  # the launcher daemon (prte), if still there
+        os.killpg(tree.proc.pid, signal.SIGKILL)  # what is left of the root's mpiexec job
     except ProcessLookupError:
         pass
     assert not left, f"ranks still alive after the root stopped: {left}"

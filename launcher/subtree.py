@@ -54,6 +54,7 @@ class Child:
     link: Link | None = None
     state: int = pb.PEER_STARTING
     pid: int = 0
+    pid_started: int = 0   # procinfo.start_time of a local pid: a recycled pid is not our child
     host: str = ""
     spawned_at: float = 0.0
     last_heard: float = 0.0
@@ -175,8 +176,10 @@ class Subtree:
         child.state = pb.PEER_STARTING
         child.pid, child.host, child.pending = request.pid, request.host, {}
         child.spawned_at = child.last_heard = time.monotonic()
+        child.pid_started = 0
         if request.host == procinfo.HOSTNAME:
             child.link.peer_pid = request.pid
+            child.pid_started = procinfo.start_time(request.pid)
         assign = pb.Assign()
         assign.CopyFrom(self.assign)
         assign.node.CopyFrom(node_id(node))
@@ -344,6 +347,8 @@ class Subtree:
         if node_range(hello.node) != child.node:
             self._reject(child, WireError(f"hello from {child.node} claims {node_range(hello.node)}"))
             return
+        if (hello.pid, hello.host) != (child.pid, child.host):
+            child.pid_started = procinfo.start_time(hello.pid) if hello.host == procinfo.HOSTNAME else 0
         child.pid, child.host, child.link_address = hello.pid, hello.host, hello.link_address
         if child.link and hello.host == procinfo.HOSTNAME:
             child.link.peer_pid = hello.pid
@@ -382,7 +387,8 @@ class Subtree:
             if child.link is None or child.state == pb.PEER_LOST:
                 continue  # no process of it is linked: its host agent starts one, and it links (§10)
             silent = now - child.last_heard
-            if local and child.host == procinfo.HOSTNAME and child.pid and not procinfo.alive(child.pid):
+            if local and child.host == procinfo.HOSTNAME and child.pid_started \
+                    and not procinfo.same_process(child.pid, child.pid_started):
                 self._lose(child, f"process {child.pid} exited")
             elif child.state == pb.PEER_STARTING:
                 # Timed from the link: a child that heartbeats but never says hello is not up.
@@ -416,11 +422,9 @@ class Subtree:
         child.pending = {}
         child.state = pb.PEER_LOST
         # A silent (hung) process may still live: end it, so its host agent starts a fresh one.
-        if kill and child.pid and child.host == procinfo.HOSTNAME and procinfo.alive(child.pid):
-            try:
-                os.kill(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # Only that process: by the time a silent child is judged lost its pid may be another's.
+        if kill and child.host == procinfo.HOSTNAME:
+            procinfo.kill_if_same(child.pid, child.pid_started, signal.SIGKILL)
         if child.link:
             child.link.close()
             child.link = None

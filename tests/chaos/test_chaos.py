@@ -18,7 +18,7 @@ write lock held by another connection for 5 s; PostgreSQL's server killed (postm
 backends, SIGKILL) and started again. The slow scenarios run on one database only; the table
 (scenario, recovery time, jobs, duplicates, time to agreement) is printed at the end of the run.
 
-    .venv/bin/python -m pytest tests/chaos -p no:cacheprovider     # CLOUDLAND_CHAOS_SCALE=10: ~10x the operations
+    .venv/bin/python -m pytest tests/chaos -p no:cacheprovider     # CLOUDLAND_CHAOS_OPS=1000: the issue's batch
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from cloudland.errors import RootUnreachable
 from cloudland_launcher.harness import wait_for
 from tests.chaos.conftest import ROWS
 from tests.upcloud import TERMINAL, UpCloud, start_up, stop_up
@@ -42,8 +43,12 @@ pytestmark = pytest.mark.slow
 
 HYPERVISORS, PER_LEAF, FANOUT = 32, 4, 4   # 8 leaf ranks under 2 relays
 HEARTBEAT_S, LOST_AFTER = 0.5, 10           # a silent rank is lost after 5 s
-SCALE = int(os.environ.get("CLOUDLAND_CHAOS_SCALE", "1"))
-CREATES, STOPS, DELETES, RESIZES = 40 * SCALE, 12 * SCALE, 8 * SCALE, 4 * SCALE
+# Operations per scenario: 5/8 creates, 3/16 stops, 1/8 deletes and 1/16 resizes (the first
+# scenario of a database has no VMs yet to stop, delete or resize). 64 in CI; the issue's batch is
+# 1,000 (CLOUDLAND_CHAOS_OPS=1000), which does not pass yet: docs/architecture.md "Chaos".
+OPS = int(os.environ.get("CLOUDLAND_CHAOS_OPS", "64"))
+STOPS, DELETES, RESIZES = OPS * 3 // 16, OPS // 8, OPS // 16
+CREATES = OPS - STOPS - DELETES - RESIZES
 RECOVERY_S = 30.0     # the tree whole and the API answering after the fault, at most
 JOBS_S = 300.0        # every job terminal, at most
 AGREE_S = 120.0       # database and hypervisors in agreement, at most (the reconciler's work)
@@ -92,8 +97,10 @@ def worlds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             # crash of the server turns into lost commits that the API was told were made: jobs it
             # had ended came back as dispatched. Production keeps it on; so does this database.
             server._admin.execute(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET synchronous_commit = on')
+        # Overcommit: thousands of VMs pile up over the scenarios on 32 test:/// hosts (16 CPUs, 3 GiB).
         cloud = start_up(base, HYPERVISORS, PER_LEAF, FANOUT, CLOUDLAND_API_DATABASE_URL=url,
-                         CLOUDLAND_HEARTBEAT_S=str(HEARTBEAT_S), CLOUDLAND_LOST_AFTER=str(LOST_AFTER))
+                         CLOUDLAND_HEARTBEAT_S=str(HEARTBEAT_S), CLOUDLAND_LOST_AFTER=str(LOST_AFTER),
+                         CLOUDLAND_API_CPU_RATIO="64", CLOUDLAND_API_MEMORY_RATIO="64")
         _worlds[database] = World(database, cloud, url, server)
         return _worlds[database]
 
@@ -178,12 +185,22 @@ def victim(world: World, relay: bool) -> tuple[str, int]:
     return node, ranks[node].pid
 
 
+def replaced(world: World, node: str, pid: int) -> bool:
+    try:
+        rank = world.cloud.ranks().get(node)
+    except RootUnreachable:
+        # A rank's death can take the ranks receiving from it along (MPICH aborts a receiver whose
+        # sender died mid-message: docs/architecture.md "Supervision"), the root included; its
+        # supervisor starts it again, and the scenario's checks say whether anything was lost.
+        return False
+    return rank is None or rank.pid != pid
+
+
 def kill_rank(relay: bool) -> Callable[[World], None]:
     def fault(world: World) -> None:
         node, pid = victim(world, relay)
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: world.cloud.ranks().get(node) is None or world.cloud.ranks()[node].pid != pid, 30,
-                 f"the rank {node} replaced")
+        wait_for(lambda: replaced(world, node, pid), 60, f"the rank {node} replaced")
     return fault
 
 
@@ -252,11 +269,13 @@ def test_fault_mid_batch_loses_nothing(worlds: Callable[[str], World], database:
     wait_for(lambda: job_states(world, batches, singles).get("succeeded", 0) >= 5, 120, "the workload under way",
              every=0.05)
     at_fault = job_states(world, batches, singles)
+    root_before = cloud.root.health().peers[0].pid
     started = time.monotonic()
     fault(world)
     wait_for(lambda: cloud.tree_whole() and cloud.answers(), RECOVERY_S * 4, "the tree whole and the API answering",
              every=0.1)
     recovery = time.monotonic() - started
+    root_restarted = cloud.root.health().peers[0].pid != root_before
 
     def ended() -> bool:
         return all(state in TERMINAL for state, n in job_states(world, batches, singles).items() if n)
@@ -276,10 +295,12 @@ def test_fault_mid_batch_loses_nothing(worlds: Callable[[str], World], database:
         pass  # the problems are asserted below, with what they are
     problems = disagreements(world)
     duplicates = sum(1 for p in problems if "exists" in p and "times" in p)
-    ROWS.append({"database": database, "scenario": scenario, "recovery_s": recovery, "succeeded": succeeded,
-                 "failed": failed, "lost": lost, "duplicates": duplicates, "agreed_s": time.monotonic() - settled,
+    ROWS.append({"database": database, "scenario": scenario, "operations": total, "recovery_s": recovery,
+                 "succeeded": succeeded,
+                 "failed": failed, "lost": lost, "duplicates": duplicates, "agreed_s": time.monotonic() - settled, "root_restarted": root_restarted,
                  "load": os.getloadavg()[0]})
-    print(f"{database} {scenario}: jobs at the fault {at_fault}, after {states}; recovery {recovery:.1f} s")
+    print(f"{database} {scenario}: jobs at the fault {at_fault}, after {states}; recovery {recovery:.1f} s"
+          f"{'; the root was restarted' if root_restarted else ''}")
     assert lost == 0 and failed == 0, f"{scenario}: {failed} failed, {lost} not terminal of {total} ({states})"
     assert not problems, f"{scenario}: {len(problems)} disagreements, e.g. {problems[:5]}"
     assert recovery <= RECOVERY_S, f"{scenario}: recovery took {recovery:.1f} s (bound {RECOVERY_S} s)"
