@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Unauthorized
 from cloudland_api.services import credentials as app_credentials
-from cloudland_api.services import federation, identity
+from cloudland_api.services import federation, identity, projects
 from cloudland_api.db import iter_session
 from cloudland_api.settings import ApiSettings
 
@@ -78,9 +78,12 @@ def get_caller(
     key: SigningKeyDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    project: Annotated[str | None, Header(alias=projects.HEADER, description=(
+        "The project to act in (id or name); default: the organisation's default project"))] = None,
 ) -> identity.Caller:
-    """The user a valid bearer token names, with the organisation and role it acts in; the token
-    must not be revoked (logout, password change, removed membership) nor outlive the ceiling."""
+    """The user a valid bearer token names, with the organisation and role it acts in, and the
+    project the request acts in (services/projects.py); the token must not be revoked (logout,
+    password change, removed membership) nor outlive the ceiling."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     # A read session of its own, ended here: authenticating must never take the write lock.
@@ -91,6 +94,8 @@ def get_caller(
             caller = federation.authenticate_provider_token(session, key, credentials.credentials)
         else:
             caller = identity.authenticate(session, key, credentials.credentials, settings.token_max_lifetime_s)
+        request.state.audit_caller = caller  # who the audit trail records (api/audit.py), even when refused below
+        caller = projects.act_in(session, caller, projects.check_ref(project))
     request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
     return caller
 
