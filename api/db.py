@@ -6,7 +6,7 @@ so no ``alembic.ini`` is needed and start-up and tests use the same path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,9 +90,13 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
-def iter_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One session per request: committed by the caller, rolled back and closed on any error."""
+def iter_session(factory: sessionmaker[Session], opened: Callable[[Session], None] | None = None
+                 ) -> Iterator[Session]:
+    """One session per request (given to ``opened`` first): committed by the caller, rolled back
+    and closed on any error."""
     with factory() as session:
+        if opened is not None:
+            opened(session)
         try:
             yield session
         except BaseException:

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Unauthorized
+from cloudland_api import audit
 from cloudland_api.services import credentials as app_credentials
 from cloudland_api.services import federation, identity, projects
 from cloudland_api.db import iter_session
@@ -57,7 +58,9 @@ async def write_turn(request: Request) -> AsyncIterator[None]:
 def open_session(request: Request) -> Iterator[Session]:
     """A session without a write turn: for routes that keep each transaction inside one call."""
     reads_only = request.method in ("GET", "HEAD")
-    yield from iter_session(request.app.state.sessions if reads_only else request.app.state.write_sessions)
+    # The audit row commits with the request's change (api/audit.py).
+    yield from iter_session(request.app.state.sessions if reads_only else request.app.state.write_sessions,
+                            lambda session: audit.watch(session, request))
 
 
 def get_session(request: Request, _turn: Annotated[None, Depends(write_turn)]) -> Iterator[Session]:
