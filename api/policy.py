@@ -84,7 +84,8 @@ class Rule:
             return f"{things} are managed by the operator organisation"
         if self.scope is Scope.project and caller.project_role not in self.roles:
             if caller.project_role is None:
-                return f"no role in project {caller.project!r}; {things} there need {' or '.join(r.value for r in self.roles)}"
+                needs = " or ".join(r.value for r in self.roles)
+                return f"no role in project {caller.project!r}; {things} there need {needs}"
             return (f"role {caller.project_role.value!r} may not {self.action} {things}; needs "
                     f"{' or '.join(r.value for r in self.roles)} in project {caller.project!r}")
         if self.scope in (Scope.organisation, Scope.cloud) and caller.role not in self.roles:

@@ -166,7 +166,8 @@ def quota_set(
     with connect() as client:
         wanted = parse_limits(limits)
         if org is not None:
-            reply = client.request("PUT", f"/organisations/{find_org(client, org)['id']}/quota", json={"limits": wanted})
+            org_id = find_org(client, org)["id"]
+            reply = client.request("PUT", f"/organisations/{org_id}/quota", json={"limits": wanted})
         else:
             target = project_id if project_id is not None else client.get("/quota")["project_id"]
             reply = client.request("PUT", f"/projects/{target}/quota", json={"limits": wanted})

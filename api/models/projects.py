@@ -90,4 +90,5 @@ def fill_default_project(_mapper: Mapper[object], connection: Connection, row: o
 @event.listens_for(Organisation, "after_insert")
 def make_default_project(_mapper: Mapper[object], connection: Connection, org: Organisation) -> None:
     """Every organisation has its default project from the start, however it was made."""
-    connection.execute(insert(Project).values(org_id=org.id, name=DEFAULT_PROJECT, is_default=True, created_at=utcnow()))
+    connection.execute(insert(Project).values(org_id=org.id, name=DEFAULT_PROJECT, is_default=True,
+                                              created_at=utcnow()))

@@ -40,7 +40,8 @@ def project_public(project: Project, role: Role | None) -> ProjectPublic:
 
 
 @router.get("/projects", tags=["projects"], **allow("project", "read"))
-def list_projects(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50, after: PageAfter = None) -> ProjectList:
+def list_projects(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50, after: PageAfter = None
+                  ) -> ProjectList:
     """One page of the organisation's projects the caller holds a role on, by id."""
     rows, next_after = projects.page(session, caller, limit, after)
     return ProjectList(items=[project_public(p, r) for p, r in rows], limit=limit, next_after=next_after)

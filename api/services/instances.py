@@ -259,7 +259,8 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     if attached:
         raise Conflict(f"instance {instance.id} ({instance.name}) has volumes {', '.join(map(str, attached))} "
                        "attached: detach them before a resize")
-    quotas.charge(session, caller, vcpus=flavor.vcpus - instance.vcpus, memory_mib=flavor.memory_mib - instance.memory_mib)
+    quotas.charge(session, caller, vcpus=flavor.vcpus - instance.vcpus,
+                  memory_mib=flavor.memory_mib - instance.memory_mib)  # a resize's growth
     return act(session, caller, instance.id, "resize",
                {"vcpus": flavor.vcpus, "memory_mib": flavor.memory_mib, "disk_gib": flavor.disk_gib,
                 "flavor_id": flavor.id})

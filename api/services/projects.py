@@ -15,6 +15,7 @@ default project, or one that still holds resources.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 
 from sqlalchemy import ColumnElement, Select, exists, select
@@ -96,7 +97,8 @@ def _with_roles(session: Session, caller: Caller, rows: list[Project]) -> list[t
     return [(p, higher(org_role, grants.get(p.id))) for p in rows]
 
 
-def page(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[tuple[Project, Role | None]], str | None]:
+def page(session: Session, caller: Caller, limit: int, after: str | None
+         ) -> tuple[list[tuple[Project, Role | None]], str | None]:
     """One page of the projects the caller sees (``_visible``), each with their role there, by id."""
     rows, next_after = crud.keyset(session, _visible(session, caller), [Project.id], limit, after)
     return _with_roles(session, caller, rows), next_after
@@ -197,6 +199,6 @@ def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> N
 
 def check_ref(ref: str | None) -> str | None:
     """The header's value, or InvalidRequest when it cannot name a project."""
-    if ref is not None and not (1 <= len(ref) <= 64 and ref.replace("-", "").replace("_", "").replace(".", "").isalnum()):
+    if ref is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", ref):
         raise InvalidRequest(f"{HEADER}: {ref[:64]!r} is not a project id or name")
     return ref

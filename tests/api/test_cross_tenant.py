@@ -15,7 +15,7 @@ import pytest
 
 from cloudland_api import policy
 from cloudland_api.models import Role
-from tests.api.conftest import Api, FlavorMaker, ImageMaker, add_hypervisor, running, settle
+from tests.api.conftest import Api, FlavorMaker, ImageMaker, running, settle
 from tests.api.test_volumes import attach, post, volume
 
 API = "/api/v1"
