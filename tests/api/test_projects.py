@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 
 from cloudland_api.db import make_engine, upgrade
 from cloudland_api.models import Role
-from tests.api.conftest import Api, FlavorMaker, ImageMaker
+from tests.api.conftest import Api, FlavorMaker, ImageMaker, Launcher, running
 from tests.api.test_database import downgrade
 
 API = "/api/v1"
@@ -181,3 +181,25 @@ def test_the_migration_moves_existing_rows_into_a_default_project(empty_database
                 3, 1, "admin")
     finally:
         engine.dispose()
+
+
+def test_another_projects_console_is_not_found(api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
+    """The console's WebSocket resolves the project as every route does: by the header for a token,
+    the instance's own for a ticket, with the role there read again when it is redeemed."""
+    from tests.api.test_console import closed_with, ticket
+
+    vm = running(api, launch, "con")
+    url = f"/api/v1/instances/{vm['id']}/console"
+    dev = make_project(api, admin_headers, "dev")
+    api.add_user("pat", "elsewhere", Role.admin)
+    pat_id = user_id(api, api.headers("pat", "pw-" + "x" * 8))
+    assert api.client.put(f"{API}/projects/{dev['id']}/members/{pat_id}", json={"role": "admin"},
+                          headers=admin_headers).status_code == 200
+    token = api.client.post(f"{API}/login", json={"username": "pat", "password": "pw-" + "x" * 8,
+                                                  "organisation": "admin"}).json()["token"]
+    pat = {"Authorization": f"Bearer {token}"}
+    assert closed_with(api, url, pat)[0] == 4404  # in dev, the instance is not there
+    assert closed_with(api, url, pat | {PROJECT: "default"})[0] == 4404  # no role in default
+    assert closed_with(api, url, admin_headers | {PROJECT: "a b"})[0] == 4400
+    # The admin's ticket opens it (no tree here: the console then ends saying so).
+    assert closed_with(api, url + "?ticket=" + ticket(api, vm["id"], admin_headers))[0] == 1011
