@@ -25,6 +25,7 @@ from cloudland.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    QuotaExceeded,
     RootUnreachable,
     TooManyRequests,
     TreeError,
@@ -41,7 +42,7 @@ from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
     audit, auth, console, credentials, directories, external_networks, flavors, floating_ips, hypervisors, images,
-    instances, jobs, ports, routers, secgroups, ssh_keys, subnets, tenants, volumes, vpcs
+    instances, jobs, ports, projects, routers, secgroups, ssh_keys, subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -56,6 +57,7 @@ API_PREFIX = "/api/v1"
 # Most specific first: the first class the error is an instance of decides.
 _STATUS: list[tuple[type[CloudLandError], int, str]] = [
     (NotFound, 404, "not_found"),
+    (QuotaExceeded, 409, "quota_exceeded"),
     (Conflict, 409, "conflict"),
     (PayloadTooLarge, 413, "payload_too_large"),
     (UnsupportedMediaType, 415, "unsupported_media_type"),
@@ -256,6 +258,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(hypervisors.router, prefix=API_PREFIX)
     app.include_router(tenants.router, prefix=API_PREFIX)
+    app.include_router(projects.router, prefix=API_PREFIX)
     app.include_router(directories.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(credentials.router, prefix=API_PREFIX)

@@ -6,12 +6,16 @@ the method and path, the answer's status, the client's address, when.
 ``AuditTrail`` is an ASGI middleware inside Admission (a request turned away unserved with 429
 is not recorded: it did nothing). It learns who called from ``request.state``: ``deps.get_caller``
 puts the authenticated Caller there, the sign-in routes the username and organisation they were
-given. It writes the row after the answer, in a transaction of its own (in SQLite's write turn,
-like a route), so a failed request is recorded as well as a successful one. Nothing is kept of a
-request's body, so no password or token reaches the trail. The API has no route that changes or
-deletes a row. A process that dies between answering and writing loses that one row (the
-answer's own transaction is already committed): recording inside the request's transaction is
-future work.
+given. Nothing is kept of a request's body, so no password or token reaches the trail. The API
+has no route that changes or deletes a row.
+
+A request that changes something writes its row **in the same transaction as the change**:
+``watch`` hooks the request's write session, whose first commit adds the row (status 0: "no
+answer recorded yet"), so a change is never committed without its row. After the answer, the
+middleware sets the row's status in a transaction of its own (in SQLite's write turn, like a
+route); a request that committed nothing (refused, or failed before any change) gets its row
+then. A process that dies between the commit and the status keeps the row with status 0; one
+that dies before committing changed nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import logging
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import select
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloudland_api.models import AuditEvent, Organisation
@@ -30,6 +36,47 @@ log = logging.getLogger(__name__)
 READS = ("GET", "HEAD", "OPTIONS")
 CALLER = "audit_caller"         # request.state: the authenticated Caller (deps.get_caller)
 SIGN_IN = "audit_sign_in"       # request.state: (username, organisation name or None) a sign-in gave
+ROW = "audit_row"               # request.state: the row a commit of the request added (``watch``)
+UNANSWERED = 0                  # the status of a row whose answer is not recorded (yet)
+
+
+def _event(scope: Scope, status: int) -> dict[str, Any]:
+    client = scope.get("client")
+    return {"method": scope["method"], "path": _printable(scope.get("raw_path") or scope["path"])[:512],
+            "status": status,
+            "address": (client[0] if client else "unknown")[:64]}
+
+
+def _who(session: Session, event: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Fill in the caller (or the sign-in's username and organisation); False when unknown yet."""
+    caller = state.get(CALLER)
+    if caller is not None:
+        event.update(org_id=caller.org_id, user_id=caller.user_id, username=caller.username)
+    elif SIGN_IN in state:
+        username, organisation = state[SIGN_IN]
+        event["username"] = username[:64]
+        if organisation:
+            event["org_id"] = session.scalar(select(Organisation.id).where(Organisation.name == organisation))
+    else:
+        return False
+    return True
+
+
+def watch(session: Session, request: Request) -> None:
+    """Make the first commit of ``session`` (a changing request's) carry the request's audit row."""
+    if request.method in READS or not request.url.path.startswith("/api/v1/"):
+        return
+
+    def add_row(committing: Session) -> None:
+        state: dict[str, Any] = request.scope.setdefault("state", {})
+        if ROW in state:
+            return
+        row_event = _event(request.scope, UNANSWERED)
+        if _who(committing, row_event, state):
+            state[ROW] = AuditEvent(**row_event)
+            committing.add(state[ROW])
+
+    event.listen(session, "before_commit", add_row)
 
 
 class AuditTrail:
@@ -58,10 +105,7 @@ class AuditTrail:
     async def _record(self, scope: Scope, status: int) -> None:
         app = scope["app"]
         state: dict[str, Any] = scope.get("state", {})
-        client = scope.get("client")
-        event = {"method": scope["method"], "path": _printable(scope.get("raw_path") or scope["path"])[:512],
-                 "status": status,
-                 "address": (client[0] if client else "unknown")[:64]}
+        event = _event(scope, status)
         lock = app.state.write_lock
         try:
             if lock is None:
@@ -83,14 +127,15 @@ def _printable(text: str | bytes) -> str:
 
 
 def _write(sessions: Any, event: dict[str, Any], state: dict[str, Any]) -> None:
-    caller = state.get(CALLER)
+    """The answer's status on the row the request's commit added; else a new row."""
     with sessions() as session:
-        if caller is not None:
-            event.update(org_id=caller.org_id, user_id=caller.user_id, username=caller.username)
-        elif SIGN_IN in state:
-            username, organisation = state[SIGN_IN]
-            event["username"] = username[:64]
-            if organisation:
-                event["org_id"] = session.scalar(select(Organisation.id).where(Organisation.name == organisation))
+        row = state.get(ROW)
+        if row is not None and row.id is not None:
+            done = session.execute(update(AuditEvent).where(AuditEvent.id == row.id, AuditEvent.status == UNANSWERED)
+                                   .values(status=event["status"]))
+            if done.rowcount == 1:  # type: ignore[attr-defined]
+                session.commit()
+                return
+        _who(session, event, state)
         session.add(AuditEvent(**event))
         session.commit()

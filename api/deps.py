@@ -6,19 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloudland.errors import Unauthorized
-from cloudland_api import tokencache
+from cloudland_api import audit, tokencache
 from cloudland_api.services import credentials as app_credentials
-from cloudland_api.services import federation, identity
+from cloudland_api.services import federation, identity, projects
 from cloudland_api.settings import ApiSettings
 from cloudland_api.tokencache import TokenCache
 
@@ -70,6 +70,7 @@ async def open_session(request: Request) -> AsyncIterator[Session]:
     reads_only = request.method in ("GET", "HEAD")
     factory = request.app.state.sessions if reads_only else request.app.state.write_sessions
     session: Session = factory()
+    audit.watch(session, request)  # the audit row commits with the request's change (api/audit.py)
     try:
         yield session
     except BaseException:
@@ -105,34 +106,42 @@ async def get_caller(
     key: SigningKeyDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    project: Annotated[str | None, Header(alias=projects.HEADER, description=(
+        "The project to act in (id or name); default: the organisation's default project"))] = None,
 ) -> identity.Caller:
-    """The user a valid bearer token names, with the organisation and role it acts in; the token
-    must not be revoked (logout, password change, removed membership) nor outlive the ceiling.
+    """The user a valid bearer token names, with the organisation and role it acts in, and the
+    project the request acts in (services/projects.py); the token must not be revoked (logout,
+    password change, removed membership) nor outlive the ceiling.
 
-    A token proven in the last moments is not proven again (``api/tokencache.py``, which says how
-    revocation stays immediate); otherwise it is, in a worker thread."""
+    A token proven in the last moments for the same project is not proven again
+    (``api/tokencache.py``, which says how revocation stays immediate); otherwise it is, in a
+    worker thread."""
     if credentials is None:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
+    ref = projects.check_ref(project)
     cache: TokenCache = request.app.state.token_cache
     token = credentials.credentials
-    cache_key = cache.key(token)
+    cache_key = cache.key(token if ref is None else f"{token}\0{ref}")
     caller = cache.get(cache_key)
     if caller is None:
         read_in = tokencache.epoch.value
-        caller = await run_in_threadpool(_authenticate, request.app.state.sessions, key, settings, token)
+        caller = await run_in_threadpool(_authenticate, request, key, settings, token, ref)
         cache.put(cache_key, caller, read_in)
     request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
     return caller
 
 
-def _authenticate(sessions: sessionmaker[Session], key: bytes, settings: ApiSettings, token: str) -> identity.Caller:
+def _authenticate(request: Request, key: bytes, settings: ApiSettings, token: str, ref: str | None) -> identity.Caller:
     # A read session of its own, ended here: authenticating must never take the write lock.
-    with sessions() as session:
+    with request.app.state.sessions() as session:
         if app_credentials.is_credential(token):
-            return app_credentials.authenticate(session, token)
-        if federation.is_provider_token(token):
-            return federation.authenticate_provider_token(session, key, token)
-        return identity.authenticate(session, key, token, settings.token_max_lifetime_s)
+            caller = app_credentials.authenticate(session, token)
+        elif federation.is_provider_token(token):
+            caller = federation.authenticate_provider_token(session, key, token)
+        else:
+            caller = identity.authenticate(session, key, token, settings.token_max_lifetime_s)
+        request.state.audit_caller = caller  # who the audit trail records (api/audit.py), even when refused below
+        return projects.act_in(session, caller, ref)
 
 
 CurrentUser = Annotated[identity.Caller, Depends(get_caller)]

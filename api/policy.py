@@ -19,9 +19,12 @@ Scopes say whose role counts:
     organisation  the caller's role in the organisation its token acts in
     cloud         the caller's role in the operator organisation (its admins are the operators)
 
-Projects (issue 14) add a scope ``project``: the caller's role on the resource's project, or
-on its organisation, which covers all its projects. The table's keys stay (resource, action);
-a rule's scope says where the role is looked up.
+    project       the caller's role in the project the request acts in (services/projects.py):
+                  the higher of their role on the organisation, which covers all its projects,
+                  and their role on that project
+
+The table's keys are (resource, action); a rule's scope says where the role is looked up.
+Every role-checked scope (organisation, project, cloud) is in ``ROLE_SCOPES``.
 
 ``tests/api/test_policy.py`` fails when a route of the OpenAPI document has no entry here, and
 when a route that changes something lets a reader do it.
@@ -49,9 +52,11 @@ class Scope(str, enum.Enum):
     job_token = "job-token"
     own = "self"
     organisation = "organisation"
+    project = "project"
     cloud = "cloud"
 
 
+ROLE_SCOPES = (Scope.organisation, Scope.project, Scope.cloud)  # where a role is looked up
 ANYONE: tuple[Role, ...] = (Role.admin, Role.member, Role.reader)
 WRITERS: tuple[Role, ...] = (Role.admin, Role.member)
 ADMINS: tuple[Role, ...] = (Role.admin,)
@@ -77,6 +82,12 @@ class Rule:
         things = self.resource.replace("_", " ") + "s"
         if self.scope is Scope.cloud and not caller.operator:
             return f"{things} are managed by the operator organisation"
+        if self.scope is Scope.project and caller.project_role not in self.roles:
+            if caller.project_role is None:
+                needs = " or ".join(r.value for r in self.roles)
+                return f"no role in project {caller.project!r}; {things} there need {needs}"
+            return (f"role {caller.project_role.value!r} may not {self.action} {things}; needs "
+                    f"{' or '.join(r.value for r in self.roles)} in project {caller.project!r}")
         if self.scope in (Scope.organisation, Scope.cloud) and caller.role not in self.roles:
             where = "the operator organisation" if self.scope is Scope.cloud else "the organisation"
             return (f"role {caller.role.value!r} may not {self.action} {things}; needs "
@@ -96,31 +107,31 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("flavor", "read", S.organisation, ANYONE),
     ("flavor", "create", S.organisation, WRITERS),
     ("flavor", "delete", S.organisation, ADMINS),
-    ("image", "read", S.organisation, ANYONE),         # metadata and bytes
-    ("image", "create", S.organisation, WRITERS),
-    ("image", "update", S.organisation, WRITERS),      # upload the bytes of a queued image
-    ("image", "delete", S.organisation, WRITERS),
+    ("image", "read", S.project, ANYONE),              # metadata and bytes
+    ("image", "create", S.project, WRITERS),
+    ("image", "update", S.project, WRITERS),           # upload the bytes of a queued image
+    ("image", "delete", S.project, WRITERS),
     ("agent_image", "read", S.job_token, NOBODY),      # a hypervisor's download, with its job's token
     ("agent_image", "update", S.job_token, NOBODY),    # a hypervisor's capture upload, likewise
-    ("ssh_key", "read", S.organisation, ANYONE),
-    ("ssh_key", "create", S.organisation, WRITERS),
-    ("ssh_key", "delete", S.organisation, WRITERS),
-    ("instance", "read", S.organisation, ANYONE),      # and the VNC address; watching the console
-    ("instance", "create", S.organisation, WRITERS),
-    ("instance", "update", S.organisation, WRITERS),   # start, stop, reboot, resize, rebuild, capture,
+    ("ssh_key", "read", S.project, ANYONE),
+    ("ssh_key", "create", S.project, WRITERS),
+    ("ssh_key", "delete", S.project, WRITERS),
+    ("instance", "read", S.project, ANYONE),           # and the VNC address; watching the console
+    ("instance", "create", S.project, WRITERS),
+    ("instance", "update", S.project, WRITERS),        # start, stop, reboot, resize, rebuild, capture,
                                                        # batch actions, typing into the console
-    ("instance", "delete", S.organisation, WRITERS),
-    ("job", "read", S.organisation, ANYONE),
-    ("vpc", "read", S.organisation, ANYONE),
-    ("vpc", "create", S.organisation, WRITERS),
-    ("vpc", "delete", S.organisation, ADMINS),
-    ("subnet", "read", S.organisation, ANYONE),
-    ("subnet", "create", S.organisation, WRITERS),
-    ("subnet", "delete", S.organisation, ADMINS),
-    ("port", "read", S.organisation, ANYONE),
-    ("port", "create", S.organisation, WRITERS),
-    ("port", "update", S.organisation, WRITERS),
-    ("port", "delete", S.organisation, ADMINS),
+    ("instance", "delete", S.project, WRITERS),
+    ("job", "read", S.project, ANYONE),
+    ("vpc", "read", S.project, ANYONE),
+    ("vpc", "create", S.project, WRITERS),
+    ("vpc", "delete", S.project, ADMINS),
+    ("subnet", "read", S.project, ANYONE),
+    ("subnet", "create", S.project, WRITERS),
+    ("subnet", "delete", S.project, ADMINS),
+    ("port", "read", S.project, ANYONE),
+    ("port", "create", S.project, WRITERS),
+    ("port", "update", S.project, WRITERS),
+    ("port", "delete", S.project, ADMINS),
     ("external_network", "read", S.organisation, ANYONE),  # shared: every organisation uses them
     ("external_network", "create", S.cloud, ADMINS),
     ("external_network", "delete", S.cloud, ADMINS),
@@ -136,16 +147,24 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("security_group", "create", S.organisation, WRITERS),
     ("security_group", "update", S.organisation, WRITERS),  # its rules
     ("security_group", "delete", S.organisation, ADMINS),
-    ("volume", "read", S.organisation, ANYONE),        # and its snapshots and attachment
-    ("volume", "create", S.organisation, WRITERS),
-    ("volume", "update", S.organisation, WRITERS),     # attach, detach, extend, snapshot
-    ("volume", "delete", S.organisation, ADMINS),      # the volume, or one of its snapshots
+    ("volume", "read", S.project, ANYONE),             # and its snapshots and attachment
+    ("volume", "create", S.project, WRITERS),
+    ("volume", "update", S.project, WRITERS),          # attach, detach, extend, snapshot
+    ("volume", "delete", S.project, ADMINS),           # the volume, or one of its snapshots
     ("user", "read", S.organisation, ANYONE),          # who is in the organisation, with which role
     ("user", "create", S.organisation, ADMINS),
     ("user", "delete", S.organisation, ADMINS),
     ("membership", "create", S.organisation, ADMINS),  # an existing user joins the organisation
     ("membership", "update", S.organisation, ADMINS),  # change a member's role
     ("membership", "delete", S.organisation, ADMINS),
+    ("project", "read", S.organisation, ANYONE),       # those the caller holds a role on
+    ("project", "create", S.organisation, ADMINS),
+    ("project", "delete", S.organisation, ADMINS),     # an empty one, not the default
+    ("project_role", "read", S.organisation, ANYONE),  # a project's own role holders
+    ("project_role", "update", S.organisation, ADMINS),  # grant or change a user's role on a project
+    ("project_role", "delete", S.organisation, ADMINS),
+    ("quota", "read", S.project, ANYONE),              # the project's usage and limits, the org's ceiling
+    ("quota", "update", S.cloud, ADMINS),              # operators set a project's or an organisation's limits
     ("hypervisor", "read", S.cloud, ANYONE),
     ("hypervisor", "update", S.cloud, ADMINS),         # enable, disable, ratios, drain, undrain
     ("hypervisor", "delete", S.cloud, ADMINS),
@@ -207,8 +226,9 @@ def allow(resource: str, action: str, *, responses: dict[int | str, dict[str, An
     merged: dict[int | str, dict[str, Any]] = dict(responses or {})
     if rule.needs_caller:
         merged.setdefault(401, {"model": ErrorResponse})
-    if rule.scope in (Scope.organisation, Scope.cloud):
-        where = "the operator organisation" if rule.scope is Scope.cloud else "the organisation the token acts in"
+    if rule.scope in ROLE_SCOPES:
+        where = {Scope.cloud: "the operator organisation", Scope.organisation: "the organisation the token acts in",
+                 Scope.project: "the project the request acts in (its organisation's role counts there)"}[rule.scope]
         merged[403] = {"model": ErrorResponse,
                        "description": f"Forbidden unless the caller is {' or '.join(roles)} in {where}"}
     own = [_dependency(rule)] if rule.needs_caller else []
@@ -240,6 +260,6 @@ def unpoliced(openapi: dict[str, Any]) -> list[str]:
             elif operation.get("x-required-role") != [r.value for r in rule.roles]:
                 problems.append(f"{where}: x-required-role disagrees with the table")
             elif (method != "get" and (method, path) not in READING_POSTS
-                  and rule.scope in (Scope.organisation, Scope.cloud) and Role.reader in rule.roles):
+                  and rule.scope in ROLE_SCOPES and Role.reader in rule.roles):
                 problems.append(f"{where}: changes something, yet a reader may do it")
     return problems

@@ -48,6 +48,10 @@ COMMANDS: dict[str, Lazy] = {
     "org": Lazy("cloudland_cli.tenants:org_app", "Organisations (operators): list, create, delete."),
     "user": Lazy("cloudland_cli.tenants:user_app",
                  "Users of your organisation (its admins): list, create, add, role, remove, delete."),
+    "project": Lazy("cloudland_cli.projects:project_app",
+                    "Projects of your organisation: list, create, show, delete, use, grant, revoke."),
+    "quota": Lazy("cloudland_cli.projects:quota_app",
+                  "Quotas: your project's usage and limits (show); operators set limits (set)."),
     "directory": Lazy("cloudland_cli.identity:directory_app",
                       "How an organisation's people sign in (operators): its LDAP server or OpenID provider."),
     "credential": Lazy("cloudland_cli.identity:credential_app",
@@ -137,9 +141,13 @@ def cloudland(
     profile: Annotated[str | None, typer.Option(
         envvar="CLOUDLAND_PROFILE", help="The profile (endpoint and login) to use [default: the current one].")]
     = None,
+    project: Annotated[str | None, typer.Option(
+        envvar="CLOUDLAND_PROJECT", help="The project to act in [default: the profile's, else the default one].")]
+    = None,
 ) -> None:
     """CloudLand, a lightweight IaaS over an MPI message tree of hypervisor agents."""
     settings.chosen_profile = profile
+    settings.chosen_project = project
 
 
 def main() -> None:

@@ -70,16 +70,21 @@ def translate(reply: httpx.Response) -> CloudLandError:
     return CloudLandError(f"the API failed ({reply.status_code}): {message}")
 
 
+PROJECT_HEADER = "X-CloudLand-Project"
+
 class ApiClient:
     """Calls to one CloudLand API endpoint with an optional bearer token.
 
     Methods return the decoded JSON body (None for 204) and raise errors.py exceptions.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, token: str | None = None, timeout: float = 30.0,
+                 project: str | None = None) -> None:
         self.endpoint = normalise_endpoint(endpoint)
         self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if project:
+            headers[PROJECT_HEADER] = project  # the project every call acts in (api/services/projects.py)
         self._http = httpx.Client(base_url=self.endpoint + API_PREFIX, headers=headers, timeout=timeout)
 
     @classmethod
@@ -97,7 +102,7 @@ class ApiClient:
                 expires = None
             if expires is not None and expires <= datetime.now(timezone.utc):
                 raise Unauthorized(f"the token expired at {config.expires_at}: run `cloudland login` again")
-        return cls(config.endpoint, config.token)
+        return cls(config.endpoint, config.token, project=config.project)
 
     def close(self) -> None:
         """Close the connection pool."""

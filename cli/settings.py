@@ -11,7 +11,10 @@ that root takes (``pki``: ``ca.pem``, ``control.pem``, ``control.key``; cloudlan
                               "grpc": null, "pki": null}}}
 
 The profile in use is ``--profile NAME`` (before the command), else ``$CLOUDLAND_PROFILE``, else
-the file's ``current``. ``CLOUDLAND_ENDPOINT``, ``CLOUDLAND_TOKEN``, ``CLOUDLAND_GRPC`` and ``CLOUDLAND_PKI`` override
+the file's ``current``. A profile's ``project`` is the project its commands act in (``cloudland
+project use``; none: the organisation's default project), sent as the ``X-CloudLand-Project``
+header; ``--project NAME`` (before the command) or ``$CLOUDLAND_PROJECT`` overrides it.
+``CLOUDLAND_ENDPOINT``, ``CLOUDLAND_TOKEN``, ``CLOUDLAND_GRPC`` and ``CLOUDLAND_PKI`` override
 what the profile says, for every command. A file of the older flat shape (``endpoint``, ``token``)
 reads as the profile ``default``.
 
@@ -33,10 +36,12 @@ from cloudland.errors import ConfigError, InvalidRequest
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 DEFAULT_PROFILE = "default"
 API_PREFIX = "/api/v1"
-_PROFILE_FIELDS = ("endpoint", "token", "expires_at", "grpc", "pki")
+_PROFILE_FIELDS = ("endpoint", "token", "expires_at", "grpc", "pki", "project")
 
 # Set by the top-level ``--profile`` option (main.py); wins over $CLOUDLAND_PROFILE.
 chosen_profile: str | None = None
+# Set by the top-level ``--project`` option (main.py; or $CLOUDLAND_PROJECT): wins over the profile's.
+chosen_project: str | None = None
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -70,6 +75,7 @@ class CliConfig:
     expires_at: str | None = None   # ISO 8601, as the API's TokenPublic gives it
     grpc: str | None = None         # the root's host:port for `tree` and `cluster`
     pki: str | None = None          # the directory of that root's CA and our control certificate
+    project: str | None = None      # the current project (`cloudland project use`); None: the default one
     profile: str = field(default=DEFAULT_PROFILE, compare=False)
 
     @classmethod
@@ -90,7 +96,8 @@ class CliConfig:
         return store.save()
 
     def effective(self, environ: Mapping[str, str] | None = None) -> CliConfig:
-        """This profile with ``CLOUDLAND_ENDPOINT`` / ``_TOKEN`` / ``_GRPC`` / ``_PKI`` applied."""
+        """This profile with ``CLOUDLAND_ENDPOINT`` / ``_TOKEN`` / ``_GRPC`` / ``_PKI`` and
+        ``--project`` (or ``CLOUDLAND_PROJECT``) applied."""
         environ = os.environ if environ is None else environ
         token = environ.get("CLOUDLAND_TOKEN") or None
         return CliConfig(
@@ -99,6 +106,7 @@ class CliConfig:
             expires_at=None if token else self.expires_at,
             grpc=environ.get("CLOUDLAND_GRPC") or self.grpc,
             pki=environ.get("CLOUDLAND_PKI") or self.pki,
+            project=chosen_project or environ.get("CLOUDLAND_PROJECT") or self.project,
             profile=self.profile,
         )
 

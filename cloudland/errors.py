@@ -7,6 +7,7 @@
     │   ├── UnknownHypervisor       a target id is outside the tree
     │   ├── NotFound                no such resource in the caller's organisation (HTTP 404)
     │   ├── Conflict                the request clashes with existing state (HTTP 409)
+    │   │   └── QuotaExceeded       a create would take a project or organisation past a quota (HTTP 409)
     │   ├── PayloadTooLarge         a request body exceeds a configured limit (HTTP 413)
     │   └── UnsupportedMediaType    a request body has the wrong Content-Type (HTTP 415)
     ├── Unauthorized                no valid credentials or token (HTTP 401)
@@ -67,6 +68,10 @@ class NotFound(InvalidRequest):
 
 class Conflict(InvalidRequest):
     """Raised when a create or change clashes with existing state (a taken name)."""
+
+
+class QuotaExceeded(Conflict):
+    """Raised when a create would take a project or organisation past one of its quota limits."""
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -9,6 +9,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
     from cloudland_api.models.hypervisors import Hypervisor
@@ -36,7 +37,7 @@ class Flavor(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class SshKey(Base):
+class SshKey(ProjectOwned, Base):
     """An SSH public key of an organisation, injected into instances that name it."""
 
     __tablename__ = "ssh_keys"
@@ -51,7 +52,7 @@ class SshKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Instance(Base):
+class Instance(ProjectOwned, Base):
     """A VM of an organisation: its desired shape, where it was placed, and its last known status.
 
     Size is copied from the flavor at create, so deleting a flavor never changes a VM.

@@ -9,12 +9,13 @@ from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
     from cloudland_api.models.identity import Organisation
 
 
-class Image(Base):
+class Image(ProjectOwned, Base):
     """A bootable disk image of an organisation: metadata here, bytes in the image directory."""
 
     __tablename__ = "images"

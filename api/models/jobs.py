@@ -57,6 +57,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    # The project of the subject (None: the control plane's own, seen in every project of the org).
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=True,
+                                                   index=True)
     org: Mapped[Organisation] = depends_on("Organisation")
     user: Mapped[User | None] = depends_on("User")
     batch: Mapped[str] = mapped_column(String(32))  # the request that made it; `job watch --batch`

@@ -17,6 +17,7 @@ from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Intege
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
     from cloudland_api.models.compute import Instance
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from cloudland_api.models.identity import Organisation
 
 
-class Vpc(Base):
+class Vpc(ProjectOwned, Base):
     """A tenant's routing domain: name unique in the organisation, a DNS domain, a generation."""
 
     __tablename__ = "vpcs"
@@ -41,7 +42,7 @@ class Vpc(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Subnet(Base):
+class Subnet(ProjectOwned, Base):
     """One L2 segment of a VPC: an IPv4 CIDR, its gateway, pools, DNS servers, DHCP, and a VNI."""
 
     __tablename__ = "subnets"
@@ -66,7 +67,7 @@ class Subnet(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Port(Base):
+class Port(ProjectOwned, Base):
     """A guest NIC's place on a subnet: its MAC, its instance (and NIC order) and where it is bound."""
 
     __tablename__ = "ports"

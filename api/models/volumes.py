@@ -22,6 +22,7 @@ from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, Str
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
     from cloudland_api.models.compute import Instance
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from cloudland_api.models.identity import Organisation
 
 
-class Volume(Base):
+class Volume(ProjectOwned, Base):
     """A volume of an organisation: its size, type and backend, where a local one lives, its status."""
 
     __tablename__ = "volumes"
@@ -58,7 +59,7 @@ class Volume(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class VolumeSnapshot(Base):
+class VolumeSnapshot(ProjectOwned, Base):
     """A volume's content at one moment; a new volume can be made from it."""
 
     __tablename__ = "volume_snapshots"
@@ -79,7 +80,7 @@ class VolumeSnapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class VolumeAttachment(Base):
+class VolumeAttachment(ProjectOwned, Base):
     """One volume on one instance as ``device``; ``attaching`` and ``detaching`` last as long as
     their job, which always ends (the job engine's guarantee): then it is ``attached`` or gone."""
 

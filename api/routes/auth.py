@@ -105,7 +105,8 @@ def whoami(caller: CurrentUser) -> AccountPublic:
     """The user the token speaks for, the organisation it acts in and the role there."""
     return AccountPublic(user_id=caller.user_id, username=caller.username, org_id=caller.org_id,
                          organisation=caller.organisation, role=caller.role, operator=caller.operator,
-                         expires_at=caller.expires_at)
+                         expires_at=caller.expires_at, project_id=caller.project_id, project=caller.project,
+                         project_role=caller.project_role)
 
 
 @router.post("/me/password", **allow("account", "update", responses={400: {"model": ErrorResponse}, **_SLOWED}))

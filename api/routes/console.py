@@ -12,6 +12,7 @@ A refusal closes the socket with a code and a one-line reason:
 
     4401  no or bad token          4404  no such instance in the caller's organisation
     4403  the role may not type    4409  the instance has no running domain to attach to
+    4400  a malformed X-CloudLand-Project header
     1011  the tree or the hypervisor failed (the reason names the hypervisor)
 
 ``GET .../vnc`` asks the VM's hypervisor for its domain's VNC display (``vm.get``) and
@@ -25,13 +26,15 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect, status
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from cloudland.addresses import host_port
 from cloudland.client import RootClient
-from cloudland.errors import CloudLandError, Conflict, NotFound, Unauthorized
-from cloudland_api.services import consoles, identity
+from cloudland.errors import CloudLandError, Conflict, InvalidRequest, NotFound, Unauthorized
+from cloudland_api.models import Instance
+from cloudland_api.services import consoles, identity, projects
 from cloudland_api.deps import CurrentUser, SessionDep
 from cloudland_api.policy import allow, allows
 from cloudland_api.schemas import MAX_ID, ConsoleTicket, ErrorResponse, VncConsole
@@ -71,6 +74,18 @@ def _authenticate(websocket: WebSocket, instance_id: int) -> tuple[identity.Call
                                            websocket.app.state.settings.token_max_lifetime_s)
         else:
             caller = identity.caller_for(session, *_ticket(websocket, instance_id))
+        # The project: the header's (or the default one) for a token; for a ticket, the instance's
+        # own, the role there read again now. No role there: the instance is not the caller's.
+        ref = websocket.headers.get(projects.HEADER)
+        if ref is None and not header.lower().startswith("bearer "):
+            found = session.scalar(select(Instance.project_id).where(Instance.id == instance_id,
+                                                                     Instance.org_id == caller.org_id))
+            if found is None:
+                raise NotFound(f"instance {instance_id} not found")
+            ref = str(found)
+        caller = projects.act_in(session, caller, projects.check_ref(ref))
+        if not allows(caller, "instance", "read"):
+            raise NotFound(f"instance {instance_id} not found in project {caller.project!r}")
         where = consoles.target(session, caller, instance_id)
         return caller, where.hypervisor, where.domain
 
@@ -92,6 +107,9 @@ async def console(websocket: WebSocket, instance_id: int) -> None:
         return
     except Conflict as exc:
         await websocket.close(4409, _close_reason(str(exc)))
+        return
+    except InvalidRequest as exc:  # a malformed X-CloudLand-Project
+        await websocket.close(4400, _close_reason(str(exc)))
         return
     client: RootClient | None = websocket.app.state.root_client
     may_type = allows(caller, "instance", "update")

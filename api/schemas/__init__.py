@@ -30,6 +30,10 @@ from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
+from cloudland_api.schemas.projects import (
+    OrganisationQuotaPublic, ProjectCreate, ProjectList, ProjectMemberList, ProjectMemberPublic, ProjectPublic,
+    ProjectRoleGrant, QuotaLine, QuotaPublic, QuotaUpdate
+)
 from cloudland_api.schemas.volumes import (
     AttachmentCreate, AttachmentPublic, SnapshotAccepted, SnapshotCreate, SnapshotList, SnapshotPublic,
     VolumeAccepted, VolumeCreate, VolumeExtend, VolumeList, VolumePublic
@@ -51,4 +55,6 @@ __all__ = [
     "SubnetCreate", "SubnetList", "SubnetPublic", "TokenPublic", "VncConsole", "VpcCreate", "VpcList", "VpcPublic",
     "AttachmentCreate", "AttachmentPublic", "SnapshotAccepted", "SnapshotCreate", "SnapshotList", "SnapshotPublic",
     "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
+    "OrganisationQuotaPublic", "ProjectCreate", "ProjectList", "ProjectMemberList", "ProjectMemberPublic",
+    "ProjectPublic", "ProjectRoleGrant", "QuotaLine", "QuotaPublic", "QuotaUpdate",
 ]

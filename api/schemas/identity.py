@@ -54,6 +54,9 @@ class AccountPublic(BaseModel):
     role: Role
     operator: bool
     expires_at: datetime | None
+    project_id: int | None = None      # the project this request acted in (X-CloudLand-Project)
+    project: str = ""
+    project_role: Role | None = None   # the role there (None: none)
 
 
 class NewAdmin(_Request):

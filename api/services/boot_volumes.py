@@ -72,7 +72,7 @@ def attach_root(session: Session, caller: Caller, volume: Volume, instance: Inst
                 delete_on_termination: bool) -> VolumeAttachment:
     """The attachment of ``volume`` as ``instance``'s root disk (the instance flushed, with its id);
     Conflict if a racing request attached the volume first."""
-    attachment = VolumeAttachment(org_id=caller.org_id, volume_id=volume.id, instance_id=instance.id,
+    attachment = VolumeAttachment(**crud.owner(caller), volume_id=volume.id, instance_id=instance.id,
                                   device=ROOT_DEVICE, status="attaching", delete_on_termination=delete_on_termination)
     try:
         with session.begin_nested():  # a racing attach or boot of this volume loses here

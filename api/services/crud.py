@@ -1,7 +1,8 @@
 """The one tenant-scoped CRUD helper every service builds on.
 
-Every tenant-owned model has ``id`` and ``org_id``; the named ones also ``name``, unique in
-their organisation. Every read here filters on the caller's ``org_id``, so another
+Every tenant-owned model has ``id`` and ``org_id``, and most ``project_id`` (models/projects.py
+``ProjectOwned``: reads are then scoped to the caller's project too); the named ones also
+``name``, unique in their organisation. Every read here filters on the caller's ``org_id``, so another
 organisation's row is NotFound, never Forbidden, and ids cannot be probed. Forbidden is decided
 before, on the role alone (api/policy.py), so it reveals nothing of the rows either. A service
 commits only what it changed.
@@ -39,8 +40,21 @@ Row = TypeVar("Row", bound=Owned)
 
 
 def scoped(model: type[Row], caller: Caller) -> Select[tuple[Row]]:
-    """Every row of ``model`` in the caller's organisation."""
-    return select(model).where(model.org_id == caller.org_id)
+    """Every row of ``model`` in the caller's organisation and, for a table with ``project_id``
+    (models/projects.py ``ProjectOwned``; jobs), in the project the request acts in. A job
+    without a project (the control plane's) shows in every project of its organisation."""
+    query = select(model).where(model.org_id == caller.org_id)
+    project: Any = getattr(model, "project_id", None)
+    if project is None or caller.project_id is None:
+        return query
+    if project.nullable:
+        return query.where(or_(project == caller.project_id, project.is_(None)))
+    return query.where(project == caller.project_id)
+
+
+def owner(caller: Caller) -> dict[str, Any]:
+    """The ownership columns of a row the caller creates: ``Model(**crud.owner(caller), ...)``."""
+    return {"org_id": caller.org_id, "project_id": caller.project_id}
 
 
 # -- pagination: one scheme for every list (api/README.md "Pagination") ------------------------

@@ -51,6 +51,12 @@ class Caller:
     token_id: str = ""      # the token's jti: what a logout revokes
     expires_at: datetime | None = None
     credential_id: int | None = None  # acting through an application credential (services/credentials.py)
+    # The project the request acts in (services/projects.py ``act_in``) and the caller's role
+    # there: the higher of their organisation role and their role on the project, None if neither.
+    # project_id None: no project chosen (the control plane's own callers), rows of every project.
+    project_id: int | None = None
+    project: str = ""
+    project_role: Role | None = None
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def get_image(session: Session, caller: Caller, image_id: int) -> Image:
 
 def create_image(session: Session, caller: Caller, spec: ImageCreate) -> Image:
     """Create a ``queued`` image record (admin or member); its bytes follow by upload."""
-    row = Image(org_id=caller.org_id, status="queued", size_bytes=0, **spec.model_dump())
+    row = Image(**crud.owner(caller), status="queued", size_bytes=0, **spec.model_dump())
     image = crud.insert_named(session, row, "image")
     log.info("event=image_created org_id=%d image_id=%d user_id=%d", caller.org_id, image.id, caller.user_id)
     return image
@@ -112,7 +112,7 @@ def delete_image(session: Session, caller: Caller, image_id: int, state_dir: Pat
             select(Image.id).where(Image.sha256 == image.sha256, Image.disk_format == image.disk_format,
                                    Image.id != image_id).limit(1)) is None:
         # Committed with the delete: the hypervisors' copies go even if the API stops now.
-        evict = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=new_job_id(),
+        evict = Job(id=new_job_id(), **crud.owner(caller), user_id=caller.user_id, batch=new_job_id(),
                     kind="image", action="evict", subject_type=IMAGE, subject_id=image_id,
                     args={"sha256": image.sha256}, state=JobState.pending, attempts=0)
         session.add(evict)

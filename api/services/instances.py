@@ -31,7 +31,7 @@ from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, PortSecurityGroup, VolumeAttachment
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
-from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, scheduler, secgroups
+from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, quotas, scheduler, secgroups
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
@@ -99,7 +99,7 @@ def instance_names(name: str, count: int) -> list[str]:
 
 def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: dict[str, Any]) -> Job:
     """A VM job on ``instance`` (which must have its id: flushed)."""
-    job = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=batch, kind="vm", action=action,
+    job = Job(id=new_job_id(), **crud.owner(caller), user_id=caller.user_id, batch=batch, kind="vm", action=action,
               subject_type=INSTANCE, subject_id=instance.id, hypervisor_id=instance.hypervisor_id, args=args,
               state=JobState.pending, attempts=0)
     return job
@@ -119,6 +119,9 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
                else networks.default_subnets(session, caller))
     names = instance_names(spec.name, spec.count)
+    # Counted under the organisation's lock, committed with the rows below (services/quotas.py).
+    quotas.charge(session, caller, instances=spec.count, vcpus=flavor.vcpus * spec.count,
+                  memory_mib=flavor.memory_mib * spec.count, ports=len(subnets) * spec.count)
     taken = session.scalars(
         select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
                                     Instance.name.in_(names)).limit(5)
@@ -132,7 +135,7 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     else:
         assert boot is not None  # the schema asks for exactly one of image and boot_volume
         arch, disk_gib, args = boot_volumes.arch_of(session, boot), boot.size_gib, boot_volumes.create_args(boot)
-    instances = [Instance(org_id=caller.org_id, name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
+    instances = [Instance(**crud.owner(caller), name=name, uuid=str(uuid.uuid4()), flavor_id=flavor.id,
                           image_id=image.id if image else None, ssh_key_id=key.id if key else None,
                           user_data=spec.user_data, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib,
                           disk_gib=disk_gib, arch=arch, status="building")
@@ -270,6 +273,8 @@ def resize(session: Session, caller: Caller, instance_id: int, flavor_ref: int |
     if attached:
         raise Conflict(f"instance {instance.id} ({instance.name}) has volumes {', '.join(map(str, attached))} "
                        "attached: detach them before a resize")
+    quotas.charge(session, caller, vcpus=flavor.vcpus - instance.vcpus,
+                  memory_mib=flavor.memory_mib - instance.memory_mib)  # a resize's growth
     return act(session, caller, instance.id, "resize",
                {"vcpus": flavor.vcpus, "memory_mib": flavor.memory_mib, "disk_gib": flavor.disk_gib,
                 "flavor_id": flavor.id})
@@ -294,7 +299,7 @@ def capture(session: Session, caller: Caller, instance_id: int, spec: CaptureReq
     _check_can(instance, "capture", _lost_host(session, instance))
     if instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) was never placed on a hypervisor: it has no disk")
-    image = crud.insert_named(session, Image(org_id=caller.org_id, name=spec.name, arch=instance.arch,
+    image = crud.insert_named(session, Image(**crud.owner(caller), name=spec.name, arch=instance.arch,
                                                 disk_format=spec.disk_format, status="saving", size_bytes=0),
                                  "image", commit=False)  # committed below with its job
     job = _new_job(caller, new_job_id(), "capture", instance, {"image_id": image.id, "disk_format": spec.disk_format})
@@ -350,7 +355,7 @@ def act_many(session: Session, caller: Caller, action: str, ids: Sequence[int], 
     wanted = sorted(set(ids))
     # Locked in id order, so two batches over the same instances cannot deadlock (see get_instance).
     found = {i.id: i for i in session.scalars(
-        select(Instance).where(Instance.org_id == caller.org_id, Instance.id.in_(wanted))
+        crud.scoped(Instance, caller).where(Instance.id.in_(wanted))
         .order_by(Instance.id).with_for_update())}
     missing = [i for i in wanted if i not in found]
     if missing:

@@ -37,7 +37,7 @@ def list_jobs(
     counts = None
     if batch:
         rows = session.execute(
-            select(Job.state, func.count()).where(Job.org_id == caller.org_id, Job.batch == batch).group_by(Job.state)
+            crud.scoped(Job, caller).where(Job.batch == batch).with_only_columns(Job.state, func.count()).group_by(Job.state)
         ).all()
         counts = {s.value: 0 for s in JobState} | {JobState(s).value: n for s, n in rows}
     return jobs, next_after, counts
@@ -45,7 +45,7 @@ def list_jobs(
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     """The caller's organisation's job ``job_id``, or NotFound."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == caller.org_id))
+    job = session.scalar(crud.scoped(Job, caller).where(Job.id == job_id))
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -23,7 +24,7 @@ from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
 from cloudland_api.models import Instance, Port, PortIp, Role, Router, RouterSubnet, Subnet, Vpc
 from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
-from cloudland_api.services import crud, ipam, secgroups
+from cloudland_api.services import crud, ipam, quotas, secgroups
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.netstate import port_ips
 from cloudland_api.settings import ApiSettings
@@ -38,9 +39,15 @@ DEFAULT = "default"  # the default network's VPC and subnet (settings.default_ne
 # -- VPCs ---------------------------------------------------------------------------------------
 
 
+def port_on(subnet: Subnet, **fields: Any) -> Port:
+    """A new port on ``subnet``, owned by the subnet's organisation and project."""
+    return Port(org_id=subnet.org_id, project_id=subnet.project_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, **fields)
+
+
 def create_vpc(session: Session, caller: Caller, spec: VpcCreate, settings: ApiSettings) -> Vpc:
     """A VPC of the caller's organisation (admin or member), its MTU from the underlay's."""
-    vpc = crud.insert_named(session, Vpc(org_id=caller.org_id, name=spec.name, domain=spec.domain or "",
+    quotas.charge(session, caller, networks=1)
+    vpc = crud.insert_named(session, Vpc(**crud.owner(caller), name=spec.name, domain=spec.domain or "",
                                          mtu=settings.guest_mtu, generation=0), "vpc", commit=False)
     vpc.domain = vpc.domain or DOMAIN.format(id=vpc.id)
     session.commit()
@@ -95,7 +102,7 @@ def create_subnet(session: Session, caller: Caller, spec: SubnetCreate, settings
     tried: set[int] = set()
     for _ in range(VNI_TRIES):
         vni = _free_vni(session, low, high, tried)
-        subnet = Subnet(org_id=caller.org_id, vpc_id=vpc.id, name=spec.name, cidr=spec.cidr,
+        subnet = Subnet(**crud.owner(caller), vpc_id=vpc.id, name=spec.name, cidr=spec.cidr,
                         gateway=str(layout.gateway) if layout.gateway else None,
                         allocation_pools=layout.stored_pools(), dns_servers=list(spec.dns_servers), dhcp=spec.dhcp,
                         vni=vni)
@@ -211,8 +218,9 @@ def create_port(session: Session, caller: Caller, spec: PortCreate) -> Port:
     mac = spec.mac.lower() if spec.mac else None
     if mac is not None and session.scalar(select(Port.id).where(Port.mac == mac)) is not None:
         raise Conflict(f"mac {mac} is already used by another port")
+    quotas.charge(session, caller, ports=1)
     [addresses] = _addresses(session, subnet, 1, spec.fixed_ips)
-    port = Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, name=spec.name, mac=mac or "")
+    port = port_on(subnet, name=spec.name, mac=mac or "")
     _add_ports(session, [port], [addresses])
     try:
         session.commit()
@@ -263,7 +271,7 @@ def make_default_network(session: Session, org_id: int, settings: ApiSettings) -
 def default_subnets(session: Session, caller: Caller) -> list[Subnet]:
     """Where a VM created without ``networks`` gets its NIC: the organisation's subnet ``default``
     (locked for the address, as ``resolve_networks``), or nowhere when it has none."""
-    found = session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == DEFAULT))
+    found = session.scalar(crud.scoped(Subnet, caller).where(Subnet.name == DEFAULT).with_only_columns(Subnet.id))
     return resolve_networks(session, caller, [found]) if found is not None else []
 
 
@@ -292,7 +300,8 @@ def attach_port(session: Session, caller: Caller, instance: Instance, network: i
         raise Conflict(f"instance {instance.id} ({instance.name}) has a NIC on subnet {subnet.id} "
                        f"({subnet.name}) already; an instance has one NIC per subnet")
     if port_id is None:
-        port = Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, mac="")
+        quotas.charge(session, caller, ports=1)
+        port = port_on(subnet, mac="")
         _add_ports(session, [port], _addresses(session, subnet, 1, None))
     port.instance_id, port.device_index = instance.id, device_index
     session.flush()
@@ -319,8 +328,8 @@ def instance_ports(session: Session, subnets: Sequence[Subnet], instances: Seque
     addresses: list[list[str]] = []
     for index, (subnet, per_instance) in enumerate(zip(subnets, allocated)):
         for instance, addrs in zip(instances, per_instance):
-            ports.append(Port(org_id=subnet.org_id, subnet_id=subnet.id, vpc_id=subnet.vpc_id, mac="",
-                              name=f"{instance.name}-nic{index}", instance_id=instance.id, device_index=index))
+            ports.append(port_on(subnet, mac="", name=f"{instance.name}-nic{index}", instance_id=instance.id,
+                                 device_index=index))
             addresses.append(addrs)
     _add_ports(session, ports, addresses)
     return ports

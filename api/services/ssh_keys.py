@@ -32,7 +32,7 @@ def create_ssh_key(session: Session, caller: Caller, spec: SshKeyCreate) -> SshK
         parsed = parse_public_key(spec.public_key)
     except InvalidRequest as exc:
         raise InvalidRequest(f"ssh key {spec.name!r}: {exc}") from exc
-    row = SshKey(org_id=caller.org_id, name=spec.name, public_key=parsed.line, fingerprint=parsed.fingerprint)
+    row = SshKey(**crud.owner(caller), name=spec.name, public_key=parsed.line, fingerprint=parsed.fingerprint)
     key = crud.insert_named(session, row, "ssh key")
     log.info("event=ssh_key_created org_id=%d ssh_key_id=%d fingerprint=%s user_id=%d",
              caller.org_id, key.id, key.fingerprint, caller.user_id)

@@ -24,7 +24,7 @@ from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import VOLUME, Hypervisor, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot
 from cloudland_api.schemas import VolumeCreate
-from cloudland_api.services import boot_volumes, crud, hypervisors
+from cloudland_api.services import boot_volumes, crud, hypervisors, quotas
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.instances import resolve_image
 from cloudland_api.settings import ApiSettings
@@ -78,9 +78,10 @@ def volume_usage(session: Session, org_id: int) -> tuple[int, int]:
 
 
 def charge_quota(session: Session, caller: Caller, volumes: int, gib: int) -> None:
-    """Where volumes and their gigabytes count against the organisation's quota, once the identity
-    issue adds quotas (issue 13, "Quotas' hook"): called by every create and extend with what
-    they add, before anything is written. There are no quotas yet, so nothing is refused."""
+    """Volumes and their gigabytes counted against the project's and organisation's quotas
+    (services/quotas.py): called by every create and extend with what they add, before anything
+    is written, in the transaction that writes it."""
+    quotas.charge(session, caller, volumes=volumes, volume_gib=gib)
 
 
 # -- jobs ---------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def charge_quota(session: Session, caller: Caller, volumes: int, gib: int) -> No
 
 def _start(session: Session, caller: Caller, volume: Volume, action: str, args: dict[str, Any]) -> Job:
     """``action``'s job on ``volume`` (flushed, so it has its id), made the volume's one job."""
-    job = Job(id=new_job_id(), org_id=caller.org_id, user_id=caller.user_id, batch=new_job_id(), kind="volume",
+    job = Job(id=new_job_id(), **crud.owner(caller), user_id=caller.user_id, batch=new_job_id(), kind="volume",
               action=action, subject_type=VOLUME, subject_id=volume.id, args=args, state=JobState.pending,
               attempts=0)
     session.add(job)
@@ -165,7 +166,7 @@ def create_volume(session: Session, caller: Caller, spec: VolumeCreate, settings
     else:
         home = _home(session, caller, spec) if backend == LOCAL else None
     charge_quota(session, caller, volumes=1, gib=size)
-    volume = crud.insert_named(session, Volume(org_id=caller.org_id, name=spec.name, size_gib=size, type=type_name,
+    volume = crud.insert_named(session, Volume(**crud.owner(caller), name=spec.name, size_gib=size, type=type_name,
                                                backend=backend, hypervisor_id=home, status="creating",
                                                source_image_id=image.id if image else None,
                                                source_snapshot_id=snapshot.id if snapshot else None),
@@ -248,7 +249,7 @@ def attach(session: Session, caller: Caller, volume_id: int, instance_ref: int |
     device = next((d for d in DEVICES if d not in taken), None)
     if device is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) has {len(DEVICES)} volumes: no device name is free")
-    attachment = VolumeAttachment(org_id=caller.org_id, volume_id=volume.id, instance_id=instance.id, device=device,
+    attachment = VolumeAttachment(**crud.owner(caller), volume_id=volume.id, instance_id=instance.id, device=device,
                                   status="attaching")
     try:
         with session.begin_nested():  # a racing attach of this volume, or to this device, loses here
@@ -292,7 +293,7 @@ def detach(session: Session, caller: Caller, volume_id: int, attachment_id: int)
 def create_snapshot(session: Session, caller: Caller, volume_id: int, name: str) -> tuple[VolumeSnapshot, Job]:
     volume = get_volume(session, caller, volume_id, lock=True)
     _idle(volume, "snapshot")
-    snapshot = crud.insert_named(session, VolumeSnapshot(org_id=caller.org_id, volume_id=volume.id, name=name,
+    snapshot = crud.insert_named(session, VolumeSnapshot(**crud.owner(caller), volume_id=volume.id, name=name,
                                                          size_gib=volume.size_gib, status="creating"),
                                  "snapshot", commit=False)
     job = _start(session, caller, volume, "snapshot", {"snapshot_id": snapshot.id})

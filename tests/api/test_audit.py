@@ -74,3 +74,24 @@ def test_a_nul_in_the_path_is_recorded_not_lost(api: Api, admin_headers: dict[st
     status = api.client.delete("/api/v1/flavors/%00", headers=admin_headers).status_code
     assert status in (400, 404, 422)
     assert events(api, admin_headers, limit=500)[-1] == ("admin", "DELETE", "/api/v1/flavors/%00", status)
+
+
+def test_a_change_commits_with_its_row_so_a_crash_after_it_loses_no_record(
+        api: Api, admin_headers: dict[str, str], monkeypatch: Any) -> None:
+    """The row is written in the change's own transaction: with the write after the answer made to
+    fail (as a process dying there would), the change still has its row, status 0 (no answer
+    recorded); a refused request changed nothing, and its row is the one lost."""
+    from cloudland_api import audit
+
+    def dies(*_args: Any) -> None:
+        raise RuntimeError("the API process died after answering")
+
+    monkeypatch.setattr(audit, "_write", dies)
+    made = api.client.post("/api/v1/flavors", headers=admin_headers,
+                           json={"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
+    assert made.status_code == 201, made.text
+    reader = api.add_user("rita", "admin", Role.reader)
+    assert api.client.delete(f"/api/v1/flavors/{made.json()['id']}", headers=reader).status_code == 403
+    monkeypatch.undo()
+    rows = [(u, m, p, s) for u, m, p, s in events(api, admin_headers, limit=500) if p.startswith("/api/v1/flavors")]
+    assert rows == [("admin", "POST", "/api/v1/flavors", audit.UNANSWERED)]

@@ -16,7 +16,7 @@ from tests.api.test_ssh_keys import crafted
 
 API = "/api/v1"
 ROUTES = ("flavors", "images", "ssh-keys", "instances", "jobs", "hypervisors", "vpcs", "subnets", "ports",
-          "organisations", "users")
+          "organisations", "users", "projects")
 N = 5  # of each: pages of 2, 2 and 1
 
 
@@ -44,6 +44,7 @@ def five_of_each(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMak
         post(api, admin_headers, "organisations", {"name": f"o{n}", "admin": {"username": f"oa{n}",
                                                                               "password": "a-long-password"}})
         post(api, admin_headers, "users", {"username": f"u{n}", "password": "a-long-password", "role": "reader"})
+        post(api, admin_headers, "projects", {"name": f"p{n}"})  # beside the default project
 
 
 def post(api: Api, headers: dict[str, str], route: str, body: dict) -> dict:

@@ -83,7 +83,7 @@ def test_readers_read_but_change_nothing(api: Api) -> None:
     reader = api.add_user("rita", "admin", Role.reader)
     changes = reads = 0
     for method, path, entry in operations(api):
-        if entry["scope"] not in ("organisation", "cloud"):
+        if entry["scope"] not in ("organisation", "project", "cloud"):
             continue
         reply = _call(api, method, path, reader)
         assert reply.status_code < 500, (method, path, reply.text)
@@ -103,7 +103,7 @@ def test_members_are_refused_what_only_admins_do(api: Api) -> None:
     refused = []
     for method, path, entry in operations(api):
         rule = policy.POLICY[(entry["resource"], entry["action"])]
-        if rule.scope in (policy.Scope.organisation, policy.Scope.cloud) and Role.member not in rule.roles:
+        if rule.scope in policy.ROLE_SCOPES and Role.member not in rule.roles:
             reply = _call(api, method, path, member)
             assert reply.status_code == 403 and "needs admin" in reply.json()["error"]["message"], (path, reply.text)
             refused.append(f"{method} {path}")

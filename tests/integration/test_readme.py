@@ -142,9 +142,21 @@ TENANTS = (
     ".venv/bin/cloudland org delete acme",
     ".venv/bin/cloudland user delete carol",
 )
+# README, "Projects and quotas": run right after the tenants, as the operator.
+PROJECTS = (
+    ".venv/bin/cloudland project create dev",
+    ".venv/bin/cloudland project list",
+    ".venv/bin/cloudland --project dev vpc create lab",
+    ".venv/bin/cloudland project use dev",
+    ".venv/bin/cloudland quota set instances=20 vcpus=40",
+    ".venv/bin/cloudland quota show",
+    ".venv/bin/cloudland vpc delete lab",
+    ".venv/bin/cloudland project use",
+    ".venv/bin/cloudland project delete dev --yes",
+)
 
 RUN = {MAKE_RUN, *QUICK_START, *PROFILES, ENDPOINT_LOGIN, UP_1000, TREE_UP_1000, API_ALONE, ROOT_UNDER_MPIEXEC,
-       PKI_ENSURE, *CLUSTER_CHECK, *NETWORKS[:2], *SUBNET_DB, *NETWORKS[3:], *TENANTS}
+       PKI_ENSURE, *CLUSTER_CHECK, *NETWORKS[:2], *SUBNET_DB, *NETWORKS[3:], *TENANTS, *PROJECTS}
 
 REAL_VMS = ("needs libvirtd and QEMU running on this machine and the test guest built: tests/realvm "
             "runs these paths (test_api_to_qemu.py and its neighbours) with real guests")
@@ -283,6 +295,7 @@ def test_every_readme_command_is_run_or_excluded() -> None:
     blocks = [lines for lang, lines in readme_blocks() if lang in SHELL]
     assert [*NETWORKS[:2], *SUBNET_DB, *NETWORKS[3:]] in blocks
     assert list(TENANTS) in blocks
+    assert list(PROJECTS) in blocks
 
 
 # -- the sandbox: a fresh clone in namespaces of its own ------------------------------------
@@ -667,6 +680,27 @@ def tenant_networks(box: Sandbox) -> None:
     assert listed(box, "vm list") == []
 
 
+def projects(box: Sandbox) -> None:
+    """README, "Projects and quotas", in its order: dev made, used for one call and then as the
+    profile's project, limited and shown, emptied and deleted; the cloud left as it was."""
+    (create, project_list, one_call, use, quota_set, quota_show, vpc_delete, use_default, delete) = PROJECTS
+    assert re.search(r"^project \d+ dev created", box.ok(create).stdout, re.M)
+    box.ok(project_list)
+    assert [(p["name"], p["role"]) for p in listed(box, "project list")] == [("default", "admin"), ("dev", "admin")]
+    box.ok(one_call)
+    assert "lab" not in [v["name"] for v in listed(box, "vpc list")]  # the profile still acts in default
+    assert "acts in project dev" in box.ok(use).stdout
+    assert [v["name"] for v in listed(box, "vpc list")] == ["lab"]
+    assert "instances=20, vcpus=40" in box.ok(quota_set).stdout
+    result = box.ok(quota_show)
+    assert re.search(r"\binstances\W+0\W+20\b", result.stdout) and "project dev" in result.stdout, described(result)
+    box.ok(vpc_delete)
+    box.ok(use_default)
+    assert shown(box, "whoami")["project"] == "default"
+    assert re.search(r"^project \d+ dev deleted$", box.ok(delete).stdout, re.M)
+    assert [p["name"] for p in listed(box, "project list")] == ["default"]
+
+
 def tenants(box: Sandbox) -> None:
     """README, "Tenants", in its order: what each command says, and what ``org list``, ``user list``
     and ``whoami`` show after it. Passwords are typed at the prompts on a terminal, as a person does."""
@@ -781,6 +815,7 @@ def test_quick_start_on_a_fresh_clone(phase: Sandbox) -> None:
         quick_start(box, again=False)
         tenant_networks(box)
         tenants(box)
+        projects(box)
 
         # "Check it" (README, Running a cluster) on the all-in-one cloud; its `hyper list` is the quick start's.
         hosts, health = (box.ok(line) for line in CLUSTER_CHECK if line != HYPER_LIST)

@@ -1,0 +1,204 @@
+"""Projects inside organisations (issue 14): which project a request acts in, and managing
+projects and the roles users hold on them.
+
+A request acts in one project: the one its ``X-CloudLand-Project`` header names (id or name),
+else the organisation's default project (for a member only through project roles: the first
+project they hold a role on). The caller's role there is the higher of their organisation role
+(unless their membership is ``projects_only``) and their role on the project; an application
+credential's role caps it. Tenant rows are then read and written in that project only
+(services/crud.py), and the policy's ``project`` scope decides on that role (api/policy.py).
+
+Refused, with a 409 saying what to do: a name already used in the organisation, deleting the
+default project, or one that still holds resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+
+from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cloudland.errors import Conflict, InvalidRequest, NotFound
+from cloudland_api.db import for_change
+from cloudland_api.models import Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
+from cloudland_api.services import crud
+from cloudland_api.services.directories import ROLE_ORDER
+from cloudland_api.services.identity import Caller
+
+log = logging.getLogger(__name__)
+
+HEADER = "X-CloudLand-Project"
+
+
+def higher(*roles: Role | None) -> Role | None:
+    """The highest of ``roles`` (None: no role)."""
+    present = [r for r in roles if r is not None]
+    return max(present, key=ROLE_ORDER.index) if present else None
+
+
+def _named(org_id: int, ref: int | str) -> ColumnElement[bool]:
+    column = Project.id if isinstance(ref, int) else Project.name
+    return (Project.org_id == org_id) & (column == ref)
+
+
+def get(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> Project:
+    """The caller's organisation's project by id or name, or NotFound."""
+    return crud.one(session, select(Project).where(_named(caller.org_id, ref)),
+                    f"project {ref!r} not found in organisation {caller.organisation!r}", lock=lock)
+
+
+def act_in(session: Session, caller: Caller, ref: str | None) -> Caller:
+    """``caller`` acting in the project ``ref`` names (the module's docstring)."""
+    projects_only = _projects_only(session, caller)
+    if ref is None:
+        project = None
+        if projects_only:
+            project = session.scalar(select(Project).join(ProjectRole, ProjectRole.project_id == Project.id).where(
+                Project.org_id == caller.org_id, ProjectRole.user_id == caller.user_id).order_by(Project.id).limit(1))
+        project = project or session.scalar(select(Project).where(Project.org_id == caller.org_id,
+                                                                  Project.is_default.is_(True)))
+        if project is None:
+            raise NotFound(f"organisation {caller.organisation!r} has no default project")
+    else:
+        project = get(session, caller, int(ref) if ref.isdigit() else ref)
+    granted = session.scalar(select(ProjectRole.role).where(ProjectRole.project_id == project.id,
+                                                            ProjectRole.user_id == caller.user_id))
+    role = higher(None if projects_only else caller.role, granted)
+    if role is not None and caller.credential_id is not None:
+        role = min(role, caller.role, key=ROLE_ORDER.index)  # a credential never acts above its own role
+    return replace(caller, project_id=project.id, project=project.name, project_role=role)
+
+
+# -- projects ---------------------------------------------------------------------------------
+
+
+def _projects_only(session: Session, caller: Caller) -> bool:
+    return bool(session.scalar(select(Membership.projects_only).where(
+        Membership.user_id == caller.user_id, Membership.org_id == caller.org_id)))
+
+
+def _visible(session: Session, caller: Caller) -> Select[tuple[Project]]:
+    """The organisation's projects the caller holds a role on (all, for a member of the whole
+    organisation); another's is NotFound, as another organisation's row."""
+    query = select(Project).where(Project.org_id == caller.org_id)
+    if _projects_only(session, caller):
+        query = query.where(exists().where(ProjectRole.project_id == Project.id, ProjectRole.user_id == caller.user_id))
+    return query
+
+
+def _with_roles(session: Session, caller: Caller, rows: list[Project]) -> list[tuple[Project, Role | None]]:
+    grants = dict(session.execute(select(ProjectRole.project_id, ProjectRole.role).where(
+        ProjectRole.user_id == caller.user_id, ProjectRole.project_id.in_([p.id for p in rows]))).all())
+    org_role = None if _projects_only(session, caller) else caller.role
+    return [(p, higher(org_role, grants.get(p.id))) for p in rows]
+
+
+def page(session: Session, caller: Caller, limit: int, after: str | None
+         ) -> tuple[list[tuple[Project, Role | None]], str | None]:
+    """One page of the projects the caller sees (``_visible``), each with their role there, by id."""
+    rows, next_after = crud.keyset(session, _visible(session, caller), [Project.id], limit, after)
+    return _with_roles(session, caller, rows), next_after
+
+
+def show(session: Session, caller: Caller, project_id: int) -> tuple[Project, Role | None]:
+    """One project the caller sees, with their role there; NotFound otherwise."""
+    project = crud.one(session, _visible(session, caller).where(Project.id == project_id),
+                       f"project {project_id} not found in organisation {caller.organisation!r}")
+    [found] = _with_roles(session, caller, [project])
+    return found
+
+
+def create(session: Session, caller: Caller, name: str) -> Project:
+    """A new project of the caller's organisation."""
+    taken = f"project name {name!r} is already used in organisation {caller.organisation!r}"
+    if session.scalar(select(Project.id).where(_named(caller.org_id, name))) is not None:
+        raise Conflict(taken)
+    project = Project(org_id=caller.org_id, name=name)
+    session.add(project)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(taken) from exc
+    log.info("event=project_created org_id=%d project_id=%d user_id=%d", caller.org_id, project.id, caller.user_id)
+    return project
+
+
+def owned_tables() -> list[type[ProjectOwned]]:
+    """Every table whose rows belong to a project (the ``ProjectOwned`` mixin)."""
+    return sorted((m.class_ for m in Base.registry.mappers if issubclass(m.class_, ProjectOwned)),
+                  key=lambda model: model.__tablename__)  # type: ignore[attr-defined]
+
+
+def delete(session: Session, caller: Caller, project_id: int) -> None:
+    """Delete an empty project that is not the default one."""
+    project = get(session, caller, project_id, lock=True)
+    if project.is_default:
+        raise Conflict(f"project {project.name!r} is organisation {caller.organisation!r}'s default project; "
+                       "it is deleted with the organisation")
+    for model in owned_tables():
+        if session.scalar(select(model.project_id).where(model.project_id == project.id).limit(1)) is not None:
+            table = model.__tablename__  # type: ignore[attr-defined]
+            raise Conflict(f"project {project.name!r} still holds {table.replace('_', ' ')}: delete them first")
+    session.delete(project)
+    session.commit()
+    log.info("event=project_deleted org_id=%d project_id=%d user_id=%d", caller.org_id, project_id, caller.user_id)
+
+
+# -- roles on a project -----------------------------------------------------------------------
+
+
+def members(session: Session, caller: Caller, project_id: int, limit: int, after: str | None
+            ) -> tuple[list[tuple[ProjectRole, str]], str | None]:
+    """One page of the project's own role holders, by user id, with their usernames."""
+    project = get(session, caller, project_id)
+    rows, next_after = crud.keyset(session, select(ProjectRole).where(ProjectRole.project_id == project.id),
+                                   [ProjectRole.user_id], limit, after)  # type: ignore[arg-type]
+    names = dict(session.execute(select(User.id, User.username).where(User.id.in_([r.user_id for r in rows]))).all())
+    return [(r, names[r.user_id]) for r in rows], next_after
+
+
+def grant(session: Session, caller: Caller, project_id: int, user_id: int, role: Role) -> tuple[ProjectRole, str]:
+    """Give user ``user_id`` ``role`` on the project. A user of the cloud who is not in the
+    organisation joins it for its projects only (``projects_only``, as a reader of the
+    organisation's own resources: flavors, its users)."""
+    session.scalar(for_change(select(Organisation).where(Organisation.id == caller.org_id)))
+    project = get(session, caller, project_id)
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    if session.get(Membership, (user_id, caller.org_id)) is None:
+        session.add(Membership(user_id=user_id, org_id=caller.org_id, role=Role.reader, projects_only=True))
+    row = session.get(ProjectRole, (project.id, user_id))
+    if row is None:
+        row = ProjectRole(project_id=project.id, user_id=user_id, role=role)
+        session.add(row)
+    else:
+        row.role = role
+    session.commit()
+    log.info("event=project_role_granted org_id=%d project_id=%d user_id=%d role=%s by=%d", caller.org_id,
+             project.id, user_id, role.value, caller.user_id)
+    return row, user.username
+
+
+def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> None:
+    """Remove user ``user_id``'s role on the project (every request re-reads it: it ends at once)."""
+    project = get(session, caller, project_id)
+    row = session.get(ProjectRole, (project.id, user_id), with_for_update=True)
+    if row is None:
+        raise NotFound(f"user {user_id} holds no role on project {project.name!r}")
+    session.delete(row)
+    session.commit()
+    log.info("event=project_role_revoked org_id=%d project_id=%d user_id=%d by=%d", caller.org_id, project.id,
+             user_id, caller.user_id)
+
+
+def check_ref(ref: str | None) -> str | None:
+    """The header's value, or InvalidRequest when it cannot name a project."""
+    if ref is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", ref):
+        raise InvalidRequest(f"{HEADER}: {ref[:64]!r} is not a project id or name")
+    return ref
