@@ -46,7 +46,17 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/api/v1/volumes/{volume_id}/extend"): {"size_gib": 20},
     ("post", "/api/v1/volumes/{volume_id}/attachments"): {"instance": "{instance_id}"},
     ("post", "/api/v1/volumes/{volume_id}/snapshots"): {"name": "s2"},
+    ("patch", "/api/v1/ports/{port_id}"): {"security_groups": ["{group}"]},
+    ("post", "/api/v1/routers/{router_id}/subnets"): {"subnet": "{subnet_id}"},
+    ("put", "/api/v1/routers/{router_id}/gateway"): {"external_network": None},
+    ("put", "/api/v1/floating-ips/{fip_id}/port"): {"port": "{port_id}"},
+    ("post", "/api/v1/security-groups/{group}/rules"): {"protocol": "tcp", "port_min": 22, "port_max": 22,
+                                                        "remote_cidr": "0.0.0.0/0"},
 }
+
+
+# Resources the operator shares with every organisation (issue 12: external networks).
+SHARED = {"external_network"}
 
 
 def operations(api: Api) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -63,6 +73,8 @@ def fill(template: Any, ids: dict[str, Any]) -> Any:
         return ids[whole.group(1)] if whole else re.sub(r"{(\w+)}", lambda m: str(ids[m.group(1)]), template)
     if isinstance(template, dict):
         return {k: fill(v, ids) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(v, ids) for v in template]
     return template
 
 
@@ -104,6 +116,23 @@ def world(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker, mak
     taken = post(api, owner, f"volumes/{spare['id']}/snapshots", {"name": "s1"})
     settle(api, taken["job"]["id"])
     ids["snapshot_id"] = taken["snapshot"]["id"]
+    # Issue 12: an external network (the operator's), a router on the VPC with a gateway there, a
+    # floating IP on the VM's port, a security group with a rule.
+    external = api.client.post(f"{API}/external-networks", headers=admin_headers, json={
+        "name": "public", "cidr": "203.0.113.0/24", "bridge": "ext0"})
+    assert external.status_code == 201, external.text
+    ids["external_id"] = external.json()["id"]
+    ids["router_id"] = post(api, owner, "routers", {"name": "r", "vpc": ids["vpc_id"]}, status=201)["id"]
+    post(api, owner, f"routers/{ids['router_id']}/subnets", {"subnet": ids["subnet_id"]}, status=200)
+    gateway = api.client.put(f"{API}/routers/{ids['router_id']}/gateway", json={"external_network": "public"},
+                             headers=owner)
+    assert gateway.status_code == 200, gateway.text
+    ids["fip_id"] = post(api, owner, "floating-ips", {"external_network": "public"}, status=201)["id"]
+    associated = api.client.put(f"{API}/floating-ips/{ids['fip_id']}/port", json={"port": ids["port_id"]},
+                                headers=owner)
+    assert associated.status_code == 200, associated.text
+    ids["group"] = post(api, owner, "security-groups", {"name": "web"}, status=201)["id"]
+    ids["rule_id"] = post(api, owner, f"security-groups/{ids['group']}/rules", {"protocol": "icmp"}, status=201)["id"]
     me = api.client.get(f"{API}/me", headers=owner).json()
     ids["org_id"] = me["org_id"]
     member = api.add_user("mia", "acme", Role.member, PASSWORD)
@@ -140,7 +169,7 @@ def test_every_route_with_an_id_is_covered(api: Api) -> None:
     """A new route with an id this file cannot fill, or a body it does not know, fails here."""
     known = {"flavor_id", "image_id", "key_id", "instance_id", "port_id", "job_id", "hypervisor_id", "org_id",
              "user_id", "project_id", "credential_id", "vpc_id", "subnet_id", "volume_id", "attachment_id",
-             "snapshot_id"}
+             "snapshot_id", "external_id", "router_id", "fip_id", "group", "rule_id"}
     for method, path, operation in operations(api):
         assert set(re.findall(r"{(\w+)}", path)) <= known, f"{method} {path}: add its id to the world fixture"
         if operation.get("requestBody", {}).get("required"):
@@ -163,6 +192,8 @@ def test_the_cross_tenant_matrix(api: Api, world: tuple[dict[str, Any], dict[str
                 continue  # the organisation's own things (flavors, its users) are every member's to read
             if who == "reader" and not changes:
                 continue  # a reader of the project reads it
+            if entry["resource"] in SHARED and not changes:
+                continue  # the operator's, every organisation's to read
             reply = call(api, method, path, ids, headers)
             allowed = {401} if rule.scope is policy.Scope.job_token else {403, 404}
             assert reply.status_code in allowed, (who, method, path, reply.status_code, reply.text)
