@@ -106,7 +106,7 @@ async def get_caller(
     key: SigningKeyDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    project: Annotated[str | None, Header(alias=projects.HEADER, description=(
+    project: Annotated[str | None, Header(alias=projects.HEADER, pattern=projects.REF_PATTERN, description=(
         "The project to act in (id or name); default: the organisation's default project"))] = None,
 ) -> identity.Caller:
     """The user a valid bearer token names, with the organisation and role it acts in, and the

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
+from cloudland_api.schemas.common import MAX_ID
 from cloudland_api.services import crud
 from cloudland_api.services.directories import ROLE_ORDER
 from cloudland_api.services.identity import Caller
@@ -64,7 +65,8 @@ def act_in(session: Session, caller: Caller, ref: str | None) -> Caller:
         if project is None:
             raise NotFound(f"organisation {caller.organisation!r} has no default project")
     else:
-        project = get(session, caller, int(ref) if ref.isdigit() else ref)
+        # Digits past the largest id are a name, which no project has: 404, not an integer overflow.
+        project = get(session, caller, int(ref) if ref.isdigit() and int(ref) <= MAX_ID else ref)
     granted = session.scalar(select(ProjectRole.role).where(ProjectRole.project_id == project.id,
                                                             ProjectRole.user_id == caller.user_id))
     role = higher(None if projects_only else caller.role, granted)
@@ -197,8 +199,11 @@ def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> N
              user_id, caller.user_id)
 
 
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # the header: an id or a name
+
+
 def check_ref(ref: str | None) -> str | None:
     """The header's value, or InvalidRequest when it cannot name a project."""
-    if ref is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", ref):
+    if ref is not None and not re.fullmatch(REF_PATTERN, ref):
         raise InvalidRequest(f"{HEADER}: {ref[:64]!r} is not a project id or name")
     return ref
