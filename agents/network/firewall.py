@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 from cloudland.errors import DriverError, InvalidRequest
 from cloudland_agents.network.desired import dhcp_address
-from cloudland_agents.network.dhcp import Changes
+from cloudland_agents.network.dhcp import NETNS_DIR, Changes
 from cloudland_agents.network.names import Names
 from cloudland_proto.v1 import network_pb2 as npb
 
@@ -347,6 +347,11 @@ class Firewall:
         With ``fresh`` false the tables are taken as this agent's last transaction left them (when
         there was one) rather than read: reading 1,000 ports' rules costs seconds (bench), the
         change itself milliseconds. A start, a full sync and the repair loop read them."""
+        if self.netns and not (NETNS_DIR / self.netns).exists():
+            # A simulated hypervisor's namespace, made with its first subnet and removed with its
+            # last: no port here, and no table (the next one is read, not assumed).
+            self.known = None
+            return Changes()
         if fresh or self.known is None:
             held = {"bridge": self.read("bridge"), "inet": self.read("inet")}
         else:

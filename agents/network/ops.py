@@ -58,7 +58,8 @@ class Network:
         self.plane: DataPlane | FakeDataPlane = (
             FakeDataPlane(hypervisor.vtep) if fake else DataPlane(hypervisor.id, self.names, directory, hypervisor.vtep, host))
         # The VPCs' routers (issue 12), in the kernel only: the fake plane routes nothing.
-        self.routers = None if fake else Routers(hypervisor.id, self.names, self.plane.kernel)  # type: ignore[union-attr]
+        self.routers = None if fake else Routers(hypervisor.id, self.names,
+                                                 lambda: self.plane.kernel)  # type: ignore[union-attr]
         # Security groups (issue 12): the kernel's nftables, in the hypervisor's own namespace if it
         # has one; none on the fake data plane.
         self.firewall = None if fake else Firewall(hypervisor.id, self.names, host.name if host else None)

@@ -101,13 +101,22 @@ def forget_flows(namespace: str, address: str) -> None:
 class Routers:
     """The router namespaces of one hypervisor, beside its subnets (``DataPlane``)."""
 
-    def __init__(self, hypervisor: int, names: Names, kernel: Kernel) -> None:
+    def __init__(self, hypervisor: int, names: Names, kernel: Callable[[], Kernel]) -> None:
         self.hypervisor = hypervisor
         self.prefix = names.prefix
         self.names = names
-        self.kernel = kernel
-        self.host = kernel.ipr
+        # The data plane's kernel handle, opened at first use: a simulated hypervisor's own
+        # namespace (hostns.py) is made only when it first holds a subnet.
+        self._kernel = kernel
         self._inside: dict[int, IPRoute] = {}  # per VPC, a handle in its router namespace
+
+    @property
+    def kernel(self) -> Kernel:
+        return self._kernel()
+
+    @property
+    def host(self) -> IPRoute:
+        return self.kernel.ipr
 
     def close(self) -> None:
         for handle in self._inside.values():

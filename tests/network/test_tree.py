@@ -62,7 +62,10 @@ class TreeWorld:
         return result
 
     def guest(self, host: str) -> str:
-        return f"{self.prefix}g{HOSTS.index(host) + 1}"
+        # g, the tenant's letter, then n (as test_dataplane's): never a name the agent owns. A bare
+        # <prefix>g<n> is a router's gateway host end (router.parse), which a whole convergence
+        # without that router deletes as stray, and the guest's eth0 with it.
+        return f"{self.prefix}g{self.tenant.letter}{HOSTS.index(host) + 1}"
 
 
 @pytest.fixture(scope="module")
