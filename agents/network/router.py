@@ -125,7 +125,9 @@ def plan_routers(held: Iterable[npb.NetVpcState], hypervisor: int) -> dict[int, 
         uplink, floating = None, []
         if router.HasField("external") and router.external.bridge:
             external = ipaddress.IPv4Network(router.external.cidr)
-            uplink = Uplink(router.external.bridge, external.prefixlen, router.external.gateway, router.snat_address)
+            snat = router.snat_address or next((s.address for s in router.snat_addresses
+                                                if s.hypervisor == hypervisor), "")  # a multicast sync's
+            uplink = Uplink(router.external.bridge, external.prefixlen, router.external.gateway, snat)
             here = {p.id: p for p in state.ports if p.hypervisor == hypervisor}
             floating = [(f.address, f.fixed_ip) for f in router.floating_ips
                         if f.port_id in here and f.fixed_ip in here[f.port_id].ips]

@@ -3,8 +3,9 @@
 - ``connected``: the subnets the VPC's router connects. A hypervisor with a port on one of them
   holds all of them (netstate ``held``): its share of the distributed router reaches each.
 - ``net_router``: the ``NetRouter`` of a VPC as one hypervisor gets it (proto/v1/network.proto):
-  its subnets, its external network, that hypervisor's SNAT address, every floating IP of the
-  VPC's ports (the agent sets up those of its own ports).
+  its subnets, its external network, that hypervisor's SNAT address (several hypervisors' in
+  ``snat_addresses`` for a multicast sync), every floating IP of the VPC's ports (the agent sets
+  up those of its own ports).
 - ``ensure_snat``: one SNAT address per router and hypervisor of its VPC, taken from the
   external network's pools while the hypervisor holds the router, given back when it leaves.
 - ``take_address``: the lowest free address of an external network (its row locked: racing
@@ -39,8 +40,9 @@ def connected(session: Session, vpc_id: int) -> frozenset[int]:
                                      .where(Router.vpc_id == vpc_id)))
 
 
-def net_router(session: Session, vpc_id: int, hypervisor: int) -> npb.NetRouter | None:
-    """The VPC's router as ``hypervisor`` must hold it, or None: no router."""
+def net_router(session: Session, vpc_id: int, hypervisor: int | Collection[int]) -> npb.NetRouter | None:
+    """The VPC's router as ``hypervisor`` must hold it, or None: no router. For several
+    hypervisors (one multicast sync), each one's SNAT address is in ``snat_addresses``."""
     router = router_of(session, vpc_id)
     if router is None:
         return None
@@ -50,8 +52,14 @@ def net_router(session: Session, vpc_id: int, hypervisor: int) -> npb.NetRouter 
         assert external is not None  # RESTRICT: it cannot go while a router uses it
         message.external.CopyFrom(npb.NetExternal(id=external.id, cidr=external.cidr, gateway=external.gateway or "",
                                                   bridge=external.bridge))
-        message.snat_address = session.scalar(select(ExternalIp.address).where(
-            ExternalIp.router_id == router.id, ExternalIp.hypervisor_id == hypervisor)) or ""
+        if isinstance(hypervisor, int):
+            message.snat_address = session.scalar(select(ExternalIp.address).where(
+                ExternalIp.router_id == router.id, ExternalIp.hypervisor_id == hypervisor)) or ""
+        else:  # one state multicast to several (netstate.vpc_state): each finds its own address
+            snats = session.execute(select(ExternalIp.hypervisor_id, ExternalIp.address).where(
+                ExternalIp.router_id == router.id, ExternalIp.hypervisor_id.in_(list(hypervisor)))
+                .order_by(ExternalIp.hypervisor_id))
+            message.snat_addresses.extend(npb.NetSnatAddress(hypervisor=hv, address=a) for hv, a in snats)
         rows = session.execute(select(ExternalIp.id, ExternalIp.address, ExternalIp.port_id, ExternalIp.fixed_ip)
                                .join(Port, Port.id == ExternalIp.port_id)
                                .where(Port.vpc_id == vpc_id, ExternalIp.kind == FLOATING).order_by(ExternalIp.id))

@@ -82,6 +82,11 @@ def test_a_distributed_router_with_snat_and_a_floating_ip(api: Api, admin_header
     assert (held.router.external.cidr, held.router.external.gateway, held.router.external.bridge) == (
         "203.0.113.0/24", "203.0.113.1", "ext0")
     assert held.router.snat_address == "203.0.113.11"
+    # One state multicast to both (a sync of several, api/jobs/net.py): each one's SNAT address.
+    with api.app.state.sessions() as session:
+        both = netstate.vpc_state(session, vpc["id"], [1, 2])
+    assert both.router.snat_address == "" and [(s.hypervisor, s.address) for s in both.router.snat_addresses] == [
+        (1, "203.0.113.10"), (2, "203.0.113.11")]
     fip = post(api, headers, "floating-ips", {"external_network": external["id"]})
     assert (fip["address"], fip["port_id"]) == ("203.0.113.12", None)
     assert "no free address" in error(api.client.post(f"{API}/floating-ips", json={"external_network": "public"},

@@ -43,6 +43,12 @@ def test_the_router_plan_sets_up_floating_ips_only_where_their_port_is() -> None
     assert (one.floating, two.floating) == ((), (("203.0.113.20", "10.0.2.5"),))
     assert two.addresses() == {("203.0.113.10", 24), ("203.0.113.20", 32)}
     assert plan_routers([state()], 3) == {} and plan_routers([state(router=False)], 1) == {}
+    multicast = state()  # one state for several hypervisors: each takes its own SNAT address
+    multicast.router.snat_address = ""
+    multicast.router.snat_addresses.extend([npb.NetSnatAddress(hypervisor=1, address="203.0.113.10"),
+                                            npb.NetSnatAddress(hypervisor=2, address="203.0.113.11")])
+    assert plan_routers([multicast], 2)[9].uplink == Uplink("ext0", 24, "203.0.113.1", "203.0.113.11")
+    assert plan_routers([multicast], 1)[9].uplink == Uplink("ext0", 24, "203.0.113.1", "203.0.113.10")
     assert plan_routers([state(external=False, floating=False)], 1)[9].uplink is None
     assert gateway_mac(102) == "02:c0:00:00:00:66" and gateway_mac(0xABCDEF) == "02:c0:00:ab:cd:ef"
     assert parse("cl", "clr9") == ("r", 9) and parse("cl", "clg102") == ("g", 102)
