@@ -24,6 +24,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
+from cloudland_api.schemas.common import MAX_ID
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,15 @@ def page(session: Session, model: type[Row], caller: Caller, limit: int, after: 
     columns: Any = model
     return keyset(session, scoped(model, caller).where(*where), keys or [columns.id], limit, after,
                   newest_first=newest_first)
+
+
+def id_or_name(ref: int | str) -> int | str:
+    """A reference given as text (a header, a path's or a body's string): digits are an id when
+    they can be one; past the largest id they are a name, which no row has (a 404, never a
+    database's integer overflow)."""
+    if isinstance(ref, str) and ref.isdigit() and int(ref) <= MAX_ID:
+        return int(ref)
+    return ref
 
 
 def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what: str, *, lock: bool = False) -> Row:

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
-from cloudland_api.schemas.common import MAX_ID
 from cloudland_api.services import crud
 from cloudland_api.services.directories import ROLE_ORDER
 from cloudland_api.services.identity import Caller
@@ -65,8 +64,7 @@ def act_in(session: Session, caller: Caller, ref: str | None) -> Caller:
         if project is None:
             raise NotFound(f"organisation {caller.organisation!r} has no default project")
     else:
-        # Digits past the largest id are a name, which no project has: 404, not an integer overflow.
-        project = get(session, caller, int(ref) if ref.isdigit() and int(ref) <= MAX_ID else ref)
+        project = get(session, caller, crud.id_or_name(ref))
     granted = session.scalar(select(ProjectRole.role).where(ProjectRole.project_id == project.id,
                                                             ProjectRole.user_id == caller.user_id))
     role = higher(None if projects_only else caller.role, granted)

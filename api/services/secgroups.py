@@ -23,7 +23,6 @@ from cloudland_api.models import (
     DEFAULT_GROUP, Port, PortAllowedAddress, PortSecurityGroup, SecurityGroup, SecurityRule
 )
 from cloudland_api.schemas import PortUpdate, RuleCreate, SecurityGroupCreate
-from cloudland_api.schemas.common import MAX_ID
 from cloudland_api.services import crud, netstate
 from cloudland_api.services.identity import Caller
 
@@ -73,10 +72,8 @@ def list_groups(session: Session, caller: Caller, limit: int, after: str | None)
 
 
 def get_group(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> SecurityGroup:
-    """A group of the organisation by id or name (a path's digits are an id; digits past the
-    largest id are a name, which no group has: 404, not a database's integer overflow)."""
-    if isinstance(ref, str) and ref.isdigit() and int(ref) <= MAX_ID:
-        ref = int(ref)
+    """A group of the organisation by id or name (``crud.id_or_name``: a path's digits are an id)."""
+    ref = crud.id_or_name(ref)
     if ref == DEFAULT_GROUP:
         ensure_default(session, caller.org_id)
         session.commit()
