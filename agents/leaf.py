@@ -77,7 +77,8 @@ class Leaf(ChildRank):
         if kernel:  # a fake cannot drift
             threading.Thread(target=repair_loop, args=(kernel, self.repair_stop), name="net-repair", daemon=True).start()
         self.pool = ThreadPoolExecutor(max_workers=int(settings.get("workers", 32)), thread_name_prefix="op")
-        self.done: deque[tuple[str, int, pb.Reply | None]] = deque()  # filled by worker threads
+        # Filled by worker threads: (job, hypervisor, reply, whether the hypervisor's report may have changed).
+        self.done: deque[tuple[str, int, pb.Reply | None, bool]] = deque()
         self.in_progress: Counter[str] = Counter()
         self.sent_reports: dict[int, pb.HypervisorReport] = {}
         # Reports carry this process's start id and a generation per hypervisor (§6.1).
@@ -101,6 +102,11 @@ class Leaf(ChildRank):
                 request = operations.request_of(command)
             except InvalidRequest as exc:  # a request of another type: refused before any work
                 refused = str(exc)
+            if request is not None and op.check is not None:
+                try:  # once for all its targets here (agents/ops.py Operation.check)
+                    op.check(request)
+                except InvalidRequest as exc:
+                    request, refused = None, f"{op.name}: {exc}"
         left = (command.deadline_ms - procinfo.now_ms()) / 1000 if command.deadline_ms else 0.0
         deadline = time.monotonic() + left if command.deadline_ms else 0.0
         if command.deadline_ms and left <= 0:
@@ -132,7 +138,7 @@ class Leaf(ChildRank):
 
     def _in_worker(self, op: ops.Operation, hvs: list[int], job_id: str, request: Message, deadline: float) -> None:
         for hv in hvs:
-            self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline)))
+            self.done.append((job_id, hv, self._execute(op, hv, job_id, request, deadline), op.reports))
         self.backoff.notify()
 
     def _collect(self, job_id: str, hv: int, reply: pb.Reply | None) -> None:
@@ -145,7 +151,7 @@ class Leaf(ChildRank):
     def _execute(
         self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float
     ) -> pb.Reply | None:
-        ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw)
+        ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw, checked=op.check is not None)
         try:
             result = op.run(ctx, request)
             packed = operations.pack_result(op.name, result) if result is not None and result.ByteSize() else None
@@ -164,8 +170,9 @@ class Leaf(ChildRank):
         if not self.done:
             return False
         while self.done:
-            job_id, hv, reply = self.done.popleft()
-            self.touched.add(hv)
+            job_id, hv, reply, reports = self.done.popleft()
+            if reports:
+                self.touched.add(hv)
             self.in_progress[job_id] -= 1
             if self.in_progress[job_id] <= 0:
                 del self.in_progress[job_id]

@@ -37,6 +37,9 @@ class Context:
     job_id: str
     deadline: float  # time.monotonic() value; 0 = none
     send_raw: Callable[[bytes], None]
+    # The leaf ran the operation's ``check`` on this request already, once for all the targets of
+    # its command: the operation need not check again what ``check`` covers.
+    checked: bool = False
 
     def remaining(self) -> float:
         return float("inf") if not self.deadline else max(0.0, self.deadline - time.monotonic())
@@ -52,13 +55,20 @@ class Operation:
     # a cheap operation sent to many simulated hypervisors at once (net.apply to a VPC of a
     # thousand), where a thread wake-up per hypervisor costs more than the work.
     batched: bool = False
+    # What of the request is the same for every target, checked once per command at the leaf
+    # (InvalidRequest: INVALID_ARGUMENT for every target), not once per hypervisor: a VPC's delta
+    # carries its security groups' member addresses, a thousand of them on a VPC of a thousand.
+    check: Callable[[Any], None] | None = None
+    # Whether its end may change the hypervisor's report (VMs, memory, disks): then the leaf
+    # reports the hypervisor at once (§6.1). The network's operations change none of it.
+    reports: bool = True
 
 
 REGISTRY: dict[str, Operation] = {}
 
 
-def operation(name: str, *, inline: bool = False, test_only: bool = False, batched: bool = False
-              ) -> Callable[..., Any]:
+def operation(name: str, *, inline: bool = False, test_only: bool = False, batched: bool = False,
+              check: Callable[[Any], None] | None = None, reports: bool = True) -> Callable[..., Any]:
     """Register ``run`` as the operation ``name``."""
 
     def register(run: Handler) -> Handler:
@@ -66,7 +76,7 @@ def operation(name: str, *, inline: bool = False, test_only: bool = False, batch
             raise ValueError(f"operation {name!r} has no messages in cloudland.operations")
         if name in REGISTRY:
             raise ValueError(f"operation {name!r} registered twice")
-        REGISTRY[name] = Operation(name, run, inline, test_only, batched)
+        REGISTRY[name] = Operation(name, run, inline, test_only, batched, check, reports)
         return run
 
     return register

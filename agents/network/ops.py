@@ -87,11 +87,10 @@ class Network:
             changes.unchanged += walls.unchanged
         return changes
 
-    def sync(self, request: npb.NetSyncRequest) -> npb.NetSyncResult:
-        for state in request.vpcs:
-            check_vpc(state)
-            check_groups(state)
-            in_order(state)
+    def sync(self, request: npb.NetSyncRequest, checked: bool = False) -> npb.NetSyncResult:
+        """``checked``: ``check_sync(request)`` passed already (once for all of a leaf's hypervisors)."""
+        if not checked:
+            check_sync(request)
         with self._lock:
             vpcs: dict[int, npb.NetVpcState] = {} if request.full else dict(self.held.vpcs)
             for state in request.vpcs:
@@ -141,18 +140,16 @@ class Network:
             states = list(self.held.vpcs.values())
             return self._converge(states, self._plan(states), fresh=True)
 
-    def apply(self, request: npb.NetApplyRequest) -> npb.NetApplyResult:
-        if request.generation <= request.from_generation:
-            raise InvalidRequest(f"generation {request.generation} must be above from_generation "
-                                 f"{request.from_generation}")
+    def apply(self, request: npb.NetApplyRequest, checked: bool = False) -> npb.NetApplyResult:
+        """``checked``: ``check_delta(request)`` passed already (once for all of a leaf's hypervisors)."""
+        if not checked:
+            check_delta(request)
         with self._lock:
             held = self.held.vpcs.get(request.vpc_id)
             if held is not None and held.generation >= request.generation:
                 return npb.NetApplyResult(generation=held.generation)  # a replay, or a sync already had it
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
-            check_groups(npb.NetVpcState(vpc_id=request.vpc_id, ports=request.upsert_ports,
-                                         security_groups=request.upsert_security_groups))
             state = applied(held, request)
             after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
             if after is not None:
@@ -172,6 +169,27 @@ class Network:
             return npb.NetShowResult(
                 vpcs=self._versions(),
                 fdb=[npb.NetFdbEntry(vni=e.vni, mac=e.mac, vtep=e.vtep, since_ms=e.since_ms) for e in entries])
+
+
+def check_sync(request: npb.NetSyncRequest) -> None:
+    """InvalidRequest naming the first bad field of a sync's states (network.proto's errors); the
+    states' subnets and ports put in id order, in place (once, before its targets' threads share it)."""
+    for state in request.vpcs:
+        check_vpc(state)
+        check_groups(state)
+        in_order(state)
+
+
+def check_delta(request: npb.NetApplyRequest) -> None:
+    """InvalidRequest naming the first bad field of a delta that does not depend on what a
+    hypervisor holds: its generations, its groups (a thousand member addresses on a VPC of a
+    thousand) and its ports' allowed addresses. Its ports' addresses are checked against the
+    subnets held, by ``applied``."""
+    if request.generation <= request.from_generation:
+        raise InvalidRequest(f"generation {request.generation} must be above from_generation "
+                             f"{request.from_generation}")
+    check_groups(npb.NetVpcState(vpc_id=request.vpc_id, ports=request.upsert_ports,
+                                 security_groups=request.upsert_security_groups))
 
 
 class Repairable(Protocol):
@@ -211,19 +229,20 @@ def simulated(hypervisor: Hypervisor) -> bool:
 network_for: PerHypervisor[Network] = PerHypervisor(lambda hv: Network(hv, fake=simulated(hv)))
 
 
-@operation("net.sync")
+# The net.* operations change no hypervisor report (VMs, memory, disks): ``reports=False``.
+@operation("net.sync", check=check_sync, reports=False)
 def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
     """Make the listed VPCs (with ``full``, all VPCs) exactly as requested; see network.proto."""
-    return network_for(ctx.hypervisor).sync(request)
+    return network_for(ctx.hypervisor).sync(request, checked=ctx.checked)
 
 
-@operation("net.apply", batched=True)
+@operation("net.apply", batched=True, check=check_delta, reports=False)
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
-    return network_for(ctx.hypervisor).apply(request)
+    return network_for(ctx.hypervisor).apply(request, checked=ctx.checked)
 
 
-@operation("net.show")
+@operation("net.show", reports=False)
 def net_show(ctx: Context, request: npb.NetShowRequest) -> npb.NetShowResult:
     """What the data plane holds now (FDB entries of the asked MACs), read, not changed; see network.proto."""
     return network_for(ctx.hypervisor).show(request)
