@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import threading
+import weakref
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterable
 
-from cloudland_agents.network.desired import SubnetPlan, check_port, check_subnet, hostname
+from cloudland_agents.network.desired import PlanChange, SubnetPlan, check_port, check_subnet, hostname
 from cloudland_proto.v1 import network_pb2 as npb
 
 
@@ -94,6 +97,33 @@ def applied(held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcStat
     return state
 
 
+class SharedApplies:
+    """``applied`` once per leaf, not once per simulated hypervisor: the hypervisors of one leaf
+    hold the same state of a VPC (one multicast sync made it, or the same deltas since), and the
+    leaf hands them one delta message. The first to apply it makes the state after it; the others
+    take that one, by identity when they hold the same state object, else after comparing their
+    state with it (once: then they hold the shared result too). States held are never changed in
+    place (``applied`` edits a copy), so sharing one is safe."""
+
+    KEEP = 8  # the last applies remembered (a few VPCs' deltas in flight at once)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: deque[tuple[npb.NetVpcState, npb.NetApplyRequest, npb.NetVpcState]] = deque(maxlen=self.KEEP)
+
+    def __call__(self, held: npb.NetVpcState, delta: npb.NetApplyRequest) -> npb.NetVpcState:
+        with self._lock:
+            made = [(before, after) for before, request, after in self._made if request is delta]
+        for before, after in made:
+            if before is held or (before.generation == held.generation and len(before.ports) == len(held.ports)
+                                  and len(before.subnets) == len(held.subnets) and before == held):
+                return after
+        after = applied(held, delta)
+        with self._lock:
+            self._made.append((held, delta, after))
+        return after
+
+
 def _remote(port: npb.NetPort, hypervisor: int, local_vtep: str) -> bool:
     """Whether the port is reached through a tunnel (as desired.py ``plan`` decides it)."""
     return port.hypervisor != hypervisor and bool(port.vtep) and port.vtep != local_vtep
@@ -144,7 +174,10 @@ def replan(before: dict[int, SubnetPlan], old: npb.NetVpcState, new: npb.NetVpcS
             if index == len(names) or names[index] != pair:
                 names.insert(index, pair)
     sorted_names = tuple(names)
+    macs = frozenset(p.mac for p in (*gone, *came))
+    ips = frozenset(ip for p in (*gone, *came) for ip in p.ips)
     return {vni: dataclasses.replace(
         plan, fdb=fdb[vni], neighbours=neighbours[vni],
-        dhcp=None if plan.dhcp is None else dataclasses.replace(plan.dhcp, names=sorted_names))
+        dhcp=None if plan.dhcp is None else dataclasses.replace(plan.dhcp, names=sorted_names),
+        changed=PlanChange(weakref.ref(plan), macs, ips))
         for vni, plan in before.items()}

@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import os
 import re
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,24 @@ class Dhcp:
     leases: tuple[tuple[str, str, str], ...]  # (mac, ip, hostname), sorted
     names: tuple[tuple[str, str], ...]  # (ip, hostname), sorted
 
+    def __hash__(self) -> int:
+        """Without ``names`` (equal servers still hash equal): they are the whole VPC's, a
+        thousand on a VPC of a thousand, and a fake data plane keeps a DHCP server as an object of
+        a set (fake.py), hashed at every change of the subnet."""
+        return hash((self.vni, self.network, self.address, self.mtu, self.leases, len(self.names)))
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """How a plan was made from the one before (delta.py ``replan``): only the FDB entries of
+    ``macs`` and the neighbour entries of ``ips`` may differ, so a data plane that still has
+    ``before`` compares those, not the whole subnet (fake.py). ``before`` is weak: plans do not
+    chain."""
+
+    before: weakref.ref[SubnetPlan]
+    macs: frozenset[str]
+    ips: frozenset[str]
+
 
 @dataclass(frozen=True)
 class SubnetPlan:
@@ -57,6 +76,7 @@ class SubnetPlan:
     fdb: dict[str, str] = field(default_factory=dict)  # remote MAC -> its hypervisor's VTEP
     neighbours: dict[str, str] = field(default_factory=dict)  # remote IP -> its MAC
     dhcp: Dhcp | None = None
+    changed: PlanChange | None = field(default=None, compare=False, repr=False)  # a hint, not content
 
 
 class FdbEntry(NamedTuple):

@@ -41,47 +41,90 @@ def objects(plans: dict[int, SubnetPlan]) -> set[tuple[Any, ...]]:
     return found
 
 
+class HeldObjects(set[tuple[Any, ...]]):
+    """The objects a fake data plane holds: a set that notes a change made from outside (a test's
+    drift: an entry lost behind the agent's back), so that the next convergence compares
+    everything, as the kernel's does; the plane's own changes go through ``set``'s methods."""
+
+    drifted = False
+
+
+def _drifting(method: Any) -> Any:
+    def mutate(self: HeldObjects, *args: Any) -> Any:
+        self.drifted = True
+        return method(self, *args)
+    return mutate
+
+
+for _name in ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
+              "symmetric_difference_update", "__ior__", "__isub__", "__iand__", "__ixor__"):
+    setattr(HeldObjects, _name, _drifting(getattr(set, _name)))
+
+
 class FakeDataPlane:
     """``DataPlane``'s interface, without a kernel: ``held`` is what it would have made.
 
-    Like the kernel's, a convergence compares everything wanted with everything held, so what
-    drifted is made again; what is wanted is worked out per subnet from the subnet's plan before,
-    by the entries that changed, so an apply on a VPC of a thousand ports does not build a
-    thousand objects again (bench/net_bench.py)."""
+    Like the kernel's, a convergence makes what is wanted and not held and removes what is held
+    and not wanted. What is wanted is worked out per subnet from the subnet's plan before, by the
+    entries its change names (``SubnetPlan.changed``, delta.py ``replan``), so an apply on a VPC of
+    a thousand ports does not build or compare a thousand objects again (bench/net_bench.py):
+    everything is compared when ``held`` was changed from outside (drift), and for a subnet whose
+    plan was not made from the one held."""
 
     def __init__(self, vtep: str = "") -> None:
         self.vtep = vtep
-        self.held: set[tuple[Any, ...]] = set()
+        self.held = HeldObjects()
         self.plans: dict[int, SubnetPlan] = {}
-        self._wanted: dict[int, frozenset[tuple[Any, ...]]] = {}  # per VNI: the objects of self.plans[vni]
         self.since: dict[tuple[Any, ...], int] = {}  # FDB object -> when it was made (Unix ms)
 
-    def _objects(self, vni: int, plan: SubnetPlan) -> frozenset[tuple[Any, ...]]:
-        before, had = self.plans.get(vni), self._wanted.get(vni)
-        if before is plan and had is not None:
-            return had
-        if before is None or had is None or before.mtu != plan.mtu:
-            return frozenset(objects({vni: plan}))
+    def _change(self, vni: int, plan: SubnetPlan | None) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        """The objects of subnet ``vni`` no longer wanted and newly wanted, from its plan held to ``plan``."""
+        before = self.plans.get(vni)
+        if before is plan:
+            return set(), set()
+        hint = plan.changed if plan is not None else None
+        if before is None or plan is None or hint is None or hint.before() is not before or before.mtu != plan.mtu:
+            old = objects({vni: before}) if before is not None else set()
+            new = objects({vni: plan}) if plan is not None else set()
+            return old - new, new - old
         gone: set[tuple[Any, ...]] = set()
         came: set[tuple[Any, ...]] = set()
-        for kind, old, new in (("fdb", before.fdb, plan.fdb), ("neighbour", before.neighbours, plan.neighbours)):
-            for key, value in old.items() ^ new.items():  # the entries that differ, either way
-                (came if new.get(key) == value else gone).add((kind, vni, key, value))
+        for kind, keys, old_map, new_map in (("fdb", hint.macs, before.fdb, plan.fdb),
+                                             ("neighbour", hint.ips, before.neighbours, plan.neighbours)):
+            for key in keys:
+                was, now = old_map.get(key), new_map.get(key)
+                if was != now:
+                    if was is not None:
+                        gone.add((kind, vni, key, was))
+                    if now is not None:
+                        came.add((kind, vni, key, now))
         if before.dhcp != plan.dhcp:
             gone |= {("dhcp", vni, before.dhcp)} if before.dhcp is not None else set()
             came |= {("dhcp", vni, plan.dhcp)} if plan.dhcp is not None else set()
-        return had - gone | came
+        return gone, came
 
     def converge(self, plans: dict[int, SubnetPlan]) -> Changes:
-        per_vni = {vni: self._objects(vni, plan) for vni, plan in plans.items()}
-        wanted: set[tuple[Any, ...]] = set().union(*per_vni.values())
-        made, extra = wanted - self.held, self.held - wanted
-        changes = Changes(added=len(made), removed=len(extra), unchanged=len(wanted) - len(made))
-        self.held, self.plans, self._wanted = wanted, dict(plans), per_vni
+        held = self.held
+        if held.drifted:  # compare everything wanted with everything held
+            wanted = objects(plans)
+            made, extra = wanted - held, held - wanted
+        else:  # held is what the plans held want: only the subnets' changes count
+            made, extra = set(), set()
+            for vni in plans.keys() | self.plans.keys():
+                gone, came = self._change(vni, plans.get(vni))
+                made |= came
+                extra |= gone - came
+            made -= held
+            extra &= held
+        set.difference_update(held, extra)
+        set.update(held, made)
+        held.drifted = False
+        changes = Changes(added=len(made), removed=len(extra), unchanged=len(held) - len(made))
+        self.plans = dict(plans)
         for o in extra:
             self.since.pop(o, None)
-        if len(self.since) > 2 * len(wanted) + 64:  # entries of objects lost behind our back and not wanted again
-            self.since = {o: t for o, t in self.since.items() if o in wanted}
+        if len(self.since) > 2 * len(held) + 64:  # entries of objects lost behind our back and not wanted again
+            self.since = {o: t for o, t in self.since.items() if o in held}
         now = procinfo.now_ms()
         self.since.update((o, now) for o in made if o[0] == "fdb")
         return changes

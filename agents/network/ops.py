@@ -18,7 +18,7 @@ from typing import Protocol
 
 from cloudland.errors import InvalidRequest
 from cloudland_agents.hypervisor import Hypervisor, PerHypervisor
-from cloudland_agents.network.delta import applied, in_order, replan
+from cloudland_agents.network.delta import SharedApplies, in_order, replan
 from cloudland_agents.network.desired import HeldStates, SubnetPlan, check_vpc, plan
 from cloudland_agents.network.dhcp import Changes
 from cloudland_agents.network.fake import FakeDataPlane
@@ -33,6 +33,9 @@ from cloudland_proto.v1 import network_pb2 as npb
 
 log = logging.getLogger(__name__)
 REPAIR_S = 60.0  # how often an agent looks at its kernel objects unasked
+
+
+shared_applied = SharedApplies()  # one per process: the simulated hypervisors of a leaf share its work
 
 
 class Network:
@@ -150,7 +153,7 @@ class Network:
                 return npb.NetApplyResult(generation=held.generation)  # a replay, or a sync already had it
             if held is None or held.generation != request.from_generation:
                 return npb.NetApplyResult(generation=held.generation if held else 0, need_sync=True)
-            state = applied(held, request)
+            state = shared_applied(held, request)
             after = replan(self._plan_of(held), held, state, request, self.hypervisor, self.plane.vtep)
             if after is not None:
                 self._plans[state.vpc_id] = (state, after)
