@@ -154,7 +154,8 @@ class Leaf(ChildRank):
         ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw, checked=op.check is not None)
         try:
             result = op.run(ctx, request)
-            packed = operations.pack_result(op.name, result) if result is not None and result.ByteSize() else None
+            plain = result is None or not result.ByteSize() or (op.compact is not None and op.compact(request, result))
+            packed = None if plain else operations.pack_result(op.name, result)
         except InvalidRequest as exc:
             return _reply(job_id, hv, pb.INVALID_ARGUMENT, f"{op.name}: {exc} (hypervisor {hv}, job {job_id})")
         except HypervisorError as exc:

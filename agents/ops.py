@@ -62,13 +62,18 @@ class Operation:
     # Whether its end may change the hypervisor's report (VMs, memory, disks): then the leaf
     # reports the hypervisor at once (§6.1). The network's operations change none of it.
     reports: bool = True
+    # ``compact(request, result)``: True when the result says nothing the request does not (an
+    # apply that left the hypervisor at the delta's generation): it travels as an OK without
+    # result, one hypervisor id in a packed list (proto/README.md §3), not a Reply of its own.
+    compact: Callable[[Any, Any], bool] | None = None
 
 
 REGISTRY: dict[str, Operation] = {}
 
 
 def operation(name: str, *, inline: bool = False, test_only: bool = False, batched: bool = False,
-              check: Callable[[Any], None] | None = None, reports: bool = True) -> Callable[..., Any]:
+              check: Callable[[Any], None] | None = None, reports: bool = True,
+              compact: Callable[[Any, Any], bool] | None = None) -> Callable[..., Any]:
     """Register ``run`` as the operation ``name``."""
 
     def register(run: Handler) -> Handler:
@@ -76,7 +81,7 @@ def operation(name: str, *, inline: bool = False, test_only: bool = False, batch
             raise ValueError(f"operation {name!r} has no messages in cloudland.operations")
         if name in REGISTRY:
             raise ValueError(f"operation {name!r} registered twice")
-        REGISTRY[name] = Operation(name, run, inline, test_only, batched, check, reports)
+        REGISTRY[name] = Operation(name, run, inline, test_only, batched, check, reports, compact)
         return run
 
     return register

@@ -41,6 +41,7 @@ class ReplyBuffer:
         self._replies: list[pb.Reply] = []
         self._ok: dict[str, list[int]] = {}
         self._messages: dict[str, int] = {}  # job id -> messages spent below, not yet reported
+        self._jobs: set[str] = set()  # the jobs of the replies held: ``due`` asks each once, not per reply
         self._count = 0
         self._oldest = 0.0
         self.batches_sent = 0
@@ -61,6 +62,7 @@ class ReplyBuffer:
         if batch.replies:
             self._touch(len(batch.replies))
             self._replies.extend(batch.replies)
+            self._jobs.update(r.job_id for r in batch.replies)
         for entry in batch.ok:
             self._touch(len(entry.hypervisors))
             self._ok.setdefault(entry.job_id, []).extend(entry.hypervisors)
@@ -68,6 +70,7 @@ class ReplyBuffer:
     def add_reply(self, reply: pb.Reply) -> None:
         self._touch(1)
         self._replies.append(reply)
+        self._jobs.add(reply.job_id)
 
     def add_ok(self, job_id: str, hypervisor: int) -> None:
         self._touch(1)
@@ -79,17 +82,17 @@ class ReplyBuffer:
             return False
         if self._count >= MAX_BATCH or time.monotonic() - self._oldest >= self.linger:
             return True
-        return all(pending(job) == 0 for job in self._ok) and all(pending(r.job_id) == 0 for r in self._replies)
+        return all(pending(job) == 0 for job in self._ok) and all(pending(job) == 0 for job in self._jobs)
 
     def take(self) -> pb.ReplyBatch:
         batch = batch_of(self._replies)
         for job_id, hypervisors in self._ok.items():
             batch.ok.add(job_id=job_id, hypervisors=hypervisors)
         costs = self._messages
-        for job_id in {r.job_id for r in self._replies} | self._ok.keys():
+        for job_id in self._jobs | self._ok.keys():
             costs[job_id] = costs.get(job_id, 0) + 1  # this batch carries the job's replies
         batch.messages.extend(pb.JobMessages(job_id=job_id, count=n) for job_id, n in costs.items())
         self.batches_sent += 1
         self.replies_sent += self._count
-        self._replies, self._ok, self._messages, self._count = [], {}, {}, 0
+        self._replies, self._ok, self._messages, self._jobs, self._count = [], {}, {}, set(), 0
         return batch

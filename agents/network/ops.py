@@ -239,13 +239,18 @@ def net_sync(ctx: Context, request: npb.NetSyncRequest) -> npb.NetSyncResult:
     return network_for(ctx.hypervisor).sync(request, checked=ctx.checked)
 
 
-@operation("net.apply", batched=True, check=check_delta, reports=False)
+def _at_generation(request: npb.NetApplyRequest, result: npb.NetApplyResult) -> bool:
+    """An apply that left the hypervisor at the delta's generation answers OK without result (network.proto)."""
+    return result.generation == request.generation and not result.need_sync
+
+
+@operation("net.apply", batched=True, check=check_delta, reports=False, compact=_at_generation)
 def net_apply(ctx: Context, request: npb.NetApplyRequest) -> npb.NetApplyResult:
     """Apply one change of one VPC at its generation, or answer ``need_sync``; see network.proto."""
     return network_for(ctx.hypervisor).apply(request, checked=ctx.checked)
 
 
-@operation("net.show", reports=False)
+@operation("net.show", batched=True, reports=False)
 def net_show(ctx: Context, request: npb.NetShowRequest) -> npb.NetShowResult:
     """What the data plane holds now (FDB entries of the asked MACs), read, not changed; see network.proto."""
     return network_for(ctx.hypervisor).show(request)
