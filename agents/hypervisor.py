@@ -60,6 +60,7 @@ class Hypervisor:
         # uuid -> its disks (agents/storage/disks.py), read once and again after a vol.* verb on it,
         # and the oldest-read few at every report (DISKS_REREAD_REPORTS).
         self._disks: dict[str, list[spb.AttachedDisk]] = {}
+        self._age_due = 0.0  # domains' disks owed a re-read (_age_disks)
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -141,8 +142,13 @@ class Hypervisor:
     def _age_disks(self) -> None:
         """Forget the disks read longest ago, 1/DISKS_REREAD_REPORTS of them: a disk attached by
         hand, outside any vol.* verb, is reported within that many reports, and each report reads
-        only a slice of the domains (a dict keeps insertion order: the oldest reads come first)."""
-        for uuid in list(islice(self._disks, -(-len(self._disks) // DISKS_REREAD_REPORTS))):
+        only a slice of the domains (a dict keeps insertion order: the oldest reads come first).
+        The slice is kept as a fraction: a hypervisor of a few domains forgets one every few
+        reports, not one at every report (which read each domain's XML at every heartbeat)."""
+        self._age_due += len(self._disks) / DISKS_REREAD_REPORTS
+        due = min(int(self._age_due), len(self._disks))
+        self._age_due -= due
+        for uuid in list(islice(self._disks, due)):
             del self._disks[uuid]
 
     def forget_disks(self, uuid: str) -> None:

@@ -32,9 +32,10 @@ messages  The tree messages a delta cost (proto/README.md §3, "Message counts")
           to as many hypervisors side by side (ids 0 .. n-1, "packed"): the best case, its count
           in brackets.
 
-CPU seconds of the API and of the tree's ranks per sample (the create, its observation, the two
-sends of its delta, the delete and the wait for it; idle ranks' polling included), and the load
-average, are printed: on a shared 2-core machine the load moves the figures more than anything
+CPU seconds of the API and of the tree's ranks per sample (the create, its observation, the three
+sends of its delta, the delete and the wait for it; idle ranks' polling included), a sample's
+length, the tree's CPU per second while it does nothing (measured for 5 s before the samples:
+its share of a sample is that times the sample's length), and the load average, are printed: on a shared 2-core machine the load moves the figures more than anything
 else. Prints a
 Markdown table for the README; ``--json`` prints the rows as JSON as well (the test reads it).
 
@@ -67,6 +68,7 @@ from cloudland_launcher.harness import Tree, start_tree, stop_tree, wait_for  # 
 from cloudland_proto.v1 import envelope_pb2 as pb  # noqa: E402
 from cloudland_proto.v1 import network_pb2 as npb  # noqa: E402
 
+IDLE_S = 5.0  # how long the tree's idle CPU is measured, before each VPC's samples
 NO_MAC = "00:00:00:00:00:00"  # a filter that matches no entry: net.show answers the generations only
 
 
@@ -253,11 +255,14 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             t = time.monotonic()
             vpc = set_up(cloud, spread, index, args.hypervisors)
             setup_s = time.monotonic() - t
-            print(f"… {args.samples} ports on it, one at a time; load {loadavg()}", file=sys.stderr, flush=True)
             pids = [api.proc.pid], tree_pids(tree)
-            cpu0 = cpu_seconds(pids[0]), cpu_seconds(pids[1])
+            idle0, t_idle = cpu_seconds(pids[1]), time.monotonic()
+            time.sleep(IDLE_S)  # the tree doing nothing: its ranks' polling and heartbeats alone
+            idle_cpu = (cpu_seconds(pids[1]) - idle0) / (time.monotonic() - t_idle)
+            print(f"… {args.samples} ports on it, one at a time; load {loadavg()}", file=sys.stderr, flush=True)
+            cpu0, t_samples = (cpu_seconds(pids[0]), cpu_seconds(pids[1])), time.monotonic()
             samples = [sample(cloud, vpc, n) for n in range(args.samples)]
-            cpu1 = cpu_seconds(pids[0]), cpu_seconds(pids[1])
+            cpu1, sample_s = (cpu_seconds(pids[0]), cpu_seconds(pids[1])), (time.monotonic() - t_samples) / len(samples)
             latencies = [s["latency_s"] for s in samples]
             rows.append({
                 "hypervisors": args.hypervisors, "spread": spread, "ports": vpc["ports"], "samples": len(samples),
@@ -267,6 +272,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 **{f"{how}_{k}": statistics.median(s[f"{how}_{k}"] for s in samples)
                    for how in ("multicast", "packed", "broadcast") for k in ("messages", "seconds", "answered")},
                 "api_cpu_s": (cpu1[0] - cpu0[0]) / len(samples), "tree_cpu_s": (cpu1[1] - cpu0[1]) / len(samples),
+                "sample_s": sample_s, "idle_tree_cpu": idle_cpu,
                 "load": loadavg(),
             })
         cloud.db.close()
@@ -297,13 +303,13 @@ def main() -> int:
           + ", ".join(f"{r['setup_s']:.0f} s ({r['spread']:,}: {r['ports']:,} ports)" for r in rows) + "\n")
     print("| VPC over | port create → FDB entry on every other hypervisor, median / p99 | tree messages: "
           "multicast / broadcast (packed VPC) | delta sent to all answered: multicast / broadcast "
-          "| CPU per sample: API / tree |")
-    print("|---|---|---|---|---|")
+          "| CPU per sample: API / tree | sample length; tree CPU idle |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['spread']:,} hypervisors | {r['median_s']:.3f} s / {r['p99_s']:.3f} s "
               f"| {r['multicast_messages']:.0f} / {r['broadcast_messages']:.0f} ({r['packed_messages']:.0f}) "
               f"| {r['multicast_seconds']:.3f} s / {r['broadcast_seconds']:.3f} s "
-              f"| {r['api_cpu_s']:.2f} s / {r['tree_cpu_s']:.2f} s |")
+              f"| {r['api_cpu_s']:.2f} s / {r['tree_cpu_s']:.2f} s | {r['sample_s']:.1f} s; {r['idle_tree_cpu']:.2f} s/s |")
     if args.json:
         print(json.dumps(rows))
     return 0

@@ -40,7 +40,7 @@ from cloudland_proto.v1 import link_pb2 as lpb
 
 log = logging.getLogger(__name__)
 
-MEMORY_EVERY = 5          # heartbeats between memory samples (smaps_rollup is not free)
+MEMORY_EVERY = 30         # heartbeats between memory samples (smaps_rollup costs a leaf more than its beat)
 ASSIGN_TIMEOUT_S = 60.0   # a linked child that is never told what it is links again
 ACCEPT_WATCHDOG_S = 30.0  # MPI_Comm_accept has no timeout: a parent that never connects ends us
 LINK_RETRY_MAX_S = 1.0

@@ -37,6 +37,8 @@ def test_the_quick_bench_runs_and_its_figures_parse(tmp_path: Path) -> None:
         assert row["others"] in (row["spread"] - 1, row["spread"])
         # The multicast went to the VPC's hypervisors that already held its subnet: all the others.
         assert row["broadcast_answered"] == 100 and row["multicast_answered"] >= row["others"]
+        # The sample's length and the idle tree's CPU (its heartbeats cost something, never nothing).
+        assert cells[5] == f"{row['sample_s']:.1f} s; {row['idle_tree_cpu']:.2f} s/s" and row["idle_tree_cpu"] > 0
     whole, small = rows
     assert whole["multicast_messages"] == whole["broadcast_messages"]  # the VPC is the cluster
     # A VPC of 10 strewn over the tree: 10 leaves' paths at most, against all 50 leaves and both relays;
