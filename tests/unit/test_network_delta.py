@@ -157,3 +157,42 @@ def test_in_order_sorts_a_state_sent_out_of_order() -> None:
     state = npb.NetVpcState(vpc_id=7, subnets=[SUBNETS[1], SUBNETS[0]],
                             ports=[npb.NetPort(id=3), npb.NetPort(id=1), npb.NetPort(id=2)])
     assert [p.id for p in in_order(state).ports] == [1, 2, 3] and [s.id for s in state.subnets] == [1, 2]
+
+
+def test_a_leafs_hypervisors_share_each_applied_state_and_each_converges_as_a_fresh_sync(tmp_path: Path) -> None:
+    """SharedApplies: hypervisors of one process holding equal states (here from separate syncs,
+    so not the same object) end up holding one state object per delta, while one holding another
+    state of the VPC (without subnet 2) gets its own; every plane, drift included, ends as a fresh
+    sync of its state would."""
+    rng = random.Random(11)
+    ports = Ports(rng)
+    state = start(rng, ports)
+    other = npb.NetVpcState()
+    other.CopyFrom(state)
+    del other.subnets[1]
+    del other.ports[:]
+    other.ports.extend(p for p in state.ports if p.subnet_id != 2)
+    networks = [Network(open_simulated(hv, tmp_path / f"hv{hv}", vtep=f"198.18.0.{hv + 1}"), fake=True)
+                for hv in (ME, 1, 2)]
+    for network, held in zip(networks, (state, npb.NetVpcState.FromString(state.SerializeToString()), other)):
+        network.sync(npb.NetSyncRequest(vpcs=[held]))
+    for n in range(40):
+        delta = a_delta(rng, ports, state)
+        if delta.upsert_subnets or delta.remove_subnets or any(p.subnet_id == 2 for p in delta.upsert_ports):
+            continue  # keep ``other`` a state of subnet 1 and 3 only, as the control plane would send it
+        for network in networks:
+            assert network.apply(delta).generation == delta.generation
+        state, other = applied(state, delta), applied(other, delta)
+        first, second, third = (network.held.vpcs[7] for network in networks)
+        assert first is second and first == state and third == other and third is not first
+        for network, held in zip(networks, (state, state, other)):  # drift of the round before repaired
+            assert network.plane.held == objects(plan([held], network.hypervisor, network.plane.vtep))
+        if n % 5 == 0:  # drift on one plane: its next convergence repairs it
+            lost = rng.choice(sorted(networks[1].plane.held, key=repr))
+            networks[1].plane.held.discard(lost)
+    for network, held in zip(networks, (state, state, other)):
+        network.repair()
+        fresh = Network(open_simulated(network.hypervisor, tmp_path / f"fresh{network.hypervisor}",
+                                       vtep=network.plane.vtep), fake=True)
+        fresh.sync(npb.NetSyncRequest(vpcs=[held]))
+        assert network.plane.held == fresh.plane.held
