@@ -4,7 +4,11 @@ An operation is a function ``run(ctx, request) -> result`` registered under a na
 cloudland/operations.py knows: the leaf unpacks the command's request into that name's
 request message (a wrong type is INVALID_ARGUMENT before any work), and packs the result
 message (None, or an empty message, is an OK without result). Inline operations are quick
-and never block, so they run on the MPI thread; the rest run on the agent's worker threads.
+and never block, so they run on the MPI thread; the rest run on the agent's worker threads
+(``batched``: a command's targets on one leaf one after another, on one). What one command's
+targets share is done once per leaf: ``check`` validates the request, and ``compact`` lets a
+result the request already says travel as a bare OK; ``reports=False`` spares the hypervisor's
+report after an operation that changes none of it.
 The domains register theirs in agents/compute/, agents/images/ and agents/network/. Contract of every
 operation (proto/v1/*.proto): raise InvalidRequest for a request out of range, HypervisorError
 when the work fails; be idempotent on ``ctx.job_id`` if destructive.
