@@ -131,10 +131,15 @@ class HostLibvirt:
 
     def stop(self) -> None:
         """Destroy and undefine every domain, stop the daemons, remove the mounts and copies;
-        raises LabError afterwards if a QEMU of the host outlived its daemon."""
+        raises LabError afterwards if a QEMU of the host outlived its daemon. After the lab
+        went down (which killed every process of the host) it only reaps the daemons."""
         libvirt = _libvirt()
         errors = []
-        if self._conn is not None or ("libvirtd" in self.procs and self._inside("libvirtd")):
+        try:
+            host_up = self.host in self.lab.hosts
+        except LabError:
+            host_up = False  # the lab is down: the host's processes, mounts and /run went with it
+        if host_up and (self._conn is not None or self._inside("libvirtd")):
             try:
                 # Never another host's daemon, nor the machine's (shared by other runs).
                 if self.conn.getHostname() != self.host:
@@ -147,6 +152,7 @@ class HostLibvirt:
                         domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             except (libvirt.libvirtError, LabError) as exc:
                 errors.append(f"domains: {exc}")
+        if self._conn is not None:
             try:
                 self._conn.close()
             except libvirt.libvirtError:
@@ -161,10 +167,6 @@ class HostLibvirt:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
-        try:
-            host_up = self.host in self.lab.hosts
-        except LabError:
-            host_up = False  # the lab is down: the host's mounts and /run went with it
         if host_up:
             left = self.qemu_pids()
             if left:
