@@ -76,7 +76,9 @@ def wait_for_api(child: subprocess.Popen[bytes], url: str, timeout: float = API_
     with err.status("starting the API…"):
         while child.poll() is None and time.monotonic() < deadline:
             try:
-                httpx.get(f"{url}/openapi.json", timeout=1.0)
+                # Not 1 s: the first answer builds the OpenAPI document, which took longer than
+                # that for every try of 120 s on a 2-core machine at load 60-80 (issue 13's lab runs).
+                httpx.get(f"{url}/openapi.json", timeout=max(1.0, min(10.0, deadline - time.monotonic())))
                 return True
             except httpx.TransportError:
                 time.sleep(0.2)

@@ -6,6 +6,11 @@
   in the lab's hosts);
 - ``session_lab_factory``: the same, removed at the end of the session (for labs that tests
   only read; leave them as you found them);
+- ``host_libvirt_factory``: ``start(lab, host) -> HostLibvirt``, a private libvirtd (and
+  virtlogd) inside a lab host, its own /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt and
+  /var/log/libvirt (cloudland_lab.libvirt), so ``qemu:///system`` in that host is its own
+  daemon; each is stopped (its domains destroyed) and its copies removed at the end of the
+  session, also when a test failed. Ask for it after the lab's factory: it is torn down first;
 - ``mpich``: the ``bin`` directory of a scratch venv with MPICH's wheel (``mpiexec``, hydra)
   and mpi4py, outside /tmp so lab hosts see it; skips the test if it cannot be installed.
 
@@ -27,8 +32,9 @@ from pathlib import Path
 
 import pytest
 from cloudland_lab import STATE_ROOT, Lab, sweep
+from cloudland_lab.libvirt import HostLibvirt
 
-LAB_FIXTURES = {"lab_factory", "session_lab_factory"}
+LAB_FIXTURES = {"lab_factory", "session_lab_factory", "host_libvirt_factory"}
 SESSION_PREFIX = re.compile(r"t([0-9]{7})[a-z]{1,2}")
 MPICH_VENV = Path(os.environ.get("CLOUDLAND_LAB_MPICH", "/var/tmp/cloudland-lab-mpich"))
 _counter = itertools.count()
@@ -126,6 +132,38 @@ def lab_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
 def session_lab_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
     """Like ``lab_factory``, removed at the end of the session."""
     yield from _pool(request)
+
+
+def libvirt_missing() -> str | None:
+    """Why a lab host cannot run a libvirtd of its own here, or None."""
+    missing = [p for p in ("/usr/sbin/libvirtd", "/usr/sbin/virtlogd") if not os.path.exists(p)]
+    return f"needs {', '.join(missing)}: deploy/libvirtd.sh install" if missing else lab_missing()
+
+
+@pytest.fixture(scope="session")
+def host_libvirt_factory() -> Iterator[Callable[[Lab, str], HostLibvirt]]:
+    """``start(lab, host) -> HostLibvirt`` (answering); all stopped at the end of the session."""
+    reason = libvirt_missing()
+    if reason:
+        pytest.skip(reason)
+    started: list[HostLibvirt] = []
+
+    def start(lab: Lab, host: str) -> HostLibvirt:
+        daemon = HostLibvirt(lab, host)
+        started.append(daemon)
+        return daemon.start()
+
+    try:
+        yield start
+    finally:
+        errors = []
+        for daemon in started:
+            try:
+                daemon.stop()
+            except Exception as error:  # noqa: BLE001 - stop every one, report all
+                errors.append(str(error))
+        if errors:
+            raise RuntimeError("private libvirtd cleanup failed: " + "; ".join(errors))
 
 
 @pytest.fixture(scope="session")

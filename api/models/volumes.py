@@ -18,14 +18,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, select
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.compute import Instance
 from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
-    from cloudland_api.models.compute import Instance
     from cloudland_api.models.hypervisors import Hypervisor
     from cloudland_api.models.identity import Organisation
 
@@ -102,3 +102,13 @@ class VolumeAttachment(ProjectOwned, Base):
     # A boot volume's: deleted with its instance (default False: the data is the tenant's to keep).
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# An instance's boot volume (issue 13): its ``vda`` attachment's volume, read with the instance in
+# the same SELECT (one lookup in the (instance_id, device) unique index per row), None for a VM
+# with an image's disk.
+Instance.boot_volume_id = column_property(
+    select(VolumeAttachment.volume_id)
+    .where(VolumeAttachment.instance_id == Instance.id, VolumeAttachment.device == "vda")
+    .correlate_except(VolumeAttachment)
+    .scalar_subquery())

@@ -69,6 +69,7 @@ class InstancePublic(BaseModel):
     disk_gib: int
     arch: str
     hypervisor_id: int | None
+    boot_volume_id: int | None = None  # the volume it boots from (its vda), instead of an image
     job_id: str | None
     created_at: datetime
     updated_at: datetime

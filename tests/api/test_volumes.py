@@ -232,9 +232,13 @@ def test_20_concurrent_boots_of_one_volume_exactly_one_wins_and_it_goes_with_its
     holder = running(api, launch, "holder", hypervisor=7)  # and the flavor "small"
     made = volume(api, admin_headers, name="root", instance=holder["id"])
 
+    accepted: list[dict[str, Any]] = []
+
     def boot(i: int) -> int:
         body = {"name": f"b{i}", "flavor": "small", "boot_volume": "root", "delete_on_termination": True}
-        return api.client.post(f"{API}/instances", json=body, headers=admin_headers).status_code
+        reply = api.client.post(f"{API}/instances", json=body, headers=admin_headers)
+        accepted.extend(reply.json()["instances"] if reply.status_code == 202 else [])
+        return reply.status_code
 
     def attach_it() -> int:
         return api.client.post(f"{API}/volumes/{made['id']}/attachments", json={"instance": holder["id"]},
@@ -243,12 +247,15 @@ def test_20_concurrent_boots_of_one_volume_exactly_one_wins_and_it_goes_with_its
     with ThreadPoolExecutor(16) as pool:
         statuses = sorted(pool.map(boot, range(20)))
     assert statuses.count(202) == 1 and statuses.count(409) == 19, statuses
+    assert [vm["boot_volume_id"] for vm in accepted] == [made["id"]]  # the create's answer shows it too
     assert attach_it() == 409
     attachment = get(api, admin_headers, made["id"])["attachment"]
     assert (attachment["device"], attachment["delete_on_termination"]) == ("vda", True)
     reply = api.client.get(f"{API}/instances/{attachment['instance_id']}", headers=admin_headers)
     vm = reply.json()
-    assert (vm["image_id"], vm["disk_gib"]) == (None, 1)
+    assert (vm["image_id"], vm["disk_gib"], vm["boot_volume_id"]) == (None, 1, made["id"])
+    listed = api.client.get(f"{API}/instances", headers=admin_headers).json()["items"]
+    assert {i["name"]: i["boot_volume_id"] for i in listed} == {"holder": None, vm["name"]: made["id"]}
     with api.app.state.write_sessions() as session:
         job = session.get(Job, vm["job_id"])
         assert job is not None and job.args == {"host": 7}

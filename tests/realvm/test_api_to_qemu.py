@@ -71,10 +71,16 @@ def ssh_key(directory: Path) -> str:
     return (directory / "id.pub").read_text().strip()
 
 
+def console_url(cloud: Cloud, instance_id: int) -> str:
+    """The WebSocket of a VM's console on the API ``cloud`` talks to (here, or in a lab host)."""
+    assert cloud.http is not None
+    return f"{cloud.http.base_url}".rstrip("/").replace("http", "ws", 1) + f"/instances/{instance_id}/console"
+
+
 def console_until(cloud: Cloud, instance_id: int, text: str, timeout: float) -> str:
     """What the VM's console printed, read through the API's WebSocket, until ``text`` shows."""
     assert cloud.http is not None
-    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{instance_id}/console"
+    url = console_url(cloud, instance_id)
     seen = b""
     deadline = time.monotonic() + timeout
     with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
@@ -102,7 +108,7 @@ def upload_guest(cloud: Cloud, guest: Path, name: str = "guest", disk_format: st
 def type_until(cloud: Cloud, instance_id: int, line: str, expect: bytes, timeout: float = 90) -> bytes:
     """Type ``line`` into the VM's shell through the API's WebSocket until ``expect`` shows."""
     assert cloud.http is not None
-    url = f"ws://127.0.0.1:{cloud.port}/api/v1/instances/{instance_id}/console"
+    url = console_url(cloud, instance_id)
     seen = b""
     with connect(url, additional_headers={"Authorization": cloud.http.headers["Authorization"]}) as ws:
         # The shell's line editor first asks the terminal where its cursor is (ESC [6n) and

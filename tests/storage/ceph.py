@@ -1,5 +1,7 @@
 """A throwaway single-node Ceph (Debian's Pacific): one monitor, one manager, one OSD on
-memstore, bound to 127.0.0.1 on free ports, everything in one private (0700) directory.
+memstore, bound to one address (127.0.0.1 by default; a lab's underlay address when lab hosts
+are its clients, as a host's network namespace cannot reach this machine's loopback) on free
+ports, everything in one private (0700) directory.
 
 Built by hand as shared/reference/storage-on-this-machine.md measured it: keyrings with
 ``ceph-authtool`` (every daemon's and the ``client.cloudland`` user's key imported into the
@@ -36,22 +38,24 @@ def ceph_missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _free_port(address: str) -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((address, 0))
         port: int = probe.getsockname()[1]
         return port
 
 
 class CephCluster:
-    """One cluster in ``base``; ``monitors`` and ``keyring`` are what a client needs."""
+    """One cluster in ``base``, listening on ``address`` only; ``monitors`` and ``keyring`` are
+    what a client needs. Lab hosts have a private /tmp: give them a ``base`` they see (/var/tmp)."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, address: str = "127.0.0.1") -> None:
         self.base = base or Path(tempfile.mkdtemp(prefix="cloudland-ceph-"))
+        self.address = address
         self.base.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.base, 0o700)
         self.fsid = str(uuid.uuid4())
-        self.mon_port = _free_port()
+        self.mon_port = _free_port(address)
         # The OSD and manager bind from this range: a random slice of the ephemeral ports'
         # lower half, so two sessions side by side rarely meet (the reference ran two).
         self.port_min = random.randrange(20000, 30000, 50)
@@ -64,15 +68,15 @@ class CephCluster:
 
     @property
     def monitors(self) -> tuple[tuple[str, int], ...]:
-        return (("127.0.0.1", self.mon_port),)
+        return ((self.address, self.mon_port),)
 
     def _write_conf(self) -> None:
         b = self.base
         self.conf.write_text(f"""[global]
 fsid = {self.fsid}
-mon host = [v2:127.0.0.1:{self.mon_port}]
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+mon host = [v2:{self.address}:{self.mon_port}]
+public addr = {self.address}
+cluster addr = {self.address}
 ms bind ipv6 = false
 ms bind msgr1 = false
 ms bind msgr2 = true
@@ -145,7 +149,7 @@ log file = {b}/log/$name.log
                   "mgr profile rbd pool=" + POOL)
         for other in (self.admin_keyring, b / "mgr/mgr.x/keyring", b / "osd/osd.0/keyring", self.keyring):
             self._run("ceph-authtool", str(mon_keyring), "--import-keyring", str(other))
-        self._run("monmaptool", "--create", "--addv", "a", f"[v2:127.0.0.1:{self.mon_port}]", "--fsid", self.fsid,
+        self._run("monmaptool", "--create", "--addv", "a", f"[v2:{self.address}:{self.mon_port}]", "--fsid", self.fsid,
                   str(b / "monmap"))
         self._run("ceph-mon", "-c", str(self.conf), "--mkfs", "-i", "a", "--monmap", str(b / "monmap"),
                   "--keyring", str(mon_keyring))
@@ -158,7 +162,7 @@ log file = {b}/log/$name.log
         self.ceph("osd", "pool", "create", POOL, "8", "8")
         self._run("rbd", "-c", str(self.conf), "pool", "init", POOL, timeout=START_TIMEOUT_S)
         # What a client (qemu-io in tests) reads: the monitor only, no daemon's log or socket.
-        self.client_conf.write_text(f"[global]\nmon host = [v2:127.0.0.1:{self.mon_port}]\n")
+        self.client_conf.write_text(f"[global]\nmon host = [v2:{self.address}:{self.mon_port}]\n")
         self._check_alive()
         self.started_s = time.monotonic() - began
         return self
