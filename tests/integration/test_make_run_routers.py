@@ -16,18 +16,11 @@ from pathlib import Path
 import pytest
 
 from cloudland.netclean import run_links, run_namespaces
-from cloudland_cli.hostnet import why_not
 from cloudland_launcher.harness import wait_for
+from tests.integration.test_make_run_network import REASON, _run
 from tests.upcloud import UpCloud, start_up, stop_up
 
-REASON = why_not()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"needs namespaces of this machine: {REASON}")
-
-
-def _run(cloud: UpCloud, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = cloud.cli(*args)
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def _ok(cloud: UpCloud, *args: str) -> str:

@@ -308,3 +308,19 @@ def test_removing_the_routers_removes_their_namespaces_and_links(world: World) -
         again = agent.sync([], full=True)
         assert again["removed"] == 0, again
         world.lab.run(agent.host, f"ip link del {foreign[0]} && ip link del {foreign[1]}", check=True)
+
+
+def test_a_foreign_link_where_a_routers_veth_must_go_is_named_not_deleted(world: World) -> None:
+    """A link of the name a router's veth needs, not ours (its peer is in no router namespace of
+    the agent's): the sync fails naming it, and the link is still there."""
+    agent, tenant = world.agents[0], world.tenants[0]
+    taken = gateway_link(world.prefix, tenant.vni(1))
+    world.lab.run(agent.host, f"ip link add {taken} type veth peer name {world.prefix}fr", check=True)
+    try:
+        with pytest.raises(AssertionError, match=rf"link {taken} \(index \d+\) has the name of a router's veth"):
+            agent.sync([tenant.state(world.agents, agent.hypervisor)])
+        links = world.lab.run(agent.host, "ip -o link show", capture_output=True, text=True).stdout
+        assert f" {taken}@" in links, links
+    finally:
+        world.lab.run(agent.host, f"ip link del {taken}", check=False)
+        agent.sync([], full=True)

@@ -32,6 +32,26 @@ def _add_project_id(table: str, sqlite: bool) -> None:
         op.create_foreign_key(f'fk_{table}_project_id', table, 'projects', ['project_id'], ['id'], ondelete='CASCADE')
 
 
+def _copy_security_groups(old: str, new: str, columns: list[str], drop_project: bool) -> None:
+    """SQLite: security_groups' unique constraint ``old`` becomes ``new`` (on ``columns``), which
+    only a copy of the table does. Dropping the old table (the copy's last step) would cascade to
+    the rows that reference it (foreign keys are on, inside a transaction that cannot turn them
+    off), so the rules and memberships wait in temporary tables meanwhile."""
+    op.execute("CREATE TEMPORARY TABLE keep_rules AS SELECT * FROM security_rules")
+    op.execute("CREATE TEMPORARY TABLE keep_members AS SELECT * FROM port_security_groups")
+    op.execute("DELETE FROM port_security_groups")
+    op.execute("DELETE FROM security_rules")
+    with op.batch_alter_table('security_groups', recreate='always') as batch:
+        batch.drop_constraint(old, type_='unique')
+        batch.create_unique_constraint(new, columns)
+        if drop_project:
+            batch.drop_column('project_id')
+    op.execute("INSERT INTO security_rules SELECT * FROM keep_rules")
+    op.execute("INSERT INTO port_security_groups SELECT * FROM keep_members")
+    op.execute("DROP TABLE keep_rules")
+    op.execute("DROP TABLE keep_members")
+
+
 def upgrade() -> None:
     """Every existing row goes into its organisation's default project; a SNAT address and a
     floating IP into their router's and organisation's; every project without a default group
@@ -46,20 +66,7 @@ def upgrade() -> None:
     op.execute("UPDATE external_ips SET project_id = (SELECT r.project_id FROM routers r "
                "WHERE r.id = external_ips.router_id) WHERE router_id IS NOT NULL")
     if sqlite:
-        # The unique constraint changes only with a copy of the table. Dropping the old table
-        # (the copy's last step) would cascade to the rows that reference it (foreign keys are
-        # on, inside a transaction that cannot turn them off), so they wait in temporary tables.
-        op.execute("CREATE TEMPORARY TABLE keep_rules AS SELECT * FROM security_rules")
-        op.execute("CREATE TEMPORARY TABLE keep_members AS SELECT * FROM port_security_groups")
-        op.execute("DELETE FROM port_security_groups")
-        op.execute("DELETE FROM security_rules")
-        with op.batch_alter_table('security_groups', recreate='always') as batch:
-            batch.drop_constraint(ORG_UNIQUE, type_='unique')
-            batch.create_unique_constraint(PROJECT_UNIQUE, ['project_id', 'name'])
-        op.execute("INSERT INTO security_rules SELECT * FROM keep_rules")
-        op.execute("INSERT INTO port_security_groups SELECT * FROM keep_members")
-        op.execute("DROP TABLE keep_rules")
-        op.execute("DROP TABLE keep_members")
+        _copy_security_groups(ORG_UNIQUE, PROJECT_UNIQUE, ['project_id', 'name'], drop_project=False)
     else:
         op.drop_constraint(ORG_UNIQUE, 'security_groups', type_='unique')
         op.create_unique_constraint(PROJECT_UNIQUE, 'security_groups', ['project_id', 'name'])
@@ -97,18 +104,7 @@ def downgrade() -> None:
     if sqlite:
         for table in ('security_rules', 'routers', 'external_ips'):
             op.execute(f"ALTER TABLE {table} DROP COLUMN project_id")
-        op.execute("CREATE TEMPORARY TABLE keep_rules AS SELECT * FROM security_rules")
-        op.execute("CREATE TEMPORARY TABLE keep_members AS SELECT * FROM port_security_groups")
-        op.execute("DELETE FROM port_security_groups")
-        op.execute("DELETE FROM security_rules")
-        with op.batch_alter_table('security_groups', recreate='always') as batch:
-            batch.drop_constraint(PROJECT_UNIQUE, type_='unique')
-            batch.create_unique_constraint(ORG_UNIQUE, ['org_id', 'name'])
-            batch.drop_column('project_id')
-        op.execute("INSERT INTO security_rules SELECT * FROM keep_rules")
-        op.execute("INSERT INTO port_security_groups SELECT * FROM keep_members")
-        op.execute("DROP TABLE keep_rules")
-        op.execute("DROP TABLE keep_members")
+        _copy_security_groups(PROJECT_UNIQUE, ORG_UNIQUE, ['org_id', 'name'], drop_project=True)
     else:
         op.drop_constraint(PROJECT_UNIQUE, 'security_groups', type_='unique')
         op.create_unique_constraint(ORG_UNIQUE, 'security_groups', ['org_id', 'name'])
