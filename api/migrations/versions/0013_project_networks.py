@@ -53,9 +53,8 @@ def _copy_security_groups(old: str, new: str, columns: list[str], drop_project: 
 
 
 def upgrade() -> None:
-    """Every existing row goes into its organisation's default project; a SNAT address and a
-    floating IP into their router's and organisation's; every project without a default group
-    gets one."""
+    """Every existing row goes into its organisation's default project (a SNAT address into its
+    router's); every project without a default group gets one."""
     sqlite = op.get_bind().dialect.name == 'sqlite'
     for table in TABLES:
         _add_project_id(table, sqlite)
