@@ -23,31 +23,12 @@ from cloudland_api.jobs.kinds import follow_up
 from cloudland_api.models import (
     DEFAULT_GROUP, Port, PortAllowedAddress, PortSecurityGroup, SecurityGroup, SecurityRule
 )
-from cloudland_api.models.projects import default_project_id
-from cloudland_api.models.secgroups import make_default_group
 from cloudland_api.schemas import PortUpdate, RuleCreate, SecurityGroupCreate
 from cloudland_api.services import crud, netstate, quotas
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
-
-
-def ensure_default(session: Session, org_id: int, project_id: int | None = None) -> SecurityGroup:
-    """The project's default group (egress open, ingress only from its own members; by default
-    the organisation's default project's). Every project is made with it (models/secgroups.py
-    ``make_default_group``) and migration 0013 gave existing ones theirs; this makes it again only
-    if it was lost (flushed, not committed)."""
-    if project_id is None:
-        project_id = default_project_id(session.connection(), org_id)
-        assert project_id is not None, f"organisation {org_id} has no default project"
-    query = select(SecurityGroup).where(SecurityGroup.project_id == project_id, SecurityGroup.is_default.is_(True))
-    found = session.scalar(query)
-    if found is None:
-        make_default_group(session.connection(), org_id, project_id)
-        found = session.scalar(query)
-    assert found is not None
-    return found
 
 
 def create_group(session: Session, caller: Caller, spec: SecurityGroupCreate) -> SecurityGroup:

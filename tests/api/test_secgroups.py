@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloudland_api.jobs import Engine
 from cloudland_api.models import Job, JobState, Port, PortSecurityGroup, SecurityGroup, Vpc
 from cloudland_api.models.projects import default_project_id
-from cloudland_api.services import netstate, secgroups
+from cloudland_api.services import netstate
 from cloudland_proto.v1 import network_pb2 as npb
 from tests.api.conftest import Api
 from tests.api.test_net_jobs import cloud, drain, engine, fake, net_operations, vm_with_port  # noqa: F401
@@ -127,7 +127,9 @@ def test_a_rule_change_reaches_the_hypervisors_of_the_organisations_vpcs(
     with sessions() as session:
         project = default_project_id(session.connection(), cloud["org"])
         assert project is not None
-        default = secgroups.ensure_default(session, cloud["org"])
+        default = session.scalar(select(SecurityGroup).where(SecurityGroup.project_id == project,
+                                                             SecurityGroup.is_default.is_(True)))
+        assert default is not None  # made with the project
         moved = session.scalar(select(Port.id).where(Port.instance_id == moving))
         state = netstate.vpc_state(session, cloud["a"], 1)
         assert [p.security_groups for p in state.ports] == [[default.id], [default.id]]
