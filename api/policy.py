@@ -135,18 +135,18 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("external_network", "read", S.organisation, ANYONE),  # shared: every organisation uses them
     ("external_network", "create", S.cloud, ADMINS),
     ("external_network", "delete", S.cloud, ADMINS),
-    ("router", "read", S.organisation, ANYONE),
-    ("router", "create", S.organisation, WRITERS),
-    ("router", "update", S.organisation, WRITERS),     # add or remove a subnet, set or clear the gateway
-    ("router", "delete", S.organisation, ADMINS),
-    ("floating_ip", "read", S.organisation, ANYONE),
-    ("floating_ip", "create", S.organisation, WRITERS),  # allocate
-    ("floating_ip", "update", S.organisation, WRITERS),  # associate, disassociate
-    ("floating_ip", "delete", S.organisation, WRITERS),  # release
-    ("security_group", "read", S.organisation, ANYONE),
-    ("security_group", "create", S.organisation, WRITERS),
-    ("security_group", "update", S.organisation, WRITERS),  # its rules
-    ("security_group", "delete", S.organisation, ADMINS),
+    ("router", "read", S.project, ANYONE),
+    ("router", "create", S.project, WRITERS),
+    ("router", "update", S.project, WRITERS),     # add or remove a subnet, set or clear the gateway
+    ("router", "delete", S.project, ADMINS),
+    ("floating_ip", "read", S.project, ANYONE),
+    ("floating_ip", "create", S.project, WRITERS),  # allocate
+    ("floating_ip", "update", S.project, WRITERS),  # associate, disassociate
+    ("floating_ip", "delete", S.project, WRITERS),  # release
+    ("security_group", "read", S.project, ANYONE),
+    ("security_group", "create", S.project, WRITERS),
+    ("security_group", "update", S.project, WRITERS),  # its rules
+    ("security_group", "delete", S.project, ADMINS),
     ("volume", "read", S.project, ANYONE),             # and its snapshots and attachment
     ("volume", "create", S.project, WRITERS),
     ("volume", "update", S.project, WRITERS),          # attach, detach, extend, snapshot

@@ -42,7 +42,7 @@ def router_create(name: Annotated[str, typer.Argument(help="Router name.")],
 
 @router_app.command("list")
 def router_list(as_json: JsonOpt = False) -> None:
-    """Every router of your organisation."""
+    """Every router of your project."""
     with connect() as client:
         routers = all_pages(client, "/routers")
     _list(routers, as_json, ("id", "name", "vpc", "subnets", "gateway", "snat"),
@@ -163,7 +163,7 @@ def fip_create(external: Annotated[str, typer.Option(help="External network id o
 
 @fip_app.command("list")
 def fip_list(as_json: JsonOpt = False) -> None:
-    """Every floating IP of your organisation."""
+    """Every floating IP of your project."""
     with connect() as client:
         items = all_pages(client, "/floating-ips")
     _list(items, as_json, ("id", "address", "external", "port", "fixed ip"),

@@ -39,7 +39,7 @@ def create(name: Annotated[str, typer.Argument(help="Group name.")],
 
 @secgroup_app.command("list")
 def list_groups(as_json: JsonOpt = False) -> None:
-    """Every security group of your organisation (its default group among them)."""
+    """Every security group of your project (its default group among them)."""
     with connect() as client:
         groups = all_pages(client, "/security-groups")
     if as_json:

@@ -11,6 +11,7 @@ It runs after the subnets' convergence, which made the bridges it plugs into.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -44,6 +45,7 @@ from cloudland_agents.network.router import (
 NTF_MASTER, NTF_STICKY = ndmsg.flags["master"], 0x40
 STATIC = ndmsg.states["noarp"]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def in_netns(name: str, call: Callable[[], T]) -> T:
@@ -178,11 +180,36 @@ class Routers:
             return changes  # stray host ends (their router gone under them) wait for a whole convergence
         wanted = {gateway_link(self.prefix, i.vni) for p in plans.values() for i in p.interfaces}
         wanted |= {external_link(self.prefix, p.vpc_id) for p in plans.values() if p.uplink is not None}
-        for name, msg in self._host_links().items():
-            if name not in wanted:
+        strays = {name: msg for name, msg in self._host_links().items() if name not in wanted}
+        ours = self._peers_of_routers() if strays else set()
+        for name, msg in strays.items():
+            if msg["index"] in ours:
                 self.kernel.delete_link(name, msg["index"])
                 changes.removed += 1
+            else:  # a name of our shape, but not our veth: someone else's to keep
+                log.warning("event=foreign_link_kept hypervisor=%d link=%s", self.hypervisor, name)
         return changes
+
+    def _peers_of_routers(self) -> set[int]:
+        """The host-side indices of the veths whose other end is in one of our router namespaces:
+        the proof that a host link of the router's name shape (``<prefix>g<n>``, ``<prefix>x<n>``)
+        is ours to delete. Its name alone is no proof: another program (a test guest of old,
+        before its rename) may own a link of that name, and a respawned agent deleted it."""
+        found: set[int] = set()
+        for vpc_id in self.present():
+            for msg in self._handle(vpc_id, existed=True).get_links():
+                peer, netnsid = msg.get_attr("IFLA_LINK"), msg.get_attr("IFLA_LINK_NETNSID")
+                # A veth end whose peer is in another namespace; ours are made in this
+                # hypervisor's own (the router namespaces are scoped to it: Names.netns).
+                if peer and netnsid is not None and (msg.get("ifname") == EXTERNAL_INSIDE
+                                                     or parse("", msg.get("ifname") or "")):
+                    found.add(int(peer))
+        return found
+
+    def _foreign(self, name: str, msg: Any) -> DriverError:
+        return DriverError(self.hypervisor, f"link {name} (index {msg['index']}) has the name of a router's veth but "
+                                            "its peer is in no router namespace of ours: not deleting it; "
+                                            "remove or rename it")
 
     def _handle(self, vpc_id: int, existed: bool) -> IPRoute:
         name = self.namespace(vpc_id)
@@ -251,7 +278,12 @@ class Routers:
         """The veth ``outer`` (host, a port of ``bridge``) to ``inner`` (in the router), made or
         corrected; the index of ``inner``. ``mac``/``mtu`` of the inner end; "" and 0: any."""
         msg_in, msg_out = links.get(inner), host.get(outer)
+        if msg_out is not None and msg_in is not None and msg_in.get_attr("IFLA_LINK") != msg_out["index"]:
+            # Both names exist but are not one veth: the host end is not ours (our pair is made whole).
+            raise self._foreign(outer, msg_out)
         if msg_in is None or msg_out is None:
+            if msg_out is not None and msg_out["index"] not in self._peers_of_routers():
+                raise self._foreign(outer, msg_out)
             for msg, handle in ((msg_in, inside), (msg_out, self.host)):
                 if msg is not None:
                     handle.link("del", index=msg["index"])

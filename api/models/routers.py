@@ -2,12 +2,14 @@
 
 An **external network** is the operator's: a provider segment every hypervisor reaches through a
 bridge of the same name (``bridge``), a public CIDR, its next hop and allocation pools; every
-organisation may use it. A **router** is a VPC's (one at most): the subnets it connects
+organisation may use it. A **router** is a VPC's (one at most, in the VPC's project): the subnets it connects
 (``RouterSubnet``, a subnet in one router) and, optionally, its gateway on an external network.
-An **external IP** is one address taken from an external network, unique there: either an
-organisation's *floating IP* (``kind`` floating; associated to one port's fixed address, or to
+An **external IP** is one address taken from an external network, unique there: either a
+project's *floating IP* (``kind`` floating; associated to one port's fixed address, or to
 nothing), or a router's *SNAT address* on one hypervisor (``kind`` snat: one per router and
-hypervisor, docs/architecture.md "Routers, SNAT and floating IPs").
+hypervisor, docs/architecture.md "Routers, SNAT and floating IPs"), in its router's project.
+Routers and external IPs are ``ProjectOwned`` (migration 0013); external networks are the
+operator's and belong to no project.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, UniqueC
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
+from cloudland_api.models.projects import ProjectOwned
 
 if TYPE_CHECKING:
     from cloudland_api.models.identity import Organisation
@@ -43,7 +46,7 @@ class ExternalNetwork(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Router(Base):
+class Router(ProjectOwned, Base):
     """A VPC's router: the subnets it connects, and its gateway on an external network (or none)."""
 
     __tablename__ = "routers"
@@ -72,7 +75,7 @@ class RouterSubnet(Base):
     subnet_id: Mapped[int] = mapped_column(ForeignKey("subnets.id", ondelete="RESTRICT"))
 
 
-class ExternalIp(Base):
+class ExternalIp(ProjectOwned, Base):
     """An address of an external network: a floating IP, or a router's SNAT address on one hypervisor."""
 
     __tablename__ = "external_ips"

@@ -1,32 +1,32 @@
-"""Security groups (issue 12): an organisation's groups of firewall rules, and which ports are in them.
+"""Security groups (issue 12): a project's groups of firewall rules, and which ports are in them.
 
-A port with no row in ``port_security_groups`` is in its organisation's group ``default`` (made
-with the organisation's first port: egress open, ingress only from the group's own members).
-A rule names its remote end by a CIDR or by a group of the same organisation (a named set of
-the group's members' addresses on each hypervisor), or neither (anywhere).
+Groups and rules are ``ProjectOwned`` (migration 0013), and a group's name is unique in its
+project. A port with no row in ``port_security_groups`` is in its project's group ``default``
+(made with the project, ``make_default_group``: egress open, ingress only from the group's own
+members). A rule names its remote end by a CIDR or by a group of the same project (a named set
+of the group's members' addresses on each hypervisor), or neither (anywhere).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
-
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint, event, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Mapped, Mapper, mapped_column
 
 from cloudland_api.models.base import Base, UTCDateTime, depends_on, utcnow
-
-if TYPE_CHECKING:
-    from cloudland_api.models.identity import Organisation
+from cloudland_api.models.identity import Organisation
+from cloudland_api.models.projects import Project, ProjectOwned, default_project_id
 
 DEFAULT_GROUP = "default"
+DEFAULT_DESCRIPTION = "egress open, ingress from its members"
 
 
-class SecurityGroup(Base):
-    """A named group of rules of one organisation; ``default`` is the one of ports given none."""
+class SecurityGroup(ProjectOwned, Base):
+    """A named group of rules of one project; ``default`` is the one of its ports given none."""
 
     __tablename__ = "security_groups"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_security_groups_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_security_groups_project_name"),
                       Index("ix_security_groups_org_id_id", "org_id", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -38,7 +38,7 @@ class SecurityGroup(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class SecurityRule(Base):
+class SecurityRule(ProjectOwned, Base):
     """One rule: direction, protocol, destination ports, and a remote CIDR or group (or anywhere)."""
 
     __tablename__ = "security_rules"
@@ -61,7 +61,7 @@ class SecurityRule(Base):
 
 
 class PortSecurityGroup(Base):
-    """A port's membership of a group (a port with none is in its organisation's default group)."""
+    """A port's membership of a group of its project (a port with none is in its project's default group)."""
 
     __tablename__ = "port_security_groups"
     __table_args__ = (Index("ix_port_security_groups_group_id", "group_id"),)
@@ -77,3 +77,29 @@ class PortAllowedAddress(Base):
 
     port_id: Mapped[int] = mapped_column(ForeignKey("ports.id", ondelete="CASCADE"), primary_key=True)
     cidr: Mapped[str] = mapped_column(String(18), primary_key=True)
+
+
+def make_default_group(connection: Connection, org_id: int, project_id: int) -> None:
+    """Project ``project_id``'s default group and its two rules (egress open, ingress from its
+    own members): made with the project, in its transaction (Core inserts: no ORM flush)."""
+    group_id = connection.execute(insert(SecurityGroup).values(
+        org_id=org_id, project_id=project_id, name=DEFAULT_GROUP, description=DEFAULT_DESCRIPTION, is_default=True,
+        created_at=utcnow())).inserted_primary_key[0]  # type: ignore[index]
+    connection.execute(insert(SecurityRule), [
+        {"org_id": org_id, "project_id": project_id, "group_id": group_id, "direction": "egress", "protocol": "any",
+         "remote_group_id": None, "created_at": utcnow()},  # (every row names the same columns)
+        {"org_id": org_id, "project_id": project_id, "group_id": group_id, "direction": "ingress", "protocol": "any",
+         "remote_group_id": group_id, "created_at": utcnow()}])
+
+
+@event.listens_for(Project, "after_insert")
+def _project_made(_mapper: Mapper[object], connection: Connection, project: Project) -> None:
+    make_default_group(connection, project.org_id, project.id)
+
+
+@event.listens_for(Organisation, "after_insert")
+def _organisation_made(_mapper: Mapper[object], connection: Connection, org: Organisation) -> None:
+    # After models/projects.py's listener (registered first, on import) made its default project.
+    project_id = default_project_id(connection, org.id)
+    if project_id is not None:
+        make_default_group(connection, org.id, project_id)

@@ -1,4 +1,4 @@
-"""``/api/v1/floating-ips``: the organisation's addresses on external networks, associated to ports (issue 12)."""
+"""``/api/v1/floating-ips``: the project's addresses on external networks, associated to ports (issue 12)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _CHANGES = {400: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 409: {
 @router.get("", **allow("floating_ip", "read"))
 def list_floating_ips(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50,
                       after: PageAfter = None) -> FloatingIpList:
-    """One page of the organisation's floating IPs, by id."""
+    """One page of the project's floating IPs, by id."""
     rows, next_after = service.list_floating(session, caller, limit, after)
     return FloatingIpList(items=[FloatingIpPublic.model_validate(r) for r in rows], limit=limit, next_after=next_after)
 
@@ -35,7 +35,7 @@ def allocate_floating_ip(body: FloatingIpCreate, session: SessionDep, caller: Cu
 
 @router.get("/{fip_id}", **allow("floating_ip", "read"))
 def get_floating_ip(fip_id: FloatingId, session: SessionDep, caller: CurrentUser) -> FloatingIpPublic:
-    """One floating IP of the organisation."""
+    """One floating IP of the project."""
     return FloatingIpPublic.model_validate(service.get_floating(session, caller, fip_id))
 
 

@@ -1,4 +1,4 @@
-"""``/api/v1/routers``: the organisation's VPC routers, their subnets and gateways (issue 12)."""
+"""``/api/v1/routers``: the project's VPC routers, their subnets and gateways (issue 12)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _public(session: Session, rows: Sequence[Router]) -> list[RouterPublic]:
 
 @router.get("", **allow("router", "read"))
 def list_routers(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50, after: PageAfter = None) -> RouterList:
-    """One page of the organisation's routers, by id."""
+    """One page of the project's routers, by id."""
     rows, next_after = service.list_routers(session, caller, limit, after)
     return RouterList(items=_public(session, rows), limit=limit, next_after=next_after)
 
@@ -53,7 +53,7 @@ def create_router(body: RouterCreate, session: SessionDep, caller: CurrentUser) 
 
 @router.get("/{router_id}", **allow("router", "read"))
 def get_router(router_id: RouterId, session: SessionDep, caller: CurrentUser) -> RouterPublic:
-    """One router of the organisation."""
+    """One router of the project."""
     return _public(session, [service.get_router(session, caller, router_id)])[0]
 
 

@@ -1,4 +1,4 @@
-"""``/api/v1/security-groups``: the organisation's security groups and their rules (issue 12)."""
+"""``/api/v1/security-groups``: the project's security groups and their rules (issue 12)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _public(session: Session, groups: Sequence[SecurityGroup]) -> list[SecurityG
 @router.get("", **allow("security_group", "read"))
 def list_groups(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50,
                 after: PageAfter = None) -> SecurityGroupList:
-    """One page of the organisation's security groups (its default group among them), by id."""
+    """One page of the project's security groups (its default group among them), by id."""
     rows, next_after = secgroups.list_groups(session, caller, limit, after)
     return SecurityGroupList(items=_public(session, rows), limit=limit, next_after=next_after)
 
@@ -62,7 +62,7 @@ def delete_group(group: Ref, session: SessionDep, caller: CurrentUser) -> None:
 @router.post("/{group}/rules", status_code=status.HTTP_201_CREATED,
              **allow("security_group", "update", responses=_CHANGES))
 def add_rule(group: Ref, body: RuleCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> RulePublic:
-    """Add a rule to a group (admin or member); the hypervisors of the organisation's VPCs get it."""
+    """Add a rule to a group (admin or member); the hypervisors of the project's VPCs get it."""
     rule = secgroups.add_rule(session, caller, group, body)
     submit(follow_ups(session))
     return RulePublic(id=rule.id, direction=rule.direction, protocol=rule.protocol, port_min=rule.port_min,

@@ -30,7 +30,7 @@ class InstanceCreate(_Request):
     user_data: Annotated[str, Field(max_length=65535, pattern=NO_NUL)] | None = None
     # Subnets, by id or name: one NIC (a port with an address) on each, in order; the first is primary.
     networks: Annotated[list[Ref], Field(max_length=MAX_NETWORKS)] = []
-    # Security groups, by id or name, of every NIC made (none: the organisation's default group; issue 12).
+    # Security groups, by id or name, of every NIC made (none: the project's default group; issue 12).
     security_groups: Annotated[list[Ref], Field(max_length=16)] = []
 
     @model_validator(mode="after")

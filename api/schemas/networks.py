@@ -124,7 +124,7 @@ class PortPublic(BaseModel):
     instance_id: int | None
     device_index: int | None
     hypervisor_id: int | None
-    security_groups: list[int] = []  # its groups; none given: its organisation's default group
+    security_groups: list[int] = []  # its groups; none given: its project's default group
     allowed_addresses: list[str] = []
     created_at: datetime
 

@@ -88,7 +88,7 @@ class FloatingIpCreate(_Request):
 
 
 class FloatingIpAssociate(_Request):
-    """Associate to ``port`` (one of the organisation's), at ``fixed_ip`` (default: its first address)."""
+    """Associate to ``port`` (one of the project's), at ``fixed_ip`` (default: its first address)."""
 
     port: Annotated[int, Field(ge=1, le=MAX_ID)]
     fixed_ip: Address | None = None

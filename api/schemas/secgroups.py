@@ -1,5 +1,5 @@
 """Security group bodies (issue 12). Forms are checked here; meanings (a protocol we know, a port
-range in order, a remote group of the organisation) by the service, whose 400s name the value."""
+range in order, a remote group of the project) by the service, whose 400s name the value."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MAX_PAIRS = 16        # allowed address pairs per port
 
 
 class SecurityGroupCreate(_Request):
-    """A new security group of the organisation, with no rule (everything in is denied, out too)."""
+    """A new security group of the request's project, with no rule (everything in is denied, out too)."""
 
     name: Name
     description: Annotated[str, Field(max_length=255, pattern=NO_NUL)] = ""
@@ -26,7 +26,7 @@ class SecurityGroupCreate(_Request):
 class RuleCreate(_Request):
     """A rule. ``protocol``: tcp, udp, icmp or any; ``port_min``..``port_max`` (tcp and udp only;
     neither: every port); the remote end: ``remote_cidr`` or ``remote_group`` (a group of the
-    organisation, by id or name), or neither (anywhere)."""
+    project, by id or name), or neither (anywhere)."""
 
     direction: Literal["ingress", "egress"] = "ingress"
     protocol: Annotated[str, Field(max_length=16)] = "any"
@@ -66,7 +66,7 @@ class SecurityGroupList(Page):
 
 
 class PortUpdate(_Request):
-    """A port's security groups (by id or name; an empty list: its organisation's default group)
+    """A port's security groups (by id or name; an empty list: its project's default group)
     and allowed address pairs (source addresses or networks its guest may send from, besides its own)."""
 
     security_groups: Annotated[list[Ref], Field(max_length=MAX_GROUPS)] | None = None

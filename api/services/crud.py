@@ -24,6 +24,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
+from cloudland_api.models.projects import default_project_id
 from cloudland_api.schemas.common import MAX_ID
 from cloudland_api.services.identity import Caller
 
@@ -159,13 +160,21 @@ def one(session: Session, query: Select[tuple[Any]], missing: str, *, lock: bool
     return row
 
 
-def insert_named(session: Session, row: Row, what: str, commit: bool = True) -> Row:
-    """``row`` added, its name unique in its organisation, else Conflict. Committed, or with
-    ``commit`` False flushed only (its id known) for the caller to commit with more rows."""
+def insert_named(session: Session, row: Row, what: str, commit: bool = True, *, per_project: bool = False) -> Row:
+    """``row`` added, its name unique in its organisation (``per_project``: in its project, whose
+    id the row must carry), else Conflict. Committed, or with ``commit`` False flushed only (its
+    id known) for the caller to commit with more rows."""
     model: Any = type(row)
     name = getattr(row, "name")
-    taken = f"{what} name {name!r} is already used in this organisation"
-    if session.scalar(select(model.id).where(model.org_id == row.org_id, model.name == name)) is not None:
+    if per_project:
+        if getattr(row, "project_id", None) is None:  # a caller acting in no project: the default one
+            setattr(row, "project_id", default_project_id(session.connection(), row.org_id))
+        taken = f"{what} name {name!r} is already used in this project"
+        clash = model.project_id == getattr(row, "project_id")
+    else:
+        taken = f"{what} name {name!r} is already used in this organisation"
+        clash = model.org_id == row.org_id
+    if session.scalar(select(model.id).where(clash, model.name == name)) is not None:
         raise Conflict(taken)
     session.add(row)
     try:

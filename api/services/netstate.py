@@ -113,8 +113,8 @@ def net_ports(session: Session, ports: Sequence[Port]) -> list[npb.NetPort]:
 
 
 def groups_of(session: Session, ports: Sequence[Port]) -> dict[int, list[int]]:
-    """Each port's security groups: its own, or else its organisation's default group (none
-    when the organisation has none yet: its ports are then only anti-spoofed)."""
+    """Each port's security groups: its own, or else its project's default group (none when the
+    project has none: its ports are then only anti-spoofed)."""
     found: dict[int, list[int]] = {p.id: [] for p in ports}
     if not ports:
         return found
@@ -122,12 +122,13 @@ def groups_of(session: Session, ports: Sequence[Port]) -> dict[int, list[int]]:
                                              .where(PortSecurityGroup.port_id.in_(list(found)))
                                              .order_by(PortSecurityGroup.group_id)):
         found[port_id].append(group_id)
-    orgs = {p.org_id for p in ports if not found[p.id]}
-    defaults = {org: group for org, group in session.execute(select(SecurityGroup.org_id, SecurityGroup.id).where(
-        SecurityGroup.org_id.in_(orgs), SecurityGroup.is_default.is_(True)))} if orgs else {}
+    projects = {p.project_id for p in ports if not found[p.id]}
+    defaults = {project: group for project, group in session.execute(
+        select(SecurityGroup.project_id, SecurityGroup.id).where(
+            SecurityGroup.project_id.in_(projects), SecurityGroup.is_default.is_(True)))} if projects else {}
     for port in ports:
-        if not found[port.id] and port.org_id in defaults:
-            found[port.id] = [defaults[port.org_id]]
+        if not found[port.id] and port.project_id in defaults:
+            found[port.id] = [defaults[port.project_id]]
     return found
 
 
@@ -152,13 +153,15 @@ def vpc_groups(session: Session, vpc_id: int) -> list[npb.NetSecurityGroup]:
         for g in sorted(named)]
 
 
-def groups_changed(session: Session, org_id: int, user_id: int | None = None,
+def groups_changed(session: Session, org_id: int, project_id: int, user_id: int | None = None,
                    ports: Sequence[Port] = ()) -> list[Job]:
-    """A change of each VPC of the organisation with bound ports, carrying its groups (and
-    ``ports``, whose groups or allowed addresses changed): what a rule's change or a port's new groups need (flushed by the caller; jobs added to ``session``).
-    Every such VPC is told, not only those whose ports use the group (simpler; a cost per VPC)."""
+    """A change of each VPC of the project with bound ports, carrying its groups (and ``ports``,
+    whose groups or allowed addresses changed): what a rule's change or a port's new groups need
+    (flushed by the caller; jobs added to ``session``). A group and its members are of one
+    project (services/secgroups.py), so no other project's VPC is told. Every such VPC is told,
+    not only those whose ports use the group (simpler; a cost per VPC)."""
     jobs: list[Job] = []
-    for vpc_id in session.scalars(select(Port.vpc_id).distinct().where(Port.org_id == org_id,
+    for vpc_id in session.scalars(select(Port.vpc_id).distinct().where(Port.project_id == project_id,
                                                                        Port.hypervisor_id.is_not(None))
                                   .order_by(Port.vpc_id)).all():
         change = begin(session, vpc_id)

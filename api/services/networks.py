@@ -24,7 +24,7 @@ from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
 from cloudland_api.models import Instance, Port, PortIp, Role, Router, RouterSubnet, Subnet, Vpc
 from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
-from cloudland_api.services import crud, ipam, quotas, secgroups
+from cloudland_api.services import crud, ipam, quotas
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.netstate import port_ips
 from cloudland_api.settings import ApiSettings
@@ -191,8 +191,6 @@ def _addresses(session: Session, subnet: Subnet, count: int, fixed: Sequence[str
 
 def _add_ports(session: Session, ports: list[Port], addresses: list[list[str]]) -> None:
     """Write ``ports`` (those without a MAC get a new one) and their addresses: two INSERTs."""
-    for org_id in sorted({p.org_id for p in ports}):
-        secgroups.ensure_default(session, org_id)  # the group of ports given none (issue 12)
     macs = iter(_macs(session, sum(1 for p in ports if not p.mac)))
     for port in ports:
         port.mac = port.mac or next(macs)

@@ -17,14 +17,18 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.db import for_change
-from cloudland_api.models import Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
+from cloudland_api.models import (
+    Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, SecurityGroup, SecurityRule, User
+)
 from cloudland_api.services import crud
 from cloudland_api.services.directories import ROLE_ORDER
 from cloudland_api.services.identity import Caller
@@ -140,10 +144,20 @@ def delete(session: Session, caller: Caller, project_id: int) -> None:
     if project.is_default:
         raise Conflict(f"project {project.name!r} is organisation {caller.organisation!r}'s default project; "
                        "it is deleted with the organisation")
+    # Its default security group (made with it, models/secgroups.py) is not the tenant's to
+    # delete: it goes with the project, its rules first (they name it).
+    default_group = select(SecurityGroup.id).where(SecurityGroup.project_id == project.id,
+                                                   SecurityGroup.is_default.is_(True)).scalar_subquery()
+    made_with_it: dict[Any, ColumnElement[bool]] = {SecurityGroup: SecurityGroup.is_default.is_(False),
+                                                    SecurityRule: SecurityRule.group_id != default_group}
     for model in owned_tables():
-        if session.scalar(select(model.project_id).where(model.project_id == project.id).limit(1)) is not None:
+        held = select(model.project_id).where(model.project_id == project.id, *(
+            [made_with_it[model]] if model in made_with_it else []))
+        if session.scalar(held.limit(1)) is not None:
             table = model.__tablename__  # type: ignore[attr-defined]
             raise Conflict(f"project {project.name!r} still holds {table.replace('_', ' ')}: delete them first")
+    session.execute(sql_delete(SecurityRule).where(SecurityRule.project_id == project.id))
+    session.execute(sql_delete(SecurityGroup).where(SecurityGroup.project_id == project.id))
     session.delete(project)
     session.commit()
     log.info("event=project_deleted org_id=%d project_id=%d user_id=%d", caller.org_id, project_id, caller.user_id)

@@ -9,8 +9,8 @@ rows once it has committed. ``charge`` is called by every create (and growth) wi
 before anything is written; it raises QuotaExceeded (409) naming the quota, the limit, the usage
 and the project or organisation.
 
-A key without a limit is unlimited. ``floating_ips`` and ``security_groups`` are keys today;
-they count once those resources exist: their service registers a counter (``register``).
+A key without a limit is unlimited. Every key has its counter; a resource added later joins
+with ``register``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import InvalidRequest, NotFound, QuotaExceeded
 from cloudland_api.db import for_change
-from cloudland_api.models import Instance, Organisation, OrganisationQuota, Port, Project, ProjectQuota, Volume, Vpc
+from cloudland_api.models import (
+    ExternalIp, Instance, Organisation, OrganisationQuota, Port, Project, ProjectQuota, SecurityGroup, Volume, Vpc
+)
+from cloudland_api.models.routers import FLOATING
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ COUNTERS: dict[str, Counter] = {
     "volume_gib": Counter(Volume, lambda m: func.sum(m.size_gib)),
     "networks": Counter(Vpc, _count),  # a VPC is a tenant network
     "ports": Counter(Port, _count),
+    "floating_ips": Counter(ExternalIp, _count, lambda m: m.kind == FLOATING),  # not routers' SNAT addresses
+    "security_groups": Counter(SecurityGroup, _count),  # the default group counts: a limit of 0 still has it
 }
 
 
@@ -79,7 +84,8 @@ def _limits(session: Session, project_id: int, org_id: int) -> tuple[dict[str, i
     return project, org
 
 
-def _project_of(session: Session, caller: Caller) -> int:
+def project_of(session: Session, caller: Caller) -> int:
+    """The project the caller's request acts in (its organisation's default one if it names none)."""
     if caller.project_id is not None:
         return caller.project_id
     found = session.scalar(select(Project.id).where(Project.org_id == caller.org_id, Project.is_default.is_(True)))
@@ -95,7 +101,7 @@ def charge(session: Session, caller: Caller, **wants: int) -> None:
     unknown = set(wants) - set(KEYS)
     assert not unknown, f"not quota keys: {sorted(unknown)}"
     session.execute(for_change(select(Organisation.id).where(Organisation.id == caller.org_id)))
-    project_id = _project_of(session, caller)
+    project_id = project_of(session, caller)
     project_limits, org_limits = _limits(session, project_id, caller.org_id)
     for key, amount in wants.items():
         if amount <= 0 or key not in COUNTERS:

@@ -1,8 +1,9 @@
 """External networks, routers and floating IPs, apart from HTTP (issue 12).
 
 External networks are the operator's and every organisation's to use: any caller reads them,
-the policy lets only operators create and delete them. Routers and floating IPs are tenant-owned
-(``crud``: another organisation's id is NotFound). Every change that a hypervisor must see (a
+the policy lets only operators create and delete them. Routers and floating IPs belong to a
+project (``crud``: another organisation's or another project's id is NotFound); a router is its
+VPC's project's, a floating IP associates only to a port of its own project. Every change that a hypervisor must see (a
 subnet connected or disconnected, a gateway set or cleared, a floating IP associated,
 disassociated or released while associated) is one change of the VPC: its row locked, the
 generation +1, a ``sync`` of each of its hypervisors (netstate ``commit_router``), in the
@@ -23,7 +24,7 @@ from cloudland_api.jobs.kinds import follow_up
 from cloudland_api.models import ExternalIp, ExternalNetwork, Port, PortIp, Router, RouterSubnet, Subnet, Vpc
 from cloudland_api.models.routers import FLOATING, SNAT
 from cloudland_api.schemas.routers import ExternalNetworkCreate, FloatingIpAssociate, RouterCreate
-from cloudland_api.services import crud, ipam, netstate, networks, routerstate
+from cloudland_api.services import crud, ipam, netstate, networks, quotas, routerstate
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ def create_router(session: Session, caller: Caller, spec: RouterCreate) -> Route
     vpc = networks.get_vpc(session, caller, spec.vpc, lock=True)
     if routerstate.router_of(session, vpc.id) is not None:
         raise Conflict(f"vpc {vpc.id} ({vpc.name}) already has a router: one per VPC")
-    router = crud.insert_named(session, Router(org_id=caller.org_id, name=spec.name, vpc_id=vpc.id), "router")
+    # The VPC is the request's project's (crud), and so is its router.
+    router = crud.insert_named(session, Router(org_id=caller.org_id, project_id=vpc.project_id, name=spec.name,
+                                               vpc_id=vpc.id), "router")
     log.info("event=router_created org_id=%d router=%d vpc=%d user_id=%d", caller.org_id, router.id, vpc.id,
              caller.user_id)
     return router
@@ -184,7 +187,7 @@ def set_gateway(session: Session, caller: Caller, ref: int | str, external_ref: 
 
 
 def _tenant_network(session: Session, caller: Caller, name: str) -> bool:
-    return any(session.scalar(select(model.id).where(model.org_id == caller.org_id, model.name == name)) is not None
+    return any(session.scalar(crud.scoped(model, caller).where(model.name == name)) is not None
                for model in (Subnet, Vpc))
 
 
@@ -210,7 +213,8 @@ def delete_router(session: Session, caller: Caller, ref: int) -> None:
 
 def allocate(session: Session, caller: Caller, external_ref: int | str) -> ExternalIp:
     external = get_external(session, external_ref)
-    row = routerstate.take_address(session, external, FLOATING, caller.org_id)
+    quotas.charge(session, caller, floating_ips=1)  # counted under the organisation's lock (services/quotas.py)
+    row = routerstate.take_address(session, external, FLOATING, caller.org_id, quotas.project_of(session, caller))
     if row is None:
         raise routerstate.full(external)
     session.commit()

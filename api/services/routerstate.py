@@ -68,15 +68,17 @@ def net_router(session: Session, vpc_id: int, hypervisor: int | Collection[int])
     return message
 
 
-def take_address(session: Session, external: ExternalNetwork, kind: str, org_id: int, **fields: object) -> ExternalIp | None:
-    """A new row holding the lowest free address of ``external``'s pools, or None when they are used up."""
+def take_address(session: Session, external: ExternalNetwork, kind: str, org_id: int, project_id: int,
+                 **fields: object) -> ExternalIp | None:
+    """A new row of project ``project_id`` holding the lowest free address of ``external``'s
+    pools, or None when they are used up."""
     session.scalar(for_change(select(ExternalNetwork.id).where(ExternalNetwork.id == external.id)))
     layout = ipam.stored_layout(external.cidr, external.gateway, external.allocation_pools, False)
     taken = set(session.scalars(select(ExternalIp.address).where(ExternalIp.external_network_id == external.id)))
     found = ipam.allocate(layout, taken, 1)
     if found is None:
         return None
-    row = ExternalIp(org_id=org_id, external_network_id=external.id, address=found[0], kind=kind, **fields)
+    row = ExternalIp(org_id=org_id, project_id=project_id, external_network_id=external.id, address=found[0], kind=kind, **fields)
     session.add(row)
     session.flush()
     return row
@@ -106,6 +108,6 @@ def ensure_snat(session: Session, vpc_id: int, hypervisors: Collection[int]) -> 
     external = session.get(ExternalNetwork, router.external_network_id)
     assert external is not None
     for hv in missing:
-        if take_address(session, external, SNAT, router.org_id, router_id=router.id, hypervisor_id=hv) is None:
+        if take_address(session, external, SNAT, router.org_id, router.project_id, router_id=router.id, hypervisor_id=hv) is None:
             log.warning("event=snat_pool_full router=%d hypervisor=%d external_network=%d", router.id, hv, external.id)
             break

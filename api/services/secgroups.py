@@ -1,8 +1,9 @@
-"""Security groups, their rules and ports' membership, apart from HTTP (issue 12). Tenant-scoped
-through ``crud``: another organisation's group is NotFound, also as a remote group or a port's.
+"""Security groups, their rules and ports' membership, apart from HTTP (issue 12). Scoped to the
+request's project through ``crud``: another project's (or organisation's) group is NotFound,
+also as a remote group or a port's; a port takes only groups of its own project.
 
 Every change that alters what hypervisors must enforce (a rule added or deleted, a port's
-groups or allowed addresses) is a change of each VPC of the organisation that has bound ports
+groups or allowed addresses) is a change of each VPC of the project that has bound ports
 (``netstate.groups_changed``): its generation +1 and a delta carrying the VPC's groups, in the
 same transaction. A group is deleted only when nothing uses it (Conflict naming the user): no
 port is in it and no other group's rule names it; the default group is never deleted.
@@ -23,61 +24,33 @@ from cloudland_api.models import (
     DEFAULT_GROUP, Port, PortAllowedAddress, PortSecurityGroup, SecurityGroup, SecurityRule
 )
 from cloudland_api.schemas import PortUpdate, RuleCreate, SecurityGroupCreate
-from cloudland_api.services import crud, netstate
+from cloudland_api.services import crud, netstate, quotas
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 
 
-def ensure_default(session: Session, org_id: int) -> SecurityGroup:
-    """The organisation's default group (egress open, ingress only from its own members), made
-    now if it has none (flushed, not committed; a racing maker's is the one kept)."""
-    query = select(SecurityGroup).where(SecurityGroup.org_id == org_id, SecurityGroup.is_default.is_(True))
-    found = session.scalar(query)
-    if found is not None:
-        return found
-    group = SecurityGroup(org_id=org_id, name=DEFAULT_GROUP, description="egress open, ingress from its members",
-                          is_default=True)
-    try:
-        with session.begin_nested():
-            session.add(group)
-            session.flush()
-            session.add_all([SecurityRule(org_id=org_id, group_id=group.id, direction="egress", protocol="any"),
-                             SecurityRule(org_id=org_id, group_id=group.id, direction="ingress", protocol="any",
-                                          remote_group_id=group.id)])
-    except Exception:  # noqa: BLE001 - a concurrent maker won the unique name: use its group
-        found = session.scalar(query)
-        if found is None:
-            raise
-        return found
-    return group
-
-
 def create_group(session: Session, caller: Caller, spec: SecurityGroupCreate) -> SecurityGroup:
     if spec.name == DEFAULT_GROUP:
-        ensure_default(session, caller.org_id)
-        session.commit()
-        raise Conflict(f"security group name {DEFAULT_GROUP!r} is the organisation's default group")
-    group = crud.insert_named(session, SecurityGroup(org_id=caller.org_id, name=spec.name,
-                                                     description=spec.description), "security group")
-    log.info("event=secgroup_created org_id=%d group=%d user_id=%d", caller.org_id, group.id, caller.user_id)
+        raise Conflict(f"security group name {DEFAULT_GROUP!r} is the project's default group")
+    quotas.charge(session, caller, security_groups=1)  # counted under the organisation's lock (services/quotas.py)
+    group = crud.insert_named(session, SecurityGroup(**crud.owner(caller), name=spec.name,
+                                                     description=spec.description), "security group",
+                              per_project=True)
+    log.info("event=secgroup_created org_id=%d project_id=%d group=%d user_id=%d", caller.org_id, group.project_id,
+             group.id, caller.user_id)
     return group
 
 
 def list_groups(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[SecurityGroup], str | None]:
-    ensure_default(session, caller.org_id)  # every organisation shows its default group
-    session.commit()
     return crud.page(session, SecurityGroup, caller, limit, after)
 
 
 def get_group(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> SecurityGroup:
-    """A group of the organisation by id or name (``crud.id_or_name``: a path's digits are an id)."""
-    ref = crud.id_or_name(ref)
-    if ref == DEFAULT_GROUP:
-        ensure_default(session, caller.org_id)
-        session.commit()
-    return crud.get(session, SecurityGroup, caller, ref, "security group", lock=lock)
+    """A group of the request's project by id or name (``crud.id_or_name``: a path's digits are an
+    id); another project's is NotFound."""
+    return crud.get(session, SecurityGroup, caller, crud.id_or_name(ref), "security group", lock=lock)
 
 
 def rules_of(session: Session, group_ids: Sequence[int]) -> dict[int, list[SecurityRule]]:
@@ -93,7 +66,7 @@ def delete_group(session: Session, caller: Caller, ref: int | str) -> None:
     """Delete a group nothing uses (admin); Conflict naming what uses it, or for the default group."""
     group = get_group(session, caller, ref, lock=True)
     if group.is_default:
-        raise Conflict(f"security group {group.id} ({group.name}) is the organisation's default group: it stays")
+        raise Conflict(f"security group {group.id} ({group.name}) is the project's default group: it stays")
     ports = list(session.scalars(select(PortSecurityGroup.port_id).where(PortSecurityGroup.group_id == group.id)
                                  .order_by(PortSecurityGroup.port_id).limit(5)))
     if ports:
@@ -132,17 +105,17 @@ def _check_rule(session: Session, caller: Caller, spec: RuleCreate) -> tuple[int
 
 
 def add_rule(session: Session, caller: Caller, ref: int | str, spec: RuleCreate) -> SecurityRule:
-    """A rule added to one of the organisation's groups (admin or member), sent to the hypervisors
+    """A rule added to one of the project's groups (admin or member), sent to the hypervisors
     of its VPCs (follow-up jobs, submitted by the route once committed)."""
     group = get_group(session, caller, ref, lock=True)
     remote, cidr = _check_rule(session, caller, spec)
     low = spec.port_min if spec.port_min is not None else spec.port_max
     high = spec.port_max if spec.port_max is not None else spec.port_min
-    rule = SecurityRule(org_id=caller.org_id, group_id=group.id, direction=spec.direction, protocol=spec.protocol,
+    rule = SecurityRule(org_id=caller.org_id, project_id=group.project_id, group_id=group.id, direction=spec.direction, protocol=spec.protocol,
                         port_min=low, port_max=high, remote_cidr=cidr, remote_group_id=remote)
     session.add(rule)
     session.flush()
-    follow_up(session, netstate.groups_changed(session, caller.org_id, caller.user_id))
+    follow_up(session, netstate.groups_changed(session, caller.org_id, group.project_id, caller.user_id))
     session.commit()
     log.info("event=secgroup_rule_added org_id=%d group=%d rule=%d user_id=%d", caller.org_id, group.id, rule.id,
              caller.user_id)
@@ -150,15 +123,15 @@ def add_rule(session: Session, caller: Caller, ref: int | str, spec: RuleCreate)
 
 
 def delete_rule(session: Session, caller: Caller, ref: int | str, rule_id: int) -> None:
-    """Delete a rule of one of the organisation's groups (admin or member): new flows it allowed
+    """Delete a rule of one of the project's groups (admin or member): new flows it allowed
     stop; established ones go on until they end (docs/architecture.md, "Security groups")."""
     group = get_group(session, caller, ref, lock=True)
     rule = crud.one(session, select(SecurityRule).where(SecurityRule.id == rule_id, SecurityRule.group_id == group.id,
-                                                        SecurityRule.org_id == caller.org_id),
+                                                        SecurityRule.project_id == group.project_id),
                     f"rule {rule_id} of security group {group.id} not found")
     session.delete(rule)
     session.flush()
-    follow_up(session, netstate.groups_changed(session, caller.org_id, caller.user_id))
+    follow_up(session, netstate.groups_changed(session, caller.org_id, group.project_id, caller.user_id))
     session.commit()
     log.info("event=secgroup_rule_deleted org_id=%d group=%d rule=%d user_id=%d", caller.org_id, group.id, rule_id,
              caller.user_id)
@@ -183,7 +156,7 @@ def set_port(session: Session, caller: Caller, port_id: int, spec: PortUpdate) -
         session.add_all(PortAllowedAddress(port_id=port.id, cidr=c) for c in sorted(set(pairs)))
     session.flush()
     if port.hypervisor_id is not None:
-        follow_up(session, netstate.groups_changed(session, caller.org_id, caller.user_id, [port]))
+        follow_up(session, netstate.groups_changed(session, caller.org_id, port.project_id, caller.user_id, [port]))
     session.commit()
     log.info("event=port_security_set org_id=%d port=%d user_id=%d", caller.org_id, port.id, caller.user_id)
     return port

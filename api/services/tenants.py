@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from cloudland.errors import Conflict, NotFound
 from cloudland_api.db import for_change
-from cloudland_api.models import TERMINAL, Image, Instance, Job, Membership, Organisation, Role, User
+from cloudland_api.models import TERMINAL, Image, Instance, Job, Membership, Organisation, Role, SecurityRule, User
 from cloudland_api.schemas import MembershipCreate, OrganisationCreate, UserCreate
 from cloudland_api.security import hash_password
 from cloudland_api.services import crud
@@ -118,6 +119,10 @@ def delete_organisation(session: Session, caller: Caller, org_id: int) -> None:
                .exists())))
     for user in only_here:
         session.delete(user)
+    # Its security rules first: a rule names its group as a remote group (RESTRICT), which SQLite
+    # checks row by row while the organisation's delete cascades to both (every project has its
+    # default group, whose ingress rule names itself).
+    session.execute(sql_delete(SecurityRule).where(SecurityRule.org_id == org_id))
     session.delete(org)
     session.commit()
     log.warning("event=organisation_deleted org_id=%d name=%s users_deleted=%d user_id=%d", org_id, org.name,

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloudland_api.jobs import Engine
 from cloudland_api.models import Job, JobState, Port, PortSecurityGroup, SecurityGroup, Vpc
-from cloudland_api.services import netstate, secgroups
+from cloudland_api.models.projects import default_project_id
+from cloudland_api.services import netstate
 from cloudland_proto.v1 import network_pb2 as npb
 from tests.api.conftest import Api
 from tests.api.test_net_jobs import cloud, drain, engine, fake, net_operations, vm_with_port  # noqa: F401
@@ -124,15 +125,18 @@ def test_a_rule_change_reaches_the_hypervisors_of_the_organisations_vpcs(
     vm_with_port(sessions, cloud, "s3", 3)
     drain(engine)
     with sessions() as session:
-        default = secgroups.ensure_default(session, cloud["org"])
-        session.commit()
+        project = default_project_id(session.connection(), cloud["org"])
+        assert project is not None
+        default = session.scalar(select(SecurityGroup).where(SecurityGroup.project_id == project,
+                                                             SecurityGroup.is_default.is_(True)))
+        assert default is not None  # made with the project
         moved = session.scalar(select(Port.id).where(Port.instance_id == moving))
         state = netstate.vpc_state(session, cloud["a"], 1)
         assert [p.security_groups for p in state.ports] == [[default.id], [default.id]]
         [group] = state.security_groups
         assert group.id == default.id and len(group.rules) == 2 and len(group.member_ips) == 2
         before = {v.id: v.generation for v in session.scalars(select(Vpc))}
-        jobs = netstate.groups_changed(session, cloud["org"])
+        jobs = netstate.groups_changed(session, cloud["org"], project)
         session.commit()
         assert {v.id: v.generation for v in session.scalars(select(Vpc))} == {k: g + 1 for k, g in before.items()}
         applies = [j for j in jobs if j.action == "apply"]
@@ -147,13 +151,13 @@ def test_a_rule_change_reaches_the_hypervisors_of_the_organisations_vpcs(
     with sessions() as session:
         assert session.scalar(select(Job).where(Job.action == "apply", Job.state == JobState.pending)) is None
         # A port's new groups travel with the port itself, to its VPC's hypervisors.
-        web = SecurityGroup(org_id=cloud["org"], name="web")
+        web = SecurityGroup(org_id=cloud["org"], project_id=project, name="web")
         session.add(web)
         session.flush()
         session.add(PortSecurityGroup(port_id=moved, group_id=web.id))
         port = session.get(Port, moved)
         assert port is not None
-        jobs = netstate.groups_changed(session, cloud["org"], ports=[port])
+        jobs = netstate.groups_changed(session, cloud["org"], project, ports=[port])
         session.commit()
         [delta] = [netstate.delta_of(j) for j in jobs if j.subject_id == cloud["a"] and j.action == "apply"]
         assert [(p.id, list(p.security_groups)) for p in delta.upsert_ports] == [(moved, [web.id])]

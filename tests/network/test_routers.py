@@ -285,9 +285,15 @@ def test_a_port_that_arrives_by_delta_on_a_routed_subnet_is_served_and_routed(wo
 
 
 def test_removing_the_routers_removes_their_namespaces_and_links(world: World) -> None:
+    """... and only theirs: a link of a router veth's name whose peer is in no router namespace
+    of the agent's (someone else's veth, or a bridge) survives a full convergence."""
     for agent, name in world.guests:
         agent.call("guest.unplug", name=name)
     world.guests.clear()
+    foreign = [gateway_link(world.prefix, 4242), external_link(world.prefix, 4243)]
+    for agent in world.agents:
+        world.lab.run(agent.host, f"ip link add {foreign[0]} type veth peer name {world.prefix}fp && "
+                                  f"ip link add {foreign[1]} type bridge", check=True)
     for agent in world.agents:
         result = agent.sync([], full=True)
         assert result["removed"] > 0, result
@@ -297,3 +303,24 @@ def test_removing_the_routers_removes_their_namespaces_and_links(world: World) -
         for tenant in world.tenants:
             assert external_link(world.prefix, tenant.vpc_id) not in links
             assert gateway_link(world.prefix, tenant.vni(1)) not in links
+        for name in foreign:
+            assert f" {name}@" in links or f" {name}:" in links, (name, links)
+        again = agent.sync([], full=True)
+        assert again["removed"] == 0, again
+        world.lab.run(agent.host, f"ip link del {foreign[0]} && ip link del {foreign[1]}", check=True)
+
+
+def test_a_foreign_link_where_a_routers_veth_must_go_is_named_not_deleted(world: World) -> None:
+    """A link of the name a router's veth needs, not ours (its peer is in no router namespace of
+    the agent's): the sync fails naming it, and the link is still there."""
+    agent, tenant = world.agents[0], world.tenants[0]
+    taken = gateway_link(world.prefix, tenant.vni(1))
+    world.lab.run(agent.host, f"ip link add {taken} type veth peer name {world.prefix}fr", check=True)
+    try:
+        with pytest.raises(AssertionError, match=rf"link {taken} \(index \d+\) has the name of a router's veth"):
+            agent.sync([tenant.state(world.agents, agent.hypervisor)])
+        links = world.lab.run(agent.host, "ip -o link show", capture_output=True, text=True).stdout
+        assert f" {taken}@" in links, links
+    finally:
+        world.lab.run(agent.host, f"ip link del {taken}", check=False)
+        agent.sync([], full=True)
