@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -211,16 +212,27 @@ def test_the_internet_reaches_a_guest_only_through_its_floating_ip(world: World)
     assert seen_from(world, "h1", world.guest(a, 1), INTERNET) == {SNAT[("a", "h1")]}  # the others still SNAT
     assert not world.inet_ping(a.ip(2))
     # Disassociated: unreachable again, a flow under way included (its conntrack entries go).
-    pinger = lab.popen("inet", ["busybox", "ping", "-i", "0.2", "-c", "25", "-W", "1", FLOATING],
+    # No bound on how long the syncs take (the machine may be loaded): a reply's sequence number
+    # says when its echo was sent (no earlier than seq x interval after the start), and none sent
+    # after the syncs returned may be answered.
+    interval = 0.2
+    pinger = lab.popen("inet", ["busybox", "ping", "-i", str(interval), "-W", "1", FLOATING],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = time.monotonic()
     time.sleep(1.5)
     a.floating, a.generation = False, 3
     for agent in world.agents:
         world.sync(agent)
+    synced = time.monotonic() - started
     assert not world.inet_ping(FLOATING)
+    time.sleep(1.0 + 5 * interval)  # echoes sent after the syncs: each had its chance to be answered
+    pinger.send_signal(signal.SIGINT)
     out, _ = pinger.communicate(timeout=30)
-    received = int(re.search(r"(\d+) packets received", out)[1])
-    assert 0 < received < 15, out  # answered until the disassociation (about 1.5 s of 5), not after
+    answered = [int(seq) for seq in re.findall(r"seq=(\d+)", out)]
+    assert answered, out  # answered until the disassociation
+    assert max(answered) * interval <= synced, (synced, out)  # and not after
+    sent = int(re.search(r"(\d+) packets transmitted", out)[1])
+    assert sent > max(answered) + 2, out  # the flow went on after it, unanswered
     assert seen_from(world, "h2", world.guest(a, 2), INTERNET) == {SNAT[("a", "h2")]}
 
 
