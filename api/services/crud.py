@@ -14,11 +14,11 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -128,6 +128,55 @@ def page(session: Session, model: type[Row], caller: Caller, limit: int, after: 
     columns: Any = model
     return keyset(session, scoped(model, caller).where(*where), keys or [columns.id], limit, after,
                   newest_first=newest_first)
+
+
+# -- hot reads as rows (issue 15) ----------------------------------------------------------------
+#
+# A list or a get answered from ORM objects built a new statement per request, hashed it for
+# SQLAlchemy's compiled cache, ran the ORM's loading and identity map, then copied each object into
+# its schema: ~1.2 ms for one instance, ~2 ms for a page of 20. The hot read routes instead run a
+# statement built once per shape of the request (which filters it has), with bind parameters for
+# the values, so SQLAlchemy memoises its cache key on the object, on the Connection (Core rows,
+# no objects), and hand the rows' mappings to their schema: ~0.3 ms and ~0.9 ms. They select only
+# the schema's columns, and scope exactly as ``scoped`` does (``scoped_where``).
+
+_STATEMENTS: dict[Hashable, Any] = {}  # statements by shape; the shapes are few (a route's filters)
+
+
+def statement(shape: Hashable, build: Callable[[], Select[Any]]) -> Select[Any]:
+    """The statement ``build`` makes for ``shape``, built once per process and then reused."""
+    query = _STATEMENTS.get(shape)
+    if query is None:
+        query = _STATEMENTS[shape] = build()
+    return query  # type: ignore[no-any-return]
+
+
+def columns_of(model: Any, schema: Any) -> list[Any]:
+    """The table columns of ``model`` that ``schema`` (a Pydantic model) answers, in its order."""
+    table = model.__table__
+    return [table.c[name] for name in schema.model_fields if name in table.c]
+
+
+def scoped_where(model: Any, project: bool) -> list[ColumnElement[bool]]:
+    """``scoped``'s conditions on ``model``'s table with bind parameters ``org_id`` and, if
+    ``project`` (the caller acts in one), ``project_id``: for a statement built once (``statement``)."""
+    table = model.__table__
+    where: list[ColumnElement[bool]] = [table.c.org_id == bindparam("org_id")]
+    if project and "project_id" in table.c:
+        column = table.c.project_id
+        same = column == bindparam("project_id")
+        where.append(or_(same, column.is_(None)) if column.nullable else same)
+    return where
+
+
+def scope_params(caller: Caller) -> dict[str, Any]:
+    """The values of ``scoped_where``'s bind parameters for ``caller``."""
+    return {"org_id": caller.org_id, "project_id": caller.project_id}
+
+
+def rows(session: Session, query: Select[Any], params: dict[str, Any]) -> list[RowMapping]:
+    """``query`` run on the session's connection (in its transaction): Core rows, no ORM objects."""
+    return list(session.connection().execute(query, params).mappings())
 
 
 def id_or_name(ref: int | str) -> int | str:
