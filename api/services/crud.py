@@ -72,7 +72,7 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+def decode_cursor(cursor: str, keys: Sequence[Any]) -> list[Any]:
     """The sort key ``cursor`` carries, typed as ``keys``; InvalidRequest if it is not one of ours."""
     bad = InvalidRequest(f"after: {cursor[:40]!r} is not a cursor this list gave (pass next_after back as is)")
     try:
@@ -97,7 +97,7 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
     return typed
 
 
-def _beyond(keys: Sequence[InstrumentedAttribute[Any]], values: Sequence[Any], newest_first: bool) -> ColumnElement[bool]:
+def _beyond(keys: Sequence[Any], values: Sequence[Any], newest_first: bool) -> ColumnElement[bool]:
     """SQL: the row sorts after ``values`` (a lexicographic comparison, spelled out for every database)."""
     first, *rest = keys
     past = first < values[0] if newest_first else first > values[0]
@@ -177,6 +177,34 @@ def scope_params(caller: Caller) -> dict[str, Any]:
 def rows(session: Session, query: Select[Any], params: dict[str, Any]) -> list[RowMapping]:
     """``query`` run on the session's connection (in its transaction): Core rows, no ORM objects."""
     return list(session.connection().execute(query, params).mappings())
+
+
+def page_rows(session: Session, model: Any, schema: Any, caller: Caller, limit: int, after: str | None,
+              shape: Hashable, where: Callable[[], list[Any]], params: dict[str, Any], *,
+              keys: Sequence[str] = ("id",), extra: Sequence[Any] = (), newest_first: bool = False,
+              ) -> tuple[list[RowMapping], str | None]:
+    """``page`` as rows of ``schema``'s columns of ``model`` (and ``extra`` labelled columns): the
+    same scoping, order, page and cursor. ``where()`` builds the filters of this ``shape`` of
+    request with bind parameters, once per process; ``params`` gives their values."""
+    table = model.__table__
+    key_columns = [table.c[key] for key in keys]
+    project = caller.project_id is not None
+
+    def build() -> Select[Any]:
+        conditions = [*scoped_where(model, project), *where()]
+        if after is not None:
+            conditions.append(_beyond(key_columns, [bindparam(f"after_{n}") for n in range(len(keys))], newest_first))
+        order = [column.desc() for column in key_columns] if newest_first else key_columns
+        return (select(*columns_of(model, schema), *extra).where(*conditions).order_by(*order)
+                .limit(bindparam("limit")))
+
+    query = statement((table.name, project, after is not None, shape), build)
+    values = {f"after_{n}": v for n, v in enumerate(decode_cursor(after, key_columns))} if after is not None else {}
+    found = rows(session, query, scope_params(caller) | params | values | {"limit": limit + 1})
+    if len(found) <= limit:
+        return found, None
+    found = found[:limit]
+    return found, encode_cursor([found[-1][key] for key in keys])
 
 
 def id_or_name(ref: int | str) -> int | str:

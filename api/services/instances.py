@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import RowMapping, Select, bindparam, select
+from sqlalchemy import RowMapping, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -168,24 +168,6 @@ def glob_to_like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _page_query(dialect: str, project: bool, status: bool, name: bool, hypervisor: bool, after: bool) -> Select[Any]:
-    """``list_instance_rows``' statement for one shape of request, its values bind parameters."""
-    table = Instance.__table__
-    where = crud.scoped_where(Instance, project)
-    where.append(table.c.status == bindparam("status") if status else table.c.status != "deleted")
-    if name:
-        # SQLite's LIKE ignores ASCII case (PostgreSQL's does not); GLOB is its case-sensitive
-        # glob. Only '[' needs escaping there ("[[]" is a class holding just '[').
-        where.append(table.c.name.op("GLOB")(bindparam("name")) if dialect == "sqlite"
-                     else table.c.name.like(bindparam("name"), escape="\\"))
-    if hypervisor:
-        where.append(table.c.hypervisor_id == bindparam("hypervisor"))
-    if after:
-        where.append(table.c.id > bindparam("after"))
-    return (select(*crud.columns_of(Instance, InstancePublic)).where(*where).order_by(table.c.id)
-            .limit(bindparam("limit")))
-
-
 def list_instance_rows(
     session: Session, caller: Caller, *, limit: int, after: str | None = None, status: str | None = None,
     name: str | None = None, hypervisor: int | None = None,
@@ -194,17 +176,23 @@ def list_instance_rows(
     page's cursor, as rows of InstancePublic's columns (crud "hot reads as rows"). Deleted
     instances are left out unless ``status`` is ``deleted``; ``name`` is a glob (case-sensitive)."""
     dialect = session.get_bind().dialect.name
-    shape = ("instances.page", dialect, caller.project_id is not None, bool(status), bool(name),
-             hypervisor is not None, after is not None)
-    query = crud.statement(shape, lambda: _page_query(*shape[1:]))
-    params = crud.scope_params(caller) | {
-        "status": status, "hypervisor": hypervisor, "limit": limit + 1,
-        "name": None if not name else name.replace("[", "[[]") if dialect == "sqlite" else glob_to_like(name),
-        "after": crud.decode_cursor(after, [Instance.id])[0] if after is not None else None}
-    found = crud.rows(session, query, params)
-    if len(found) <= limit:
-        return found, None
-    return found[:limit], crud.encode_cursor([found[limit - 1]["id"]])
+    table = Instance.__table__
+
+    def where() -> list[Any]:
+        conditions = [table.c.status == bindparam("status") if status else table.c.status != "deleted"]
+        if name:
+            # SQLite's LIKE ignores ASCII case (PostgreSQL's does not); GLOB is its case-sensitive
+            # glob. Only '[' needs escaping there ("[[]" is a class holding just '[').
+            conditions.append(table.c.name.op("GLOB")(bindparam("name")) if dialect == "sqlite"
+                              else table.c.name.like(bindparam("name"), escape="\\"))
+        if hypervisor is not None:
+            conditions.append(table.c.hypervisor_id == bindparam("hypervisor"))
+        return conditions
+
+    pattern = None if not name else name.replace("[", "[[]") if dialect == "sqlite" else glob_to_like(name)
+    return crud.page_rows(session, Instance, InstancePublic, caller, limit, after,
+                          (dialect, bool(status), bool(name), hypervisor is not None), where,
+                          {"status": status, "name": pattern, "hypervisor": hypervisor})
 
 
 def instance_row(session: Session, caller: Caller, instance_id: int) -> RowMapping:
