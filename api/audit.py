@@ -19,7 +19,7 @@ the answer differs: it sets the row's status then (in a transaction of its own, 
 write turn, like a route), and a request that committed nothing (refused, or failed before any
 change) gets its row then. A process that dies between the commit and the answer keeps the row
 with the route's success status (its change did commit); one that dies before committing changed
-nothing. ``UNANSWERED`` (0) is left for a route that declares no status.
+nothing. ``UNANSWERED`` (0) is left for a commit outside a route.
 """
 
 from __future__ import annotations
