@@ -10,12 +10,16 @@ given. Nothing is kept of a request's body, so no password or token reaches the 
 has no route that changes or deletes a row.
 
 A request that changes something writes its row **in the same transaction as the change**:
-``watch`` hooks the request's write session, whose first commit adds the row (status 0: "no
-answer recorded yet"), so a change is never committed without its row. After the answer, the
-middleware sets the row's status in a transaction of its own (in SQLite's write turn, like a
-route); a request that committed nothing (refused, or failed before any change) gets its row
-then. A process that dies between the commit and the status keeps the row with status 0; one
-that dies before committing changed nothing.
+``watch`` hooks the request's write session, whose first commit adds the row, so a change is
+never committed without its row. The row carries the status the route answers when it succeeds
+(its declared ``status_code``: 201, 202, ...), so a request answered so writes its row once
+(issue 15: the second write, a transaction of its own after every answer, cost a thread hop and
+a turn of SQLite's write lock per change). After the answer the middleware writes only when
+the answer differs: it sets the row's status then (in a transaction of its own, in SQLite's
+write turn, like a route), and a request that committed nothing (refused, or failed before any
+change) gets its row then. A process that dies between the commit and the answer keeps the row
+with the route's success status (its change did commit); one that dies before committing changed
+nothing. ``UNANSWERED`` (0) is left for a commit outside a route.
 """
 
 from __future__ import annotations
@@ -71,12 +75,21 @@ def watch(session: Session, request: Request) -> None:
         state: dict[str, Any] = request.scope.setdefault("state", {})
         if ROW in state:
             return
-        row_event = _event(request.scope, UNANSWERED)
+        row_event = _event(request.scope, _success_status(request.scope))
         if _who(committing, row_event, state):
             state[ROW] = AuditEvent(**row_event)
             committing.add(state[ROW])
 
     event.listen(session, "before_commit", add_row)
+
+
+def _success_status(scope: Scope) -> int:
+    """The status the request's route answers when it succeeds (FastAPI's default 200 for a route
+    that declares none); UNANSWERED outside a route."""
+    route = scope.get("route")
+    if route is None:
+        return UNANSWERED
+    return int(getattr(route, "status_code", None) or 200)
 
 
 class AuditTrail:
@@ -105,6 +118,9 @@ class AuditTrail:
     async def _record(self, scope: Scope, status: int) -> None:
         app = scope["app"]
         state: dict[str, Any] = scope.get("state", {})
+        row = state.get(ROW)
+        if row is not None and row.id is not None and row.status == status:
+            return  # committed with the change, with this very status: nothing left to write
         event = _event(scope, status)
         lock = app.state.write_lock
         try:
@@ -131,7 +147,7 @@ def _write(sessions: Any, event: dict[str, Any], state: dict[str, Any]) -> None:
     with sessions() as session:
         row = state.get(ROW)
         if row is not None and row.id is not None:
-            done = session.execute(update(AuditEvent).where(AuditEvent.id == row.id, AuditEvent.status == UNANSWERED)
+            done = session.execute(update(AuditEvent).where(AuditEvent.id == row.id, AuditEvent.status == row.status)
                                    .values(status=event["status"]))
             if done.rowcount == 1:  # type: ignore[attr-defined]
                 session.commit()

@@ -140,6 +140,36 @@ def measured(pid: int, base: str, headers: dict[str, str], requests: list[str], 
     return result
 
 
+def by_kind(api: Api, ids: list[int], count: int, concurrency: int) -> list[tuple[str, float, float]]:
+    """The API's CPU per request of each kind of the mix alone: (kind, ms per request, req/s).
+
+    ``count`` requests of one kind at ``concurrency``, then the API is left to finish the work they
+    started (the job engine, the observer and the converger settle creates after their answer)
+    until a 1 s window uses no more than it does idle; that idle rate is subtracted."""
+    pid = api.proc.pid
+
+    def rate_over(seconds: float) -> float:
+        before = cpu_seconds([pid])
+        time.sleep(seconds)
+        return (cpu_seconds([pid]) - before) / seconds
+
+    idle = rate_over(2.0)
+    rows = []
+    headers = {"Authorization": f"Bearer {api.token}"}
+    for n, (kind, _weight) in enumerate(MIX):
+        started, cpu0 = time.monotonic(), cpu_seconds([pid])
+        request_of = api_requests(ids)
+        result = asyncio.run(run_load(api.base, headers, [kind] * count, concurrency,
+                                      lambda i, k: request_of(i + (n + 1) * 1_000_000, k)))
+        for _ in range(30):  # settle: at most 30 s
+            if rate_over(1.0) <= idle * 1.5 + 0.02:
+                break
+        spent = cpu_seconds([pid]) - cpu0 - idle * (time.monotonic() - started)
+        assert not result["errors"], (kind, result["errors"])
+        rows.append((kind, spent * 1000 / count, result["rate"]))
+    return rows
+
+
 def bare_request(n: int, kind: str) -> tuple[str, str, Any]:
     return ("GET", "/items", None) if kind == "read" else ("POST", "/items", {"name": f"w{n}", "count": 1})
 
@@ -208,6 +238,9 @@ def main() -> int:
                              "1,000), then after four 50 MB bodies to /login (0: skip)")
     parser.add_argument("--profile", metavar="FILE", type=Path,
                         help="sample the API with py-spy during the load: collapsed stacks into FILE")
+    parser.add_argument("--by-kind", type=int, default=0, metavar="N",
+                        help="before the mixed load: N requests of each kind alone, the API's CPU per request "
+                             "of each (creates include the work their jobs cause after the answer)")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -238,6 +271,10 @@ def main() -> int:
         ids = [i["id"] for i in seeded["instances"]]
         rss0 = procinfo.memory_kib(api.proc.pid)[0]
         headers = {"Authorization": f"Bearer {api.token}"}
+        kinds = []
+        if args.by_kind:
+            print(f"… each kind alone: {args.by_kind} requests at concurrency {args.concurrency}", file=sys.stderr)
+            kinds = by_kind(api, ids, args.by_kind, args.concurrency)
         print(f"… the API, {args.requests} mixed requests at concurrency {args.concurrency}", file=sys.stderr)
         spy = None
         if args.profile:
@@ -264,6 +301,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     print(row("baseline: bare FastAPI + uvicorn, 85 % GET / 15 % POST", baseline))
     print(row(f"the API, mixed (tree of {args.hypervisors}, {args.seed} VMs)", result))
+    if kinds:
+        print("\n| kind (alone) | " + " | ".join(kind for kind, _, _ in kinds) + " | mix, weighted |")
+        print("|---" * (len(kinds) + 2) + "|")
+        weights = dict(MIX)
+        mixed = sum(ms * weights[kind] for kind, ms, _ in kinds) / sum(weights.values())
+        print("| API CPU ms per request | " + " | ".join(f"{ms:.2f}" for _, ms, _ in kinds) + f" | {mixed:.2f} |")
+        print("| req/s | " + " | ".join(f"{rate:.0f}" for _, _, rate in kinds) + " | |")
     if memory:
         print("\n| the API's RSS (MiB) | " + " | ".join(name for name, _ in memory) + " |")
         print("|---" * (len(memory) + 1) + "|")

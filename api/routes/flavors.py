@@ -28,7 +28,7 @@ def list_flavors(
 ) -> FlavorList:
     """One page of the organisation's flavors, by id; pass ``next_after`` back as ``after``."""
     flavors, next_after = flavor_service.list_flavors(session, caller, limit, after)
-    return FlavorList(items=[FlavorPublic.model_validate(x) for x in flavors], limit=limit, next_after=next_after)
+    return FlavorList.model_validate({"items": flavors, "limit": limit, "next_after": next_after})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,

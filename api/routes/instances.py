@@ -62,9 +62,9 @@ def list_instances(
     hypervisor: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> InstanceList:
     """One page of the organisation's instances by id; pass ``next_after`` back as ``after``."""
-    rows, next_after = instance_service.list_instances(session, caller, limit=limit, after=after, status=status,
-                                                       name=name, hypervisor=hypervisor)
-    return InstanceList(items=[InstancePublic.model_validate(i) for i in rows], limit=limit, next_after=next_after)
+    rows, next_after = instance_service.list_instance_rows(session, caller, limit=limit, after=after, status=status,
+                                                           name=name, hypervisor=hypervisor)
+    return InstanceList.model_validate({"items": rows, "limit": limit, "next_after": next_after})
 
 
 @router.post("", status_code=_ACCEPTED, **allow("instance", "create", responses=_CHANGES))
@@ -88,7 +88,7 @@ def act_many(body: BatchAction, session: SessionDep, caller: CurrentUser, submit
 @router.get("/{instance_id:int}", **allow("instance", "read"))
 def get_instance(instance_id: InstanceId, session: SessionDep, caller: CurrentUser) -> InstancePublic:
     """One instance of the organisation (deleted ones too)."""
-    return InstancePublic.model_validate(instance_service.get_instance(session, caller, instance_id))
+    return InstancePublic.model_validate(instance_service.instance_row(session, caller, instance_id))
 
 
 def _power(action: Literal["start", "stop", "reboot"]):  # type: ignore[no-untyped-def]

@@ -42,8 +42,7 @@ def list_jobs(
     """One page of the organisation's jobs, newest first; with ``batch``, ``counts`` per state."""
     jobs, next_after, counts = job_records.list_jobs(session, caller, limit=limit, after=after, batch=batch,
                                                      state=state, instance=instance)
-    return JobList(items=[JobPublic.model_validate(j) for j in jobs], limit=limit, next_after=next_after,
-                   counts=counts)
+    return JobList.model_validate({"items": jobs, "limit": limit, "next_after": next_after, "counts": counts})
 
 
 def _read(session: Session, caller: Caller, job_id: str) -> Job:

@@ -14,11 +14,11 @@ import base64
 import binascii
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -73,7 +73,7 @@ def encode_cursor(values: Sequence[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(plain, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+def decode_cursor(cursor: str, keys: Sequence[Any]) -> list[Any]:
     """The sort key ``cursor`` carries, typed as ``keys``; InvalidRequest if it is not one of ours."""
     bad = InvalidRequest(f"after: {cursor[:40]!r} is not a cursor this list gave (pass next_after back as is)")
     try:
@@ -98,7 +98,7 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
     return typed
 
 
-def _beyond(keys: Sequence[InstrumentedAttribute[Any]], values: Sequence[Any], newest_first: bool) -> ColumnElement[bool]:
+def _beyond(keys: Sequence[Any], values: Sequence[Any], newest_first: bool) -> ColumnElement[bool]:
     """SQL: the row sorts after ``values`` (a lexicographic comparison, spelled out for every database)."""
     first, *rest = keys
     past = first < values[0] if newest_first else first > values[0]
@@ -129,6 +129,83 @@ def page(session: Session, model: type[Row], caller: Caller, limit: int, after: 
     columns: Any = model
     return keyset(session, scoped(model, caller).where(*where), keys or [columns.id], limit, after,
                   newest_first=newest_first)
+
+
+# -- hot reads as rows (issue 15) ----------------------------------------------------------------
+#
+# A list or a get answered from ORM objects built a new statement per request, hashed it for
+# SQLAlchemy's compiled cache, ran the ORM's loading and identity map, then copied each object into
+# its schema: ~1.2 ms for one instance, ~2 ms for a page of 20. The hot read routes instead run a
+# statement built once per shape of the request (which filters it has), with bind parameters for
+# the values, so SQLAlchemy memoises its cache key on the object, on the Connection (Core rows,
+# no objects), and hand the rows' mappings to their schema: ~0.3 ms and ~0.9 ms. They select only
+# the schema's columns, and scope exactly as ``scoped`` does (``scoped_where``).
+
+_STATEMENTS: dict[Hashable, Any] = {}  # statements by shape; the shapes are few (a route's filters)
+
+
+def statement(shape: Hashable, build: Callable[[], Select[Any]]) -> Select[Any]:
+    """The statement ``build`` makes for ``shape``, built once per process and then reused."""
+    query = _STATEMENTS.get(shape)
+    if query is None:
+        query = _STATEMENTS[shape] = build()
+    return query  # type: ignore[no-any-return]
+
+
+def columns_of(model: Any, schema: Any) -> list[Any]:
+    """The table columns of ``model`` that ``schema`` (a Pydantic model) answers, in its order."""
+    table = model.__table__
+    return [table.c[name] for name in schema.model_fields if name in table.c]
+
+
+def scoped_where(model: Any, project: bool) -> list[ColumnElement[bool]]:
+    """``scoped``'s conditions on ``model``'s table with bind parameters ``org_id`` and, if
+    ``project`` (the caller acts in one), ``project_id``: for a statement built once (``statement``)."""
+    table = model.__table__
+    where: list[ColumnElement[bool]] = [table.c.org_id == bindparam("org_id")]
+    if project and "project_id" in table.c:
+        column = table.c.project_id
+        same = column == bindparam("project_id")
+        where.append(or_(same, column.is_(None)) if column.nullable else same)
+    return where
+
+
+def scope_params(caller: Caller) -> dict[str, Any]:
+    """The values of ``scoped_where``'s bind parameters for ``caller``."""
+    return {"org_id": caller.org_id, "project_id": caller.project_id}
+
+
+def rows(session: Session, query: Select[Any], params: dict[str, Any]) -> list[RowMapping]:
+    """``query`` run on the session's connection (in its transaction): Core rows, no ORM objects."""
+    return list(session.connection().execute(query, params).mappings())
+
+
+def page_rows(session: Session, model: Any, schema: Any, caller: Caller, limit: int, after: str | None,
+              shape: Hashable, where: Callable[[], list[Any]], params: dict[str, Any], *,
+              keys: Sequence[str] = ("id",), extra: Sequence[Any] = (), newest_first: bool = False,
+              ) -> tuple[list[RowMapping], str | None]:
+    """``page`` as rows of ``schema``'s columns of ``model`` (and ``extra`` labelled columns): the
+    same scoping, order, page and cursor. ``where()`` builds the filters of this ``shape`` of
+    request with bind parameters, once per process; ``params`` gives their values."""
+    table = model.__table__
+    key_columns = [table.c[key] for key in keys]
+    project = caller.project_id is not None
+
+    def build() -> Select[Any]:
+        conditions = [*scoped_where(model, project), *where()]
+        if after is not None:
+            conditions.append(_beyond(key_columns, [bindparam(f"after_{n}") for n in range(len(keys))], newest_first))
+        order = [column.desc() for column in key_columns] if newest_first else key_columns
+        return (select(*columns_of(model, schema), *extra).where(*conditions).order_by(*order)
+                .limit(bindparam("limit")))
+
+    query = statement((table.name, project, after is not None, shape), build)
+    values = {f"after_{n}": v for n, v in enumerate(decode_cursor(after, key_columns))} if after is not None else {}
+    found = rows(session, query, scope_params(caller) | params | values | {"limit": limit + 1})
+    if len(found) <= limit:
+        return found, None
+    found = found[:limit]
+    return found, encode_cursor([found[-1][key] for key in keys])
 
 
 def id_or_name(ref: int | str) -> int | str:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import RowMapping, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,7 @@ from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, PortSecurityGroup, VolumeAttachment
-from cloudland_api.schemas import CaptureRequest, InstanceCreate, NicAttach
+from cloudland_api.schemas import CaptureRequest, InstanceCreate, InstancePublic, NicAttach
 from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, quotas, scheduler, secgroups
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
@@ -168,29 +168,42 @@ def glob_to_like(pattern: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _name_matches(session: Session, pattern: str) -> ColumnElement[bool]:
-    """SQL: the instance's name matches the glob ``pattern``, case-sensitively on every database."""
-    if session.get_bind().dialect.name == "sqlite":
-        # SQLite's LIKE ignores ASCII case (PostgreSQL's does not); GLOB is its case-sensitive
-        # glob. Only '[' needs escaping there ("[[]" is a class holding just '[').
-        return Instance.name.op("GLOB")(pattern.replace("[", "[[]"))
-    return Instance.name.like(glob_to_like(pattern), escape="\\")
-
-
-def list_instances(
+def list_instance_rows(
     session: Session, caller: Caller, *, limit: int, after: str | None = None, status: str | None = None,
     name: str | None = None, hypervisor: int | None = None,
-) -> tuple[list[Instance], str | None]:
-    """One page of instances by id after the cursor ``after``, and the next page's cursor.
+) -> tuple[list[RowMapping], str | None]:
+    """One page of instances by id after the cursor ``after`` (``crud.page``'s), and the next
+    page's cursor, as rows of InstancePublic's columns (crud "hot reads as rows"). Deleted
+    instances are left out unless ``status`` is ``deleted``; ``name`` is a glob (case-sensitive)."""
+    dialect = session.get_bind().dialect.name
+    table = Instance.__table__
 
-    Deleted instances are left out unless ``status`` is ``deleted``.
-    """
-    where = [Instance.status == status if status else Instance.status != "deleted"]
-    if name:
-        where.append(_name_matches(session, name))
-    if hypervisor is not None:
-        where.append(Instance.hypervisor_id == hypervisor)
-    return crud.page(session, Instance, caller, limit, after, *where)
+    def where() -> list[Any]:
+        conditions = [table.c.status == bindparam("status") if status else table.c.status != "deleted"]
+        if name:
+            # SQLite's LIKE ignores ASCII case (PostgreSQL's does not); GLOB is its case-sensitive
+            # glob. Only '[' needs escaping there ("[[]" is a class holding just '[').
+            conditions.append(table.c.name.op("GLOB")(bindparam("name")) if dialect == "sqlite"
+                              else table.c.name.like(bindparam("name"), escape="\\"))
+        if hypervisor is not None:
+            conditions.append(table.c.hypervisor_id == bindparam("hypervisor"))
+        return conditions
+
+    pattern = None if not name else name.replace("[", "[[]") if dialect == "sqlite" else glob_to_like(name)
+    return crud.page_rows(session, Instance, InstancePublic, caller, limit, after,
+                          (dialect, bool(status), bool(name), hypervisor is not None), where,
+                          {"status": status, "name": pattern, "hypervisor": hypervisor})
+
+
+def instance_row(session: Session, caller: Caller, instance_id: int) -> RowMapping:
+    """``get_instance`` (not locked) as a row of InstancePublic's columns, for the read route."""
+    shape = ("instances.get", caller.project_id is not None)
+    query = crud.statement(shape, lambda: select(*crud.columns_of(Instance, InstancePublic)).where(
+        Instance.__table__.c.id == bindparam("id"), *crud.scoped_where(Instance, shape[1])))
+    found = crud.rows(session, query, crud.scope_params(caller) | {"id": instance_id})
+    if not found:
+        raise NotFound(f"instance {instance_id!r} not found")
+    return found[0]
 
 
 def get_instance(session: Session, caller: Caller, instance_id: int, *, lock: bool = False) -> Instance:

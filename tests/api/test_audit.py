@@ -78,9 +78,9 @@ def test_a_nul_in_the_path_is_recorded_not_lost(api: Api, admin_headers: dict[st
 
 def test_a_change_commits_with_its_row_so_a_crash_after_it_loses_no_record(
         api: Api, admin_headers: dict[str, str], monkeypatch: Any) -> None:
-    """The row is written in the change's own transaction: with the write after the answer made to
-    fail (as a process dying there would), the change still has its row, status 0 (no answer
-    recorded); a refused request changed nothing, and its row is the one lost."""
+    """The row is written in the change's own transaction, with the status the route answers on
+    success: with every write after the answer made to fail (as a process dying there would), the
+    change still has its row, 201; a refused request changed nothing, and its row is the one lost."""
     from cloudland_api import audit
 
     def dies(*_args: Any) -> None:
@@ -94,4 +94,4 @@ def test_a_change_commits_with_its_row_so_a_crash_after_it_loses_no_record(
     assert api.client.delete(f"/api/v1/flavors/{made.json()['id']}", headers=reader).status_code == 403
     monkeypatch.undo()
     rows = [(u, m, p, s) for u, m, p, s in events(api, admin_headers, limit=500) if p.startswith("/api/v1/flavors")]
-    assert rows == [("admin", "POST", "/api/v1/flavors", audit.UNANSWERED)]
+    assert rows == [("admin", "POST", "/api/v1/flavors", 201)]
