@@ -11,10 +11,25 @@ whichever call drives progress next, often on another link (measured: a relay
 whose child's host died saw the error while probing its parent's link). A link
 counts such errors and logs them; silence, a dead pid on the same host, or a
 successor that links again decide.
+
+**Which call meets the error decides who dies** (issue 15, docs/architecture.md "Supervision").
+MPICH makes a dead peer's completion error fatal (ch4/netmod/ofi/ofi_events.c:593). A call with
+no communicator (``MPI_Test``, ``MPI_Mrecv``, ``MPI_Comm_free``) that meets it ends its own
+process (exit 143); a call on a link (``MPI_Improbe``) sends MPICH's COMM_ABORT to that link's
+far side instead and goes on (ch4/src/ch4_globals.c:125, mpidig_comm_abort.c). A link made with
+``contain=True`` (the root's) therefore never makes a call without a communicator that can drive
+progress: it asks ``MPIX_Request_is_complete`` (no progress, no error) before it tests a request,
+receives with ``MPI_Imrecv`` instead of ``MPI_Mrecv``, pushes its sends with ``MPI_Iprobe`` and,
+when it closes, parks the communicator instead of freeing it. A dead child's error then comes up
+in a probe, and the root lives on. A relay's link to its parent is made with ``guard=True``, the
+other way round: before each probe of it, ``MPI_Test`` of a receive that never completes drives
+progress first, so that a dead child's error, if it is met there, ends the relay (whose children
+link again to its successor) rather than travel up the parent's link as a COMM_ABORT.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from typing import Any
@@ -27,15 +42,46 @@ from cloudland_proto.v1 import envelope_pb2 as pb
 log = logging.getLogger(__name__)
 
 TAG = 7  # every envelope travels on one tag; its body says what it is
+GUARD_TAG = 8  # nothing is ever sent on it: a guarded link's never-completing receive (module docstring)
+_PARKED: list[Any] = []  # closed contained links' communicators and requests: never freed (module docstring)
+
+
+def _is_complete_fn() -> Any:
+    """MPICH's ``MPIX_Request_is_complete`` from the libmpi this process loaded (it drives no progress)."""
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "/libmpi.so" in line})
+    if not paths:
+        raise RuntimeError("libmpi is not loaded: import MPI first (cloudland.mpienv.import_mpi)")
+    fn = ctypes.CDLL(paths[0]).MPIX_Request_is_complete
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_is_complete: Any = None
+
+
+def request_is_complete(request: Any) -> bool:
+    """True if ``request`` has completed, found without driving MPI's progress (so without meeting
+    any peer's error). MPICH's MPI_Request is a C int; mpi4py gives it unsigned."""
+    global _is_complete
+    if _is_complete is None:
+        _is_complete = _is_complete_fn()
+    handle = request.handle
+    return bool(_is_complete(handle - (1 << 64) if handle >= 1 << 63 else handle))
 
 
 class Link:
     """An intercommunicator to one peer process (rank 0 on the far side)."""
 
-    def __init__(self, mpi: Any, comm: Any, name: str, doorbell: Doorbell | None = None) -> None:
+    def __init__(self, mpi: Any, comm: Any, name: str, doorbell: Doorbell | None = None,
+                 contain: bool = False, guard: bool = False) -> None:
         self._mpi = mpi
         self.comm = comm
         self.name = name
+        self.contain = contain  # no call that could end this process on a peer's death (module docstring)
+        self._incoming: list[tuple[Any, bytearray]] = []  # contained receives still arriving, in order
+        self._guard_buffer = bytearray(1)
+        self._guard = comm.Irecv([self._guard_buffer, mpi.BYTE], source=0, tag=GUARD_TAG) if guard else None
         self.doorbell = doorbell
         self.peer_pid = 0  # set once the peer is known to share our host: then we ring it
         self._outbox: list[tuple[Any, bytes]] = []
@@ -68,7 +114,10 @@ class Link:
         """
         if self._outbox:
             try:
-                self._outbox[-1][0].Test()
+                if self.contain:
+                    self.comm.Iprobe(source=0, tag=TAG)  # progress through the link, not the request
+                else:
+                    self._outbox[-1][0].Test()
             except self._mpi.Exception:
                 pass  # the next poll sees and counts the error
         if self.peer_pid and self.doorbell:
@@ -86,20 +135,29 @@ class Link:
         received: list[bytes] = []
         try:
             if self._outbox:
-                self._outbox = [(r, d) for r, d in self._outbox if not r.Test()]
+                self._outbox = [(r, d) for r, d in self._outbox if not self._done(r)]
+            if self._guard is not None:
+                self._guard.Test()  # progress here first: an error met here ends us, not our parent
             while True:
                 message = self.comm.Improbe(source=0, tag=TAG, status=self._status)
-                if message is None and not received and again:
+                if message is None and not received and not self._incoming and again:
                     message = self.comm.Improbe(source=0, tag=TAG, status=self._status)
                 if message is None:
-                    return received
+                    break
                 buffer = bytearray(self._status.Get_count(mpi.BYTE))
-                message.Recv([buffer, mpi.BYTE])
-                received.append(buffer)
+                if self.contain:  # completed by later probes' progress, delivered in order below
+                    self._incoming.append((message.Irecv([buffer, mpi.BYTE]), buffer))
+                else:
+                    message.Recv([buffer, mpi.BYTE])
+                    received.append(buffer)
+            while self._incoming and self._done(self._incoming[0][0]):
+                received.append(self._incoming.pop(0)[1])
+            return received
         except mpi.Exception as exc:
             self._error(exc, "poll")
             if self._outbox:  # a request that failed stays failed: drop what cannot be sent
-                self._outbox = [(r, d) for r, d in self._outbox if not _failed(r)]
+                gone = request_is_complete if self.contain else _failed  # a contained link never tests an open one
+                self._outbox = [(r, d) for r, d in self._outbox if not gone(r)]
             return received
 
     def flush(self, timeout: float) -> bool:
@@ -107,18 +165,30 @@ class Link:
         end = time.monotonic() + timeout
         while self._outbox and time.monotonic() < end:
             try:
-                self._outbox = [(r, d) for r, d in self._outbox if not r.Test()]
+                if self.contain:
+                    self.comm.Iprobe(source=0, tag=TAG)
+                self._outbox = [(r, d) for r, d in self._outbox if not self._done(r)]
             except self._mpi.Exception:
                 return False
             time.sleep(0.001)
         return not self._outbox
+
+    def _done(self, request: Any) -> bool:
+        """Test ``request``; a contained link tests only what has completed (no progress, module docstring)."""
+        if self.contain and not request_is_complete(request):
+            return False
+        return bool(request.Test())
 
     def close(self) -> None:
         """Release the link. ``Free``, never ``Disconnect``: that hangs if the peer is dead."""
         if self.closed:
             return
         self.closed = True
-        for request, _ in self._outbox:
+        if self.contain:  # MPI_Cancel and MPI_Comm_free can meet a dead peer's error and end us
+            _PARKED.append((self.comm, self._outbox, self._incoming))
+            self._outbox, self._incoming = [], []
+            return
+        for request, _ in self._outbox + ([(self._guard, b"")] if self._guard is not None else []):
             try:
                 request.Cancel()
             except self._mpi.Exception:

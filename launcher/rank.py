@@ -238,7 +238,8 @@ class ChildRank:
                     comm = self.mpi.COMM_SELF.Accept(port)
             finally:
                 self.mpi.Close_port(port)
-        return Link(self.mpi, comm, "parent", self.backoff.doorbell)
+        # A relay's death is confined to it rather than its parent's (launcher/link.py, guard).
+        return Link(self.mpi, comm, "parent", self.backoff.doorbell, guard=self.relay)
 
     def _await_assign(self) -> pb.Assign:
         assert self.parent is not None
