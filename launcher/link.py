@@ -158,6 +158,13 @@ class Link:
             if self._outbox:  # a request that failed stays failed: drop what cannot be sent
                 gone = request_is_complete if self.contain else _failed  # a contained link never tests an open one
                 self._outbox = [(r, d) for r, d in self._outbox if not gone(r)]
+            while self._incoming and request_is_complete(self._incoming[0][0]):
+                request, buffer = self._incoming.pop(0)
+                try:  # completed: its test drives no progress
+                    request.Test()
+                    received.append(buffer)
+                except mpi.Exception as failed:  # ended in error: dropped, not tested again
+                    self._error(failed, "receive")
             return received
 
     def flush(self, timeout: float) -> bool:
