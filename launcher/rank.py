@@ -238,8 +238,7 @@ class ChildRank:
                     comm = self.mpi.COMM_SELF.Accept(port)
             finally:
                 self.mpi.Close_port(port)
-        # A relay's death is confined to it rather than its parent's (launcher/link.py, guard).
-        return Link(self.mpi, comm, "parent", self.backoff.doorbell, guard=self.relay)
+        return Link(self.mpi, comm, "parent", self.backoff.doorbell)
 
     def _await_assign(self) -> pb.Assign:
         assert self.parent is not None

@@ -83,7 +83,7 @@ class Root:
         self.backoff = Backoff(settings.max_sleep_s)
         self.backoff.local_max_sleep = settings.local_max_sleep_s
         self.subtree = Subtree(
-            mpi, assign, self.shape.root, self._on_replies, self._on_event, self.backoff.doorbell, contain=True
+            mpi, assign, self.shape.root, self._on_replies, self._on_event, self.backoff.doorbell
         )
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.jobs: dict[str, Job] = {}

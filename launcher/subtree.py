@@ -24,7 +24,7 @@ from cloudland.topology import NodeRange, Shape, route
 from cloudland_launcher import rendezvous, wire
 from cloudland_launcher.batch import batch_of
 from cloudland_launcher.doorbell import Doorbell
-from cloudland_launcher.link import TAG, Link, decode_all
+from cloudland_launcher.link import Link, decode_all
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import link_pb2 as lpb
 
@@ -78,12 +78,9 @@ class Subtree:
         on_replies: Callable[[pb.ReplyBatch], None],
         on_event: Callable[[pb.PeerEvent], None],
         doorbell: Doorbell,
-        contain: bool = False,
     ) -> None:
         self.mpi = mpi
         self.doorbell = doorbell
-        # The root's links never make a call that a child's death can end it by (launcher/link.py).
-        self.contain = contain
         self.assign = assign
         self.shape = Shape(assign.hypervisors, assign.per_leaf, assign.fanout)
         self.me = me
@@ -163,8 +160,6 @@ class Subtree:
             sock.close()
             return
         started = time.monotonic()
-        if self.contain:
-            self._drain()  # a dead child's error met by a probe now, not by MPI_Comm_connect (COMM_SELF's)
         try:
             # Blocks this rank until the child accepts, which it does as soon as it reads
             # our answer; a child that dies in between blocks us until MPICH gives up (§10.3).
@@ -177,7 +172,7 @@ class Subtree:
         if child.linked:
             child.respawns += 1
         child.linked = True
-        child.link = Link(self.mpi, comm, str(node), self.doorbell, contain=self.contain)
+        child.link = Link(self.mpi, comm, str(node), self.doorbell)
         child.state = pb.PEER_STARTING
         child.pid, child.host, child.pending = request.pid, request.host, {}
         child.spawned_at = child.last_heard = time.monotonic()
@@ -193,16 +188,6 @@ class Subtree:
         child.link.send(wire.encode(assign=assign))
         log.info("event=linked peer=%s pid=%d host=%s connect_s=%.3f", node, request.pid, request.host,
                  time.monotonic() - started)
-
-    def _drain(self) -> None:
-        """Drive MPI's progress through every live link's probe (errors there end no one here)."""
-        for child in self.children:
-            if child.link is not None and not child.link.closed:
-                try:
-                    child.link.comm.Iprobe(source=0, tag=TAG)
-                except self.mpi.Exception as exc:
-                    log.info("event=mpi_error peer=%s during=drain error=%s", child.node,
-                             str(exc).splitlines()[-1] if str(exc) else "")
 
     # -- routing -----------------------------------------------------------
 

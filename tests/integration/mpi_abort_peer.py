@@ -6,9 +6,10 @@ talking through the tree's own ``Link`` (launcher/link.py).
 
 Every process sends on each of its links in every loop, and polls them (children first, as a
 relay's loop does): 2 kB messages downward (commands, heartbeats), 4 MB upward (reply batches), so
-that a killed process dies with messages half-way both ways. ``--as-tree``: links are made as the
-tree makes them (the root's ``contain=True``, a relay's link to its parent ``guard=True``);
-without it, plain links (the control). Each prints ``linked <pid>`` once linked and,
+that a killed process dies with messages half-way both ways. ``--as-tree``: the root's link made with
+``contain=True``, the relay's link to its parent with ``guard=True`` (launcher/link.py's options,
+which the tree itself does not use: docs/architecture.md "Supervision"); without it, plain links
+as the tree makes them. Each prints ``linked <pid>`` once linked and,
 at the end (after SECONDS), ``survived errors=N``.
 """
 
