@@ -22,6 +22,7 @@ import libvirt
 
 from cloudland.errors import DriverError
 from cloudland_agents.compute.domain import METADATA_NS
+from cloudland_agents.simdomains import SavedDomains
 from cloudland_agents.storage.disks import disks_of
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import storage_pb2 as spb
@@ -61,6 +62,7 @@ class Hypervisor:
         # and the oldest-read few at every report (DISKS_REREAD_REPORTS).
         self._disks: dict[str, list[spb.AttachedDisk]] = {}
         self._age_due = 0.0  # domains' disks owed a re-read (_age_disks)
+        self.saved: SavedDomains | None = None  # a simulated hypervisor's domains on disk (open_simulated)
         try:
             self.conn = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -165,6 +167,15 @@ class Hypervisor:
             "domains": [d.name() for d in self.conn.listAllDomains()],
         }
 
+    def persist(self) -> None:
+        """Save a simulated hypervisor's domains (agents/simdomains.py); nothing for a real one,
+        whose domains are libvirtd's."""
+        if self.saved is not None:
+            try:
+                self.saved.save(self.conn)
+            except (libvirt.libvirtError, OSError) as exc:
+                raise DriverError(self.id, f"saving the simulated domains to {self.saved.path} failed: {exc}") from exc
+
     def close(self) -> None:
         try:
             self.conn.close()
@@ -194,8 +205,11 @@ def underlay_address(listen: str) -> str:
     return "" if address.is_unspecified else str(address)
 
 
-def open_simulated(hypervisor_id: int, state_dir: Path, vtep: str = "") -> Hypervisor:
-    """Write the host file of a simulated hypervisor (once) and connect to it."""
+def open_simulated(hypervisor_id: int, state_dir: Path, vtep: str = "", saved: bool = False) -> Hypervisor:
+    """Write the host file of a simulated hypervisor (once) and connect to it.
+
+    ``saved``: its domains outlive this process (agents/simdomains.py): those saved by the last
+    process that held it are defined again now, and ``persist`` saves them."""
     hosts = state_dir / "hosts"
     hosts.mkdir(parents=True, exist_ok=True)
     path = hosts / f"hv-{hypervisor_id}.xml"
@@ -203,7 +217,15 @@ def open_simulated(hypervisor_id: int, state_dir: Path, vtep: str = "") -> Hyper
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(simulated_node_xml(hypervisor_id))
         tmp.replace(path)
-    return Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir, vtep=vtep)
+    hypervisor = Hypervisor(hypervisor_id, f"test://{path.resolve()}", f"sim-{hypervisor_id:05d}", state_dir,
+                            vtep=vtep)
+    if saved:
+        hypervisor.saved = SavedDomains(hosts / f"hv-{hypervisor_id}.domains.json", hypervisor_id)
+        try:
+            hypervisor.saved.restore(hypervisor.conn)
+        except libvirt.libvirtError as exc:
+            raise DriverError(hypervisor_id, f"restoring the saved simulated domains failed: {exc}") from exc
+    return hypervisor
 
 
 class PerHypervisor(Generic[T]):

@@ -31,6 +31,7 @@ from cloudland_agents.network.names import DEFAULT_PREFIX, Names
 from cloudland_agents.network.fake import simulated_vtep
 from cloudland_agents.network.ops import Network, Repairable, network_for, repair_loop, simulated  # net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
+from cloudland_agents.simdomains import CHANGES_DOMAINS
 from cloudland_agents.storage.ops import load_rbd_backends, storage_for, volumes_of  # registers vol.*
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -47,7 +48,8 @@ class Leaf(ChildRank):
         state_dir = self.state_dir  # this host's, from its host agent (the root's may be elsewhere)
         vtep = underlay_address(self.listen_host)  # the host's address on the underlay (issue 11)
         if settings.get("driver", "test") == "test":
-            self.hypervisors = {hv: open_simulated(hv, state_dir, vtep) for hv in ids}
+            # Their domains outlive us, as a real hypervisor's outlive its agent (agents/simdomains.py).
+            self.hypervisors = {hv: open_simulated(hv, state_dir, vtep, saved=True) for hv in ids}
         else:
             # QEMU runs as its own user and reaches its guests' files under our state directory:
             # the one exception to private state (cloudland/statedir.py).
@@ -151,9 +153,14 @@ class Leaf(ChildRank):
     def _execute(
         self, op: ops.Operation, hv: int, job_id: str, request: Message, deadline: float
     ) -> pb.Reply | None:
-        ctx = ops.Context(self.hypervisors[hv], job_id, deadline, self.send_raw, checked=op.check is not None)
+        hypervisor = self.hypervisors[hv]
+        ctx = ops.Context(hypervisor, job_id, deadline, self.send_raw, checked=op.check is not None)
         try:
-            result = op.run(ctx, request)
+            try:
+                result = op.run(ctx, request)
+            finally:
+                if op.name in CHANGES_DOMAINS:  # before the reply: an effect not saved was not reported either
+                    hypervisor.persist()
             plain = result is None or not result.ByteSize() or (op.compact is not None and op.compact(request, result))
             packed = None if plain else operations.pack_result(op.name, result)
         except InvalidRequest as exc:

@@ -20,9 +20,10 @@ takes its lease from the subnet's dnsmasq and can ping. ``TestGuests`` holds eac
 a file (0600, ``<state dir>/compute/<prefix>-hv<id>/<vm>.json``), written before its guests are
 made and removed after they are gone. ``repair`` (at the agent's start and every 60 s, in the
 network's repair loop) makes every held guest right first, then removes every namespace and
-link of the tap shape that no held VM has: only names of its own prefix. A leaf that dies loses
-its test domains (libvirt keeps them in the leaf's memory) but not the guests: the reconciler's
-``recover`` defines the domain again and finds its guests as they were, lease and all.
+link of the tap shape that no held VM has: only names of its own prefix. A leaf that dies keeps
+its test domains (saved on disk and defined again by the next leaf, agents/simdomains.py) and
+the guests: both are as they were, lease and all; a domain lost with its saved file is defined
+again by the reconciler's ``recover``, which finds its guests as they were.
 """
 
 from __future__ import annotations

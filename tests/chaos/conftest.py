@@ -21,9 +21,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     write("")
-    write("chaos: | database | scenario | jobs | recovery s | jobs succeeded / failed / lost | duplicates | "
+    write("chaos: | database | scenario | jobs | not ended at the fault | recovery s | jobs succeeded / failed / lost | duplicates | "
           "in agreement after s | root restarted | load |")
     for row in ROWS:
-        write(f"chaos: | {row['database']} | {row['scenario']} | {row['operations']} | {row['recovery_s']:.1f} | "
+        write(f"chaos: | {row['database']} | {row['scenario']} | {row['operations']} | {row['in_flight']} | "
+              f"{row['recovery_s']:.1f} | "
               f"{row['succeeded']} / {row['failed']} / {row['lost']} | {row['duplicates']} | "
               f"{row['agreed_s']:.1f} | {'yes' if row['root_restarted'] else 'no'} | {row['load']:.1f} |")

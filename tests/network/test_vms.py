@@ -221,7 +221,7 @@ def test_a_leaf_killed_comes_back_and_its_vms_guests_are_left_as_they_were(world
     assert old
     kill(old)
     back = wait_until(lambda: world.cloud.answering([world.hv["h2"]]), 30, "h2's leaf to come back")
-    # The test driver's domains lived in the dead leaf's memory: the reconciler defines them again.
+    # The test driver's domains were saved on disk (agents/simdomains.py): the new leaf defines them again.
     def redefined() -> bool:
         names = {d["metadata"].get("name") for d in world.operator.domains().get(world.hv["h2"], [])}
         return {t.name("h2") for t in world.tenants} <= names
