@@ -161,8 +161,12 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("project", "create", S.organisation, ADMINS),
     ("project", "delete", S.organisation, ADMINS),     # an empty one, not the default
     ("project_role", "read", S.organisation, ANYONE),  # a project's own role holders
-    ("project_role", "update", S.organisation, ADMINS),  # grant or change a user's role on a project
-    ("project_role", "delete", S.organisation, ADMINS),
+    ("project_role", "update", S.project, ADMINS),     # grant or change a user's role on a project: its
+    ("project_role", "delete", S.project, ADMINS),     # admins (acting in it) or the organisation's
+    ("group", "read", S.organisation, ANYONE),         # the organisation's groups, their members and roles
+    ("group", "create", S.organisation, ADMINS),
+    ("group", "update", S.organisation, ADMINS),       # add or remove users, grant or revoke its roles
+    ("group", "delete", S.organisation, ADMINS),
     ("quota", "read", S.project, ANYONE),              # the project's usage and limits, the org's ceiling
     ("quota", "update", S.cloud, ADMINS),              # operators set a project's or an organisation's limits
     ("hypervisor", "read", S.cloud, ANYONE),

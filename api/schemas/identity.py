@@ -149,7 +149,7 @@ class AuditEventList(Page):
 
 
 class AppCredentialCreate(_Request):
-    """``POST /api/v1/app-credentials``: a credential for scripts, in the organisation the token acts in."""
+    """``POST /api/v1/app-credentials``: a credential for scripts, bound to the project the request acts in."""
 
     name: Name
     role: RoleName | None = Field(default=None, description="At most yours; default yours")
@@ -164,6 +164,7 @@ class AppCredentialPublic(BaseModel):
     id: int
     name: str
     role: Role
+    project_id: int = Field(description="The one project it acts in")
     created_at: datetime
     expires_at: datetime
 
