@@ -36,9 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from cloudland.errors import Forbidden
+from cloudland_api import audit
 from cloudland_api.deps import CurrentUser
 from cloudland_api.models import Role
 from cloudland_api.schemas import ErrorResponse
@@ -209,9 +210,10 @@ def allows(caller: Caller, resource: str, action: str) -> bool:
 
 
 def _dependency(rule: Rule) -> Any:
-    def authorise(caller: CurrentUser) -> None:
+    async def authorise(request: Request, caller: CurrentUser) -> None:
         why = rule.refusal(caller)
         if why is not None:
+            await audit.refused(request, 403)  # its audit row before its answer (api/audit.py)
             raise Forbidden(why)
 
     authorise.__name__ = f"authorise_{rule.resource}_{rule.action}"
