@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudland_cli.common import EXIT_FAILED, confirmed, connect, fail, out, print_json, print_record
+from cloudland_cli.common import connect, delete_asked, out, print_json, print_record
 from cloudland_cli.projects import find_project, user_ref_id
 from cloudland_cli.restclient import ApiClient, find_by_ref
 from cloudland_cli.tenants import JsonOpt, YesOpt, checked_role, print_list
@@ -76,10 +76,7 @@ def group_delete(ref: GroupArg, yes: YesOpt = False) -> None:
     """Delete a group: its members lose the roles it gave them. Asks first; --yes does not."""
     with connect() as client:
         group = find_group(client, ref)
-        if not confirmed(f"Delete group {group['name']}?", f"delete group {group['name']}", yes):
-            fail(EXIT_FAILED, f"group {group['name']} not deleted")
-        client.delete(f"/groups/{group['id']}")
-    out.print(f"group {group['id']} {group['name']} deleted")
+        delete_asked(client, "group", group, f"/groups/{group['id']}", yes)
 
 
 @group_app.command("add-user")

@@ -17,11 +17,9 @@ import typer
 
 from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
-    EXIT_FAILED,
     api_errors,
-    confirmed,
     connect,
-    fail,
+    delete_asked,
     out,
     print_json,
     print_record,
@@ -71,10 +69,7 @@ def project_delete(ref: ProjectArg, yes: YesOpt = False) -> None:
     """Delete an empty project (not the default one). Asks first; --yes does not."""
     with connect() as client:
         project = find_project(client, ref)
-        if not confirmed(f"Delete project {project['name']}?", f"delete project {project['name']}", yes):
-            fail(EXIT_FAILED, f"project {project['name']} not deleted")
-        client.delete(f"/projects/{project['id']}")
-    out.print(f"project {project['id']} {project['name']} deleted")
+        delete_asked(client, "project", project, f"/projects/{project['id']}", yes)
 
 
 @project_app.command("use")

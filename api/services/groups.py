@@ -119,11 +119,7 @@ def add_user(session: Session, caller: Caller, group_id: int, user_id: int) -> t
 def remove_user(session: Session, caller: Caller, group_id: int, user_id: int) -> None:
     """Take user ``user_id`` out of the group (effective at their next request)."""
     group = get(session, caller, group_id)
-    row = session.get(GroupMember, (group.id, user_id), with_for_update=True)
-    if row is None:
-        raise NotFound(f"user {user_id} is not in group {group.name!r}")
-    session.delete(row)
-    session.commit()
+    crud.remove(session, GroupMember, (group.id, user_id), f"user {user_id} is not in group {group.name!r}")
     log.info("event=group_member_removed org_id=%d group_id=%d member_id=%d user_id=%d", caller.org_id, group.id,
              user_id, caller.user_id)
 
@@ -163,11 +159,8 @@ def revoke_project(session: Session, caller: Caller, group_id: int, project_id: 
     """Take the group's role on one project away."""
     group = get(session, caller, group_id)
     project = _project(session, caller, project_id)
-    row = session.get(GroupProjectRole, (group.id, project.id), with_for_update=True)
-    if row is None:
-        raise NotFound(f"group {group.name!r} holds no role on project {project.name!r}")
-    session.delete(row)
-    session.commit()
+    crud.remove(session, GroupProjectRole, (group.id, project.id),
+                f"group {group.name!r} holds no role on project {project.name!r}")
     log.info("event=group_project_role_revoked org_id=%d group_id=%d project_id=%d user_id=%d", caller.org_id,
              group.id, project.id, caller.user_id)
     return group

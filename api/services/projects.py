@@ -238,11 +238,7 @@ def grant(session: Session, caller: Caller, project_id: int, user_id: int, role:
 def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> None:
     """Remove user ``user_id``'s role on the project (every request re-reads it: it ends at once)."""
     project = _managed(session, caller, project_id)
-    row = session.get(ProjectRole, (project.id, user_id), with_for_update=True)
-    if row is None:
-        raise NotFound(f"user {user_id} holds no role on project {project.name!r}")
-    session.delete(row)
-    session.commit()
+    crud.remove(session, ProjectRole, (project.id, user_id), f"user {user_id} holds no role on project {project.name!r}")
     log.info("event=project_role_revoked org_id=%d project_id=%d user_id=%d by=%d", caller.org_id, project.id,
              user_id, caller.user_id)
 
