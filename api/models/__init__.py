@@ -22,7 +22,8 @@ from cloudland_api.models.volumes import Volume, VolumeAttachment, VolumeSnapsho
 
 __all__ = [
     "DEFAULT_GROUP", "DEFAULT_PROJECT", "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent",
-    "Base", "Directory", "ExternalIp", "ExternalNetwork", "Flavor", "Group", "GroupMember", "GroupProjectRole", "Hypervisor", "Image", "Instance", "Job", "JobState",
+    "Base", "Directory", "ExternalIp", "ExternalNetwork", "Flavor", "Group", "GroupMember", "GroupProjectRole",
+    "Hypervisor", "Image", "Instance", "Job", "JobState",
     "LoginFailure", "Membership", "Organisation", "OrganisationQuota", "Port", "PortAllowedAddress", "PortIp",
     "PortSecurityGroup", "Project", "ProjectOwned", "ProjectQuota", "ProjectRole", "RevokedToken", "Role", "Router",
     "RouterSubnet", "SecurityGroup", "SecurityRule", "SshKey", "Subnet", "User", "UTCDateTime", "VOLUME", "VPC",

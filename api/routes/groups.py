@@ -39,7 +39,8 @@ def list_groups(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50,
     return GroupList(items=[group_public(None, g) for g in rows], limit=limit, next_after=next_after)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, **allow("group", "create", responses={409: {"model": ErrorResponse}}))
+@router.post("", status_code=status.HTTP_201_CREATED,
+             **allow("group", "create", responses={409: {"model": ErrorResponse}}))
 def create_group(body: GroupCreate, session: SessionDep, caller: CurrentUser) -> GroupPublic:
     """Create a group, with a role on the organisation if ``role`` is given."""
     return group_public(session, groups.create(session, caller, body.name, Role(body.role) if body.role else None))

@@ -40,7 +40,9 @@ def grants(session: Session, user_id: int, org_id: int) -> tuple[Role | None, di
     on_projects: dict[int, Role] = {}
     for row in rows:
         if row.project_id is not None:
-            on_projects[row.project_id] = higher(on_projects.get(row.project_id), row.project_role)  # type: ignore[assignment]
+            role = higher(on_projects.get(row.project_id), row.project_role)
+            assert role is not None
+            on_projects[row.project_id] = role
     return higher(*(row.role for row in rows)), on_projects
 
 

@@ -7,11 +7,11 @@ project they hold a role on; for an application credential: the one it is bound 
 other). The caller's role there is the highest of their organisation role (unless their
 membership is ``projects_only``), their groups' roles on the organisation and on the project
 (services/groups.py), and their own role on the project; an application credential's role caps
-it, and every other role of the caller.
+it, and every other role of the caller. Tenant rows are then read and written in that project
+only (services/crud.py), and the policy's ``project`` scope decides on that role (api/policy.py).
 
 A project's admins (and the organisation's) grant and revoke roles on it; only the
-organisation's admins bring in users from outside the organisation. Tenant rows are then read and written in that project only
-(services/crud.py), and the policy's ``project`` scope decides on that role (api/policy.py).
+organisation's admins bring in users from outside the organisation.
 
 Refused, with a 409 saying what to do: a name already used in the organisation, deleting the
 default project, or one that still holds resources.
@@ -30,7 +30,9 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cloudland_api.db import for_change
-from cloudland_api.models import AppCredential, Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
+from cloudland_api.models import (
+    AppCredential, Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, User
+)
 from cloudland_api.services import crud, groups
 from cloudland_api.services.directories import ROLE_ORDER, higher
 from cloudland_api.services.identity import Caller
@@ -199,7 +201,8 @@ def _managed(session: Session, caller: Caller, project_id: int, *, lock: bool = 
     request acts in; here, the one the path names). A project the caller holds no role on is
     NotFound, as ``show`` has it; one they hold a lower role on, Forbidden."""
     project = get(session, caller, project_id, lock=lock)
-    role = caller.project_role if project.id == caller.project_id else roles_on(session, caller, [project.id])[project.id]
+    role = (caller.project_role if project.id == caller.project_id
+            else roles_on(session, caller, [project.id])[project.id])
     if role is None and caller.all_projects_role is None:
         raise NotFound(f"project {project_id} not found in organisation {caller.organisation!r}")
     if role is not Role.admin:
@@ -238,7 +241,8 @@ def grant(session: Session, caller: Caller, project_id: int, user_id: int, role:
 def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> None:
     """Remove user ``user_id``'s role on the project (every request re-reads it: it ends at once)."""
     project = _managed(session, caller, project_id)
-    crud.remove(session, ProjectRole, (project.id, user_id), f"user {user_id} holds no role on project {project.name!r}")
+    crud.remove(session, ProjectRole, (project.id, user_id),
+                f"user {user_id} holds no role on project {project.name!r}")
     log.info("event=project_role_revoked org_id=%d project_id=%d user_id=%d by=%d", caller.org_id, project.id,
              user_id, caller.user_id)
 
