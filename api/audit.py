@@ -1,7 +1,8 @@
 """The audit trail (issue 14): every request that may change something (anything but GET, HEAD
 and OPTIONS under ``/api/v1``), sign-ins and failed sign-ins among them, becomes one row of
-``audit_events``: who (the token's user, or the username a sign-in gave), in which organisation,
-the method and path, the answer's status, the client's address, when.
+``audit_events``: who (the token's user, or the username a sign-in gave), in which organisation
+and project, the method and path, the resource (its policy entry's type, and the id the path
+gives), the answer's status, the client's address, when.
 
 ``AuditTrail`` is an ASGI middleware inside Admission (a request turned away unserved with 429
 is not recorded: it did nothing). It learns who called from ``request.state``: ``deps.get_caller``
@@ -16,8 +17,9 @@ never committed without its row. The row carries the status the route answers wh
 (issue 15: the second write, a transaction of its own after every answer, cost a thread hop and
 a turn of SQLite's write lock per change). After the answer the middleware writes only when
 the answer differs: it sets the row's status then (in a transaction of its own, in SQLite's
-write turn, like a route), and a request that committed nothing (refused, or failed before any
-change) gets its row then. A process that dies between the commit and the answer keeps the row
+write turn, like a route), and a request that committed nothing (failed before any change) gets
+its row then; one refused for its token or its role (401, 403) gets it before its answer
+(``refused``). A process that dies between the commit and the answer keeps the row
 with the route's success status (its change did commit); one that dies before committing changed
 nothing. ``UNANSWERED`` (0) is left for a commit outside a route.
 """
@@ -25,6 +27,7 @@ nothing. ``UNANSWERED`` (0) is left for a commit outside a route.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import anyio.to_thread
@@ -41,21 +44,42 @@ READS = ("GET", "HEAD", "OPTIONS")
 CALLER = "audit_caller"         # request.state: the authenticated Caller (deps.get_caller)
 SIGN_IN = "audit_sign_in"       # request.state: (username, organisation name or None) a sign-in gave
 ROW = "audit_row"               # request.state: the row a commit of the request added (``watch``)
+DONE = "audit_done"             # request.state: the row is written with its answer's status (``refused``)
 UNANSWERED = 0                  # the status of a row whose answer is not recorded (yet)
 
 
 def _event(scope: Scope, status: int) -> dict[str, Any]:
     client = scope.get("client")
     return {"method": scope["method"], "path": _printable(scope.get("raw_path") or scope["path"])[:512],
-            "status": status,
-            "address": (client[0] if client else "unknown")[:64]}
+            "status": status, "address": (client[0] if client else "unknown")[:64], **_resource(scope)}
+
+
+def _success_status(scope: Scope) -> int:
+    """The status the request's route answers when it succeeds (FastAPI's default 200 for a route
+    that declares none); UNANSWERED outside a route."""
+    route = scope.get("route")
+    if route is None:
+        return UNANSWERED
+    return int(getattr(route, "status_code", None) or 200)
+
+
+def _resource(scope: Scope) -> dict[str, Any]:
+    """The resource a routed request names: its route's policy entry's type (api/policy.py) and
+    the first id its path gives (``/instances/{instance_id}/start``: the instance's)."""
+    route = scope.get("route")
+    entry = (getattr(route, "openapi_extra", None) or {}).get("x-policy") or {}
+    names = re.findall(r"{(\w+)", getattr(route, "path", ""))
+    given = (scope.get("path_params") or {}).get(names[0]) if names else None
+    return {"resource_type": entry.get("resource"),
+            "resource_id": _printable(str(given))[:64] if given is not None else None}
 
 
 def _who(session: Session, event: dict[str, Any], state: dict[str, Any]) -> bool:
     """Fill in the caller (or the sign-in's username and organisation); False when unknown yet."""
     caller = state.get(CALLER)
     if caller is not None:
-        event.update(org_id=caller.org_id, user_id=caller.user_id, username=caller.username)
+        event.update(org_id=caller.org_id, user_id=caller.user_id, username=caller.username,
+                     project_id=caller.project_id)
     elif SIGN_IN in state:
         username, organisation = state[SIGN_IN]
         event["username"] = username[:64]
@@ -83,15 +107,6 @@ def watch(session: Session, request: Request) -> None:
     event.listen(session, "before_commit", add_row)
 
 
-def _success_status(scope: Scope) -> int:
-    """The status the request's route answers when it succeeds (FastAPI's default 200 for a route
-    that declares none); UNANSWERED outside a route."""
-    route = scope.get("route")
-    if route is None:
-        return UNANSWERED
-    return int(getattr(route, "status_code", None) or 200)
-
-
 class AuditTrail:
     """Records every changing request under ``/api/v1`` (the module's docstring)."""
 
@@ -113,25 +128,40 @@ class AuditTrail:
         try:
             await self.app(scope, receive, sending)
         finally:
-            await self._record(scope, status)
+            if not scope.get("state", {}).get(DONE):
+                await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
-        app = scope["app"]
-        state: dict[str, Any] = scope.get("state", {})
-        row = state.get(ROW)
+        """The row's status, after the answer, unless the change committed it with this very status
+        (a crash before this keeps the route's success status: its change did commit)."""
+        row = scope.get("state", {}).get(ROW)
         if row is not None and row.id is not None and row.status == status:
-            return  # committed with the change, with this very status: nothing left to write
-        event = _event(scope, status)
-        lock = app.state.write_lock
-        try:
-            if lock is None:
+            return
+        await _record(scope, status)
+
+
+async def _record(scope: Scope, status: int) -> None:
+    app = scope["app"]
+    state: dict[str, Any] = scope.setdefault("state", {})
+    event = _event(scope, status)
+    lock = app.state.write_lock
+    try:
+        if lock is None:
+            await anyio.to_thread.run_sync(_write, app.state.write_sessions, event, state)
+        else:
+            async with lock:
                 await anyio.to_thread.run_sync(_write, app.state.write_sessions, event, state)
-            else:
-                async with lock:
-                    await anyio.to_thread.run_sync(_write, app.state.write_sessions, event, state)
-        except Exception as exc:  # the answer is sent: a lost row is logged, never the request's failure
-            log.error("event=audit_write_failed method=%s path=%s status=%d error=%s", event["method"],
-                      event["path"], status, type(exc).__name__)
+        state[DONE] = True
+    except Exception as exc:  # a lost row is logged, never the request's failure
+        log.error("event=audit_write_failed method=%s path=%s status=%d error=%s", event["method"],
+                  event["path"], status, type(exc).__name__)
+
+
+async def refused(request: Request, status: int) -> None:
+    """Write a refused request's row (401, 403: before any write turn is taken) before its answer
+    is sent, so a crash between the two loses nothing (``deps.get_caller``, api/policy.py)."""
+    if request.method not in READS and request.url.path.startswith("/api/v1/"):
+        await _record(request.scope, status)
 
 
 def _printable(text: str | bytes) -> str:

@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cloudland.errors import Unauthorized
+from cloudland.errors import Forbidden, Unauthorized
 from cloudland_api import audit, tokencache
 from cloudland_api.services import credentials as app_credentials
 from cloudland_api.services import federation, identity, projects
@@ -117,6 +117,7 @@ async def get_caller(
     (``api/tokencache.py``, which says how revocation stays immediate); otherwise it is, in a
     worker thread."""
     if credentials is None:
+        await audit.refused(request, 401)
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>' from POST /api/v1/login")
     ref = project  # its form checked by the header's declared pattern (422)
     cache: TokenCache = request.app.state.token_cache
@@ -125,7 +126,11 @@ async def get_caller(
     caller = cache.get(cache_key)
     if caller is None:
         read_in = tokencache.epoch.value
-        caller = await run_in_threadpool(_authenticate, request, key, settings, token, ref)
+        try:
+            caller = await run_in_threadpool(_authenticate, request, key, settings, token, ref)
+        except (Unauthorized, Forbidden) as exc:  # its audit row before its answer (api/audit.py)
+            await audit.refused(request, 401 if isinstance(exc, Unauthorized) else 403)
+            raise
         cache.put(cache_key, caller, read_in)
     request.state.audit_caller = caller  # who the audit trail records (api/audit.py)
     return caller

@@ -36,9 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from cloudland.errors import Forbidden
+from cloudland_api import audit
 from cloudland_api.deps import CurrentUser
 from cloudland_api.models import Role
 from cloudland_api.schemas import ErrorResponse
@@ -161,8 +162,12 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("project", "create", S.organisation, ADMINS),
     ("project", "delete", S.organisation, ADMINS),     # an empty one, not the default
     ("project_role", "read", S.organisation, ANYONE),  # a project's own role holders
-    ("project_role", "update", S.organisation, ADMINS),  # grant or change a user's role on a project
-    ("project_role", "delete", S.organisation, ADMINS),
+    ("project_role", "update", S.project, ADMINS),     # grant or change a user's role on a project: its
+    ("project_role", "delete", S.project, ADMINS),     # admins (acting in it) or the organisation's
+    ("group", "read", S.organisation, ANYONE),         # the organisation's groups, their members and roles
+    ("group", "create", S.organisation, ADMINS),
+    ("group", "update", S.organisation, ADMINS),       # add or remove users, grant or revoke its roles
+    ("group", "delete", S.organisation, ADMINS),
     ("quota", "read", S.project, ANYONE),              # the project's usage and limits, the org's ceiling
     ("quota", "update", S.cloud, ADMINS),              # operators set a project's or an organisation's limits
     ("hypervisor", "read", S.cloud, ANYONE),
@@ -205,11 +210,12 @@ def allows(caller: Caller, resource: str, action: str) -> bool:
 
 
 def _dependency(rule: Rule) -> Any:
-    # async: it does no I/O, and FastAPI would run a plain ``def`` in its thread pool, a hop that
-    # cost more than the decision on every request (issue 15).
-    async def authorise(caller: CurrentUser) -> None:
+    # async: it does no I/O (but for a refusal's audit row), and FastAPI would run a plain ``def``
+    # in its thread pool, a hop that cost more than the decision on every request (issue 15).
+    async def authorise(request: Request, caller: CurrentUser) -> None:
         why = rule.refusal(caller)
         if why is not None:
+            await audit.refused(request, 403)  # its audit row before its answer (api/audit.py)
             raise Forbidden(why)
 
     authorise.__name__ = f"authorise_{rule.resource}_{rule.action}"

@@ -7,8 +7,9 @@ same tokens come back many times a second, so ``TokenCache`` keeps what a token 
 
 Revocation is not delayed in this process. Every commit that changed a row of the identity
 models (``api/models/identity.py``: users, memberships, organisations, revoked tokens,
-directories, application credentials; not the failed sign-ins' counts) or of the projects and
-their role grants (``api/models/projects.py``; a cached caller carries its project and role) moves the process-wide
+directories, application credentials; not the failed sign-ins' counts), of the projects and
+their role grants (``api/models/projects.py``; a cached caller carries its project and role) or
+of the groups, their members and roles (``api/models/groups.py``) moves the process-wide
 ``epoch`` on, at the flush and again at the commit, and an entry is good only under the epoch it
 was read in. An entry read while such a change was in flight is stored under the old epoch, so
 it is never used. A logout, a password change, a removed membership or a role change is thus
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
-from cloudland_api.models import LoginFailure
+from cloudland_api.models import Group, GroupMember, GroupProjectRole, LoginFailure
 from cloudland_api.models.projects import Project, ProjectRole
 from cloudland_api.models.base import Base
 from cloudland_api.services.identity import Caller
@@ -55,7 +56,9 @@ _CHANGED = "cloudland_identity_changed"  # Session.info: this transaction change
 def _identity_tables() -> frozenset[str]:
     tables = {mapper.local_table.name for mapper in Base.registry.mappers  # type: ignore[attr-defined]
               if mapper.class_.__module__ == IDENTITY_MODULE and mapper.class_ is not LoginFailure}
-    return frozenset(tables | {Project.__tablename__, ProjectRole.__tablename__})  # a caller's project and role there
+    # A caller's project, their role there, and the groups that give them roles.
+    return frozenset(tables | {model.__tablename__ for model in (Project, ProjectRole, Group, GroupMember,
+                                                                 GroupProjectRole)})
 
 
 _tables: frozenset[str] | None = None

@@ -84,6 +84,15 @@ def confirmed(question: str, what: str, yes: bool) -> bool:
     return typer.confirm(question, default=False, err=True)
 
 
+def delete_asked(client: Any, kind: str, item: dict[str, Any], path: str, yes: bool) -> None:
+    """DELETE ``path`` (the ``kind`` ``item``, named in the question) once ``confirmed``; else
+    fail, saying it was not deleted."""
+    if not confirmed(f"Delete {kind} {item['name']}?", f"delete {kind} {item['name']}", yes):
+        fail(EXIT_FAILED, f"{kind} {item['name']} not deleted")
+    client.delete(path)
+    out.print(f"{kind} {item['id']} {item['name']} deleted")
+
+
 def print_json(value: Any) -> None:
     """One JSON document on stdout."""
     sys.stdout.write(json.dumps(value, indent=None, default=str) + "\n")

@@ -88,7 +88,8 @@ def credential_create(
     lifetime: Annotated[int, typer.Option(min=60, help="Seconds until it expires [default: 90 days].")] = 90 * 86400,
     as_json: JsonOpt = False,
 ) -> None:
-    """A credential for scripts, acting for you in this organisation; its secret is shown once."""
+    """A credential for scripts, acting for you in the project you act in, and only there; its secret is
+    shown once."""
     body: dict[str, Any] = {"name": name, "lifetime_s": lifetime}
     if role is not None:
         body["role"] = role
@@ -97,15 +98,16 @@ def credential_create(
     if as_json:
         print_json(made)
     else:
-        out.print(f"credential {made['id']} {made['name']} ({made['role']}) until {made['expires_at']}; its secret, "
+        out.print(f"credential {made['id']} {made['name']} ({made['role']} in project {made['project_id']}) until "
+                  f"{made['expires_at']}; its secret, "
                   f"shown this once (use it as CLOUDLAND_TOKEN):\n{made['secret']}")
 
 
 @credential_app.command("list")
 def credential_list(as_json: JsonOpt = False) -> None:
     """Your credentials in this organisation (never their secrets)."""
-    print_list("/app-credentials", as_json, ("id", "name", "role", "expires"),
-               lambda c: (c["id"], c["name"], c["role"], c["expires_at"]))
+    print_list("/app-credentials", as_json, ("id", "name", "role", "project", "expires"),
+               lambda c: (c["id"], c["name"], c["role"], c["project_id"], c["expires_at"]))
 
 
 @credential_app.command("revoke")
@@ -121,18 +123,24 @@ def credential_revoke(credential_id: Annotated[int, typer.Argument(help="Credent
 
 def audit(
     username: Annotated[str | None, typer.Option(help="Only this user's events.")] = None,
+    project_id: Annotated[int | None, typer.Option(min=1, help="Only requests acting in this project (id).")] = None,
+    resource: Annotated[str | None, typer.Option(
+        help="Only requests on this resource type (instance) or one resource (instance:12).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="The newest this many.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """The audit trail, newest first: your organisation's (admins), everyone's (operators)."""
     params: dict[str, Any] = {"limit": limit}
-    if username is not None:
-        params["username"] = username
+    for name, value in (("username", username), ("project", project_id), ("resource", resource)):
+        if value is not None:
+            params[name] = value
     with connect() as client:
         items = client.get("/audit", **params)["items"]
     if as_json:
         print_page(items)
     else:
-        print_table(("when", "who", "org", "what", "status", "from"),
-                    [(e["at"], e["username"] or "-", e["org_id"] or "-", f"{e['method']} {e['path']}", e["status"],
-                      e["address"]) for e in items])
+        print_table(("when", "who", "org", "project", "what", "resource", "status", "from"),
+                    [(e["at"], e["username"] or "-", e["org_id"] or "-", e["project_id"] or "-",
+                      f"{e['method']} {e['path']}", ":".join(str(part) for part in (e["resource_type"],
+                                                                                    e["resource_id"]) if part) or "-",
+                      e["status"], e["address"]) for e in items])

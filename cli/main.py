@@ -50,6 +50,9 @@ COMMANDS: dict[str, Lazy] = {
                  "Users of your organisation (its admins): list, create, add, role, remove, delete."),
     "project": Lazy("cloudland_cli.projects:project_app",
                     "Projects of your organisation: list, create, show, delete, use, grant, revoke."),
+    "group": Lazy("cloudland_cli.groups:group_app",
+                  "Groups of your organisation's users and their roles: list, create, show, delete, add-user, "
+                  "remove-user, grant, revoke."),
     "quota": Lazy("cloudland_cli.projects:quota_app",
                   "Quotas: your project's usage and limits (show); operators set limits (set)."),
     "directory": Lazy("cloudland_cli.identity:directory_app",

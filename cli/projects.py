@@ -4,7 +4,8 @@ A project is named by name or id. ``project use NAME`` makes it the profile's cu
 every command then acts in it (the ``X-CloudLand-Project`` header), as ``--project NAME`` before
 the command does for one call; without either, commands act in the organisation's default
 project. Roles on a project are granted to a user by username (a member of your organisation)
-or by id (a user of another organisation, who then joins yours for that project only). Exit
+or by id (a user of another organisation, who then joins yours for that project only), by the
+organisation's admins or the project's (``grant`` and ``revoke`` act in that project). Exit
 codes are those of every REST command (common.py).
 """
 
@@ -16,17 +17,15 @@ import typer
 
 from cloudland.errors import InvalidRequest
 from cloudland_cli.common import (
-    EXIT_FAILED,
     api_errors,
-    confirmed,
     connect,
-    fail,
+    delete_asked,
     out,
     print_json,
     print_record,
     print_table,
 )
-from cloudland_cli.restclient import ApiClient, find_by_ref
+from cloudland_cli.restclient import PROJECT_HEADER, ApiClient, find_by_ref
 from cloudland_cli.settings import CliConfig
 from cloudland_cli.tenants import JsonOpt, RoleArg, YesOpt, checked_role, find_org, find_user, print_list
 
@@ -70,10 +69,7 @@ def project_delete(ref: ProjectArg, yes: YesOpt = False) -> None:
     """Delete an empty project (not the default one). Asks first; --yes does not."""
     with connect() as client:
         project = find_project(client, ref)
-        if not confirmed(f"Delete project {project['name']}?", f"delete project {project['name']}", yes):
-            fail(EXIT_FAILED, f"project {project['name']} not deleted")
-        client.delete(f"/projects/{project['id']}")
-    out.print(f"project {project['id']} {project['name']} deleted")
+        delete_asked(client, "project", project, f"/projects/{project['id']}", yes)
 
 
 @project_app.command("use")
@@ -90,18 +86,24 @@ def project_use(ref: Annotated[str | None, typer.Argument(help="Project name or 
     out.print(f"profile {config.profile} acts in project {ref or 'default (the organisation’s)'}")
 
 
-def _user_id(client: ApiClient, user: str) -> int:
+def user_ref_id(client: ApiClient, user: str) -> int:
+    """The id of a user named by username (a member of your organisation) or by id (anyone)."""
     return int(user) if user.isdigit() else int(find_user(client, user)["id"])
+
+
+def _in(project: dict[str, Any]) -> dict[str, str]:
+    return {PROJECT_HEADER: str(project["id"])}
 
 
 @project_app.command("grant")
 def project_grant(ref: ProjectArg, user: Annotated[str, typer.Argument(help="Username (or user id).")],
                   role: RoleArg = "member", as_json: JsonOpt = False) -> None:
-    """Give a user a role on a project (your organisation's admins)."""
+    """Give a user a role on a project (your organisation's admins, or the project's)."""
     with connect() as client:
         project = find_project(client, ref)
-        granted = client.request("PUT", f"/projects/{project['id']}/members/{_user_id(client, user)}",
-                                 json={"role": checked_role(role)})
+        # Acting in that project: its admins' role there is the one the API checks.
+        granted = client.request("PUT", f"/projects/{project['id']}/members/{user_ref_id(client, user)}",
+                                 json={"role": checked_role(role)}, headers=_in(project))
     print_json(granted) if as_json else out.print(
         f"user {granted['username']} is {granted['role']} on project {project['name']}")
 
@@ -111,7 +113,8 @@ def project_revoke(ref: ProjectArg, user: Annotated[str, typer.Argument(help="Us
     """Remove a user's role on a project (their organisation role stays)."""
     with connect() as client:
         project = find_project(client, ref)
-        client.delete(f"/projects/{project['id']}/members/{_user_id(client, user)}")
+        client.request("DELETE", f"/projects/{project['id']}/members/{user_ref_id(client, user)}",
+                       headers=_in(project))
     out.print(f"user {user} holds no role on project {project['name']} any more")
 
 

@@ -111,7 +111,8 @@ class Directory(Base):
 
 class AppCredential(Base):
     """An application credential: a secret a script sends as its bearer token, acting for its
-    creator in one organisation with a role no higher than theirs, until it expires or is revoked
+    creator in one project of one organisation with a role no higher than theirs there, until it
+    expires or is revoked
     (services/credentials.py). Only a SHA-256 of the secret is kept: it is 256 random bits, so a
     fast hash is as safe as a slow one and costs nothing per request."""
 
@@ -120,6 +121,8 @@ class AppCredential(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"))
+    # The one project it acts in (migration 0014 bound the older ones to their default project).
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     secret_sha256: Mapped[str] = mapped_column(String(64))
     role: Mapped[Role] = mapped_column(Enum(Role, name="role", native_enum=False, length=16))

@@ -30,6 +30,9 @@ from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
     InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
+from cloudland_api.schemas.groups import (
+    GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
+)
 from cloudland_api.schemas.projects import (
     OrganisationQuotaPublic, ProjectCreate, ProjectList, ProjectMemberList, ProjectMemberPublic, ProjectPublic,
     ProjectRoleGrant, QuotaLine, QuotaPublic, QuotaUpdate
@@ -57,4 +60,5 @@ __all__ = [
     "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
     "OrganisationQuotaPublic", "ProjectCreate", "ProjectList", "ProjectMemberList", "ProjectMemberPublic",
     "ProjectPublic", "ProjectRoleGrant", "QuotaLine", "QuotaPublic", "QuotaUpdate",
+    "GroupCreate", "GroupList", "GroupMemberPublic", "GroupProjectRolePublic", "GroupPublic", "GroupRole",
 ]

@@ -127,7 +127,8 @@ class UserList(Page):
 
 
 class AuditEventPublic(BaseModel):
-    """One row of the audit trail: who, in which organisation, what, how it ended, from where, when."""
+    """One row of the audit trail: who, in which organisation and project, what (and on which
+    resource), how it ended, from where, when."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -136,6 +137,9 @@ class AuditEventPublic(BaseModel):
     org_id: int | None
     user_id: int | None
     username: str | None
+    project_id: int | None = Field(description="The project the request acted in")
+    resource_type: str | None = Field(description="Its policy entry's resource type, e.g. instance")
+    resource_id: str | None = Field(description="The id its path named (none for a create)")
     method: str
     path: str
     status: int
@@ -149,7 +153,7 @@ class AuditEventList(Page):
 
 
 class AppCredentialCreate(_Request):
-    """``POST /api/v1/app-credentials``: a credential for scripts, in the organisation the token acts in."""
+    """``POST /api/v1/app-credentials``: a credential for scripts, bound to the project the request acts in."""
 
     name: Name
     role: RoleName | None = Field(default=None, description="At most yours; default yours")
@@ -164,6 +168,7 @@ class AppCredentialPublic(BaseModel):
     id: int
     name: str
     role: Role
+    project_id: int = Field(description="The one project it acts in")
     created_at: datetime
     expires_at: datetime
 

@@ -237,6 +237,16 @@ def one(session: Session, query: Select[tuple[Any]], missing: str, *, lock: bool
     return row
 
 
+def remove(session: Session, model: type[Any], key: tuple[Any, ...], missing: str) -> None:
+    """Delete the row of ``model`` with primary key ``key`` (locked first) and commit, or
+    NotFound(``missing``): a link row such as a role grant or a group's member."""
+    row = session.get(model, key, with_for_update=True)
+    if row is None:
+        raise NotFound(missing)
+    session.delete(row)
+    session.commit()
+
+
 def insert_named(session: Session, row: Row, what: str, commit: bool = True, *, per_project: bool = False) -> Row:
     """``row`` added, its name unique in its organisation (``per_project``: in its project, whose
     id the row must carry), else Conflict. Committed, or with ``commit`` False flushed only (its

@@ -27,6 +27,12 @@ _NAMES = {LDAP: "LDAP directory", OIDC: "OpenID provider"}
 ROLE_ORDER = (Role.reader, Role.member, Role.admin)
 
 
+def higher(*roles: Role | None) -> Role | None:
+    """The highest of ``roles`` (None: no role)."""
+    present = [r for r in roles if r is not None]
+    return max(present, key=ROLE_ORDER.index) if present else None
+
+
 def _secret_path(state_dir: Path, org_id: int) -> Path:
     return state_dir / "directories" / f"ldap-org{org_id}.password"
 
@@ -114,5 +120,4 @@ def delete(session: Session, state_dir: Path, org_id: int, kind: str, actor_id: 
 def role_for(groups: list[str], roles: dict[str, str]) -> Role | None:
     """The highest role that any of ``groups`` (names or DNs, any case) maps to, or None."""
     wanted = {name.lower(): Role(role) for name, role in roles.items()}
-    found = [wanted[g.lower()] for g in groups if g.lower() in wanted]
-    return max(found, key=ROLE_ORDER.index) if found else None
+    return higher(*(wanted[g.lower()] for g in groups if g.lower() in wanted))

@@ -32,7 +32,7 @@ from cloudland_api.db import for_change
 from cloudland_api.models import Directory, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.schemas import OidcStart
 from cloudland_api.security import issue_token
-from cloudland_api.services import directories, identity, ldapauth, oidcauth
+from cloudland_api.services import directories, groups, identity, ldapauth, oidcauth
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.directories import LDAP, bind_password, find
 
@@ -65,6 +65,7 @@ def provision(session: Session, org: Organisation, source: str, external_id: str
     if role is None:
         if membership is not None and user is not None:
             session.delete(membership)
+            groups.leave_organisation(session, user.id, org.id)
             identity.end_tokens(user)
             session.commit()
             log.warning("event=directory_membership_removed org_id=%d user_id=%d", org.id, user.id)

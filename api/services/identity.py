@@ -40,7 +40,8 @@ FORGET_AFTER_S = 3600     # failures older than this are forgotten (and their ro
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated user, the organisation the token acts in, and the role there."""
+    """The authenticated user, the organisation the token acts in, and the role there (the
+    highest of their membership's and their groups', once ``projects.act_in`` resolved it)."""
 
     user_id: int
     username: str
@@ -51,12 +52,18 @@ class Caller:
     token_id: str = ""      # the token's jti: what a logout revokes
     expires_at: datetime | None = None
     credential_id: int | None = None  # acting through an application credential (services/credentials.py)
+    # That credential's own role (a cap on every role the caller has) and the one project it acts in.
+    credential_role: Role | None = None
+    credential_project_id: int | None = None
     # The project the request acts in (services/projects.py ``act_in``) and the caller's role
     # there: the higher of their organisation role and their role on the project, None if neither.
     # project_id None: no project chosen (the control plane's own callers), rows of every project.
     project_id: int | None = None
     project: str = ""
     project_role: Role | None = None
+    # The role that covers every project of the organisation (its membership's, unless
+    # ``projects_only``, and its groups' on the organisation), capped; None: only single projects.
+    all_projects_role: Role | None = None
 
 
 @dataclass(frozen=True)

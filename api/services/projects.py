@@ -3,10 +3,15 @@ projects and the roles users hold on them.
 
 A request acts in one project: the one its ``X-CloudLand-Project`` header names (id or name),
 else the organisation's default project (for a member only through project roles: the first
-project they hold a role on). The caller's role there is the higher of their organisation role
-(unless their membership is ``projects_only``) and their role on the project; an application
-credential's role caps it. Tenant rows are then read and written in that project only
-(services/crud.py), and the policy's ``project`` scope decides on that role (api/policy.py).
+project they hold a role on; for an application credential: the one it is bound to, and no
+other). The caller's role there is the highest of their organisation role (unless their
+membership is ``projects_only``), their groups' roles on the organisation and on the project
+(services/groups.py), and their own role on the project; an application credential's role caps
+it, and every other role of the caller. Tenant rows are then read and written in that project
+only (services/crud.py), and the policy's ``project`` scope decides on that role (api/policy.py).
+
+A project's admins (and the organisation's) grant and revoke roles on it; only the
+organisation's admins bring in users from outside the organisation.
 
 Refused, with a 409 saying what to do: a name already used in the organisation, deleting the
 default project, or one that still holds resources.
@@ -19,29 +24,24 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy import ColumnElement, Select, exists, or_, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cloudland.errors import Conflict, InvalidRequest, NotFound
+from cloudland.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from cloudland_api.db import for_change
 from cloudland_api.models import (
-    Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, SecurityGroup, SecurityRule, User
+    AppCredential, Base, Membership, Organisation, Project, ProjectOwned, ProjectRole, Role, SecurityGroup,
+    SecurityRule, User
 )
-from cloudland_api.services import crud
-from cloudland_api.services.directories import ROLE_ORDER
+from cloudland_api.services import crud, groups
+from cloudland_api.services.directories import ROLE_ORDER, higher
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 
 HEADER = "X-CloudLand-Project"
-
-
-def higher(*roles: Role | None) -> Role | None:
-    """The highest of ``roles`` (None: no role)."""
-    present = [r for r in roles if r is not None]
-    return max(present, key=ROLE_ORDER.index) if present else None
 
 
 def _named(org_id: int, ref: int | str) -> ColumnElement[bool]:
@@ -55,26 +55,51 @@ def get(session: Session, caller: Caller, ref: int | str, *, lock: bool = False)
                     f"project {ref!r} not found in organisation {caller.organisation!r}", lock=lock)
 
 
+def cap(role: Role | None, ceiling: Role | None) -> Role | None:
+    """``role``, lowered to ``ceiling`` (an application credential's role) when there is one."""
+    return role if role is None or ceiling is None else min(role, ceiling, key=ROLE_ORDER.index)
+
+
 def act_in(session: Session, caller: Caller, ref: str | None) -> Caller:
-    """``caller`` acting in the project ``ref`` names (the module's docstring)."""
+    """``caller`` acting in the project ``ref`` names (the module's docstring), with their roles
+    resolved: on the organisation, on all its projects, and on that project."""
     projects_only = _projects_only(session, caller)
+    group_org, group_projects = groups.grants(session, caller.user_id, caller.org_id)
+    covering = higher(None if projects_only else caller.role, group_org)
+    bound = caller.credential_project_id
     if ref is None:
-        project = None
-        if projects_only:
-            project = session.scalar(select(Project).join(ProjectRole, ProjectRole.project_id == Project.id).where(
-                Project.org_id == caller.org_id, ProjectRole.user_id == caller.user_id).order_by(Project.id).limit(1))
+        project = session.get(Project, bound) if bound is not None else None
+        if project is None and covering is None:  # a member of single projects: the first they hold
+            held = {*session.scalars(select(ProjectRole.project_id).where(ProjectRole.user_id == caller.user_id)),
+                    *group_projects}
+            project = session.scalar(select(Project).where(Project.org_id == caller.org_id, Project.id.in_(held))
+                                     .order_by(Project.id).limit(1)) if held else None
         project = project or session.scalar(select(Project).where(Project.org_id == caller.org_id,
                                                                   Project.is_default.is_(True)))
         if project is None:
             raise NotFound(f"organisation {caller.organisation!r} has no default project")
     else:
         project = get(session, caller, crud.id_or_name(ref))
+        if bound is not None and project.id != bound:
+            own = session.get(Project, bound)
+            raise Forbidden(f"application credential {caller.credential_id} acts only in project "
+                            f"{own.name if own else bound!r}; the request names project {project.name!r} ({HEADER})")
     granted = session.scalar(select(ProjectRole.role).where(ProjectRole.project_id == project.id,
                                                             ProjectRole.user_id == caller.user_id))
-    role = higher(None if projects_only else caller.role, granted)
-    if role is not None and caller.credential_id is not None:
-        role = min(role, caller.role, key=ROLE_ORDER.index)  # a credential never acts above its own role
-    return replace(caller, project_id=project.id, project=project.name, project_role=role)
+    ceiling = caller.credential_role  # a credential never acts above its own role
+    return replace(caller, role=cap(higher(caller.role, group_org), ceiling) or caller.role,
+                   all_projects_role=cap(covering, ceiling), project_id=project.id, project=project.name,
+                   project_role=cap(higher(covering, granted, group_projects.get(project.id)), ceiling))
+
+
+def roles_on(session: Session, caller: Caller, project_ids: list[int]) -> dict[int, Role | None]:
+    """The caller's role on each of the organisation's projects ``project_ids``: the highest of
+    the role covering them all, their own on it and their groups', capped (``act_in``'s rule)."""
+    direct = dict(session.execute(select(ProjectRole.project_id, ProjectRole.role).where(
+        ProjectRole.user_id == caller.user_id, ProjectRole.project_id.in_(project_ids))).all())
+    _, group_projects = groups.grants(session, caller.user_id, caller.org_id)
+    return {p: cap(higher(caller.all_projects_role, direct.get(p), group_projects.get(p)), caller.credential_role)
+            for p in project_ids}
 
 
 # -- projects ---------------------------------------------------------------------------------
@@ -87,18 +112,21 @@ def _projects_only(session: Session, caller: Caller) -> bool:
 
 def _visible(session: Session, caller: Caller) -> Select[tuple[Project]]:
     """The organisation's projects the caller holds a role on (all, for a member of the whole
-    organisation); another's is NotFound, as another organisation's row."""
+    organisation; the one it is bound to, for an application credential); another's is NotFound,
+    as another organisation's row."""
     query = select(Project).where(Project.org_id == caller.org_id)
-    if _projects_only(session, caller):
-        query = query.where(exists().where(ProjectRole.project_id == Project.id, ProjectRole.user_id == caller.user_id))
+    if caller.credential_project_id is not None:
+        return query.where(Project.id == caller.credential_project_id)
+    if caller.all_projects_role is None:
+        _, group_projects = groups.grants(session, caller.user_id, caller.org_id)
+        query = query.where(or_(Project.id.in_(list(group_projects)), exists().where(
+            ProjectRole.project_id == Project.id, ProjectRole.user_id == caller.user_id)))
     return query
 
 
 def _with_roles(session: Session, caller: Caller, rows: list[Project]) -> list[tuple[Project, Role | None]]:
-    grants = dict(session.execute(select(ProjectRole.project_id, ProjectRole.role).where(
-        ProjectRole.user_id == caller.user_id, ProjectRole.project_id.in_([p.id for p in rows]))).all())
-    org_role = None if _projects_only(session, caller) else caller.role
-    return [(p, higher(org_role, grants.get(p.id))) for p in rows]
+    roles = roles_on(session, caller, [p.id for p in rows])
+    return [(p, roles[p.id]) for p in rows]
 
 
 def page(session: Session, caller: Caller, limit: int, after: str | None
@@ -139,7 +167,8 @@ def owned_tables() -> list[type[ProjectOwned]]:
 
 
 def delete(session: Session, caller: Caller, project_id: int) -> None:
-    """Delete an empty project that is not the default one."""
+    """Delete an empty project that is not the default one; the application credentials bound
+    to it end with it."""
     project = get(session, caller, project_id, lock=True)
     if project.is_default:
         raise Conflict(f"project {project.name!r} is organisation {caller.organisation!r}'s default project; "
@@ -158,6 +187,8 @@ def delete(session: Session, caller: Caller, project_id: int) -> None:
             raise Conflict(f"project {project.name!r} still holds {table.replace('_', ' ')}: delete them first")
     session.execute(sql_delete(SecurityRule).where(SecurityRule.project_id == project.id))
     session.execute(sql_delete(SecurityGroup).where(SecurityGroup.project_id == project.id))
+    # Explicitly: on SQLite, migration 0014 added the column without its foreign key.
+    session.execute(sql_delete(AppCredential).where(AppCredential.project_id == project.id))
     session.delete(project)
     session.commit()
     log.info("event=project_deleted org_id=%d project_id=%d user_id=%d", caller.org_id, project_id, caller.user_id)
@@ -176,16 +207,36 @@ def members(session: Session, caller: Caller, project_id: int, limit: int, after
     return [(r, names[r.user_id]) for r in rows], next_after
 
 
+def _managed(session: Session, caller: Caller, project_id: int, *, lock: bool = False) -> Project:
+    """The project whose roles the caller manages: an admin of the organisation manages every
+    project's, a project's admin that one's (api/policy.py checked the role in the project the
+    request acts in; here, the one the path names). A project the caller holds no role on is
+    NotFound, as ``show`` has it; one they hold a lower role on, Forbidden."""
+    project = get(session, caller, project_id, lock=lock)
+    role = (caller.project_role if project.id == caller.project_id
+            else roles_on(session, caller, [project.id])[project.id])
+    if role is None and caller.all_projects_role is None:
+        raise NotFound(f"project {project_id} not found in organisation {caller.organisation!r}")
+    if role is not Role.admin:
+        raise Forbidden(f"role {role.value if role else 'none'!r} in project {project.name!r} may not manage its "
+                        "roles; needs admin there (or of the organisation)")
+    return project
+
+
 def grant(session: Session, caller: Caller, project_id: int, user_id: int, role: Role) -> tuple[ProjectRole, str]:
-    """Give user ``user_id`` ``role`` on the project. A user of the cloud who is not in the
-    organisation joins it for its projects only (``projects_only``, as a reader of the
-    organisation's own resources: flavors, its users)."""
+    """Give user ``user_id`` ``role`` on the project (``_managed``: its admins and the
+    organisation's). A user of the cloud who is not in the organisation joins it for its projects
+    only (``projects_only``, as a reader of the organisation's own resources: flavors, its users);
+    only the organisation's admins bring one in."""
     session.scalar(for_change(select(Organisation).where(Organisation.id == caller.org_id)))
-    project = get(session, caller, project_id)
+    project = _managed(session, caller, project_id)
     user = session.get(User, user_id)
     if user is None:
         raise NotFound(f"user {user_id} not found")
     if session.get(Membership, (user_id, caller.org_id)) is None:
+        if caller.all_projects_role is not Role.admin:
+            raise NotFound(f"user {user_id} is not a member of organisation {caller.organisation!r}; only its "
+                           "admins add users from outside")
         session.add(Membership(user_id=user_id, org_id=caller.org_id, role=Role.reader, projects_only=True))
     row = session.get(ProjectRole, (project.id, user_id))
     if row is None:
@@ -201,12 +252,9 @@ def grant(session: Session, caller: Caller, project_id: int, user_id: int, role:
 
 def revoke(session: Session, caller: Caller, project_id: int, user_id: int) -> None:
     """Remove user ``user_id``'s role on the project (every request re-reads it: it ends at once)."""
-    project = get(session, caller, project_id)
-    row = session.get(ProjectRole, (project.id, user_id), with_for_update=True)
-    if row is None:
-        raise NotFound(f"user {user_id} holds no role on project {project.name!r}")
-    session.delete(row)
-    session.commit()
+    project = _managed(session, caller, project_id)
+    crud.remove(session, ProjectRole, (project.id, user_id),
+                f"user {user_id} holds no role on project {project.name!r}")
     log.info("event=project_role_revoked org_id=%d project_id=%d user_id=%d by=%d", caller.org_id, project.id,
              user_id, caller.user_id)
 

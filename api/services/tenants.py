@@ -33,7 +33,7 @@ from cloudland_api.db import for_change
 from cloudland_api.models import TERMINAL, Image, Instance, Job, Membership, Organisation, Role, SecurityRule, User
 from cloudland_api.schemas import MembershipCreate, OrganisationCreate, UserCreate
 from cloudland_api.security import hash_password
-from cloudland_api.services import crud
+from cloudland_api.services import crud, groups
 from cloudland_api.services.identity import Caller, end_tokens
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,7 @@ def remove_membership(session: Session, caller: Caller, user_id: int) -> None:
         raise Conflict(f"this organisation is {membership.user.username!r}'s only one: delete the user instead")
     _keep_an_admin(session, caller, membership, "removing them")
     end_tokens(membership.user)
+    groups.leave_organisation(session, user_id, caller.org_id)
     session.delete(membership)
     session.commit()
     log.info("event=membership_removed org_id=%d member_id=%d user_id=%d", caller.org_id, user_id, caller.user_id)

@@ -79,19 +79,44 @@ def test_a_nul_in_the_path_is_recorded_not_lost(api: Api, admin_headers: dict[st
 def test_a_change_commits_with_its_row_so_a_crash_after_it_loses_no_record(
         api: Api, admin_headers: dict[str, str], monkeypatch: Any) -> None:
     """The row is written in the change's own transaction, with the status the route answers on
-    success: with every write after the answer made to fail (as a process dying there would), the
-    change still has its row, 201; a refused request changed nothing, and its row is the one lost."""
+    success: with the write after the answer made to fail (as a process dying there would), the
+    change still has its row, 201; a request refused for its token or its role has its row,
+    written before its answer."""
     from cloudland_api import audit
 
-    def dies(*_args: Any) -> None:
+    async def dies(*_args: Any) -> None:
         raise RuntimeError("the API process died after answering")
 
-    monkeypatch.setattr(audit, "_write", dies)
+    monkeypatch.setattr(audit.AuditTrail, "_record", dies)
     made = api.client.post("/api/v1/flavors", headers=admin_headers,
                            json={"name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
     assert made.status_code == 201, made.text
     reader = api.add_user("rita", "admin", Role.reader)
     assert api.client.delete(f"/api/v1/flavors/{made.json()['id']}", headers=reader).status_code == 403
+    assert api.client.delete(f"/api/v1/flavors/{made.json()['id']}",
+                             headers={"Authorization": "Bearer nonsense"}).status_code == 401
     monkeypatch.undo()
     rows = [(u, m, p, s) for u, m, p, s in events(api, admin_headers, limit=500) if p.startswith("/api/v1/flavors")]
-    assert rows == [("admin", "POST", "/api/v1/flavors", 201)]
+    assert rows == [("admin", "POST", "/api/v1/flavors", 201),
+                    ("rita", "DELETE", f"/api/v1/flavors/{made.json()['id']}", 403),
+                    (None, "DELETE", f"/api/v1/flavors/{made.json()['id']}", 401)]
+
+
+def test_rows_name_the_project_and_the_resource_and_are_queried_by_them(api: Api,
+                                                                        admin_headers: dict[str, str]) -> None:
+    dev = api.client.post("/api/v1/projects", json={"name": "dev"}, headers=admin_headers).json()
+    in_dev = admin_headers | {"X-CloudLand-Project": "dev"}
+    vpc = api.client.post("/api/v1/vpcs", json={"name": "v"}, headers=in_dev).json()
+    assert api.client.delete(f"/api/v1/vpcs/{vpc['id']}", headers=in_dev).status_code == 204
+    api.client.post("/api/v1/vpcs", json={"name": "w"}, headers=admin_headers)
+    rows = api.client.get(AUDIT, headers=admin_headers, params={"project": dev["id"]}).json()["items"]
+    assert [(e["method"], e["resource_type"], e["resource_id"], e["project_id"]) for e in reversed(rows)] == [
+        ("POST", "vpc", None, dev["id"]), ("DELETE", "vpc", str(vpc["id"]), dev["id"])]
+    one = api.client.get(AUDIT, headers=admin_headers, params={"resource": f"vpc:{vpc['id']}"}).json()["items"]
+    assert [(e["method"], e["path"]) for e in one] == [("DELETE", f"/api/v1/vpcs/{vpc['id']}")]
+    kinds = api.client.get(AUDIT, headers=admin_headers, params={"resource": "vpc"}).json()["items"]
+    assert len(kinds) == 3
+    assert {e["resource_type"] for e in api.client.get(AUDIT, headers=admin_headers, params={
+        "resource": "project"}).json()["items"]} == {"project"}
+    bad = api.client.get(AUDIT, headers=admin_headers, params={"resource": "vpc:a b"})
+    assert bad.status_code == 422

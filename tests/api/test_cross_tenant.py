@@ -52,6 +52,8 @@ BODIES: dict[tuple[str, str], Any] = {
     ("put", "/api/v1/floating-ips/{fip_id}/port"): {"port": "{port_id}"},
     ("post", "/api/v1/security-groups/{group}/rules"): {"protocol": "tcp", "port_min": 22, "port_max": 22,
                                                         "remote_cidr": "0.0.0.0/0"},
+    ("put", "/api/v1/groups/{group_id}/role"): {"role": "admin"},
+    ("put", "/api/v1/groups/{group_id}/projects/{project_id}"): {"role": "admin"},
 }
 
 
@@ -138,6 +140,9 @@ def world(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker, mak
     member = api.add_user("mia", "acme", Role.member, PASSWORD)
     ids["user_id"] = api.client.get(f"{API}/me", headers=member).json()["user_id"]
     ids["project_id"] = api.client.get(f"{API}/quota", headers=owner).json()["project_id"]
+    group = post(api, owner, "groups", {"name": "ops", "role": "reader"}, status=201)
+    ids["group_id"] = group["id"]
+    assert api.client.put(f"{API}/groups/{group['id']}/members/{ids['user_id']}", headers=owner).status_code == 200
     credential = api.client.post(f"{API}/app-credentials", json={"name": "ci"}, headers=owner)
     assert credential.status_code == 201, credential.text
     ids["credential_id"] = credential.json()["id"]
@@ -169,7 +174,7 @@ def test_every_route_with_an_id_is_covered(api: Api) -> None:
     """A new route with an id this file cannot fill, or a body it does not know, fails here."""
     known = {"flavor_id", "image_id", "key_id", "instance_id", "port_id", "job_id", "hypervisor_id", "org_id",
              "user_id", "project_id", "credential_id", "vpc_id", "subnet_id", "volume_id", "attachment_id",
-             "snapshot_id", "external_id", "router_id", "fip_id", "group", "rule_id"}
+             "snapshot_id", "external_id", "router_id", "fip_id", "group", "rule_id", "group_id"}
     for method, path, operation in operations(api):
         assert set(re.findall(r"{(\w+)}", path)) <= known, f"{method} {path}: add its id to the world fixture"
         if operation.get("requestBody", {}).get("required"):

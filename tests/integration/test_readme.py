@@ -151,6 +151,11 @@ PROJECTS = (
     ".venv/bin/cloudland quota set instances=20 vcpus=40",
     ".venv/bin/cloudland quota show",
     ".venv/bin/cloudland vpc delete lab",
+    ".venv/bin/cloudland group create ops --role reader",
+    ".venv/bin/cloudland group add-user ops admin",
+    ".venv/bin/cloudland group grant ops --role member --project dev",
+    ".venv/bin/cloudland group show ops",
+    ".venv/bin/cloudland group delete ops --yes",
     ".venv/bin/cloudland project use",
     ".venv/bin/cloudland project delete dev --yes",
 )
@@ -682,8 +687,10 @@ def tenant_networks(box: Sandbox) -> None:
 
 def projects(box: Sandbox) -> None:
     """README, "Projects and quotas", in its order: dev made, used for one call and then as the
-    profile's project, limited and shown, emptied and deleted; the cloud left as it was."""
-    (create, project_list, one_call, use, quota_set, quota_show, vpc_delete, use_default, delete) = PROJECTS
+    profile's project, limited and shown, emptied; a group made, given a member and a role on dev,
+    shown and deleted; dev deleted; the cloud left as it was."""
+    (create, project_list, one_call, use, quota_set, quota_show, vpc_delete, group_create, group_add, group_grant,
+     group_show, group_delete, use_default, delete) = PROJECTS
     assert re.search(r"^project \d+ dev created", box.ok(create).stdout, re.M)
     box.ok(project_list)
     assert [(p["name"], p["role"]) for p in listed(box, "project list")] == [("default", "admin"), ("dev", "admin")]
@@ -695,6 +702,13 @@ def projects(box: Sandbox) -> None:
     result = box.ok(quota_show)
     assert re.search(r"\binstances\W+0\W+20\b", result.stdout) and "project dev" in result.stdout, described(result)
     box.ok(vpc_delete)
+    assert re.search(r"^group \d+ ops created$", box.ok(group_create).stdout, re.M)
+    assert "user admin is in group ops" in box.ok(group_add).stdout
+    assert "group ops is member on project dev" in box.ok(group_grant).stdout
+    result = box.ok(group_show)
+    assert re.search(r"members\W+admin\b", result.stdout) and "dev=member" in result.stdout, described(result)
+    assert re.search(r"^group \d+ ops deleted$", box.ok(group_delete).stdout, re.M)
+    assert listed(box, "group list") == []
     box.ok(use_default)
     assert shown(box, "whoami")["project"] == "default"
     assert re.search(r"^project \d+ dev deleted$", box.ok(delete).stdout, re.M)
