@@ -153,9 +153,17 @@ def statement(shape: Hashable, build: Callable[[], Select[Any]]) -> Select[Any]:
 
 
 def columns_of(model: Any, schema: Any) -> list[Any]:
-    """The table columns of ``model`` that ``schema`` (a Pydantic model) answers, in its order."""
-    table = model.__table__
-    return [table.c[name] for name in schema.model_fields if name in table.c]
+    """The columns of ``model`` that ``schema`` (a Pydantic model) answers, in its order: its
+    table's, and its mapper's computed ones (a ``column_property`` such as an instance's
+    ``boot_volume_id``), labelled with their names."""
+    table, computed = model.__table__, model.__mapper__.column_attrs
+    columns: list[Any] = []
+    for name in schema.model_fields:
+        if name in table.c:
+            columns.append(table.c[name])
+        elif name in computed:
+            columns.append(computed[name].expression.label(name))
+    return columns
 
 
 def scoped_where(model: Any, project: bool) -> list[ColumnElement[bool]]:
