@@ -168,12 +168,19 @@ class Routers:
         for vpc_id in sorted(present - set(plans)):
             if only is not None and vpc_id not in only:
                 continue
-            handle = self._inside.pop(vpc_id, None)
-            if handle is not None:
-                handle.close()
             try:
-                netns.remove(self.namespace(vpc_id))  # its veths go with it, their host ends too
-            except OSError as exc:
+                # Its veths' host ends first, while the namespace proves them ours: the kernel
+                # deletes them with the namespace, but later (its teardown is asynchronous), and
+                # a host end still there below would have no namespace to prove it ours.
+                host_ends = self._peers_in(vpc_id)
+                for name, msg in host.items():
+                    if msg["index"] in host_ends:
+                        self.kernel.delete_link(name, msg["index"])
+                handle = self._inside.pop(vpc_id, None)
+                if handle is not None:
+                    handle.close()
+                netns.remove(self.namespace(vpc_id))
+            except (NetlinkError, OSError) as exc:
                 raise self._fail(f"remove the router namespace of vpc {vpc_id}", exc) from exc
             changes.removed += 1
         if only is not None:
@@ -197,13 +204,19 @@ class Routers:
         before its rename) may own a link of that name, and a respawned agent deleted it."""
         found: set[int] = set()
         for vpc_id in self.present():
-            for msg in self._handle(vpc_id, existed=True).get_links():
-                peer, netnsid = msg.get_attr("IFLA_LINK"), msg.get_attr("IFLA_LINK_NETNSID")
-                # A veth end whose peer is in another namespace; ours are made in this
-                # hypervisor's own (the router namespaces are scoped to it: Names.netns).
-                if peer and netnsid is not None and (msg.get("ifname") == EXTERNAL_INSIDE
-                                                     or parse("", msg.get("ifname") or "")):
-                    found.add(int(peer))
+            found |= self._peers_in(vpc_id)
+        return found
+
+    def _peers_in(self, vpc_id: int) -> set[int]:
+        """The host-side indices of the veths whose other end is in ``vpc_id``'s router namespace."""
+        found: set[int] = set()
+        for msg in self._handle(vpc_id, existed=True).get_links():
+            peer, netnsid = msg.get_attr("IFLA_LINK"), msg.get_attr("IFLA_LINK_NETNSID")
+            # A veth end whose peer is in another namespace; ours are made in this
+            # hypervisor's own (the router namespaces are scoped to it: Names.netns).
+            if peer and netnsid is not None and (msg.get("ifname") == EXTERNAL_INSIDE
+                                                 or parse("", msg.get("ifname") or "")):
+                found.add(int(peer))
         return found
 
     def _foreign(self, name: str, msg: Any) -> DriverError:
