@@ -16,8 +16,7 @@ lazily, so ``-m "not realvm"`` never starts a daemon. It
 - makes a bridge for the guests' taps and removes it at the end;
 - checks at the end that no domain whose name it handed out (``made``) is left, nor its QEMU.
 
-``qemu_dir`` gives a test a directory QEMU can reach, removed afterwards with the storage pools
-an agent made over it (``destroy_pools``). ``qemu_host`` gives
+``qemu_dir`` gives a test a directory QEMU can reach, removed afterwards. ``qemu_host`` gives
 a test a ``QemuHost``: a LibvirtCompute on the connection and specs for guests that boot
 (kernel, initrd, a config drive, a console log). At its teardown every VM the test made is
 deleted and no QEMU of theirs may remain.
@@ -32,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -207,37 +205,11 @@ def libvirtd_clients() -> str:
 
 @pytest.fixture
 def qemu_dir(qemu_libvirt: QemuSession) -> Iterator[Path]:
-    """A directory of the test's own, removed afterwards, that QEMU (user libvirt-qemu) can reach.
-    The storage pools an agent made over it go first (the daemon is shared: they would outlive it)."""
+    """A directory of the test's own, removed afterwards, that QEMU (user libvirt-qemu) can reach."""
     path = Path(tempfile.mkdtemp(prefix="test-", dir=qemu_libvirt.workdir))
     path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        destroy_pools(qemu_libvirt.conn, path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def destroy_pools(conn: libvirt.virConnect, directory: Path) -> list[str]:
-    """Destroy (and undefine, if persistent) the storage pools whose target lies in ``directory``:
-    the transient ``cloudland-volumes-*`` pools agents make over their local volumes
-    (agents/storage/local.py). Returns their names."""
-    gone = []
-    for pool in conn.listAllStoragePools():
-        try:
-            target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
-            if not Path(target).is_relative_to(directory):
-                continue
-            persistent = pool.isPersistent()
-            if pool.isActive():
-                pool.destroy()  # a transient pool is gone with it
-            if persistent:
-                pool.undefine()
-            gone.append(pool.name())
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:  # gone meanwhile
-                raise
-    return gone
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def console_echo(dom: libvirt.virDomain, command: bytes, expected: bytes, timeout: float = 30.0) -> bytes:

@@ -22,17 +22,17 @@ import pytest
 from tests.integration.cloud import Cloud
 from tests.realvm.test_api_to_qemu import BOOT_TIMEOUT_S, console_until, facts, ready, type_until
 from tests.realvm.qemu_host import READY, QemuSession  # noqa: I001 (after test_api_to_qemu: its rewrite)
-from tests.realvm.test_volumes_real import guest_and_volume, ok, rbd_backend, real_cloud
+from tests.realvm.test_volumes_real import guest_and_volume, no_pool_left, ok, rbd_backend, real_cloud
 
 pytest_plugins = ["tests.realvm.qemu_host"]
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.realvm]
-__all__ = ["rbd_backend", "real_cloud"]  # fixtures of this module too
+__all__ = ["no_pool_left", "rbd_backend", "real_cloud"]  # fixtures of this module too
 
 MARK_SECTOR = 1 << 20  # 512 MiB into the 1-GiB volume: past the guest disk's 32-MiB partition
 
 
 def test_a_vm_boots_from_a_volume_and_a_second_vm_boots_from_it_with_the_data(
-        real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     cloud = real_cloud
     ready(cloud, qemu_libvirt.guest)
     made = cloud.post("/volumes", {"name": "root", "size_gib": 1, "image": "guest"})
@@ -65,7 +65,7 @@ def test_a_vm_boots_from_a_volume_and_a_second_vm_boots_from_it_with_the_data(
 
 
 def test_a_vm_boots_from_an_rbd_volume_and_takes_it_along_when_asked(
-        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     """The root disk on Ceph: QEMU's librbd opens the volume (the key in a libvirt secret) as vda,
     SeaBIOS boots it; the VM made with delete_on_termination takes the volume with it."""
     cloud = real_cloud
@@ -95,7 +95,7 @@ def _on(serial_of: int, command: str) -> str:
 
 
 def test_a_volume_from_a_snapshot_has_what_a_guest_wrote_before_it(
-        real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     cloud = real_cloud
     vm, volume = guest_and_volume(cloud, qemu_libvirt, "snapper", "data")
     data = volume["id"]

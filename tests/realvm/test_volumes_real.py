@@ -52,7 +52,20 @@ def guest_and_volume(cloud: Cloud, session: QemuSession, vm_name: str, volume_na
     return vm, made["volume"]
 
 
-def test_a_marker_written_by_one_guest_is_read_by_another(real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+@pytest.fixture
+def no_pool_left(real_cloud: Cloud, qemu_libvirt: QemuSession) -> Iterator[None]:
+    """The agent's libvirt pools over this test's directories go with the test (the daemon is shared)."""
+    yield
+    for pool in qemu_libvirt.conn.listAllStoragePools():
+        try:
+            if str(real_cloud.tree.state_dir) in pool.XMLDesc(0):
+                pool.destroy()
+        except libvirt.libvirtError:
+            pass
+
+
+def test_a_marker_written_by_one_guest_is_read_by_another(real_cloud: Cloud, qemu_libvirt: QemuSession,
+                                                          no_pool_left: None) -> None:
     cloud = real_cloud
     ready(cloud, qemu_libvirt.guest)
     src = running_vm(cloud, "writer")
@@ -90,8 +103,8 @@ def test_a_marker_written_by_one_guest_is_read_by_another(real_cloud: Cloud, qem
     type_until(cloud, dst["id"], "dd if=/dev/vdb bs=16 count=1 2>/dev/null; echo", b"cl-volume-42", BOOT_TIMEOUT_S)
 
 
-def test_hot_plug_live_extend_and_unplug_in_a_running_guest(real_cloud: Cloud,
-                                                           qemu_libvirt: QemuSession) -> None:
+def test_hot_plug_live_extend_and_unplug_in_a_running_guest(real_cloud: Cloud, qemu_libvirt: QemuSession,
+                                                           no_pool_left: None) -> None:
     """Must-show 3 with the live path: attached to a running guest it appears at once, grown it
     shows the new size without a reboot (QEMU's block_resize), detached it is gone."""
     cloud = real_cloud
@@ -134,7 +147,7 @@ def rbd_backend(qemu_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str
 
 
 def test_an_rbd_volume_written_by_one_guest_is_read_by_another(
-        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession) -> None:
+        rbd_backend: str, real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     """Must-show 2 on one hypervisor: QEMU opens the RBD image through librbd, with the cephx key
     libvirt holds as a secret; a marker written by one guest is read by a second one."""
     cloud = real_cloud
