@@ -45,13 +45,20 @@ def scoped(model: type[Row], caller: Caller) -> Select[tuple[Row]]:
     """Every row of ``model`` in the caller's organisation and, for a table with ``project_id``
     (models/projects.py ``ProjectOwned``; jobs), in the project the request acts in. A job
     without a project (the control plane's) shows in every project of its organisation."""
-    query = select(model).where(model.org_id == caller.org_id)
-    project: Any = getattr(model, "project_id", None)
-    if project is None or caller.project_id is None:
-        return query
-    if project.nullable:
-        return query.where(or_(project == caller.project_id, project.is_(None)))
-    return query.where(project == caller.project_id)
+    return select(model).where(*scope_conditions(model, caller.org_id, caller.project_id))
+
+
+def scope_conditions(model: Any, org: Any, project: Any) -> list[ColumnElement[bool]]:
+    """The tenant scope on ``model``'s table: its organisation ``org`` and, unless ``project`` is
+    None (a caller acting in no project) or the table has no ``project_id``, that project (a
+    nullable ``project_id``'s NULL rows too). Values or bind parameters (``scoped_where``)."""
+    table = model.__table__
+    where: list[ColumnElement[bool]] = [table.c.org_id == org]
+    if project is not None and "project_id" in table.c:
+        column = table.c.project_id
+        same = column == project
+        where.append(or_(same, column.is_(None)) if column.nullable else same)
+    return where
 
 
 def owner(caller: Caller) -> dict[str, Any]:
@@ -169,13 +176,7 @@ def columns_of(model: Any, schema: Any) -> list[Any]:
 def scoped_where(model: Any, project: bool) -> list[ColumnElement[bool]]:
     """``scoped``'s conditions on ``model``'s table with bind parameters ``org_id`` and, if
     ``project`` (the caller acts in one), ``project_id``: for a statement built once (``statement``)."""
-    table = model.__table__
-    where: list[ColumnElement[bool]] = [table.c.org_id == bindparam("org_id")]
-    if project and "project_id" in table.c:
-        column = table.c.project_id
-        same = column == bindparam("project_id")
-        where.append(or_(same, column.is_(None)) if column.nullable else same)
-    return where
+    return scope_conditions(model, bindparam("org_id"), bindparam("project_id") if project else None)
 
 
 def scope_params(caller: Caller) -> dict[str, Any]:
