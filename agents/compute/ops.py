@@ -166,7 +166,11 @@ def vm_create(ctx: Context, request: cpb.VmCreateRequest) -> cpb.VmCreateResult:
     root = ()
     if request.HasField("boot_volume"):  # its root disk (vda) is a volume, in the definition from the start
         boot = request.boot_volume
-        root = (storage_for(ctx.hypervisor).boot_disk(boot.volume, boot.attachment_id),)
+        storage = storage_for(ctx.hypervisor)
+        if boot.HasField("create"):  # a new volume, from an image: made first (a replay finds it made)
+            new = boot.create
+            storage.create(boot.volume, new.size_bytes, new.image if new.HasField("image") else None)
+        root = (storage.boot_disk(boot.volume, boot.attachment_id),)
     info = driver_for(ctx.hypervisor).create(spec, root)
     _play_nics(ctx, spec.name, resolved.tenant)
     return cpb.VmCreateResult(vm=record_of(info), created=bool(info["created"]),

@@ -28,7 +28,7 @@ from cloudland_api.schemas.secgroups import (
 )
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
-    InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
+    InstancePublic, JobList, JobPublic, NewBootVolume, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 from cloudland_api.schemas.groups import (
     GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
@@ -47,7 +47,7 @@ __all__ = [
     "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
     "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
-    "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
+    "Arch", "NewBootVolume", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",

@@ -35,6 +35,7 @@ from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, ne
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
+from cloudland_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,9 @@ def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: 
     return job
 
 
-def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
-    """``spec.count`` new instances and their create jobs, committed together."""
+def create_instances(session: Session, caller: Caller, spec: InstanceCreate, settings: ApiSettings) -> Accepted:
+    """``spec.count`` new instances and their create jobs, committed together (``settings``: for
+    ``new_boot_volume``, the volume types and where images are)."""
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image) if spec.image is not None else None
     # Or its root disk is a volume (locked now; attached as vda once the instance has its id).
@@ -119,6 +121,9 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
                else networks.default_subnets(session, caller))
     names = instance_names(spec.name, spec.count)
+    # Or each VM boots from a new volume made from the image: checked and charged now.
+    new_boot = (boot_volumes.plan_new(session, caller, image, spec.new_boot_volume, names, settings)
+                if spec.new_boot_volume is not None and image is not None else None)
     # Counted under the organisation's lock, committed with the rows below (services/quotas.py).
     quotas.charge(session, caller, instances=spec.count, vcpus=flavor.vcpus * spec.count,
                   memory_mib=flavor.memory_mib * spec.count, ports=len(subnets) * spec.count)
@@ -131,7 +136,7 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
     if image is not None:
-        arch, disk_gib, args = image.arch, flavor.disk_gib, {}
+        arch, disk_gib, args = image.arch, new_boot.size_gib if new_boot else flavor.disk_gib, {}
     else:
         assert boot is not None  # the schema asks for exactly one of image and boot_volume
         arch, disk_gib, args = boot_volumes.arch_of(session, boot), boot.size_gib, boot_volumes.create_args(boot)
@@ -152,6 +157,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
         for instance, job in zip(instances, jobs):
             instance.job_id = job.id
         session.add_all(jobs)
+        if new_boot is not None:
+            boot_volumes.make_new(session, caller, new_boot, instances, jobs, spec.delete_on_termination)
         session.commit()
     except IntegrityError as exc:
         # Two creates raced past the check above; the partial unique index decided.
