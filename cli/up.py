@@ -117,6 +117,8 @@ def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_en
         f"{cli} vm list",
         f"{cli} hyper list",
         f"{cli} vm exec web-1 -- busybox ping -c 3 10.0.0.3",
+        f"{cli} floating-ip create --external external --vm web-1",
+        f"{cli} secgroup rule add default --protocol icmp --remote-cidr 0.0.0.0/0",
         f"{cli} vm stop --name 'web-*'",
         f"{cli} vm delete --name 'web-*'",
     ):
@@ -150,6 +152,7 @@ def up(
         settings, hosts = cluster_settings(hostfile, listen, hypervisors=hypervisors, fanout=fanout,
                                            per_leaf=per_leaf, grpc=address, state_dir=state_dir)
         settings, network_note = hostnet.choose(settings, cluster=bool(hosts))
+        external = hostnet.external_wanted(settings, cluster=bool(hosts))
     except ConfigError as exc:
         fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
@@ -162,6 +165,9 @@ def up(
     api: subprocess.Popen[bytes] | None = None
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        # In the try: what it makes on the machine, the stop removes (hostnet.clean).
+        external_note = hostnet.external(settings, external)
+        network_note = "\n".join(note for note in (network_note, external_note) if note)
         if hosts:
             try:
                 start_hosts(tree, address, settings, hosts, leaves_per_host, launcher_exec)
