@@ -149,30 +149,30 @@ def test_a_floating_ip_of_make_run_answers_this_machine(make_run: MakeRun) -> No
         [("external", str(external), bridge, machine)]
     router = next(r for r in cloud.get("/routers", limit=100)["items"] if r["name"] == "default")
     assert router["external_network_id"] == externals[0]["id"] and len(router["subnet_ids"]) == 1
-    _ok(cloud, "vm", "create", "f", "--flavor", "small", "--image", "tiny")  # on the default network
-    vm = next(v for v in cloud.instances() if v["name"] == "f-1")
+    _ok(cloud, "vm", "create", "pub", "--flavor", "small", "--image", "tiny")  # on the default network
+    vm = next(v for v in cloud.instances() if v["name"] == "pub")
     (port,) = cloud.get("/ports", limit=100, instance=vm["id"])["items"]
     fixed = port["fixed_ips"][0]
-    wait_for(lambda: f"inet {fixed}/16" in _run(cloud, "vm", "exec", "f-1", "--", "ip", "-4", "addr", "show",
-                                                 "eth0").stdout, 60, f"f-1's lease {fixed}")
-    # Out by SNAT: f-1 reaches the machine, which answers its hypervisor's SNAT address of the router.
-    wait_for(lambda: _pings(cloud, "f-1", machine, 1).returncode == 0, 60, f"f-1 ({fixed}) pings the machine {machine}")
+    wait_for(lambda: f"inet {fixed}/16" in _run(cloud, "vm", "exec", "pub", "--", "ip", "-4", "addr", "show",
+                                                 "eth0").stdout, 60, f"pub's lease {fixed}")
+    # Out by SNAT: pub reaches the machine, which answers its hypervisor's SNAT address of the router.
+    wait_for(lambda: _pings(cloud, "pub", machine, 1).returncode == 0, 60, f"pub ({fixed}) pings the machine {machine}")
     snat = {s["hypervisor_id"]: s["address"] for s in cloud.get(f"/routers/{router['id']}")["snat_addresses"]}
     neighbours = subprocess.run(["ip", "-4", "neigh", "show", "dev", bridge], capture_output=True, text=True).stdout
     assert snat[vm["hypervisor_id"]] in neighbours and fixed not in neighbours, (snat, neighbours)
-    # The banner's floating-IP command: allocated and associated to f-1's primary NIC at once.
-    fip = json.loads(_ok(cloud, "floating-ip", "create", "--external", "external", "--vm", "f-1", "--json"))
+    # The banner's floating-IP command: allocated and associated to pub's primary NIC at once.
+    fip = json.loads(_ok(cloud, "floating-ip", "create", "--external", "external", "--vm", "pub", "--json"))
     address = fip["address"]
     assert (fip["port_id"], fip["fixed_ip"]) == (port["id"], fixed) and ipaddress.IPv4Address(address) in external
     namespace = f"{prefix}hv{vm['hypervisor_id']}.{prefix}r{router['vpc_id']}"
     wait_for(lambda: f"inet {address}/32" in _in_router(namespace, "ip", "-4", "addr", "show", "x0")
              and f"dnat to {fixed}" in _in_router(namespace, "nft", "list", "table", "ip", "router"), 60,
-             f"{address} on f-1's router ({namespace}), DNATed to {fixed}")
+             f"{address} on pub's router ({namespace}), DNATed to {fixed}")
     # Its security group applies: the default one lets in only its own members, not this machine ...
     assert not any(_machine_pings(address) for _ in range(3)), f"{address} answered through the default group"
     # ... until a rule lets ICMP in from anywhere (the banner's next command).
     _ok(cloud, "secgroup", "rule", "add", "default", "--protocol", "icmp", "--remote-cidr", "0.0.0.0/0")
-    wait_for(lambda: _machine_pings(address), 60, f"{address} (f-1's floating IP) answers the machine")
+    wait_for(lambda: _machine_pings(address), 60, f"{address} (pub's floating IP) answers the machine")
     assert all(_machine_pings(address) for _ in range(3))
     # Disassociated, it stops answering, and stays silent.
     _ok(cloud, "floating-ip", "disassociate", address)
