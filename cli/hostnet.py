@@ -182,7 +182,7 @@ def down(state_dir: Annotated[Path, typer.Option(help="The cloud's state [defaul
     """Remove what a killed all-in-one cloud left on this machine: its networks' namespaces and links.
 
     The namespaces (and the dnsmasq and DHCP clients in them) and underlay links of its simulated
-    hypervisors' networks. ``up`` removes them itself when it stops; this is for one that was killed. Refused while the
+    hypervisors' networks, and its external network's bridge (with the machine's address on it). ``up`` removes them itself when it stops; this is for one that was killed. Refused while the
     cloud's root or host agent still runs: its leaves would make them again."""
     from cloudland.netclean import remove_run
     from cloudland_cli.common import EXIT_USAGE, fail, out
