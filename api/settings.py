@@ -126,23 +126,16 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}UNDERLAY_MTU must be 1280..65535, got {self.underlay_mtu}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
-        if self.default_network:
+        for name, example in (("default_network", "10.0.0.0/24"), ("external_network", "198.51.100.0/24")):
             try:
-                ipaddress.IPv4Network(self.default_network)
+                if getattr(self, name):
+                    ipaddress.IPv4Network(getattr(self, name))
             except ValueError as exc:
-                raise ConfigError(f"{PREFIX}DEFAULT_NETWORK must be an IPv4 network like 10.0.0.0/24, or empty: "
+                raise ConfigError(f"{PREFIX}{name.upper()} must be an IPv4 network like {example}, or empty: "
                                   f"{exc}") from exc
-
-        if self.external_network:
-            try:
-                ipaddress.IPv4Network(self.external_network)
-            except ValueError as exc:
-                raise ConfigError(f"{PREFIX}EXTERNAL_NETWORK must be an IPv4 network like 198.51.100.0/24, or "
-                                  f"empty: {exc}") from exc
-            if not BRIDGE_RE.fullmatch(self.external_bridge):
-                raise ConfigError(f"{PREFIX}EXTERNAL_BRIDGE must name the provider bridge of "
-                                  f"{PREFIX}EXTERNAL_NETWORK (1-15 letters, digits, '.', '_' or '-'), got "
-                                  f"{self.external_bridge!r}")
+        if self.external_network and not BRIDGE_RE.fullmatch(self.external_bridge):
+            raise ConfigError(f"{PREFIX}EXTERNAL_BRIDGE must name the provider bridge of {PREFIX}EXTERNAL_NETWORK "
+                              f"(1-15 letters, digits, '.', '_' or '-'), got {self.external_bridge!r}")
 
     @property
     def image_url_base(self) -> str:
