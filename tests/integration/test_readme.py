@@ -29,8 +29,9 @@ The phases share that one checkout, in order:
    900 hypervisors beyond the first 100 are now ``gone``.
 
 About two to four minutes on this 2-core machine (104-152 s with other tests loading it to a load
-average of 26-37; 217-333 s at a load average of 27-37 once phase 1 ran the tenants' sections too),
-most of it building the five trees.
+average of 26-37; 217-333 s at a load average of 27-37 once phase 1 ran the tenants' sections too;
+675 s at 15-24 once the quick start also gave web-1 a floating IP and pinged it, phase 1 402 s of
+it), most of it building the five trees.
 """
 
 from __future__ import annotations
