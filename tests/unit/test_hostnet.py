@@ -13,11 +13,21 @@ from cloudland.errors import ConfigError
 from cloudland_cli import hostnet
 
 
+def unset_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither variable set, and neither set after ``monkeypatch`` is undone. (``delenv`` of a
+    variable that is not set records nothing to undo, so what choose() set stayed for every later
+    test: a tree started after it ran its simulated hypervisors in namespaces no one removed, with
+    their dnsmasq. ``setenv`` first records "not set" to go back to.)"""
+    for name in ("CLOUDLAND_NETWORK", "CLOUDLAND_NETWORK_PREFIX"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """choose() hands its choice to the root through the environment: keep the test's clean."""
-    monkeypatch.delenv("CLOUDLAND_NETWORK", raising=False)
-    monkeypatch.delenv("CLOUDLAND_NETWORK_PREFIX", raising=False)
+    """choose() hands its choice to the root through the environment: keep the test's clean, and
+    the session's after it."""
+    unset_choice(monkeypatch)
 
 
 def test_not_root_stays_on_the_fake_plane_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,3 +62,12 @@ def test_where_it_can_it_picks_netns_with_a_prefix_kept_in_the_state_directory(t
     assert (os.environ["CLOUDLAND_NETWORK"], os.environ["CLOUDLAND_NETWORK_PREFIX"]) == ("netns", prefix)
     assert f"namespace {prefix}hv<id>" in note and "vm exec" in note
     assert hostnet.run_prefix(tmp_path) == prefix  # the next start: the same run's pieces
+
+
+def test_the_choice_does_not_outlive_its_test(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        unset_choice(patch)
+        patch.setattr(hostnet, "why_not", lambda: "")  # as where namespaces can be made
+        hostnet.choose(TreeSettings(state_dir=tmp_path), cluster=False)
+        assert os.environ["CLOUDLAND_NETWORK"] == "netns"
+    assert "CLOUDLAND_NETWORK" not in os.environ and "CLOUDLAND_NETWORK_PREFIX" not in os.environ
