@@ -85,9 +85,7 @@ class CpuHog:
                 f"{self.load_before:.1f} before, peak {self.load_peak:.1f}, {os.getloadavg()[0]:.1f} at the end")
 
 
-@pytest.fixture(scope="module")
-def cpu_hog(request: pytest.FixtureRequest) -> Iterator[CpuHog]:
-    """``HOG_PER_CPU`` spinning processes per core for this module's tests (module docstring)."""
+def _hogging(request: pytest.FixtureRequest) -> Iterator[CpuHog]:
     hog = CpuHog(HOG_PER_CPU * (os.cpu_count() or 1))
     try:
         yield hog.start()
@@ -95,6 +93,19 @@ def cpu_hog(request: pytest.FixtureRequest) -> Iterator[CpuHog]:
         report = hog.stop()
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:  # not captured: CI's log says how loaded the machine was
-            reporter.write_line(f"{request.module.__name__}: {report}")
+            reporter.write_line(f"{request.node.nodeid}: {report}")
         else:
             print(report, file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def cpu_hog(request: pytest.FixtureRequest) -> Iterator[CpuHog]:
+    """``HOG_PER_CPU`` spinning processes per core for this module's tests (module docstring)."""
+    yield from _hogging(request)
+
+
+@pytest.fixture
+def cpu_hog_per_test(request: pytest.FixtureRequest) -> Iterator[CpuHog]:
+    """The same for one test: in a module whose other tests (a cluster's bring-up) hold no healing
+    bound and need not pay for it."""
+    yield from _hogging(request)
