@@ -1,19 +1,19 @@
 """The tree's processes run ahead of tenants' work on a busy host (issue 15: healing bounds that
-hold under load).
+hold under load; docs/architecture.md, "Healing under load").
 
 A host's cores belong to its tenants: their VMs' vCPUs, and on a test machine whatever else
 spins. At the default nice level the root, a host agent and its ranks get a fair share beside
 them, no more, and the tree's promises are about time: a lost relay's subtree whole again
 within 10 s, a dead root's tree within 10 s. A replaced rank must start a Python process
-(0.4 s of CPU for a leaf's imports), link and say hello; with four spinning processes per core it
-got a tenth of a core, and a replaced leaf took over 4 s where it takes 0.5 s idle. So every
-process of the tree lowers its nice value to ``TreeSettings.tree_nice`` (``CLOUDLAND_TREE_NICE``,
-default -10: about nine times a default process's weight in Linux's scheduler) when it starts,
-before it makes any thread or child, which inherit it: the host agent (and through it its ranks
-and their mpiexec), and the root. The tree is idle most of the time (its ranks poll with backoff
-sleeps), so what this takes from tenants is the CPU of healing and of commands, when they happen.
-Work an operation starts for a tenant (qemu-img, dnsmasq) inherits it too: it is that tenant's
-request being served.
+(0.4 s of CPU for a leaf's imports), link and say hello: beside the tests' CPU hog (load 40-56
+on 2 cores) a crashed leaf was back 4.0 s and more after its crash at the default level, 1.0-1.9 s
+at -10. So every process of the tree lowers its nice value to ``TreeSettings.tree_nice``
+(``CLOUDLAND_TREE_NICE``, default -10: about nine times a default process's weight in Linux's
+scheduler) when it starts, before it makes any thread or child, which inherit it: the host agent
+(and through it its ranks and their mpiexec), and the root. The tree is idle most of the time
+(its ranks poll with backoff sleeps), so what this takes from tenants is the CPU of healing and
+of commands, when they happen. Work an operation starts for a tenant (qemu-img, dnsmasq)
+inherits it too: it is that tenant's request being served.
 
 Lowering a nice value needs CAP_SYS_NICE (root, as a hypervisor's agent runs); without it the
 process stays where it is and says so once in its log. 0 leaves the processes at the default.
