@@ -167,7 +167,8 @@ class HostAgent:
             return self.command(node)
         module = "cloudland_agents.leaf" if node.is_leaf else "cloudland_launcher.relay"
         return mpienv.rank_argv([
-            sys.executable, "-m", "cloudland_launcher.boot", module, "--node", f"{node.first}:{node.end}", "--root", self.root,
+            sys.executable, "-m", "cloudland_launcher.boot", module, "--node", f"{node.first}:{node.end}",
+            "--root", self.root,
             "--listen", self.address, "--state-dir", str(self.state_dir), "--pki", str(self.pki_dir),
         ])
 

@@ -29,8 +29,9 @@ from cloudland import procinfo
 HOG_PER_CPU = 2        # spinning processes per core: the load average goes well above the core count
 SAMPLE_EVERY_S = 1.0   # how often the load average is sampled while the hog runs
 # Pure Python, and it ends itself should pytest die without its teardown (SIGKILL): a spinner
-# whose parent is gone (reparented) stops, so a killed run cannot leave the machine loaded.
-SPIN = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+# whose parent is gone (reparented) stops, so a killed run cannot leave the machine loaded. The
+# parent's pid comes in argv: read at the spinner's start, it could already be init's.
+SPIN = ("import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n"
         "    for _ in range(1_000_000):\n        pass\n")
 
 
@@ -49,7 +50,7 @@ class CpuHog:
         self.load_before = os.getloadavg()[0]
         for _ in range(self.count):
             # Its own session: a test's killpg of its tree can never reach it, nor it a test's group.
-            proc = subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             self.spinners[proc.pid] = procinfo.start_time(proc.pid)
         self._sampler = threading.Thread(target=self._sample, name="cpu-hog-load", daemon=True)
