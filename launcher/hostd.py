@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     pki_dir = Path(ns.pki or os.environ.get("CLOUDLAND_PKI") or state_dir / "pki").resolve()
     try:
         pki.Credentials.load(pki_dir, pki.NODE)  # said here, before we detach from the operator's terminal
-        nice = TreeSettings.from_env().tree_nice
+        # Only this variable: the host's others are its ranks' business, checked where they are used.
+        nice = TreeSettings.from_env({k: v for k, v in os.environ.items() if k == "CLOUDLAND_TREE_NICE"}).tree_nice
     except ConfigError as exc:
         print(f"cloudland: host {ns.host}: {exc}", file=sys.stderr)
         return 2
