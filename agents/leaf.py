@@ -1,7 +1,7 @@
 """A leaf agent rank: hosts one hypervisor (production) or many simulated ones.
 
-Run by its parent as ``python -m cloudland_agents.leaf``. Commands fan out to
-the hypervisors it hosts; inline operations run on the MPI thread, the others
+Run by its host agent as ``python -m cloudland_launcher.boot cloudland_agents.leaf``. Commands fan
+out to the hypervisors it hosts; inline operations run on the MPI thread, the others
 on worker threads whose results are picked up by the loop. Replies go up in
 batches; heartbeats carry the resource reports that changed.
 """

@@ -13,13 +13,21 @@ from cloudland.errors import ConfigError
 from cloudland_cli import hostnet
 
 
+def unset_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither variable set, and neither set after ``monkeypatch`` is undone. (``delenv`` of a
+    variable that is not set records nothing to undo, so what choose() set stayed for every later
+    test: a tree started after it ran its simulated hypervisors in namespaces no one removed, with
+    their dnsmasq. ``setenv`` first records "not set" to go back to.)"""
+    for name in ("CLOUDLAND_NETWORK", "CLOUDLAND_NETWORK_PREFIX", hostnet.EXTERNAL_NETWORK, hostnet.EXTERNAL_BRIDGE):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(autouse=True)
 def environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """choose() hands its choice to the root through the environment: keep the test's clean."""
-    monkeypatch.delenv("CLOUDLAND_NETWORK", raising=False)
-    monkeypatch.delenv("CLOUDLAND_NETWORK_PREFIX", raising=False)
-    monkeypatch.delenv(hostnet.EXTERNAL_NETWORK, raising=False)
-    monkeypatch.delenv(hostnet.EXTERNAL_BRIDGE, raising=False)
+    """choose() hands its choice to the root through the environment: keep the test's clean, and
+    the session's after it."""
+    unset_choice(monkeypatch)
 
 
 def test_not_root_stays_on_the_fake_plane_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,3 +94,12 @@ def test_an_external_network_that_overlaps_the_machines_is_not_made(tmp_path: Pa
     assert note.startswith("external network 127.0.0.0/8: not made (this machine has 127.0.0.1/8 on lo)"), note
     assert hostnet.EXTERNAL_NETWORK not in os.environ and hostnet.EXTERNAL_BRIDGE not in os.environ
     assert "zq9e" not in hostnet.subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
+
+
+def test_the_choice_does_not_outlive_its_test(tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        unset_choice(patch)
+        patch.setattr(hostnet, "why_not", lambda: "")  # as where namespaces can be made
+        hostnet.choose(TreeSettings(state_dir=tmp_path), cluster=False)
+        assert os.environ["CLOUDLAND_NETWORK"] == "netns"
+    assert "CLOUDLAND_NETWORK" not in os.environ and "CLOUDLAND_NETWORK_PREFIX" not in os.environ
