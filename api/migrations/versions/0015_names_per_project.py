@@ -1,5 +1,6 @@
 """names unique per project, not per organisation: images, SSH keys, VPCs, subnets, volumes,
-snapshots, routers, and live instances (issue 14; security groups' since 0013)
+snapshots, routers, and live instances (issue 14; security groups' since 0013); directory groups
+mapped onto local groups, and which group memberships a directory made
 
 Revision ID: 0015
 Revises: 0014
@@ -117,8 +118,25 @@ def _change(drop: str, make: str) -> None:
 
 
 def upgrade() -> None:
-    """Every existing name was unique in its organisation, so it is in its project."""
+    """Every existing name was unique in its organisation, so it is in its project. Every existing
+    group membership is an admin's (``directory`` NULL)."""
     _change('org', 'project')
+    op.create_table('directory_groups',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('org_id', sa.Integer(), nullable=False),
+    sa.Column('directory', sa.String(length=8), nullable=False),
+    sa.Column('name', sa.String(length=512), nullable=False),
+    sa.Column('group_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['org_id'], ['organisations.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['group_id'], ['groups.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('org_id', 'directory', 'name', 'group_id', name='uq_directory_groups')
+    )
+    op.create_index('ix_directory_groups_org_id', 'directory_groups', ['org_id'])
+    op.create_index('ix_directory_groups_group_id', 'directory_groups', ['group_id'])
+    # In place on SQLite (a copy of group_members is not needed for a nullable column).
+    op.add_column('group_members', sa.Column('directory', sa.String(length=8), nullable=True))
 
 
 def downgrade() -> None:
@@ -134,4 +152,12 @@ def downgrade() -> None:
     if clashes:
         raise RuntimeError("0015 downgrade: names must be unique per organisation again, and these are not: "
                            + ", ".join(clashes[:20]) + "; rename them first")
+    # The memberships directories made stay, as an admin's (0014 knows no other kind).
+    if bind.dialect.name == 'sqlite':
+        op.execute("ALTER TABLE group_members DROP COLUMN directory")
+    else:
+        op.drop_column('group_members', 'directory')
+    op.drop_index('ix_directory_groups_group_id', table_name='directory_groups')
+    op.drop_index('ix_directory_groups_org_id', table_name='directory_groups')
+    op.drop_table('directory_groups')
     _change('project', 'org')
