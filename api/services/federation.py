@@ -6,7 +6,9 @@ made at their first sign-in and named ``<login>@<organisation>``, so a directory
 local user's name, nor sign in as the local break-glass admin. Their role in the organisation is
 the organisation's role map applied to the groups the directory names, at every sign-in: a
 changed group changes the role at the next sign-in (and, since every request re-reads the role,
-for the tokens already held); a user in no mapped group loses the membership and every token.
+for the tokens already held); their local groups are the organisation admins' directory group
+map applied at the same moment (services/directory_groups.py); a user in no group mapped to
+either loses the membership and every token.
 
 ``POST /login`` with an ``organisation`` that has an LDAP directory asks the directory, unless the
 username is a local user's: local accounts (the break-glass admin) sign in with their password

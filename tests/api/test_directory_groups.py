@@ -7,6 +7,8 @@ the organisation's projects only."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from tests.api.conftest import Api
 from tests.api.test_ldap import login, regroup  # noqa: F401  (regroup: a fixture)
 from tests.api.test_oidc import sign_in_as
-from tests.identityfixtures import GROUPS, LOCAL_PASSWORD, OidcProvider, Slapd, organisation_with, serve
+from tests.identityfixtures import GROUPS, LOCAL_PASSWORD, OidcProvider, Slapd, organisation_with, run_cli, serve
 
 API = "/api/v1"
 PROJECT = "X-CloudLand-Project"
@@ -196,3 +198,34 @@ def test_only_the_directory_that_made_a_membership_takes_it_away(api: Api, direc
         session.commit()
         held = dict(session.query(GroupMember.group_id, GroupMember.directory).filter_by(user_id=user.id).all())
         assert held == {theirs.id: other, admins.id: None}
+
+
+def test_the_readme_commands_through_the_cli(api: Api, admin_headers: dict[str, str], slapd: Slapd,
+                                             oidc_provider: OidcProvider, tmp_path: Path) -> None:
+    """README, "Sign in with your directory": ``directory group map``, ``list`` and ``unmap`` as
+    an organisation's admin, then a sign-in that follows the map."""
+    org = organisation_with(api.client, admin_headers, "acme", "ldap", slapd.ldap_settings())
+    ok(api.client.put(f"{API}/organisations/{org}/oidc", json=oidc_provider.oidc_settings(), headers=admin_headers))
+    owner = bearer(ok(login(api, "acme-admin", LOCAL_PASSWORD))["token"])
+    groups = local_groups(api, owner)
+    config = tmp_path / "cli.json"
+    with serve(api.app) as url:
+        done = run_cli(config, "login", "--endpoint", url, "--organisation", "acme", "--username", "acme-admin",
+                       "--password-stdin", stdin=LOCAL_PASSWORD + "\n")
+        assert done.exit_code == 0, done.output
+        mapped = run_cli(config, "directory", "group", "map", USERS, "--group", "devs")
+        assert mapped.exit_code == 0 and f"ldap group {USERS} maps onto group devs" in mapped.output, mapped.output
+        oidc = run_cli(config, "directory", "group", "map", "ops-team", "--group", "ops", "--directory", "oidc",
+                       "--json")
+        assert oidc.exit_code == 0, oidc.output
+        listed = run_cli(config, "directory", "group", "list", "--json")
+        assert [(m["directory"], m["name"], m["group"]) for m in json.loads(listed.output)["items"]] == [
+            ("ldap", USERS, "devs"), ("oidc", "ops-team", "ops")]
+        assert run_cli(config, "directory", "group", "map", "x", "--group", "devs", "--directory", "nis"
+                       ).exit_code == 2
+        sign_in(api, "bob", slapd)
+        assert members(api, owner, groups["devs"]) == {"bob@acme"}
+        gone = run_cli(config, "directory", "group", "unmap", str(json.loads(oidc.output)["id"]))
+        assert gone.exit_code == 0, gone.output
+        listed = run_cli(config, "directory", "group", "list")
+        assert "ops-team" not in listed.output and USERS in listed.output
