@@ -31,7 +31,7 @@ from cloudland_api.schemas.instances import (
     InstancePublic, JobList, JobPublic, NewBootVolume, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 from cloudland_api.schemas.groups import (
-    GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
+    DirectoryGroupCreate, DirectoryGroupList, DirectoryGroupPublic, GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
 )
 from cloudland_api.schemas.projects import (
     OrganisationQuotaPublic, ProjectCreate, ProjectList, ProjectMemberList, ProjectMemberPublic, ProjectPublic,
@@ -60,5 +60,5 @@ __all__ = [
     "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
     "OrganisationQuotaPublic", "ProjectCreate", "ProjectList", "ProjectMemberList", "ProjectMemberPublic",
     "ProjectPublic", "ProjectRoleGrant", "QuotaLine", "QuotaPublic", "QuotaUpdate",
-    "GroupCreate", "GroupList", "GroupMemberPublic", "GroupProjectRolePublic", "GroupPublic", "GroupRole",
+    "DirectoryGroupCreate", "DirectoryGroupList", "DirectoryGroupPublic", "GroupCreate", "GroupList", "GroupMemberPublic", "GroupProjectRolePublic", "GroupPublic", "GroupRole",
 ]

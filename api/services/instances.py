@@ -30,6 +30,7 @@ from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, PortSecurityGroup, VolumeAttachment
+from cloudland_api.models.projects import default_project_id
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, InstancePublic, NicAttach
 from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, quotas, scheduler, secgroups
 from cloudland_api.services.flavors import get_flavor
@@ -127,12 +128,14 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate, set
     # Counted under the organisation's lock, committed with the rows below (services/quotas.py).
     quotas.charge(session, caller, instances=spec.count, vcpus=flavor.vcpus * spec.count,
                   memory_mib=flavor.memory_mib * spec.count, ports=len(subnets) * spec.count)
+    project = caller.project_id if caller.project_id is not None else default_project_id(session.connection(),
+                                                                                          caller.org_id)
     taken = session.scalars(
-        select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
+        select(Instance.name).where(Instance.project_id == project, Instance.status != "deleted",
                                     Instance.name.in_(names)).limit(5)
     ).all()
     if taken:
-        raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
+        raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this project"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
     if image is not None:

@@ -175,6 +175,9 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
 HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
 DIRECTORIES = ("needs an LDAP server or an OpenID provider for organisation acme: tests/api/test_ldap.py and "
                "test_oidc.py run these commands through the CLI against a real slapd and a real OpenID provider")
+DIRECTORY_GROUPS = ("needs an organisation with an LDAP server and an OpenID provider: "
+                    "tests/api/test_directory_groups.py runs these commands through the CLI against a served API, "
+                    "and sign-ins against a real slapd and a real OpenID provider")
 ROUTERS = ("needs root namespaces; run by tests/network/test_routers.py (the agents) and "
            "tests/network/test_router_vms.py (through the API), with an external segment and an internet host")
 CREDENTIALS = ("needs a user of an organisation: tests/api/test_app_credentials.py and test_ldap.py run these "
@@ -196,6 +199,10 @@ EXCLUDED = {
         DIRECTORIES,
     ".venv/bin/cloudland login --organisation acme --username alice": DIRECTORIES,
     ".venv/bin/cloudland login --oidc --organisation acme": DIRECTORIES,
+    ".venv/bin/cloudland directory group map cn=devs,ou=groups,dc=example,dc=org --group devs": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group map ops-team --group ops --directory oidc": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group list": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group unmap 2": DIRECTORY_GROUPS,
     ".venv/bin/cloudland credential create backup --role reader": CREDENTIALS,
     ".venv/bin/cloudland credential revoke 3": CREDENTIALS,
     ".venv/bin/cloudland audit --username alice": CREDENTIALS,
