@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 from cloudland.client import new_job_id
 from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.models import VOLUME, Image, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot
+from cloudland_api.models.projects import default_project_id
 from cloudland_api.schemas import NewBootVolume
 from cloudland_api.services import crud, images, quotas
 from cloudland_api.services.identity import Caller
@@ -144,10 +145,12 @@ def make_new(session: Session, caller: Caller, new: NewVolumes, instances: Seque
              delete_on_termination: bool) -> list[Volume]:
     """Each of ``instances`` (flushed) its new boot volume, ``creating`` under its create job
     (``jobs``, in the same order), attached as its vda; Conflict when a volume name is taken."""
-    taken = session.scalars(select(Volume.name).where(Volume.org_id == caller.org_id, Volume.name.in_(new.names))
+    project = caller.project_id if caller.project_id is not None else default_project_id(session.connection(),
+                                                                                          caller.org_id)
+    taken = session.scalars(select(Volume.name).where(Volume.project_id == project, Volume.name.in_(new.names))
                             .order_by(Volume.name).limit(5)).all()
-    if taken:
-        raise Conflict(f"volume name {taken[0]!r} is already used in this organisation"
+    if taken:  # names are unique per project (docs/architecture.md)
+        raise Conflict(f"volume name {taken[0]!r} is already used in this project"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
                        + f": a new boot volume is named after its VM ('<name>{NEW_SUFFIX}'); choose another VM name")
     volumes = [Volume(**crud.owner(caller), name=name, size_gib=new.size_gib, type=new.type, backend=new.backend,
