@@ -15,6 +15,10 @@ HOSTS ?= 4
 # The all-in-one cloud's default network (issue 11): `vm create` without --network puts a NIC on it;
 # DEFAULT_NETWORK= for none. A /16, so that `vm create --count 1000` fits.
 DEFAULT_NETWORK ?= 10.0.0.0/16
+# Its external network (issue 12), made on this machine by `cloudland up` as root: a bridge with the
+# network's first address, the default network's router's gateway there, floating IPs from it that
+# answer here. A documentation range (RFC 5737); EXTERNAL_NETWORK= for none.
+EXTERNAL_NETWORK ?= 198.51.100.0/24
 
 .PHONY: setup run test bench clean libvirtd libvirtd-stop guest lab lab-down
 
@@ -22,7 +26,8 @@ setup:
 	@VENV=$(VENV) deploy/bootstrap.sh
 
 run: setup
-	CLOUDLAND_API_DEFAULT_NETWORK=$(DEFAULT_NETWORK) $(BIN)/cloudland up --hypervisors $(HYPERVISORS)
+	CLOUDLAND_API_DEFAULT_NETWORK=$(DEFAULT_NETWORK) CLOUDLAND_API_EXTERNAL_NETWORK=$(EXTERNAL_NETWORK) \
+		$(BIN)/cloudland up --hypervisors $(HYPERVISORS)
 
 # -p no:cacheprovider keeps a fresh clone clean; output goes to the terminal for CI.
 test:

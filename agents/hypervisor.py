@@ -167,12 +167,13 @@ class Hypervisor:
             "domains": [d.name() for d in self.conn.listAllDomains()],
         }
 
-    def persist(self) -> None:
+    def persist(self, changed: str | None = None) -> None:
         """Save a simulated hypervisor's domains (agents/simdomains.py); nothing for a real one,
-        whose domains are libvirtd's."""
+        whose domains are libvirtd's. ``changed``: the one domain whose definition may have
+        changed since the last save (None: any)."""
         if self.saved is not None:
             try:
-                self.saved.save(self.conn)
+                self.saved.save(self.conn, changed)
             except (libvirt.libvirtError, OSError) as exc:
                 raise DriverError(self.id, f"saving the simulated domains to {self.saved.path} failed: {exc}") from exc
 

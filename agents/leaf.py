@@ -1,7 +1,7 @@
 """A leaf agent rank: hosts one hypervisor (production) or many simulated ones.
 
-Run by its parent as ``python -m cloudland_agents.leaf``. Commands fan out to
-the hypervisors it hosts; inline operations run on the MPI thread, the others
+Run by its host agent as ``python -m cloudland_launcher.boot cloudland_agents.leaf``. Commands fan
+out to the hypervisors it hosts; inline operations run on the MPI thread, the others
 on worker threads whose results are picked up by the loop. Replies go up in
 batches; heartbeats carry the resource reports that changed.
 """
@@ -31,7 +31,7 @@ from cloudland_agents.network.names import DEFAULT_PREFIX, Names
 from cloudland_agents.network.fake import simulated_vtep
 from cloudland_agents.network.ops import Network, Repairable, network_for, repair_loop, simulated  # net.*
 from cloudland_agents.hypervisor import Hypervisor, open_simulated, underlay_address
-from cloudland_agents.simdomains import CHANGES_DOMAINS
+from cloudland_agents.simdomains import CHANGES_DOMAINS, domain_named
 from cloudland_agents.storage.ops import load_rbd_backends, storage_for, volumes_of  # registers vol.*
 from cloudland_launcher.rank import URGENT_S, ChildRank
 from cloudland_proto.v1 import envelope_pb2 as pb
@@ -160,7 +160,7 @@ class Leaf(ChildRank):
                 result = op.run(ctx, request)
             finally:
                 if op.name in CHANGES_DOMAINS:  # before the reply: an effect not saved was not reported either
-                    hypervisor.persist()
+                    hypervisor.persist(domain_named(op.name, request))
             plain = result is None or not result.ByteSize() or (op.compact is not None and op.compact(request, result))
             packed = None if plain else operations.pack_result(op.name, result)
         except InvalidRequest as exc:

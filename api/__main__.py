@@ -18,6 +18,7 @@ from cloudland_api.app import create_app
 from cloudland_api.db import upgrade
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
 from cloudland_api.services.networks import make_default_network
+from cloudland_api.services.routers import make_default_external
 from cloudland_api.settings import PREFIX, ApiSettings
 
 
@@ -62,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             default = make_default_network(session, created.org_id, settings)
             print(f"created network 'default' ({default.cidr}, VNI {default.vni}): VMs created without --network "
                   "get a NIC on it")
+        made = make_default_external(session, settings)
+        if made is not None:
+            external, router = made
+            print(f"created external network '{external.name}' ({external.cidr}, next hop {external.gateway}, "
+                  f"bridge {external.bridge})" + (f" and router '{router.name}' of the default network, its gateway "
+                                                  "there" if router else ""))
     credentials = settings.state_dir / ADMIN_CREDENTIALS_FILE
     # The path only: the password stays in the 0600 file, out of terminals and logs.
     if created:

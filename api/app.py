@@ -42,8 +42,8 @@ from cloudland_api.audit import AuditTrail
 from cloudland_api.limits import Admission
 from cloudland_api.schemas import ErrorResponse
 from cloudland_api.routes import (
-    audit, auth, console, credentials, directories, external_networks, flavors, floating_ips, groups, hypervisors,
-    images, instances, jobs, ports, projects, routers, secgroups, ssh_keys, subnets, tenants, volumes, vpcs
+    audit, auth, console, credentials, directories, directory_groups, external_networks, flavors, floating_ips, groups,
+    hypervisors, images, instances, jobs, ports, projects, routers, secgroups, ssh_keys, subnets, tenants, volumes, vpcs
 )
 from cloudland_api.security import load_signing_key
 from cloudland_api.services.consoles import ConsoleTickets
@@ -285,6 +285,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(tenants.router, prefix=API_PREFIX)
     app.include_router(projects.router, prefix=API_PREFIX)
     app.include_router(groups.router, prefix=API_PREFIX)
+    app.include_router(directory_groups.router, prefix=API_PREFIX)
     app.include_router(directories.router, prefix=API_PREFIX)
     app.include_router(audit.router, prefix=API_PREFIX)
     app.include_router(credentials.router, prefix=API_PREFIX)

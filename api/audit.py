@@ -22,6 +22,12 @@ its row then; one refused for its token or its role (401, 403) gets it before it
 (``refused``). A process that dies between the commit and the answer keeps the row
 with the route's success status (its change did commit); one that dies before committing changed
 nothing. ``UNANSWERED`` (0) is left for a commit outside a route.
+
+A create's path holds no id: its row takes the id of the row of its resource's table that the
+request inserted (``created``: the session's flushes are watched, and the commit flushes before the
+row is added, so the id is known in the same transaction). A create of several (a batch of
+instances) writes one row per created resource, each with its id, so ``GET /audit?resource=
+instance:<id>`` shows each one's whole life; they differ only in ``resource_id``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import re
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import event, select, update
+from sqlalchemy import event, inspect, select, update
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -90,20 +96,50 @@ def _who(session: Session, event: dict[str, Any], state: dict[str, Any]) -> bool
     return True
 
 
+# A resource type's table, where it is not the type's name and an ``s`` (api/policy.py's names).
+TABLES = {"floating_ip": "external_ips"}
+
+
+def _table_of(resource_type: str | None) -> str | None:
+    return TABLES.get(resource_type, f"{resource_type}s") if resource_type else None
+
+
+def created(inserted: list[Any], resource_type: str | None) -> list[str]:
+    """The ids (their primary key's first column: a membership's user) of the rows of
+    ``resource_type``'s table among ``inserted``, in insertion order."""
+    table = _table_of(resource_type)
+    ids = []
+    for row in inserted:
+        mapper = inspect(row).mapper
+        if mapper.local_table.name == table:
+            ids.append(str(mapper.primary_key_from_instance(row)[0]))
+    return ids
+
+
 def watch(session: Session, request: Request) -> None:
-    """Make the first commit of ``session`` (a changing request's) carry the request's audit row."""
+    """Make the first commit of ``session`` (a changing request's) carry the request's audit row
+    (a create's: one per resource it made, each with that resource's id)."""
     if request.method in READS or not request.url.path.startswith("/api/v1/"):
         return
+    inserted: list[Any] = []  # what the request's flushes inserted, until its first commit
 
     def add_row(committing: Session) -> None:
         state: dict[str, Any] = request.scope.setdefault("state", {})
         if ROW in state:
             return
         row_event = _event(request.scope, _success_status(request.scope))
-        if _who(committing, row_event, state):
-            state[ROW] = AuditEvent(**row_event)
-            committing.add(state[ROW])
+        if not _who(committing, row_event, state):
+            return
+        ids: list[str | None] = [row_event["resource_id"]]
+        if ids == [None] and row_event["resource_type"] is not None:
+            committing.flush()  # the created rows' ids, in this transaction
+            ids = [*created(inserted, row_event["resource_type"])] or ids
+        rows = [AuditEvent(**row_event | {"resource_id": made}) for made in ids]
+        state[ROW] = rows[0]
+        committing.add_all(rows)
 
+    event.listen(session, "after_flush", lambda flushing, _context: inserted.extend(flushing.new))
+    event.listen(session, "after_rollback", lambda _session: inserted.clear())
     event.listen(session, "before_commit", add_row)
 
 

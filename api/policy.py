@@ -168,6 +168,9 @@ TABLE: tuple[Rule, ...] = tuple(Rule(*row) for row in (
     ("group", "create", S.organisation, ADMINS),
     ("group", "update", S.organisation, ADMINS),       # add or remove users, grant or revoke its roles
     ("group", "delete", S.organisation, ADMINS),
+    ("directory_group", "read", S.organisation, ANYONE),   # which directory groups map onto local groups
+    ("directory_group", "create", S.organisation, ADMINS),  # map one (applied at each sign-in)
+    ("directory_group", "delete", S.organisation, ADMINS),
     ("quota", "read", S.project, ANYONE),              # the project's usage and limits, the org's ceiling
     ("quota", "update", S.cloud, ADMINS),              # operators set a project's or an organisation's limits
     ("hypervisor", "read", S.cloud, ANYONE),

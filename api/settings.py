@@ -20,6 +20,7 @@ from cloudland.errors import ConfigError
 PREFIX = "CLOUDLAND_API_"
 MAX_IMAGE_BYTES = 2**63 - 1
 VOLUME_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BRIDGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,14}")  # schemas/routers.py Bridge
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class ApiSettings:
     # it, where VMs created without ``networks`` get their NIC (``make run`` sets 10.0.0.0/16 for
     # the all-in-one cloud); "" for none.
     default_network: str = ""
+    # A CIDR and a provider bridge (issue 12): at every start, the operator organisation has the
+    # external network "external" on them, and the default network (if any) a router "default"
+    # with its gateway there. ``cloudland up`` as root sets both for the all-in-one cloud (its
+    # bridge on this machine; ``make run`` EXTERNAL_NETWORK, 198.51.100.0/24); "" for none.
+    external_network: str = ""
+    external_bridge: str = ""
     # Volumes (issue 13): the types users choose from, TYPE=BACKEND,... (the first is the default).
     # Backend "local" is each hypervisor's qcow2 files; any other name is an rbd backend that the
     # agents have (CLOUDLAND_RBD_BACKENDS, agents/storage/ops.py), reachable from every hypervisor.
@@ -119,12 +126,16 @@ class ApiSettings:
             raise ConfigError(f"{PREFIX}UNDERLAY_MTU must be 1280..65535, got {self.underlay_mtu}")
         if not str(self.state_dir).strip():
             raise ConfigError(f"{PREFIX}STATE_DIR must not be empty")
-        if self.default_network:
+        for name, example in (("default_network", "10.0.0.0/24"), ("external_network", "198.51.100.0/24")):
             try:
-                ipaddress.IPv4Network(self.default_network)
+                if getattr(self, name):
+                    ipaddress.IPv4Network(getattr(self, name))
             except ValueError as exc:
-                raise ConfigError(f"{PREFIX}DEFAULT_NETWORK must be an IPv4 network like 10.0.0.0/24, or empty: "
+                raise ConfigError(f"{PREFIX}{name.upper()} must be an IPv4 network like {example}, or empty: "
                                   f"{exc}") from exc
+        if self.external_network and not BRIDGE_RE.fullmatch(self.external_bridge):
+            raise ConfigError(f"{PREFIX}EXTERNAL_BRIDGE must name the provider bridge of {PREFIX}EXTERNAL_NETWORK "
+                              f"(1-15 letters, digits, '.', '_' or '-'), got {self.external_bridge!r}")
 
     @property
     def image_url_base(self) -> str:

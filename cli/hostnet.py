@@ -8,10 +8,20 @@ network gets a namespace of its own, and VMs on different hypervisors ping each 
 VXLAN (agents/network/hostns.py). The run's name prefix is kept in ``<state>/network-prefix``,
 made at the first start, so two clouds on one machine never touch each other's pieces and a
 restart finds its own; ``up`` removes them all when it stops (cloudland/netclean.py).
+
+On that plane ``up`` also gives the cloud an external network on this machine (``external``):
+``CLOUDLAND_API_EXTERNAL_NETWORK`` (``make run``: 198.51.100.0/24) becomes the bridge
+``<prefix>e`` holding the network's first address, which each simulated hypervisor's namespace
+joins (agents/network/hostns.py), and the API makes the external network ``external`` on it with
+a router for the default network (api/services/routers.py ``make_default_external``): a VM's
+floating IP answers this machine, and VMs reach it by SNAT. A network that overlaps one this
+machine has is not made (the banner says which), nor one without that plane.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -28,6 +38,8 @@ from cloudland.config import NETWORK_PREFIX_RE, TreeSettings
 from cloudland.errors import ConfigError
 
 PREFIX_FILE = "network-prefix"
+EXTERNAL_NETWORK = "CLOUDLAND_API_EXTERNAL_NETWORK"  # the API's setting, which up reads too
+EXTERNAL_BRIDGE = "CLOUDLAND_API_EXTERNAL_BRIDGE"
 AGENT_GONE_S = 10.0
 TOOLS = ("ip", "nsenter", "dnsmasq", "busybox", "unshare")
 
@@ -87,6 +99,72 @@ def choose(settings: TreeSettings, cluster: bool) -> tuple[TreeSettings, str]:
         f"{prefix}hv<id>); a VM pings another: .venv/bin/cloudland vm exec NAME -- busybox ping -c 3 ADDRESS")
 
 
+def external_wanted(settings: TreeSettings, cluster: bool) -> ipaddress.IPv4Network | None:
+    """The external network ``up`` is to make on this machine (``CLOUDLAND_API_EXTERNAL_NETWORK``),
+    None when none is asked or this is not the all-in-one cloud of simulated hypervisors (a
+    cluster's hosts have provider bridges of their own); ConfigError when it is no network."""
+    wanted = os.environ.get(EXTERNAL_NETWORK, "").strip()
+    if cluster or settings.driver != "test" or not wanted:
+        return None
+    try:
+        network = ipaddress.IPv4Network(wanted)
+    except ValueError as exc:
+        raise ConfigError(f"{EXTERNAL_NETWORK} must be an IPv4 network like 198.51.100.0/24, or empty: {exc}") from exc
+    if network.prefixlen > 29:
+        raise ConfigError(f"{EXTERNAL_NETWORK} {network} is too small: at most /29, for the machine's address, "
+                          "routers' SNAT addresses and floating IPs")
+    return network
+
+
+def external(settings: TreeSettings, network: ipaddress.IPv4Network | None) -> str:
+    """Make the external network on this machine (the module's docstring) and tell the API its
+    bridge; the banner's line about it ("" when none was asked). When it cannot be made the
+    API is not told of it either, and the line says why."""
+    if network is None:
+        return ""
+    bridge = f"{settings.network_prefix}e"  # cloudland/netclean.py provider_bridge
+    why = ("it needs the namespaces' data plane" if settings.network != "netns"
+           else _overlap(network, bridge) or _make_bridge(bridge, network))
+    if why:
+        os.environ.pop(EXTERNAL_NETWORK, None)
+        return f"external network {network}: not made ({why}); floating IPs need it"
+    os.environ[EXTERNAL_BRIDGE] = bridge
+    return (f"external network 'external' {network}: this machine is {network.network_address + 1} on bridge "
+            f"{bridge}; a VM's floating IP answers here: ping it")
+
+
+def _ip_json(*args: str) -> list[dict[str, object]]:
+    done = subprocess.run(["ip", "-j", "-4", *args], capture_output=True, text=True)
+    return list(json.loads(done.stdout or "[]")) if done.returncode == 0 else []
+
+
+def _overlap(network: ipaddress.IPv4Network, bridge: str) -> str:
+    """What of this machine's (an address, a route) overlaps ``network``, except on ``bridge``; "" if nothing."""
+    for link in _ip_json("addr", "show"):
+        for address in link.get("addr_info", []):  # type: ignore[attr-defined]
+            have = ipaddress.IPv4Interface(f"{address['local']}/{address['prefixlen']}")
+            if link["ifname"] != bridge and have.network.overlaps(network):
+                return f"this machine has {have} on {link['ifname']}"
+    for route in _ip_json("route", "show"):
+        dst = str(route.get("dst", "default"))
+        if dst != "default" and route.get("dev") != bridge and ipaddress.IPv4Network(dst).overlaps(network):
+            return f"this machine routes {dst} via {route.get('dev')}"
+    return ""
+
+
+def _make_bridge(bridge: str, network: ipaddress.IPv4Network) -> str:
+    """The bridge, up, with the network's first address (what is there already is kept); "" or why not."""
+    address = f"{network.network_address + 1}/{network.prefixlen}"
+    steps = ([] if _ip_json("link", "show", "dev", bridge) else
+             [["link", "add", "name", bridge, "type", "bridge", "stp_state", "0", "nf_call_iptables", "0"]])
+    steps += [["link", "set", "dev", bridge, "up"], ["addr", "replace", address, "dev", bridge]]
+    for step in steps:
+        done = subprocess.run(["ip", *step], capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"ip {' '.join(step)}: {done.stderr.strip()}"
+    return ""
+
+
 def clean(settings: TreeSettings) -> list[str]:
     """Remove what the run's simulated hypervisors made on this machine (netns only)."""
     if settings.network != "netns":
@@ -104,7 +182,7 @@ def down(state_dir: Annotated[Path, typer.Option(help="The cloud's state [defaul
     """Remove what a killed all-in-one cloud left on this machine: its networks' namespaces and links.
 
     The namespaces (and the dnsmasq and DHCP clients in them) and underlay links of its simulated
-    hypervisors' networks. ``up`` removes them itself when it stops; this is for one that was killed. Refused while the
+    hypervisors' networks, and its external network's bridge (with the machine's address on it). ``up`` removes them itself when it stops; this is for one that was killed. Refused while the
     cloud's root or host agent still runs: its leaves would make them again."""
     from cloudland.netclean import remove_run
     from cloudland_cli.common import EXIT_USAGE, fail, out

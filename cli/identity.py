@@ -1,5 +1,6 @@
 """``cloudland directory``, ``credential`` and ``audit``: how an organisation's people sign in
-(operators), application credentials for scripts (anyone, their own), and the audit trail (an
+(operators) and which of its directory's groups map onto its local groups (its admins: ``directory
+group``), application credentials for scripts (anyone, their own), and the audit trail (an
 organisation's admins). Exit codes are those of every REST command (common.py).
 """
 
@@ -29,6 +30,45 @@ def _kind(kind: str) -> str:
     if kind not in KINDS:
         raise InvalidRequest(f"the directory kind is ldap or oidc, not {kind!r}")
     return kind
+
+
+# -- directory groups onto local groups (an organisation's admins) -----------------------------
+
+directory_group_app = typer.Typer(no_args_is_help=True, help=(
+    "Your organisation's directory groups mapped onto its local groups, applied at each sign-in."))
+directory_app.add_typer(directory_group_app, name="group")
+DirectoryOpt = Annotated[str, typer.Option("--directory", help="ldap or oidc.")]
+
+
+@directory_group_app.command("map")
+def directory_group_map(
+    name: Annotated[str, typer.Argument(help="The directory's group: an LDAP group's DN or name, or a value of "
+                                             "the OpenID groups claim.")],
+    group: Annotated[str, typer.Option(help="The local group (name or id).")],
+    directory: DirectoryOpt = "ldap",
+    as_json: JsonOpt = False,
+) -> None:
+    """Put the directory's group's people in a local group, from each one's next sign-in."""
+    with connect() as client:
+        made = client.post("/directory-groups", {"directory": _kind(directory), "name": name, "group": group})
+    print_json(made) if as_json else out.print(f"{directory} group {made['name']} maps onto group {made['group']} "
+                                               f"(mapping {made['id']})")
+
+
+@directory_group_app.command("list")
+def directory_group_list(as_json: JsonOpt = False) -> None:
+    """Your organisation's directory groups and the local groups they map onto."""
+    print_list("/directory-groups", as_json, ("id", "directory", "name", "group"),
+               lambda m: (m["id"], m["directory"], m["name"], m["group"]))
+
+
+@directory_group_app.command("unmap")
+def directory_group_unmap(mapping: Annotated[int, typer.Argument(help="Mapping id (directory group list).")]
+                          ) -> None:
+    """Forget a mapping: the memberships it made go at each one's next sign-in."""
+    with connect() as client:
+        client.delete(f"/directory-groups/{mapping}")
+    out.print(f"mapping {mapping} removed")
 
 
 # -- directories (operators) ----------------------------------------------------------------

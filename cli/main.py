@@ -56,7 +56,8 @@ COMMANDS: dict[str, Lazy] = {
     "quota": Lazy("cloudland_cli.projects:quota_app",
                   "Quotas: your project's usage and limits (show); operators set limits (set)."),
     "directory": Lazy("cloudland_cli.identity:directory_app",
-                      "How an organisation's people sign in (operators): its LDAP server or OpenID provider."),
+                      ("How an organisation's people sign in (operators): its LDAP server or OpenID provider; "
+                       "its groups onto local groups (its admins: directory group).")),
     "credential": Lazy("cloudland_cli.identity:credential_app",
                        "Application credentials for scripts: create, list, revoke."),
     "audit": Lazy("cloudland_cli.identity:audit",

@@ -1,6 +1,7 @@
 """``cloudland router``, ``cloudland external-network`` and ``cloudland floating-ip`` (issue 12).
 
-Routers, subnets and external networks are named by id or name; a floating IP by id or address.
+Routers, subnets and external networks are named by id or name; a floating IP by id or address;
+where a floating IP goes, by its port (id or name) or its VM (id or name: the VM's primary NIC).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cloudland.errors import InvalidRequest
-from cloudland_cli.common import all_pages, connect, out, print_json, print_record
+from cloudland.errors import CloudLandError, InvalidRequest
+from cloudland_cli.common import all_pages, connect, err, out, print_json, print_record
 from cloudland_cli.network import JsonOpt, Ref, _delete, _list, parse_pool
 from cloudland_cli.restclient import ApiClient
 from cloudland_cli.restclient import find_by_ref as find
+from cloudland_cli.vm import resolve_instance
 
 router_app = typer.Typer(no_args_is_help=True, help="Routers: connect a VPC's subnets, and reach the outside by SNAT.")
 external_app = typer.Typer(no_args_is_help=True, help="External networks (operators create): public segments.")
@@ -152,13 +154,46 @@ def _print_fip(fip: dict[str, Any], as_json: bool, what: str) -> None:
     print_json(fip) if as_json else out.print(f"floating IP {fip['id']} {fip['address']} {what}: {where}")
 
 
+PortOpt = Annotated[str | None, typer.Option(help="Port id or name.")]
+VmOpt = Annotated[str | None, typer.Option(help="VM id or name: its primary NIC (eth0).")]
+FixedOpt = Annotated[str | None, typer.Option(help="Which of the port's addresses [default: the first].")]
+
+
+def _port_of(client: ApiClient, port: str | None, vm: str | None) -> int:
+    """The port ``--port`` or ``--vm`` names (exactly one of them)."""
+    if (port is None) == (vm is None):
+        raise InvalidRequest("name the floating IP's place with exactly one of --port and --vm")
+    if port is not None:
+        return int(find(client, "/ports", port, "port")["id"])
+    instance = resolve_instance(client, vm)  # type: ignore[arg-type]
+    nics = [p for p in all_pages(client, "/ports", instance=instance["id"]) if p["device_index"] == 0]
+    if not nics:
+        raise InvalidRequest(f"VM {instance['name']} ({instance['id']}) has no NIC")
+    return int(nics[0]["id"])
+
+
+def _associate(client: ApiClient, fip: dict[str, Any], port: int, fixed_ip: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"port": port} | ({"fixed_ip": fixed_ip} if fixed_ip else {})
+    done: dict[str, Any] = client.put(f"/floating-ips/{fip['id']}/port", body)
+    return done
+
+
 @fip_app.command("create")
 def fip_create(external: Annotated[str, typer.Option(help="External network id or name.")],
-               as_json: JsonOpt = False) -> None:
-    """Allocate a floating IP."""
+               port: PortOpt = None, vm: VmOpt = None, fixed_ip: FixedOpt = None, as_json: JsonOpt = False) -> None:
+    """Allocate a floating IP; with --port or --vm, associate it there too."""
     with connect() as client:
         target: int | str = int(external) if external.isdigit() else external
-        _print_fip(client.post("/floating-ips", {"external_network": target}), as_json, "allocated")
+        place = _port_of(client, port, vm) if port is not None or vm is not None else None
+        fip = client.post("/floating-ips", {"external_network": target})
+        if place is None:
+            _print_fip(fip, as_json, "allocated")
+            return
+        try:
+            _print_fip(_associate(client, fip, place, fixed_ip), as_json, "allocated and associated")
+        except CloudLandError:  # allocated, not associated: say which it is, then why
+            err.print(f"floating IP {fip['id']} {fip['address']} allocated, not associated")
+            raise
 
 
 @fip_app.command("list")
@@ -172,16 +207,11 @@ def fip_list(as_json: JsonOpt = False) -> None:
 
 @fip_app.command("associate")
 def fip_associate(ref: Annotated[str, typer.Argument(help="Floating IP id or address.")],
-                  port: Annotated[str, typer.Option(help="Port id or name.")],
-                  fixed_ip: Annotated[str | None, typer.Option(help="Which of its addresses [default: the first].")]
-                  = None,
-                  as_json: JsonOpt = False) -> None:
-    """Associate a floating IP to a port (a VM's NIC behind a router with a gateway)."""
+                  port: PortOpt = None, vm: VmOpt = None, fixed_ip: FixedOpt = None, as_json: JsonOpt = False) -> None:
+    """Associate a floating IP to a port, or a VM's primary NIC (behind a router with a gateway)."""
     with connect() as client:
         fip = _fip(client, ref)
-        body: dict[str, Any] = {"port": int(find(client, "/ports", port, "port")["id"])}
-        body |= {"fixed_ip": fixed_ip} if fixed_ip else {}
-        _print_fip(client.put(f"/floating-ips/{fip['id']}/port", body), as_json, "associated")
+        _print_fip(_associate(client, fip, _port_of(client, port, vm), fixed_ip), as_json, "associated")
 
 
 @fip_app.command("disassociate")

@@ -117,6 +117,8 @@ def _print_banner(grpc: str, url: str, state_dir: Path, topo: object, default_en
         f"{cli} vm list",
         f"{cli} hyper list",
         f"{cli} vm exec web-1 -- busybox ping -c 3 10.0.0.3",
+        f"{cli} floating-ip create --external external --vm web-1",
+        f"{cli} secgroup rule add default --protocol icmp --remote-cidr 0.0.0.0/0",
         f"{cli} vm stop --name 'web-*'",
         f"{cli} vm delete --name 'web-*'",
     ):
@@ -150,18 +152,22 @@ def up(
         settings, hosts = cluster_settings(hostfile, listen, hypervisors=hypervisors, fanout=fanout,
                                            per_leaf=per_leaf, grpc=address, state_dir=state_dir)
         settings, network_note = hostnet.choose(settings, cluster=bool(hosts))
+        external = hostnet.external_wanted(settings, cluster=bool(hosts))
     except ConfigError as exc:
         fail(EXIT_USAGE, str(exc))
     url = f"http://{api_host}:{api_port}"
     root_part = Supervised("the tree's root", lambda: start_root(settings), settings.state_dir / "root.pid",
                            settings.state_dir / "root.out")
-    tree = root_part.launch()
     api_part = Supervised("the API", lambda: start_api(address, settings.state_dir, api_host, api_port,
                                                         settings.pki_dir),
                           settings.state_dir / "api.pid", settings.state_dir / "api.out")
     api: subprocess.Popen[bytes] | None = None
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
+        # Before the tree, whose hypervisors join it; in the try, whose stop removes it (hostnet.clean).
+        external_note = hostnet.external(settings, external)
+        network_note = "\n".join(note for note in (network_note, external_note) if note)
+        tree = root_part.launch()
         if hosts:
             try:
                 start_hosts(tree, address, settings, hosts, leaves_per_host, launcher_exec)
@@ -192,8 +198,8 @@ def up(
         # API first: it must not dispatch into a tree that is going away.
         if api_part.proc is not None:
             stop_child(api_part.proc)
-        assert root_part.proc is not None
-        stop_child(root_part.proc)
+        if root_part.proc is not None:
+            stop_child(root_part.proc)
         if not hosts:
             stop_local_agent(settings.state_dir)
         removed = hostnet.clean(settings)  # namespaces, links, dnsmasq of its simulated hypervisors

@@ -87,8 +87,14 @@ def vm_create(
     image: Annotated[str | None, typer.Option(help="Image id or name (or --boot-volume).")] = None,
     boot_volume: Annotated[str | None, typer.Option(
         help="Volume id or name to boot from: the VM's root disk, kept when the VM is deleted.")] = None,
+    boot_volume_size: Annotated[int | None, typer.Option(
+        min=1, help="With --image: each VM boots from a new volume of this many GiB made from the image "
+                    "(named <VM name>-boot).")] = None,
+    boot_volume_type: Annotated[str | None, typer.Option(
+        help="With --boot-volume-size: the new volumes' type [default: the cloud's first].")] = None,
     delete_on_termination: Annotated[bool, typer.Option(
-        "--delete-on-termination", help="With --boot-volume: delete the volume with the VM.")] = False,
+        "--delete-on-termination/--keep-volume",
+        help="With --boot-volume or --boot-volume-size: delete the volume with the VM, or keep it.")] = False,
     key: Annotated[str | None, typer.Option(help="SSH key id or name.")] = None,
     count: Annotated[int, typer.Option(min=1, max=MAX_BATCH, help="How many VMs.")] = 1,
     user_data: Annotated[Path | None, typer.Option(
@@ -101,13 +107,20 @@ def vm_create(
     no_wait: NoWaitOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create VMs (from an image, or one from a volume) and follow their jobs with a progress bar;
-    exit 1 if any failed."""
+    """Create VMs (from an image, onto new volumes made from an image, or one from a volume) and
+    follow their jobs with a progress bar; exit 1 if any failed."""
     if (image is None) == (boot_volume is None):
         fail(EXIT_USAGE, "give exactly one of --image and --boot-volume")
+    if image is None and (boot_volume_size is not None or boot_volume_type is not None):
+        fail(EXIT_USAGE, "--boot-volume-size and --boot-volume-type make a new volume from --image")
+    if boot_volume_type is not None and boot_volume_size is None:
+        fail(EXIT_USAGE, "--boot-volume-type needs --boot-volume-size")
     body: dict[str, Any] = {"name": name, "flavor": _ref(flavor), "count": count}
     if image is not None:
         body["image"] = _ref(image)
+        if boot_volume_size is not None:
+            new = {"size_gib": boot_volume_size} | ({"type": boot_volume_type} if boot_volume_type else {})
+            body |= {"new_boot_volume": new, "delete_on_termination": delete_on_termination}
     elif boot_volume is not None:
         body |= {"boot_volume": _ref(boot_volume), "delete_on_termination": delete_on_termination}
     if network:

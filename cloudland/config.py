@@ -61,6 +61,9 @@ class TreeSettings:
     # The operator's Ceph pools for volumes: a JSON file on every host (agents/storage/ops.py
     # load_rbd_backends); "" for none (every hypervisor still has its local volumes).
     rbd_backends: str = ""
+    # The nice value of the tree's processes (root, host agents, ranks): ahead of tenants' work,
+    # so healing holds its bounds on a busy host (cloudland/priority.py); 0: the default level.
+    tree_nice: int = -10
 
     def __post_init__(self) -> None:
         for name in ("heartbeat_s", "max_sleep_s", "local_max_sleep_s", "linger_s", "deadline_s"):
@@ -82,6 +85,8 @@ class TreeSettings:
                               f"or empty for none, got {self.vnc_listen!r}")
         if self.per_leaf < 0 or self.max_ranks < 2:
             raise ConfigError("CLOUDLAND_PER_LEAF must be >= 0 and CLOUDLAND_MAX_RANKS >= 2")
+        if not -20 <= self.tree_nice <= 19:
+            raise ConfigError(f"CLOUDLAND_TREE_NICE must be a nice value, -20 to 19, got {self.tree_nice}")
         if self.hypervisors < 1:
             raise ConfigError(f"CLOUDLAND_HYPERVISORS must be at least 1, got {self.hypervisors}")
         if self.fanout == 1 or self.fanout < 0:

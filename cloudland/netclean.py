@@ -3,7 +3,9 @@
 With ``CLOUDLAND_NETWORK=netns`` (agents/network/hostns.py) each simulated hypervisor with a
 tenant port owns a namespace ``<prefix>hv<id>``; the DHCP servers and test guests beside it are
 ``<prefix>hv<id>.<link>``, and the underlay is the bridge ``<prefix>u`` with one veth
-``<prefix>u<id>`` per hypervisor in the machine's namespace. ``cloudland up`` removes all of
+``<prefix>u<id>`` per hypervisor in the machine's namespace; with an external network
+(``cloudland up`` as root), the provider bridge ``<prefix>e``, which holds the machine's address
+on it, with one veth ``<prefix>e<id>`` per hypervisor. ``cloudland up`` removes all of
 them when it stops (and ``cloudland down`` what a killed one left): every process in those
 namespaces first (dnsmasq, udhcpc), then the namespaces, then the links. Only names of exactly
 these shapes and of that prefix are touched. Here, not in the agents, because the CLI (which
@@ -19,6 +21,12 @@ import subprocess
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
+
+
+def provider_bridge(prefix: str) -> str:
+    """The run's provider bridge: the machine's (``cloudland up``'s external network), and its
+    extension of the same name in each simulated hypervisor's namespace."""
+    return f"{prefix}e"
 
 
 def kill_in_netns(path: Path) -> None:
@@ -46,11 +54,13 @@ def run_namespaces(prefix: str) -> list[str]:
 
 
 def run_links(prefix: str) -> list[str]:
-    """The underlay links of the run in this namespace: its bridge and the hypervisors' veths."""
+    """The links of the run in this namespace: its underlay and provider bridges and the
+    hypervisors' veths onto them, the bridges last."""
     listed = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    shape = re.compile(rf"{re.escape(prefix)}u[0-9]*")
+    shape = re.compile(rf"{re.escape(prefix)}[ue][0-9]*")
     found = (line.split(":")[1].strip().split("@")[0] for line in listed.splitlines() if line.count(":") >= 2)
-    return sorted((name for name in found if shape.fullmatch(name)), key=lambda n: (n == f"{prefix}u", n))
+    bridges = (f"{prefix}u", provider_bridge(prefix))
+    return sorted((name for name in found if shape.fullmatch(name)), key=lambda n: (n in bridges, n))
 
 
 def guest_namespace(hypervisor: int, mac: str) -> str | None:

@@ -18,6 +18,7 @@ from cloudland import log as cl_log
 from cloudland import mpienv, pki
 from cloudland.config import TreeSettings
 from cloudland.errors import ConfigError
+from cloudland.priority import raise_priority
 from cloudland.statedir import make_private
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cloudland: {exc}", file=sys.stderr)
         return 2
+    # Before any thread or child (the local host agent, gRPC's threads): they inherit it.
+    raise_priority(settings.tree_nice, "root")
     # Private state (issue 15): the state directory 0700 and our files 0600; the CA made on
     # first start, whose certificates close gRPC and the rendezvous to all but the tree's own.
     make_private(settings.state_dir, qemu=settings.driver == "libvirt")

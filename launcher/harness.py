@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudland import mpienv, pki, procinfo
+from cloudland import mpienv, netclean, pki, procinfo
 from cloudland.client import RootClient
 from cloudland_proto.v1 import envelope_pb2 as pb
 
@@ -39,6 +41,9 @@ class Tree:
     # them, and only them (a pid of a rank that died long ago may be a stranger's by then).
     seen: dict[int, int] = field(default_factory=dict)
     pki_dir: Path | None = None  # its CA and certificates (cloudland/pki.py)
+    # With CLOUDLAND_NETWORK=netns its simulated hypervisors make namespaces, links and dnsmasq
+    # on this machine under this prefix (cloudland/netclean.py); stop_tree removes them. "" if not.
+    network_prefix: str = ""
 
     @property
     def seen_pids(self) -> list[int]:
@@ -84,6 +89,13 @@ def start_tree(
     pki_dir = pki.default_dir() if os.environ.get("CLOUDLAND_PKI") else state_dir / "pki"
     log = open(state_dir / "root.out", "wb")
     env = dict(os.environ)
+    network_prefix = ""
+    if env.get("CLOUDLAND_NETWORK") == "netns":
+        # What its hypervisors make outlives its ranks, as a host's network outlives its agent:
+        # named by a prefix of this tree's own (unless one was chosen), removed by stop_tree.
+        network_prefix = env.get("CLOUDLAND_NETWORK_PREFIX") or "h" + "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+        env["CLOUDLAND_NETWORK_PREFIX"] = network_prefix
     mpienv.apply(env)  # mpiexec finds its proxy on PATH
     # The root is an MPI job of its own under mpiexec -n 1, as `cloudland up` runs it (cli/start.py)
     # and as every rank runs: MPICH singletons share one job name (issue 15).
@@ -99,15 +111,16 @@ def start_tree(
     try:
         client.wait_ready(timeout=180)
     except Exception:
-        stop_tree(Tree(proc, client, state_dir, endpoint, hypervisors))
+        stop_tree(Tree(proc, client, state_dir, endpoint, hypervisors, network_prefix=network_prefix))
         raise AssertionError((state_dir / "root.out").read_text()[-3000:])
-    tree = Tree(proc, client, state_dir, endpoint, hypervisors, pki_dir=pki_dir)
+    tree = Tree(proc, client, state_dir, endpoint, hypervisors, pki_dir=pki_dir, network_prefix=network_prefix)
     tree.peers()
     return tree
 
 
 def stop_tree(tree: Tree) -> None:  # noqa: C901 - one linear teardown
-    """SIGTERM the root (it says goodbye down the tree); then make sure no rank is left."""
+    """SIGTERM the root (it says goodbye down the tree); then make sure no rank is left, nor
+    anything its hypervisors made on this machine (``remove_network``, ``leftovers``)."""
     try:
         tree.peers()
     except Exception:
@@ -136,4 +149,43 @@ def stop_tree(tree: Tree) -> None:  # noqa: C901 - one linear teardown
         os.killpg(tree.proc.pid, signal.SIGKILL)  # what is left of the root's mpiexec job
     except ProcessLookupError:
         pass
+    remove_network(tree)
     assert not left, f"ranks still alive after the root stopped: {left}"
+    behind = leftovers(tree)
+    assert not behind, f"the tree in {tree.state_dir} left behind: {behind}"
+
+
+def _processes_of(state_dir: Path) -> dict[int, str]:
+    """Processes whose command line names a path in ``state_dir`` (a hypervisor's dnsmasq, a
+    test guest's udhcpc, a rank), pid -> command line; this process excepted."""
+    inside, found = str(state_dir) + os.sep, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            argv = procinfo.argv_of(int(entry))
+            if any(arg == str(state_dir) or inside in arg for arg in argv):
+                found[int(entry)] = " ".join(argv)[:200]
+    return found
+
+
+def remove_network(tree: Tree) -> None:
+    """Once its ranks are gone: the namespaces, links and processes its hypervisors made (the
+    processes in those namespaces first), and any process still naming its state directory
+    (a dnsmasq outside them: one whose namespace was deleted under it)."""
+    if tree.network_prefix:
+        netclean.remove_run(tree.network_prefix)
+    for pid in _processes_of(tree.state_dir):
+        procinfo.kill_if_same(pid, procinfo.start_time(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _processes_of(tree.state_dir):
+        time.sleep(0.05)
+
+
+def leftovers(tree: Tree) -> list[str]:
+    """What the tree left on this machine after its stop: its network prefix's namespaces and
+    links, and processes naming its state directory. Empty after a clean stop (stop_tree checks)."""
+    found: list[str] = []
+    if tree.network_prefix:
+        found += [f"namespace {n}" for n in netclean.run_namespaces(tree.network_prefix)]
+        found += [f"link {n}" for n in netclean.run_links(tree.network_prefix)]
+    found += [f"process {pid}: {argv}" for pid, argv in _processes_of(tree.state_dir).items()]
+    return found

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from cloudland import log as cl_log
 from cloudland import mpienv, pki, procinfo
+from cloudland.config import TreeSettings
 from cloudland.errors import ConfigError, WireError
+from cloudland.priority import raise_priority
 from cloudland.restarts import Restarts
 from cloudland.statedir import private_umask
 from cloudland.topology import NodeRange
@@ -165,7 +167,8 @@ class HostAgent:
             return self.command(node)
         module = "cloudland_agents.leaf" if node.is_leaf else "cloudland_launcher.relay"
         return mpienv.rank_argv([
-            sys.executable, "-m", module, "--node", f"{node.first}:{node.end}", "--root", self.root,
+            sys.executable, "-m", "cloudland_launcher.boot", module, "--node", f"{node.first}:{node.end}",
+            "--root", self.root,
             "--listen", self.address, "--state-dir", str(self.state_dir), "--pki", str(self.pki_dir),
         ])
 
@@ -202,6 +205,8 @@ class HostAgent:
             log.error("event=rank_start_failed node=%s host=%s error=%s", rank.node, self.host, exc)
             return
         rank.started = now
+        # Its mpiexec is a session of its own: its autogroup too at our nice (cloudland/priority.py).
+        raise_priority(os.getpriority(os.PRIO_PROCESS, 0), f"{rank.node} mpiexec", pid=rank.proc.pid)
         log.info("event=rank_started node=%s pid=%d", rank.node, rank.proc.pid)
 
     def _stop_all(self) -> None:
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     pki_dir = Path(ns.pki or os.environ.get("CLOUDLAND_PKI") or state_dir / "pki").resolve()
     try:
         pki.Credentials.load(pki_dir, pki.NODE)  # said here, before we detach from the operator's terminal
+        # Only this variable: the host's others are its ranks' business, checked where they are used.
+        nice = TreeSettings.from_env({k: v for k, v in os.environ.items() if k == "CLOUDLAND_TREE_NICE"}).tree_nice
     except ConfigError as exc:
         print(f"cloudland: host {ns.host}: {exc}", file=sys.stderr)
         return 2
@@ -300,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     cl_log.setup(f"hostd {ns.host}", log_file=None if ns.daemon else log_file)
     if ns.daemon:
         cl_log.setup(f"hostd {ns.host}")  # stderr is the log file now
+    # Before any thread or rank: they inherit it (cloudland/priority.py).
+    raise_priority(nice, f"hostd {ns.host}")
     address = ns.address or route_address(ns.root)
     agent = HostAgent(ns.root, address, leaves, state_dir, pki_dir, host=ns.host)
     (state_dir / f"hostd-{ns.host}.pid").write_text(f"{os.getpid()}\n")

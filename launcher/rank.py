@@ -7,7 +7,8 @@ and events go up. When the parent falls silent (dead, or its host cut off) we li
 to whichever process holds our parent's place by then, and our own children stay linked to
 us. On Goodbye we tell our children to leave and exit; the host agent stops restarting us.
 
-    python -m cloudland_agents.leaf --node F:E --root HOST:PORT --listen ADDRESS --state-dir DIR --pki DIR
+    python -m cloudland_launcher.boot cloudland_agents.leaf --node F:E --root HOST:PORT --listen ADDRESS \
+        --state-dir DIR --pki DIR
 
 The rendezvous is mutual TLS with the host's node certificate (``--pki``). The MPI link it
 forms is bound to it: our link request carries a fresh nonce, and the first message on the

@@ -1,7 +1,7 @@
 """A relay rank (the "scia"): forwards commands to the children whose subtree holds
 targets, batches their replies into one message up, and watches its children.
 
-Its host agent runs it as ``python -m cloudland_launcher.relay --node F:E ...``. It listens
+Its host agent runs it as ``python -m cloudland_launcher.boot cloudland_launcher.relay --node F:E ...``. It listens
 for its children's link requests on its host's address (proto/README.md §10.3) and tells
 the root where, in its Hello, so that the root can direct them here.
 """

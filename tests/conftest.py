@@ -32,8 +32,8 @@ import pytest
 os.environ.setdefault("CLOUDLAND_PASSWORD_HASH_PROFILE", "CHEAPEST")
 
 # Emulated hosts (cloudland_lab) for any test folder: lab_factory, session_lab_factory, mpich;
-# identity systems (slapd, an OpenID provider): tests/identityfixtures.py.
-pytest_plugins = ["tests.labfixtures", "tests.identityfixtures"]
+# identity systems (slapd, an OpenID provider): tests/identityfixtures.py; cpu_hog: tests/hog.py.
+pytest_plugins = ["tests.labfixtures", "tests.identityfixtures", "tests.hog"]
 
 PG_VERSION = "15"
 PG_BIN = Path(f"/usr/lib/postgresql/{PG_VERSION}/bin")

@@ -12,7 +12,13 @@ the lab does in its own (reconcile.py, with ``Names.host`` set):
 - the namespaces it makes beside it (DHCP servers, test guests) are named ``<prefix>hv<id>.<link>``
   (names.py ``netns``), so two hypervisors' never meet in ``/run/netns``;
 - nothing exists before the first convergence with a subnet to make (``DataPlane.converge``):
-  a cloud of a hundred simulated hypervisors makes namespaces for those with VMs on a network.
+  a cloud of a hundred simulated hypervisors makes namespaces for those with VMs on a network;
+- the machine's provider segment reaches in: when the machine has the run's provider bridge
+  ``<prefix>e`` (``cloudland up`` makes it, with an address, for its external network), each
+  hypervisor namespace gets a bridge of that name too, joined to the machine's by a veth
+  (``<prefix>e<id>`` outside, ``e0`` inside). That is the provider bridge an external network
+  names, as a real host's is plugged into its uplink: routers plug their ``x0`` into it
+  (routing.py), and the machine reaches their SNAT addresses and floating IPs across it.
 
 Everything is made level-triggered: ``ensure`` checks each piece and makes only what is missing
 or wrong, so an agent that starts again finds what its predecessor made; ``cloudland up``
@@ -33,10 +39,12 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cloudland.errors import DriverError
+from cloudland.netclean import provider_bridge
 from cloudland_agents.network.fake import SIMULATED_VTEPS
 
 NETNS_DIR = Path("/run/netns")
 UNDERLAY_INSIDE = "u0"
+PROVIDER_INSIDE = "e0"
 CLONE_NEWNET = 0x40000000
 IFF_UP = 1
 T = TypeVar("T")
@@ -55,6 +63,11 @@ def underlay_bridge(prefix: str) -> str:
 def underlay_port(prefix: str, hypervisor: int) -> str:
     """The machine's end of a simulated hypervisor's underlay veth (at most 6 + 1 + 8 characters)."""
     return f"{prefix}u{hypervisor}"
+
+
+def provider_port(prefix: str, hypervisor: int) -> str:
+    """The machine's end of a simulated hypervisor's veth onto the provider bridge."""
+    return f"{prefix}e{hypervisor}"
 
 
 def netns_id(name: str) -> tuple[int, int] | None:
@@ -147,20 +160,53 @@ class HostNamespace:
             if not bridge_link["flags"] & IFF_UP:
                 machine.link("set", index=found[0], state="up")
                 made += 1
-            outside = machine.link_lookup(ifname=port)
-            if not outside:
-                machine.link("add", ifname=port, kind="veth",
-                             peer={"ifname": UNDERLAY_INSIDE, "net_ns_fd": self.name})
-                outside = machine.link_lookup(ifname=port)
-                made += 1
-            (link,) = machine.get_links(outside[0])
-            if link.get("master") != found[0] or not link["flags"] & IFF_UP:
-                machine.link("set", index=outside[0], master=found[0], state="up")
-                made += 1
+            made += self._veth_onto(machine, found[0], port, UNDERLAY_INSIDE)
             made += self._ensure_inside(inside)
         except (NetlinkError, OSError, ValueError) as exc:
             raise DriverError(self.hypervisor, f"cannot make the underlay of namespace {self.name} "
                                                f"({port} on {bridge}): {exc}") from exc
+        return made
+
+    def ensure_provider(self, inside: IPRoute) -> int:
+        """The run's provider bridge in the namespace, joined to the machine's by a veth, when the
+        machine has one (the module's docstring); the count of what was made or corrected. Made
+        only, never removed: it goes with the namespace, as a host's provider bridge is the operator's."""
+        bridge, port = provider_bridge(self.prefix), provider_port(self.prefix, self.hypervisor)
+        try:
+            if self._machine is None:
+                self._machine = IPRoute()
+            found = self._machine.link_lookup(ifname=bridge)
+            if not found:
+                return 0  # this run has no external network on the machine
+            made = self._veth_onto(self._machine, found[0], port, PROVIDER_INSIDE)
+            here = inside.link_lookup(ifname=bridge)
+            if not here:
+                inside.link("add", ifname=bridge, kind="bridge", br_stp_state=0)
+                here = inside.link_lookup(ifname=bridge)
+                made += 1
+            for name, master in ((bridge, None), (PROVIDER_INSIDE, here[0])):
+                (link,) = inside.get_links(inside.link_lookup(ifname=name)[0])
+                if not link["flags"] & IFF_UP or (master is not None and link.get("master") != master):
+                    inside.link("set", index=link["index"], state="up", **({"master": master} if master else {}))
+                    made += 1
+        except (NetlinkError, OSError, ValueError, IndexError) as exc:
+            raise DriverError(self.hypervisor, f"cannot join namespace {self.name} to the machine's provider "
+                                               f"bridge {bridge} ({port}): {exc}") from exc
+        return made
+
+    def _veth_onto(self, machine: IPRoute, bridge: int, port: str, peer: str) -> int:
+        """The veth ``port`` (the machine's end, a port of ``bridge``) to ``peer`` in the namespace,
+        made or corrected; the count of what was."""
+        made = 0
+        outside = machine.link_lookup(ifname=port)
+        if not outside:
+            machine.link("add", ifname=port, kind="veth", peer={"ifname": peer, "net_ns_fd": self.name})
+            outside = machine.link_lookup(ifname=port)
+            made += 1
+        (link,) = machine.get_links(outside[0])
+        if link.get("master") != bridge or not link["flags"] & IFF_UP:
+            machine.link("set", index=outside[0], master=bridge, state="up")
+            made += 1
         return made
 
     def _ensure_inside(self, inside: IPRoute) -> int:

@@ -75,6 +75,7 @@ class DataPlane:
                 return changes  # nothing to make, and nothing made: no namespace (made on demand)
             changes.added += self.host.ensure_namespace()
             changes.added += self.host.ensure_underlay(self.kernel.ipr)
+            changes.added += self.host.ensure_provider(self.kernel.ipr)
         links = self.kernel.links()
         made: dict[int, tuple[int, int]] = {}  # vni -> (bridge, vxlan) indexes
         for vni, plan in sorted(plans.items()):

@@ -6,10 +6,13 @@ engine owns what every kind shares:
     planner   takes due job ids; in one transaction lets each kind plan its jobs (placement,
               what to send, to whom), marks them dispatched; hands the sends to the senders.
               Jobs on one subject run one at a time, oldest first: a job whose subject has an
-              older unfinished job waits for it.
+              older unfinished job waits for it. Jobs that arrive within LINGER_S of the first
+              of a pass are planned with it (micro-batching: concurrent single creates share
+              one read of the hosts, one claim per host and one commit).
     senders   one blocking gRPC Dispatch per send, under the job's id: to one hypervisor
               (unicast), a set (multicast) or all (broadcast)
-    writer    applies outcomes in batches: the job's terminal state, then its kind's settle
+    writer    applies outcomes in batches (gathered as the planner gathers jobs): the job's
+              terminal state, then its kind's settle
 
 Targets that could not be reached (their subtree lost, the root down or still holding the job
 from before an API restart) are asked again with backoff under the same id, and only they,
@@ -28,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,10 +43,15 @@ from cloudland_api.models import TERMINAL, Job, JobState, utcnow
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRY_BUDGET_S = 600.0   # how long a job may wait for an unreachable hypervisor
 MAX_BATCH = 500          # jobs per planner or writer transaction
 SWEEP_S = 1.0            # how often jobs waiting for their subject are looked at again
+# Micro-batching (issue 15): after the first job id (or outcome) of a pass, the planner (and the
+# writer) wait this much longer for more, so concurrent single creates share one planning pass
+# (one read of the hosts, one claim per host, one commit) and one settling transaction.
+LINGER_S = 0.005
 FINAL = {pb.OK: "ok", pb.TIMEOUT: "timeout"}  # every other status but UNAVAILABLE: failed
 
 
@@ -64,8 +72,9 @@ class Engine:
     def __init__(self, write_sessions: sessionmaker[Session], client: Client | None,
                  settings: Settings | None = None, *, kinds: Mapping[str, Kind] | None = None, workers: int = 64,
                  ready: threading.Event | None = None, retry_budget_s: float = RETRY_BUDGET_S,
-                 backoff: Callable[[int], float] | None = None) -> None:
+                 backoff: Callable[[int], float] | None = None, linger_s: float = LINGER_S) -> None:
         self._sessions = write_sessions
+        self._linger_s = linger_s
         self._client = client
         self.settings = settings or Settings()
         self._kinds = kinds if kinds is not None else KINDS
@@ -159,11 +168,9 @@ class Engine:
         try:
             if not due:
                 due.append(self._incoming.get(timeout=timeout))
-            while len(due) < MAX_BATCH:
-                due.append(self._incoming.get_nowait())
         except queue.Empty:
-            pass
-        return due
+            return due
+        return _gather(self._incoming, due, self._linger_s)
 
     def _plan_loop(self) -> None:
         if self._client is None:
@@ -361,14 +368,9 @@ class Engine:
     def _write_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                batch = [self._outcomes.get(timeout=0.25)]
+                batch = _gather(self._outcomes, [self._outcomes.get(timeout=0.25)], self._linger_s)
             except queue.Empty:
                 continue
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._outcomes.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 subjects = self._write(batch)
             except Exception:
@@ -401,6 +403,18 @@ class Engine:
             self.settled.notify_all()
         for callback in self.on_settled:
             callback([o.job_id for o in batch])
+
+
+def _gather(source: queue.SimpleQueue[T], batch: list[T], linger_s: float) -> list[T]:
+    """``batch`` and what else ``source`` yields within ``linger_s``, up to MAX_BATCH items."""
+    until = time.monotonic() + linger_s
+    try:
+        while len(batch) < MAX_BATCH:
+            left = until - time.monotonic()
+            batch.append(source.get(timeout=left) if left > 0 else source.get_nowait())
+    except queue.Empty:
+        pass
+    return batch
 
 
 def judge(send: Send, results: dict[int, Result], reason: str | None = None) -> Outcome:

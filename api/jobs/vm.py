@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from cloudland_api.jobs.engine import end
 from cloudland_api.jobs.guest import agent_request, vm_nics
 from cloudland_api.jobs.kinds import Kind, Outcome, Plan, follow_up, register
-from cloudland_api.jobs.volume import release_attachments
+from cloudland_api.jobs.volume import VOLUME_TIMEOUT_S, release_attachments
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port
 from cloudland_api.services import boot_volumes, hypervisors, netstate, scheduler
 from cloudland_proto.v1 import compute_pb2 as cpb
@@ -81,9 +81,17 @@ class VmJobs(Kind):
         follow_up(session, netstate.bind(session, placed))
         # The NICs of what gets a domain (again): one read for the batch.
         nics = vm_nics(session, (i.id for job, i in rows if job.action in WITH_NICS))
-        boots = boot_volumes.of_instances(session, (i.id for job, i in rows if job.action in ("create", "recover")))
+        # Their boot volumes; a new one is made by the create (its image's source, its host).
+        source = plan.settings.guest_source
+        boots = boot_volumes.of_instances(session, (i.id for job, i in rows if job.action in ("create", "recover")),
+                                          source.image_source if source is not None else None,
+                                          {i.id: i.hypervisor_id for _, i in rows})
         for job, instance in rows:
             if job.id in no_room:
+                continue
+            boot = boots.get(instance.id)
+            if isinstance(boot, str):
+                plan.decide(job, "failed", boot)
                 continue
             if job.action == "purge":  # not where the instance lives: where the leftover is
                 assert job.hypervisor_id is not None
@@ -109,9 +117,9 @@ class VmJobs(Kind):
                 else:
                     plan.decide(job, "failed", "instance was never placed on a hypervisor")
                 continue
-            source = plan.settings.guest_source
             guest = target = None
-            timeout = None
+            # Making a new boot volume copies a whole image first (as a volume job would).
+            timeout = VOLUME_TIMEOUT_S if boot is not None and boot.HasField("create") else None
             if source is not None and job.action in ("create", "rebuild", "recover"):
                 guest = source.guest(session, instance, job.args.get("image_id"), boot_volume=instance.id in boots)
             if job.action == "capture":
@@ -120,7 +128,7 @@ class VmJobs(Kind):
                     target = source.capture_target(job.args["image_id"], job.args["disk_format"],
                                                    plan.settings.capture_timeout_s)
             plan.send(job, OPERATIONS[job.action], instance.hypervisor_id,
-                      agent_request(job, instance, guest, target, nics.get(instance.id, ()), boots.get(instance.id)),
+                      agent_request(job, instance, guest, target, nics.get(instance.id, ()), boot),
                       timeout)
 
     @staticmethod
@@ -144,7 +152,8 @@ class VmJobs(Kind):
             if instance is not None:
                 settle_instance(job, instance, outcome, releases, session)
         releases.apply(session)  # one UPDATE per host, not per VM
-        boot_volumes.created(session, [job.subject_id for job, _ in done if job.action == "create"])
+        boot_volumes.created(session, [(job.subject_id, job.id, outcome.ok, outcome.reason) for job, outcome in done
+                                       if job.action == "create"])
         # Deleted VMs' NICs go after the claims (hosts' rows locked before VPCs', as when placing).
         release_ports(session, [job.subject_id for job, outcome in done
                                 if outcome.ok and job.action == "delete"])

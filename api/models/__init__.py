@@ -9,7 +9,7 @@ describe; the names below are the package's whole surface.
 from cloudland_api.models.audit import AuditEvent
 from cloudland_api.models.base import Base, UTCDateTime, utcnow
 from cloudland_api.models.compute import Flavor, Instance, SshKey
-from cloudland_api.models.groups import Group, GroupMember, GroupProjectRole
+from cloudland_api.models.groups import DirectoryGroup, Group, GroupMember, GroupProjectRole
 from cloudland_api.models.hypervisors import Hypervisor
 from cloudland_api.models.identity import AppCredential, Directory, LoginFailure, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.models.images import Image
@@ -22,7 +22,7 @@ from cloudland_api.models.volumes import Volume, VolumeAttachment, VolumeSnapsho
 
 __all__ = [
     "DEFAULT_GROUP", "DEFAULT_PROJECT", "HYPERVISOR", "IMAGE", "INSTANCE", "TERMINAL", "AppCredential", "AuditEvent",
-    "Base", "Directory", "ExternalIp", "ExternalNetwork", "Flavor", "Group", "GroupMember", "GroupProjectRole",
+    "Base", "Directory", "DirectoryGroup", "ExternalIp", "ExternalNetwork", "Flavor", "Group", "GroupMember", "GroupProjectRole",
     "Hypervisor", "Image", "Instance", "Job", "JobState",
     "LoginFailure", "Membership", "Organisation", "OrganisationQuota", "Port", "PortAllowedAddress", "PortIp",
     "PortSecurityGroup", "Project", "ProjectOwned", "ProjectQuota", "ProjectRole", "RevokedToken", "Role", "Router",

@@ -25,7 +25,7 @@ class AuditEvent(Base):
     # The caller's username, or for a sign-in the one it gave (even an unknown one).
     username: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The project the request acted in, and the resource it named: its policy entry's type
-    # ("instance") and the id its path gave (None for a create, whose id the path does not hold).
+    # ("instance") and the id its path gave, or for a create the id of what it made (api/audit.py).
     project_id: Mapped[int | None] = mapped_column(Integer, index=True, nullable=True)
     resource_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
     resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

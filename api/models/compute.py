@@ -38,10 +38,10 @@ class Flavor(Base):
 
 
 class SshKey(ProjectOwned, Base):
-    """An SSH public key of an organisation, injected into instances that name it."""
+    """An SSH public key of a project, injected into instances that name it; name unique in the project."""
 
     __tablename__ = "ssh_keys"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_ssh_keys_org_name"), {"sqlite_autoincrement": True})
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_ssh_keys_project_name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)
@@ -58,12 +58,12 @@ class Instance(ProjectOwned, Base):
     Size is copied from the flavor at create, so deleting a flavor never changes a VM.
     The domain on the hypervisor is named ``cl-<uuid>``, unique across tenants. A deleted
     instance keeps its row (status ``deleted``) so its jobs keep their subject; live
-    names are unique per organisation through a partial index.
+    names are unique per project through a partial index (they are the VPC's DNS names).
     """
 
     __tablename__ = "instances"
     __table_args__ = (
-        Index("uq_instances_org_live_name", "org_id", "name", unique=True,
+        Index("uq_instances_project_live_name", "project_id", "name", unique=True,
               sqlite_where=text("status != 'deleted'"), postgresql_where=text("status != 'deleted'")),
         Index("ix_instances_org_id_id", "org_id", "id"),
         Index("ix_instances_hypervisor_id", "hypervisor_id"),

@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
 
 class Image(ProjectOwned, Base):
-    """A bootable disk image of an organisation: metadata here, bytes in the image directory."""
+    """A bootable disk image of a project (name unique there): metadata here, bytes in the image directory."""
 
     __tablename__ = "images"
     # sqlite_autoincrement: never reuse a deleted image's id on SQLite (PostgreSQL never does),
     # so an upload still streaming into a deleted image cannot land in a new one with its id.
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_images_org_name"), {"sqlite_autoincrement": True})
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_images_project_name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"), index=True)

@@ -26,10 +26,10 @@ if TYPE_CHECKING:
 
 
 class Vpc(ProjectOwned, Base):
-    """A tenant's routing domain: name unique in the organisation, a DNS domain, a generation."""
+    """A tenant's routing domain: name unique in its project, a DNS domain, a generation."""
 
     __tablename__ = "vpcs"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_vpcs_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_vpcs_project_name"),
                       CheckConstraint("generation >= 0 AND mtu >= 576", name="ck_vpcs_generation_mtu"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -46,7 +46,7 @@ class Subnet(ProjectOwned, Base):
     """One L2 segment of a VPC: an IPv4 CIDR, its gateway, pools, DNS servers, DHCP, and a VNI."""
 
     __tablename__ = "subnets"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_subnets_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_subnets_project_name"),
                       UniqueConstraint("vni", name="uq_subnets_vni"),
                       CheckConstraint("vni >= 1 AND vni <= 16777215", name="ck_subnets_vni"),
                       Index("ix_subnets_vpc_id", "vpc_id"))

@@ -50,7 +50,7 @@ class Router(ProjectOwned, Base):
     """A VPC's router: the subnets it connects, and its gateway on an external network (or none)."""
 
     __tablename__ = "routers"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_routers_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_routers_project_name"),
                       UniqueConstraint("vpc_id", name="uq_routers_vpc"))
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -34,7 +34,7 @@ class Volume(ProjectOwned, Base):
     """A volume of an organisation: its size, type and backend, where a local one lives, its status."""
 
     __tablename__ = "volumes"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_volumes_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volumes_project_name"),
                       CheckConstraint("size_gib > 0", name="ck_volumes_size"),
                       Index("ix_volumes_org_id_id", "org_id", "id"),
                       {"sqlite_autoincrement": True})
@@ -63,7 +63,7 @@ class VolumeSnapshot(ProjectOwned, Base):
     """A volume's content at one moment; a new volume can be made from it."""
 
     __tablename__ = "volume_snapshots"
-    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_volume_snapshots_org_name"),
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volume_snapshots_project_name"),
                       Index("ix_volume_snapshots_volume_id", "volume_id"),
                       {"sqlite_autoincrement": True})
 

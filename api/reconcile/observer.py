@@ -13,7 +13,10 @@ in coalesced writes of what changed, level-triggered:
   ``gone``: the tree no longer has it (restarted with fewer, or the host taken out). Its VMs
   keep their status and their claims (they are still in the database), and it is up or down
   again as soon as it reports. A ``removed`` hypervisor's reports are ignored: it stays removed;
-- claims are recounted from the instances placed on each changed host, in one statement;
+- claims are recounted from the instances placed on each changed host, in one statement, when
+  it is first written and then at most every ``RECOUNT_S``: placing and settling keep claims
+  exact in the transactions that change instances (api/jobs/vm.py), so the recount only heals a
+  lost release; recounting after every report made it part of every create's cost (issue 15);
 - an instance with no job in flight takes its power state from the report (observed state
   wins; the database keeps the desired state). One touched in the last ``SETTLE_S`` is looked
   at again once it has settled. A domain missing from a live hypervisor changes nothing here:
@@ -52,6 +55,7 @@ OBSERVED = {"running": "running", "shutoff": "stopped", "crashed": "stopped", "p
 COALESCE_S = 0.05     # changes that arrive together are written together
 FILTER_MAX = 500      # up to this many hypervisors, instances are read by hypervisor; beyond, all
 RETRY_MAX_S = 5.0     # the longest wait before connecting the stream again
+RECOUNT_S = 10.0      # a changed hypervisor's claims are recounted at most this often
 # A hypervisor row's columns that follow its reports (vtep: where its ports' VXLAN tunnels end;
 # incarnation: its agent's start id, a new one is a restart: reconcile/net.py).
 REPORTED = ("hostname", "cpus", "memory_mib", "free_memory_mib", "domains", "running_domains", "state", "vtep",
@@ -64,13 +68,15 @@ class Observer:
 
     def __init__(self, write_sessions: sessionmaker[Session], root_endpoint: str, *, cpu_ratio: float = 4.0,
                  memory_ratio: float = 1.0, client: RootClient | None = None,
-                 on_change: Callable[[set[int]], None] | None = None, coalesce_s: float = COALESCE_S) -> None:
+                 on_change: Callable[[set[int]], None] | None = None, coalesce_s: float = COALESCE_S,
+                 recount_s: float = RECOUNT_S) -> None:
         self._sessions = write_sessions
         # ``client``: a stand-in for the root's client (tests of this layer alone).
         self._client = client or (RootClient(root_endpoint) if root_endpoint else None)
         self._ratios = (cpu_ratio, memory_ratio)
         self.on_change = on_change
         self._coalesce_s = coalesce_s
+        self._recount_s = recount_s
         self.reports: dict[int, pb.HypervisorReport] = {}
         self.down: set[int] = set()
         self._domains: dict[int, dict[str, Domain]] = {}   # built from reports when asked for
@@ -80,6 +86,7 @@ class Observer:
         self._complete: set[int] | None = None             # a ready snapshot's reported set, to write
         self._revisit: dict[int, float] = {}               # hypervisor -> when to look again (settling)
         self._seen: dict[int, tuple[Any, ...]] = {}        # last written report fields per hypervisor
+        self._recounted: dict[int, float] = {}             # hypervisor -> when its claims were last recounted
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ready = threading.Event()
@@ -216,6 +223,7 @@ class Observer:
             down = set(self.down)
         if not dirty and complete is None:
             return set()
+        due = self._due_recounts([r.hypervisor for r in reports])
         try:
             with self._sessions() as session:
                 known: dict[int, str] = {hv: state for hv, state in
@@ -224,11 +232,13 @@ class Observer:
                 self._hypervisors(session, live, down, known)
                 if complete is not None:
                     self._gone(session, complete, known)
-                self._recount_claims(session, [r.hypervisor for r in live])
+                self._recount_claims(session, [r.hypervisor for r in live if r.hypervisor in due])
                 settling = self._observe_instances(session, live, down)
                 session.commit()
         except Exception:
             with self._lock:  # written next time
+                for hv in due:
+                    self._recounted.pop(hv, None)
                 self._dirty |= dirty
                 if complete is not None and self._complete is None:
                     self._complete = complete
@@ -245,6 +255,22 @@ class Observer:
             self.on_change(changed)
         return changed
 
+    def _due_recounts(self, hypervisors: list[int]) -> set[int]:
+        """Of ``hypervisors`` (changed now), those whose claims were not recounted in the last
+        ``recount_s``, marked recounted now. The others are looked at again once that has passed,
+        so the last change of a burst is recounted too."""
+        now = time.monotonic()
+        due = set()
+        with self._lock:
+            for hv in hypervisors:
+                last = self._recounted.get(hv)
+                if last is None or now - last >= self._recount_s:
+                    self._recounted[hv] = now
+                    due.add(hv)
+                else:
+                    self._revisit.setdefault(hv, last + self._recount_s)
+        return due
+
     def _gone(self, session: Session, reported: set[int], known: dict[int, str]) -> None:
         """Hypervisors with a row that a ready snapshot does not name become ``gone``."""
         missing = sorted(hv for hv, state in known.items() if hv not in reported and state not in LOST)
@@ -255,6 +281,7 @@ class Observer:
                         .values(state="gone").execution_options(synchronize_session=False))
         for hv in missing:
             self._seen.pop(hv, None)  # its next report, if any, is written whatever it says
+            self._recounted.pop(hv, None)  # and its claims recounted
             log.warning("event=hypervisor_gone hypervisor=%d was=%s", hv, known[hv])
 
     def _hypervisors(self, session: Session, reports: list[pb.HypervisorReport], down: set[int],

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from cloudland_api import rowjson
 from cloudland_api.services import instances as instance_service
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SubmitDep, read
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, SubmitDep, read
 from cloudland_api.policy import allow
 from cloudland_api.schemas import (
     MAX_ID,
@@ -72,9 +72,11 @@ async def list_instances(
 
 
 @router.post("", status_code=_ACCEPTED, **allow("instance", "create", responses=_CHANGES))
-def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep) -> BatchAccepted:
-    """Create ``count`` instances (admin or member): one create job each, all in one batch."""
-    accepted = instance_service.create_instances(session, caller, body)
+def create_instances(body: InstanceCreate, session: SessionDep, caller: CurrentUser, submit: SubmitDep,
+                     settings: SettingsDep) -> BatchAccepted:
+    """Create ``count`` instances (admin or member): one create job each, all in one batch; with
+    ``new_boot_volume``, each boots from a new volume its create job makes from ``image``."""
+    accepted = instance_service.create_instances(session, caller, body, settings)
     submit(accepted.job_ids)
     return _accepted(accepted)
 

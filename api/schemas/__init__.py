@@ -28,10 +28,10 @@ from cloudland_api.schemas.secgroups import (
 )
 from cloudland_api.schemas.instances import (
     BatchAccepted, BatchAction, CaptureAccepted, CaptureRequest, ConsoleTicket, InstanceCreate, InstanceList,
-    InstancePublic, JobList, JobPublic, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
+    InstancePublic, JobList, JobPublic, NewBootVolume, NicAttach, PowerAction, RebuildRequest, ResizeRequest, VncConsole
 )
 from cloudland_api.schemas.groups import (
-    GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
+    DirectoryGroupCreate, DirectoryGroupList, DirectoryGroupPublic, GroupCreate, GroupList, GroupMemberPublic, GroupProjectRolePublic, GroupPublic, GroupRole
 )
 from cloudland_api.schemas.projects import (
     OrganisationQuotaPublic, ProjectCreate, ProjectList, ProjectMemberList, ProjectMemberPublic, ProjectPublic,
@@ -47,7 +47,7 @@ __all__ = [
     "AccountPublic", "AppCredentialCreate", "AppCredentialList", "AppCredentialPublic", "AppCredentialSecret",
     "AuditEventList", "AuditEventPublic", "MembershipCreate", "MembershipUpdate", "OrganisationCreate", "OrganisationList",
     "OrganisationPublic", "PasswordChange", "UserCreate", "UserList", "UserPublic",
-    "Arch", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
+    "Arch", "NewBootVolume", "BatchAccepted", "BatchAction", "CaptureAccepted", "CaptureRequest", "ConsoleTicket", "DiskFormat",
     "ErrorBody",
     "ErrorResponse", "FlavorCreate", "FlavorList", "FlavorPublic", "HypervisorDrain", "HypervisorList",
     "HypervisorPublic", "HypervisorUpdate", "ImageCreate", "ImageList", "ImagePublic", "InstanceCreate",
@@ -60,5 +60,5 @@ __all__ = [
     "VolumeAccepted", "VolumeCreate", "VolumeExtend", "VolumeList", "VolumePublic",
     "OrganisationQuotaPublic", "ProjectCreate", "ProjectList", "ProjectMemberList", "ProjectMemberPublic",
     "ProjectPublic", "ProjectRoleGrant", "QuotaLine", "QuotaPublic", "QuotaUpdate",
-    "GroupCreate", "GroupList", "GroupMemberPublic", "GroupProjectRolePublic", "GroupPublic", "GroupRole",
+    "DirectoryGroupCreate", "DirectoryGroupList", "DirectoryGroupPublic", "GroupCreate", "GroupList", "GroupMemberPublic", "GroupProjectRolePublic", "GroupPublic", "GroupRole",
 ]

@@ -27,6 +27,8 @@ DiskFormat = Literal["qcow2", "raw"]
 # A flavor, image or key may be named by id or by name within the organisation.
 Ref = Annotated[int, Field(ge=1, le=MAX_ID)] | Name
 MAX_COUNT = 1000  # VMs per create request
+MAX_VOLUME_GIB = 65536  # 64 TiB: the agents' ceiling (proto/v1/storage.proto)
+SizeGib = Annotated[int, Field(ge=1, le=MAX_VOLUME_GIB, description="Size in GiB")]
 JobStateName = Literal["pending", "dispatched", "succeeded", "failed", "timeout"]
 InstanceStatus = Literal["building", "running", "stopped", "error", "deleting", "deleted"]
 

@@ -8,21 +8,32 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloudland_api.schemas.common import (
-    MAX_COUNT, MAX_ID, NO_NUL, DiskFormat, JobStateName, Name, Page, Ref, _Request,
+    MAX_COUNT, MAX_ID, NO_NUL, DiskFormat, JobStateName, Name, Page, Ref, SizeGib, _Request,
 )
 from cloudland_api.schemas.images import ImagePublic
 from cloudland_api.schemas.networks import MAX_NETWORKS
 
 
+class NewBootVolume(_Request):
+    """A new volume for each VM of a create, made from its ``image`` by the VM's create job, that
+    the VM boots from (named ``<VM name>-boot``; at least the image's virtual size; ``type``: the
+    operator's volume type, default the first)."""
+
+    size_gib: SizeGib
+    type: Name | None = None
+
+
 class InstanceCreate(_Request):
     """``count`` VMs: named ``name`` when one, ``name-1`` ... ``name-N`` when more; from ``image``
-    (a disk of their own, an overlay on it), or one VM booting from ``boot_volume`` (its root
-    disk, vda), which is deleted with it only if ``delete_on_termination``."""
+    (a disk of their own, an overlay on it, or with ``new_boot_volume`` a new volume each, made
+    from the image), or one VM booting from ``boot_volume`` (its root disk, vda). A boot volume
+    is deleted with its VM only if ``delete_on_termination``."""
 
     name: Name
     flavor: Ref
     image: Ref | None = None
     boot_volume: Ref | None = None
+    new_boot_volume: NewBootVolume | None = None
     delete_on_termination: bool = False
     ssh_key: Ref | None = None
     count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = 1
@@ -39,8 +50,10 @@ class InstanceCreate(_Request):
             raise ValueError("give exactly one of image and boot_volume (the VM's root disk)")
         if self.boot_volume is not None and self.count != 1:
             raise ValueError(f"a volume boots one VM: count must be 1 with boot_volume, got {self.count}")
-        if self.delete_on_termination and self.boot_volume is None:
-            raise ValueError("delete_on_termination is for a boot_volume")
+        if self.new_boot_volume is not None and self.image is None:
+            raise ValueError("new_boot_volume is made from image: give image, not boot_volume")
+        if self.delete_on_termination and self.boot_volume is None and self.new_boot_volume is None:
+            raise ValueError("delete_on_termination is for a boot_volume or a new_boot_volume")
         return self
 
     @field_validator("user_data")

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from cloudland_api.schemas.common import Name, Page, Ref, _Request
+from cloudland_api.schemas.common import Name, Page, Ref, SizeGib, _Request
 from cloudland_api.schemas.instances import JobPublic
-
-MAX_VOLUME_GIB = 65536  # 64 TiB: the agents' ceiling (proto/v1/storage.proto)
-SizeGib = Annotated[int, Field(ge=1, le=MAX_VOLUME_GIB, description="Size in GiB")]
 
 
 class VolumeCreate(_Request):

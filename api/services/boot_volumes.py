@@ -13,6 +13,19 @@ volume stays, ``available`` to boot a new VM or to attach, unless the create ask
 transaction. A volume that has snapshots, or a job in flight, is kept (and says why): its
 delete would fail, and the tenant's data must not go by surprise.
 
+A new boot volume (issue 13's last slice; ``POST /instances`` with ``image`` and
+``new_boot_volume``): ``plan_new`` checks the type and the size against the image's virtual size
+and charges the volumes and their GiB to the quotas, in the create's transaction, before any
+row is written; ``make_new`` writes one volume per VM (``<VM name>-boot``, ``creating``, its job
+the VM's create job) attached as its vda. The VM's create job makes it (``BootVolume.create``:
+the agent's ``vol.create`` from the image, then the domain), on the VM's hypervisor for a
+``local`` one (placed by the scheduler as any VM; the volume's ``hypervisor_id`` is set when it
+is). ``created`` settles it: ``available`` when the create succeeded; else ``error``, saying
+which instance's create failed and why, still attached to that instance (in ``error``) and
+made delete-on-termination whatever the create asked, since it never held the tenant's data:
+deleting the VM deletes it (and gives its quota back); so does ``volume delete``, once it is
+detached.
+
 A VM on a boot volume cannot be rebuilt (its root disk is the volume: make a new volume from an
 image instead) nor captured (snapshot the volume), and the boot volume cannot be detached.
 """
@@ -20,24 +33,32 @@ image instead) nor captured (snapshot the volume), and the boot volume cannot be
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.client import new_job_id
-from cloudland.errors import Conflict
+from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.models import VOLUME, Image, Instance, Job, JobState, Volume, VolumeAttachment, VolumeSnapshot
-from cloudland_api.services import crud
+from cloudland_api.models.projects import default_project_id
+from cloudland_api.schemas import NewBootVolume
+from cloudland_api.services import crud, images, quotas
 from cloudland_api.services.identity import Caller
+from cloudland_api.settings import ApiSettings
 from cloudland_proto.v1 import compute_pb2 as cpb
+from cloudland_proto.v1 import image_pb2 as ipb
 from cloudland_proto.v1 import storage_pb2 as spb
 
 log = logging.getLogger(__name__)
 
 ROOT_DEVICE = "vda"
 LOCAL = "local"
+GIB = 1 << 30
+NEW_SUFFIX = "-boot"  # a new boot volume's name: its VM's, and this
+NAME_MAX = 64  # a volume name's longest (schemas.common.Name)
 
 
 def reserve(session: Session, caller: Caller, ref: int | str) -> Volume:
@@ -83,27 +104,139 @@ def attach_root(session: Session, caller: Caller, volume: Volume, instance: Inst
     return attachment
 
 
-def of_instances(session: Session, instance_ids: Iterable[int]) -> dict[int, cpb.BootVolume]:
-    """The boot volume of each of ``instance_ids`` that has one, as vm.create carries it: one query."""
+# -- a new boot volume per VM, made from the image by the VM's create job ---------------------------
+
+
+@dataclass(frozen=True)
+class NewVolumes:
+    """The new boot volumes of one create: one per VM name, from ``image``."""
+
+    image: Image
+    size_gib: int
+    type: str
+    backend: str
+    names: list[str]  # the volumes', in the VMs' order
+
+
+def plan_new(session: Session, caller: Caller, image: Image, spec: NewBootVolume, vm_names: Sequence[str],
+             settings: ApiSettings) -> NewVolumes:
+    """The new boot volumes of VMs ``vm_names`` from ``image``, checked (InvalidRequest: an unknown
+    type, a size below the image's virtual size, a name too long) and charged to the quotas in
+    the caller's transaction (QuotaExceeded: none of them is made)."""
+    types = settings.volume_backends
+    type_name = spec.type or next(iter(types))
+    if type_name not in types:
+        raise InvalidRequest(f"new_boot_volume.type {type_name!r} is not a volume type of this cloud (it has "
+                             f"{', '.join(types)})")
+    needs = images.virtual_size_bytes(settings.state_dir, image)
+    if needs > spec.size_gib * GIB:
+        raise InvalidRequest(f"new_boot_volume.size_gib {spec.size_gib} is below image {image.name!r} ({image.id})'s "
+                             f"virtual size of {needs} bytes: give at least {-(-needs // GIB)}")
+    names = [name + NEW_SUFFIX for name in vm_names]
+    longest = max(names, key=len)
+    if len(longest) > NAME_MAX:
+        raise InvalidRequest(f"new boot volume name {longest!r} would be longer than {NAME_MAX} characters; "
+                             "use a shorter VM name")
+    quotas.charge(session, caller, volumes=len(names), volume_gib=len(names) * spec.size_gib)
+    return NewVolumes(image, spec.size_gib, type_name, types[type_name], names)
+
+
+def make_new(session: Session, caller: Caller, new: NewVolumes, instances: Sequence[Instance], jobs: Sequence[Job],
+             delete_on_termination: bool) -> list[Volume]:
+    """Each of ``instances`` (flushed) its new boot volume, ``creating`` under its create job
+    (``jobs``, in the same order), attached as its vda; Conflict when a volume name is taken."""
+    project = caller.project_id if caller.project_id is not None else default_project_id(session.connection(),
+                                                                                          caller.org_id)
+    taken = session.scalars(select(Volume.name).where(Volume.project_id == project, Volume.name.in_(new.names))
+                            .order_by(Volume.name).limit(5)).all()
+    if taken:  # names are unique per project (docs/architecture.md)
+        raise Conflict(f"volume name {taken[0]!r} is already used in this project"
+                       + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
+                       + f": a new boot volume is named after its VM ('<name>{NEW_SUFFIX}'); choose another VM name")
+    volumes = [Volume(**crud.owner(caller), name=name, size_gib=new.size_gib, type=new.type, backend=new.backend,
+                      status="creating", source_image_id=new.image.id, job_id=job.id)
+               for name, job in zip(new.names, jobs)]
+    try:
+        with session.begin_nested():  # a racing create of a volume of one of these names loses here
+            session.add_all(volumes)
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"a volume name of {new.names[0]!r}..{new.names[-1]!r} was taken meanwhile; try again") from exc
+    session.add_all(VolumeAttachment(**crud.owner(caller), volume_id=volume.id, instance_id=instance.id,
+                                     device=ROOT_DEVICE, status="attaching",
+                                     delete_on_termination=delete_on_termination)
+                    for volume, instance in zip(volumes, instances))
+    log.info("event=boot_volumes_new org_id=%d count=%d size_gib=%d type=%s image_id=%d", caller.org_id,
+             len(volumes), new.size_gib, new.type, new.image.id)
+    return volumes
+
+
+def of_instances(session: Session, instance_ids: Iterable[int],
+                 image_source: Callable[[Image], ipb.ImageSource] | None = None,
+                 hosts: dict[int, int | None] | None = None) -> dict[int, cpb.BootVolume | str]:
+    """The boot volume of each of ``instance_ids`` that has one, as vm.create carries it: one query.
+
+    A new one (``creating``, to be made by the create job) carries ``create``: its size and
+    ``image_source`` of its image; a ``local`` one is placed on its VM's host (``hosts``:
+    instance id → hypervisor). Instead of the message: why it cannot be made (a string)."""
     wanted = set(instance_ids)
     if not wanted:
         return {}
-    rows = session.execute(select(VolumeAttachment.instance_id, VolumeAttachment.id, Volume.id, Volume.backend)
+    rows = session.execute(select(VolumeAttachment.instance_id, VolumeAttachment.id, Volume)
                            .join(Volume, Volume.id == VolumeAttachment.volume_id)
                            .where(VolumeAttachment.instance_id.in_(wanted),
                                   VolumeAttachment.device == ROOT_DEVICE)).all()
-    return {instance_id: cpb.BootVolume(volume=spb.VolumeRef(id=volume_id, backend=backend),
-                                        attachment_id=attachment_id)
-            for instance_id, attachment_id, volume_id, backend in rows}
+    boots: dict[int, cpb.BootVolume | str] = {}
+    for instance_id, attachment_id, volume in rows:
+        boot = cpb.BootVolume(volume=spb.VolumeRef(id=volume.id, backend=volume.backend), attachment_id=attachment_id)
+        if volume.status == "creating":
+            made = _new_volume(session, volume, image_source)
+            if isinstance(made, str):
+                boots[instance_id] = made
+                continue
+            boot.create.CopyFrom(made)
+            if volume.backend == LOCAL and hosts is not None:
+                volume.hypervisor_id = hosts.get(instance_id)
+        boots[instance_id] = boot
+    return boots
 
 
-def created(session: Session, instance_ids: list[int]) -> None:
-    """The creates of ``instance_ids`` ended: their boot volumes are ``attached`` (a failed create
-    leaves an instance in ``error`` that still holds its volume, until it is deleted)."""
-    if instance_ids:
-        session.execute(update(VolumeAttachment).where(VolumeAttachment.instance_id.in_(instance_ids),
-                                                       VolumeAttachment.device == ROOT_DEVICE)
-                        .values(status="attached").execution_options(synchronize_session=False))
+def _new_volume(session: Session, volume: Volume,
+                image_source: Callable[[Image], ipb.ImageSource] | None) -> cpb.NewBootVolume | str:
+    """What the agent makes new boot volume ``volume`` from, or why it cannot."""
+    image = session.get(Image, volume.source_image_id) if volume.source_image_id is not None else None
+    if image is None or image.sha256 is None:
+        return f"image {volume.source_image_id} of new boot volume {volume.id} is gone or has no bytes"
+    if image_source is None:
+        return (f"new boot volume {volume.id}: this API has no image URL for hypervisors to fetch image {image.id} "
+                "from (CLOUDLAND_API_PUBLIC_URL)")
+    return cpb.NewBootVolume(size_bytes=volume.size_gib * GIB, image=image_source(image))
+
+
+def created(session: Session, outcomes: Sequence[tuple[int, str, bool, str | None]]) -> None:
+    """The creates of (instance id, job id, ok, reason) ended: their boot volumes are ``attached``
+    (a failed create leaves an instance in ``error`` that still holds its volume, until it is
+    deleted). The new boot volumes they made (those whose job is the create) are ``available``,
+    or, on failure, ``error`` and deleted with their VM (the module's docstring)."""
+    instance_ids = [instance_id for instance_id, _, _, _ in outcomes]
+    if not instance_ids:
+        return
+    session.execute(update(VolumeAttachment).where(VolumeAttachment.instance_id.in_(instance_ids),
+                                                   VolumeAttachment.device == ROOT_DEVICE)
+                    .values(status="attached").execution_options(synchronize_session=False))
+    by_job = {job_id: (instance_id, ok, reason) for instance_id, job_id, ok, reason in outcomes}
+    for volume in session.scalars(select(Volume).where(Volume.job_id.in_(by_job))):
+        instance_id, ok, reason = by_job[volume.job_id]
+        volume.job_id = None
+        if ok:
+            volume.status, volume.status_reason = "available", None
+            continue
+        volume.status = "error"
+        volume.status_reason = (f"made for instance {instance_id}, whose create failed: {reason}; it is deleted with "
+                                "the instance")
+        session.execute(update(VolumeAttachment).where(VolumeAttachment.volume_id == volume.id)
+                        .values(delete_on_termination=True).execution_options(synchronize_session=False))
+        log.warning("event=boot_volume_failed volume=%d instance=%d reason=%s", volume.id, instance_id, reason)
 
 
 def refuse(session: Session, instance: Instance, action: str, instead: str) -> None:

@@ -2,7 +2,7 @@
 
 Every tenant-owned model has ``id`` and ``org_id``, and most ``project_id`` (models/projects.py
 ``ProjectOwned``: reads are then scoped to the caller's project too); the named ones also
-``name``, unique in their organisation. Every read here filters on the caller's ``org_id``, so another
+``name``, unique in their project (``ProjectOwned`` tables) or organisation. Every read here filters on the caller's ``org_id``, so another
 organisation's row is NotFound, never Forbidden, and ids cannot be probed. Forbidden is decided
 before, on the role alone (api/policy.py), so it reveals nothing of the rows either. A service
 commits only what it changed.
@@ -226,16 +226,29 @@ def id_or_name(ref: int | str) -> int | str:
     return ref
 
 
-def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what: str, *, lock: bool = False) -> Row:
-    """The caller's organisation's row of ``model`` named by id (int) or by name (str), or
-    NotFound naming ``what`` and the reference.
+def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what: str, *, lock: bool = False,
+        named: Sequence[ColumnElement[bool]] = ()) -> Row:
+    """The caller's row of ``model`` named by id (int) or by name (str), or NotFound naming
+    ``what`` and the reference. A name is looked up in the request's project (``scoped``), where
+    it is unique; where it is not (a caller acting in no project, a table whose names repeat, or
+    ``named``'s further conditions let several through) several rows are a Conflict naming their ids.
 
     ``lock``: for a change; on PostgreSQL a second request acting on the same row waits here
     for the first to commit (SQLite's write transactions are serial anyway).
     """
     columns: Any = model
-    query = scoped(model, caller).where((columns.id if isinstance(ref, int) else columns.name) == ref)
-    return one(session, query, f"{what} {ref!r} not found", lock=lock)
+    if isinstance(ref, int):
+        return one(session, scoped(model, caller).where(columns.id == ref), f"{what} {ref!r} not found", lock=lock)
+    ids = session.scalars(scoped(model, caller).with_only_columns(columns.id)
+                          .where(columns.name == ref, *named).order_by(columns.id).limit(AMBIGUOUS_SHOWN + 1)).all()
+    if len(ids) > 1:
+        shown = ", ".join(str(i) for i in ids[:AMBIGUOUS_SHOWN]) + (", ..." if len(ids) > AMBIGUOUS_SHOWN else "")
+        raise Conflict(f"{what} name {ref!r} is ambiguous: {what}s {shown} have it; name one by its id")
+    return one(session, scoped(model, caller).where(columns.id == (ids[0] if ids else None)),
+               f"{what} {ref!r} not found", lock=lock)
+
+
+AMBIGUOUS_SHOWN = 10  # the candidates' ids an ambiguous name's Conflict lists
 
 
 def one(session: Session, query: Select[tuple[Any]], missing: str, *, lock: bool = False) -> Any:
@@ -256,13 +269,14 @@ def remove(session: Session, model: type[Any], key: tuple[Any, ...], missing: st
     session.commit()
 
 
-def insert_named(session: Session, row: Row, what: str, commit: bool = True, *, per_project: bool = False) -> Row:
-    """``row`` added, its name unique in its organisation (``per_project``: in its project, whose
-    id the row must carry), else Conflict. Committed, or with ``commit`` False flushed only (its
-    id known) for the caller to commit with more rows."""
+def insert_named(session: Session, row: Row, what: str, commit: bool = True) -> Row:
+    """``row`` added, its name unique in its project (a ``ProjectOwned`` table's: the row carries
+    its project, or goes to its organisation's default one) or else in its organisation (flavors,
+    groups), else Conflict. Committed, or with ``commit`` False flushed only (its id known) for
+    the caller to commit with more rows."""
     model: Any = type(row)
     name = getattr(row, "name")
-    if per_project:
+    if "project_id" in model.__table__.c:
         if getattr(row, "project_id", None) is None:  # a caller acting in no project: the default one
             setattr(row, "project_id", default_project_id(session.connection(), row.org_id))
         taken = f"{what} name {name!r} is already used in this project"

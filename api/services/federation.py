@@ -6,7 +6,9 @@ made at their first sign-in and named ``<login>@<organisation>``, so a directory
 local user's name, nor sign in as the local break-glass admin. Their role in the organisation is
 the organisation's role map applied to the groups the directory names, at every sign-in: a
 changed group changes the role at the next sign-in (and, since every request re-reads the role,
-for the tokens already held); a user in no mapped group loses the membership and every token.
+for the tokens already held); their local groups are the organisation admins' directory group
+map applied at the same moment (services/directory_groups.py); a user in no group mapped to
+either loses the membership and every token.
 
 ``POST /login`` with an ``organisation`` that has an LDAP directory asks the directory, unless the
 username is a local user's: local accounts (the break-glass admin) sign in with their password
@@ -32,7 +34,7 @@ from cloudland_api.db import for_change
 from cloudland_api.models import Directory, Membership, Organisation, RevokedToken, Role, User
 from cloudland_api.schemas import OidcStart
 from cloudland_api.security import issue_token
-from cloudland_api.services import directories, groups, identity, ldapauth, oidcauth
+from cloudland_api.services import directories, directory_groups, groups, identity, ldapauth, oidcauth
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.directories import LDAP, bind_password, find
 
@@ -48,11 +50,14 @@ def is_local(session: Session, username: str) -> bool:
 
 
 def provision(session: Session, org: Organisation, source: str, external_id: str, login: str,
-              role: Role | None) -> User:
-    """The directory user ``external_id`` (made at their first sign-in) with ``role`` in ``org``;
-    with no role, their membership goes, every token they hold ends, and Unauthorized says why."""
+              role: Role | None, said: list[str]) -> User:
+    """The directory user ``external_id`` (made at their first sign-in) with ``role`` in ``org``
+    and in the local groups the directory's groups ``said`` map onto (services/directory_groups.py;
+    with no role but such groups, for the organisation's projects only); with neither, their
+    membership goes, every token they hold ends, and Unauthorized says why."""
+    local = directory_groups.mapped(session, org.id, source, said)
     user = session.scalar(for_change(select(User).where(User.external_id == external_id)))
-    if user is None and role is not None:
+    if user is None and (role is not None or local):
         username = f"{login}@{org.name}"[:64]
         if session.scalar(select(User.id).where(User.username == username)) is not None:
             raise Conflict(f"username {username!r}, which {login!r} of organisation {org.name!r}'s directory "
@@ -62,7 +67,7 @@ def provision(session: Session, org: Organisation, source: str, external_id: str
         session.flush()
         log.info("event=directory_user_created org_id=%d user_id=%d source=%s", org.id, user.id, source)
     membership = session.get(Membership, (user.id, org.id)) if user is not None else None
-    if role is None:
+    if role is None and not local:
         if membership is not None and user is not None:
             session.delete(membership)
             groups.leave_organisation(session, user.id, org.id)
@@ -70,14 +75,18 @@ def provision(session: Session, org: Organisation, source: str, external_id: str
             session.commit()
             log.warning("event=directory_membership_removed org_id=%d user_id=%d", org.id, user.id)
         raise Unauthorized(f"{login!r} is in no group that organisation {org.name!r}'s directory settings map "
-                           "to a role")
+                           "to a role or to a local group")
     assert user is not None
+    # No role on the organisation but local groups: its projects only, as a group's outsider.
+    held, projects_only = (role, False) if role is not None else (Role.reader, True)
     if membership is None:
-        session.add(Membership(user=user, org=org, role=role))
-    elif membership.role != role:
-        log.info("event=directory_role_changed org_id=%d user_id=%d old=%s new=%s", org.id, user.id,
-                 membership.role.value, role.value)
-        membership.role = role
+        session.add(Membership(user=user, org=org, role=held, projects_only=projects_only))
+    elif (membership.role, membership.projects_only) != (held, projects_only):
+        log.info("event=directory_role_changed org_id=%d user_id=%d old=%s new=%s projects_only=%s", org.id,
+                 user.id, membership.role.value, held.value, projects_only)
+        membership.role, membership.projects_only = held, projects_only
+    session.flush()
+    directory_groups.sync(session, user.id, org.id, source, local)
     session.flush()
     return user
 
@@ -121,7 +130,7 @@ def ldap_login(session: Session, key: bytes, lifetime_s: int, answer: DirectoryA
     if org is None:
         raise Unauthorized("the organisation was deleted during the sign-in")
     role = directories.role_for(answer.found.groups, answer.settings["roles"])
-    user = provision(session, org, "ldap", f"{org.id}:{answer.found.dn}", username, role)
+    user = provision(session, org, "ldap", f"{org.id}:{answer.found.dn}", username, role, answer.found.groups)
     session.commit()
     log.info("event=login source=ldap user_id=%d org_id=%d address=%s", user.id, org.id, address)
     return issue_token(key, user.id, org.id, lifetime_s, generation=user.token_generation)
@@ -174,8 +183,9 @@ def oidc_login(session: Session, key: bytes, lifetime_s: int, answer: DirectoryA
         raise Unauthorized("the organisation was deleted during the sign-in")
     org_id = org.id
     login = str(claims.get(settings["username_claim"]) or claims["sub"])
-    role = directories.role_for(_groups(claims, settings["groups_claim"]), settings["roles"])
-    user = provision(session, org, "oidc", f"{org_id}:{claims['sub']}", login, role)
+    said = _groups(claims, settings["groups_claim"])
+    user = provision(session, org, "oidc", f"{org_id}:{claims['sub']}", login,
+                     directories.role_for(said, settings["roles"]), said)
     used = hashlib.sha256(id_token.encode()).hexdigest()[:32]
     if session.get(RevokedToken, used) is not None:
         session.rollback()
@@ -223,9 +233,13 @@ def authenticate_provider_token(session: Session, key: bytes, token: str) -> Cal
     org, directory = trusting[0]
     settings = dict(directory.settings)
     claims = oidcauth.verify(key, org.name, org.id, settings, token)
-    role = directories.role_for(_groups(claims, settings["groups_claim"]), settings["roles"])
+    said = _groups(claims, settings["groups_claim"])
+    role = directories.role_for(said, settings["roles"])
     if role is None:
-        raise Unauthorized(f"the token's groups map to no role in organisation {org.name!r}")
+        # Its groups' local groups (as of the last sign-in, which set them) give it its projects.
+        if not directory_groups.mapped(session, org.id, directories.OIDC, said):
+            raise Unauthorized(f"the token's groups map to no role or local group in organisation {org.name!r}")
+        role = Role.reader
     user = session.scalar(select(User).join(Membership, (Membership.user_id == User.id) & (Membership.org_id == org.id))
                           .where(User.external_id == f"{org.id}:{claims['sub']}"))
     if user is None:

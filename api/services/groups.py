@@ -110,8 +110,11 @@ def add_user(session: Session, caller: Caller, group_id: int, user_id: int) -> t
         raise NotFound(f"user {user_id} not found")
     if session.get(Membership, (user_id, caller.org_id)) is None:
         session.add(Membership(user_id=user_id, org_id=caller.org_id, role=Role.reader, projects_only=True))
-    if session.get(GroupMember, (group.id, user_id)) is None:
+    member = session.get(GroupMember, (group.id, user_id))
+    if member is None:
         session.add(GroupMember(group_id=group.id, user_id=user_id))
+    else:
+        member.directory = None  # an admin's now: no directory's sign-in takes it away
     session.commit()
     log.info("event=group_member_added org_id=%d group_id=%d member_id=%d user_id=%d", caller.org_id, group.id,
              user_id, caller.user_id)

@@ -289,6 +289,22 @@ async def _receive(image: Image, body: AsyncIterable[bytes], directory: Path, ma
     return _Received(tmp, size, hasher.hexdigest())
 
 
+def virtual_size_bytes(state_dir: Path, image: Image) -> int:
+    """The size of the disk ``image`` (active) holds: a qcow2's from its header (big-endian
+    uint64 at byte 24), a raw image's its length. Conflict when its file is missing."""
+    path = image_path(state_dir, image)
+    try:
+        with path.open("rb") as file:
+            head = file.read(32)
+            size = path.stat().st_size
+    except FileNotFoundError as exc:
+        log.error("event=image_file_missing image_id=%d path=%s", image.id, path)
+        raise Conflict(f"image {image.id} ({image.name}) has lost its file: upload it again") from exc
+    if image.disk_format == "qcow2" and head.startswith(QCOW2_MAGIC) and len(head) >= 32:
+        return int.from_bytes(head[24:32], "big")
+    return size
+
+
 def detect_format(head: bytes) -> str:
     """The disk format the first bytes of an image show: qcow2 by its magic, else raw."""
     return "qcow2" if head.startswith(QCOW2_MAGIC) else "raw"

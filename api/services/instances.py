@@ -30,11 +30,13 @@ from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs import Outcome, follow_up, follow_ups
 from cloudland_api.jobs import vm as vm_jobs
 from cloudland_api.models import INSTANCE, Image, Instance, Job, JobState, Port, PortSecurityGroup, VolumeAttachment
+from cloudland_api.models.projects import default_project_id
 from cloudland_api.schemas import CaptureRequest, InstanceCreate, InstancePublic, NicAttach
 from cloudland_api.services import boot_volumes, crud, hypervisors, netstate, networks, quotas, scheduler, secgroups
 from cloudland_api.services.flavors import get_flavor
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.ssh_keys import get_ssh_key
+from cloudland_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +107,9 @@ def _new_job(caller: Caller, batch: str, action: str, instance: Instance, args: 
     return job
 
 
-def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> Accepted:
-    """``spec.count`` new instances and their create jobs, committed together."""
+def create_instances(session: Session, caller: Caller, spec: InstanceCreate, settings: ApiSettings) -> Accepted:
+    """``spec.count`` new instances and their create jobs, committed together (``settings``: for
+    ``new_boot_volume``, the volume types and where images are)."""
     flavor = get_flavor(session, caller, spec.flavor)
     image = resolve_image(session, caller, spec.image) if spec.image is not None else None
     # Or its root disk is a volume (locked now; attached as vda once the instance has its id).
@@ -119,19 +122,24 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
     subnets = (networks.resolve_networks(session, caller, spec.networks) if "networks" in spec.model_fields_set
                else networks.default_subnets(session, caller))
     names = instance_names(spec.name, spec.count)
+    # Or each VM boots from a new volume made from the image: checked and charged now.
+    new_boot = (boot_volumes.plan_new(session, caller, image, spec.new_boot_volume, names, settings)
+                if spec.new_boot_volume is not None and image is not None else None)
     # Counted under the organisation's lock, committed with the rows below (services/quotas.py).
     quotas.charge(session, caller, instances=spec.count, vcpus=flavor.vcpus * spec.count,
                   memory_mib=flavor.memory_mib * spec.count, ports=len(subnets) * spec.count)
+    project = caller.project_id if caller.project_id is not None else default_project_id(session.connection(),
+                                                                                          caller.org_id)
     taken = session.scalars(
-        select(Instance.name).where(Instance.org_id == caller.org_id, Instance.status != "deleted",
+        select(Instance.name).where(Instance.project_id == project, Instance.status != "deleted",
                                     Instance.name.in_(names)).limit(5)
     ).all()
     if taken:
-        raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this organisation"
+        raise Conflict(f"instance name {sorted(taken)[0]!r} is already used in this project"
                        + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""))
     batch = new_job_id()
     if image is not None:
-        arch, disk_gib, args = image.arch, flavor.disk_gib, {}
+        arch, disk_gib, args = image.arch, new_boot.size_gib if new_boot else flavor.disk_gib, {}
     else:
         assert boot is not None  # the schema asks for exactly one of image and boot_volume
         arch, disk_gib, args = boot_volumes.arch_of(session, boot), boot.size_gib, boot_volumes.create_args(boot)
@@ -152,6 +160,8 @@ def create_instances(session: Session, caller: Caller, spec: InstanceCreate) -> 
         for instance, job in zip(instances, jobs):
             instance.job_id = job.id
         session.add_all(jobs)
+        if new_boot is not None:
+            boot_volumes.make_new(session, caller, new_boot, instances, jobs, spec.delete_on_termination)
         session.commit()
     except IntegrityError as exc:
         # Two creates raced past the check above; the partial unique index decided.

@@ -97,13 +97,13 @@ def create_subnet(session: Session, caller: Caller, spec: SubnetCreate, settings
     if clash is not None:
         raise Conflict(f"cidr {spec.cidr} overlaps subnet {clash} of vpc {vpc.name}: subnets of one VPC "
                        "must not overlap (another VPC's may)")
-    if session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == spec.name)):
-        raise Conflict(f"subnet name {spec.name!r} is already used in this organisation")
+    if session.scalar(select(Subnet.id).where(Subnet.project_id == vpc.project_id, Subnet.name == spec.name)):
+        raise Conflict(f"subnet name {spec.name!r} is already used in this project")
     low, high = settings.vnis
     tried: set[int] = set()
     for _ in range(VNI_TRIES):
         vni = _free_vni(session, low, high, tried)
-        subnet = Subnet(**crud.owner(caller), vpc_id=vpc.id, name=spec.name, cidr=spec.cidr,
+        subnet = Subnet(org_id=vpc.org_id, project_id=vpc.project_id, vpc_id=vpc.id, name=spec.name, cidr=spec.cidr,
                         gateway=str(layout.gateway) if layout.gateway else None,
                         allocation_pools=layout.stored_pools(), dns_servers=list(spec.dns_servers), dhcp=spec.dhcp,
                         vni=vni)
@@ -113,8 +113,8 @@ def create_subnet(session: Session, caller: Caller, spec: SubnetCreate, settings
             break
         except IntegrityError:
             tried.add(vni)
-            if session.scalar(select(Subnet.id).where(Subnet.org_id == caller.org_id, Subnet.name == spec.name)):
-                raise Conflict(f"subnet name {spec.name!r} is already used in this organisation") from None
+            if session.scalar(select(Subnet.id).where(Subnet.project_id == vpc.project_id, Subnet.name == spec.name)):
+                raise Conflict(f"subnet name {spec.name!r} is already used in this project") from None
     else:
         raise Conflict("every VNI tried was taken meanwhile by other subnets; try again")
     session.commit()

@@ -21,11 +21,23 @@ from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest, NotFound
 from cloudland_api.jobs.kinds import follow_up
-from cloudland_api.models import ExternalIp, ExternalNetwork, Port, PortIp, Router, RouterSubnet, Subnet, Vpc
+from cloudland_api.models import (
+    ExternalIp,
+    ExternalNetwork,
+    Organisation,
+    Port,
+    PortIp,
+    Role,
+    Router,
+    RouterSubnet,
+    Subnet,
+    Vpc,
+)
 from cloudland_api.models.routers import FLOATING, SNAT
 from cloudland_api.schemas.routers import ExternalNetworkCreate, FloatingIpAssociate, RouterCreate
 from cloudland_api.services import crud, ipam, netstate, networks, quotas, routerstate
 from cloudland_api.services.identity import Caller
+from cloudland_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,35 @@ def delete_external(session: Session, caller: Caller, ref: int) -> None:
     session.delete(row)
     session.commit()
     log.info("event=external_network_deleted external_network=%d user_id=%d", row.id, caller.user_id)
+
+
+EXTERNAL = "external"  # the external network made from settings (``make run``'s)
+
+
+def make_default_external(session: Session, settings: ApiSettings) -> tuple[ExternalNetwork, Router | None] | None:
+    """The external network ``external`` on ``settings.external_network`` and its bridge, and a
+    router ``default`` of the operator organisation's default network with its gateway there,
+    made when the external network is not there yet (api/__main__.py, every start); None when
+    it was there already (kept as it is) or the settings ask for none. The router is made only
+    if the VPC ``default`` has none: one an operator made is theirs."""
+    if not settings.external_network:
+        return None
+    if session.scalar(select(ExternalNetwork.id).where(ExternalNetwork.name == EXTERNAL)) is not None:
+        return None
+    org_id = session.scalar(select(Organisation.id).where(Organisation.operator.is_(True)).order_by(Organisation.id))
+    if org_id is None:
+        return None
+    caller = Caller(user_id=0, username="", org_id=org_id, role=Role.admin, operator=True)
+    external = create_external(session, caller, ExternalNetworkCreate(name=EXTERNAL, cidr=settings.external_network,
+                                                                      bridge=settings.external_bridge))
+    vpc = session.scalar(crud.scoped(Vpc, caller).where(Vpc.name == networks.DEFAULT))
+    subnet = session.scalar(crud.scoped(Subnet, caller).where(Subnet.name == networks.DEFAULT,
+                                                              Subnet.vpc_id == (vpc.id if vpc else None)))
+    if vpc is None or subnet is None or subnet.gateway is None or routerstate.router_of(session, vpc.id) is not None:
+        return external, None
+    router = create_router(session, caller, RouterCreate(name=networks.DEFAULT, vpc=vpc.id))
+    add_subnet(session, caller, router.id, subnet.id)
+    return external, set_gateway(session, caller, router.id, external.id)
 
 
 # -- routers ------------------------------------------------------------------------------------

@@ -13,11 +13,12 @@ one UPDATE after the other and the second matches no row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, case, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from cloudland_api.models import Hypervisor
@@ -47,7 +48,7 @@ def memory_capacity(memory_mib: int, ratio: float) -> int:
     return math.floor(memory_mib * ratio + 1e-9)
 
 
-def _fits(vcpus: int, memory_mib: int) -> ColumnElement[bool]:
+def _fits(vcpus: ColumnElement[int], memory_mib: ColumnElement[int]) -> ColumnElement[bool]:
     """SQL: the host has room for ``vcpus`` and ``memory_mib`` more (see the module docstring)."""
     h = Hypervisor
     # An integer is <= x exactly when it is <= floor(x), so no floor() (which SQLite may lack).
@@ -74,15 +75,20 @@ def claim(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int, *, 
     grows (resize) needs only the room: disabling or draining a host closes it to new VMs, not
     to its own.
     """
-    h = Hypervisor
-    takes_work = takes_new_vms() if new_vm else []
-    result = session.execute(
-        update(h)
-        .where(h.id == hypervisor_id, *takes_work, _fits(vcpus, memory_mib))
-        .values(vcpus_claimed=h.vcpus_claimed + vcpus, memory_claimed_mib=h.memory_claimed_mib + memory_mib)
-        .execution_options(synchronize_session=False)
-    )
+    result = session.execute(_claim_statement(new_vm), {"b_id": hypervisor_id, "b_vcpus": vcpus, "b_memory": memory_mib})
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _claim_statement(new_vm: bool) -> Update:
+    """The claim's UPDATE, built once with bind parameters (issue 15: building it per call, through
+    the ORM's bulk-update path, cost 0.6 ms of CPU per claim, most of it compiling its parameters)."""
+    h = Hypervisor
+    vcpus, memory_mib = bindparam("b_vcpus"), bindparam("b_memory")
+    takes_work = takes_new_vms() if new_vm else []
+    # On the table, not the entity: a Core UPDATE, not the ORM's bulk-update path.
+    return (update(Hypervisor.__table__).where(h.id == bindparam("b_id"), *takes_work, _fits(vcpus, memory_mib))
+            .values(vcpus_claimed=h.vcpus_claimed + vcpus, memory_claimed_mib=h.memory_claimed_mib + memory_mib))
 
 
 class Releases:
@@ -104,15 +110,18 @@ class Releases:
 
 def release(session: Session, hypervisor_id: int, vcpus: int, memory_mib: int) -> None:
     """Give back a claim (never below zero: the reconciler recounts claims anyway)."""
-    h = Hypervisor
-    session.execute(
-        update(h)
-        .where(h.id == hypervisor_id)
-        .values(vcpus_claimed=case((h.vcpus_claimed > vcpus, h.vcpus_claimed - vcpus), else_=0),
-                memory_claimed_mib=case((h.memory_claimed_mib > memory_mib, h.memory_claimed_mib - memory_mib),
-                                        else_=0))
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_release_statement(), {"b_id": hypervisor_id, "b_vcpus": vcpus, "b_memory": memory_mib})
+
+
+@functools.cache
+def _release_statement() -> Update:
+    """The release's UPDATE, built once with bind parameters (as the claim's)."""
+    h = Hypervisor.__table__.c
+    vcpus, memory_mib = bindparam("b_vcpus"), bindparam("b_memory")
+    return (update(Hypervisor.__table__).where(h.id == bindparam("b_id"))
+            .values(vcpus_claimed=case((h.vcpus_claimed > vcpus, h.vcpus_claimed - vcpus), else_=0),
+                    memory_claimed_mib=case((h.memory_claimed_mib > memory_mib, h.memory_claimed_mib - memory_mib),
+                                            else_=0)))
 
 
 @dataclass

@@ -36,8 +36,7 @@ def create_group(session: Session, caller: Caller, spec: SecurityGroupCreate) ->
         raise Conflict(f"security group name {DEFAULT_GROUP!r} is the project's default group")
     quotas.charge(session, caller, security_groups=1)  # counted under the organisation's lock (services/quotas.py)
     group = crud.insert_named(session, SecurityGroup(**crud.owner(caller), name=spec.name,
-                                                     description=spec.description), "security group",
-                              per_project=True)
+                                                     description=spec.description), "security group")
     log.info("event=secgroup_created org_id=%d project_id=%d group=%d user_id=%d", caller.org_id, group.project_id,
              group.id, caller.user_id)
     return group

@@ -30,6 +30,8 @@ from cloudland_api.services.instances import resolve_image
 from cloudland_api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+# An instance named by name is a live one: a deleted instance's name is free for another.
+LIVE = (Instance.status != "deleted",)
 
 LOCAL = "local"
 DEVICES = [f"vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"]  # vda is the root disk's
@@ -116,7 +118,7 @@ def _home(session: Session, caller: Caller, spec: VolumeCreate) -> int:
     """The hypervisor a new local volume lives on: ``spec.instance``'s, or the up hypervisor
     open to new VMs that holds the fewest local volumes."""
     if spec.instance is not None:
-        instance = crud.get(session, Instance, caller, spec.instance, "instance")
+        instance = crud.get(session, Instance, caller, spec.instance, "instance", named=LIVE)
         if instance.hypervisor_id is None or instance.status == "deleted":
             raise Conflict(f"instance {instance.id} ({instance.name}) is on no hypervisor: a local volume "
                            "cannot be placed beside it")
@@ -231,7 +233,7 @@ def attach(session: Session, caller: Caller, volume_id: int, instance_ref: int |
         raise Conflict(f"volume {volume.id} ({volume.name}) is already attached to instance {held.instance_id} as "
                        f"{held.device} (attachment {held.id})")
     _idle(volume, "attach")
-    instance = crud.get(session, Instance, caller, instance_ref, "instance", lock=True)
+    instance = crud.get(session, Instance, caller, instance_ref, "instance", lock=True, named=LIVE)
     if instance.status not in ATTACHABLE or instance.hypervisor_id is None:
         raise Conflict(f"instance {instance.id} ({instance.name}) is {instance.status}: a volume attaches to a "
                        "running or stopped instance")

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from cloudland_api.models import AuditEvent, Role
-from tests.api.conftest import Api
+from tests.api.conftest import Api, Launcher, settle
 from tests.identityfixtures import LOCAL_PASSWORD
 
 AUDIT = "/api/v1/audit"
@@ -106,17 +106,57 @@ def test_rows_name_the_project_and_the_resource_and_are_queried_by_them(api: Api
                                                                         admin_headers: dict[str, str]) -> None:
     dev = api.client.post("/api/v1/projects", json={"name": "dev"}, headers=admin_headers).json()
     in_dev = admin_headers | {"X-CloudLand-Project": "dev"}
+    api.client.post("/api/v1/vpcs", json={"name": "w"}, headers=admin_headers)
+    # (before the delete: SQLite would give a VPC made after it the deleted one's id)
     vpc = api.client.post("/api/v1/vpcs", json={"name": "v"}, headers=in_dev).json()
     assert api.client.delete(f"/api/v1/vpcs/{vpc['id']}", headers=in_dev).status_code == 204
-    api.client.post("/api/v1/vpcs", json={"name": "w"}, headers=admin_headers)
     rows = api.client.get(AUDIT, headers=admin_headers, params={"project": dev["id"]}).json()["items"]
     assert [(e["method"], e["resource_type"], e["resource_id"], e["project_id"]) for e in reversed(rows)] == [
-        ("POST", "vpc", None, dev["id"]), ("DELETE", "vpc", str(vpc["id"]), dev["id"])]
+        ("POST", "vpc", str(vpc["id"]), dev["id"]), ("DELETE", "vpc", str(vpc["id"]), dev["id"])]
     one = api.client.get(AUDIT, headers=admin_headers, params={"resource": f"vpc:{vpc['id']}"}).json()["items"]
-    assert [(e["method"], e["path"]) for e in one] == [("DELETE", f"/api/v1/vpcs/{vpc['id']}")]
+    assert [(e["method"], e["path"]) for e in reversed(one)] == [("POST", "/api/v1/vpcs"),
+                                                                 ("DELETE", f"/api/v1/vpcs/{vpc['id']}")]
     kinds = api.client.get(AUDIT, headers=admin_headers, params={"resource": "vpc"}).json()["items"]
     assert len(kinds) == 3
     assert {e["resource_type"] for e in api.client.get(AUDIT, headers=admin_headers, params={
         "resource": "project"}).json()["items"]} == {"project"}
     bad = api.client.get(AUDIT, headers=admin_headers, params={"resource": "vpc:a b"})
     assert bad.status_code == 422
+
+
+def life(api: Api, headers: dict[str, str], resource: str) -> list[tuple[str, str, int]]:
+    items = api.client.get(AUDIT, headers=headers, params={"resource": resource}).json()["items"]
+    return [(e["method"], e["path"], e["status"]) for e in reversed(items)]
+
+
+def test_a_create_names_what_it_made_so_a_resource_has_its_whole_life(
+        api: Api, admin_headers: dict[str, str], launch: Launcher) -> None:
+    """A create's row carries the id of the row it inserted, in the same transaction; a batch
+    writes one row per instance; a refused create (nothing made) names none."""
+    [web] = launch("web")["instances"]
+    settle(api, web["job_id"])
+    stop = api.client.post(f"/api/v1/instances/{web['id']}/stop", headers=admin_headers)
+    assert stop.status_code == 202, stop.text
+    settle(api, stop.json()["id"])
+    assert api.client.delete(f"/api/v1/instances/{web['id']}", headers=admin_headers).status_code == 202
+    assert life(api, admin_headers, f"instance:{web['id']}") == [
+        ("POST", "/api/v1/instances", 202), ("POST", f"/api/v1/instances/{web['id']}/stop", 202),
+        ("DELETE", f"/api/v1/instances/{web['id']}", 202)]
+    batch = launch("db", count=3)["instances"]
+    for instance in batch:
+        assert life(api, admin_headers, f"instance:{instance['id']}") == [("POST", "/api/v1/instances", 202)]
+    # Another type's create: the id of its own table's row, not of the rows made beside it.
+    group = api.client.post("/api/v1/security-groups", json={"name": "g"}, headers=admin_headers).json()
+    assert life(api, admin_headers, f"security_group:{group['id']}") == [("POST", "/api/v1/security-groups", 201)]
+    taken = api.client.post("/api/v1/instances", headers=admin_headers,
+                            json={"name": "web-x", "flavor": "small", "image": "nope"})
+    assert taken.status_code == 404
+    refused = [e for e in api.client.get(AUDIT, headers=admin_headers, params={"resource": "instance"}).json()["items"]
+               if e["status"] == 404]
+    assert [e["resource_id"] for e in refused] == [None]
+    with api.app.state.sessions() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.resource_type == "instance",
+                                                        AuditEvent.method == "POST",
+                                                        AuditEvent.path == "/api/v1/instances")).all()
+    assert sorted(int(r.resource_id) for r in rows if r.resource_id) == sorted(
+        [web["id"], *(i["id"] for i in batch)])

@@ -143,6 +143,12 @@ def world(api: Api, admin_headers: dict[str, str], make_flavor: FlavorMaker, mak
     group = post(api, owner, "groups", {"name": "ops", "role": "reader"}, status=201)
     ids["group_id"] = group["id"]
     assert api.client.put(f"{API}/groups/{group['id']}/members/{ids['user_id']}", headers=owner).status_code == 200
+    ldap = api.client.put(f"{API}/organisations/{ids['org_id']}/ldap", headers=admin_headers, json={
+        "url": "ldap://127.0.0.1:1", "bind_dn": "cn=x", "bind_password": "x", "user_base": "dc=x",
+        "group_base": "dc=x", "roles": {"g": "admin"}})
+    assert ldap.status_code == 200, ldap.text
+    ids["map_id"] = post(api, owner, "directory-groups", {"directory": "ldap", "name": "cn=ops,dc=x",
+                                                          "group": "ops"}, status=201)["id"]
     credential = api.client.post(f"{API}/app-credentials", json={"name": "ci"}, headers=owner)
     assert credential.status_code == 201, credential.text
     ids["credential_id"] = credential.json()["id"]
@@ -174,7 +180,7 @@ def test_every_route_with_an_id_is_covered(api: Api) -> None:
     """A new route with an id this file cannot fill, or a body it does not know, fails here."""
     known = {"flavor_id", "image_id", "key_id", "instance_id", "port_id", "job_id", "hypervisor_id", "org_id",
              "user_id", "project_id", "credential_id", "vpc_id", "subnet_id", "volume_id", "attachment_id",
-             "snapshot_id", "external_id", "router_id", "fip_id", "group", "rule_id", "group_id"}
+             "snapshot_id", "external_id", "router_id", "fip_id", "group", "rule_id", "group_id", "map_id"}
     for method, path, operation in operations(api):
         assert set(re.findall(r"{(\w+)}", path)) <= known, f"{method} {path}: add its id to the world fixture"
         if operation.get("requestBody", {}).get("required"):

@@ -126,7 +126,7 @@ def test_live_name_taken_is_409(api: Api, admin_headers: dict[str, str], launch:
     launch("web")
     launch("db", count=2)
     for name, count, taken in [("web", 1, "'web' is already used"), ("db-2", 1, "'db-2' is already used"),
-                               ("db", 3, "'db-1' is already used in this organisation (and 1 more)")]:
+                               ("db", 3, "'db-1' is already used in this project (and 1 more)")]:
         status, body = post(api, admin_headers, name=name, count=count)
         assert status == 409 and taken in body["error"]["message"], (name, body)
     launch("db")  # "db" itself is free: only db-1 and db-2 are taken

@@ -6,6 +6,7 @@ and compares the commands the fake recorded, then the jobs' and subjects' states
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any, ClassVar
 
@@ -258,3 +259,21 @@ def test_unfinished_jobs_are_planned_again_by_a_new_engine(sessions: Sessions, o
     assert [j.state for j in map(lambda i: job(sessions, i), [start])] == [JobState.succeeded]
     with sessions() as session:
         assert session.scalars(select(Job.id).where(Job.state == JobState.pending)).all() == []
+
+
+# -- micro-batching ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("linger_s, taken", [(0.0, ["a"]), (2.0, ["a", "b"])])
+def test_jobs_that_arrive_within_the_linger_share_one_planning_pass(
+        sessions: Sessions, fake: FakeRoot, linger_s: float, taken: list[str]) -> None:
+    # Issue 15: concurrent single creates are planned together (one read of the hosts, one claim
+    # per host, one commit), not one pass each. The second job comes 0.1 s after the first.
+    engine = Engine(sessions, fake, linger_s=linger_s)
+    engine.submit(["a"])
+    later = threading.Timer(0.1, engine.submit, [["b"]])
+    later.start()
+    try:
+        assert engine._take(1.0) == taken
+    finally:
+        later.join()

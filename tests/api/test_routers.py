@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from cloudland_api.models import Job, JobState, Port, Role
@@ -160,3 +161,35 @@ def test_bad_requests_and_tenancy_are_4xx(api: Api, admin_headers: dict[str, str
     assert api.client.get(f"{API}/floating-ips", headers=other).json()["items"] == []
     reader = api.add_user("rita", "rivals", Role.reader)
     assert api.client.post(f"{API}/routers", json={"name": "r", "vpc": their_vpc["id"]}, headers=reader).status_code == 403
+
+
+def test_the_all_in_one_clouds_external_network_and_default_router(api: Api, admin_headers: dict[str, str]) -> None:
+    """``make run``'s external network (api/settings.py external_network, made by api/__main__.py at
+    every start where it is missing): the external network ``external`` on the settings' CIDR and
+    bridge, and the default network's router ``default`` with its gateway there; made once."""
+    from cloudland.errors import ConfigError
+    from cloudland_api.models import Organisation
+    from cloudland_api.services.networks import make_default_network
+    from cloudland_api.services.routers import make_default_external
+    from cloudland_api.settings import ApiSettings
+
+    settings = ApiSettings.from_env(default_network="10.0.0.0/24", external_network="198.51.100.0/24",
+                                    external_bridge="t1e")
+    with api.app.state.write_sessions() as session:
+        org = session.scalar(select(Organisation.id).where(Organisation.name == "admin"))
+        subnet = make_default_network(session, org, settings)
+        made = make_default_external(session, settings)
+        assert made is not None
+        external, router = made
+        assert (external.name, external.cidr, external.gateway, external.bridge) == \
+            ("external", "198.51.100.0/24", "198.51.100.1", "t1e")
+        assert router is not None and (router.name, router.external_network_id) == ("default", external.id)
+        assert make_default_external(session, settings) is None  # there already: kept as it is
+        subnet_id, external_id = subnet.id, external.id
+    routers = api.client.get(f"{API}/routers", headers=admin_headers).json()["items"]
+    assert [(r["name"], r["subnet_ids"], r["external_network_id"]) for r in routers] == \
+        [("default", [subnet_id], external_id)]
+    for wrong, says in (({"external_network": "198.51.100.0/24"}, "EXTERNAL_BRIDGE must name"),
+                        ({"external_network": "198.51.100.1/24", "external_bridge": "t1e"}, "EXTERNAL_NETWORK must be")):
+        with pytest.raises(ConfigError, match=says):
+            ApiSettings.from_env(**wrong)

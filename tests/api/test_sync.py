@@ -17,6 +17,7 @@ from sqlalchemy import update
 from cloudland.errors import RootUnreachable
 from cloudland_api.reconcile import observer as sync
 from cloudland_api.models import Hypervisor, Instance, utcnow
+from cloudland_api.services import scheduler
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
 from tests.api.conftest import Api, Launcher, settle
@@ -79,8 +80,9 @@ def settled_vm(api: Api, launch: Launcher, name: str, hypervisor: int, root: Fak
     enough ago (sync.SETTLE_S) for the reconciler to judge it."""
     accepted = launch(name)
     [instance], [job] = accepted["instances"], accepted["jobs"]
-    with api.app.state.write_sessions() as session:
+    with api.app.state.write_sessions() as session:  # placed and claimed, as the engine's planner does
         session.execute(update(Instance).where(Instance.id == instance["id"]).values(hypervisor_id=hypervisor))
+        assert scheduler.claim(session, hypervisor, instance["vcpus"], instance["memory_mib"])
         session.commit()
     settle(api, job["id"])
     with api.app.state.write_sessions() as session:
@@ -235,3 +237,40 @@ def test_a_broken_stream_is_taken_up_again_with_the_versions_held(api: Api, admi
         observer.stop()
     assert client.asked[:2] == [{}, {0: ("a", 4)}]
     assert changed[0] == {0} and states(api, admin_headers) == {0: "up"}
+
+
+def claims_of(api: Api, hypervisor: int) -> int:
+    with api.app.state.write_sessions() as session:
+        row = session.get(Hypervisor, hypervisor)
+        assert row is not None
+        return row.vcpus_claimed
+
+
+def drift(api: Api, hypervisor: int, vcpus: int) -> None:
+    """A lost release: the row claims ``vcpus`` that no instance holds."""
+    with api.app.state.write_sessions() as session:
+        session.execute(update(Hypervisor).where(Hypervisor.id == hypervisor).values(vcpus_claimed=vcpus))
+        session.commit()
+
+
+def test_claims_are_recounted_at_a_hosts_first_write_and_then_at_most_every_recount_s(
+        api: Api, root: FakeRoot) -> None:
+    # Placing and settling keep claims exact; the recount heals a lost release, once per host per
+    # recount_s rather than after every report (issue 15), and the last change of a burst too.
+    observer = sync.Observer(api.app.state.write_sessions, "", recount_s=0.5)
+    root.boot(2, 1.0)
+    observer.apply(root.event())
+    observer.flush()
+    drift(api, 1, 3)
+    root.free_mib -= 100  # a report that changed
+    observer.apply(root.event())
+    assert observer.flush() == {0, 1}
+    assert claims_of(api, 1) == 3, "recounted at the first write, not again within recount_s"
+    time.sleep(0.6)
+    assert observer.flush() == {0, 1}, "looked at again once recount_s has passed (the burst's last change)"
+    assert claims_of(api, 1) == 0, "the drift healed"
+    drift(api, 0, 2)
+    restarted = sync.Observer(api.app.state.write_sessions, "", recount_s=60)
+    restarted.apply(root.event())
+    restarted.flush()
+    assert claims_of(api, 0) == 0, "a new observer recounts every host it writes first"

@@ -14,7 +14,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def make_tree(tmp_path):
-    """Start real trees; every one is stopped and checked for leftover ranks afterwards."""
+    """Start real trees; every one is stopped and checked for leftover ranks, namespaces, links and
+    processes (a dnsmasq) afterwards, each even when the test or another tree's stop failed."""
     trees = []
 
     def make(hypervisors: int, per_leaf: int = 1, fanout: int = 32, heartbeat: float = 0.5, *extra: str):
@@ -23,8 +24,13 @@ def make_tree(tmp_path):
         return tree
 
     yield make
+    failures = []
     for tree in trees:
-        stop_tree(tree)
+        try:
+            stop_tree(tree)
+        except Exception as error:  # noqa: BLE001 - stop the others too, then report every one
+            failures.append(f"{tree.state_dir}: {error}")
+    assert not failures, "; ".join(failures)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,10 +1,19 @@
 """A leaf's ``net.apply`` over its simulated hypervisors, through a real tree (issue 11, must-show 5):
 checked once for all of them, answered in the compact ``ok`` form when a hypervisor is left at the
-delta's generation, in full (``need_sync``) when not, and refused whole when the delta is bad."""
+delta's generation, in full (``need_sync``) when not, and refused whole when the delta is bad.
+And a tree whose simulated hypervisors have namespaces of their own (``CLOUDLAND_NETWORK=netns``)
+leaves none of them, nor their dnsmasq, behind when it stops (issue 15)."""
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
+
 from cloudland import operations
+from cloudland.netclean import run_namespaces
+from cloudland_cli.hostnet import why_not
+from cloudland_launcher.harness import leftovers, stop_tree
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import network_pb2 as npb
 
@@ -57,3 +66,30 @@ def test_a_delta_to_a_leafs_hypervisors_answers_compactly_and_reaches_each(make_
         assert f"(hypervisor {reply.hypervisor}, job " in reply.error
     shown = operations.result_of(client.run("net.show", 0, request=npb.NetShowRequest())[0], "net.show")
     assert [(v.vpc_id, v.generation) for v in shown.vpcs] == [(7, 2)]  # nothing changed
+
+
+@pytest.mark.skipif(bool(why_not()), reason=f"needs namespaces of this machine: {why_not()}")
+def test_a_netns_trees_namespaces_and_dnsmasq_go_when_it_stops(make_tree, monkeypatch) -> None:
+    """Once in a session where ``CLOUDLAND_NETWORK=netns`` had leaked into the environment, the test
+    above ran on real namespaces and left ``<prefix>hv<id>`` and six dnsmasq behind: what the
+    hypervisors make outlives their ranks (as a host's network outlives its agent), and the
+    harness removed only ranks. Now stop_tree removes them by the tree's prefix and fails if
+    anything is left; the make_tree fixture checks every tree so, failed test or not."""
+    monkeypatch.setenv("CLOUDLAND_NETWORK", "netns")
+    monkeypatch.setenv("CLOUDLAND_NETWORK_PREFIX", "")  # the harness picks one of the tree's own
+    tree = make_tree(4, 2)
+    prefix = tree.network_prefix
+    assert prefix and prefix != "cl"
+    state = npb.NetVpcState(vpc_id=7, generation=1, mtu=1450, domain="vpc-7.test", subnets=[SUBNET],
+                            ports=[port(0, 0), port(1, 3)])
+    ok, others = tree.client.gather("net.sync", [0, 3], request=npb.NetSyncRequest(vpcs=[state]))
+    assert not [r for r in others if r.status != pb.OK], others
+    made = run_namespaces(prefix)
+    assert {f"{prefix}hv0", f"{prefix}hv3", f"{prefix}hv0.{prefix}d700", f"{prefix}hv3.{prefix}d700"} <= set(made)
+    # What the check looks for is there while the tree runs: it can fail.
+    found = leftovers(tree)
+    assert sum("dnsmasq" in item for item in found) == 2 and f"namespace {prefix}hv0" in found, found
+    stop_tree(tree)
+    assert leftovers(tree) == []
+    dnsmasq = subprocess.run(["pgrep", "-af", f"{prefix}d700"], capture_output=True, text=True).stdout
+    assert not dnsmasq.strip(), dnsmasq

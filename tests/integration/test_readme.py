@@ -29,8 +29,9 @@ The phases share that one checkout, in order:
    900 hypervisors beyond the first 100 are now ``gone``.
 
 About two to four minutes on this 2-core machine (104-152 s with other tests loading it to a load
-average of 26-37; 217-333 s at a load average of 27-37 once phase 1 ran the tenants' sections too),
-most of it building the five trees.
+average of 26-37; 217-333 s at a load average of 27-37 once phase 1 ran the tenants' sections too;
+675 s at 15-24 once the quick start also gave web-1 a floating IP and pinged it, phase 1 402 s of
+it), most of it building the five trees.
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ QUICK_START = (
     ".venv/bin/cloudland vm list",
     ".venv/bin/cloudland hyper list",
     ".venv/bin/cloudland vm exec web-1 -- busybox ping -c 3 10.0.0.3",
+    ".venv/bin/cloudland floating-ip create --external external --vm web-1",
+    ".venv/bin/cloudland secgroup rule add default --protocol icmp --remote-cidr 0.0.0.0/0",
     ".venv/bin/cloudland vm stop --name 'web-*'",
     ".venv/bin/cloudland vm delete --name 'web-*'",
 )
-LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, PING, STOP, DELETE = QUICK_START
+LOGIN, FLAVOR, IMAGE, CREATE, VM_LIST, HYPER_LIST, PING, FLOATING, ICMP, STOP, DELETE = QUICK_START
 PROFILES = (
     ".venv/bin/cloudland configure",
     ".venv/bin/cloudland configure --profile lab --endpoint http://10.0.0.5:8080 --grpc 10.0.0.5:50551 --pki ~/lab-pki",
@@ -172,6 +175,9 @@ LAB = ("builds emulated hosts (namespaces, bridges, mounts) on the machine under
 HOSTS = "needs hosts reachable by root ssh (hv-01..): tests/multihost/test_cluster.py brings a cluster up on the lab's"
 DIRECTORIES = ("needs an LDAP server or an OpenID provider for organisation acme: tests/api/test_ldap.py and "
                "test_oidc.py run these commands through the CLI against a real slapd and a real OpenID provider")
+DIRECTORY_GROUPS = ("needs an organisation with an LDAP server and an OpenID provider: "
+                    "tests/api/test_directory_groups.py runs these commands through the CLI against a served API, "
+                    "and sign-ins against a real slapd and a real OpenID provider")
 ROUTERS = ("needs root namespaces; run by tests/network/test_routers.py (the agents) and "
            "tests/network/test_router_vms.py (through the API), with an external segment and an internet host")
 CREDENTIALS = ("needs a user of an organisation: tests/api/test_app_credentials.py and test_ldap.py run these "
@@ -193,6 +199,10 @@ EXCLUDED = {
         DIRECTORIES,
     ".venv/bin/cloudland login --organisation acme --username alice": DIRECTORIES,
     ".venv/bin/cloudland login --oidc --organisation acme": DIRECTORIES,
+    ".venv/bin/cloudland directory group map cn=devs,ou=groups,dc=example,dc=org --group devs": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group map ops-team --group ops --directory oidc": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group list": DIRECTORY_GROUPS,
+    ".venv/bin/cloudland directory group unmap 2": DIRECTORY_GROUPS,
     ".venv/bin/cloudland credential create backup --role reader": CREDENTIALS,
     ".venv/bin/cloudland credential revoke 3": CREDENTIALS,
     ".venv/bin/cloudland audit --username alice": CREDENTIALS,
@@ -594,6 +604,16 @@ def quick_start(box: Sandbox, again: bool) -> None:
     # As root, make run's network is real (CLOUDLAND_NETWORK=netns): web-1 pings web-2 over VXLAN.
     result = box.ok(PING, timeout=60)
     assert re.search(r"3 packets transmitted, [123] packets received", result.stdout), described(result)
+
+    # make run's external network (198.51.100.0/24 on this namespace's bridge): web-1's floating IP
+    # answers this machine once the default group lets ICMP in.
+    result = box.ok(FLOATING)
+    found = re.search(r"^floating IP \d+ (198\.51\.100\.\d+) allocated and associated: port \d+ \(10\.0\.0\.2\)$",
+                      result.stdout, re.M)
+    assert found, described(result)
+    box.ok(ICMP)
+    wait_for(lambda: box.sh(f"busybox ping -c 1 -W 1 {found[1]}").returncode == 0, 60,
+             f"web-1's floating IP {found[1]} to answer this machine")
 
     result = box.ok(STOP)
     assert re.search(r"^20 stopped in ", result.stdout, re.M), described(result)

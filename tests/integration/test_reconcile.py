@@ -17,7 +17,9 @@ from cloudland_launcher.harness import wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
 from tests.integration.cloud import Cloud
 
-pytestmark = pytest.mark.slow
+# Beside a CPU hog (tests/hog.py): the leaf's return and the reconciler's recovery within their
+# bounds on a loaded machine, not only an idle one (issue 15).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cpu_hog")]
 
 
 def test_a_killed_leafs_vms_are_there_when_it_returns_and_lost_ones_are_defined_again(

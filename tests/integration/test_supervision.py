@@ -30,7 +30,8 @@ import pytest
 from cloudland_launcher.harness import wait_for
 from tests.upcloud import UpCloud, start_up, stop_up
 
-pytestmark = pytest.mark.slow
+# Beside a CPU hog (tests/hog.py): the bounds hold on a loaded machine, not only an idle one (issue 15).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cpu_hog")]
 
 HYPERVISORS, PER_LEAF, COUNT = 60, 6, 1000
 TREE_BACK_S = 10.0    # must show 3: the tree whole again, every hypervisor answering, by then

@@ -14,10 +14,16 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 
+import pytest
+
 from cloudland import operations, procinfo
 from cloudland_proto.v1 import diag_pb2 as diag
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_launcher.harness import node_name, wait_for
+
+# Every scenario here runs beside a CPU hog (tests/hog.py): its bounds are the product's promise on
+# a loaded machine (issue 15), not only on an idle one.
+pytestmark = pytest.mark.usefixtures("cpu_hog")
 
 # 100 hypervisors, 4 per leaf, fan-out 8: root -> 3 relays of 8 leaves + 1 leaf; 29 ranks.
 SHAPE = (100, 4, 8)
@@ -64,15 +70,21 @@ def wait_healed(tree, killed_at: float) -> float:
     raise AssertionError("a broadcast did not reach every hypervisor within 10 s of the kill")
 
 
-def test_leaf_killed_with_commands_in_flight(make_tree):
+def test_leaf_killed_with_commands_in_flight(make_tree, cpu_hog):
     tree = make_tree(*SHAPE)
     victim = "leaf 3"
     old_pid = tree.peers()[victim].pid
     results, killed_at, under_victim = run_storm_and_kill(tree, victim)
     unavailable = [r for replies in results for r in replies if r.status == pb.UNAVAILABLE]
     assert unavailable, "commands through the killed leaf were answered UNAVAILABLE"
-    assert wait_healed(tree, killed_at) < 10
+    healed = wait_healed(tree, killed_at)
+    print(f"leaf killed: every hypervisor answering {healed:.1f} s after the kill (bound 10 s); "
+          f"load {cpu_hog.load():.1f}")
 
+    # The root hears of its grandchildren (leaf 3 is under relay[0:8)) in its children's
+    # heartbeats: one beat behind the broadcast that reached them. Asserted at once, it once found
+    # the new leaf still STARTING on a loaded machine (issue 15), a moment nothing promised.
+    wait_for(lambda: tree.peers()[victim].state == pb.PEER_OK, timeout=5, what=f"{victim} OK in the root's view")
     peers = tree.peers()
     assert peers[victim].state == pb.PEER_OK and peers[victim].respawns == 1
     assert peers[victim].pid != old_pid and not procinfo.alive(old_pid)
@@ -82,7 +94,7 @@ def test_leaf_killed_with_commands_in_flight(make_tree):
     assert any(e[0] == victim and e[1] == pb.PEER_OK and "relink 1" in e[2] for e in events)
 
 
-def test_relay_killed_with_commands_in_flight(make_tree):
+def test_relay_killed_with_commands_in_flight(make_tree, cpu_hog):
     tree = make_tree(*SHAPE)
     victim = "relay[0:8)"
     before = tree.peers()
@@ -91,7 +103,9 @@ def test_relay_killed_with_commands_in_flight(make_tree):
     results, killed_at, under_victim = run_storm_and_kill(tree, victim)
     assert any(r.status == pb.UNAVAILABLE for replies in results for r in replies)
     assert any(r.status == pb.OK for replies in results for r in replies)
-    assert wait_healed(tree, killed_at) < 10
+    healed = wait_healed(tree, killed_at)
+    print(f"relay killed: its subtree whole, every hypervisor answering, {healed:.1f} s after the kill "
+          f"(bound 10 s); load {cpu_hog.load():.1f}")
 
     # The dead relay cost only itself: its leaves lived on and linked to its successor.
     # (The root hears of its grandchildren in its children's heartbeats: one beat behind.)
@@ -121,7 +135,7 @@ def test_garbage_from_a_child_is_rejected_and_logged_never_executed(make_tree):
     assert all(p.state == pb.PEER_OK for p in tree.peers().values())
 
 
-def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree):
+def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree, cpu_hog):
     """An exception on a leaf's MPI thread (here: its heartbeat's report) kills the rank.
 
     The traceback must be in the leaf's log; it must die without MPI_Finalize (which
@@ -133,14 +147,40 @@ def test_a_leaf_that_crashes_is_logged_and_replaced_at_once(make_tree):
     [reply] = tree.client.run("test.break_report", 1, timeout=10)
     assert reply.status == pb.OK, reply.error
     broken_at = time.monotonic()
-    while time.monotonic() - broken_at < 4 and tree.peers()["leaf 1"].pid in (old_pid, 0):
+
+    def replaced() -> bool:
+        # Replaced is a new process that has said hello (OK): it is known by its pid from its
+        # link on, while it is still STARTING, a moment the product promises nothing about.
+        peer = tree.peers()["leaf 1"]
+        return peer.pid not in (old_pid, 0) and peer.state == pb.PEER_OK
+
+    while time.monotonic() - broken_at < 4 and not replaced():
         time.sleep(0.1)
+    took = time.monotonic() - broken_at
     peers = tree.peers()
-    assert peers["leaf 1"].pid not in (old_pid, 0), "the crashed leaf was not replaced within 4 s"
-    assert peers["leaf 1"].state == pb.PEER_OK and not procinfo.alive(old_pid)
+    assert replaced(), f"the crashed leaf was not replaced within 4 s: {peers['leaf 1']}"
+    assert not procinfo.alive(old_pid)
+    print(f"crashed leaf replaced (a new process, OK) {took:.1f} s after its report broke (bound 4 s); "
+          f"load {cpu_hog.load():.1f}")
     events = [(node_name(e.node), e.state, e.reason) for e in tree.client.health().events]
     lost = [e for e in events if e[0] == "leaf 1" and e[1] == pb.PEER_LOST]
     assert lost and f"process {old_pid} exited" in lost[0][2], events[-5:]
     log = tree.log("leaf 1")
     assert "event=rank_crashed node=leaf 1" in log and "broken by test.break_report" in log, log
     assert all(p.state == pb.PEER_OK for p in peers.values())
+
+
+def test_the_trees_processes_run_ahead_of_tenants_work(make_tree):
+    """Root, host agent and ranks at the tree's nice value, each in its session's autogroup too
+    (cloudland/priority.py): the spinning processes beside them are at the default level."""
+    tree = make_tree(4, 1, 2)  # a relay [0:2) and [2:4) under the root: both kinds of rank
+    health = tree.client.health()
+    agent, _ = procinfo.local_host_agent(tree.state_dir)
+    processes = {"root": health.peers[0].pid, "host agent": agent,
+                 **{node_name(p.node): p.pid for p in health.peers[1:]}}
+    assert len(processes) == 8 and all(processes.values()), processes
+    found = {}
+    for name, pid in processes.items():
+        autogroup = open(f"/proc/{pid}/autogroup").read().split()[-1] if os.path.exists("/proc/self/autogroup") else "-10"
+        found[name] = (os.getpriority(os.PRIO_PROCESS, pid), int(autogroup))
+    assert found == {name: (-10, -10) for name in processes}, found

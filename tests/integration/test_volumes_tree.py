@@ -169,3 +169,44 @@ def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(make_cloud: Any)
     for both_or_none in ([], ["--image", "tiny", "--boot-volume", "root2"]):
         usage = cloud.cli("vm", "create", "bad", "--flavor", "small", *both_or_none)
         assert usage.returncode == 2 and "exactly one of --image and --boot-volume" in usage.stderr, usage
+
+
+def test_vms_from_an_image_onto_new_volumes_in_one_create(make_cloud: Any) -> None:
+    """Issue 13's last slice on simulated hypervisors, through the CLI: ``vm create --image
+    --boot-volume-size --count 2`` makes each VM's volume from the image in its create job (a
+    qcow2 file on the VM's hypervisor, its root disk vda as the hypervisor reports); deleting a
+    VM made with --delete-on-termination takes its volume (and file) with it, --keep-volume
+    leaves the volume available."""
+    cloud: Cloud = make_cloud(2)
+    cloud.bootstrap()
+    cloud.wait_hypervisors(2)
+    done = cloud.cli("vm", "create", "web", "--flavor", "small", "--image", "tiny", "--boot-volume-size", "1",
+                     "--count", "2", "--delete-on-termination")
+    assert done.returncode == 0, done.stdout + done.stderr
+    volumes = {v["name"]: v for v in cloud.get("/volumes")["items"]}
+    files = {}
+    for vm in cloud.instances(name="web-*"):
+        volume = volumes[f"{vm['name']}-boot"]
+        assert (vm["status"], vm["boot_volume_id"], vm["disk_gib"]) == ("running", volume["id"], 1), vm
+        assert (volume["status"], volume["hypervisor_id"], volume["attachment"]["device"]) == (
+            "available", vm["hypervisor_id"], "vda"), volume
+        [files[vm["id"]]] = cloud.tree.state_dir.rglob(f"volumes/hv{vm['hypervisor_id']}/vol-{volume['id']}.qcow2")
+        attachment = volume["attachment"]["id"]
+        wait_for(lambda: ("vda", volume["id"], attachment) in disks(cloud, vm["hypervisor_id"], f"cl-{vm['uuid']}"),
+                 10, "the hypervisor to report the new volume as vda")
+    [gone, _] = cloud.instances(name="web-*")
+    assert cloud.cli("vm", "delete", gone["name"]).returncode == 0
+    assert cloud.http is not None
+    wait_for(lambda: cloud.http.get(f"/volumes/{gone['boot_volume_id']}").status_code == 404, 30,
+             "the new volume deleted with its VM")
+    assert not files[gone["id"]].exists()
+
+    kept = cloud.cli("vm", "create", "db", "--flavor", "small", "--image", "tiny", "--boot-volume-size", "1",
+                     "--keep-volume")
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    [db] = cloud.instances(name="db")
+    assert cloud.cli("vm", "delete", "db").returncode == 0
+    wait_for(lambda: cloud.get(f"/volumes/{db['boot_volume_id']}")["attachment"] is None, 30, "db's volume detached")
+    assert cloud.get(f"/volumes/{db['boot_volume_id']}")["status"] == "available"
+    usage = cloud.cli("vm", "create", "bad", "--flavor", "small", "--boot-volume", "x", "--boot-volume-size", "1")
+    assert usage.returncode == 2 and "make a new volume from --image" in usage.stderr, usage

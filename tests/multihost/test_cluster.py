@@ -10,6 +10,7 @@ holder of slot 0, [2:4) on the holder of slot 2; the other two hosts carry only 
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Any
@@ -92,10 +93,13 @@ def test_bring_up_spans_the_hosts_and_vms_land_on_every_host(cluster: LabCloud):
     assert sum(len(vms) for vms in domains.values()) == 8, "libvirt on the hosts holds the 8 domains"
 
 
+# The healing scenarios run beside a CPU hog (tests/hog.py, issue 15): their bounds hold on a loaded machine.
+@pytest.mark.usefixtures("cpu_hog_per_test")
 def test_a_killed_leaf_agent_is_replaced_ten_times(cluster: LabCloud):
     assert cluster.client is not None
     victim = leaf_only_host(cluster)
     ids = cluster.host_ids()[victim]
+    back: list[float] = []
     for round_ in range(10):
         [pid] = ranks(cluster.lab, victim, "cloudland_agents.leaf")
         # A command in flight through the leaf when it dies ends UNAVAILABLE, not hanging.
@@ -108,8 +112,11 @@ def test_a_killed_leaf_agent_is_replaced_ten_times(cluster: LabCloud):
         # Retried, as the dispatcher retries UNAVAILABLE: answered again within 10 s of the kill.
         took = wait_until(lambda: cluster.answering(ids), 10, f"{victim} answering again (round {round_})")
         assert time.monotonic() - killed < 10, took
+        back.append(time.monotonic() - killed)
         [new] = ranks(cluster.lab, victim, "cloudland_agents.leaf")
         assert new != pid
+    print(f"killed leaf agent answering again {min(back):.1f}-{max(back):.1f} s after the kill (bound 10 s), "
+          f"10 rounds; load {os.getloadavg()[0]:.1f}")
 
 
 def stable_up(cluster: LabCloud, ids: list[int], what: str, hold: float = 2.0) -> None:
@@ -132,6 +139,7 @@ def leaf_only_host(cluster: LabCloud) -> str:
     return [h.name for h in cluster.client.hosts().hosts if not h.relays and h.name in HOSTS][-1]
 
 
+@pytest.mark.usefixtures("cpu_hog_per_test")
 @pytest.mark.parametrize("how", ["mpi_daemons_killed", "link_cut"])
 def test_a_lost_host_goes_down_and_rejoins_five_times(cluster: LabCloud, how: str):
     """A host that carries only its own leaf: its loss must cost only its hypervisors."""

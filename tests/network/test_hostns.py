@@ -16,7 +16,8 @@ from pyroute2 import IPRoute
 
 from cloudland.netclean import NETNS_DIR, remove_run, run_links, run_namespaces
 from cloudland_agents.network.fake import simulated_vtep
-from cloudland_agents.network.hostns import HostNamespace, UNDERLAY_INSIDE
+from cloudland_agents.network.hostns import PROVIDER_INSIDE, UNDERLAY_INSIDE, HostNamespace
+from tests.integration.test_make_run_routers import addresses_in, external_network
 from cloudland_cli.hostnet import PREFIX_FILE, why_not
 
 REASON = why_not()
@@ -53,6 +54,32 @@ def test_two_hypervisors_namespaces_reach_each_other_and_ensure_is_level_trigger
     two.close()
     assert run_namespaces(prefix) == [f"{prefix}hv1", f"{prefix}hv2"]
     assert run_links(prefix) == [f"{prefix}u1", f"{prefix}u2", f"{prefix}u"]
+
+
+def test_the_machines_provider_bridge_reaches_into_a_hypervisors_namespace(prefix: str) -> None:
+    """``cloudland up``'s external network (cli/hostnet.py): the machine's ``<prefix>e`` is extended
+    into each hypervisor's namespace as a bridge of the same name, only while the machine has one."""
+    host = made(prefix, 4)
+    bridge, network = f"{prefix}e", external_network()
+    machine, inside_address = f"{network.network_address + 1}", f"{network.network_address + 9}"
+    with IPRoute(netns=host.name, flags=0) as inside:
+        assert host.ensure_provider(inside) == 0 and not inside.link_lookup(ifname=bridge)  # no bridge, nothing
+        for step in (["link", "add", bridge, "type", "bridge"], ["link", "set", bridge, "up"],
+                     ["addr", "add", f"{machine}/{network.prefixlen}", "dev", bridge]):
+            subprocess.run(["ip", *step], check=True)
+        assert host.ensure_provider(inside) == 5  # the veth, on the bridge; the bridge inside, up; e0 on it, up
+        index = inside.link_lookup(ifname=bridge)[0]
+        inside.addr("add", index=index, address=inside_address, prefixlen=network.prefixlen)
+        ping = subprocess.run(["nsenter", f"--net={NETNS_DIR / host.name}", "--", "busybox", "ping", "-c", "1", "-W",
+                               "2", machine], capture_output=True, text=True)
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        assert host.ensure_provider(inside) == 0
+        inside.link("set", index=inside.link_lookup(ifname=PROVIDER_INSIDE)[0], state="down")
+        assert host.ensure_provider(inside) == 1
+    host.close()
+    assert run_links(prefix) == [f"{prefix}e4", f"{prefix}u4", bridge, f"{prefix}u"]
+    remove_run(prefix)
+    assert run_links(prefix) == [] and addresses_in(network) == []
 
 
 def test_down_removes_what_a_killed_cloud_left_and_refuses_while_it_runs(prefix: str, tmp_path: Path) -> None:

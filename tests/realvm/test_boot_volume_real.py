@@ -31,6 +31,16 @@ __all__ = ["no_pool_left", "rbd_backend", "real_cloud"]  # fixtures of this modu
 MARK_SECTOR = 1 << 20  # 512 MiB into the 1-GiB volume: past the guest disk's 32-MiB partition
 
 
+def deleted_with_its_vm(cloud: Cloud, vm: dict[str, Any], volume: dict[str, Any]) -> None:
+    """Delete ``vm``; its delete-on-termination boot volume goes within 120 s."""
+    ok(cloud, {"job": cloud.request("DELETE", f"/instances/{vm['id']}")})
+    assert cloud.http is not None
+    deadline = time.monotonic() + 120
+    while cloud.http.get(f"/volumes/{volume['id']}").status_code != 404:
+        assert time.monotonic() < deadline, cloud.get(f"/volumes/{volume['id']}")
+        time.sleep(0.5)
+
+
 def test_a_vm_boots_from_a_volume_and_a_second_vm_boots_from_it_with_the_data(
         real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
     cloud = real_cloud
@@ -81,12 +91,32 @@ def test_a_vm_boots_from_an_rbd_volume_and_takes_it_along_when_asked(
     assert "protocol='rbd'" in xml and f"vol-{volume['id']}" in xml and "<secret type='ceph'" in xml
     assert facts(console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S))["hostname"] == "bfv-rbd"
     type_until(cloud, vm["id"], "cat /sys/block/vda/serial; echo", f"cl-vol-{volume['id']}".encode(), BOOT_TIMEOUT_S)
-    ok(cloud, {"job": cloud.request("DELETE", f"/instances/{vm['id']}")})
-    assert cloud.http is not None
-    deadline = time.monotonic() + 120
-    while cloud.http.get(f"/volumes/{volume['id']}").status_code != 404:
-        assert time.monotonic() < deadline, cloud.get(f"/volumes/{volume['id']}")
-        time.sleep(0.5)
+    deleted_with_its_vm(cloud, vm, volume)
+
+
+def test_a_vm_from_an_image_onto_a_new_volume_in_one_create(
+        real_cloud: Cloud, qemu_libvirt: QemuSession, no_pool_left: None) -> None:
+    """Issue 13's last slice: one create (``new_boot_volume``) makes the volume from the test
+    guest's image in the VM's create job and boots the guest from it (vda is the volume's file,
+    its serial the volume's); the guest prints a marker on its console; the VM's delete takes
+    the volume with it (delete_on_termination)."""
+    cloud = real_cloud
+    ready(cloud, qemu_libvirt.guest)
+    [vm] = cloud.post("/instances", {"name": "bfv-new", "flavor": "tiny", "image": "guest",
+                                     "new_boot_volume": {"size_gib": 1},
+                                     "delete_on_termination": True})["instances"]
+    ok(cloud, {"job": {"id": vm["job_id"]}})
+    vm = cloud.get(f"/instances/{vm['id']}")
+    volume = cloud.get(f"/volumes/{vm['boot_volume_id']}")
+    assert (volume["name"], volume["status"], volume["hypervisor_id"]) == ("bfv-new-boot", "available",
+                                                                          vm["hypervisor_id"]), volume
+    [file] = cloud.tree.state_dir.rglob(f"volumes/hv*/vol-{volume['id']}.qcow2")
+    assert f"vol-{volume['id']}.qcow2" in qemu_libvirt.conn.lookupByName(f"cl-{vm['uuid']}").XMLDesc(0)
+    assert facts(console_until(cloud, vm["id"], READY, BOOT_TIMEOUT_S))["hostname"] == "bfv-new"
+    type_until(cloud, vm["id"], "echo new-root-$(cat /sys/block/vda/serial)-$((6*7))",
+               f"new-root-cl-vol-{volume['id']}-42".encode(), BOOT_TIMEOUT_S)
+    deleted_with_its_vm(cloud, vm, volume)
+    assert not file.exists()
 
 
 def _on(serial_of: int, command: str) -> str:

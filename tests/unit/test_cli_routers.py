@@ -96,3 +96,32 @@ def test_external_network_and_floating_ip_commands(api: StubApi) -> None:
     assert run("floating-ip", "delete", "203.0.113.11").stdout.strip() == "floating IP 4 203.0.113.11 released"
     unknown = run("floating-ip", "delete", "198.51.100.1")
     assert unknown.exit_code == 2 and "no floating IP '198.51.100.1'" in unknown.stderr
+
+
+class VmStub(StubApi):
+    """Also a VM ``web-1`` (id 12) with two NICs: port 8 (eth1) and port 9 (eth0, its primary)."""
+
+    def get(self, path: str, **params: Any) -> Any:
+        if path == "/instances":
+            return {"items": [{"id": 12, "name": "web-1"}], "limit": params.get("limit"), "next_after": None}
+        if path == "/ports" and params.get("instance") == 12:
+            nics = [PORT | {"id": 8, "device_index": 1}, PORT | {"device_index": 0}]
+            return {"items": nics, "limit": params.get("limit"), "next_after": None}
+        return super().get(path, **params)
+
+
+def test_a_floating_ip_goes_to_a_vms_primary_nic(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = serve(monkeypatch, VmStub(), (routers, network))
+    made = run("floating-ip", "create", "--external", "public", "--vm", "web-1")
+    assert made.exit_code == 0, made.output
+    assert "floating IP 4 203.0.113.11 allocated and associated: port 9 (10.0.0.2)" in made.stdout
+    assert api.calls == [("POST", "/floating-ips", {"external_network": "public"}),
+                         ("PUT", "/floating-ips/4/port", {"port": 9})]
+    assert run("floating-ip", "associate", "4", "--vm", "web-1").exit_code == 0
+    assert api.calls[-1] == ("PUT", "/floating-ips/4/port", {"port": 9})
+    for wrong in (("--vm", "web-1", "--port", "app-nic"), ()):
+        refused = run("floating-ip", "associate", "4", *wrong)
+        assert refused.exit_code == 2 and "exactly one of --port and --vm" in refused.stderr, refused.output
+    missing = run("floating-ip", "create", "--external", "public", "--vm", "web-9")
+    assert missing.exit_code == 2 and "no VM named 'web-9'" in missing.stderr
+    assert len(api.calls) == 3  # nothing allocated for a VM that is not there

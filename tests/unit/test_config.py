@@ -48,6 +48,8 @@ def test_defaults_without_environment() -> None:
         ("CLOUDLAND_NETWORK", "kernel", "network", "kernel"),
         ("CLOUDLAND_NETWORK", "fake", "network", "fake"),
         ("CLOUDLAND_NETWORK_PREFIX", "t1234", "network_prefix", "t1234"),
+        ("CLOUDLAND_TREE_NICE", "0", "tree_nice", 0),
+        ("CLOUDLAND_TREE_NICE", "-20", "tree_nice", -20),
     ],
 )
 def test_reads_one_variable(variable: str, raw: str, field: str, value: object) -> None:
@@ -108,6 +110,8 @@ def test_overrides_are_validated_too() -> None:
         ({"CLOUDLAND_NETWORK": "ovs"}, ["CLOUDLAND_NETWORK", "ovs"]),
         ({"CLOUDLAND_NETWORK_PREFIX": "toolong7"}, ["CLOUDLAND_NETWORK_PREFIX", "15 characters"]),
         ({"CLOUDLAND_NETWORK_PREFIX": "Cl"}, ["CLOUDLAND_NETWORK_PREFIX"]),
+        ({"CLOUDLAND_TREE_NICE": "-21"}, ["CLOUDLAND_TREE_NICE", "-20 to 19"]),
+        ({"CLOUDLAND_TREE_NICE": "20"}, ["CLOUDLAND_TREE_NICE"]),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], names: list[str]) -> None:

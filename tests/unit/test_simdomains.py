@@ -17,7 +17,8 @@ from cloudland_agents import ops
 from cloudland_agents.compute.domain import DomainSpec, domain_xml
 from cloudland_agents.compute.driver import LibvirtCompute
 from cloudland_agents.hypervisor import open_simulated
-from cloudland_agents.simdomains import CHANGES_DOMAINS, READS_DOMAINS
+from cloudland_agents.simdomains import CHANGES_DOMAINS, READS_DOMAINS, domain_named
+from cloudland_proto.v1 import compute_pb2 as cpb
 
 
 def spec(n: int) -> DomainSpec:
@@ -78,3 +79,29 @@ def test_a_domain_libvirt_refuses_is_skipped_and_the_rest_come_back(tmp_path: Pa
     again = open_simulated(7, tmp_path, saved=True)
     assert states(again.conn) == {"cl-1": libvirt.VIR_DOMAIN_RUNNING}
     assert "event=saved_domain_refused hypervisor=7" in caplog.text
+
+
+def test_saving_after_each_operation_keeps_every_definition(tmp_path: Path) -> None:
+    """Saves re-read only the definition an operation names when it can change no other
+    (simdomains.DEFINES_ONLY_ITS_OWN); one that changes a definition (a resize) re-reads all."""
+    first = open_simulated(4, tmp_path, saved=True)
+    compute = LibvirtCompute(first.conn, 4, poll_s=0.01)
+
+    def saved_after(operation: str, request: object) -> None:
+        first.persist(domain_named(operation, request))
+
+    for n in (1, 2, 3):
+        compute.create(spec(n))
+        saved_after("vm.create", cpb.VmCreateRequest(spec=cpb.DomainSpec(name=f"cl-{n}")))
+    compute.stop("cl-2", force=True)
+    saved_after("vm.stop", cpb.VmStopRequest(name="cl-2"))
+    compute.resize("cl-2", 4, 512)
+    saved_after("vm.resize", cpb.VmResizeRequest(name="cl-2"))
+    compute.delete("cl-3")
+    saved_after("vm.delete", cpb.VmDeleteRequest(name="cl-3"))
+    assert domain_named("vm.resize", cpb.VmResizeRequest(name="cl-2")) is None
+
+    again = open_simulated(4, tmp_path, saved=True)
+    assert states(again.conn) == {"cl-1": libvirt.VIR_DOMAIN_RUNNING, "cl-2": libvirt.VIR_DOMAIN_SHUTOFF}
+    record = LibvirtCompute(again.conn, 4).get("cl-2")
+    assert (record["vcpus"], record["memory_mib"]) == (4, 512), "the resize's definition was saved"
