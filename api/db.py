@@ -52,7 +52,9 @@ def make_engine(url: str) -> Engine:
             # no waiting) if another connection wrote in between; IMMEDIATE takes the write
             # lock up front and waits its turn instead. Read-only sessions stay DEFERRED.
             immediate = connection.get_execution_options().get(WRITE_OPTION)
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # On the DBAPI connection itself: SQLAlchemy's execution around the statement cost more
+            # than the statement (issue 15: every read's transaction begins here).
+            connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -60,6 +60,7 @@ from cloudland_agents.compute.driver import DomainSpec, LibvirtCompute, domain_x
 from cloudland_agents.hypervisor import open_simulated
 from cloudland_api.db import make_engine, session_factory, upgrade
 from cloudland_api.models import Flavor, Hypervisor, Image, Instance, Organisation
+from cloudland_api.models.projects import default_project_id
 from cloudland_api.security import ADMIN_CREDENTIALS_FILE, bootstrap_admin
 from cloudland_api.services.crud import encode_cursor
 from cloudland_api.settings import ApiSettings
@@ -338,21 +339,25 @@ def measure_creates(args: argparse.Namespace, workdir: Path) -> list[dict[str, A
 
 
 @contextmanager
-def seeding(url: str, state_dir: Path) -> Iterator[tuple[Any, int, int, int]]:
+def seeding(url: str, state_dir: Path) -> Iterator[tuple[Any, dict[str, int], int, int]]:
     """Migrate ``url``; then a write session in which the admin is bootstrapped with a flavor and
-    an image of its organisation: (session, org, flavor, image), committed when the block ends."""
+    an image of its organisation: (session, owner, flavor, image), committed when the block ends.
+    ``owner`` is the ownership columns of a row in the admin's default project (``org_id``,
+    ``project_id``): a bulk insert bypasses the ORM event that fills ``project_id``, and a row
+    without one is in no project, so no list shows it."""
     upgrade(url)
     engine = make_engine(url)
     try:
         with session_factory(engine, write=True)() as session:
             bootstrap_admin(session, state_dir)
             org = session.scalar(select(Organisation.id).where(Organisation.name == "admin"))
+            owner = {"org_id": org, "project_id": default_project_id(session.connection(), org)}
             flavor = session.scalar(insert(Flavor).returning(Flavor.id),
                                     {"org_id": org, "name": "tiny", "vcpus": 1, "memory_mib": 64, "disk_gib": 1})
             image = session.scalar(insert(Image).returning(Image.id),
-                                   {"org_id": org, "name": "raw", "disk_format": "raw", "status": "active",
+                                   {**owner, "name": "raw", "disk_format": "raw", "status": "active",
                                     "size_bytes": 4096})
-            yield session, org, flavor, image
+            yield session, owner, flavor, image
             session.commit()
         if engine.dialect.name == "postgresql":
             # What autovacuum does soon after a bulk load. Without it the planner still thinks the
@@ -367,7 +372,7 @@ def seeding(url: str, state_dir: Path) -> Iterator[tuple[Any, int, int, int]]:
 def seed(url: str, state_dir: Path, rows: int, hypervisors: int = 8) -> float:
     """Migrate, bootstrap the admin, and bulk-insert ``rows`` instances of its organisation; seconds taken."""
     t0 = time.perf_counter()
-    with seeding(url, state_dir) as (session, org, flavor, image):
+    with seeding(url, state_dir) as (session, owner, flavor, image):
         now = datetime.now(UTC)
         session.execute(insert(Hypervisor), [
             {"id": h, "hostname": f"sim-{h:05d}", "cpus": 64, "memory_mib": 256 * 1024,
@@ -376,7 +381,7 @@ def seed(url: str, state_dir: Path, rows: int, hypervisors: int = 8) -> float:
         statuses = ["running"] * 8 + ["stopped", "error"]
         for start in range(1, rows + 1, 10_000):
             session.execute(insert(Instance), [
-                {"org_id": org, "name": f"vm-{i}", "uuid": str(uuid.uuid4()), "flavor_id": flavor,
+                {**owner, "name": f"vm-{i}", "uuid": str(uuid.uuid4()), "flavor_id": flavor,
                  "image_id": image, "vcpus": 1, "memory_mib": 64, "disk_gib": 1,
                  "hypervisor_id": i % hypervisors, "status": statuses[i % len(statuses)],
                  "created_at": now, "updated_at": now}

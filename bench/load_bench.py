@@ -140,7 +140,8 @@ def measured(pid: int, base: str, headers: dict[str, str], requests: list[str], 
     return result
 
 
-def by_kind(api: Api, ids: list[int], count: int, concurrency: int) -> list[tuple[str, float, float]]:
+def by_kind(api: Api, ids: list[int], count: int, concurrency: int,
+            kinds: tuple[str, ...] = tuple(kind for kind, _ in MIX)) -> list[tuple[str, float, float]]:
     """The API's CPU per request of each kind of the mix alone: (kind, ms per request, req/s).
 
     ``count`` requests of one kind at ``concurrency``, then the API is left to finish the work they
@@ -157,6 +158,8 @@ def by_kind(api: Api, ids: list[int], count: int, concurrency: int) -> list[tupl
     rows = []
     headers = {"Authorization": f"Bearer {api.token}"}
     for n, (kind, _weight) in enumerate(MIX):
+        if kind not in kinds:
+            continue
         started, cpu0 = time.monotonic(), cpu_seconds([pid])
         request_of = api_requests(ids)
         result = asyncio.run(run_load(api.base, headers, [kind] * count, concurrency,
@@ -241,6 +244,8 @@ def main() -> int:
     parser.add_argument("--by-kind", type=int, default=0, metavar="N",
                         help="before the mixed load: N requests of each kind alone, the API's CPU per request "
                              "of each (creates include the work their jobs cause after the answer)")
+    parser.add_argument("--kinds", default=",".join(kind for kind, _ in MIX),
+                        help="with --by-kind: only these kinds, comma-separated (list,show,flavors,jobs,create,key)")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
@@ -274,7 +279,7 @@ def main() -> int:
         kinds = []
         if args.by_kind:
             print(f"… each kind alone: {args.by_kind} requests at concurrency {args.concurrency}", file=sys.stderr)
-            kinds = by_kind(api, ids, args.by_kind, args.concurrency)
+            kinds = by_kind(api, ids, args.by_kind, args.concurrency, tuple(args.kinds.split(",")))
         print(f"… the API, {args.requests} mixed requests at concurrency {args.concurrency}", file=sys.stderr)
         spy = None
         if args.profile:
@@ -302,12 +307,14 @@ def main() -> int:
     print(row("baseline: bare FastAPI + uvicorn, 85 % GET / 15 % POST", baseline))
     print(row(f"the API, mixed (tree of {args.hypervisors}, {args.seed} VMs)", result))
     if kinds:
-        print("\n| kind (alone) | " + " | ".join(kind for kind, _, _ in kinds) + " | mix, weighted |")
-        print("|---" * (len(kinds) + 2) + "|")
         weights = dict(MIX)
+        whole = len(kinds) == len(MIX)  # the weighted mix only when every kind was measured
         mixed = sum(ms * weights[kind] for kind, ms, _ in kinds) / sum(weights.values())
-        print("| API CPU ms per request | " + " | ".join(f"{ms:.2f}" for _, ms, _ in kinds) + f" | {mixed:.2f} |")
-        print("| req/s | " + " | ".join(f"{rate:.0f}" for _, _, rate in kinds) + " | |")
+        print("\n| kind (alone) | " + " | ".join(kind for kind, _, _ in kinds) + (" | mix, weighted |" if whole else " |"))
+        print("|---" * (len(kinds) + 1 + whole) + "|")
+        print("| API CPU ms per request | " + " | ".join(f"{ms:.2f}" for _, ms, _ in kinds)
+              + (f" | {mixed:.2f} |" if whole else " |"))
+        print("| req/s | " + " | ".join(f"{rate:.0f}" for _, _, rate in kinds) + (" | |" if whole else " |"))
     if memory:
         print("\n| the API's RSS (MiB) | " + " | ".join(name for name, _ in memory) + " |")
         print("|---" * (len(memory) + 1) + "|")

@@ -75,7 +75,7 @@ def seed_database(url: str, state_dir: Path, hypervisors: int, vms: int) -> floa
     """Migrate, bootstrap the admin; the hypervisors' rows (as if seen before) and ``vms`` running
     instances on each, matching ``test.seed_domains``. Seconds taken."""
     t0 = time.perf_counter()
-    with seeding(url, state_dir) as (session, org, flavor, image):
+    with seeding(url, state_dir) as (session, owner, flavor, image):
         then = datetime.now(UTC) - timedelta(hours=1)
         session.execute(insert(Hypervisor), [
             {"id": h, "hostname": f"sim-{h:05d}", "cpus": 16, "memory_mib": 64 * 1024, "free_memory_mib": 0,
@@ -84,7 +84,7 @@ def seed_database(url: str, state_dir: Path, hypervisors: int, vms: int) -> floa
         total = hypervisors * vms
         for start in range(1, total + 1, 20_000):
             session.execute(insert(Instance), [
-                {"id": i, "org_id": org, "name": f"vm-{i}", "uuid": seeded_uuid(i), "flavor_id": flavor,
+                {"id": i, **owner, "name": f"vm-{i}", "uuid": seeded_uuid(i), "flavor_id": flavor,
                  "image_id": image, "vcpus": 1, "memory_mib": 64, "disk_gib": 1,
                  "hypervisor_id": (i - 1) // vms, "status": "running", "created_at": then, "updated_at": then}
                 for i in range(start, min(total, start + 19_999) + 1)])

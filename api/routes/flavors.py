@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, status
+from starlette.requests import Request
+from starlette.responses import Response
 
+from cloudland_api import rowjson
 from cloudland_api.services import flavors as flavor_service
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, read
 from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse, FlavorCreate, FlavorList, FlavorPublic
 
@@ -19,16 +22,16 @@ router = APIRouter(
 FlavorId = Annotated[int, Path(ge=1, le=MAX_ID, description="Flavor id")]
 
 
-@router.get("", **allow("flavor", "read"))
-def list_flavors(
-    session: SessionDep,
+@router.get("", response_model=FlavorList, **allow("flavor", "read"))
+async def list_flavors(
+    request: Request,
     caller: CurrentUser,
     limit: PageLimit = 50,
     after: PageAfter = None,
-) -> FlavorList:
+) -> Response:
     """One page of the organisation's flavors, by id; pass ``next_after`` back as ``after``."""
-    flavors, next_after = flavor_service.list_flavors(session, caller, limit, after)
-    return FlavorList.model_validate({"items": flavors, "limit": limit, "next_after": next_after})
+    flavors, next_after = await read(request, flavor_service.list_flavors, caller, limit, after)
+    return rowjson.page(FlavorList, flavors, limit=limit, next_after=next_after)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,

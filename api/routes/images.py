@@ -8,12 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import FileResponse
+from starlette.responses import Response
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from cloudland import errors
+from cloudland_api import rowjson
 from cloudland_api.services import images as image_service
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, SigningKeyDep, StreamingSessionDep, SubmitDep, read
 from cloudland_api.policy import allow
 from cloudland_api.security import UPLOAD_AUDIENCE, decode_image_token
 from cloudland_api.schemas import MAX_ID, ErrorResponse, ImageCreate, ImageList, ImagePublic
@@ -44,16 +46,16 @@ _BINARY_BODY = {
 }
 
 
-@router.get("", **allow("image", "read"))
-def list_images(
-    session: SessionDep,
+@router.get("", response_model=ImageList, **allow("image", "read"))
+async def list_images(
+    request: Request,
     caller: CurrentUser,
     limit: PageLimit = 50,
     after: PageAfter = None,
-) -> ImageList:
+) -> Response:
     """One page of the organisation's images, by id; pass ``next_after`` back as ``after``."""
-    images, next_after = image_service.list_images(session, caller, limit, after)
-    return ImageList(items=[ImagePublic.model_validate(x) for x in images], limit=limit, next_after=next_after)
+    images, next_after = await read(request, image_service.list_images, caller, limit, after)
+    return rowjson.page(ImageList, images, limit=limit, next_after=next_after)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,

@@ -9,9 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 
+from cloudland_api import rowjson
 from cloudland_api.services import jobs as job_records
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, read
 from cloudland_api.policy import allow
 from cloudland_api.models import TERMINAL, Job
 from cloudland_api.schemas import MAX_ID, ErrorResponse, JobList, JobPublic, JobStateName
@@ -29,20 +32,19 @@ MAX_WAIT_S = 60.0
 POLL_S = 0.1
 
 
-@router.get("", **allow("job", "read"))
-def list_jobs(
-    session: SessionDep,
+@router.get("", response_model=JobList, **allow("job", "read"))
+async def list_jobs(
+    request: Request,
     caller: CurrentUser,
     limit: PageLimit = 50,
     after: PageAfter = None,
     batch: BatchId = None,
     state: Annotated[JobStateName | None, Query()] = None,
     instance: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-) -> JobList:
+) -> Response:
     """One page of the organisation's jobs, newest first; with ``batch``, ``counts`` per state."""
-    jobs, next_after, counts = job_records.list_jobs(session, caller, limit=limit, after=after, batch=batch,
-                                                     state=state, instance=instance)
-    return JobList.model_validate({"items": jobs, "limit": limit, "next_after": next_after, "counts": counts})
+    jobs, next_after, counts = await read(request, job_records.list_jobs, caller, limit, after, batch, state, instance)
+    return rowjson.page(JobList, jobs, limit=limit, next_after=next_after, counts=counts)
 
 
 def _read(session: Session, caller: Caller, job_id: str) -> Job:

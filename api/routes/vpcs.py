@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, status
+from starlette.requests import Request
+from starlette.responses import Response
 
-from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep
+from cloudland_api import rowjson
+from cloudland_api.deps import CurrentUser, PageAfter, PageLimit, SessionDep, SettingsDep, read
 from cloudland_api.policy import allow
 from cloudland_api.schemas import MAX_ID, ErrorResponse, VpcCreate, VpcList, VpcPublic
 from cloudland_api.services import networks
@@ -17,11 +20,11 @@ VpcId = Annotated[int, Path(ge=1, le=MAX_ID, description="VPC id")]
 _CHANGES = {403: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
 
 
-@router.get("", **allow("vpc", "read"))
-def list_vpcs(session: SessionDep, caller: CurrentUser, limit: PageLimit = 50, after: PageAfter = None) -> VpcList:
+@router.get("", response_model=VpcList, **allow("vpc", "read"))
+async def list_vpcs(request: Request, caller: CurrentUser, limit: PageLimit = 50, after: PageAfter = None) -> Response:
     """One page of the organisation's VPCs, by id; pass ``next_after`` back as ``after``."""
-    rows, next_after = networks.list_vpcs(session, caller, limit, after)
-    return VpcList(items=[VpcPublic.model_validate(v) for v in rows], limit=limit, next_after=next_after)
+    rows, next_after = await read(request, networks.list_vpcs, caller, limit, after)
+    return rowjson.page(VpcList, rows, limit=limit, next_after=next_after)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, **allow("vpc", "create", responses=_CHANGES))

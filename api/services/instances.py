@@ -179,7 +179,7 @@ def glob_to_like(pattern: str) -> str:
 
 
 def list_instance_rows(
-    session: Session, caller: Caller, *, limit: int, after: str | None = None, status: str | None = None,
+    session: Session, caller: Caller, limit: int, after: str | None = None, status: str | None = None,
     name: str | None = None, hypervisor: int | None = None,
 ) -> tuple[list[RowMapping], str | None]:
     """One page of instances by id after the cursor ``after`` (``crud.page``'s), and the next

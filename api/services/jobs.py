@@ -27,7 +27,7 @@ def batch_counts(session: Session, caller: Caller, batch: str) -> dict[str, int]
 
 
 def list_jobs(
-    session: Session, caller: Caller, *, limit: int, after: str | None = None, batch: str | None = None,
+    session: Session, caller: Caller, limit: int, after: str | None = None, batch: str | None = None,
     state: str | None = None, instance: int | None = None,
 ) -> tuple[list[RowMapping], str | None, dict[str, int] | None]:
     """One page of jobs, newest first (by creation, then id: ids are random hex), the next page's

@@ -16,14 +16,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import RowMapping, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cloudland.errors import Conflict, InvalidRequest
 from cloudland_api.db import for_change
 from cloudland_api.models import Instance, Port, PortIp, Role, Router, RouterSubnet, Subnet, Vpc
-from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate
+from cloudland_api.schemas import PortCreate, SubnetCreate, VpcCreate, VpcPublic
 from cloudland_api.services import crud, ipam, quotas
 from cloudland_api.services.identity import Caller
 from cloudland_api.services.netstate import port_ips
@@ -55,8 +55,9 @@ def create_vpc(session: Session, caller: Caller, spec: VpcCreate, settings: ApiS
     return vpc
 
 
-def list_vpcs(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[Vpc], str | None]:
-    return crud.page(session, Vpc, caller, limit, after)
+def list_vpcs(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[RowMapping], str | None]:
+    """One page of the caller's VPCs by id as rows of VpcPublic's columns (crud "hot reads as rows")."""
+    return crud.page_rows(session, Vpc, VpcPublic, caller, limit, after, "vpcs", list, {})
 
 
 def get_vpc(session: Session, caller: Caller, ref: int | str, *, lock: bool = False) -> Vpc:

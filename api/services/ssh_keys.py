@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import RowMapping
 from sqlalchemy.orm import Session
 
 from cloudland.errors import InvalidRequest
 from cloudland_api.models import SshKey
 from cloudland_api.openssh import parse_public_key
-from cloudland_api.schemas import SshKeyCreate
+from cloudland_api.schemas import SshKeyCreate, SshKeyPublic
 from cloudland_api.services import crud
 from cloudland_api.services.identity import Caller
 
 log = logging.getLogger(__name__)
 
 
-def list_ssh_keys(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[SshKey], str | None]:
-    """One page of the caller's organisation's SSH keys by id, and the next page's cursor."""
-    return crud.page(session, SshKey, caller, limit, after)
+def list_ssh_keys(session: Session, caller: Caller, limit: int, after: str | None) -> tuple[list[RowMapping], str | None]:
+    """One page of the caller's organisation's SSH keys by id, and the next page's cursor; the keys
+    as rows of SshKeyPublic's columns (crud "hot reads as rows")."""
+    return crud.page_rows(session, SshKey, SshKeyPublic, caller, limit, after, "ssh_keys", list, {})
 
 
 def get_ssh_key(session: Session, caller: Caller, ref: int | str) -> SshKey:
