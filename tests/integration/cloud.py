@@ -25,6 +25,26 @@ API = "/api/v1"
 TERMINAL = ("succeeded", "failed", "timeout")
 
 
+def wait_serving(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Until the API process ``proc`` at ``base`` answers HTTP; fails at once, with the end of its
+    ``log``, if it exits. It asks for ``/docs`` (a few lines of HTML) on one client: not for
+    ``/openapi.json``, whose first answer builds the schema (about 1 s of CPU on this machine), which
+    a poll's 1 s limit then abandoned and asked for again; and not on a new client per poll, which
+    loads the CA bundle each time."""
+    with httpx.Client(timeout=10) as probe:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"the API exited with {proc.returncode}:\n{tail}")
+            try:
+                return probe.get(f"{base}/docs").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout, f"the API at {base} to answer")
+
+
 def every_instance(get: Any, **filters: Any) -> list[dict[str, Any]]:
     """Every page of ``GET /instances`` (``get(path, **params)``: a cloud's JSON GET)."""
     items: list[dict[str, Any]] = []
@@ -68,17 +88,7 @@ class Cloud:
             self.proc = subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{self.port}"
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the API exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, 60, "the API to answer")
+        wait_serving(base, self.proc, self.state_dir / "api.out")
         fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())
         if self.http is not None:
             self.http.close()
