@@ -69,6 +69,13 @@ class Cloud:
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client | None = None
 
+    @classmethod
+    def on(cls, tree: Tree, state_dir: Path, database_url: str | None = None, **settings: str) -> Cloud:
+        """The cloud of ``tree``, its API not started yet: its state in ``state_dir``, on
+        ``database_url`` (default: a SQLite file there), ``settings`` as CLOUDLAND_API_<NAME>."""
+        url = database_url or f"sqlite:///{state_dir / 'cloudland.db'}"
+        return cls(tree, state_dir, url, {f"CLOUDLAND_API_{k.upper()}": str(v) for k, v in settings.items()})
+
     # -- the API process --------------------------------------------------------------------
 
     def start_api(self) -> None:
