@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import httpx2 as httpx
 
 from cloudland import operations
-from cloudland_launcher.harness import Tree, free_port, wait_for
+from cloudland_launcher.harness import Tree, free_port, start_tree, stop_tree, wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 API = "/api/v1"
@@ -192,3 +194,21 @@ class Cloud:
             assert reply.status == pb.OK, reply.error
             found[reply.hypervisor] = operations.as_dict(operations.result_of(reply, "vm.list"))["vms"]
         return found
+
+
+@contextmanager
+def bootstrapped(base: Path, hypervisors: int) -> Iterator[Cloud]:
+    """A tree of ``hypervisors`` (one per leaf) in ``base`` and the API on it, bootstrapped
+    (flavor ``small``, image ``tiny``), every hypervisor up: for a module whose tests share one
+    (each judging only what it made). At the exit the API stops first, then the tree, checked
+    for leftover ranks, as ``make_cloud`` does."""
+    tree = start_tree(base / "tree", hypervisors, 1, 32, 0.5)
+    cloud = Cloud.on(tree, base / "api")
+    try:
+        cloud.start_api()
+        cloud.bootstrap()
+        cloud.wait_hypervisors(hypervisors)
+        yield cloud
+    finally:
+        cloud.stop_api()
+        stop_tree(tree)

@@ -20,28 +20,18 @@ from sqlalchemy import func, select
 from cloudland import operations
 from cloudland_api.db import make_engine
 from cloudland_api.models import Job, JobState
-from cloudland_launcher.harness import start_tree, stop_tree, wait_for
+from cloudland_launcher.harness import wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
-from tests.integration.cloud import Cloud
+from tests.integration.cloud import Cloud, bootstrapped
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def two_hypervisors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    """A tree of 2 hypervisors and the API on it, bootstrapped, for the module; stopped (the API
-    first) and checked for leftover ranks afterwards, as ``make_cloud``'s are."""
-    base = tmp_path_factory.mktemp("control-plane")
-    tree = start_tree(base / "tree", 2, 1, 32, 0.5)
-    cloud = Cloud.on(tree, base / "api")
-    try:
-        cloud.start_api()
-        cloud.bootstrap()
-        cloud.wait_hypervisors(2)
+    """Two hypervisors and the API on them, bootstrapped, for the module (cloud.bootstrapped)."""
+    with bootstrapped(tmp_path_factory.mktemp("control-plane"), 2) as cloud:
         yield cloud
-    finally:
-        cloud.stop_api()
-        stop_tree(tree)
 
 
 def job_states(database_url: str, batch: str) -> Counter[str]:
