@@ -4,8 +4,8 @@ agent -> qemu-img and libvirt's test driver, and back through the hypervisors' r
 A ``local`` volume is a real qcow2 file in the agent's state directory; its attachment is a disk
 of the domain's definition, which the agent reports (VmState.disks) with its volume and
 attachment ids, so the test checks what the hypervisor holds, not only what the database says.
-Both tests run on one cloud of 2 hypervisors (``two_hypervisors``), with volumes and VMs of their
-own names.
+The first two tests run on one cloud of 2 hypervisors (``two_hypervisors``), with volumes and VMs
+of their own names.
 """
 
 from __future__ import annotations
