@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from cloudland_launcher.harness import free_port, wait_for
+from cloudland_launcher.harness import free_port
+from tests.integration.cloud import wait_serving
 
 BODY = 50 * 10**6
 MIB = 2**20
@@ -40,14 +41,7 @@ def api_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]
                                 stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        def answers() -> bool:
-            assert proc.poll() is None, (tmp_path / "api.out").read_text()
-            try:
-                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, 60, "the API to answer")
+        wait_serving(base, proc, tmp_path / "api.out")
         yield proc, base
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

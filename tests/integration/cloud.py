@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,31 @@ from typing import Any
 import httpx2 as httpx
 
 from cloudland import operations
-from cloudland_launcher.harness import Tree, free_port, wait_for
+from cloudland_launcher.harness import Tree, free_port, start_tree, stop_tree, wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
 
 API = "/api/v1"
 TERMINAL = ("succeeded", "failed", "timeout")
+
+
+def wait_serving(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Until the API process ``proc`` at ``base`` answers HTTP; fails at once, with the end of its
+    ``log``, if it exits. It asks for ``/docs`` (a few lines of HTML) on one client: not for
+    ``/openapi.json``, whose first answer builds the schema (about 1 s of CPU on this machine), which
+    a poll's 1 s limit then abandoned and asked for again; and not on a new client per poll, which
+    loads the CA bundle each time."""
+    with httpx.Client(timeout=10) as probe:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"the API exited with {proc.returncode}:\n{tail}")
+            try:
+                return probe.get(f"{base}/docs").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, timeout, f"the API at {base} to answer")
 
 
 def every_instance(get: Any, **filters: Any) -> list[dict[str, Any]]:
@@ -49,6 +71,13 @@ class Cloud:
     proc: subprocess.Popen[bytes] | None = None
     http: httpx.Client | None = None
 
+    @classmethod
+    def on(cls, tree: Tree, state_dir: Path, database_url: str | None = None, **settings: str) -> Cloud:
+        """The cloud of ``tree``, its API not started yet: its state in ``state_dir``, on
+        ``database_url`` (default: a SQLite file there), ``settings`` as CLOUDLAND_API_<NAME>."""
+        url = database_url or f"sqlite:///{state_dir / 'cloudland.db'}"
+        return cls(tree, state_dir, url, {f"CLOUDLAND_API_{k.upper()}": str(v) for k, v in settings.items()})
+
     # -- the API process --------------------------------------------------------------------
 
     def start_api(self) -> None:
@@ -68,17 +97,7 @@ class Cloud:
             self.proc = subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{self.port}"
-
-        def answers() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the API exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, 60, "the API to answer")
+        wait_serving(base, self.proc, self.state_dir / "api.out")
         fields = dict(line.split("=", 1) for line in (self.state_dir / "admin-credentials").read_text().split())
         if self.http is not None:
             self.http.close()
@@ -175,3 +194,21 @@ class Cloud:
             assert reply.status == pb.OK, reply.error
             found[reply.hypervisor] = operations.as_dict(operations.result_of(reply, "vm.list"))["vms"]
         return found
+
+
+@contextmanager
+def bootstrapped(base: Path, hypervisors: int) -> Iterator[Cloud]:
+    """A tree of ``hypervisors`` (one per leaf) in ``base`` and the API on it, bootstrapped
+    (flavor ``small``, image ``tiny``), every hypervisor up: for a module whose tests share one
+    (each judging only what it made). At the exit the API stops first, then the tree, checked
+    for leftover ranks, as ``make_cloud`` does."""
+    tree = start_tree(base / "tree", hypervisors, 1, 32, 0.5)
+    cloud = Cloud.on(tree, base / "api")
+    try:
+        cloud.start_api()
+        cloud.bootstrap()
+        cloud.wait_hypervisors(hypervisors)
+        yield cloud
+    finally:
+        cloud.stop_api()
+        stop_tree(tree)

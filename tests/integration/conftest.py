@@ -49,9 +49,7 @@ def make_cloud(make_tree, tmp_path):
 
     def make(hypervisors: int, database_url: str | None = None, per_leaf: int = 1, **settings: str) -> Cloud:
         tree = make_tree(hypervisors, per_leaf, 32, 0.5)
-        state_dir = tmp_path / f"api{len(clouds)}"
-        url = database_url or f"sqlite:///{state_dir / 'cloudland.db'}"
-        cloud = Cloud(tree, state_dir, url, {f"CLOUDLAND_API_{k.upper()}": str(v) for k, v in settings.items()})
+        cloud = Cloud.on(tree, tmp_path / f"api{len(clouds)}", database_url, **settings)
         clouds.append(cloud)
         cloud.start_api()
         return cloud

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx2 as httpx
 import pytest
 
-from cloudland_launcher.harness import free_port, wait_for
+from cloudland_launcher.harness import free_port
+from tests.integration.cloud import wait_serving
 
 
 class ApiProcess:
@@ -31,18 +31,11 @@ class ApiProcess:
         with open(state_dir / "api.out", "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "cloudland_api"], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self.answers, 60, f"the API at {self.url}")
+        wait_serving(self.url, self.proc, state_dir / "api.out")
 
     @property
     def credentials(self) -> Path:
         return self.state_dir / "admin-credentials"
-
-    def answers(self) -> bool:
-        assert self.proc.poll() is None, (self.state_dir / "api.out").read_text()
-        try:
-            return httpx.get(self.url + "/openapi.json", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)

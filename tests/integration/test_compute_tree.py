@@ -1,18 +1,31 @@
 """The vm.* operations through a real MPI tree: a VM lands on exactly the hypervisor it was sent to.
 
 8 hypervisors, 2 per leaf rank, fan-out 2: hypervisors 3 and 4 sit on different
-leaves under different relays, so a VM showing on 4 would be a routing bug.
+leaves under different relays, so a VM showing on 4 would be a routing bug. The first four tests
+share that tree (``tree``: starting one is most of their time); each leaves no VM behind.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from cloudland import operations, procinfo
+from cloudland_launcher.harness import Tree, start_tree, stop_tree
 from cloudland_proto.v1 import compute_pb2 as cpb
 from cloudland_proto.v1 import envelope_pb2 as pb
 from cloudland_proto.v1 import root_pb2
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
+    """8 hypervisors, 2 per leaf, fan-out 2, for the module; stopped and checked for leftover ranks."""
+    started = start_tree(tmp_path_factory.mktemp("compute-tree"), 8, 2, 2)
+    yield started
+    stop_tree(started)
 
 
 def vms(tree: Any, hypervisor: int) -> list[dict[str, Any]]:
@@ -21,8 +34,7 @@ def vms(tree: Any, hypervisor: int) -> list[dict[str, Any]]:
     return operations.as_dict(operations.result_of(reply, "vm.list"))["vms"]
 
 
-def test_vm_lifecycle_through_the_tree(make_tree: Any) -> None:
-    tree = make_tree(8, 2, 2)
+def test_vm_lifecycle_through_the_tree(tree: Tree) -> None:
     vm_uuid = str(uuid.uuid4())
     args = {"name": "web-1", "uuid": vm_uuid, "vcpus": 2, "memory_mib": 512,
             "disks": [{"path": "/var/lib/cloudland/images/web-1.qcow2"}],
@@ -53,8 +65,7 @@ def test_vm_lifecycle_through_the_tree(make_tree: Any) -> None:
     assert "VM 'web-1' not found" in missing.error and "hypervisor 3" in missing.error
 
 
-def test_bad_arguments_are_refused_naming_the_field(make_tree: Any) -> None:
-    tree = make_tree(8, 2, 2)
+def test_bad_arguments_are_refused_naming_the_field(tree: Tree) -> None:
     args = {"name": "web-1", "uuid": str(uuid.uuid4()), "vcpus": 2, "memory_mib": 512}
     bad = operations.parse("vm.create", {"spec": {**args, "vcpus": 0}})
     replies = tree.client.run("vm.create", [3, 4], request=bad, timeout=30)
@@ -65,9 +76,8 @@ def test_bad_arguments_are_refused_naming_the_field(make_tree: Any) -> None:
     assert vms(tree, 3) == []
 
 
-def test_a_request_of_another_type_is_refused_naming_operation_job_and_hypervisor(make_tree: Any) -> None:
+def test_a_request_of_another_type_is_refused_naming_operation_job_and_hypervisor(tree: Tree) -> None:
     """A request is its operation's message or nothing runs (proto/README.md, "Operations")."""
-    tree = make_tree(8, 2, 2)
     command = pb.Command(job_id="wrong-type", operation="vm.create", targets=pb.Targets(hypervisor=3),
                          deadline_ms=procinfo.now_ms() + 30_000)
     command.request.Pack(cpb.VmDeleteRequest(name="web-1"))  # what the client itself would refuse
@@ -79,11 +89,10 @@ def test_a_request_of_another_type_is_refused_naming_operation_job_and_hyperviso
     assert vms(tree, 3) == []
 
 
-def test_vms_reach_the_root_in_heartbeat_reports(make_tree: Any) -> None:
+def test_vms_reach_the_root_in_heartbeat_reports(tree: Tree) -> None:
     """The reconciler's input: each hypervisor's VMs, carried up by heartbeats (every 0.5 s here)."""
     from cloudland_launcher.harness import wait_for
 
-    tree = make_tree(8, 2, 2)
     vm_uuid = str(uuid.uuid4())
     spec = cpb.DomainSpec(name="db-1", uuid=vm_uuid, vcpus=1, memory_mib=256)
     [reply] = tree.client.run("vm.create", 5, request=cpb.VmCreateRequest(spec=spec), timeout=30)

@@ -1,13 +1,16 @@
 """REST API -> dispatcher -> gRPC -> tree -> agent -> libvirt test driver, and back: no mocks.
 
 Each test checks what libvirt really holds (``vm.list`` through the tree), not only what
-the API's database says.
+the API's database says. The tests that need only two hypervisors, flavor ``small`` and image
+``tiny`` share one such cloud (``two_hypervisors``: starting a tree and an API is most of their
+time); each makes VMs and images of its own names and judges only those.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,9 +22,16 @@ from cloudland_api.db import make_engine
 from cloudland_api.models import Job, JobState
 from cloudland_launcher.harness import wait_for
 from cloudland_proto.v1 import envelope_pb2 as pb
-from tests.integration.cloud import Cloud
+from tests.integration.cloud import Cloud, bootstrapped
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_hypervisors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """Two hypervisors and the API on them, bootstrapped, for the module (cloud.bootstrapped)."""
+    with bootstrapped(tmp_path_factory.mktemp("control-plane"), 2) as cloud:
+        yield cloud
 
 
 def job_states(database_url: str, batch: str) -> Counter[str]:
@@ -72,11 +82,9 @@ def test_twenty_vms_created_listed_stopped_deleted(make_cloud: Any) -> None:
     wait_for(lambda: all(h["vcpus_claimed"] == 0 for h in cloud.hypervisors()), 10, "claims released")
 
 
-def test_single_vm_actions_follow_libvirt(make_cloud: Any) -> None:
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
+def test_single_vm_actions_follow_libvirt(two_hypervisors: Cloud) -> None:
+    cloud = two_hypervisors
     cloud.post("/flavors", {"name": "big", "vcpus": 2, "memory_mib": 256, "disk_gib": 1})
-    cloud.wait_hypervisors(2)
     [vm] = cloud.post("/instances", {"name": "db", "flavor": "small", "image": "tiny"})["instances"]
 
     def job(path: str, body: Any = None) -> dict[str, Any]:
@@ -94,7 +102,7 @@ def test_single_vm_actions_follow_libvirt(make_cloud: Any) -> None:
     assert (record["vcpus"], record["memory_mib"], record["state"]) == (2, 256, "shutoff")
     assert job(f"/instances/{vm['id']}/start")["state"] == "succeeded"
     assert job(f"/instances/{vm['id']}/reboot")["state"] == "succeeded"
-    assert running_names(cloud) == {f"cl-{vm['uuid']}": 1}
+    assert running_names(cloud)[f"cl-{vm['uuid']}"] == 1  # running, on one hypervisor only
     busy = cloud.http.post(f"/instances/{vm['id']}/resize", json={"flavor": "small"})  # type: ignore[union-attr]
     assert busy.status_code == 409 and "running" in busy.json()["error"]["message"]
 
@@ -158,12 +166,10 @@ def test_api_killed_mid_batch_loses_nothing_and_duplicates_nothing(make_cloud: A
     print(f"restart: jobs at the kill {dict(at_kill)}; all 100 ended {time.monotonic() - started:.1f} s after it")
 
 
-def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> None:
+def test_reconciler_takes_observed_state_from_the_reports(two_hypervisors: Cloud) -> None:
     """A VM stopped behind the API's back shows stopped; one whose domain vanished is defined and
     started again on its own hypervisor by a ``recover`` job the reconciler made."""
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
+    cloud = two_hypervisors
     accepted = cloud.post("/instances", {"name": "oob", "flavor": "small", "image": "tiny", "count": 2})
     assert cloud.wait_batch(accepted["batch"], 2)["succeeded"] == 2
     stopped, vanished = sorted(cloud.instances(name="oob-*"), key=lambda v: v["name"])
@@ -180,7 +186,8 @@ def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> No
 
     # Instances touched in the last 10 s (sync.SETTLE_S) are left alone; then the reports win.
     wait_for(observed, 40, "the reconciler to see the stopped VM and to bring the vanished one back", every=0.5)
-    [recover] = [j for j in cloud.get("/jobs", limit=100)["items"] if j["action"] == "recover"]
+    [recover] = [j for j in cloud.get("/jobs", limit=100)["items"]
+                 if j["action"] == "recover" and j["instance_id"] in (stopped["id"], vanished["id"])]
     assert (recover["instance_id"], recover["state"]) == (vanished["id"], "succeeded")
     assert recover["batch"].startswith("reconcile-")
     assert cloud.get(f"/instances/{vanished['id']}")["status"] == "running"
@@ -190,15 +197,13 @@ def test_reconciler_takes_observed_state_from_the_reports(make_cloud: Any) -> No
     assert cloud.get(f"/instances/{stopped['id']}")["status"] == "running"
 
 
-def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
+def test_console_reaches_the_agent_through_the_tree(two_hypervisors: Cloud) -> None:
     """The WebSocket asks the VM's own hypervisor; a test-driver domain has no serial log, and says so.
     Nor has it a VNC display: the API asks the hypervisor, and says that too (409, naming both)."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
+    cloud = two_hypervisors
     [vm] = cloud.post("/instances", {"name": "tty", "flavor": "small", "image": "tiny"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "tty running")
     vm = cloud.get(f"/instances/{vm['id']}")
@@ -224,13 +229,11 @@ def test_console_reaches_the_agent_through_the_tree(make_cloud: Any) -> None:
     assert (done.returncode, done.stdout, done.stderr.strip()) == (2, "", f"cloudland: {no_vnc}")
 
 
-def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -> None:
+def test_capture_on_a_simulated_hypervisor_fails_and_says_why(two_hypervisors: Cloud) -> None:
     """The capture job goes through the tree to the VM's hypervisor, whose test-driver domain
     has no disk: the job fails naming it, the image ends ``error``, the VM stays stopped.
     (tests/realvm/test_capture_real.py captures a real guest's disk through the same path.)"""
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
+    cloud = two_hypervisors
     [vm] = cloud.post("/instances", {"name": "src", "flavor": "small", "image": "tiny"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "src running")
     done = cloud.cli("vm", "capture", "src", "golden")
@@ -247,14 +250,16 @@ def test_capture_on_a_simulated_hypervisor_fails_and_says_why(make_cloud: Any) -
     assert vm["status_reason"].startswith(f"capture failed: {reason}")
 
 
-def test_deleting_an_image_asks_every_hypervisor_to_evict_it(make_cloud: Any) -> None:
+def test_deleting_an_image_asks_every_hypervisor_to_evict_it(two_hypervisors: Cloud) -> None:
     """After the 204, ``image.evict`` goes to every hypervisor through the tree; every one answers
     (simulated hypervisors cache nothing, so each has nothing to remove)."""
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
-    [image] = cloud.get("/images")["items"]
+    cloud = two_hypervisors
     assert cloud.http is not None
+    image = cloud.post("/images", {"name": "evicted", "disk_format": "raw"})
+    reply = cloud.http.put(f"/images/{image['id']}/file", content=b"\1" * 4096,
+                           headers={"Content-Type": "application/octet-stream"})
+    assert reply.status_code == 200, reply.text
+    image = reply.json()
     assert cloud.http.delete(f"/images/{image['id']}").status_code == 204
     line = f"event=image_evicted image_id={image['id']} sha256={image['sha256']} evicted=2 in_use=0 failed=0"
     wait_for(lambda: line in cloud.log(), 30, "the eviction to be logged")

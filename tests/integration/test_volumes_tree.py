@@ -4,21 +4,30 @@ agent -> qemu-img and libvirt's test driver, and back through the hypervisors' r
 A ``local`` volume is a real qcow2 file in the agent's state directory; its attachment is a disk
 of the domain's definition, which the agent reports (VmState.disks) with its volume and
 attachment ids, so the test checks what the hypervisor holds, not only what the database says.
+The first two tests run on one cloud of 2 hypervisors (``two_hypervisors``), with volumes and VMs
+of their own names.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from cloudland_launcher.harness import wait_for
-from tests.integration.cloud import Cloud
+from tests.integration.cloud import Cloud, bootstrapped
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_hypervisors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """Two hypervisors and the API on them, bootstrapped, for the module (cloud.bootstrapped)."""
+    with bootstrapped(tmp_path_factory.mktemp("volumes-tree"), 2) as cloud:
+        yield cloud
 
 
 def ended(cloud: Cloud, accepted: dict[str, Any]) -> dict[str, Any]:
@@ -34,10 +43,8 @@ def disks(cloud: Cloud, hypervisor: int, domain: str) -> list[tuple[str, int, in
 
 
 def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_deleted(
-        make_cloud: Any, tmp_path: Path) -> None:
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
+        two_hypervisors: Cloud) -> None:
+    cloud = two_hypervisors
     [vm] = cloud.post("/instances", {"name": "db", "flavor": "small", "image": "tiny"})["instances"]
     wait_for(lambda: cloud.get(f"/instances/{vm['id']}")["status"] == "running", 30, "db running")
     vm = cloud.get(f"/instances/{vm['id']}")
@@ -102,13 +109,11 @@ def test_a_local_volume_is_made_attached_grown_snapshotted_cloned_detached_and_d
     assert "succeeded" in cli("delete", "logs")
 
 
-def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(make_cloud: Any) -> None:
+def test_a_vm_boots_from_a_volume_that_outlives_it_unless_asked(two_hypervisors: Cloud) -> None:
     """Must-show 5 on simulated hypervisors: a VM whose root disk (vda) is a local volume runs on
     the volume's hypervisor; deleted, it leaves the volume (default), which boots the next VM; a
     VM made with delete_on_termination takes its volume with it. The refusals are 409s."""
-    cloud: Cloud = make_cloud(2)
-    cloud.bootstrap()
-    cloud.wait_hypervisors(2)
+    cloud = two_hypervisors
     made = cloud.post("/volumes", {"name": "root", "size_gib": 1, "image": "tiny"})
     ended(cloud, made)
     volume = cloud.get(f"/volumes/{made['volume']['id']}")
