@@ -84,11 +84,13 @@ def readme_lines() -> list[list[str]]:
 
 def test_the_readme_lines_send_what_they_say(api: StubApi) -> None:
     lines = readme_lines()
-    assert len(lines) == 9, lines
+    assert len(lines) == 10, lines  # the quick start's ICMP rule, then the security groups' section
     for argv in lines:
         result = run(*argv)
         assert result.exit_code == 0, (argv, result.output)
     assert api.sent == [
+        ("POST", "/security-groups/1/rules", {"direction": "ingress", "protocol": "icmp",
+                                              "remote_cidr": "0.0.0.0/0"}),
         ("POST", "/security-groups", {"name": "web", "description": ""}),
         ("POST", "/security-groups/2/rules", {"direction": "ingress", "protocol": "tcp", "port_min": 22,
                                               "port_max": 22, "remote_cidr": "0.0.0.0/0"}),
