@@ -239,13 +239,14 @@ def get(session: Session, model: type[Row], caller: Caller, ref: int | str, what
     columns: Any = model
     if isinstance(ref, int):
         return one(session, scoped(model, caller).where(columns.id == ref), f"{what} {ref!r} not found", lock=lock)
-    ids = session.scalars(scoped(model, caller).with_only_columns(columns.id)
-                          .where(columns.name == ref, *named).order_by(columns.id).limit(AMBIGUOUS_SHOWN + 1)).all()
-    if len(ids) > 1:
-        shown = ", ".join(str(i) for i in ids[:AMBIGUOUS_SHOWN]) + (", ..." if len(ids) > AMBIGUOUS_SHOWN else "")
+    query = scoped(model, caller).where(columns.name == ref, *named).order_by(columns.id).limit(AMBIGUOUS_SHOWN + 1)
+    rows = session.scalars(for_change(query) if lock else query).all()  # one query: the row, or the candidates
+    if len(rows) > 1:
+        shown = ", ".join(str(r.id) for r in rows[:AMBIGUOUS_SHOWN]) + (", ..." if len(rows) > AMBIGUOUS_SHOWN else "")
         raise Conflict(f"{what} name {ref!r} is ambiguous: {what}s {shown} have it; name one by its id")
-    return one(session, scoped(model, caller).where(columns.id == (ids[0] if ids else None)),
-               f"{what} {ref!r} not found", lock=lock)
+    if not rows:
+        raise NotFound(f"{what} {ref!r} not found")
+    return rows[0]
 
 
 AMBIGUOUS_SHOWN = 10  # the candidates' ids an ambiguous name's Conflict lists
